@@ -1,0 +1,230 @@
+"""Every event the service produces, defined once with one stable JSON form.
+
+Two families live here:
+
+* **stream events**: what one participant's pipeline emits while an interview is live
+  (`segment.partial`, `segment.final`, `sentiment`, `keywords`, `level`, `error`,
+  `participant.joined` / `participant.left`). The same JSON goes to stdout from
+  `python -m pipeline`, over the interviewer's `analysis` data channel, and into storage.
+* **domain events**: what the interview aggregate records (InterviewScheduled, ...), published on NATS
+  after the write that produced them commits.
+
+`to_dict()` is the only serialiser; field names in it are the wire contract.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+ROLES = ("interviewer", "candidate", "observer")
+
+
+@dataclass(slots=True, frozen=True)
+class Speaker:
+    role: str
+    name: str
+    participant_id: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"role": self.role, "name": self.name, "participantId": self.participant_id}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Speaker:
+        return cls(role=str(d["role"]), name=str(d.get("name", "")), participant_id=str(d["participantId"]))
+
+
+@dataclass(slots=True, frozen=True)
+class Word:
+    word: str
+    start_s: float
+    end_s: float
+    probability: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "word": self.word,
+            "start_s": round(self.start_s, 3),
+            "end_s": round(self.end_s, 3),
+            "probability": round(self.probability, 4),
+        }
+
+
+@dataclass(slots=True)
+class SegmentEvent:
+    """A transcript segment. `final=False` is a partial that a later partial or the final replaces.
+
+    Times are stream time (seconds since the participant's stream started), never wall clock.
+    `hallucination=True` marks text the guards consider invented (it is shown but never analysed).
+    """
+
+    speaker: Speaker
+    seq: int
+    start_s: float
+    end_s: float
+    text: str
+    final: bool
+    words: list[Word] = field(default_factory=list)
+    confidence: float = 0.0
+    no_speech_prob: float = 0.0
+    language: str = "en"
+    engine: str = ""
+    model: str = ""
+    hallucination: bool = False
+    emitted_at_s: float | None = None
+
+    @property
+    def type(self) -> str:
+        return "segment.final" if self.final else "segment.partial"
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "type": self.type,
+            "speaker": self.speaker.to_dict(),
+            "seq": self.seq,
+            "start_s": round(self.start_s, 3),
+            "end_s": round(self.end_s, 3),
+            "text": self.text,
+            "words": [w.to_dict() for w in self.words],
+            "confidence": round(self.confidence, 4),
+            "no_speech_prob": round(self.no_speech_prob, 4),
+            "language": self.language,
+            "engine": self.engine,
+            "model": self.model,
+            "hallucination": self.hallucination,
+        }
+        if self.emitted_at_s is not None:
+            d["emitted_at_s"] = round(self.emitted_at_s, 3)
+        return d
+
+
+@dataclass(slots=True)
+class SentimentEvent:
+    """Sentiment of one final segment's *text* (never voice or face), and the speaker's smoothed value."""
+
+    speaker: Speaker
+    seq: int
+    score: float
+    rolling: float
+    start_s: float
+    end_s: float
+    emitted_at_s: float | None = None
+    type: Literal["sentiment"] = "sentiment"
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "type": self.type,
+            "speaker": self.speaker.to_dict(),
+            "seq": self.seq,
+            "score": round(self.score, 4),
+            "rolling": round(self.rolling, 4),
+            "start_s": round(self.start_s, 3),
+            "end_s": round(self.end_s, 3),
+        }
+        if self.emitted_at_s is not None:
+            d["emitted_at_s"] = round(self.emitted_at_s, 3)
+        return d
+
+
+@dataclass(slots=True, frozen=True)
+class Keyword:
+    term: str
+    count: int
+    relevance: float
+    seqs: tuple[int, ...] = ()  # segments the term came from, so every item is traceable
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"term": self.term, "count": self.count, "relevance": round(self.relevance, 4), "seqs": list(self.seqs)}
+
+
+@dataclass(slots=True)
+class KeywordsEvent:
+    speaker: Speaker
+    keywords: list[Keyword]
+    seq: int  # the segment whose arrival produced this update
+    emitted_at_s: float | None = None
+    type: Literal["keywords"] = "keywords"
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "type": self.type,
+            "speaker": self.speaker.to_dict(),
+            "seq": self.seq,
+            "keywords": [k.to_dict() for k in self.keywords],
+        }
+        if self.emitted_at_s is not None:
+            d["emitted_at_s"] = round(self.emitted_at_s, 3)
+        return d
+
+
+@dataclass(slots=True)
+class LevelEvent:
+    """Audio level for the overlay's meter (loudness only; nothing is inferred from the voice)."""
+
+    speaker: Speaker
+    rms_dbfs: float
+    peak_dbfs: float
+    clipped: int
+    speaking: bool
+    at_s: float
+    type: Literal["level"] = "level"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "speaker": self.speaker.to_dict(),
+            "rms_dbfs": round(self.rms_dbfs, 1),
+            "peak_dbfs": round(self.peak_dbfs, 1),
+            "clipped": self.clipped,
+            "speaking": self.speaking,
+            "at_s": round(self.at_s, 3),
+        }
+
+
+@dataclass(slots=True)
+class ErrorEvent:
+    """Something failed in a live stream. `affected` says what: e.g. {"seq": 4, "start_s": 1.2, "end_s": 3.4}."""
+
+    speaker: Speaker | None
+    code: str
+    message: str
+    affected: dict[str, Any] = field(default_factory=dict)
+    emitted_at_s: float | None = None
+    type: Literal["error"] = "error"
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "type": self.type,
+            "speaker": self.speaker.to_dict() if self.speaker else None,
+            "code": self.code,
+            "message": self.message,
+            "affected": self.affected,
+        }
+        if self.emitted_at_s is not None:
+            d["emitted_at_s"] = round(self.emitted_at_s, 3)
+        return d
+
+
+@dataclass(slots=True)
+class ParticipantEvent:
+    speaker: Speaker
+    joined: bool
+
+    @property
+    def type(self) -> str:
+        return "participant.joined" if self.joined else "participant.left"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "speaker": self.speaker.to_dict()}
+
+
+StreamEvent = SegmentEvent | SentimentEvent | KeywordsEvent | LevelEvent | ErrorEvent | ParticipantEvent
+
+
+def to_json(event: StreamEvent) -> str:
+    return json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Domain events of the interview aggregate (issue 4 adds them below this line).
