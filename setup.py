@@ -3,6 +3,8 @@
 `pip install .` and `pip install -e .` both run this; nothing else is needed on a machine with a C compiler.
 """
 
+import os
+
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -12,9 +14,10 @@ extensions = [
         "pipeline._dsp",
         ["csrc/_dsp.pyx"],
         include_dirs=[np.get_include()],
-        # -O3 lets gcc vectorise the FIR dot products; -ffast-math is deliberately NOT used so that
+        # -O3 lets gcc vectorise the FIR dot products; x86-64-v3 = AVX2 + FMA (the target machines have it;
+        # set DSP_MARCH=x86-64-v2 to build for older CPUs). -ffast-math is deliberately NOT used so that
         # results stay bit-identical however the input is chunked.
-        extra_compile_args=["-O3", "-march=x86-64-v2"],
+        extra_compile_args=["-O3", f"-march={os.environ.get('DSP_MARCH', 'x86-64-v3')}"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
 ]

@@ -228,3 +228,119 @@ def to_json(event: StreamEvent) -> str:
 
 # ---------------------------------------------------------------------------------------------------------
 # Domain events of the interview aggregate (issue 4 adds them below this line).
+# Each serialises as {"type": <class name>, "id": <uuid, the JetStream msg id>, "interviewId", "occurredAt", ...data}
+# and goes to the NATS subject `interviews.<interviewId>.<SUBJECT>`.
+
+import uuid  # noqa: E402  (domain-event section imports kept next to their use)
+from datetime import UTC as _UTC  # noqa: E402
+
+
+def iso(dt: Any) -> str | None:
+    """Aware datetime -> ISO 8601 UTC with milliseconds and 'Z' (naive datetimes are taken as UTC)."""
+    if dt is None:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=_UTC)
+    return str(dt.astimezone(_UTC).isoformat(timespec="milliseconds")).replace("+00:00", "Z")
+
+
+def _event_id() -> str:
+    return str(uuid.uuid4())
+
+
+class DomainEvent:
+    """Mixin for the domain events below (slotted dataclasses with interview_id, occurred_at, id)."""
+
+    __slots__ = ()
+    SUBJECT = ""
+
+    def data(self) -> dict[str, Any]:
+        return {}
+
+    @property
+    def subject(self) -> str:
+        return f"interviews.{self.interview_id}.{self.SUBJECT}"  # type: ignore[attr-defined]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": type(self).__name__, "id": self.id, "interviewId": self.interview_id,  # type: ignore[attr-defined]
+                "occurredAt": iso(self.occurred_at), **self.data()}  # type: ignore[attr-defined]
+
+    def to_json_bytes(self) -> bytes:
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":")).encode()
+
+
+@dataclass(slots=True, frozen=True)
+class InterviewScheduled(DomainEvent):
+    interview_id: str
+    occurred_at: Any  # datetime (aware UTC)
+    candidate_id: str
+    job_id: str
+    scheduled_at: Any
+    id: str = field(default_factory=_event_id)
+    SUBJECT = "scheduled"
+
+    def data(self) -> dict[str, Any]:
+        return {"candidateId": self.candidate_id, "jobId": self.job_id, "scheduledAt": iso(self.scheduled_at)}
+
+
+@dataclass(slots=True, frozen=True)
+class InterviewStarted(DomainEvent):
+    interview_id: str
+    occurred_at: Any
+    id: str = field(default_factory=_event_id)
+    SUBJECT = "started"
+
+
+@dataclass(slots=True, frozen=True)
+class SegmentTranscribed(DomainEvent):
+    """A final transcript segment was stored (one per (interviewId, participantId, seq))."""
+
+    interview_id: str
+    occurred_at: Any
+    segment: SegmentEvent
+    id: str = field(default_factory=_event_id)
+    SUBJECT = "segment"
+
+    def data(self) -> dict[str, Any]:
+        seg = self.segment.to_dict()
+        seg.pop("type", None)
+        return {"participantId": self.segment.speaker.participant_id, "seq": self.segment.seq, "segment": seg}
+
+
+@dataclass(slots=True, frozen=True)
+class InterviewCompleted(DomainEvent):
+    interview_id: str
+    occurred_at: Any
+    duration_s: float | None
+    id: str = field(default_factory=_event_id)
+    SUBJECT = "completed"
+
+    def data(self) -> dict[str, Any]:
+        return {"duration": self.duration_s}
+
+
+@dataclass(slots=True, frozen=True)
+class InterviewCancelled(DomainEvent):
+    interview_id: str
+    occurred_at: Any
+    reason: str
+    previous_status: str
+    id: str = field(default_factory=_event_id)
+    SUBJECT = "cancelled"
+
+    def data(self) -> dict[str, Any]:
+        return {"reason": self.reason, "previousStatus": self.previous_status}
+
+
+@dataclass(slots=True, frozen=True)
+class AnalysisCompleted(DomainEvent):
+    interview_id: str
+    occurred_at: Any
+    sentiment_overall: float | None
+    overall: dict[str, Any] | None
+    keywords: list[str]
+    id: str = field(default_factory=_event_id)
+    SUBJECT = "analysis"
+
+    def data(self) -> dict[str, Any]:
+        return {"sentiment": {"overall": self.sentiment_overall}, "overall": self.overall, "keywords": self.keywords}

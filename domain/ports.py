@@ -6,7 +6,7 @@ Each exists because two implementations exist (e.g. NATS JetStream and the in-pr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 
 @dataclass(slots=True, frozen=True)
@@ -32,3 +32,61 @@ class EventBus(Protocol):
     async def publish(self, subject: str, payload: bytes, msg_id: str) -> None: ...
 
     async def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Persistence of the interview aggregate (issue 4). Implemented by adapters.mongo.MongoStore over the MongoDB wire
+# protocol (a real MongoDB, or the embedded nx-27017); tests/test_domain.py runs the same service over an in-memory
+# implementation to pin the contract without a server.
+
+if TYPE_CHECKING:
+    from domain.commands import CandidateQuery, InterviewQuery
+    from domain.events import DomainEvent, SegmentTranscribed
+    from domain.model import Candidate, Interview
+
+
+class InterviewStore(Protocol):
+    """Interviews, candidates and transcript segments, with the outbox written in the same document write.
+
+    Writes that change an interview carry the events they produced; the store keeps them with the change
+    atomically, so `OutboxStore.pending()` yields exactly the events of committed writes.
+    """
+
+    async def add_interview(self, interview: Interview, events: list[DomainEvent]) -> None:
+        """Insert a new interview. Raises `Conflict` if the id exists."""
+        ...
+
+    async def get_interview(self, interview_id: str) -> Interview:
+        """Raises `NotFound`."""
+        ...
+
+    async def save_interview(self, interview: Interview, expected_version: int, events: list[DomainEvent]) -> None:
+        """Replace the interview's state if its stored `metadata.version` is still `expected_version`, storing
+        version expected_version + 1. Raises `Conflict(code="version_conflict")` if stale, `NotFound` if gone."""
+        ...
+
+    async def find_interviews(self, query: InterviewQuery, limit: int) -> list[Interview]:
+        """Ordered by (scheduledAt, interviewId), strictly after `query.after` when it is set."""
+        ...
+
+    async def add_segment(self, event: SegmentTranscribed) -> bool:
+        """Append a final segment with its unpublished event. False if (interviewId, participantId, seq) exists."""
+        ...
+
+    async def list_segments(self, interview_id: str) -> list[dict[str, Any]]:
+        """Stored segment documents in recording order."""
+        ...
+
+    async def add_candidate(self, candidate: Candidate) -> None:
+        """Raises `Conflict` if the id or the email exists."""
+        ...
+
+    async def get_candidate(self, candidate_id: str) -> Candidate: ...
+
+    async def save_candidate(self, candidate: Candidate, expected_version: int) -> None: ...
+
+    async def find_candidates(self, query: CandidateQuery, limit: int) -> list[Candidate]:
+        """Ordered by (createdAt, candidateId), strictly after `query.after` when it is set."""
+        ...
+
+    async def interview_ids_of(self, candidate_id: str) -> list[str]: ...

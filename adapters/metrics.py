@@ -1,0 +1,68 @@
+"""Prometheus metrics of the live service, in one registry per application (tests build many apps).
+
+Names follow Prometheus conventions (base units, `_total` counters). Labels are low-cardinality: never a
+participant or interview id. Values that are state of live objects (speech ratio, STT lag, queue depth)
+are read at scrape time through callbacks the room registry installs, so they never go stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+# Speech end -> final sent: the target is p50 <= 0.7 s, p95 <= 1.0 s, so resolve finely around there.
+_LATENCY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
+_JOIN_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.rooms_active = Gauge("interview_rooms_active", "Interview rooms with at least one participant",
+                                  registry=r)
+        self.participants_active = Gauge("interview_participants_active", "Connected participants by role",
+                                         ["role"], registry=r)
+        self.joins = Counter("whip_joins_total", "WHIP sessions created (resumes included)", ["role"], registry=r)
+        self.join_seconds = Histogram("whip_join_seconds", "WHIP offer received -> answer returned",
+                                      buckets=_JOIN_BUCKETS, registry=r)
+        self.frames_in = Counter("audio_frames_in_total", "Audio frames received from participants", registry=r)
+        self.frames_dropped = Counter("audio_frames_dropped_total", "Audio frames not processed", ["reason"],
+                                      registry=r)
+        self.audio_seconds = Counter("audio_seconds_total", "Seconds of participant audio processed", registry=r)
+        self.speech_ratio = Gauge("audio_speech_ratio", "Share of processed audio classified as speech (active streams)",
+                                  registry=r)
+        self.stt_lag = Gauge("stt_lag_seconds", "Largest backlog of untranscribed speech over active streams",
+                             registry=r)
+        self.final_latency = Histogram("final_latency_seconds",
+                                       "Speech end -> segment.final sent on the analysis data channels",
+                                       buckets=_LATENCY_BUCKETS, registry=r)
+        self.segments_final = Counter("segments_final_total", "Final segments produced", registry=r)
+        self.segments_persisted = Counter("segments_persisted_total", "Final segments written to the store",
+                                          ["result"], registry=r)
+        self.persist_pending = Gauge("segments_persist_pending", "Final segments waiting to be written", registry=r)
+        self.messages_sent = Counter("analysis_messages_sent_total", "Messages sent on analysis data channels",
+                                     ["type"], registry=r)
+        self.messages_dropped = Counter("analysis_messages_dropped_total",
+                                        "Analysis messages not sent (slow or closed viewer)", ["reason"], registry=r)
+        self.stt_queue_depth = Gauge("stt_queue_depth", "Transcriptions waiting for a worker", registry=r)
+        self.errors = Counter("errors_total", "Errors by kind", ["kind"], registry=r)
+        for kind in ("bad_request", "unauthorized", "forbidden", "not_found", "too_large", "stt", "persist",
+                     "track", "webrtc", "stream"):
+            self.errors.labels(kind=kind)
+
+    def bind_live(self, *, speech_ratio: Callable[[], float], stt_lag: Callable[[], float]) -> None:
+        """Install the scrape-time readers of live state (the room registry owns that state)."""
+        self.speech_ratio.set_function(speech_ratio)
+        self.stt_lag.set_function(stt_lag)
+
+    def bind_stt(self, *, queue_depth: Callable[[], float]) -> None:
+        self.stt_queue_depth.set_function(queue_depth)
+
+    def error(self, kind: str) -> None:
+        self.errors.labels(kind=kind).inc()
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

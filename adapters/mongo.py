@@ -1,0 +1,483 @@
+"""MongoDB persistence (motor): interviews, candidates, transcript segments, the outbox, and the embedded server.
+
+Collections
+    interviews   `_id` = interviewId; the seed-shaped interview document (transcription.segments kept empty)
+                 plus the outbox fields below. Optimistic concurrency on `metadata.version`.
+    segments     append-only, one document per final segment, `_id` = "<interviewId>:<participantId>:<seq>" and
+                 a unique index on (interviewId, participantId, seq): a retried write is a no-op.
+    candidates   `_id` = candidateId, unique email.
+    events       the log of every published domain event (`_id` = event id), written by `mark_published`.
+
+Outbox design (events are published only after their write commits, and never lost while NATS is down)
+    There are no multi-document transactions (nx-27017 has none), so every pending event lives in the SAME
+    document write as the state change that produced it:
+    * an interview document holds `outbox` = {eventId: {subject, payload, occurredAt, version}}, and the write
+      that changes the interview (insert, or a `replace_one` filtered on `metadata.version`) stores the new
+      state and its new outbox entries together. The outbox is a map, not an array: the relay removes one
+      entry with a single-field `$unset` (and bumps `outboxRev`, which writers check so they never resurrect a
+      removed entry); nothing ever uses `$push` (nx-27017 0.8.1 stores pushed subdocuments as JSON strings).
+    * a segment document carries its own event (`eventId`, `subject`, `payload`) and `published: false`.
+    `pending()` reads both, oldest first; `mark_published()` appends the events to `events`, then `$unset`s the
+    outbox entries (decrementing `outboxCount`) and sets `published: true` on segments. A crash between the two
+    republishes with the same id, which JetStream's duplicate window and idempotent consumers absorb. A write
+    that failed (stale version, duplicate) stored no outbox entry, so it publishes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
+from pymongo import ASCENDING
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+
+from domain.commands import CandidateQuery, Cursor, InterviewQuery
+from domain.events import DomainEvent, SegmentTranscribed
+from domain.model import Candidate, Conflict, Interview, NotFound, Unavailable
+from domain.ports import OutboxRecord
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_SEGMENT_HIDDEN = {"_id": 0, "eventId": 0, "subject": 0, "payload": 0, "published": 0}
+
+
+def _translated(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Driver errors leave this module as `Unavailable` (our type); domain errors pass through."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except PyMongoError as exc:
+            raise Unavailable(f"database error: {type(exc).__name__}: {exc}") from exc
+
+    return wrapper
+
+
+def _outbox_entry(event: DomainEvent, version: int) -> dict[str, Any]:
+    return {"subject": event.subject, "payload": event.to_json_bytes().decode(), "occurredAt": event.occurred_at,
+            "version": version}
+
+
+def _time_key(at: datetime) -> str:
+    return "t" + at.astimezone(UTC).strftime("%Y%m%d%H%M%S") + f"{at.microsecond // 1000:03d}"
+
+
+def _list_key(at: datetime, ident: str) -> str:
+    """Keyset-pagination key: 't' + UTC time to the millisecond + '~' + id, compared as a string.
+
+    Why not (date, _id) range queries: nx-27017 0.8.1 (via neosqlite) compares dates at one-second resolution
+    (`$gt` ignores milliseconds, `$eq` matches any date in the same second) and treats strings that start with
+    a digit and look like dates as dates. A letter-prefixed, fixed-width string orders exactly in both servers.
+    """
+    return f"{_time_key(at)}~{ident}"
+
+
+def _interview_doc(interview: Interview) -> dict[str, Any]:
+    doc = interview.to_document()
+    doc["_id"] = interview.interview_id
+    doc["listKey"] = _list_key(interview.scheduled_at, interview.interview_id)
+    return doc
+
+
+def _interview(doc: dict[str, Any]) -> Interview:
+    return Interview.from_document(doc)
+
+
+def _key_range(after: Cursor | None, start: datetime | None = None, end: datetime | None = None) -> dict[str, Any]:
+    """`listKey` bounds: strictly after the cursor, at or after `start`, before `end` (tighter bound wins)."""
+    bounds: dict[str, Any] = {}
+    after_key = _list_key(after.at, after.ident) if after else None
+    if start is not None and (after_key is None or _time_key(start) > after_key):
+        bounds["$gte"] = _time_key(start)
+    elif after_key is not None:
+        bounds["$gt"] = after_key
+    if end is not None:
+        bounds["$lt"] = _time_key(end)
+    return {"listKey": bounds} if bounds else {}
+
+
+class MongoStore:
+    """The motor client and the repositories (implements domain.ports.InterviewStore and OutboxStore)."""
+
+    def __init__(self, client: AsyncIOMotorClient[Any], db: AsyncIOMotorDatabase[Any]) -> None:
+        self.client = client
+        self.db = db
+        self.interviews = db["interviews"]
+        self.segments = db["segments"]
+        self.candidates = db["candidates"]
+        self.events = db["events"]
+        # Records read by pending() and not yet marked: event id -> (record, owning interview id or None = segment).
+        self._seen: dict[str, tuple[OutboxRecord, str | None]] = {}
+
+    @classmethod
+    async def connect(cls, url: str, db_name: str = "interviews", *, timeout_s: float = 5.0) -> MongoStore:
+        client: AsyncIOMotorClient[Any] = AsyncIOMotorClient(
+            url, tz_aware=True, serverSelectionTimeoutMS=int(timeout_s * 1000),
+            connectTimeoutMS=int(timeout_s * 1000), appname="interview-worker")
+        store = cls(client, client[db_name])
+        try:
+            await store.create_indexes()
+        except PyMongoError as exc:
+            client.close()
+            raise Unavailable(f"cannot reach MongoDB ({type(exc).__name__}: {exc})") from exc
+        return store
+
+    async def create_indexes(self) -> None:
+        # No compound index may name `_id` (nx-27017 0.8.1 then fails every insert: "JSON path error near '_id'"),
+        # one reason the keyset sort uses `listKey` (see _list_key).
+        await self.interviews.create_index([("listKey", ASCENDING)])
+        await self.interviews.create_index([("status", ASCENDING), ("listKey", ASCENDING)])
+        await self.interviews.create_index([("candidateId", ASCENDING), ("listKey", ASCENDING)])
+        await self.interviews.create_index([("jobId", ASCENDING), ("listKey", ASCENDING)])
+        await self.interviews.create_index([("outboxCount", ASCENDING)])
+        await self.segments.create_index(
+            [("interviewId", ASCENDING), ("participantId", ASCENDING), ("seq", ASCENDING)], unique=True)
+        await self.segments.create_index([("interviewId", ASCENDING), ("recordedAt", ASCENDING)])
+        await self.segments.create_index([("published", ASCENDING), ("recordedAt", ASCENDING)])
+        await self.segments.create_index([("eventId", ASCENDING)])
+        await self.candidates.create_index([("email", ASCENDING)], unique=True)
+        await self.candidates.create_index([("listKey", ASCENDING)])
+        await self.events.create_index([("interviewId", ASCENDING), ("occurredAt", ASCENDING)])
+
+    async def close(self) -> None:
+        self.client.close()
+
+    async def ping(self) -> bool:
+        try:
+            await self.client.admin.command("ping")
+        except PyMongoError as exc:
+            log.warning("mongo ping failed: %s", exc)
+            return False
+        return True
+
+    async def drop_database(self) -> None:
+        """Tests and benchmarks only."""
+        await self.client.drop_database(self.db.name)
+
+    # -- interviews ---------------------------------------------------------------------------------------------
+
+    @_translated
+    async def add_interview(self, interview: Interview, events: list[DomainEvent]) -> None:
+        doc = _interview_doc(interview)
+        doc["outbox"] = {e.id: _outbox_entry(e, interview.metadata.version) for e in events}
+        doc["outboxCount"] = len(events)
+        doc["outboxRev"] = 0
+        try:
+            await self.interviews.insert_one(doc)
+        except DuplicateKeyError:
+            raise Conflict(f"interview {interview.interview_id} already exists", code="duplicate") from None
+
+    @_translated
+    async def get_interview(self, interview_id: str) -> Interview:
+        doc = await self.interviews.find_one({"_id": interview_id})
+        if doc is None:
+            raise NotFound("interview", interview_id)
+        return _interview(doc)
+
+    @_translated
+    async def save_interview(self, interview: Interview, expected_version: int, events: list[DomainEvent]) -> None:
+        """Compare-and-replace on (metadata.version, outboxRev).
+
+        A whole-document `replace_one`, not `$set`: nx-27017 0.8.1 stores a top-level datetime written by `$set`
+        as a naive string ("2026-01-01 00:00:00"), losing type, zone and milliseconds; replacements keep BSON
+        dates. The replacement carries the outbox entries still pending plus this write's; the relay's `$unset`
+        bumps `outboxRev`, so a replacement read before that unset fails the filter and is rebuilt here instead
+        of resurrecting a published event (a `metadata.version` change is a real conflict for the caller).
+        """
+        new_version = expected_version + 1
+        for _ in range(20):
+            current = await self.interviews.find_one({"_id": interview.interview_id},
+                                                     {"metadata": 1, "outbox": 1, "outboxRev": 1})
+            if current is None:
+                raise NotFound("interview", interview.interview_id)
+            version = current["metadata"]["version"]
+            if version != expected_version:
+                raise Conflict(f"interview {interview.interview_id} was changed concurrently (version {version}, "
+                               f"expected {expected_version})", code="version_conflict")
+            outbox = dict(current.get("outbox") or {})
+            outbox.update({e.id: _outbox_entry(e, new_version) for e in events})
+            rev = current.get("outboxRev", 0)
+            doc = _interview_doc(interview)
+            del doc["_id"]
+            doc["metadata"]["version"] = new_version
+            doc.update(outbox=outbox, outboxCount=len(outbox), outboxRev=rev)
+            result = await self.interviews.replace_one(
+                {"_id": interview.interview_id, "metadata.version": expected_version, "outboxRev": rev}, doc)
+            if result.matched_count == 1:
+                interview.metadata.version = new_version
+                return
+        raise Unavailable(f"interview {interview.interview_id}: outbox kept changing under the write")
+
+    @_translated
+    async def find_interviews(self, query: InterviewQuery, limit: int) -> list[Interview]:
+        filt: dict[str, Any] = {}
+        if query.status:
+            filt["status"] = query.status
+        if query.candidate_id:
+            filt["candidateId"] = query.candidate_id
+        if query.job_id:
+            filt["jobId"] = query.job_id
+        filt.update(_key_range(query.after, query.scheduled_from, query.scheduled_to))
+        docs = await self.interviews.find(filt).sort("listKey", ASCENDING).limit(limit).to_list(None)
+        return [_interview(d) for d in docs]
+
+    # -- segments -----------------------------------------------------------------------------------------------
+
+    @_translated
+    async def add_segment(self, event: SegmentTranscribed) -> bool:
+        seg = event.segment
+        pid = seg.speaker.participant_id
+        body = seg.to_dict()
+        body.pop("type", None)
+        doc = {"_id": f"{event.interview_id}:{pid}:{seg.seq}", "interviewId": event.interview_id,
+               "participantId": pid, **body, "recordedAt": event.occurred_at, "eventId": event.id,
+               "subject": event.subject, "payload": event.to_json_bytes().decode(), "published": False}
+        try:
+            await self.segments.insert_one(doc)
+        except DuplicateKeyError:
+            return False
+        return True
+
+    @_translated
+    async def list_segments(self, interview_id: str) -> list[dict[str, Any]]:
+        cursor = self.segments.find({"interviewId": interview_id}, _SEGMENT_HIDDEN)
+        return await cursor.sort([("recordedAt", ASCENDING), ("participantId", ASCENDING),
+                                  ("seq", ASCENDING)]).to_list(None)
+
+    # -- candidates ---------------------------------------------------------------------------------------------
+
+    @_translated
+    async def add_candidate(self, candidate: Candidate) -> None:
+        doc = candidate.to_document()
+        del doc["interviews"]
+        doc["_id"] = candidate.candidate_id
+        doc["listKey"] = _list_key(candidate.metadata.created_at, candidate.candidate_id)
+        try:
+            await self.candidates.insert_one(doc)
+        except DuplicateKeyError as exc:
+            raise self._candidate_conflict(candidate, exc) from None
+
+    def _candidate_conflict(self, candidate: Candidate, exc: DuplicateKeyError) -> Conflict:
+        if "email" in str(exc):
+            return Conflict(f"a candidate with email {candidate.email} already exists", code="duplicate")
+        return Conflict(f"candidate {candidate.candidate_id} already exists", code="duplicate")
+
+    @_translated
+    async def get_candidate(self, candidate_id: str) -> Candidate:
+        doc = await self.candidates.find_one({"_id": candidate_id})
+        if doc is None:
+            raise NotFound("candidate", candidate_id)
+        return Candidate.from_document(doc)
+
+    @_translated
+    async def save_candidate(self, candidate: Candidate, expected_version: int) -> None:
+        doc = candidate.to_document()
+        del doc["interviews"]
+        doc["listKey"] = _list_key(candidate.metadata.created_at, candidate.candidate_id)
+        doc["metadata"]["version"] = expected_version + 1
+        try:
+            # replace_one, not $set: see save_interview about nx-27017 and top-level dates.
+            result = await self.candidates.replace_one(
+                {"_id": candidate.candidate_id, "metadata.version": expected_version}, doc)
+        except DuplicateKeyError as exc:
+            raise self._candidate_conflict(candidate, exc) from None
+        if result.matched_count == 0:
+            if await self.candidates.find_one({"_id": candidate.candidate_id}, {"_id": 1}) is None:
+                raise NotFound("candidate", candidate.candidate_id)
+            raise Conflict(f"candidate {candidate.candidate_id} was changed concurrently", code="version_conflict")
+        candidate.metadata.version = expected_version + 1
+
+    @_translated
+    async def find_candidates(self, query: CandidateQuery, limit: int) -> list[Candidate]:
+        cursor = self.candidates.find(_key_range(query.after))
+        docs = await cursor.sort("listKey", ASCENDING).limit(limit).to_list(None)
+        return [Candidate.from_document(d) for d in docs]
+
+    @_translated
+    async def interview_ids_of(self, candidate_id: str) -> list[str]:
+        cursor = self.interviews.find({"candidateId": candidate_id}, {"_id": 1})
+        return [d["_id"] for d in await cursor.sort("listKey", ASCENDING).to_list(None)]
+
+    # -- outbox (domain.ports.OutboxStore) ----------------------------------------------------------------------
+
+    @_translated
+    async def pending(self, limit: int) -> list[OutboxRecord]:
+        """Up to `limit` unpublished events of committed writes, oldest first (per interview: in write order)."""
+        entries: list[tuple[datetime, str, int, OutboxRecord]] = []
+        async for doc in self.interviews.find({"outboxCount": {"$gt": 0}}, {"outbox": 1}).limit(limit):
+            for event_id, e in (doc.get("outbox") or {}).items():
+                record = OutboxRecord(id=event_id, subject=e["subject"], payload=e["payload"].encode())
+                self._seen[event_id] = (record, doc["_id"])
+                entries.append((e["occurredAt"], doc["_id"], int(e.get("version", 0)), record))
+        segs = self.segments.find({"published": False}, {"eventId": 1, "subject": 1, "payload": 1,
+                                                         "recordedAt": 1, "interviewId": 1, "seq": 1})
+        async for doc in segs.sort([("recordedAt", ASCENDING), ("_id", ASCENDING)]).limit(limit):
+            record = OutboxRecord(id=doc["eventId"], subject=doc["subject"], payload=doc["payload"].encode())
+            self._seen[record.id] = (record, None)
+            entries.append((doc["recordedAt"], doc["interviewId"], int(doc.get("seq", 0)), record))
+        entries.sort(key=lambda t: (t[0], t[1], t[2]))
+        return [t[3] for t in entries[:limit]]
+
+    @_translated
+    async def mark_published(self, ids: list[str]) -> None:
+        if not ids:
+            return
+        unknown = [i for i in ids if i not in self._seen]
+        if unknown:
+            # Not read by this process's pending() (a relay in another process?): read them now.
+            await self.pending(max(1000, len(unknown)))
+        records = [self._seen[i] for i in ids if i in self._seen]
+        await self._log_events([r for r, _ in records])
+        segment_ids = [r.id for r, owner in records if owner is None]
+        if segment_ids:
+            await self.segments.update_many({"eventId": {"$in": segment_ids}, "published": False},
+                                            {"$set": {"published": True}})
+        for record, owner in records:
+            if owner is not None:
+                await self.interviews.update_one(
+                    {"_id": owner, f"outbox.{record.id}": {"$exists": True}},
+                    {"$unset": {f"outbox.{record.id}": ""}, "$inc": {"outboxCount": -1, "outboxRev": 1}})
+        for i in ids:
+            self._seen.pop(i, None)
+
+    async def _log_events(self, records: list[OutboxRecord]) -> None:
+        now = datetime.now(UTC)
+        docs = []
+        for record in records:
+            payload = json.loads(record.payload)
+            docs.append({"_id": record.id, "interviewId": payload.get("interviewId"), "type": payload.get("type"),
+                         "subject": record.subject, "occurredAt": payload.get("occurredAt"), "publishedAt": now,
+                         "event": payload})
+        if not docs:
+            return
+        try:
+            await self.events.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            # Already logged by an earlier, interrupted mark_published: the same id, the same event.
+            if any(err.get("code") != 11000 for err in exc.details.get("writeErrors", [])):
+                raise
+        except DuplicateKeyError:
+            pass
+
+    @_translated
+    async def published_events(self, interview_id: str) -> list[dict[str, Any]]:
+        """The event log of one interview (published events), oldest first."""
+        cursor = self.events.find({"interviewId": interview_id}, {"_id": 0, "event": 1})
+        return [d["event"] for d in await cursor.sort([("occurredAt", ASCENDING), ("_id", ASCENDING)]).to_list(None)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Embedded server
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedMongo:
+    """Runs nx-27017 (MongoDB wire protocol over SQLite) on a free 127.0.0.1 port, data under `data_dir/mongo`.
+
+    Ready when it accepts a connection and answers `ping`; `stop()` terminates it (SQLite commits are durable, so
+    the next `start()` on the same data_dir sees everything).
+    """
+
+    def __init__(self, data_dir: Path, *, start_timeout_s: float = 30.0) -> None:
+        self.data_dir = Path(data_dir)
+        self.dir = self.data_dir / "mongo"
+        self.start_timeout_s = start_timeout_s
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port: int | None = None
+        self.url: str | None = None
+
+    def _spawn(self, port: int) -> subprocess.Popen[bytes]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        # One SQLite file per logical database; log and pid files under our dir, not the shared /tmp defaults.
+        cmd = [sys.executable, "-m", "nx_27017.nx_27017", "--host", "127.0.0.1", "-p", str(port),
+               "--data-dir", str(self.dir), "--log-file", str(self.dir / "nx-27017.log"),
+               "--pid-file", str(self.dir / "nx-27017.pid")]
+        with open(self.dir / "nx-27017.out", "ab") as out:
+            return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    async def start(self) -> str:
+        if self.url is not None:
+            return self.url
+        last_error = ""
+        for _ in range(3):  # the free port can be taken between probing and binding: try another
+            port = _free_port()
+            proc = await asyncio.to_thread(self._spawn, port)
+            if await self._wait_ready(proc, port):
+                self.proc, self.port = proc, port
+                self.url = f"mongodb://127.0.0.1:{port}/"
+                log.info("embedded MongoDB (nx-27017) on 127.0.0.1:%d, data in %s", port, self.dir)
+                return self.url
+            last_error = self._tail()
+            await self._terminate(proc)
+        raise RuntimeError(f"nx-27017 did not start; output tail:\n{last_error}")
+
+    async def _wait_ready(self, proc: subprocess.Popen[bytes], port: int) -> bool:
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                return False
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1.0)
+            except (OSError, TimeoutError):
+                await asyncio.sleep(0.05)  # poll interval while the server process boots
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            client: AsyncIOMotorClient[Any] = AsyncIOMotorClient(f"mongodb://127.0.0.1:{port}/",
+                                                                 serverSelectionTimeoutMS=5000)
+            try:
+                await client.admin.command("ping")
+                return True
+            except PyMongoError:
+                return False
+            finally:
+                client.close()
+        return False
+
+    def _tail(self) -> str:
+        try:
+            return (self.dir / "nx-27017.out").read_text(errors="replace")[-2000:]
+        except OSError:
+            return ""
+
+    @staticmethod
+    async def _terminate(proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                await asyncio.to_thread(proc.wait, 10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
+
+    async def stop(self) -> None:
+        if self.proc is not None:
+            await self._terminate(self.proc)
+            log.info("embedded MongoDB stopped (exit %s)", self.proc.returncode)
+        self.proc = None
+        self.url = None
+        self.port = None

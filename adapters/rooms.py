@@ -1,0 +1,527 @@
+"""Interview rooms: who is connected, each participant's pipeline stream, and where its events go.
+
+A `Room` exists while an interview has participants. Each `Participant` owns one pipeline stream (created
+at its first audio frame, with that frame's rate and channel count) and, for interviewers and observers,
+the `analysis` data channels ("viewers") that receive every event of the room. Candidates never become
+viewers: the WebRTC layer refuses their channels and `add_viewer` refuses them again here.
+
+Events flow one way: stream -> `Room.publish` (on the event loop, synchronous) -> JSON once -> every
+viewer's channel; finals are also kept for late joiners' backlog and queued to the `SegmentWriter`,
+which persists them in order through `InterviewService.record_segment` and then wakes the outbox relay.
+A write that fails is retried with backoff until it succeeds or the service shuts down; it is never
+dropped silently (viewers get an `error` event, the log and `/metrics` say how many are pending).
+
+Resuming: a participant whose connection drops is kept for `resume_grace_s`; a new WHIP session with the
+same token within that time re-attaches to the same stream, so segment numbering continues and nothing
+is transcribed twice. After the grace period the stream is drained (in-flight speech becomes final
+segments) and the participant leaves. Someone who rejoins later gets a fresh stream whose `seq`
+continues after the last one seen (in this process, or in the store), because segments are unique on
+(interviewId, participantId, seq) and a repeated number would be discarded as a duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from adapters.metrics import Metrics
+from adapters.tokens import JoinClaims
+from domain.events import (
+    ErrorEvent,
+    KeywordsEvent,
+    LevelEvent,
+    ParticipantEvent,
+    SegmentEvent,
+    SentimentEvent,
+    Speaker,
+    StreamEvent,
+    to_json,
+)
+from domain.model import DomainError
+
+if TYPE_CHECKING:
+    from pipeline.stream import ParticipantStream
+
+log = logging.getLogger(__name__)
+
+VIEWER_ROLES = ("interviewer", "observer")
+# Above this many bytes queued on a viewer's channel, only messages that matter later (finals, sentiment,
+# keywords, joins/leaves, errors) are still sent; partials and levels are shed and counted.
+VIEWER_BUFFER_LIMIT = 512 * 1024
+_SHEDDABLE = ("segment.partial", "level")
+
+StreamFactory = Callable[[Speaker, Callable[[StreamEvent], None], int, int], "ParticipantStream"]
+SegmentRecorder = Callable[[str, SegmentEvent], Awaitable[bool]]
+LastSeqLookup = Callable[[str, str], Awaitable[int | None]]
+
+
+class Channel(Protocol):
+    """What a viewer needs of a data channel (aiortc's RTCDataChannel; the tests' loopback channels)."""
+
+    @property
+    def readyState(self) -> str: ...  # noqa: N802 - aiortc's (and the W3C's) spelling
+
+    @property
+    def bufferedAmount(self) -> int: ...  # noqa: N802
+
+    def send(self, data: str) -> None: ...
+
+
+@dataclass(slots=True)
+class Viewer:
+    participant_id: str
+    channel: Channel
+    shed: int = 0
+
+
+def _shift_seq(event: StreamEvent, base: int) -> StreamEvent:
+    """Offsets a fresh stream's segment numbers so a rejoining participant continues its numbering."""
+    if base == 0:
+        return event
+    if isinstance(event, SegmentEvent | SentimentEvent):
+        event.seq += base
+    elif isinstance(event, KeywordsEvent):
+        event.seq += base
+        event.keywords = [replace(k, seqs=tuple(s + base for s in k.seqs)) for k in event.keywords]
+    elif isinstance(event, ErrorEvent) and isinstance(event.affected.get("seq"), int):
+        event.affected = {**event.affected, "seq": event.affected["seq"] + base}
+    return event
+
+
+class Participant:
+    """One person in a room: identity, the pipeline stream, audio clock bookkeeping and level statistics."""
+
+    def __init__(self, room: Room, claims: JoinClaims, *, seq_base: int, session_id: str) -> None:
+        self.room = room
+        self.claims = claims
+        self.speaker = claims.speaker
+        self.session_id: str | None = session_id
+        self.stream: ParticipantStream | None = None
+        self.seq_base = seq_base
+        self.next_seq = seq_base  # one past the last final segment seen
+        self.in_rate = 0
+        self.channels = 0
+        self.audio_s = 0.0  # stream time pushed so far
+        # (stream time at the end of a push, loop time of that push): maps speech end -> wall time.
+        self._arrival_t: deque[float] = deque(maxlen=6000)
+        self._arrival_wall: deque[float] = deque(maxlen=6000)
+        self.levels = 0
+        self.levels_speaking = 0
+        self._last_level_at = -1.0
+        self.closing = False  # no more audio accepted
+        self.removed = False
+        self.linger: asyncio.TimerHandle | None = None
+
+    @property
+    def lag_s(self) -> float:
+        return float(self.stream.lag_s) if self.stream is not None else 0.0
+
+    def push_audio(self, pcm: np.ndarray, rate: int, channels: int) -> bool:
+        """Feed interleaved int16 audio; False when the frame was not processed (participant leaving)."""
+        if self.closing:
+            return False
+        if self.stream is None:
+            self.stream = self.room.registry.stream_factory(self.speaker, self._on_event, rate, channels)
+            self.in_rate, self.channels = rate, channels
+        elif (rate, channels) != (self.in_rate, self.channels):
+            raise ValueError(f"audio format changed mid-stream: {rate} Hz x{channels}, "
+                             f"stream is {self.in_rate} Hz x{self.channels}")
+        self.stream.push(pcm)
+        self.audio_s += pcm.size / channels / rate
+        self._arrival_t.append(self.audio_s)
+        self._arrival_wall.append(asyncio.get_running_loop().time())
+        return True
+
+    def wall_time_of(self, stream_s: float) -> float | None:
+        """Loop time at which the audio at `stream_s` had arrived (None if it is no longer remembered)."""
+        i = bisect.bisect_left(self._arrival_t, stream_s)
+        if i >= len(self._arrival_t) or (i == 0 and self._arrival_t[0] - stream_s > 0.1):
+            return None
+        return self._arrival_wall[i]
+
+    def _on_event(self, event: StreamEvent) -> None:
+        if isinstance(event, ErrorEvent):  # the stream's own failures; other errors are logged where they arise
+            self.room.registry.metrics.error("stt" if event.code.startswith("stt") else "stream")
+            log.warning("stream error of %s in interview %s: %s %s", self.speaker.participant_id,
+                        self.room.interview_id, event.code, event.message)
+        self.room.publish(self, _shift_seq(event, self.seq_base))
+
+    async def close_stream(self) -> None:
+        """Drain the stream: in-flight speech becomes final segments (published before this returns)."""
+        self.closing = True
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            try:
+                await stream.aclose(drain=True)
+            except Exception:
+                log.exception("stream of participant %s failed while draining", self.speaker.participant_id)
+                self.room.registry.metrics.error("stream")
+
+
+class Room:
+    """The live state of one interview: participants, viewers and the short history late viewers get."""
+
+    def __init__(self, registry: RoomRegistry, interview_id: str, backlog: int) -> None:
+        self.registry = registry
+        self.interview_id = interview_id
+        self.participants: dict[str, Participant] = {}
+        self.viewers: dict[int, Viewer] = {}
+        self.history: deque[str] = deque(maxlen=backlog)  # finals and sentiment, JSON, in order
+        self.latest_keywords: dict[str, str] = {}  # participant id -> last keywords JSON
+
+    # ---- fan-out -------------------------------------------------------------------------------------
+    def publish(self, source: Participant | None, event: StreamEvent) -> None:
+        metrics = self.registry.metrics
+        if isinstance(event, LevelEvent):
+            if source is not None:
+                # The stream throttles levels; this keeps a misbehaving one from flooding viewers.
+                if event.at_s - source._last_level_at < 0.08:
+                    return
+                source._last_level_at = event.at_s
+                source.levels += 1
+                source.levels_speaking += int(event.speaking)
+        text = to_json(event)
+        kind = event.type
+        if isinstance(event, SegmentEvent) and event.final:
+            metrics.segments_final.inc()
+            self.history.append(text)
+            if source is not None:
+                source.next_seq = max(source.next_seq, event.seq + 1)
+            self.registry.writer.submit(self.interview_id, event)
+        elif isinstance(event, SentimentEvent):
+            self.history.append(text)
+        elif isinstance(event, KeywordsEvent):
+            self.latest_keywords[event.speaker.participant_id] = text
+        self._send_all(text, kind)
+        if isinstance(event, SegmentEvent) and event.final and source is not None:
+            spoken_end = source.wall_time_of(event.end_s)
+            if spoken_end is not None:
+                metrics.final_latency.observe(max(0.0, asyncio.get_running_loop().time() - spoken_end))
+
+    def _send_all(self, text: str, kind: str) -> None:
+        metrics = self.registry.metrics
+        for key, viewer in list(self.viewers.items()):
+            channel = viewer.channel
+            if channel.readyState != "open":
+                if channel.readyState in ("closing", "closed"):
+                    self.viewers.pop(key, None)
+                metrics.messages_dropped.labels(reason="closed").inc()
+                continue
+            if kind in _SHEDDABLE and channel.bufferedAmount > self.registry.viewer_buffer_limit:
+                viewer.shed += 1
+                metrics.messages_dropped.labels(reason="slow_viewer").inc()
+                continue
+            try:
+                channel.send(text)
+            except Exception as exc:  # aiortc raises InvalidStateError when the transport went away
+                log.info("analysis channel of %s failed (%s); dropping it", viewer.participant_id, exc)
+                self.viewers.pop(key, None)
+                metrics.messages_dropped.labels(reason="closed").inc()
+                continue
+            metrics.messages_sent.labels(type=kind).inc()
+
+    def add_viewer(self, participant: Participant, channel: Channel) -> None:
+        if participant.claims.role not in VIEWER_ROLES:
+            raise PermissionError(f"a {participant.claims.role} does not receive analysis")
+        viewer = Viewer(participant.speaker.participant_id, channel)
+        self.viewers[id(channel)] = viewer
+        backlog = [to_json(ParticipantEvent(p.speaker, joined=True)) for p in self.participants.values()]
+        backlog += list(self.history)
+        backlog += list(self.latest_keywords.values())
+        for text in backlog:
+            try:
+                channel.send(text)
+            except Exception as exc:
+                log.info("analysis channel of %s failed during backlog (%s)", viewer.participant_id, exc)
+                self.viewers.pop(id(channel), None)
+                return
+        self.registry.metrics.messages_sent.labels(type="backlog").inc(len(backlog))
+
+    def remove_viewer(self, channel: Channel) -> None:
+        self.viewers.pop(id(channel), None)
+
+
+class SegmentWriter:
+    """Persists final segments in order, retrying failed writes with backoff; never drops one silently."""
+
+    RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+    def __init__(self, record: SegmentRecorder | None, notify: Callable[[], None] | None, metrics: Metrics,
+                 on_failure: Callable[[str, SegmentEvent, str], None]) -> None:
+        self._record = record
+        self._notify = notify
+        self._metrics = metrics
+        self._on_failure = on_failure
+        self._queue: deque[tuple[str, SegmentEvent]] = deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        if self._record is not None and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="segment-writer")
+
+    def submit(self, interview_id: str, segment: SegmentEvent) -> None:
+        if self._record is None or not segment.text:
+            return  # an empty final only retracts partials shown for noise: nothing to keep
+        self._queue.append((interview_id, segment))
+        self._metrics.persist_pending.set(len(self._queue))
+        self._idle.clear()
+        self._wake.set()
+
+    async def _run(self) -> None:
+        assert self._record is not None
+        while True:
+            if not self._queue:
+                self._idle.set()
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            interview_id, segment = self._queue[0]
+            attempt = 0
+            while True:
+                try:
+                    created = await self._record(interview_id, segment)
+                except asyncio.CancelledError:
+                    raise
+                except DomainError as exc:
+                    # The store refused this segment for good (e.g. the interview was cancelled): retrying
+                    # cannot help. Said loudly, once, to the log, the metrics and the room.
+                    self._metrics.segments_persisted.labels(result="rejected").inc()
+                    self._metrics.error("persist")
+                    log.error("segment %s/%s#%d rejected by the store: %s; text=%r", interview_id,
+                              segment.speaker.participant_id, segment.seq, exc, segment.text)
+                    self._on_failure(interview_id, segment, f"rejected: {exc}")
+                    break
+                except Exception as exc:
+                    self._metrics.segments_persisted.labels(result="error").inc()
+                    self._metrics.error("persist")
+                    if attempt == 0:
+                        log.warning("persisting segment %s/%s#%d failed (%s: %s); retrying", interview_id,
+                                    segment.speaker.participant_id, segment.seq, type(exc).__name__, exc)
+                        self._on_failure(interview_id, segment, f"{type(exc).__name__}: {exc}")
+                    delay = self.RETRY_DELAYS_S[min(attempt, len(self.RETRY_DELAYS_S) - 1)]
+                    attempt += 1
+                    if self._closing and attempt > len(self.RETRY_DELAYS_S):
+                        raise
+                    await asyncio.sleep(delay)
+                    continue
+                self._metrics.segments_persisted.labels(result="created" if created else "duplicate").inc()
+                if self._notify is not None:
+                    self._notify()
+                if attempt:
+                    log.info("segment %s/%s#%d persisted after %d retries", interview_id,
+                             segment.speaker.participant_id, segment.seq, attempt)
+                break
+            self._queue.popleft()
+            self._metrics.persist_pending.set(len(self._queue))
+
+    async def aclose(self, drain_s: float) -> None:
+        """Write what is queued (for at most `drain_s`); log every segment that could not be written."""
+        self._closing = True
+        self._wake.set()
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._idle.wait()), drain_s)
+        except TimeoutError:
+            pass
+        if not self._task.done():
+            self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._task
+        for interview_id, segment in self._queue:
+            log.error("final segment NOT persisted at shutdown: interview=%s participant=%s seq=%d text=%r",
+                      interview_id, segment.speaker.participant_id, segment.seq, segment.text)
+        self._queue.clear()
+
+
+class RoomRegistry:
+    """All live rooms of this process. Methods run on the event loop."""
+
+    def __init__(
+        self,
+        *,
+        stream_factory: StreamFactory,
+        metrics: Metrics,
+        record_segment: SegmentRecorder | None = None,
+        notify_outbox: Callable[[], None] | None = None,
+        last_seq: LastSeqLookup | None = None,
+        resume_grace_s: float = 5.0,
+        backlog: int = 500,
+        viewer_buffer_limit: int = VIEWER_BUFFER_LIMIT,
+    ) -> None:
+        self.stream_factory = stream_factory
+        self.metrics = metrics
+        self.resume_grace_s = resume_grace_s
+        self.viewer_buffer_limit = viewer_buffer_limit
+        self._backlog = backlog
+        self._last_seq = last_seq
+        self.rooms: dict[str, Room] = {}
+        self._next_seq: dict[tuple[str, str], int] = {}  # (interview, participant) -> seq after the last final
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        self.writer = SegmentWriter(record_segment, notify_outbox, metrics, self._persist_failed)
+        metrics.bind_live(speech_ratio=self.speech_ratio, stt_lag=self.max_lag_s)
+
+    def start(self) -> None:
+        self.writer.start()
+
+    # ---- membership ----------------------------------------------------------------------------------
+    def get(self, interview_id: str, participant_id: str) -> Participant | None:
+        room = self.rooms.get(interview_id)
+        return room.participants.get(participant_id) if room else None
+
+    async def join(self, claims: JoinClaims, session_id: str) -> tuple[Participant, str | None]:
+        """Adds the participant, or re-attaches it to a new session. Returns it and the replaced session id."""
+        if self._closed:
+            raise RuntimeError("the service is shutting down")
+        existing = self.get(claims.interview_id, claims.participant_id)
+        if existing is not None and not existing.removed:
+            previous, existing.session_id = existing.session_id, session_id
+            if existing.linger is not None:
+                existing.linger.cancel()
+                existing.linger = None
+            log.info("participant %s resumed in interview %s (session %s -> %s)", claims.participant_id,
+                     claims.interview_id, previous, session_id)
+            return existing, previous
+        seq_base = await self._first_seq(claims)
+        room = self.rooms.get(claims.interview_id)
+        if room is None:
+            room = self.rooms[claims.interview_id] = Room(self, claims.interview_id, self._backlog)
+            self.metrics.rooms_active.set(len(self.rooms))
+        participant = Participant(room, claims, seq_base=seq_base, session_id=session_id)
+        room.participants[claims.participant_id] = participant
+        self.metrics.participants_active.labels(role=claims.role).inc()
+        log.info("participant %s (%s) joined interview %s", claims.participant_id, claims.role,
+                 claims.interview_id)
+        room.publish(participant, ParticipantEvent(participant.speaker, joined=True))
+        return participant, None
+
+    async def _first_seq(self, claims: JoinClaims) -> int:
+        key = (claims.interview_id, claims.participant_id)
+        known = self._next_seq.get(key, 0)
+        if self._last_seq is not None:
+            try:
+                last = await self._last_seq(claims.interview_id, claims.participant_id)
+            except Exception as exc:  # the store being down must not keep anyone out of an interview
+                log.warning("cannot read last segment number of %s (%s); continuing from %d",
+                            claims.participant_id, exc, known)
+                self.metrics.error("persist")
+                last = None
+            if last is not None:
+                known = max(known, last + 1)
+        return known
+
+    def detach(self, participant: Participant, session_id: str) -> None:
+        """The session's connection is gone: keep the participant for a resume, then let it leave."""
+        if participant.session_id != session_id or participant.removed:
+            return
+        participant.session_id = None
+        if participant.linger is not None:
+            participant.linger.cancel()
+        participant.linger = asyncio.get_running_loop().call_later(
+            self.resume_grace_s, lambda: self._spawn(self._remove(participant, "connection lost")))
+
+    async def leave(self, participant: Participant, session_id: str) -> bool:
+        """An explicit leave (WHIP DELETE) by the session that currently holds the participant."""
+        if participant.session_id != session_id or participant.removed:
+            return False
+        await self._remove(participant, "left")
+        return True
+
+    async def _remove(self, participant: Participant, reason: str) -> None:
+        if participant.removed:
+            return
+        if participant.linger is not None:
+            participant.linger.cancel()
+            participant.linger = None
+        if participant.session_id is not None and reason == "connection lost":
+            return  # resumed meanwhile
+        participant.removed = True
+        room = participant.room
+        await participant.close_stream()
+        pid = participant.speaker.participant_id
+        self._next_seq[(room.interview_id, pid)] = participant.next_seq
+        if room.participants.get(pid) is participant:
+            del room.participants[pid]
+            self.metrics.participants_active.labels(role=participant.claims.role).dec()
+        for key, viewer in list(room.viewers.items()):
+            if viewer.participant_id == pid:
+                room.viewers.pop(key, None)
+        log.info("participant %s left interview %s (%s)", pid, room.interview_id, reason)
+        room.publish(participant, ParticipantEvent(participant.speaker, joined=False))
+        if not room.participants and self.rooms.get(room.interview_id) is room:
+            del self.rooms[room.interview_id]
+            self.metrics.rooms_active.set(len(self.rooms))
+
+    def add_viewer(self, participant: Participant, channel: Channel) -> None:
+        participant.room.add_viewer(participant, channel)
+
+    def remove_viewer(self, participant: Participant, channel: Channel) -> None:
+        participant.room.remove_viewer(channel)
+
+    # ---- faults and live statistics ------------------------------------------------------------------
+    def _persist_failed(self, interview_id: str, segment: SegmentEvent, reason: str) -> None:
+        room = self.rooms.get(interview_id)
+        if room is not None:
+            code = "persist_rejected" if reason.startswith("rejected") else "persist_delayed"
+            message = (f"this segment cannot be saved ({reason})" if code == "persist_rejected"
+                       else f"saving this segment failed ({reason}); retrying")
+            room.publish(None, ErrorEvent(segment.speaker, code, message,
+                                          {"seq": segment.seq, "start_s": round(segment.start_s, 3),
+                                           "end_s": round(segment.end_s, 3)}))
+
+    def all_participants(self) -> list[Participant]:
+        return [p for room in self.rooms.values() for p in room.participants.values()]
+
+    def speech_ratio(self) -> float:
+        levels = speaking = 0
+        for p in self.all_participants():
+            levels += p.levels
+            speaking += p.levels_speaking
+        return speaking / levels if levels else 0.0
+
+    def max_lag_s(self) -> float:
+        return max((p.lag_s for p in self.all_participants()), default=0.0)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_task_failure)
+
+    async def aclose(self, persist_timeout_s: float = 10.0) -> None:
+        """Shutdown: drain every stream to finals (sent to viewers still connected), then persist them."""
+        self._closed = True
+        participants = self.all_participants()
+        for p in participants:
+            p.session_id = None  # nobody can resume during shutdown
+        # Drain every stream before anyone leaves, so viewers still receive the last finals.
+        await asyncio.gather(*(p.close_stream() for p in participants))
+        await asyncio.gather(*(self._remove(p, "shutdown") for p in participants))
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.writer.aclose(persist_timeout_s)
+
+
+def _log_task_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("room task failed", exc_info=task.exception())

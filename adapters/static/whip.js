@@ -1,0 +1,280 @@
+// WHIP client (RFC 9725) shared by the candidate and interviewer pages. No dependencies, no build step.
+//
+// Non-trickle: the offer is POSTed once ICE gathering is complete, so the server gets every candidate in one
+// request. A failed connection is resumed by re-POSTing with the same join token, which the server maps back to
+// the same participant (its stream continues without duplicated segments).
+
+/** Read the join token from `?token=` (the joinUrl the API hands out). */
+export function tokenFromLocation(loc = window.location) {
+  return new URLSearchParams(loc.search).get("token") || "";
+}
+
+function base64UrlDecode(text) {
+  const b64 = text.replace(/-/g, "+").replace(/_/g, "/") + "===".slice((text.length + 3) % 4);
+  const bin = atob(b64);
+  const bytes = Uint8Array.from(bin, (c) => c.charCodeAt(0));
+  return new TextDecoder().decode(bytes);
+}
+
+/**
+ * Decode a join token's payload for display: `{iid, pid, role, name, exp}`.
+ * The signature is the server's business; this only refuses tokens that cannot be what the server issues.
+ */
+export function decodeToken(token) {
+  const parts = (token || "").split(".");
+  if (parts.length !== 2 || !parts[0] || !parts[1]) {
+    throw new Error("This link has no valid join token. Ask the interview organiser for a new link.");
+  }
+  let payload;
+  try {
+    payload = JSON.parse(base64UrlDecode(parts[0]));
+  } catch {
+    throw new Error("This join token is damaged (it could not be read). Ask the organiser for a new link.");
+  }
+  if (!payload || typeof payload.iid !== "string" || typeof payload.role !== "string") {
+    throw new Error("This join token is missing the interview or role.");
+  }
+  return {
+    iid: payload.iid,
+    pid: String(payload.pid ?? ""),
+    role: payload.role,
+    name: String(payload.name ?? ""),
+    exp: Number(payload.exp ?? 0),
+  };
+}
+
+/** Seconds until the token expires (negative once expired; Infinity when it carries no expiry). */
+export function secondsLeft(claims, nowMs = Date.now()) {
+  return claims.exp ? claims.exp - nowMs / 1000 : Infinity;
+}
+
+/** An HTTP error from the WHIP endpoint, with the server's own message. */
+export class WhipError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.name = "WhipError";
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function errorFromResponse(res) {
+  const text = await res.text().catch(() => "");
+  let code = `http_${res.status}`;
+  let message = text.trim() || res.statusText || `HTTP ${res.status}`;
+  try {
+    const body = JSON.parse(text);
+    const err = body && typeof body === "object" ? (body.error ?? body) : null;
+    if (err && typeof err === "object") {
+      code = String(err.code ?? code);
+      message = String(err.message ?? err.detail ?? message);
+    } else if (typeof err === "string") {
+      message = err;
+    }
+  } catch {
+    // not JSON: keep the text body
+  }
+  const hint = {
+    401: "Your join link is invalid or has expired.",
+    403: "This link does not allow joining this way.",
+    404: "This interview does not exist (or was removed).",
+    413: "The connection offer was too large.",
+  }[res.status];
+  return new WhipError(res.status, code, hint ? `${hint} (${message})` : message);
+}
+
+function iceGatheringComplete(pc, timeoutMs) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    // Host candidates on loopback/LAN arrive in milliseconds; if a STUN server is slow we go with what we have.
+    const timer = setTimeout(done, timeoutMs);
+    function done() {
+      clearTimeout(timer);
+      pc.removeEventListener("icegatheringstatechange", check);
+      resolve();
+    }
+    function check() {
+      if (pc.iceGatheringState === "complete") done();
+    }
+    pc.addEventListener("icegatheringstatechange", check);
+  });
+}
+
+/**
+ * One participant's WHIP session. Events (EventTarget):
+ *   "state"   detail {state, text}    connecting | connected | reconnecting | failed | left
+ *   "channel" detail {channel}        the `analysis` RTCDataChannel (each (re)connection makes a new one)
+ *   "error"   detail {error}
+ */
+export class WhipSession extends EventTarget {
+  constructor({ interviewId, token, stream = null, analysis = false, iceServers = [], maxRetries = 5 }) {
+    super();
+    this.interviewId = interviewId;
+    this.token = token;
+    this.stream = stream;
+    this.analysis = analysis;
+    this.iceServers = iceServers;
+    this.maxRetries = maxRetries;
+    this.pc = null;
+    this.location = null;
+    this.state = "idle";
+    this._leaving = false;
+    this._retries = 0;
+    this._retryTimer = null;
+    this._disconnectTimer = null;
+  }
+
+  get endpoint() {
+    return `/whip/${encodeURIComponent(this.interviewId)}`;
+  }
+
+  _setState(state, text = "") {
+    this.state = state;
+    this.dispatchEvent(new CustomEvent("state", { detail: { state, text } }));
+  }
+
+  /** Connect (or reconnect). Rejects with WhipError on an HTTP refusal. */
+  async start() {
+    this._leaving = false;
+    this._setState(this._retries ? "reconnecting" : "connecting");
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle" });
+    this.pc = pc;
+    if (this.stream) {
+      for (const track of this.stream.getAudioTracks()) {
+        pc.addTransceiver(track, { direction: "sendonly", streams: [this.stream] });
+      }
+    }
+    if (this.analysis) {
+      const channel = pc.createDataChannel("analysis", { ordered: true });
+      this.dispatchEvent(new CustomEvent("channel", { detail: { channel } }));
+    }
+    pc.addEventListener("connectionstatechange", () => this._onConnectionState(pc));
+
+    try {
+      await pc.setLocalDescription(await pc.createOffer());
+      await iceGatheringComplete(pc, 3000);
+      const res = await fetch(this.endpoint, {
+        method: "POST",
+        headers: { "Content-Type": "application/sdp", Authorization: `Bearer ${this.token}` },
+        body: pc.localDescription.sdp,
+      });
+      if (res.status !== 201) throw await errorFromResponse(res);
+      const answer = await res.text();
+      const header = res.headers.get("Location");
+      const location = header ? new URL(header, res.url).href : null;
+      if (this.pc !== pc) {
+        // Left while the request was in flight: end the session the server just created.
+        if (location) this._delete(location, false);
+        return;
+      }
+      this.location = location;
+      await pc.setRemoteDescription({ type: "answer", sdp: answer });
+    } catch (error) {
+      pc.close();
+      if (this.pc === pc) this.pc = null;
+      this._setState("failed", error.message);
+      throw error;
+    }
+  }
+
+  _onConnectionState(pc) {
+    if (pc !== this.pc || this._leaving) return;
+    const s = pc.connectionState;
+    if (s === "connected") {
+      this._retries = 0;
+      clearTimeout(this._disconnectTimer);
+      this._setState("connected");
+    } else if (s === "disconnected") {
+      // Often transient (a Wi-Fi blip); ICE recovers by itself. Only resume if it stays down.
+      this._setState("reconnecting", "Connection interrupted; waiting for it to recover…");
+      clearTimeout(this._disconnectTimer);
+      this._disconnectTimer = setTimeout(() => {
+        if (pc === this.pc && pc.connectionState !== "connected") this._resume();
+      }, 5000);
+    } else if (s === "failed") {
+      this._resume();
+    }
+  }
+
+  /** Re-POST with the same token: the server resumes the same participant. Backs off 1, 2, 4… s. */
+  _resume() {
+    if (this._leaving || this._retryTimer) return;
+    if (this._retries >= this.maxRetries) {
+      this._setState("failed", "The connection was lost and could not be re-established.");
+      return;
+    }
+    const old = this.pc;
+    this.pc = null;
+    old?.close();
+    const delay = 1000 * 2 ** this._retries;
+    this._retries += 1;
+    this._setState("reconnecting", `Connection lost; retrying in ${Math.round(delay / 1000)} s…`);
+    this._retryTimer = setTimeout(async () => {
+      this._retryTimer = null;
+      try {
+        await this.start();
+      } catch (error) {
+        this.dispatchEvent(new CustomEvent("error", { detail: { error } }));
+        // Refusals (expired token, interview gone) will not get better by retrying.
+        if (!(error instanceof WhipError) || error.status >= 500) this._resume();
+      }
+    }, delay);
+  }
+
+  /**
+   * Leave: DELETE the WHIP session and close the peer connection.
+   * `keepalive` lets the DELETE outlive the page (pagehide).
+   */
+  async leave({ keepalive = false } = {}) {
+    this._leaving = true;
+    clearTimeout(this._retryTimer);
+    clearTimeout(this._disconnectTimer);
+    this._retryTimer = null;
+    const location = this.location;
+    this.location = null;
+    const pc = this.pc;
+    this.pc = null;
+    pc?.close();
+    if (location) await this._delete(location, keepalive);
+    this._setState("left");
+  }
+
+  async _delete(location, keepalive) {
+    try {
+      await fetch(location, { method: "DELETE", headers: { Authorization: `Bearer ${this.token}` }, keepalive });
+    } catch {
+      // The server also notices the closed peer connection; a lost DELETE only delays cleanup.
+    }
+  }
+}
+
+/** Human text for a session state, for the status pill. */
+export const STATE_TEXT = {
+  idle: "Not connected",
+  connecting: "Connecting…",
+  connected: "Connected",
+  reconnecting: "Reconnecting…",
+  failed: "Connection failed",
+  left: "Left the interview",
+};
+
+/** Show a short-lived message in the page's toast region (an aria-live region). */
+export function toast(message, { kind = "error", timeoutMs = 8000 } = {}) {
+  const region = document.getElementById("toasts");
+  if (!region) return;
+  const item = document.createElement("div");
+  item.className = `toast toast-${kind}`;
+  item.setAttribute("role", kind === "error" ? "alert" : "status");
+  const text = document.createElement("span");
+  text.textContent = message;
+  const close = document.createElement("button");
+  close.type = "button";
+  close.className = "toast-close";
+  close.setAttribute("aria-label", "Dismiss");
+  close.textContent = "×";
+  close.addEventListener("click", () => item.remove());
+  item.append(text, close);
+  region.append(item);
+  while (region.children.length > 4) region.firstElementChild.remove();
+  if (timeoutMs) setTimeout(() => item.remove(), timeoutMs);
+}

@@ -1,0 +1,148 @@
+"""Speech-to-text through any OpenAI-compatible `/v1/audio/transcriptions` endpoint (the `openai` package).
+
+Implements `pipeline.stt.SpeechToText`. Called from the scheduler's worker threads, so it uses the blocking
+client. Provider exceptions are translated here into `SttError` codes; the API key is never logged.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import time
+import wave
+
+import numpy as np
+
+from domain.events import Word
+from pipeline.stt import SAMPLE_RATE, SttError, Transcript, apply_guards, as_float_audio, compression_ratio
+
+log = logging.getLogger(__name__)
+
+
+def wav_bytes(audio: np.ndarray) -> bytes:
+    """16 kHz mono int16 WAV of `audio` (int16 or float32)."""
+    x = as_float_audio(audio)
+    pcm = np.clip(np.round(x * 32767.0), -32768, 32767).astype("<i2")
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(pcm.tobytes())
+    return buf.getvalue()
+
+
+class OpenAITranscriber:
+    """`audio.transcriptions.create` against `base_url` (None = api.openai.com) with `model`.
+
+    Asks for `verbose_json` with word and segment timestamps (decode statistics feed our guards); servers that
+    only answer plain `json` (e.g. gpt-4o-transcribe) are detected on the first 400 and used without them.
+    """
+
+    engine = "openai"
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        model: str = "whisper-1",
+        api_key: str | None = None,
+        timeout_s: float = 30.0,
+        max_retries: int = 1,
+        language: str = "en",
+    ) -> None:
+        import openai
+
+        self.model = model
+        self.language = language
+        self._verbose = True
+        self._openai = openai
+        self._client = openai.OpenAI(
+            base_url=base_url, api_key=api_key or "unused", timeout=timeout_s, max_retries=max_retries
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def transcribe(self, audio: np.ndarray, *, prompt: str | None = None) -> Transcript:
+        data = wav_bytes(audio)
+        audio_s = (len(data) - 44) / 2 / SAMPLE_RATE
+        t0 = time.perf_counter()
+        try:
+            result = self._create(data, prompt)
+        except self._openai.BadRequestError as exc:
+            if not self._verbose:
+                raise SttError("stt_bad_request", _describe(exc)) from exc
+            log.info("%s rejected verbose_json (%s); using plain json", self.model, _describe(exc))
+            self._verbose = False
+            try:
+                result = self._create(data, prompt)
+            except self._openai.OpenAIError as exc2:
+                raise _translate(self._openai, exc2) from exc2
+        except self._openai.OpenAIError as exc:
+            raise _translate(self._openai, exc) from exc
+        return apply_guards(self._to_transcript(result, audio_s, time.perf_counter() - t0))
+
+    def _create(self, data: bytes, prompt: str | None) -> object:
+        kwargs: dict[str, object] = {
+            "file": ("utterance.wav", data, "audio/wav"),
+            "model": self.model,
+            "language": self.language,
+            "temperature": 0.0,
+        }
+        if prompt:
+            kwargs["prompt"] = prompt
+        if self._verbose:
+            kwargs["response_format"] = "verbose_json"
+            kwargs["timestamp_granularities"] = ["word", "segment"]
+        return self._client.audio.transcriptions.create(**kwargs)  # type: ignore[call-overload]
+
+    def _to_transcript(self, r: object, audio_s: float, decode_s: float) -> Transcript:
+        text = str(getattr(r, "text", "") or "").strip()
+        segments = list(getattr(r, "segments", None) or [])
+        if segments:
+            weights = [max(1, len(s.tokens or [])) for s in segments]
+            avg_logprob = sum(s.avg_logprob * w for s, w in zip(segments, weights, strict=True)) / sum(weights)
+            no_speech = max(s.no_speech_prob for s in segments)
+            ratio = max(s.compression_ratio for s in segments)
+            confidence = math.exp(avg_logprob)
+        else:  # plain json: no decode statistics; the text-only guards still apply
+            avg_logprob, no_speech, ratio, confidence = 0.0, 0.0, 0.0, 1.0
+        words = [
+            Word(w.word.strip(), float(w.start), float(w.end), confidence)  # the API gives no per-word probability
+            for w in (getattr(r, "words", None) or [])
+            if w.word.strip()
+        ]
+        language = str(getattr(r, "language", None) or self.language)
+        return Transcript(
+            text=text,
+            words=words,
+            confidence=confidence,
+            no_speech_prob=no_speech,
+            language="en" if language == "english" else language,
+            avg_logprob=avg_logprob,
+            compression_ratio=max(ratio, compression_ratio(text)),
+            audio_s=audio_s,
+            decode_s=decode_s,
+        )
+
+
+def _describe(exc: Exception) -> str:
+    status = getattr(exc, "status_code", None)
+    msg = getattr(exc, "message", None) or str(exc)
+    return f"HTTP {status}: {msg}" if status else msg
+
+
+def _translate(openai: object, exc: Exception) -> SttError:
+    """Map the provider's exceptions onto our error codes (the stream emits them as `error` events)."""
+    o = openai
+    if isinstance(exc, o.APITimeoutError):  # type: ignore[attr-defined]
+        return SttError("stt_timeout", "speech-to-text request timed out")
+    if isinstance(exc, o.APIConnectionError):  # type: ignore[attr-defined]
+        return SttError("stt_unavailable", f"cannot reach speech-to-text server: {exc}")
+    if isinstance(exc, o.AuthenticationError | o.PermissionDeniedError):  # type: ignore[attr-defined]
+        return SttError("stt_auth", _describe(exc))
+    if isinstance(exc, o.RateLimitError):  # type: ignore[attr-defined]
+        return SttError("stt_rate_limited", _describe(exc))
+    return SttError("stt_failed", _describe(exc))

@@ -1,0 +1,529 @@
+"""Joining an interview room: join tokens over HTTP, and WHIP (RFC 9725) ingest on aiortc.
+
+HTTP surface::
+
+    POST   /api/interviews/{id}/tokens   admin key; {"role", "name"} -> 201 {"token", "joinUrl", "expiresAt"}
+    POST   /whip/{interviewId}           Bearer join token, application/sdp offer -> 201 answer + Location
+    DELETE /whip/{interviewId}/{session} leave (the token of the participant who holds the session)
+    PATCH  /whip/{interviewId}/{session} 405: aiortc cannot restart ICE; re-POST with the same token instead
+    OPTIONS /whip/{interviewId}          204 with Accept-Post
+
+Signalling is non-trickle: the offer carries all its candidates, and aiortc gathers ours inside
+`setLocalDescription`, so the answer is complete. A re-POST with a token whose participant is still in the
+room (connected, or within the resume grace period) replaces that participant's session and keeps its
+pipeline stream: numbering continues, nothing is transcribed twice.
+
+Per session: every audio track is read by one task with a timeout. A stall (no frame for
+`track_timeout_s`) pushes that much silence, so speech in progress ends as a final segment instead of
+waiting for audio that may never come; after `dead_track_s` without frames the track is declared dead,
+reported, and no longer read. `MediaStreamError` (the peer closed) ends the reader. A connection that
+fails or closes detaches the participant (see `adapters.rooms`). Video is accepted in the offer but set
+inactive. Data channels other than `analysis`, and any channel a candidate opens, are closed at once:
+a candidate never receives analysis, whatever its offer contains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import av
+import numpy as np
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.sdp import SessionDescription
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from adapters.metrics import Metrics
+from adapters.rooms import Participant, RoomRegistry
+from adapters.tokens import InvalidToken, JoinClaims, TokenSigner, bearer_token, validate_name, validate_role
+from domain.events import ErrorEvent
+
+log = logging.getLogger(__name__)
+
+MAX_SDP_BYTES = 64 * 1024
+MAX_TOKEN_REQUEST_BYTES = 16 * 1024
+ROLES_NEEDING_AUDIO = ("candidate", "interviewer")
+CLOSED_STATUSES = ("completed", "cancelled")
+_SUPPORTED_RATES = (8000, 16000, 24000, 32000, 44100, 48000)
+
+# Returns the interview's status, or None when there is no such interview.
+InterviewStatus = Callable[[str], Awaitable[str | None]]
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+_METRIC_KIND = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "bad_request",
+                413: "too_large", 415: "bad_request", 422: "bad_request"}
+
+
+def error_response(err: HttpError) -> JSONResponse:
+    return JSONResponse({"error": {"code": err.code, "message": err.message}}, status_code=err.status,
+                        headers=err.headers)  # the shape of adapters.http_api.json_error
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) more than `limit` bytes without reading them all."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise HttpError(413, "body_too_large", f"body exceeds {limit} bytes")
+        except ValueError as exc:
+            raise HttpError(400, "bad_content_length", "Content-Length is not a number") from exc
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HttpError(413, "body_too_large", f"body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def check_offer(sdp: str, role: str) -> SessionDescription:
+    """Validates a WHIP offer before aiortc sees it; raises HttpError 400 with the reason."""
+    if not sdp.startswith("v=0"):
+        raise HttpError(400, "malformed_sdp", "the body is not an SDP offer (must start with v=0)")
+    if "\x00" in sdp:
+        raise HttpError(400, "malformed_sdp", "SDP contains NUL bytes")
+    try:
+        parsed = SessionDescription.parse(sdp)
+    except Exception as exc:  # aiortc's parser fails with assorted exception types (assert, KeyError, ...)
+        raise HttpError(400, "malformed_sdp", f"SDP could not be parsed ({type(exc).__name__})") from exc
+    kinds = [m.kind for m in parsed.media]
+    if not kinds:
+        raise HttpError(400, "malformed_sdp", "the offer has no media section")
+    for media in parsed.media:
+        if not media.ice.usernameFragment or not media.ice.password:
+            raise HttpError(400, "malformed_sdp", f"{media.kind} section lacks ice-ufrag/ice-pwd")
+        if not media.dtls.fingerprints:
+            raise HttpError(400, "malformed_sdp", f"{media.kind} section lacks a DTLS fingerprint")
+    if role in ROLES_NEEDING_AUDIO and "audio" not in kinds:
+        raise HttpError(400, "no_audio", f"a {role} must offer an audio track")
+    if "audio" not in kinds and "application" not in kinds:
+        raise HttpError(400, "nothing_offered", "the offer has neither audio nor a data channel")
+    return parsed
+
+
+def frame_to_pcm(frame: av.AudioFrame, converter: list[av.AudioResampler | None]) -> tuple[np.ndarray, int, int]:
+    """Interleaved int16 samples, rate and channel count of a decoded frame (aiortc: 48 kHz stereo s16)."""
+    rate = frame.sample_rate
+    channels = frame.layout.nb_channels
+    name = frame.format.name
+    if rate in _SUPPORTED_RATES and channels in (1, 2) and name in ("s16", "s16p"):
+        data = frame.to_ndarray()
+        pcm = data.reshape(-1) if name == "s16" else np.ascontiguousarray(data.T).reshape(-1)
+        return pcm, rate, channels
+    # Anything else (float, planar other than s16p, odd rates/layouts) is converted once here.
+    if converter[0] is None:
+        converter[0] = av.AudioResampler(format="s16", layout="stereo", rate=48000)
+    out = [f.to_ndarray().reshape(-1) for f in converter[0].resample(frame)]
+    pcm = np.concatenate(out) if out else np.zeros(0, dtype=np.int16)
+    return pcm, 48000, 2
+
+
+@dataclass(slots=True, eq=False)
+class WhipSession:
+    id: str
+    claims: JoinClaims
+    pc: RTCPeerConnection
+    participant: Participant | None = None
+    audio_tracks: list[MediaStreamTrack] = field(default_factory=list)
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    closed: bool = False
+
+    @property
+    def location(self) -> str:
+        return f"/whip/{quote(self.claims.interview_id, safe='')}/{self.id}"
+
+    def spawn(self, coro: Awaitable[Any], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(_log_task_failure)
+
+
+def _log_task_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("WHIP task %s failed", task.get_name(), exc_info=task.exception())
+
+
+class WhipIngest:
+    """The WHIP endpoints and the live peer connections behind them."""
+
+    def __init__(
+        self,
+        registry: RoomRegistry,
+        signer: TokenSigner,
+        interview_status: InterviewStatus,
+        metrics: Metrics,
+        *,
+        ice_servers: list[RTCIceServer] | None = None,
+        max_sdp_bytes: int = MAX_SDP_BYTES,
+        track_timeout_s: float = 1.0,
+        dead_track_s: float = 10.0,
+        connect_timeout_s: float = 30.0,
+    ) -> None:
+        self.registry = registry
+        self.signer = signer
+        self.interview_status = interview_status
+        self.metrics = metrics
+        self.ice_servers = list(ice_servers or [])
+        self.max_sdp_bytes = max_sdp_bytes
+        self.track_timeout_s = track_timeout_s
+        self.dead_track_s = dead_track_s
+        self.connect_timeout_s = connect_timeout_s
+        self.sessions: dict[str, WhipSession] = {}
+        self._closing = False
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/whip/{interview_id}", self.post, methods=["POST"]),
+            Route("/whip/{interview_id}", self.options, methods=["OPTIONS"]),
+            Route("/whip/{interview_id}/{session_id}", self.delete, methods=["DELETE"]),
+            Route("/whip/{interview_id}/{session_id}", self.patch, methods=["PATCH"]),
+            Route("/whip/{interview_id}/{session_id}", self.options_session, methods=["OPTIONS"]),
+        ]
+
+    # ---- HTTP handlers -------------------------------------------------------------------------------
+    async def options(self, request: Request) -> Response:
+        return Response(status_code=204, headers={"Accept-Post": "application/sdp", "Allow": "POST, OPTIONS"})
+
+    async def options_session(self, request: Request) -> Response:
+        return Response(status_code=204, headers={"Allow": "DELETE, PATCH, OPTIONS"})
+
+    async def patch(self, request: Request) -> Response:
+        # RFC 9725 section 4.3: a session supporting neither trickle ICE nor ICE restarts answers PATCH
+        # with 405. aiortc cannot restart ICE on a live connection; resuming is a re-POST (same token).
+        err = HttpError(405, "ice_restart_unsupported",
+                        "this server supports neither trickle ICE nor ICE restart; to resume, POST a new offer "
+                        "to the WHIP endpoint with the same token", {"Allow": "DELETE, OPTIONS"})
+        self._log_refusal(request, err)
+        return error_response(err)
+
+    async def post(self, request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            response = await self._post(request)
+        except HttpError as err:
+            self._log_refusal(request, err)
+            return error_response(err)
+        self.metrics.join_seconds.observe(time.perf_counter() - started)
+        return response
+
+    async def delete(self, request: Request) -> Response:
+        try:
+            claims = self._claims(request, allow_expired=True)
+            session = self.sessions.get(request.path_params["session_id"])
+            if session is None or session.claims.interview_id != request.path_params["interview_id"]:
+                raise HttpError(404, "unknown_session", "no such WHIP session")
+            if session.claims.participant_id != claims.participant_id:
+                raise HttpError(403, "not_your_session", "this session belongs to another participant")
+        except HttpError as err:
+            self._log_refusal(request, err)
+            return error_response(err)
+        participant = session.participant
+        await self._close_session(session)
+        if participant is not None:
+            await self.registry.leave(participant, session.id)
+        log.info("WHIP session %s deleted by %s", session.id, claims.participant_id)
+        return Response(status_code=200)
+
+    def _log_refusal(self, request: Request, err: HttpError) -> None:
+        self.metrics.error(_METRIC_KIND.get(err.status, "bad_request"))
+        log.info("%s %s refused: %d %s (%s)", request.method, request.url.path, err.status, err.code, err.message)
+
+    def _claims(self, request: Request, *, allow_expired: bool = False) -> JoinClaims:
+        try:
+            token = bearer_token(request.headers.get("authorization"))
+            return self.signer.verify(token, allow_expired=allow_expired)
+        except InvalidToken as exc:
+            raise HttpError(401, "invalid_token", exc.reason, {"WWW-Authenticate": 'Bearer realm="whip"'}) from exc
+
+    async def _post(self, request: Request) -> Response:
+        if self._closing:
+            raise HttpError(503, "shutting_down", "the service is shutting down")
+        interview_id = request.path_params["interview_id"]
+        claims = self._claims(request)
+        if claims.interview_id != interview_id:
+            raise HttpError(403, "wrong_interview", "the token is for another interview")
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/sdp":
+            raise HttpError(415, "unsupported_media_type", "the offer must be sent as application/sdp")
+        body = await read_body(request, self.max_sdp_bytes)
+        status = await self.interview_status(interview_id)
+        if status is None:
+            raise HttpError(404, "unknown_interview", f"no interview {interview_id}")
+        if status in CLOSED_STATUSES:
+            raise HttpError(409, "interview_closed", f"the interview is {status}")
+        try:
+            sdp = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise HttpError(400, "malformed_sdp", "the offer is not UTF-8 text") from exc
+        check_offer(sdp, claims.role)
+
+        session = WhipSession(id=secrets.token_urlsafe(12), claims=claims,
+                              pc=RTCPeerConnection(RTCConfiguration(iceServers=self.ice_servers)))
+        try:
+            answer = await self._negotiate(session, sdp)
+            participant, replaced = await self.registry.join(claims, session.id)
+        except BaseException:
+            await session.pc.close()
+            raise
+        session.participant = participant
+        self.sessions[session.id] = session
+        self.metrics.joins.labels(role=claims.role).inc()
+        for track in session.audio_tracks:
+            session.spawn(self._read_audio(session, track), f"audio-{session.id}")
+        session.spawn(self._watch_connect(session), f"connect-{session.id}")
+        if replaced is not None and replaced in self.sessions:
+            await self._close_session(self.sessions[replaced])
+        log.info("WHIP session %s: %s %s (%s) in interview %s", session.id,
+                 "resumed" if replaced else "joined", claims.participant_id, claims.role, interview_id)
+        return Response(answer, status_code=201, media_type="application/sdp",
+                        headers={"Location": session.location, "ETag": f'"{session.id}"'})
+
+    # ---- negotiation ---------------------------------------------------------------------------------
+    async def _negotiate(self, session: WhipSession, offer: str) -> str:
+        pc = session.pc
+
+        @pc.on("track")
+        def _on_track(track: MediaStreamTrack) -> None:
+            if track.kind == "audio":
+                session.audio_tracks.append(track)
+
+        @pc.on("datachannel")
+        def _on_channel(channel: Any) -> None:
+            self._on_datachannel(session, channel)
+
+        @pc.on("connectionstatechange")
+        async def _on_state() -> None:
+            state = pc.connectionState
+            log.debug("WHIP session %s connection %s", session.id, state)
+            if state in ("failed", "closed") and not session.closed:
+                if state == "failed":
+                    self.metrics.error("webrtc")
+                    log.info("WHIP session %s: connection failed", session.id)
+                await self._drop_session(session)
+
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+        except Exception as exc:
+            raise HttpError(400, "unacceptable_offer", f"the offer cannot be accepted: {exc}") from exc
+        for transceiver in pc.getTransceivers():
+            # Audio is received; everything else (video) is declined so nobody decodes frames we would drop.
+            transceiver.direction = "recvonly" if transceiver.kind == "audio" else "inactive"
+        try:
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:
+            raise HttpError(400, "unacceptable_offer", f"no answer could be made to the offer: {exc}") from exc
+        if session.claims.role in ROLES_NEEDING_AUDIO and not any(
+            t.kind == "audio" and t.currentDirection == "recvonly" for t in pc.getTransceivers()
+        ):
+            raise HttpError(400, "no_audio", "no audio track could be negotiated (Opus, PCMU or PCMA needed)")
+        return pc.localDescription.sdp
+
+    def _on_datachannel(self, session: WhipSession, channel: Any) -> None:
+        participant = session.participant
+        role = session.claims.role
+        if channel.label != "analysis" or participant is None or role == "candidate" or session.closed:
+            # Refused on the server whatever the offer says: a candidate never receives analysis.
+            log.info("WHIP session %s: closing data channel %r of a %s", session.id, channel.label, role)
+            channel.close()
+            return
+        try:
+            self.registry.add_viewer(participant, channel)
+        except PermissionError:
+            channel.close()
+            return
+
+        @channel.on("close")
+        def _on_close() -> None:
+            self.registry.remove_viewer(participant, channel)
+
+    async def _watch_connect(self, session: WhipSession) -> None:
+        """A session whose peer never completes ICE/DTLS is dropped after `connect_timeout_s`."""
+        deadline = asyncio.get_running_loop().time() + self.connect_timeout_s
+        while session.pc.connectionState != "connected" and not session.closed:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                log.info("WHIP session %s never connected; dropping it", session.id)
+                self.metrics.error("webrtc")
+                await self._drop_session(session)
+                return
+            changed = asyncio.Event()
+            session.pc.once("connectionstatechange", changed.set)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), remaining)
+
+    # ---- audio ---------------------------------------------------------------------------------------
+    async def _read_audio(self, session: WhipSession, track: MediaStreamTrack) -> None:
+        participant = session.participant
+        assert participant is not None
+        converter: list[av.AudioResampler | None] = [None]
+        loop = asyncio.get_running_loop()
+        last_frame = loop.time()
+        silence_s = 0.0
+        while not session.closed:
+            try:
+                frame = await asyncio.wait_for(track.recv(), self.track_timeout_s)
+            except TimeoutError:
+                stalled = loop.time() - last_frame
+                if stalled >= self.dead_track_s:
+                    self._track_dead(session, participant, stalled)
+                    return
+                # No audio: feed silence (once per stall, enough to end speech in progress) so the last
+                # words become a final segment now rather than when, or if, audio comes back.
+                if silence_s < 2.0 and participant.in_rate and participant.session_id == session.id:
+                    n = int(participant.in_rate * self.track_timeout_s) * participant.channels
+                    participant.push_audio(np.zeros(n, dtype=np.int16), participant.in_rate, participant.channels)
+                    silence_s += self.track_timeout_s
+                continue
+            except MediaStreamError:
+                log.debug("WHIP session %s: audio track ended", session.id)
+                return
+            last_frame = loop.time()
+            silence_s = 0.0
+            self.metrics.frames_in.inc()
+            if participant.session_id != session.id:
+                self.metrics.frames_dropped.labels(reason="stale_session").inc()
+                continue
+            try:
+                pcm, rate, channels = frame_to_pcm(frame, converter)
+                if participant.push_audio(pcm, rate, channels):
+                    self.metrics.audio_seconds.inc(frame.samples / frame.sample_rate)
+                else:
+                    self.metrics.frames_dropped.labels(reason="leaving").inc()
+            except ValueError as exc:
+                self.metrics.frames_dropped.labels(reason="bad_frame").inc()
+                self.metrics.error("track")
+                log.warning("WHIP session %s: dropping an audio frame: %s", session.id, exc)
+
+    def _track_dead(self, session: WhipSession, participant: Participant, stalled: float) -> None:
+        self.metrics.error("track")
+        log.warning("WHIP session %s: no audio for %.1f s; track considered dead", session.id, stalled)
+        participant.room.publish(participant, ErrorEvent(
+            participant.speaker, "track_dead",
+            f"no audio received from {participant.speaker.name} for {stalled:.0f} s", {}))
+
+    # ---- teardown ------------------------------------------------------------------------------------
+    async def _close_session(self, session: WhipSession) -> None:
+        """Stops reading and closes the peer connection; the participant is left to the caller."""
+        if session.closed:
+            return
+        session.closed = True
+        self.sessions.pop(session.id, None)
+        current = asyncio.current_task()
+        for task in list(session.tasks):
+            if task is not current:
+                task.cancel()
+        await asyncio.gather(*(t for t in session.tasks if t is not current), return_exceptions=True)
+        await session.pc.close()
+
+    async def _drop_session(self, session: WhipSession) -> None:
+        """The connection is gone without a DELETE: close it and let the participant wait for a resume."""
+        participant = session.participant
+        await self._close_session(session)
+        if participant is not None:
+            self.registry.detach(participant, session.id)
+
+    async def aclose(self) -> None:
+        """Shutdown, step 1: refuse new sessions and stop reading audio (peer connections stay up so the
+        drained finals still reach interviewers). Step 2 is the registry's; step 3 `close_all()`."""
+        self._closing = True
+        current = asyncio.current_task()
+        tasks = [t for s in self.sessions.values() for t in s.tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def close_all(self) -> None:
+        await asyncio.gather(*(self._close_session(s) for s in list(self.sessions.values())),
+                             return_exceptions=True)
+
+
+# ---- join tokens ---------------------------------------------------------------------------------------
+def token_route(signer: TokenSigner, service: Any, admin_key: str, metrics: Metrics, *,
+                public_url: str | None = None, max_body_bytes: int = MAX_TOKEN_REQUEST_BYTES) -> Route:
+    """`POST /api/interviews/{id}/tokens` (admin key): issues a join token for one participant.
+
+    Body `{"role": "candidate"|"interviewer"|"observer", "name": "..."}` (name defaults to the role).
+    Errors follow the /api conventions (adapters.http_api): 401, 403 for a join token used as a key,
+    404 unknown interview, 409 interview completed/cancelled, 413, 415, 422 naming the fields.
+    """
+    from adapters.http_api import error_response as api_error
+    from adapters.http_api import read_json, require_admin
+    from domain.model import Conflict, ValidationError
+
+    async def issue(request: Request) -> Response:
+        try:
+            _authorize(request)
+            interview_id = request.path_params["interview_id"]
+            data = await read_json(request, max_body_bytes)
+            if not isinstance(data, dict):
+                raise ValidationError({"body": "expected a JSON object with role and name"})
+            problems: dict[str, str] = {}
+            role = name = ""
+            try:
+                role = validate_role(data.get("role"))
+            except ValueError as exc:
+                problems["role"] = str(exc)
+            try:
+                name = validate_name(data["name"]) if "name" in data else role.title()
+            except ValueError as exc:
+                problems["name"] = str(exc)
+            for key in sorted(set(data) - {"role", "name"}):
+                problems[key] = "unknown field"
+            if problems:
+                raise ValidationError(problems)
+            status = (await service.get_interview(interview_id, with_segments=False))["status"]
+            if status in CLOSED_STATUSES:
+                raise Conflict(f"interview {interview_id} is {status}", code="interview_closed")
+        except Exception as exc:  # noqa: BLE001 - one logged JSON error per failure, as everywhere under /api
+            response = api_error(request, exc)
+            metrics.error(_METRIC_KIND.get(response.status_code, "bad_request"))
+            return response
+        token, claims = signer.issue(interview_id, role, name)
+        base = (public_url or str(request.base_url)).rstrip("/")
+        page = "candidate" if claims.role == "candidate" else "interviewer"
+        expires = dt.datetime.fromtimestamp(claims.expires_at, tz=dt.UTC).isoformat().replace("+00:00", "Z")
+        log.info("join token issued: interview=%s participant=%s role=%s", interview_id, claims.participant_id,
+                 claims.role)
+        return JSONResponse({"token": token, "joinUrl": f"{base}/{page}?token={token}", "expiresAt": expires,
+                             "participantId": claims.participant_id, "role": claims.role, "name": claims.name},
+                            status_code=201)
+
+    def _authorize(request: Request) -> None:
+        from starlette.exceptions import HTTPException
+
+        try:
+            require_admin(request, admin_key)
+            return
+        except HTTPException as unauthorized:
+            try:
+                claims = signer.verify(bearer_token(request.headers.get("authorization")))
+            except InvalidToken:
+                raise unauthorized from None
+        # A valid join token is an authenticated caller with the wrong role for this endpoint.
+        raise HTTPException(403, f"a {claims.role} join token cannot issue tokens")
+
+    return Route("/api/interviews/{interview_id}/tokens", issue, methods=["POST"])

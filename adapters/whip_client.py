@@ -1,0 +1,352 @@
+"""A WHIP (RFC 9725) publishing client on aiortc, and a track that plays a recording at real-time pace.
+
+Used by the WebRTC tests and by `python -m benchmarks.latency` to stand in for browsers: each peer
+publishes one channel of a dialogue recording and (for interviewers) listens on the `analysis` data
+channel, stamping every message with the local loop time it arrived at.
+
+Signalling is non-trickle, as RFC 9725 allows: ICE gathering completes before the offer is POSTed
+(`Content-Type: application/sdp`, `Authorization: Bearer <join token>`); the server answers
+`201 Created` with the SDP answer and a `Location` for the session, which `WhipSession.close()` DELETEs.
+
+Time: `WavChannelTrack.started_at` is the loop-clock instant of stream time zero, as if a microphone had
+started capturing then; frame k (20 ms) is handed to the encoder at `started_at + (k + 1) * 0.02`, when a
+microphone would have finished capturing it. So a ground-truth time `t` seconds into the file happened
+at `started_at + t` on the loop clock, and `msg["_received_at"] - (started_at + t)` is the latency a
+listener feels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+import logging
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin
+
+import av
+import httpx
+import numpy as np
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+
+log = logging.getLogger(__name__)
+
+RATE = 48_000
+FRAME_SAMPLES = 960  # 20 ms at 48 kHz: what browsers send and what aiortc's Opus encoder packs per packet
+FRAME_S = FRAME_SAMPLES / RATE
+
+
+class WhipError(RuntimeError):
+    """The WHIP endpoint refused the offer (or answered something that is not a WHIP answer)."""
+
+    def __init__(self, message: str, status: int | None = None, body: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+def decode_audio(path: str | Path, rate: int = RATE) -> np.ndarray:
+    """Decode any PyAV-readable audio file to int16 planar samples, shape (channels, n), at `rate`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"audio file not found: {path}")
+    try:
+        container = av.open(str(path))
+    except av.error.FFmpegError as exc:
+        raise ValueError(f"cannot open {path} as audio: {exc}") from exc
+    with container:
+        if not container.streams.audio:
+            raise ValueError(f"{path} has no audio stream")
+        stream = container.streams.audio[0]
+        layout = stream.codec_context.layout.name
+        resampler = av.AudioResampler(format="s16p", layout=layout, rate=rate)
+        chunks: list[np.ndarray] = []
+        for frame in container.decode(stream):
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray())
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray())
+    if not chunks:
+        raise ValueError(f"{path} decoded to no samples")
+    return np.ascontiguousarray(np.concatenate(chunks, axis=1), dtype=np.int16)
+
+
+class WavChannelTrack(MediaStreamTrack):
+    """Plays one channel of an audio file as 20 ms, 48 kHz mono s16 frames, then `tail_s` of silence, then ends.
+
+    `channel=None` plays a mono file as is and downmixes a multichannel one. With `realtime=True` frames
+    are paced on the loop clock against an absolute schedule (a late frame does not delay the next
+    ones); `late_frames` / `max_late_s` count how far the pacing fell behind, which tells a benchmark
+    whether the *sender* kept real time. `limit_s` plays only the first seconds of the file.
+    """
+
+    kind = "audio"
+
+    def __init__(
+        self,
+        path: str | Path,
+        channel: int | None = None,
+        *,
+        realtime: bool = True,
+        tail_s: float = 2.0,
+        limit_s: float | None = None,
+    ) -> None:
+        super().__init__()
+        if tail_s < 0:
+            raise ValueError(f"tail_s must be >= 0, got {tail_s}")
+        planar = decode_audio(path)
+        n_channels = planar.shape[0]
+        if channel is None:
+            mono = planar[0] if n_channels == 1 else planar.mean(axis=0).round().astype(np.int16)
+        elif not 0 <= channel < n_channels:
+            raise ValueError(f"channel {channel} out of range: {path} has {n_channels} channel(s)")
+        else:
+            mono = planar[channel]
+        if limit_s is not None:
+            mono = mono[: max(0, int(limit_s * RATE))]
+        tail = np.zeros(int(round(tail_s * RATE)), dtype=np.int16)
+        samples = np.concatenate([mono, tail])
+        pad = (-len(samples)) % FRAME_SAMPLES
+        self._samples = np.ascontiguousarray(np.concatenate([samples, np.zeros(pad, dtype=np.int16)]))
+        self.path = Path(path)
+        self.channel = channel
+        self.duration_s = len(mono) / RATE
+        self.realtime = realtime
+        self.started_at: float | None = None
+        self.frames_sent = 0
+        self.late_frames = 0  # frames handed over more than one frame period after their due time
+        self.max_late_s = 0.0
+        self._finished = asyncio.Event()
+
+    @property
+    def total_frames(self) -> int:
+        return len(self._samples) // FRAME_SAMPLES
+
+    async def wait_finished(self) -> None:
+        """Wait until the last frame (tail included) has been handed to the encoder, or the track stopped."""
+        await self._finished.wait()
+
+    def stop(self) -> None:
+        self._finished.set()
+        super().stop()
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        k = self.frames_sent
+        if k >= self.total_frames:
+            self._finished.set()
+            self.stop()
+            raise MediaStreamError
+        loop = asyncio.get_running_loop()
+        if self.started_at is None:
+            self.started_at = loop.time()
+        if self.realtime:
+            due = self.started_at + (k + 1) * FRAME_S
+            wait = due - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            else:
+                late = -wait
+                self.max_late_s = max(self.max_late_s, late)
+                if late > FRAME_S:
+                    self.late_frames += 1
+        chunk = self._samples[k * FRAME_SAMPLES : (k + 1) * FRAME_SAMPLES]
+        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = RATE
+        frame.pts = k * FRAME_SAMPLES
+        frame.time_base = fractions.Fraction(1, RATE)
+        self.frames_sent = k + 1
+        return frame
+
+
+class WhipSession:
+    """One published WHIP session: the peer connection, its resource URL and the `analysis` messages."""
+
+    def __init__(
+        self,
+        location: str,
+        pc: RTCPeerConnection,
+        http: httpx.AsyncClient,
+        token: str,
+        *,
+        owns_http: bool,
+        channel: Any | None,
+    ) -> None:
+        self.location = location
+        self.pc = pc
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.unparsed_messages = 0
+        self._http = http
+        self._token = token
+        self._owns_http = owns_http
+        self._channel = channel
+        self._channel_open = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._failed = asyncio.Event()
+        self._closed = False
+
+        @pc.on("connectionstatechange")
+        def _on_state() -> None:
+            if pc.connectionState == "connected":
+                self._connected.set()
+            elif pc.connectionState in ("failed", "closed"):
+                self._failed.set()
+
+        if channel is not None:
+            if channel.readyState == "open":
+                self._channel_open.set()
+
+            @channel.on("open")
+            def _on_open() -> None:
+                self._channel_open.set()
+
+            @channel.on("message")
+            def _on_message(message: str | bytes) -> None:
+                received_at = asyncio.get_running_loop().time()
+                try:
+                    data = json.loads(message)
+                    if not isinstance(data, dict):
+                        raise ValueError("not a JSON object")
+                except ValueError:
+                    self.unparsed_messages += 1
+                    log.warning("analysis channel: ignoring a message that is not a JSON object")
+                    return
+                data["_received_at"] = received_at
+                self.events.put_nowait(data)
+
+    async def _wait(self, event: asyncio.Event, what: str) -> None:
+        done = asyncio.ensure_future(event.wait())
+        failed = asyncio.ensure_future(self._failed.wait())
+        try:
+            await asyncio.wait({done, failed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            done.cancel()
+            failed.cancel()
+        if not event.is_set():
+            raise WhipError(f"peer connection {self.pc.connectionState} before {what}")
+
+    async def wait_connected(self) -> None:
+        """Wait for the ICE/DTLS connection (wrap in `asyncio.timeout`); raises `WhipError` if it fails."""
+        await self._wait(self._connected, "connection")
+
+    async def wait_channel_open(self) -> None:
+        """Wait for the `analysis` channel to open (wrap in `asyncio.timeout`); raises `WhipError` if the peer fails."""
+        if self._channel is None:
+            raise ValueError("this session has no analysis channel (publish with analysis=True)")
+        await self._wait(self._channel_open, "analysis channel open")
+
+    async def close(self) -> None:
+        """Leave: DELETE the session resource (errors are logged, not raised) and close the peer connection."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            response = await self._http.delete(
+                self.location, headers={"Authorization": f"Bearer {self._token}"}
+            )
+            if response.status_code >= 400:
+                log.warning("WHIP DELETE %s -> %s", self.location, response.status_code)
+        except httpx.HTTPError as exc:
+            log.warning("WHIP DELETE %s failed: %s", self.location, exc)
+        finally:
+            await self.pc.close()
+            if self._owns_http:
+                await self._http.aclose()
+
+    async def __aenter__(self) -> WhipSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def _gathered(pc: RTCPeerConnection) -> None:
+    # aiortc gathers every candidate inside setLocalDescription(); this guard keeps the non-trickle
+    # contract explicit should that ever change.
+    if pc.iceGatheringState == "complete":
+        return
+    done = asyncio.Event()
+
+    @pc.on("icegatheringstatechange")
+    def _on_change() -> None:
+        if pc.iceGatheringState == "complete":
+            done.set()
+
+    if pc.iceGatheringState != "complete":
+        await done.wait()
+
+
+async def whip_publish(
+    url: str,
+    token: str,
+    *,
+    track: MediaStreamTrack | None,
+    analysis: bool = False,
+    session: httpx.AsyncClient | None = None,
+    ice_servers: list[RTCIceServer] | None = None,
+    http_timeout: float = 10.0,
+) -> WhipSession:
+    """Publish `track` (send-only audio) to the WHIP endpoint `url`; with `analysis`, also open the overlay channel.
+
+    `ice_servers` defaults to none (host candidates only), which is what loopback and LAN peers need;
+    aiortc would otherwise try Google's public STUN server. Raises `WhipError` unless the server answers 201
+    with an SDP body and a Location header.
+    """
+    if track is None and not analysis:
+        raise ValueError("nothing to publish: give a track, analysis=True, or both")
+    if track is not None and track.kind != "audio":
+        raise ValueError(f"WHIP ingest here takes an audio track, got {track.kind!r}")
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers or [])))
+    owns_http = session is None
+    http = session if session is not None else httpx.AsyncClient(timeout=http_timeout)
+    try:
+        channel = pc.createDataChannel("analysis") if analysis else None
+        if track is not None:
+            pc.addTransceiver(track, direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        await _gathered(pc)
+        try:
+            response = await http.post(
+                url,
+                content=pc.localDescription.sdp.encode(),
+                headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {token}"},
+            )
+        except httpx.HTTPError as exc:
+            raise WhipError(f"WHIP POST {url} failed: {exc}") from exc
+        if response.status_code != 201:
+            raise WhipError(
+                f"WHIP POST {url} -> {response.status_code}: {response.text[:300]}",
+                status=response.status_code,
+                body=response.text,
+            )
+        location = response.headers.get("location")
+        if not location:
+            raise WhipError(
+                f"WHIP POST {url} -> 201 without a Location header", status=201, body=response.text
+            )
+        answer = response.text
+        if not answer.startswith("v=0"):
+            raise WhipError(
+                f"WHIP POST {url} -> 201 but the body is not an SDP answer", status=201, body=answer
+            )
+        result = WhipSession(urljoin(url, location), pc, http, token, owns_http=owns_http, channel=channel)
+    except BaseException:
+        await pc.close()
+        if owns_http:
+            await http.aclose()
+        raise
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+    except BaseException:
+        await result.close()  # the server already holds a session for us: DELETE it
+        raise
+    return result

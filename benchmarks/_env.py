@@ -1,0 +1,97 @@
+"""Environment description shared by every benchmark program: versions, CPU, cores, threads.
+
+Benchmarks print it above their table and embed it in their ``--json`` output so numbers from different
+machines are never compared blind.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any, TextIO
+
+_PACKAGES = ("numpy", "scipy", "Cython", "soxr", "webrtcvad-wheels", "onnxruntime", "faster-whisper", "ctranslate2")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [x for x in ("sse4_2", "avx", "avx2", "fma", "avx512f") if x in have]
+    except OSError:
+        pass
+    return []
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def environment(extra_packages: Iterable[str] = ()) -> dict[str, Any]:
+    """Python, platform, CPU model and flags, core count, thread limits and package versions."""
+    versions = {p: _version(p) for p in (*_PACKAGES, *extra_packages)}
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
+        "cores": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "loadavg": load,
+        "threads_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS") if k in os.environ},
+        "packages": {k: v for k, v in versions.items() if v is not None},
+    }
+
+
+def format_environment(env: dict[str, Any]) -> str:
+    pk = ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items())
+    return (
+        f"Python {env['python']} on {env['platform']}\n"
+        f"CPU: {env['cpu']} ({env['cores']} cores, affinity {env['affinity']}, "
+        f"flags {' '.join(env['cpu_flags'])}), load {env['loadavg']}\n"
+        f"Packages: {pk}"
+    )
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        if v != v:  # NaN
+            return "n/a"
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return "" if v is None else str(v)
+
+
+def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], file: TextIO | None = None) -> None:
+    """Print a Markdown table (pasteable into README.md); floats get 3 significant digits."""
+    out = file if file is not None else sys.stdout
+    cells = [[_cell(v) for v in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |", file=out)
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|", file=out)
+    for r in cells:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |", file=out)

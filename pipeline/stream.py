@@ -1,0 +1,301 @@
+"""One participant's live pipeline: PCM frames in, stream events out.
+
+    push(pcm) ─► FrontEnd (DSP, inline: cheap) ─► utterances ─► SttScheduler (threads) ─► guards
+              └► level meter (throttled)        └► partial re-decodes of the utterance in progress
+    final transcript ─► SegmentEvent(final) ─► SentimentTracker / KeywordTracker ─► SentimentEvent, KeywordsEvent
+
+Contract with the consumer (`emit`, a sync callback run on the event loop):
+
+* every utterance the segmenter closes ends as exactly one `segment.final` or one `error` event, except
+  utterances the guards judge to be silence/noise for which nothing was shown (no partial): those emit
+  nothing, so silence and noise produce no segments (their seq is skipped; `stats["noise_utterances"]`);
+* `seq` is per stream, starts at 0, increases with every utterance; partials carry the seq their final will have,
+  and a final with empty text retracts partials shown for an utterance that turned out to be noise;
+* finals of one stream are emitted in seq order;
+* segments flagged as hallucinations are emitted (marked) but never reach the analysers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from domain.events import (
+    ErrorEvent,
+    KeywordsEvent,
+    LevelEvent,
+    SegmentEvent,
+    SentimentEvent,
+    Speaker,
+    StreamEvent,
+    Word,
+)
+from pipeline.analysis import KeywordTracker, SentimentTracker
+from pipeline.stt import SAMPLE_RATE, SttError, SttScheduler, Transcript
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamConfig:
+    vad: str = "hybrid"
+    partial_interval_s: float = 1.0  # re-decode the utterance in progress at most this often (0 = no partials)
+    partial_min_s: float = 0.5  # first partial once this much speech is in
+    end_silence_ms: int = 500
+    pre_roll_ms: int = 300
+    min_speech_ms: int = 200
+    max_utterance_s: float = 20.0
+    frame_ms: int = 20
+    skills: tuple[str, ...] = ()
+    emit_levels_every_s: float = 0.1  # 0 = no level events
+    top_keywords: int = 10
+    prompt_previous: bool = True  # prompt the decoder with the previous confident final of this speaker
+    prompt_min_confidence: float = 0.6
+    prompt_max_chars: int = 200
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ParticipantStream:
+    def __init__(
+        self,
+        speaker: Speaker,
+        scheduler: SttScheduler,
+        emit: Callable[[StreamEvent], None],
+        *,
+        in_rate: int = 48000,
+        channels: int = 2,
+        config: StreamConfig | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        from pipeline.dsp import FrontEnd  # the native core; imported here so a missing build names the fix
+
+        self.speaker = speaker
+        self.scheduler = scheduler
+        self.config = cfg = config or StreamConfig()
+        self._emit_cb = emit
+        self._clock = clock
+        self.in_rate = in_rate
+        self.channels = channels
+        self.frontend = FrontEnd(
+            in_rate=in_rate,
+            channels=channels,
+            vad=cfg.vad,
+            frame_ms=cfg.frame_ms,
+            pre_roll_ms=cfg.pre_roll_ms,
+            end_silence_ms=cfg.end_silence_ms,
+            min_speech_ms=cfg.min_speech_ms,
+            max_utterance_s=cfg.max_utterance_s,
+        )
+        self.sentiment = SentimentTracker()
+        self.keywords = KeywordTracker(skills=cfg.skills)
+        self._next_seq = 0
+        self._pending_samples = 0  # audio of closed utterances whose final is not out yet
+        self._finals: set[asyncio.Task[None]] = set()
+        self._last_final: asyncio.Task[None] | None = None
+        self._partial_task: asyncio.Task[None] | None = None
+        self._partial_shown: set[int] = set()
+        self._last_partial_at = -1e9  # stream time (s) of the last partial request
+        self._next_level_at = 0.0
+        self._prompt: str | None = None
+        self._closed = False
+        self.stats: dict[str, int] = {
+            "utterances": 0, "finals": 0, "partials": 0, "partials_shed": 0, "noise_utterances": 0,
+            "hallucinations": 0, "errors": 0,
+        }  # fmt: skip
+
+    # ------------------------------------------------------------------------------------------ properties
+
+    @property
+    def lag_s(self) -> float:
+        """Seconds of closed-utterance audio whose final transcript has not been emitted yet."""
+        return self._pending_samples / SAMPLE_RATE
+
+    @property
+    def stream_time_s(self) -> float:
+        return self.frontend.samples_in / SAMPLE_RATE
+
+    # ------------------------------------------------------------------------------------------- data path
+
+    def push(self, pcm: np.ndarray) -> None:
+        """Feed one chunk of interleaved int16 PCM (any length). Runs on the event loop; never blocks on STT."""
+        if self._closed:
+            raise ValueError("push() after aclose()")
+        utterances = self.frontend.push(pcm)
+        for utt in utterances:
+            self._submit_final(utt)
+        self._maybe_level()
+        self._maybe_partial()
+
+    async def aclose(self, drain: bool = True) -> None:
+        """End of stream: close the open utterance; with `drain`, wait until every final is out."""
+        if self._closed:
+            return
+        self._closed = True
+        for utt in self.frontend.flush():
+            self._submit_final(utt)
+        if self._partial_task is not None:
+            self._partial_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._partial_task
+        if not drain:
+            for task in list(self._finals):
+                task.cancel()
+        if self._finals:
+            await asyncio.gather(*list(self._finals), return_exceptions=True)
+
+    # ------------------------------------------------------------------------------------------- internals
+
+    def _now(self) -> float | None:
+        return self._clock() if self._clock is not None else None
+
+    def _emit(self, event: StreamEvent) -> None:
+        if self._clock is not None and hasattr(event, "emitted_at_s"):
+            event.emitted_at_s = self._clock()  # type: ignore[union-attr]
+        try:
+            self._emit_cb(event)
+        except Exception:  # a failing consumer must not kill the stream
+            log.exception("event consumer failed on %s", getattr(event, "type", type(event).__name__))
+
+    def _maybe_level(self) -> None:
+        every = self.config.emit_levels_every_s
+        if every <= 0:
+            return
+        t = self.stream_time_s
+        if t >= self._next_level_at:
+            lvl = self.frontend.level
+            self._next_level_at = t + every
+            self._emit(LevelEvent(self.speaker, lvl.rms_dbfs, lvl.peak_dbfs, lvl.clipped, self.frontend.speaking, t))
+
+    def _maybe_partial(self) -> None:
+        cfg = self.config
+        if cfg.partial_interval_s <= 0 or not self.frontend.in_progress:
+            return
+        if self._partial_task is not None and not self._partial_task.done():
+            return
+        t = self.stream_time_s
+        if t - self._last_partial_at < cfg.partial_interval_s:
+            return
+        if self.scheduler.finals_waiting:  # finals first: do not even ask
+            self.stats["partials_shed"] += 1
+            self._last_partial_at = t
+            return
+        got = self.frontend.partial_audio()
+        if got is None:
+            return
+        start, audio = got
+        if audio.size < cfg.partial_min_s * SAMPLE_RATE:
+            return
+        self._last_partial_at = t
+        self._partial_task = asyncio.create_task(self._partial(self._next_seq, start, audio))
+
+    async def _partial(self, seq: int, start: int, audio: np.ndarray) -> None:
+        try:
+            tr = await self.scheduler.transcribe_partial(audio, prompt=self._prompt, key=id(self))
+        except SttError as exc:
+            log.debug("partial failed: %s", exc)  # the final reports errors; partials are best effort
+            return
+        if tr is None:
+            self.stats["partials_shed"] += 1
+            return
+        # the utterance may have closed meanwhile: its final owns the seq now
+        if seq != self._next_seq or not tr.text or tr.hallucination:
+            return
+        self.stats["partials"] += 1
+        self._partial_shown.add(seq)
+        self._emit(self._segment(seq, start, start + audio.size, tr, final=False))
+
+    def _submit_final(self, utt: Any) -> None:
+        seq = self._next_seq
+        self._next_seq += 1
+        self.stats["utterances"] += 1
+        self._pending_samples += utt.end - utt.start
+        task = asyncio.create_task(self._final(seq, utt, self._last_final))
+        self._last_final = task
+        self._finals.add(task)
+        task.add_done_callback(self._finals.discard)
+
+    async def _final(self, seq: int, utt: Any, previous: asyncio.Task[None] | None) -> None:
+        affected = {"seq": seq, "start_s": round(utt.start_s, 3), "end_s": round(utt.end_s, 3)}
+        tr: Transcript | None = None
+        error: ErrorEvent | None = None
+        try:
+            if previous is not None:  # in order, and so the prompt is the previous final's text
+                await _wait_quietly(previous)
+            tr = await self.scheduler.transcribe_final(utt.audio, prompt=self._prompt)
+        except SttError as exc:
+            error = ErrorEvent(self.speaker, exc.code, exc.message, affected)
+        except asyncio.CancelledError:
+            error = ErrorEvent(self.speaker, "stream_closed", "stream closed before the utterance was transcribed",
+                               affected)
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure becomes an error event, never a lost final
+            log.exception("final transcription failed")
+            error = ErrorEvent(self.speaker, "stt_failed", f"{type(exc).__name__}: {exc}", affected)
+        finally:
+            self._pending_samples -= utt.end - utt.start
+            if error is not None:
+                self.stats["errors"] += 1
+                self._partial_shown.discard(seq)
+                self._emit(error)
+        if tr is None:
+            return
+        shown = seq in self._partial_shown
+        self._partial_shown.discard(seq)
+        if not tr.text and not shown:
+            self.stats["noise_utterances"] += 1
+            log.debug("utterance %d of %s dropped as %s", seq, self.speaker.participant_id, tr.reason)
+            return
+        self.stats["finals"] += 1
+        seg = self._segment(seq, utt.start, utt.end, tr, final=True, speech_end_s=utt.speech_end_s)
+        self._emit(seg)
+        if not tr.text or tr.hallucination:
+            self.stats["hallucinations"] += int(tr.hallucination)
+            return
+        if self.config.prompt_previous and tr.confidence >= self.config.prompt_min_confidence:
+            self._prompt = tr.text[-self.config.prompt_max_chars :]
+        else:
+            self._prompt = None  # never condition on low-confidence text
+        score, rolling = self.sentiment.update(tr.text)
+        self._emit(SentimentEvent(self.speaker, seq, score, rolling, seg.start_s, seg.end_s))
+        self.keywords.update(tr.text, seq)
+        self._emit(KeywordsEvent(self.speaker, self.keywords.top(self.config.top_keywords), seq))
+
+    def _segment(
+        self, seq: int, start: int, end: int, tr: Transcript, *, final: bool, speech_end_s: float | None = None
+    ) -> SegmentEvent:
+        t0 = start / SAMPLE_RATE
+        t1 = end / SAMPLE_RATE
+        words = [
+            Word(w.word, t0 + w.start_s, min(t1, t0 + w.end_s), w.probability) for w in tr.words
+        ]
+        seg_start = max(t0, words[0].start_s) if words else t0
+        # finals end where the segmenter saw speech end (latency = emitted_at_s - end_s); partials at the audio so far
+        seg_end = speech_end_s if speech_end_s is not None else t1
+        stt = self.scheduler.stt
+        return SegmentEvent(
+            speaker=self.speaker,
+            seq=seq,
+            start_s=seg_start,
+            end_s=max(seg_start, seg_end),
+            text=tr.text,
+            final=final,
+            words=words,
+            confidence=tr.confidence,
+            no_speech_prob=tr.no_speech_prob,
+            language=tr.language,
+            engine=stt.engine,
+            model=stt.model,
+            hallucination=tr.hallucination,
+        )
+
+
+async def _wait_quietly(task: asyncio.Task[None]) -> None:
+    """Wait for the previous final of this stream without inheriting its outcome (it reports its own)."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait({task})

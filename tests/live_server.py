@@ -1,0 +1,93 @@
+"""The real service, in-process on a free loopback port, for the WebRTC and server tests.
+
+`live_server(settings)` runs `server.create_app` under uvicorn (lifespan included) on a socket bound to
+port 0, yields once uvicorn reports it started, and shuts it down gracefully (the same path as SIGTERM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from server import Components, Settings, create_app
+
+ADMIN_KEY = "test-admin-key-0123456789"
+TOKEN_SECRET = "test-token-secret-0123456789abcdef"
+
+
+def test_settings(tmp_path: Path, mongo_url: str, **overrides: Any) -> Settings:
+    base = Settings(data_dir=tmp_path / "data", mongodb_url=mongo_url,
+                    mongodb_db=f"test_{uuid.uuid4().hex[:16]}", admin_api_key=ADMIN_KEY,
+                    token_secret=TOKEN_SECRET, resume_grace_s=0.5, partial_interval_s=1.0)
+    return dataclasses.replace(base, **overrides)
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+@dataclasses.dataclass
+class LiveServer:
+    url: str
+    app: Any
+    server: uvicorn.Server
+    http: httpx.AsyncClient
+
+    @property
+    def components(self) -> Components:
+        return self.app.state.components  # type: ignore[no-any-return]
+
+    async def create_interview(self) -> str:
+        r = await self.http.post("/api/interviews", json={
+            "candidateId": "cand-1", "jobId": "job-1", "scheduledAt": datetime.now(UTC).isoformat()})
+        assert r.status_code == 201, r.text
+        return str(r.json()["interviewId"])
+
+    async def token(self, interview_id: str, role: str, name: str) -> dict[str, Any]:
+        r = await self.http.post(f"/api/interviews/{interview_id}/tokens", json={"role": role, "name": name})
+        assert r.status_code == 201, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    async def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample on /metrics (0.0 when absent)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = (await self.http.get("/metrics")).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return float(sample.value)
+        return 0.0
+
+
+@contextlib.asynccontextmanager
+async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
+    app = create_app(settings)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
+    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    try:
+        while not server.started:  # uvicorn flips this once the lifespan started and the socket listens
+            if task.done():
+                task.result()
+                raise RuntimeError("server exited during start-up")
+            await asyncio.sleep(0.02)
+        url = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=url, timeout=30,
+                                     headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as http:
+            yield LiveServer(url, app, server, http)
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()

@@ -1,0 +1,123 @@
+"""The scoring half of `benchmarks.latency`: matching received segments to ground-truth turns, stats, WER."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.latency import (
+    Turn,
+    corpus_wer,
+    cpu_seconds,
+    load_dialogue,
+    ms_stats,
+    parse_metrics,
+    percentile,
+    score_turns,
+    slope,
+    transcript_of,
+    truth_path,
+)
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+T0 = 1000.0  # the track's started_at on the peer's loop clock
+
+
+def seg(kind: str, start: float, end: float, received: float, text: str = "", seq: int = 0) -> dict:
+    return {"type": f"segment.{kind}", "start_s": start, "end_s": end, "_received_at": T0 + received, "text": text,
+            "seq": seq}  # fmt: skip
+
+
+TURNS = [Turn("candidate", "one two", 1.0, 3.0), Turn("candidate", "three four five", 5.0, 8.0)]
+
+
+def test_latency_is_measured_at_the_last_final_of_a_turn():
+    events = [
+        seg("partial", 1.0, 2.0, 2.4),
+        seg("partial", 1.0, 2.5, 2.9),
+        seg("final", 0.9, 3.1, 3.6, "one two", 0),
+        # the second turn split at a pause into two finals: the turn is done when the second arrives
+        seg("final", 5.0, 6.2, 6.9, "three", 1),
+        seg("final", 6.6, 8.1, 8.75, "four five", 2),
+        seg("partial", 6.6, 7.5, 7.9),
+    ]
+    first, second = score_turns(TURNS, events, T0)
+    assert first.final_latency_s == pytest.approx(0.6)
+    assert first.first_partial_s == pytest.approx(1.4)
+    assert second.final_latency_s == pytest.approx(0.75)
+    assert second.first_partial_s == pytest.approx(2.9)  # onset 5.0; first overlapping partial at 7.9
+
+
+def test_a_turn_without_a_final_is_missed_and_finals_go_to_the_turn_they_overlap_most():
+    # one final straddles both turns but lies mostly in the first
+    events = [seg("final", 2.0, 5.5, 6.0, "two three")]
+    first, second = score_turns(TURNS, events, T0)
+    assert first.final_latency_s == pytest.approx(3.0)
+    assert second.final_latency_s is None and second.first_partial_s is None
+    assert score_turns(TURNS, [seg("final", 10, 11, 12)], T0)[0].final_latency_s is None
+
+
+def test_transcript_orders_finals_by_stream_time():
+    events = [
+        seg("final", 5, 6, 7, "three", 1),
+        seg("partial", 1, 2, 2, "x"),
+        seg("final", 1, 2, 3, "one", 0),
+    ]
+    assert transcript_of(events) == "one three"
+
+
+def test_wer_uses_whisper_normalisation():
+    assert corpus_wer([("Hello, world! I'm here.", "hello world i am here")]) == 0.0
+    assert corpus_wer([("alpha beta gamma delta", "alpha beta delta"), ("omega", "")]) == pytest.approx(2 / 5)
+    assert corpus_wer([("", "anything")]) is None
+
+
+def test_percentiles_match_numpy_and_report_ms():
+    xs = [0.31, 0.5, 0.42, 1.2, 0.7, 0.66, 0.9]
+    for q in (50, 95, 99):
+        assert percentile(xs, q) == pytest.approx(np.percentile(xs, q))
+    assert ms_stats(xs, ("p50", "max")) == {"p50": 660.0, "max": 1200.0}
+    assert ms_stats([], ("p95",)) == {"p95": None}
+
+
+def test_slope_sees_a_growing_lag():
+    assert slope([(t, 0.1 * t) for t in range(10)]) == pytest.approx(0.1)
+    assert slope([(t, 0.4) for t in range(10)]) == 0.0
+    assert slope([(0, 5.0)]) == 0.0
+
+
+def test_parse_metrics_sums_label_sets():
+    text = (
+        "# HELP audio_frames_dropped_total x\n"
+        'audio_frames_dropped_total{reason="queue_full"} 3.0\n'
+        'audio_frames_dropped_total{reason="late"} 2.0\n'
+        "stt_lag_seconds 0.25\n"
+    )
+    assert parse_metrics(text) == {"audio_frames_dropped_total": 5.0, "stt_lag_seconds": 0.25}
+
+
+def test_cpu_seconds_of_this_process_grows():
+    before = cpu_seconds(os.getpid())
+    sum(i * i for i in range(300_000))
+    assert cpu_seconds(os.getpid()) > before
+
+
+def test_ground_truth_is_found_beside_the_stereo_dialogues():
+    stereo = sorted(DATA.glob("*.stereo.wav"))
+    assert stereo, f"test audio missing under {DATA}"
+    for path in stereo:
+        assert truth_path(path) == path.with_name(path.name.split(".")[0] + ".json")
+        dialogue = load_dialogue(path)
+        assert {t.speaker for t in dialogue.turns} == {"interviewer", "candidate"}
+        assert len(dialogue.turns) == len(json.loads(dialogue.truth.read_text())["turns"])
+
+
+def test_audio_without_ground_truth_is_a_value_error(tmp_path):
+    lone = tmp_path / "lone.stereo.wav"
+    lone.write_bytes(b"")
+    with pytest.raises(ValueError, match="no ground-truth JSON"):
+        load_dialogue(lone)

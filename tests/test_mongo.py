@@ -1,0 +1,286 @@
+"""MongoStore over the real wire protocol (nx-27017 by default; a real MongoDB when MONGODB_URL is set)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from adapters.mongo import EmbeddedMongo, MongoStore
+from domain.commands import (
+    AddQuestion,
+    CandidateQuery,
+    CreateCandidate,
+    CreateInterview,
+    InterviewQuery,
+    InterviewService,
+    RecordAnalysis,
+    UpdateCandidate,
+)
+from domain.events import SegmentEvent, Speaker, Word
+from domain.model import Conflict, NotFound
+
+T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+
+
+def segment(seq: int, pid: str = "cand1", text: str = "I led the migration to Kubernetes.") -> SegmentEvent:
+    return SegmentEvent(
+        speaker=Speaker(role="candidate", name="Ada", participant_id=pid), seq=seq, start_s=1.0 + seq,
+        end_s=2.5 + seq, text=text, final=True,
+        words=[Word("I", 1.0, 1.1, 0.99), Word("led", 1.1, 1.4, 0.97)], confidence=0.91, engine="local",
+        model="tiny.en")
+
+
+def new_interview(candidate: str = "cand-1", job: str = "job-1", at: datetime = T0, **kw: object) -> CreateInterview:
+    return CreateInterview.parse({"candidateId": candidate, "jobId": job, "scheduledAt": at.isoformat(), **kw})
+
+
+async def test_interview_round_trip_keeps_arrays_of_subdocuments(service: InterviewService, store: MongoStore) -> None:
+    # Catches nx-27017's $push corruption (pushed subdocuments come back as JSON strings): every array of
+    # subdocuments we write must read back as dicts with the same values, after several successive writes.
+    cmd = new_interview(interviewers=["int-1", "int-2"],
+                        questions=[{"text": "Tell me about a hard bug.", "expectedKeywords": ["debugging", "root cause"]}])
+    created = await service.create_interview(cmd)
+    iid = created["interviewId"]
+    await service.add_question(iid, AddQuestion.parse({"text": "Why this team?", "category": "motivation"}))
+    await service.start_interview(iid)
+    q2 = await service.add_question(iid, AddQuestion.parse({"text": "Design a rate limiter.", "questionId": "q-rl"}))
+    assert q2["order"] == 3
+    await service.ask_question(iid, "q-rl")
+    await service.complete_interview(iid)
+    await service.record_analysis(iid, RecordAnalysis.parse({
+        "sentiment": {"overall": 0.4, "timeline": [{"at_s": 3.0, "score": 0.5, "participantId": "cand1"},
+                                                   {"at_s": 9.5, "score": -0.2}]},
+        "keywords": [{"term": "kubernetes", "count": 3, "relevance": 0.8}],
+        "competency": {"communication": 4, "problem_solving": 3.5},
+        "overall": {"score": 72, "recommendation": "hire", "summary": "Solid."}}))
+
+    doc = await service.get_interview(iid)
+    assert doc["status"] == "completed" and doc["metadata"]["version"] == 7
+    assert [type(q) for q in doc["questions"]] == [dict, dict, dict]
+    assert doc["questions"][0]["expectedKeywords"] == ["debugging", "root cause"]
+    assert doc["questions"][1] == {"questionId": doc["questions"][1]["questionId"], "text": "Why this team?",
+                                   "category": "motivation", "order": 2, "expectedKeywords": [], "askedAt": None}
+    assert doc["questions"][2]["askedAt"] is not None and doc["questions"][2]["askedAt"].tzinfo is not None
+    assert doc["interviewers"] == ["int-1", "int-2"]
+    timeline = doc["analysis"]["sentiment"]["timeline"]
+    assert timeline == [{"at_s": 3.0, "score": 0.5, "participantId": "cand1"},
+                        {"at_s": 9.5, "score": -0.2, "participantId": None}]
+    assert doc["analysis"]["keywords"] == [{"term": "kubernetes", "count": 3, "relevance": 0.8}]
+    assert doc["analysis"]["competency"] == {"communication": 4.0, "problem_solving": 3.5}
+    assert doc["scheduledAt"] == T0 and doc["duration"] is not None
+    # Dates stay dates through every later write (nx-27017's $set turns top-level dates into naive strings).
+    for key in ("scheduledAt", "startedAt", "completedAt"):
+        assert isinstance(doc[key], datetime) and doc[key].utcoffset() == timedelta(0), key
+    assert isinstance(doc["metadata"]["updatedAt"], datetime) and doc["metadata"]["updatedAt"] >= doc["completedAt"]
+
+    # The raw stored document too (not only our mapping of it).
+    raw = await store.interviews.find_one({"_id": iid})
+    assert raw is not None
+    assert all(isinstance(q, dict) for q in raw["questions"])
+    assert all(isinstance(t, dict) for t in raw["analysis"]["sentiment"]["timeline"])
+
+
+async def test_segment_words_survive_round_trip(service: InterviewService) -> None:
+    iid = (await service.create_interview(new_interview()))["interviewId"]
+    await service.start_interview(iid)
+    assert await service.record_segment(iid, segment(0))
+    transcript = await service.get_transcript(iid)
+    [seg] = transcript["segments"]
+    assert seg["words"] == [{"word": "I", "start_s": 1.0, "end_s": 1.1, "probability": 0.99},
+                            {"word": "led", "start_s": 1.1, "end_s": 1.4, "probability": 0.97}]
+    assert seg["speaker"] == {"role": "candidate", "name": "Ada", "participantId": "cand1"}
+    assert seg["text"] == "I led the migration to Kubernetes." and seg["seq"] == 0
+
+
+async def test_segment_writes_are_idempotent(service: InterviewService, store: MongoStore) -> None:
+    iid = (await service.create_interview(new_interview()))["interviewId"]
+    await service.start_interview(iid)
+    results = await asyncio.gather(*(service.record_segment(iid, segment(s)) for s in (0, 1, 0, 1, 2)))
+    assert sorted(results) == [False, False, True, True, True]
+    assert await service.record_segment(iid, segment(1, text="a retry with different text")) is False
+    assert await service.record_segment(iid, segment(1, pid="int1")) is True  # another participant's seq 1
+    transcript = await service.get_transcript(iid)
+    keys = [(s["participantId"], s["seq"]) for s in transcript["segments"]]
+    assert sorted(keys) == [("cand1", 0), ("cand1", 1), ("cand1", 2), ("int1", 1)]
+    assert all(s["text"] == "I led the migration to Kubernetes." for s in transcript["segments"])
+    # One SegmentTranscribed per stored segment, none for the duplicates.
+    subjects = [r.subject for r in await store.pending(100)]
+    assert subjects.count(f"interviews.{iid}.segment") == 4
+
+
+async def test_segments_rejected_for_unknown_partial_or_cancelled(service: InterviewService) -> None:
+    with pytest.raises(NotFound):
+        await service.record_segment("nope", segment(0))
+    iid = (await service.create_interview(new_interview()))["interviewId"]
+    partial = segment(0)
+    partial.final = False
+    with pytest.raises(ValueError, match="final"):
+        await service.record_segment(iid, partial)
+    await service.cancel_interview(iid, "candidate withdrew")
+    with pytest.raises(Conflict):
+        await service.record_segment(iid, segment(0))
+
+
+async def test_stale_version_conflicts_instead_of_losing_an_update(service: InterviewService,
+                                                                   store: MongoStore) -> None:
+    iid = (await service.create_interview(new_interview()))["interviewId"]
+    a = await store.get_interview(iid)
+    b = await store.get_interview(iid)
+    now = datetime.now(UTC)
+    a.start(now)
+    await store.save_interview(a, 1, a.take_events())
+    b.cancel(now, "stale reader")
+    with pytest.raises(Conflict) as info:
+        await store.save_interview(b, 1, b.take_events())
+    assert info.value.code == "version_conflict"
+    doc = await service.get_interview(iid)
+    assert doc["status"] == "in_progress" and doc["metadata"]["version"] == 2
+    # The failed write recorded no event: only Scheduled and Started are pending.
+    types = [json.loads(r.payload)["type"] for r in await store.pending(100)]
+    assert types == ["InterviewScheduled", "InterviewStarted"]
+
+
+async def test_concurrent_commands_one_wins_one_conflicts(mongo_url: str, store: MongoStore) -> None:
+    # Two service instances with their own connections, as two server processes would have.
+    other = await MongoStore.connect(mongo_url, db_name=store.db.name)
+    try:
+        s1, s2 = InterviewService(store), InterviewService(other)
+        iid = (await s1.create_interview(new_interview()))["interviewId"]
+        results = await asyncio.gather(s1.start_interview(iid), s2.start_interview(iid), return_exceptions=True)
+        assert sum(isinstance(r, dict) for r in results) == 1
+        [err] = [r for r in results if isinstance(r, BaseException)]
+        assert isinstance(err, Conflict)
+        # Compatible concurrent changes both land (retry on version race), none lost.
+        await asyncio.gather(*(s.add_question(iid, AddQuestion.parse({"text": f"Q{i}"}))
+                               for i, s in enumerate([s1, s2, s1, s2])))
+        doc = await s1.get_interview(iid)
+        assert sorted(q["text"] for q in doc["questions"]) == ["Q0", "Q1", "Q2", "Q3"]
+        assert sorted(q["order"] for q in doc["questions"]) == [1, 2, 3, 4]
+        # With an explicit expected version, the stale one is refused.
+        version = doc["metadata"]["version"]
+        await s1.complete_interview(iid, expected_version=version)
+        with pytest.raises(Conflict):
+            await s2.cancel_interview(iid, expected_version=version)
+    finally:
+        await other.close()
+
+
+async def test_outbox_pending_and_mark_published(service: InterviewService, store: MongoStore,
+                                                 mongo_url: str) -> None:
+    iid = (await service.create_interview(new_interview()))["interviewId"]
+    await service.start_interview(iid)
+    await service.record_segment(iid, segment(0))
+    await service.complete_interview(iid)
+    pending = await store.pending(100)
+    payloads = [json.loads(r.payload) for r in pending]
+    assert [p["type"] for p in payloads] == ["InterviewScheduled", "InterviewStarted", "SegmentTranscribed",
+                                             "InterviewCompleted"]
+    assert [r.subject for r in pending] == [f"interviews.{iid}.{s}" for s in
+                                            ("scheduled", "started", "segment", "completed")]
+    for r, p in zip(pending, payloads, strict=True):
+        assert p["id"] == r.id and p["interviewId"] == iid and p["occurredAt"].endswith("Z")
+    assert payloads[2]["segment"]["text"] == "I led the migration to Kubernetes."
+    assert len(await store.pending(2)) == 2
+
+    await store.mark_published([pending[0].id, pending[2].id])
+    left = await store.pending(100)
+    assert [r.id for r in left] == [pending[1].id, pending[3].id]
+    # A second store (another process) marks ids it never read through pending(); repeating is harmless.
+    other = await MongoStore.connect(mongo_url, db_name=store.db.name)
+    try:
+        await other.mark_published([r.id for r in left])
+        await other.mark_published([r.id for r in left])
+    finally:
+        await other.close()
+    assert await store.pending(100) == []
+    log = await store.published_events(iid)
+    assert sorted(e["id"] for e in log) == sorted(r.id for r in pending)
+    raw = await store.interviews.find_one({"_id": iid})
+    assert raw is not None and raw["outbox"] == {} and raw["outboxCount"] == 0
+
+
+async def test_list_interviews_filters_and_cursor_pagination(service: InterviewService) -> None:
+    ids = []
+    for i in range(7):
+        cmd = new_interview(candidate="cand-a" if i % 2 == 0 else "cand-b", job="job-x" if i < 4 else "job-y",
+                            at=T0 + timedelta(hours=i // 2))  # pairs share a scheduledAt: the id breaks ties
+        ids.append((await service.create_interview(cmd))["interviewId"])
+    await service.start_interview(ids[1])
+
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        params = {"limit": "3", **({"cursor": cursor} if cursor else {})}
+        page = await service.list_interviews(InterviewQuery.parse(params))
+        seen += [d["interviewId"] for d in page["items"]]
+        pages += 1
+        cursor = page["nextCursor"]
+        if cursor is None:
+            break
+    assert pages == 3 and sorted(seen) == sorted(ids) and len(seen) == len(set(seen))
+    keys = [(T0 + timedelta(hours=ids.index(i) // 2), i) for i in seen]
+    assert keys == sorted(keys)
+
+    async def query(**params: str) -> list[str]:
+        return [d["interviewId"] for d in (await service.list_interviews(InterviewQuery.parse(params)))["items"]]
+
+    assert await query(status="in_progress") == [ids[1]]
+    assert set(await query(candidateId="cand-a")) == {ids[0], ids[2], ids[4], ids[6]}
+    assert set(await query(jobId="job-y", candidateId="cand-b")) == {ids[5]}
+    window = await query(**{"from": (T0 + timedelta(hours=1)).isoformat(), "to": (T0 + timedelta(hours=3)).isoformat()})
+    assert set(window) == {ids[2], ids[3], ids[4], ids[5]}
+
+
+async def test_candidates_unique_email_versioned_update_and_pagination(service: InterviewService) -> None:
+    created = await service.create_candidate(CreateCandidate.parse({
+        "name": "Ada Lovelace", "email": "Ada@Example.com", "phone": "+44 20 7946 0000",
+        "resume": {"url": "https://cv.example/ada.pdf", "skills": ["python", "maths"], "experience": 12}}))
+    cid = created["candidateId"]
+    assert created["email"] == "ada@example.com" and created["metadata"]["version"] == 1
+    with pytest.raises(Conflict):
+        await service.create_candidate(CreateCandidate.parse({"name": "Other", "email": "ada@example.com"}))
+    await service.create_interview(new_interview(candidate=cid))
+
+    updated = await service.update_candidate(cid, UpdateCandidate.parse({"resume": {"parsed": True}, "version": 1}))
+    assert updated["resume"] == {"url": "https://cv.example/ada.pdf", "parsed": True, "skills": ["python", "maths"],
+                                 "experience": 12.0}
+    assert updated["metadata"]["version"] == 2 and len(updated["interviews"]) == 1
+    with pytest.raises(Conflict):
+        await service.update_candidate(cid, UpdateCandidate.parse({"name": "Stale", "version": 1}))
+    for i in range(4):
+        await service.create_candidate(CreateCandidate.parse({"name": f"C{i}", "email": f"c{i}@example.com"}))
+    page1 = await service.list_candidates(CandidateQuery.parse({"limit": "3"}))
+    page2 = await service.list_candidates(CandidateQuery.parse({"limit": "3", "cursor": page1["nextCursor"]}))
+    names = [c["name"] for c in page1["items"] + page2["items"]]
+    assert names == ["Ada Lovelace", "C0", "C1", "C2", "C3"] and page2["nextCursor"] is None
+
+
+async def test_embedded_restart_keeps_data(tmp_path: Path) -> None:
+    embedded = EmbeddedMongo(tmp_path)
+    url = await embedded.start()
+    store = await MongoStore.connect(url)
+    try:
+        iid = (await InterviewService(store).create_interview(new_interview()))["interviewId"]
+        await InterviewService(store).record_segment(iid, segment(0))
+    finally:
+        await store.close()
+        await embedded.stop()
+    assert embedded.url is None
+
+    url2 = await embedded.start()
+    store = await MongoStore.connect(url2)
+    try:
+        service = InterviewService(store)
+        doc = await service.get_interview(iid)
+        assert doc["status"] == "scheduled" and len(doc["transcription"]["segments"]) == 1
+        assert len(await store.pending(10)) == 2  # the outbox survived too
+        assert await service.record_segment(iid, segment(0)) is False
+    finally:
+        await store.close()
+        await embedded.stop()
+    assert (tmp_path / "mongo").is_dir()

@@ -1,0 +1,294 @@
+"""Room registry with the real pipeline (faster-whisper tiny.en) and the real store, without WebRTC.
+
+Audio is pushed straight into participants (as the WHIP reader does, minus the network); viewers are
+in-memory channels (the second implementation of `rooms.Channel`, next to aiortc's RTCDataChannel).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from adapters.metrics import Metrics
+from adapters.rooms import Participant, RoomRegistry
+from adapters.tokens import TokenSigner
+from adapters.whip_client import decode_audio
+from domain.commands import CreateInterview, InterviewService
+from domain.events import SegmentEvent, Speaker, StreamEvent
+from pipeline.stream import ParticipantStream, StreamConfig
+from pipeline.stt import LocalWhisper, SttScheduler
+
+SECRET = b"rooms-test-secret-0123456789abcdef"
+
+
+class MemoryChannel:
+    """A data channel that keeps what it was sent, and lets a test wait for a condition on it."""
+
+    def __init__(self) -> None:
+        self.readyState = "open"
+        self.bufferedAmount = 0
+        self.messages: list[dict[str, Any]] = []
+        self._changed = asyncio.Event()
+
+    def send(self, data: str) -> None:
+        self.messages.append(json.loads(data))
+        self._changed.set()
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m["type"] == kind]
+
+    async def wait_for(self, predicate: Callable[[MemoryChannel], bool], within_s: float = 60.0) -> None:
+        async with asyncio.timeout(within_s):
+            while not predicate(self):
+                self._changed.clear()
+                await self._changed.wait()
+
+
+@pytest.fixture(scope="module")
+def whisper() -> LocalWhisper:
+    return LocalWhisper(cpu_threads=2)
+
+
+@pytest.fixture(scope="module")
+def jfk(shared_data: Path) -> np.ndarray:
+    return decode_audio(shared_data / "jfk.flac")[0]  # mono, 48 kHz int16
+
+
+@pytest.fixture
+async def scheduler(whisper: LocalWhisper) -> AsyncIterator[SttScheduler]:
+    s = SttScheduler(whisper, workers=1)
+    yield s
+    await s.aclose()
+
+
+class Harness:
+    def __init__(self, service: InterviewService, scheduler: SttScheduler,
+                 record: Callable[[str, SegmentEvent], Any] | None = None, resume_grace_s: float = 0.2) -> None:
+        self.service = service
+        self.metrics = Metrics()
+        self.notified = 0
+        self.signer = TokenSigner(SECRET)
+
+        def factory(speaker: Speaker, emit: Callable[[StreamEvent], None], rate: int, channels: int) -> Any:
+            return ParticipantStream(speaker, scheduler, emit, in_rate=rate, channels=channels,
+                                     config=StreamConfig(partial_interval_s=0.5))
+
+        async def last_seq(iid: str, pid: str) -> int | None:
+            segs = (await service.get_transcript(iid))["segments"]
+            seqs = [s["seq"] for s in segs if s["participantId"] == pid]
+            return max(seqs) if seqs else None
+
+        self.registry = RoomRegistry(stream_factory=factory, metrics=self.metrics,
+                                     record_segment=record or service.record_segment, notify_outbox=self._notify,
+                                     last_seq=last_seq, resume_grace_s=resume_grace_s)
+        self.registry.start()
+
+    def _notify(self) -> None:
+        self.notified += 1
+
+    async def join(self, interview_id: str, role: str, name: str, session: str = "s1",
+                   pid: str | None = None) -> Participant:
+        _, claims = self.signer.issue(interview_id, role, name, participant_id=pid)
+        participant, _ = await self.registry.join(claims, session)
+        return participant
+
+
+async def push(participant: Participant, audio: np.ndarray, *, tail_s: float = 1.0) -> None:
+    """Feeds audio in 20 ms frames as fast as the loop allows, then `tail_s` of silence."""
+    frames = np.concatenate([audio, np.zeros(int(48000 * tail_s), dtype=np.int16)])
+    for i, start in enumerate(range(0, len(frames), 960)):
+        participant.push_audio(frames[start:start + 960], 48000, 1)
+        if i % 25 == 0:
+            await asyncio.sleep(0)  # let STT results in between, as live audio would
+
+
+async def new_interview(service: InterviewService) -> str:
+    doc = await service.create_interview(CreateInterview.parse(
+        {"candidateId": "cand-1", "jobId": "job-1", "scheduledAt": datetime.now(UTC).isoformat()}))
+    return str(doc["interviewId"])
+
+
+def words(text: str) -> set[str]:
+    return {w.strip(".,!?;:").lower() for w in text.split()}
+
+
+@pytest.fixture
+def collect_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    caplog.set_level("INFO", logger="adapters.rooms")
+    yield caplog
+
+
+@pytest.mark.slow
+async def test_finals_fan_out_to_viewers_only_and_are_persisted(service: InterviewService,
+                                                               scheduler: SttScheduler, jfk: np.ndarray) -> None:
+    h = Harness(service, scheduler)
+    iid = await new_interview(service)
+    interviewer = await h.join(iid, "interviewer", "Ivy")
+    candidate = await h.join(iid, "candidate", "Cat")
+    viewer, sneaky = MemoryChannel(), MemoryChannel()
+    h.registry.add_viewer(interviewer, viewer)
+    with pytest.raises(PermissionError):
+        h.registry.add_viewer(candidate, sneaky)
+
+    await push(candidate, jfk)
+    await viewer.wait_for(lambda ch: any(m["speaker"]["role"] == "candidate" for m in ch.of_type("keywords")))
+    finals = [m for m in viewer.of_type("segment.final") if m["text"]]
+    assert finals and all(m["speaker"] == candidate.speaker.to_dict() for m in finals)
+    heard = set().union(*(words(m["text"]) for m in finals))
+    assert {"country", "ask", "fellow", "americans"} <= heard
+    assert [m["seq"] for m in finals] == sorted(m["seq"] for m in finals)
+    assert viewer.of_type("sentiment") and viewer.of_type("level")
+    assert [m["speaker"]["role"] for m in viewer.of_type("participant.joined")] == ["interviewer", "candidate"]
+    assert sneaky.messages == []
+
+    await h.registry.aclose()
+    stored = (await service.get_transcript(iid))["segments"]
+    assert [(s["participantId"], s["seq"], s["text"]) for s in stored] == \
+        [(candidate.speaker.participant_id, m["seq"], m["text"]) for m in finals]
+    assert h.notified >= len(finals)
+    assert h.metrics.final_latency.collect()[0].samples  # speech end -> final sent was measured
+
+
+@pytest.mark.slow
+async def test_late_viewer_gets_backlog_and_shutdown_drains_speech_in_progress(
+        service: InterviewService, scheduler: SttScheduler, jfk: np.ndarray) -> None:
+    h = Harness(service, scheduler)
+    iid = await new_interview(service)
+    candidate = await h.join(iid, "candidate", "Cat")
+    await push(candidate, jfk[: 48000 * 4], tail_s=1.0)  # "And so my fellow Americans" + a pause
+    first = MemoryChannel()
+    observer = await h.join(iid, "observer", "Obi")
+    h.registry.add_viewer(observer, first)
+    await first.wait_for(lambda ch: any(m["text"] for m in ch.of_type("segment.final")))
+
+    late = MemoryChannel()
+    interviewer = await h.join(iid, "interviewer", "Ivy")
+    h.registry.add_viewer(interviewer, late)
+    assert {m["speaker"]["role"] for m in late.of_type("participant.joined")} == {"candidate", "observer",
+                                                                                   "interviewer"}
+    assert [m["seq"] for m in late.of_type("segment.final")] == [m["seq"] for m in first.of_type("segment.final")]
+
+    # Speech still in progress when the service stops becomes a final, is sent and is persisted.
+    start = 48000 * 4
+    for i in range(start, start + 48000 * 3, 960):
+        candidate.push_audio(jfk[i:i + 960], 48000, 1)
+    await h.registry.aclose()
+    texts = [m["text"] for m in late.of_type("segment.final") if m["text"]]
+    assert len(texts) >= 2
+    stored = (await service.get_transcript(iid))["segments"]
+    assert [s["text"] for s in stored] == texts
+    assert late.of_type("participant.left")
+
+
+@pytest.mark.slow
+async def test_resume_keeps_the_stream_and_a_later_rejoin_continues_numbering(
+        service: InterviewService, scheduler: SttScheduler, jfk: np.ndarray) -> None:
+    h = Harness(service, scheduler, resume_grace_s=0.3)
+    iid = await new_interview(service)
+    viewer = MemoryChannel()
+    interviewer = await h.join(iid, "interviewer", "Ivy")
+    h.registry.add_viewer(interviewer, viewer)
+    cand = await h.join(iid, "candidate", "Cat", session="a")
+    pid = cand.speaker.participant_id
+    await push(cand, jfk[: 48000 * 4])
+
+    # The connection drops; a new session with the same token comes back within the grace period.
+    h.registry.detach(cand, "a")
+    again, replaced = await h.registry.join(cand.claims, "b")
+    assert again is cand and replaced is None and cand.session_id == "b"
+    await asyncio.sleep(0.5)  # longer than the grace period: the cancelled removal must not fire
+    assert h.registry.get(iid, pid) is cand
+    assert len([m for m in viewer.of_type("participant.joined") if m["speaker"]["participantId"] == pid]) == 1
+
+    # Drop for good: after the grace period the stream is drained and the participant leaves.
+    h.registry.detach(cand, "b")
+    await viewer.wait_for(lambda ch: any(m["speaker"]["participantId"] == pid
+                                         for m in ch.of_type("participant.left")), within_s=30)
+    assert h.registry.get(iid, pid) is None
+    before = [m["seq"] for m in viewer.of_type("segment.final") if m["speaker"]["participantId"] == pid]
+    assert before
+
+    # Rejoining later gets a fresh stream whose numbering continues after what is stored.
+    h.registry._next_seq.clear()  # as after a restart: only the store remembers
+    back = await h.join(iid, "candidate", "Cat", session="c", pid=pid)
+    assert back is not cand and back.seq_base == max(before) + 1
+    await push(back, jfk[48000 * 4:])
+    await h.registry.aclose()
+    after = [m["seq"] for m in viewer.of_type("segment.final") if m["speaker"]["participantId"] == pid]
+    assert after[len(before):] and min(after[len(before):]) > max(before)
+    stored = [s["seq"] for s in (await service.get_transcript(iid))["segments"] if s["participantId"] == pid]
+    texts = [m for m in viewer.of_type("segment.final") if m["speaker"]["participantId"] == pid and m["text"]]
+    assert sorted(stored) == sorted(m["seq"] for m in texts)  # nothing lost as a "duplicate"
+
+
+@pytest.mark.slow
+async def test_failed_writes_are_retried_and_reported_never_dropped(
+        service: InterviewService, scheduler: SttScheduler, jfk: np.ndarray,
+        collect_logs: pytest.LogCaptureFixture) -> None:
+    failures = {"left": 2}
+
+    async def flaky_record(iid: str, seg: SegmentEvent) -> bool:
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise ConnectionError("store unreachable")
+        return await service.record_segment(iid, seg)
+
+    h = Harness(service, scheduler, record=flaky_record)
+    iid = await new_interview(service)
+    viewer = MemoryChannel()
+    h.registry.add_viewer(await h.join(iid, "interviewer", "Ivy"), viewer)
+    cand = await h.join(iid, "candidate", "Cat")
+    await push(cand, jfk[: 48000 * 4])
+    await viewer.wait_for(lambda ch: any(m["text"] for m in ch.of_type("segment.final")))
+    await h.registry.aclose()
+    errors = viewer.of_type("error")
+    assert [e["code"] for e in errors] == ["persist_delayed"]
+    assert errors[0]["affected"]["seq"] == viewer.of_type("segment.final")[0]["seq"]
+    stored = (await service.get_transcript(iid))["segments"]
+    assert [s["text"] for s in stored] == [m["text"] for m in viewer.of_type("segment.final") if m["text"]]
+    assert sum("retrying" in r.getMessage() for r in collect_logs.records) == 1
+
+
+@pytest.mark.slow
+async def test_segments_of_a_cancelled_interview_are_reported_not_retried(
+        service: InterviewService, scheduler: SttScheduler, jfk: np.ndarray) -> None:
+    h = Harness(service, scheduler)
+    iid = await new_interview(service)
+    viewer = MemoryChannel()
+    h.registry.add_viewer(await h.join(iid, "interviewer", "Ivy"), viewer)
+    cand = await h.join(iid, "candidate", "Cat")
+    await service.cancel_interview(iid, "no show")
+    await push(cand, jfk[: 48000 * 4])
+    await viewer.wait_for(lambda ch: bool(ch.of_type("error")))
+    assert viewer.of_type("error")[0]["code"] == "persist_rejected"
+    await h.registry.aclose(persist_timeout_s=5)
+    assert (await service.get_transcript(iid))["segments"] == []
+    assert h.registry.writer.pending == 0
+
+
+async def test_slow_viewer_sheds_partials_and_levels_but_gets_finals(service: InterviewService,
+                                                                    scheduler: SttScheduler) -> None:
+    h = Harness(service, scheduler)
+    iid = await new_interview(service)
+    interviewer = await h.join(iid, "interviewer", "Ivy")
+    cand = await h.join(iid, "candidate", "Cat")
+    slow = MemoryChannel()
+    h.registry.add_viewer(interviewer, slow)
+    slow.bufferedAmount = 10 * 1024 * 1024
+    from domain.events import LevelEvent
+
+    room = cand.room
+    speaker = cand.speaker
+    room.publish(cand, LevelEvent(speaker, -20.0, -10.0, 0, True, 1.0))
+    room.publish(cand, SegmentEvent(speaker, 0, 0.0, 1.0, "hello", final=False))
+    room.publish(cand, SegmentEvent(speaker, 0, 0.0, 1.0, "hello there", final=True))
+    assert [m["type"] for m in slow.messages if m["type"] != "participant.joined"] == ["segment.final"]
+    await h.registry.aclose()
+    assert [s["text"] for s in (await service.get_transcript(iid))["segments"]] == ["hello there"]
