@@ -14,7 +14,6 @@ import os
 import queue
 import re
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -273,4 +272,3 @@ def test_pages_load_nothing_from_elsewhere() -> None:
     for script in static.glob("*.js"):
         for ref in re.findall(r'from\s+"([^"]+)"', script.read_text()):
             assert ref.startswith("/static/") and (static / ref.removeprefix("/static/")).is_file(), (script, ref)
-    assert shutil.which("node") is None or True  # pages are plain ES modules; nothing to build
