@@ -159,7 +159,7 @@ async def _handle(request: Request, exc: Exception) -> Response:
 
 # For the app: Starlette(..., exception_handlers=exception_handlers) renders routes outside this module alike.
 exception_handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
-    HTTPException: _handle, DomainError: _handle}
+    HTTPException: _handle, DomainError: _handle, Unavailable: _handle}
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -223,7 +223,7 @@ def api_routes(service: InterviewService, admin_key: str, *,
         async def move(request: Request) -> Response:
             f = Fields(await body_of(request, required=False), allowed=allowed)
             version = _expected_version(request, f)
-            reason = f.str("reason", required=False, max_len=500, default="")
+            reason = f.text("reason", required=False, max_len=500, default="")
             f.done()
             iid = request.path_params["interview_id"]
             if action == "start":
@@ -406,7 +406,7 @@ def openapi_document() -> dict[str, Any]:
     candidate = _obj({"candidateId": _ID, "name": _S, "email": {"type": "string", "format": "email"},
                       "phone": _S, "resume": resume, "interviews": {"type": "array", "items": _ID},
                       "metadata": _ref("Metadata")})
-    page = {"type": "object", "properties": {"items": {"type": "array"},
+    page: dict[str, Any] = {"type": "object", "properties": {"items": {"type": "array"},
                                               "nextCursor": {"type": ["string", "null"]}}}
     iid = [_path_param("interview_id")]
     moves = {

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
-from pymongo import ASCENDING
+from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from domain.commands import CandidateQuery, Cursor, InterviewQuery
@@ -130,7 +130,7 @@ class MongoStore:
     async def connect(cls, url: str, db_name: str = "interviews", *, timeout_s: float = 5.0) -> MongoStore:
         client: AsyncIOMotorClient[Any] = AsyncIOMotorClient(
             url, tz_aware=True, serverSelectionTimeoutMS=int(timeout_s * 1000),
-            connectTimeoutMS=int(timeout_s * 1000), appname="interview-worker")
+            connectTimeoutMS=int(timeout_s * 1000), socketTimeoutMS=30_000, appname="interview-worker")
         store = cls(client, client[db_name])
         try:
             await store.create_indexes()
@@ -260,6 +260,12 @@ class MongoStore:
         cursor = self.segments.find({"interviewId": interview_id}, _SEGMENT_HIDDEN)
         return await cursor.sort([("recordedAt", ASCENDING), ("participantId", ASCENDING),
                                   ("seq", ASCENDING)]).to_list(None)
+
+    @_translated
+    async def last_segment_seq(self, interview_id: str, participant_id: str) -> int | None:
+        doc = await self.segments.find_one({"interviewId": interview_id, "participantId": participant_id},
+                                           {"seq": 1}, sort=[("seq", DESCENDING)])
+        return None if doc is None else int(doc["seq"])
 
     # -- candidates ---------------------------------------------------------------------------------------------
 

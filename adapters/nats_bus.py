@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import time
@@ -419,7 +420,7 @@ class InProcessBus:
     durable consumer each matching message from the start of the retained log, redelivering on `nak`.
     """
 
-    def __init__(self, *, max_msgs: int = 100_000, duplicate_window: int = 100_000) -> None:
+    def __init__(self, *, max_msgs: int = 10_000, duplicate_window: int = 100_000) -> None:
         if max_msgs < 1:
             raise ValueError(f"max_msgs must be >= 1, got {max_msgs}")
         self._log: deque[_LogEntry] = deque(maxlen=max_msgs)
@@ -494,15 +495,13 @@ class _LocalPull:
         log_ = self._bus._log
         if log_ and self._next_seq < log_[0].seq:
             self._next_seq = log_[0].seq  # trimmed out of the bounded log before we read it
-        if log_:
-            start = self._next_seq - log_[0].seq
-            for i in range(max(start, 0), len(log_)):
-                if len(out) >= batch:
-                    break
-                e = log_[i]
+        if log_ and len(out) < batch:
+            for e in itertools.islice(log_, self._next_seq - log_[0].seq, None):
                 self._next_seq = e.seq + 1
                 if subject_matches(self.subject, e.subject):
                     out.append(self._deliver(e))
+                    if len(out) >= batch:
+                        break
         return out
 
     def _deliver(self, e: _LogEntry) -> Delivery:

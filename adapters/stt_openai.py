@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 
 def wav_bytes(audio: np.ndarray) -> bytes:
     """16 kHz mono int16 WAV of `audio` (int16 or float32)."""
-    x = as_float_audio(audio)
-    pcm = np.clip(np.round(x * 32767.0), -32768, 32767).astype("<i2")
+    x = as_float_audio(audio)  # validates
+    pcm = audio.astype("<i2") if audio.dtype == np.int16 else np.clip(np.round(x * 32768.0), -32768, 32767).astype("<i2")
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
         w.setnchannels(1)

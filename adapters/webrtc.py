@@ -117,7 +117,7 @@ def check_offer(sdp: str, role: str) -> SessionDescription:
         if not media.dtls.fingerprints:
             raise HttpError(400, "malformed_sdp", f"{media.kind} section lacks a DTLS fingerprint")
     if role in ROLES_NEEDING_AUDIO and "audio" not in kinds:
-        raise HttpError(400, "no_audio", f"a {role} must offer an audio track")
+        raise HttpError(400, "no_audio", f"an offer from the {role} must include an audio track")
     if "audio" not in kinds and "application" not in kinds:
         raise HttpError(400, "nothing_offered", "the offer has neither audio nor a data channel")
     return parsed

@@ -11,8 +11,8 @@ Signalling is non-trickle, as RFC 9725 allows: ICE gathering completes before th
 Time: `WavChannelTrack.started_at` is the loop-clock instant of stream time zero, as if a microphone had
 started capturing then; frame k (20 ms) is handed to the encoder at `started_at + (k + 1) * 0.02`, when a
 microphone would have finished capturing it. So a ground-truth time `t` seconds into the file happened
-at `started_at + t` on the loop clock, and `msg["_received_at"] - (started_at + t)` is the latency a
-listener feels.
+at `started_at + t` on the loop clock (`wall_time_of(t)` also adds any lateness of our own sender), and
+`msg["_received_at"] - wall_time_of(t)` is the latency a listener feels.
 """
 
 from __future__ import annotations
@@ -121,6 +121,7 @@ class WavChannelTrack(MediaStreamTrack):
         self.duration_s = len(mono) / RATE
         self.realtime = realtime
         self.started_at: float | None = None
+        self.sent_at: list[float] = []  # loop time each frame was handed to the encoder
         self.frames_sent = 0
         self.late_frames = 0  # frames handed over more than one frame period after their due time
         self.max_late_s = 0.0
@@ -165,7 +166,22 @@ class WavChannelTrack(MediaStreamTrack):
         frame.pts = k * FRAME_SAMPLES
         frame.time_base = fractions.Fraction(1, RATE)
         self.frames_sent = k + 1
+        self.sent_at.append(loop.time())
         return frame
+
+    def wall_time_of(self, t_s: float) -> float | None:
+        """Loop time at which stream time `t_s` happened, as a listener on this peer should count it.
+
+        That is `started_at + t_s`, moved later by however late the frame holding `t_s` was handed over
+        (a busy sender must not be charged to the server); None if that frame has not been sent.
+        """
+        if self.started_at is None:
+            return None
+        k = min(max(0, int(t_s / FRAME_S)), self.total_frames - 1)
+        if k >= len(self.sent_at):
+            return None
+        lateness = max(0.0, self.sent_at[k] - (self.started_at + (k + 1) * FRAME_S))
+        return self.started_at + t_s + lateness
 
 
 class WhipSession:

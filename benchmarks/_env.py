@@ -13,7 +13,16 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
-_PACKAGES = ("numpy", "scipy", "Cython", "soxr", "webrtcvad-wheels", "onnxruntime", "faster-whisper", "ctranslate2")
+_PACKAGES = (
+    "numpy",
+    "scipy",
+    "Cython",
+    "soxr",
+    "webrtcvad-wheels",
+    "onnxruntime",
+    "faster-whisper",
+    "ctranslate2",
+)
 
 
 def _cpu_model() -> str:
@@ -63,7 +72,9 @@ def environment(extra_packages: Iterable[str] = ()) -> dict[str, Any]:
         "cores": os.cpu_count(),
         "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "loadavg": load,
-        "threads_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS") if k in os.environ},
+        "threads_env": {
+            k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS") if k in os.environ
+        },
         "packages": {k: v for k, v in versions.items() if v is not None},
     }
 

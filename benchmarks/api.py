@@ -51,11 +51,12 @@ def percentile(values: list[float], q: float) -> float:
 # Load generator (runs as `python -m benchmarks.api --loadgen CONFIG_JSON` in its own process)
 
 
-def _plan(i: int, run: str, seed_ids: list[str]) -> tuple[str, str, str, dict[str, Any] | None]:
-    """Request i of the mix: 50% get, 20% list, 15% create, 15% start (of an interview created 23 requests ago)."""
+def _plan(i: int, run: str, seed_ids: list[str], lag: int) -> tuple[str, str, str, dict[str, Any] | None]:
+    """Request i of the mix: 50% get, 20% list, 15% create, 15% start (of one created `lag` requests earlier;
+    lag = 20k + 3 maps start slots 17-19 onto create slots 14-16)."""
     slot = i % 20
-    if slot >= 17 and i >= 23:
-        return "start", "POST", f"/api/interviews/{run}-{i - 23}/start", None
+    if slot >= 17 and i >= lag:
+        return "start", "POST", f"/api/interviews/{run}-{i - lag}/start", None
     if slot >= 14 and slot < 17:
         body = {
             "interviewId": f"{run}-{i}",
@@ -73,6 +74,7 @@ async def _loadgen(cfg: dict[str, Any]) -> dict[str, Any]:
     import httpx
 
     rate, n = float(cfg["rate"]), int(cfg["requests"])
+    lag = 20 * max(1, round(rate / 20)) + 3  # start what was created about a second earlier
     headers = {"Authorization": f"Bearer {cfg['key']}"}
     limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
     results: list[tuple[str, float, float, int]] = []  # kind, scheduled offset s, latency s, status
@@ -86,7 +88,7 @@ async def _loadgen(cfg: dict[str, Any]) -> dict[str, Any]:
         print(json.dumps({"start_unix": time.time() + 0.2}), flush=True)
 
         async def one(i: int) -> None:
-            kind, method, url, body = _plan(i, cfg["run"], cfg["seed_ids"])
+            kind, method, url, body = _plan(i, cfg["run"], cfg["seed_ids"], lag)
             scheduled = t0 + i / rate
             try:
                 r = await client.request(method, url, json=body)
@@ -114,6 +116,17 @@ def _free_socket() -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     return sock
+
+
+def _proc_cpu_s(embedded: Any) -> float:
+    """user+system CPU seconds of the embedded nx-27017 process (NaN when not embedded or not on Linux)."""
+    proc = getattr(embedded, "proc", None)
+    try:
+        with open(f"/proc/{proc.pid}/stat", encoding="ascii") as f:  # type: ignore[union-attr]
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (AttributeError, OSError, ValueError, IndexError):
+        return math.nan
 
 
 async def _segment_phase(service: Any, n: int) -> tuple[list[float], int]:
@@ -232,8 +245,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         port = sock.getsockname()[1]
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
         serve_task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started:  # uvicorn exposes a flag, not an event
-            await asyncio.sleep(0.01)  # noqa: ASYNC110
+        while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
+            await asyncio.sleep(0.01)
 
         n_req = int(args.rate * args.duration)
         cfg = {
@@ -255,6 +268,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         assert proc.stdout is not None
         start_unix = json.loads(await proc.stdout.readline())["start_unix"]
+        cpu0, db_cpu0 = time.process_time(), _proc_cpu_s(embedded)
 
         async def outage() -> tuple[float, float]:
             await asyncio.sleep(max(0.0, start_unix + args.outage_at - time.time()))
@@ -267,6 +281,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         outage_task = asyncio.create_task(outage()) if args.outage > 0 else None
         raw = await proc.stdout.read()
         await proc.wait()
+        cpu_s, db_cpu_s = time.process_time() - cpu0, _proc_cpu_s(embedded) - db_cpu0
         if proc.returncode != 0:
             raise RuntimeError(f"load generator failed with exit code {proc.returncode}")
         results = json.loads(raw)["results"]
@@ -287,6 +302,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "p50_ms": percentile(lat, 50) * 1e3,
             "p95_ms": percentile(lat, 95) * 1e3,
             "p99_ms": percentile(lat, 99) * 1e3,
+            # CPU per request: this process (uvicorn + app + relay) and the nx-27017 process, if embedded.
+            "server_cpu_ms_per_request": cpu_s / max(len(results), 1) * 1e3,
+            "db_cpu_ms_per_request": db_cpu_s / max(len(results), 1) * 1e3,
             "by_kind_p95_ms": {
                 k: percentile([r[2] for r in results if r[0] == k], 95) * 1e3
                 for k in ("get", "list", "create", "start")
@@ -357,6 +375,18 @@ def _table(out: dict[str, Any]) -> tuple[list[list[Any]], list[str]]:
     ]
     for kind, p95 in api["by_kind_p95_ms"].items():
         rows.append([f"  {kind}", "", "", p95, "", "", ""])
+    rows.append(
+        [
+            f"  CPU per request: app+relay {api['server_cpu_ms_per_request']:.2f} ms, "
+            f"nx-27017 {api['db_cpu_ms_per_request']:.2f} ms",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+        ]
+    )
     d = api["during_outage"]
     rows.append(
         [

@@ -14,8 +14,9 @@ A peer's track records `started_at`, the loop-clock instant of stream time zero,
 overlapping that turn minus that. Rooms start staggered over `--stagger` seconds, so speech ends of
 different rooms do not all coincide (interviews do not run in lockstep).
 
-A run "kept real time" when the p95 speech end -> final latency is <= 1.5 s and the server's STT lag did not
-grow over the run (least-squares slope of `stt_lag_seconds` <= 0.02 s/s or its maximum <= 1 s).
+A run "kept real time" when the p95 speech end -> final latency is <= 1.5 s and nothing fell behind: the
+latencies did not trend upwards over the run (least-squares slope <= 0.02 s/s, or all <= 1.5 s) and the
+server's STT backlog gauge (`stt_lag_seconds`) was not higher over the last third of the run than over the first.
 `offline_wer` is faster-whisper over each whole channel with the same model, the reference the
 streaming WER can be read against.
 """
@@ -33,6 +34,7 @@ import re
 import secrets
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,8 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 REALTIME_P95_S = 1.5
-LAG_SLOPE_MAX = 0.02  # s of STT backlog gained per s of wall time
-LAG_OK_S = 1.0  # a lag that never exceeds this is not "growing", whatever its slope
+LAG_SLOPE_MAX = 0.02  # s of latency gained per s of run time that counts as falling behind
+LAG_OK_S = 1.0  # how much higher the backlog may sit at the end of a run than at its start
 
 log = logging.getLogger("benchmarks.latency")
 
@@ -130,8 +132,12 @@ def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:
     return min(a1, b1) - max(a0, b0)
 
 
-def score_turns(turns: list[Turn], events: list[dict[str, Any]], started_at: float) -> list[TurnResult]:
+def score_turns(
+    turns: list[Turn], events: list[dict[str, Any]], walls: list[tuple[float, float]]
+) -> list[TurnResult]:
     """Match one speaker's received segments to that speaker's ground-truth turns by stream-time overlap.
+
+    `walls[i]` is (onset, end) of turn i on the receiver's clock (the sender's `wall_time_of`).
 
     Each final belongs to the turn it overlaps most (a turn split at a pause gets several finals); the
     turn's latency is measured at the final that ends last. A partial counts for the turn it overlaps,
@@ -154,11 +160,11 @@ def score_turns(turns: list[Turn], events: list[dict[str, Any]], started_at: flo
         latency = None
         if mine:
             last = max(mine, key=lambda s: (s["end_s"], s["_received_at"]))
-            latency = last["_received_at"] - (started_at + t.end_s)
+            latency = last["_received_at"] - walls[i][1]
         first = [
             p["_received_at"] for p in partials if _overlap(p["start_s"], p["end_s"], t.start_s, t.end_s) > 0
         ]
-        onset = min(first) - (started_at + t.start_s) if first else None
+        onset = min(first) - walls[i][0] if first else None
         results.append(TurnResult(t.speaker, t, latency, onset))
     return results
 
@@ -204,6 +210,19 @@ def ms_stats(values_s: list[float], qs: tuple[str, ...]) -> dict[str, float | No
         v = max(values_s, default=math.nan) if q == "max" else percentile(values_s, float(q[1:]))
         out[q] = None if math.isnan(v) else round(v * 1000, 1)
     return out
+
+
+def backlog_grows(lag: list[float]) -> bool:
+    """True when the STT backlog gauge sits higher at the end of a run than at its start.
+
+    The gauge (seconds of closed utterances still awaiting their final) jumps to an utterance's length
+    the moment it closes and falls back when its final is out, so its slope or maximum says little;
+    a backlog that is not drained shows as a median over the last third above the first third's.
+    """
+    if len(lag) < 6:
+        return False
+    third = len(lag) // 3
+    return statistics.median(lag[-third:]) > statistics.median(lag[:third]) + LAG_OK_S
 
 
 def slope(points: list[tuple[float, float]]) -> float:
@@ -259,6 +278,46 @@ def parse_metrics(text: str) -> dict[str, float]:
             with contextlib.suppress(ValueError):
                 out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(3))
     return out
+
+
+_BUCKET_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)_bucket\{(?:[^}]*,)?le="([^"]+)"[^}]*\}\s+(\S+)')
+
+
+def parse_buckets(text: str) -> dict[str, float]:
+    """Histogram buckets as flat keys `<name>@<le>` (summed over other labels), to keep in a Sample."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        m = _BUCKET_RE.match(line)
+        if m:
+            key = f"{m.group(1)}@{m.group(2)}"
+            with contextlib.suppress(ValueError):
+                out[key] = out.get(key, 0.0) + float(m.group(3))
+    return out
+
+
+def histogram_delta(samples: list[Sample], name: str) -> list[tuple[float, float]]:
+    """Cumulative (le, count) of what a histogram gained between the first and the last sample."""
+    if len(samples) < 2:
+        return []
+    first, last = samples[0].metrics, samples[-1].metrics
+    prefix = name + "@"
+    les = sorted((float(k[len(prefix) :]), k) for k in last if k.startswith(prefix))  # "+Inf" parses as inf
+    return [(le, last[k] - first.get(k, 0.0)) for le, k in les]
+
+
+def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
+    """Prometheus-style quantile: linear inside the bucket that holds it; None when empty."""
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    prev_le, prev_n = 0.0, 0.0
+    for le, n in buckets:
+        if n >= rank:
+            if math.isinf(le):
+                return prev_le
+            return prev_le + (le - prev_le) * ((rank - prev_n) / (n - prev_n) if n > prev_n else 0.0)
+        prev_le, prev_n = le, n
+    return None
 
 
 @dataclass(slots=True)
@@ -389,7 +448,7 @@ async def create_room(http: httpx.AsyncClient, base: str, admin_key: str, n: int
 # ---------------------------------------------------------------------------------------------------------
 # The peer worker (a process of its own): N rooms x (candidate + interviewer) WHIP peers
 
-_KEEP = ("type", "seq", "start_s", "end_s", "text", "hallucination", "_received_at")
+_KEEP = ("type", "seq", "start_s", "end_s", "text", "hallucination", "emitted_at_s", "_received_at")
 
 
 def _emit(kind: str, **data: Any) -> None:
@@ -480,6 +539,7 @@ async def _run_room(
     out["tracks"] = {
         role: {
             "started_at": t.started_at,
+            "turn_walls": [[t.wall_time_of(u.start_s), t.wall_time_of(u.end_s)] for u in dialogue.of(role)],
             "frames_sent": t.frames_sent,
             "late_frames": t.late_frames,
             "max_late_s": round(t.max_late_s, 4),
@@ -504,6 +564,7 @@ class RunOutcome:
     summary: dict[str, Any]
     latencies_s: list[float]
     samples: list[Sample] = field(default_factory=list)
+    raw_rooms: list[dict[str, Any]] = field(default_factory=list)
 
 
 async def _sampler(
@@ -515,7 +576,7 @@ async def _sampler(
             with contextlib.suppress(httpx.HTTPError):
                 r = await http.get(metrics_url)
                 if r.status_code == 200:
-                    metrics = parse_metrics(r.text)
+                    metrics = parse_metrics(r.text) | parse_buckets(r.text)
             srv = kids = peers = None
             with contextlib.suppress(OSError):
                 if server_pid is not None:
@@ -605,7 +666,9 @@ async def run_rooms(
         raise SystemExit(f"peer worker exited with {rc} without a result")
     t_stream = t_stream if t_stream is not None else samples[0].t
     t_done = t_done if t_done is not None else samples[-1].t
-    return summarize(n, result["rooms"], samples, t_stream, t_done)
+    outcome = summarize(n, result["rooms"], samples, t_stream, t_done)
+    outcome.raw_rooms = result["rooms"]
+    return outcome
 
 
 def summarize(n: int, rooms: list[dict[str, Any]], samples: list[Sample], t0: float, t1: float) -> RunOutcome:
@@ -613,6 +676,8 @@ def summarize(n: int, rooms: list[dict[str, Any]], samples: list[Sample], t0: fl
     onsets: list[float] = []
     pairs: list[tuple[str, str]] = []
     turns = missed = late = errors = 0
+    late_s = 0.0
+    trend: list[tuple[float, float]] = []  # (speech end on the peer clock, latency)
     room_errors = []
     for room in rooms:
         if room["error"]:
@@ -626,21 +691,25 @@ def summarize(n: int, rooms: list[dict[str, Any]], samples: list[Sample], t0: fl
             ref_turns = dialogue.of(role)
             pairs.append((" ".join(t.text for t in ref_turns), transcript_of(mine)))
             turns += len(ref_turns)
-            if track["started_at"] is None:
-                missed += len(ref_turns)
-                continue
-            for r in score_turns(ref_turns, mine, track["started_at"]):
+            late_s = max(late_s, track["max_late_s"])
+            sent = [
+                (i, w) for i, w in enumerate(track["turn_walls"]) if w[0] is not None and w[1] is not None
+            ]
+            missed += len(ref_turns) - len(sent)  # turns our sender never got to
+            scored = score_turns([ref_turns[i] for i, _ in sent], mine, [tuple(w) for _, w in sent])
+            for r, (_, w) in zip(scored, sent, strict=True):
                 if r.final_latency_s is None:
                     missed += 1
                 else:
                     latencies.append(r.final_latency_s)
+                    trend.append((w[1], r.final_latency_s))
                 if r.first_partial_s is not None:
                     onsets.append(r.first_partial_s)
     window = [s for s in samples if t0 <= s.t <= t1]
+    with_metrics = [s for s in samples if s.metrics]
     lag_points = [(s.t, s.metrics["stt_lag_seconds"]) for s in window if "stt_lag_seconds" in s.metrics]
     max_lag = max((y for _, y in lag_points), default=math.nan)
     lag_slope = slope(lag_points)
-    with_metrics = [s for s in samples if s.metrics]
     dropped = None
     if len(with_metrics) >= 2:
         dropped = int(
@@ -648,7 +717,13 @@ def summarize(n: int, rooms: list[dict[str, Any]], samples: list[Sample], t0: fl
             - with_metrics[0].metrics.get("audio_frames_dropped_total", 0)
         )
     final = ms_stats(latencies, ("p50", "p95", "p99", "max"))
-    growing = bool(lag_points) and lag_slope > LAG_SLOPE_MAX and max_lag > LAG_OK_S
+    latency_trend = slope(trend)
+    # falling behind shows as latencies that grow over the run; the server's gauge (seconds of closed
+    # utterances awaiting their final) must not climb either
+    growing = (
+        latency_trend > LAG_SLOPE_MAX and max(latencies, default=0.0) > REALTIME_P95_S
+    ) or backlog_grows([y for _, y in lag_points])
+    server_hist = histogram_delta(with_metrics, "final_latency_seconds")
     p95 = final["p95"]
     summary = {
         "rooms": n,
@@ -663,9 +738,16 @@ def summarize(n: int, rooms: list[dict[str, Any]], samples: list[Sample], t0: fl
         "turns": turns,
         "missed_turns": missed,
         "lag_slope": round(lag_slope, 4),
+        "latency_trend": round(latency_trend, 4),
+        "server_final_latency_ms": {
+            q: None if (v := histogram_quantile(server_hist, p)) is None else round(v * 1000, 1)
+            for q, p in (("p50", 0.5), ("p95", 0.95))
+        },
+        "lag_timeline": [[round(t - t0, 1), round(y, 2)] for t, y in lag_points],
         "server_children_cpu_percent": _cpu_percent(samples, "server_children_cpu", t0, t1),
         "peers_cpu_percent": _cpu_percent(samples, "peers_cpu", t0, t1),
         "sender_late_frames": late,
+        "sender_max_late_ms": round(late_s * 1000, 1),
         "error_events": errors,
         "room_errors": room_errors,
         "window_s": round(t1 - t0, 1),
@@ -763,13 +845,16 @@ def plot(outcomes: list[RunOutcome], path: Path) -> None:
     rooms = [o.summary["rooms"] for o in outcomes]
     cpu = [o.summary["cpu_percent"] if o.summary["cpu_percent"] is not None else math.nan for o in outcomes]
     p95 = [o.summary["final_latency_ms"]["p95"] or math.nan for o in outcomes]
-    ax2.plot(rooms, cpu, "o-", c="tab:blue", label="server CPU %")
+    ax2.plot(rooms, cpu, "o-", c="tab:blue", lw=2.5, label="server CPU %")
     ax2.set_xlabel("rooms")
     ax2.set_ylabel("server CPU % (of one core)", color="tab:blue")
     ax3 = ax2.twinx()
-    ax3.plot(rooms, p95, "s-", c="tab:red", label="p95 latency")
+    ax3.plot(rooms, p95, "s--", c="tab:red", label="p95 latency")
     ax3.axhline(REALTIME_P95_S * 1000, ls="--", c="tab:red", alpha=0.4)
     ax3.set_ylabel("p95 speech end -> final (ms)", color="tab:red")
+    ax2.set_xticks(rooms)
+    handles = ax2.get_legend_handles_labels()[0] + ax3.get_legend_handles_labels()[0]
+    ax2.legend(handles, [str(h.get_label()) for h in handles], loc="upper left")
     ax2.set_title("Capacity")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -891,6 +976,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         progress(f"JSON written to {args.json}")
     if args.plot:
         plot(outcomes, Path(args.plot))
+    if args.raw:
+        raw = [{"rooms": o.summary["rooms"], "peer_rooms": o.raw_rooms} for o in outcomes]
+        Path(args.raw).write_text(json.dumps(raw))
+        progress(f"raw received segments written to {args.raw}")
     return report
 
 
@@ -918,6 +1007,7 @@ def main(argv: list[str] | None = None) -> None:
         "--profile", help="record py-spy profiles of the server (raw stacks) into this folder"
     )
     parser.add_argument("--profile-native", action="store_true", help="include native frames in --profile")
+    parser.add_argument("--raw", help="also write every received segment and turn timing here (JSON)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -214,12 +214,12 @@ cdef class Polyphase:
             for i in range(n):
                 a = x[2 * i]
                 b = x[2 * i + 1]
-                clip += (a >= 32767 or a <= -32768) + (b >= 32767 or b <= -32768)
+                clip += (a >= 32767 or a <= -32767) + (b >= 32767 or b <= -32767)
                 dst[i] = (<float> a + <float> b) * <float> 0.5
         else:
             for i in range(n):
                 a = x[i]
-                clip += (a >= 32767 or a <= -32768)
+                clip += (a >= 32767 or a <= -32767)
                 dst[i] = <float> a
         self.nbuf += n
         self.n_in += n
@@ -425,7 +425,7 @@ def level_stats(const short[::1] x not None):
             a = x[i] if x[i] >= 0 else -(<int> x[i])
             if a > pk:
                 pk = a
-            clip += (x[i] >= 32767 or x[i] <= -32768)
+            clip += (x[i] >= 32767 or x[i] <= -32767)
     return s, pk, clip
 
 
@@ -661,10 +661,11 @@ cdef class VadCore:
         with nogil:
             snr = self.feat.frame(x, n)
         if self.kind == HYBRID:
-            raw = snr > self.t_on
-            if not raw and snr > self.t_low:
-                memcpy(self.frame_ptr, x, n * sizeof(short))
-                raw = self.wproc(self.whandle, 16000, self.frame_arr, n)
+            # webrtcvad runs on every frame even when the band SNR alone decides: its noise model adapts
+            # frame by frame, and skipping frames makes it fire on steady noise
+            memcpy(self.frame_ptr, x, n * sizeof(short))
+            raw = self.wproc(self.whandle, 16000, self.frame_arr, n)
+            raw = snr > self.t_on or (raw and snr > self.t_low)
         elif self.kind == WEBRTC:
             memcpy(self.frame_ptr, x, n * sizeof(short))
             raw = self.wproc(self.whandle, 16000, self.frame_arr, n)

@@ -110,8 +110,8 @@ class AddQuestion:
     def parse(cls, data: object, prefix: str = "") -> AddQuestion:
         f = Fields(data, prefix=prefix, allowed=("questionId", "text", "category", "expectedKeywords"))
         question_id = f.ident("questionId", required=False)
-        text = f.str("text", max_len=2000)
-        category = f.str("category", required=False, max_len=100, default="")
+        text = f.text("text", max_len=2000)
+        category = f.text("category", required=False, max_len=100, default="")
         keywords = f.str_list("expectedKeywords", max_items=50, max_len=100)
         f.done()
         return cls(text=text, category=category, expected_keywords=keywords, question_id=question_id)
@@ -132,7 +132,7 @@ class RecordAnalysis:
             raw = s.data.get("timeline")
             if raw is not None and not isinstance(raw, list):
                 s.error("timeline", "expected an array")
-            for i, item in enumerate(raw or []):
+            for i, item in enumerate(raw if isinstance(raw, list) else []):
                 t = Fields(item, prefix=f"sentiment.timeline[{i}].", allowed=("at_s", "score", "participantId"))
                 at_s, score = t.number("at_s", 0.0, 7 * 24 * 3600.0), t.number("score", -1.0, 1.0)
                 pid = t.ident("participantId", required=False)
@@ -144,9 +144,9 @@ class RecordAnalysis:
         raw_kw = f.data.get("keywords")
         if raw_kw is not None and not isinstance(raw_kw, list):
             f.error("keywords", "expected an array")
-        for i, item in enumerate(raw_kw or []):
+        for i, item in enumerate(raw_kw if isinstance(raw_kw, list) else []):
             k = Fields(item, prefix=f"keywords[{i}].", allowed=("term", "count", "relevance"))
-            term, count = k.str("term", max_len=100), k.number("count", 0, 1e9, required=False)
+            term, count = k.text("term", max_len=100), k.number("count", 0, 1e9, required=False)
             relevance = k.number("relevance", 0.0, 1.0, required=False)
             f.merge(k)
             if not k.errors:
@@ -155,7 +155,7 @@ class RecordAnalysis:
         raw_c = f.data.get("competency")
         if raw_c is not None and not isinstance(raw_c, dict):
             f.error("competency", "expected an object of name -> score")
-        for name in raw_c or {}:
+        for name in raw_c if isinstance(raw_c, dict) else {}:
             c = Fields(raw_c, prefix="competency.")
             score = c.number(name, 0.0, COMPETENCY_MAX)
             f.merge(c)
@@ -166,7 +166,7 @@ class RecordAnalysis:
         if o is not None:
             overall = {"score": o.number("score", 0.0, 100.0, required=False),
                        "recommendation": o.choice("recommendation", RECOMMENDATIONS, default="undecided"),
-                       "summary": o.str("summary", required=False, max_len=5000, default="")}
+                       "summary": o.text("summary", required=False, max_len=5000, default="")}
             f.merge(o)
         f.done()
         return cls(Analysis(sentiment_overall=overall_sentiment, sentiment_timeline=timeline, keywords=keywords,
@@ -183,7 +183,7 @@ def _parse_resume(f: Fields, base: Resume | None = None) -> Resume | None:
         return base
     out = Resume() if base is None else Resume(base.url, base.parsed, list(base.skills), base.experience_years)
     if r.has("url"):
-        url = r.str("url", required=False, max_len=2000, default="")
+        url = r.text("url", required=False, max_len=2000, default="")
         if url and not url.startswith(("http://", "https://")):
             r.error("url", "expected an http(s) URL")
         out.url = url
@@ -213,9 +213,9 @@ class CreateCandidate:
     def parse(cls, data: object) -> CreateCandidate:
         f = Fields(data, allowed=_CANDIDATE_FIELDS)
         candidate_id = f.ident("candidateId", required=False)
-        name = f.str("name", max_len=200)
-        email = f.str("email", max_len=254, pattern=EMAIL_RE, what="email address")
-        phone = f.str("phone", required=False, max_len=32, pattern=PHONE_RE, what="phone number", default="")
+        name = f.text("name", max_len=200)
+        email = f.text("email", max_len=254, pattern=EMAIL_RE, what="email address")
+        phone = f.text("phone", required=False, max_len=32, pattern=PHONE_RE, what="phone number", default="")
         resume = _parse_resume(f) or Resume()
         f.done()
         return cls(name=name, email=email.lower(), phone=phone, resume=resume, candidate_id=candidate_id)
@@ -233,12 +233,12 @@ class UpdateCandidate:
         f = Fields(data, allowed=("name", "email", "phone", "resume", "version"))
         changes: dict[str, Any] = {}
         if f.has("name"):
-            changes["name"] = f.str("name", max_len=200)
+            changes["name"] = f.text("name", max_len=200)
         if f.has("email"):
-            email = f.str("email", max_len=254, pattern=EMAIL_RE, what="email address")
+            email = f.text("email", max_len=254, pattern=EMAIL_RE, what="email address")
             changes["email"] = email.lower() if isinstance(email, str) else email
         if f.has("phone"):
-            changes["phone"] = f.str("phone", required=False, max_len=32, pattern=PHONE_RE, what="phone number",
+            changes["phone"] = f.text("phone", required=False, max_len=32, pattern=PHONE_RE, what="phone number",
                                      default="")
         if f.has("resume"):
             changes["resume"] = f.data["resume"]  # validated against the current resume by the handler
@@ -502,6 +502,14 @@ class InterviewService:
         segments = await self.store.list_segments(interview_id) if with_segments else None
         return interview.to_document(segments)
 
+    async def last_segment_seq(self, interview_id: str, participant_id: str) -> int | None:
+        """The highest stored `seq` of a participant's final segments (None if none): where a resumed stream
+        continues."""
+        _check_id("interview", interview_id)
+        if not is_valid_id(participant_id):
+            return None
+        return await self.store.last_segment_seq(interview_id, participant_id)
+
     async def list_interviews(self, query: InterviewQuery) -> dict[str, Any]:
         items = await self.store.find_interviews(query, query.limit + 1)
         return _page([i.to_document() for i in items[: query.limit]],
@@ -527,7 +535,11 @@ class InterviewService:
     async def list_candidates(self, query: CandidateQuery) -> dict[str, Any]:
         items = await self.store.find_candidates(query, query.limit + 1)
         last = items[query.limit - 1] if len(items) > query.limit else None
-        return _page([c.to_document() for c in items[: query.limit]],
+        # Listed candidates omit `interviews` (one query per candidate); GET /api/candidates/{id} has it.
+        docs = [c.to_document() for c in items[: query.limit]]
+        for d in docs:
+            del d["interviews"]
+        return _page(docs,
                      Cursor(last.metadata.created_at, last.candidate_id) if last else None)
 
 

@@ -253,17 +253,21 @@ class DomainEvent:
 
     __slots__ = ()
     SUBJECT = ""
+    # Declared for type checkers; each subclass defines them as dataclass fields.
+    id: str
+    interview_id: str
+    occurred_at: Any
 
     def data(self) -> dict[str, Any]:
         return {}
 
     @property
     def subject(self) -> str:
-        return f"interviews.{self.interview_id}.{self.SUBJECT}"  # type: ignore[attr-defined]
+        return f"interviews.{self.interview_id}.{self.SUBJECT}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": type(self).__name__, "id": self.id, "interviewId": self.interview_id,  # type: ignore[attr-defined]
-                "occurredAt": iso(self.occurred_at), **self.data()}  # type: ignore[attr-defined]
+        return {"type": type(self).__name__, "id": self.id, "interviewId": self.interview_id,
+                "occurredAt": iso(self.occurred_at), **self.data()}
 
     def to_json_bytes(self) -> bytes:
         return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":")).encode()

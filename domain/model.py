@@ -55,10 +55,17 @@ class Conflict(DomainError):
     code = "conflict"
 
 
-class Unavailable(DomainError):
-    """A backing service (the database) cannot take the request now; retrying later may succeed."""
+class Unavailable(Exception):
+    """A backing service (the database) cannot take the request now; retrying later may succeed.
+
+    Deliberately not a DomainError: callers treat DomainError as "refused for good" and this as "retry".
+    """
 
     code = "unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class ValidationError(DomainError, ValueError):
@@ -132,6 +139,7 @@ class Fields:
     def __init__(self, data: object, *, prefix: str = "", allowed: Iterable[str] = ()) -> None:
         self.prefix = prefix
         self.errors: dict[str, str] = {}
+        self.invalid = not isinstance(data, Mapping)  # then only that is reported, not each missing field
         if not isinstance(data, Mapping):
             self.data: Mapping[str, Any] = {}
             self.errors[prefix.rstrip(".") or "body"] = "expected a JSON object"
@@ -152,12 +160,12 @@ class Fields:
     def _get(self, name: str, required: bool) -> Any:
         value = self.data.get(name, self._MISSING)
         if value is self._MISSING or value is None:
-            if required:
+            if required and not self.invalid:
                 self.error(name, "field required")
             return self._MISSING
         return value
 
-    def str(self, name: str, *, required: bool = True, max_len: int = 200, default: str | None = None,
+    def text(self, name: str, *, required: bool = True, max_len: int = 200, default: str | None = None,
             pattern: re.Pattern[str] | None = None, what: str = "") -> Any:
         value = self._get(name, required)
         if value is self._MISSING:

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--window", type=float, default=5.0,
                    help="local: encoder window granularity in seconds (30 = Whisper's fixed 30 s window)")  # fmt: skip
     t.add_argument("--beam-size", type=int, default=5, help="local: beam size of final decodes (partials use 1)")
-    t.add_argument("--no-prompt", action="store_true", help="do not prompt with the speaker's previous final")
+    t.add_argument("--prompt", action="store_true", help="prompt each final with the speaker's previous final")
     t.add_argument("-v", "--verbose", action="store_true")
     return ap
 
@@ -95,7 +95,7 @@ async def run(audio: DecodedAudio, args: argparse.Namespace, stt: SpeechToText, 
     scheduler = SttScheduler(stt, workers=args.workers)
     skills = tuple(s.strip() for s in args.skills.split(",") if s.strip())
     cfg = StreamConfig(vad=args.vad, partial_interval_s=args.partial_interval, skills=skills,
-                       prompt_previous=not args.no_prompt, emit_levels_every_s=0.1 if args.levels else 0.0)  # fmt: skip
+                       prompt_previous=args.prompt, emit_levels_every_s=0.1 if args.levels else 0.0)  # fmt: skip
     t_start = time.perf_counter()
     clock = (lambda: time.perf_counter() - t_start) if args.realtime else None
     counts: dict[str, int] = {}

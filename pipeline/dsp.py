@@ -98,7 +98,9 @@ def design_bank(in_rate: int, out_rate: int) -> tuple[np.ndarray, int, int, int]
     k0 = -(-n // L)
     K = -(-k0 // 16) * 16
     if L * K > _MAX_BANK:
-        raise ValueError(f"resampling {in_rate} -> {out_rate} Hz needs {L} filter phases: unsupported rate pair")
+        raise ValueError(
+            f"resampling {in_rate} -> {out_rate} Hz needs {L} filter phases: unsupported rate pair"
+        )
     padded = np.zeros(L * k0)
     padded[:n] = h
     phases = padded.reshape(k0, L).T  # phases[p, i] = h[p + i*L]
@@ -361,8 +363,14 @@ class Vad:
         return self._core.feat.snr_db
 
 
-def _seg_core(frame_len: int, pre_roll_ms: int, end_silence_ms: int, min_speech_ms: int, max_utterance_s: float) -> Any:
-    for name, v in (("pre_roll_ms", pre_roll_ms), ("end_silence_ms", end_silence_ms), ("min_speech_ms", min_speech_ms)):
+def _seg_core(
+    frame_len: int, pre_roll_ms: int, end_silence_ms: int, min_speech_ms: int, max_utterance_s: float
+) -> Any:
+    for name, v in (
+        ("pre_roll_ms", pre_roll_ms),
+        ("end_silence_ms", end_silence_ms),
+        ("min_speech_ms", min_speech_ms),
+    ):
         if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0:
             raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
     if end_silence_ms <= 0:
@@ -371,7 +379,9 @@ def _seg_core(frame_len: int, pre_roll_ms: int, end_silence_ms: int, min_speech_
         raise ValueError(f"max_utterance_s must be a finite number, got {max_utterance_s!r}")
     max_len = int(round(max_utterance_s * RATE))
     if max_len < 4 * frame_len or max_len < end_silence_ms * RATE // 1000:
-        raise ValueError(f"max_utterance_s={max_utterance_s} is too short for the frame and end-silence settings")
+        raise ValueError(
+            f"max_utterance_s={max_utterance_s} is too short for the frame and end-silence settings"
+        )
     return _dsp.SegCore(
         frame_len,
         pre_roll_ms * RATE // 1000,
@@ -497,13 +507,20 @@ class FrontEnd:
     def push(self, pcm: np.ndarray) -> list[Utterance]:
         if self._flushed:
             raise ValueError("FrontEnd already flushed (end of stream); create a new one")
-        if not isinstance(pcm, np.ndarray) or pcm.dtype != np.int16 or pcm.ndim != 1 or not pcm.flags.c_contiguous:
+        if (
+            not isinstance(pcm, np.ndarray)
+            or pcm.dtype != np.int16
+            or pcm.ndim != 1
+            or not pcm.flags.c_contiguous
+        ):
             _check_pcm(pcm, "pcm")
             raise ValueError(f"pcm dtype must be int16, got {pcm.dtype}")
         if pcm.size == 0:
             raise ValueError("pcm is empty")
         if pcm.size % self.channels:
-            raise ValueError(f"interleaved {self.channels}-channel pcm needs a multiple of {self.channels} samples, got {pcm.size}")
+            raise ValueError(
+                f"interleaved {self.channels}-channel pcm needs a multiple of {self.channels} samples, got {pcm.size}"
+            )
         return _utterances(self._core.push(pcm))
 
     def flush(self) -> list[Utterance]:

@@ -37,7 +37,7 @@ from domain.events import (
     Word,
 )
 from pipeline.analysis import KeywordTracker, SentimentTracker
-from pipeline.stt import SAMPLE_RATE, SttError, SttScheduler, Transcript
+from pipeline.stt import SAMPLE_RATE, SttError, SttScheduler, Transcript, trim_after_speech
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class StreamConfig:
     skills: tuple[str, ...] = ()
     emit_levels_every_s: float = 0.1  # 0 = no level events
     top_keywords: int = 10
-    prompt_previous: bool = True  # prompt the decoder with the previous confident final of this speaker
+    prompt_previous: bool = False  # prompt the decoder with the previous confident final of this speaker
     prompt_min_confidence: float = 0.6
     prompt_max_chars: int = 200
     extra: dict[str, Any] = field(default_factory=dict)
@@ -245,6 +245,7 @@ class ParticipantStream:
                 self._emit(error)
         if tr is None:
             return
+        tr = trim_after_speech(tr, utt.speech_end_s - utt.start_s)
         shown = seq in self._partial_shown
         self._partial_shown.discard(seq)
         if not tr.text and not shown:

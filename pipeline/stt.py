@@ -150,12 +150,51 @@ def repetition_loop(text: str, *, min_repeats: int = 4, max_ngram: int = 6) -> b
     return False
 
 
+_PUNCT_TAIL_RE = re.compile(r"(?:\s*[.,!?…-]){2,}\s*$")
+
+
+def trim_after_speech(t: Transcript, speech_end_s: float, *, slack_s: float = 0.15, max_p: float = 0.5) -> Transcript:
+    """Drop trailing words that start after the segmenter saw speech end and that the decoder doubts.
+
+    Whisper likes to close an utterance with an invented "Thank you." in the trailing silence; real last words
+    are confident even when their timestamps drift. `speech_end_s` is relative to the transcribed audio.
+    Mutates and returns `t`; the text is rebuilt from the kept words.
+    """
+    if not t.words:
+        return t
+    keep = len(t.words)
+    while keep and t.words[keep - 1].start_s > speech_end_s + slack_s and t.words[keep - 1].probability < max_p:
+        keep -= 1
+    # a stock closing phrase ("Thank you.") starting near the end, with a doubtful word in it
+    for k in range(keep - 1, max(-1, keep - 7), -1):
+        tail = t.words[k:keep]
+        if (
+            _norm(" ".join(w.word for w in tail)) in _STOCK_PHRASES
+            and min(w.probability for w in tail) < max_p
+            and tail[0].start_s > speech_end_s - 0.5
+        ):
+            keep = k
+            break
+    if keep == len(t.words):
+        return t
+    dropped = " ".join(w.word for w in t.words[keep:])
+    t.words = t.words[:keep]
+    t.text = " ".join(w.word for w in t.words)
+    t.reason = t.reason or f"trimmed tail {dropped!r}"
+    return apply_guards(t)
+
+
 def apply_guards(t: Transcript) -> Transcript:
     """Gate silence/noise to empty text and flag likely hallucinations. Mutates and returns `t`."""
     if not any(ch.isalnum() for ch in t.text):
         t.text, t.words = "", []
         t.reason = t.reason or "empty"
         return t
+    # a run of bare punctuation (". . . .") after the words is a decoding loop in trailing silence: cut it
+    trimmed = _PUNCT_TAIL_RE.sub(lambda m: m.group(0).strip()[:1], t.text).strip()
+    if trimmed != t.text:
+        t.text, t.compression_ratio = trimmed, compression_ratio(trimmed)
+    t.words = [w for w in t.words if any(ch.isalnum() for ch in w.word)]
     words_p = [w.probability for w in t.words]
     mean_p = float(np.mean(words_p)) if words_p else t.confidence
     if t.no_speech_prob > NO_SPEECH_THRESHOLD and t.avg_logprob < LOGPROB_THRESHOLD:
@@ -209,7 +248,7 @@ class LocalWhisper:
         cpu_threads: int = 2,
         num_workers: int = 1,
         compute_type: str = "int8",
-        beam_size: int = 1,
+        beam_size: int = 5,
         partial_beam_size: int = 1,
         window_s: float | None = 5.0,
         language: str = "en",

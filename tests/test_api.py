@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,6 +14,7 @@ import pytest
 from starlette.applications import Starlette
 
 from adapters.http_api import api_routes, exception_handlers
+from adapters.mongo import EmbeddedMongo, MongoStore
 from domain.commands import InterviewService
 from domain.events import SegmentEvent, Speaker
 
@@ -263,3 +265,22 @@ async def test_openapi_document(client: httpx.AsyncClient) -> None:
     # Every $ref resolves.
     refs = {m for m in json.dumps(spec).split('"') if m.startswith("#/components/schemas/")}
     assert refs and all(ref.rsplit("/", 1)[1] in spec["components"]["schemas"] for ref in refs)
+
+
+async def test_database_outage_is_503_and_recovers_nothing_silently(tmp_path: Path) -> None:
+    embedded = EmbeddedMongo(tmp_path)
+    store = await MongoStore.connect(await embedded.start(), timeout_s=0.5)
+    app = Starlette(routes=api_routes(InterviewService(store), KEY), exception_handlers=exception_handlers)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api.test",
+                                     headers=AUTH) as client:
+            iid = (await create(client))["interviewId"]
+            await embedded.stop()
+            for method, path in [("GET", f"/api/interviews/{iid}"), ("POST", "/api/interviews"),
+                                 ("POST", f"/api/interviews/{iid}/start"), ("GET", "/api/candidates")]:
+                r = await client.request(method, path, json=NEW if path == "/api/interviews" else None)
+                assert r.status_code == 503, (method, path, r.text)
+                assert r.json()["error"]["code"] == "unavailable" and r.headers["retry-after"] == "1"
+    finally:
+        await store.close()
+        await embedded.stop()

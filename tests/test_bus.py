@@ -226,3 +226,26 @@ async def test_consumer_dead_letters_after_max_attempts_and_moves_on() -> None:
     assert "cannot process event 1" in poison["error"]
     garbage = json.loads(dead[0][1])
     assert garbage["event"] is None and "not JSON" in garbage["error"]
+
+
+async def test_in_process_consumer_reads_in_batches_from_the_retained_log() -> None:
+    bus = InProcessBus(max_msgs=5)
+    for n in range(8):  # the first 3 fall out of the bounded log before anyone reads them
+        r = event(n)
+        await bus.publish(r.subject, r.payload, r.id)
+    await bus.publish("interviews.iv2.started", event(99, "iv2").payload, "ev-00099")
+    seen: list[str] = []
+
+    async def handler(ev: ReceivedEvent) -> None:
+        seen.append(ev.id)
+
+    consumer = EventConsumer(bus, "iv1-only", handler, subject="interviews.iv1.*", batch=2)
+    consumer.start()
+    async with asyncio.timeout(5):
+        await consumer.wait_for(lambda c: c.handled == 4)
+    r = event(8)
+    await bus.publish(r.subject, r.payload, r.id)
+    async with asyncio.timeout(5):
+        await consumer.wait_for(lambda c: c.handled == 5)
+    await consumer.aclose()
+    assert seen == ["ev-00004", "ev-00005", "ev-00006", "ev-00007", "ev-00008"]

@@ -20,21 +20,31 @@ def noise(n: int, seed: int = 0, scale: float = 6000.0) -> np.ndarray:
 
 
 def reference(x: np.ndarray, in_rate: int, out_rate: int) -> np.ndarray:
-    """Plain NumPy polyphase-free resampling: zero-stuff by L, convolve with the prototype, keep every M-th
-    sample from the filter delay on. float64 throughout."""
+    """Textbook definition in float64: y[n] = sum_j x[j] * g(n*M + D - j*L), with g the prototype low-pass
+    rebuilt from the bank, zeros outside the input, n < ceil(len(x) * L / M)."""
     bank, L, M, D = design_bank(in_rate, out_rate)
     K = bank.shape[1]
-    g = np.zeros(L * K)
-    for p in range(L):
-        for i in range(K):
-            g[p + i * L] = bank[p, K - 1 - i]
-    up = np.zeros(len(x) * L)
-    up[::L] = x
-    full = np.convolve(up, g)
+    g = bank[:, ::-1].astype(np.float64).T.reshape(-1)  # g[p + i*L] = bank[p, K-1-i]
     n_out = -(-len(x) * L // M)
-    idx = np.arange(n_out) * M + D
-    full = np.concatenate([full, np.zeros(max(0, idx[-1] + 1 - len(full)))])
-    return full[idx]
+    t0 = np.arange(n_out)[:, None] * M + D
+    j = t0 // L - np.arange(K + 1)[None, :]
+    t = t0 - j * L
+    ok = (t >= 0) & (t < L * K) & (j >= 0) & (j < len(x))
+    xv = np.where(ok, np.asarray(x, np.float64)[np.clip(j, 0, len(x) - 1)], 0.0)
+    return np.sum(np.where(ok, g[np.clip(t, 0, L * K - 1)], 0.0) * xv, axis=1)
+
+
+def test_reference_is_zero_stuff_convolve_decimate() -> None:
+    """The oracle itself, against the other textbook form (cheap only for small L)."""
+    x = np.random.default_rng(8).standard_normal(700)
+    for a, b in ((48000, 16000), (8000, 16000), (16000, 48000)):
+        bank, L, M, D = design_bank(a, b)
+        g = bank[:, ::-1].astype(np.float64).T.reshape(-1)
+        up = np.zeros(len(x) * L)
+        up[::L] = x
+        full = np.concatenate([np.convolve(up, g), np.zeros(L * bank.shape[1])])
+        n_out = -(-len(x) * L // M)
+        np.testing.assert_allclose(reference(x, a, b), full[np.arange(n_out) * M + D], atol=1e-12)
 
 
 def one_shot(r: Resampler, x: np.ndarray) -> np.ndarray:
@@ -238,7 +248,9 @@ def test_bad_stereo_and_mixed_use() -> None:
     r.process(np.zeros(30, np.float32))  # a new stream may use another layout
 
 
-@pytest.mark.parametrize(("a", "b"), [(0, 16000), (48000, 0), (-8000, 16000), (48000.0, 16000), (True, 16000), (10**7, 16000)])
+@pytest.mark.parametrize(
+    ("a", "b"), [(0, 16000), (48000, 0), (-8000, 16000), (48000.0, 16000), (True, 16000), (10**7, 16000)]
+)
 def test_bad_rates(a: object, b: object) -> None:
     with pytest.raises(ValueError, match="rate"):
         Resampler(a, b)  # type: ignore[arg-type]
@@ -313,7 +325,9 @@ def test_vad_bad_input() -> None:
 # ---------------------------------------------------------------- segmenter
 
 
-def _run_segmenter(flags: list[bool], frame_len: int = 320, **kw: object) -> tuple[Segmenter, np.ndarray, list[Utterance]]:
+def _run_segmenter(
+    flags: list[bool], frame_len: int = 320, **kw: object
+) -> tuple[Segmenter, np.ndarray, list[Utterance]]:
     seg = Segmenter(frame_len * 1000 // 16000, **kw)  # type: ignore[arg-type]
     audio = np.arange(len(flags) * frame_len + 77, dtype=np.int64) % 30000  # sample value = identity
     audio = audio.astype(np.int16)
@@ -332,7 +346,9 @@ def _run_segmenter(flags: list[bool], frame_len: int = 320, **kw: object) -> tup
     maxlen=st.floats(0.8, 3.0),
 )
 @settings(max_examples=150, deadline=None)
-def test_segmenter_accounts_for_every_sample(flags: list[bool], pre: int, end: int, minsp: int, maxlen: float) -> None:
+def test_segmenter_accounts_for_every_sample(
+    flags: list[bool], pre: int, end: int, minsp: int, maxlen: float
+) -> None:
     seg, audio, utts = _run_segmenter(
         flags, pre_roll_ms=pre, end_silence_ms=end, min_speech_ms=minsp, max_utterance_s=maxlen
     )

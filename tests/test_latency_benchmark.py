@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -11,8 +12,10 @@ import pytest
 
 from benchmarks.latency import (
     Turn,
+    backlog_grows,
     corpus_wer,
     cpu_seconds,
+    histogram_quantile,
     load_dialogue,
     ms_stats,
     parse_metrics,
@@ -33,6 +36,7 @@ def seg(kind: str, start: float, end: float, received: float, text: str = "", se
 
 
 TURNS = [Turn("candidate", "one two", 1.0, 3.0), Turn("candidate", "three four five", 5.0, 8.0)]
+WALLS = [(T0 + t.start_s, T0 + t.end_s) for t in TURNS]
 
 
 def test_latency_is_measured_at_the_last_final_of_a_turn():
@@ -45,7 +49,7 @@ def test_latency_is_measured_at_the_last_final_of_a_turn():
         seg("final", 6.6, 8.1, 8.75, "four five", 2),
         seg("partial", 6.6, 7.5, 7.9),
     ]
-    first, second = score_turns(TURNS, events, T0)
+    first, second = score_turns(TURNS, events, WALLS)
     assert first.final_latency_s == pytest.approx(0.6)
     assert first.first_partial_s == pytest.approx(1.4)
     assert second.final_latency_s == pytest.approx(0.75)
@@ -55,10 +59,10 @@ def test_latency_is_measured_at_the_last_final_of_a_turn():
 def test_a_turn_without_a_final_is_missed_and_finals_go_to_the_turn_they_overlap_most():
     # one final straddles both turns but lies mostly in the first
     events = [seg("final", 2.0, 5.5, 6.0, "two three")]
-    first, second = score_turns(TURNS, events, T0)
+    first, second = score_turns(TURNS, events, WALLS)
     assert first.final_latency_s == pytest.approx(3.0)
     assert second.final_latency_s is None and second.first_partial_s is None
-    assert score_turns(TURNS, [seg("final", 10, 11, 12)], T0)[0].final_latency_s is None
+    assert score_turns(TURNS, [seg("final", 10, 11, 12)], WALLS)[0].final_latency_s is None
 
 
 def test_transcript_orders_finals_by_stream_time():
@@ -88,6 +92,12 @@ def test_slope_sees_a_growing_lag():
     assert slope([(t, 0.1 * t) for t in range(10)]) == pytest.approx(0.1)
     assert slope([(t, 0.4) for t in range(10)]) == 0.0
     assert slope([(0, 5.0)]) == 0.0
+
+
+def test_backlog_growth_ignores_spikes_but_not_a_rising_floor():
+    spiky = [0, 0, 8.3, 0, 0, 0, 2.7, 0, 0, 7.6, 0, 0]
+    assert not backlog_grows(spiky)
+    assert backlog_grows([0, 0.5, 0, 1, 2, 2.5, 3, 4, 5, 6, 7, 8])
 
 
 def test_parse_metrics_sums_label_sets():
@@ -121,3 +131,10 @@ def test_audio_without_ground_truth_is_a_value_error(tmp_path):
     lone.write_bytes(b"")
     with pytest.raises(ValueError, match="no ground-truth JSON"):
         load_dialogue(lone)
+
+
+def test_histogram_quantile_interpolates_like_prometheus():
+    buckets = [(0.5, 2.0), (1.0, 6.0), (2.0, 10.0), (math.inf, 10.0)]
+    assert histogram_quantile(buckets, 0.5) == pytest.approx(0.5 + 0.5 * (3 / 4))
+    assert histogram_quantile(buckets, 0.1) == pytest.approx(0.25)
+    assert histogram_quantile([(0.5, 0.0), (math.inf, 0.0)], 0.5) is None

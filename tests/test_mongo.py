@@ -21,7 +21,7 @@ from domain.commands import (
     UpdateCandidate,
 )
 from domain.events import SegmentEvent, Speaker, Word
-from domain.model import Conflict, NotFound
+from domain.model import Conflict, DomainError, NotFound, Unavailable
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
@@ -103,6 +103,9 @@ async def test_segment_writes_are_idempotent(service: InterviewService, store: M
     assert sorted(results) == [False, False, True, True, True]
     assert await service.record_segment(iid, segment(1, text="a retry with different text")) is False
     assert await service.record_segment(iid, segment(1, pid="int1")) is True  # another participant's seq 1
+    assert await service.last_segment_seq(iid, "cand1") == 2
+    assert await service.last_segment_seq(iid, "int1") == 1
+    assert await service.last_segment_seq(iid, "nobody") is None
     transcript = await service.get_transcript(iid)
     keys = [(s["participantId"], s["seq"]) for s in transcript["segments"]]
     assert sorted(keys) == [("cand1", 0), ("cand1", 1), ("cand1", 2), ("int1", 1)]
@@ -201,6 +204,8 @@ async def test_outbox_pending_and_mark_published(service: InterviewService, stor
     assert sorted(e["id"] for e in log) == sorted(r.id for r in pending)
     raw = await store.interviews.find_one({"_id": iid})
     assert raw is not None and raw["outbox"] == {} and raw["outboxCount"] == 0
+    # The relay's $unset left the interview's dates alone (no nx-27017 re-serialisation of the document).
+    assert all(isinstance(raw[k], datetime) for k in ("scheduledAt", "startedAt", "completedAt"))
 
 
 async def test_list_interviews_filters_and_cursor_pagination(service: InterviewService) -> None:
@@ -284,3 +289,20 @@ async def test_embedded_restart_keeps_data(tmp_path: Path) -> None:
         await store.close()
         await embedded.stop()
     assert (tmp_path / "mongo").is_dir()
+
+
+async def test_database_outage_is_unavailable_not_a_domain_error(tmp_path: Path) -> None:
+    embedded = EmbeddedMongo(tmp_path)
+    store = await MongoStore.connect(await embedded.start(), timeout_s=0.5)
+    service = InterviewService(store)
+    try:
+        iid = (await service.create_interview(new_interview()))["interviewId"]
+        await embedded.stop()
+        for call in (service.get_interview(iid), service.record_segment(iid, segment(0)), store.pending(10)):
+            with pytest.raises(Unavailable) as info:
+                await call
+            assert not isinstance(info.value, DomainError)  # callers retry it, never drop a final over it
+        assert await store.ping() is False
+    finally:
+        await store.close()
+        await embedded.stop()

@@ -154,7 +154,7 @@ async def test_two_peers_interview_over_loopback(live: LiveServer, shared_data: 
 
 async def test_repost_with_same_token_resumes_and_delete_leaves(live: LiveServer, shared_data: Path) -> None:
     iid = await live.create_interview()
-    tok_i = await live.token(iid, "interviewer", "Ivy")
+    tok_i = await live.token(iid, "observer", "Obi")
     tok_c = await live.token(iid, "candidate", "Cat")
     whip = f"{live.url}/whip/{iid}"
     viewer = await whip_publish(whip, tok_i["token"], track=None, analysis=True)
@@ -188,7 +188,7 @@ async def test_repost_with_same_token_resumes_and_delete_leaves(live: LiveServer
 
 async def test_dropped_connection_is_cleaned_up(live: LiveServer, shared_data: Path) -> None:
     iid = await live.create_interview()
-    tok_i = await live.token(iid, "interviewer", "Ivy")
+    tok_i = await live.token(iid, "observer", "Obi")
     tok_c = await live.token(iid, "candidate", "Cat")
     whip = f"{live.url}/whip/{iid}"
     viewer = await whip_publish(whip, tok_i["token"], track=None, analysis=True)
@@ -207,7 +207,7 @@ async def test_dropped_connection_is_cleaned_up(live: LiveServer, shared_data: P
 async def test_dead_track_is_detected_not_spun_on(live: LiveServer, shared_data: Path) -> None:
     live.components.whip.dead_track_s = 1.5
     iid = await live.create_interview()
-    tok_i = await live.token(iid, "interviewer", "Ivy")
+    tok_i = await live.token(iid, "observer", "Obi")
     tok_c = await live.token(iid, "candidate", "Cat")
     whip = f"{live.url}/whip/{iid}"
     viewer = await whip_publish(whip, tok_i["token"], track=None, analysis=True)

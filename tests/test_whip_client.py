@@ -246,11 +246,16 @@ async def test_track_plays_channel_then_tail_then_ends(two_tone_wav):
 
 async def test_realtime_pacing_follows_the_schedule(two_tone_wav):
     track = WavChannelTrack(two_tone_wav, 0, tail_s=0, limit_s=0.2)
+    assert track.wall_time_of(0.0) is None
     for _ in range(track.total_frames):
         await track.recv()
     loop = asyncio.get_running_loop()
     # the 10th frame is due when 200 ms of stream time have been "captured"
     assert loop.time() >= track.started_at + 0.2
+    assert all(t >= track.started_at + (k + 1) * FRAME_SAMPLES / RATE for k, t in enumerate(track.sent_at))
+    # a time inside frame 3 happened at started_at + t, later only by how late frame 3 went out
+    late_3 = track.sent_at[3] - (track.started_at + 4 * FRAME_SAMPLES / RATE)
+    assert track.wall_time_of(0.07) == pytest.approx(track.started_at + 0.07 + late_3)
 
 
 def test_bad_inputs_are_value_errors(two_tone_wav, tmp_path):

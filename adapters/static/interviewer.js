@@ -501,6 +501,16 @@ function onError(ev) {
   const who = ev.speaker ? `${ev.speaker.name || ev.speaker.role}: ` : "";
   const seq = ev.affected && ev.affected.seq !== undefined ? ` (sentence #${ev.affected.seq})` : "";
   toast(`${who}${ev.message || ev.code || "error"}${seq}`);
+  // A sentence that will not get its final says so where it stands, instead of staying "in progress".
+  const known = ev.speaker && seq ? segments.get(`${ev.speaker.participantId}:${ev.affected.seq}`) : null;
+  if (known && !known.final && !known.el.querySelector(".tag-error")) {
+    const tag = document.createElement("span");
+    tag.className = "tag tag-error";
+    tag.textContent = "not transcribed";
+    tag.title = ev.message || ev.code || "";
+    known.el.querySelector(".text").append(tag);
+    known.el.classList.add("failed");
+  }
 }
 
 const HANDLERS = {

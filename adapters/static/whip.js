@@ -234,14 +234,22 @@ export class WhipSession extends EventTarget {
     this.location = null;
     const pc = this.pc;
     this.pc = null;
+    // DELETE before closing: a closed peer connection alone also ends the session on the server, and then
+    // the DELETE would find nothing to end. On pagehide the request is only queued (keepalive), so close now.
+    const deleted = location ? this._delete(location, keepalive) : Promise.resolve();
+    if (keepalive) pc?.close();
+    await deleted;
     pc?.close();
-    if (location) await this._delete(location, keepalive);
     this._setState("left");
   }
 
   async _delete(location, keepalive) {
     try {
-      await fetch(location, { method: "DELETE", headers: { Authorization: `Bearer ${this.token}` }, keepalive });
+      const res = await fetch(location, {
+        method: "DELETE", headers: { Authorization: `Bearer ${this.token}` }, keepalive,
+        signal: AbortSignal.timeout(5000),
+      });
+      if (!res.ok && res.status !== 404) console.warn(`WHIP DELETE answered ${res.status}`);
     } catch {
       // The server also notices the closed peer connection; a lost DELETE only delays cleanup.
     }

@@ -1,0 +1,228 @@
+"""Speech-to-text: the local engine on real audio, the guards, and the shared scheduler's priorities."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import pytest
+from whisper_normalizer.english import EnglishTextNormalizer
+
+from domain.events import Word
+from pipeline.audio_file import read_audio
+from pipeline.stt import (
+    LocalWhisper,
+    SttError,
+    SttOverloaded,
+    SttScheduler,
+    Transcript,
+    apply_guards,
+    repetition_loop,
+    trim_after_speech,
+)
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+JFK = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
+_norm = EnglishTextNormalizer()
+
+
+def wer(ref: str, hyp: str) -> float:
+    return float(jiwer.wer(_norm(ref), _norm(hyp)))
+
+
+@pytest.fixture(scope="module")
+def whisper() -> LocalWhisper:
+    return LocalWhisper()
+
+
+@pytest.fixture(scope="module")
+def jfk16k() -> np.ndarray:
+    assert DATA.is_dir(), f"test audio missing: {DATA}"
+    return read_audio(DATA / "jfk.flac", rate=16000, mono=True).pcm
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("window_s", [None, 5.0])
+def test_jfk_wer(whisper: LocalWhisper, jfk16k: np.ndarray, window_s: float | None) -> None:
+    whisper.window_s = window_s
+    try:
+        tr = whisper.transcribe(jfk16k)
+    finally:
+        whisper.window_s = 5.0
+    assert wer(JFK, tr.text) <= 0.10, tr.text
+    assert not tr.hallucination and tr.language == "en" and 0.5 < tr.confidence <= 1.0
+    assert tr.words and tr.words[0].start_s < 1.0 and 9.5 < tr.words[-1].end_s <= 11.0
+    assert all(a.start_s <= b.start_s for a, b in zip(tr.words, tr.words[1:], strict=False))
+
+
+def test_float_and_int16_input_agree(whisper: LocalWhisper, jfk16k: np.ndarray) -> None:
+    clip = jfk16k[: 16000 * 3]
+    a = whisper.transcribe(clip, partial=True)
+    b = whisper.transcribe(clip.astype(np.float32) / 32768.0, partial=True)
+    assert a.text == b.text and a.text
+
+
+@pytest.mark.parametrize("amplitude", [0.0, 0.003, 0.03, 0.3])
+def test_silence_and_white_noise_give_no_text(whisper: LocalWhisper, amplitude: float) -> None:
+    noise = (np.random.default_rng(7).standard_normal(16000 * 6) * amplitude).astype(np.float32)
+    tr = whisper.transcribe(np.clip(noise, -1, 1))
+    assert tr.text == "" and tr.words == [], tr
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [np.zeros((2, 100), np.int16), np.zeros(100, np.float64), np.array([0.0, np.nan], np.float32), [0, 1]],
+)
+def test_bad_audio_is_a_value_error(whisper: LocalWhisper, bad: object) -> None:
+    with pytest.raises(ValueError):
+        whisper.transcribe(bad)  # type: ignore[arg-type]
+
+
+def test_model_path_must_be_a_ctranslate2_model(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="model.bin"):
+        LocalWhisper(str(tmp_path))
+
+
+# --------------------------------------------------------------------------------------------------- guards
+
+
+def _t(text: str, **kw: object) -> Transcript:
+    base: dict[str, object] = {"confidence": 0.9, "avg_logprob": -0.2, "no_speech_prob": 0.05}
+    base.update(kw)
+    return Transcript(text=text, **base)  # type: ignore[arg-type]
+
+
+def test_repetition_loop() -> None:
+    assert repetition_loop("bye bye bye bye bye")
+    assert repetition_loop("I think that I think that I think that I think that")
+    assert not repetition_loop("ask not what your country can do for you, ask what you can do for your country")
+    assert not repetition_loop("no no no")
+
+
+def test_guards() -> None:
+    assert apply_guards(_t("Thank you for watching, bye bye bye bye bye bye")).hallucination
+    loop = apply_guards(_t("the the the the the the the", compression_ratio=3.1))
+    assert loop.hallucination and loop.reason == "repetition"
+    silent = apply_guards(_t("Thank you.", no_speech_prob=0.9, avg_logprob=-1.3))
+    assert silent.text == "" and silent.reason == "no_speech"
+    assert apply_guards(_t("Some words", avg_logprob=-1.5)).text == ""
+    assert apply_guards(_t(". . . . .")).text == ""
+    stock = apply_guards(_t("Thank you.", no_speech_prob=0.5))
+    assert stock.text == "Thank you." and stock.hallucination
+    sure = apply_guards(_t("Thank you.", no_speech_prob=0.01, words=[Word("Thank", 0, 0.2, 0.95), Word("you.", 0.2, 0.4, 0.97)]))
+    assert not sure.hallucination
+    dots = apply_guards(_t("our audits became. . . . . . . ."))
+    assert dots.text == "our audits became." and not dots.hallucination
+
+
+def test_trim_invented_tail_after_speech() -> None:
+    words = [Word("dropped", 6.1, 6.5, 0.8), Word("badly.", 6.5, 6.9, 0.99), Word("Thank", 7.0, 7.2, 0.04),
+             Word("you.", 7.2, 7.4, 0.95)]  # fmt: skip
+    tr = trim_after_speech(_t("dropped badly. Thank you.", words=list(words)), speech_end_s=7.0)
+    assert tr.text == "dropped badly." and [w.word for w in tr.words] == ["dropped", "badly."]
+    confident = [*words[:2], Word("Thank", 7.0, 7.2, 0.9), Word("you.", 7.2, 7.4, 0.95)]
+    kept = trim_after_speech(_t("dropped badly. Thank you.", words=confident), speech_end_s=7.0)
+    assert kept.text == "dropped badly. Thank you."
+
+
+# ------------------------------------------------------------------------------------------------ scheduler
+
+
+class GatedStt:
+    """A SpeechToText whose decodes wait for the test to open a gate; records the order of calls."""
+
+    engine = "gated"
+    model = "test"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bool]] = []
+        self.started = threading.Semaphore(0)
+        self.gate = threading.Event()
+        self.fail_on: set[str] = set()
+
+    def transcribe(self, audio: np.ndarray, *, prompt: str | None = None, partial: bool = False) -> Transcript:
+        label = prompt or ""
+        self.calls.append((label, partial))
+        self.started.release()
+        assert self.gate.wait(30)
+        if label in self.fail_on:
+            raise RuntimeError(f"engine broke on {label}")
+        return Transcript(text=f"text {label}", confidence=0.9)
+
+
+async def _started(stt: GatedStt) -> None:
+    assert await asyncio.to_thread(stt.started.acquire, True, 30)
+
+
+AUDIO = np.zeros(16000, np.int16)
+
+
+async def test_finals_overtake_partials_and_shed_them() -> None:
+    stt = GatedStt()
+    sched = SttScheduler(stt, workers=1)
+    blocker = asyncio.create_task(sched.transcribe_final(AUDIO, prompt="f0"))
+    await _started(stt)  # the worker is busy with f0
+    p1 = asyncio.create_task(sched.transcribe_partial(AUDIO, prompt="p1", key="a"))
+    p2 = asyncio.create_task(sched.transcribe_partial(AUDIO, prompt="p2", key="b"))
+    await asyncio.sleep(0)
+    f1 = asyncio.create_task(sched.transcribe_final(AUDIO, prompt="f1"))
+    assert await p1 is None and await p2 is None  # a waiting final sheds queued partials
+    stt.gate.set()
+    assert (await blocker).text == "text f0"
+    assert (await f1).text == "text f1"
+    assert stt.calls == [("f0", False), ("f1", False)]
+    assert sched.stats.partials_shed == 2 and sched.stats.finals_done == 2
+    await sched.aclose()
+
+
+async def test_newer_partial_of_a_stream_replaces_the_older() -> None:
+    stt = GatedStt()
+    sched = SttScheduler(stt, workers=1)
+    busy = asyncio.create_task(sched.transcribe_final(AUDIO, prompt="f0"))
+    await _started(stt)
+    old = asyncio.create_task(sched.transcribe_partial(AUDIO, prompt="old", key="s1"))
+    await asyncio.sleep(0)
+    new = asyncio.create_task(sched.transcribe_partial(AUDIO, prompt="new", key="s1"))
+    assert await old is None
+    stt.gate.set()
+    await busy
+    result = await new
+    assert result is not None and result.text == "text new"
+    assert ("old", True) not in stt.calls
+    await sched.aclose()
+
+
+async def test_bounded_final_queue_raises_overloaded_and_engine_errors_are_stt_errors() -> None:
+    stt = GatedStt()
+    stt.fail_on = {"bad"}
+    sched = SttScheduler(stt, workers=1, max_pending=1)
+    running = asyncio.create_task(sched.transcribe_final(AUDIO, prompt="bad"))
+    await _started(stt)
+    queued = asyncio.create_task(sched.transcribe_final(AUDIO, prompt="ok"))
+    await asyncio.sleep(0)
+    with pytest.raises(SttOverloaded):
+        await sched.transcribe_final(AUDIO, prompt="too many")
+    assert sched.stats.finals_rejected == 1
+    stt.gate.set()
+    with pytest.raises(SttError) as err:
+        await running
+    assert err.value.code == "stt_failed" and "engine broke" in err.value.message
+    assert (await queued).text == "text ok"  # the worker survived the failure
+    await sched.aclose()
+    with pytest.raises(SttError):
+        await sched.transcribe_final(AUDIO)
+    assert await sched.transcribe_partial(AUDIO) is None
+
+
+async def test_aclose_finishes_queued_finals() -> None:
+    stt = GatedStt()
+    sched = SttScheduler(stt, workers=2)
+    finals = [asyncio.create_task(sched.transcribe_final(AUDIO, prompt=f"f{i}")) for i in range(5)]
+    await _started(stt)
+    closing = asyncio.create_task(sched.aclose())
+    stt.gate.set()
+    await closing
+    assert sorted(f.result().text for f in finals) == [f"text f{i}" for i in range(5)]
