@@ -336,7 +336,7 @@ def _ok(schema: dict[str, Any], status: str = "200", what: str = "OK") -> dict[s
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    words = {401: "Missing or invalid bearer token", 404: "Unknown id", 409: "Illegal status move, stale version "
+    words = {401: "Missing or invalid bearer token", 403: "A join token is not an admin key", 404: "Unknown id", 409: "Illegal status move, stale version "
              "or duplicate", 413: "Body too large", 415: "Body is not JSON", 422: "Invalid input; `fields` names "
              "each bad field", 503: "Storage unavailable"}
     return {str(c): {"description": words[c], "content": {"application/json": {"schema": _ref("Error")}}}
@@ -478,8 +478,9 @@ def openapi_document() -> dict[str, Any]:
                            body=_json_body(_ref("AnalysisInput")), parameters=iid)},
             "/api/interviews/{interview_id}/tokens": {"post": _op(
                 "Issue a join token for a participant",
-                {**_ok(_obj({"token": _S, "joinUrl": _S, "expiresAt": _TIME}), "201", "Created"),
-                 **_errors(404, 409, 413, 422)},
+                {**_ok(_obj({"token": _S, "joinUrl": _S, "expiresAt": _TIME, "participantId": _ID,
+                             "role": _S, "name": _S}), "201", "Created"),
+                 **_errors(403, 404, 409, 413, 415, 422)},
                 body=_json_body(_obj({"role": {"enum": ["candidate", "interviewer", "observer"]}, "name": _S},
                                      ("role",))), parameters=iid)},
             "/api/candidates": {

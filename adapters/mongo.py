@@ -325,21 +325,34 @@ class MongoStore:
 
     @_translated
     async def pending(self, limit: int) -> list[OutboxRecord]:
-        """Up to `limit` unpublished events of committed writes, oldest first (per interview: in write order)."""
-        entries: list[tuple[datetime, str, int, OutboxRecord]] = []
-        async for doc in self.interviews.find({"outboxCount": {"$gt": 0}}, {"outbox": 1}).limit(limit):
-            for event_id, e in (doc.get("outbox") or {}).items():
-                record = OutboxRecord(id=event_id, subject=e["subject"], payload=e["payload"].encode())
-                self._seen[event_id] = (record, doc["_id"])
-                entries.append((e["occurredAt"], doc["_id"], int(e.get("version", 0)), record))
+        """Up to `limit` unpublished events of committed writes, oldest first; per interview in write order.
+
+        Interviews whose pending segments are returned always have their own pending events read too, so a
+        segment is never published ahead of, say, its interview's InterviewStarted when many interviews wait.
+        """
+        entries: list[tuple[datetime, str, int, int, OutboxRecord]] = []
         segs = self.segments.find({"published": False}, {"eventId": 1, "subject": 1, "payload": 1,
                                                          "recordedAt": 1, "interviewId": 1, "seq": 1})
+        segment_owners: set[str] = set()
         async for doc in segs.sort([("recordedAt", ASCENDING), ("_id", ASCENDING)]).limit(limit):
             record = OutboxRecord(id=doc["eventId"], subject=doc["subject"], payload=doc["payload"].encode())
             self._seen[record.id] = (record, None)
-            entries.append((doc["recordedAt"], doc["interviewId"], int(doc.get("seq", 0)), record))
-        entries.sort(key=lambda t: (t[0], t[1], t[2]))
-        return [t[3] for t in entries[:limit]]
+            segment_owners.add(doc["interviewId"])
+            entries.append((doc["recordedAt"], doc["interviewId"], 1, int(doc.get("seq", 0)), record))
+        seen_docs: set[str] = set()
+        queries = [{"outboxCount": {"$gt": 0}, "_id": {"$in": sorted(segment_owners)}}] if segment_owners else []
+        queries.append({"outboxCount": {"$gt": 0}})
+        for query in queries:
+            async for doc in self.interviews.find(query, {"outbox": 1}).limit(limit):
+                if doc["_id"] in seen_docs:
+                    continue
+                seen_docs.add(doc["_id"])
+                for event_id, e in (doc.get("outbox") or {}).items():
+                    record = OutboxRecord(id=event_id, subject=e["subject"], payload=e["payload"].encode())
+                    self._seen[event_id] = (record, doc["_id"])
+                    entries.append((e["occurredAt"], doc["_id"], 0, int(e.get("version", 0)), record))
+        entries.sort(key=lambda t: t[:4])
+        return [t[4] for t in entries[:limit]]
 
     @_translated
     async def mark_published(self, ids: list[str]) -> None:

@@ -118,6 +118,18 @@ def _free_socket() -> socket.socket:
     return sock
 
 
+_LAGS: list[float] = []
+
+
+async def _loop_lag() -> None:
+    """Event-loop lag of the server process: how late a 50 ms timer fires (blocking work shows up here)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        t = loop.time()
+        await asyncio.sleep(0.05)
+        _LAGS.append(loop.time() - t - 0.05)
+
+
 def _proc_cpu_s(embedded: Any) -> float:
     """user+system CPU seconds of the embedded nx-27017 process (NaN when not embedded or not on Linux)."""
     proc = getattr(embedded, "proc", None)
@@ -279,9 +291,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             return down, time.time() - start_unix
 
         outage_task = asyncio.create_task(outage()) if args.outage > 0 else None
+        lag_task = asyncio.create_task(_loop_lag())
         raw = await proc.stdout.read()
         await proc.wait()
         cpu_s, db_cpu_s = time.process_time() - cpu0, _proc_cpu_s(embedded) - db_cpu0
+        lag_task.cancel()
+        await asyncio.gather(lag_task, return_exceptions=True)
         if proc.returncode != 0:
             raise RuntimeError(f"load generator failed with exit code {proc.returncode}")
         results = json.loads(raw)["results"]
@@ -303,6 +318,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "p95_ms": percentile(lat, 95) * 1e3,
             "p99_ms": percentile(lat, 99) * 1e3,
             # CPU per request: this process (uvicorn + app + relay) and the nx-27017 process, if embedded.
+            "server_loop_lag_ms": {"p99": percentile(_LAGS, 99) * 1e3, "max": max(_LAGS, default=math.nan) * 1e3},
             "server_cpu_ms_per_request": cpu_s / max(len(results), 1) * 1e3,
             "db_cpu_ms_per_request": db_cpu_s / max(len(results), 1) * 1e3,
             "by_kind_p95_ms": {

@@ -662,6 +662,12 @@ async def run_rooms(
         await sampler
         if profiler is not None:
             await stop_profiler(profiler)
+            prof_path = Path(args.profile) / f"server-{n}rooms.txt"
+            with contextlib.suppress(OSError):
+                summary = await asyncio.to_thread(profile_summary, prof_path, 12)
+                progress(f"server profile, {summary['busy_samples']} busy samples; top self frames:")
+                for frame, frac in summary["self"]:
+                    progress(f"  {frac:6.1%}  {frame}")
     if result is None:
         raise SystemExit(f"peer worker exited with {rc} without a result")
     t_stream = t_stream if t_stream is not None else samples[0].t
@@ -792,12 +798,11 @@ def start_profiler(pid: int, out: Path, args: argparse.Namespace) -> subprocess.
         "raw",
         "--rate",
         "50",
-        "--nonblocking",
         "--output",
         str(out),
     ]
-    if args.profile_native:
-        cmd.append("--native")
+    # never pause the server: py-spy's --native mode must stop the process and wrecks the run it measures
+    cmd.append("--nonblocking")
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     except OSError as exc:
@@ -815,6 +820,45 @@ async def stop_profiler(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
     if proc.returncode not in (0, None) and proc.stderr is not None:
         progress(f"py-spy: {proc.stderr.read().decode(errors='replace')[-500:]}")
+
+
+# Leaf frames of a thread that waits rather than works (py-spy's own idle detection misses some in containers)
+_IDLE_LEAVES = (
+    "Condition.wait",
+    "EpollSelector.select",
+    "select (selectors",
+    "Queue.get (queue.py",
+    "_wait_for_tstate_lock",
+)
+
+
+def profile_summary(path: Path, top: int = 20) -> dict[str, Any]:
+    """Busy samples of a py-spy raw (collapsed stacks) file: share by thread root, self and inclusive frame."""
+    self_n: dict[str, int] = {}
+    incl_n: dict[str, int] = {}
+    busy = idle = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        if any(frames[-1].startswith(p) or p in frames[-1] for p in _IDLE_LEAVES):
+            idle += n
+            continue
+        busy += n
+        self_n[frames[-1]] = self_n.get(frames[-1], 0) + n
+        for f in set(frames):
+            incl_n[f] = incl_n.get(f, 0) + n
+
+    def share(d: dict[str, int]) -> list[tuple[str, float]]:
+        return (
+            [(k, round(v / busy, 4)) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
+            if busy
+            else []
+        )
+
+    return {"busy_samples": busy, "idle_samples": idle, "self": share(self_n), "inclusive": share(incl_n)}
 
 
 def plot(outcomes: list[RunOutcome], path: Path) -> None:
@@ -952,8 +996,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if server is not None:
             server.stop()
-    progress("offline reference: whole-file faster-whisper")
-    off = offline_wer(dialogues, os.environ.get("STT_MODEL") or None, args.offline_beam)
+    off = None
+    if not args.skip_offline:
+        progress("offline reference: whole-file faster-whisper")
+        off = offline_wer(dialogues, os.environ.get("STT_MODEL") or None, args.offline_beam)
     runs = [o.summary for o in outcomes]
     report = {
         "env": env,
@@ -1006,7 +1052,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--profile", help="record py-spy profiles of the server (raw stacks) into this folder"
     )
-    parser.add_argument("--profile-native", action="store_true", help="include native frames in --profile")
+    parser.add_argument("--skip-offline", action="store_true", help="skip the offline WER reference (null)")
     parser.add_argument("--raw", help="also write every received segment and turn timing here (JSON)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

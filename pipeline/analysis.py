@@ -118,6 +118,34 @@ COMMON_WORDS = frozenset(
     """.split()
 )
 
+# Vocabulary of software engineering and IT work (the interviews this service runs): boosted like a soft skills
+# list, so "release" or "incident" outrank everyday words of the same frequency. Job-specific skills come on top.
+TECH_TERMS = frozenset(
+    """
+    api apis rest graphql grpc http https json xml yaml sql nosql database databases postgres postgresql mysql
+    mongodb redis kafka rabbitmq queue queues cache caching cdn latency throughput scalability scaling load
+    balancer microservice microservices monolith architecture backend frontend fullstack server servers
+    serverless cloud aws azure gcp kubernetes docker container containers terraform ansible helm devops sre
+    ci cd pipeline pipelines deploy deployment deployments release releases rollout rollback canary feature
+    flag flags testing test tests unit integration regression qa automation bug bugs crash crashes debugging
+    profiling performance memory leak concurrency thread threads async race deadlock lock sync synchronization
+    offline online mobile ios android swift kotlin java javascript typescript python golang go rust ruby
+    php scala c++ c# react angular vue node.js django flask spring rails swiftui compose flutter app apps web
+    browser ui ux design accessibility analytics metrics monitoring observability logging logs log tracing
+    alerting alert alerts dashboard dashboards incident incidents outage outages postmortem oncall on-call
+    security authentication authorization oauth sso saml jwt token tokens encryption decryption key keys
+    rotation secret secrets vault credential credentials password passwords tls ssl certificate certificates
+    audit audits compliance gdpr privacy vulnerability vulnerabilities firewall penetration phishing
+    backup backups recovery disaster replication sharding partition partitions index indexes indexing
+    migration migrations schema query queries transaction transactions consistency availability
+    algorithm algorithms data structure structures machine learning model models training inference
+    ai ml nlp llm etl warehouse spark hadoop airflow streaming batch event events messaging webhook
+    git github gitlab review reviews refactoring refactor technical debt agile scrum sprint kanban roadmap
+    stakeholder stakeholders requirements specification prototype mvp product customer customers users
+    sla slo uptime reliability resilience failover redundancy encryption-at-rest hashing signing
+    """.split()
+)
+
 _TOKEN_RE = re.compile(r"[a-z][a-z0-9+#]*(?:['.-][a-z0-9+#]+)*")
 
 
@@ -130,6 +158,9 @@ def _stem(word: str) -> str:
     if word.endswith("'s"):
         return word[:-2]
     return word
+
+
+_TECH_KEYS = frozenset(_stem(t) for t in TECH_TERMS)
 
 
 def tokenize(text: str) -> list[str]:
@@ -147,14 +178,15 @@ class _Term:
 class KeywordTracker:
     """Per-speaker keyword counts with relevance; `top(n)` is the ranked list for a `keywords` event.
 
-    relevance = (1 + ln count) * specificity * skill boost, where specificity is 1 for rare-looking terms
+    relevance = (1 + ln count) * specificity * boost, where specificity is 1 for rare-looking terms
     (longer than 6 letters or containing digits/symbols), 0.8 for other terms and 0.4 for common words;
-    terms in the job's skills list get `skill_boost`. Work per update is O(words in the segment); `top` is
+    boost is `skill_boost` for the job's skills, `tech_boost` for TECH_TERMS, else 1. Work per update is O(words in the segment); `top` is
     O(vocabulary) with the vocabulary capped at `max_terms` (the least frequent terms are evicted).
     """
 
     skills: Iterable[str] = ()
     skill_boost: float = 2.0
+    tech_boost: float = 1.5
     max_terms: int = 5000
     max_seqs: int = 50
     _terms: dict[str, _Term] = field(default_factory=dict, init=False, repr=False)
@@ -193,12 +225,12 @@ class KeywordTracker:
             spec = 1.0
         else:
             spec = 0.8
-        boost = self.skill_boost if key in self._skills else 1.0
+        boost = self.skill_boost if key in self._skills else self.tech_boost if key in _TECH_KEYS else 1.0
         return (1.0 + math.log(term.count)) * spec * boost
 
     def top(self, n: int = 10) -> list[Keyword]:
         ranked = heapq.nlargest(
-            n, self._terms.items(), key=lambda kv: (self.relevance(kv[0], kv[1]), kv[1].count, kv[0])
+            n, self._terms.items(), key=lambda kv: (self.relevance(kv[0], kv[1]), kv[1].count, kv[1].seqs[-1])
         )
         return [
             Keyword(

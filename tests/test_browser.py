@@ -140,7 +140,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Itera
             lines.put(line)
         lines.put(None)
 
-    threading.Thread(target=pump, name="server-stdout", daemon=True).start()
+    pumper = threading.Thread(target=pump, name="server-stdout", daemon=True)
+    pumper.start()
     srv = Server("", admin_key, process, log)
     try:
         while True:
@@ -165,6 +166,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Itera
                 process.kill()
                 process.wait()
                 pytest.fail(f"server did not exit within 60 s of SIGTERM:\n{srv.log_tail()}")
+        assert process.returncode == 0, f"server exited with {process.returncode} on SIGTERM:\n{srv.log_tail()}"
+        pumper.join(timeout=10)
+        assert process.stdout is not None
+        process.stdout.close()
 
 
 def _write_channel(src: Path, channel: int | None, dst: Path) -> None:

@@ -487,7 +487,10 @@ def test_frontend_counts_clipping() -> None:
     x[:7] = 32767
     x[7:10] = -32768
     fe.push(x)
+    fe.push(np.zeros(960, np.int16))  # the 16 kHz frame completes once the filter's look-ahead is in
     assert fe.level.clipped == 10
+    fe.push(np.zeros(1920, np.int16))
+    assert fe.level.clipped == 0
 
 
 @pytest.mark.parametrize(

@@ -106,6 +106,8 @@ async def test_segment_writes_are_idempotent(service: InterviewService, store: M
     assert await service.last_segment_seq(iid, "cand1") == 2
     assert await service.last_segment_seq(iid, "int1") == 1
     assert await service.last_segment_seq(iid, "nobody") is None
+    assert (await service.get_interview(iid, with_segments=False))["transcription"]["segments"] == []
+    assert len((await service.get_interview(iid))["transcription"]["segments"]) == 4
     transcript = await service.get_transcript(iid)
     keys = [(s["participantId"], s["seq"]) for s in transcript["segments"]]
     assert sorted(keys) == [("cand1", 0), ("cand1", 1), ("cand1", 2), ("int1", 1)]
@@ -306,3 +308,25 @@ async def test_database_outage_is_unavailable_not_a_domain_error(tmp_path: Path)
     finally:
         await store.close()
         await embedded.stop()
+
+
+async def test_outbox_drains_in_per_interview_order_with_small_batches(service: InterviewService,
+                                                                       store: MongoStore) -> None:
+    ids = [(await service.create_interview(new_interview()))["interviewId"] for _ in range(4)]
+    for iid in reversed(ids):
+        await service.start_interview(iid)
+        for seq in range(2):
+            await service.record_segment(iid, segment(seq))
+    await service.complete_interview(ids[0])
+    published: list[dict[str, object]] = []
+    for _ in range(50):
+        batch = await store.pending(3)
+        if not batch:
+            break
+        published += [json.loads(r.payload) for r in batch]
+        await store.mark_published([r.id for r in batch])
+    assert len(published) == 4 * 4 + 1 and len({p["id"] for p in published}) == len(published)
+    for iid in ids:
+        types = [p["type"] for p in published if p["interviewId"] == iid]
+        expected = ["InterviewScheduled", "InterviewStarted", "SegmentTranscribed", "SegmentTranscribed"]
+        assert types == expected + (["InterviewCompleted"] if iid == ids[0] else []), iid

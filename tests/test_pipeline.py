@@ -233,7 +233,12 @@ async def _run_scripted(stt: Any, pcm: np.ndarray, rate: int, **cfg: Any) -> lis
     sched = SttScheduler(stt)
     stream = ParticipantStream(Speaker("candidate", "C", "c"), sched, events.append, in_rate=rate, channels=1,
                                config=StreamConfig(emit_levels_every_s=0, **cfg), clock=lambda: 1.5)  # fmt: skip
-    await _feed(stream, pcm, rate // 50)
+    chunk = rate // 50
+    for i in range(0, pcm.size, chunk):
+        stream.push(pcm[i : i + chunk])
+        partial = stream._partial_task  # as if decoding kept up with real time: let a started partial finish
+        if partial is not None and not partial.done():
+            await partial
     await stream.aclose()
     await sched.aclose()
     return events

@@ -1,0 +1,260 @@
+"""Speech-to-text benchmark: decode cost, streaming latency, throughput, accuracy — each against offline
+whole-file faster-whisper on the same model and audio.
+
+    python -m benchmarks.stt [--quick] [--json PATH]
+
+Sections (tables on stdout, progress on stderr):
+1. decode: one utterance of 2/5/10 s, per engine configuration (Whisper's fixed 30 s window vs our shortened
+   windows; beam 1 vs 5): median/p95 decode time and real-time factor; "offline" = faster-whisper defaults.
+2. latency: the shared dialogues streamed in real time, one stream per channel (`--channels-as-speakers`):
+   end of speech -> segment.final (vs the segmenter's speech end and vs the ground-truth turn end), and
+   onset -> first segment.partial.
+3. throughput: 1/2/4 concurrent streams of a dialogue pushed as fast as possible through one scheduler, vs
+   offline whole-file decoding of the same audio.
+4. accuracy: WER of the streamed transcript vs offline whole-file decoding (Whisper normaliser + jiwer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks._env import environment, format_environment, print_table
+from domain.events import SegmentEvent, Speaker, StreamEvent
+from pipeline.audio_file import read_audio
+from pipeline.stt import LocalWhisper, SttScheduler
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DIALOGUES = ("mobile_mixed", "security_positive")
+log = logging.getLogger("benchmarks.stt")
+
+
+def pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(xs, q)) if xs else float("nan")
+
+
+def progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------- 1. decode
+
+
+def bench_decode(reps: int) -> list[dict[str, Any]]:
+    jfk = read_audio(DATA / "jfk.flac", rate=16000, mono=True).pcm
+    dlg = read_audio(DATA / "mobile_mixed.wav", rate=16000, mono=True).pcm
+    clips = {2: dlg[int(15.1 * 16000) : int(17.3 * 16000)], 5: jfk[: 5 * 16000], 10: jfk[: 10 * 16000]}
+    configs: list[tuple[str, dict[str, Any]]] = [
+        ("offline faster-whisper defaults (30 s window, beam 5)", {}),
+        ("ours: 30 s window, beam 5", {"window_s": None, "beam_size": 5}),
+        ("ours: 10 s window, beam 5", {"window_s": 10.0, "beam_size": 5}),
+        ("ours: 5 s window, beam 5 (default)", {"window_s": 5.0, "beam_size": 5}),
+        ("ours: 5 s window, beam 1", {"window_s": 5.0, "beam_size": 1}),
+    ]
+    rows = []
+    base = LocalWhisper()
+    for name, cfg in configs:
+        stt = LocalWhisper(**cfg) if cfg else base
+        for seconds, clip in clips.items():
+            times = []
+            text = ""
+            for _ in range(reps + 1):
+                t0 = time.perf_counter()
+                if cfg:
+                    text = stt.transcribe(clip).text
+                else:
+                    segs, _ = base._whisper.transcribe(clip.astype(np.float32) / 32768, language="en")
+                    text = " ".join(s.text for s in segs).strip()
+                times.append(time.perf_counter() - t0)
+            times = times[1:]  # the first call warms caches
+            rows.append({"config": name, "utterance_s": seconds, "p50_s": statistics.median(times),
+                         "p95_s": pct(times, 95), "rtf": statistics.median(times) / seconds, "text": text})  # fmt: skip
+            progress(f"decode {name} {seconds}s: {statistics.median(times):.3f}s")
+    return rows
+
+
+# ----------------------------------------------------------------------------------------- stream drivers
+
+
+async def stream_file(
+    stt: Any, pcms: list[np.ndarray], rate: int, *, realtime: bool, workers: int = 1, partials: bool = True
+) -> tuple[list[list[StreamEvent]], float, dict[str, Any]]:
+    """Push each mono pcm as its own participant stream; return per-stream events, wall time, scheduler stats."""
+    from pipeline.stream import ParticipantStream, StreamConfig
+
+    sched = SttScheduler(stt, workers=workers)
+    t_start = time.perf_counter()
+    clock = (lambda: time.perf_counter() - t_start) if realtime else None
+    events: list[list[StreamEvent]] = [[] for _ in pcms]
+    cfg = StreamConfig(emit_levels_every_s=0, partial_interval_s=1.0 if partials else 0)
+    streams = [
+        ParticipantStream(Speaker("candidate", f"s{i}", f"s{i}"), sched, events[i].append, in_rate=rate,
+                          channels=1, config=cfg, clock=clock)  # fmt: skip
+        for i in range(len(pcms))
+    ]
+    frame = rate // 50
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    n = max(p.size for p in pcms)
+    for k, i in enumerate(range(0, n, frame)):
+        for s, p in zip(streams, pcms, strict=True):
+            if i < p.size:
+                s.push(p[i : i + frame])
+        if realtime:
+            await asyncio.sleep(max(0.0, t0 + (k + 1) * 0.02 - loop.time()))
+        else:
+            await asyncio.sleep(0)
+    for s in streams:
+        await s.aclose()
+    await sched.aclose()
+    return events, time.perf_counter() - t_start, sched.metrics()
+
+
+# ---------------------------------------------------------------------------------------------- 2. latency
+
+
+def bench_latency(stt: LocalWhisper, names: tuple[str, ...]) -> dict[str, Any]:
+    to_final: list[float] = []
+    to_final_gt: list[float] = []
+    to_partial: list[float] = []
+    per_turn = []
+    for name in names:
+        gt = json.loads((DATA / f"{name}.json").read_text())
+        audio = read_audio(DATA / f"{name}.stereo.wav")
+        progress(f"latency: streaming {name} in real time ({audio.duration_s:.0f} s)")
+        events, _, _ = asyncio.run(stream_file(stt, [audio.channel(0), audio.channel(1)], audio.rate, realtime=True))
+        for ch, role in enumerate(("interviewer", "candidate")):
+            segs = [e for e in events[ch] if isinstance(e, SegmentEvent)]
+            for turn in (t for t in gt["turns"] if t["speaker"] == role):
+                fin = [s for s in segs if s.final and s.start_s < turn["end_s"] and s.end_s > turn["start_s"]]
+                part = [s for s in segs if not s.final and s.end_s > turn["start_s"] and s.start_s < turn["end_s"]]
+                if not fin:
+                    continue
+                last = max(fin, key=lambda s: s.end_s)
+                assert last.emitted_at_s is not None
+                to_final.append(last.emitted_at_s - last.end_s)
+                to_final_gt.append(last.emitted_at_s - turn["end_s"])
+                first = min((s.emitted_at_s for s in part if s.emitted_at_s is not None), default=None)
+                if first is not None:
+                    to_partial.append(first - turn["start_s"])
+                per_turn.append({"dialogue": name, "speaker": role, "turn_s": turn["end_s"] - turn["start_s"],
+                                 "final_after_speech_end_s": to_final[-1], "final_after_gt_end_s": to_final_gt[-1],
+                                 "first_partial_after_onset_s": None if first is None else first - turn["start_s"]})  # fmt: skip
+    return {
+        "final_p50_s": pct(to_final, 50), "final_p95_s": pct(to_final, 95),
+        "final_gt_p50_s": pct(to_final_gt, 50), "final_gt_p95_s": pct(to_final_gt, 95),
+        "partial_p50_s": pct(to_partial, 50), "partial_p95_s": pct(to_partial, 95),
+        "turns": len(to_final), "turns_with_partial": len(to_partial), "per_turn": per_turn,
+    }  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------- 3. throughput
+
+
+def bench_throughput(stt: LocalWhisper, counts: tuple[int, ...], workers: tuple[int, ...]) -> list[dict[str, Any]]:
+    audio = read_audio(DATA / "mobile_mixed.wav", rate=16000, mono=True)
+    rows = []
+    t0 = time.perf_counter()
+    segs, _ = stt._whisper.transcribe(audio.pcm.astype(np.float32) / 32768, language="en")
+    list(segs)
+    offline_s = time.perf_counter() - t0
+    for n in counts:
+        rows.append({"streams": n, "mode": "offline whole-file, sequential", "workers": 1, "wall_s": offline_s * n,
+                     "audio_s": audio.duration_s * n, "x_realtime": audio.duration_s / offline_s, "finals": None})  # fmt: skip
+        for w in workers:
+            progress(f"throughput: {n} stream(s), {w} worker(s)")
+            events, wall, metrics = asyncio.run(
+                stream_file(stt, [audio.pcm] * n, audio.rate, realtime=False, workers=w, partials=False)
+            )
+            finals = sum(1 for ev in events for e in ev if isinstance(e, SegmentEvent) and e.final)
+            rows.append({"streams": n, "mode": "streaming, one scheduler", "workers": w, "wall_s": wall,
+                         "audio_s": audio.duration_s * n, "x_realtime": audio.duration_s * n / wall,
+                         "finals": finals})  # fmt: skip
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- 4. accuracy
+
+
+def bench_accuracy(stt: LocalWhisper) -> list[dict[str, Any]]:
+    import jiwer
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    norm = EnglishTextNormalizer()
+    rows = []
+    for name in (*DIALOGUES, *(f"{d}.snr10" for d in DIALOGUES)):
+        gt = json.loads((DATA / f"{name}.json").read_text())
+        ref = norm(" ".join(t["text"] for t in gt["turns"]))
+        audio = read_audio(DATA / f"{name}.wav", rate=16000, mono=True)
+        segs, _ = stt._whisper.transcribe(audio.pcm.astype(np.float32) / 32768, language="en")
+        offline = " ".join(s.text for s in segs)
+        events, _, _ = asyncio.run(stream_file(stt, [audio.pcm], audio.rate, realtime=False, partials=False))
+        fin = sorted((e for e in events[0] if isinstance(e, SegmentEvent) and e.final), key=lambda e: e.start_s)
+        streamed = " ".join(e.text for e in fin)
+        rows.append({"audio": name, "offline_wer": jiwer.wer(ref, norm(offline)),
+                     "stream_wer": jiwer.wer(ref, norm(streamed)), "segments": len(fin),
+                     "hallucinations": sum(e.hallucination for e in fin)})  # fmt: skip
+        progress(f"accuracy {name}: {rows[-1]}")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", type=Path, help="write all results to this JSON file")
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions, one dialogue for latency")
+    ap.add_argument("--reps", type=int, default=5)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if not DATA.is_dir():
+        sys.exit(f"test audio missing: {DATA}")
+    env = environment(("openai", "vaderSentiment", "jiwer"))
+    print(format_environment(env))
+    print("Note: timings on a shared 2-core machine are noisy; compare rows of one run, not runs.\n")
+    reps = 2 if args.quick else args.reps
+    stt = LocalWhisper()
+
+    decode = bench_decode(reps)
+    print("## Decode one utterance (local tiny.en int8, 2 threads)\n")
+    print_table([[r["config"], r["utterance_s"], r["p50_s"], r["p95_s"], r["rtf"]] for r in decode],
+                ["engine configuration", "utterance s", "p50 s", "p95 s", "RTF"])  # fmt: skip
+
+    latency = bench_latency(stt, DIALOGUES[:1] if args.quick else DIALOGUES)
+    print(f"\n## Streaming latency, real time, 2 streams (--channels-as-speakers), {latency['turns']} turns\n")
+    print_table(
+        [
+            ["end of speech (segmenter) -> segment.final", latency["final_p50_s"], latency["final_p95_s"], "0.6 / 0.9"],
+            ["end of speech (ground truth) -> segment.final", latency["final_gt_p50_s"], latency["final_gt_p95_s"],
+             "0.6 / 0.9"],
+            ["onset (ground truth) -> first segment.partial", latency["partial_p50_s"], latency["partial_p95_s"],
+             "1.0 / -"],
+        ],
+        ["latency", "p50 s", "p95 s", "target p50 / p95"],
+    )  # fmt: skip
+
+    throughput = bench_throughput(stt, (1, 2, 4), (1, 2))
+    print("\n## Throughput (mobile_mixed.wav, 37 s per stream, pushed as fast as possible)\n")
+    print_table([[r["streams"], r["mode"], r["workers"], r["wall_s"], r["x_realtime"], r["finals"]] for r in throughput],
+                ["streams", "mode", "workers", "wall s", "x real time", "finals"])  # fmt: skip
+
+    accuracy = bench_accuracy(stt)
+    print("\n## Accuracy: streamed finals vs offline whole-file decoding (same model)\n")
+    print_table([[r["audio"], r["offline_wer"], r["stream_wer"], r["segments"], r["hallucinations"]] for r in accuracy],
+                ["audio", "offline WER", "streaming WER", "segments", "hallucinated"])  # fmt: skip
+
+    if args.json:
+        args.json.write_text(json.dumps({"environment": env, "decode": decode, "latency": latency,
+                                         "throughput": throughput, "accuracy": accuracy}, indent=2))  # fmt: skip
+        progress(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
