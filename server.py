@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import socket
 import sys
 import time
@@ -76,6 +77,14 @@ def _text(value: str) -> str:
     return value.strip()
 
 
+def _urls(value: str) -> tuple[str, ...]:
+    urls = tuple(u.strip() for u in value.split(",") if u.strip())
+    for u in urls:
+        if not u.startswith("stun:"):
+            raise ValueError(f"{u!r} is not a stun: URL")
+    return urls
+
+
 def _secret(value: str) -> str:
     v = value.strip()
     if len(v) < 16:
@@ -124,6 +133,10 @@ class Settings:
                              "voice activity detector of the DSP core")
     partial_interval_s: float = _setting("PARTIAL_INTERVAL_S", 1.0, _non_negative_float,
                                          "seconds between partial transcripts of speech in progress (0 = none)")
+    end_silence_ms: int = _setting("END_SILENCE_MS", 500, _positive_int,
+                                   "silence that ends an utterance (lower: faster finals, more splits)")
+    ice_servers: tuple[str, ...] = _setting("ICE_SERVERS", (), _urls, "comma-separated stun: URLs for the "
+                                            "server's ICE candidates (unset: host candidates only)")
     resume_grace_s: float = _setting("RESUME_GRACE_S", 5.0, _non_negative_float,
                                      "how long a dropped participant can resume its stream")
     max_body_bytes: int = _setting("MAX_BODY_BYTES", 1024 * 1024, _positive_int,
@@ -155,7 +168,7 @@ class Settings:
     def help_table(cls) -> str:
         rows = []
         for f in fields(cls):
-            default = f.default if f.default is not None else "(unset)"
+            default = f.default if f.default not in (None, ()) else "(unset)"
             rows.append(f"  {f.metadata['env']:<20} {str(default):<14} {f.metadata['doc']}")
         return "\n".join(rows)
 
@@ -219,9 +232,9 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
-    # aioice/aiortc log every STUN check at INFO; keep them for DEBUG runs of our own code only.
-    for noisy in ("aioice", "aiortc"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
+    # aioice/aiortc log every STUN check and pymongo every heartbeat: never below WARNING.
+    for noisy in ("aioice", "aiortc", "pymongo"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelNamesMapping()[settings.log_level]))
 
 
 # ---- application -------------------------------------------------------------------------------------------
@@ -257,6 +270,8 @@ def build_stt(settings: Settings) -> Any:
 
 
 async def _build(c: Components) -> None:
+    from aiortc import RTCIceServer
+
     from adapters.mongo import EmbeddedMongo, MongoStore
     from adapters.nats_bus import OutboxRelay, open_bus
     from adapters.rooms import RoomRegistry
@@ -280,7 +295,8 @@ async def _build(c: Components) -> None:
     stt = await asyncio.to_thread(build_stt, s)
     c.scheduler = SttScheduler(stt, workers=s.stt_workers)
     c.metrics.bind_stt(queue_depth=lambda: float(c.scheduler.queue_depth))
-    stream_config = StreamConfig(vad=s.vad_mode, partial_interval_s=s.partial_interval_s)
+    stream_config = StreamConfig(vad=s.vad_mode, partial_interval_s=s.partial_interval_s,
+                                 end_silence_ms=s.end_silence_ms)
 
     def stream_factory(speaker: Any, emit: Any, in_rate: int, channels: int) -> ParticipantStream:
         return ParticipantStream(speaker, c.scheduler, emit, in_rate=in_rate, channels=channels,
@@ -288,11 +304,12 @@ async def _build(c: Components) -> None:
 
     c.registry = RoomRegistry(stream_factory=stream_factory, metrics=c.metrics,
                               record_segment=c.service.record_segment, notify_outbox=c.relay.notify,
-                              last_seq=lambda iid, pid: last_seq(c.service, iid, pid),
+                              last_seq=lambda iid, pid: last_seq(c.store, iid, pid),
                               resume_grace_s=s.resume_grace_s)
     c.registry.start()
     c.signer = TokenSigner(c.secrets.token_secret, ttl_s=s.token_ttl_s)
-    c.whip = WhipIngest(c.registry, c.signer, lambda iid: interview_status(c.service, iid), c.metrics)
+    c.whip = WhipIngest(c.registry, c.signer, lambda iid: interview_status(c.service, iid), c.metrics,
+                        ice_servers=[RTCIceServer(urls=url) for url in s.ice_servers])
 
 
 async def interview_status(service: Any, interview_id: str) -> str | None:
@@ -305,15 +322,10 @@ async def interview_status(service: Any, interview_id: str) -> str | None:
     return str(doc.get("status"))
 
 
-async def last_seq(service: Any, interview_id: str, participant_id: str) -> int | None:
+async def last_seq(store: Any, interview_id: str, participant_id: str) -> int | None:
     """The highest stored segment number of a participant (None if it has none)."""
-    from domain.model import NotFound
-
-    try:
-        transcript = await service.get_transcript(interview_id)
-    except NotFound:
-        return None
-    seqs = [int(seg["seq"]) for seg in transcript.get("segments", []) if seg.get("participantId") == participant_id]
+    seqs = [int(seg["seq"]) for seg in await store.list_segments(interview_id)
+            if seg.get("participantId") == participant_id]
     return max(seqs) if seqs else None
 
 
@@ -388,7 +400,8 @@ def create_app(settings: Settings, *, announce: Callable[[Components], None] | N
     page_headers = {
         # Nothing is loaded from anywhere else; the join token is in the URL, so never send it as a referrer.
         "Content-Security-Policy": "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
-                                   "style-src 'self'; script-src 'self'; frame-ancestors 'none'",
+                                   "media-src 'self' blob:; style-src 'self'; script-src 'self'; "
+                                   "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
         "Referrer-Policy": "no-referrer",
         "Permissions-Policy": "microphone=(self), camera=()",
         "X-Content-Type-Options": "nosniff",
@@ -514,6 +527,10 @@ def main(argv: list[str] | None = None) -> int:
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
                             timeout_graceful_shutdown=10)
     server = uvicorn.Server(config)
+    # uvicorn re-raises the signal that stopped it once shutdown is complete; by then everything is
+    # drained and closed, so let that be a clean exit (status 0) instead of death by the default handler.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    signal.signal(signal.SIGINT, lambda *_: None)
     try:
         server.run(sockets=[sock])
     finally:

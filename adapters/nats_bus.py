@@ -188,14 +188,23 @@ class JetStreamBus:
         """Start connecting and wait up to `wait_s` for the first connection; return either way."""
         bus = cls(url, **kwargs)
         bus._connector = asyncio.create_task(bus._connect(), name="nats-connect")
+        bus._connector.add_done_callback(bus._connector_done)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait_s):
                 await bus._ready.wait()
         if not bus._ready.is_set():
             log.warning(
-                "NATS at %s not reachable yet; events stay in the outbox until it is", redact_url(url)
+                "NATS at %s not ready yet (%s); events stay in the outbox until it is",
+                redact_url(url),
+                bus.last_error or "no answer",
             )
         return bus
+
+    def _connector_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # e.g. bad credentials or URL: nats-py gives up; the bus stays unavailable and says why.
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.error("NATS connection to %s failed for good: %s", redact_url(self.url), self.last_error)
 
     @property
     def connected(self) -> bool:

@@ -416,7 +416,9 @@ class RoomRegistry:
 
     async def _first_seq(self, claims: JoinClaims) -> int:
         key = (claims.interview_id, claims.participant_id)
-        known = self._next_seq.get(key, 0)
+        if key in self._next_seq:  # this process wrote those segments: the store knows no more
+            return self._next_seq[key]
+        known = 0
         if self._last_seq is not None:
             try:
                 last = await self._last_seq(claims.interview_id, claims.participant_id)

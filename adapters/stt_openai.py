@@ -23,7 +23,11 @@ log = logging.getLogger(__name__)
 def wav_bytes(audio: np.ndarray) -> bytes:
     """16 kHz mono int16 WAV of `audio` (int16 or float32)."""
     x = as_float_audio(audio)  # validates
-    pcm = audio.astype("<i2") if audio.dtype == np.int16 else np.clip(np.round(x * 32768.0), -32768, 32767).astype("<i2")
+    pcm = (
+        audio.astype("<i2")
+        if audio.dtype == np.int16
+        else np.clip(np.round(x * 32768.0), -32768, 32767).astype("<i2")
+    )
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
         w.setnchannels(1)
@@ -103,14 +107,18 @@ class OpenAITranscriber:
         segments = list(getattr(r, "segments", None) or [])
         if segments:
             weights = [max(1, len(s.tokens or [])) for s in segments]
-            avg_logprob = sum(s.avg_logprob * w for s, w in zip(segments, weights, strict=True)) / sum(weights)
+            avg_logprob = sum(s.avg_logprob * w for s, w in zip(segments, weights, strict=True)) / sum(
+                weights
+            )
             no_speech = max(s.no_speech_prob for s in segments)
             ratio = max(s.compression_ratio for s in segments)
             confidence = math.exp(avg_logprob)
         else:  # plain json: no decode statistics; the text-only guards still apply
             avg_logprob, no_speech, ratio, confidence = 0.0, 0.0, 0.0, 1.0
         words = [
-            Word(w.word.strip(), float(w.start), float(w.end), confidence)  # the API gives no per-word probability
+            Word(
+                w.word.strip(), float(w.start), float(w.end), confidence
+            )  # the API gives no per-word probability
             for w in (getattr(r, "words", None) or [])
             if w.word.strip()
         ]

@@ -383,20 +383,30 @@ class WhipIngest:
         loop = asyncio.get_running_loop()
         last_frame = loop.time()
         silence_s = 0.0
+        dead = failing = False
         while not session.closed:
             try:
-                frame = await asyncio.wait_for(track.recv(), self.track_timeout_s)
+                if dead:  # reported once; now sleep until the peer sends again (or the track ends)
+                    frame = await track.recv()
+                    dead = False
+                    log.info("WHIP session %s: audio resumed", session.id)
+                else:
+                    frame = await asyncio.wait_for(track.recv(), self.track_timeout_s)
             except TimeoutError:
                 stalled = loop.time() - last_frame
                 if stalled >= self.dead_track_s:
-                    self._track_dead(session, participant, stalled)
-                    return
-                # No audio: feed silence (once per stall, enough to end speech in progress) so the last
+                    self._track_dead(participant, session, stalled)
+                    dead = True
+                    continue
+                # No audio: feed silence (up to 2 s per stall, enough to end speech in progress) so the last
                 # words become a final segment now rather than when, or if, audio comes back.
                 if silence_s < 2.0 and participant.in_rate and participant.session_id == session.id:
                     n = int(participant.in_rate * self.track_timeout_s) * participant.channels
-                    participant.push_audio(np.zeros(n, dtype=np.int16), participant.in_rate, participant.channels)
                     silence_s += self.track_timeout_s
+                    # A failing pipeline is reported on the frame path below; silence adds nothing to say.
+                    with contextlib.suppress(Exception):
+                        participant.push_audio(np.zeros(n, dtype=np.int16), participant.in_rate,
+                                               participant.channels)
                 continue
             except MediaStreamError:
                 log.debug("WHIP session %s: audio track ended", session.id)
@@ -413,12 +423,25 @@ class WhipIngest:
                     self.metrics.audio_seconds.inc(frame.samples / frame.sample_rate)
                 else:
                     self.metrics.frames_dropped.labels(reason="leaving").inc()
+                failing = False
             except ValueError as exc:
                 self.metrics.frames_dropped.labels(reason="bad_frame").inc()
                 self.metrics.error("track")
                 log.warning("WHIP session %s: dropping an audio frame: %s", session.id, exc)
+            except Exception as exc:
+                # The pipeline itself failed on this frame. Keep the session and keep trying with the next
+                # frames (the failure may pass), but say so once per failure streak, not once per frame.
+                self.metrics.frames_dropped.labels(reason="pipeline_error").inc()
+                if not failing:
+                    failing = True
+                    self.metrics.error("stream")
+                    log.exception("WHIP session %s: the audio pipeline failed; dropping frames until it works",
+                                  session.id)
+                    participant.room.publish(participant, ErrorEvent(
+                        participant.speaker, "pipeline_failed",
+                        f"audio of {participant.speaker.name} cannot be processed: {type(exc).__name__}", {}))
 
-    def _track_dead(self, session: WhipSession, participant: Participant, stalled: float) -> None:
+    def _track_dead(self, participant: Participant, session: WhipSession, stalled: float) -> None:
         self.metrics.error("track")
         log.warning("WHIP session %s: no audio for %.1f s; track considered dead", session.id, stalled)
         participant.room.publish(participant, ErrorEvent(

@@ -50,6 +50,9 @@ DATA = ROOT.parent / "shared" / "data"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 REALTIME_P95_S = 1.5
 LAG_SLOPE_MAX = 0.02  # s of latency gained per s of run time that counts as falling behind
+SENDER_LATE_WARN_MS = (
+    200.0  # a peer handing frames over later than this means the benchmark host is overloaded
+)
 LAG_OK_S = 1.0  # how much higher the backlog may sit at the end of a run than at its start
 
 log = logging.getLogger("benchmarks.latency")
@@ -457,19 +460,15 @@ def _emit(kind: str, **data: Any) -> None:
 
 
 async def _run_room(
-    i: int, room: dict[str, Any], spec: dict[str, Any], http: httpx.AsyncClient
+    i: int, room: dict[str, Any], spec: dict[str, Any], http: httpx.AsyncClient, tracks: dict[str, Any]
 ) -> dict[str, Any]:
-    from adapters.whip_client import WavChannelTrack, whip_publish
+    from adapters.whip_client import whip_publish
 
     dialogue = load_dialogue(Path(room["audio"]))
     turns_total = len(dialogue.turns)
     await asyncio.sleep(room["offset_s"])  # the room's place in the stagger, not a wait for a condition
-    tracks = {
-        "interviewer": WavChannelTrack(room["audio"], 0, tail_s=spec["tail_s"]),
-        "candidate": WavChannelTrack(room["audio"], 1, tail_s=spec["tail_s"]),
-    }
     out: dict[str, Any] = {"room": i, "audio": room["audio"], "offset_s": room["offset_s"], "error": None}
-    sessions = []
+    sessions: list[Any] = []
     events: list[dict[str, Any]] = []
     try:
         cand, intv = await asyncio.gather(
@@ -483,10 +482,10 @@ async def _run_room(
             ),
             return_exceptions=True,
         )
+        sessions = [s for s in (cand, intv) if not isinstance(s, BaseException)]
         for s in (cand, intv):
             if isinstance(s, BaseException):
                 raise s
-            sessions.append(s)
         assert not isinstance(intv, BaseException)
         async with asyncio.timeout(20):
             await intv.wait_channel_open()
@@ -550,8 +549,20 @@ async def _run_room(
 
 
 async def worker_main(spec: dict[str, Any]) -> None:
+    from adapters.whip_client import WavChannelTrack
+
+    # decode every track before any room streams: decoding on the loop later would delay the rooms already live
+    tracks = [
+        {
+            "interviewer": WavChannelTrack(r["audio"], 0, tail_s=spec["tail_s"]),
+            "candidate": WavChannelTrack(r["audio"], 1, tail_s=spec["tail_s"]),
+        }
+        for r in spec["rooms"]
+    ]
     async with httpx.AsyncClient(timeout=30) as http:
-        rooms = await asyncio.gather(*(_run_room(i, r, spec, http) for i, r in enumerate(spec["rooms"])))
+        rooms = await asyncio.gather(
+            *(_run_room(i, r, spec, http, tracks[i]) for i, r in enumerate(spec["rooms"]))
+        )
     _emit("result", rooms=rooms)
 
 
@@ -757,6 +768,8 @@ def summarize(n: int, rooms: list[dict[str, Any]], samples: list[Sample], t0: fl
         "error_events": errors,
         "room_errors": room_errors,
         "window_s": round(t1 - t0, 1),
+        "max_stt_queue": max((s.metrics.get("stt_queue_depth", 0.0) for s in window), default=None),
+        "host_load_1m": round(os.getloadavg()[0], 2),  # other work on the machine skews every number above
     }
     return RunOutcome(summary, latencies, samples)
 
@@ -882,7 +895,8 @@ def plot(outcomes: list[RunOutcome], path: Path) -> None:
             )
     ax1.axvline(700, ls=":", c="grey")
     ax1.axvline(1000, ls="--", c="grey")
-    ax1.set_xlabel("speech end -> segment.final received (ms)")
+    ax1.set_xscale("log")
+    ax1.set_xlabel("speech end -> segment.final received (ms, log scale)")
     ax1.set_ylabel("fraction of turns")
     ax1.set_title("Final latency CDF")
     ax1.legend()
@@ -950,6 +964,12 @@ async def measure(
             f" missed {s['missed_turns']}/{s['turns']}, server CPU {_fmt(s['cpu_percent'])} %,"
             f" max lag {_fmt(s['max_lag_s'])} s, realtime {s['realtime']}"
         )
+        if s["sender_max_late_ms"] > SENDER_LATE_WARN_MS:
+            progress(
+                f"warning: the peer process fell up to {s['sender_max_late_ms']:.0f} ms behind its real-time schedule"
+                f" ({s['sender_late_frames']} late frames): the machine is oversubscribed, so these numbers measure"
+                " contention as much as the server (latencies are corrected for the sender's lateness)"
+            )
         outcomes.append(o)
         await _participants_gone(base)
     return outcomes

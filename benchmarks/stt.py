@@ -97,8 +97,15 @@ async def stream_file(
     events: list[list[StreamEvent]] = [[] for _ in pcms]
     cfg = StreamConfig(emit_levels_every_s=0, partial_interval_s=1.0 if partials else 0)
     streams = [
-        ParticipantStream(Speaker("candidate", f"s{i}", f"s{i}"), sched, events[i].append, in_rate=rate,
-                          channels=1, config=cfg, clock=clock)  # fmt: skip
+        ParticipantStream(
+            Speaker("candidate", f"s{i}", f"s{i}"),
+            sched,
+            events[i].append,
+            in_rate=rate,
+            channels=1,
+            config=cfg,
+            clock=clock,
+        )  # fmt: skip
         for i in range(len(pcms))
     ]
     frame = rate // 50
@@ -131,12 +138,16 @@ def bench_latency(stt: LocalWhisper, names: tuple[str, ...]) -> dict[str, Any]:
         gt = json.loads((DATA / f"{name}.json").read_text())
         audio = read_audio(DATA / f"{name}.stereo.wav")
         progress(f"latency: streaming {name} in real time ({audio.duration_s:.0f} s)")
-        events, _, _ = asyncio.run(stream_file(stt, [audio.channel(0), audio.channel(1)], audio.rate, realtime=True))
+        events, _, _ = asyncio.run(
+            stream_file(stt, [audio.channel(0), audio.channel(1)], audio.rate, realtime=True)
+        )
         for ch, role in enumerate(("interviewer", "candidate")):
             segs = [e for e in events[ch] if isinstance(e, SegmentEvent)]
             for turn in (t for t in gt["turns"] if t["speaker"] == role):
                 fin = [s for s in segs if s.final and s.start_s < turn["end_s"] and s.end_s > turn["start_s"]]
-                part = [s for s in segs if not s.final and s.end_s > turn["start_s"] and s.start_s < turn["end_s"]]
+                part = [
+                    s for s in segs if not s.final and s.end_s > turn["start_s"] and s.start_s < turn["end_s"]
+                ]
                 if not fin:
                     continue
                 last = max(fin, key=lambda s: s.end_s)
@@ -160,7 +171,9 @@ def bench_latency(stt: LocalWhisper, names: tuple[str, ...]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- 3. throughput
 
 
-def bench_throughput(stt: LocalWhisper, counts: tuple[int, ...], workers: tuple[int, ...]) -> list[dict[str, Any]]:
+def bench_throughput(
+    stt: LocalWhisper, counts: tuple[int, ...], workers: tuple[int, ...]
+) -> list[dict[str, Any]]:
     audio = read_audio(DATA / "mobile_mixed.wav", rate=16000, mono=True)
     rows = []
     t0 = time.perf_counter()
@@ -198,7 +211,9 @@ def bench_accuracy(stt: LocalWhisper) -> list[dict[str, Any]]:
         segs, _ = stt._whisper.transcribe(audio.pcm.astype(np.float32) / 32768, language="en")
         offline = " ".join(s.text for s in segs)
         events, _, _ = asyncio.run(stream_file(stt, [audio.pcm], audio.rate, realtime=False, partials=False))
-        fin = sorted((e for e in events[0] if isinstance(e, SegmentEvent) and e.final), key=lambda e: e.start_s)
+        fin = sorted(
+            (e for e in events[0] if isinstance(e, SegmentEvent) and e.final), key=lambda e: e.start_s
+        )
         streamed = " ".join(e.text for e in fin)
         rows.append({"audio": name, "offline_wer": jiwer.wer(ref, norm(offline)),
                      "stream_wer": jiwer.wer(ref, norm(streamed)), "segments": len(fin),
@@ -228,7 +243,9 @@ def main() -> None:
                 ["engine configuration", "utterance s", "p50 s", "p95 s", "RTF"])  # fmt: skip
 
     latency = bench_latency(stt, DIALOGUES[:1] if args.quick else DIALOGUES)
-    print(f"\n## Streaming latency, real time, 2 streams (--channels-as-speakers), {latency['turns']} turns\n")
+    print(
+        f"\n## Streaming latency, real time, 2 streams (--channels-as-speakers), {latency['turns']} turns\n"
+    )
     print_table(
         [
             ["end of speech (segmenter) -> segment.final", latency["final_p50_s"], latency["final_p95_s"], "0.6 / 0.9"],

@@ -246,22 +246,29 @@ cdef class Polyphase:
 
     # ---- Python-visible entry points (arguments validated by the facade) ----
 
-    def process_i16(self, const short[::1] x not None, bint stereo):
-        cdef Py_ssize_t n = x.shape[0] // 2 if stereo else x.shape[0]
-        cdef Py_ssize_t count, i
-        cdef cnp.ndarray[cnp.int16_t, ndim=1] out
-        cdef short *o
+    cdef Py_ssize_t _process_i16(self, const short *x, Py_ssize_t n, bint stereo) except -1:
+        """Consume n (mono or stereo-pair) samples; the new outputs are left in self.scratch (float)."""
+        cdef Py_ssize_t count
         self._reserve(n)
         with nogil:
-            self._append_i16(&x[0] if x.shape[0] else NULL, n, stereo)
+            self._append_i16(x, n, stereo)
         count = self._end_for(self.n_in) - self.n_out
         self._reserve_scratch(count)
-        out = np.empty(count, dtype=np.int16)
-        o = <short *> cnp.PyArray_DATA(out)
         with nogil:
             self._produce(self.scratch, count)
-            for i in range(count):
-                o[i] = dsp_sat16(self.scratch[i])
+        return count
+
+    cdef void _scratch_to_i16(self, short *o, Py_ssize_t count) noexcept nogil:
+        cdef Py_ssize_t i
+        for i in range(count):
+            o[i] = dsp_sat16(self.scratch[i])
+
+    def process_i16(self, const short[::1] x not None, bint stereo):
+        cdef Py_ssize_t n = x.shape[0] // 2 if stereo else x.shape[0]
+        cdef Py_ssize_t count = self._process_i16(&x[0] if x.shape[0] else NULL, n, stereo)
+        cdef cnp.ndarray[cnp.int16_t, ndim=1] out = np.empty(count, dtype=np.int16)
+        with nogil:
+            self._scratch_to_i16(<short *> cnp.PyArray_DATA(out), count)
         return out
 
     def process_f32(self, const float[::1] x not None):
@@ -626,6 +633,8 @@ cdef class VadCore:
 
     hybrid: band SNR over the adaptive noise floor above t_on dB, or webrtcvad says speech and the band SNR is
     above t_low dB (webrtcvad alone fires on broadband noise; our band energy alone misses weak onsets).
+    While speaking the thresholds drop to t_stay / t_stay_low (hysteresis), so that word endings fading into
+    noise do not open a gap.
     webrtc: webrtcvad's decision. silero: a Python callable returning the decision for the frame."""
 
     cdef readonly BandEnergy feat
@@ -633,12 +642,14 @@ cdef class VadCore:
     cdef object frame_arr     # reusable int16 ndarray handed to webrtcvad / Silero
     cdef short *frame_ptr
     cdef object wproc, whandle, silero
-    cdef double t_on, t_low
+    cdef public double t_on, t_low, t_stay, t_stay_low
     cdef int hang_frames, hang_left
     cdef readonly bint speaking, raw
 
     def __cinit__(self, int kind, int frame_len, object wproc, object whandle, object silero,
-                  double t_on, double t_low, int hang_frames):
+                  double t_on, double t_low, double t_stay, double t_stay_low, int hang_frames):
+        self.t_stay = t_stay
+        self.t_stay_low = t_stay_low
         self.kind = kind
         self.frame_len = frame_len
         self.feat = BandEnergy(16000.0, frame_len / 16000.0)
@@ -665,7 +676,11 @@ cdef class VadCore:
             # frame by frame, and skipping frames makes it fire on steady noise
             memcpy(self.frame_ptr, x, n * sizeof(short))
             raw = self.wproc(self.whandle, 16000, self.frame_arr, n)
-            raw = snr > self.t_on or (raw and snr > self.t_low)
+            # dual threshold: while speaking, weaker frames (word endings in noise) still count as speech
+            if self.speaking:
+                raw = snr > self.t_stay or (raw and snr > self.t_stay_low)
+            else:
+                raw = snr > self.t_on or (raw and snr > self.t_low)
         elif self.kind == WEBRTC:
             memcpy(self.frame_ptr, x, n * sizeof(short))
             raw = self.wproc(self.whandle, 16000, self.frame_arr, n)
@@ -701,6 +716,8 @@ cdef class FrontCore:
     cdef int frame_len
     cdef short *pend          # 16 kHz samples not yet forming a whole frame
     cdef Py_ssize_t npend, pcap
+    cdef short *out16         # resampler output of the current push (reused)
+    cdef Py_ssize_t ocap
     cdef readonly double last_sumsq
     cdef readonly int last_peak, last_n
     cdef readonly long last_clipped
@@ -716,12 +733,15 @@ cdef class FrontCore:
             raise ValueError("VAD and segmenter frame lengths differ")
         self.pcap = vad.frame_len
         self.pend = <short *> malloc(self.pcap * sizeof(short))
-        if self.pend == NULL:
+        self.ocap = 4096
+        self.out16 = <short *> malloc(self.ocap * sizeof(short))
+        if self.pend == NULL or self.out16 == NULL:
             raise MemoryError()
         self.npend = 0
 
     def __dealloc__(self):
         free(self.pend)
+        free(self.out16)
 
     cdef int _frame(self, const short *x) except -1:
         cdef int n = self.frame_len
@@ -754,11 +774,21 @@ cdef class FrontCore:
         return 0
 
     def push(self, const short[::1] pcm not None):
-        """pcm: validated int16 interleaved input. Returns the list of ready utterance tuples (may be empty)."""
-        cdef cnp.ndarray[cnp.int16_t, ndim=1] y = self.rs.process_i16(pcm, self.stereo)
+        """pcm: validated int16 interleaved input. Returns the list of ready utterance tuples, or None."""
+        cdef Py_ssize_t n = pcm.shape[0] // 2 if self.stereo else pcm.shape[0]
+        cdef Py_ssize_t count = self.rs._process_i16(&pcm[0] if pcm.shape[0] else NULL, n, self.stereo)
+        cdef short *o
         self.clip_acc += self.rs.clipped
-        if y.shape[0]:
-            self._consume(<short *> cnp.PyArray_DATA(y), y.shape[0])
+        if count:
+            if count > self.ocap:
+                o = <short *> realloc(self.out16, count * sizeof(short))
+                if o == NULL:
+                    raise MemoryError()
+                self.out16 = o
+                self.ocap = count
+            with nogil:
+                self.rs._scratch_to_i16(self.out16, count)
+            self._consume(self.out16, count)
         if self.seg.ready:
             out = self.seg.ready
             self.seg.ready = []

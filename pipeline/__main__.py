@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     t = sub.add_parser("transcribe", help="stream an audio file through the pipeline; JSON events on stdout")
     t.add_argument("audio", help="any file PyAV decodes (wav, flac, mp3, ogg; any rate; mono or stereo)")
-    t.add_argument("--realtime", action="store_true", help="feed at real-time pace; add emitted_at_s to events")
+    t.add_argument(
+        "--realtime", action="store_true", help="feed at real-time pace; add emitted_at_s to events"
+    )
     t.add_argument("--stt", choices=("local", "openai"), default="local")
     t.add_argument("--model", help="local: CTranslate2 model directory (default: bundled tiny.en); "
                    "openai: model name (default whisper-1)")  # fmt: skip
@@ -51,8 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cpu-threads", type=int, default=2, help="local: threads per decode")
     t.add_argument("--window", type=float, default=5.0,
                    help="local: encoder window granularity in seconds (30 = Whisper's fixed 30 s window)")  # fmt: skip
-    t.add_argument("--beam-size", type=int, default=5, help="local: beam size of final decodes (partials use 1)")
-    t.add_argument("--prompt", action="store_true", help="prompt each final with the speaker's previous final")
+    t.add_argument(
+        "--beam-size", type=int, default=5, help="local: beam size of final decodes (partials use 1)"
+    )
+    t.add_argument(
+        "--prompt", action="store_true", help="prompt each final with the speaker's previous final"
+    )
     t.add_argument("-v", "--verbose", action="store_true")
     return ap
 
@@ -80,7 +86,9 @@ def make_stt(args: argparse.Namespace) -> SpeechToText:
 def plan_feeds(audio: DecodedAudio, args: argparse.Namespace, name: str) -> list[_Feed]:
     if args.channels_as_speakers:
         if audio.channels != 2:
-            raise ValueError(f"--channels-as-speakers needs a stereo file; {name} has {audio.channels} channel(s)")
+            raise ValueError(
+                f"--channels-as-speakers needs a stereo file; {name} has {audio.channels} channel(s)"
+            )
         return [
             _Feed(Speaker("interviewer", "left channel", "left"), audio.channel(0), 1),
             _Feed(Speaker("candidate", "right channel", "right"), audio.channel(1), 1),
@@ -88,7 +96,9 @@ def plan_feeds(audio: DecodedAudio, args: argparse.Namespace, name: str) -> list
     return [_Feed(Speaker(args.role, name, "file"), audio.pcm, audio.channels)]
 
 
-async def run(audio: DecodedAudio, args: argparse.Namespace, stt: SpeechToText, out: TextIO, name: str) -> int:
+async def run(
+    audio: DecodedAudio, args: argparse.Namespace, stt: SpeechToText, out: TextIO, name: str
+) -> int:
     from pipeline.stream import ParticipantStream, StreamConfig
 
     feeds = plan_feeds(audio, args, name)
@@ -106,7 +116,9 @@ async def run(audio: DecodedAudio, args: argparse.Namespace, stt: SpeechToText, 
         out.flush()
 
     streams = [
-        ParticipantStream(f.speaker, scheduler, emit, in_rate=audio.rate, channels=f.channels, config=cfg, clock=clock)
+        ParticipantStream(
+            f.speaker, scheduler, emit, in_rate=audio.rate, channels=f.channels, config=cfg, clock=clock
+        )
         for f in feeds
     ]
     frame = max(1, int(round(audio.rate * FRAME_S)))
@@ -139,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    log.setLevel(logging.INFO)  # progress lines (every 10 s of audio) and the summary always go to stderr
     name = Path(args.audio).name
     try:
         audio = read_audio(args.audio)

@@ -214,7 +214,9 @@ class KeywordTracker:
                 del term.seqs[: -self.max_seqs]
 
     def _evict(self) -> None:
-        victims = heapq.nsmallest(max(1, self.max_terms // 10), self._terms.items(), key=lambda kv: kv[1].count)
+        victims = heapq.nsmallest(
+            max(1, self.max_terms // 10), self._terms.items(), key=lambda kv: kv[1].count
+        )
         for key, _ in victims:
             del self._terms[key]
 

@@ -56,7 +56,9 @@ def read_audio(source: str | Path | bytes, *, rate: int | None = None, mono: boo
             out_rate = rate or stream.codec_context.sample_rate or stream.rate
             if not out_rate:
                 raise ValueError(f"{name}: unknown sample rate")
-            resampler = av.AudioResampler(format="s16", layout="mono" if out_channels == 1 else "stereo", rate=out_rate)
+            resampler = av.AudioResampler(
+                format="s16", layout="mono" if out_channels == 1 else "stereo", rate=out_rate
+            )
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
                     chunks.append(out.to_ndarray().reshape(-1).copy())

@@ -3,7 +3,7 @@
 The numeric work lives in the Cython extension ``pipeline._dsp`` (built from ``csrc/_dsp.pyx``); this module
 validates input and turns kernel status codes into precise ``ValueError``s.
 
-* :class:`Resampler` - streaming polyphase FIR (Kaiser, ~98 dB stopband, linear phase, delay compensated) with
+* :class:`Resampler` - streaming polyphase FIR (Kaiser, ≥ 95 dB stopband, linear phase, delay compensated) with
   fused stereo downmix. Chunk-invariant: int16 output is bit-identical however the input is split.
 * :class:`Vad` - per-frame speech decision: ``hybrid`` (our band-energy tracker + webrtcvad), ``webrtc`` or
   ``silero`` (ONNX, one thread).
@@ -53,13 +53,15 @@ _KIND_CODE = {"hybrid": _dsp.HYBRID, "webrtc": _dsp.WEBRTC, "silero": _dsp.SILER
 # Filter design: stopband attenuation and band edges relative to the lower Nyquist frequency fc.
 # Passband 0.875 fc (7 kHz for 16 kHz output), stopband from 1.025 fc (8.2 kHz): tones at 8.2 kHz and above
 # would alias into the passband. Upsampling keeps 0.85 fc so that 8 kHz input stays within 5 ms of delay.
-_ATTEN_DB = 98.0
+_ATTEN_DB = 92.0
 _MIN_RATE, _MAX_RATE = 4000, 384000
 _MAX_BANK = 1 << 22  # floats: bounds memory for awkward rate pairs
 
 # hybrid VAD tuning (band SNR thresholds in dB, hangover) - chosen on the shared dialogues, see benchmarks/dsp.py
-_T_ON_DB = 6.0
-_T_LOW_DB = 2.0
+_T_ON_DB = 6.0  # band SNR that alone means speech
+_T_LOW_DB = 2.0  # band SNR at which webrtcvad's "speech" is believed
+_T_STAY_DB = 3.0  # the same two thresholds while already speaking
+_T_STAY_LOW_DB = 0.0
 _HANGOVER_MS = 240
 _WEBRTC_MODE = 3
 
@@ -328,7 +330,18 @@ def _vad_core(kind: str, frame_len: int) -> Any:
     else:
         silero = _SileroFrames()
     hang = _HANGOVER_MS * RATE // 1000 // frame_len
-    return _dsp.VadCore(_KIND_CODE[kind], frame_len, wproc, whandle, silero, _T_ON_DB, _T_LOW_DB, hang)
+    return _dsp.VadCore(
+        _KIND_CODE[kind],
+        frame_len,
+        wproc,
+        whandle,
+        silero,
+        _T_ON_DB,
+        _T_LOW_DB,
+        _T_STAY_DB,
+        _T_STAY_LOW_DB,
+        hang,
+    )
 
 
 class Vad:

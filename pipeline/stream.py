@@ -45,7 +45,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class StreamConfig:
     vad: str = "hybrid"
-    partial_interval_s: float = 1.0  # re-decode the utterance in progress at most this often (0 = no partials)
+    partial_interval_s: float = (
+        1.0  # re-decode the utterance in progress at most this often (0 = no partials)
+    )
     partial_min_s: float = 0.5  # first partial once this much speech is in
     end_silence_ms: int = 500
     pre_roll_ms: int = 300
@@ -55,6 +57,9 @@ class StreamConfig:
     skills: tuple[str, ...] = ()
     emit_levels_every_s: float = 0.1  # 0 = no level events
     top_keywords: int = 10
+    speculative_final: bool = (
+        True  # decode when the speaker pauses; reuse it as the final if speech does not resume
+    )
     prompt_previous: bool = False  # prompt the decoder with the previous confident final of this speaker
     prompt_min_confidence: float = 0.6
     prompt_max_chars: int = 200
@@ -97,8 +102,12 @@ class ParticipantStream:
         self._next_seq = 0
         self._pending_samples = 0  # audio of closed utterances whose final is not out yet
         self._finals: set[asyncio.Task[None]] = set()
+        self._open: dict[int, Any] = {}  # seq -> utterance whose outcome (final/error/noise) is not out yet
         self._last_final: asyncio.Task[None] | None = None
         self._partial_task: asyncio.Task[None] | None = None
+        # speculative final: (seq, utterance start sample, samples covered, task) started when the speaker paused
+        self._spec: tuple[int, int, int, asyncio.Task[Transcript | None]] | None = None
+        self._was_speaking = False
         self._partial_shown: set[int] = set()
         self._last_partial_at = -1e9  # stream time (s) of the last partial request
         self._next_level_at = 0.0
@@ -106,7 +115,7 @@ class ParticipantStream:
         self._closed = False
         self.stats: dict[str, int] = {
             "utterances": 0, "finals": 0, "partials": 0, "partials_shed": 0, "noise_utterances": 0,
-            "hallucinations": 0, "errors": 0,
+            "hallucinations": 0, "errors": 0, "speculative_used": 0, "speculative_wasted": 0,
         }  # fmt: skip
 
     # ------------------------------------------------------------------------------------------ properties
@@ -130,6 +139,7 @@ class ParticipantStream:
         for utt in utterances:
             self._submit_final(utt)
         self._maybe_level()
+        self._maybe_speculate()
         self._maybe_partial()
 
     async def aclose(self, drain: bool = True) -> None:
@@ -139,6 +149,9 @@ class ParticipantStream:
         self._closed = True
         for utt in self.frontend.flush():
             self._submit_final(utt)
+        if self._spec is not None:
+            self._spec[3].cancel()
+            self._spec = None
         if self._partial_task is not None:
             self._partial_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -148,11 +161,18 @@ class ParticipantStream:
                 task.cancel()
         if self._finals:
             await asyncio.gather(*list(self._finals), return_exceptions=True)
+        for seq, utt in sorted(
+            self._open.items()
+        ):  # cancelled (drain=False): still one outcome per utterance
+            self.stats["errors"] += 1
+            affected = {"seq": seq, "start_s": round(utt.start_s, 3), "end_s": round(utt.end_s, 3)}
+            self._emit(
+                ErrorEvent(self.speaker, "stream_closed", "stream closed before transcription", affected)
+            )
+        self._open.clear()
+        self._pending_samples = 0
 
     # ------------------------------------------------------------------------------------------- internals
-
-    def _now(self) -> float | None:
-        return self._clock() if self._clock is not None else None
 
     def _emit(self, event: StreamEvent) -> None:
         if self._clock is not None and hasattr(event, "emitted_at_s"):
@@ -170,11 +190,52 @@ class ParticipantStream:
         if t >= self._next_level_at:
             lvl = self.frontend.level
             self._next_level_at = t + every
-            self._emit(LevelEvent(self.speaker, lvl.rms_dbfs, lvl.peak_dbfs, lvl.clipped, self.frontend.speaking, t))
+            self._emit(
+                LevelEvent(self.speaker, lvl.rms_dbfs, lvl.peak_dbfs, lvl.clipped, self.frontend.speaking, t)
+            )
+
+    def _maybe_speculate(self) -> None:
+        """When the speaker pauses mid-utterance, decode what we have at final quality. If the segmenter then
+        closes the utterance without new speech, that decode is the final: latency becomes
+        max(end silence, decode) instead of end silence + decode."""
+        speaking = self.frontend.speaking
+        paused = self._was_speaking and not speaking
+        self._was_speaking = speaking
+        if not (paused and self.config.speculative_final and self.frontend.in_progress):
+            return
+        if self.scheduler.finals_waiting:
+            return
+        got = self.frontend.partial_audio()
+        if got is None or got[1].size < self.config.partial_min_s * SAMPLE_RATE:
+            return
+        start, audio = got
+        if self._spec is not None and not self._spec[3].done():
+            self._spec[3].cancel()
+        task = asyncio.create_task(
+            self.scheduler.transcribe_partial(
+                audio, prompt=self._prompt, key=(id(self), "spec", self._next_seq), final_quality=True
+            )
+        )
+        task.add_done_callback(_consume_outcome)
+        self._spec = (self._next_seq, start, audio.size, task)
+
+    def _take_speculative(self, seq: int, utt: Any) -> asyncio.Task[Transcript | None] | None:
+        spec, self._spec = self._spec, None
+        if spec is None or spec[0] != seq:
+            if spec is not None:
+                spec[3].cancel()
+            return None
+        _, start, covered, task = spec
+        speech_end = int(round(utt.speech_end_s * SAMPLE_RATE))
+        if start != utt.start or speech_end > start + covered:  # speech went on after the snapshot
+            task.cancel()
+            self.stats["speculative_wasted"] += 1
+            return None
+        return task
 
     def _maybe_partial(self) -> None:
         cfg = self.config
-        if cfg.partial_interval_s <= 0 or not self.frontend.in_progress:
+        if cfg.partial_interval_s <= 0 or not self.frontend.in_progress or not self.frontend.speaking:
             return
         if self._partial_task is not None and not self._partial_task.done():
             return
@@ -215,36 +276,45 @@ class ParticipantStream:
         self._next_seq += 1
         self.stats["utterances"] += 1
         self._pending_samples += utt.end - utt.start
-        task = asyncio.create_task(self._final(seq, utt, self._last_final))
+        self._open[seq] = utt
+        task = asyncio.create_task(self._final(seq, utt, self._last_final, self._take_speculative(seq, utt)))
         self._last_final = task
         self._finals.add(task)
         task.add_done_callback(self._finals.discard)
 
-    async def _final(self, seq: int, utt: Any, previous: asyncio.Task[None] | None) -> None:
+    async def _final(
+        self,
+        seq: int,
+        utt: Any,
+        previous: asyncio.Task[None] | None,
+        spec: asyncio.Task[Transcript | None] | None,
+    ) -> None:
         affected = {"seq": seq, "start_s": round(utt.start_s, 3), "end_s": round(utt.end_s, 3)}
         tr: Transcript | None = None
         error: ErrorEvent | None = None
         try:
             if previous is not None:  # in order, and so the prompt is the previous final's text
                 await _wait_quietly(previous)
-            tr = await self.scheduler.transcribe_final(utt.audio, prompt=self._prompt)
+            if spec is not None:
+                tr = await _result_or_none(spec)
+                self.stats["speculative_used" if tr is not None else "speculative_wasted"] += 1
+            if tr is None:
+                tr = await self.scheduler.transcribe_final(utt.audio, prompt=self._prompt)
         except SttError as exc:
             error = ErrorEvent(self.speaker, exc.code, exc.message, affected)
-        except asyncio.CancelledError:
-            error = ErrorEvent(self.speaker, "stream_closed", "stream closed before the utterance was transcribed",
-                               affected)
-            raise
         except Exception as exc:  # noqa: BLE001 - any failure becomes an error event, never a lost final
             log.exception("final transcription failed")
             error = ErrorEvent(self.speaker, "stt_failed", f"{type(exc).__name__}: {exc}", affected)
         finally:
             self._pending_samples -= utt.end - utt.start
             if error is not None:
+                self._open.pop(seq, None)
                 self.stats["errors"] += 1
                 self._partial_shown.discard(seq)
                 self._emit(error)
         if tr is None:
             return
+        self._open.pop(seq, None)
         tr = trim_after_speech(tr, utt.speech_end_s - utt.start_s)
         shown = seq in self._partial_shown
         self._partial_shown.discard(seq)
@@ -268,13 +338,18 @@ class ParticipantStream:
         self._emit(KeywordsEvent(self.speaker, self.keywords.top(self.config.top_keywords), seq))
 
     def _segment(
-        self, seq: int, start: int, end: int, tr: Transcript, *, final: bool, speech_end_s: float | None = None
+        self,
+        seq: int,
+        start: int,
+        end: int,
+        tr: Transcript,
+        *,
+        final: bool,
+        speech_end_s: float | None = None,
     ) -> SegmentEvent:
         t0 = start / SAMPLE_RATE
         t1 = end / SAMPLE_RATE
-        words = [
-            Word(w.word, t0 + w.start_s, min(t1, t0 + w.end_s), w.probability) for w in tr.words
-        ]
+        words = [Word(w.word, t0 + w.start_s, min(t1, t0 + w.end_s), w.probability) for w in tr.words]
         seg_start = max(t0, words[0].start_s) if words else t0
         # finals end where the segmenter saw speech end (latency = emitted_at_s - end_s); partials at the audio so far
         seg_end = speech_end_s if speech_end_s is not None else t1
@@ -294,6 +369,24 @@ class ParticipantStream:
             model=stt.model,
             hallucination=tr.hallucination,
         )
+
+
+def _consume_outcome(task: asyncio.Task[Any]) -> None:
+    """Mark a discarded speculative decode's exception as seen (its final decodes again and reports)."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def _result_or_none(task: asyncio.Task[Transcript | None]) -> Transcript | None:
+    """The speculative decode's transcript, or None if it was shed, cancelled or failed (then decode again)."""
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if task.cancelled():
+            return None
+        raise  # we are being cancelled ourselves
+    except SttError:
+        return None
 
 
 async def _wait_quietly(task: asyncio.Task[None]) -> None:

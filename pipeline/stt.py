@@ -153,7 +153,9 @@ def repetition_loop(text: str, *, min_repeats: int = 4, max_ngram: int = 6) -> b
 _PUNCT_TAIL_RE = re.compile(r"(?:\s*[.,!?…-]){2,}\s*$")
 
 
-def trim_after_speech(t: Transcript, speech_end_s: float, *, slack_s: float = 0.15, max_p: float = 0.5) -> Transcript:
+def trim_after_speech(
+    t: Transcript, speech_end_s: float, *, slack_s: float = 0.15, max_p: float = 0.5
+) -> Transcript:
     """Drop trailing words that start after the segmenter saw speech end and that the decoder doubts.
 
     Whisper likes to close an utterance with an invented "Thank you." in the trailing silence; real last words
@@ -163,7 +165,9 @@ def trim_after_speech(t: Transcript, speech_end_s: float, *, slack_s: float = 0.
     if not t.words:
         return t
     keep = len(t.words)
-    while keep and t.words[keep - 1].start_s > speech_end_s + slack_s and t.words[keep - 1].probability < max_p:
+    while (
+        keep and t.words[keep - 1].start_s > speech_end_s + slack_s and t.words[keep - 1].probability < max_p
+    ):
         keep -= 1
     # a stock closing phrase ("Thank you.") starting near the end, with a doubtful word in it
     for k in range(keep - 1, max(-1, keep - 7), -1):
@@ -281,7 +285,9 @@ class LocalWhisper:
         )
         log.info("loaded whisper model %s (%s) in %.2fs", self.model, compute_type, time.perf_counter() - t0)
 
-    def transcribe(self, audio: np.ndarray, *, prompt: str | None = None, partial: bool = False) -> Transcript:
+    def transcribe(
+        self, audio: np.ndarray, *, prompt: str | None = None, partial: bool = False
+    ) -> Transcript:
         x = as_float_audio(audio)
         audio_s = x.size / SAMPLE_RATE
         t0 = time.perf_counter()
@@ -314,13 +320,20 @@ class LocalWhisper:
     @staticmethod
     def _merge(segs: list[Any], language: str, audio_s: float, decode_s: float) -> Transcript:
         if not segs:
-            return Transcript(text="", reason="no_speech", language=language, audio_s=audio_s, decode_s=decode_s)
+            return Transcript(
+                text="", reason="no_speech", language=language, audio_s=audio_s, decode_s=decode_s
+            )
         text = "".join(s.text for s in segs).strip()
         weights = [max(1, len(s.tokens)) for s in segs]
         total = sum(weights)
         avg_logprob = sum(s.avg_logprob * w for s, w in zip(segs, weights, strict=True)) / total
         words = [
-            Word(word=w.word.strip(), start_s=float(w.start), end_s=float(w.end), probability=float(w.probability))
+            Word(
+                word=w.word.strip(),
+                start_s=float(w.start),
+                end_s=float(w.end),
+                probability=float(w.probability),
+            )
             for s in segs
             for w in (s.words or [])
             if w.word.strip()
@@ -345,10 +358,11 @@ class LocalWhisper:
 class _Job:
     audio: np.ndarray
     prompt: str | None
-    partial: bool
+    partial: bool  # queued and shed as a partial
     future: asyncio.Future[Transcript | None]
     key: object | None
     queued_at: float
+    final_quality: bool = False  # decode as a final (beam, word timestamps) even though queued as a partial
 
 
 @dataclass(slots=True)
@@ -424,7 +438,9 @@ class SttScheduler:
     def _start(self) -> None:
         if self._wakeup is None:
             self._wakeup = asyncio.Event()
-            self._tasks = [asyncio.create_task(self._worker(i), name=f"stt-worker-{i}") for i in range(self.workers)]
+            self._tasks = [
+                asyncio.create_task(self._worker(i), name=f"stt-worker-{i}") for i in range(self.workers)
+            ]
 
     async def transcribe_final(self, audio: np.ndarray, *, prompt: str | None = None) -> Transcript:
         if self._closed:
@@ -444,8 +460,16 @@ class SttScheduler:
         return result
 
     async def transcribe_partial(
-        self, audio: np.ndarray, *, prompt: str | None = None, key: object | None = None
+        self,
+        audio: np.ndarray,
+        *,
+        prompt: str | None = None,
+        key: object | None = None,
+        final_quality: bool = False,
     ) -> Transcript | None:
+        """Best-effort decode with partial priority (None when shed). `key` identifies the stream: a newer
+        request with the same key replaces an older one still queued. `final_quality` decodes with the final
+        settings (used for the speculative final a stream starts when its speaker pauses)."""
         if self._closed:
             return None
         as_float_audio(audio)
@@ -456,7 +480,7 @@ class SttScheduler:
             self.stats.partials_shed += 1
             return None
         fut: asyncio.Future[Transcript | None] = asyncio.get_running_loop().create_future()
-        self._partials.append(_Job(audio, prompt, True, fut, key, time.monotonic()))
+        self._partials.append(_Job(audio, prompt, True, fut, key, time.monotonic(), final_quality))
         self._notify()
         return await fut
 
@@ -508,14 +532,16 @@ class SttScheduler:
             try:
                 kwargs: dict[str, Any] = {"prompt": job.prompt}
                 if self._partial_kw:
-                    kwargs["partial"] = job.partial
+                    kwargs["partial"] = job.partial and not job.final_quality
                 result = await loop.run_in_executor(self._executor, _call, self.stt, job.audio, kwargs)
             except Exception as exc:  # one failed request must not stop the worker
                 self.stats.errors += 1
                 log.warning("speech-to-text failed (%s): %s", "partial" if job.partial else "final", exc)
                 if not job.future.done():
                     job.future.set_exception(
-                        exc if isinstance(exc, SttError) else SttError("stt_failed", f"{type(exc).__name__}: {exc}")
+                        exc
+                        if isinstance(exc, SttError)
+                        else SttError("stt_failed", f"{type(exc).__name__}: {exc}")
                     )
             else:
                 if job.partial:
@@ -539,8 +565,12 @@ class SttScheduler:
         self._executor.shutdown(wait=False)
 
     def metrics(self) -> dict[str, Any]:
-        return {"queue_depth": self.queue_depth, "finals_waiting": len(self._finals), "busy": self._running,
-                **self.stats.to_dict()}
+        return {
+            "queue_depth": self.queue_depth,
+            "finals_waiting": len(self._finals),
+            "busy": self._running,
+            **self.stats.to_dict(),
+        }
 
 
 def _call(stt: SpeechToText, audio: np.ndarray, kwargs: dict[str, Any]) -> Transcript:
@@ -554,4 +584,3 @@ def _accepts_partial(stt: SpeechToText) -> bool:
         return "partial" in inspect.signature(stt.transcribe).parameters
     except (TypeError, ValueError):
         return False
-

@@ -41,6 +41,12 @@ class LiveServer:
     app: Any
     server: uvicorn.Server
     http: httpx.AsyncClient
+    task: asyncio.Future[None]
+
+    async def stop(self) -> None:
+        """Graceful shutdown, as on SIGTERM: uvicorn stops serving, then the lifespan drains and closes."""
+        self.server.should_exit = True
+        await self.task
 
     @property
     def components(self) -> Components:
@@ -86,7 +92,7 @@ async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
         url = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=url, timeout=30,
                                      headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as http:
-            yield LiveServer(url, app, server, http)
+            yield LiveServer(url, app, server, http, task)
     finally:
         server.should_exit = True
         await task

@@ -114,9 +114,20 @@ class OpenAICompatServer:
         }
         if "segment" in grans or not grans:
             body["segments"] = (
-                [{"id": 0, "seek": 0, "start": 0.0, "end": audio.duration_s, "text": tr.text, "tokens": [],
-                  "temperature": 0.0, "avg_logprob": tr.avg_logprob, "compression_ratio": tr.compression_ratio,
-                  "no_speech_prob": tr.no_speech_prob}]  # fmt: skip
+                [
+                    {
+                        "id": 0,
+                        "seek": 0,
+                        "start": 0.0,
+                        "end": audio.duration_s,
+                        "text": tr.text,
+                        "tokens": [],
+                        "temperature": 0.0,
+                        "avg_logprob": tr.avg_logprob,
+                        "compression_ratio": tr.compression_ratio,
+                        "no_speech_prob": tr.no_speech_prob,
+                    }
+                ]  # fmt: skip
                 if tr.text
                 else []
             )
@@ -151,7 +162,11 @@ class OpenAICompatServer:
                     self._send(*_error(500, f"{type(exc).__name__}: {exc}", "server_error"))
 
             def _send(self, status: int, body: Any, ctype: str) -> None:
-                data = body.encode() if isinstance(body, str) and ctype == "text/plain" else json.dumps(body).encode()
+                data = (
+                    body.encode()
+                    if isinstance(body, str) and ctype == "text/plain"
+                    else json.dumps(body).encode()
+                )
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(data)))
@@ -163,7 +178,11 @@ class OpenAICompatServer:
 
 def _error(status: int, message: str, code: str | None = None) -> tuple[int, Any, str]:
     kind = "invalid_request_error" if status < 500 else "server_error"
-    return status, {"error": {"message": message, "type": kind, "param": None, "code": code}}, "application/json"
+    return (
+        status,
+        {"error": {"message": message, "type": kind, "param": None, "code": code}},
+        "application/json",
+    )
 
 
 def main() -> None:

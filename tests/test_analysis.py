@@ -17,7 +17,10 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
     [
         ("I am really proud of how smooth it feels.", 1),
         ("The first release had an awful crash and our ratings dropped badly.", -1),
-        ("A leaked credential was found within minutes and nobody was harmed. The response was excellent.", 1),
+        (
+            "A leaked credential was found within minutes and nobody was harmed. The response was excellent.",
+            1,
+        ),
         ("No one was hurt.", 1),
         ("What about data at rest?", 0),
     ],

@@ -54,8 +54,9 @@ class NatsServer:
 
     _READY = re.compile(r"Listening for client connections on [\d.]+:(\d+)")
 
-    def __init__(self, store_dir: Path, binary: str) -> None:
+    def __init__(self, store_dir: Path, binary: str, *, jetstream: bool = True) -> None:
         self.store_dir = store_dir
+        self.jetstream = jetstream
         self.binary = binary
         self.port = -1  # -1: let the server pick a free port the first time
         self.proc: subprocess.Popen[str] | None = None
@@ -65,7 +66,9 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 15.0) -> None:
-        cmd = [self.binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store_dir)]
+        cmd = [self.binary, "-a", "127.0.0.1", "-p", str(self.port)]
+        if self.jetstream:
+            cmd += ["-js", "-sd", str(self.store_dir)]
         proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
         self.proc = proc
         ready = threading.Event()
@@ -212,6 +215,20 @@ async def test_bus_opened_while_nats_is_down_connects_when_it_starts(tmp_path: P
         assert await stream_ids(server.url) == ["a"]
     finally:
         await b.close()
+        server.stop()
+
+
+async def test_nats_without_jetstream_is_unavailable_not_fatal(tmp_path: Path) -> None:
+    server = NatsServer(tmp_path / "nats", nats_server_binary(), jetstream=False)
+    server.start()
+    try:
+        b = await open_bus(server.url, wait_s=1.0)
+        assert isinstance(b, JetStreamBus) and not b.connected
+        with pytest.raises(BusUnavailable):
+            await b.publish("interviews.a.started", b"{}", "a")
+        assert b.status()["last_error"]  # says why (JetStream not enabled / timeout)
+        await b.close()
+    finally:
         server.stop()
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,18 +140,26 @@ def test_linearity(c1: float, c2: float, seed: int) -> None:
     np.testing.assert_allclose(lhs, rhs, atol=1e-5 * (abs(c1) + abs(c2) + 1))
 
 
-def test_instances_never_share_state() -> None:
-    x1, x2 = noise(48000, 1), noise(48000, 2)
-    alone1, alone2 = one_shot(Resampler(48000, 16000), x1), one_shot(Resampler(48000, 16000), x2)
-    r1, r2 = Resampler(48000, 16000), Resampler(48000, 16000)
-    o1, o2 = [], []
-    for i in range(0, 48000, 960):
-        o1.append(r1.process(x1[i : i + 960]))
-        o2.append(r2.process(x2[i : i + 960]))
-    o1.append(r1.flush())
-    o2.append(r2.flush())
-    assert np.array_equal(np.concatenate(o1), alone1)
-    assert np.array_equal(np.concatenate(o2), alone2)
+@given(order=st.lists(st.tuples(st.integers(0, 2), st.integers(1, 1200)), min_size=1, max_size=40))
+@settings(max_examples=30, deadline=None)
+def test_instances_never_share_state(order: list[tuple[int, int]]) -> None:
+    """Three streams (two of them at the same rate pair) fed in a random interleaving give exactly what each
+    gives alone."""
+    pairs = [(48000, 16000), (48000, 16000), (44100, 16000)]
+    xs = [noise(20000, seed=k) for k in range(3)]
+    alone = [one_shot(Resampler(*pairs[k]), xs[k]) for k in range(3)]
+    rs = [Resampler(*p) for p in pairs]
+    outs: list[list[np.ndarray]] = [[], [], []]
+    pos = [0, 0, 0]
+    for k, n in order:
+        if pos[k] < len(xs[k]):
+            outs[k].append(rs[k].process(xs[k][pos[k] : pos[k] + n]))
+            pos[k] += n
+    for k in range(3):
+        if pos[k] < len(xs[k]):
+            outs[k].append(rs[k].process(xs[k][pos[k] :]))
+        outs[k].append(rs[k].flush())
+        assert np.array_equal(np.concatenate(outs[k]), alone[k])
 
 
 @pytest.mark.parametrize(("a", "b"), PAIRS)
@@ -474,7 +485,8 @@ def test_frontend_state_signals() -> None:
     assert seen_partial and len(utts) == 3
     assert max(levels) > -20 and min(levels) < -45
     for u, s in zip(utts, (0.5, 2.5, 4.0), strict=True):
-        assert abs(u.speech_start_s - s) < 0.05 and abs(u.speech_end_s - (s + 0.5)) < 0.05
+        # the end may trail by webrtcvad's own hangover (a few frames) under the stay threshold
+        assert abs(u.speech_start_s - s) < 0.05 and -0.05 < u.speech_end_s - (s + 0.5) <= 0.15
         assert u.start_s == pytest.approx(s - 0.3, abs=0.03)
     assert fe.speech_samples == pytest.approx(1.5 * 16000, rel=0.1)
     with pytest.raises(ValueError, match="flushed"):
@@ -520,3 +532,12 @@ def test_frontend_bad_config() -> None:
         FrontEnd(48000, 2, vad="nope")
     with pytest.raises(ValueError, match="frame_ms"):
         FrontEnd(48000, 2, frame_ms=15)
+
+
+def test_missing_build_names_the_fix() -> None:
+    """Without the compiled extension, importing the facade says how to build it."""
+    code = "import sys; sys.modules['pipeline._dsp'] = None; import pipeline.dsp"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "ImportError" in proc.stderr and "pip install -e ." in proc.stderr

@@ -98,7 +98,9 @@ def _t(text: str, **kw: object) -> Transcript:
 def test_repetition_loop() -> None:
     assert repetition_loop("bye bye bye bye bye")
     assert repetition_loop("I think that I think that I think that I think that")
-    assert not repetition_loop("ask not what your country can do for you, ask what you can do for your country")
+    assert not repetition_loop(
+        "ask not what your country can do for you, ask what you can do for your country"
+    )
     assert not repetition_loop("no no no")
 
 
@@ -112,7 +114,13 @@ def test_guards() -> None:
     assert apply_guards(_t(". . . . .")).text == ""
     stock = apply_guards(_t("Thank you.", no_speech_prob=0.5))
     assert stock.text == "Thank you." and stock.hallucination
-    sure = apply_guards(_t("Thank you.", no_speech_prob=0.01, words=[Word("Thank", 0, 0.2, 0.95), Word("you.", 0.2, 0.4, 0.97)]))
+    sure = apply_guards(
+        _t(
+            "Thank you.",
+            no_speech_prob=0.01,
+            words=[Word("Thank", 0, 0.2, 0.95), Word("you.", 0.2, 0.4, 0.97)],
+        )
+    )
     assert not sure.hallucination
     dots = apply_guards(_t("our audits became. . . . . . . ."))
     assert dots.text == "our audits became." and not dots.hallucination
@@ -143,7 +151,9 @@ class GatedStt:
         self.gate = threading.Event()
         self.fail_on: set[str] = set()
 
-    def transcribe(self, audio: np.ndarray, *, prompt: str | None = None, partial: bool = False) -> Transcript:
+    def transcribe(
+        self, audio: np.ndarray, *, prompt: str | None = None, partial: bool = False
+    ) -> Transcript:
         label = prompt or ""
         self.calls.append((label, partial))
         self.started.release()

@@ -83,7 +83,9 @@ def _free_port() -> int:
         ({"base_url": "unreachable"}, "stt_unavailable"),
     ],
 )
-def test_provider_errors_become_stt_errors(server: OpenAICompatServer, kwargs: dict[str, str], code: str) -> None:
+def test_provider_errors_become_stt_errors(
+    server: OpenAICompatServer, kwargs: dict[str, str], code: str
+) -> None:
     args = {"base_url": server.base_url, "api_key": server.api_key, "max_retries": 0, **kwargs}
     if args["base_url"] == "unreachable":
         args["base_url"] = f"http://127.0.0.1:{_free_port()}/v1"

@@ -63,8 +63,8 @@ async def offer_sdp(*, audio: bool = True, channel: bool = False, video: bool = 
     return pc, pc.localDescription.sdp
 
 
-class SilentAfter(MediaStreamTrack):
-    """Sends `frames` frames of a real file, then never returns another one (a microphone that died)."""
+class StallingTrack(MediaStreamTrack):
+    """Plays a file for `frames` frames, then sends nothing until `resume` is set (a microphone that died)."""
 
     kind = "audio"
 
@@ -72,12 +72,11 @@ class SilentAfter(MediaStreamTrack):
         super().__init__()
         self.source = source
         self.left = frames
-        self.sent_all = asyncio.Event()
+        self.resume = asyncio.Event()
 
     async def recv(self) -> Any:
         if self.left <= 0:
-            self.sent_all.set()
-            await asyncio.Event().wait()  # hangs, like a track whose device vanished
+            await self.resume.wait()
         self.left -= 1
         return await self.source.recv()
 
@@ -211,14 +210,52 @@ async def test_dead_track_is_detected_not_spun_on(live: LiveServer, shared_data:
     tok_c = await live.token(iid, "candidate", "Cat")
     whip = f"{live.url}/whip/{iid}"
     viewer = await whip_publish(whip, tok_i["token"], track=None, analysis=True)
-    track = SilentAfter(WavChannelTrack(shared_data / "jfk.flac"), frames=50)
+    track = StallingTrack(WavChannelTrack(shared_data / "jfk.flac"), frames=50)
     cand = await whip_publish(whip, tok_c["token"], track=track)
     seen: list[dict[str, Any]] = []
     await events_until(viewer, lambda ev: any(e["type"] == "error" and e["code"] == "track_dead" for e in ev),
                        into=seen, within_s=30)
-    session = live.components.whip.sessions[cand.location.rsplit("/", 1)[1]]
-    assert not [t for t in session.tasks if t.get_name().startswith("audio-")]  # the reader stopped
     assert await live.metric("errors_total", kind="track") == 1
+    session = live.components.whip.sessions[cand.location.rsplit("/", 1)[1]]
+    reader = [t for t in session.tasks if t.get_name().startswith("audio-")]
+    assert len(reader) == 1 and not reader[0].done()  # parked on the track, not polling it
+
+    # The microphone comes back: the same reader takes the audio again.
+    frames_before = await live.metric("audio_frames_in_total")
+    track.resume.set()
+    await events_until(viewer, lambda ev: any(e["type"] == "level" and e["at_s"] > 3.0 for e in ev),
+                       into=seen, within_s=30)
+    assert await live.metric("audio_frames_in_total") > frames_before
+    assert len([e for e in seen if e["type"] == "error"]) == 1
+    await cand.close()
+    await viewer.close()
+
+
+async def test_a_failing_pipeline_is_reported_once_and_the_session_survives(live: LiveServer,
+                                                                             shared_data: Path) -> None:
+    registry = live.components.registry
+    real_factory = registry.stream_factory
+    failures = {"left": 25}  # the first 25 frames (0.5 s) find the pipeline broken
+
+    def flaky_factory(*args: Any) -> Any:
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise RuntimeError("pipeline unavailable")
+        return real_factory(*args)
+
+    registry.stream_factory = flaky_factory
+    iid = await live.create_interview()
+    tok_o = await live.token(iid, "observer", "Obi")
+    tok_c = await live.token(iid, "candidate", "Cat")
+    whip = f"{live.url}/whip/{iid}"
+    viewer = await whip_publish(whip, tok_o["token"], track=None, analysis=True)
+    cand = await whip_publish(whip, tok_c["token"], track=WavChannelTrack(shared_data / "jfk.flac", limit_s=4))
+    seen: list[dict[str, Any]] = []
+    await events_until(viewer, lambda ev: any(e["type"] == "segment.final" and e["text"] for e in ev),
+                       into=seen, within_s=60)
+    assert [e["code"] for e in seen if e["type"] == "error"] == ["pipeline_failed"]
+    assert await live.metric("audio_frames_dropped_total", reason="pipeline_error") == 25
+    assert "americans" in " ".join(e["text"] for e in seen if e["type"] == "segment.final").lower()
     await cand.close()
     await viewer.close()
 

@@ -23,8 +23,11 @@ function setState(state, text = "") {
   ui.state.textContent = STATE_TEXT[state] ?? state;
   ui.state.title = text;
   const inCall = state === "connecting" || state === "connected" || state === "reconnecting";
+  ui.join.hidden = inCall;
   ui.join.disabled = inCall || !claims || secondsLeft(claims) <= 0;
+  ui.leave.hidden = !inCall;
   ui.leave.disabled = !inCall;
+  ui.mute.hidden = !inCall;
   ui.mute.disabled = !inCall;
   ui.join.textContent = state === "left" || state === "failed" ? "Join again" : "Join interview";
 }
