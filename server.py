@@ -305,6 +305,7 @@ async def _build(c: Components) -> None:
     c.registry = RoomRegistry(stream_factory=stream_factory, metrics=c.metrics,
                               record_segment=c.service.record_segment, notify_outbox=c.relay.notify,
                               last_seq=lambda iid, pid: last_seq(c.store, iid, pid),
+                              stored_finals=lambda iid: stored_finals(c.store, iid),
                               resume_grace_s=s.resume_grace_s)
     c.registry.start()
     c.signer = TokenSigner(c.secrets.token_secret, ttl_s=s.token_ttl_s)
@@ -327,6 +328,19 @@ async def last_seq(store: Any, interview_id: str, participant_id: str) -> int | 
     seqs = [int(seg["seq"]) for seg in await store.list_segments(interview_id)
             if seg.get("participantId") == participant_id]
     return max(seqs) if seqs else None
+
+
+_SEGMENT_WIRE_FIELDS = ("speaker", "seq", "start_s", "end_s", "text", "words", "confidence", "no_speech_prob",
+                        "language", "engine", "model", "hallucination")
+
+
+async def stored_finals(store: Any, interview_id: str) -> list[str]:
+    """Stored segments in the `segment.final` wire form (what the data channel sent when they happened)."""
+    out = []
+    for doc in await store.list_segments(interview_id):
+        event = {"type": "segment.final", **{k: doc[k] for k in _SEGMENT_WIRE_FIELDS if k in doc}}
+        out.append(json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str))
+    return out
 
 
 async def _teardown(c: Components) -> None:

@@ -61,6 +61,7 @@ _SHEDDABLE = ("segment.partial", "level")
 StreamFactory = Callable[[Speaker, Callable[[StreamEvent], None], int, int], "ParticipantStream"]
 SegmentRecorder = Callable[[str, SegmentEvent], Awaitable[bool]]
 LastSeqLookup = Callable[[str, str], Awaitable[int | None]]
+StoredFinals = Callable[[str], Awaitable[list[str]]]  # interview id -> finals already stored, as wire JSON
 
 
 class Channel(Protocol):
@@ -201,7 +202,7 @@ class Room:
         elif isinstance(event, KeywordsEvent):
             self.latest_keywords[event.speaker.participant_id] = text
         self._send_all(text, kind)
-        if isinstance(event, SegmentEvent) and event.final and source is not None:
+        if isinstance(event, SegmentEvent) and event.final and event.text and source is not None:
             spoken_end = source.wall_time_of(event.end_s)
             if spoken_end is not None:
                 metrics.final_latency.observe(max(0.0, asyncio.get_running_loop().time() - spoken_end))
@@ -363,6 +364,7 @@ class RoomRegistry:
         record_segment: SegmentRecorder | None = None,
         notify_outbox: Callable[[], None] | None = None,
         last_seq: LastSeqLookup | None = None,
+        stored_finals: StoredFinals | None = None,
         resume_grace_s: float = 5.0,
         backlog: int = 500,
         viewer_buffer_limit: int = VIEWER_BUFFER_LIMIT,
@@ -373,6 +375,7 @@ class RoomRegistry:
         self.viewer_buffer_limit = viewer_buffer_limit
         self._backlog = backlog
         self._last_seq = last_seq
+        self._stored_finals = stored_finals
         self.rooms: dict[str, Room] = {}
         self._next_seq: dict[tuple[str, str], int] = {}  # (interview, participant) -> seq after the last final
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -404,8 +407,12 @@ class RoomRegistry:
         seq_base = await self._first_seq(claims)
         room = self.rooms.get(claims.interview_id)
         if room is None:
-            room = self.rooms[claims.interview_id] = Room(self, claims.interview_id, self._backlog)
-            self.metrics.rooms_active.set(len(self.rooms))
+            history = await self._history(claims.interview_id)
+            room = self.rooms.get(claims.interview_id)  # someone else may have opened it meanwhile
+            if room is None:
+                room = self.rooms[claims.interview_id] = Room(self, claims.interview_id, self._backlog)
+                room.history.extend(history)
+                self.metrics.rooms_active.set(len(self.rooms))
         participant = Participant(room, claims, seq_base=seq_base, session_id=session_id)
         room.participants[claims.participant_id] = participant
         self.metrics.participants_active.labels(role=claims.role).inc()
@@ -430,6 +437,17 @@ class RoomRegistry:
             if last is not None:
                 known = max(known, last + 1)
         return known
+
+    async def _history(self, interview_id: str) -> list[str]:
+        """Finals stored before this room opened (an earlier session, or before a restart), for the backlog."""
+        if self._stored_finals is None:
+            return []
+        try:
+            return (await self._stored_finals(interview_id))[-self._backlog:]
+        except Exception as exc:  # a backlog is a courtesy: never a reason to refuse a join
+            log.warning("cannot load the stored transcript of %s for the backlog: %s", interview_id, exc)
+            self.metrics.error("persist")
+            return []
 
     def detach(self, participant: Participant, session_id: str) -> None:
         """The session's connection is gone: keep the participant for a resume, then let it leave."""

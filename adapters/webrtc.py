@@ -112,9 +112,9 @@ def check_offer(sdp: str, role: str) -> SessionDescription:
     if not kinds:
         raise HttpError(400, "malformed_sdp", "the offer has no media section")
     for media in parsed.media:
-        if not media.ice.usernameFragment or not media.ice.password:
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
             raise HttpError(400, "malformed_sdp", f"{media.kind} section lacks ice-ufrag/ice-pwd")
-        if not media.dtls.fingerprints:
+        if media.dtls is None or not media.dtls.fingerprints:
             raise HttpError(400, "malformed_sdp", f"{media.kind} section lacks a DTLS fingerprint")
     if role in ROLES_NEEDING_AUDIO and "audio" not in kinds:
         raise HttpError(400, "no_audio", f"an offer from the {role} must include an audio track")
@@ -123,21 +123,30 @@ def check_offer(sdp: str, role: str) -> SessionDescription:
     return parsed
 
 
-def frame_to_pcm(frame: av.AudioFrame, converter: list[av.AudioResampler | None]) -> tuple[np.ndarray, int, int]:
-    """Interleaved int16 samples, rate and channel count of a decoded frame (aiortc: 48 kHz stereo s16)."""
+def frame_to_pcm(frame: av.AudioFrame, converter: list[av.AudioResampler | None],
+                 target: tuple[int, int] | None = None) -> tuple[np.ndarray, int, int]:
+    """Interleaved int16 samples, rate and channel count of a decoded frame.
+
+    aiortc decodes Opus to 48 kHz stereo s16 and G.711 to 8 kHz mono s16; those pass through as they are.
+    Anything else, or anything that differs from `target` (the participant's stream format, fixed at its
+    first frame: a resumed session may use another codec), is converted once here by `converter[0]`.
+    """
     rate = frame.sample_rate
     channels = frame.layout.nb_channels
     name = frame.format.name
-    if rate in _SUPPORTED_RATES and channels in (1, 2) and name in ("s16", "s16p"):
+    native_ok = rate in _SUPPORTED_RATES and channels in (1, 2) and name in ("s16", "s16p")
+    if native_ok and (target is None or target == (rate, channels)):
         data = frame.to_ndarray()
         pcm = data.reshape(-1) if name == "s16" else np.ascontiguousarray(data.T).reshape(-1)
         return pcm, rate, channels
-    # Anything else (float, planar other than s16p, odd rates/layouts) is converted once here.
-    if converter[0] is None:
-        converter[0] = av.AudioResampler(format="s16", layout="stereo", rate=48000)
-    out = [f.to_ndarray().reshape(-1) for f in converter[0].resample(frame)]
+    out_rate, out_channels = target or (48000, 2)
+    resampler = converter[0]
+    if resampler is None or (resampler.rate, resampler.layout.nb_channels) != (out_rate, out_channels):
+        resampler = converter[0] = av.AudioResampler(format="s16", layout="stereo" if out_channels == 2 else "mono",
+                                                     rate=out_rate)
+    out = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
     pcm = np.concatenate(out) if out else np.zeros(0, dtype=np.int16)
-    return pcm, 48000, 2
+    return pcm, out_rate, out_channels
 
 
 @dataclass(slots=True, eq=False)
@@ -414,11 +423,15 @@ class WhipIngest:
             last_frame = loop.time()
             silence_s = 0.0
             self.metrics.frames_in.inc()
+            if not isinstance(frame, av.AudioFrame):
+                self.metrics.frames_dropped.labels(reason="not_audio").inc()
+                continue
             if participant.session_id != session.id:
                 self.metrics.frames_dropped.labels(reason="stale_session").inc()
                 continue
             try:
-                pcm, rate, channels = frame_to_pcm(frame, converter)
+                target = (participant.in_rate, participant.channels) if participant.in_rate else None
+                pcm, rate, channels = frame_to_pcm(frame, converter, target)
                 if participant.push_audio(pcm, rate, channels):
                     self.metrics.audio_seconds.inc(frame.samples / frame.sample_rate)
                 else:

@@ -165,6 +165,20 @@ async def test_shutdown_drains_speech_in_progress_to_a_persisted_final(tmp_path:
     finals = [e["text"] for e in received if e["type"] == "segment.final" and e["text"]]
     assert finals == texts  # and sent to the observer before the connections closed
 
+    # After a restart, someone joining the interview gets what was said before as its backlog.
+    async with live_server(settings) as live:
+        tok_i = await live.token(iid, "interviewer", "Ivy")
+        session = await whip_publish(f"{live.url}/whip/{iid}", tok_i["token"],
+                                     track=WavChannelTrack(shared_data / "jfk.flac", limit_s=0.5), analysis=True)
+        backlog: list[dict[str, Any]] = []
+        async with asyncio.timeout(30):
+            while len([e for e in backlog if e["type"] == "segment.final"]) < len(texts):
+                backlog.append(await session.events.get())
+        assert [e["text"] for e in backlog if e["type"] == "segment.final"] == texts
+        assert {e["speaker"]["participantId"] for e in backlog if e["type"] == "segment.final"} == {
+            tok_c["participantId"]}
+        await session.close()
+
 
 def test_json_logs_are_one_object_per_line(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("MONGODB_URL", "NATS_URL")}

@@ -119,6 +119,7 @@ async def test_two_peers_interview_over_loopback(live: LiveServer, shared_data: 
             finals = finals_of(received, role)
             reference = " ".join(t["text"] for t in truth["turns"] if t["speaker"] == role)
             hypothesis = " ".join(f["text"] for f in finals)
+            print(f"{role}: WER {wer(reference, hypothesis):.3f} over {len(finals)} finals")
             assert wer(reference, hypothesis) <= 0.15, (role, hypothesis)
             expected_name = "Ivy Interviewer" if role == "interviewer" else "Cam Candidate"
             assert {f["speaker"]["name"] for f in finals} == {expected_name}
@@ -344,3 +345,37 @@ async def test_video_in_the_offer_is_declined_not_decoded(live: LiveServer) -> N
     assert video and "a=inactive" in video[0]
     assert np.any([block.startswith("audio") and "a=recvonly" in block for block in r.text.split("m=")[1:]])
     await pc.close()
+
+
+@pytest.mark.parametrize(("fmt", "layout", "rate"), [("s16", "stereo", 48000), ("s16p", "stereo", 48000),
+                                                      ("s16", "mono", 16000), ("fltp", "stereo", 48000),
+                                                      ("s16", "5.1", 48000), ("s16", "mono", 22050)])
+def test_decoded_frames_become_interleaved_int16(fmt: str, layout: str, rate: int) -> None:
+    import av
+
+    from adapters.webrtc import frame_to_pcm
+
+    n = rate // 50
+    channels = av.AudioLayout(layout).nb_channels
+    ramp = (np.arange(n) % 100).astype(np.int16) * 100  # same signal on every channel
+    if fmt == "fltp":
+        data = np.tile(ramp.astype(np.float32) / 32768, (channels, 1))
+    elif fmt.endswith("p"):
+        data = np.tile(ramp, (channels, 1))
+    else:
+        data = np.repeat(ramp, channels).reshape(1, -1)
+    frame = av.AudioFrame.from_ndarray(data, format=fmt, layout=layout)
+    frame.sample_rate = rate
+    converter: list[Any] = [None]
+    pcm, out_rate, out_channels = frame_to_pcm(frame, converter)
+    assert pcm.dtype == np.int16 and pcm.ndim == 1
+    if fmt in ("s16", "s16p") and channels <= 2 and rate in (16000, 48000):
+        assert (out_rate, out_channels) == (rate, channels)
+        np.testing.assert_array_equal(pcm.reshape(-1, channels)[:, 0], ramp)  # interleaved, not planar
+        np.testing.assert_array_equal(pcm.reshape(-1, channels)[:, -1], ramp)
+    else:  # converted once to what aiortc's Opus decoder gives: 48 kHz stereo s16
+        assert (out_rate, out_channels) == (48000, 2) and converter[0] is not None
+        assert pcm.size % 2 == 0
+    # A resumed session whose frames differ from the stream's format is converted to that format.
+    pcm, out_rate, out_channels = frame_to_pcm(frame, converter, (16000, 1))
+    assert (out_rate, out_channels) == (16000, 1) and pcm.dtype == np.int16

@@ -24,7 +24,7 @@ function setState(state, text = "") {
   ui.state.title = text;
   const inCall = state === "connecting" || state === "connected" || state === "reconnecting";
   ui.join.hidden = inCall;
-  ui.join.disabled = inCall || !claims || secondsLeft(claims) <= 0;
+  ui.join.disabled = inCall || state === "leaving" || !claims || secondsLeft(claims) <= 0;
   ui.leave.hidden = !inCall;
   ui.leave.disabled = !inCall;
   ui.mute.hidden = !inCall;

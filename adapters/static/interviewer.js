@@ -558,7 +558,7 @@ function setState(state, text = "") {
   ui.state.title = text;
   const inCall = state === "connecting" || state === "connected" || state === "reconnecting";
   ui.join.hidden = inCall;
-  ui.join.disabled = inCall || !claims || secondsLeft(claims) <= 0;
+  ui.join.disabled = inCall || state === "leaving" || !claims || secondsLeft(claims) <= 0;
   ui.join.textContent = state === "left" || state === "failed" ? "Join again" : "Join";
   ui.leave.hidden = !inCall;
   ui.mute.hidden = !stream;

@@ -102,7 +102,7 @@ function iceGatheringComplete(pc, timeoutMs) {
 
 /**
  * One participant's WHIP session. Events (EventTarget):
- *   "state"   detail {state, text}    connecting | connected | reconnecting | failed | left
+ *   "state"   detail {state, text}    connecting | connected | reconnecting | failed | leaving | left
  *   "channel" detail {channel}        the `analysis` RTCDataChannel (each (re)connection makes a new one)
  *   "error"   detail {error}
  */
@@ -227,6 +227,8 @@ export class WhipSession extends EventTarget {
    */
   async leave({ keepalive = false } = {}) {
     this._leaving = true;
+    // The server answers the DELETE once the last utterance is drained to a final: say so meanwhile.
+    this._setState("leaving");
     clearTimeout(this._retryTimer);
     clearTimeout(this._disconnectTimer);
     this._retryTimer = null;
@@ -262,6 +264,7 @@ export const STATE_TEXT = {
   connecting: "Connecting…",
   connected: "Connected",
   reconnecting: "Reconnecting…",
+  leaving: "Leaving…",
   failed: "Connection failed",
   left: "Left the interview",
 };
