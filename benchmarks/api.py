@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import json
 import logging
 import math
 import os
 import secrets
+import signal
 import socket
 import sys
 import tempfile
@@ -242,6 +244,9 @@ async def _api_round(
     _LAGS.clear()
     try:
         while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
+            if serve_task.done():  # failed to start (e.g. the --http implementation is not installed)
+                await serve_task
+                raise RuntimeError(f"uvicorn with http={http!r} exited before it started")
             await asyncio.sleep(0.01)
         cfg = {
             "rate": args.rate,
@@ -351,6 +356,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 {"candidateId": "bench-candidate", "name": "Bench Candidate", "email": "b@example.com"}
             )
         )
+        log.info("persisting %d segments", args.segments)
         seg_lat, seg_events = await _segment_phase(service, args.segments)
         out["segment_persist_ms"] = {
             "n": len(seg_lat),
@@ -378,11 +384,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         out["api"] = {}
         writes_ok = 0
         for http in args.http.split(","):
+            log.info("API load with uvicorn+%s: %g req/s for %g s", http, args.rate, args.duration)
             out["api"][http], writes = await _api_round(app, http, key, seed_ids, nats_srv, embedded, args)
             writes_ok += writes
 
         # Drain: every committed write's event must reach the stream once.
         expected = setup_events + writes_ok
+        log.info("waiting for the relay to publish %d events (%d so far)", expected, relay.published)
         t_up = time.monotonic()
         relay.notify()
         async with asyncio.timeout(120):
@@ -486,7 +494,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--outage-at", type=float, default=5.0, help="seconds into the load when NATS is stopped")
     p.add_argument("--outage", type=float, default=4.0, help="seconds NATS stays down (0: no restart)")
     p.add_argument(
-        "--http", default="h11,httptools", help="uvicorn HTTP implementations to compare, comma-separated"
+        "--http",
+        default="h11",
+        help="uvicorn HTTP implementations to compare side by side, comma-separated (e.g. h11,httptools)",
     )
     p.add_argument("--connections", type=int, default=64, help="keep-alive connections of the load generator")
     p.add_argument("--json", type=Path, help="also write the results here")
@@ -497,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(res), flush=True)
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack if it seems stuck
     from benchmarks._env import environment, format_environment, print_table
 
     env = environment(

@@ -211,6 +211,7 @@ class ParticipantStream:
         start, audio = got
         if self._spec is not None and not self._spec[3].done():
             self._spec[3].cancel()
+        self.scheduler.shed(id(self))  # a queued plain partial of this stream is stale now
         task = asyncio.create_task(
             self.scheduler.transcribe_partial(
                 audio, prompt=self._prompt, key=(id(self), "spec", self._next_seq), final_quality=True
@@ -264,6 +265,9 @@ class ParticipantStream:
         if tr is None:
             self.stats["partials_shed"] += 1
             return
+        if seq == self._next_seq and not tr.text:
+            # too little speech yet for words: try again sooner than a full interval (onset -> first partial)
+            self._last_partial_at -= self.config.partial_interval_s * 0.6
         # the utterance may have closed meanwhile: its final owns the seq now
         if seq != self._next_seq or not tr.text or tr.hallucination:
             return

@@ -120,7 +120,7 @@ _STOCK_PHRASES = {
     "oh",
     "okay",
     "the end",
-    "subtitles by the amaraorg community",
+    "subtitles by the amara org community",
     "transcription by castingwords",
 }
 _NORM_RE = re.compile(r"[^a-z0-9' ]+")
@@ -480,9 +480,17 @@ class SttScheduler:
             self.stats.partials_shed += 1
             return None
         fut: asyncio.Future[Transcript | None] = asyncio.get_running_loop().create_future()
-        self._partials.append(_Job(audio, prompt, True, fut, key, time.monotonic(), final_quality))
+        job = _Job(audio, prompt, True, fut, key, time.monotonic(), final_quality)
+        if final_quality:  # a speculative final saves a whole decode after the pause: ahead of plain partials
+            self._partials.appendleft(job)
+        else:
+            self._partials.append(job)
         self._notify()
         return await fut
+
+    def shed(self, key: object) -> None:
+        """Drop the queued partials of `key` (their audio is stale)."""
+        self._shed_partials(lambda j: j.key == key)
 
     def _shed_partials(self, pred: Any) -> None:
         keep: deque[_Job] = deque()

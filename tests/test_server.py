@@ -85,7 +85,11 @@ def _start(data_dir: Path, **env: str) -> tuple[subprocess.Popen[str], str, str]
         elif line.startswith("admin API key: "):
             key = line.split(": ", 1)[1].split()[0]
             break
-    assert url and key, f"server exited with {proc.poll()} before printing its URL and key"
+    if not (url and key):
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        pytest.fail(f"server exited with {proc.returncode} before printing its URL and key")
     return proc, url, key
 
 

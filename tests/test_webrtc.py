@@ -108,6 +108,10 @@ async def test_two_peers_interview_over_loopback(live: LiveServer, shared_data: 
                 "Content-Type": "application/sdp", "Authorization": f"Bearer {tok_c['token']}"})).status_code == 400
         tracks = [t for t in (interviewer.pc.getSenders()[0].track, candidate.pc.getSenders()[0].track)]
         await asyncio.gather(*(t.wait_finished() for t in tracks))
+        # Each speaks about half of the dialogue (levels say `speaking` per 100 ms).
+        assert 0.15 < await live.metric("audio_speech_ratio") < 0.85
+        assert await live.metric("interview_participants_active", role="candidate") == 1
+        assert await live.metric("interview_rooms_active") == 1
         # Leaving drains the candidate's stream: its `participant.left` follows its last final.
         await candidate.close()
         await events_until(interviewer, lambda ev: any(
