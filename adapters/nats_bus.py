@@ -571,7 +571,8 @@ class OutboxRelay:
     Wakes on `notify()` (call it after a write commits) or every `idle_poll_s`; while the bus is down it
     retries with exponential backoff (`notify()` does not cut a backoff short). A record published but not
     yet marked (crash in between) is published again later; JetStream's `Nats-Msg-Id` de-duplication and the
-    consumers' id check make that harmless.
+    consumers' id check make that harmless. `aclose()` publishes what is pending before stopping (bounded by
+    its grace period, and at once if the bus is down). `status()` is for /readyz and metrics.
     """
 
     def __init__(
@@ -636,7 +637,8 @@ class OutboxRelay:
             await self._progress.wait_for(lambda: predicate(self))
 
     async def aclose(self, grace_s: float = 5.0) -> None:
-        """Stop after the record in flight; what is still pending stays in the outbox for the next start."""
+        """Publish what is pending (for up to `grace_s`, while the bus takes it), then stop. Whatever is left
+        stays in the outbox for the next start."""
         self._stop.set()
         self._wake.set()
         if self._task is None:
@@ -645,19 +647,24 @@ class OutboxRelay:
             async with asyncio.timeout(grace_s):
                 await asyncio.shield(self._task)
         except TimeoutError:
+            log.warning(
+                "outbox relay: stopped with events still pending (%s)", self.last_error or "grace expired"
+            )
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
     async def _run(self) -> None:
         delay = self._backoff_initial_s
-        while not self._stop.is_set():
+        while True:
             self._wake.clear()  # before reading, so a notify() during this pass triggers the next one
             try:
                 count = await self._pass()
             except Exception as exc:  # noqa: BLE001 - every failure is retried; the loop must not die
                 self._failed(exc)
                 await self._passed()
+                if self._stop.is_set():
+                    return  # shutting down: no point waiting for the bus
                 await self._sleep(delay)
                 delay = min(delay * 2, self._backoff_max_s)
                 continue
@@ -666,7 +673,9 @@ class OutboxRelay:
             self.failures_in_a_row = 0
             delay = self._backoff_initial_s
             await self._passed()
-            if count < self._batch:  # drained: wait for the next write (or the poll interval)
+            if count < self._batch:  # drained: stop if asked to, else wait for the next write or poll
+                if self._stop.is_set():
+                    return
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._idle_poll_s):
                         await self._wake.wait()
@@ -677,12 +686,10 @@ class OutboxRelay:
         done: list[str] = []
         try:
             for record in records:
-                if self._stop.is_set():
-                    break
                 await self._publish(record)
                 done.append(record.id)
         finally:
-            if done:
+            if done:  # also after a failure part-way: what the bus took is not published again
                 await self._store.mark_published(done)
                 self.published += len(done)
                 self.last_published_at = time.time()

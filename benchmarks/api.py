@@ -308,6 +308,10 @@ async def _api_round(
         "p50_ms": percentile(lat, 50) * 1e3,
         "p95_ms": percentile(lat, 95) * 1e3,
         "p99_ms": percentile(lat, 99) * 1e3,
+        "p95_ms_by_second": [
+            round(percentile([r[2] for r in results if sec <= r[1] < sec + 1], 95) * 1e3, 1)
+            for sec in range(math.ceil(span) if results else 0)
+        ],
         "by_kind_p95_ms": {
             k: percentile([r[2] for r in results if r[0] == k], 95) * 1e3
             for k in ("get", "list", "create", "start")

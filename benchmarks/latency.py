@@ -336,6 +336,11 @@ class Sample:
 # The server under test
 
 
+def niced(nice: int) -> list[str]:
+    """Command prefix running a program (every thread it will start) at niceness `nice`; [] for 0."""
+    return ["nice", "-n", str(nice)] if nice else []
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -345,7 +350,8 @@ def free_port() -> int:
 class ServerProcess:
     """`python server.py` on a free port with a temporary DATA_DIR; its output goes to a log file."""
 
-    def __init__(self) -> None:
+    def __init__(self, nice: int = 0) -> None:
+        self.nice = nice
         self.tmp = tempfile.TemporaryDirectory(prefix="latency-bench-")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -369,7 +375,7 @@ class ServerProcess:
         env.setdefault("LOG_LEVEL", "WARNING")
         with open(self.log_path, "wb") as logf:
             self.proc = subprocess.Popen(
-                [sys.executable, str(ROOT / "server.py")],
+                [*niced(self.nice), sys.executable, str(ROOT / "server.py")],
                 cwd=ROOT,
                 env=env,
                 stdout=logf,
@@ -626,6 +632,7 @@ async def run_rooms(
             rooms.append(room)
     spec = {"rooms": rooms, "tail_s": args.tail, "settle_s": args.settle, "max_settle_s": args.max_settle}
     worker = await asyncio.create_subprocess_exec(
+        *niced(args.nice),
         sys.executable,
         "-m",
         "benchmarks.latency",
@@ -1019,7 +1026,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     env = environment(("aiortc", "aioice", "av", "starlette", "uvicorn", "httpx"))
-    server = None if args.url else ServerProcess()
+    server = None if args.url else ServerProcess(args.nice)
     try:
         if server is not None:
             server.launch()
@@ -1042,6 +1049,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "stagger_s": args.stagger,
             "tail_s": args.tail,
             "url": args.url,
+            "nice": args.nice,
             "stt_model": os.environ.get("STT_MODEL") or "tiny.en (default)",
         },
     }
@@ -1082,6 +1090,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--offline-beam", type=int, default=5, help="beam size of the offline reference (5)")
     parser.add_argument(
         "--profile", help="record py-spy profiles of the server (raw stacks) into this folder"
+    )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="run the server and the peers at this niceness (e.g. -5 as root, to measure on a shared machine)",
     )
     parser.add_argument("--skip-offline", action="store_true", help="skip the offline WER reference (null)")
     parser.add_argument("--raw", help="also write every received segment and turn timing here (JSON)")

@@ -249,3 +249,32 @@ async def test_in_process_consumer_reads_in_batches_from_the_retained_log() -> N
         await consumer.wait_for(lambda c: c.handled == 5)
     await consumer.aclose()
     assert seen == ["ev-00004", "ev-00005", "ev-00006", "ev-00007", "ev-00008"]
+
+
+async def test_aclose_flushes_what_is_pending() -> None:
+    store, bus = MemoryOutbox(), InProcessBus()
+    relay = OutboxRelay(store, bus, idle_poll_s=600, batch=2)
+    relay.start()
+    async with asyncio.timeout(5):
+        await relay.wait_until(lambda r: r.passes >= 1)
+    for n in range(5):  # committed, but nobody called notify(): only the shutdown flush can publish them
+        store.add(event(n))
+    async with asyncio.timeout(10):
+        await relay.aclose()
+    assert [m[2] for m in bus.messages()] == [f"ev-{n:05d}" for n in range(5)]
+    assert await store.pending(10) == []
+
+
+async def test_aclose_with_the_bus_down_returns_and_keeps_the_outbox() -> None:
+    store, bus = MemoryOutbox(), InProcessBus()
+    await bus.close()  # publishing now raises BusUnavailable
+    relay = OutboxRelay(store, bus, idle_poll_s=600, backoff_initial_s=60, backoff_max_s=60)
+    for n in range(3):
+        store.add(event(n))
+    relay.start()
+    async with asyncio.timeout(5):
+        await relay.wait_until(lambda r: r.failures >= 1)
+    assert relay.status()["healthy"] is False and "closed" in (relay.last_error or "")
+    async with asyncio.timeout(10):  # below the 60 s backoff and the 30 s grace: shutdown does not wait
+        await relay.aclose(grace_s=30)
+    assert len(await store.pending(10)) == 3
