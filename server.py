@@ -288,10 +288,10 @@ async def _build(c: Components) -> None:
         c.embedded = EmbeddedMongo(s.data_dir)
         url = await c.embedded.start()
     c.store = await MongoStore.connect(url, db_name=s.mongodb_db)
-    c.service = InterviewService(c.store)
     c.bus = await open_bus(s.nats_url)
     c.relay = OutboxRelay(c.store, c.bus)
     c.relay.start()
+    c.service = InterviewService(c.store, on_commit=c.relay.notify)
     stt = await asyncio.to_thread(build_stt, s)
     c.scheduler = SttScheduler(stt, workers=s.stt_workers)
     c.metrics.bind_stt(queue_depth=lambda: float(c.scheduler.queue_depth))
@@ -303,8 +303,8 @@ async def _build(c: Components) -> None:
                                  config=stream_config)
 
     c.registry = RoomRegistry(stream_factory=stream_factory, metrics=c.metrics,
-                              record_segment=c.service.record_segment, notify_outbox=c.relay.notify,
-                              last_seq=lambda iid, pid: last_seq(c.store, iid, pid),
+                              record_segment=c.service.record_segment,
+                              last_seq=c.service.last_segment_seq,
                               stored_finals=lambda iid: stored_finals(c.store, iid),
                               resume_grace_s=s.resume_grace_s)
     c.registry.start()
@@ -321,13 +321,6 @@ async def interview_status(service: Any, interview_id: str) -> str | None:
     except NotFound:
         return None
     return str(doc.get("status"))
-
-
-async def last_seq(store: Any, interview_id: str, participant_id: str) -> int | None:
-    """The highest stored segment number of a participant (None if it has none)."""
-    seqs = [int(seg["seq"]) for seg in await store.list_segments(interview_id)
-            if seg.get("participantId") == participant_id]
-    return max(seqs) if seqs else None
 
 
 _SEGMENT_WIRE_FIELDS = ("speaker", "seq", "start_s", "end_s", "text", "words", "confidence", "no_speech_prob",

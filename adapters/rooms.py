@@ -255,10 +255,9 @@ class SegmentWriter:
 
     RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 
-    def __init__(self, record: SegmentRecorder | None, notify: Callable[[], None] | None, metrics: Metrics,
+    def __init__(self, record: SegmentRecorder | None, metrics: Metrics,
                  on_failure: Callable[[str, SegmentEvent, str], None]) -> None:
         self._record = record
-        self._notify = notify
         self._metrics = metrics
         self._on_failure = on_failure
         self._queue: deque[tuple[str, SegmentEvent]] = deque()
@@ -324,8 +323,6 @@ class SegmentWriter:
                     await asyncio.sleep(delay)
                     continue
                 self._metrics.segments_persisted.labels(result="created" if created else "duplicate").inc()
-                if self._notify is not None:
-                    self._notify()
                 if attempt:
                     log.info("segment %s/%s#%d persisted after %d retries", interview_id,
                              segment.speaker.participant_id, segment.seq, attempt)
@@ -362,7 +359,6 @@ class RoomRegistry:
         stream_factory: StreamFactory,
         metrics: Metrics,
         record_segment: SegmentRecorder | None = None,
-        notify_outbox: Callable[[], None] | None = None,
         last_seq: LastSeqLookup | None = None,
         stored_finals: StoredFinals | None = None,
         resume_grace_s: float = 5.0,
@@ -380,7 +376,7 @@ class RoomRegistry:
         self._next_seq: dict[tuple[str, str], int] = {}  # (interview, participant) -> seq after the last final
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
-        self.writer = SegmentWriter(record_segment, notify_outbox, metrics, self._persist_failed)
+        self.writer = SegmentWriter(record_segment, metrics, self._persist_failed)
         metrics.bind_live(speech_ratio=self.speech_ratio, stt_lag=self.max_lag_s)
 
     def start(self) -> None:

@@ -364,10 +364,13 @@ def _check_id(kind: str, ident: str) -> None:
 
 class InterviewService:
     def __init__(self, store: InterviewStore, clock: Callable[[], datetime] = utc_now,
-                 new_id: Callable[[], str] = _new_id) -> None:
+                 new_id: Callable[[], str] = _new_id, on_commit: Callable[[], None] | None = None) -> None:
         self.store = store
         self.clock = clock
         self.new_id = new_id
+        # called after every write that committed domain events (the outbox relay's wake-up), so events
+        # leave promptly instead of waiting for the relay's next poll
+        self.on_commit = on_commit or (lambda: None)
 
     async def _change(self, interview_id: str, apply: Callable[[Interview, datetime], T],
                       expected_version: int | None = None) -> tuple[Interview, T]:
@@ -381,6 +384,7 @@ class InterviewService:
             result = apply(interview, self.clock())
             try:
                 await self.store.save_interview(interview, version, interview.take_events())
+                self.on_commit()
             except Conflict as exc:
                 if exc.code != "version_conflict" or expected_version is not None or attempt == _RETRIES - 1:
                     raise
@@ -403,6 +407,7 @@ class InterviewService:
                                        scheduled_at=cmd.scheduled_at, now=now, created_by=created_by, type=cmd.type,
                                        format=cmd.format, interviewers=cmd.interviewers, questions=questions)
         await self.store.add_interview(interview, interview.take_events())
+        self.on_commit()
         log.info("interview %s scheduled for candidate %s", interview_id, cmd.candidate_id)
         return interview.to_document()
 
@@ -456,7 +461,9 @@ class InterviewService:
                            code="illegal_transition")
         event = SegmentTranscribed(interview_id=interview_id, occurred_at=self.clock(), segment=segment)
         stored = await self.store.add_segment(event)
-        if not stored:
+        if stored:
+            self.on_commit()
+        else:
             log.debug("segment %s/%s/%d already stored", interview_id, segment.speaker.participant_id, segment.seq)
         return stored
 

@@ -299,3 +299,19 @@ async def test_service_over_memory_store() -> None:
     assert names.count("InterviewStarted") + names.count("InterviewCancelled") == 1
     cand = await service.create_candidate(CreateCandidate.parse({"name": "Ada", "email": "ada@example.com"}))
     assert (await service.get_candidate(cand["candidateId"]))["interviews"] == []
+
+
+async def test_on_commit_wakes_the_relay_only_after_writes_that_committed_events() -> None:
+    commits: list[int] = []
+    store = MemoryStore()
+    service = InterviewService(store, on_commit=lambda: commits.append(len(store.outbox)))
+    await service.create_interview(CreateInterview.parse(
+        {"interviewId": "iv-1", "candidateId": "c-1", "jobId": "j-1", "scheduledAt": "2026-12-02T09:00:00Z"}))
+    await service.start_interview("iv-1")
+    seg = SegmentEvent(speaker=Speaker("candidate", "Ada", "p1"), seq=0, start_s=0, end_s=1, text="Hi.", final=True)
+    await service.record_segment("iv-1", seg)
+    await service.record_segment("iv-1", seg)  # duplicate: nothing new to publish
+    with pytest.raises(Conflict):
+        await service.start_interview("iv-1")  # illegal move: no commit
+    # each wake-up came after its events were in the outbox
+    assert commits == [1, 2, 3]
