@@ -550,6 +550,19 @@ class FrontEnd:
         return self._seg.partial()
 
     @property
+    def speech_end(self) -> int | None:
+        """Stream index (16 kHz samples) one past the last frame the VAD itself marked as speech in the
+        utterance in progress; None when no utterance is open."""
+        return int(self._seg.speech_end) if self._seg.in_utt else None
+
+    @property
+    def trailing_silence_samples(self) -> int:
+        """16 kHz samples since the last raw speech frame of the utterance in progress (0 when none is open).
+        The utterance closes when this reaches ``end_silence_ms``; unlike ``speaking`` it has no hangover."""
+        seg = self._seg
+        return int(seg.samples_in - seg.speech_end) if seg.in_utt else 0
+
+    @property
     def level(self) -> Level:
         c = self._core
         return _dbfs(c.last_sumsq, c.last_peak, c.last_n, c.last_clipped)
