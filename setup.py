@@ -11,7 +11,6 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 
-
 def _march() -> list[str]:
     """AVX2+FMA (x86-64-v3) when the building CPU has them, else the compiler's default.
 

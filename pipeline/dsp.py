@@ -556,6 +556,11 @@ class FrontEnd:
         return int(self._seg.speech_end) if self._seg.in_utt else None
 
     @property
+    def utterance_start(self) -> int | None:
+        """Stream index (16 kHz samples) of the first sample of the utterance in progress; None when none is open."""
+        return int(self._seg.utt_start) if self._seg.in_utt else None
+
+    @property
     def trailing_silence_samples(self) -> int:
         """16 kHz samples since the last raw speech frame of the utterance in progress (0 when none is open).
         The utterance closes when this reaches ``end_silence_ms``; unlike ``speaking`` it has no hangover."""

@@ -49,6 +49,9 @@ class StreamConfig:
         1.0  # re-decode the utterance in progress at most this often (0 = no partials)
     )
     partial_min_s: float = 0.5  # first partial once this much speech is in
+    # the interval is at least this fraction of the utterance so far: a partial re-decodes the whole utterance,
+    # so a fixed interval makes partial cost grow with the square of the utterance length
+    partial_interval_growth: float = 0.25
     end_silence_ms: int = 500
     pre_roll_ms: int = 300
     min_speech_ms: int = 200
@@ -60,6 +63,9 @@ class StreamConfig:
     speculative_final: bool = (
         True  # decode when the speaker pauses; reuse it as the final if speech does not resume
     )
+    # the pause that starts the speculative decode: raw VAD silence (no hangover), well below end_silence_ms so
+    # that the decode is done when the utterance closes
+    speculate_after_ms: int = 140
     prompt_previous: bool = False  # prompt the decoder with the previous confident final of this speaker
     prompt_min_confidence: float = 0.6
     prompt_max_chars: int = 200
@@ -107,7 +113,7 @@ class ParticipantStream:
         self._partial_task: asyncio.Task[None] | None = None
         # speculative final: (seq, utterance start sample, samples covered, task) started when the speaker paused
         self._spec: tuple[int, int, int, asyncio.Task[Transcript | None]] | None = None
-        self._was_speaking = False
+        self._spec_mark: tuple[int, int | None] | None = None  # (seq, speech end) of the pause last speculated on
         self._partial_shown: set[int] = set()
         self._last_partial_at = -1e9  # stream time (s) of the last partial request
         self._next_level_at = 0.0
@@ -195,30 +201,51 @@ class ParticipantStream:
             )
 
     def _maybe_speculate(self) -> None:
-        """When the speaker pauses mid-utterance, decode what we have at final quality. If the segmenter then
-        closes the utterance without new speech, that decode is the final: latency becomes
-        max(end silence, decode) instead of end silence + decode."""
-        speaking = self.frontend.speaking
-        paused = self._was_speaking and not speaking
-        self._was_speaking = speaking
-        if not (paused and self.config.speculative_final and self.frontend.in_progress):
+        """When the speaker pauses mid-utterance (``speculate_after_ms`` of raw VAD silence), decode what we have
+        at final quality. If the segmenter then closes the utterance without new speech, that decode is the
+        final: latency becomes max(end silence, pause trigger + decode) instead of end silence + decode.
+        If speech resumes, the decode is shown as a partial instead (no plain partial runs meanwhile)."""
+        cfg = self.config
+        fe = self.frontend
+        if not (cfg.speculative_final and fe.in_progress):
             return
-        if self.scheduler.finals_waiting:
+        if fe.trailing_silence_samples < cfg.speculate_after_ms * SAMPLE_RATE // 1000:
             return
-        got = self.frontend.partial_audio()
-        if got is None or got[1].size < self.config.partial_min_s * SAMPLE_RATE:
+        mark = (self._next_seq, fe.speech_end)
+        if mark == self._spec_mark:  # this pause has its decode already
             return
+        if self.scheduler.finals_waiting:  # finals first; retried on the next push while the pause lasts
+            return
+        got = fe.partial_audio()
+        if got is None or got[1].size < cfg.partial_min_s * SAMPLE_RATE:
+            return
+        self._spec_mark = mark
         start, audio = got
         if self._spec is not None and not self._spec[3].done():
             self._spec[3].cancel()
         self.scheduler.shed(id(self))  # a queued plain partial of this stream is stale now
+        seq = self._next_seq
         task = asyncio.create_task(
             self.scheduler.transcribe_partial(
-                audio, prompt=self._prompt, key=(id(self), "spec", self._next_seq), final_quality=True
+                audio, prompt=self._prompt, key=(id(self), "spec", seq), final_quality=True
             )
         )
-        task.add_done_callback(_consume_outcome)
-        self._spec = (self._next_seq, start, audio.size, task)
+        task.add_done_callback(lambda t: self._speculation_done(seq, start, audio.size, t))
+        self._spec = (seq, start, audio.size, task)
+
+    def _speculation_done(self, seq: int, start: int, covered: int, task: asyncio.Task[Any]) -> None:
+        """A speculative decode finished: if speech resumed after its snapshot, show it as a partial."""
+        _consume_outcome(task)
+        if task.cancelled() or task.exception() is not None or self._closed or seq != self._next_seq:
+            return
+        tr: Transcript | None = task.result()
+        speech_end = self.frontend.speech_end
+        if tr is None or not tr.text or tr.hallucination or speech_end is None or speech_end <= start + covered:
+            return  # still pausing: the final is about to take it as is
+        self.stats["partials"] += 1
+        self._partial_shown.add(seq)
+        self._last_partial_at = self.stream_time_s
+        self._emit(self._segment(seq, start, start + covered, tr, final=False))
 
     def _take_speculative(self, seq: int, utt: Any) -> asyncio.Task[Transcript | None] | None:
         spec, self._spec = self._spec, None
@@ -240,8 +267,12 @@ class ParticipantStream:
             return
         if self._partial_task is not None and not self._partial_task.done():
             return
+        if self._spec is not None and self._spec[0] == self._next_seq and not self._spec[3].done():
+            return  # the speculative decode of the last pause shows up as a partial if speech went on
         t = self.stream_time_s
-        if t - self._last_partial_at < cfg.partial_interval_s:
+        utt_start = self.frontend.utterance_start or 0
+        so_far_s = (self.frontend.samples_in - utt_start) / SAMPLE_RATE
+        if t - self._last_partial_at < max(cfg.partial_interval_s, cfg.partial_interval_growth * so_far_s):
             return
         if self.scheduler.finals_waiting:  # finals first: do not even ask
             self.stats["partials_shed"] += 1
