@@ -299,8 +299,11 @@ async def _build(c: Components) -> None:
                                  end_silence_ms=s.end_silence_ms)
 
     def stream_factory(speaker: Any, emit: Any, in_rate: int, channels: int) -> ParticipantStream:
+        # created on the participant's first audio frame: emitted_at_s is monotonic time since then, on the
+        # same axis as the stream times of the events (speech end -> emitted = emitted_at_s - end_s)
+        started = time.monotonic()
         return ParticipantStream(speaker, c.scheduler, emit, in_rate=in_rate, channels=channels,
-                                 config=stream_config)
+                                 config=stream_config, clock=lambda: time.monotonic() - started)
 
     c.registry = RoomRegistry(stream_factory=stream_factory, metrics=c.metrics,
                               record_segment=c.service.record_segment,

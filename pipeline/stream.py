@@ -113,7 +113,9 @@ class ParticipantStream:
         self._partial_task: asyncio.Task[None] | None = None
         # speculative final: (seq, utterance start sample, samples covered, task) started when the speaker paused
         self._spec: tuple[int, int, int, asyncio.Task[Transcript | None]] | None = None
-        self._spec_mark: tuple[int, int | None] | None = None  # (seq, speech end) of the pause last speculated on
+        self._spec_mark: tuple[int, int | None] | None = (
+            None  # (seq, speech end) of the pause last speculated on
+        )
         self._partial_shown: set[int] = set()
         self._last_partial_at = -1e9  # stream time (s) of the last partial request
         self._next_level_at = 0.0
@@ -240,7 +242,13 @@ class ParticipantStream:
             return
         tr: Transcript | None = task.result()
         speech_end = self.frontend.speech_end
-        if tr is None or not tr.text or tr.hallucination or speech_end is None or speech_end <= start + covered:
+        if (
+            tr is None
+            or not tr.text
+            or tr.hallucination
+            or speech_end is None
+            or speech_end <= start + covered
+        ):
             return  # still pausing: the final is about to take it as is
         self.stats["partials"] += 1
         self._partial_shown.add(seq)
@@ -255,7 +263,9 @@ class ParticipantStream:
             return None
         _, start, covered, task = spec
         speech_end = int(round(utt.speech_end_s * SAMPLE_RATE))
-        if start != utt.start or speech_end > start + covered:  # speech went on after the snapshot
+        # reusable only for the same audio up to trailing silence: same start, no speech after the snapshot, and
+        # the utterance holds the whole snapshot (a max-length cut may end it earlier)
+        if start != utt.start or speech_end > start + covered or utt.end < start + covered:
             task.cancel()
             self.stats["speculative_wasted"] += 1
             return None
