@@ -7,6 +7,7 @@ machines are never compared blind.
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import os
 import platform
 import sys
@@ -106,3 +107,18 @@ def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], file: Tex
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|", file=out)
     for r in cells:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |", file=out)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default method), q in 0..100; NaN when there are no values.
+
+    The one definition every benchmark uses, so p50/p95 mean the same thing in every table.
+    """
+    if not values:
+        return math.nan
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+

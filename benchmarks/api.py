@@ -33,20 +33,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from benchmarks._env import percentile
+
 log = logging.getLogger("benchmarks.api")
 
 REPO = str(Path(__file__).resolve().parents[1])
 TARGET_SEGMENT_P95_MS = 20.0
 TARGET_API_P95_MS = 25.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); NaN for no values."""
-    if not values:
-        return math.nan
-    s = sorted(values)
-    k = max(0, min(len(s) - 1, math.ceil(q / 100 * len(s)) - 1))
-    return s[k]
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -46,6 +46,8 @@ from typing import Any
 
 import httpx
 
+from benchmarks._env import percentile
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -194,17 +196,6 @@ def corpus_wer(pairs: list[tuple[str, str]]) -> float | None:
     if not refs:
         return None
     return float(jiwer.wer(refs, hyps))
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default), NaN when there are no values."""
-    if not values:
-        return math.nan
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 def ms_stats(values_s: list[float], qs: tuple[str, ...]) -> dict[str, float | None]:

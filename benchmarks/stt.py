@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._env import environment, format_environment, print_table
+from benchmarks._env import environment, format_environment, percentile, print_table
 from domain.events import SegmentEvent, Speaker, StreamEvent
 from pipeline.audio_file import read_audio
 from pipeline.stt import LocalWhisper, SttScheduler
@@ -36,10 +36,6 @@ from pipeline.stt import LocalWhisper, SttScheduler
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DIALOGUES = ("mobile_mixed", "security_positive")
 log = logging.getLogger("benchmarks.stt")
-
-
-def pct(xs: list[float], q: float) -> float:
-    return float(np.percentile(xs, q)) if xs else float("nan")
 
 
 def progress(msg: str) -> None:
@@ -77,7 +73,7 @@ def bench_decode(reps: int) -> list[dict[str, Any]]:
                 times.append(time.perf_counter() - t0)
             times = times[1:]  # the first call warms caches
             rows.append({"config": name, "utterance_s": seconds, "p50_s": statistics.median(times),
-                         "p95_s": pct(times, 95), "rtf": statistics.median(times) / seconds, "text": text})  # fmt: skip
+                         "p95_s": percentile(times, 95), "rtf": statistics.median(times) / seconds, "text": text})  # fmt: skip
             progress(f"decode {name} {seconds}s: {statistics.median(times):.3f}s")
     return rows
 
@@ -161,9 +157,9 @@ def bench_latency(stt: LocalWhisper, names: tuple[str, ...]) -> dict[str, Any]:
                                  "final_after_speech_end_s": to_final[-1], "final_after_gt_end_s": to_final_gt[-1],
                                  "first_partial_after_onset_s": None if first is None else first - turn["start_s"]})  # fmt: skip
     return {
-        "final_p50_s": pct(to_final, 50), "final_p95_s": pct(to_final, 95),
-        "final_gt_p50_s": pct(to_final_gt, 50), "final_gt_p95_s": pct(to_final_gt, 95),
-        "partial_p50_s": pct(to_partial, 50), "partial_p95_s": pct(to_partial, 95),
+        "final_p50_s": percentile(to_final, 50), "final_p95_s": percentile(to_final, 95),
+        "final_gt_p50_s": percentile(to_final_gt, 50), "final_gt_p95_s": percentile(to_final_gt, 95),
+        "partial_p50_s": percentile(to_partial, 50), "partial_p95_s": percentile(to_partial, 95),
         "turns": len(to_final), "turns_with_partial": len(to_partial), "per_turn": per_turn,
     }  # fmt: skip
 
