@@ -113,9 +113,9 @@ class ParticipantStream:
         self._partial_task: asyncio.Task[None] | None = None
         # speculative final: (seq, utterance start sample, samples covered, task) started when the speaker paused
         self._spec: tuple[int, int, int, asyncio.Task[Transcript | None]] | None = None
-        self._spec_mark: tuple[int, int | None] | None = (
-            None  # (seq, speech end) of the pause last speculated on
-        )
+        self._spec_shown: asyncio.Task[Transcript | None] | None = None  # the decode last shown as a partial
+        # (seq, speech end) of the pause last speculated on: one decode per pause
+        self._spec_mark: tuple[int, int | None] | None = None
         self._partial_shown: set[int] = set()
         self._last_partial_at = -1e9  # stream time (s) of the last partial request
         self._next_level_at = 0.0
@@ -147,6 +147,7 @@ class ParticipantStream:
         for utt in utterances:
             self._submit_final(utt)
         self._maybe_level()
+        self._show_speculation()
         self._maybe_speculate()
         self._maybe_partial()
 
@@ -206,7 +207,7 @@ class ParticipantStream:
         """When the speaker pauses mid-utterance (``speculate_after_ms`` of raw VAD silence), decode what we have
         at final quality. If the segmenter then closes the utterance without new speech, that decode is the
         final: latency becomes max(end silence, pause trigger + decode) instead of end silence + decode.
-        If speech resumes, the decode is shown as a partial instead (no plain partial runs meanwhile)."""
+        If speech resumes, the decode is shown as a partial instead (no plain partial runs while it is pending)."""
         cfg = self.config
         fe = self.frontend
         if not (cfg.speculative_final and fe.in_progress):
@@ -223,7 +224,17 @@ class ParticipantStream:
             return
         self._spec_mark = mark
         start, audio = got
-        if self._spec is not None and not self._spec[3].done():
+        covered = audio.size
+        # decode the audio the final will hold if speech does not resume: the snapshot, then silence up to where
+        # the segmenter will close the utterance (same length, so the same encoder window and the same text
+        # as decoding the closed utterance; the dialogues' pauses are digital silence and decode identically)
+        silence = cfg.end_silence_ms * SAMPLE_RATE // 1000
+        frames = -(-silence // fe.frame_len)  # the segmenter closes on the first frame that completes it
+        closes_at = (mark[1] or start) - start + frames * fe.frame_len
+        if closes_at > covered:
+            audio = np.concatenate([audio, np.zeros(closes_at - covered, np.int16)])
+        if self._spec is not None:  # the previous pause's decode: speech went on after it
+            self.stats["speculative_wasted"] += 1
             self._spec[3].cancel()
         self.scheduler.shed(id(self))  # a queued plain partial of this stream is stale now
         seq = self._next_seq
@@ -232,24 +243,23 @@ class ParticipantStream:
                 audio, prompt=self._prompt, key=(id(self), "spec", seq), final_quality=True
             )
         )
-        task.add_done_callback(lambda t: self._speculation_done(seq, start, audio.size, t))
-        self._spec = (seq, start, audio.size, task)
+        task.add_done_callback(_consume_outcome)
+        task.add_done_callback(lambda _t: self._show_speculation())
+        self._spec = (seq, start, covered, task)
 
-    def _speculation_done(self, seq: int, start: int, covered: int, task: asyncio.Task[Any]) -> None:
-        """A speculative decode finished: if speech resumed after its snapshot, show it as a partial."""
-        _consume_outcome(task)
-        if task.cancelled() or task.exception() is not None or self._closed or seq != self._next_seq:
+    def _show_speculation(self) -> None:
+        """Speech resumed after a pause whose speculative decode is done: show that decode as a partial."""
+        spec = self._spec
+        if spec is None or spec[0] != self._next_seq or not spec[3].done() or spec[3] is self._spec_shown:
             return
-        tr: Transcript | None = task.result()
+        seq, start, covered, task = spec
         speech_end = self.frontend.speech_end
-        if (
-            tr is None
-            or not tr.text
-            or tr.hallucination
-            or speech_end is None
-            or speech_end <= start + covered
-        ):
+        if self._closed or speech_end is None or speech_end <= start + covered:
             return  # still pausing: the final is about to take it as is
+        self._spec_shown = task
+        tr = None if task.cancelled() or task.exception() is not None else task.result()
+        if tr is None or not tr.text or tr.hallucination:
+            return
         self.stats["partials"] += 1
         self._partial_shown.add(seq)
         self._last_partial_at = self.stream_time_s

@@ -276,6 +276,69 @@ async def test_every_utterance_ends_as_final_then_analysis(speculative: bool) ->
     assert all(e.to_dict()["emitted_at_s"] == 1.5 for e in events)
 
 
+class RecordingStt(ScriptedStt):
+    """ScriptedStt that remembers the length of every piece of audio it decoded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def transcribe(self, audio: np.ndarray, *, prompt: str | None = None) -> Transcript:
+        self.sizes.append(int(audio.size))
+        return super().transcribe(audio, prompt=prompt)
+
+
+async def test_speculation_starts_on_raw_silence_and_decodes_what_the_final_holds() -> None:
+    pcm = _tone_bursts(16000, 3)
+    plain, spec = RecordingStt(), RecordingStt()
+    await _run_scripted_stream(plain, pcm, 16000, partial_interval_s=0, speculative_final=False)
+    events: list[StreamEvent] = []
+    sched = SttScheduler(spec)
+    stream = ParticipantStream(Speaker("candidate", "C", "c"), sched, events.append, in_rate=16000, channels=1,
+                               config=StreamConfig(emit_levels_every_s=0, partial_interval_s=0))  # fmt: skip
+    started_while_speaking = []
+    for i in range(0, pcm.size, 320):
+        before = stream._spec
+        stream.push(pcm[i : i + 320])
+        if stream._spec is not before and stream._spec is not None:
+            # raw VAD silence triggers it, before the 240 ms hangover of `speaking` runs out
+            started_while_speaking.append(stream.frontend.speaking)
+    await stream.aclose()
+    await sched.aclose()
+    assert started_while_speaking == [True, True, True]
+    assert stream.stats["speculative_used"] == 3 and stream.stats["speculative_wasted"] == 0
+    # the snapshot is padded with silence up to where the utterance closes: same audio length as the final
+    assert spec.sizes == plain.sizes and len(spec.sizes) == 3
+
+
+async def test_speculation_is_discarded_when_speech_resumes_and_shown_as_partial() -> None:
+    rate = 16000
+    burst = _tone_bursts(rate, 1)[rate : rate + int(1.5 * rate)]
+    pause = np.zeros(int(0.3 * rate), np.int16)  # longer than speculate_after_ms, shorter than end_silence_ms
+    pcm = np.concatenate([np.zeros(rate, np.int16), burst, pause, burst, np.zeros(rate, np.int16)])
+    stt = RecordingStt()
+    events: list[StreamEvent] = []
+    sched = SttScheduler(stt)
+    stream = ParticipantStream(Speaker("candidate", "C", "c"), sched, events.append, in_rate=rate, channels=1,
+                               config=StreamConfig(emit_levels_every_s=0, partial_interval_s=0))  # fmt: skip
+    for i in range(0, pcm.size, 320):
+        stream.push(pcm[i : i + 320])
+        spec = stream._spec
+        if spec is not None and not spec[3].done():  # as if decoding kept up with real time
+            await asyncio.wait({spec[3]})
+    await stream.aclose()
+    await sched.aclose()
+    segs = [e for e in events if isinstance(e, SegmentEvent)]
+    finals = [s for s in segs if s.final]
+    assert len(finals) == 1 and finals[0].seq == 0
+    assert stream.stats["speculative_wasted"] >= 1  # the decode of the pause missed the second burst
+    # the final is a decode of the whole utterance, not the pause's snapshot
+    assert stt.sizes[-1] > stt.sizes[0] and finals[0].text == f"great answer number {stt.calls}"
+    partials = [s for s in segs if not s.final]
+    assert partials and partials[0].text == "great answer number 1" and partials[0].seq == 0
+    assert segs.index(partials[-1]) < segs.index(finals[0])
+
+
 async def test_failing_engine_gives_one_error_per_utterance() -> None:
     events = await _run_scripted(ScriptedStt(fail=True), _tone_bursts(16000, 3), 16000, partial_interval_s=0)
     assert [type(e) for e in events] == [ErrorEvent] * 3
