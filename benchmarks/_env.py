@@ -12,6 +12,7 @@ import os
 import platform
 import sys
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 _PACKAGES = (
@@ -121,4 +122,23 @@ def percentile(values: Sequence[float], q: float) -> float:
     lo = math.floor(pos)
     hi = min(lo + 1, len(xs) - 1)
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def shared_data_dir() -> Path:
+    """The shared test audio (`jfk.flac`, the dialogues and their ground truth), used by tests and benchmarks.
+
+    `$SHARED_DATA_DIR` if set, else `../shared/data` beside the checkout (the documented place), else the
+    workspace copy at /work/shared/data (a CI clone may live elsewhere). Callers fail loudly when it is missing.
+    """
+    env = os.environ.get("SHARED_DATA_DIR")
+    if env:
+        return Path(env)
+    beside = Path(__file__).resolve().parents[2] / "shared" / "data"
+    if beside.is_dir():
+        return beside
+    workspace = Path("/work/shared/data")
+    return workspace if workspace.is_dir() else beside
+
+
+SHARED_DATA = shared_data_dir()
 

@@ -24,10 +24,10 @@ import soxr
 import webrtcvad
 from scipy.io import wavfile
 
-from benchmarks._env import environment, format_environment, print_table
+from benchmarks._env import SHARED_DATA, environment, format_environment, print_table
 from pipeline.dsp import FrontEnd, Resampler, Vad
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 DIALOGUES = ("mobile_mixed", "security_positive")
 CHUNK = 960  # 20 ms at 48 kHz
 FRAME = 320  # 20 ms at 16 kHz

@@ -46,10 +46,10 @@ from typing import Any
 
 import httpx
 
-from benchmarks._env import percentile
+from benchmarks._env import SHARED_DATA, percentile
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+DATA = SHARED_DATA
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 REALTIME_P95_S = 1.5
 LAG_SLOPE_MAX = 0.02  # s of latency gained per s of run time that counts as falling behind

@@ -28,12 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._env import environment, format_environment, percentile, print_table
+from benchmarks._env import SHARED_DATA, environment, format_environment, percentile, print_table
 from domain.events import SegmentEvent, Speaker, StreamEvent
 from pipeline.audio_file import read_audio
 from pipeline.stt import LocalWhisper, SttScheduler
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 DIALOGUES = ("mobile_mixed", "security_positive")
 log = logging.getLogger("benchmarks.stt")
 

@@ -20,9 +20,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from adapters.mongo import EmbeddedMongo, MongoStore
+from benchmarks._env import SHARED_DATA
 from domain.commands import InterviewService
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="session")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
+from benchmarks._env import SHARED_DATA
 from pipeline.analysis import KeywordTracker, SentimentTracker, text_sentiment, tokenize
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 
 
 @pytest.mark.parametrize(

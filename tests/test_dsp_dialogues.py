@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
+from benchmarks._env import SHARED_DATA
 from pipeline.dsp import FrontEnd, Utterance
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 DIALOGUES = ["mobile_mixed", "security_positive"]
 TOLERANCE_S = 0.150
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from benchmarks._env import SHARED_DATA
 from benchmarks.latency import (
     Turn,
     backlog_grows,
@@ -26,7 +26,7 @@ from benchmarks.latency import (
     truth_path,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 T0 = 1000.0  # the track's started_at on the peer's loop clock
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from whisper_normalizer.english import EnglishTextNormalizer
 
+from benchmarks._env import SHARED_DATA
 from domain.events import ErrorEvent, SegmentEvent, Speaker, StreamEvent
 from pipeline.__main__ import build_parser, run
 from pipeline.audio_file import read_audio
@@ -29,7 +30,7 @@ from pipeline.stream import ParticipantStream, StreamConfig
 from pipeline.stt import LocalWhisper, SttScheduler, Transcript
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 DIALOGUES = ("mobile_mixed", "security_positive")
 JFK = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
 _norm = EnglishTextNormalizer()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from whisper_normalizer.english import EnglishTextNormalizer
 
+from benchmarks._env import SHARED_DATA
 from domain.events import Word
 from pipeline.audio_file import read_audio
 from pipeline.stt import (
@@ -24,7 +25,7 @@ from pipeline.stt import (
     trim_after_speech,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 JFK = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
 _norm = EnglishTextNormalizer()
 

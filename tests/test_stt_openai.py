@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 
 import jiwer
 import numpy as np
@@ -13,12 +12,13 @@ import pytest
 from whisper_normalizer.english import EnglishTextNormalizer
 
 from adapters.stt_openai import OpenAITranscriber, wav_bytes
+from benchmarks._env import SHARED_DATA
 from domain.events import ErrorEvent, SegmentEvent, Speaker, StreamEvent
 from pipeline.audio_file import read_audio
 from pipeline.stt import LocalWhisper, SttError, SttScheduler
 from tests.openai_server import OpenAICompatServer
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 JFK = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
 _norm = EnglishTextNormalizer()
 

@@ -26,8 +26,9 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from adapters.whip_client import FRAME_SAMPLES, RATE, WavChannelTrack, WhipError, decode_audio, whip_publish
+from benchmarks._env import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 TOKEN = "good-token"
 LEFT_HZ, RIGHT_HZ = 440.0, 1300.0
 
@@ -274,7 +275,7 @@ def test_bad_inputs_are_value_errors(two_tone_wav, tmp_path):
 def test_dialogue_channels_carry_their_speakers():
     """On the shared stereo dialogues the interviewer is left (0) and the candidate right (1)."""
     path = DATA / "mobile_mixed.stereo.wav"
-    assert path.is_file(), f"test audio missing: {path} (see /work/shared/data/README.md)"
+    assert path.is_file(), f"test audio missing: {path} (set SHARED_DATA_DIR or put the shared data at ../shared/data)"
     turns = json.loads((DATA / "mobile_mixed.json").read_text())["turns"]
     planar = decode_audio(path)
     for turn in turns:
