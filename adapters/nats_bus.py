@@ -72,6 +72,15 @@ def check_subject(subject: str) -> str:
     return subject
 
 
+def check_publish(subject: str, msg_id: str, *, closed: bool) -> None:
+    """What every EventBus.publish checks first, whichever bus it is."""
+    check_subject(subject)
+    if not msg_id:
+        raise ValueError("msg_id must be non-empty: it is the de-duplication key")
+    if closed:
+        raise BusUnavailable("bus is closed")
+
+
 def check_name(name: str) -> str:
     """A durable consumer name: NATS forbids dots, wildcards and whitespace in it."""
     if not name or any(c in ".*>" or c.isspace() for c in name):
@@ -302,11 +311,7 @@ class JetStreamBus:
         log.info("NATS reconnected to %s", redact_url(self.url))
 
     async def publish(self, subject: str, payload: bytes, msg_id: str) -> None:
-        check_subject(subject)
-        if not msg_id:
-            raise ValueError("msg_id must be non-empty: it is the de-duplication key")
-        if self._closed:
-            raise BusUnavailable("bus is closed")
+        check_publish(subject, msg_id, closed=self._closed)
         if not self.connected or self._js is None:
             raise BusUnavailable(f"not connected to NATS at {redact_url(self.url)}")
         headers = {MSG_ID_HEADER: msg_id}
@@ -442,11 +447,7 @@ class InProcessBus:
         self.duplicates = 0
 
     async def publish(self, subject: str, payload: bytes, msg_id: str) -> None:
-        check_subject(subject)
-        if not msg_id:
-            raise ValueError("msg_id must be non-empty: it is the de-duplication key")
-        if self._closed:
-            raise BusUnavailable("bus is closed")
+        check_publish(subject, msg_id, closed=self._closed)
         if msg_id in self._recent:
             self.duplicates += 1
             return
