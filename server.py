@@ -52,6 +52,15 @@ def _positive_int(value: str) -> int:
     return n
 
 
+def _bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
 def _port(value: str) -> int:
     n = int(value)
     if not 0 <= n <= 65535:
@@ -122,8 +131,12 @@ class Settings:
                                "speech-to-text: local faster-whisper, or an OpenAI-compatible API")
     stt_model: str | None = _setting("STT_MODEL", None, lambda v: v.strip() or None,
                                      "CTranslate2 Whisper model directory (unset: bundled tiny.en)")
-    stt_workers: int = _setting("STT_WORKERS", 1, _positive_int, "parallel transcriptions (threads)")
-    stt_cpu_threads: int = _setting("STT_CPU_THREADS", 2, _positive_int, "CPU threads per transcription")
+    stt_workers: int = _setting("STT_WORKERS", 2, _positive_int, "parallel transcriptions (one is always kept "
+                                "for finals when there are two or more)")
+    stt_cpu_threads: int = _setting("STT_CPU_THREADS", 1, _positive_int, "CPU threads per transcription")
+    stt_subprocess: bool = _setting("STT_SUBPROCESS", True, _bool, "run local transcriptions in STT_WORKERS "
+                                    "child processes (false: threads of the server process, which then contend "
+                                    "with the event loop for the GIL)")
     openai_base_url: str | None = _setting("OPENAI_BASE_URL", None, lambda v: v.strip() or None,
                                            "OpenAI-compatible API base URL (STT_ENGINE=openai)")
     openai_api_key: str | None = _setting("OPENAI_API_KEY", None, _text, "API key for STT_ENGINE=openai",
@@ -264,6 +277,11 @@ def build_stt(settings: Settings) -> Any:
 
         return OpenAITranscriber(base_url=settings.openai_base_url, api_key=settings.openai_api_key,
                                  model=settings.openai_stt_model)
+    if settings.stt_subprocess:
+        from pipeline.stt_process import WhisperProcesses
+
+        return WhisperProcesses(settings.stt_model, processes=settings.stt_workers,
+                                cpu_threads=settings.stt_cpu_threads)
     from pipeline.stt import LocalWhisper
 
     return LocalWhisper(settings.stt_model, cpu_threads=settings.stt_cpu_threads)
@@ -294,7 +312,7 @@ async def _build(c: Components) -> None:
     c.service = InterviewService(c.store, on_commit=c.relay.notify)
     stt = await asyncio.to_thread(build_stt, s)
     c.scheduler = SttScheduler(stt, workers=s.stt_workers)
-    c.metrics.bind_stt(queue_depth=lambda: float(c.scheduler.queue_depth))
+    c.metrics.bind_stt(queue_depth=lambda: float(c.scheduler.queue_depth), stats=lambda: c.scheduler.stats)
     stream_config = StreamConfig(vad=s.vad_mode, partial_interval_s=s.partial_interval_s,
                                  end_silence_ms=s.end_silence_ms)
 
@@ -351,6 +369,8 @@ async def _teardown(c: Components) -> None:
         steps.append(("close peer connections", c.whip.close_all))
     if c.scheduler is not None:
         steps.append(("stop speech-to-text", c.scheduler.aclose))
+        if callable(getattr(c.scheduler.stt, "close", None)):
+            steps.append(("stop speech-to-text processes", lambda: asyncio.to_thread(c.scheduler.stt.close)))
     if c.relay is not None:
         steps.append(("flush outbox", lambda: _flush_relay(c.relay)))
     if c.bus is not None:

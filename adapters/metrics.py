@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 # Speech end -> final sent: the target is p50 <= 0.7 s, p95 <= 1.0 s, so resolve finely around there.
@@ -58,11 +61,33 @@ class Metrics:
         self.speech_ratio.set_function(speech_ratio)
         self.stt_lag.set_function(stt_lag)
 
-    def bind_stt(self, *, queue_depth: Callable[[], float]) -> None:
+    def bind_stt(self, *, queue_depth: Callable[[], float],
+                 stats: Callable[[], Any] | None = None) -> None:
+        """`stats` returns the scheduler's `SchedulerStats` (busy seconds and decodes by kind)."""
         self.stt_queue_depth.set_function(queue_depth)
+        if stats is not None:
+            self.registry.register(_SttCollector(stats))
 
     def error(self, kind: str) -> None:
         self.errors.labels(kind=kind).inc()
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _SttCollector:
+    """Speech-to-text worker time and decodes by kind, read from the scheduler at scrape time."""
+
+    def __init__(self, stats: Callable[[], Any]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Any:
+        st = self._stats()
+        busy = CounterMetricFamily("stt_busy_seconds", "Worker seconds spent decoding, by kind of job",
+                                   labels=["kind"])
+        jobs = CounterMetricFamily("stt_decodes", "Decodes run, by kind of job", labels=["kind"])
+        for kind, seconds in st.busy_by_kind.items():
+            busy.add_metric([kind], seconds)
+            jobs.add_metric([kind], st.jobs_by_kind[kind])
+        yield busy
+        yield jobs

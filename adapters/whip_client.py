@@ -79,6 +79,33 @@ def decode_audio(path: str | Path, rate: int = RATE) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(chunks, axis=1), dtype=np.int16)
 
 
+_OPUS_PACKETS: dict[tuple[Any, ...], list[bytes]] = {}
+
+
+def opus_packets(samples: np.ndarray, bit_rate: int = 32_000) -> list[bytes]:
+    """48 kHz mono s16 samples (a whole number of 20 ms frames) as one Opus packet per frame, as a browser's
+    voice encoder would send them (the encoder's look-ahead delays the audio by a few ms, as live encoding does)."""
+    codec = av.CodecContext.create("libopus", "w")
+    codec.sample_rate = RATE
+    codec.layout = "mono"
+    codec.format = "s16"
+    codec.bit_rate = bit_rate
+    codec.options = {"application": "voip"}
+    codec.time_base = fractions.Fraction(1, RATE)
+    n_frames = len(samples) // FRAME_SAMPLES
+    packets: list[bytes] = []
+    for k in range(n_frames):
+        frame = av.AudioFrame.from_ndarray(samples[k * FRAME_SAMPLES : (k + 1) * FRAME_SAMPLES].reshape(1, -1),
+                                           format="s16", layout="mono")
+        frame.sample_rate = RATE
+        frame.pts = k * FRAME_SAMPLES
+        packets += [bytes(p) for p in codec.encode(frame)]
+    packets += [bytes(p) for p in codec.encode(None)]
+    if len(packets) < n_frames:
+        raise ValueError(f"Opus encoder returned {len(packets)} packets for {n_frames} frames")
+    return packets[:n_frames]
+
+
 class WavChannelTrack(MediaStreamTrack):
     """Plays one channel of an audio file as 20 ms, 48 kHz mono s16 frames, then `tail_s` of silence, then ends.
 
@@ -86,6 +113,10 @@ class WavChannelTrack(MediaStreamTrack):
     are paced on the loop clock against an absolute schedule (a late frame does not delay the next
     ones); `late_frames` / `max_late_s` count how far the pacing fell behind, which tells a benchmark
     whether the *sender* kept real time. `limit_s` plays only the first seconds of the file.
+
+    `encoded=True` hands aiortc Opus packets encoded once up front (shared by every track playing the same
+    channel) instead of raw frames to encode live: what a browser sends is the same, but a load generator
+    running many peers on the machine under test no longer spends a core encoding them.
     """
 
     kind = "audio"
@@ -98,6 +129,7 @@ class WavChannelTrack(MediaStreamTrack):
         realtime: bool = True,
         tail_s: float = 2.0,
         limit_s: float | None = None,
+        encoded: bool = False,
     ) -> None:
         super().__init__()
         if tail_s < 0:
@@ -126,6 +158,12 @@ class WavChannelTrack(MediaStreamTrack):
         self.late_frames = 0  # frames handed over more than one frame period after their due time
         self.max_late_s = 0.0
         self._finished = asyncio.Event()
+        self._packets: list[bytes] | None = None
+        if encoded:
+            key = (str(Path(path).resolve()), channel, tail_s, limit_s)
+            if key not in _OPUS_PACKETS:
+                _OPUS_PACKETS[key] = opus_packets(self._samples)
+            self._packets = _OPUS_PACKETS[key]
 
     @property
     def total_frames(self) -> int:
@@ -139,7 +177,7 @@ class WavChannelTrack(MediaStreamTrack):
         self._finished.set()
         super().stop()
 
-    async def recv(self) -> av.AudioFrame:
+    async def recv(self) -> av.AudioFrame | av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
         k = self.frames_sent
@@ -160,13 +198,18 @@ class WavChannelTrack(MediaStreamTrack):
                 self.max_late_s = max(self.max_late_s, late)
                 if late > FRAME_S:
                     self.late_frames += 1
+        self.frames_sent = k + 1
+        self.sent_at.append(loop.time())
+        if self._packets is not None:
+            packet = av.Packet(self._packets[k])
+            packet.pts = k * FRAME_SAMPLES
+            packet.time_base = fractions.Fraction(1, RATE)
+            return packet
         chunk = self._samples[k * FRAME_SAMPLES : (k + 1) * FRAME_SAMPLES]
         frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = RATE
         frame.pts = k * FRAME_SAMPLES
         frame.time_base = fractions.Fraction(1, RATE)
-        self.frames_sent = k + 1
-        self.sent_at.append(loop.time())
         return frame
 
     def wall_time_of(self, t_s: float) -> float | None:

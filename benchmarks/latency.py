@@ -271,6 +271,8 @@ def parse_metrics(text: str) -> dict[str, float]:
         if m:
             with contextlib.suppress(ValueError):
                 out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(3))
+                if m.group(2):  # labelled samples also under their own key, e.g. stt_busy_seconds_total{kind="final"}
+                    out[m.group(1) + m.group(2)] = float(m.group(3))
     return out
 
 
@@ -551,8 +553,8 @@ async def worker_main(spec: dict[str, Any]) -> None:
     # decode every track before any room streams: decoding on the loop later would delay the rooms already live
     tracks = [
         {
-            "interviewer": WavChannelTrack(r["audio"], 0, tail_s=spec["tail_s"]),
-            "candidate": WavChannelTrack(r["audio"], 1, tail_s=spec["tail_s"]),
+            "interviewer": WavChannelTrack(r["audio"], 0, tail_s=spec["tail_s"], encoded=True),
+            "candidate": WavChannelTrack(r["audio"], 1, tail_s=spec["tail_s"], encoded=True),
         }
         for r in spec["rooms"]
     ]
@@ -686,6 +688,20 @@ async def run_rooms(
     return outcome
 
 
+def _stt_busy(window: list[Sample]) -> dict[str, float] | None:
+    have = [s for s in window if 'stt_busy_seconds_total{kind="final"}' in s.metrics]
+    if len(have) < 2 or have[-1].t <= have[0].t:
+        return None
+    wall = have[-1].t - have[0].t
+    out: dict[str, float] = {}
+    for kind in ("final", "speculative", "partial"):
+        busy, jobs = f'stt_busy_seconds_total{{kind="{kind}"}}', f'stt_decodes_total{{kind="{kind}"}}'
+        if busy in have[-1].metrics and jobs in have[-1].metrics:
+            out[kind] = round(100 * (have[-1].metrics[busy] - have[0].metrics[busy]) / wall, 1)
+            out[f"{kind}_decodes"] = have[-1].metrics[jobs] - have[0].metrics[jobs]
+    return out
+
+
 def summarize(n: int, rooms: list[dict[str, Any]], samples: list[Sample], t0: float, t1: float) -> RunOutcome:
     latencies: list[float] = []
     onsets: list[float] = []
@@ -767,6 +783,8 @@ def summarize(n: int, rooms: list[dict[str, Any]], samples: list[Sample], t0: fl
         "room_errors": room_errors,
         "window_s": round(t1 - t0, 1),
         "max_stt_queue": max((s.metrics.get("stt_queue_depth", 0.0) for s in window), default=None),
+        # share of wall time the speech-to-text workers spent per kind of decode (100 = one worker always busy)
+        "stt_busy_percent": _stt_busy(window),
         "host_load_1m": round(os.getloadavg()[0], 2),  # other work on the machine skews every number above
     }
     return RunOutcome(summary, latencies, samples)
@@ -971,7 +989,7 @@ async def measure(
         progress(
             f"{n} room(s): final p50/p95 {_fmt(f['p50'])}/{_fmt(f['p95'])} ms, WER {_fmt(s['wer'])},"
             f" missed {s['missed_turns']}/{s['turns']}, server CPU {_fmt(s['cpu_percent'])} %,"
-            f" max lag {_fmt(s['max_lag_s'])} s, realtime {s['realtime']}"
+            f" max lag {_fmt(s['max_lag_s'])} s, realtime {s['realtime']}, STT busy % by kind {s['stt_busy_percent']}"
         )
         if s["sender_max_late_ms"] > SENDER_LATE_WARN_MS:
             progress(

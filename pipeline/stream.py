@@ -217,7 +217,7 @@ class ParticipantStream:
         mark = (self._next_seq, fe.speech_end)
         if mark == self._spec_mark:  # this pause has its decode already
             return
-        if self.scheduler.finals_waiting:  # finals first; retried on the next push while the pause lasts
+        if not self.scheduler.spare:  # finals first; retried on the next push while the pause lasts
             return
         got = fe.partial_audio()
         if got is None or got[1].size < cfg.partial_min_s * SAMPLE_RATE:
@@ -294,9 +294,7 @@ class ParticipantStream:
         so_far_s = (self.frontend.samples_in - utt_start) / SAMPLE_RATE
         if t - self._last_partial_at < max(cfg.partial_interval_s, cfg.partial_interval_growth * so_far_s):
             return
-        if self.scheduler.finals_waiting:  # finals first: do not even ask
-            self.stats["partials_shed"] += 1
-            self._last_partial_at = t
+        if not self.scheduler.partial_ok:  # finals first: retried on the next push, when a worker may be free
             return
         got = self.frontend.partial_audio()
         if got is None:

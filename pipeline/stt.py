@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -257,6 +258,10 @@ class LocalWhisper:
         window_s: float | None = 5.0,
         language: str = "en",
     ) -> None:
+        # CTranslate2's OpenMP runtime otherwise starts a thread per core that spins after each parallel region:
+        # measured here, a cpu_threads=1 decode burnt 1.4 cores (2.73 s of work took 4.03 s of CPU), stealing
+        # the event loop's core. Read lazily by the runtime, so setting it before the first decode is enough.
+        os.environ.setdefault("OMP_NUM_THREADS", str(cpu_threads))
         from faster_whisper import WhisperModel
 
         path = model_path or default_model_path()
@@ -365,6 +370,9 @@ class _Job:
     final_quality: bool = False  # decode as a final (beam, word timestamps) even though queued as a partial
 
 
+JOB_KINDS = ("final", "speculative", "partial")
+
+
 @dataclass(slots=True)
 class SchedulerStats:
     finals_done: int = 0
@@ -374,6 +382,10 @@ class SchedulerStats:
     errors: int = 0
     busy_s: float = 0.0
     audio_s: float = 0.0
+    # worker seconds and decodes by kind: "final", "speculative" (a final-quality decode started in a pause),
+    # "partial" — where the speech-to-text capacity goes
+    busy_by_kind: dict[str, float] = field(default_factory=lambda: dict.fromkeys(JOB_KINDS, 0.0))
+    jobs_by_kind: dict[str, int] = field(default_factory=lambda: dict.fromkeys(JOB_KINDS, 0))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -397,6 +409,8 @@ class SttScheduler:
       when a worker frees up is shed (its audio has grown since).
     """
 
+    PARTIAL_WINDOW_S = 5.0
+
     def __init__(
         self,
         stt: SpeechToText,
@@ -405,6 +419,7 @@ class SttScheduler:
         max_pending: int = 64,
         max_partials: int = 4,
         partial_max_age_s: float = 1.0,
+        partial_share: float = 0.25,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
@@ -420,6 +435,10 @@ class SttScheduler:
         self._wakeup: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._running = 0
+        self._best_effort = 0  # partial/speculative decodes running now
+        self.partial_share = partial_share
+        self._partial_spans: deque[tuple[float, float]] = deque()  # (start, end) of recent plain partials
+        self._partial_running: dict[int, float] = {}  # id(job) -> start, plain partials running now
         self._closed = False
         self._partial_kw = _accepts_partial(stt)
 
@@ -434,6 +453,37 @@ class SttScheduler:
     @property
     def busy(self) -> int:
         return self._running
+
+    @property
+    def spare(self) -> bool:
+        """Whether a speculative final (final-quality decode of a pause) may start now without delaying a final.
+
+        No final waits, a worker is free, and best-effort work (running or queued) stays below `workers - 1`
+        (one worker is always kept for finals) or, with one worker, that worker is idle. Best-effort work asked
+        for without spare capacity is shed at once: under load it gives way to finals.
+        """
+        if self._finals or self._running >= self.workers:
+            return False
+        return self._best_effort + len(self._partials) < max(1, self.workers - 1)
+
+    @property
+    def partial_ok(self) -> bool:
+        """Whether a plain partial may start now: `spare`, no final running (on a CPU-bound machine a partial
+        beside a final slows the final), and partials used less than `partial_share` of the workers' time
+        over the last `PARTIAL_WINDOW_S` (partials are cosmetic; they must not eat the capacity finals need)."""
+        if not self.spare or self._running > self._best_effort:
+            return False
+        return self.partial_load() < self.partial_share
+
+    def partial_load(self) -> float:
+        """Share of worker time spent on plain partials over the last `PARTIAL_WINDOW_S` (running ones count)."""
+        now = time.monotonic()
+        horizon = now - self.PARTIAL_WINDOW_S
+        while self._partial_spans and self._partial_spans[0][1] < horizon:
+            self._partial_spans.popleft()
+        used = sum(end - max(start, horizon) for start, end in self._partial_spans)
+        used += sum(now - max(start, horizon) for start in self._partial_running.values())
+        return used / (self.PARTIAL_WINDOW_S * self.workers)
 
     def _start(self) -> None:
         if self._wakeup is None:
@@ -476,7 +526,7 @@ class SttScheduler:
         self._start()
         if key is not None:
             self._shed_partials(lambda j: j.key == key)
-        if self._finals or len(self._partials) >= self.max_partials:
+        if not (self.spare if final_quality else self.partial_ok) or len(self._partials) >= self.max_partials:
             self.stats.partials_shed += 1
             return None
         fut: asyncio.Future[Transcript | None] = asyncio.get_running_loop().create_future()
@@ -536,6 +586,10 @@ class SttScheduler:
             if job.future.done():  # the awaiting task was cancelled
                 continue
             self._running += 1
+            self._best_effort += job.partial
+            plain_partial = job.partial and not job.final_quality
+            if plain_partial:
+                self._partial_running[id(job)] = time.monotonic()
             t0 = time.perf_counter()
             try:
                 kwargs: dict[str, Any] = {"prompt": job.prompt}
@@ -561,7 +615,14 @@ class SttScheduler:
                     job.future.set_result(result)
             finally:
                 self._running -= 1
-                self.stats.busy_s += time.perf_counter() - t0
+                self._best_effort -= job.partial
+                if plain_partial:
+                    self._partial_spans.append((self._partial_running.pop(id(job)), time.monotonic()))
+                busy = time.perf_counter() - t0
+                kind = "speculative" if job.final_quality else "partial" if job.partial else "final"
+                self.stats.busy_s += busy
+                self.stats.busy_by_kind[kind] += busy
+                self.stats.jobs_by_kind[kind] += 1
 
     async def aclose(self) -> None:
         """Finish queued finals, shed queued partials, stop the workers and the thread pool."""

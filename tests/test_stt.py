@@ -192,17 +192,46 @@ async def test_finals_overtake_partials_and_shed_them() -> None:
 async def test_newer_partial_of_a_stream_replaces_the_older() -> None:
     stt = GatedStt()
     sched = SttScheduler(stt, workers=1)
-    busy = asyncio.create_task(sched.transcribe_final(AUDIO, prompt="f0"))
-    await _started(stt)
     old = asyncio.create_task(sched.transcribe_partial(AUDIO, prompt="old", key="s1"))
-    await asyncio.sleep(0)
     new = asyncio.create_task(sched.transcribe_partial(AUDIO, prompt="new", key="s1"))
-    assert await old is None
+    assert await old is None  # replaced while still queued
     stt.gate.set()
-    await busy
     result = await new
     assert result is not None and result.text == "text new"
-    assert ("old", True) not in stt.calls
+    assert stt.calls == [("new", True)]
+    await sched.aclose()
+
+
+async def test_partials_give_way_to_a_running_final_and_keep_a_worker_for_finals() -> None:
+    stt = GatedStt()
+    sched = SttScheduler(stt, workers=2)
+    busy = asyncio.create_task(sched.transcribe_final(AUDIO, prompt="f0"))
+    await _started(stt)
+    assert sched.spare and not sched.partial_ok  # a worker is free, but a final is decoding
+    assert await sched.transcribe_partial(AUDIO, prompt="p", key="s1") is None  # shed at once, not queued
+    spec = asyncio.create_task(sched.transcribe_partial(AUDIO, prompt="spec", key="s2", final_quality=True))
+    await _started(stt)  # a speculative final may use the second worker...
+    assert not sched.spare  # ...and then nothing else best-effort may start: finals keep their worker
+    f1 = asyncio.create_task(sched.transcribe_final(AUDIO, prompt="f1"))
+    stt.gate.set()
+    assert (await busy).text == "text f0" and (await f1).text == "text f1"
+    assert (await spec) is not None
+    assert ("p", True) not in stt.calls
+    await sched.aclose()
+
+
+async def test_partials_are_limited_to_their_share_of_worker_time() -> None:
+    stt = GatedStt()
+    stt.gate.set()
+    sched = SttScheduler(stt, workers=1, partial_share=0.25)
+    assert await sched.transcribe_partial(AUDIO, prompt="p0", key="s") is not None
+    assert sched.partial_ok
+    # pretend the last window was spent on partials: 2 of 5 worker-seconds
+    now = time.monotonic()
+    sched._partial_spans.append((now - 2.0, now))
+    assert sched.partial_load() >= 0.4 and not sched.partial_ok
+    assert await sched.transcribe_partial(AUDIO, prompt="p1", key="s") is None
+    assert (await sched.transcribe_final(AUDIO, prompt="f")).text == "text f"  # finals are never limited
     await sched.aclose()
 
 

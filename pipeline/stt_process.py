@@ -1,0 +1,121 @@
+"""`LocalWhisper` in child processes: the same port, decoded away from the event loop's interpreter.
+
+Why: a decode is mostly C++ (CTranslate2, which releases the GIL), but faster-whisper wraps it in Python (mel
+features, the segment loop, word merging). In the server's process every one of those steps waits for the GIL
+that the event loop holds while it handles a thousand RTP packets a second; measured with ten rooms, decodes ran
+about twice as slow as alone. A child process has its own interpreter, so the two no longer contend, and a
+crash in native code (a bad model file, an out-of-memory kill) costs one request, not the server.
+
+`transcribe` is blocking, like `LocalWhisper.transcribe`: the scheduler calls it from its worker threads, and the
+thread waits on the child without holding the GIL. Run as many scheduler workers as there are processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+import numpy as np
+
+from pipeline.stt import LocalWhisper, SttError, Transcript, as_float_audio
+
+log = logging.getLogger(__name__)
+
+_child_stt: LocalWhisper | None = None
+
+
+def _init_child(model_path: str | None, options: dict[str, Any]) -> None:
+    global _child_stt
+    _child_stt = LocalWhisper(model_path, **options)
+
+
+def _child_transcribe(audio: np.ndarray, prompt: str | None, partial: bool) -> Transcript:
+    assert _child_stt is not None, "worker process started without a model"
+    return _child_stt.transcribe(audio, prompt=prompt, partial=partial)
+
+
+def _child_ready() -> tuple[int, str]:
+    assert _child_stt is not None
+    time.sleep(0.2)  # hold this worker so that the next warm-up call starts (and loads) another one
+    return os.getpid(), _child_stt.model
+
+
+class WhisperProcesses:
+    """`processes` child processes, each with its own `LocalWhisper(model_path, cpu_threads=..., ...)`.
+
+    The models load at construction (a bad model path raises `ValueError` here, not on the first utterance).
+    A child that dies fails the requests it was running with `SttError("stt_crashed")`; the pool is rebuilt
+    for the next request.
+    """
+
+    engine = LocalWhisper.engine
+
+    def __init__(self, model_path: str | None = None, *, processes: int = 2, cpu_threads: int = 1,
+                 **options: Any) -> None:
+        if processes < 1:
+            raise ValueError("processes must be >= 1")
+        self.processes = processes
+        self._args = (model_path, {"cpu_threads": cpu_threads, **options})
+        self._lock = threading.Lock()
+        self._closed = False
+        self.restarts = 0
+        self._pool = self._start()
+        self.model = self._warm_up()
+
+    def _start(self) -> ProcessPoolExecutor:
+        # spawn, not fork: the parent runs threads (asyncio, CTranslate2) that a fork would copy mid-state
+        return ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_child, initargs=self._args)
+
+    def _warm_up(self) -> str:
+        t0 = time.perf_counter()
+        try:
+            ready = [f.result() for f in [self._pool.submit(_child_ready) for _ in range(self.processes)]]
+        except BrokenProcessPool as exc:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            # the child logged why; the usual cause is what LocalWhisper rejects
+            LocalWhisper(self._args[0], **self._args[1])  # raises the precise ValueError in this process
+            raise ValueError(f"speech-to-text worker process failed to start: {exc}") from exc
+        log.info("speech-to-text: %d worker process(es) %s ready in %.2fs", len({p for p, _ in ready}),
+                 sorted({p for p, _ in ready}), time.perf_counter() - t0)
+        return ready[0][1]
+
+    @property
+    def pids(self) -> list[int]:
+        return sorted(getattr(self._pool, "_processes", None) or {})
+
+    def transcribe(self, audio: np.ndarray, *, prompt: str | None = None, partial: bool = False) -> Transcript:
+        as_float_audio(audio)  # validate here: a bad array is the caller's error, not a crash
+        with self._lock:
+            if self._closed:
+                raise SttError("stt_closed", "speech-to-text worker processes are shut down")
+            pool = self._pool
+        try:
+            fut: Future[Transcript] = pool.submit(_child_transcribe, audio, prompt, partial)
+            return fut.result()
+        except BrokenProcessPool as exc:
+            self._restart(pool)
+            raise SttError("stt_crashed", f"speech-to-text worker process died: {exc}") from exc
+        except RuntimeError as exc:  # submit after shutdown races with close()
+            raise SttError("stt_closed", str(exc)) from exc
+
+    def _restart(self, broken: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._closed or self._pool is not broken:
+                return  # another thread already replaced it
+            log.error("speech-to-text worker process died; starting a new pool")
+            broken.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._start()
+            self.restarts += 1
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            pool = self._pool
+        pool.shutdown(wait=True, cancel_futures=True)

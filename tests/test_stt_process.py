@@ -1,0 +1,82 @@
+"""Local Whisper in child processes: same text as in-process, errors that name the cause, survives a dead child."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from benchmarks._env import SHARED_DATA
+from pipeline.audio_file import read_audio
+from pipeline.stt import LocalWhisper, SttError, SttScheduler
+from pipeline.stt_process import WhisperProcesses
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def procs() -> Iterator[WhisperProcesses]:
+    p = WhisperProcesses(processes=2)
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope="module")
+def jfk16k() -> np.ndarray:
+    return read_audio(SHARED_DATA / "jfk.flac", rate=16000, mono=True).pcm
+
+
+def test_two_processes_decode_like_the_in_process_engine(procs: WhisperProcesses, jfk16k: np.ndarray) -> None:
+    assert len(procs.pids) == 2 and os.getpid() not in procs.pids
+    local = LocalWhisper(cpu_threads=1)
+    here, there = local.transcribe(jfk16k), procs.transcribe(jfk16k)
+    assert there.text == here.text and there.words == here.words
+    partial = procs.transcribe(jfk16k[: 16000 * 3], partial=True)
+    assert partial.text and not partial.words  # partials skip word timestamps, as in process
+    assert procs.engine == "faster-whisper" and procs.model == "tiny.en"
+
+
+def test_bad_audio_is_a_value_error_in_the_caller(procs: WhisperProcesses) -> None:
+    with pytest.raises(ValueError, match="int16 or float32"):
+        procs.transcribe(np.zeros(16000, np.float64))
+    with pytest.raises(ValueError, match="1-D"):
+        procs.transcribe(np.zeros((2, 16000), np.int16))
+
+
+def test_bad_model_path_fails_at_start_with_the_reason(tmp_path: object) -> None:
+    with pytest.raises(ValueError, match="no model.bin"):
+        WhisperProcesses(str(tmp_path), processes=1)
+
+
+async def test_a_killed_child_fails_its_request_and_the_next_one_works(
+    procs: WhisperProcesses, jfk16k: np.ndarray
+) -> None:
+    sched = SttScheduler(procs, workers=2)
+    long = np.tile(jfk16k, 2)  # ~22 s: still decoding when the child is killed
+    victim = asyncio.create_task(sched.transcribe_final(long))
+    while not sched.busy:
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.05)  # in the child now (a 22 s decode takes several times longer)
+    for pid in procs.pids:
+        os.kill(pid, signal.SIGKILL)
+    with pytest.raises(SttError) as err:
+        await victim
+    assert err.value.code == "stt_crashed"
+    t0 = time.monotonic()
+    again = await sched.transcribe_final(jfk16k)  # a new pool starts (model loads again) and decodes
+    assert "ask not what your country" in again.text.lower() and procs.restarts == 1
+    assert time.monotonic() - t0 < 60
+    await sched.aclose()
+
+
+def test_closed_pool_reports_stt_closed(jfk16k: np.ndarray) -> None:
+    p = WhisperProcesses(processes=1)
+    p.close()
+    with pytest.raises(SttError) as err:
+        p.transcribe(jfk16k)
+    assert err.value.code == "stt_closed"
