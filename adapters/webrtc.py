@@ -46,6 +46,7 @@ from starlette.routing import BaseRoute, Route
 
 from adapters.metrics import Metrics
 from adapters.rooms import Participant, RoomRegistry
+from adapters.rtp_audio import decode_inline
 from adapters.tokens import InvalidToken, JoinClaims, TokenSigner, bearer_token, validate_name, validate_role
 from domain.events import ErrorEvent
 
@@ -127,7 +128,8 @@ def frame_to_pcm(frame: av.AudioFrame, converter: list[av.AudioResampler | None]
                  target: tuple[int, int] | None = None) -> tuple[np.ndarray, int, int]:
     """Interleaved int16 samples, rate and channel count of a decoded frame.
 
-    aiortc decodes Opus to 48 kHz stereo s16 and G.711 to 8 kHz mono s16; those pass through as they are.
+    Opus arrives as 48 kHz mono s16 (decoded inline, `adapters.rtp_audio`; stereo if aiortc decoded it) and
+    G.711 as 8 kHz mono s16; those pass through as they are.
     Anything else, or anything that differs from `target` (the participant's stream format, fixed at its
     first frame: a resumed session may use another codec), is converted once here by `converter[0]`.
     """
@@ -158,6 +160,7 @@ class WhipSession:
     audio_tracks: list[MediaStreamTrack] = field(default_factory=list)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     closed: bool = False
+    decode_errors: int = 0
 
     @property
     def location(self) -> str:
@@ -341,6 +344,8 @@ class WhipIngest:
         for transceiver in pc.getTransceivers():
             # Audio is received; everything else (video) is declined so nobody decodes frames we would drop.
             transceiver.direction = "recvonly" if transceiver.kind == "audio" else "inactive"
+            if transceiver.kind == "audio":
+                decode_inline(transceiver.receiver, lambda exc: self._decode_error(session, exc))
         try:
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
@@ -453,6 +458,12 @@ class WhipIngest:
                     participant.room.publish(participant, ErrorEvent(
                         participant.speaker, "pipeline_failed",
                         f"audio of {participant.speaker.name} cannot be processed: {type(exc).__name__}", {}))
+
+    def _decode_error(self, session: WhipSession, exc: Exception) -> None:
+        self.metrics.frames_dropped.labels(reason="decode_error").inc()
+        if not session.decode_errors:
+            log.warning("WHIP session %s: dropping undecodable audio frames: %s", session.id, exc)
+        session.decode_errors += 1
 
     def _track_dead(self, participant: Participant, session: WhipSession, stalled: float) -> None:
         self.metrics.error("track")

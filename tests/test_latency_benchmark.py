@@ -107,7 +107,12 @@ def test_parse_metrics_sums_label_sets():
         'audio_frames_dropped_total{reason="late"} 2.0\n'
         "stt_lag_seconds 0.25\n"
     )
-    assert parse_metrics(text) == {"audio_frames_dropped_total": 5.0, "stt_lag_seconds": 0.25}
+    assert parse_metrics(text) == {
+        "audio_frames_dropped_total": 5.0,
+        'audio_frames_dropped_total{reason="queue_full"}': 3.0,
+        'audio_frames_dropped_total{reason="late"}': 2.0,
+        "stt_lag_seconds": 0.25,
+    }
 
 
 def test_cpu_seconds_of_this_process_grows():

@@ -253,6 +253,8 @@ async def _run_scripted_stream(
         partial = stream._partial_task  # as if decoding kept up with real time: let a started partial finish
         if partial is not None and not partial.done():
             await partial
+        if stream._spec is not None and not stream._spec[3].done():  # and a speculative final
+            await asyncio.wait({stream._spec[3]})
     await stream.aclose()
     await sched.aclose()
     return events, stream
@@ -304,6 +306,7 @@ async def test_speculation_starts_on_raw_silence_and_decodes_what_the_final_hold
         if stream._spec is not before and stream._spec is not None:
             # raw VAD silence triggers it, before the 240 ms hangover of `speaking` runs out
             started_while_speaking.append(stream.frontend.speaking)
+            await asyncio.wait({stream._spec[3]})  # decoding keeps up with real time
     await stream.aclose()
     await sched.aclose()
     assert started_while_speaking == [True, True, True]

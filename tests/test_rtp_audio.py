@@ -1,0 +1,70 @@
+"""Inline audio decoding on the event loop: works on the installed aiortc, survives corrupt packets, ends tracks."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+from aiortc import RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError
+
+from adapters.rtp_audio import InlineAudioDecoder, decode_inline
+from adapters.whip_client import WavChannelTrack, opus_packets
+
+OPUS = SimpleNamespace(name="opus")
+
+
+def test_corrupt_packets_are_dropped_and_reported_and_decoding_goes_on() -> None:
+    tone = (np.sin(np.arange(48000) * 2 * np.pi * 440 / 48000) * 8000).astype(np.int16)
+    packets = opus_packets(tone)
+    out: asyncio.Queue[Any] = asyncio.Queue()
+    errors: list[Exception] = []
+    dec = InlineAudioDecoder(out, errors.append)
+    dec.put((OPUS, SimpleNamespace(data=packets[0])))
+    dec.put((OPUS, SimpleNamespace(data=b"\xff\xfe not opus at all")))
+    for p in packets[1:]:
+        dec.put((OPUS, SimpleNamespace(data=p)))
+    assert dec.errors == 1 and len(errors) == 1 and isinstance(errors[0], ValueError)
+    frames = [out.get_nowait() for _ in range(out.qsize())]
+    assert len(frames) == len(packets) == dec.frames
+    assert {(f.sample_rate, f.layout.name, f.format.name, f.samples) for f in frames} == {(48000, "mono", "s16", 960)}
+    pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in frames[5:]]).astype(np.float64)
+    assert 3000 < np.sqrt(np.mean(pcm**2)) < 8000  # the tone came through (rms of 8000-peak sine ~ 5657)
+    dec.put(None)
+    assert dec.get(timeout=1) is None  # aiortc's idle decoder thread is released at stop
+    dec.put((OPUS, SimpleNamespace(data=packets[0])))
+    assert out.empty()  # nothing after stop
+
+
+async def test_a_real_receiver_decodes_inline_and_its_track_ends_on_close(shared_data: Path) -> None:
+    sender, receiver = RTCPeerConnection(), RTCPeerConnection()
+    source = WavChannelTrack(shared_data / "jfk.flac", limit_s=2, realtime=False)
+    sender.addTrack(source)
+    tracks: list[Any] = []
+    receiver.on("track", tracks.append)
+    try:
+        await sender.setLocalDescription(await sender.createOffer())
+        await receiver.setRemoteDescription(sender.localDescription)
+        (transceiver,) = receiver.getTransceivers()
+        assert decode_inline(transceiver.receiver)  # the installed aiortc is what rtp_audio expects
+        await receiver.setLocalDescription(await receiver.createAnswer())
+        await sender.setRemoteDescription(receiver.localDescription)
+        (track,) = tracks
+        frames = [await asyncio.wait_for(track.recv(), 10) for _ in range(50)]
+        assert all(isinstance(f, av.AudioFrame) and f.layout.name == "mono" for f in frames)
+        assert max(np.abs(f.to_ndarray()).max() for f in frames) > 1000  # speech, not silence
+    finally:
+        await sender.close()
+        await receiver.close()
+    with pytest.raises(MediaStreamError):
+        while True:
+            await asyncio.wait_for(track.recv(), 5)
+
+
+def test_an_unexpected_receiver_keeps_aiortcs_own_decoding() -> None:
+    assert decode_inline(SimpleNamespace(track=None)) is False
