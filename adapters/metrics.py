@@ -39,6 +39,9 @@ class Metrics:
                                   registry=r)
         self.stt_lag = Gauge("stt_lag_seconds", "Largest backlog of untranscribed speech over active streams",
                              registry=r)
+        self.final_wait = Gauge("stt_final_wait_seconds", "Longest time a closed utterance has been waiting for its "
+                                "final transcript, over active streams (rises only while STT falls behind)",
+                                registry=r)
         self.final_latency = Histogram("final_latency_seconds",
                                        "Speech end -> segment.final sent on the analysis data channels",
                                        buckets=_LATENCY_BUCKETS, registry=r)
@@ -56,10 +59,13 @@ class Metrics:
                      "track", "webrtc", "stream"):
             self.errors.labels(kind=kind)
 
-    def bind_live(self, *, speech_ratio: Callable[[], float], stt_lag: Callable[[], float]) -> None:
+    def bind_live(self, *, speech_ratio: Callable[[], float], stt_lag: Callable[[], float],
+                  final_wait: Callable[[], float] | None = None) -> None:
         """Install the scrape-time readers of live state (the room registry owns that state)."""
         self.speech_ratio.set_function(speech_ratio)
         self.stt_lag.set_function(stt_lag)
+        if final_wait is not None:
+            self.final_wait.set_function(final_wait)
 
     def bind_stt(self, *, queue_depth: Callable[[], float],
                  stats: Callable[[], Any] | None = None) -> None:

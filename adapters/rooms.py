@@ -125,6 +125,10 @@ class Participant:
     def lag_s(self) -> float:
         return float(self.stream.lag_s) if self.stream is not None else 0.0
 
+    @property
+    def final_wait_s(self) -> float:
+        return float(self.stream.final_wait_s) if self.stream is not None else 0.0
+
     def push_audio(self, pcm: np.ndarray, rate: int, channels: int) -> bool:
         """Feed interleaved int16 audio; False when the frame was not processed (participant leaving)."""
         if self.closing:
@@ -377,7 +381,7 @@ class RoomRegistry:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self.writer = SegmentWriter(record_segment, metrics, self._persist_failed)
-        metrics.bind_live(speech_ratio=self.speech_ratio, stt_lag=self.max_lag_s)
+        metrics.bind_live(speech_ratio=self.speech_ratio, stt_lag=self.max_lag_s, final_wait=self.max_final_wait_s)
 
     def start(self) -> None:
         self.writer.start()
@@ -516,6 +520,9 @@ class RoomRegistry:
 
     def max_lag_s(self) -> float:
         return max((p.lag_s for p in self.all_participants()), default=0.0)
+
+    def max_final_wait_s(self) -> float:
+        return max((p.final_wait_s for p in self.all_participants()), default=0.0)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)

@@ -17,7 +17,11 @@ different rooms do not all coincide (interviews do not run in lockstep).
 
 A run "kept real time" when the p95 speech end -> final latency is <= 1.5 s and nothing fell behind: the
 latencies did not trend upwards over the run (least-squares slope <= 0.02 s/s, or all <= 1.5 s) and the
-server's STT backlog gauge (`stt_lag_seconds`) was not higher over the last third of the run than over the first.
+server's backlog gauge was not higher over the last third of the run than over the first by more than 1 s. That
+gauge is `stt_final_wait_seconds` (how long the oldest closed utterance has waited for its final), which rises
+only while speech-to-text falls behind; `stt_lag_seconds` (seconds of audio awaiting a final, `max_lag_s`) jumps
+to a turn's length whenever one closes, so with staggered rooms and long last turns it sits high without any
+backlog (used only against servers without the newer gauge).
 `offline_wer` is faster-whisper over each whole channel with the same model, the reference the
 streaming WER can be read against.
 """
@@ -741,6 +745,8 @@ def summarize(n: int, rooms: list[dict[str, Any]], samples: list[Sample], t0: fl
     lag_points = [(s.t, s.metrics["stt_lag_seconds"]) for s in window if "stt_lag_seconds" in s.metrics]
     max_lag = max((y for _, y in lag_points), default=math.nan)
     lag_slope = slope(lag_points)
+    # the gauge that shows a backlog: how long the oldest closed utterance has waited for its final
+    wait_points = [(s.t, s.metrics["stt_final_wait_seconds"]) for s in window if "stt_final_wait_seconds" in s.metrics]
     dropped = None
     if len(with_metrics) >= 2:
         dropped = int(
@@ -753,7 +759,7 @@ def summarize(n: int, rooms: list[dict[str, Any]], samples: list[Sample], t0: fl
     # utterances awaiting their final) must not climb either
     growing = (
         latency_trend > LAG_SLOPE_MAX and max(latencies, default=0.0) > REALTIME_P95_S
-    ) or backlog_grows([y for _, y in lag_points])
+    ) or backlog_grows([y for _, y in (wait_points or lag_points)])
     server_hist = histogram_delta(with_metrics, "final_latency_seconds")
     p95 = final["p95"]
     summary = {
@@ -775,6 +781,8 @@ def summarize(n: int, rooms: list[dict[str, Any]], samples: list[Sample], t0: fl
             for q, p in (("p50", 0.5), ("p95", 0.95))
         },
         "lag_timeline": [[round(t - t0, 1), round(y, 2)] for t, y in lag_points],
+        "max_final_wait_s": round(max((y for _, y in wait_points), default=0.0), 3) if wait_points else None,
+        "final_wait_timeline": [[round(t - t0, 1), round(y, 2)] for t, y in wait_points],
         "server_children_cpu_percent": _cpu_percent(samples, "server_children_cpu", t0, t1),
         "peers_cpu_percent": _cpu_percent(samples, "peers_cpu", t0, t1),
         "sender_late_frames": late,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,6 +110,7 @@ class ParticipantStream:
         self._pending_samples = 0  # audio of closed utterances whose final is not out yet
         self._finals: set[asyncio.Task[None]] = set()
         self._open: dict[int, Any] = {}  # seq -> utterance whose outcome (final/error/noise) is not out yet
+        self._open_since: dict[int, float] = {}  # seq -> monotonic time its utterance closed
         self._last_final: asyncio.Task[None] | None = None
         self._partial_task: asyncio.Task[None] | None = None
         # speculative final: (seq, utterance start sample, samples covered, task) started when the speaker paused
@@ -132,6 +134,16 @@ class ParticipantStream:
     def lag_s(self) -> float:
         """Seconds of closed-utterance audio whose final transcript has not been emitted yet."""
         return self._pending_samples / SAMPLE_RATE
+
+    @property
+    def final_wait_s(self) -> float:
+        """How long the oldest closed utterance without an outcome has waited for it (0 when none waits).
+
+        Unlike `lag_s`, which jumps to an utterance's length when it closes, this grows only while speech-to-text
+        keeps a final waiting, so a backlog shows as a rising value."""
+        if not self._open_since:
+            return 0.0
+        return time.monotonic() - min(self._open_since.values())
 
     @property
     def stream_time_s(self) -> float:
@@ -179,6 +191,7 @@ class ParticipantStream:
                 ErrorEvent(self.speaker, "stream_closed", "stream closed before transcription", affected)
             )
         self._open.clear()
+        self._open_since.clear()
         self._pending_samples = 0
 
     # ------------------------------------------------------------------------------------------- internals
@@ -330,6 +343,7 @@ class ParticipantStream:
         self.stats["utterances"] += 1
         self._pending_samples += utt.end - utt.start
         self._open[seq] = utt
+        self._open_since[seq] = time.monotonic()
         task = asyncio.create_task(self._final(seq, utt, self._last_final, self._take_speculative(seq, utt)))
         self._last_final = task
         self._finals.add(task)
@@ -362,12 +376,14 @@ class ParticipantStream:
             self._pending_samples -= utt.end - utt.start
             if error is not None:
                 self._open.pop(seq, None)
+                self._open_since.pop(seq, None)
                 self.stats["errors"] += 1
                 self._partial_shown.discard(seq)
                 self._emit(error)
         if tr is None:
             return
         self._open.pop(seq, None)
+        self._open_since.pop(seq, None)
         tr = trim_after_speech(tr, utt.speech_end_s - utt.start_s)
         shown = seq in self._partial_shown
         self._partial_shown.discard(seq)
