@@ -125,7 +125,7 @@ async def stream_file(
 # ---------------------------------------------------------------------------------------------- 2. latency
 
 
-def bench_latency(stt: LocalWhisper, names: tuple[str, ...]) -> dict[str, Any]:
+def bench_latency(stt: Any, names: tuple[str, ...], workers: int = 1) -> dict[str, Any]:
     to_final: list[float] = []
     to_final_gt: list[float] = []
     to_partial: list[float] = []
@@ -135,7 +135,7 @@ def bench_latency(stt: LocalWhisper, names: tuple[str, ...]) -> dict[str, Any]:
         audio = read_audio(DATA / f"{name}.stereo.wav")
         progress(f"latency: streaming {name} in real time ({audio.duration_s:.0f} s)")
         events, _, _ = asyncio.run(
-            stream_file(stt, [audio.channel(0), audio.channel(1)], audio.rate, realtime=True)
+            stream_file(stt, [audio.channel(0), audio.channel(1)], audio.rate, realtime=True, workers=workers)
         )
         for ch, role in enumerate(("interviewer", "candidate")):
             segs = [e for e in events[ch] if isinstance(e, SegmentEvent)]
@@ -238,9 +238,17 @@ def main() -> None:
     print_table([[r["config"], r["utterance_s"], r["p50_s"], r["p95_s"], r["rtf"]] for r in decode],
                 ["engine configuration", "utterance s", "p50 s", "p95 s", "RTF"])  # fmt: skip
 
-    latency = bench_latency(stt, DIALOGUES[:1] if args.quick else DIALOGUES)
+    # the server's defaults: STT_WORKERS=2 child processes (STT_SUBPROCESS), STT_CPU_THREADS=1
+    from pipeline.stt_process import WhisperProcesses
+
+    procs = WhisperProcesses(processes=2, cpu_threads=1)
+    try:
+        latency = bench_latency(procs, DIALOGUES[:1] if args.quick else DIALOGUES, workers=2)
+    finally:
+        procs.close()
     print(
-        f"\n## Streaming latency, real time, 2 streams (--channels-as-speakers), {latency['turns']} turns\n"
+        f"\n## Streaming latency, real time, 2 streams (--channels-as-speakers), {latency['turns']} turns,"
+        " server defaults (2 STT worker processes, 1 thread each)\n"
     )
     print_table(
         [

@@ -49,7 +49,8 @@ class StreamConfig:
     partial_interval_s: float = (
         1.0  # re-decode the utterance in progress at most this often (0 = no partials)
     )
-    partial_min_s: float = 0.5  # first partial once this much speech is in
+    partial_min_s: float = 0.5  # first partial once this much audio (pre-roll included) is in
+    partial_retry_s: float = 0.25  # a first partial without words is tried again this much later
     # the interval is at least this fraction of the utterance so far: a partial re-decodes the whole utterance,
     # so a fixed interval makes partial cost grow with the square of the utterance length
     partial_interval_growth: float = 0.25
@@ -327,9 +328,13 @@ class ParticipantStream:
         if tr is None:
             self.stats["partials_shed"] += 1
             return
-        if seq == self._next_seq and not tr.text:
-            # too little speech yet for words: try again sooner than a full interval (onset -> first partial)
-            self._last_partial_at -= self.config.partial_interval_s * 0.6
+        log.debug("partial of %s seq %d at %.2f s: %.2f s of audio -> %r (%s)", self.speaker.participant_id, seq,
+                  self.stream_time_s, audio.size / SAMPLE_RATE, tr.text, tr.reason)
+        if seq == self._next_seq and (not tr.text or tr.hallucination) and seq not in self._partial_shown:
+            # too little speech yet for words (nothing, or "I... I... I..."): try again `partial_retry_s` after
+            # this attempt rather than a whole interval later (onset -> first partial)
+            cfg = self.config
+            self._last_partial_at = self.stream_time_s - max(0.0, cfg.partial_interval_s - cfg.partial_retry_s)
         # the utterance may have closed meanwhile: its final owns the seq now
         if seq != self._next_seq or not tr.text or tr.hallucination:
             return
