@@ -56,9 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--beam-size", type=int, default=5, help="local: beam size of final decodes (partials use 1)"
     )
-    t.add_argument(
-        "--prompt", action="store_true", help="prompt each final with the speaker's previous final"
-    )
+    t.add_argument("--no-prompt", dest="prompt", action="store_false",
+                   help="do not prompt each decode with the speaker's recent confident finals")  # fmt: skip
     t.add_argument("-v", "--verbose", action="store_true")
     return ap
 

@@ -68,7 +68,9 @@ class StreamConfig:
     # the pause that starts the speculative decode: raw VAD silence (no hangover), well below end_silence_ms so
     # that the decode is done when the utterance closes
     speculate_after_ms: int = 140
-    prompt_previous: bool = False  # prompt the decoder with the previous confident final of this speaker
+    # prompt the decoder with this stream's recent confident finals (the conversation so far, bounded): per-utterance
+    # decoding without it is well behind whole-file decoding, which conditions on the previous text
+    prompt_previous: bool = True
     prompt_min_confidence: float = 0.6
     prompt_max_chars: int = 200
     extra: dict[str, Any] = field(default_factory=dict)
@@ -403,9 +405,8 @@ class ParticipantStream:
             self.stats["hallucinations"] += int(tr.hallucination)
             return
         if self.config.prompt_previous and tr.confidence >= self.config.prompt_min_confidence:
-            self._prompt = tr.text[-self.config.prompt_max_chars :]
-        else:
-            self._prompt = None  # never condition on low-confidence text
+            self._prompt = _prompt_tail(self._prompt, tr.text, self.config.prompt_max_chars)
+        # a low-confidence final is left out of the prompt: never condition on text we doubt
         score, rolling = self.sentiment.update(tr.text)
         self._emit(SentimentEvent(self.speaker, seq, score, rolling, seg.start_s, seg.end_s))
         self.keywords.update(tr.text, seq)
@@ -443,6 +444,18 @@ class ParticipantStream:
             model=stt.model,
             hallucination=tr.hallucination,
         )
+
+
+def _prompt_tail(prompt: str | None, text: str, max_chars: int) -> str | None:
+    """The prompt extended with `text`, keeping whole words of the last `max_chars` characters."""
+    joined = f"{prompt} {text}" if prompt else text
+    if len(joined) <= max_chars:
+        return joined or None
+    cut = joined[-max_chars:]
+    if joined[-max_chars - 1] != " ":  # the cut fell inside a word: drop its end
+        space = cut.find(" ")
+        cut = cut[space + 1 :] if 0 <= space < len(cut) - 1 else cut
+    return cut.strip() or None
 
 
 def _consume_outcome(task: asyncio.Task[Any]) -> None:

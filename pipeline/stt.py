@@ -242,6 +242,9 @@ class LocalWhisper:
     """faster-whisper on CPU (int8). One instance per process, shared by every stream via the scheduler.
 
     `window_s`: encoder window granularity in seconds (None = always 30 s, as Whisper was trained).
+    `repetition_penalty`: > 1 penalises tokens already in the prompt or the text so far. The streams prompt with
+    the conversation so far (as whole-file decoding conditions on the previous text); without the penalty a
+    prompted decode of a short window tends to echo the prompt or loop ("bye bye bye") in the trailing silence.
     """
 
     engine = "faster-whisper"
@@ -257,6 +260,7 @@ class LocalWhisper:
         partial_beam_size: int = 1,
         window_s: float | None = 5.0,
         language: str = "en",
+        repetition_penalty: float = 1.1,
     ) -> None:
         # CTranslate2's OpenMP runtime otherwise starts a thread per core that spins after each parallel region:
         # measured here, a cpu_threads=1 decode burnt 1.4 cores (2.73 s of work took 4.03 s of CPU), stealing
@@ -272,6 +276,7 @@ class LocalWhisper:
         self.partial_beam_size = partial_beam_size
         self.window_s = window_s
         self.language = language
+        self.repetition_penalty = repetition_penalty
         self._local = threading.local()
         local = self._local
 
@@ -312,6 +317,7 @@ class LocalWhisper:
                 # window invites a tail hallucination ("Thank you.", runs of dots).
                 without_timestamps=False,
                 max_new_tokens=min(220, int(audio_s * 8) + 16),  # bounds a repetition loop's cost
+                repetition_penalty=self.repetition_penalty,
                 vad_filter=False,
                 compression_ratio_threshold=COMPRESSION_RATIO_THRESHOLD,
                 log_prob_threshold=LOGPROB_THRESHOLD,
