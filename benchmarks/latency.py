@@ -6,7 +6,8 @@ For each room count N it runs N interview rooms at once. Each room has a candida
 (aiortc, WHIP; `adapters.whip_client`) publishing the two channels of a dialogue recording (interviewer left,
 candidate right) at real-time pace; the interviewer also listens on the `analysis` data channel. The peers
 run in a worker process of their own (`--worker`, spawned here), never inside the server, so the CPU of
-both is measured separately (user+sys from /proc over the streaming window, in % of one core).
+both is measured separately (user+sys from /proc over the streaming window, in % of one core; the server's
+figure includes its child processes: the speech-to-text workers and the embedded MongoDB).
 
 Ground truth comes from `<name>.json` beside the audio (turns: speaker, text, start_s, end_s in file time).
 A peer's track records `started_at`, the loop-clock instant of stream time zero, so a turn ending at
@@ -692,6 +693,10 @@ async def run_rooms(
     return outcome
 
 
+def _sum_or_none(a: float | None, b: float | None) -> float | None:
+    return None if a is None else round(a + (b or 0.0), 1)
+
+
 def _stt_busy(window: list[Sample]) -> dict[str, float] | None:
     have = [s for s in window if 'stt_busy_seconds_total{kind="final"}' in s.metrics]
     if len(have) < 2 or have[-1].t <= have[0].t:
@@ -767,7 +772,10 @@ def summarize(n: int, rooms: list[dict[str, Any]], samples: list[Sample], t0: fl
         "final_latency_ms": final,
         "first_partial_ms": ms_stats(onsets, ("p50", "p95")),
         "wer": None if (w := corpus_wer(pairs)) is None else round(w, 4),
-        "cpu_percent": _cpu_percent(samples, "server_cpu", t0, t1),
+        # the whole server: its process and its children (speech-to-text workers, embedded MongoDB)
+        "cpu_percent": _sum_or_none(_cpu_percent(samples, "server_cpu", t0, t1),
+                                    _cpu_percent(samples, "server_children_cpu", t0, t1)),
+        "server_main_cpu_percent": _cpu_percent(samples, "server_cpu", t0, t1),
         "dropped_frames": dropped,
         "max_lag_s": None if math.isnan(max_lag) else round(max_lag, 3),
         "realtime": p95 is not None and p95 <= REALTIME_P95_S * 1000 and not growing and not room_errors,

@@ -102,6 +102,10 @@ def as_float_audio(audio: np.ndarray) -> np.ndarray:
 NO_SPEECH_THRESHOLD = 0.6
 LOGPROB_THRESHOLD = -1.0
 COMPRESSION_RATIO_THRESHOLD = 2.4
+# A final whose last word ends this long before its audio does was cut short by the decoder (an utterance
+# closes after 0.5 s of silence, so speech runs to within about that of the end).
+EARLY_END_S = 1.5
+LONGEST_WORD_S = 1.5  # no spoken word lasts this long; an aligned "word" that does is covering missing text
 # A whole transcript this unlikely is noise decoded into words.
 MIN_AVG_LOGPROB = -1.2
 MIN_WORD_PROBABILITY = 0.3
@@ -238,6 +242,15 @@ def _window_frames(audio_s: float, window_s: float | None) -> int | None:
     return int(seconds * 100)
 
 
+def _cut_short(t: Transcript, audio_s: float) -> bool:
+    """Whether the words fail to cover the audio: the last word ends long before the audio does (an utterance
+    closes after 0.5 s of silence), or the aligner stretched a word over seconds to reach the end (seen when the
+    text stops mid-sentence: "and" 5.24-8.14 s, then "I am really" squeezed at 8.14 s)."""
+    if not t.words:
+        return False
+    return t.words[-1].end_s < audio_s - EARLY_END_S or max(w.end_s - w.start_s for w in t.words) > LONGEST_WORD_S
+
+
 class LocalWhisper:
     """faster-whisper on CPU (int8). One instance per process, shared by every stream via the scheduler.
 
@@ -303,6 +316,21 @@ class LocalWhisper:
         t0 = time.perf_counter()
         if x.size < SAMPLE_RATE // 10:
             return Transcript(text="", reason="too_short", audio_s=audio_s)
+        tr = self._decode(x, prompt, partial, self.repetition_penalty)
+        if not partial and self.repetition_penalty != 1.0 and _cut_short(tr, audio_s):
+            # The penalty (or the prompt) can make the decoder end the text early: measured on a 7.5 s turn,
+            # "... and I am really" without "proud of how smooth it feels". Decode again plainly and keep
+            # whichever transcript has more words.
+            plain = self._decode(x, None, partial, 1.0)
+            if len(plain.words) > len(tr.words) and plain.text and not plain.hallucination:
+                log.debug("early end %r; plain decode %r", tr.text, plain.text)
+                tr = plain
+                tr.reason = tr.reason or "early_end"
+        tr.decode_s = time.perf_counter() - t0
+        return tr
+
+    def _decode(self, x: np.ndarray, prompt: str | None, partial: bool, repetition_penalty: float) -> Transcript:
+        audio_s = x.size / SAMPLE_RATE
         self._local.frames = _window_frames(audio_s, self.window_s)
         try:
             segments, info = self._whisper.transcribe(
@@ -317,7 +345,7 @@ class LocalWhisper:
                 # window invites a tail hallucination ("Thank you.", runs of dots).
                 without_timestamps=False,
                 max_new_tokens=min(220, int(audio_s * 8) + 16),  # bounds a repetition loop's cost
-                repetition_penalty=self.repetition_penalty,
+                repetition_penalty=repetition_penalty,
                 vad_filter=False,
                 compression_ratio_threshold=COMPRESSION_RATIO_THRESHOLD,
                 log_prob_threshold=LOGPROB_THRESHOLD,
@@ -326,7 +354,7 @@ class LocalWhisper:
             segs = list(segments)  # the generator does the decoding: consume it here, in the worker thread
         finally:
             self._local.frames = None
-        return apply_guards(self._merge(segs, info.language, audio_s, time.perf_counter() - t0))
+        return apply_guards(self._merge(segs, info.language, audio_s, 0.0))
 
     @staticmethod
     def _merge(segs: list[Any], language: str, audio_s: float, decode_s: float) -> Transcript:

@@ -267,3 +267,25 @@ async def test_aclose_finishes_queued_finals() -> None:
     stt.gate.set()
     await closing
     assert sorted(f.result().text for f in finals) == [f"text f{i}" for i in range(5)]
+
+
+def test_a_final_whose_words_do_not_cover_the_audio_is_cut_short() -> None:
+    from pipeline.stt import _cut_short
+
+    def words(*spans: tuple[float, float]) -> Transcript:
+        return Transcript(text="x", words=[Word("w", a, b, 0.9) for a, b in spans])
+
+    assert not _cut_short(words((0.3, 0.6), (0.6, 1.0), (6.5, 7.0)), audio_s=7.8)  # ends with the speech
+    assert _cut_short(words((0.3, 0.6), (0.6, 1.0), (3.0, 3.4)), audio_s=7.8)  # 4 s of audio after the last word
+    # the aligner stretched "and" over the missing text, then squeezed the rest at the end
+    assert _cut_short(words((4.9, 5.24), (5.24, 8.14), (8.14, 8.14), (8.14, 8.14)), audio_s=8.34)
+    assert not _cut_short(Transcript(text=""), audio_s=8.0)
+
+
+@pytest.mark.slow
+def test_a_penalised_decode_that_stops_mid_sentence_is_decoded_again(whisper: LocalWhisper) -> None:
+    # a 7.5 s turn that tiny.en under the repetition penalty ends at "... and I am really"
+    x = read_audio(DATA / "mobile_mixed.wav", rate=16000, mono=True).pcm[int(6.386 * 16000) : int(14.73 * 16000)]
+    tr = whisper.transcribe(x)
+    assert whisper.repetition_penalty > 1
+    assert tr.text.rstrip(". ").endswith("how smooth it feels"), tr.text
