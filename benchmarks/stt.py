@@ -234,7 +234,7 @@ def main() -> None:
     stt = LocalWhisper()
 
     decode = bench_decode(reps)
-    print("## Decode one utterance (local tiny.en int8, 2 threads)\n")
+    print("## Decode one utterance (local tiny.en int8, 1 thread)\n")
     print_table([[r["config"], r["utterance_s"], r["p50_s"], r["p95_s"], r["rtf"]] for r in decode],
                 ["engine configuration", "utterance s", "p50 s", "p95 s", "RTF"])  # fmt: skip
 

@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--partial-interval", type=float, default=1.0, help="seconds between partials (0 = none)")
     t.add_argument("--levels", action="store_true", help="also emit level events (10 per second per stream)")
     t.add_argument("--workers", type=int, default=1, help="speech-to-text worker threads")
-    t.add_argument("--cpu-threads", type=int, default=2, help="local: threads per decode")
+    t.add_argument("--cpu-threads", type=int, default=1, help="local: threads per decode (1 is fastest on 2 cores)")
     t.add_argument("--window", type=float, default=5.0,
                    help="local: encoder window granularity in seconds (30 = Whisper's fixed 30 s window)")  # fmt: skip
     t.add_argument(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import re
 import threading
 import time
@@ -266,7 +265,7 @@ class LocalWhisper:
         self,
         model_path: str | None = None,
         *,
-        cpu_threads: int = 2,
+        cpu_threads: int = 1,
         num_workers: int = 1,
         compute_type: str = "int8",
         beam_size: int = 5,
@@ -275,11 +274,14 @@ class LocalWhisper:
         language: str = "en",
         repetition_penalty: float = 1.1,
     ) -> None:
-        # CTranslate2's OpenMP runtime otherwise starts a thread per core that spins after each parallel region:
-        # measured here, a cpu_threads=1 decode burnt 1.4 cores (2.73 s of work took 4.03 s of CPU), stealing
-        # the event loop's core. Read lazily by the runtime, so setting it before the first decode is enough.
-        os.environ.setdefault("OMP_NUM_THREADS", str(cpu_threads))
         from faster_whisper import WhisperModel
+        from threadpoolctl import threadpool_limits
+
+        # NumPy's OpenBLAS (faster-whisper's mel filterbank is a matmul) and the OpenMP runtime otherwise keep a
+        # thread per core that spins between calls: measured here, a cpu_threads=1 decode burnt 1.4 cores
+        # (2.89 s of decoding took 4.12 s of CPU), CPU the event loop and the other decodes need. The pools are
+        # already loaded (environment variables would come too late), so they are limited at run time.
+        threadpool_limits(limits=cpu_threads)
 
         path = model_path or default_model_path()
         if not Path(path).is_dir() or not (Path(path) / "model.bin").exists():
