@@ -254,9 +254,10 @@ class LocalWhisper:
     """faster-whisper on CPU (int8). One instance per process, shared by every stream via the scheduler.
 
     `window_s`: encoder window granularity in seconds (None = always 30 s, as Whisper was trained).
-    `repetition_penalty`: > 1 penalises tokens already in the prompt or the text so far. The streams prompt with
-    the conversation so far (as whole-file decoding conditions on the previous text); without the penalty a
-    prompted decode of a short window tends to echo the prompt or loop ("bye bye bye") in the trailing silence.
+    `repetition_penalty`: > 1 penalises tokens already in the prompt or the text so far; applied to prompted
+    decodes only. The streams prompt with the conversation so far (as whole-file decoding conditions on the
+    previous text); without the penalty a prompted decode of a short window tends to echo the prompt or loop
+    ("bye bye bye") in the trailing silence.
     """
 
     engine = "faster-whisper"
@@ -318,8 +319,10 @@ class LocalWhisper:
         t0 = time.perf_counter()
         if x.size < SAMPLE_RATE // 10:
             return Transcript(text="", reason="too_short", audio_s=audio_s)
-        tr = self._decode(x, prompt, partial, self.repetition_penalty)
-        if not partial and self.repetition_penalty != 1.0 and _cut_short(tr, audio_s):
+        # the penalty is there to keep a prompt from being echoed or looped; without a prompt it only costs words
+        penalty = self.repetition_penalty if prompt else 1.0
+        tr = self._decode(x, prompt, partial, penalty)
+        if not partial and penalty != 1.0 and _cut_short(tr, audio_s):
             # The penalty (or the prompt) can make the decoder end the text early: measured on a 7.5 s turn,
             # "... and I am really" without "proud of how smooth it feels". Decode again plainly and keep
             # whichever transcript has more words.

@@ -22,6 +22,7 @@ from pipeline.stt import (
     SttScheduler,
     Transcript,
     apply_guards,
+    as_float_audio,
     repetition_loop,
     trim_after_speech,
 )
@@ -283,9 +284,15 @@ def test_a_final_whose_words_do_not_cover_the_audio_is_cut_short() -> None:
 
 
 @pytest.mark.slow
-def test_a_penalised_decode_that_stops_mid_sentence_is_decoded_again(whisper: LocalWhisper) -> None:
-    # a 7.5 s turn that tiny.en under the repetition penalty ends at "... and I am really"
+def test_a_decode_cut_short_by_the_repetition_penalty_is_caught(whisper: LocalWhisper) -> None:
+    from pipeline.stt import _cut_short
+
+    # a 7.5 s turn that tiny.en under the repetition penalty, unprompted, ends at "... and I am really"
     x = read_audio(DATA / "mobile_mixed.wav", rate=16000, mono=True).pcm[int(6.386 * 16000) : int(14.73 * 16000)]
-    tr = whisper.transcribe(x)
+    penalised = whisper._decode(as_float_audio(x), None, False, 1.1)
+    assert _cut_short(penalised, x.size / 16000), penalised.text
+    # what users get: the whole sentence, unprompted (no penalty) and prompted (penalty, re-decoded if cut short)
     assert whisper.repetition_penalty > 1
-    assert tr.text.rstrip(". ").endswith("how smooth it feels"), tr.text
+    for prompt in (None, "Welcome, and thank you for your time. What have you been building recently?"):
+        tr = whisper.transcribe(x, prompt=prompt)
+        assert tr.text.rstrip(".! ").endswith("how smooth it feels"), (prompt, tr.text)
