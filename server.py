@@ -75,6 +75,13 @@ def _non_negative_float(value: str) -> float:
     return x
 
 
+def _fraction(value: str) -> float:
+    x = float(value)
+    if not 0 <= x <= 1:
+        raise ValueError("must be a number from 0 to 1")
+    return x
+
+
 def _log_level(value: str) -> str:
     v = value.strip().upper()
     if v not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -146,6 +153,8 @@ class Settings:
                              "voice activity detector of the DSP core")
     partial_interval_s: float = _setting("PARTIAL_INTERVAL_S", 1.0, _non_negative_float,
                                          "seconds between partial transcripts of speech in progress (0 = none)")
+    partial_share: float = _setting("PARTIAL_SHARE", 0.15, _fraction, "most of the speech-to-text workers' time "
+                                    "partials may take (over 5 s); under load partials thin out, finals never do")
     end_silence_ms: int = _setting("END_SILENCE_MS", 500, _positive_int,
                                    "silence that ends an utterance (lower: faster finals, more splits)")
     ice_servers: tuple[str, ...] = _setting("ICE_SERVERS", (), _urls, "comma-separated stun: URLs for the "
@@ -311,7 +320,7 @@ async def _build(c: Components) -> None:
     c.relay.start()
     c.service = InterviewService(c.store, on_commit=c.relay.notify)
     stt = await asyncio.to_thread(build_stt, s)
-    c.scheduler = SttScheduler(stt, workers=s.stt_workers)
+    c.scheduler = SttScheduler(stt, workers=s.stt_workers, partial_share=s.partial_share)
     c.metrics.bind_stt(queue_depth=lambda: float(c.scheduler.queue_depth), stats=lambda: c.scheduler.stats)
     stream_config = StreamConfig(vad=s.vad_mode, partial_interval_s=s.partial_interval_s,
                                  end_silence_ms=s.end_silence_ms)

@@ -32,7 +32,7 @@ def test_settings_from_env_are_typed_and_validated() -> None:
     assert Settings().stt_subprocess and not Settings.from_env({"STT_SUBPROCESS": "off"}).stt_subprocess
     for env, needle in [({"PORT": "http"}, "PORT"), ({"PORT": "70000"}, "PORT"), ({"STT_ENGINE": "cloud"}, "STT_ENGINE"),
                         ({"STT_WORKERS": "0"}, "STT_WORKERS"), ({"STT_SUBPROCESS": "maybe"}, "STT_SUBPROCESS"),
-                        ({"VAD_MODE": "magic"}, "VAD_MODE"),
+                        ({"VAD_MODE": "magic"}, "VAD_MODE"), ({"PARTIAL_SHARE": "1.5"}, "PARTIAL_SHARE"),
                         ({"STT_ENGINE": "openai"}, "OPENAI_API_KEY"), ({"LOG_LEVEL": "loud"}, "LOG_LEVEL")]:
         with pytest.raises(ValueError, match=needle):
             Settings.from_env(env)
@@ -67,8 +67,9 @@ def test_help_lists_every_setting() -> None:
     out = subprocess.run([sys.executable, "server.py", "--help"], cwd=ROOT, capture_output=True, text=True,
                          timeout=60, check=True).stdout
     for name in ("HOST", "PORT", "DATA_DIR", "ADMIN_API_KEY", "MONGODB_URL", "NATS_URL", "TOKEN_SECRET",
-                 "TOKEN_TTL_S", "STT_ENGINE", "STT_MODEL", "STT_WORKERS", "STT_CPU_THREADS", "STT_SUBPROCESS", "OPENAI_BASE_URL",
-                 "OPENAI_API_KEY", "OPENAI_STT_MODEL", "VAD_MODE", "PARTIAL_INTERVAL_S", "MAX_BODY_BYTES",
+                 "TOKEN_TTL_S", "STT_ENGINE", "STT_MODEL", "STT_WORKERS", "STT_CPU_THREADS", "STT_SUBPROCESS",
+                 "OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENAI_STT_MODEL", "VAD_MODE", "PARTIAL_INTERVAL_S",
+                 "PARTIAL_SHARE", "MAX_BODY_BYTES",
                  "LOG_LEVEL", "LOG_FORMAT"):
         assert f"\n  {name} " in out, name
 
