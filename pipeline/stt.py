@@ -458,7 +458,7 @@ class SttScheduler:
         max_pending: int = 64,
         max_partials: int = 4,
         partial_max_age_s: float = 1.0,
-        partial_share: float = 0.25,
+        partial_share: float = 0.15,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
