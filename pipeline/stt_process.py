@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -32,6 +33,10 @@ _child_stt: LocalWhisper | None = None
 
 def _init_child(model_path: str | None, options: dict[str, Any]) -> None:
     global _child_stt
+    # Ctrl-C reaches the whole process group and a service manager may signal it too: the parent drains the
+    # streams to their finals on shutdown and then stops this pool itself, so the workers must outlive the signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _child_stt = LocalWhisper(model_path, **options)
 
 

@@ -41,6 +41,17 @@ def test_two_processes_decode_like_the_in_process_engine(procs: WhisperProcesses
     assert procs.engine == "faster-whisper" and procs.model == "tiny.en"
 
 
+def test_workers_outlive_the_signals_that_start_a_graceful_shutdown(
+    procs: WhisperProcesses, jfk16k: np.ndarray
+) -> None:
+    # Ctrl-C signals the whole process group; the server drains streams to their finals before it stops the pool
+    for pid in procs.pids:
+        os.kill(pid, signal.SIGINT)
+        os.kill(pid, signal.SIGTERM)
+    time.sleep(0.2)
+    assert "ask not what your country" in procs.transcribe(jfk16k).text.lower() and procs.restarts == 0
+
+
 def test_bad_audio_is_a_value_error_in_the_caller(procs: WhisperProcesses) -> None:
     with pytest.raises(ValueError, match="int16 or float32"):
         procs.transcribe(np.zeros(16000, np.float64))
