@@ -31,6 +31,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -433,9 +434,29 @@ class EmbeddedMongo:
         cmd = [sys.executable, "-m", "nx_27017.nx_27017", "--host", "127.0.0.1", "-p", str(port),
                "--data-dir", str(self.dir), "--log-file", str(self.dir / "nx-27017.log"),
                "--pid-file", str(self.dir / "nx-27017.pid")]
+        self._stop_stale()
         with open(self.dir / "nx-27017.out", "ab") as out:
+            # its own session: Ctrl-C in a terminal signals the whole foreground process group, and the store must
+            # outlive that signal, because shutdown drains the streams and persists their last finals first
             return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+
+    def _stop_stale(self) -> None:
+        """Stop an nx-27017 left running on this data dir by a server that was killed (SIGKILL, OOM): being in its
+        own session, it does not die with its parent, and two servers must not share the SQLite files."""
+        try:
+            pid = int((self.dir / "nx-27017.pid").read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return
+        if b"nx_27017.nx_27017" not in cmdline or str(self.dir).encode() not in cmdline:
+            return  # the pid was reused by something else
+        log.warning("stopping a stale embedded MongoDB (pid %d) left on %s", pid, self.dir)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            time.sleep(0.05)
 
     async def start(self) -> str:
         if self.url is not None:

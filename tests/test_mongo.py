@@ -295,6 +295,28 @@ async def test_embedded_restart_keeps_data(tmp_path: Path) -> None:
     assert (tmp_path / "mongo").is_dir()
 
 
+async def test_a_stale_embedded_server_left_by_a_killed_process_is_stopped_first(tmp_path: Path) -> None:
+    # the embedded server runs in its own session (Ctrl-C must not reach it), so a server killed with SIGKILL
+    # leaves it running; the next start on the same data dir stops it rather than share the SQLite files
+    killed = EmbeddedMongo(tmp_path)
+    url = await killed.start()
+    store = await MongoStore.connect(url)
+    try:
+        iid = (await InterviewService(store).create_interview(new_interview()))["interviewId"]
+    finally:
+        await store.close()
+    stale = killed.proc
+    assert stale is not None and stale.poll() is None
+    fresh = EmbeddedMongo(tmp_path)
+    store = await MongoStore.connect(await fresh.start())
+    try:
+        assert stale.wait(timeout=10) == 0  # stopped cleanly (SIGTERM), before the new one opened the files
+        assert (await InterviewService(store).get_interview(iid))["status"] == "scheduled"
+    finally:
+        await store.close()
+        await fresh.stop()
+
+
 async def test_database_outage_is_unavailable_not_a_domain_error(tmp_path: Path) -> None:
     embedded = EmbeddedMongo(tmp_path)
     store = await MongoStore.connect(await embedded.start(), timeout_s=0.5)

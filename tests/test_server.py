@@ -74,12 +74,16 @@ def test_help_lists_every_setting() -> None:
         assert f"\n  {name} " in out, name
 
 
-def _start(data_dir: Path, **env: str) -> tuple[subprocess.Popen[str], str, str]:
-    """`python server.py` on embedded defaults; returns the process, its URL and the printed admin key."""
+def _start(data_dir: Path, log_file: Path | None = None, **env: str) -> tuple[subprocess.Popen[str], str, str]:
+    """`python server.py` on embedded defaults, in a session of its own (as in a terminal); returns the process,
+    its URL and the printed admin key. Logs (JSON lines) go to `log_file` if given."""
     clean = {k: v for k, v in os.environ.items() if k not in ("MONGODB_URL", "NATS_URL", "ADMIN_API_KEY")}
+    err = open(log_file, "w") if log_file is not None else subprocess.DEVNULL  # noqa: SIM115 - closed below
     proc = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True,
+                            stderr=err, text=True, start_new_session=True,
                             env={**clean, "DATA_DIR": str(data_dir), "PORT": "0", "LOG_FORMAT": "json", **env})
+    if log_file is not None:
+        err.close()  # type: ignore[union-attr]
     assert proc.stdout is not None
     url = key = ""
     for line in proc.stdout:  # the server prints these two lines once it is ready
@@ -124,6 +128,8 @@ def test_python_server_py_runs_on_embedded_defaults_and_keeps_data(tmp_path: Pat
             metrics = http.get("/metrics").text
             for name in ("interview_rooms_active", "interview_participants_active", "audio_frames_in_total",
                          "audio_frames_dropped_total", "audio_speech_ratio", "stt_lag_seconds",
+                         "stt_final_wait_seconds", 'stt_busy_seconds_total{kind="final"}',
+                         'stt_decodes_total{kind="partial"}',
                          "final_latency_seconds_bucket", "errors_total"):
                 assert name in metrics, name
             page = http.get("/candidate")
@@ -138,6 +144,30 @@ def test_python_server_py_runs_on_embedded_defaults_and_keeps_data(tmp_path: Pat
             assert http.get(f"/api/interviews/{iid}").status_code == 200
     finally:
         assert _stop(proc) == 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_the_process_group_shuts_down_cleanly(tmp_path: Path) -> None:
+    # Ctrl-C in a terminal signals every process of the foreground group: the embedded MongoDB and the
+    # speech-to-text workers must outlive it so that shutdown can still drain streams and persist finals.
+    log_file = tmp_path / "server.log"
+    proc, url, key = _start(tmp_path / "data", log_file)
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+        assert http.post("/api/interviews", json={"candidateId": "c1", "jobId": "j1",
+                                                  "scheduledAt": "2030-01-01T09:00:00Z"}).status_code == 201
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        assert proc.wait(timeout=60) == 0
+    finally:
+        assert proc.stdout is not None
+        proc.stdout.close()
+    records = [json.loads(line) for line in log_file.read_text().splitlines() if line.startswith("{")]
+    messages = [r["msg"] for r in records]
+    assert not [r for r in records if r["level"] in ("ERROR", "CRITICAL")], records
+    assert not any("failed" in m or "died" in m for m in messages), messages
+    # stopped by our teardown (SIGTERM: a clean exit), not killed by the terminal's SIGINT
+    assert any(m.startswith("embedded MongoDB stopped (exit 0)") for m in messages), messages[-8:]
+    assert "shutdown complete" in messages
 
 
 @pytest.mark.slow
