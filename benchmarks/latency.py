@@ -766,6 +766,7 @@ def summarize(n: int, rooms: list[dict[str, Any]], samples: list[Sample], t0: fl
         latency_trend > LAG_SLOPE_MAX and max(latencies, default=0.0) > REALTIME_P95_S
     ) or backlog_grows([y for _, y in (wait_points or lag_points)])
     server_hist = histogram_delta(with_metrics, "final_latency_seconds")
+    join_hist = histogram_delta(with_metrics, "whip_join_seconds")
     p95 = final["p95"]
     summary = {
         "rooms": n,
@@ -786,6 +787,11 @@ def summarize(n: int, rooms: list[dict[str, Any]], samples: list[Sample], t0: fl
         "latency_trend": round(latency_trend, 4),
         "server_final_latency_ms": {
             q: None if (v := histogram_quantile(server_hist, p)) is None else round(v * 1000, 1)
+            for q, p in (("p50", 0.5), ("p95", 0.95))
+        },
+        # offer received -> answer sent, server side, for this run's joins (rooms start while others stream)
+        "server_join_ms": {
+            q: None if (v := histogram_quantile(join_hist, p)) is None else round(v * 1000, 1)
             for q, p in (("p50", 0.5), ("p95", 0.95))
         },
         "lag_timeline": [[round(t - t0, 1), round(y, 2)] for t, y in lag_points],
@@ -1005,7 +1011,8 @@ async def measure(
         progress(
             f"{n} room(s): final p50/p95 {_fmt(f['p50'])}/{_fmt(f['p95'])} ms, WER {_fmt(s['wer'])},"
             f" missed {s['missed_turns']}/{s['turns']}, server CPU {_fmt(s['cpu_percent'])} %,"
-            f" max lag {_fmt(s['max_lag_s'])} s, realtime {s['realtime']}, STT busy % by kind {s['stt_busy_percent']}"
+            f" max lag {_fmt(s['max_lag_s'])} s, realtime {s['realtime']}, join p50/p95 ms {s['server_join_ms']},"
+            f" STT busy % by kind {s['stt_busy_percent']}"
         )
         if s["sender_max_late_ms"] > SENDER_LATE_WARN_MS:
             progress(
