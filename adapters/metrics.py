@@ -8,7 +8,6 @@ are read at scrape time through callbacks the room registry installs, so they ne
 from __future__ import annotations
 
 from collections.abc import Callable
-
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram

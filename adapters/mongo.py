@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import json
 import logging
@@ -427,6 +428,7 @@ class EmbeddedMongo:
         self.proc: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
         self.url: str | None = None
+        self._lock_fd: int | None = None
 
     def _spawn(self, port: int) -> subprocess.Popen[bytes]:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -441,9 +443,28 @@ class EmbeddedMongo:
             return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
 
+    def _lock(self) -> None:
+        """Hold an exclusive lock on the data dir while this server runs (the kernel drops it when we die)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir / "server.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RuntimeError(
+                f"{self.dir} is in use by another running server (give each its own DATA_DIR)"
+            ) from None
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the lock
+            self._lock_fd = None
+
     def _stop_stale(self) -> None:
         """Stop an nx-27017 left running on this data dir by a server that was killed (SIGKILL, OOM): being in its
-        own session, it does not die with its parent, and two servers must not share the SQLite files."""
+        own session, it does not die with its parent, and two servers must not share the SQLite files. Only called
+        with the data dir locked, so its server is gone."""
         try:
             pid = int((self.dir / "nx-27017.pid").read_text().strip())
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -452,15 +473,21 @@ class EmbeddedMongo:
         if b"nx_27017.nx_27017" not in cmdline or str(self.dir).encode() not in cmdline:
             return  # the pid was reused by something else
         log.warning("stopping a stale embedded MongoDB (pid %d) left on %s", pid, self.dir)
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-            time.sleep(0.05)
+        for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+                time.sleep(0.05)
+            if not Path(f"/proc/{pid}").exists():
+                return
+        raise RuntimeError(f"a stale nx-27017 (pid {pid}) on {self.dir} does not stop")
 
     async def start(self) -> str:
         if self.url is not None:
             return self.url
+        if self._lock_fd is None:
+            self._lock()
         last_error = ""
         for _ in range(3):  # the free port can be taken between probing and binding: try another
             port = _free_port()
@@ -472,6 +499,7 @@ class EmbeddedMongo:
                 return self.url
             last_error = self._tail()
             await self._terminate(proc)
+        self._unlock()
         raise RuntimeError(f"nx-27017 did not start; output tail:\n{last_error}")
 
     async def _wait_ready(self, proc: subprocess.Popen[bytes], port: int) -> bool:
@@ -521,3 +549,4 @@ class EmbeddedMongo:
         self.proc = None
         self.url = None
         self.port = None
+        self._unlock()

@@ -16,6 +16,7 @@ This replaces one private attribute of `aiortc.RTCRtpReceiver` (its decoder queu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -55,14 +56,20 @@ class InlineAudioDecoder:
         if self._stopped.is_set():
             return
         codec, encoded = item
+        if not getattr(encoded, "data", b""):
+            return  # an empty payload would read as end-of-stream to the decoder and silence the track
         try:
             for frame in self._decode(codec, encoded):
                 self._out.put_nowait(frame)
                 self.frames += 1
-        except (av.FFmpegError, ValueError) as exc:  # a corrupt packet: drop it, keep the decoder state
+        except Exception as exc:  # noqa: BLE001 - raised here it would reach aiortc's transport and end the call
+            # a corrupt packet: drop it and keep the decoder state, unless the decoder has ended (then a new one)
+            if isinstance(exc, EOFError):
+                self._codec_name = self._decoder = None
             self.errors += 1
             if self._on_error is not None:
-                self._on_error(exc)
+                with contextlib.suppress(Exception):
+                    self._on_error(exc)
 
     def get(self, block: bool = True, timeout: float | None = None) -> None:
         self._stopped.wait(timeout if block else 0)
@@ -107,5 +114,6 @@ def decode_inline(receiver: Any, on_error: Callable[[Exception], None] | None = 
             log.warning("aiortc's receiver internals differ from what adapters.rtp_audio expects: audio is "
                         "decoded in aiortc's threads (works, costs more CPU per track)")
         return False
+    assert track is not None
     setattr(receiver, _QUEUE_ATTR, InlineAudioDecoder(track._queue, on_error))
     return True

@@ -329,20 +329,26 @@ class ParticipantStream:
             return
         if tr is None:
             self.stats["partials_shed"] += 1
+            if seq == self._next_seq and seq not in self._partial_shown:
+                self._retry_partial_soon()  # shed while other streams got the worker: no first partial yet
             return
         log.debug("partial of %s seq %d at %.2f s: %.2f s of audio -> %r (%s)", self.speaker.participant_id, seq,
                   self.stream_time_s, audio.size / SAMPLE_RATE, tr.text, tr.reason)
         if seq == self._next_seq and (not tr.text or tr.hallucination) and seq not in self._partial_shown:
             # too little speech yet for words (nothing, or "I... I... I..."): try again `partial_retry_s` after
             # this attempt rather than a whole interval later (onset -> first partial)
-            cfg = self.config
-            self._last_partial_at = self.stream_time_s - max(0.0, cfg.partial_interval_s - cfg.partial_retry_s)
+            self._retry_partial_soon()
         # the utterance may have closed meanwhile: its final owns the seq now
         if seq != self._next_seq or not tr.text or tr.hallucination:
             return
         self.stats["partials"] += 1
         self._partial_shown.add(seq)
         self._emit(self._segment(seq, start, start + audio.size, tr, final=False))
+
+    def _retry_partial_soon(self) -> None:
+        """The next partial may come `partial_retry_s` from now rather than a whole interval later."""
+        cfg = self.config
+        self._last_partial_at = self.stream_time_s - max(0.0, cfg.partial_interval_s - cfg.partial_retry_s)
 
     def _submit_final(self, utt: Any) -> None:
         seq = self._next_seq

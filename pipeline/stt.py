@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import re
@@ -281,8 +282,10 @@ class LocalWhisper:
         # NumPy's OpenBLAS (faster-whisper's mel filterbank is a matmul) and the OpenMP runtime otherwise keep a
         # thread per core that spins between calls: measured here, a cpu_threads=1 decode burnt 1.4 cores
         # (2.89 s of decoding took 4.12 s of CPU), CPU the event loop and the other decodes need. The pools are
-        # already loaded (environment variables would come too late), so they are limited at run time.
-        threadpool_limits(limits=cpu_threads)
+        # already loaded (environment variables would come too late), so they are limited at run time; OpenMP's
+        # limit is per thread, so each decoding thread sets it again on its first decode (`_limit_threads`).
+        self._limits = functools.partial(threadpool_limits, limits=cpu_threads)
+        self._limits()
 
         path = model_path or default_model_path()
         if not Path(path).is_dir() or not (Path(path) / "model.bin").exists():
@@ -321,6 +324,9 @@ class LocalWhisper:
             return Transcript(text="", reason="too_short", audio_s=audio_s)
         # the penalty is there to keep a prompt from being echoed or looped; without a prompt it only costs words
         penalty = self.repetition_penalty if prompt else 1.0
+        if not getattr(self._local, "limited", False):
+            self._limits()
+            self._local.limited = True
         tr = self._decode(x, prompt, partial, penalty)
         if not partial and penalty != 1.0 and _cut_short(tr, audio_s):
             # The penalty (or the prompt) can make the decoder end the text early: measured on a 7.5 s turn,
@@ -635,6 +641,14 @@ class SttScheduler:
                 if self._partial_kw:
                     kwargs["partial"] = job.partial and not job.final_quality
                 result = await loop.run_in_executor(self._executor, _call, self.stt, job.audio, kwargs)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # this worker is being stopped
+                # the call itself was cancelled (its executor shut down): the request still gets an outcome
+                self.stats.errors += 1
+                if not job.future.done():
+                    job.future.set_exception(SttError("stt_closed", "speech-to-text stopped before this request ran"))
             except Exception as exc:  # one failed request must not stop the worker
                 self.stats.errors += 1
                 log.warning("speech-to-text failed (%s): %s", "partial" if job.partial else "final", exc)

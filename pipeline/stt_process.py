@@ -4,7 +4,7 @@ Why: a decode is mostly C++ (CTranslate2, which releases the GIL), but faster-wh
 features, the segment loop, word merging). In the server's process every one of those steps waits for the GIL
 that the event loop holds while it handles a thousand RTP packets a second; measured with ten rooms, decodes ran
 about twice as slow as alone. A child process has its own interpreter, so the two no longer contend, and a
-crash in native code (a bad model file, an out-of-memory kill) costs one request, not the server.
+crash in native code (a bad model file, an out-of-memory kill) costs a re-decode, not the server.
 
 `transcribe` is blocking, like `LocalWhisper.transcribe`: the scheduler calls it from its worker threads, and the
 thread waits on the child without holding the GIL. Run as many scheduler workers as there are processes.
@@ -12,13 +12,14 @@ thread waits on the child without holding the GIL. Run as many scheduler workers
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import signal
 import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
@@ -34,15 +35,29 @@ _child_stt: LocalWhisper | None = None
 def _init_child(model_path: str | None, options: dict[str, Any]) -> None:
     global _child_stt
     # Ctrl-C reaches the whole process group and a service manager may signal it too: the parent drains the
-    # streams to their finals on shutdown and then stops this pool itself, so the workers must outlive the signal
+    # streams to their finals on shutdown and then stops this pool itself, so the workers must outlive the signal.
+    # The parent kills them (SIGKILL) when it replaces a broken pool, and they exit on their own if it dies.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    parent = os.getppid()
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
     _child_stt = LocalWhisper(model_path, **options)
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)  # the server is gone (killed): nobody will read our results
 
 
 def _child_transcribe(audio: np.ndarray, prompt: str | None, partial: bool) -> Transcript:
     assert _child_stt is not None, "worker process started without a model"
-    return _child_stt.transcribe(audio, prompt=prompt, partial=partial)
+    try:
+        return _child_stt.transcribe(audio, prompt=prompt, partial=partial)
+    except Exception as exc:
+        # an exception that cannot be rebuilt in the parent (a custom constructor) would break the whole pool;
+        # a RuntimeError with the original type and message always can
+        raise RuntimeError(f"{type(exc).__name__}: {exc}") from None
 
 
 def _child_ready() -> tuple[int, str]:
@@ -55,8 +70,8 @@ class WhisperProcesses:
     """`processes` child processes, each with its own `LocalWhisper(model_path, cpu_threads=..., ...)`.
 
     The models load at construction (a bad model path raises `ValueError` here, not on the first utterance).
-    A child that dies fails the requests it was running with `SttError("stt_crashed")`; the pool is rebuilt
-    for the next request.
+    A child that dies breaks the pool: it is replaced and the requests in flight are decoded once more on the new
+    one; a request whose decode kills its worker twice fails with `SttError("stt_crashed")`.
     """
 
     engine = LocalWhisper.engine
@@ -97,24 +112,41 @@ class WhisperProcesses:
 
     def transcribe(self, audio: np.ndarray, *, prompt: str | None = None, partial: bool = False) -> Transcript:
         as_float_audio(audio)  # validate here: a bad array is the caller's error, not a crash
-        with self._lock:
-            if self._closed:
-                raise SttError("stt_closed", "speech-to-text worker processes are shut down")
-            pool = self._pool
-        try:
-            fut: Future[Transcript] = pool.submit(_child_transcribe, audio, prompt, partial)
-            return fut.result()
-        except BrokenProcessPool as exc:
-            self._restart(pool)
-            raise SttError("stt_crashed", f"speech-to-text worker process died: {exc}") from exc
-        except RuntimeError as exc:  # submit after shutdown races with close()
-            raise SttError("stt_closed", str(exc)) from exc
+        for attempt in (1, 2):
+            with self._lock:
+                if self._closed:
+                    raise SttError("stt_closed", "speech-to-text worker processes are shut down")
+                pool = self._pool
+            try:
+                fut: Future[Transcript] = pool.submit(_child_transcribe, audio, prompt, partial)
+            except BrokenProcessPool:  # broken before this request reached it: use the new pool
+                self._restart(pool)
+                continue
+            except RuntimeError as exc:  # submit after shutdown: close() raced us
+                raise SttError("stt_closed", str(exc)) from exc
+            try:
+                return fut.result()
+            except BrokenProcessPool as exc:
+                # a dead worker fails every request in flight, also those on healthy siblings: decode once more
+                # on a new pool, so one crash costs time, not finals (an input that kills the decoder fails twice)
+                self._restart(pool)
+                if attempt == 2:
+                    raise SttError("stt_crashed", f"speech-to-text worker process died: {exc}") from exc
+                log.warning("speech-to-text worker process died during a request; decoding it again")
+            except CancelledError as exc:  # close() cancelled it before it ran
+                raise SttError("stt_closed", "speech-to-text worker processes shut down") from exc
+        raise SttError("stt_crashed", "speech-to-text worker processes keep dying")
 
     def _restart(self, broken: ProcessPoolExecutor) -> None:
         with self._lock:
             if self._closed or self._pool is not broken:
                 return  # another thread already replaced it
             log.error("speech-to-text worker process died; starting a new pool")
+            # the survivors ignore SIGTERM (see _init_child), which is what the executor sends them: kill them, or
+            # they finish their work for nobody while the new pool loads its models
+            for proc in list((getattr(broken, "_processes", None) or {}).values()):
+                with contextlib.suppress(OSError, ValueError):
+                    proc.kill()
             broken.shutdown(wait=False, cancel_futures=True)
             self._pool = self._start()
             self.restarts += 1

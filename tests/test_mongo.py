@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,6 +25,8 @@ from domain.commands import (
 )
 from domain.events import SegmentEvent, Speaker, Word
 from domain.model import Conflict, DomainError, NotFound, Unavailable
+
+ROOT = Path(__file__).resolve().parent.parent
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
@@ -298,20 +303,31 @@ async def test_embedded_restart_keeps_data(tmp_path: Path) -> None:
 async def test_a_stale_embedded_server_left_by_a_killed_process_is_stopped_first(tmp_path: Path) -> None:
     # the embedded server runs in its own session (Ctrl-C must not reach it), so a server killed with SIGKILL
     # leaves it running; the next start on the same data dir stops it rather than share the SQLite files
-    killed = EmbeddedMongo(tmp_path)
-    url = await killed.start()
-    store = await MongoStore.connect(url)
+    script = (
+        "import asyncio, os, sys\n"
+        "from adapters.mongo import EmbeddedMongo\n"
+        "e = EmbeddedMongo(sys.argv[1])\n"
+        "print(asyncio.run(e.start()), e.proc.pid, flush=True)\n"
+        "os._exit(9)  # killed: no teardown\n"
+    )
+    out = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+        timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    url, stale_pid = out.stdout.split()
+    store = await MongoStore.connect(url)  # the orphan still serves
     try:
         iid = (await InterviewService(store).create_interview(new_interview()))["interviewId"]
     finally:
         await store.close()
-    stale = killed.proc
-    assert stale is not None and stale.poll() is None
     fresh = EmbeddedMongo(tmp_path)
     store = await MongoStore.connect(await fresh.start())
     try:
-        assert stale.wait(timeout=10) == 0  # stopped cleanly (SIGTERM), before the new one opened the files
+        with pytest.raises(ProcessLookupError):  # stopped before the new one opened the files
+            os.kill(int(stale_pid), 0)
         assert (await InterviewService(store).get_interview(iid))["status"] == "scheduled"
+        with pytest.raises(RuntimeError, match="in use by another running server"):
+            await EmbeddedMongo(tmp_path).start()  # a live server's data dir is not taken over
     finally:
         await store.close()
         await fresh.stop()

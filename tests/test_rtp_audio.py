@@ -27,6 +27,7 @@ def test_corrupt_packets_are_dropped_and_reported_and_decoding_goes_on() -> None
     dec = InlineAudioDecoder(out, errors.append)
     dec.put((OPUS, SimpleNamespace(data=packets[0])))
     dec.put((OPUS, SimpleNamespace(data=b"\xff\xfe not opus at all")))
+    dec.put((OPUS, SimpleNamespace(data=b"")))  # an empty payload must not end the decoder's stream
     for p in packets[1:]:
         dec.put((OPUS, SimpleNamespace(data=p)))
     assert dec.errors == 1 and len(errors) == 1 and isinstance(errors[0], ValueError)
@@ -64,6 +65,15 @@ async def test_a_real_receiver_decodes_inline_and_its_track_ends_on_close(shared
     with pytest.raises(MediaStreamError):
         while True:
             await asyncio.wait_for(track.recv(), 5)
+
+
+def test_a_failing_error_callback_never_reaches_aiortc() -> None:
+    def broken_callback(exc: Exception) -> None:
+        raise RuntimeError("metrics are down")
+
+    dec = InlineAudioDecoder(asyncio.Queue(), broken_callback)
+    dec.put((OPUS, SimpleNamespace(data=b"\xff\xfe not opus")))  # must not raise into the packet handler
+    assert dec.errors == 1
 
 
 def test_an_unexpected_receiver_keeps_aiortcs_own_decoding() -> None:
