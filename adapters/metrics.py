@@ -96,3 +96,6 @@ class _SttCollector:
             jobs.add_metric([kind], st.jobs_by_kind[kind])
         yield busy
         yield jobs
+        yield CounterMetricFamily("stt_redecodes", "Decodes run twice because the first result stopped short of "
+                                  "its audio (the repetition penalty of a prompted decode can end a sentence early)",
+                                  value=st.redecodes)

@@ -68,6 +68,7 @@ class Transcript:
     reason: str = ""
     audio_s: float = 0.0
     decode_s: float = 0.0
+    redecoded: bool = False  # decoded a second time because the first result stopped short of the audio
 
 
 class SpeechToText(Protocol):
@@ -337,6 +338,7 @@ class LocalWhisper:
                 log.debug("early end %r; plain decode %r", tr.text, plain.text)
                 tr = plain
                 tr.reason = tr.reason or "early_end"
+            tr.redecoded = True
         tr.decode_s = time.perf_counter() - t0
         return tr
 
@@ -429,6 +431,7 @@ class SchedulerStats:
     audio_s: float = 0.0
     # worker seconds and decodes by kind: "final", "speculative" (a final-quality decode started in a pause),
     # "partial" — where the speech-to-text capacity goes
+    redecodes: int = 0  # decodes the engine ran twice (a prompted result that stopped short of its audio)
     busy_by_kind: dict[str, float] = field(default_factory=lambda: dict.fromkeys(JOB_KINDS, 0.0))
     jobs_by_kind: dict[str, int] = field(default_factory=lambda: dict.fromkeys(JOB_KINDS, 0))
 
@@ -659,6 +662,7 @@ class SttScheduler:
                         else SttError("stt_failed", f"{type(exc).__name__}: {exc}")
                     )
             else:
+                self.stats.redecodes += int(getattr(result, "redecoded", False))
                 if job.partial:
                     self.stats.partials_done += 1
                 else:

@@ -129,7 +129,7 @@ def test_python_server_py_runs_on_embedded_defaults_and_keeps_data(tmp_path: Pat
             for name in ("interview_rooms_active", "interview_participants_active", "audio_frames_in_total",
                          "audio_frames_dropped_total", "audio_speech_ratio", "stt_lag_seconds",
                          "stt_final_wait_seconds", 'stt_busy_seconds_total{kind="final"}',
-                         'stt_decodes_total{kind="partial"}',
+                         'stt_decodes_total{kind="partial"}', "stt_redecodes_total",
                          "final_latency_seconds_bucket", "errors_total"):
                 assert name in metrics, name
             page = http.get("/candidate")

@@ -296,3 +296,19 @@ def test_a_decode_cut_short_by_the_repetition_penalty_is_caught(whisper: LocalWh
     for prompt in (None, "Welcome, and thank you for your time. What have you been building recently?"):
         tr = whisper.transcribe(x, prompt=prompt)
         assert tr.text.rstrip(".! ").endswith("how smooth it feels"), (prompt, tr.text)
+
+
+async def test_engine_redecodes_are_counted() -> None:
+    class Redecoding(GatedStt):
+        def transcribe(self, audio: np.ndarray, *, prompt: str | None = None, partial: bool = False) -> Transcript:
+            tr = super().transcribe(audio, prompt=prompt, partial=partial)
+            tr.redecoded = prompt == "twice"
+            return tr
+
+    stt = Redecoding()
+    stt.gate.set()
+    sched = SttScheduler(stt, workers=1)
+    await sched.transcribe_final(AUDIO, prompt="once")
+    await sched.transcribe_final(AUDIO, prompt="twice")
+    assert sched.stats.redecodes == 1
+    await sched.aclose()
