@@ -284,7 +284,7 @@ class LocalWhisper:
         # thread per core that spins between calls: measured here, a cpu_threads=1 decode burnt 1.4 cores
         # (2.89 s of decoding took 4.12 s of CPU), CPU the event loop and the other decodes need. The pools are
         # already loaded (environment variables would come too late), so they are limited at run time; OpenMP's
-        # limit is per thread, so each decoding thread sets it again on its first decode (`_limit_threads`).
+        # limit is per thread, so each decoding thread sets it again on its first decode (in `transcribe`).
         self._limits = functools.partial(threadpool_limits, limits=cpu_threads)
         self._limits()
 
@@ -367,13 +367,13 @@ class LocalWhisper:
             segs = list(segments)  # the generator does the decoding: consume it here, in the worker thread
         finally:
             self._local.frames = None
-        return apply_guards(self._merge(segs, info.language, audio_s, 0.0))
+        return apply_guards(self._merge(segs, info.language, audio_s))
 
     @staticmethod
-    def _merge(segs: list[Any], language: str, audio_s: float, decode_s: float) -> Transcript:
+    def _merge(segs: list[Any], language: str, audio_s: float) -> Transcript:
         if not segs:
             return Transcript(
-                text="", reason="no_speech", language=language, audio_s=audio_s, decode_s=decode_s
+                text="", reason="no_speech", language=language, audio_s=audio_s
             )
         text = "".join(s.text for s in segs).strip()
         weights = [max(1, len(s.tokens)) for s in segs]
@@ -399,7 +399,6 @@ class LocalWhisper:
             avg_logprob=avg_logprob,
             compression_ratio=max(compression_ratio(text), max(s.compression_ratio for s in segs)),
             audio_s=audio_s,
-            decode_s=decode_s,
         )
 
 
@@ -427,13 +426,16 @@ class SchedulerStats:
     partials_shed: int = 0
     finals_rejected: int = 0
     errors: int = 0
-    busy_s: float = 0.0
     audio_s: float = 0.0
+    redecodes: int = 0  # decodes the engine ran twice (a prompted result that stopped short of its audio)
     # worker seconds and decodes by kind: "final", "speculative" (a final-quality decode started in a pause),
     # "partial" — where the speech-to-text capacity goes
-    redecodes: int = 0  # decodes the engine ran twice (a prompted result that stopped short of its audio)
     busy_by_kind: dict[str, float] = field(default_factory=lambda: dict.fromkeys(JOB_KINDS, 0.0))
     jobs_by_kind: dict[str, int] = field(default_factory=lambda: dict.fromkeys(JOB_KINDS, 0))
+
+    @property
+    def busy_s(self) -> float:
+        return sum(self.busy_by_kind.values())
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -633,16 +635,16 @@ class SttScheduler:
                 continue
             if job.future.done():  # the awaiting task was cancelled
                 continue
+            kind = "speculative" if job.final_quality else "partial" if job.partial else "final"
             self._running += 1
             self._best_effort += job.partial
-            plain_partial = job.partial and not job.final_quality
-            if plain_partial:
+            if kind == "partial":
                 self._partial_running[id(job)] = time.monotonic()
             t0 = time.perf_counter()
             try:
                 kwargs: dict[str, Any] = {"prompt": job.prompt}
                 if self._partial_kw:
-                    kwargs["partial"] = job.partial and not job.final_quality
+                    kwargs["partial"] = kind == "partial"
                 result = await loop.run_in_executor(self._executor, _call, self.stt, job.audio, kwargs)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
@@ -673,12 +675,9 @@ class SttScheduler:
             finally:
                 self._running -= 1
                 self._best_effort -= job.partial
-                if plain_partial:
+                if kind == "partial":
                     self._partial_spans.append((self._partial_running.pop(id(job)), time.monotonic()))
-                busy = time.perf_counter() - t0
-                kind = "speculative" if job.final_quality else "partial" if job.partial else "final"
-                self.stats.busy_s += busy
-                self.stats.busy_by_kind[kind] += busy
+                self.stats.busy_by_kind[kind] += time.perf_counter() - t0
                 self.stats.jobs_by_kind[kind] += 1
 
     async def aclose(self) -> None:
