@@ -112,8 +112,8 @@ class ParticipantStream:
         self._next_seq = 0
         self._pending_samples = 0  # audio of closed utterances whose final is not out yet
         self._finals: set[asyncio.Task[None]] = set()
-        self._open: dict[int, Any] = {}  # seq -> utterance whose outcome (final/error/noise) is not out yet
-        self._open_since: dict[int, float] = {}  # seq -> monotonic time its utterance closed
+        # seq -> (utterance, monotonic time it closed) for utterances whose outcome (final/error/noise) is not out yet
+        self._open: dict[int, tuple[Any, float]] = {}
         self._last_final: asyncio.Task[None] | None = None
         self._partial_task: asyncio.Task[None] | None = None
         # speculative final: (seq, utterance start sample, samples covered, task) started when the speaker paused
@@ -144,9 +144,9 @@ class ParticipantStream:
 
         Unlike `lag_s`, which jumps to an utterance's length when it closes, this grows only while speech-to-text
         keeps a final waiting, so a backlog shows as a rising value."""
-        if not self._open_since:
+        if not self._open:
             return 0.0
-        return time.monotonic() - min(self._open_since.values())
+        return time.monotonic() - min(closed for _, closed in self._open.values())
 
     @property
     def stream_time_s(self) -> float:
@@ -185,16 +185,13 @@ class ParticipantStream:
                 task.cancel()
         if self._finals:
             await asyncio.gather(*list(self._finals), return_exceptions=True)
-        for seq, utt in sorted(
-            self._open.items()
-        ):  # cancelled (drain=False): still one outcome per utterance
+        for seq, (utt, _closed) in sorted(self._open.items()):  # cancelled (drain=False): still one outcome each
             self.stats["errors"] += 1
             affected = {"seq": seq, "start_s": round(utt.start_s, 3), "end_s": round(utt.end_s, 3)}
             self._emit(
                 ErrorEvent(self.speaker, "stream_closed", "stream closed before transcription", affected)
             )
         self._open.clear()
-        self._open_since.clear()
         self._pending_samples = 0
 
     # ------------------------------------------------------------------------------------------- internals
@@ -355,8 +352,7 @@ class ParticipantStream:
         self._next_seq += 1
         self.stats["utterances"] += 1
         self._pending_samples += utt.end - utt.start
-        self._open[seq] = utt
-        self._open_since[seq] = time.monotonic()
+        self._open[seq] = (utt, time.monotonic())
         task = asyncio.create_task(self._final(seq, utt, self._last_final, self._take_speculative(seq, utt)))
         self._last_final = task
         self._finals.add(task)
@@ -389,14 +385,12 @@ class ParticipantStream:
             self._pending_samples -= utt.end - utt.start
             if error is not None:
                 self._open.pop(seq, None)
-                self._open_since.pop(seq, None)
                 self.stats["errors"] += 1
                 self._partial_shown.discard(seq)
                 self._emit(error)
         if tr is None:
             return
         self._open.pop(seq, None)
-        self._open_since.pop(seq, None)
         tr = trim_after_speech(tr, utt.speech_end_s - utt.start_s)
         shown = seq in self._partial_shown
         self._partial_shown.discard(seq)

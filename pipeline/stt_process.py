@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.stt import LocalWhisper, SttError, Transcript, as_float_audio
+from pipeline.stt import LocalWhisper, SttError, Transcript, as_float_audio, check_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class WhisperProcesses:
                  **options: Any) -> None:
         if processes < 1:
             raise ValueError("processes must be >= 1")
+        check_model_dir(model_path)  # the usual start-up error, raised here rather than inside a child
         self.processes = processes
         self._args = (model_path, {"cpu_threads": cpu_threads, **options})
         self._lock = threading.Lock()
@@ -97,10 +98,8 @@ class WhisperProcesses:
         t0 = time.perf_counter()
         try:
             ready = [f.result() for f in [self._pool.submit(_child_ready) for _ in range(self.processes)]]
-        except BrokenProcessPool as exc:
+        except BrokenProcessPool as exc:  # the child logged why
             self._pool.shutdown(wait=False, cancel_futures=True)
-            # the child logged why; the usual cause is what LocalWhisper rejects
-            LocalWhisper(self._args[0], **self._args[1])  # raises the precise ValueError in this process
             raise ValueError(f"speech-to-text worker process failed to start: {exc}") from exc
         log.info("speech-to-text: %d worker process(es) %s ready in %.2fs", len({p for p, _ in ready}),
                  sorted({p for p, _ in ready}), time.perf_counter() - t0)
