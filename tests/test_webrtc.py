@@ -12,6 +12,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -156,13 +157,29 @@ async def test_two_peers_interview_over_loopback(live: LiveServer, shared_data: 
           f"{await live.metric('final_latency_seconds_sum'):.2f}/{await live.metric('final_latency_seconds_count'):.0f}")
 
 
-async def test_repost_with_same_token_resumes_and_delete_leaves(live: LiveServer, shared_data: Path) -> None:
+@dataclass
+class Watched:
+    """An interview with an observer listening on `analysis` and a candidate publishing a track."""
+
+    iid: str
+    whip: str
+    tok_c: dict[str, Any]
+    viewer: WhipSession
+    cand: WhipSession
+
+
+async def watched_candidate(live: LiveServer, track: MediaStreamTrack) -> Watched:
     iid = await live.create_interview()
-    tok_i = await live.token(iid, "observer", "Obi")
+    tok_o = await live.token(iid, "observer", "Obi")
     tok_c = await live.token(iid, "candidate", "Cat")
     whip = f"{live.url}/whip/{iid}"
-    viewer = await whip_publish(whip, tok_i["token"], track=None, analysis=True)
-    first = await whip_publish(whip, tok_c["token"], track=WavChannelTrack(shared_data / "jfk.flac", limit_s=1))
+    viewer = await whip_publish(whip, tok_o["token"], track=None, analysis=True)
+    return Watched(iid, whip, tok_c, viewer, await whip_publish(whip, tok_c["token"], track=track))
+
+
+async def test_repost_with_same_token_resumes_and_delete_leaves(live: LiveServer, shared_data: Path) -> None:
+    w = await watched_candidate(live, WavChannelTrack(shared_data / "jfk.flac", limit_s=1))
+    iid, whip, tok_c, viewer, first = w.iid, w.whip, w.tok_c, w.viewer, w.cand
     registry = live.components.registry
     pid = tok_c["participantId"]
     participant = registry.get(iid, pid)
@@ -190,12 +207,8 @@ async def test_repost_with_same_token_resumes_and_delete_leaves(live: LiveServer
 
 
 async def test_dropped_connection_is_cleaned_up(live: LiveServer, shared_data: Path) -> None:
-    iid = await live.create_interview()
-    tok_i = await live.token(iid, "observer", "Obi")
-    tok_c = await live.token(iid, "candidate", "Cat")
-    whip = f"{live.url}/whip/{iid}"
-    viewer = await whip_publish(whip, tok_i["token"], track=None, analysis=True)
-    cand = await whip_publish(whip, tok_c["token"], track=WavChannelTrack(shared_data / "jfk.flac", limit_s=2))
+    w = await watched_candidate(live, WavChannelTrack(shared_data / "jfk.flac", limit_s=2))
+    iid, tok_c, viewer, cand = w.iid, w.tok_c, w.viewer, w.cand
     await cand.wait_connected()
     session_id = cand.location.rsplit("/", 1)[1]
     await cand.pc.close()  # vanish without a DELETE
@@ -210,13 +223,9 @@ async def test_dropped_connection_is_cleaned_up(live: LiveServer, shared_data: P
 
 async def test_dead_track_is_detected_not_spun_on(live: LiveServer, shared_data: Path) -> None:
     live.components.whip.dead_track_s = 1.5
-    iid = await live.create_interview()
-    tok_i = await live.token(iid, "observer", "Obi")
-    tok_c = await live.token(iid, "candidate", "Cat")
-    whip = f"{live.url}/whip/{iid}"
-    viewer = await whip_publish(whip, tok_i["token"], track=None, analysis=True)
     track = StallingTrack(WavChannelTrack(shared_data / "jfk.flac"), frames=50)
-    cand = await whip_publish(whip, tok_c["token"], track=track)
+    w = await watched_candidate(live, track)
+    viewer, cand = w.viewer, w.cand
     seen: list[dict[str, Any]] = []
     await events_until(viewer, lambda ev: any(e["type"] == "error" and e["code"] == "track_dead" for e in ev),
                        into=seen, within_s=30)
@@ -249,12 +258,8 @@ async def test_a_failing_pipeline_is_reported_once_and_the_session_survives(live
         return real_factory(*args)
 
     registry.stream_factory = flaky_factory
-    iid = await live.create_interview()
-    tok_o = await live.token(iid, "observer", "Obi")
-    tok_c = await live.token(iid, "candidate", "Cat")
-    whip = f"{live.url}/whip/{iid}"
-    viewer = await whip_publish(whip, tok_o["token"], track=None, analysis=True)
-    cand = await whip_publish(whip, tok_c["token"], track=WavChannelTrack(shared_data / "jfk.flac", limit_s=4))
+    w = await watched_candidate(live, WavChannelTrack(shared_data / "jfk.flac", limit_s=4))
+    viewer, cand = w.viewer, w.cand
     seen: list[dict[str, Any]] = []
     await events_until(viewer, lambda ev: any(e["type"] == "segment.final" and e["text"] for e in ev),
                        into=seen, within_s=60)
