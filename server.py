@@ -305,7 +305,7 @@ async def _build(c: Components) -> None:
     from adapters.tokens import TokenSigner
     from adapters.webrtc import WhipIngest
     from domain.commands import InterviewService
-    from pipeline.stream import ParticipantStream, StreamConfig
+    from pipeline.stream import Conversation, ParticipantStream, StreamConfig
     from pipeline.stt import SttScheduler
 
     s = c.settings
@@ -325,12 +325,14 @@ async def _build(c: Components) -> None:
     stream_config = StreamConfig(vad=s.vad_mode, partial_interval_s=s.partial_interval_s,
                                  end_silence_ms=s.end_silence_ms)
 
-    def stream_factory(speaker: Any, emit: Any, in_rate: int, channels: int) -> ParticipantStream:
+    def stream_factory(speaker: Any, emit: Any, in_rate: int, channels: int,
+                       conversation: Conversation) -> ParticipantStream:
         # created on the participant's first audio frame: emitted_at_s is monotonic time since then, on the
         # same axis as the stream times of the events (speech end -> emitted = emitted_at_s - end_s)
         started = time.monotonic()
         return ParticipantStream(speaker, c.scheduler, emit, in_rate=in_rate, channels=channels,
-                                 config=stream_config, clock=lambda: time.monotonic() - started)
+                                 config=stream_config, clock=lambda: time.monotonic() - started,
+                                 conversation=conversation)
 
     c.registry = RoomRegistry(stream_factory=stream_factory, metrics=c.metrics,
                               record_segment=c.service.record_segment,

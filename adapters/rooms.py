@@ -46,6 +46,7 @@ from domain.events import (
     to_json,
 )
 from domain.model import DomainError
+from pipeline.stream import Conversation
 
 if TYPE_CHECKING:
     from pipeline.stream import ParticipantStream
@@ -58,7 +59,8 @@ VIEWER_ROLES = ("interviewer", "observer")
 VIEWER_BUFFER_LIMIT = 512 * 1024
 _SHEDDABLE = ("segment.partial", "level")
 
-StreamFactory = Callable[[Speaker, Callable[[StreamEvent], None], int, int], "ParticipantStream"]
+# (speaker, emit, sample rate, channels, the room's conversation) -> the participant's pipeline stream
+StreamFactory = Callable[[Speaker, Callable[[StreamEvent], None], int, int, Conversation], "ParticipantStream"]
 SegmentRecorder = Callable[[str, SegmentEvent], Awaitable[bool]]
 LastSeqLookup = Callable[[str, str], Awaitable[int | None]]
 StoredFinals = Callable[[str], Awaitable[list[str]]]  # interview id -> finals already stored, as wire JSON
@@ -134,7 +136,8 @@ class Participant:
         if self.closing:
             return False
         if self.stream is None:
-            self.stream = self.room.registry.stream_factory(self.speaker, self._on_event, rate, channels)
+            self.stream = self.room.registry.stream_factory(self.speaker, self._on_event, rate, channels,
+                                                            self.room.conversation)
             self.in_rate, self.channels = rate, channels
         elif (rate, channels) != (self.in_rate, self.channels):
             raise ValueError(f"audio format changed mid-stream: {rate} Hz x{channels}, "
@@ -181,6 +184,9 @@ class Room:
         self.viewers: dict[int, Viewer] = {}
         self.history: deque[str] = deque(maxlen=backlog)  # finals and sentiment, JSON, in order
         self.latest_keywords: dict[str, str] = {}  # participant id -> last keywords JSON
+        # every participant's recent finals: each stream's decodes are prompted with the whole conversation
+        # (an answer decodes better after the question), and it outlives a participant's reconnect
+        self.conversation = Conversation()
 
     # ---- fan-out -------------------------------------------------------------------------------------
     def publish(self, source: Participant | None, event: StreamEvent) -> None:

@@ -98,7 +98,7 @@ def plan_feeds(audio: DecodedAudio, args: argparse.Namespace, name: str) -> list
 async def run(
     audio: DecodedAudio, args: argparse.Namespace, stt: SpeechToText, out: TextIO, name: str
 ) -> int:
-    from pipeline.stream import ParticipantStream, StreamConfig
+    from pipeline.stream import Conversation, ParticipantStream, StreamConfig
 
     feeds = plan_feeds(audio, args, name)
     scheduler = SttScheduler(stt, workers=args.workers)
@@ -114,10 +114,10 @@ async def run(
         out.write(to_json(ev) + "\n")
         out.flush()
 
+    conversation = Conversation(cfg.prompt_max_chars)  # the file is one conversation: its streams share context
     streams = [
-        ParticipantStream(
-            f.speaker, scheduler, emit, in_rate=audio.rate, channels=f.channels, config=cfg, clock=clock
-        )
+        ParticipantStream(f.speaker, scheduler, emit, in_rate=audio.rate, channels=f.channels, config=cfg,
+                          clock=clock, conversation=conversation)  # fmt: skip
         for f in feeds
     ]
     frame = max(1, int(round(audio.rate * FRAME_S)))

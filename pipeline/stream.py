@@ -87,6 +87,7 @@ class ParticipantStream:
         channels: int = 2,
         config: StreamConfig | None = None,
         clock: Callable[[], float] | None = None,
+        conversation: Conversation | None = None,
     ) -> None:
         from pipeline.dsp import FrontEnd  # the native core; imported here so a missing build names the fix
 
@@ -124,7 +125,9 @@ class ParticipantStream:
         self._partial_shown: set[int] = set()
         self._last_partial_at = -1e9  # stream time (s) of the last partial request
         self._next_level_at = 0.0
-        self._prompt: str | None = None
+        # the text that prompts each decode: this stream's own confident finals, or, when streams of one room
+        # share a Conversation, every participant's (a candidate's answer decodes with the question before it)
+        self.conversation = conversation or Conversation(cfg.prompt_max_chars)
         self._closed = False
         self.stats: dict[str, int] = {
             "utterances": 0, "finals": 0, "partials": 0, "partials_shed": 0, "noise_utterances": 0,
@@ -253,7 +256,7 @@ class ParticipantStream:
         seq = self._next_seq
         task = asyncio.create_task(
             self.scheduler.transcribe_partial(
-                audio, prompt=self._prompt, key=(id(self), "spec", seq), final_quality=True
+                audio, prompt=self.conversation.prompt, key=(id(self), "spec", seq), final_quality=True
             )
         )
         task.add_done_callback(_consume_outcome)
@@ -320,7 +323,7 @@ class ParticipantStream:
 
     async def _partial(self, seq: int, start: int, audio: np.ndarray) -> None:
         try:
-            tr = await self.scheduler.transcribe_partial(audio, prompt=self._prompt, key=id(self))
+            tr = await self.scheduler.transcribe_partial(audio, prompt=self.conversation.prompt, key=id(self))
         except SttError as exc:
             log.debug("partial failed: %s", exc)  # the final reports errors; partials are best effort
             return
@@ -375,7 +378,7 @@ class ParticipantStream:
                 tr = await _result_or_none(spec)
                 self.stats["speculative_used" if tr is not None else "speculative_wasted"] += 1
             if tr is None:
-                tr = await self.scheduler.transcribe_final(utt.audio, prompt=self._prompt)
+                tr = await self.scheduler.transcribe_final(utt.audio, prompt=self.conversation.prompt)
         except SttError as exc:
             error = ErrorEvent(self.speaker, exc.code, exc.message, affected)
         except Exception as exc:  # noqa: BLE001 - any failure becomes an error event, never a lost final
@@ -405,7 +408,7 @@ class ParticipantStream:
             self.stats["hallucinations"] += int(tr.hallucination)
             return
         if self.config.prompt_previous and tr.confidence >= self.config.prompt_min_confidence:
-            self._prompt = _prompt_tail(self._prompt, tr.text, self.config.prompt_max_chars)
+            self.conversation.add(tr.text)
         # a low-confidence final is left out of the prompt: never condition on text we doubt
         score, rolling = self.sentiment.update(tr.text)
         self._emit(SentimentEvent(self.speaker, seq, score, rolling, seg.start_s, seg.end_s))
@@ -444,6 +447,23 @@ class ParticipantStream:
             model=stt.model,
             hallucination=tr.hallucination,
         )
+
+
+class Conversation:
+    """The recent confident final text of one conversation, in the order the finals came out: the prompt for
+    the next decode of any stream that shares it (whole-file decoding conditions on the previous text in the
+    same way). Bounded to the last `max_chars` characters, cut at a word boundary."""
+
+    __slots__ = ("max_chars", "prompt")
+
+    def __init__(self, max_chars: int = 200) -> None:
+        if max_chars < 1:
+            raise ValueError("max_chars must be >= 1")
+        self.max_chars = max_chars
+        self.prompt: str | None = None
+
+    def add(self, text: str) -> None:
+        self.prompt = _prompt_tail(self.prompt, text, self.max_chars)
 
 
 def _prompt_tail(prompt: str | None, text: str, max_chars: int) -> str | None:

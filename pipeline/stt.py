@@ -107,6 +107,11 @@ COMPRESSION_RATIO_THRESHOLD = 2.4
 # closes after 0.5 s of silence, so speech runs to within about that of the end).
 EARLY_END_S = 1.5
 LONGEST_WORD_S = 1.5  # no spoken word lasts this long; an aligned "word" that does is covering missing text
+# More words than this for the audio is text the decoder invented (fast speech is ~4 words/s): seen on a 1.5 s
+# question prompted with the conversation: "How would you feel now? Thank you so much for watching, and I'll
+# see you next time."
+MAX_WORDS_PER_S = 5.0
+MAX_WORDS_SLACK = 3
 # A whole transcript this unlikely is noise decoded into words.
 MIN_AVG_LOGPROB = -1.2
 MIN_WORD_PROBABILITY = 0.3
@@ -260,6 +265,11 @@ def _cut_short(t: Transcript, audio_s: float) -> bool:
     return t.words[-1].end_s < audio_s - EARLY_END_S or max(w.end_s - w.start_s for w in t.words) > LONGEST_WORD_S
 
 
+def _too_many_words(t: Transcript, audio_s: float) -> bool:
+    """Whether the transcript holds more words than anyone says in `audio_s` of audio."""
+    return len(t.text.split()) > MAX_WORDS_PER_S * audio_s + MAX_WORDS_SLACK
+
+
 class LocalWhisper:
     """faster-whisper on CPU (int8). One instance per process, shared by every stream via the scheduler.
 
@@ -335,7 +345,17 @@ class LocalWhisper:
             self._limits()
             self._local.limited = True
         tr = self._decode(x, prompt, partial, penalty)
-        if not partial and penalty != 1.0 and _cut_short(tr, audio_s):
+        if not partial and tr.text and _too_many_words(tr, audio_s):
+            # text nobody said (a prompt can lead the decoder into it): decode plainly, or flag it
+            plain = self._decode(x, None, partial, 1.0) if prompt else None
+            log.debug("too many words %r; plain decode %r", tr.text, plain and plain.text)
+            if plain is not None and plain.text and not _too_many_words(plain, audio_s):
+                tr = plain
+            else:
+                tr.hallucination = True
+            tr.reason = tr.reason or "too_many_words"
+            tr.redecoded = plain is not None
+        elif not partial and penalty != 1.0 and _cut_short(tr, audio_s):
             # The penalty (or the prompt) can make the decoder end the text early: measured on a 7.5 s turn,
             # "... and I am really" without "proud of how smooth it feels". Decode again plainly and keep
             # whichever transcript has more words.

@@ -26,7 +26,7 @@ from benchmarks._env import SHARED_DATA
 from domain.events import ErrorEvent, SegmentEvent, Speaker, StreamEvent
 from pipeline.__main__ import build_parser, run
 from pipeline.audio_file import read_audio
-from pipeline.stream import ParticipantStream, StreamConfig, _prompt_tail
+from pipeline.stream import Conversation, ParticipantStream, StreamConfig, _prompt_tail
 from pipeline.stt import LocalWhisper, SttScheduler, Transcript
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -322,6 +322,29 @@ async def test_finals_are_prompted_with_the_conversation_so_far() -> None:
     stt = PromptRecordingStt()
     await _run_scripted(stt, _tone_bursts(16000, 2), 16000, partial_interval_s=0, prompt_previous=False)
     assert set(stt.prompts) == {None}
+
+
+async def test_streams_of_one_conversation_prompt_with_each_others_finals() -> None:
+    """An answer decodes after the question: the streams of one room (or one stereo file) share the prompt."""
+    for shared in (True, False):
+        stt = PromptRecordingStt()
+        sched = SttScheduler(stt)
+        conversation = Conversation(200) if shared else None
+        cfg = StreamConfig(emit_levels_every_s=0, partial_interval_s=0, speculative_final=False)
+        streams = [ParticipantStream(Speaker(role, role, role), sched, lambda e: None, in_rate=16000, channels=1,
+                                     config=cfg, conversation=conversation)
+                   for role in ("interviewer", "candidate")]  # fmt: skip
+        burst = _tone_bursts(16000, 1)
+        for turn in (0, 1):  # the interviewer speaks, then the candidate; each stream hears silence meanwhile
+            for i in range(0, burst.size, 320):
+                for k, stream in enumerate(streams):
+                    stream.push(burst[i : i + 320] if k == turn else np.zeros(320, np.int16))
+                await asyncio.sleep(0)
+            await asyncio.sleep(0.05)
+        for stream in streams:
+            await stream.aclose()
+        await sched.aclose()
+        assert stt.prompts == ([None, "great answer number 1"] if shared else [None, None])
 
 
 async def test_speculation_starts_on_raw_silence_and_decodes_what_the_final_holds() -> None:

@@ -22,7 +22,7 @@ from adapters.tokens import TokenSigner
 from adapters.whip_client import decode_audio
 from domain.commands import CreateInterview, InterviewService
 from domain.events import SegmentEvent, Speaker, StreamEvent
-from pipeline.stream import ParticipantStream, StreamConfig
+from pipeline.stream import Conversation, ParticipantStream, StreamConfig
 from pipeline.stt import LocalWhisper, SttScheduler
 
 SECRET = b"rooms-test-secret-0123456789abcdef"
@@ -75,9 +75,10 @@ class Harness:
         self.metrics = Metrics()
         self.signer = TokenSigner(SECRET)
 
-        def factory(speaker: Speaker, emit: Callable[[StreamEvent], None], rate: int, channels: int) -> Any:
+        def factory(speaker: Speaker, emit: Callable[[StreamEvent], None], rate: int, channels: int,
+                    conversation: Conversation) -> Any:
             return ParticipantStream(speaker, scheduler, emit, in_rate=rate, channels=channels,
-                                     config=StreamConfig(partial_interval_s=0.5))
+                                     config=StreamConfig(partial_interval_s=0.5), conversation=conversation)
 
         async def last_seq(iid: str, pid: str) -> int | None:
             segs = (await service.get_transcript(iid))["segments"]

@@ -312,3 +312,44 @@ async def test_engine_redecodes_are_counted() -> None:
     await sched.transcribe_final(AUDIO, prompt="twice")
     assert sched.stats.redecodes == 1
     await sched.aclose()
+
+
+class _ScriptedDecodes(LocalWhisper):
+    """The real engine's decision logic over scripted decoder outputs: prompted and plain decodes answer from
+    `texts` (keyed by whether a prompt was given)."""
+
+    def __init__(self, prompted: str, plain: str) -> None:
+        super().__init__()
+        self.texts = {True: prompted, False: plain}
+        self.decodes: list[str | None] = []
+
+    def _decode(self, x: np.ndarray, prompt: str | None, partial: bool, repetition_penalty: float) -> Transcript:
+        self.decodes.append(prompt)
+        text = self.texts[prompt is not None]
+        step = x.size / 16000 / max(1, len(text.split()))
+        words = [Word(w, i * step, (i + 1) * step, 0.9) for i, w in enumerate(text.split())]
+        return Transcript(text=text, words=words, confidence=0.5, audio_s=x.size / 16000)
+
+
+@pytest.mark.slow
+def test_more_words_than_the_audio_can_hold_are_decoded_again_or_flagged() -> None:
+    from pipeline.stt import _too_many_words
+
+    two_s = np.zeros(32000, np.int16)
+    invented = "How would you feel now? Thank you so much for watching, and I'll see you next time."
+    assert _too_many_words(Transcript(text=invented), 2.0) and not _too_many_words(Transcript(text=invented), 4.0)
+    assert not _too_many_words(Transcript(text="How was it resolved?"), 1.0)
+
+    stt = _ScriptedDecodes(invented, "How was it resolved?")
+    tr = stt.transcribe(two_s, prompt="Tell me about a conflict on your team.")
+    assert tr.text == "How was it resolved?" and not tr.hallucination and tr.redecoded
+    assert stt.decodes == ["Tell me about a conflict on your team.", None]
+    # the plain decode invents as much: nothing to trust, the segment is flagged (kept out of the analysers)
+    stt.texts[False] = invented
+    tr = stt.transcribe(two_s, prompt="Tell me about a conflict on your team.")
+    assert tr.text == invented and tr.hallucination and tr.reason == "too_many_words"
+    # unprompted: nothing else to try, one decode
+    stt.decodes.clear()
+    assert stt.transcribe(two_s).hallucination and stt.decodes == [None]
+    # partials are never decoded twice
+    assert not stt.transcribe(two_s, prompt="x", partial=True).hallucination
