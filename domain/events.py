@@ -3,7 +3,7 @@
 Two families live here:
 
 * **stream events**: what one participant's pipeline emits while an interview is live
-  (`segment.partial`, `segment.final`, `sentiment`, `keywords`, `level`, `error`,
+  (`segment.partial`, `segment.final`, `segment.revised`, `sentiment`, `keywords`, `level`, `error`,
   `participant.joined` / `participant.left`). The same JSON goes to stdout from
   `python -m pipeline`, over the interviewer's `analysis` data channel, and into storage.
 * **domain events**: what the interview aggregate records (InterviewScheduled, ...), published on NATS
@@ -57,6 +57,9 @@ class SegmentEvent:
 
     Times are stream time (seconds since the participant's stream started), never wall clock.
     `hallucination=True` marks text the guards consider invented (it is shown but never analysed).
+    `revision` > 0 (wire type `segment.revised`): the final of the same speaker and `seq` decoded again, after
+    it was sent, with the conversation's preceding audio and text as context; it replaces that final's text,
+    words and confidence (the live final is decoded alone, for speed). Higher revisions replace lower ones.
     """
 
     speaker: Speaker
@@ -73,10 +76,13 @@ class SegmentEvent:
     model: str = ""
     hallucination: bool = False
     emitted_at_s: float | None = None
+    revision: int = 0
 
     @property
     def type(self) -> str:
-        return "segment.final" if self.final else "segment.partial"
+        if not self.final:
+            return "segment.partial"
+        return "segment.revised" if self.revision else "segment.final"
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -94,6 +100,8 @@ class SegmentEvent:
             "model": self.model,
             "hallucination": self.hallucination,
         }
+        if self.revision:
+            d["revision"] = self.revision
         if self.emitted_at_s is not None:
             d["emitted_at_s"] = round(self.emitted_at_s, 3)
         return d
