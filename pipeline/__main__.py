@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--no-prompt", dest="prompt", action="store_false",
                    help="do not prompt each decode with the speaker's recent confident finals")  # fmt: skip
+    t.add_argument("--no-revise", dest="revise", action="store_false",
+                   help="do not decode finals again with the conversation around them (no segment.revised)")
     t.add_argument("-v", "--verbose", action="store_true")
     return ap
 
@@ -104,7 +106,8 @@ async def run(
     scheduler = SttScheduler(stt, workers=args.workers)
     skills = tuple(s.strip() for s in args.skills.split(",") if s.strip())
     cfg = StreamConfig(vad=args.vad, partial_interval_s=args.partial_interval, skills=skills,
-                       prompt_previous=args.prompt, emit_levels_every_s=0.1 if args.levels else 0.0)  # fmt: skip
+                       prompt_previous=args.prompt, revise=args.revise,
+                       emit_levels_every_s=0.1 if args.levels else 0.0)  # fmt: skip
     t_start = time.perf_counter()
     clock = (lambda: time.perf_counter() - t_start) if args.realtime else None
     counts: dict[str, int] = {}
@@ -114,7 +117,8 @@ async def run(
         out.write(to_json(ev) + "\n")
         out.flush()
 
-    conversation = Conversation(cfg.prompt_max_chars)  # the file is one conversation: its streams share context
+    # the file is one conversation: its streams share the prompt and the context of revisions
+    conversation = Conversation(cfg.prompt_max_chars, prompt_min_confidence=cfg.prompt_min_confidence)
     streams = [
         ParticipantStream(f.speaker, scheduler, emit, in_rate=audio.rate, channels=f.channels, config=cfg,
                           clock=clock, conversation=conversation)  # fmt: skip

@@ -9,11 +9,12 @@ this service) infers emotion from voice, prosody or faces.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,17 +59,46 @@ class SentimentTracker:
     base_alpha: float = 0.35
     rolling: float = 0.0
     count: int = 0
+    # the last `recent` segments: seq -> [score, alpha, rolling before it], so a revised segment's text can
+    # replace its score and the smoothing be redone from there (O(recent), not O(interview))
+    recent: int = 16
+    _recent: dict[int, list[float]] = field(default_factory=dict, repr=False)
 
-    def update(self, text: str) -> tuple[float, float]:
+    def update(self, text: str, seq: int | None = None) -> tuple[float, float]:
         score = text_sentiment(text)
-        n_words = max(1, len(text.split()))
-        if self.count == 0:
-            self.rolling = score
-        else:
-            alpha = 1.0 - (1.0 - self.base_alpha) ** (n_words / 10.0)
-            self.rolling += alpha * (score - self.rolling)
+        alpha = 1.0 if self.count == 0 else self._alpha(text)
+        before = self.rolling
+        self.rolling += alpha * (score - self.rolling)
         self.count += 1
+        if seq is not None:
+            self._recent[seq] = [score, alpha, before]
+            if len(self._recent) > self.recent:
+                del self._recent[next(iter(self._recent))]
         return score, self.rolling
+
+    def revise(self, seq: int, text: str) -> tuple[float, float] | None:
+        """Replace segment `seq`'s text (a revised final): its new score and the smoothed value at it; the
+        later segments' smoothing is redone. None when `seq` is older than the last `recent` segments."""
+        entry = self._recent.get(seq)
+        if entry is None:
+            return None
+        score = text_sentiment(text)
+        entry[0] = score
+        if entry[1] < 1.0:
+            entry[1] = self._alpha(text)
+        rolling, at_seq = entry[2], 0.0
+        for k, (s, a, _) in self._recent.items():  # insertion order is segment order
+            if k < seq:
+                continue
+            self._recent[k][2] = rolling
+            rolling += a * (s - rolling)
+            if k == seq:
+                at_seq = rolling
+        self.rolling = rolling
+        return score, at_seq
+
+    def _alpha(self, text: str) -> float:
+        return 1.0 - (1.0 - self.base_alpha) ** (max(1, len(text.split())) / 10.0)
 
 
 # ------------------------------------------------------------------------------------------------ keywords
@@ -195,13 +225,33 @@ class KeywordTracker:
     def __post_init__(self) -> None:
         self._skills = frozenset(_stem(s.strip().lower()) for s in self.skills if s.strip())
 
-    def update(self, text: str, seq: int) -> None:
+    def _keys(self, text: str) -> Iterator[tuple[str, str]]:
         for tok in tokenize(text):
             if len(tok) < 3 or tok in STOP_WORDS or tok in FILLER_WORDS or tok.isdigit():
                 continue
             key = _stem(tok)
             if key in FILLER_WORDS or key in STOP_WORDS:
                 continue
+            yield tok, key
+
+    def remove(self, text: str, seq: int) -> None:
+        """Take back what `update(text, seq)` counted (a revised final replaces its text). O(words + seqs)."""
+        for tok, key in self._keys(text):
+            term = self._terms.get(key)
+            if term is None:  # evicted since
+                continue
+            term.count -= 1
+            if term.forms.get(tok, 0) > 1:
+                term.forms[tok] -= 1
+            else:
+                term.forms.pop(tok, None)
+            if seq in term.seqs:
+                term.seqs.remove(seq)
+            if term.count <= 0 or not term.forms:
+                del self._terms[key]
+
+    def update(self, text: str, seq: int) -> None:
+        for tok, key in self._keys(text):
             term = self._terms.get(key)
             if term is None:
                 if len(self._terms) >= self.max_terms:
@@ -209,8 +259,11 @@ class KeywordTracker:
                 term = self._terms[key] = _Term()
             term.count += 1
             term.forms[tok] = term.forms.get(tok, 0) + 1
-            if not term.seqs or term.seqs[-1] != seq:
+            if not term.seqs or term.seqs[-1] < seq:
                 term.seqs.append(seq)
+                del term.seqs[: -self.max_seqs]
+            elif seq not in term.seqs:  # a revised earlier segment
+                bisect.insort(term.seqs, seq)
                 del term.seqs[: -self.max_seqs]
 
     def _evict(self) -> None:
@@ -232,7 +285,7 @@ class KeywordTracker:
 
     def top(self, n: int = 10) -> list[Keyword]:
         ranked = heapq.nlargest(
-            n, self._terms.items(), key=lambda kv: (self.relevance(kv[0], kv[1]), kv[1].count, kv[1].seqs[-1])
+            n, self._terms.items(), key=lambda kv: (self.relevance(kv[0], kv[1]), kv[1].count, kv[1].seqs[-1] if kv[1].seqs else -1)
         )
         return [
             Keyword(

@@ -78,6 +78,12 @@ class SpeechToText(Protocol):
     def transcribe(self, audio: np.ndarray, *, prompt: str | None = None) -> Transcript: ...
 
 
+class RevisingSpeechToText(SpeechToText, Protocol):
+    """An engine that can decode an utterance again after the conversation's preceding audio (`revise`)."""
+
+    def revise(self, audio: np.ndarray, *, context: np.ndarray, context_text: str) -> Transcript: ...
+
+
 # ----------------------------------------------------------------------------------------------- audio input
 
 
@@ -265,9 +271,37 @@ def _cut_short(t: Transcript, audio_s: float) -> bool:
     return t.words[-1].end_s < audio_s - EARLY_END_S or max(w.end_s - w.start_s for w in t.words) > LONGEST_WORD_S
 
 
+def word_confidence(t: Transcript) -> float:
+    """Geometric mean of the words' probabilities (0 without words): one measure for a live final and its
+    revision (`confidence` is per token for one and per word for the other)."""
+    if not t.words:
+        return 0.0
+    return math.exp(sum(math.log(max(w.probability, 1e-6)) for w in t.words) / len(t.words))
+
+
 def _too_many_words(t: Transcript, audio_s: float) -> bool:
     """Whether the transcript holds more words than anyone says in `audio_s` of audio."""
     return len(t.text.split()) > MAX_WORDS_PER_S * audio_s + MAX_WORDS_SLACK
+
+
+_ALNUM_RE = re.compile(r"[^0-9a-z]+")
+MAX_PREFIX_TOKENS = 200  # faster-whisper cuts a prefix to 223 tokens (from its end): stay clear of that
+
+
+def _after_prefix(words: list[Any], prefix: str) -> int | None:
+    """Index of the first word after `prefix` in a decode forced to start with it (None: it does not).
+
+    Compared on lower-case letters and digits only: the decoder's word split ("short -lived") and spacing
+    need not match the prefix's."""
+    target = _ALNUM_RE.sub("", prefix.lower())
+    if not target:
+        return 0
+    got = ""
+    for i, w in enumerate(words):
+        got += _ALNUM_RE.sub("", w.word.lower())
+        if len(got) >= len(target):
+            return i + 1 if got == target else None
+    return None
 
 
 class LocalWhisper:
@@ -368,6 +402,86 @@ class LocalWhisper:
         tr.decode_s = time.perf_counter() - t0
         return tr
 
+    def revise(
+        self, audio: np.ndarray, *, context: np.ndarray, context_text: str, after: np.ndarray | None = None
+    ) -> Transcript:
+        """Decode `audio` again as the continuation of `context` (the conversation's preceding speech, 16 kHz)
+        whose transcript `context_text` is forced as the decoder's prefix, and followed by `after` (the speech
+        that came next, decoded freely and dropped): one window holds them all, so the encoder hears the
+        speakers around the utterance and the decoder continues their text, as whole-file decoding does.
+
+        Returns the transcript of `audio` alone (word times relative to it). `reason == "context_mismatch"`
+        (and no text) when the decoder's output does not start with `context_text`.
+        """
+        x = as_float_audio(audio)
+        c = as_float_audio(context)
+        a = as_float_audio(after) if after is not None else np.zeros(0, np.float32)
+        audio_s, context_s = x.size / SAMPLE_RATE, c.size / SAMPLE_RATE
+        t0 = time.perf_counter()
+        if x.size < SAMPLE_RATE // 10:
+            return Transcript(text="", reason="too_short", audio_s=audio_s)
+        if not getattr(self._local, "limited", False):
+            self._limits()
+            self._local.limited = True
+        prefix = " ".join(context_text.split())
+        n_prefix = len(self._whisper.hf_tokenizer.encode(" " + prefix).ids) if prefix else 0
+        if n_prefix >= MAX_PREFIX_TOKENS:
+            raise ValueError(f"context text of {n_prefix} tokens; at most {MAX_PREFIX_TOKENS - 1}")
+        both = np.concatenate([c, x, a]) if c.size or a.size else x
+        self._local.frames = _window_frames(both.size / SAMPLE_RATE, self.window_s)
+        try:
+            segments, info = self._whisper.transcribe(
+                both,
+                language=self.language,
+                beam_size=self.beam_size,
+                temperature=[0.0, 0.2, 0.4],
+                condition_on_previous_text=False,
+                prefix=prefix or None,
+                # one segment holding the prefix and the continuation; word timestamps split them
+                without_timestamps=True,
+                word_timestamps=True,
+                # the prefix is part of the generated sequence; the continuation is bounded as in `_decode`
+                max_new_tokens=min(440 - n_prefix, n_prefix + int((audio_s + a.size / SAMPLE_RATE) * 8) + 16),
+                vad_filter=False,
+                compression_ratio_threshold=COMPRESSION_RATIO_THRESHOLD,
+                log_prob_threshold=LOGPROB_THRESHOLD,
+                no_speech_threshold=NO_SPEECH_THRESHOLD,
+            )
+            segs = list(segments)
+        finally:
+            self._local.frames = None
+        # only the first segment: with word timestamps faster-whisper goes on decoding the window from the last
+        # word's end without the prefix, and what it finds in that tail (trailing silence) is invented
+        words = list(segs[0].words or []) if segs else []
+        split = _after_prefix(words, prefix)
+        if split is None:
+            log.debug("revision output %r does not continue %r", "".join(s.text for s in segs), prefix)
+            return Transcript(text="", reason="context_mismatch", audio_s=audio_s, language=info.language)
+        end_s = context_s + audio_s  # where `after` starts: its words are not this utterance's
+        new = [w for w in words[split:] if w.word.strip() and (w.start + w.end) / 2 < end_s]
+        text = "".join(w.word for w in new).strip()
+        probs = [max(float(w.probability), 1e-6) for w in new]
+        avg_logprob = float(np.mean(np.log(probs))) if probs else 0.0
+        tr = Transcript(
+            text=text,
+            words=[
+                Word(w.word.strip(), max(0.0, float(w.start) - context_s), max(0.0, float(w.end) - context_s),
+                     float(w.probability))
+                for w in new
+            ],  # fmt: skip
+            confidence=math.exp(avg_logprob),
+            no_speech_prob=segs[0].no_speech_prob if segs else 0.0,
+            language=info.language,
+            avg_logprob=avg_logprob,
+            compression_ratio=compression_ratio(text),
+            audio_s=audio_s,
+        )
+        tr = apply_guards(tr)
+        if tr.text and _too_many_words(tr, audio_s):
+            tr.hallucination, tr.reason = True, tr.reason or "too_many_words"
+        tr.decode_s = time.perf_counter() - t0
+        return tr
+
     def _decode(self, x: np.ndarray, prompt: str | None, partial: bool, repetition_penalty: float) -> Transcript:
         audio_s = x.size / SAMPLE_RATE
         self._local.frames = _window_frames(audio_s, self.window_s)
@@ -440,9 +554,18 @@ class _Job:
     key: object | None
     queued_at: float
     final_quality: bool = False  # decode as a final (beam, word timestamps) even though queued as a partial
+    context: np.ndarray | None = None  # a revision: decode after this audio, whose text is `context_text`
+    context_text: str = ""
+    after: np.ndarray | None = None
+
+    @property
+    def kind(self) -> str:
+        if self.context is not None:
+            return "revision"
+        return "speculative" if self.final_quality else "partial" if self.partial else "final"
 
 
-JOB_KINDS = ("final", "speculative", "partial")
+JOB_KINDS = ("final", "speculative", "partial", "revision")
 
 
 @dataclass(slots=True)
@@ -454,6 +577,8 @@ class SchedulerStats:
     errors: int = 0
     audio_s: float = 0.0
     redecodes: int = 0  # decodes the engine ran twice (a prompted result that stopped short of its audio)
+    revisions_done: int = 0
+    revisions_dropped: int = 0  # revisions pushed out of a full queue or left when the scheduler closed
     # worker seconds and decodes by kind: "final", "speculative" (a final-quality decode started in a pause),
     # "partial" — where the speech-to-text capacity goes
     busy_by_kind: dict[str, float] = field(default_factory=lambda: dict.fromkeys(JOB_KINDS, 0.0))
@@ -469,6 +594,8 @@ class SchedulerStats:
             "partials_done": self.partials_done,
             "partials_shed": self.partials_shed,
             "finals_rejected": self.finals_rejected,
+            "revisions_done": self.revisions_done,
+            "revisions_dropped": self.revisions_dropped,
             "errors": self.errors,
             "busy_s": round(self.busy_s, 3),
             "audio_s": round(self.audio_s, 3),
@@ -483,6 +610,10 @@ class SttScheduler:
     * partials: at most `max_partials` waiting, at most one per `key` (a newer one replaces the older, which
       resolves to None); a partial only starts when no final is waiting; one older than `partial_max_age_s`
       when a worker frees up is shed (its audio has grown since).
+    * revisions (a final decoded again with the conversation as context, `transcribe_revision`): FIFO, at most
+      `max_revisions` waiting (a new one pushes the oldest out: it resolves to None); one starts only when
+      nothing else waits and, with several workers, it leaves a worker free for finals — so under load they
+      are what gives way, and the live finals keep their latency.
     """
 
     PARTIAL_WINDOW_S = 5.0
@@ -496,6 +627,7 @@ class SttScheduler:
         max_partials: int = 4,
         partial_max_age_s: float = 1.0,
         partial_share: float = 0.15,
+        max_revisions: int = 32,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
@@ -507,6 +639,8 @@ class SttScheduler:
         self.stats = SchedulerStats()
         self._finals: deque[_Job] = deque()
         self._partials: deque[_Job] = deque()
+        self._revisions: deque[_Job] = deque()
+        self.max_revisions = max_revisions
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stt")
         self._wakeup: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -520,7 +654,12 @@ class SttScheduler:
 
     @property
     def queue_depth(self) -> int:
-        return len(self._finals) + len(self._partials)
+        return len(self._finals) + len(self._partials) + len(self._revisions)
+
+    @property
+    def revises(self) -> bool:
+        """Whether the engine can decode a final again with context (`transcribe_revision`)."""
+        return callable(getattr(self.stt, "revise", None))
 
     @property
     def finals_waiting(self) -> int:
@@ -614,6 +753,38 @@ class SttScheduler:
         self._notify()
         return await fut
 
+    async def transcribe_revision(
+        self, audio: np.ndarray, *, context: np.ndarray, context_text: str, after: np.ndarray | None = None
+    ) -> Transcript | None:
+        """Decode a final's audio again after `context` (see `LocalWhisper.revise`) when there is capacity to
+        spare. None when it was pushed out of the queue or the scheduler closed before it ran."""
+        if not self.revises:
+            raise SttError("stt_unsupported", f"{self.stt.engine} cannot revise with context")
+        if self._closed:
+            return None
+        as_float_audio(audio)
+        as_float_audio(context)
+        if after is not None:
+            as_float_audio(after)
+        self._start()
+        if len(self._revisions) >= self.max_revisions:
+            oldest = self._revisions.popleft()
+            self.stats.revisions_dropped += 1
+            if not oldest.future.done():
+                oldest.future.set_result(None)
+        fut: asyncio.Future[Transcript | None] = asyncio.get_running_loop().create_future()
+        self._revisions.append(_Job(audio, None, False, fut, None, time.monotonic(), context=context,
+                                    context_text=context_text, after=after))  # fmt: skip
+        self._notify()
+        return await fut
+
+    def _drop_revisions(self) -> None:
+        while self._revisions:
+            job = self._revisions.popleft()
+            if not job.future.done():
+                self.stats.revisions_dropped += 1
+                job.future.set_result(None)
+
     def shed(self, key: object) -> None:
         """Drop the queued partials of `key` (their audio is stale)."""
         self._shed_partials(lambda j: j.key == key)
@@ -646,6 +817,12 @@ class SttScheduler:
                 job.future.set_result(None)
                 continue
             return job
+        # a revision only on capacity nobody else wants, keeping a worker free for the next final
+        if self._revisions and self._running < max(1, self.workers - 1):
+            while self._revisions:
+                job = self._revisions.popleft()
+                if not job.future.done():
+                    return job
         return None
 
     async def _worker(self, _i: int) -> None:
@@ -661,17 +838,22 @@ class SttScheduler:
                 continue
             if job.future.done():  # the awaiting task was cancelled
                 continue
-            kind = "speculative" if job.final_quality else "partial" if job.partial else "final"
+            kind = job.kind
             self._running += 1
             self._best_effort += job.partial
             if kind == "partial":
                 self._partial_running[id(job)] = time.monotonic()
             t0 = time.perf_counter()
             try:
-                kwargs: dict[str, Any] = {"prompt": job.prompt}
-                if self._partial_kw:
-                    kwargs["partial"] = kind == "partial"
-                result = await loop.run_in_executor(self._executor, _call, self.stt, job.audio, kwargs)
+                if job.context is not None:
+                    call: Any = functools.partial(_revise, self.stt, job.audio, job.context, job.context_text,
+                                                  job.after)
+                else:
+                    kwargs: dict[str, Any] = {"prompt": job.prompt}
+                    if self._partial_kw:
+                        kwargs["partial"] = kind == "partial"
+                    call = functools.partial(_call, self.stt, job.audio, kwargs)
+                result = await loop.run_in_executor(self._executor, call)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
@@ -682,7 +864,7 @@ class SttScheduler:
                     job.future.set_exception(SttError("stt_closed", "speech-to-text stopped before this request ran"))
             except Exception as exc:  # one failed request must not stop the worker
                 self.stats.errors += 1
-                log.warning("speech-to-text failed (%s): %s", "partial" if job.partial else "final", exc)
+                log.warning("speech-to-text failed (%s): %s", kind, exc)
                 if not job.future.done():
                     job.future.set_exception(
                         exc
@@ -691,7 +873,9 @@ class SttScheduler:
                     )
             else:
                 self.stats.redecodes += int(getattr(result, "redecoded", False))
-                if job.partial:
+                if kind == "revision":
+                    self.stats.revisions_done += 1
+                elif job.partial:
                     self.stats.partials_done += 1
                 else:
                     self.stats.finals_done += 1
@@ -707,9 +891,10 @@ class SttScheduler:
                 self.stats.jobs_by_kind[kind] += 1
 
     async def aclose(self) -> None:
-        """Finish queued finals, shed queued partials, stop the workers and the thread pool."""
+        """Finish queued finals, shed queued partials and revisions, stop the workers and the thread pool."""
         self._closed = True
         self._shed_partials(lambda _j: True)
+        self._drop_revisions()
         self._notify()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -726,6 +911,13 @@ class SttScheduler:
 
 def _call(stt: SpeechToText, audio: np.ndarray, kwargs: dict[str, Any]) -> Transcript:
     return stt.transcribe(audio, **kwargs)
+
+
+def _revise(
+    stt: Any, audio: np.ndarray, context: np.ndarray, context_text: str, after: np.ndarray | None
+) -> Transcript:
+    result: Transcript = stt.revise(audio, context=context, context_text=context_text, after=after)
+    return result
 
 
 def _accepts_partial(stt: SpeechToText) -> bool:

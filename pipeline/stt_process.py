@@ -50,10 +50,11 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(0)  # the server is gone (killed): nobody will read our results
 
 
-def _child_transcribe(audio: np.ndarray, prompt: str | None, partial: bool) -> Transcript:
+def _child_call(method: str, audio: np.ndarray, kwargs: dict[str, Any]) -> Transcript:
     assert _child_stt is not None, "worker process started without a model"
     try:
-        return _child_stt.transcribe(audio, prompt=prompt, partial=partial)
+        result: Transcript = getattr(_child_stt, method)(audio, **kwargs)
+        return result
     except Exception as exc:
         # an exception that cannot be rebuilt in the parent (a custom constructor) would break the whole pool;
         # a RuntimeError with the original type and message always can
@@ -111,13 +112,25 @@ class WhisperProcesses:
 
     def transcribe(self, audio: np.ndarray, *, prompt: str | None = None, partial: bool = False) -> Transcript:
         as_float_audio(audio)  # validate here: a bad array is the caller's error, not a crash
+        return self._call("transcribe", audio, {"prompt": prompt, "partial": partial})
+
+    def revise(self, audio: np.ndarray, *, context: np.ndarray, context_text: str,
+               after: np.ndarray | None = None) -> Transcript:
+        """`LocalWhisper.revise` in a worker process."""
+        as_float_audio(audio)
+        as_float_audio(context)
+        if after is not None:
+            as_float_audio(after)
+        return self._call("revise", audio, {"context": context, "context_text": context_text, "after": after})
+
+    def _call(self, method: str, audio: np.ndarray, kwargs: dict[str, Any]) -> Transcript:
         for attempt in (1, 2):
             with self._lock:
                 if self._closed:
                     raise SttError("stt_closed", "speech-to-text worker processes are shut down")
                 pool = self._pool
             try:
-                fut: Future[Transcript] = pool.submit(_child_transcribe, audio, prompt, partial)
+                fut: Future[Transcript] = pool.submit(_child_call, method, audio, kwargs)
             except BrokenProcessPool:  # broken before this request reached it: use the new pool
                 self._restart(pool)
                 continue

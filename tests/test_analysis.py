@@ -94,3 +94,36 @@ def test_vocabulary_is_bounded() -> None:
 
 def test_tokenize_keeps_technical_terms() -> None:
     assert tokenize("C++ and node.js, not x-ray's.") == ["c++", "and", "node.js", "not", "x-ray's"]
+
+
+def test_a_revised_segment_replaces_its_sentiment_and_the_smoothing_after_it() -> None:
+    texts = ["I am delighted with the result.", "It was an awful outage.", "We fixed it within two days."]
+    live, fresh = SentimentTracker(), SentimentTracker()
+    for seq, text in enumerate(texts):
+        live.update("It was a okay outage." if seq == 1 else text, seq)  # misheard
+        fresh.update(text, seq)
+    score, at_seq = live.revise(1, texts[1])
+    assert score < 0 and score == fresh._recent[1][0]
+    assert at_seq == pytest.approx(fresh._recent[2][2])  # the smoothed value right after seq 1
+    assert live.rolling == pytest.approx(fresh.rolling)  # and everything after it redone
+    assert live.revise(99, "unknown segment") is None
+    old = SentimentTracker(recent=2)
+    for seq, text in enumerate(texts):
+        old.update(text, seq)
+    assert old.revise(0, "great") is None  # older than the last `recent` segments: left alone
+
+
+def test_a_revised_segment_replaces_its_keywords() -> None:
+    kw = KeywordTracker()
+    kw.update("We moved the sink queue to Kafka.", 0)
+    kw.update("The sink queue is fast now.", 1)
+    kw.update("Kafka stores every event.", 2)
+    kw.remove("The sink queue is fast now.", 1)
+    kw.update("The sync queue is fast now.", 1)
+    top = {k.term: k for k in kw.top(20)}
+    assert top["sink"].count == 1 and top["sink"].seqs == (0,)
+    assert top["sync"].count == 1 and top["sync"].seqs == (1,)
+    assert top["queue"].count == 2 and top["queue"].seqs == (0, 1)  # seqs stay in order
+    kw.remove("We moved the sink queue to Kafka.", 0)
+    assert "sink" not in {k.term for k in kw.top(20)}
+    assert {k.term: k.count for k in kw.top(20)}["kafka"] == 1

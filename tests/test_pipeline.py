@@ -23,7 +23,7 @@ import pytest
 from whisper_normalizer.english import EnglishTextNormalizer
 
 from benchmarks._env import SHARED_DATA
-from domain.events import ErrorEvent, SegmentEvent, Speaker, StreamEvent
+from domain.events import ErrorEvent, SegmentEvent, Speaker, StreamEvent, Word
 from pipeline.__main__ import build_parser, run
 from pipeline.audio_file import read_audio
 from pipeline.stream import Conversation, ParticipantStream, StreamConfig, _prompt_tail
@@ -345,6 +345,64 @@ async def test_streams_of_one_conversation_prompt_with_each_others_finals() -> N
             await stream.aclose()
         await sched.aclose()
         assert stt.prompts == ([None, "great answer number 1"] if shared else [None, None])
+
+
+class RevisingStt(ScriptedStt):
+    """ScriptedStt that can revise: finals' words have probability `final_p`, revisions' `revised_p`."""
+
+    def __init__(self, final_p: float = 0.5, revised_p: float = 0.9, same_text: bool = False) -> None:
+        super().__init__()
+        self.final_p, self.revised_p, self.same_text = final_p, revised_p, same_text
+        self.revisions: list[tuple[int, str, int | None]] = []  # (audio samples, context text, after samples)
+
+    def transcribe(self, audio: np.ndarray, *, prompt: str | None = None) -> Transcript:
+        tr = super().transcribe(audio, prompt=prompt)
+        tr.words = [Word(w, 0.1 * i, 0.1 * i + 0.1, self.final_p) for i, w in enumerate(tr.text.split())]
+        return tr
+
+    def revise(self, audio: np.ndarray, *, context: np.ndarray, context_text: str,
+               after: np.ndarray | None = None) -> Transcript:
+        self.revisions.append((audio.size, context_text, None if after is None else after.size))
+        number = context_text.count("number") + 1
+        text = f"great answer number {number}" if self.same_text else f"revised answer number {number}"
+        audio_s = audio.size / 16000
+        step = (audio_s - 0.8) / 4  # words over the speech (pre-roll and trailing silence excluded)
+        words = [Word(w, 0.3 + step * i, 0.3 + step * (i + 1), self.revised_p) for i, w in enumerate(text.split())]
+        return Transcript(text=text, words=words, confidence=self.revised_p, audio_s=audio_s)
+
+
+async def test_finals_are_revised_with_the_conversation_around_them() -> None:
+    stt = RevisingStt()
+    events = await _run_scripted(stt, _tone_bursts(16000, 3), 16000, partial_interval_s=0, speculative_final=False)
+    # the first final has nothing before it; the others are decoded again after the finals before them (their
+    # text forced as context) and before the next one (the last has none)
+    assert [(ctx, after is not None) for _, ctx, after in stt.revisions] == [
+        ("great answer number 1", True),
+        ("great answer number 1 revised answer number 2", False),  # the context holds the revised text
+    ]
+    revised = [e for e in events if isinstance(e, SegmentEvent) and e.revision]
+    assert [(e.seq, e.text, e.type) for e in revised] == [
+        (1, "revised answer number 2", "segment.revised"), (2, "revised answer number 3", "segment.revised")
+    ]
+    finals = {e.seq: e for e in events if isinstance(e, SegmentEvent) and e.final and not e.revision}
+    for e in revised:  # same utterance, better text, same wire contract
+        assert (e.start_s, e.end_s) == (finals[e.seq].start_s, finals[e.seq].end_s) and e.to_dict()["revision"] == 1
+    # each revision is followed by its segment's new sentiment and the speaker's new keywords
+    after_rev = [events[events.index(e) + 1 : events.index(e) + 3] for e in revised]
+    assert all([a.type, b.type] == ["sentiment", "keywords"] and a.seq == b.seq == r.seq
+               for (a, b), r in zip(after_rev, revised, strict=True))  # fmt: skip
+    latest = [e for e in events if e.type == "keywords"][-1]
+    assert "revised" in {k.term for k in latest.keywords}
+
+
+@pytest.mark.parametrize("case", ["less confident", "same text", "revise off"])
+async def test_a_revision_that_is_no_better_changes_nothing(case: str) -> None:
+    stt = RevisingStt(revised_p=0.3 if case == "less confident" else 0.9, same_text=case == "same text")
+    events = await _run_scripted(stt, _tone_bursts(16000, 3), 16000, partial_interval_s=0, speculative_final=False,
+                                 revise=case != "revise off")  # fmt: skip
+    assert len(stt.revisions) == (0 if case == "revise off" else 2)
+    assert not [e for e in events if isinstance(e, SegmentEvent) and e.revision]
+    assert [e.type for e in events] == ["segment.final", "sentiment", "keywords"] * 3
 
 
 async def test_speculation_starts_on_raw_silence_and_decodes_what_the_final_holds() -> None:

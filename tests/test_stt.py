@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import jiwer
 import numpy as np
@@ -353,3 +355,90 @@ def test_more_words_than_the_audio_can_hold_are_decoded_again_or_flagged() -> No
     assert stt.transcribe(two_s).hallucination and stt.decodes == [None]
     # partials are never decoded twice
     assert not stt.transcribe(two_s, prompt="x", partial=True).hallucination
+
+
+class RevisingGatedStt(GatedStt):
+    def revise(self, audio: np.ndarray, *, context: np.ndarray, context_text: str,
+               after: np.ndarray | None = None) -> Transcript:
+        self.calls.append((f"revise {context_text}", False))
+        self.started.release()
+        assert self.gate.wait(30)
+        return Transcript(text=f"revised {context_text}", confidence=0.9)
+
+
+async def test_revisions_run_on_spare_capacity_only_and_give_way_under_load() -> None:
+    assert not SttScheduler(GatedStt()).revises  # an engine without `revise`
+    with pytest.raises(SttError) as err:
+        await SttScheduler(GatedStt()).transcribe_revision(AUDIO, context=AUDIO, context_text="x")
+    assert err.value.code == "stt_unsupported"
+
+    stt = RevisingGatedStt()
+    sched = SttScheduler(stt, workers=2, max_revisions=2)
+    assert sched.revises
+    f0 = asyncio.create_task(sched.transcribe_final(AUDIO, prompt="f0"))
+    await _started(stt)
+    r1 = asyncio.create_task(sched.transcribe_revision(AUDIO, context=AUDIO, context_text="r1"))
+    await asyncio.sleep(0.05)
+    assert stt.calls == [("f0", False)]  # a worker is free, but it stays free for finals
+    f1 = asyncio.create_task(sched.transcribe_final(AUDIO, prompt="f1"))
+    await _started(stt)
+    r2 = asyncio.create_task(sched.transcribe_revision(AUDIO, context=AUDIO, context_text="r2"))
+    r3 = asyncio.create_task(sched.transcribe_revision(AUDIO, context=AUDIO, context_text="r3"))
+    assert await r1 is None  # pushed out of the full queue (max_revisions=2)
+    stt.gate.set()
+    assert (await f0).text == "text f0" and (await f1).text == "text f1"
+    assert (await r2).text == "revised r2" and (await r3).text == "revised r3"
+    assert [c for c, _ in stt.calls] == ["f0", "f1", "revise r2", "revise r3"]
+    assert sched.stats.revisions_done == 2 and sched.stats.revisions_dropped == 1
+    assert sched.stats.jobs_by_kind["revision"] == 2 and sched.stats.finals_done == 2
+    # queued revisions are dropped at close; finals still finish
+    stt.gate.clear()
+    f2 = asyncio.create_task(sched.transcribe_final(AUDIO, prompt="f2"))
+    await _started(stt)
+    r4 = asyncio.create_task(sched.transcribe_revision(AUDIO, context=AUDIO, context_text="r4"))
+    await asyncio.sleep(0)
+    closing = asyncio.create_task(sched.aclose())
+    await asyncio.sleep(0)
+    stt.gate.set()
+    await closing
+    assert await r4 is None and (await f2).text == "text f2"
+
+
+def test_after_prefix_finds_where_the_forced_context_ends() -> None:
+    from pipeline.stt import _after_prefix
+
+    class W:
+        def __init__(self, word: str) -> None:
+            self.word = word
+
+    words = [W(w) for w in [" We", " move", " every", " service", " to", " short", "-lived", " tokens.", " What"]]
+    assert _after_prefix(words, "We move every service to short-lived tokens.") == 8
+    assert _after_prefix(words, "We moved every service") is None  # the decoder did not keep the prefix
+    assert _after_prefix(words, "") == 0
+
+
+@pytest.mark.slow
+def test_a_revision_with_the_conversation_around_it_hears_what_the_utterance_alone_does_not(
+    whisper: LocalWhisper,
+) -> None:
+    # security_positive: tiny.en decodes the 1.4 s question "What about data at rest?" alone as "What am I today
+    # that rest?"; with the turns before it and the reply after it in the window, it gets closer ("What about the
+    # address?" here; right in the pipeline, whose context text differs)
+    gt = json.loads((DATA / "security_positive.json").read_text())["turns"]
+    pcm = read_audio(DATA / "security_positive.wav", rate=16000, mono=True).pcm
+
+    def clip(turn: dict[str, Any]) -> np.ndarray:
+        return pcm[int((turn["start_s"] - 0.3) * 16000) : int((turn["end_s"] + 0.5) * 16000)]
+
+    gap = np.zeros(4800, np.int16)
+    question = clip(gt[2])
+    alone = whisper.transcribe(question)
+    assert wer(gt[2]["text"], alone.text) >= 0.4, alone.text
+    context = np.concatenate([clip(gt[0]), gap, clip(gt[1]), gap])
+    tr = whisper.revise(question, context=context, context_text=f"{gt[0]['text']} {gt[1]['text']}",
+                        after=np.concatenate([gap, clip(gt[3])]))  # fmt: skip
+    assert wer(gt[2]["text"], tr.text) < wer(gt[2]["text"], alone.text), (tr.text, alone.text)
+    # the words are the question's, timed within it (not the context's, not the reply's)
+    assert [w.word.lower() for w in tr.words[:2]] == ["what", "about"] and len(tr.words) <= 6, tr.words
+    assert 0 <= tr.words[0].start_s < tr.words[-1].end_s <= question.size / 16000
+    assert tr.confidence > 0 and not tr.hallucination
