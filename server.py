@@ -336,6 +336,7 @@ async def _build(c: Components) -> None:
 
     c.registry = RoomRegistry(stream_factory=stream_factory, metrics=c.metrics,
                               record_segment=c.service.record_segment,
+                              record_revision=c.service.record_revision,
                               last_seq=c.service.last_segment_seq,
                               stored_finals=lambda iid: stored_finals(c.store, iid),
                               resume_grace_s=s.resume_grace_s)
@@ -360,10 +361,14 @@ _SEGMENT_WIRE_FIELDS = ("speaker", "seq", "start_s", "end_s", "text", "words", "
 
 
 async def stored_finals(store: Any, interview_id: str) -> list[str]:
-    """Stored segments in the `segment.final` wire form (what the data channel sent when they happened)."""
+    """Stored segments in the wire form the data channel sent them in, one message each: `segment.final`, or for a
+    revised one its last `segment.revised` (with `revision`), carrying the live final's text as `originalText`
+    (the page shows it as what the revision replaced)."""
     out = []
     for doc in await store.list_segments(interview_id):
         event = {"type": "segment.final", **{k: doc[k] for k in _SEGMENT_WIRE_FIELDS if k in doc}}
+        if doc.get("revision"):
+            event.update(type="segment.revised", revision=doc["revision"], originalText=doc.get("originalText", ""))
         out.append(json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str))
     return out
 

@@ -370,7 +370,9 @@ def openapi_document() -> dict[str, Any]:
         "words": {"type": "array", "items": _obj({"word": _S, "start_s": {"type": "number"},
                                                    "end_s": {"type": "number"}, "probability": {"type": "number"}})},
         "confidence": {"type": "number"}, "language": _S, "engine": _S, "model": _S,
-        "hallucination": {"type": "boolean"}, "recordedAt": _TIME})
+        "hallucination": {"type": "boolean"}, "recordedAt": _TIME,
+        # only on a revised segment: the revision shown, and the live final's text it replaced
+        "revision": {"type": "integer", "minimum": 1}, "originalText": _S})
     analysis_in = _obj({
         "sentiment": _obj({"overall": {"type": "number", "minimum": -1, "maximum": 1},
                            "timeline": {"type": "array", "items": _obj(

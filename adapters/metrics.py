@@ -47,7 +47,12 @@ class Metrics:
         self.segments_final = Counter("segments_final_total", "Final segments produced", registry=r)
         self.segments_persisted = Counter("segments_persisted_total", "Final segments written to the store",
                                           ["result"], registry=r)
-        self.persist_pending = Gauge("segments_persist_pending", "Final segments waiting to be written", registry=r)
+        # a final decoded again with the conversation as context (segment.revised): not a new final
+        self.segments_revised = Counter("segments_revised_total", "Revisions of final segments produced", registry=r)
+        self.revisions_persisted = Counter("segment_revisions_persisted_total",
+                                           "Revisions of final segments written to the store", ["result"], registry=r)
+        self.persist_pending = Gauge("segments_persist_pending", "Final segments and revisions waiting to be written",
+                                     registry=r)
         self.messages_sent = Counter("analysis_messages_sent_total", "Messages sent on analysis data channels",
                                      ["type"], registry=r)
         self.messages_dropped = Counter("analysis_messages_dropped_total",

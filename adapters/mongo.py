@@ -5,6 +5,9 @@ Collections
                  plus the outbox fields below. Optimistic concurrency on `metadata.version`.
     segments     append-only, one document per final segment, `_id` = "<interviewId>:<participantId>:<seq>" and
                  a unique index on (interviewId, participantId, seq): a retried write is a no-op.
+    revisions    append-only too: one document per revision of a stored final (`segment.revised`), `_id` =
+                 "<interviewId>:<participantId>:<seq>:r<revision>", `segmentId` = the final's `_id`. A final is
+                 never rewritten: `list_segments` applies each segment's highest revision when it reads.
     candidates   `_id` = candidateId, unique email.
     events       the log of every published domain event (`_id` = event id), written by `mark_published`.
 
@@ -16,11 +19,14 @@ Outbox design (events are published only after their write commits, and never lo
       state and its new outbox entries together. The outbox is a map, not an array: the relay removes one
       entry with a single-field `$unset` (and bumps `outboxRev`, which writers check so they never resurrect a
       removed entry); nothing ever uses `$push` (nx-27017 0.8.1 stores pushed subdocuments as JSON strings).
-    * a segment document carries its own event (`eventId`, `subject`, `payload`) and `published: false`.
-    `pending()` reads both, oldest first; `mark_published()` appends the events to `events`, then `$unset`s the
-    outbox entries (decrementing `outboxCount`) and sets `published: true` on segments. A crash between the two
-    republishes with the same id, which JetStream's duplicate window and idempotent consumers absorb. A write
-    that failed (stale version, duplicate) stored no outbox entry, so it publishes nothing.
+    * a segment or revision document carries its own event (`eventId`, `subject`, `payload`) and
+      `published: false`.
+    `pending()` reads all three, oldest first, and never returns a revision before its final's event (a revision
+    is written after its final, so it sorts after it; one whose final is still unpublished and not ahead of it in
+    the batch waits for the next read). `mark_published()` appends the events to `events`, then `$unset`s the
+    outbox entries (decrementing `outboxCount`) and sets `published: true` on segments and revisions. A crash
+    between the two republishes with the same id, which JetStream's duplicate window and idempotent consumers
+    absorb. A write that failed (stale version, duplicate) stored no outbox entry, so it publishes nothing.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from domain.commands import CandidateQuery, Cursor, InterviewQuery
-from domain.events import DomainEvent, SegmentTranscribed
+from domain.events import REVISED_FIELDS, DomainEvent, SegmentRevised, SegmentTranscribed
 from domain.model import Candidate, Conflict, Interview, NotFound, Unavailable
 from domain.ports import OutboxRecord
 
@@ -57,6 +63,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _SEGMENT_HIDDEN = {"_id": 0, "eventId": 0, "subject": 0, "payload": 0, "published": 0}
+_OUTBOX_FIELDS = {"eventId": 1, "subject": 1, "payload": 1, "recordedAt": 1, "interviewId": 1, "seq": 1,
+                  "segmentId": 1}
+_REVISION_READ = {"participantId": 1, "seq": 1, "revision": 1, **dict.fromkeys(REVISED_FIELDS, 1)}
 
 
 def _translated(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -91,6 +100,18 @@ def _list_key(at: datetime, ident: str) -> str:
     return f"{_time_key(at)}~{ident}"
 
 
+def _segment_id(interview_id: str, participant_id: str, seq: int) -> str:
+    return f"{interview_id}:{participant_id}:{seq}"
+
+
+def _with_revision(segment: dict[str, Any], revision: dict[str, Any]) -> dict[str, Any]:
+    """A stored final as its revision replaced it; the live final's text stays as `originalText`."""
+    segment["originalText"] = segment.get("text", "")
+    segment.update({k: revision[k] for k in REVISED_FIELDS if k in revision})
+    segment["revision"] = revision["revision"]
+    return segment
+
+
 def _interview_doc(interview: Interview) -> dict[str, Any]:
     doc = interview.to_document()
     doc["_id"] = interview.interview_id
@@ -123,10 +144,12 @@ class MongoStore:
         self.db = db
         self.interviews = db["interviews"]
         self.segments = db["segments"]
+        self.revisions = db["revisions"]
         self.candidates = db["candidates"]
         self.events = db["events"]
-        # Records read by pending() and not yet marked: event id -> (record, owning interview id or None = segment).
-        self._seen: dict[str, tuple[OutboxRecord, str | None]] = {}
+        # Records read by pending() and not yet marked: event id -> (record, collection holding it, document id):
+        # an interview's outbox entry, or a segment or revision document carrying its own event.
+        self._seen: dict[str, tuple[OutboxRecord, str, str]] = {}
 
     @classmethod
     async def connect(cls, url: str, db_name: str = "interviews", *, timeout_s: float = 5.0) -> MongoStore:
@@ -154,6 +177,11 @@ class MongoStore:
         await self.segments.create_index([("interviewId", ASCENDING), ("recordedAt", ASCENDING)])
         await self.segments.create_index([("published", ASCENDING), ("recordedAt", ASCENDING)])
         await self.segments.create_index([("eventId", ASCENDING)])
+        await self.revisions.create_index(
+            [("interviewId", ASCENDING), ("participantId", ASCENDING), ("seq", ASCENDING), ("revision", ASCENDING)],
+            unique=True)
+        await self.revisions.create_index([("published", ASCENDING), ("recordedAt", ASCENDING)])
+        await self.revisions.create_index([("eventId", ASCENDING)])
         await self.candidates.create_index([("email", ASCENDING)], unique=True)
         await self.candidates.create_index([("listKey", ASCENDING)])
         await self.events.create_index([("interviewId", ASCENDING), ("occurredAt", ASCENDING)])
@@ -248,7 +276,7 @@ class MongoStore:
         pid = seg.speaker.participant_id
         body = seg.to_dict()
         body.pop("type", None)
-        doc = {"_id": f"{event.interview_id}:{pid}:{seg.seq}", "interviewId": event.interview_id,
+        doc = {"_id": _segment_id(event.interview_id, pid, seg.seq), "interviewId": event.interview_id,
                "participantId": pid, **body, "recordedAt": event.occurred_at, "eventId": event.id,
                "subject": event.subject, "payload": event.to_json_bytes().decode(), "published": False}
         try:
@@ -258,10 +286,37 @@ class MongoStore:
         return True
 
     @_translated
+    async def add_revision(self, event: SegmentRevised) -> bool:
+        seg = event.segment
+        pid = seg.speaker.participant_id
+        segment_id = _segment_id(event.interview_id, pid, seg.seq)
+        if await self.segments.find_one({"_id": segment_id}, {"_id": 1}) is None:
+            raise NotFound("segment", segment_id)
+        body = seg.to_dict()
+        body.pop("type", None)
+        doc = {"_id": f"{segment_id}:r{seg.revision}", "interviewId": event.interview_id, "participantId": pid,
+               **body, "segmentId": segment_id, "recordedAt": event.occurred_at, "eventId": event.id,
+               "subject": event.subject, "payload": event.to_json_bytes().decode(), "published": False}
+        try:
+            await self.revisions.insert_one(doc)
+        except DuplicateKeyError:
+            return False
+        return True
+
+    @_translated
     async def list_segments(self, interview_id: str) -> list[dict[str, Any]]:
         cursor = self.segments.find({"interviewId": interview_id}, _SEGMENT_HIDDEN)
-        return await cursor.sort([("recordedAt", ASCENDING), ("participantId", ASCENDING),
-                                  ("seq", ASCENDING)]).to_list(None)
+        segments = await cursor.sort([("recordedAt", ASCENDING), ("participantId", ASCENDING),
+                                      ("seq", ASCENDING)]).to_list(None)
+        latest: dict[tuple[str, int], dict[str, Any]] = {}
+        async for rev in self.revisions.find({"interviewId": interview_id}, _REVISION_READ):
+            key = (rev["participantId"], int(rev["seq"]))
+            if key not in latest or rev["revision"] > latest[key]["revision"]:
+                latest[key] = rev
+        if not latest:
+            return segments
+        return [_with_revision(s, latest[k]) if (k := (s["participantId"], int(s["seq"]))) in latest else s
+                for s in segments]
 
     @_translated
     async def last_segment_seq(self, interview_id: str, participant_id: str) -> int | None:
@@ -333,14 +388,20 @@ class MongoStore:
         segment is never published ahead of, say, its interview's InterviewStarted when many interviews wait.
         """
         entries: list[tuple[datetime, str, int, int, OutboxRecord]] = []
-        segs = self.segments.find({"published": False}, {"eventId": 1, "subject": 1, "payload": 1,
-                                                         "recordedAt": 1, "interviewId": 1, "seq": 1})
+        segment_of: dict[str, str] = {}  # event id -> segment id, for segments
+        revises: dict[str, str] = {}  # event id -> segment id, for revisions
         segment_owners: set[str] = set()
-        async for doc in segs.sort([("recordedAt", ASCENDING), ("_id", ASCENDING)]).limit(limit):
-            record = OutboxRecord(id=doc["eventId"], subject=doc["subject"], payload=doc["payload"].encode())
-            self._seen[record.id] = (record, None)
-            segment_owners.add(doc["interviewId"])
-            entries.append((doc["recordedAt"], doc["interviewId"], 1, int(doc.get("seq", 0)), record))
+        for kind, collection in ((1, self.segments), (2, self.revisions)):
+            docs = collection.find({"published": False}, _OUTBOX_FIELDS)
+            async for doc in docs.sort([("recordedAt", ASCENDING), ("_id", ASCENDING)]).limit(limit):
+                record = OutboxRecord(id=doc["eventId"], subject=doc["subject"], payload=doc["payload"].encode())
+                self._seen[record.id] = (record, collection.name, doc["_id"])
+                segment_owners.add(doc["interviewId"])
+                if kind == 1:
+                    segment_of[record.id] = doc["_id"]
+                else:
+                    revises[record.id] = doc["segmentId"]
+                entries.append((doc["recordedAt"], doc["interviewId"], kind, int(doc.get("seq", 0)), record))
         seen_docs: set[str] = set()
         queries = [{"outboxCount": {"$gt": 0}, "_id": {"$in": sorted(segment_owners)}}] if segment_owners else []
         queries.append({"outboxCount": {"$gt": 0}})
@@ -351,10 +412,34 @@ class MongoStore:
                 seen_docs.add(doc["_id"])
                 for event_id, e in (doc.get("outbox") or {}).items():
                     record = OutboxRecord(id=event_id, subject=e["subject"], payload=e["payload"].encode())
-                    self._seen[event_id] = (record, doc["_id"])
+                    self._seen[event_id] = (record, self.interviews.name, doc["_id"])
                     entries.append((e["occurredAt"], doc["_id"], 0, int(e.get("version", 0)), record))
         entries.sort(key=lambda t: t[:4])
-        return [t[4] for t in entries[:limit]]
+        batch = [t[4] for t in entries[:limit]]
+        if revises:
+            batch = await self._revisions_after_their_finals(batch, segment_of, revises)
+        return batch
+
+    async def _revisions_after_their_finals(self, batch: list[OutboxRecord], segment_of: dict[str, str],
+                                            revises: dict[str, str]) -> list[OutboxRecord]:
+        """`batch` without the revisions whose final is unpublished and not ahead of them in it (a clock stepped
+        back between the two writes, or the final fell beyond `limit`): they come back once it is published."""
+        in_batch = {segment_of[r.id] for r in batch if r.id in segment_of}
+        elsewhere = sorted({revises[r.id] for r in batch if r.id in revises} - in_batch)
+        unpublished = set(in_batch)
+        if elsewhere:
+            cursor = self.segments.find({"_id": {"$in": elsewhere}, "published": False}, {"_id": 1})
+            unpublished.update([d["_id"] async for d in cursor])
+        out: list[OutboxRecord] = []
+        ahead: set[str] = set()
+        for record in batch:
+            if record.id in segment_of:
+                ahead.add(segment_of[record.id])
+            elif record.id in revises and revises[record.id] in unpublished - ahead:
+                log.debug("revision event %s waits for its final %s", record.id, revises[record.id])
+                continue
+            out.append(record)
+        return out
 
     @_translated
     async def mark_published(self, ids: list[str]) -> None:
@@ -365,13 +450,14 @@ class MongoStore:
             # Not read by this process's pending() (a relay in another process?): read them now.
             await self.pending(max(1000, len(unknown)))
         records = [self._seen[i] for i in ids if i in self._seen]
-        await self._log_events([r for r, _ in records])
-        segment_ids = [r.id for r, owner in records if owner is None]
-        if segment_ids:
-            await self.segments.update_many({"eventId": {"$in": segment_ids}, "published": False},
-                                            {"$set": {"published": True}})
-        for record, owner in records:
-            if owner is not None:
+        await self._log_events([r for r, _, _ in records])
+        for collection in (self.segments, self.revisions):
+            event_ids = [r.id for r, where, _ in records if where == collection.name]
+            if event_ids:
+                await collection.update_many({"eventId": {"$in": event_ids}, "published": False},
+                                             {"$set": {"published": True}})
+        for record, where, owner in records:
+            if where == self.interviews.name:
                 await self.interviews.update_one(
                     {"_id": owner, f"outbox.{record.id}": {"$exists": True}},
                     {"$unset": {f"outbox.{record.id}": ""}, "$inc": {"outboxCount": -1, "outboxRev": 1}})

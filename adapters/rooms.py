@@ -8,8 +8,10 @@ viewers: the WebRTC layer refuses their channels and `add_viewer` refuses them a
 Events flow one way: stream -> `Room.publish` (on the event loop, synchronous) -> JSON once -> every
 viewer's channel; finals are also kept for late joiners' backlog and queued to the `SegmentWriter`,
 which persists them in order through `InterviewService.record_segment` and then wakes the outbox relay.
-A write that fails is retried with backoff until it succeeds or the service shuts down; it is never
-dropped silently (viewers get an `error` event, the log and `/metrics` say how many are pending).
+A `segment.revised` (a final decoded again with the conversation as context) goes the same way, through
+`record_revision`, behind the final it revises in the same queue. A write that fails is retried with
+backoff until it succeeds or the service shuts down; it is never dropped silently (viewers get an `error`
+event, the log and `/metrics` say how many are pending).
 
 Resuming: a participant whose connection drops is kept for `resume_grace_s`; a new WHIP session with the
 same token within that time re-attaches to the same stream, so segment numbering continues and nothing
@@ -54,8 +56,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 VIEWER_ROLES = ("interviewer", "observer")
-# Above this many bytes queued on a viewer's channel, only messages that matter later (finals, sentiment,
-# keywords, joins/leaves, errors) are still sent; partials and levels are shed and counted.
+# Above this many bytes queued on a viewer's channel, only messages that matter later (finals and their revisions,
+# sentiment, keywords, joins/leaves, errors) are still sent; partials and levels are shed and counted.
 VIEWER_BUFFER_LIMIT = 512 * 1024
 _SHEDDABLE = ("segment.partial", "level")
 
@@ -182,7 +184,7 @@ class Room:
         self.interview_id = interview_id
         self.participants: dict[str, Participant] = {}
         self.viewers: dict[int, Viewer] = {}
-        self.history: deque[str] = deque(maxlen=backlog)  # finals and sentiment, JSON, in order
+        self.history: deque[str] = deque(maxlen=backlog)  # finals, revisions and sentiment, JSON, in order
         self.latest_keywords: dict[str, str] = {}  # participant id -> last keywords JSON
         # every participant's recent finals: each stream's decodes are prompted with the whole conversation
         # (an answer decodes better after the question), and it outlives a participant's reconnect
@@ -202,7 +204,7 @@ class Room:
         text = to_json(event)
         kind = event.type
         if isinstance(event, SegmentEvent) and event.final:
-            metrics.segments_final.inc()
+            (metrics.segments_revised if event.revision else metrics.segments_final).inc()
             self.history.append(text)
             if source is not None:
                 source.next_seq = max(source.next_seq, event.seq + 1)
@@ -212,7 +214,9 @@ class Room:
         elif isinstance(event, KeywordsEvent):
             self.latest_keywords[event.speaker.participant_id] = text
         self._send_all(text, kind)
-        if isinstance(event, SegmentEvent) and event.final and event.text and source is not None:
+        # (a revision comes late by design: how late is no final latency)
+        if (isinstance(event, SegmentEvent) and event.final and not event.revision and event.text
+                and source is not None):
             spoken_end = source.wall_time_of(event.end_s)
             if spoken_end is not None:
                 metrics.final_latency.observe(max(0.0, asyncio.get_running_loop().time() - spoken_end))
@@ -260,14 +264,23 @@ class Room:
         self.viewers.pop(id(channel), None)
 
 
+def _named(interview_id: str, segment: SegmentEvent) -> str:
+    """A segment write as the log names it: interview/participant#seq, and which revision if it is one."""
+    name = f"{interview_id}/{segment.speaker.participant_id}#{segment.seq}"
+    return f"{name} revision {segment.revision}" if segment.revision else name
+
+
 class SegmentWriter:
-    """Persists final segments in order, retrying failed writes with backoff; never drops one silently."""
+    """Persists final segments and their revisions in one queue, so in order (a revision after its final),
+    retrying failed writes with backoff; never drops one silently."""
 
     RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 
     def __init__(self, record: SegmentRecorder | None, metrics: Metrics,
-                 on_failure: Callable[[str, SegmentEvent, str], None]) -> None:
+                 on_failure: Callable[[str, SegmentEvent, str], None],
+                 record_revision: SegmentRecorder | None = None) -> None:
         self._record = record
+        self._record_revision = record_revision
         self._metrics = metrics
         self._on_failure = on_failure
         self._queue: deque[tuple[str, SegmentEvent]] = deque()
@@ -282,11 +295,15 @@ class SegmentWriter:
         return len(self._queue)
 
     def start(self) -> None:
-        if self._record is not None and self._task is None:
+        if self._task is None and (self._record is not None or self._record_revision is not None):
             self._task = asyncio.get_running_loop().create_task(self._run(), name="segment-writer")
 
     def submit(self, interview_id: str, segment: SegmentEvent) -> None:
-        if self._record is None or not segment.text:
+        if segment.revision:
+            if self._record_revision is None:
+                return
+            # kept even without text: it replaces the stored final's
+        elif self._record is None or not segment.text:
             return  # an empty final only retracts partials shown for noise: nothing to keep
         self._queue.append((interview_id, segment))
         self._metrics.persist_pending.set(len(self._queue))
@@ -294,7 +311,6 @@ class SegmentWriter:
         self._wake.set()
 
     async def _run(self) -> None:
-        assert self._record is not None
         while True:
             if not self._queue:
                 self._idle.set()
@@ -304,27 +320,30 @@ class SegmentWriter:
                 await self._wake.wait()
                 continue
             interview_id, segment = self._queue[0]
+            record = self._record_revision if segment.revision else self._record
+            assert record is not None  # submit() queues nothing it has no recorder for
+            persisted = self._metrics.revisions_persisted if segment.revision else self._metrics.segments_persisted
             attempt = 0
             while True:
                 try:
-                    created = await self._record(interview_id, segment)
+                    created = await record(interview_id, segment)
                 except asyncio.CancelledError:
                     raise
                 except DomainError as exc:
                     # The store refused this segment for good (e.g. the interview was cancelled): retrying
                     # cannot help. Said loudly, once, to the log, the metrics and the room.
-                    self._metrics.segments_persisted.labels(result="rejected").inc()
+                    persisted.labels(result="rejected").inc()
                     self._metrics.error("persist")
-                    log.error("segment %s/%s#%d rejected by the store: %s; text=%r", interview_id,
-                              segment.speaker.participant_id, segment.seq, exc, segment.text)
+                    log.error("segment %s rejected by the store: %s; text=%r", _named(interview_id, segment), exc,
+                              segment.text)
                     self._on_failure(interview_id, segment, f"rejected: {exc}")
                     break
                 except Exception as exc:
-                    self._metrics.segments_persisted.labels(result="error").inc()
+                    persisted.labels(result="error").inc()
                     self._metrics.error("persist")
                     if attempt == 0:
-                        log.warning("persisting segment %s/%s#%d failed (%s: %s); retrying", interview_id,
-                                    segment.speaker.participant_id, segment.seq, type(exc).__name__, exc)
+                        log.warning("persisting segment %s failed (%s: %s); retrying", _named(interview_id, segment),
+                                    type(exc).__name__, exc)
                         self._on_failure(interview_id, segment, f"{type(exc).__name__}: {exc}")
                     delay = self.RETRY_DELAYS_S[min(attempt, len(self.RETRY_DELAYS_S) - 1)]
                     attempt += 1
@@ -332,10 +351,9 @@ class SegmentWriter:
                         raise
                     await asyncio.sleep(delay)
                     continue
-                self._metrics.segments_persisted.labels(result="created" if created else "duplicate").inc()
+                persisted.labels(result="created" if created else "duplicate").inc()
                 if attempt:
-                    log.info("segment %s/%s#%d persisted after %d retries", interview_id,
-                             segment.speaker.participant_id, segment.seq, attempt)
+                    log.info("segment %s persisted after %d retries", _named(interview_id, segment), attempt)
                 break
             self._queue.popleft()
             self._metrics.persist_pending.set(len(self._queue))
@@ -355,8 +373,9 @@ class SegmentWriter:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._task
         for interview_id, segment in self._queue:
-            log.error("final segment NOT persisted at shutdown: interview=%s participant=%s seq=%d text=%r",
-                      interview_id, segment.speaker.participant_id, segment.seq, segment.text)
+            log.error("final segment NOT persisted at shutdown: interview=%s participant=%s seq=%d revision=%d "
+                      "text=%r", interview_id, segment.speaker.participant_id, segment.seq, segment.revision,
+                      segment.text)
         self._queue.clear()
 
 
@@ -369,6 +388,7 @@ class RoomRegistry:
         stream_factory: StreamFactory,
         metrics: Metrics,
         record_segment: SegmentRecorder | None = None,
+        record_revision: SegmentRecorder | None = None,
         last_seq: LastSeqLookup | None = None,
         stored_finals: StoredFinals | None = None,
         resume_grace_s: float = 5.0,
@@ -386,7 +406,7 @@ class RoomRegistry:
         self._next_seq: dict[tuple[str, str], int] = {}  # (interview, participant) -> seq after the last final
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
-        self.writer = SegmentWriter(record_segment, metrics, self._persist_failed)
+        self.writer = SegmentWriter(record_segment, metrics, self._persist_failed, record_revision)
         metrics.bind_live(speech_ratio=self.speech_ratio, stt_lag=self.max_lag_s, final_wait=self.max_final_wait_s)
 
     def start(self) -> None:
@@ -508,11 +528,14 @@ class RoomRegistry:
         room = self.rooms.get(interview_id)
         if room is not None:
             code = "persist_rejected" if reason.startswith("rejected") else "persist_delayed"
-            message = (f"this segment cannot be saved ({reason})" if code == "persist_rejected"
-                       else f"saving this segment failed ({reason}); retrying")
-            room.publish(None, ErrorEvent(segment.speaker, code, message,
-                                          {"seq": segment.seq, "start_s": round(segment.start_s, 3),
-                                           "end_s": round(segment.end_s, 3)}))
+            what = "the revised text of this segment" if segment.revision else "this segment"
+            message = (f"{what} cannot be saved ({reason})" if code == "persist_rejected"
+                       else f"saving {what} failed ({reason}); retrying")
+            affected: dict[str, Any] = {"seq": segment.seq, "start_s": round(segment.start_s, 3),
+                                        "end_s": round(segment.end_s, 3)}
+            if segment.revision:
+                affected["revision"] = segment.revision
+            room.publish(None, ErrorEvent(segment.speaker, code, message, affected))
 
     def all_participants(self) -> list[Participant]:
         return [p for room in self.rooms.values() for p in room.participants.values()]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-from domain.events import SegmentEvent, SegmentTranscribed, iso
+from domain.events import SegmentEvent, SegmentRevised, SegmentTranscribed, iso
 from domain.model import (
     COMPETENCY_MAX,
     EMAIL_RE,
@@ -446,8 +446,7 @@ class InterviewService:
         interview, _ = await self._change(interview_id, lambda i, now: i.record_analysis(cmd.analysis, now))
         return interview.analysis.to_document()
 
-    async def record_segment(self, interview_id: str, segment: SegmentEvent) -> bool:
-        """Store a final segment once. Returns False for a retry of one already stored (same participant, seq)."""
+    async def _accepting_segments(self, interview_id: str, segment: SegmentEvent) -> None:
         _check_id("interview", interview_id)
         if not segment.final:
             raise ValidationError({"final": "only final segments are stored"})
@@ -459,12 +458,37 @@ class InterviewService:
         if not interview.accepts_segments():
             raise Conflict(f"interview {interview_id} is {interview.status}; it records no segments",
                            code="illegal_transition")
+
+    async def record_segment(self, interview_id: str, segment: SegmentEvent) -> bool:
+        """Store a final segment once. Returns False for a retry of one already stored (same participant, seq)."""
+        if segment.revision:
+            raise ValidationError({"revision": "a revised segment is stored with record_revision"})
+        await self._accepting_segments(interview_id, segment)
         event = SegmentTranscribed(interview_id=interview_id, occurred_at=self.clock(), segment=segment)
         stored = await self.store.add_segment(event)
         if stored:
             self.on_commit()
         else:
             log.debug("segment %s/%s/%d already stored", interview_id, segment.speaker.participant_id, segment.seq)
+        return stored
+
+    async def record_revision(self, interview_id: str, segment: SegmentEvent) -> bool:
+        """Store a revision (`segment.revision` >= 1) of a stored final once; the transcript shows the highest one.
+        Returns False for a retry of one already stored (same participant, seq, revision).
+
+        The final it revises must be stored first, else `NotFound` (kind "segment"): a revision without its final
+        would show in no transcript, and its SegmentRevised would name a segment no consumer has seen. The room
+        writes both through one ordered queue, so that only happens when the final itself was refused or lost."""
+        if segment.revision < 1:
+            raise ValidationError({"revision": "must be >= 1"})
+        await self._accepting_segments(interview_id, segment)
+        event = SegmentRevised(interview_id=interview_id, occurred_at=self.clock(), segment=segment)
+        stored = await self.store.add_revision(event)
+        if stored:
+            self.on_commit()
+        else:
+            log.debug("revision %d of segment %s/%s/%d already stored", segment.revision, interview_id,
+                      segment.speaker.participant_id, segment.seq)
         return stored
 
     # -- candidate commands -----------------------------------------------------------------------------------

@@ -107,6 +107,10 @@ class SegmentEvent:
         return d
 
 
+# What a `segment.revised` replaces in the final of the same speaker and seq (start_s / end_s stay the utterance's).
+REVISED_FIELDS = ("text", "words", "confidence", "no_speech_prob", "hallucination")
+
+
 @dataclass(slots=True)
 class SentimentEvent:
     """Sentiment of one final segment's *text* (never voice or face), and the speaker's smoothed value."""
@@ -317,6 +321,26 @@ class SegmentTranscribed(DomainEvent):
         seg = self.segment.to_dict()
         seg.pop("type", None)
         return {"participantId": self.segment.speaker.participant_id, "seq": self.segment.seq, "segment": seg}
+
+
+@dataclass(slots=True, frozen=True)
+class SegmentRevised(DomainEvent):
+    """A revision of a stored final was stored (one per (interviewId, participantId, seq, revision)).
+
+    Published after the SegmentTranscribed of the same segment, never before; `segment` is the revised segment
+    (its `text`, `words`, ... replace the final's, see `REVISED_FIELDS`)."""
+
+    interview_id: str
+    occurred_at: Any
+    segment: SegmentEvent
+    id: str = field(default_factory=_event_id)
+    SUBJECT = "revision"
+
+    def data(self) -> dict[str, Any]:
+        seg = self.segment.to_dict()
+        seg.pop("type", None)
+        return {"participantId": self.segment.speaker.participant_id, "seq": self.segment.seq,
+                "revision": self.segment.revision, "segment": seg}
 
 
 @dataclass(slots=True, frozen=True)

@@ -41,7 +41,7 @@ class EventBus(Protocol):
 
 if TYPE_CHECKING:
     from domain.commands import CandidateQuery, InterviewQuery
-    from domain.events import DomainEvent, SegmentTranscribed
+    from domain.events import DomainEvent, SegmentRevised, SegmentTranscribed
     from domain.model import Candidate, Interview
 
 
@@ -73,8 +73,14 @@ class InterviewStore(Protocol):
         """Append a final segment with its unpublished event. False if (interviewId, participantId, seq) exists."""
         ...
 
+    async def add_revision(self, event: SegmentRevised) -> bool:
+        """Store a revision of a stored final with its unpublished event, published only after the final's.
+        False if (interviewId, participantId, seq, revision) exists; `NotFound` if the final is not stored."""
+        ...
+
     async def list_segments(self, interview_id: str) -> list[dict[str, Any]]:
-        """Stored segment documents in recording order."""
+        """Stored segment documents in recording order, each with its highest revision applied: the fields of
+        `REVISED_FIELDS` replaced, plus `revision` and `originalText` (the live final's text)."""
         ...
 
     async def last_segment_seq(self, interview_id: str, participant_id: str) -> int | None: ...

@@ -484,6 +484,33 @@ async def test_overlay_rendering_rules(chromium: str, shared_data: Path, tmp_pat
         send(seg(casey, 4, "Within two days.", final=True))
         await expect(transcript).to_have_count(6)
 
+        # A revised sentence replaces the final's text where it stands, marked, with the live text in its tooltip;
+        # the sentence's new sentiment replaces its point, and keyword tooltips read the new text.
+        send(seg(casey, 1, "Last quarter I shipped the offline mode.", final=True, revision=1))
+        revised = transcript.nth(2)
+        await expect(revised.locator(".text")).to_have_text("Last quarter I shipped the offline mode.")
+        await expect(revised).to_have_class(re.compile(r"\brevised\b"))
+        await expect(revised).to_have_attribute("title", re.compile("live text: “Last quarter I shipped offline mode.”"))
+        send(SentimentEvent(casey, 1, score=-0.3, rolling=-0.05, start_s=2.0, end_s=3.5))
+        await expect(page.locator("#sentiment-summary")).to_contain_text("Casey Candidate neutral · -0.05 · 2 sentences")
+        chip = page.locator('.chip[data-term="offline mode"]')
+        await chip.hover()
+        await expect(chip).to_have_attribute("title", re.compile("shipped the offline mode"))
+        # The backlog repeating the live final after a reconnect does not undo the revision.
+        send(seg(casey, 1, "Last quarter I shipped offline mode.", final=True))
+        # The backlog after a restart sends a revised sentence alone, with the live text: shown as its final.
+        channel.send(json.dumps({**seg(casey, 5, "We cut crashes by half.", final=True, revision=1).to_dict(),
+                                 "originalText": "We cut crashes in half."}))
+        await expect(transcript).to_have_count(7)
+        await expect(transcript.nth(6)).to_have_class(re.compile(r"\brevised\b"))
+        await expect(transcript.nth(6)).to_have_attribute("title", re.compile("live text: “We cut crashes in half.”"))
+        send(seg(casey, 5, "We cut crashes in half.", final=True))  # its final, late: changes nothing
+        send(seg(casey, 6, "And kept them there.", final=True))
+        await expect(transcript).to_have_count(8)
+        await expect(transcript.nth(6).locator(".text")).to_have_text("We cut crashes by half.")
+        await expect(transcript.nth(2).locator(".text")).to_have_text("Last quarter I shipped the offline mode.")
+        await expect(page.locator("#transcript-count")).to_have_text("7 sentences")
+
         await page.click("#leave")
         await expect(page.locator("#state")).to_have_attribute("data-state", "left")
         assert not errors, errors

@@ -134,6 +134,12 @@ async def bus(nats_server: NatsServer) -> AsyncIterator[JetStreamBus]:
 
 async def stream_ids(url: str, stream: str = STREAM, subject: str = "interviews.>") -> list[str]:
     """Every message id in `stream`, in stream order, read by a fresh ephemeral consumer."""
+    return [msg_id for _, msg_id, _ in await stream_messages(url, stream, subject)]
+
+
+async def stream_messages(url: str, stream: str = STREAM,
+                          subject: str = "interviews.>") -> list[tuple[str, str, bytes]]:
+    """Every message in `stream` as (subject, message id, payload), in stream order."""
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
@@ -142,12 +148,12 @@ async def stream_ids(url: str, stream: str = STREAM, subject: str = "interviews.
         sub = await js.pull_subscribe(
             subject, stream=stream, config=ConsumerConfig(ack_policy=AckPolicy.NONE)
         )
-        ids: list[str] = []
-        while len(ids) < total:
-            for m in await sub.fetch(min(total - len(ids), 256), timeout=5):
-                ids.append((m.headers or {}).get("Nats-Msg-Id", ""))
+        messages: list[tuple[str, str, bytes]] = []
+        while len(messages) < total:
+            for m in await sub.fetch(min(total - len(messages), 256), timeout=5):
+                messages.append((m.subject, (m.headers or {}).get("Nats-Msg-Id", ""), m.data))
         await sub.unsubscribe()
-        return ids
+        return messages
     finally:
         await nc.close()
 
@@ -357,6 +363,51 @@ async def test_service_writes_while_nats_is_down_are_published_once_and_failed_w
     assert len(await stream_ids(nats_server.url)) == 8  # nothing published twice
     logged = await store.published_events(iid)
     assert {e["id"] for e in logged} == {ev.id for ev in received}
+    assert await store.pending(100) == []
+
+
+async def test_revisions_are_published_after_their_segments_on_their_own_subject(
+    service: InterviewService, store: MongoStore, bus: JetStreamBus, nats_server: NatsServer
+) -> None:
+    # small batches, and everything written while NATS is down: the relay catches up over several passes
+    relay = OutboxRelay(store, bus, batch=2, idle_poll_s=0.05, backoff_initial_s=0.05, backoff_max_s=0.2)
+    relay.start()
+    try:
+        doc = await service.create_interview(
+            CreateInterview.parse(
+                {"candidateId": "cand-1", "jobId": "job-1", "scheduledAt": "2026-12-01T10:00:00Z"}
+            )
+        )
+        iid = doc["interviewId"]
+        await service.start_interview(iid)
+        async with asyncio.timeout(10):
+            await relay.wait_until(lambda r: r.published == 2)
+        nats_server.stop()
+        for seq in range(3):
+            await service.record_segment(iid, _segment(seq))
+        for seq, revision in ((0, 1), (1, 1), (0, 2)):
+            better = _segment(seq)
+            better.text, better.revision = f"the answer number {seq}", revision
+            assert await service.record_revision(iid, better) is True
+        assert await service.record_revision(iid, better) is False  # a retried write publishes nothing
+        async with asyncio.timeout(10):
+            await relay.wait_until(lambda r: r.failures_in_a_row >= 1)
+        nats_server.start()
+        async with asyncio.timeout(30):
+            await relay.wait_until(lambda r: r.published == 8)
+    finally:
+        await relay.aclose()
+    messages = await stream_messages(nats_server.url)  # the stream's `interviews.>` filter captured them
+    assert [subject for subject, _, _ in messages] == [
+        f"interviews.{iid}.{s}"
+        for s in ("scheduled", "started", "segment", "segment", "segment", "revision", "revision", "revision")
+    ]
+    revised = [json.loads(payload) for _, _, payload in messages[-3:]]
+    assert [(r["type"], r["seq"], r["revision"]) for r in revised] == [
+        ("SegmentRevised", 0, 1), ("SegmentRevised", 1, 1), ("SegmentRevised", 0, 2)
+    ]
+    assert revised[2]["segment"]["text"] == "the answer number 0" and revised[2]["participantId"] == "cand-1"
+    assert [msg_id for _, msg_id, _ in messages[-3:]] == [r["id"] for r in revised]
     assert await store.pending(100) == []
 
 

@@ -21,7 +21,14 @@ from domain.commands import (
     InterviewService,
     RecordAnalysis,
 )
-from domain.events import DomainEvent, SegmentEvent, SegmentTranscribed, Speaker
+from domain.events import (
+    REVISED_FIELDS,
+    DomainEvent,
+    SegmentEvent,
+    SegmentRevised,
+    SegmentTranscribed,
+    Speaker,
+)
 from domain.model import (
     CANCELLED,
     COMPLETED,
@@ -99,6 +106,18 @@ def test_segment_event_payload() -> None:
     assert event.subject == "interviews.iv-1.segment"
     assert d["type"] == "SegmentTranscribed" and d["participantId"] == "p1" and d["seq"] == 3
     assert d["segment"]["text"] == "Hi." and "type" not in d["segment"]
+
+
+def test_revised_segment_wire_form_and_event_payload() -> None:
+    seg = SegmentEvent(speaker=Speaker("candidate", "Ada", "p1"), seq=3, start_s=1.0, end_s=2.0, text="Hi there.",
+                       final=True, revision=1)
+    assert seg.type == "segment.revised" and seg.to_dict()["revision"] == 1
+    assert "revision" not in SegmentEvent(seg.speaker, 3, 1.0, 2.0, "Hi.", final=True).to_dict()
+    event = SegmentRevised(interview_id="iv-1", occurred_at=NOW, segment=seg)
+    d = event.to_dict()
+    assert event.subject == "interviews.iv-1.revision"
+    assert d["type"] == "SegmentRevised" and (d["participantId"], d["seq"], d["revision"]) == ("p1", 3, 1)
+    assert d["segment"]["text"] == "Hi there." and "type" not in d["segment"]
 
 
 def test_questions_and_analysis_rules() -> None:
@@ -190,6 +209,7 @@ class MemoryStore:
         self.interviews: dict[str, dict[str, Any]] = {}
         self.candidates: dict[str, dict[str, Any]] = {}
         self.segments: dict[tuple[str, str, int], dict[str, Any]] = {}
+        self.revisions: dict[tuple[str, str, int, int], dict[str, Any]] = {}
         self.outbox: list[DomainEvent] = []
 
     async def add_interview(self, interview: Interview, events: list[DomainEvent]) -> None:
@@ -229,8 +249,29 @@ class MemoryStore:
         self.outbox.append(event)
         return True
 
+    async def add_revision(self, event: SegmentRevised) -> bool:
+        seg = event.segment
+        key = (event.interview_id, seg.speaker.participant_id, seg.seq)
+        if key not in self.segments:
+            raise NotFound("segment", ":".join(map(str, key)))
+        if (*key, seg.revision) in self.revisions:
+            return False
+        self.revisions[(*key, seg.revision)] = seg.to_dict()
+        self.outbox.append(event)
+        return True
+
     async def list_segments(self, interview_id: str) -> list[dict[str, Any]]:
-        return [copy.deepcopy(s) for k, s in self.segments.items() if k[0] == interview_id]
+        out = []
+        for key, stored in self.segments.items():
+            if key[0] != interview_id:
+                continue
+            s = copy.deepcopy(stored)
+            revisions = [r for k, r in self.revisions.items() if k[:3] == key]
+            if revisions:
+                latest = max(revisions, key=lambda r: r["revision"])
+                s.update(originalText=s["text"], revision=latest["revision"], **{k: latest[k] for k in REVISED_FIELDS})
+            out.append(s)
+        return out
 
     async def last_segment_seq(self, interview_id: str, participant_id: str) -> int | None:
         return max((k[2] for k in self.segments if k[:2] == (interview_id, participant_id)), default=None)
@@ -286,6 +327,13 @@ async def test_service_over_memory_store() -> None:
     if got["status"] == IN_PROGRESS:
         assert await service.record_segment("iv-9", seg) is True
         assert await service.record_segment("iv-9", seg) is False
+        better = SegmentEvent(speaker=seg.speaker, seq=0, start_s=0, end_s=1, text="Hi!", final=True, revision=1)
+        assert await service.record_revision("iv-9", better) is True
+        assert await service.record_revision("iv-9", better) is False
+        with pytest.raises(NotFound):
+            await service.record_revision("iv-9", SegmentEvent(seg.speaker, 7, 0, 1, "Hm.", final=True, revision=1))
+        [shown] = (await service.get_transcript("iv-9"))["segments"]
+        assert (shown["text"], shown["originalText"], shown["revision"]) == ("Hi!", "Hi.", 1)
     else:
         with pytest.raises(Conflict):
             await service.record_segment("iv-9", seg)
@@ -311,7 +359,10 @@ async def test_on_commit_wakes_the_relay_only_after_writes_that_committed_events
     seg = SegmentEvent(speaker=Speaker("candidate", "Ada", "p1"), seq=0, start_s=0, end_s=1, text="Hi.", final=True)
     await service.record_segment("iv-1", seg)
     await service.record_segment("iv-1", seg)  # duplicate: nothing new to publish
+    seg.revision = 1
+    await service.record_revision("iv-1", seg)
+    await service.record_revision("iv-1", seg)  # duplicate
     with pytest.raises(Conflict):
         await service.start_interview("iv-1")  # illegal move: no commit
     # each wake-up came after its events were in the outbox
-    assert commits == [1, 2, 3]
+    assert commits == [1, 2, 3, 4]

@@ -24,7 +24,7 @@ from domain.commands import (
     UpdateCandidate,
 )
 from domain.events import SegmentEvent, Speaker, Word
-from domain.model import Conflict, DomainError, NotFound, Unavailable
+from domain.model import Conflict, DomainError, NotFound, Unavailable, ValidationError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,6 +37,16 @@ def segment(seq: int, pid: str = "cand1", text: str = "I led the migration to Ku
         end_s=2.5 + seq, text=text, final=True,
         words=[Word("I", 1.0, 1.1, 0.99), Word("led", 1.1, 1.4, 0.97)], confidence=0.91, engine="local",
         model="tiny.en")
+
+
+def revised(seq: int, revision: int = 1, pid: str = "cand1",
+            text: str = "I led the migration to Kubernetes at Acme.") -> SegmentEvent:
+    seg = segment(seq, pid, text)
+    seg.revision = revision
+    seg.words = [Word("I", 1.0, 1.1, 0.99), Word("led", 1.1, 1.4, 0.98), Word("Acme.", 2.2, 2.5, 0.9)]
+    seg.confidence = 0.95
+    seg.no_speech_prob = 0.01
+    return seg
 
 
 def new_interview(candidate: str = "cand-1", job: str = "job-1", at: datetime = T0, **kw: object) -> CreateInterview:
@@ -120,6 +130,59 @@ async def test_segment_writes_are_idempotent(service: InterviewService, store: M
     # One SegmentTranscribed per stored segment, none for the duplicates.
     subjects = [r.subject for r in await store.pending(100)]
     assert subjects.count(f"interviews.{iid}.segment") == 4
+
+
+async def test_a_revision_replaces_its_final_in_the_transcript_and_keeps_the_live_text(
+        service: InterviewService, store: MongoStore) -> None:
+    iid = (await service.create_interview(new_interview()))["interviewId"]
+    await service.start_interview(iid)
+    for seq in (0, 1):
+        assert await service.record_segment(iid, segment(seq))
+    assert await service.record_revision(iid, revised(1)) is True
+    [first, second] = (await service.get_transcript(iid))["segments"]
+    assert "revision" not in first and "originalText" not in first
+    assert first["text"] == "I led the migration to Kubernetes."
+    assert second["revision"] == 1 and second["text"] == "I led the migration to Kubernetes at Acme."
+    assert second["originalText"] == "I led the migration to Kubernetes."
+    assert second["words"] == [w.to_dict() for w in revised(1).words]
+    assert (second["confidence"], second["no_speech_prob"], second["hallucination"]) == (0.95, 0.01, False)
+    assert (second["seq"], second["start_s"], second["end_s"]) == (1, 2.0, 3.5)  # still the utterance's
+    assert (await service.get_interview(iid))["transcription"]["segments"] == [first, second]
+
+    # The same revision again (a retried write, even with other text) changes nothing; a higher one wins, and a
+    # lower one arriving late does not undo it.
+    assert await service.record_revision(iid, revised(1, text="a retry with different text")) is False
+    flagged = revised(1, revision=2, text="Thank you for watching.")
+    flagged.hallucination = True
+    assert await service.record_revision(iid, flagged) is True
+    assert await service.record_revision(iid, revised(1)) is False
+    second = (await service.get_transcript(iid))["segments"][1]
+    assert (second["revision"], second["text"], second["hallucination"]) == (2, "Thank you for watching.", True)
+    assert second["originalText"] == "I led the migration to Kubernetes."
+    # Append-only: the stored final itself was never rewritten.
+    raw = await store.segments.find_one({"_id": f"{iid}:cand1:1"})
+    assert raw is not None and raw["text"] == "I led the migration to Kubernetes." and "revision" not in raw
+    assert await store.revisions.count_documents({"interviewId": iid}) == 2
+    assert await service.last_segment_seq(iid, "cand1") == 1  # revisions are no new segments
+
+
+async def test_revisions_rejected_without_their_final_or_for_a_cancelled_interview(service: InterviewService) -> None:
+    iid = (await service.create_interview(new_interview()))["interviewId"]
+    await service.start_interview(iid)
+    with pytest.raises(NotFound) as info:
+        await service.record_revision(iid, revised(0))  # its final is not stored
+    assert info.value.kind == "segment"
+    await service.record_segment(iid, segment(0))
+    with pytest.raises(ValidationError, match="revision"):
+        await service.record_revision(iid, segment(0))  # revision 0 is the final itself
+    with pytest.raises(ValidationError, match="record_revision"):
+        await service.record_segment(iid, revised(0))  # never stored as if it were a final
+    with pytest.raises(NotFound):
+        await service.record_revision(iid, revised(0, pid="int1"))  # another participant's seq 0 is not stored
+    await service.cancel_interview(iid, "candidate withdrew")
+    with pytest.raises(Conflict):
+        await service.record_revision(iid, revised(0))
+    assert all("revision" not in s for s in (await service.get_transcript(iid))["segments"])
 
 
 async def test_segments_rejected_for_unknown_partial_or_cancelled(service: InterviewService) -> None:
@@ -213,6 +276,35 @@ async def test_outbox_pending_and_mark_published(service: InterviewService, stor
     assert raw is not None and raw["outbox"] == {} and raw["outboxCount"] == 0
     # The relay's $unset left the interview's dates alone (no nx-27017 re-serialisation of the document).
     assert all(isinstance(raw[k], datetime) for k in ("scheduledAt", "startedAt", "completedAt"))
+
+
+async def test_a_revision_event_is_published_after_its_final_even_when_the_clock_stepped_back(
+        store: MongoStore) -> None:
+    ticks = iter([T0, T0, T0 + timedelta(seconds=10), T0 + timedelta(seconds=5), T0 + timedelta(seconds=20)])
+    service = InterviewService(store, clock=lambda: next(ticks))
+    iid = (await service.create_interview(new_interview()))["interviewId"]
+    await service.start_interview(iid)
+    await service.record_segment(iid, segment(0))  # at T0 + 10 s
+    await service.record_revision(iid, revised(0))  # at T0 + 5 s: the clock stepped back in between
+    await service.record_segment(iid, segment(1))  # at T0 + 20 s
+    # The revision sorts before its final by time; it waits until the final went out, whether the final is in the
+    # same batch or beyond it.
+    assert [json.loads(r.payload)["type"] for r in await store.pending(3)] == ["InterviewScheduled",
+                                                                             "InterviewStarted"]
+    first = await store.pending(100)
+    assert [json.loads(r.payload)["type"] for r in first] == ["InterviewScheduled", "InterviewStarted",
+                                                              "SegmentTranscribed", "SegmentTranscribed"]
+    await store.mark_published([r.id for r in first[:3]])
+    second = await store.pending(100)
+    assert [r.subject for r in second] == [f"interviews.{iid}.revision", f"interviews.{iid}.segment"]
+    payload = json.loads(second[0].payload)
+    assert payload["type"] == "SegmentRevised" and (payload["participantId"], payload["seq"]) == ("cand1", 0)
+    assert payload["revision"] == 1 and payload["segment"]["revision"] == 1
+    assert payload["segment"]["text"] == "I led the migration to Kubernetes at Acme."
+    await store.mark_published([r.id for r in second])
+    assert await store.pending(100) == []
+    assert await store.revisions.count_documents({"published": False}) == 0
+    assert [e["type"] for e in await store.published_events(iid)].count("SegmentRevised") == 1
 
 
 async def test_list_interviews_filters_and_cursor_pagination(service: InterviewService) -> None:
@@ -357,6 +449,7 @@ async def test_outbox_drains_in_per_interview_order_with_small_batches(service: 
         await service.start_interview(iid)
         for seq in range(2):
             await service.record_segment(iid, segment(seq))
+        await service.record_revision(iid, revised(0))
     await service.complete_interview(ids[0])
     published: list[dict[str, object]] = []
     for _ in range(50):
@@ -365,8 +458,9 @@ async def test_outbox_drains_in_per_interview_order_with_small_batches(service: 
             break
         published += [json.loads(r.payload) for r in batch]
         await store.mark_published([r.id for r in batch])
-    assert len(published) == 4 * 4 + 1 and len({p["id"] for p in published}) == len(published)
+    assert len(published) == 4 * 5 + 1 and len({p["id"] for p in published}) == len(published)
     for iid in ids:
         types = [p["type"] for p in published if p["interviewId"] == iid]
-        expected = ["InterviewScheduled", "InterviewStarted", "SegmentTranscribed", "SegmentTranscribed"]
+        expected = ["InterviewScheduled", "InterviewStarted", "SegmentTranscribed", "SegmentTranscribed",
+                    "SegmentRevised"]
         assert types == expected + (["InterviewCompleted"] if iid == ids[0] else []), iid

@@ -21,7 +21,7 @@ from adapters.rooms import Participant, RoomRegistry
 from adapters.tokens import TokenSigner
 from adapters.whip_client import decode_audio
 from domain.commands import CreateInterview, InterviewService
-from domain.events import SegmentEvent, Speaker, StreamEvent
+from domain.events import SegmentEvent, SentimentEvent, Speaker, StreamEvent
 from pipeline.stream import Conversation, ParticipantStream, StreamConfig
 from pipeline.stt import LocalWhisper, SttScheduler
 
@@ -70,7 +70,8 @@ async def scheduler(whisper: LocalWhisper) -> AsyncIterator[SttScheduler]:
 
 class Harness:
     def __init__(self, service: InterviewService, scheduler: SttScheduler,
-                 record: Callable[[str, SegmentEvent], Any] | None = None, resume_grace_s: float = 0.2) -> None:
+                 record: Callable[[str, SegmentEvent], Any] | None = None, resume_grace_s: float = 0.2,
+                 record_revision: Callable[[str, SegmentEvent], Any] | None = None) -> None:
         self.service = service
         self.metrics = Metrics()
         self.signer = TokenSigner(SECRET)
@@ -87,6 +88,7 @@ class Harness:
 
         self.registry = RoomRegistry(stream_factory=factory, metrics=self.metrics,
                                      record_segment=record or service.record_segment,
+                                     record_revision=record_revision or service.record_revision,
                                      last_seq=last_seq, resume_grace_s=resume_grace_s)
         self.registry.start()
 
@@ -288,3 +290,56 @@ async def test_slow_viewer_sheds_partials_and_levels_but_gets_finals(service: In
     assert [m["type"] for m in slow.messages if m["type"] != "participant.joined"] == ["segment.final"]
     await h.registry.aclose()
     assert [s["text"] for s in (await service.get_transcript(iid))["segments"]] == ["hello there"]
+
+
+async def test_a_revision_reaches_viewers_the_backlog_and_the_store_behind_its_final(
+        service: InterviewService, scheduler: SttScheduler) -> None:
+    failures = {"final": 2, "revision": 1}
+
+    async def flaky(kind: str, iid: str, seg: SegmentEvent) -> bool:
+        if failures[kind] > 0:
+            failures[kind] -= 1
+            raise ConnectionError("store unreachable")
+        return await (service.record_revision if seg.revision else service.record_segment)(iid, seg)
+
+    h = Harness(service, scheduler, record=lambda i, s: flaky("final", i, s),
+                record_revision=lambda i, s: flaky("revision", i, s))
+    iid = await new_interview(service)
+    interviewer = await h.join(iid, "interviewer", "Ivy")
+    h.registry._next_seq[(iid, "cand-r")] = 3  # a rejoin: this stream's seq 0 is the interview's seq 3
+    cand = await h.join(iid, "candidate", "Cat", pid="cand-r")
+    slow = MemoryChannel()
+    h.registry.add_viewer(interviewer, slow)
+    slow.bufferedAmount = 10 * 1024 * 1024  # a revision is never shed
+    await push(cand, np.zeros(48000 * 2, dtype=np.int16), tail_s=0)  # arrival times: the final's latency is known
+    speaker = cand.speaker
+    cand._on_event(SegmentEvent(speaker, 0, 0.0, 1.5, "I shipped the app.", final=True))
+    cand._on_event(SentimentEvent(speaker, 0, 0.1, 0.1, 0.0, 1.5))
+    cand._on_event(SegmentEvent(speaker, 0, 0.0, 1.5, "I shipped the iOS app.", final=True, confidence=0.9,
+                                revision=1))
+    cand._on_event(SentimentEvent(speaker, 0, 0.4, 0.4, 0.0, 1.5))
+    room_events = [m for m in slow.messages if m["type"] in ("segment.final", "segment.revised", "sentiment")]
+    assert [(m["type"], m["seq"]) for m in room_events] == [
+        ("segment.final", 3), ("sentiment", 3), ("segment.revised", 3), ("sentiment", 3)]
+    assert room_events[2]["revision"] == 1 and room_events[2]["text"] == "I shipped the iOS app."
+
+    late = MemoryChannel()
+    h.registry.add_viewer(await h.join(iid, "observer", "Obi"), late)
+    assert [m for m in late.messages if m["type"] in ("segment.final", "segment.revised", "sentiment")] == room_events
+
+    await slow.wait_for(lambda ch: len(ch.of_type("error")) == 2)  # both first failures said so
+    await h.registry.aclose()
+    delayed = [e["affected"] for e in slow.of_type("error")]
+    assert [e["code"] for e in slow.of_type("error")] == ["persist_delayed"] * 2
+    assert delayed[0] == {"seq": 3, "start_s": 0.0, "end_s": 1.5}
+    assert delayed[1] == {"seq": 3, "start_s": 0.0, "end_s": 1.5, "revision": 1}
+    # stored behind its final (written first, whatever its retries): otherwise the revision would be refused
+    [stored] = (await service.get_transcript(iid))["segments"]
+    assert (stored["seq"], stored["text"], stored["originalText"], stored["revision"]) == (
+        3, "I shipped the iOS app.", "I shipped the app.", 1)
+    sample = h.metrics.registry.get_sample_value
+    assert sample("segments_final_total") == 1 and sample("segments_revised_total") == 1
+    assert sample("final_latency_seconds_count") == 1  # the revision is no new final
+    assert sample("segment_revisions_persisted_total", {"result": "created"}) == 1
+    assert sample("segment_revisions_persisted_total", {"result": "error"}) == 1
+    assert sample("segments_persisted_total", {"result": "created"}) == 1

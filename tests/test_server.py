@@ -17,7 +17,9 @@ import pytest
 
 from adapters.mongo import MongoStore
 from adapters.whip_client import WavChannelTrack, whip_publish
-from server import Settings, resolve_secrets
+from domain.commands import CreateInterview, InterviewService
+from domain.events import SegmentEvent, Speaker
+from server import Settings, resolve_secrets, stored_finals
 from tests.live_server import live_server, test_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,6 +217,25 @@ async def test_shutdown_drains_speech_in_progress_to_a_persisted_final(tmp_path:
         assert {e["speaker"]["participantId"] for e in backlog if e["type"] == "segment.final"} == {
             tok_c["participantId"]}
         await session.close()
+
+
+async def test_backlog_after_a_restart_carries_the_revised_text(service: InterviewService,
+                                                                  store: MongoStore) -> None:
+    iid = (await service.create_interview(CreateInterview.parse(
+        {"candidateId": "cand-1", "jobId": "job-1", "scheduledAt": "2026-12-01T10:00:00Z"})))["interviewId"]
+    speaker = Speaker("candidate", "Cat", "cand1")
+    for seq, text in enumerate(["I work on payments.", "We moved to Kubernetes."]):
+        await service.record_segment(iid, SegmentEvent(speaker, seq, 2.0 * seq, 2.0 * seq + 1.5, text, final=True))
+    await service.record_revision(iid, SegmentEvent(speaker, 1, 2.0, 3.5, "We moved to Kubernetes at Acme.",
+                                                    final=True, confidence=0.9, revision=1))
+    final, revised = [json.loads(m) for m in await stored_finals(store, iid)]
+    assert (final["type"], final["seq"], final["text"]) == ("segment.final", 0, "I work on payments.")
+    assert "revision" not in final and "originalText" not in final
+    # one message per stored segment: its latest revision, in the final's place, with the text it replaced
+    assert (revised["type"], revised["seq"], revised["revision"]) == ("segment.revised", 1, 1)
+    assert revised["text"] == "We moved to Kubernetes at Acme." and revised["confidence"] == 0.9
+    assert revised["originalText"] == "We moved to Kubernetes."
+    assert revised["speaker"] == speaker.to_dict() and (revised["start_s"], revised["end_s"]) == (2.0, 3.5)
 
 
 def test_json_logs_are_one_object_per_line(tmp_path: Path) -> None:

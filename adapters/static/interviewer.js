@@ -20,7 +20,7 @@ let stream = null;
 // Room model: everything keyed by participantId, segments by participantId + seq.
 
 const speakers = new Map(); // pid -> {pid, name, role, color, present, meter, li, rms, speaking, levelAt}
-const segments = new Map(); // "pid:seq" -> {pid, seq, el, final, text, start_s, end_s}
+const segments = new Map(); // "pid:seq" -> {pid, seq, el, final, text, start_s, end_s, revision, original}
 const sentiment = new Map(); // pid -> [{seq, score, rolling, t}]
 const keywords = new Map(); // pid -> [{term, count, relevance, seqs}]
 let selection = null; // {pid, term, seqs:Set} or {pid, seqs:Set} for a clicked sentiment point
@@ -158,6 +158,42 @@ function onSegment(ev) {
     applySelection();
   }
   afterInsert(stick);
+}
+
+// `segment.revised`: a final decoded again with the conversation as context. Its text replaces the final's where
+// it stands (quietly: the log announces additions only); the live text stays in the element's tooltip.
+function onRevised(ev) {
+  ev.final = true;
+  const s = speakerOf(ev.speaker);
+  const key = `${s.pid}:${ev.seq}`;
+  const revision = Number(ev.revision) || 1;
+  let known = segments.get(key);
+  if (known?.final && (known.revision ?? 0) >= revision) return; // the backlog repeating it, or an older one late
+  let original;
+  if (known?.final) {
+    original = known.original ?? known.text;
+    fillSegment(known.el, ev);
+  } else {
+    // Its final is not shown: the backlog after a restart sends a revised sentence alone, with the live text as
+    // `originalText`. It takes the place of a partial shown for it, or arrives as the sentence's final.
+    original = String(ev.originalText ?? "");
+    const stick = nearBottom();
+    ui.transcriptEmpty?.remove();
+    const el = segmentElement(s, ev);
+    if (known) known.el.replaceWith(el);
+    else ui.transcript.append(el);
+    markContinued(el);
+    known = { pid: s.pid, seq: ev.seq, el, start_s: ev.start_s, end_s: ev.end_s };
+    segments.set(key, known);
+    finals += 1;
+    ui.transcriptCount.textContent = `${finals} sentence${finals === 1 ? "" : "s"}`;
+    afterInsert(stick);
+  }
+  Object.assign(known, { final: true, text: ev.text, revision, original });
+  known.el.classList.add("revised");
+  known.el.dataset.revision = String(revision);
+  if (original) known.el.title += `\nRevised with the conversation as context; live text: “${original}”`;
+  applySelection();
 }
 
 function systemLine(text) {
@@ -398,8 +434,11 @@ function onSentiment(ev) {
   const rolling = Number(ev.rolling);
   if (!Number.isFinite(score) || !Number.isFinite(rolling)) return;
   const list = sentiment.get(s.pid) ?? [];
-  if (list.some((p) => p.seq === ev.seq)) return; // backlog repeat
-  list.push({ seq: ev.seq, score, rolling, t: Number(ev.end_s) || 0 });
+  const point = { seq: ev.seq, score, rolling, t: Number(ev.end_s) || 0 };
+  // One point per sentence: a revised sentence's new score (or the backlog repeating one, in order) replaces it.
+  const at = list.findIndex((p) => p.seq === ev.seq);
+  if (at >= 0) list[at] = point;
+  else list.push(point);
   sentiment.set(s.pid, list);
   renderSentimentText();
   scheduleDraw();
@@ -516,6 +555,7 @@ function onError(ev) {
 const HANDLERS = {
   "segment.partial": onSegment,
   "segment.final": onSegment,
+  "segment.revised": onRevised,
   sentiment: onSentiment,
   keywords: onKeywords,
   level: onLevel,
