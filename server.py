@@ -155,6 +155,9 @@ class Settings:
                                          "seconds between partial transcripts of speech in progress (0 = none)")
     partial_share: float = _setting("PARTIAL_SHARE", 0.15, _fraction, "most of the speech-to-text workers' time "
                                     "partials may take (over 5 s); under load partials thin out, finals never do")
+    stt_revise: bool = _setting("STT_REVISE", True, _bool, "decode each final again with the conversation around it "
+                                "on spare speech-to-text capacity; a more confident different text goes out as "
+                                "segment.revised (local engine only)")
     end_silence_ms: int = _setting("END_SILENCE_MS", 500, _positive_int,
                                    "silence that ends an utterance (lower: faster finals, more splits)")
     ice_servers: tuple[str, ...] = _setting("ICE_SERVERS", (), _urls, "comma-separated stun: URLs for the "
@@ -323,7 +326,7 @@ async def _build(c: Components) -> None:
     c.scheduler = SttScheduler(stt, workers=s.stt_workers, partial_share=s.partial_share)
     c.metrics.bind_stt(queue_depth=lambda: float(c.scheduler.queue_depth), stats=lambda: c.scheduler.stats)
     stream_config = StreamConfig(vad=s.vad_mode, partial_interval_s=s.partial_interval_s,
-                                 end_silence_ms=s.end_silence_ms)
+                                 end_silence_ms=s.end_silence_ms, revise=s.stt_revise)
 
     def stream_factory(speaker: Any, emit: Any, in_rate: int, channels: int,
                        conversation: Conversation) -> ParticipantStream:

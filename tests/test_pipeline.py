@@ -61,6 +61,15 @@ def finals(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted((e for e in events if e["type"] == "segment.final"), key=lambda e: e["start_s"])
 
 
+def transcript(events: list[dict[str, Any]], *, revised: bool = True) -> str:
+    """The streamed transcript: every final, replaced by its latest `segment.revised` (unless `revised=False`)."""
+    latest: dict[tuple[str, int], dict[str, Any]] = {}
+    for e in events:
+        if e["type"] == "segment.final" or (revised and e["type"] == "segment.revised"):
+            latest[(e["speaker"]["participantId"], e["seq"])] = e
+    return " ".join(e["text"] for e in sorted(latest.values(), key=lambda e: e["start_s"]))
+
+
 def overlapping(turn: dict[str, Any], segs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [s for s in segs if s["start_s"] < turn["end_s"] and s["end_s"] > turn["start_s"]]
 
@@ -111,26 +120,43 @@ async def test_dialogue_streaming_wer_vs_offline(whisper: LocalWhisper, name: st
     gt = truth(name)
     ref = " ".join(t["text"] for t in gt["turns"])
     events = await transcribe(DATA / f"{name}.wav", whisper)
-    stream_wer = wer(ref, " ".join(s["text"] for s in finals(events)))
-    offline_wer = wer(ref, offline_text(whisper, DATA / f"{name}.wav"))
     check_stream_invariants(events)
     assert len(finals(events)) == len(gt["turns"])  # one segment per turn
-    # Regression guard at the level we reach today (see the strict xfail below for the issue's target).
-    assert stream_wer <= offline_wer + 0.15, (stream_wer, offline_wer)
+    live, revised = wer(ref, transcript(events, revised=False)), wer(ref, transcript(events))
+    offline_wer = wer(ref, offline_text(whisper, DATA / f"{name}.wav"))
+    # on one 80-90 word dialogue a word is 0.011: this guards against regressions; the target is asserted on the set
+    assert revised <= offline_wer + 0.06 and revised <= live, (revised, live, offline_wer)
+
+
+@pytest.fixture(scope="module")
+def dialogue_set() -> list[tuple[str, Path]]:
+    from benchmarks.dialogues import dialogue_set
+
+    return dialogue_set()  # fails loudly without espeak-ng or the shared generator
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True, reason="tiny.en per utterance, even prompted, is 0.05-0.07 WER behind whole-file decoding here"
-)
-async def test_dialogue_streaming_wer_within_target(whisper: LocalWhisper) -> None:
-    for name in DIALOGUES:
-        gt = truth(name)
+@pytest.mark.parametrize("channels", ["mixed", "per participant"])
+async def test_streamed_wer_is_within_two_points_of_whole_file_decoding(
+    whisper: LocalWhisper, dialogue_set: list[tuple[str, Path]], channels: str
+) -> None:
+    """The issue's target, streamed WER <= offline WER + 0.02 (same model and audio), on eight dialogues (~700
+    words): the mono mix as one stream, and each participant's channel as its own stream as the server runs."""
+    rows = []
+    for name, folder in dialogue_set:
+        gt = json.loads((folder / f"{name}.json").read_text())
         ref = " ".join(t["text"] for t in gt["turns"])
-        stream_wer = wer(
-            ref, " ".join(s["text"] for s in finals(await transcribe(DATA / f"{name}.wav", whisper)))
-        )
-        assert stream_wer <= wer(ref, offline_text(whisper, DATA / f"{name}.wav")) + 0.03
+        if channels == "mixed":
+            events = await transcribe(folder / f"{name}.wav", whisper)
+        else:
+            events = await transcribe(folder / f"{name}.stereo.wav", whisper, "--channels-as-speakers")
+        check_stream_invariants(events)
+        offline_wer = wer(ref, offline_text(whisper, folder / f"{name}.wav"))
+        rows.append((wer(ref, transcript(events, revised=False)), wer(ref, transcript(events)), offline_wer))
+    live, revised, offline = (sum(r[k] for r in rows) / len(rows) for k in range(3))
+    summary = f"live {live:.4f} revised {revised:.4f} offline {offline:.4f}; per dialogue {rows}"
+    assert revised <= offline + 0.02, summary
+    assert revised < live - 0.02, summary  # the revisions are what closes the gap (live alone: +0.045..0.056)
 
 
 @pytest.mark.slow

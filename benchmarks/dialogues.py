@@ -1,0 +1,149 @@
+"""The dialogue set streamed accuracy is measured on: the two shared dialogues plus six more made here.
+
+One word is 0.011 of a 90-word dialogue's WER and tiny.en flips a few words between near-identical decodes, so two
+dialogues cannot tell a +0.02 gap from noise; eight can (about 700 words). The six extra dialogues are synthesized
+with the shared generator (`../shared/tools/make_dialogues.py`, espeak-ng: interviewer `en-us`, candidate
+`en-gb+f3`, the same voices and pauses as the shared ones) into a cache directory, once per version of their text.
+
+    python -m benchmarks.dialogues [--out DIR]     # make them (prints the directory)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import runpy
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks._env import SHARED_DATA
+
+SHARED = ("mobile_mixed", "security_positive")
+
+# name -> (topic keywords, turns of (speaker, text, sentiment label))
+EXTRA: dict[str, tuple[list[str], list[tuple[str, str, str]]]] = {
+    "backend_scaling": (["postgres", "latency", "cache", "replica", "migration"], [
+        ("interviewer", "Tell me about the largest system you have scaled.", "neutral"),
+        ("candidate", "I led the move of our order service from one Postgres instance to a primary with three read "
+                      "replicas, and latency fell by half.", "positive"),
+        ("interviewer", "How did you keep the cache consistent?", "neutral"),
+        ("candidate", "Writes invalidate the cache key in the same transaction, and readers fall back to the "
+                      "primary when a replica lags.", "neutral"),
+        ("interviewer", "Did anything go wrong during the migration?", "neutral"),
+        ("candidate", "One migration locked a large table for ten minutes. It was a painful outage and customers "
+                      "were angry.", "negative"),
+    ]),
+    "frontend_team": (["react", "accessibility", "design", "testing", "performance"], [
+        ("interviewer", "What does a good week look like for you on the frontend team?", "neutral"),
+        ("candidate", "I pair with our designer in the morning, then build React components and write tests "
+                      "before lunch.", "neutral"),
+        ("interviewer", "How do you approach accessibility?", "neutral"),
+        ("candidate", "Every component ships with keyboard support and screen reader labels. I love seeing real "
+                      "users benefit from it.", "positive"),
+        ("interviewer", "And performance problems?", "neutral"),
+        ("candidate", "Our bundle grew terribly large last year and the app felt slow and frustrating, so we split "
+                      "it by route.", "negative"),
+    ]),
+    "data_pipeline": (["kafka", "schema", "warehouse", "batch", "monitoring"], [
+        ("interviewer", "Can you walk me through the data pipeline you maintain?", "neutral"),
+        ("candidate", "Events arrive through Kafka, we validate each schema, and a nightly batch job loads them "
+                      "into the warehouse.", "neutral"),
+        ("interviewer", "What happens when a schema changes?", "neutral"),
+        ("candidate", "A bad schema change once broke every dashboard for a day. It was stressful and the analysts "
+                      "were upset.", "negative"),
+        ("interviewer", "What did you change afterwards?", "neutral"),
+        ("candidate", "We added contract tests and better monitoring, and I am happy to say nothing has broken "
+                      "since.", "positive"),
+    ]),
+    "leadership": (["mentoring", "roadmap", "hiring", "conflict", "feedback"], [
+        ("interviewer", "How would you describe your leadership style?", "neutral"),
+        ("candidate", "I try to give clear goals and honest feedback, and I spend an hour each week mentoring "
+                      "every engineer.", "positive"),
+        ("interviewer", "Tell me about a conflict on your team.", "neutral"),
+        ("candidate", "Two seniors disagreed about the roadmap and stopped talking to each other. It was a "
+                      "miserable month for everyone.", "negative"),
+        ("interviewer", "How was it resolved?", "neutral"),
+        ("candidate", "We wrote down both proposals, invited the product manager, and agreed on a plan within one "
+                      "meeting.", "neutral"),
+    ]),
+    "ml_platform": (["model", "training", "gpu", "deployment", "drift"], [
+        ("interviewer", "What have you built for machine learning teams?", "neutral"),
+        ("candidate", "I built a training platform that schedules jobs on shared GPU nodes, and researchers really "
+                      "enjoy using it.", "positive"),
+        ("interviewer", "How do models reach production?", "neutral"),
+        ("candidate", "Each model is packaged in a container, tested against a holdout set, and deployed behind a "
+                      "feature flag.", "neutral"),
+        ("interviewer", "How do you watch them once they are live?", "neutral"),
+        ("candidate", "We track input drift daily. Last spring drift went unnoticed for weeks, which was a terrible "
+                      "failure.", "negative"),
+    ]),
+    "devops_oncall": (["kubernetes", "alerts", "terraform", "rollback", "oncall"], [
+        ("interviewer", "What is your experience with on call duty?", "neutral"),
+        ("candidate", "I am on call one week in six for a Kubernetes platform that runs about two hundred "
+                      "services.", "neutral"),
+        ("interviewer", "What was your worst night?", "neutral"),
+        ("candidate", "A broken Terraform change deleted our load balancer. The alerts were noisy and the night was "
+                      "awful.", "negative"),
+        ("interviewer", "What did you learn from it?", "neutral"),
+        ("candidate", "We now plan every change in review and can roll back in one click. The team is much calmer "
+                      "and proud of it.", "positive"),
+    ]),
+}  # fmt: skip
+
+
+def generator() -> Path:
+    """The shared dialogue generator script (fails loudly when it or espeak-ng is missing)."""
+    path = SHARED_DATA.parent / "tools" / "make_dialogues.py"
+    if not path.is_file():
+        raise RuntimeError(f"dialogue generator missing: {path}")
+    if shutil.which("espeak-ng") is None:
+        raise RuntimeError("espeak-ng is missing: apt-get install espeak-ng (see .ci/run)")
+    return path
+
+
+def _version() -> str:
+    return hashlib.sha256(json.dumps(EXTRA, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def default_cache() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "interview-worker" / f"dialogues-{_version()}"
+
+
+def make_extra(out: Path | None = None) -> Path:
+    """Synthesize the extra dialogues into `out` (default: a per-version cache) unless already there."""
+    out = out or default_cache()
+    if all((out / f"{name}.json").is_file() for name in EXTRA):
+        return out
+    make: dict[str, Any] = runpy.run_path(str(generator()), run_name="make_dialogues")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".dialogues-", dir=out.parent))
+    for k, (name, (keywords, turns)) in enumerate(EXTRA.items()):
+        make["build"](name, {"keywords": keywords, "turns": turns}, str(tmp), None, seed=10 + k)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)  # all or nothing: a half-made set is never taken for a cached one
+    return out
+
+
+def dialogue_set(out: Path | None = None) -> list[tuple[str, Path]]:
+    """(name, directory) of every dialogue: the shared ones, then the extra ones (made if needed).
+
+    Each directory holds `<name>.wav` (mono mix), `<name>.stereo.wav` and `<name>.json` (ground truth)."""
+    extra = make_extra(out)
+    return [(name, SHARED_DATA) for name in SHARED] + [(name, extra) for name in EXTRA]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, help=f"directory to write (default {default_cache()})")
+    args = ap.parse_args()
+    print(make_extra(args.out))
+
+
+if __name__ == "__main__":
+    main()
