@@ -179,10 +179,14 @@ def score_turns(
     return results
 
 
-def transcript_of(events: list[dict[str, Any]]) -> str:
-    finals = sorted(
-        (e for e in events if e["type"] == "segment.final"), key=lambda e: (e["start_s"], e["seq"])
-    )
+def transcript_of(events: list[dict[str, Any]], *, revised: bool = True) -> str:
+    """One speaker's finals in stream order, each replaced by its latest `segment.revised` when `revised`."""
+    latest: dict[int, dict[str, Any]] = {}
+    for e in events:
+        if e["type"] == "segment.final" or (revised and e["type"] == "segment.revised"):
+            if e["seq"] not in latest or e.get("revision", 0) >= latest[e["seq"]].get("revision", 0):
+                latest[e["seq"]] = e
+    finals = sorted(latest.values(), key=lambda e: (e["start_s"], e["seq"]))
     return " ".join(e["text"].strip() for e in finals)
 
 
@@ -455,7 +459,7 @@ async def create_room(http: httpx.AsyncClient, base: str, admin_key: str, n: int
 # ---------------------------------------------------------------------------------------------------------
 # The peer worker (a process of its own): N rooms x (candidate + interviewer) WHIP peers
 
-_KEEP = ("type", "seq", "start_s", "end_s", "text", "hallucination", "emitted_at_s", "_received_at")
+_KEEP = ("type", "seq", "start_s", "end_s", "text", "hallucination", "emitted_at_s", "_received_at", "revision")
 
 
 def _emit(kind: str, **data: Any) -> None:
@@ -501,7 +505,7 @@ async def _run_room(
             while True:
                 msg = await intv.events.get()
                 kind = msg.get("type", "")
-                if kind in ("segment.final", "segment.partial", "error"):
+                if kind in ("segment.final", "segment.partial", "segment.revised", "error"):
                     rec = {k: msg.get(k) for k in _KEEP}
                     rec["role"] = (msg.get("speaker") or {}).get("role")
                     if kind == "error":
@@ -719,6 +723,8 @@ def summarize(n: int, rooms: list[dict[str, Any]], samples: list[Sample], t0: fl
     late_s = 0.0
     trend: list[tuple[float, float]] = []  # (speech end on the peer clock, latency)
     room_errors = []
+    live_pairs: list[tuple[str, str]] = []
+    revised = 0
     for room in rooms:
         if room["error"]:
             room_errors.append(room["error"])
@@ -730,6 +736,8 @@ def summarize(n: int, rooms: list[dict[str, Any]], samples: list[Sample], t0: fl
             mine = [e for e in room["events"] if e["role"] == role and e["type"] != "error"]
             ref_turns = dialogue.of(role)
             pairs.append((" ".join(t.text for t in ref_turns), transcript_of(mine)))
+            live_pairs.append((" ".join(t.text for t in ref_turns), transcript_of(mine, revised=False)))
+            revised += sum(1 for e in mine if e["type"] == "segment.revised")
             turns += len(ref_turns)
             late_s = max(late_s, track["max_late_s"])
             sent = [
@@ -772,7 +780,9 @@ def summarize(n: int, rooms: list[dict[str, Any]], samples: list[Sample], t0: fl
         "rooms": n,
         "final_latency_ms": final,
         "first_partial_ms": ms_stats(onsets, ("p50", "p95")),
-        "wer": None if (w := corpus_wer(pairs)) is None else round(w, 4),
+        "wer": None if (w := corpus_wer(pairs)) is None else round(w, 4),  # with the revisions received
+        "wer_live": None if (w := corpus_wer(live_pairs)) is None else round(w, 4),  # finals as first sent
+        "revised": revised,
         # the whole server: its process and its children (speech-to-text workers, embedded MongoDB)
         "cpu_percent": _sum_or_none(_cpu_percent(samples, "server_cpu", t0, t1),
                                     _cpu_percent(samples, "server_children_cpu", t0, t1)),
@@ -1026,7 +1036,7 @@ async def measure(
 
 
 HEADERS = [
-    "rooms", "final p50 ms", "p95", "p99", "max", "1st partial p50 ms", "p95", "WER", "missed",
+    "rooms", "final p50 ms", "p95", "p99", "max", "1st partial p50 ms", "p95", "WER live/revised", "missed",
     "server CPU %", "peers CPU %", "dropped", "max lag s", "realtime",
 ]  # fmt: skip
 
@@ -1036,7 +1046,8 @@ def table_rows(runs: list[dict[str, Any]]) -> list[list[Any]]:
     for r in runs:
         f, p = r["final_latency_ms"], r["first_partial_ms"]
         rows.append([
-            r["rooms"], f["p50"], f["p95"], f["p99"], f["max"], p["p50"], p["p95"], r["wer"],
+            r["rooms"], f["p50"], f["p95"], f["p99"], f["max"], p["p50"], p["p95"],
+            f"{r.get('wer_live')}/{r['wer']} ({r.get('revised', 0)})",
             f"{r['missed_turns']}/{r['turns']}", r["cpu_percent"], r["peers_cpu_percent"], r["dropped_frames"],
             r["max_lag_s"], "yes" if r["realtime"] else "no",
         ])  # fmt: skip

@@ -72,6 +72,9 @@ def test_transcript_orders_finals_by_stream_time():
         seg("final", 1, 2, 3, "one", 0),
     ]
     assert transcript_of(events) == "one three"
+    # a revision replaces its final's text; the live transcript keeps the final
+    events.append({**seg("final", 5, 6, 7, "tree", 1), "type": "segment.revised", "revision": 1})
+    assert transcript_of(events) == "one tree" and transcript_of(events, revised=False) == "one three"
 
 
 def test_wer_uses_whisper_normalisation():
