@@ -85,7 +85,7 @@ def bench_decode(reps: int) -> list[dict[str, Any]]:
 
 async def stream_file(
     stt: Any, pcms: list[np.ndarray], rate: int, *, realtime: bool, workers: int = 1, partials: bool = True,
-    one_conversation: bool = True,
+    one_conversation: bool = True, revise: bool = True,
 ) -> tuple[list[list[StreamEvent]], float, dict[str, Any]]:
     """Push each mono pcm as its own participant stream; return per-stream events, wall time, scheduler stats.
     `one_conversation`: the streams are the participants of one room (they share the prompt and revision
@@ -97,7 +97,7 @@ async def stream_file(
     t_start = time.perf_counter()
     clock = (lambda: time.perf_counter() - t_start) if realtime else None
     events: list[list[StreamEvent]] = [[] for _ in pcms]
-    cfg = StreamConfig(emit_levels_every_s=0, partial_interval_s=1.0 if partials else 0)
+    cfg = StreamConfig(emit_levels_every_s=0, partial_interval_s=1.0 if partials else 0, revise=revise)
     streams = [
         ParticipantStream(
             Speaker("candidate", f"s{i}", f"s{i}"),
@@ -196,14 +196,15 @@ def bench_throughput(
     for n in counts:
         rows.append({"streams": n, "mode": "offline whole-file, sequential", "workers": 1, "wall_s": offline_s * n,
                      "audio_s": audio.duration_s * n, "x_realtime": audio.duration_s / offline_s, "finals": None})  # fmt: skip
-        for w in workers:
-            progress(f"throughput: {n} stream(s), {w} worker(s)")
+        for w, revise in [(w, False) for w in workers] + [(max(workers), True)]:
+            progress(f"throughput: {n} stream(s), {w} worker(s){', with revisions' if revise else ''}")
             events, wall, metrics = asyncio.run(
                 stream_file(stt, [audio.pcm] * n, audio.rate, realtime=False, workers=w, partials=False,
-                            one_conversation=False)
+                            one_conversation=False, revise=revise)
             )
-            finals = sum(1 for ev in events for e in ev if isinstance(e, SegmentEvent) and e.final)
-            rows.append({"streams": n, "mode": "streaming, one scheduler", "workers": w, "wall_s": wall,
+            finals = sum(1 for ev in events for e in ev if isinstance(e, SegmentEvent) and e.final and not e.revision)
+            mode = "streaming + revisions (waited for)" if revise else "streaming, live finals"
+            rows.append({"streams": n, "mode": mode, "workers": w, "wall_s": wall,
                          "audio_s": audio.duration_s * n, "x_realtime": audio.duration_s * n / wall,
                          "finals": finals})  # fmt: skip
     return rows

@@ -81,7 +81,9 @@ class SpeechToText(Protocol):
 class RevisingSpeechToText(SpeechToText, Protocol):
     """An engine that can decode an utterance again after the conversation's preceding audio (`revise`)."""
 
-    def revise(self, audio: np.ndarray, *, context: np.ndarray, context_text: str) -> Transcript: ...
+    def revise(
+        self, audio: np.ndarray, *, context: np.ndarray, context_text: str, after: np.ndarray | None = None
+    ) -> Transcript: ...
 
 
 # ----------------------------------------------------------------------------------------------- audio input
@@ -646,6 +648,7 @@ class SttScheduler:
         self._tasks: list[asyncio.Task[None]] = []
         self._running = 0
         self._best_effort = 0  # partial/speculative decodes running now
+        self._revising = 0  # revisions running now
         self.partial_share = partial_share
         self._partial_spans: deque[tuple[float, float]] = deque()  # (start, end) of recent plain partials
         self._partial_running: dict[int, float] = {}  # id(job) -> start, plain partials running now
@@ -686,7 +689,7 @@ class SttScheduler:
         """Whether a plain partial may start now: `spare`, no final running (on a CPU-bound machine a partial
         beside a final slows the final), and partials used less than `partial_share` of the workers' time
         over the last `PARTIAL_WINDOW_S` (partials are cosmetic; they must not eat the capacity finals need)."""
-        if not self.spare or self._running > self._best_effort:
+        if not self.spare or self._running - self._revising > self._best_effort:
             return False
         return self.partial_load() < self.partial_share
 
@@ -841,6 +844,7 @@ class SttScheduler:
             kind = job.kind
             self._running += 1
             self._best_effort += job.partial
+            self._revising += kind == "revision"
             if kind == "partial":
                 self._partial_running[id(job)] = time.monotonic()
             t0 = time.perf_counter()
@@ -885,6 +889,7 @@ class SttScheduler:
             finally:
                 self._running -= 1
                 self._best_effort -= job.partial
+                self._revising -= kind == "revision"
                 if kind == "partial":
                     self._partial_spans.append((self._partial_running.pop(id(job)), time.monotonic()))
                 self.stats.busy_by_kind[kind] += time.perf_counter() - t0
