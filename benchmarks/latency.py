@@ -184,7 +184,7 @@ def transcript_of(events: list[dict[str, Any]], *, revised: bool = True) -> str:
     latest: dict[int, dict[str, Any]] = {}
     for e in events:
         if e["type"] == "segment.final" or (revised and e["type"] == "segment.revised"):
-            if e["seq"] not in latest or e.get("revision", 0) >= latest[e["seq"]].get("revision", 0):
+            if e["seq"] not in latest or (e.get("revision") or 0) >= (latest[e["seq"]].get("revision") or 0):
                 latest[e["seq"]] = e
     finals = sorted(latest.values(), key=lambda e: (e["start_s"], e["seq"]))
     return " ".join(e["text"].strip() for e in finals)

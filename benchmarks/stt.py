@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import statistics
 import sys
 import time
@@ -92,7 +93,7 @@ async def stream_file(
     context); else independent rooms."""
     from pipeline.stream import Conversation, ParticipantStream, StreamConfig
 
-    sched = SttScheduler(stt, workers=workers)
+    sched = SttScheduler(stt, workers=workers, revision_max_load=0.4 if realtime else math.inf)
     shared = Conversation() if one_conversation else None
     t_start = time.perf_counter()
     clock = (lambda: time.perf_counter() - t_start) if realtime else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import sys
 import time
@@ -103,7 +104,8 @@ async def run(
     from pipeline.stream import Conversation, ParticipantStream, StreamConfig
 
     feeds = plan_feeds(audio, args, name)
-    scheduler = SttScheduler(stt, workers=args.workers)
+    # revisions wait for spare capacity in real time (live finals first); a file is not live: whenever a worker is free
+    scheduler = SttScheduler(stt, workers=args.workers, revision_max_load=0.4 if args.realtime else math.inf)
     skills = tuple(s.strip() for s in args.skills.split(",") if s.strip())
     cfg = StreamConfig(vad=args.vad, partial_interval_s=args.partial_interval, skills=skills,
                        prompt_previous=args.prompt, revise=args.revise,

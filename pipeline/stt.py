@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
@@ -547,6 +548,30 @@ class LocalWhisper:
 # ------------------------------------------------------------------------------------------------- scheduler
 
 
+class _BusyWindow:
+    """Worker time spent on some kind of job over the last `window_s` seconds (running jobs count so far)."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self.spans: deque[tuple[float, float]] = deque()  # (start, end) of finished jobs
+        self.running: dict[int, float] = {}  # key -> start
+
+    def start(self, key: int) -> None:
+        self.running[key] = time.monotonic()
+
+    def end(self, key: int) -> None:
+        self.spans.append((self.running.pop(key), time.monotonic()))
+
+    def share(self, workers: int) -> float:
+        now = time.monotonic()
+        horizon = now - self.window_s
+        while self.spans and self.spans[0][1] < horizon:
+            self.spans.popleft()
+        used = sum(end - max(start, horizon) for start, end in self.spans)
+        used += sum(now - max(start, horizon) for start in self.running.values())
+        return used / (self.window_s * workers)
+
+
 @dataclass(slots=True)
 class _Job:
     audio: np.ndarray
@@ -614,11 +639,13 @@ class SttScheduler:
       when a worker frees up is shed (its audio has grown since).
     * revisions (a final decoded again with the conversation as context, `transcribe_revision`): FIFO, at most
       `max_revisions` waiting (a new one pushes the oldest out: it resolves to None); one starts only when
-      nothing else waits and, with several workers, it leaves a worker free for finals — so under load they
-      are what gives way, and the live finals keep their latency.
+      nothing else waits, with several workers it leaves a worker free for finals, and only while the live work
+      (finals, speculative finals, partials) used less than `revision_max_load` of the workers' time over the
+      last `LOAD_WINDOW_S` — so under load they are what gives way, and the live finals keep their latency.
     """
 
     PARTIAL_WINDOW_S = 5.0
+    LOAD_WINDOW_S = 10.0
 
     def __init__(
         self,
@@ -630,6 +657,7 @@ class SttScheduler:
         partial_max_age_s: float = 1.0,
         partial_share: float = 0.15,
         max_revisions: int = 32,
+        revision_max_load: float = 0.4,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
@@ -643,6 +671,8 @@ class SttScheduler:
         self._partials: deque[_Job] = deque()
         self._revisions: deque[_Job] = deque()
         self.max_revisions = max_revisions
+        self.revision_max_load = revision_max_load
+        self._live_busy = _BusyWindow(self.LOAD_WINDOW_S)  # finals, speculative finals and partials
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stt")
         self._wakeup: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -650,8 +680,7 @@ class SttScheduler:
         self._best_effort = 0  # partial/speculative decodes running now
         self._revising = 0  # revisions running now
         self.partial_share = partial_share
-        self._partial_spans: deque[tuple[float, float]] = deque()  # (start, end) of recent plain partials
-        self._partial_running: dict[int, float] = {}  # id(job) -> start, plain partials running now
+        self._partial_busy = _BusyWindow(self.PARTIAL_WINDOW_S)  # plain partials
         self._closed = False
         self._partial_kw = _accepts_partial(stt)
 
@@ -695,13 +724,11 @@ class SttScheduler:
 
     def partial_load(self) -> float:
         """Share of worker time spent on plain partials over the last `PARTIAL_WINDOW_S` (running ones count)."""
-        now = time.monotonic()
-        horizon = now - self.PARTIAL_WINDOW_S
-        while self._partial_spans and self._partial_spans[0][1] < horizon:
-            self._partial_spans.popleft()
-        used = sum(end - max(start, horizon) for start, end in self._partial_spans)
-        used += sum(now - max(start, horizon) for start in self._partial_running.values())
-        return used / (self.PARTIAL_WINDOW_S * self.workers)
+        return self._partial_busy.share(self.workers)
+
+    def live_load(self) -> float:
+        """Share of worker time spent on live work (everything but revisions) over the last `LOAD_WINDOW_S`."""
+        return self._live_busy.share(self.workers)
 
     def _start(self) -> None:
         if self._wakeup is None:
@@ -821,7 +848,8 @@ class SttScheduler:
                 continue
             return job
         # a revision only on capacity nobody else wants, keeping a worker free for the next final
-        if self._revisions and self._running < max(1, self.workers - 1):
+        if (self._revisions and self._running < max(1, self.workers - 1)
+                and self.live_load() < self.revision_max_load):
             while self._revisions:
                 job = self._revisions.popleft()
                 if not job.future.done():
@@ -837,7 +865,11 @@ class SttScheduler:
                 if self._closed:
                     return
                 self._wakeup.clear()
-                await self._wakeup.wait()
+                if self._revisions:  # held back by the load: look again as it decays
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), 0.5)
+                else:
+                    await self._wakeup.wait()
                 continue
             if job.future.done():  # the awaiting task was cancelled
                 continue
@@ -846,7 +878,9 @@ class SttScheduler:
             self._best_effort += job.partial
             self._revising += kind == "revision"
             if kind == "partial":
-                self._partial_running[id(job)] = time.monotonic()
+                self._partial_busy.start(id(job))
+            if kind != "revision":
+                self._live_busy.start(id(job))
             t0 = time.perf_counter()
             try:
                 if job.context is not None:
@@ -891,7 +925,9 @@ class SttScheduler:
                 self._best_effort -= job.partial
                 self._revising -= kind == "revision"
                 if kind == "partial":
-                    self._partial_spans.append((self._partial_running.pop(id(job)), time.monotonic()))
+                    self._partial_busy.end(id(job))
+                if kind != "revision":
+                    self._live_busy.end(id(job))
                 self.stats.busy_by_kind[kind] += time.perf_counter() - t0
                 self.stats.jobs_by_kind[kind] += 1
 

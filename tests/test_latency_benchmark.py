@@ -74,6 +74,7 @@ def test_transcript_orders_finals_by_stream_time():
     assert transcript_of(events) == "one three"
     # a revision replaces its final's text; the live transcript keeps the final
     events.append({**seg("final", 5, 6, 7, "tree", 1), "type": "segment.revised", "revision": 1})
+    events[0]["revision"] = None  # what the collector keeps for a final
     assert transcript_of(events) == "one tree" and transcript_of(events, revised=False) == "one three"
 
 

@@ -232,7 +232,7 @@ async def test_partials_are_limited_to_their_share_of_worker_time() -> None:
     assert sched.partial_ok
     # pretend the last window was spent on partials: 2 of 5 worker-seconds
     now = time.monotonic()
-    sched._partial_spans.append((now - 2.0, now))
+    sched._partial_busy.spans.append((now - 2.0, now))
     assert sched.partial_load() >= 0.4 and not sched.partial_ok
     assert await sched.transcribe_partial(AUDIO, prompt="p1", key="s") is None
     assert (await sched.transcribe_final(AUDIO, prompt="f")).text == "text f"  # finals are never limited
@@ -442,3 +442,19 @@ def test_a_revision_with_the_conversation_around_it_hears_what_the_utterance_alo
     assert [w.word.lower() for w in tr.words[:2]] == ["what", "about"] and len(tr.words) <= 6, tr.words
     assert 0 <= tr.words[0].start_s < tr.words[-1].end_s <= question.size / 16000
     assert tr.confidence > 0 and not tr.hallucination
+
+
+async def test_revisions_wait_while_live_work_keeps_the_workers_busy() -> None:
+    stt = RevisingGatedStt()
+    stt.gate.set()
+    sched = SttScheduler(stt, workers=1, revision_max_load=0.4)
+    now = time.monotonic()
+    sched._live_busy.spans.append((now - 5.0, now))  # finals took 5 of the last 10 worker-seconds
+    assert sched.live_load() >= 0.5
+    rev = asyncio.create_task(sched.transcribe_revision(AUDIO, context=AUDIO, context_text="r"))
+    await asyncio.sleep(0.7)
+    assert not rev.done() and stt.calls == []  # held back, though the worker is idle
+    assert (await sched.transcribe_final(AUDIO, prompt="f")).text == "text f"  # live work is not
+    sched._live_busy.spans.clear()  # the load has decayed
+    assert (await asyncio.wait_for(rev, 5)).text == "revised r"  # taken up without any new job to wake it
+    await sched.aclose()
