@@ -707,7 +707,7 @@ def _stt_busy(window: list[Sample]) -> dict[str, float] | None:
         return None
     wall = have[-1].t - have[0].t
     out: dict[str, float] = {}
-    for kind in ("final", "speculative", "partial"):
+    for kind in ("final", "speculative", "partial", "revision"):
         busy, jobs = f'stt_busy_seconds_total{{kind="{kind}"}}', f'stt_decodes_total{{kind="{kind}"}}'
         if busy in have[-1].metrics and jobs in have[-1].metrics:
             out[kind] = round(100 * (have[-1].metrics[busy] - have[0].metrics[busy]) / wall, 1)

@@ -673,6 +673,11 @@ class SttScheduler:
         self.max_revisions = max_revisions
         self.revision_max_load = revision_max_load
         self._live_busy = _BusyWindow(self.LOAD_WINDOW_S)  # finals, speculative finals and partials
+        # an engine whose revisions run in a process of their own at the lowest CPU priority (WhisperProcesses):
+        # they get a worker of their own here, and the operating system decides what is spare
+        self._apart = bool(getattr(stt, "revises_apart", False))
+        self._revision_wakeup: asyncio.Event | None = None
+        self._revision_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stt-revision")
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stt")
         self._wakeup: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -736,6 +741,9 @@ class SttScheduler:
             self._tasks = [
                 asyncio.create_task(self._worker(i), name=f"stt-worker-{i}") for i in range(self.workers)
             ]
+            if self._apart:
+                self._revision_wakeup = asyncio.Event()
+                self._tasks.append(asyncio.create_task(self._revision_worker(), name="stt-revisions"))
 
     async def transcribe_final(self, audio: np.ndarray, *, prompt: str | None = None) -> Transcript:
         if self._closed:
@@ -833,6 +841,8 @@ class SttScheduler:
     def _notify(self) -> None:
         if self._wakeup is not None:
             self._wakeup.set()
+        if self._revision_wakeup is not None:
+            self._revision_wakeup.set()
 
     def _next_job(self) -> _Job | None:
         if self._finals:
@@ -848,7 +858,7 @@ class SttScheduler:
                 continue
             return job
         # a revision only on capacity nobody else wants, keeping a worker free for the next final
-        if (self._revisions and self._running < max(1, self.workers - 1)
+        if (self._revisions and not self._apart and self._running < max(1, self.workers - 1)
                 and self.live_load() < self.revision_max_load):
             while self._revisions:
                 job = self._revisions.popleft()
@@ -858,7 +868,6 @@ class SttScheduler:
 
     async def _worker(self, _i: int) -> None:
         assert self._wakeup is not None
-        loop = asyncio.get_running_loop()
         while True:
             job = self._next_job()
             if job is None:
@@ -873,63 +882,85 @@ class SttScheduler:
                 continue
             if job.future.done():  # the awaiting task was cancelled
                 continue
-            kind = job.kind
+            await self._run(job, self._executor, live_slot=True)
+
+    async def _revision_worker(self) -> None:
+        """With an engine that revises apart (its own lowest-priority process), revisions run here, one at a time,
+        beside the live workers: the operating system gives them only the CPU nobody else wants."""
+        assert self._revision_wakeup is not None
+        while True:
+            job = None
+            while self._revisions and job is None:
+                candidate = self._revisions.popleft()
+                if not candidate.future.done():
+                    job = candidate
+            if job is None:
+                if self._closed:
+                    return
+                self._revision_wakeup.clear()
+                await self._revision_wakeup.wait()
+                continue
+            await self._run(job, self._revision_executor, live_slot=False)
+
+    async def _run(self, job: _Job, executor: ThreadPoolExecutor, *, live_slot: bool) -> None:
+        """Decode one job on `executor` and settle its future; `live_slot`: it occupies one of the workers."""
+        loop = asyncio.get_running_loop()
+        kind = job.kind
+        if live_slot:
             self._running += 1
             self._best_effort += job.partial
             self._revising += kind == "revision"
-            if kind == "partial":
-                self._partial_busy.start(id(job))
-            if kind != "revision":
-                self._live_busy.start(id(job))
-            t0 = time.perf_counter()
-            try:
-                if job.context is not None:
-                    call: Any = functools.partial(_revise, self.stt, job.audio, job.context, job.context_text,
-                                                  job.after)
-                else:
-                    kwargs: dict[str, Any] = {"prompt": job.prompt}
-                    if self._partial_kw:
-                        kwargs["partial"] = kind == "partial"
-                    call = functools.partial(_call, self.stt, job.audio, kwargs)
-                result = await loop.run_in_executor(self._executor, call)
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise  # this worker is being stopped
-                # the call itself was cancelled (its executor shut down): the request still gets an outcome
-                self.stats.errors += 1
-                if not job.future.done():
-                    job.future.set_exception(SttError("stt_closed", "speech-to-text stopped before this request ran"))
-            except Exception as exc:  # one failed request must not stop the worker
-                self.stats.errors += 1
-                log.warning("speech-to-text failed (%s): %s", kind, exc)
-                if not job.future.done():
-                    job.future.set_exception(
-                        exc
-                        if isinstance(exc, SttError)
-                        else SttError("stt_failed", f"{type(exc).__name__}: {exc}")
-                    )
+        if kind == "partial":
+            self._partial_busy.start(id(job))
+        if kind != "revision":
+            self._live_busy.start(id(job))
+        t0 = time.perf_counter()
+        try:
+            if job.context is not None:
+                call: Any = functools.partial(_revise, self.stt, job.audio, job.context, job.context_text, job.after)
             else:
-                self.stats.redecodes += int(getattr(result, "redecoded", False))
-                if kind == "revision":
-                    self.stats.revisions_done += 1
-                elif job.partial:
-                    self.stats.partials_done += 1
-                else:
-                    self.stats.finals_done += 1
-                self.stats.audio_s += job.audio.size / SAMPLE_RATE
-                if not job.future.done():
-                    job.future.set_result(result)
-            finally:
+                kwargs: dict[str, Any] = {"prompt": job.prompt}
+                if self._partial_kw:
+                    kwargs["partial"] = kind == "partial"
+                call = functools.partial(_call, self.stt, job.audio, kwargs)
+            result = await loop.run_in_executor(executor, call)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this worker is being stopped
+            # the call itself was cancelled (its executor shut down): the request still gets an outcome
+            self.stats.errors += 1
+            if not job.future.done():
+                job.future.set_exception(SttError("stt_closed", "speech-to-text stopped before this request ran"))
+        except Exception as exc:  # one failed request must not stop the worker
+            self.stats.errors += 1
+            log.warning("speech-to-text failed (%s): %s", kind, exc)
+            if not job.future.done():
+                job.future.set_exception(
+                    exc if isinstance(exc, SttError) else SttError("stt_failed", f"{type(exc).__name__}: {exc}")
+                )
+        else:
+            self.stats.redecodes += int(getattr(result, "redecoded", False))
+            if kind == "revision":
+                self.stats.revisions_done += 1
+            elif job.partial:
+                self.stats.partials_done += 1
+            else:
+                self.stats.finals_done += 1
+            self.stats.audio_s += job.audio.size / SAMPLE_RATE
+            if not job.future.done():
+                job.future.set_result(result)
+        finally:
+            if live_slot:
                 self._running -= 1
                 self._best_effort -= job.partial
                 self._revising -= kind == "revision"
-                if kind == "partial":
-                    self._partial_busy.end(id(job))
-                if kind != "revision":
-                    self._live_busy.end(id(job))
-                self.stats.busy_by_kind[kind] += time.perf_counter() - t0
-                self.stats.jobs_by_kind[kind] += 1
+            if kind == "partial":
+                self._partial_busy.end(id(job))
+            if kind != "revision":
+                self._live_busy.end(id(job))
+            self.stats.busy_by_kind[kind] += time.perf_counter() - t0
+            self.stats.jobs_by_kind[kind] += 1
 
     async def aclose(self) -> None:
         """Finish queued finals, shed queued partials and revisions, stop the workers and the thread pool."""
@@ -940,6 +971,7 @@ class SttScheduler:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._executor.shutdown(wait=False)
+        self._revision_executor.shutdown(wait=False)
 
     def metrics(self) -> dict[str, Any]:
         return {

@@ -47,6 +47,26 @@ def test_two_processes_decode_like_the_in_process_engine(procs: WhisperProcesses
     assert procs.engine == "faster-whisper" and procs.model == "tiny.en"
 
 
+async def test_revisions_run_beside_the_live_workers_in_a_lowest_priority_process(
+    procs: WhisperProcesses, jfk16k: np.ndarray
+) -> None:
+    first, second = jfk16k[: 16000 * 5], jfk16k[16000 * 5 :]
+    local = LocalWhisper(cpu_threads=1)
+    context_text = local.transcribe(first).text
+    here = local.revise(second, context=first, context_text=context_text)
+    sched = SttScheduler(procs, workers=2)
+    assert procs.revises_apart and sched.revises
+    # a revision is not a live job: it runs while both live workers are busy
+    finals = [asyncio.create_task(sched.transcribe_final(jfk16k)) for _ in range(2)]
+    await asyncio.sleep(0.05)
+    there = await sched.transcribe_revision(second, context=first, context_text=context_text)
+    assert there is not None and there.text == here.text and there.words == here.words
+    pid = procs.revision_pid
+    assert pid is not None and pid not in procs.pids and os.getpriority(os.PRIO_PROCESS, pid) == 19
+    assert all(t.text for t in await asyncio.gather(*finals))
+    await sched.aclose()
+
+
 def test_workers_outlive_the_signals_that_start_a_graceful_shutdown(
     procs: WhisperProcesses, jfk16k: np.ndarray
 ) -> None:
