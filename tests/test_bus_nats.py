@@ -297,6 +297,13 @@ async def test_consumer_on_jetstream_dead_letters_after_n_failures(
 # End to end: InterviewService -> MongoStore outbox -> OutboxRelay -> JetStream -> EventConsumer
 
 
+async def _new_interview(service: InterviewService) -> str:
+    doc = await service.create_interview(
+        CreateInterview.parse({"candidateId": "cand-1", "jobId": "job-1", "scheduledAt": "2026-12-01T10:00:00Z"})
+    )
+    return str(doc["interviewId"])
+
+
 def _segment(seq: int) -> SegmentEvent:
     speaker = Speaker(role="candidate", name="Ada", participant_id="cand-1")
     return SegmentEvent(speaker, seq, seq * 2.0, seq * 2.0 + 1.5, f"answer number {seq}", final=True)
@@ -308,12 +315,7 @@ async def test_service_writes_while_nats_is_down_are_published_once_and_failed_w
     relay = OutboxRelay(store, bus, idle_poll_s=0.05, backoff_initial_s=0.05, backoff_max_s=0.2)
     relay.start()
     try:
-        doc = await service.create_interview(
-            CreateInterview.parse(
-                {"candidateId": "cand-1", "jobId": "job-1", "scheduledAt": "2026-12-01T10:00:00Z"}
-            )
-        )
-        iid = doc["interviewId"]
+        iid = await _new_interview(service)
         async with asyncio.timeout(10):
             await relay.wait_until(lambda r: r.published == 1)
 
@@ -373,12 +375,7 @@ async def test_revisions_are_published_after_their_segments_on_their_own_subject
     relay = OutboxRelay(store, bus, batch=2, idle_poll_s=0.05, backoff_initial_s=0.05, backoff_max_s=0.2)
     relay.start()
     try:
-        doc = await service.create_interview(
-            CreateInterview.parse(
-                {"candidateId": "cand-1", "jobId": "job-1", "scheduledAt": "2026-12-01T10:00:00Z"}
-            )
-        )
-        iid = doc["interviewId"]
+        iid = await _new_interview(service)
         await service.start_interview(iid)
         async with asyncio.timeout(10):
             await relay.wait_until(lambda r: r.published == 2)
