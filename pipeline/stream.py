@@ -3,6 +3,9 @@
     push(pcm) ─► FrontEnd (DSP, inline: cheap) ─► utterances ─► SttScheduler (threads) ─► guards
               └► level meter (throttled)        └► partial re-decodes of the utterance in progress
     final transcript ─► SegmentEvent(final) ─► SentimentTracker / KeywordTracker ─► SentimentEvent, KeywordsEvent
+                     └► Conversation (shared by a room's streams: prompt, revision context)
+    later, on spare CPU: final + turns before it (forced text) + next turn ─► revision ─► SegmentEvent(revised)
+                     ─► SentimentTracker.revise / KeywordTracker.remove+update ─► SentimentEvent, KeywordsEvent
 
 Contract with the consumer (`emit`, a sync callback run on the event loop):
 
@@ -12,7 +15,9 @@ Contract with the consumer (`emit`, a sync callback run on the event loop):
 * `seq` is per stream, starts at 0, increases with every utterance; partials carry the seq their final will have,
   and a final with empty text retracts partials shown for an utterance that turned out to be noise;
 * finals of one stream are emitted in seq order;
-* segments flagged as hallucinations are emitted (marked) but never reach the analysers.
+* segments flagged as hallucinations are emitted (marked) but never reach the analysers;
+* a `segment.revised` (same seq, after its final) replaces that final's text when a decode with the conversation
+  around it is different and no less probable; at most one per final; never for a hallucination-flagged final.
 """
 
 from __future__ import annotations
