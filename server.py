@@ -326,7 +326,8 @@ async def _build(c: Components) -> None:
     c.scheduler = SttScheduler(stt, workers=s.stt_workers, partial_share=s.partial_share)
     c.metrics.bind_stt(queue_depth=lambda: float(c.scheduler.queue_depth), stats=lambda: c.scheduler.stats)
     stream_config = StreamConfig(vad=s.vad_mode, partial_interval_s=s.partial_interval_s,
-                                 end_silence_ms=s.end_silence_ms, revise=s.stt_revise)
+                                 end_silence_ms=s.end_silence_ms, revise=s.stt_revise,
+                                 await_revisions=False)  # leaving or shutting down does not wait for them
 
     def stream_factory(speaker: Any, emit: Any, in_rate: int, channels: int,
                        conversation: Conversation) -> ParticipantStream:

@@ -100,6 +100,11 @@ class StreamConfig:
     revise_min_confidence: float = 0.4
     # a revision replaces the final only if its words are at least this much more probable (geometric mean)
     revise_min_gain: float = 0.0
+    # a final gets no revision while this many of its conversation's are still pending (the CPU is behind)
+    revise_max_pending: int = 8
+    # aclose(drain=True) waits for the stream's revisions (a file's transcript); False: they are cancelled (a
+    # participant leaving or a server shutting down does not wait for improvements; the finals are out)
+    await_revisions: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -219,11 +224,12 @@ class ParticipantStream:
                 task.cancel()
         if self._finals:
             await asyncio.gather(*list(self._finals), return_exceptions=True)
-        if not drain:
+        if not (drain and self.config.await_revisions):
             for task in list(self._revisions):
                 task.cancel()
-        for turn in self.conversation.turns:  # no next turn is coming from this stream: revise without it
-            turn.followed.set()
+        for turn in self.conversation.turns:  # this stream's turns: revise them without waiting for a next one
+            if turn.owner == id(self):
+                turn.followed.set()
         if self._revisions:
             await asyncio.gather(*list(self._revisions), return_exceptions=True)
         for seq, (utt, _closed) in sorted(self._open.items()):  # cancelled (drain=False): still one outcome each
@@ -446,27 +452,40 @@ class ParticipantStream:
             self.stats["hallucinations"] += int(tr.hallucination)
             return
         # a low-confidence final is kept out of the prompt and the context: never condition on text we doubt
-        turn = self.conversation.add(tr.text, utt.audio, confidence=tr.confidence, word_confidence=word_confidence(tr))
+        turn = self.conversation.add(tr.text, utt.audio, confidence=tr.confidence, word_confidence=word_confidence(tr),
+                                     owner=id(self))
         score, rolling = self.sentiment.update(tr.text, seq)
         self._emit(SentimentEvent(self.speaker, seq, score, rolling, seg.start_s, seg.end_s))
         self.keywords.update(tr.text, seq)
         self._emit(KeywordsEvent(self.speaker, self.keywords.top(self.config.top_keywords), seq))
         if self.config.revise and self.scheduler.revises:
-            task = asyncio.create_task(self._revise(seg, utt, turn, self.conversation.last_revision))
+            if self.conversation.revisions_pending >= self.config.revise_max_pending:
+                self.stats["revisions_dropped"] += 1  # the CPU is not keeping up with them: the final stands
+                return
+            # `seg` itself is not kept: the consumer may renumber it (a resumed participant's seq offset)
+            task = asyncio.create_task(
+                self._revise(seq, (seg.start_s, seg.end_s), utt, turn, self.conversation.last_revision)
+            )
             self.conversation.last_revision = task
+            self.conversation.revisions_pending += 1
             self._revisions.add(task)
-            task.add_done_callback(self._revisions.discard)
+            task.add_done_callback(self._revision_done)
 
     def _prompt(self) -> str | None:
         return self.conversation.prompt if self.config.prompt_previous else None
 
+    def _revision_done(self, task: asyncio.Task[None]) -> None:
+        self._revisions.discard(task)
+        self.conversation.revisions_pending -= 1
+        if not task.cancelled() and task.exception() is not None:
+            log.error("revision failed", exc_info=task.exception())
+
     async def _revise(
-        self, final: SegmentEvent, utt: Any, turn: _Turn, previous: asyncio.Task[None] | None
+        self, seq: int, span: tuple[float, float], utt: Any, turn: _Turn, previous: asyncio.Task[None] | None
     ) -> None:
         """Decode a final again with the conversation before it as context; send `segment.revised` if the text
         changed. Revisions of one conversation run in order, so each one's context holds the revised text of the
         ones before. Best effort: dropped under load, and a failure leaves the final as it was."""
-        seq = final.seq
         if turn.next is None:  # what was said next helps as much as what was said before
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(turn.followed.wait(), self.config.revise_wait_s)
@@ -513,7 +532,7 @@ class ParticipantStream:
         self.stats["revisions"] += 1
         seg = self._segment(seq, utt.start, utt.end, tr, final=True, speech_end_s=utt.speech_end_s)
         seg.revision = 1
-        seg.start_s, seg.end_s = final.start_s, final.end_s  # the same utterance: only its words changed
+        seg.start_s, seg.end_s = span  # the same utterance: only its words changed
         self._emit(seg)
         revised = self.sentiment.revise(seq, tr.text)
         if revised is not None:
@@ -562,6 +581,7 @@ class _Turn:
     audio: np.ndarray  # int16, 16 kHz: the utterance as it was decoded
     confidence: float
     word_confidence: float = 0.0  # geometric mean of its words' probabilities (pipeline.stt.word_confidence)
+    owner: int = 0  # id() of the stream it came from
     next: _Turn | None = None  # the turn that came out after it
     followed: asyncio.Event = field(default_factory=asyncio.Event)  # set when `next` is, or nothing will come
 
@@ -587,10 +607,11 @@ class Conversation:
         self.turns: deque[_Turn] = deque()
         self._kept = 0  # samples of audio in `turns`
         self.last_revision: asyncio.Task[None] | None = None  # revisions run in conversation order
+        self.revisions_pending = 0  # started and not finished (waiting for the next turn, their turn, or the CPU)
 
     def add(self, text: str, audio: np.ndarray | None = None, *, confidence: float = 1.0,
-            word_confidence: float = 0.0) -> _Turn:
-        turn = _Turn(text, audio if audio is not None else np.zeros(0, np.int16), confidence, word_confidence)
+            word_confidence: float = 0.0, owner: int = 0) -> _Turn:
+        turn = _Turn(text, audio if audio is not None else np.zeros(0, np.int16), confidence, word_confidence, owner)
         if self.turns:
             self.turns[-1].next = turn
             self.turns[-1].followed.set()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import math
 import re
@@ -428,8 +429,8 @@ class LocalWhisper:
             self._local.limited = True
         prefix = " ".join(context_text.split())
         n_prefix = len(self._whisper.hf_tokenizer.encode(" " + prefix).ids) if prefix else 0
-        if n_prefix >= MAX_PREFIX_TOKENS:
-            raise ValueError(f"context text of {n_prefix} tokens; at most {MAX_PREFIX_TOKENS - 1}")
+        if n_prefix >= MAX_PREFIX_TOKENS:  # faster-whisper would cut it and the split would fail: no revision
+            return Transcript(text="", reason="context_too_long", audio_s=audio_s)
         both = np.concatenate([c, x, a]) if c.size or a.size else x
         self._local.frames = _window_frames(both.size / SAMPLE_RATE, self.window_s)
         try:
@@ -450,11 +451,12 @@ class LocalWhisper:
                 log_prob_threshold=LOGPROB_THRESHOLD,
                 no_speech_threshold=NO_SPEECH_THRESHOLD,
             )
-            segs = list(segments)
+            # only the first segment, and only it is decoded (the generator is lazy): with word timestamps
+            # faster-whisper would go on decoding the window from the last word's end without the prefix, and
+            # what it finds in that tail (trailing silence) is invented
+            segs = [seg for seg in itertools.islice(segments, 1)]
         finally:
             self._local.frames = None
-        # only the first segment: with word timestamps faster-whisper goes on decoding the window from the last
-        # word's end without the prefix, and what it finds in that tail (trailing silence) is invented
         words = list(segs[0].words or []) if segs else []
         split = _after_prefix(words, prefix)
         if split is None:
@@ -716,14 +718,15 @@ class SttScheduler:
         """
         if self._finals or self._running >= self.workers:
             return False
-        return self._best_effort + len(self._partials) < max(1, self.workers - 1)
+        # a revision running on a live worker counts too: the other worker stays free for finals
+        return self._best_effort + self._revising + len(self._partials) < max(1, self.workers - 1)
 
     @property
     def partial_ok(self) -> bool:
         """Whether a plain partial may start now: `spare`, no final running (on a CPU-bound machine a partial
         beside a final slows the final), and partials used less than `partial_share` of the workers' time
         over the last `PARTIAL_WINDOW_S` (partials are cosmetic; they must not eat the capacity finals need)."""
-        if not self.spare or self._running - self._revising > self._best_effort:
+        if not self.spare or self._running > self._best_effort + self._revising:
             return False
         return self.partial_load() < self.partial_share
 

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import wave
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import pytest
 from whisper_normalizer.english import EnglishTextNormalizer
 
 from benchmarks._env import SHARED_DATA
-from domain.events import ErrorEvent, SegmentEvent, Speaker, StreamEvent, Word
+from domain.events import ErrorEvent, SegmentEvent, SentimentEvent, Speaker, StreamEvent, Word
 from pipeline.__main__ import build_parser, run
 from pipeline.audio_file import read_audio
 from pipeline.stream import Conversation, ParticipantStream, StreamConfig, _prompt_tail
@@ -419,6 +420,70 @@ async def test_finals_are_revised_with_the_conversation_around_them() -> None:
                for (a, b), r in zip(after_rev, revised, strict=True))  # fmt: skip
     latest = [e for e in events if e.type == "keywords"][-1]
     assert "revised" in {k.term for k in latest.keywords}
+
+
+async def test_a_consumer_renumbering_events_does_not_misplace_revisions() -> None:
+    # the room renumbers a resumed participant's events in place (seq + offset): the revision must still name
+    # its own final, renumbered once
+    stt = RevisingStt()
+    events: list[StreamEvent] = []
+
+    def renumber(e: StreamEvent) -> None:
+        if isinstance(e, SegmentEvent | SentimentEvent):
+            e.seq += 5
+        events.append(e)
+
+    sched = SttScheduler(stt)
+    stream = ParticipantStream(Speaker("candidate", "C", "c"), sched, renumber, in_rate=16000, channels=1,
+                               config=StreamConfig(emit_levels_every_s=0, partial_interval_s=0,
+                                                   speculative_final=False))  # fmt: skip
+    pcm = _tone_bursts(16000, 3)
+    for i in range(0, pcm.size, 320):
+        stream.push(pcm[i : i + 320])
+        await asyncio.sleep(0)
+    await stream.aclose()
+    await sched.aclose()
+    finals = [e.seq for e in events if isinstance(e, SegmentEvent) and not e.revision]
+    revised = [e.seq for e in events if isinstance(e, SegmentEvent) and e.revision]
+    assert finals == [5, 6, 7] and revised == [6, 7]
+    assert [e.seq for e in events if isinstance(e, SentimentEvent)] == [5, 6, 7, 6, 7]  # rescored, not skipped
+
+
+class BlockedRevisions(RevisingStt):
+    """Revisions never get CPU (a saturated machine)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def revise(self, audio: np.ndarray, **kw: Any) -> Transcript:
+        self.release.wait(30)
+        return super().revise(audio, **kw)
+
+
+async def test_a_leaving_participant_does_not_wait_for_revisions_and_they_stay_bounded() -> None:
+    stt = BlockedRevisions()
+    events: list[StreamEvent] = []
+    sched = SttScheduler(stt, workers=2)  # one worker keeps serving finals while the other is stuck revising
+    cfg = StreamConfig(emit_levels_every_s=0, partial_interval_s=0, speculative_final=False, await_revisions=False,
+                       revise_max_pending=2)  # fmt: skip
+    stream = ParticipantStream(Speaker("candidate", "C", "c"), sched, events.append, in_rate=16000, channels=1,
+                               config=cfg)  # fmt: skip
+    pcm = _tone_bursts(16000, 5)
+    for i in range(0, pcm.size, 320):
+        stream.push(pcm[i : i + 320])
+        await asyncio.sleep(0)
+    t0 = time.monotonic()
+    await asyncio.wait_for(stream.aclose(), 5)
+    assert time.monotonic() - t0 < 2  # the finals were out; their improvements are not waited for
+    assert [e.type for e in events].count("segment.final") == 5 and not any(
+        isinstance(e, SegmentEvent) and e.revision for e in events
+    )
+    # at most `revise_max_pending` pending at once (the first final's, with no context, may be over already)
+    assert stream.stats["revisions_dropped"] in (2, 3)
+    assert stream.conversation.revisions_pending == 0  # the cancelled ones are accounted for
+    stt.release.set()
+    await sched.aclose()
 
 
 @pytest.mark.parametrize("case", ["less confident", "same text", "revise off"])
