@@ -100,6 +100,24 @@ def _list_key(at: datetime, ident: str) -> str:
     return f"{_time_key(at)}~{ident}"
 
 
+def _segment_doc(event: SegmentTranscribed | SegmentRevised, doc_id: str, **extra: Any) -> dict[str, Any]:
+    """A segment (or revision) document: the segment's fields and, in the same write, its unpublished event."""
+    body = event.segment.to_dict()
+    body.pop("type", None)
+    return {"_id": doc_id, "interviewId": event.interview_id, "participantId": event.segment.speaker.participant_id,
+            **body, **extra, "recordedAt": event.occurred_at, "eventId": event.id, "subject": event.subject,
+            "payload": event.to_json_bytes().decode(), "published": False}
+
+
+async def _insert_once(collection: Any, doc: dict[str, Any]) -> bool:
+    """Insert `doc`; False when a document with its key is already there (a retried write)."""
+    try:
+        await collection.insert_one(doc)
+    except DuplicateKeyError:
+        return False
+    return True
+
+
 def _segment_id(interview_id: str, participant_id: str, seq: int) -> str:
     return f"{interview_id}:{participant_id}:{seq}"
 
@@ -273,35 +291,17 @@ class MongoStore:
     @_translated
     async def add_segment(self, event: SegmentTranscribed) -> bool:
         seg = event.segment
-        pid = seg.speaker.participant_id
-        body = seg.to_dict()
-        body.pop("type", None)
-        doc = {"_id": _segment_id(event.interview_id, pid, seg.seq), "interviewId": event.interview_id,
-               "participantId": pid, **body, "recordedAt": event.occurred_at, "eventId": event.id,
-               "subject": event.subject, "payload": event.to_json_bytes().decode(), "published": False}
-        try:
-            await self.segments.insert_one(doc)
-        except DuplicateKeyError:
-            return False
-        return True
+        doc = _segment_doc(event, _segment_id(event.interview_id, seg.speaker.participant_id, seg.seq))
+        return await _insert_once(self.segments, doc)
 
     @_translated
     async def add_revision(self, event: SegmentRevised) -> bool:
         seg = event.segment
-        pid = seg.speaker.participant_id
-        segment_id = _segment_id(event.interview_id, pid, seg.seq)
+        segment_id = _segment_id(event.interview_id, seg.speaker.participant_id, seg.seq)
         if await self.segments.find_one({"_id": segment_id}, {"_id": 1}) is None:
             raise NotFound("segment", segment_id)
-        body = seg.to_dict()
-        body.pop("type", None)
-        doc = {"_id": f"{segment_id}:r{seg.revision}", "interviewId": event.interview_id, "participantId": pid,
-               **body, "segmentId": segment_id, "recordedAt": event.occurred_at, "eventId": event.id,
-               "subject": event.subject, "payload": event.to_json_bytes().decode(), "published": False}
-        try:
-            await self.revisions.insert_one(doc)
-        except DuplicateKeyError:
-            return False
-        return True
+        doc = _segment_doc(event, f"{segment_id}:r{seg.revision}", segmentId=segment_id)
+        return await _insert_once(self.revisions, doc)
 
     @_translated
     async def list_segments(self, interview_id: str) -> list[dict[str, Any]]:

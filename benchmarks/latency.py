@@ -180,12 +180,14 @@ def score_turns(
 
 
 def transcript_of(events: list[dict[str, Any]], *, revised: bool = True) -> str:
-    """One speaker's finals in stream order, each replaced by its latest `segment.revised` when `revised`."""
-    latest: dict[int, dict[str, Any]] = {}
+    """Finals (wire-form dicts) in stream order, each replaced by its latest `segment.revised` when `revised`;
+    segments are told apart by speaker (`speaker.participantId`, when the events carry it) and `seq`."""
+    latest: dict[tuple[str | None, int], dict[str, Any]] = {}
     for e in events:
         if e["type"] == "segment.final" or (revised and e["type"] == "segment.revised"):
-            if e["seq"] not in latest or (e.get("revision") or 0) >= (latest[e["seq"]].get("revision") or 0):
-                latest[e["seq"]] = e
+            key = ((e.get("speaker") or {}).get("participantId"), e["seq"])
+            if key not in latest or (e.get("revision") or 0) >= (latest[key].get("revision") or 0):
+                latest[key] = e
     finals = sorted(latest.values(), key=lambda e: (e["start_s"], e["seq"]))
     return " ".join(e["text"].strip() for e in finals)
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks._env import SHARED_DATA, environment, format_environment, percentile, print_table
+from benchmarks.latency import transcript_of
 from domain.events import SegmentEvent, Speaker, StreamEvent
 from pipeline.audio_file import read_audio
 from pipeline.stt import LocalWhisper, SttScheduler
@@ -214,17 +215,6 @@ def bench_throughput(
 # --------------------------------------------------------------------------------------------- 4. accuracy
 
 
-def _transcript(events: list[list[StreamEvent]], revised: bool) -> tuple[str, int, int]:
-    """Finals (each replaced by its revision when `revised`) in time order; and counts of finals, hallucinated."""
-    latest: dict[tuple[int, int], SegmentEvent] = {}
-    for ch, evs in enumerate(events):
-        for e in evs:
-            if isinstance(e, SegmentEvent) and e.final and (revised or not e.revision):
-                latest[(ch, e.seq)] = e
-    fin = sorted(latest.values(), key=lambda e: e.start_s)
-    return " ".join(e.text for e in fin), len(fin), sum(e.hallucination for e in fin)
-
-
 def bench_accuracy(stt: LocalWhisper, quick: bool) -> list[dict[str, Any]]:
     import jiwer
     from whisper_normalizer.english import EnglishTextNormalizer
@@ -250,8 +240,10 @@ def bench_accuracy(stt: LocalWhisper, quick: bool) -> list[dict[str, Any]]:
             stereo = read_audio(folder / f"{name}.stereo.wav")
             pcms, rate = [stereo.channel(0), stereo.channel(1)], stereo.rate
         events, _, _ = asyncio.run(stream_file(stt, pcms, rate, realtime=False, partials=False))
-        live, n_final, n_halluc = _transcript(events, revised=False)
-        revised, _, _ = _transcript(events, revised=True)
+        wire = [e.to_dict() for evs in events for e in evs if isinstance(e, SegmentEvent) and e.final]
+        live, revised = transcript_of(wire, revised=False), transcript_of(wire)
+        fin = [e for evs in events for e in evs if isinstance(e, SegmentEvent) and e.final and not e.revision]
+        n_final, n_halluc = len(fin), sum(e.hallucination for e in fin)
         n_rev = sum(1 for evs in events for e in evs if isinstance(e, SegmentEvent) and e.revision)
         rows.append({"audio": name, "streams": mode, "offline_wer": jiwer.wer(ref, norm(offline)),
                      "live_wer": jiwer.wer(ref, norm(live)), "revised_wer": jiwer.wer(ref, norm(revised)),

@@ -465,12 +465,7 @@ class InterviewService:
             raise ValidationError({"revision": "a revised segment is stored with record_revision"})
         await self._accepting_segments(interview_id, segment)
         event = SegmentTranscribed(interview_id=interview_id, occurred_at=self.clock(), segment=segment)
-        stored = await self.store.add_segment(event)
-        if stored:
-            self.on_commit()
-        else:
-            log.debug("segment %s/%s/%d already stored", interview_id, segment.speaker.participant_id, segment.seq)
-        return stored
+        return self._committed(await self.store.add_segment(event), event)
 
     async def record_revision(self, interview_id: str, segment: SegmentEvent) -> bool:
         """Store a revision (`segment.revision` >= 1) of a stored final once; the transcript shows the highest one.
@@ -483,12 +478,16 @@ class InterviewService:
             raise ValidationError({"revision": "must be >= 1"})
         await self._accepting_segments(interview_id, segment)
         event = SegmentRevised(interview_id=interview_id, occurred_at=self.clock(), segment=segment)
-        stored = await self.store.add_revision(event)
+        return self._committed(await self.store.add_revision(event), event)
+
+    def _committed(self, stored: bool, event: SegmentTranscribed | SegmentRevised) -> bool:
+        """After a segment write: wake the outbox relay if it stored something (False: a retry, already stored)."""
         if stored:
             self.on_commit()
         else:
-            log.debug("revision %d of segment %s/%s/%d already stored", segment.revision, interview_id,
-                      segment.speaker.participant_id, segment.seq)
+            seg = event.segment
+            log.debug("%s %s/%s/%d revision %d already stored", type(event).__name__, event.interview_id,
+                      seg.speaker.participant_id, seg.seq, seg.revision)
         return stored
 
     # -- candidate commands -----------------------------------------------------------------------------------

@@ -308,14 +308,13 @@ class InterviewStarted(DomainEvent):
 
 
 @dataclass(slots=True, frozen=True)
-class SegmentTranscribed(DomainEvent):
-    """A final transcript segment was stored (one per (interviewId, participantId, seq))."""
+class _SegmentStored(DomainEvent):
+    """A segment write: the stored segment as its wire form, keyed by participant and seq."""
 
     interview_id: str
     occurred_at: Any
     segment: SegmentEvent
     id: str = field(default_factory=_event_id)
-    SUBJECT = "segment"
 
     def data(self) -> dict[str, Any]:
         seg = self.segment.to_dict()
@@ -324,23 +323,23 @@ class SegmentTranscribed(DomainEvent):
 
 
 @dataclass(slots=True, frozen=True)
-class SegmentRevised(DomainEvent):
+class SegmentTranscribed(_SegmentStored):
+    """A final transcript segment was stored (one per (interviewId, participantId, seq))."""
+
+    SUBJECT = "segment"
+
+
+@dataclass(slots=True, frozen=True)
+class SegmentRevised(_SegmentStored):
     """A revision of a stored final was stored (one per (interviewId, participantId, seq, revision)).
 
     Published after the SegmentTranscribed of the same segment, never before; `segment` is the revised segment
     (its `text`, `words`, ... replace the final's, see `REVISED_FIELDS`)."""
 
-    interview_id: str
-    occurred_at: Any
-    segment: SegmentEvent
-    id: str = field(default_factory=_event_id)
     SUBJECT = "revision"
 
     def data(self) -> dict[str, Any]:
-        seg = self.segment.to_dict()
-        seg.pop("type", None)
-        return {"participantId": self.segment.speaker.participant_id, "seq": self.segment.seq,
-                "revision": self.segment.revision, "segment": seg}
+        return {**_SegmentStored.data(self), "revision": self.segment.revision}
 
 
 @dataclass(slots=True, frozen=True)

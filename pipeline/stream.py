@@ -461,6 +461,7 @@ class ParticipantStream:
         if self.config.revise and self.scheduler.revises:
             if self.conversation.revisions_pending >= self.config.revise_max_pending:
                 self.stats["revisions_dropped"] += 1  # the CPU is not keeping up with them: the final stands
+                self.scheduler.stats.revisions_dropped += 1  # the metric counts every revision never decoded
                 return
             # `seg` itself is not kept: the consumer may renumber it (a resumed participant's seq offset)
             task = asyncio.create_task(

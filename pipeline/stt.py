@@ -288,6 +288,13 @@ def _too_many_words(t: Transcript, audio_s: float) -> bool:
     return len(t.text.split()) > MAX_WORDS_PER_S * audio_s + MAX_WORDS_SLACK
 
 
+# faster-whisper options every decode shares: our segmenter already cut the speech, and the guards' thresholds
+_GATES: dict[str, Any] = {
+    "vad_filter": False,
+    "compression_ratio_threshold": COMPRESSION_RATIO_THRESHOLD,
+    "log_prob_threshold": LOGPROB_THRESHOLD,
+    "no_speech_threshold": NO_SPEECH_THRESHOLD,
+}
 _ALNUM_RE = re.compile(r"[^0-9a-z]+")
 MAX_PREFIX_TOKENS = 200  # faster-whisper cuts a prefix to 223 tokens (from its end): stay clear of that
 
@@ -446,10 +453,7 @@ class LocalWhisper:
                 word_timestamps=True,
                 # the prefix is part of the generated sequence; the continuation is bounded as in `_decode`
                 max_new_tokens=min(440 - n_prefix, n_prefix + int((audio_s + a.size / SAMPLE_RATE) * 8) + 16),
-                vad_filter=False,
-                compression_ratio_threshold=COMPRESSION_RATIO_THRESHOLD,
-                log_prob_threshold=LOGPROB_THRESHOLD,
-                no_speech_threshold=NO_SPEECH_THRESHOLD,
+                **_GATES,
             )
             # only the first segment, and only it is decoded (the generator is lazy): with word timestamps
             # faster-whisper would go on decoding the window from the last word's end without the prefix, and
@@ -504,10 +508,7 @@ class LocalWhisper:
                 without_timestamps=False,
                 max_new_tokens=min(220, int(audio_s * 8) + 16),  # bounds a repetition loop's cost
                 repetition_penalty=repetition_penalty,
-                vad_filter=False,
-                compression_ratio_threshold=COMPRESSION_RATIO_THRESHOLD,
-                log_prob_threshold=LOGPROB_THRESHOLD,
-                no_speech_threshold=NO_SPEECH_THRESHOLD,
+                **_GATES,
             )
             segs = list(segments)  # the generator does the decoding: consume it here, in the worker thread
         finally:

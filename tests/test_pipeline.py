@@ -24,6 +24,7 @@ import pytest
 from whisper_normalizer.english import EnglishTextNormalizer
 
 from benchmarks._env import SHARED_DATA
+from benchmarks.latency import transcript_of
 from domain.events import ErrorEvent, SegmentEvent, SentimentEvent, Speaker, StreamEvent, Word
 from pipeline.__main__ import build_parser, run
 from pipeline.audio_file import read_audio
@@ -62,13 +63,7 @@ def finals(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted((e for e in events if e["type"] == "segment.final"), key=lambda e: e["start_s"])
 
 
-def transcript(events: list[dict[str, Any]], *, revised: bool = True) -> str:
-    """The streamed transcript: every final, replaced by its latest `segment.revised` (unless `revised=False`)."""
-    latest: dict[tuple[str, int], dict[str, Any]] = {}
-    for e in events:
-        if e["type"] == "segment.final" or (revised and e["type"] == "segment.revised"):
-            latest[(e["speaker"]["participantId"], e["seq"])] = e
-    return " ".join(e["text"] for e in sorted(latest.values(), key=lambda e: e["start_s"]))
+transcript = transcript_of  # the streamed transcript: every final, replaced by its latest segment.revised
 
 
 def overlapping(turn: dict[str, Any], segs: list[dict[str, Any]]) -> list[dict[str, Any]]:
