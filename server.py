@@ -24,178 +24,16 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from settings import Settings
 
 log = logging.getLogger("interview_worker")
 
 STATIC_DIR = Path(__file__).resolve().parent / "adapters" / "static"
-
-
-# ---- settings ----------------------------------------------------------------------------------------------
-def _choice(*options: str) -> Callable[[str], str]:
-    def parse(value: str) -> str:
-        v = value.strip().lower()
-        if v not in options:
-            raise ValueError(f"must be one of {', '.join(options)}")
-        return v
-
-    return parse
-
-
-def _positive_int(value: str) -> int:
-    n = int(value)
-    if n <= 0:
-        raise ValueError("must be a positive integer")
-    return n
-
-
-def _bool(value: str) -> bool:
-    v = value.strip().lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("must be true or false")
-
-
-def _port(value: str) -> int:
-    n = int(value)
-    if not 0 <= n <= 65535:
-        raise ValueError("must be a port number (0 picks a free one)")
-    return n
-
-
-def _non_negative_float(value: str) -> float:
-    x = float(value)
-    if not x >= 0:
-        raise ValueError("must be a number >= 0")
-    return x
-
-
-def _fraction(value: str) -> float:
-    x = float(value)
-    if not 0 <= x <= 1:
-        raise ValueError("must be a number from 0 to 1")
-    return x
-
-
-def _log_level(value: str) -> str:
-    v = value.strip().upper()
-    if v not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
-    return v
-
-
-def _text(value: str) -> str:
-    return value.strip()
-
-
-def _urls(value: str) -> tuple[str, ...]:
-    urls = tuple(u.strip() for u in value.split(",") if u.strip())
-    for u in urls:
-        if not u.startswith("stun:"):
-            raise ValueError(f"{u!r} is not a stun: URL")
-    return urls
-
-
-def _secret(value: str) -> str:
-    v = value.strip()
-    if len(v) < 16:
-        raise ValueError("must be at least 16 characters")
-    return v
-
-
-def _setting(env: str, default: Any, parse: Callable[[str], Any], doc: str, *, secret: bool = False) -> Any:
-    return field(default=default, repr=not secret,
-                 metadata={"env": env, "parse": parse, "doc": doc, "secret": secret})
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Every setting, its environment variable, default and meaning (the source of `--help` and the README)."""
-
-    host: str = _setting("HOST", "127.0.0.1", _text, "interface to listen on (0.0.0.0 for all; browsers need "
-                         "HTTPS for the microphone except on localhost, so put a TLS proxy in front)")
-    port: int = _setting("PORT", 8080, _port, "TCP port (0 = any free port)")
-    data_dir: Path = _setting("DATA_DIR", Path("./data"), lambda v: Path(v).expanduser(),
-                              "where embedded MongoDB data and generated secrets live")
-    public_url: str | None = _setting("PUBLIC_URL", None, lambda v: v.strip().rstrip("/") or None,
-                                      "base URL used in join links (default: the URL the request came to)")
-    admin_api_key: str | None = _setting("ADMIN_API_KEY", None, _secret, "API key for /api (unset: generated on "
-                                         "first start, stored in DATA_DIR/admin_api_key and printed)", secret=True)
-    mongodb_url: str | None = _setting("MONGODB_URL", None, _text, "MongoDB URL (unset: embedded nx-27017 under "
-                                       "DATA_DIR)", secret=True)
-    mongodb_db: str = _setting("MONGODB_DB", "interviews", _text, "database name")
-    nats_url: str | None = _setting("NATS_URL", None, _text, "NATS URL with JetStream (unset: in-process bus)",
-                                    secret=True)
-    token_secret: str | None = _setting("TOKEN_SECRET", None, _secret, "HMAC key for join tokens (unset: "
-                                        "generated, stored in DATA_DIR/token_secret)", secret=True)
-    token_ttl_s: int = _setting("TOKEN_TTL_S", 4 * 3600, _positive_int, "join token lifetime, seconds")
-    stt_engine: str = _setting("STT_ENGINE", "local", _choice("local", "openai"),
-                               "speech-to-text: local faster-whisper, or an OpenAI-compatible API")
-    stt_model: str | None = _setting("STT_MODEL", None, lambda v: v.strip() or None,
-                                     "CTranslate2 Whisper model directory (unset: bundled tiny.en)")
-    stt_workers: int = _setting("STT_WORKERS", 2, _positive_int, "parallel transcriptions (one is always kept "
-                                "for finals when there are two or more)")
-    stt_cpu_threads: int = _setting("STT_CPU_THREADS", 1, _positive_int, "CPU threads per transcription")
-    stt_subprocess: bool = _setting("STT_SUBPROCESS", True, _bool, "run local transcriptions in STT_WORKERS "
-                                    "child processes (false: threads of the server process, which then contend "
-                                    "with the event loop for the GIL)")
-    openai_base_url: str | None = _setting("OPENAI_BASE_URL", None, lambda v: v.strip() or None,
-                                           "OpenAI-compatible API base URL (STT_ENGINE=openai)")
-    openai_api_key: str | None = _setting("OPENAI_API_KEY", None, _text, "API key for STT_ENGINE=openai",
-                                          secret=True)
-    openai_stt_model: str = _setting("OPENAI_STT_MODEL", "whisper-1", _text, "model name for STT_ENGINE=openai")
-    vad_mode: str = _setting("VAD_MODE", "hybrid", _choice("hybrid", "webrtc", "silero"),
-                             "voice activity detector of the DSP core")
-    partial_interval_s: float = _setting("PARTIAL_INTERVAL_S", 1.0, _non_negative_float,
-                                         "seconds between partial transcripts of speech in progress (0 = none)")
-    partial_share: float = _setting("PARTIAL_SHARE", 0.15, _fraction, "most of the speech-to-text workers' time "
-                                    "partials may take (over 5 s); under load partials thin out, finals never do")
-    stt_revise: bool = _setting("STT_REVISE", True, _bool, "decode each final again with the conversation around it "
-                                "on spare speech-to-text capacity; a more confident different text goes out as "
-                                "segment.revised (local engine only)")
-    end_silence_ms: int = _setting("END_SILENCE_MS", 500, _positive_int,
-                                   "silence that ends an utterance (lower: faster finals, more splits)")
-    ice_servers: tuple[str, ...] = _setting("ICE_SERVERS", (), _urls, "comma-separated stun: URLs for the "
-                                            "server's ICE candidates (unset: host candidates only)")
-    resume_grace_s: float = _setting("RESUME_GRACE_S", 5.0, _non_negative_float,
-                                     "how long a dropped participant can resume its stream")
-    max_body_bytes: int = _setting("MAX_BODY_BYTES", 1024 * 1024, _positive_int,
-                                   "largest accepted JSON request body (bigger: 413)")
-    log_level: str = _setting("LOG_LEVEL", "INFO", _log_level, "DEBUG, INFO, WARNING, ERROR")
-    log_format: str = _setting("LOG_FORMAT", "text", _choice("text", "json"), "log lines as text or JSON")
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Reads every setting; raises ValueError naming the variable (never its value if secret)."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            name = f.metadata["env"]
-            raw = env.get(name)
-            if raw is None or raw.strip() == "":
-                continue
-            try:
-                values[f.name] = f.metadata["parse"](raw)
-            except ValueError as exc:
-                shown = "" if f.metadata["secret"] else f" (got {raw!r})"
-                raise ValueError(f"{name}: {exc}{shown}") from None
-        settings = cls(**values)
-        if settings.stt_engine == "openai" and not (settings.openai_base_url or settings.openai_api_key):
-            raise ValueError("STT_ENGINE=openai needs OPENAI_API_KEY (api.openai.com) or OPENAI_BASE_URL")
-        return settings
-
-    @classmethod
-    def help_table(cls) -> str:
-        rows = []
-        for f in fields(cls):
-            default = f.default if f.default not in (None, ()) else "(unset)"
-            rows.append(f"  {f.metadata['env']:<20} {str(default):<14} {f.metadata['doc']}")
-        return "\n".join(rows)
 
 
 def _stored_secret(path: Path, nbytes: int = 32) -> tuple[str, bool]:
@@ -537,8 +375,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import dataclasses
-
     import uvicorn
 
     args = _parse_args(argv)
@@ -548,9 +384,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"server.py: bad setting: {exc}", file=sys.stderr)
         return 2
     if args.host:
-        settings = dataclasses.replace(settings, host=args.host)
+        settings = settings.replace(host=args.host)
     if args.port is not None:
-        settings = dataclasses.replace(settings, port=args.port)
+        settings = settings.replace(port=args.port)
     configure_logging(settings)
     # Bind first so PORT=0 works and the printed URL is the real one.
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET

@@ -19,7 +19,8 @@ from typing import Any
 import httpx
 import uvicorn
 
-from server import Components, Settings, create_app
+from server import Components, create_app
+from settings import Settings
 
 ADMIN_KEY = "test-admin-key-0123456789"
 TOKEN_SECRET = "test-token-secret-0123456789abcdef"
@@ -29,7 +30,7 @@ def test_settings(tmp_path: Path, mongo_url: str, **overrides: Any) -> Settings:
     base = Settings(data_dir=tmp_path / "data", mongodb_url=mongo_url,
                     mongodb_db=f"test_{uuid.uuid4().hex[:16]}", admin_api_key=ADMIN_KEY,
                     token_secret=TOKEN_SECRET, resume_grace_s=0.5, partial_interval_s=1.0)
-    return dataclasses.replace(base, **overrides)
+    return base.replace(**overrides)
 
 
 test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test

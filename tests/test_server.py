@@ -19,7 +19,8 @@ from adapters.mongo import MongoStore
 from adapters.whip_client import WavChannelTrack, whip_publish
 from domain.commands import CreateInterview, InterviewService
 from domain.events import SegmentEvent, Speaker
-from server import Settings, resolve_secrets, stored_finals
+from server import resolve_secrets, stored_finals
+from settings import Settings
 from tests.live_server import live_server, test_settings
 
 ROOT = Path(__file__).resolve().parents[1]
