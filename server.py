@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
 import json
 import logging
 import os
@@ -70,34 +69,6 @@ def resolve_secrets(settings: Settings) -> Secrets:
         generated = True
     token = settings.token_secret or _stored_secret(settings.data_dir / "token_secret")[0]
     return Secrets(admin, generated, token.encode())
-
-
-# ---- logging -----------------------------------------------------------------------------------------------
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": dt.datetime.fromtimestamp(record.created, tz=dt.UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
-
-
-def configure_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if settings.log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(settings.log_level)
-    # aioice/aiortc log every STUN check and pymongo every heartbeat: never below WARNING.
-    for noisy in ("aioice", "aiortc", "pymongo"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelNamesMapping()[settings.log_level]))
 
 
 # ---- application -------------------------------------------------------------------------------------------
@@ -377,6 +348,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
+    from adapters.logs import configure_logging
+
     args = _parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -387,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings.replace(host=args.host)
     if args.port is not None:
         settings = settings.replace(port=args.port)
-    configure_logging(settings)
+    configure_logging(settings.log_level, settings.log_format)
     # Bind first so PORT=0 works and the printed URL is the real one.
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

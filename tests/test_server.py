@@ -246,7 +246,7 @@ def test_json_logs_are_one_object_per_line(tmp_path: Path) -> None:
     assert out.returncode == 2 and "PORT" in out.stderr  # bad settings fail before anything starts
     import logging
 
-    from server import JsonFormatter
+    from adapters.logs import JsonFormatter
 
     record = logging.LogRecord("x", logging.WARNING, __file__, 1, "hello %s", ("world",), None)
     line = JsonFormatter().format(record)
