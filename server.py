@@ -303,7 +303,8 @@ async def _build(c: Components) -> None:
     from aiortc import RTCIceServer
 
     from adapters.mongo import EmbeddedMongo, MongoStore
-    from adapters.nats_bus import OutboxRelay, open_bus
+    from adapters.nats_bus import open_bus
+    from adapters.outbox import OutboxRelay
     from adapters.rooms import RoomRegistry
     from adapters.tokens import TokenSigner
     from adapters.webrtc import WhipIngest

@@ -52,10 +52,10 @@ from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
 from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
+from adapters.outbox import OutboxRecord
 from domain.commands import CandidateQuery, Cursor, InterviewQuery
 from domain.events import REVISED_FIELDS, DomainEvent, SegmentRevised, SegmentTranscribed
 from domain.model import Candidate, Conflict, Interview, NotFound, Unavailable
-from domain.ports import OutboxRecord
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,8 @@ def _key_range(after: Cursor | None, start: datetime | None = None, end: datetim
 
 
 class MongoStore:
-    """The motor client and the repositories (implements domain.ports.InterviewStore and OutboxStore)."""
+    """The motor client and the repositories (implements `domain.commands.InterviewStore` and
+    `adapters.outbox.OutboxStore`)."""
 
     def __init__(self, client: AsyncIOMotorClient[Any], db: AsyncIOMotorDatabase[Any]) -> None:
         self.client = client
@@ -378,7 +379,7 @@ class MongoStore:
         cursor = self.interviews.find({"candidateId": candidate_id}, {"_id": 1})
         return [d["_id"] for d in await cursor.sort("listKey", ASCENDING).to_list(None)]
 
-    # -- outbox (domain.ports.OutboxStore) ----------------------------------------------------------------------
+    # -- outbox (adapters.outbox.OutboxStore) -------------------------------------------------------------------
 
     @_translated
     async def pending(self, limit: int) -> list[OutboxRecord]:

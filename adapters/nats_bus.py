@@ -1,12 +1,10 @@
-"""Domain events on the bus: NATS JetStream or in-process, the outbox relay, and idempotent consumers.
+"""Domain events on the bus: NATS JetStream or in-process, and idempotent consumers (the relay that feeds the
+bus from the outbox is `adapters.outbox.OutboxRelay`).
 
 * `JetStreamBus` publishes to the stream `INTERVIEWS` (subjects `interviews.>`) with `Nats-Msg-Id` set to the
   event id, so JetStream drops a re-publish of the same event inside the duplicate window.
 * `InProcessBus` is the same port for the embedded mode (no `NATS_URL`): a bounded in-memory log with the
   same de-duplication and the same consumer semantics, lost on restart (the outbox is what is durable).
-* `OutboxRelay` moves events from the durable outbox (written in the same commit as the data) to the bus,
-  in order, marking them published only after the bus acknowledged them. While the bus is down it backs
-  off and retries; nothing is dropped, and an event whose write failed was never in the outbox.
 * `EventConsumer` runs a handler over a durable pull consumer at least once, skips event ids it has already
   handled, retries failures with a growing delay and moves a message that failed `max_attempts` times to
   the dead-letter subject `dlq.<original subject>` (stream `INTERVIEWS_DLQ`), outside `interviews.>` so a
@@ -21,7 +19,7 @@ import itertools
 import json
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -35,22 +33,25 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
-from domain.ports import EventBus, OutboxRecord, OutboxStore
+from adapters.bus import (
+    DLQ_PREFIX,
+    SUBJECTS,
+    BusUnavailable,
+    RecentIds,
+    check_name,
+    check_publish,
+    subject_matches,
+)
+from adapters.outbox import EventBus
 
 log = logging.getLogger(__name__)
 
-STREAM = "INTERVIEWS"
-SUBJECTS = "interviews.>"
-DLQ_STREAM = "INTERVIEWS_DLQ"
-DLQ_PREFIX = "dlq."
+STREAM = "INTERVIEWS"  # subjects `SUBJECTS`
+DLQ_STREAM = "INTERVIEWS_DLQ"  # subjects `DLQ_PREFIX + SUBJECTS`
 MSG_ID_HEADER = "Nats-Msg-Id"
 
 # nats-py's own exceptions that mean "the server cannot take this now"; everything else is ours to raise.
 _TRANSIENT = (nats.errors.Error, asyncio.TimeoutError, OSError)
-
-
-class BusUnavailable(Exception):
-    """The bus cannot take or deliver messages right now (disconnected, no JetStream, timed out). Retry later."""
 
 
 def redact_url(url: str) -> str:
@@ -60,62 +61,6 @@ def redact_url(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-def check_subject(subject: str) -> str:
-    """A publishable subject: dot-separated non-empty tokens, no wildcards or whitespace."""
-    tokens = subject.split(".")
-    if not subject or any(not t or t in ("*", ">") or any(c.isspace() for c in t) for t in tokens):
-        raise ValueError(
-            f"invalid subject {subject!r}: need non-empty dot-separated tokens without wildcards"
-        )
-    return subject
-
-
-def check_publish(subject: str, msg_id: str, *, closed: bool) -> None:
-    """What every EventBus.publish checks first, whichever bus it is."""
-    check_subject(subject)
-    if not msg_id:
-        raise ValueError("msg_id must be non-empty: it is the de-duplication key")
-    if closed:
-        raise BusUnavailable("bus is closed")
-
-
-def check_name(name: str) -> str:
-    """A durable consumer name: NATS forbids dots, wildcards and whitespace in it."""
-    if not name or any(c in ".*>" or c.isspace() for c in name):
-        raise ValueError(f"invalid consumer name {name!r}: no dots, wildcards or whitespace")
-    return name
-
-
-def subject_matches(pattern: str, subject: str) -> bool:
-    """NATS wildcard matching: `*` is one token, a trailing `>` is one or more tokens."""
-    pt, st = pattern.split("."), subject.split(".")
-    for i, p in enumerate(pt):
-        if p == ">":
-            return len(st) > i
-        if i >= len(st) or (p != "*" and p != st[i]):
-            return False
-    return len(pt) == len(st)
-
-
-class _RecentIds:
-    """Bounded set of recently seen ids, oldest forgotten first (a duplicate window measured in ids)."""
-
-    def __init__(self, capacity: int) -> None:
-        if capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity}")
-        self._ids: OrderedDict[str, None] = OrderedDict()
-        self._capacity = capacity
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._ids
-
-    def add(self, key: str) -> None:
-        self._ids[key] = None
-        self._ids.move_to_end(key)
-        while len(self._ids) > self._capacity:
-            self._ids.popitem(last=False)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -439,7 +384,7 @@ class InProcessBus:
             raise ValueError(f"max_msgs must be >= 1, got {max_msgs}")
         self._log: deque[_LogEntry] = deque(maxlen=max_msgs)
         self._seq = 0
-        self._recent = _RecentIds(duplicate_window)
+        self._recent = RecentIds(duplicate_window)
         self._pulls: dict[str, _LocalPull] = {}
         self._changed = asyncio.Condition()
         self._closed = False
@@ -563,164 +508,6 @@ async def open_bus(nats_url: str | None, **kwargs: Any) -> EventBus:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Outbox relay
-
-
-class OutboxRelay:
-    """Publishes the outbox's pending records in order and marks them published, forever, in the background.
-
-    Wakes on `notify()` (call it after a write commits) or every `idle_poll_s`; while the bus is down it
-    retries with exponential backoff (`notify()` does not cut a backoff short). A record published but not
-    yet marked (crash in between) is published again later; JetStream's `Nats-Msg-Id` de-duplication and the
-    consumers' id check make that harmless. `aclose()` publishes what is pending before stopping (bounded by
-    its grace period, and at once if the bus is down). `status()` is for /readyz and metrics.
-    """
-
-    def __init__(
-        self,
-        store: OutboxStore,
-        bus: EventBus,
-        *,
-        batch: int = 100,
-        idle_poll_s: float = 0.5,
-        backoff_initial_s: float = 0.1,
-        backoff_max_s: float = 5.0,
-    ) -> None:
-        if batch < 1 or idle_poll_s <= 0 or not 0 < backoff_initial_s <= backoff_max_s:
-            raise ValueError("need batch >= 1, idle_poll_s > 0 and 0 < backoff_initial_s <= backoff_max_s")
-        self._store = store
-        self._bus = bus
-        self._batch = batch
-        self._idle_poll_s = idle_poll_s
-        self._backoff_initial_s = backoff_initial_s
-        self._backoff_max_s = backoff_max_s
-        self._wake = asyncio.Event()
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._progress = asyncio.Condition()
-        self.passes = 0
-        self.published = 0
-        self.failures = 0
-        self.failures_in_a_row = 0
-        self.last_error: str | None = None
-        self.last_published_at: float | None = None  # wall clock, for /readyz
-        self.backlog = 0  # pending records seen by the last pass (capped at `batch`)
-
-    def start(self) -> None:
-        if self._task is not None:
-            raise RuntimeError("relay already started")
-        self._task = asyncio.create_task(self._run(), name="outbox-relay")
-
-    def notify(self) -> None:
-        self._wake.set()
-
-    @property
-    def healthy(self) -> bool:
-        return self._task is not None and not self._task.done() and self.failures_in_a_row == 0
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "running": self._task is not None and not self._task.done(),
-            "healthy": self.healthy,
-            "passes": self.passes,
-            "published": self.published,
-            "failures": self.failures,
-            "failures_in_a_row": self.failures_in_a_row,
-            "backlog": self.backlog,
-            "last_error": self.last_error,
-            "last_published_at": self.last_published_at,
-        }
-
-    async def wait_until(self, predicate: Callable[[OutboxRelay], bool]) -> None:
-        """Until `predicate(self)` holds, re-checked after every pass (tests and benchmarks wait on this;
-        bound it with `asyncio.timeout`)."""
-        async with self._progress:
-            await self._progress.wait_for(lambda: predicate(self))
-
-    async def aclose(self, grace_s: float = 5.0) -> None:
-        """Publish what is pending (for up to `grace_s`, while the bus takes it), then stop. Whatever is left
-        stays in the outbox for the next start."""
-        self._stop.set()
-        self._wake.set()
-        if self._task is None:
-            return
-        try:
-            async with asyncio.timeout(grace_s):
-                await asyncio.shield(self._task)
-        except TimeoutError:
-            log.warning(
-                "outbox relay: stopped with events still pending (%s)", self.last_error or "grace expired"
-            )
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        delay = self._backoff_initial_s
-        while True:
-            self._wake.clear()  # before reading, so a notify() during this pass triggers the next one
-            try:
-                count = await self._pass()
-            except Exception as exc:  # noqa: BLE001 - every failure is retried; the loop must not die
-                self._failed(exc)
-                await self._passed()
-                if self._stop.is_set():
-                    return  # shutting down: no point waiting for the bus
-                await self._sleep(delay)
-                delay = min(delay * 2, self._backoff_max_s)
-                continue
-            if self.failures_in_a_row:
-                log.info("outbox relay recovered after %d failed attempts", self.failures_in_a_row)
-            self.failures_in_a_row = 0
-            delay = self._backoff_initial_s
-            await self._passed()
-            if count < self._batch:  # drained: stop if asked to, else wait for the next write or poll
-                if self._stop.is_set():
-                    return
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._idle_poll_s):
-                        await self._wake.wait()
-
-    async def _pass(self) -> int:
-        records = await self._store.pending(self._batch)
-        self.backlog = len(records)
-        done: list[str] = []
-        try:
-            for record in records:
-                await self._publish(record)
-                done.append(record.id)
-        finally:
-            if done:  # also after a failure part-way: what the bus took is not published again
-                await self._store.mark_published(done)
-                self.published += len(done)
-                self.last_published_at = time.time()
-        return len(records)
-
-    async def _passed(self) -> None:
-        self.passes += 1
-        async with self._progress:
-            self._progress.notify_all()
-
-    async def _publish(self, record: OutboxRecord) -> None:
-        await self._bus.publish(record.subject, record.payload, record.id)
-
-    def _failed(self, exc: BaseException) -> None:
-        self.failures += 1
-        self.failures_in_a_row += 1
-        self.last_error = f"{type(exc).__name__}: {exc}"
-        if self.failures_in_a_row == 1:
-            if isinstance(exc, BusUnavailable):
-                log.warning("outbox relay: bus unavailable (%s); retrying with backoff", exc)
-            else:
-                log.error("outbox relay: publishing failed; retrying with backoff", exc_info=exc)
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._stop.wait()
-
-
-# --------------------------------------------------------------------------------------------------------
 # Idempotent consumer
 
 
@@ -773,7 +560,7 @@ class EventConsumer:
         self._retry_delay_s = retry_delay_s
         self._max_retry_delay_s = max_retry_delay_s
         self._batch = batch
-        self._seen = _RecentIds(remember)
+        self._seen = RecentIds(remember)
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._progress = asyncio.Condition()

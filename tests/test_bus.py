@@ -11,19 +11,15 @@ import json
 
 import pytest
 
+from adapters.bus import DLQ_PREFIX, BusUnavailable, check_subject, subject_matches
 from adapters.nats_bus import (
-    DLQ_PREFIX,
-    BusUnavailable,
     EventConsumer,
     InProcessBus,
-    OutboxRelay,
     ReceivedEvent,
-    check_subject,
     open_bus,
     redact_url,
-    subject_matches,
 )
-from domain.ports import OutboxRecord
+from adapters.outbox import OutboxRecord, OutboxRelay
 
 
 class MemoryOutbox:

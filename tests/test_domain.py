@@ -19,6 +19,7 @@ from domain.commands import (
     Cursor,
     InterviewQuery,
     InterviewService,
+    InterviewStore,
     RecordAnalysis,
 )
 from domain.events import (
@@ -41,7 +42,6 @@ from domain.model import (
     ValidationError,
     parse_time,
 )
-from domain.ports import InterviewStore
 
 NOW = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 
