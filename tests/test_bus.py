@@ -12,13 +12,9 @@ import json
 import pytest
 
 from adapters.bus import DLQ_PREFIX, BusUnavailable, check_subject, subject_matches
-from adapters.nats_bus import (
-    EventConsumer,
-    InProcessBus,
-    ReceivedEvent,
-    open_bus,
-    redact_url,
-)
+from adapters.consumer import EventConsumer, ReceivedEvent
+from adapters.memory_bus import InProcessBus
+from adapters.nats_bus import open_bus, redact_url
 from adapters.outbox import OutboxRecord, OutboxRelay
 
 

@@ -22,15 +22,9 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from adapters.bus import BusUnavailable
+from adapters.consumer import EventConsumer, ReceivedEvent
 from adapters.mongo import MongoStore
-from adapters.nats_bus import (
-    DLQ_STREAM,
-    STREAM,
-    EventConsumer,
-    JetStreamBus,
-    ReceivedEvent,
-    open_bus,
-)
+from adapters.nats_bus import DLQ_STREAM, STREAM, JetStreamBus, open_bus
 from adapters.outbox import OutboxRelay
 from domain.commands import CreateInterview, InterviewService
 from domain.events import SegmentEvent, Speaker
