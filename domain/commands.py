@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from domain.events import DomainEvent, SegmentEvent, SegmentRevised, SegmentTranscribed, iso
+from domain.events import DomainEvent, SegmentEvent, SegmentRevised, SegmentTranscribed, StoredSegment, iso
 from domain.model import (
     COMPETENCY_MAX,
     EMAIL_RE,
@@ -386,9 +386,9 @@ class InterviewStore(Protocol):
         False if (interviewId, participantId, seq, revision) exists; `NotFound` if the final is not stored."""
         ...
 
-    async def list_segments(self, interview_id: str) -> list[dict[str, Any]]:
-        """Stored segment documents in recording order, each with its highest revision applied: the fields of
-        `REVISED_FIELDS` replaced, plus `revision` and `originalText` (the live final's text)."""
+    async def list_segments(self, interview_id: str) -> list[StoredSegment]:
+        """Stored finals in recording order, each with its highest stored revision applied
+        (`StoredSegment.revised_by`)."""
         ...
 
     async def last_segment_seq(self, interview_id: str, participant_id: str) -> int | None: ...
@@ -610,7 +610,8 @@ class InterviewService:
         _check_id("interview", interview_id)
         interview = await self.store.get_interview(interview_id)
         segments = await self.store.list_segments(interview_id)
-        return {"interviewId": interview_id, "status": interview.transcription_status, "segments": segments}
+        return {"interviewId": interview_id, "status": interview.transcription_status,
+                "segments": [s.to_document() for s in segments]}
 
     async def get_analysis(self, interview_id: str) -> dict[str, Any]:
         _check_id("interview", interview_id)
