@@ -112,7 +112,8 @@ async def _build(c: Components) -> None:
     from aiortc import RTCIceServer
 
     from adapters.mongo import EmbeddedMongo, MongoStore
-    from adapters.nats_bus import OutboxRelay, open_bus
+    from adapters.nats_bus import open_bus
+    from adapters.outbox import OutboxRelay
     from adapters.rooms import RoomRegistry
     from adapters.tokens import TokenSigner
     from adapters.webrtc import WhipIngest
@@ -169,21 +170,13 @@ async def interview_status(service: Any, interview_id: str) -> str | None:
     return str(doc.get("status"))
 
 
-_SEGMENT_WIRE_FIELDS = ("speaker", "seq", "start_s", "end_s", "text", "words", "confidence", "no_speech_prob",
-                        "language", "engine", "model", "hallucination")
-
-
 async def stored_finals(store: Any, interview_id: str) -> list[str]:
     """Stored segments in the wire form the data channel sent them in, one message each: `segment.final`, or for a
     revised one its last `segment.revised` (with `revision`), carrying the live final's text as `originalText`
     (the page shows it as what the revision replaced)."""
-    out = []
-    for doc in await store.list_segments(interview_id):
-        event = {"type": "segment.final", **{k: doc[k] for k in _SEGMENT_WIRE_FIELDS if k in doc}}
-        if doc.get("revision"):
-            event.update(type="segment.revised", revision=doc["revision"], originalText=doc.get("originalText", ""))
-        out.append(json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str))
-    return out
+    from domain.events import to_json
+
+    return [to_json(s) for s in await store.list_segments(interview_id)]
 
 
 async def _teardown(c: Components) -> None:

@@ -52,10 +52,10 @@ from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
 from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
+from adapters.outbox import OutboxRecord
 from domain.commands import CandidateQuery, Cursor, InterviewQuery
-from domain.events import REVISED_FIELDS, DomainEvent, SegmentRevised, SegmentTranscribed
+from domain.events import DomainEvent, SegmentRevised, SegmentTranscribed, StoredSegment
 from domain.model import Candidate, Conflict, Interview, NotFound, Unavailable
-from domain.ports import OutboxRecord
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,6 @@ R = TypeVar("R")
 _SEGMENT_HIDDEN = {"_id": 0, "eventId": 0, "subject": 0, "payload": 0, "published": 0}
 _OUTBOX_FIELDS = {"eventId": 1, "subject": 1, "payload": 1, "recordedAt": 1, "interviewId": 1, "seq": 1,
                   "segmentId": 1}
-_REVISION_READ = {"participantId": 1, "seq": 1, "revision": 1, **dict.fromkeys(REVISED_FIELDS, 1)}
 
 
 def _translated(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -122,14 +121,6 @@ def _segment_id(interview_id: str, participant_id: str, seq: int) -> str:
     return f"{interview_id}:{participant_id}:{seq}"
 
 
-def _with_revision(segment: dict[str, Any], revision: dict[str, Any]) -> dict[str, Any]:
-    """A stored final as its revision replaced it; the live final's text stays as `originalText`."""
-    segment["originalText"] = segment.get("text", "")
-    segment.update({k: revision[k] for k in REVISED_FIELDS if k in revision})
-    segment["revision"] = revision["revision"]
-    return segment
-
-
 def _interview_doc(interview: Interview) -> dict[str, Any]:
     doc = interview.to_document()
     doc["_id"] = interview.interview_id
@@ -155,7 +146,8 @@ def _key_range(after: Cursor | None, start: datetime | None = None, end: datetim
 
 
 class MongoStore:
-    """The motor client and the repositories (implements domain.ports.InterviewStore and OutboxStore)."""
+    """The motor client and the repositories (implements `domain.commands.InterviewStore` and
+    `adapters.outbox.OutboxStore`)."""
 
     def __init__(self, client: AsyncIOMotorClient[Any], db: AsyncIOMotorDatabase[Any]) -> None:
         self.client = client
@@ -304,19 +296,22 @@ class MongoStore:
         return await _insert_once(self.revisions, doc)
 
     @_translated
-    async def list_segments(self, interview_id: str) -> list[dict[str, Any]]:
+    async def list_segments(self, interview_id: str) -> list[StoredSegment]:
         cursor = self.segments.find({"interviewId": interview_id}, _SEGMENT_HIDDEN)
-        segments = await cursor.sort([("recordedAt", ASCENDING), ("participantId", ASCENDING),
-                                      ("seq", ASCENDING)]).to_list(None)
+        finals = await cursor.sort([("recordedAt", ASCENDING), ("participantId", ASCENDING),
+                                    ("seq", ASCENDING)]).to_list(None)
         latest: dict[tuple[str, int], dict[str, Any]] = {}
-        async for rev in self.revisions.find({"interviewId": interview_id}, _REVISION_READ):
+        async for rev in self.revisions.find({"interviewId": interview_id}, _SEGMENT_HIDDEN):
             key = (rev["participantId"], int(rev["seq"]))
             if key not in latest or rev["revision"] > latest[key]["revision"]:
                 latest[key] = rev
-        if not latest:
-            return segments
-        return [_with_revision(s, latest[k]) if (k := (s["participantId"], int(s["seq"]))) in latest else s
-                for s in segments]
+        out = []
+        for doc in finals:
+            stored = StoredSegment.from_document(doc)
+            if (rev := latest.get((doc["participantId"], int(doc["seq"])))) is not None:
+                stored = stored.revised_by(StoredSegment.from_document(rev).segment)
+            out.append(stored)
+        return out
 
     @_translated
     async def last_segment_seq(self, interview_id: str, participant_id: str) -> int | None:
@@ -378,7 +373,7 @@ class MongoStore:
         cursor = self.interviews.find({"candidateId": candidate_id}, {"_id": 1})
         return [d["_id"] for d in await cursor.sort("listKey", ASCENDING).to_list(None)]
 
-    # -- outbox (domain.ports.OutboxStore) ----------------------------------------------------------------------
+    # -- outbox (adapters.outbox.OutboxStore) -------------------------------------------------------------------
 
     @_translated
     async def pending(self, limit: int) -> list[OutboxRecord]:

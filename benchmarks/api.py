@@ -201,7 +201,8 @@ async def _stream_counts(url: str) -> tuple[int, Counter[str]]:
     import nats
     from nats.js.api import AckPolicy, ConsumerConfig
 
-    from adapters.nats_bus import STREAM, SUBJECTS
+    from adapters.bus import SUBJECTS
+    from adapters.nats_bus import STREAM
 
     nc = await nats.connect(url)
     try:
@@ -329,7 +330,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from adapters.http_api import api_routes
     from adapters.mongo import EmbeddedMongo, MongoStore
-    from adapters.nats_bus import JetStreamBus, OutboxRelay
+    from adapters.nats_bus import JetStreamBus
+    from adapters.outbox import OutboxRelay
     from domain.commands import CreateCandidate, CreateInterview, InterviewService
     from tests.test_bus_nats import NatsServer, nats_server_binary
 

@@ -21,9 +21,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from domain.events import SegmentEvent, SegmentRevised, SegmentTranscribed, iso
+from domain.events import DomainEvent, SegmentEvent, SegmentRevised, SegmentTranscribed, StoredSegment, iso
 from domain.model import (
     COMPETENCY_MAX,
     EMAIL_RE,
@@ -46,7 +46,6 @@ from domain.model import (
     parse_time,
     utc_now,
 )
-from domain.ports import InterviewStore
 
 log = logging.getLogger(__name__)
 
@@ -349,6 +348,67 @@ class CandidateQuery:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The store the handlers need. Implemented over MongoDB (the `adapters.mongo` store, on a real MongoDB or the
+# embedded nx-27017); tests/test_domain.py runs the same service over an in-memory one to pin the contract.
+
+
+class InterviewStore(Protocol):
+    """Interviews, candidates and transcript segments, with the outbox written in the same document write.
+
+    Writes that change an interview carry the events they produced; the store keeps them with the change
+    atomically, so the outbox yields exactly the events of committed writes. Any method raises
+    `domain.model.Unavailable` when the store cannot answer now.
+    """
+
+    async def add_interview(self, interview: Interview, events: list[DomainEvent]) -> None:
+        """Insert a new interview. Raises `Conflict` if the id exists."""
+        ...
+
+    async def get_interview(self, interview_id: str) -> Interview:
+        """Raises `NotFound`."""
+        ...
+
+    async def save_interview(self, interview: Interview, expected_version: int, events: list[DomainEvent]) -> None:
+        """Replace the interview's state if its stored `metadata.version` is still `expected_version`, storing
+        version expected_version + 1. Raises `Conflict(code="version_conflict")` if stale, `NotFound` if gone."""
+        ...
+
+    async def find_interviews(self, query: InterviewQuery, limit: int) -> list[Interview]:
+        """Ordered by (scheduledAt, interviewId), strictly after `query.after` when it is set."""
+        ...
+
+    async def add_segment(self, event: SegmentTranscribed) -> bool:
+        """Append a final segment with its unpublished event. False if (interviewId, participantId, seq) exists."""
+        ...
+
+    async def add_revision(self, event: SegmentRevised) -> bool:
+        """Store a revision of a stored final with its unpublished event, published only after the final's.
+        False if (interviewId, participantId, seq, revision) exists; `NotFound` if the final is not stored."""
+        ...
+
+    async def list_segments(self, interview_id: str) -> list[StoredSegment]:
+        """Stored finals in recording order, each with its highest stored revision applied
+        (`StoredSegment.revised_by`)."""
+        ...
+
+    async def last_segment_seq(self, interview_id: str, participant_id: str) -> int | None: ...
+
+    async def add_candidate(self, candidate: Candidate) -> None:
+        """Raises `Conflict` if the id or the email exists."""
+        ...
+
+    async def get_candidate(self, candidate_id: str) -> Candidate: ...
+
+    async def save_candidate(self, candidate: Candidate, expected_version: int) -> None: ...
+
+    async def find_candidates(self, query: CandidateQuery, limit: int) -> list[Candidate]:
+        """Ordered by (createdAt, candidateId), strictly after `query.after` when it is set."""
+        ...
+
+    async def interview_ids_of(self, candidate_id: str) -> list[str]: ...
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Handlers
 
 
@@ -550,7 +610,8 @@ class InterviewService:
         _check_id("interview", interview_id)
         interview = await self.store.get_interview(interview_id)
         segments = await self.store.list_segments(interview_id)
-        return {"interviewId": interview_id, "status": interview.transcription_status, "segments": segments}
+        return {"interviewId": interview_id, "status": interview.transcription_status,
+                "segments": [s.to_document() for s in segments]}
 
     async def get_analysis(self, interview_id: str) -> dict[str, Any]:
         _check_id("interview", interview_id)

@@ -9,13 +9,16 @@ Two families live here:
 * **domain events**: what the interview aggregate records (InterviewScheduled, ...), published on NATS
   after the write that produced them commits.
 
-`to_dict()` is the only serialiser; field names in it are the wire contract.
+`to_dict()` is the only serialiser; field names in it are the wire contract. A `StoredSegment` (a stored final
+with its highest revision applied) also has `to_document()`: its transcript entry, in the stored document's fields.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any, Literal
 
 ROLES = ("interviewer", "candidate", "observer")
@@ -49,6 +52,10 @@ class Word:
             "end_s": round(self.end_s, 3),
             "probability": round(self.probability, 4),
         }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Word:
+        return cls(word=str(d["word"]), start_s=d["start_s"], end_s=d["end_s"], probability=d["probability"])
 
 
 @dataclass(slots=True)
@@ -109,6 +116,59 @@ class SegmentEvent:
 
 # What a `segment.revised` replaces in the final of the same speaker and seq (start_s / end_s stay the utterance's).
 REVISED_FIELDS = ("text", "words", "confidence", "no_speech_prob", "hallucination")
+
+
+@dataclass(slots=True)
+class StoredSegment:
+    """A stored final as transcripts show it: `segment` is the final or, once revised (`revised_by`), the final
+    with its highest revision's `REVISED_FIELDS` and `revision`, and `original_text` the live final's text.
+    `recorded_at` is when the final was stored (aware UTC)."""
+
+    interview_id: str
+    segment: SegmentEvent
+    recorded_at: datetime
+    original_text: str | None = None
+
+    def revised_by(self, revision: SegmentEvent) -> StoredSegment:
+        """This final as `revision` (of the same speaker and seq) replaces it."""
+        changes = {name: getattr(revision, name) for name in REVISED_FIELDS}
+        original = self.segment.text if self.original_text is None else self.original_text
+        return StoredSegment(self.interview_id, replace(self.segment, revision=revision.revision, **changes),
+                             self.recorded_at, original_text=original)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The message the data channel sent for it, `segment.final` or (revised) its last `segment.revised`, with
+        `originalText` when revised; without `emitted_at_s`, a time on the clock of the stream that emitted it."""
+        d = self.segment.to_dict()
+        d.pop("emitted_at_s", None)
+        if self.original_text is not None:
+            d["originalText"] = self.original_text
+        return d
+
+    def to_document(self) -> dict[str, Any]:
+        """Its transcript entry: interviewId, participantId, the segment's fields but `type`, recordedAt, and when
+        revised `originalText` and `revision` (the fields of the stored segment document)."""
+        seg = self.segment.to_dict()
+        del seg["type"]
+        revision = seg.pop("revision", 0)
+        doc = {"interviewId": self.interview_id, "participantId": self.segment.speaker.participant_id, **seg,
+               "recordedAt": self.recorded_at}
+        if revision:
+            doc.update(originalText=self.original_text, revision=revision)
+        return doc
+
+    @classmethod
+    def from_document(cls, d: Mapping[str, Any]) -> StoredSegment:
+        """From a stored segment (or revision) document: `to_document()`'s fields; others are ignored."""
+        segment = SegmentEvent(
+            speaker=Speaker.from_dict(d["speaker"]), seq=int(d["seq"]), start_s=d["start_s"], end_s=d["end_s"],
+            text=d["text"], final=True, words=[Word.from_dict(w) for w in d.get("words", ())],
+            confidence=d.get("confidence", 0.0), no_speech_prob=d.get("no_speech_prob", 0.0),
+            language=d.get("language", "en"), engine=d.get("engine", ""), model=d.get("model", ""),
+            hallucination=d.get("hallucination", False), emitted_at_s=d.get("emitted_at_s"),
+            revision=d.get("revision", 0))
+        return cls(interview_id=d["interviewId"], segment=segment, recorded_at=d["recordedAt"],
+                   original_text=d.get("originalText"))
 
 
 @dataclass(slots=True)
@@ -234,7 +294,7 @@ class ParticipantEvent:
 StreamEvent = SegmentEvent | SentimentEvent | KeywordsEvent | LevelEvent | ErrorEvent | ParticipantEvent
 
 
-def to_json(event: StreamEvent) -> str:
+def to_json(event: StreamEvent | StoredSegment) -> str:
     return json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":"))
 
 

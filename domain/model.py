@@ -24,6 +24,7 @@ from domain.events import (
     InterviewCompleted,
     InterviewScheduled,
     InterviewStarted,
+    StoredSegment,
 )
 
 # ---------------------------------------------------------------------------------------------------------
@@ -454,7 +455,7 @@ class Interview:
 
     # -- documents ------------------------------------------------------------------------------------------
 
-    def to_document(self, segments: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    def to_document(self, segments: list[StoredSegment] | None = None) -> dict[str, Any]:
         """The seed-shaped document. `segments` fills transcription.segments on reads (they live in their own
         append-only collection; the stored interview document keeps an empty list)."""
         return {
@@ -472,7 +473,8 @@ class Interview:
             "type": self.type,
             "format": self.format,
             "questions": [q.to_document() for q in self.questions],
-            "transcription": {"status": self.transcription_status, "segments": list(segments or [])},
+            "transcription": {"status": self.transcription_status,
+                              "segments": [s.to_document() for s in segments or ()]},
             "analysis": self.analysis.to_document(),
             "metadata": self.metadata.to_document(),
         }

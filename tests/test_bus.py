@@ -11,19 +11,11 @@ import json
 
 import pytest
 
-from adapters.nats_bus import (
-    DLQ_PREFIX,
-    BusUnavailable,
-    EventConsumer,
-    InProcessBus,
-    OutboxRelay,
-    ReceivedEvent,
-    check_subject,
-    open_bus,
-    redact_url,
-    subject_matches,
-)
-from domain.ports import OutboxRecord
+from adapters.bus import DLQ_PREFIX, BusUnavailable, check_subject, subject_matches
+from adapters.consumer import EventConsumer, ReceivedEvent
+from adapters.memory_bus import InProcessBus
+from adapters.nats_bus import open_bus, redact_url
+from adapters.outbox import OutboxRecord, OutboxRelay
 
 
 class MemoryOutbox:

@@ -21,17 +21,11 @@ import nats
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from adapters.bus import BusUnavailable
+from adapters.consumer import EventConsumer, ReceivedEvent
 from adapters.mongo import MongoStore
-from adapters.nats_bus import (
-    DLQ_STREAM,
-    STREAM,
-    BusUnavailable,
-    EventConsumer,
-    JetStreamBus,
-    OutboxRelay,
-    ReceivedEvent,
-    open_bus,
-)
+from adapters.nats_bus import DLQ_STREAM, STREAM, JetStreamBus, open_bus
+from adapters.outbox import OutboxRelay
 from domain.commands import CreateInterview, InterviewService
 from domain.events import SegmentEvent, Speaker
 from domain.model import Conflict

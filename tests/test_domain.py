@@ -19,15 +19,16 @@ from domain.commands import (
     Cursor,
     InterviewQuery,
     InterviewService,
+    InterviewStore,
     RecordAnalysis,
 )
 from domain.events import (
-    REVISED_FIELDS,
     DomainEvent,
     SegmentEvent,
     SegmentRevised,
     SegmentTranscribed,
     Speaker,
+    StoredSegment,
 )
 from domain.model import (
     CANCELLED,
@@ -41,7 +42,6 @@ from domain.model import (
     ValidationError,
     parse_time,
 )
-from domain.ports import InterviewStore
 
 NOW = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 
@@ -208,8 +208,8 @@ class MemoryStore:
     def __init__(self) -> None:
         self.interviews: dict[str, dict[str, Any]] = {}
         self.candidates: dict[str, dict[str, Any]] = {}
-        self.segments: dict[tuple[str, str, int], dict[str, Any]] = {}
-        self.revisions: dict[tuple[str, str, int, int], dict[str, Any]] = {}
+        self.segments: dict[tuple[str, str, int], StoredSegment] = {}
+        self.revisions: dict[tuple[str, str, int, int], SegmentEvent] = {}
         self.outbox: list[DomainEvent] = []
 
     async def add_interview(self, interview: Interview, events: list[DomainEvent]) -> None:
@@ -245,7 +245,7 @@ class MemoryStore:
         key = (event.interview_id, event.segment.speaker.participant_id, event.segment.seq)
         if key in self.segments:
             return False
-        self.segments[key] = {**event.segment.to_dict(), "recordedAt": event.occurred_at}
+        self.segments[key] = StoredSegment(event.interview_id, copy.deepcopy(event.segment), event.occurred_at)
         self.outbox.append(event)
         return True
 
@@ -256,11 +256,11 @@ class MemoryStore:
             raise NotFound("segment", ":".join(map(str, key)))
         if (*key, seg.revision) in self.revisions:
             return False
-        self.revisions[(*key, seg.revision)] = seg.to_dict()
+        self.revisions[(*key, seg.revision)] = copy.deepcopy(seg)
         self.outbox.append(event)
         return True
 
-    async def list_segments(self, interview_id: str) -> list[dict[str, Any]]:
+    async def list_segments(self, interview_id: str) -> list[StoredSegment]:
         out = []
         for key, stored in self.segments.items():
             if key[0] != interview_id:
@@ -268,8 +268,7 @@ class MemoryStore:
             s = copy.deepcopy(stored)
             revisions = [r for k, r in self.revisions.items() if k[:3] == key]
             if revisions:
-                latest = max(revisions, key=lambda r: r["revision"])
-                s.update(originalText=s["text"], revision=latest["revision"], **{k: latest[k] for k in REVISED_FIELDS})
+                s = s.revised_by(copy.deepcopy(max(revisions, key=lambda r: r.revision)))
             out.append(s)
         return out
 

@@ -197,7 +197,7 @@ async def test_shutdown_drains_speech_in_progress_to_a_persisted_final(tmp_path:
 
     store = await MongoStore.connect(mongo_url, db_name=settings.mongodb_db)
     try:
-        segments = await store.list_segments(iid)
+        segments = [s.to_document() for s in await store.list_segments(iid)]
     finally:
         await store.close()
     texts = [s["text"] for s in segments if s["participantId"] == tok_c["participantId"]]
