@@ -492,8 +492,7 @@ def create_app(settings: Settings, *, announce: Callable[[Components], None] | N
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        from adapters.http_api import api_routes
-        from adapters.webrtc import token_route
+        from adapters.http_api import api_routes, token_route
 
         c = Components(settings=settings, secrets=resolve_secrets(settings), metrics=metrics)
         app.state.components = c
