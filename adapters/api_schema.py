@@ -421,7 +421,8 @@ def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
 
 @functools.cache
 def openapi_document(operations: tuple[Operation, ...]) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of `operations`; every body schema is a component generated from its model."""
+    """The OpenAPI 3.1 document of `operations`; every body schema is a component generated from its model.
+    Built once per table and shared: callers must not change it."""
     models = {Error, *(m for op in operations for m in (op.response, op.body, op.query) if m is not None)}
     refs, defs = models_json_schema([(m, "validation") for m in sorted(models, key=lambda m: m.__name__)],
                                     ref_template="#/components/schemas/{model}", schema_generator=_Schemas)
