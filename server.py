@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import secrets
@@ -31,8 +30,6 @@ from typing import Any
 from settings import Settings
 
 log = logging.getLogger("interview_worker")
-
-STATIC_DIR = Path(__file__).resolve().parent / "adapters" / "static"
 
 
 def _stored_secret(path: Path, nbytes: int = 32) -> tuple[str, bool]:
@@ -218,84 +215,33 @@ async def _flush_relay(relay: Any) -> None:
 def create_app(settings: Settings, *, announce: Callable[[Components], None] | None = None) -> Any:
     """The ASGI app. Nothing heavy happens here; the lifespan builds the service."""
     from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import FileResponse, JSONResponse, Response
-    from starlette.routing import Mount, Route
-    from starlette.staticfiles import StaticFiles
 
     from adapters.metrics import Metrics
-    from adapters.tokens import InvalidToken
+    from adapters.pages import health_routes, page_routes
+    from adapters.tokens import JoinClaims
 
     metrics = Metrics()
 
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    async def readyz(request: Request) -> Response:
-        c: Components = request.app.state.components
+    # Both read the components the lifespan puts on `app` (bound below) once it has built them.
+    async def readiness() -> tuple[bool, dict[str, Any]]:
+        c: Components = app.state.components
         checks: dict[str, Any] = {"lifespan": c.ready}
         try:
             checks["store"] = bool(await asyncio.wait_for(c.store.ping(), 2.0))
         except Exception as exc:
             checks["store"] = False
             log.warning("readiness: store ping failed: %s", exc)
-        relay_status = c.relay.status() if c.relay is not None else {}
-        checks["outbox"] = relay_status
-        ok = checks["lifespan"] and checks["store"]
-        return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks},
-                            status_code=200 if ok else 503)
+        checks["outbox"] = c.relay.status() if c.relay is not None else {}
+        return bool(checks["lifespan"] and checks["store"]), checks
 
-    async def metrics_endpoint(request: Request) -> Response:
-        body, content_type = metrics.render()
-        return Response(body, media_type=content_type)
+    def verify_token(token: str) -> JoinClaims:
+        return app.state.components.signer.verify(token)
 
-    page_headers = {
-        # Nothing is loaded from anywhere else; the join token is in the URL, so never send it as a referrer.
-        "Content-Security-Policy": "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
-                                   "media-src 'self' blob:; style-src 'self'; script-src 'self'; "
-                                   "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
-        "Referrer-Policy": "no-referrer",
-        "Permissions-Policy": "microphone=(self), camera=()",
-        "X-Content-Type-Options": "nosniff",
-        "Cache-Control": "no-store",
-    }
-
-    def page(name: str, roles: tuple[str, ...]) -> Callable[[Request], Any]:
-        async def serve(request: Request) -> Response:
-            path = STATIC_DIR / name
-            if not path.is_file():
-                return JSONResponse({"error": {"code": "not_found", "message": f"{name} is not installed"}},
-                                    status_code=404)
-            token = request.query_params.get("token")
-            if token and roles:
-                c: Components = request.app.state.components
-                try:
-                    claims = c.signer.verify(token)
-                except InvalidToken:
-                    claims = None  # the page itself explains an invalid or expired link
-                if claims is not None and claims.role not in roles:
-                    other = "candidate" if claims.role == "candidate" else "interviewer"
-                    return JSONResponse({"error": {"code": "wrong_page",
-                                                   "message": f"this link is for the {other} page"}},
-                                        status_code=403)
-            return FileResponse(path, headers=page_headers)
-
-        return serve
-
-    base_routes = [
-        Route("/healthz", healthz),
-        Route("/readyz", readyz),
-        Route("/metrics", metrics_endpoint),
-        Route("/", page("index.html", ())),
-        Route("/candidate", page("candidate.html", ("candidate",))),
-        Route("/interviewer", page("interviewer.html", ("interviewer", "observer"))),
-        Mount("/static", app=StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
-    ]
+    base_routes = [*health_routes(readiness, metrics), *page_routes(verify_token)]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        from adapters.http_api import api_routes
-        from adapters.webrtc import token_route
+        from adapters.http_api import api_routes, token_route
 
         c = Components(settings=settings, secrets=resolve_secrets(settings), metrics=metrics)
         app.state.components = c
@@ -321,7 +267,8 @@ def create_app(settings: Settings, *, announce: Callable[[Components], None] | N
 
     from adapters.http_api import exception_handlers
 
-    return Starlette(routes=list(base_routes), lifespan=lifespan, exception_handlers=exception_handlers)
+    app = Starlette(routes=list(base_routes), lifespan=lifespan, exception_handlers=exception_handlers)
+    return app
 
 
 # ---- command line ------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
-"""Joining an interview room: join tokens over HTTP, and WHIP (RFC 9725) ingest on aiortc.
+"""Joining an interview room: WHIP (RFC 9725) ingest on aiortc, with the join tokens that
+`POST /api/interviews/{id}/tokens` issues (adapters.http_api).
 
-HTTP surface::
+HTTP surface (errors as everywhere: adapters.http_edge)::
 
-    POST   /api/interviews/{id}/tokens   admin key; {"role", "name"} -> 201 {"token", "joinUrl", "expiresAt"}
     POST   /whip/{interviewId}           Bearer join token, application/sdp offer -> 201 answer + Location
     DELETE /whip/{interviewId}/{session} leave (the token of the participant who holds the session)
     PATCH  /whip/{interviewId}/{session} 405: aiortc cannot restart ICE; re-POST with the same token instead
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import secrets
 import time
@@ -41,62 +40,25 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from adapters.http_edge import HttpError, error_kind, error_response, read_body
 from adapters.metrics import Metrics
 from adapters.rooms import Participant, RoomRegistry
 from adapters.rtp_audio import decode_inline
-from adapters.tokens import InvalidToken, JoinClaims, TokenSigner, bearer_token, validate_name, validate_role
+from adapters.tokens import InvalidToken, JoinClaims, TokenSigner, bearer_token
 from domain.events import ErrorEvent
 
 log = logging.getLogger(__name__)
 
 MAX_SDP_BYTES = 64 * 1024
-MAX_TOKEN_REQUEST_BYTES = 16 * 1024
 ROLES_NEEDING_AUDIO = ("candidate", "interviewer")
 CLOSED_STATUSES = ("completed", "cancelled")
 _SUPPORTED_RATES = (8000, 16000, 24000, 32000, 44100, 48000)
 
 # Returns the interview's status, or None when there is no such interview.
 InterviewStatus = Callable[[str], Awaitable[str | None]]
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
-
-
-_METRIC_KIND = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "bad_request",
-                413: "too_large", 415: "bad_request", 422: "bad_request"}
-
-
-def error_response(err: HttpError) -> JSONResponse:
-    return JSONResponse({"error": {"code": err.code, "message": err.message}}, status_code=err.status,
-                        headers=err.headers)  # the shape of adapters.http_api.json_error
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) more than `limit` bytes without reading them all."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise HttpError(413, "body_too_large", f"body exceeds {limit} bytes")
-        except ValueError as exc:
-            raise HttpError(400, "bad_content_length", "Content-Length is not a number") from exc
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HttpError(413, "body_too_large", f"body exceeds {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def check_offer(sdp: str, role: str) -> SessionDescription:
@@ -226,19 +188,16 @@ class WhipIngest:
     async def patch(self, request: Request) -> Response:
         # RFC 9725 section 4.3: a session supporting neither trickle ICE nor ICE restarts answers PATCH
         # with 405. aiortc cannot restart ICE on a live connection; resuming is a re-POST (same token).
-        err = HttpError(405, "ice_restart_unsupported",
-                        "this server supports neither trickle ICE nor ICE restart; to resume, POST a new offer "
-                        "to the WHIP endpoint with the same token", {"Allow": "DELETE, OPTIONS"})
-        self._log_refusal(request, err)
-        return error_response(err)
+        return self._refuse(request, HttpError(
+            405, "ice_restart_unsupported", "this server supports neither trickle ICE nor ICE restart; to resume, "
+            "POST a new offer to the WHIP endpoint with the same token", {"Allow": "DELETE, OPTIONS"}))
 
     async def post(self, request: Request) -> Response:
         started = time.perf_counter()
         try:
             response = await self._post(request)
         except HttpError as err:
-            self._log_refusal(request, err)
-            return error_response(err)
+            return self._refuse(request, err)
         self.metrics.join_seconds.observe(time.perf_counter() - started)
         return response
 
@@ -251,8 +210,7 @@ class WhipIngest:
             if session.claims.participant_id != claims.participant_id:
                 raise HttpError(403, "not_your_session", "this session belongs to another participant")
         except HttpError as err:
-            self._log_refusal(request, err)
-            return error_response(err)
+            return self._refuse(request, err)
         participant = session.participant
         await self._close_session(session)
         if participant is not None:
@@ -260,9 +218,9 @@ class WhipIngest:
         log.info("WHIP session %s deleted by %s", session.id, claims.participant_id)
         return Response(status_code=200)
 
-    def _log_refusal(self, request: Request, err: HttpError) -> None:
-        self.metrics.error(_METRIC_KIND.get(err.status, "bad_request"))
-        log.info("%s %s refused: %d %s (%s)", request.method, request.url.path, err.status, err.code, err.message)
+    def _refuse(self, request: Request, err: HttpError) -> Response:
+        self.metrics.error(error_kind(err.status))
+        return error_response(request, err, log)
 
     def _claims(self, request: Request, *, allow_expired: bool = False) -> JoinClaims:
         try:
@@ -506,71 +464,3 @@ class WhipIngest:
     async def close_all(self) -> None:
         await asyncio.gather(*(self._close_session(s) for s in list(self.sessions.values())),
                              return_exceptions=True)
-
-
-# ---- join tokens ---------------------------------------------------------------------------------------
-def token_route(signer: TokenSigner, service: Any, admin_key: str, metrics: Metrics, *,
-                public_url: str | None = None, max_body_bytes: int = MAX_TOKEN_REQUEST_BYTES) -> Route:
-    """`POST /api/interviews/{id}/tokens` (admin key): issues a join token for one participant.
-
-    Body `{"role": "candidate"|"interviewer"|"observer", "name": "..."}` (name defaults to the role).
-    Errors follow the /api conventions (adapters.http_api): 401, 403 for a join token used as a key,
-    404 unknown interview, 409 interview completed/cancelled, 413, 415, 422 naming the fields.
-    """
-    from adapters.http_api import error_response as api_error
-    from adapters.http_api import read_json, require_admin
-    from domain.model import Conflict, ValidationError
-
-    async def issue(request: Request) -> Response:
-        try:
-            _authorize(request)
-            interview_id = request.path_params["interview_id"]
-            data = await read_json(request, max_body_bytes)
-            if not isinstance(data, dict):
-                raise ValidationError({"body": "expected a JSON object with role and name"})
-            problems: dict[str, str] = {}
-            role = name = ""
-            try:
-                role = validate_role(data.get("role"))
-            except ValueError as exc:
-                problems["role"] = str(exc)
-            try:
-                name = validate_name(data["name"]) if "name" in data else role.title()
-            except ValueError as exc:
-                problems["name"] = str(exc)
-            for key in sorted(set(data) - {"role", "name"}):
-                problems[key] = "unknown field"
-            if problems:
-                raise ValidationError(problems)
-            status = (await service.get_interview(interview_id, with_segments=False))["status"]
-            if status in CLOSED_STATUSES:
-                raise Conflict(f"interview {interview_id} is {status}", code="interview_closed")
-        except Exception as exc:  # noqa: BLE001 - one logged JSON error per failure, as everywhere under /api
-            response = api_error(request, exc)
-            metrics.error(_METRIC_KIND.get(response.status_code, "bad_request"))
-            return response
-        token, claims = signer.issue(interview_id, role, name)
-        base = (public_url or str(request.base_url)).rstrip("/")
-        page = "candidate" if claims.role == "candidate" else "interviewer"
-        expires = dt.datetime.fromtimestamp(claims.expires_at, tz=dt.UTC).isoformat().replace("+00:00", "Z")
-        log.info("join token issued: interview=%s participant=%s role=%s", interview_id, claims.participant_id,
-                 claims.role)
-        return JSONResponse({"token": token, "joinUrl": f"{base}/{page}?token={token}", "expiresAt": expires,
-                             "participantId": claims.participant_id, "role": claims.role, "name": claims.name},
-                            status_code=201)
-
-    def _authorize(request: Request) -> None:
-        from starlette.exceptions import HTTPException
-
-        try:
-            require_admin(request, admin_key)
-            return
-        except HTTPException as unauthorized:
-            try:
-                claims = signer.verify(bearer_token(request.headers.get("authorization")))
-            except InvalidToken:
-                raise unauthorized from None
-        # A valid join token is an authenticated caller with the wrong role for this endpoint.
-        raise HTTPException(403, f"a {claims.role} join token cannot issue tokens")
-
-    return Route("/api/interviews/{interview_id}/tokens", issue, methods=["POST"])

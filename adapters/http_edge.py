@@ -1,0 +1,127 @@
+"""What every HTTP route of the service shares: one error type, its one JSON response, and the body readers.
+
+Every refusal, from /api, the token route, WHIP or a page, is the JSON `{"error": {"code", "message", ...}}` with
+a stable `code` (422 adds `fields`, naming each bad field). Routes raise `HttpError` for refusals of their own;
+domain errors and Starlette's own `HTTPException` (unknown path, wrong method) are translated here, once
+(`as_http_error`), and `error_response` logs each failure once, on the logger of the routes that refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from domain.model import Conflict, DomainError, NotFound, Unavailable, ValidationError
+
+MAX_BODY_BYTES = 1 << 20  # 1 MiB
+
+# The code of a Starlette HTTPException (raised by the router, which knows only the status).
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 409: "conflict", 413: "body_too_large", 415: "unsupported_media_type",
+               422: "validation_error", 429: "too_many_requests", 503: "unavailable"}
+
+# The `errors_total{kind}` label of a refusal, by status (adapters.metrics).
+_ERROR_KINDS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "bad_request",
+                413: "too_large", 415: "bad_request", 422: "bad_request"}
+
+
+class HttpError(Exception):
+    """A refused request: its status, a stable machine-readable `code`, a message the caller may see, headers to
+    send, and `extra` members of the error object (`fields` of a 422)."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None,
+                 **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+        self.extra = extra
+
+    def to_response(self) -> JSONResponse:
+        return JSONResponse({"error": {"code": self.code, "message": self.message, **self.extra}},
+                            status_code=self.status, headers=self.headers)
+
+
+def error_kind(status: int) -> str:
+    """The `errors_total` kind a refusal with this status is counted under."""
+    return _ERROR_KINDS.get(status, "bad_request")
+
+
+def as_http_error(exc: Exception) -> HttpError:
+    """The HTTP form of any failure; an exception this edge does not know is a 500 that tells nothing."""
+    if isinstance(exc, HttpError):
+        return exc
+    if isinstance(exc, ValidationError):
+        return HttpError(422, exc.code, "invalid request", fields=exc.fields)
+    if isinstance(exc, NotFound):
+        return HttpError(404, exc.code, exc.message)
+    if isinstance(exc, Conflict):
+        return HttpError(409, exc.code, exc.message)
+    if isinstance(exc, DomainError):
+        return HttpError(400, exc.code, exc.message)
+    if isinstance(exc, Unavailable):
+        return HttpError(503, exc.code, "storage unavailable, retry later", {"Retry-After": "1"})
+    if isinstance(exc, HTTPException):
+        return HttpError(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail),
+                         dict(exc.headers or {}))
+    return HttpError(500, "internal_error", "internal error")
+
+
+def error_response(request: Request, exc: Exception, log: logging.Logger) -> JSONResponse:
+    """`exc` as its JSON error response, logged once on `log`: what was refused, and why in our own words
+    (a 422's log line names the bad fields, its response says "invalid request" and lists them)."""
+    err = as_http_error(exc)
+    where = f"{request.method} {request.url.path}"
+    detail = exc.message if isinstance(exc, DomainError | Unavailable) else err.message
+    if err.code == "internal_error":
+        log.exception("%s -> 500", where, exc_info=exc)
+    elif isinstance(exc, Unavailable):
+        log.warning("%s -> %d %s: %s", where, err.status, err.code, detail)
+    else:
+        log.info("%s -> %d %s: %s", where, err.status, err.code, detail)
+    return err.to_response()
+
+
+async def read_body(request: Request, max_bytes: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, refusing (413) more than `max_bytes` without reading past the limit."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            too_big = int(declared) > max_bytes
+        except ValueError:
+            raise HttpError(400, "bad_content_length", "Content-Length is not a number") from None
+        if too_big:
+            raise HttpError(413, "body_too_large", f"body larger than {max_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise HttpError(413, "body_too_large", f"body larger than {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, max_bytes: int = MAX_BODY_BYTES, *, required: bool = True) -> Any:
+    """Parse a JSON body: 413 too big, 415 not JSON, 422 invalid JSON (or missing when `required`).
+    An empty optional body is `{}`."""
+    body = await read_body(request, max_bytes)
+    if not body.strip():
+        if required:
+            raise ValidationError({"body": "a JSON body is required"})
+        return {}
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise HttpError(415, "unsupported_media_type", "expected Content-Type: application/json")
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError:
+        raise ValidationError({"body": "invalid JSON: not UTF-8"}) from None
+    except json.JSONDecodeError as exc:
+        raise ValidationError({"body": f"invalid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"}) from None

@@ -1,0 +1,90 @@
+"""The browser pages and the health endpoints of the service.
+
+Pages: `/` (the index), `/candidate` and `/interviewer` (the join link opens one of them with `?token=`), and their
+assets under `/static`. Nothing on a page comes from anywhere else, and since the join token is in the page's URL
+it is never sent on as a referrer (`PAGE_HEADERS`). A link whose token is valid but for the other page's role is
+refused (403 `wrong_page`); an invalid or expired token is not: the page itself tells the user so.
+
+Health: `/healthz` (the process answers), `/readyz` (200 or 503 with the checks of the readiness callable),
+`/metrics` (Prometheus text).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from adapters.http_edge import HttpError
+from adapters.metrics import Metrics
+from adapters.tokens import InvalidToken, JoinClaims
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+PAGE_HEADERS = {
+    # Nothing is loaded from anywhere else; the join token is in the URL, so never send it as a referrer.
+    "Content-Security-Policy": "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
+                               "media-src 'self' blob:; style-src 'self'; script-src 'self'; "
+                               "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "Permissions-Policy": "microphone=(self), camera=()",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+
+# The claims of a join token this service issued; raises InvalidToken otherwise.
+VerifyToken = Callable[[str], JoinClaims]
+# Whether the service can take traffic now, and the checks that say so (shown as they are).
+Readiness = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
+
+
+def page_routes(verify: VerifyToken, static_dir: Path = STATIC_DIR) -> list[BaseRoute]:
+    def page(name: str, roles: tuple[str, ...]) -> Callable[[Request], Awaitable[Response]]:
+        async def serve(request: Request) -> Response:
+            path = static_dir / name
+            if not path.is_file():
+                return HttpError(404, "not_found", f"{name} is not installed").to_response()
+            token = request.query_params.get("token")
+            if token and roles:
+                try:
+                    claims: JoinClaims | None = verify(token)
+                except InvalidToken:
+                    claims = None  # the page itself explains an invalid or expired link
+                if claims is not None and claims.role not in roles:
+                    other = "candidate" if claims.role == "candidate" else "interviewer"
+                    return HttpError(403, "wrong_page", f"this link is for the {other} page").to_response()
+            return FileResponse(path, headers=PAGE_HEADERS)
+
+        return serve
+
+    return [
+        Route("/", page("index.html", ())),
+        Route("/candidate", page("candidate.html", ("candidate",))),
+        Route("/interviewer", page("interviewer.html", ("interviewer", "observer"))),
+        Mount("/static", app=StaticFiles(directory=static_dir, check_dir=False), name="static"),
+    ]
+
+
+def health_routes(readiness: Readiness, metrics: Metrics) -> list[BaseRoute]:
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        ok, checks = await readiness()
+        return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks},
+                            status_code=200 if ok else 503)
+
+    async def metrics_endpoint(request: Request) -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    return [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics_endpoint),
+    ]
