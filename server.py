@@ -290,11 +290,11 @@ def build_stt(settings: Settings) -> Any:
         return OpenAITranscriber(base_url=settings.openai_base_url, api_key=settings.openai_api_key,
                                  model=settings.openai_stt_model)
     if settings.stt_subprocess:
-        from pipeline.stt_process import WhisperProcesses
+        from adapters.stt_process import WhisperProcesses
 
         return WhisperProcesses(settings.stt_model, processes=settings.stt_workers,
                                 cpu_threads=settings.stt_cpu_threads)
-    from pipeline.stt import LocalWhisper
+    from adapters.stt_whisper import LocalWhisper
 
     return LocalWhisper(settings.stt_model, cpu_threads=settings.stt_cpu_threads)
 
@@ -308,8 +308,8 @@ async def _build(c: Components) -> None:
     from adapters.tokens import TokenSigner
     from adapters.webrtc import WhipIngest
     from domain.commands import InterviewService
+    from pipeline.scheduler import SttScheduler
     from pipeline.stream import Conversation, ParticipantStream, StreamConfig
-    from pipeline.stt import SttScheduler
 
     s = c.settings
     s.data_dir.mkdir(parents=True, exist_ok=True)

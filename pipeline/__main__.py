@@ -23,7 +23,8 @@ import numpy as np
 
 from domain.events import Speaker, StreamEvent, to_json
 from pipeline.audio_file import DecodedAudio, read_audio
-from pipeline.stt import SpeechToText, SttScheduler
+from pipeline.scheduler import SttScheduler
+from pipeline.transcript import SpeechToText
 
 log = logging.getLogger("pipeline")
 
@@ -79,7 +80,7 @@ def make_stt(args: argparse.Namespace) -> SpeechToText:
         return OpenAITranscriber(
             base_url=args.base_url, model=args.model or "whisper-1", api_key=os.environ.get("OPENAI_API_KEY")
         )
-    from pipeline.stt import LocalWhisper
+    from adapters.stt_whisper import LocalWhisper
 
     return LocalWhisper(args.model, cpu_threads=args.cpu_threads, num_workers=args.workers,
                         beam_size=args.beam_size, window_s=None if args.window >= 30 else args.window)  # fmt: skip
