@@ -5,7 +5,7 @@ Finals always go before partials; partials are shed (the caller gets `None`) whe
 partial of the same stream arrives, or when the partial queue is full. Revisions (a final decoded again with the
 conversation around it) run only on capacity the live work leaves, or beside it when the engine revises in a
 lowest-priority process of its own. The engine (`pipeline.transcript.SpeechToText`) is blocking and runs in the
-worker threads.
+worker threads; the scheduler reads time only through its `clock`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import functools
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,19 +31,20 @@ log = logging.getLogger(__name__)
 class _BusyWindow:
     """Worker time spent on some kind of job over the last `window_s` seconds (running jobs count so far)."""
 
-    def __init__(self, window_s: float) -> None:
+    def __init__(self, window_s: float, clock: Callable[[], float]) -> None:
         self.window_s = window_s
+        self.clock = clock
         self.spans: deque[tuple[float, float]] = deque()  # (start, end) of finished jobs
         self.running: dict[int, float] = {}  # key -> start
 
     def start(self, key: int) -> None:
-        self.running[key] = time.monotonic()
+        self.running[key] = self.clock()
 
     def end(self, key: int) -> None:
-        self.spans.append((self.running.pop(key), time.monotonic()))
+        self.spans.append((self.running.pop(key), self.clock()))
 
     def share(self, workers: int) -> float:
-        now = time.monotonic()
+        now = self.clock()
         horizon = now - self.window_s
         while self.spans and self.spans[0][1] < horizon:
             self.spans.popleft()
@@ -121,6 +123,9 @@ class SttScheduler:
       nothing else waits, with several workers it leaves a worker free for finals, and only while the live work
       (finals, speculative finals, partials) used less than `revision_max_load` of the workers' time over the
       last `LOAD_WINDOW_S` — so under load they are what gives way, and the live finals keep their latency.
+
+    `clock` (seconds, monotonic) times the queued jobs, the load windows and the busy seconds in `stats`; tests
+    pass one they move by hand.
     """
 
     PARTIAL_WINDOW_S = 5.0
@@ -137,6 +142,7 @@ class SttScheduler:
         partial_share: float = 0.15,
         max_revisions: int = 32,
         revision_max_load: float = 0.4,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
@@ -146,12 +152,13 @@ class SttScheduler:
         self.max_partials = max_partials
         self.partial_max_age_s = partial_max_age_s
         self.stats = SchedulerStats()
+        self._clock = clock
         self._finals: deque[_Job] = deque()
         self._partials: deque[_Job] = deque()
         self._revisions: deque[_Job] = deque()
         self.max_revisions = max_revisions
         self.revision_max_load = revision_max_load
-        self._live_busy = _BusyWindow(self.LOAD_WINDOW_S)  # finals, speculative finals and partials
+        self._live_busy = _BusyWindow(self.LOAD_WINDOW_S, clock)  # finals, speculative finals and partials
         # an engine whose revisions run in a process of their own at the lowest CPU priority (WhisperProcesses):
         # they get a worker of their own here, and the operating system decides what is spare
         self._apart = bool(getattr(stt, "revises_apart", False))
@@ -164,7 +171,7 @@ class SttScheduler:
         self._best_effort = 0  # partial/speculative decodes running now
         self._revising = 0  # revisions running now
         self.partial_share = partial_share
-        self._partial_busy = _BusyWindow(self.PARTIAL_WINDOW_S)  # plain partials
+        self._partial_busy = _BusyWindow(self.PARTIAL_WINDOW_S, clock)  # plain partials
         self._closed = False
         self._partial_kw = _accepts_partial(stt)
 
@@ -234,7 +241,7 @@ class SttScheduler:
             raise SttOverloaded(f"{len(self._finals)} finals already waiting for speech-to-text")
         self._start()
         fut: asyncio.Future[Transcript | None] = asyncio.get_running_loop().create_future()
-        self._finals.append(_Job(audio, prompt, False, fut, None, time.monotonic()))
+        self._finals.append(_Job(audio, prompt, False, fut, None, self._clock()))
         # a waiting final makes every queued partial stale work: shed them now rather than after the final
         self._shed_partials(lambda _j: True)
         self._notify()
@@ -263,7 +270,7 @@ class SttScheduler:
             self.stats.partials_shed += 1
             return None
         fut: asyncio.Future[Transcript | None] = asyncio.get_running_loop().create_future()
-        job = _Job(audio, prompt, True, fut, key, time.monotonic(), final_quality)
+        job = _Job(audio, prompt, True, fut, key, self._clock(), final_quality)
         if final_quality:  # a speculative final saves a whole decode after the pause: ahead of plain partials
             self._partials.appendleft(job)
         else:
@@ -291,7 +298,7 @@ class SttScheduler:
             if not oldest.future.done():
                 oldest.future.set_result(None)
         fut: asyncio.Future[Transcript | None] = asyncio.get_running_loop().create_future()
-        self._revisions.append(_Job(audio, None, False, fut, None, time.monotonic(), context=context,
+        self._revisions.append(_Job(audio, None, False, fut, None, self._clock(), context=context,
                                     context_text=context_text, after=after))  # fmt: skip
         self._notify()
         return await fut
@@ -327,7 +334,7 @@ class SttScheduler:
     def _next_job(self) -> _Job | None:
         if self._finals:
             return self._finals.popleft()
-        now = time.monotonic()
+        now = self._clock()
         while self._partials:
             job = self._partials.popleft()
             if job.future.done():
@@ -394,7 +401,7 @@ class SttScheduler:
             self._partial_busy.start(id(job))
         if kind != "revision":
             self._live_busy.start(id(job))
-        t0 = time.perf_counter()
+        t0 = self._clock()
         try:
             if job.context is not None:
                 call: Any = functools.partial(_revise, self.stt, job.audio, job.context, job.context_text, job.after)
@@ -439,7 +446,7 @@ class SttScheduler:
                 self._partial_busy.end(id(job))
             if kind != "revision":
                 self._live_busy.end(id(job))
-            self.stats.busy_by_kind[kind] += time.perf_counter() - t0
+            self.stats.busy_by_kind[kind] += self._clock() - t0
             self.stats.jobs_by_kind[kind] += 1
 
     async def aclose(self) -> None:

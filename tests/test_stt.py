@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -225,14 +224,14 @@ async def test_partials_give_way_to_a_running_final_and_keep_a_worker_for_finals
 
 
 async def test_partials_are_limited_to_their_share_of_worker_time() -> None:
-    stt = GatedStt()
+    clock = FakeClock()
+    stt = TimedStt(clock, took={"busy": 2.0})
     stt.gate.set()
-    sched = SttScheduler(stt, workers=1, partial_share=0.25)
+    sched = SttScheduler(stt, workers=1, partial_share=0.25, clock=clock)
     assert await sched.transcribe_partial(AUDIO, prompt="p0", key="s") is not None
     assert sched.partial_ok
-    # pretend the last window was spent on partials: 2 of 5 worker-seconds
-    now = time.monotonic()
-    sched._partial_busy.spans.append((now - 2.0, now))
+    # the last window was spent on partials: 2 of 5 worker-seconds
+    await sched.transcribe_partial(AUDIO, prompt="busy", key="s")
     assert sched.partial_load() >= 0.4 and not sched.partial_ok
     assert await sched.transcribe_partial(AUDIO, prompt="p1", key="s") is None
     assert (await sched.transcribe_final(AUDIO, prompt="f")).text == "text f"  # finals are never limited
@@ -360,6 +359,33 @@ class RevisingGatedStt(GatedStt):
         return Transcript(text=f"revised {context_text}", confidence=0.9)
 
 
+class FakeClock:
+    """The scheduler's clock, moved by the test instead of by waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class TimedStt(RevisingGatedStt):
+    """A decode of label L takes `took[L]` seconds of `clock` (the scheduler's): a long decode, at once."""
+
+    def __init__(self, clock: FakeClock, took: dict[str, float]) -> None:
+        super().__init__()
+        self.clock = clock
+        self.took = took
+
+    def transcribe(self, audio: np.ndarray, *, prompt: str | None = None, partial: bool = False) -> Transcript:
+        tr = super().transcribe(audio, prompt=prompt, partial=partial)
+        self.clock.advance(self.took.get(prompt or "", 0.0))
+        return tr
+
+
 async def test_revisions_run_on_spare_capacity_only_and_give_way_under_load() -> None:
     assert not SttScheduler(GatedStt()).revises  # an engine without `revise`
     with pytest.raises(SttError) as err:
@@ -437,16 +463,17 @@ def test_a_revision_with_the_conversation_around_it_hears_what_the_utterance_alo
 
 
 async def test_revisions_wait_while_live_work_keeps_the_workers_busy() -> None:
-    stt = RevisingGatedStt()
+    clock = FakeClock()
+    stt = TimedStt(clock, took={"busy": 5.0})
     stt.gate.set()
-    sched = SttScheduler(stt, workers=1, revision_max_load=0.4)
-    now = time.monotonic()
-    sched._live_busy.spans.append((now - 5.0, now))  # finals took 5 of the last 10 worker-seconds
+    sched = SttScheduler(stt, workers=1, revision_max_load=0.4, clock=clock)
+    await sched.transcribe_final(AUDIO, prompt="busy")  # finals took 5 of the last 10 worker-seconds
+    stt.calls.clear()
     assert sched.live_load() >= 0.5
     rev = asyncio.create_task(sched.transcribe_revision(AUDIO, context=AUDIO, context_text="r"))
     await asyncio.sleep(0.7)
     assert not rev.done() and stt.calls == []  # held back, though the worker is idle
     assert (await sched.transcribe_final(AUDIO, prompt="f")).text == "text f"  # live work is not
-    sched._live_busy.spans.clear()  # the load has decayed
+    clock.advance(SttScheduler.LOAD_WINDOW_S + 1)  # the load has decayed
     assert (await asyncio.wait_for(rev, 5)).text == "revised r"  # taken up without any new job to wake it
     await sched.aclose()
