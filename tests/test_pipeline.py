@@ -27,8 +27,8 @@ from adapters.stt_whisper import LocalWhisper
 from benchmarks._env import SHARED_DATA
 from benchmarks.latency import transcript_of
 from domain.events import ErrorEvent, SegmentEvent, SentimentEvent, Speaker, StreamEvent, Word
-from pipeline.__main__ import build_parser, run
 from pipeline.audio_file import read_audio
+from pipeline.cli import build_parser, run
 from pipeline.scheduler import SttScheduler
 from pipeline.stream import Conversation, ParticipantStream, StreamConfig, prompt_tail
 from pipeline.transcript import Transcript
