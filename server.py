@@ -89,22 +89,6 @@ class Components:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def build_stt(settings: Settings) -> Any:
-    if settings.stt_engine == "openai":
-        from adapters.stt_openai import OpenAITranscriber
-
-        return OpenAITranscriber(base_url=settings.openai_base_url, api_key=settings.openai_api_key,
-                                 model=settings.openai_stt_model)
-    if settings.stt_subprocess:
-        from pipeline.stt_process import WhisperProcesses
-
-        return WhisperProcesses(settings.stt_model, processes=settings.stt_workers,
-                                cpu_threads=settings.stt_cpu_threads)
-    from pipeline.stt import LocalWhisper
-
-    return LocalWhisper(settings.stt_model, cpu_threads=settings.stt_cpu_threads)
-
-
 async def _build(c: Components) -> None:
     from aiortc import RTCIceServer
 
@@ -112,11 +96,12 @@ async def _build(c: Components) -> None:
     from adapters.nats_bus import open_bus
     from adapters.outbox import OutboxRelay
     from adapters.rooms import RoomRegistry
+    from adapters.stt_engines import build_stt
     from adapters.tokens import TokenSigner
     from adapters.webrtc import WhipIngest
     from domain.commands import InterviewService
+    from pipeline.scheduler import SttScheduler
     from pipeline.stream import Conversation, ParticipantStream, StreamConfig
-    from pipeline.stt import SttScheduler
 
     s = c.settings
     s.data_dir.mkdir(parents=True, exist_ok=True)

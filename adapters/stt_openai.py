@@ -1,6 +1,6 @@
 """Speech-to-text through any OpenAI-compatible `/v1/audio/transcriptions` endpoint (the `openai` package).
 
-Implements `pipeline.stt.SpeechToText`. Called from the scheduler's worker threads, so it uses the blocking
+Implements `pipeline.transcript.SpeechToText`. Called from the scheduler's worker threads, so it uses the blocking
 client. Provider exceptions are translated here into `SttError` codes; the API key is never logged.
 """
 
@@ -15,7 +15,8 @@ import wave
 import numpy as np
 
 from domain.events import Word
-from pipeline.stt import SAMPLE_RATE, SttError, Transcript, apply_guards, as_float_audio, compression_ratio
+from pipeline.guards import apply_guards, compression_ratio
+from pipeline.transcript import SAMPLE_RATE, SttError, Transcript, as_float_audio
 
 log = logging.getLogger(__name__)
 

@@ -31,11 +31,12 @@ from typing import Any
 
 import numpy as np
 
+from adapters.stt_whisper import LocalWhisper
 from benchmarks._env import SHARED_DATA, environment, format_environment, percentile, print_table
 from benchmarks.latency import transcript_of
 from domain.events import SegmentEvent, Speaker, StreamEvent
 from pipeline.audio_file import read_audio
-from pipeline.stt import LocalWhisper, SttScheduler
+from pipeline.scheduler import SttScheduler
 
 DATA = SHARED_DATA
 DIALOGUES = ("mobile_mixed", "security_positive")
@@ -274,7 +275,7 @@ def main() -> None:
                 ["engine configuration", "utterance s", "p50 s", "p95 s", "RTF"])  # fmt: skip
 
     # the server's defaults: STT_WORKERS=2 child processes (STT_SUBPROCESS), STT_CPU_THREADS=1
-    from pipeline.stt_process import WhisperProcesses
+    from adapters.stt_process import WhisperProcesses
 
     procs = WhisperProcesses(processes=2, cpu_threads=1)
     try:

@@ -44,16 +44,9 @@ from domain.events import (
     Word,
 )
 from pipeline.analysis import KeywordTracker, SentimentTracker
-from pipeline.stt import (
-    SAMPLE_RATE,
-    SttError,
-    SttScheduler,
-    Transcript,
-    _cut_short,
-    _norm,
-    trim_after_speech,
-    word_confidence,
-)
+from pipeline.guards import cut_short, normalise, trim_after_speech, word_confidence
+from pipeline.scheduler import SttScheduler
+from pipeline.transcript import SAMPLE_RATE, SttError, Transcript
 
 log = logging.getLogger(__name__)
 
@@ -513,11 +506,11 @@ class ParticipantStream:
             self.stats["revisions_dropped"] += 1
             return
         tr = trim_after_speech(tr, utt.speech_end_s - utt.start_s)
-        if not tr.text or tr.hallucination or _cut_short(tr, tr.audio_s):
+        if not tr.text or tr.hallucination or cut_short(tr, tr.audio_s):
             log.debug("revision of %d rejected (%s): %r", seq, tr.reason or "cut short", tr.text)
             self.stats["revisions_rejected"] += 1
             return
-        if _norm(tr.text) == _norm(turn.text):
+        if normalise(tr.text) == normalise(turn.text):
             turn.confidence = max(turn.confidence, tr.confidence)
             self.stats["revisions_unchanged"] += 1
             return
@@ -581,7 +574,7 @@ class _Turn:
     text: str
     audio: np.ndarray  # int16, 16 kHz: the utterance as it was decoded
     confidence: float
-    word_confidence: float = 0.0  # geometric mean of its words' probabilities (pipeline.stt.word_confidence)
+    word_confidence: float = 0.0  # geometric mean of its words' probabilities (pipeline.guards.word_confidence)
     owner: int = 0  # id() of the stream it came from
     next: _Turn | None = None  # the turn that came out after it
     followed: asyncio.Event = field(default_factory=asyncio.Event)  # set when `next` is, or nothing will come
@@ -627,7 +620,7 @@ class Conversation:
         prompt: str | None = None
         for turn in self.turns:
             if turn.confidence >= self.prompt_min_confidence:
-                prompt = _prompt_tail(prompt, turn.text, self.max_chars)
+                prompt = prompt_tail(prompt, turn.text, self.max_chars)
         return prompt
 
     def context_before(self, turn: _Turn, seconds: float, min_confidence: float) -> tuple[np.ndarray, str]:
@@ -659,10 +652,10 @@ class Conversation:
 
 
 WINDOW_S = 30.0  # Whisper's window: a revision's context, utterance and next turn fit in one
-MAX_CONTEXT_CHARS = 600  # about 150 tokens: within the decoder's prefix limit (pipeline.stt.MAX_PREFIX_TOKENS)
+MAX_CONTEXT_CHARS = 600  # about 150 tokens: within the decoder's prefix limit (adapters.stt_whisper.MAX_PREFIX_TOKENS)
 
 
-def _prompt_tail(prompt: str | None, text: str, max_chars: int) -> str | None:
+def prompt_tail(prompt: str | None, text: str, max_chars: int) -> str | None:
     """The prompt extended with `text`, keeping whole words of the last `max_chars` characters."""
     joined = f"{prompt} {text}" if prompt else text
     if len(joined) <= max_chars:

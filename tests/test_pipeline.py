@@ -23,23 +23,25 @@ import numpy as np
 import pytest
 from whisper_normalizer.english import EnglishTextNormalizer
 
+from adapters.stt_whisper import LocalWhisper
 from benchmarks._env import SHARED_DATA
 from benchmarks.latency import transcript_of
 from domain.events import ErrorEvent, SegmentEvent, SentimentEvent, Speaker, StreamEvent, Word
-from pipeline.__main__ import build_parser, run
 from pipeline.audio_file import read_audio
-from pipeline.stream import Conversation, ParticipantStream, StreamConfig, _prompt_tail
-from pipeline.stt import LocalWhisper, SttScheduler, Transcript
+from pipeline.cli import build_parser, run
+from pipeline.scheduler import SttScheduler
+from pipeline.stream import Conversation, ParticipantStream, StreamConfig, prompt_tail
+from pipeline.transcript import Transcript
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = SHARED_DATA
 DIALOGUES = ("mobile_mixed", "security_positive")
 JFK = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
-_norm = EnglishTextNormalizer()
+_normalizer = EnglishTextNormalizer()
 
 
 def wer(ref: str, hyp: str) -> float:
-    return float(jiwer.wer(_norm(ref), _norm(hyp)))
+    return float(jiwer.wer(_normalizer(ref), _normalizer(hyp)))
 
 
 def truth(name: str) -> dict[str, Any]:
@@ -178,7 +180,7 @@ async def test_channels_as_speakers_sentiment_and_keywords(whisper: LocalWhisper
             latest[e["speaker"]["role"]] = [k["term"] for k in e["keywords"]]
             assert len(e["keywords"]) <= 10 and all(k["seqs"] for k in e["keywords"])
     top = {t.rstrip("s") for terms in latest.values() for t in terms}
-    heard = " ".join(_norm(s["text"]) for s in segs).split()
+    heard = " ".join(_normalizer(s["text"]) for s in segs).split()
     heard_topics = [k for k in gt["keywords"] if any(w.rstrip("s") == k.rstrip("s") for w in heard)]
     assert len(heard_topics) >= len(gt["keywords"]) - 1, heard_topics
     assert all(k.rstrip("s") in top for k in heard_topics), (heard_topics, latest)
@@ -335,12 +337,12 @@ async def test_finals_are_prompted_with_the_conversation_so_far() -> None:
         "great answer number 1 great answer number 2",
     ]
     # bounded to the last whole words within prompt_max_chars
-    assert _prompt_tail("great answer number 1 great answer number 2", "great answer number 3", 43) == (
+    assert prompt_tail("great answer number 1 great answer number 2", "great answer number 3", 43) == (
         "great answer number 2 great answer number 3"
     )
-    assert _prompt_tail("great answer number 1", "great answer number 2", 30) == "number 1 great answer number 2"
-    assert _prompt_tail("great answer number 1", "great answer number 2", 28) == "1 great answer number 2"
-    assert _prompt_tail(None, "word", 200) == "word"
+    assert prompt_tail("great answer number 1", "great answer number 2", 30) == "number 1 great answer number 2"
+    assert prompt_tail("great answer number 1", "great answer number 2", 28) == "1 great answer number 2"
+    assert prompt_tail(None, "word", 200) == "word"
     stt = PromptRecordingStt()
     await _run_scripted(stt, _tone_bursts(16000, 2), 16000, partial_interval_s=0, prompt_previous=False)
     assert set(stt.prompts) == {None}

@@ -18,12 +18,13 @@ import pytest
 
 from adapters.metrics import Metrics
 from adapters.rooms import Participant, RoomRegistry
+from adapters.stt_whisper import LocalWhisper
 from adapters.tokens import TokenSigner
 from adapters.whip_client import decode_audio
 from domain.commands import CreateInterview, InterviewService
 from domain.events import SegmentEvent, SentimentEvent, Speaker, StreamEvent
+from pipeline.scheduler import SttScheduler
 from pipeline.stream import Conversation, ParticipantStream, StreamConfig
-from pipeline.stt import LocalWhisper, SttScheduler
 
 SECRET = b"rooms-test-secret-0123456789abcdef"
 

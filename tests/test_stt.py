@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,28 +13,28 @@ import numpy as np
 import pytest
 from whisper_normalizer.english import EnglishTextNormalizer
 
+from adapters.stt_whisper import LocalWhisper
 from benchmarks._env import SHARED_DATA
 from domain.events import Word
 from pipeline.audio_file import read_audio
-from pipeline.stt import (
-    LocalWhisper,
-    SttError,
-    SttOverloaded,
-    SttScheduler,
-    Transcript,
+from pipeline.guards import (
+    after_prefix,
     apply_guards,
-    as_float_audio,
+    cut_short,
     repetition_loop,
+    too_many_words,
     trim_after_speech,
 )
+from pipeline.scheduler import SttScheduler
+from pipeline.transcript import SttError, SttOverloaded, Transcript, as_float_audio
 
 DATA = SHARED_DATA
 JFK = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
-_norm = EnglishTextNormalizer()
+_normalizer = EnglishTextNormalizer()
 
 
 def wer(ref: str, hyp: str) -> float:
-    return float(jiwer.wer(_norm(ref), _norm(hyp)))
+    return float(jiwer.wer(_normalizer(ref), _normalizer(hyp)))
 
 
 @pytest.fixture(scope="module")
@@ -225,14 +224,14 @@ async def test_partials_give_way_to_a_running_final_and_keep_a_worker_for_finals
 
 
 async def test_partials_are_limited_to_their_share_of_worker_time() -> None:
-    stt = GatedStt()
+    clock = FakeClock()
+    stt = TimedStt(clock, took={"busy": 2.0})
     stt.gate.set()
-    sched = SttScheduler(stt, workers=1, partial_share=0.25)
+    sched = SttScheduler(stt, workers=1, partial_share=0.25, clock=clock)
     assert await sched.transcribe_partial(AUDIO, prompt="p0", key="s") is not None
     assert sched.partial_ok
-    # pretend the last window was spent on partials: 2 of 5 worker-seconds
-    now = time.monotonic()
-    sched._partial_busy.spans.append((now - 2.0, now))
+    # the last window was spent on partials: 2 of 5 worker-seconds
+    await sched.transcribe_partial(AUDIO, prompt="busy", key="s")
     assert sched.partial_load() >= 0.4 and not sched.partial_ok
     assert await sched.transcribe_partial(AUDIO, prompt="p1", key="s") is None
     assert (await sched.transcribe_final(AUDIO, prompt="f")).text == "text f"  # finals are never limited
@@ -272,27 +271,23 @@ async def test_aclose_finishes_queued_finals() -> None:
     assert sorted(f.result().text for f in finals) == [f"text f{i}" for i in range(5)]
 
 
-def test_a_final_whose_words_do_not_cover_the_audio_is_cut_short() -> None:
-    from pipeline.stt import _cut_short
-
+def test_a_final_whose_words_do_not_cover_the_audio_ended_early() -> None:
     def words(*spans: tuple[float, float]) -> Transcript:
         return Transcript(text="x", words=[Word("w", a, b, 0.9) for a, b in spans])
 
-    assert not _cut_short(words((0.3, 0.6), (0.6, 1.0), (6.5, 7.0)), audio_s=7.8)  # ends with the speech
-    assert _cut_short(words((0.3, 0.6), (0.6, 1.0), (3.0, 3.4)), audio_s=7.8)  # 4 s of audio after the last word
+    assert not cut_short(words((0.3, 0.6), (0.6, 1.0), (6.5, 7.0)), audio_s=7.8)  # ends with the speech
+    assert cut_short(words((0.3, 0.6), (0.6, 1.0), (3.0, 3.4)), audio_s=7.8)  # 4 s of audio after the last word
     # the aligner stretched "and" over the missing text, then squeezed the rest at the end
-    assert _cut_short(words((4.9, 5.24), (5.24, 8.14), (8.14, 8.14), (8.14, 8.14)), audio_s=8.34)
-    assert not _cut_short(Transcript(text=""), audio_s=8.0)
+    assert cut_short(words((4.9, 5.24), (5.24, 8.14), (8.14, 8.14), (8.14, 8.14)), audio_s=8.34)
+    assert not cut_short(Transcript(text=""), audio_s=8.0)
 
 
 @pytest.mark.slow
-def test_a_decode_cut_short_by_the_repetition_penalty_is_caught(whisper: LocalWhisper) -> None:
-    from pipeline.stt import _cut_short
-
+def test_a_decode_the_repetition_penalty_ended_early_is_caught(whisper: LocalWhisper) -> None:
     # a 7.5 s turn that tiny.en under the repetition penalty, unprompted, ends at "... and I am really"
     x = read_audio(DATA / "mobile_mixed.wav", rate=16000, mono=True).pcm[int(6.386 * 16000) : int(14.73 * 16000)]
     penalised = whisper._decode(as_float_audio(x), None, False, 1.1)
-    assert _cut_short(penalised, x.size / 16000), penalised.text
+    assert cut_short(penalised, x.size / 16000), penalised.text
     # what users get: the whole sentence, unprompted (no penalty) and prompted (penalty, re-decoded if cut short)
     assert whisper.repetition_penalty > 1
     for prompt in (None, "Welcome, and thank you for your time. What have you been building recently?"):
@@ -335,12 +330,10 @@ class _ScriptedDecodes(LocalWhisper):
 
 @pytest.mark.slow
 def test_more_words_than_the_audio_can_hold_are_decoded_again_or_flagged() -> None:
-    from pipeline.stt import _too_many_words
-
     two_s = np.zeros(32000, np.int16)
     invented = "How would you feel now? Thank you so much for watching, and I'll see you next time."
-    assert _too_many_words(Transcript(text=invented), 2.0) and not _too_many_words(Transcript(text=invented), 4.0)
-    assert not _too_many_words(Transcript(text="How was it resolved?"), 1.0)
+    assert too_many_words(Transcript(text=invented), 2.0) and not too_many_words(Transcript(text=invented), 4.0)
+    assert not too_many_words(Transcript(text="How was it resolved?"), 1.0)
 
     stt = _ScriptedDecodes(invented, "How was it resolved?")
     tr = stt.transcribe(two_s, prompt="Tell me about a conflict on your team.")
@@ -364,6 +357,33 @@ class RevisingGatedStt(GatedStt):
         self.started.release()
         assert self.gate.wait(30)
         return Transcript(text=f"revised {context_text}", confidence=0.9)
+
+
+class FakeClock:
+    """The scheduler's clock, moved by the test instead of by waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class TimedStt(RevisingGatedStt):
+    """A decode of label L takes `took[L]` seconds of `clock` (the scheduler's): a long decode, at once."""
+
+    def __init__(self, clock: FakeClock, took: dict[str, float]) -> None:
+        super().__init__()
+        self.clock = clock
+        self.took = took
+
+    def transcribe(self, audio: np.ndarray, *, prompt: str | None = None, partial: bool = False) -> Transcript:
+        tr = super().transcribe(audio, prompt=prompt, partial=partial)
+        self.clock.advance(self.took.get(prompt or "", 0.0))
+        return tr
 
 
 async def test_revisions_run_on_spare_capacity_only_and_give_way_under_load() -> None:
@@ -404,17 +424,15 @@ async def test_revisions_run_on_spare_capacity_only_and_give_way_under_load() ->
     assert await r4 is None and (await f2).text == "text f2"
 
 
-def test_after_prefix_finds_where_the_forced_context_ends() -> None:
-    from pipeline.stt import _after_prefix
-
+def test_where_the_forced_context_ends_is_found() -> None:
     class W:
         def __init__(self, word: str) -> None:
             self.word = word
 
     words = [W(w) for w in [" We", " move", " every", " service", " to", " short", "-lived", " tokens.", " What"]]
-    assert _after_prefix(words, "We move every service to short-lived tokens.") == 8
-    assert _after_prefix(words, "We moved every service") is None  # the decoder did not keep the prefix
-    assert _after_prefix(words, "") == 0
+    assert after_prefix(words, "We move every service to short-lived tokens.") == 8
+    assert after_prefix(words, "We moved every service") is None  # the decoder did not keep the prefix
+    assert after_prefix(words, "") == 0
 
 
 @pytest.mark.slow
@@ -445,16 +463,17 @@ def test_a_revision_with_the_conversation_around_it_hears_what_the_utterance_alo
 
 
 async def test_revisions_wait_while_live_work_keeps_the_workers_busy() -> None:
-    stt = RevisingGatedStt()
+    clock = FakeClock()
+    stt = TimedStt(clock, took={"busy": 5.0})
     stt.gate.set()
-    sched = SttScheduler(stt, workers=1, revision_max_load=0.4)
-    now = time.monotonic()
-    sched._live_busy.spans.append((now - 5.0, now))  # finals took 5 of the last 10 worker-seconds
+    sched = SttScheduler(stt, workers=1, revision_max_load=0.4, clock=clock)
+    await sched.transcribe_final(AUDIO, prompt="busy")  # finals took 5 of the last 10 worker-seconds
+    stt.calls.clear()
     assert sched.live_load() >= 0.5
     rev = asyncio.create_task(sched.transcribe_revision(AUDIO, context=AUDIO, context_text="r"))
     await asyncio.sleep(0.7)
     assert not rev.done() and stt.calls == []  # held back, though the worker is idle
     assert (await sched.transcribe_final(AUDIO, prompt="f")).text == "text f"  # live work is not
-    sched._live_busy.spans.clear()  # the load has decayed
+    clock.advance(SttScheduler.LOAD_WINDOW_S + 1)  # the load has decayed
     assert (await asyncio.wait_for(rev, 5)).text == "revised r"  # taken up without any new job to wake it
     await sched.aclose()

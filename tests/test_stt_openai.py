@@ -12,15 +12,17 @@ import pytest
 from whisper_normalizer.english import EnglishTextNormalizer
 
 from adapters.stt_openai import OpenAITranscriber, wav_bytes
+from adapters.stt_whisper import LocalWhisper
 from benchmarks._env import SHARED_DATA
 from domain.events import ErrorEvent, SegmentEvent, Speaker, StreamEvent
 from pipeline.audio_file import read_audio
-from pipeline.stt import LocalWhisper, SttError, SttScheduler
+from pipeline.scheduler import SttScheduler
+from pipeline.transcript import SttError
 from tests.openai_server import OpenAICompatServer
 
 DATA = SHARED_DATA
 JFK = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
-_norm = EnglishTextNormalizer()
+_normalizer = EnglishTextNormalizer()
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,7 @@ def test_transcribes_jfk_through_the_api(server: OpenAICompatServer, jfk16k: np.
     stt = OpenAITranscriber(base_url=server.base_url, api_key=server.api_key, model="whisper-1")
     tr = stt.transcribe(jfk16k, prompt="inaugural address")
     stt.close()
-    assert jiwer.wer(_norm(JFK), _norm(tr.text)) <= 0.10, tr.text
+    assert jiwer.wer(_normalizer(JFK), _normalizer(tr.text)) <= 0.10, tr.text
     assert tr.words and tr.words[-1].end_s > 9.0 and 0 < tr.confidence <= 1 and not tr.hallucination
     req = server.requests[-1]
     assert req["response_format"] == "verbose_json" and req["prompt"] == "inaugural address"

@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from adapters.stt_process import WhisperProcesses
+from adapters.stt_whisper import LocalWhisper
 from benchmarks._env import SHARED_DATA
 from pipeline.audio_file import read_audio
-from pipeline.stt import LocalWhisper, SttError, SttScheduler
-from pipeline.stt_process import WhisperProcesses
+from pipeline.scheduler import SttScheduler
+from pipeline.transcript import SttError
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,7 +132,7 @@ def test_a_request_whose_workers_keep_dying_fails_with_stt_crashed(jfk16k: np.nd
 def test_workers_exit_when_the_server_process_is_killed(tmp_path: Path) -> None:
     script = (
         "import os, sys\n"
-        "from pipeline.stt_process import WhisperProcesses\n"
+        "from adapters.stt_process import WhisperProcesses\n"
         "if __name__ == '__main__':\n"
         "    p = WhisperProcesses(processes=1)\n"
         "    print(p.pids[0], flush=True)\n"

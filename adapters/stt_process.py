@@ -1,4 +1,4 @@
-"""`LocalWhisper` in child processes: the same port, decoded away from the event loop's interpreter.
+"""`WhisperProcesses`: `LocalWhisper` in child processes, decoded away from the event loop's interpreter.
 
 Why: a decode is mostly C++ (CTranslate2, which releases the GIL), but faster-whisper wraps it in Python (mel
 features, the segment loop, word merging). In the server's process every one of those steps waits for the GIL
@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.stt import LocalWhisper, SttError, Transcript, as_float_audio, check_model_dir
+from adapters.stt_whisper import LocalWhisper, check_model_dir
+from pipeline.transcript import SttError, Transcript, as_float_audio
 
 log = logging.getLogger(__name__)
 

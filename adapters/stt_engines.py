@@ -1,0 +1,66 @@
+"""Which speech-to-text engine to run: the one place that turns settings into an engine.
+
+The server (`server.py`, settings from the environment) and the command line (`cli.py`, settings from its
+arguments) both call `build_stt`. The engines are imported only when chosen: a local model costs seconds to load
+and the OpenAI engine needs the `openai` package.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from pipeline.transcript import SpeechToText
+
+
+class SttSettings(Protocol):
+    """The settings `build_stt` reads, by their names in `server.Settings`."""
+
+    @property
+    def stt_engine(self) -> str: ...
+    @property
+    def stt_model(self) -> str | None: ...
+    @property
+    def stt_workers(self) -> int: ...
+    @property
+    def stt_cpu_threads(self) -> int: ...
+    @property
+    def stt_subprocess(self) -> bool: ...
+    @property
+    def openai_base_url(self) -> str | None: ...
+    @property
+    def openai_api_key(self) -> str | None: ...
+    @property
+    def openai_stt_model(self) -> str: ...
+
+
+def build_stt(settings: SttSettings, **whisper_options: Any) -> SpeechToText:
+    """The engine `settings` choose, ready to decode (blocking: loading a local model takes seconds).
+
+    Reads from `settings`:
+
+    * `stt_engine`: "local" (faster-whisper on this machine's CPU) or "openai" (an OpenAI-compatible server);
+    * `stt_model`: local: CTranslate2 Whisper model directory (None: the bundled tiny.en);
+    * `stt_subprocess`: local: decode in `stt_workers` child processes (`WhisperProcesses`), else in this
+      process (`LocalWhisper`);
+    * `stt_workers`: local with `stt_subprocess`: how many child processes;
+    * `stt_cpu_threads`: local: CPU threads per decode;
+    * `openai_base_url` (None: api.openai.com), `openai_api_key`, `openai_stt_model`: the OpenAI engine's server,
+      key and model name.
+
+    `whisper_options` are more `LocalWhisper` options for the local engine (the command line's `beam_size`,
+    `window_s`, `num_workers`); the server leaves them at their defaults. A `stt_model` that is no CTranslate2
+    model directory raises ValueError.
+    """
+    if settings.stt_engine == "openai":
+        from adapters.stt_openai import OpenAITranscriber
+
+        return OpenAITranscriber(base_url=settings.openai_base_url, api_key=settings.openai_api_key,
+                                 model=settings.openai_stt_model)
+    if settings.stt_subprocess:
+        from adapters.stt_process import WhisperProcesses
+
+        return WhisperProcesses(settings.stt_model, processes=settings.stt_workers,
+                                cpu_threads=settings.stt_cpu_threads, **whisper_options)
+    from adapters.stt_whisper import LocalWhisper
+
+    return LocalWhisper(settings.stt_model, cpu_threads=settings.stt_cpu_threads, **whisper_options)

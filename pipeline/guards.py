@@ -1,0 +1,189 @@
+"""The guards: what a decode's text and statistics say about whether anyone said it.
+
+Every engine's transcript goes through `apply_guards`, which turns Whisper's decode statistics into "no text"
+(silence, noise) or `hallucination=True` (repetition loops, low-confidence stock phrases), so nothing invented
+reaches the analysers. The other checks are for the stream and the engines: `trim_after_speech` (an invented
+closing phrase in the trailing silence), `cut_short` (the words stop well before the audio does),
+`too_many_words` (more words than anyone says in the audio), `after_prefix` (where a decode forced to continue
+the conversation's text starts on the utterance's own words) and `word_confidence`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from typing import Any
+
+import numpy as np
+
+from pipeline.transcript import Transcript
+
+# Whisper's own thresholds (openai/whisper transcribe.py): a window is silence when no_speech_prob is high
+# and the decode is not confident; gzip compression ratio above 2.4 means the text repeats itself.
+NO_SPEECH_THRESHOLD = 0.6
+LOGPROB_THRESHOLD = -1.0
+COMPRESSION_RATIO_THRESHOLD = 2.4
+# A final whose last word ends this long before its audio does was cut short by the decoder (an utterance
+# closes after 0.5 s of silence, so speech runs to within about that of the end).
+EARLY_END_S = 1.5
+LONGEST_WORD_S = 1.5  # no spoken word lasts this long; an aligned "word" that does is covering missing text
+# More words than this for the audio is text the decoder invented (fast speech is ~4 words/s): seen on a 1.5 s
+# question prompted with the conversation: "How would you feel now? Thank you so much for watching, and I'll
+# see you next time."
+MAX_WORDS_PER_S = 5.0
+MAX_WORDS_SLACK = 3
+# A whole transcript this unlikely is noise decoded into words.
+MIN_AVG_LOGPROB = -1.2
+MIN_WORD_PROBABILITY = 0.3
+
+# Stock phrases Whisper emits on silence/noise (learnt from subtitle credits). Only flagged when the decode is
+# also unsure, so a candidate who really says "thank you" confidently is kept.
+STOCK_PHRASES = {
+    "thank you",
+    "thanks for watching",
+    "thank you for watching",
+    "thank you so much for watching",
+    "please subscribe",
+    "subscribe to my channel",
+    "you",
+    "bye",
+    "so",
+    "oh",
+    "okay",
+    "the end",
+    "subtitles by the amara org community",
+    "transcription by castingwords",
+}
+_NORM_RE = re.compile(r"[^a-z0-9' ]+")
+
+
+def normalise(text: str) -> str:
+    """Lower case, letters, digits and apostrophes only, single spaces: texts that differ only in
+    punctuation, case or spacing compare equal."""
+    return " ".join(_NORM_RE.sub(" ", text.lower()).split())
+
+
+def compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def repetition_loop(text: str, *, min_repeats: int = 4, max_ngram: int = 6) -> bool:
+    """True when some n-gram (n <= max_ngram) repeats back to back at least `min_repeats` times."""
+    words = normalise(text).split()
+    for n in range(1, max_ngram + 1):
+        if len(words) < n * min_repeats:
+            break
+        for phase in range(n):  # consecutive copies of an n-gram line up on one phase of stride n
+            run = 1
+            for i in range(phase + n, len(words) - n + 1, n):
+                run = run + 1 if words[i : i + n] == words[i - n : i] else 1
+                if run >= min_repeats:
+                    return True
+    return False
+
+
+_PUNCT_TAIL_RE = re.compile(r"(?:\s*[.,!?…-]){2,}\s*$")
+
+
+def trim_after_speech(
+    t: Transcript, speech_end_s: float, *, slack_s: float = 0.15, max_p: float = 0.5
+) -> Transcript:
+    """Drop trailing words that start after the segmenter saw speech end and that the decoder doubts.
+
+    Whisper likes to close an utterance with an invented "Thank you." in the trailing silence; real last words
+    are confident even when their timestamps drift. `speech_end_s` is relative to the transcribed audio.
+    Mutates and returns `t`; the text is rebuilt from the kept words.
+    """
+    if not t.words:
+        return t
+    keep = len(t.words)
+    while (
+        keep and t.words[keep - 1].start_s > speech_end_s + slack_s and t.words[keep - 1].probability < max_p
+    ):
+        keep -= 1
+    # a stock closing phrase ("Thank you.") starting near the end, with a doubtful word in it
+    for k in range(keep - 1, max(-1, keep - 7), -1):
+        tail = t.words[k:keep]
+        if (
+            normalise(" ".join(w.word for w in tail)) in STOCK_PHRASES
+            and min(w.probability for w in tail) < max_p
+            and tail[0].start_s > speech_end_s - 0.5
+        ):
+            keep = k
+            break
+    if keep == len(t.words):
+        return t
+    dropped = " ".join(w.word for w in t.words[keep:])
+    t.words = t.words[:keep]
+    t.text = " ".join(w.word for w in t.words)
+    t.reason = t.reason or f"trimmed tail {dropped!r}"
+    return apply_guards(t)
+
+
+def apply_guards(t: Transcript) -> Transcript:
+    """Gate silence/noise to empty text and flag likely hallucinations. Mutates and returns `t`."""
+    if not any(ch.isalnum() for ch in t.text):
+        t.text, t.words = "", []
+        t.reason = t.reason or "empty"
+        return t
+    # a run of bare punctuation (". . . .") after the words is a decoding loop in trailing silence: cut it
+    trimmed = _PUNCT_TAIL_RE.sub(lambda m: m.group(0).strip()[:1], t.text).strip()
+    if trimmed != t.text:
+        t.text, t.compression_ratio = trimmed, compression_ratio(trimmed)
+    t.words = [w for w in t.words if any(ch.isalnum() for ch in w.word)]
+    words_p = [w.probability for w in t.words]
+    mean_p = float(np.mean(words_p)) if words_p else t.confidence
+    if t.no_speech_prob > NO_SPEECH_THRESHOLD and t.avg_logprob < LOGPROB_THRESHOLD:
+        t.text, t.words, t.reason = "", [], "no_speech"
+        return t
+    if t.avg_logprob < MIN_AVG_LOGPROB or (words_p and mean_p < MIN_WORD_PROBABILITY):
+        t.text, t.words, t.reason = "", [], "low_confidence"
+        return t
+    if t.compression_ratio > COMPRESSION_RATIO_THRESHOLD or repetition_loop(t.text):
+        t.hallucination, t.reason = True, "repetition"
+    elif normalise(t.text) in STOCK_PHRASES and (t.no_speech_prob > 0.3 or mean_p < 0.6):
+        t.hallucination, t.reason = True, "stock_phrase"
+    return t
+
+
+def cut_short(t: Transcript, audio_s: float) -> bool:
+    """Whether the words fail to cover the audio: the last word ends long before the audio does (an utterance
+    closes after 0.5 s of silence), or the aligner stretched a word over seconds to reach the end (seen when the
+    text stops mid-sentence: "and" 5.24-8.14 s, then "I am really" squeezed at 8.14 s)."""
+    if not t.words:
+        return False
+    return t.words[-1].end_s < audio_s - EARLY_END_S or max(w.end_s - w.start_s for w in t.words) > LONGEST_WORD_S
+
+
+def word_confidence(t: Transcript) -> float:
+    """Geometric mean of the words' probabilities (0 without words): one measure for a live final and its
+    revision (`confidence` is per token for one and per word for the other)."""
+    if not t.words:
+        return 0.0
+    return math.exp(sum(math.log(max(w.probability, 1e-6)) for w in t.words) / len(t.words))
+
+
+def too_many_words(t: Transcript, audio_s: float) -> bool:
+    """Whether the transcript holds more words than anyone says in `audio_s` of audio."""
+    return len(t.text.split()) > MAX_WORDS_PER_S * audio_s + MAX_WORDS_SLACK
+
+
+_ALNUM_RE = re.compile(r"[^0-9a-z]+")
+
+
+def after_prefix(words: list[Any], prefix: str) -> int | None:
+    """Index of the first word after `prefix` in a decode forced to start with it (None: it does not).
+
+    Compared on lower-case letters and digits only: the decoder's word split ("short -lived") and spacing
+    need not match the prefix's."""
+    target = _ALNUM_RE.sub("", prefix.lower())
+    if not target:
+        return 0
+    got = ""
+    for i, w in enumerate(words):
+        got += _ALNUM_RE.sub("", w.word.lower())
+        if len(got) >= len(target):
+            return i + 1 if got == target else None
+    return None
