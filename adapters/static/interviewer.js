@@ -1,20 +1,18 @@
 // Interviewer / observer overlay: live transcript, per-speaker sentiment timeline and keywords, participants.
 // Everything shown comes from the `analysis` data channel, one JSON stream event per message
 // (the schema of domain/events.py `to_dict()`).
-import { STATE_TEXT, WhipSession, decodeToken, secondsLeft, toast, tokenFromLocation } from "/static/whip.js";
+import { Call, decodeToken, secondsLeft, tokenFromLocation } from "/static/call.js";
+import { fmtTime, toast } from "/static/ui.js";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
-  who: $("who"), state: $("state"), join: $("join"), leave: $("leave"), mute: $("mute"),
+  who: $("who"),
   transcript: $("transcript"), transcriptEmpty: $("transcript-empty"), transcriptCount: $("transcript-count"),
   jump: $("jump-latest"), participants: $("participants"), participantsEmpty: $("participants-empty"),
   canvas: $("sentiment-canvas"), legend: $("sentiment-legend"), summary: $("sentiment-summary"), keywords: $("keywords"),
 };
 
-const token = tokenFromLocation();
-let claims = null;
-let session = null;
-let stream = null;
+let call = null;
 
 // ---------------------------------------------------------------------------------------------------------
 // Room model: everything keyed by participantId, segments by participantId + seq.
@@ -49,11 +47,6 @@ function speakerOf(sp) {
 
 function label(s) {
   return s.name && s.name !== "Unknown" ? s.name : s.role;
-}
-
-function fmtTime(sec) {
-  const t = Math.max(0, Math.floor(Number(sec) || 0));
-  return `${Math.floor(t / 60)}:${String(t % 60).padStart(2, "0")}`;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -585,89 +578,22 @@ function onMessage(e) {
 function attachChannel(channel) {
   channel.addEventListener("message", onMessage);
   channel.addEventListener("close", () => {
-    if (session && session.state === "connected") toast("The analysis channel closed.", { kind: "info" });
+    if (call.state === "connected") toast("The analysis channel closed.", { kind: "info" });
   });
 }
 
 // ---------------------------------------------------------------------------------------------------------
 // Session
 
-function setState(state, text = "") {
-  ui.state.dataset.state = state;
-  ui.state.textContent = STATE_TEXT[state] ?? state;
-  ui.state.title = text;
-  const inCall = state === "connecting" || state === "connected" || state === "reconnecting";
-  ui.join.hidden = inCall;
-  ui.join.disabled = inCall || state === "leaving" || !claims || secondsLeft(claims) <= 0;
-  ui.join.textContent = state === "left" || state === "failed" ? "Join again" : "Join";
-  ui.leave.hidden = !inCall;
-  ui.mute.hidden = !stream;
-  ui.mute.disabled = !inCall;
-}
-
-function stopMedia() {
-  stream?.getTracks().forEach((t) => t.stop());
-  stream = null;
-}
-
-async function join() {
-  ui.join.disabled = true;
-  stopMedia();
-  // Interviewers speak too, so their words are transcribed; observers only watch.
-  if (claims.role === "interviewer") {
-    try {
-      stream = await navigator.mediaDevices.getUserMedia({
-        audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
-        video: false,
-      });
-    } catch (error) {
-      ui.join.disabled = false;
-      toast(error.name === "NotAllowedError"
-        ? "Microphone permission was denied. Allow it for this site and join again."
-        : `The microphone could not be opened: ${error.message}`);
-      return;
-    }
-  }
-  session = new WhipSession({ interviewId: claims.iid, token, stream, analysis: true });
-  session.addEventListener("channel", (e) => attachChannel(e.detail.channel));
-  session.addEventListener("state", (e) => {
-    setState(e.detail.state, e.detail.text);
-    if (e.detail.state === "failed" && e.detail.text) toast(e.detail.text);
-  });
-  session.addEventListener("error", (e) => toast(e.detail.error.message));
-  try {
-    await session.start();
-  } catch (error) {
-    toast(error.message);
-    stopMedia();
-    setState("failed", error.message);
-  }
-}
-
-async function leave() {
-  const s = session;
-  session = null;
-  await s?.leave();
-  stopMedia();
-  setState("left");
-}
-
-function toggleMute() {
-  const track = stream?.getAudioTracks()[0];
-  if (!track) return;
-  track.enabled = !track.enabled;
-  ui.mute.setAttribute("aria-pressed", String(!track.enabled));
-  ui.mute.textContent = track.enabled ? "Mute" : "Unmute";
-}
-
-function init() {
+/** The claims of an interviewer's or observer's join link, or null after saying why this page cannot join. */
+function readClaims(token) {
+  let claims;
   try {
     claims = decodeToken(token);
   } catch (error) {
     ui.who.textContent = "No valid join link";
     ui.transcriptEmpty.textContent = error.message;
-    setState("idle");
-    return;
+    return null;
   }
   if (claims.role === "candidate") {
     ui.who.textContent = "This is a candidate link";
@@ -675,19 +601,24 @@ function init() {
       document.createTextNode("This link is for the candidate. "),
       Object.assign(document.createElement("a"), { href: `/candidate${window.location.search}`, textContent: "Open the candidate page" }),
     );
-    claims = null;
-    setState("idle");
-    return;
+    return null;
   }
-  ui.who.textContent = `${claims.name || claims.role} · ${claims.role} · interview ${claims.iid}`;
-  document.title = `Overlay · ${claims.iid}`;
-  setState("idle");
-  if (secondsLeft(claims) <= 0) ui.transcriptEmpty.textContent = "This join link has expired. Ask for a new one.";
+  return claims;
 }
 
-ui.join.addEventListener("click", join);
-ui.leave.addEventListener("click", leave);
-ui.mute.addEventListener("click", toggleMute);
-window.addEventListener("pagehide", () => session?.leave({ keepalive: true }));
+function init() {
+  const token = tokenFromLocation();
+  const claims = readClaims(token);
+  // Interviewers speak too, so their words are transcribed; observers only watch. Problems are toasts here.
+  call = new Call({
+    token, claims, microphone: claims?.role === "interviewer", analysis: true, joinText: "Join",
+    showError: (message) => message && toast(message),
+  });
+  call.addEventListener("channel", (e) => attachChannel(e.detail.channel));
+  if (!claims) return;
+  ui.who.textContent = `${claims.name || claims.role} · ${claims.role} · interview ${claims.iid}`;
+  document.title = `Overlay · ${claims.iid}`;
+  if (secondsLeft(claims) <= 0) ui.transcriptEmpty.textContent = "This join link has expired. Ask for a new one.";
+}
 
 init();
