@@ -1,16 +1,12 @@
 // Candidate page: join with the microphone, show the local level, leave. The candidate never receives analysis.
-import { STATE_TEXT, WhipSession, decodeToken, secondsLeft, toast, tokenFromLocation } from "/static/whip.js";
+import { Call, decodeToken, secondsLeft, tokenFromLocation } from "/static/call.js";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
-  who: $("who"), state: $("state"), meter: $("meter"), micState: $("mic-state"), join: $("join"),
-  mute: $("mute"), leave: $("leave"), expiry: $("expiry"), error: $("error"),
+  who: $("who"), meter: $("meter"), micState: $("mic-state"), join: $("join"), expiry: $("expiry"), error: $("error"),
 };
 
-const token = tokenFromLocation();
-let claims = null;
-let session = null;
-let stream = null;
+let call = null;
 let audio = null; // {ctx, analyser, buf, raf}
 
 function showError(message) {
@@ -18,40 +14,27 @@ function showError(message) {
   ui.error.hidden = !message;
 }
 
-function setState(state, text = "") {
-  ui.state.dataset.state = state;
-  ui.state.textContent = STATE_TEXT[state] ?? state;
-  ui.state.title = text;
-  const inCall = state === "connecting" || state === "connected" || state === "reconnecting";
-  ui.join.hidden = inCall;
-  ui.join.disabled = inCall || state === "leaving" || !claims || secondsLeft(claims) <= 0;
-  ui.leave.hidden = !inCall;
-  ui.leave.disabled = !inCall;
-  ui.mute.hidden = !inCall;
-  ui.mute.disabled = !inCall;
-  ui.join.textContent = state === "left" || state === "failed" ? "Join again" : "Join interview";
-}
-
-function describeExpiry() {
-  if (!claims || !Number.isFinite(secondsLeft(claims))) return;
+function describeExpiry(claims) {
+  if (!Number.isFinite(secondsLeft(claims))) return;
   const left = secondsLeft(claims);
   if (left <= 0) {
     ui.expiry.textContent = "This join link has expired.";
-    if (!session || session.state !== "connected") ui.join.disabled = true;
+    if (call.state !== "connected") ui.join.disabled = true;
     return;
   }
   const mins = Math.floor(left / 60);
   ui.expiry.textContent = mins >= 120 ? "" : `Link valid for ${mins >= 1 ? `${mins} min` : "less than a minute"}`;
 }
 
-function init() {
+/** The claims of a candidate's join link, or null after saying why this page cannot join with the link. */
+function readClaims(token) {
+  let claims;
   try {
     claims = decodeToken(token);
   } catch (error) {
     ui.who.textContent = "No valid join link";
     showError(error.message);
-    setState("idle");
-    return;
+    return null;
   }
   if (claims.role !== "candidate") {
     ui.who.textContent = `${claims.name || "Participant"} · ${claims.role}`;
@@ -61,15 +44,9 @@ function init() {
       Object.assign(document.createElement("a"), { href: link, textContent: "Open the interviewer page" }),
     );
     ui.error.hidden = false;
-    claims = null;
-    setState("idle");
-    return;
+    return null;
   }
-  ui.who.textContent = `${claims.name || "Candidate"} · interview ${claims.iid}`;
-  document.title = `Interview · ${claims.name || "Candidate"}`;
-  setState("idle");
-  describeExpiry();
-  setInterval(describeExpiry, 30_000);
+  return claims;
 }
 
 function startMeter(mediaStream) {
@@ -96,84 +73,37 @@ function startMeter(mediaStream) {
   tick();
 }
 
-function stopMedia() {
-  if (audio) {
-    cancelAnimationFrame(audio.raf);
-    audio.ctx.close();
-    audio = null;
-    ui.meter.firstElementChild.style.width = "0%";
-  }
-  stream?.getTracks().forEach((t) => t.stop());
-  stream = null;
-  ui.micState.textContent = "Microphone off";
+function stopMeter() {
+  if (!audio) return;
+  cancelAnimationFrame(audio.raf);
+  audio.ctx.close();
+  audio = null;
+  ui.meter.firstElementChild.style.width = "0%";
 }
 
-async function join() {
-  showError("");
-  ui.join.disabled = true;
-  stopMedia(); // a previous failed attempt may still hold the microphone
-  try {
-    stream = await navigator.mediaDevices.getUserMedia({
-      audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
-      video: false,
-    });
-  } catch (error) {
-    ui.join.disabled = false;
-    const msg = {
-      NotAllowedError: "Microphone permission was denied. Allow the microphone for this site (the icon in the address bar) and try again.",
-      NotFoundError: "No microphone was found. Connect one and try again.",
-      NotReadableError: "The microphone is in use by another application or could not be opened.",
-    }[error.name] ?? `The microphone could not be opened: ${error.message}`;
-    showError(msg);
-    return;
-  }
-  const track = stream.getAudioTracks()[0];
-  ui.micState.textContent = `Microphone: ${track?.label || "default"}`;
-  track?.addEventListener("ended", () => {
-    toast("The microphone stopped (unplugged or permission revoked).");
-    ui.micState.textContent = "Microphone stopped";
-  });
-  startMeter(stream);
-
-  session = new WhipSession({ interviewId: claims.iid, token, stream, analysis: false });
-  session.addEventListener("state", (e) => {
-    setState(e.detail.state, e.detail.text);
-    if (e.detail.state === "failed" && e.detail.text) showError(e.detail.text);
-    if (e.detail.state === "connected") showError("");
-  });
-  session.addEventListener("error", (e) => toast(e.detail.error.message));
-  try {
-    await session.start();
-  } catch (error) {
-    showError(error.message);
-    stopMedia();
-    setState("failed", error.message);
-  }
+function onMicrophone(e) {
+  const { state, stream, track } = e.detail;
+  if (state === "opened") startMeter(stream);
+  if (state === "closed") stopMeter();
+  ui.micState.textContent = {
+    opened: `Microphone: ${track?.label || "default"}`,
+    unmuted: `Microphone: ${track?.label || "default"}`,
+    muted: "Muted: nothing is sent",
+    ended: "Microphone stopped",
+    closed: "Microphone off",
+  }[state];
 }
 
-async function leave() {
-  const s = session;
-  session = null;
-  await s?.leave();
-  stopMedia();
-  ui.mute.setAttribute("aria-pressed", "false");
-  ui.mute.textContent = "Mute";
-  setState("left");
+function init() {
+  const token = tokenFromLocation();
+  const claims = readClaims(token);
+  call = new Call({ token, claims, microphone: true, joinText: "Join interview", showError });
+  call.addEventListener("microphone", onMicrophone);
+  if (!claims) return;
+  ui.who.textContent = `${claims.name || "Candidate"} · interview ${claims.iid}`;
+  document.title = `Interview · ${claims.name || "Candidate"}`;
+  describeExpiry(claims);
+  setInterval(() => describeExpiry(claims), 30_000);
 }
-
-function toggleMute() {
-  const track = stream?.getAudioTracks()[0];
-  if (!track) return;
-  track.enabled = !track.enabled;
-  ui.mute.setAttribute("aria-pressed", String(!track.enabled));
-  ui.mute.textContent = track.enabled ? "Mute" : "Unmute";
-  ui.micState.textContent = track.enabled ? `Microphone: ${track.label || "default"}` : "Muted: nothing is sent";
-}
-
-ui.join.addEventListener("click", join);
-ui.leave.addEventListener("click", leave);
-ui.mute.addEventListener("click", toggleMute);
-// Closing the tab ends the session promptly instead of waiting for ICE to time out.
-window.addEventListener("pagehide", () => session?.leave({ keepalive: true }));
 
 init();

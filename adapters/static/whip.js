@@ -1,52 +1,8 @@
-// WHIP client (RFC 9725) shared by the candidate and interviewer pages. No dependencies, no build step.
+// WHIP client (RFC 9725): the call module's transport for both pages. No dependencies, no build step.
 //
 // Non-trickle: the offer is POSTed once ICE gathering is complete, so the server gets every candidate in one
 // request. A failed connection is resumed by re-POSTing with the same join token, which the server maps back to
 // the same participant (its stream continues without duplicated segments).
-
-/** Read the join token from `?token=` (the joinUrl the API hands out). */
-export function tokenFromLocation(loc = window.location) {
-  return new URLSearchParams(loc.search).get("token") || "";
-}
-
-function base64UrlDecode(text) {
-  const b64 = text.replace(/-/g, "+").replace(/_/g, "/") + "===".slice((text.length + 3) % 4);
-  const bin = atob(b64);
-  const bytes = Uint8Array.from(bin, (c) => c.charCodeAt(0));
-  return new TextDecoder().decode(bytes);
-}
-
-/**
- * Decode a join token's payload for display: `{iid, pid, role, name, exp}`.
- * The signature is the server's business; this only refuses tokens that cannot be what the server issues.
- */
-export function decodeToken(token) {
-  const parts = (token || "").split(".");
-  if (parts.length !== 2 || !parts[0] || !parts[1]) {
-    throw new Error("This link has no valid join token. Ask the interview organiser for a new link.");
-  }
-  let payload;
-  try {
-    payload = JSON.parse(base64UrlDecode(parts[0]));
-  } catch {
-    throw new Error("This join token is damaged (it could not be read). Ask the organiser for a new link.");
-  }
-  if (!payload || typeof payload.iid !== "string" || typeof payload.role !== "string") {
-    throw new Error("This join token is missing the interview or role.");
-  }
-  return {
-    iid: payload.iid,
-    pid: String(payload.pid ?? ""),
-    role: payload.role,
-    name: String(payload.name ?? ""),
-    exp: Number(payload.exp ?? 0),
-  };
-}
-
-/** Seconds until the token expires (negative once expired; Infinity when it carries no expiry). */
-export function secondsLeft(claims, nowMs = Date.now()) {
-  return claims.exp ? claims.exp - nowMs / 1000 : Infinity;
-}
 
 /** An HTTP error from the WHIP endpoint, with the server's own message. */
 export class WhipError extends Error {
@@ -256,36 +212,4 @@ export class WhipSession extends EventTarget {
       // The server also notices the closed peer connection; a lost DELETE only delays cleanup.
     }
   }
-}
-
-/** Human text for a session state, for the status pill. */
-export const STATE_TEXT = {
-  idle: "Not connected",
-  connecting: "Connecting…",
-  connected: "Connected",
-  reconnecting: "Reconnecting…",
-  leaving: "Leaving…",
-  failed: "Connection failed",
-  left: "Left the interview",
-};
-
-/** Show a short-lived message in the page's toast region (an aria-live region). */
-export function toast(message, { kind = "error", timeoutMs = 8000 } = {}) {
-  const region = document.getElementById("toasts");
-  if (!region) return;
-  const item = document.createElement("div");
-  item.className = `toast toast-${kind}`;
-  item.setAttribute("role", kind === "error" ? "alert" : "status");
-  const text = document.createElement("span");
-  text.textContent = message;
-  const close = document.createElement("button");
-  close.type = "button";
-  close.className = "toast-close";
-  close.setAttribute("aria-label", "Dismiss");
-  close.textContent = "×";
-  close.addEventListener("click", () => item.remove());
-  item.append(text, close);
-  region.append(item);
-  while (region.children.length > 4) region.firstElementChild.remove();
-  if (timeoutMs) setTimeout(() => item.remove(), timeoutMs);
 }

@@ -1,0 +1,208 @@
+// The call, shared by the candidate and interviewer pages: the join link, the microphone, joining (a WHIP
+// session), muting, leaving (also when the tab closes) and the connection state.
+//
+// Contract with the page: it has the status pill `#state` and the buttons `#join`, `#leave` and `#mute`; a Call
+// owns them. Whatever else the page shows about the call (a level meter, the analysis) it takes from a Call's
+// events, and it decides where problems are shown (`showError`).
+import { toast } from "/static/ui.js";
+import { WhipSession } from "/static/whip.js";
+
+/** Read the join token from `?token=` (the joinUrl the API hands out). */
+export function tokenFromLocation(loc = window.location) {
+  return new URLSearchParams(loc.search).get("token") || "";
+}
+
+function base64UrlDecode(text) {
+  const b64 = text.replace(/-/g, "+").replace(/_/g, "/") + "===".slice((text.length + 3) % 4);
+  const bin = atob(b64);
+  const bytes = Uint8Array.from(bin, (c) => c.charCodeAt(0));
+  return new TextDecoder().decode(bytes);
+}
+
+/**
+ * Decode a join token's payload for display: `{iid, pid, role, name, exp}`.
+ * The signature is the server's business; this only refuses tokens that cannot be what the server issues.
+ */
+export function decodeToken(token) {
+  const parts = (token || "").split(".");
+  if (parts.length !== 2 || !parts[0] || !parts[1]) {
+    throw new Error("This link has no valid join token. Ask the interview organiser for a new link.");
+  }
+  let payload;
+  try {
+    payload = JSON.parse(base64UrlDecode(parts[0]));
+  } catch {
+    throw new Error("This join token is damaged (it could not be read). Ask the organiser for a new link.");
+  }
+  if (!payload || typeof payload.iid !== "string" || typeof payload.role !== "string") {
+    throw new Error("This join token is missing the interview or role.");
+  }
+  return {
+    iid: payload.iid,
+    pid: String(payload.pid ?? ""),
+    role: payload.role,
+    name: String(payload.name ?? ""),
+    exp: Number(payload.exp ?? 0),
+  };
+}
+
+/** Seconds until the token expires (negative once expired; Infinity when it carries no expiry). */
+export function secondsLeft(claims, nowMs = Date.now()) {
+  return claims.exp ? claims.exp - nowMs / 1000 : Infinity;
+}
+
+/** Human text for a session state, for the status pill. */
+const STATE_TEXT = {
+  idle: "Not connected",
+  connecting: "Connecting…",
+  connected: "Connected",
+  reconnecting: "Reconnecting…",
+  leaving: "Leaving…",
+  failed: "Connection failed",
+  left: "Left the interview",
+};
+
+// getUserMedia's failures by DOMException name (Media Capture and Streams, getUserMedia()), in words that say what
+// the participant can do about them.
+const MICROPHONE_ERRORS = {
+  NotAllowedError: "Microphone permission was denied. Allow the microphone for this site (the icon in the address bar) and try again.",
+  NotFoundError: "No microphone was found. Connect one and try again.",
+  NotReadableError: "The microphone is in use by another application or could not be opened.",
+  OverconstrainedError: "No microphone here can record with the settings this page needs. Connect another one and try again.",
+  SecurityError: "The browser does not allow this page to use the microphone (a browser setting or policy blocks it).",
+  AbortError: "Opening the microphone was interrupted. Try again.",
+};
+
+/** The microphone, set up for speech; rejects with an Error whose message is meant for the participant. */
+async function openMicrophone() {
+  // Browsers only offer getUserMedia to secure contexts (https, or localhost).
+  if (!navigator.mediaDevices?.getUserMedia) {
+    throw new Error("This browser offers no microphone to this page: open the link over https (or on localhost).");
+  }
+  try {
+    return await navigator.mediaDevices.getUserMedia({
+      audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+      video: false,
+    });
+  } catch (error) {
+    throw new Error(MICROPHONE_ERRORS[error.name] ?? `The microphone could not be opened: ${error.message}`,
+      { cause: error });
+  }
+}
+
+/**
+ * One participant's call. `claims` is null when the page cannot join with its link (the join button stays off);
+ * `microphone` says whether to send one (observers only watch); `analysis` asks for the analysis data channel.
+ * Events (EventTarget):
+ *   "microphone" detail {state, stream, track}  opened | muted | unmuted | ended | closed
+ *   "channel"    detail {channel}               the `analysis` RTCDataChannel of each (re)connection
+ * `state` is the session's state: idle | connecting | connected | reconnecting | failed | leaving | left.
+ */
+export class Call extends EventTarget {
+  constructor({ token, claims, microphone, analysis = false, joinText, showError }) {
+    super();
+    this.token = token;
+    this.claims = claims;
+    this.microphone = microphone;
+    this.analysis = analysis;
+    this.joinText = joinText;
+    this.showError = showError;
+    this.session = null;
+    this.stream = null;
+    this.state = "idle";
+    const $ = (id) => document.getElementById(id);
+    this.ui = { pill: $("state"), join: $("join"), leave: $("leave"), mute: $("mute") };
+    this.ui.join.addEventListener("click", () => this.join());
+    this.ui.leave.addEventListener("click", () => this.leave());
+    this.ui.mute.addEventListener("click", () => this.toggleMute());
+    // Closing the tab ends the session promptly instead of waiting for ICE to time out.
+    window.addEventListener("pagehide", () => this.session?.leave({ keepalive: true }));
+    this._show("idle");
+  }
+
+  _show(state, text = "") {
+    this.state = state;
+    const { pill, join, leave, mute } = this.ui;
+    pill.dataset.state = state;
+    pill.textContent = STATE_TEXT[state] ?? state;
+    pill.title = text;
+    const inCall = state === "connecting" || state === "connected" || state === "reconnecting";
+    join.hidden = inCall;
+    join.disabled = inCall || state === "leaving" || !this.claims || secondsLeft(this.claims) <= 0;
+    join.textContent = state === "left" || state === "failed" ? "Join again" : this.joinText;
+    leave.hidden = !inCall;
+    leave.disabled = !inCall;
+    mute.hidden = !inCall || !this.stream; // an observer has nothing to mute
+    mute.disabled = !inCall;
+  }
+
+  _microphone(state) {
+    const track = this.stream?.getAudioTracks()[0] ?? null;
+    this.dispatchEvent(new CustomEvent("microphone", { detail: { state, stream: this.stream, track } }));
+  }
+
+  _closeMicrophone() {
+    this.stream?.getTracks().forEach((t) => t.stop());
+    this.stream = null;
+    this.ui.mute.setAttribute("aria-pressed", "false"); // the next microphone starts unmuted
+    this.ui.mute.textContent = "Mute";
+    this._microphone("closed");
+  }
+
+  async join() {
+    this.showError("");
+    this.ui.join.disabled = true;
+    this._closeMicrophone(); // a previous failed attempt may still hold it
+    if (this.microphone) {
+      try {
+        this.stream = await openMicrophone();
+      } catch (error) {
+        this.ui.join.disabled = false;
+        this.showError(error.message);
+        return;
+      }
+      this.stream.getAudioTracks()[0]?.addEventListener("ended", () => {
+        toast("The microphone stopped (unplugged or permission revoked).");
+        this._microphone("ended");
+      });
+      this._microphone("opened");
+    }
+    const session = new WhipSession({
+      interviewId: this.claims.iid, token: this.token, stream: this.stream, analysis: this.analysis,
+    });
+    this.session = session;
+    session.addEventListener("channel", (e) => this.dispatchEvent(new CustomEvent("channel", { detail: e.detail })));
+    session.addEventListener("state", (e) => {
+      const { state, text } = e.detail;
+      this._show(state, text);
+      if (state === "failed" && text) this.showError(text);
+      if (state === "connected") this.showError("");
+    });
+    // A resume attempt that failed; the session retries by itself unless the server refused.
+    session.addEventListener("error", (e) => toast(e.detail.error.message));
+    try {
+      await session.start();
+    } catch (error) {
+      if (session.state !== "failed") this.showError(error.message); // "failed" has already shown it
+      this._closeMicrophone();
+      this._show("failed", error.message);
+    }
+  }
+
+  async leave() {
+    const session = this.session;
+    this.session = null;
+    await session?.leave();
+    this._closeMicrophone();
+    this._show("left");
+  }
+
+  toggleMute() {
+    const track = this.stream?.getAudioTracks()[0];
+    if (!track) return;
+    track.enabled = !track.enabled;
+    this.ui.mute.setAttribute("aria-pressed", String(!track.enabled));
+    this.ui.mute.textContent = track.enabled ? "Mute" : "Unmute";
+    this._microphone(track.enabled ? "unmuted" : "muted");
+  }
+}
