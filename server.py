@@ -23,11 +23,22 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from settings import Settings
+
+if TYPE_CHECKING:  # the composition root imports its adapters lazily: nothing heavy at import time
+    from adapters.metrics import Metrics
+    from adapters.mongo import EmbeddedMongo, MongoStore
+    from adapters.outbox import EventBus, OutboxRelay
+    from adapters.rooms import RoomRegistry
+    from adapters.tokens import TokenSigner
+    from adapters.webrtc import WhipIngest
+    from domain.commands import InterviewService
+    from domain.events import Speaker, StreamEvent
+    from pipeline.scheduler import SttScheduler
 
 log = logging.getLogger("interview_worker")
 
@@ -71,22 +82,22 @@ def resolve_secrets(settings: Settings) -> Secrets:
 # ---- application -------------------------------------------------------------------------------------------
 @dataclass(slots=True)
 class Components:
-    """Everything the lifespan built, in build order (teardown runs in reverse, see `_teardown`)."""
+    """Everything the lifespan built, in build order (teardown runs in reverse, see `_teardown`). A field is None
+    until `_build` has made it, so a failed start tears down exactly what exists."""
 
     settings: Settings
     secrets: Secrets
-    metrics: Any
-    embedded: Any = None
-    store: Any = None
-    service: Any = None
-    bus: Any = None
-    relay: Any = None
-    scheduler: Any = None
-    registry: Any = None
-    whip: Any = None
-    signer: Any = None
+    metrics: Metrics
+    embedded: EmbeddedMongo | None = None
+    store: MongoStore | None = None
+    service: InterviewService | None = None
+    bus: EventBus | None = None
+    relay: OutboxRelay | None = None
+    scheduler: SttScheduler | None = None
+    registry: RoomRegistry | None = None
+    whip: WhipIngest | None = None
+    signer: TokenSigner | None = None
     ready: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 async def _build(c: Components) -> None:
@@ -109,40 +120,40 @@ async def _build(c: Components) -> None:
     if url is None:
         c.embedded = EmbeddedMongo(s.data_dir)
         url = await c.embedded.start()
-    c.store = await MongoStore.connect(url, db_name=s.mongodb_db)
-    c.bus = await open_bus(s.nats_url)
-    c.relay = OutboxRelay(c.store, c.bus)
-    c.relay.start()
-    c.service = InterviewService(c.store, on_commit=c.relay.notify)
+    c.store = store = await MongoStore.connect(url, db_name=s.mongodb_db)
+    c.bus = bus = await open_bus(s.nats_url)
+    c.relay = relay = OutboxRelay(store, bus)
+    relay.start()
+    c.service = service = InterviewService(store, on_commit=relay.notify)
     stt = await asyncio.to_thread(build_stt, s)
-    c.scheduler = SttScheduler(stt, workers=s.stt_workers, partial_share=s.partial_share)
-    c.metrics.bind_stt(queue_depth=lambda: float(c.scheduler.queue_depth), stats=lambda: c.scheduler.stats)
+    c.scheduler = scheduler = SttScheduler(stt, workers=s.stt_workers, partial_share=s.partial_share)
+    c.metrics.bind_stt(queue_depth=lambda: float(scheduler.queue_depth), stats=lambda: scheduler.stats)
     stream_config = StreamConfig(vad=s.vad_mode, partial_interval_s=s.partial_interval_s,
                                  end_silence_ms=s.end_silence_ms, revise=s.stt_revise,
                                  await_revisions=False)  # leaving or shutting down does not wait for them
 
-    def stream_factory(speaker: Any, emit: Any, in_rate: int, channels: int,
+    def stream_factory(speaker: Speaker, emit: Callable[[StreamEvent], None], in_rate: int, channels: int,
                        conversation: Conversation) -> ParticipantStream:
         # created on the participant's first audio frame: emitted_at_s is monotonic time since then, on the
         # same axis as the stream times of the events (speech end -> emitted = emitted_at_s - end_s)
         started = time.monotonic()
-        return ParticipantStream(speaker, c.scheduler, emit, in_rate=in_rate, channels=channels,
+        return ParticipantStream(speaker, scheduler, emit, in_rate=in_rate, channels=channels,
                                  config=stream_config, clock=lambda: time.monotonic() - started,
                                  conversation=conversation)
 
-    c.registry = RoomRegistry(stream_factory=stream_factory, metrics=c.metrics,
-                              record_segment=c.service.record_segment,
-                              record_revision=c.service.record_revision,
-                              last_seq=c.service.last_segment_seq,
-                              stored_finals=lambda iid: stored_finals(c.store, iid),
-                              resume_grace_s=s.resume_grace_s)
-    c.registry.start()
-    c.signer = TokenSigner(c.secrets.token_secret, ttl_s=s.token_ttl_s)
-    c.whip = WhipIngest(c.registry, c.signer, lambda iid: interview_status(c.service, iid), c.metrics,
+    c.registry = registry = RoomRegistry(stream_factory=stream_factory, metrics=c.metrics,
+                                         record_segment=service.record_segment,
+                                         record_revision=service.record_revision,
+                                         last_seq=service.last_segment_seq,
+                                         stored_finals=lambda iid: stored_finals(store, iid),
+                                         resume_grace_s=s.resume_grace_s)
+    registry.start()
+    c.signer = signer = TokenSigner(c.secrets.token_secret, ttl_s=s.token_ttl_s)
+    c.whip = WhipIngest(registry, signer, lambda iid: interview_status(service, iid), c.metrics,
                         ice_servers=[RTCIceServer(urls=url) for url in s.ice_servers])
 
 
-async def interview_status(service: Any, interview_id: str) -> str | None:
+async def interview_status(service: InterviewService, interview_id: str) -> str | None:
     from domain.model import NotFound
 
     try:
@@ -152,7 +163,7 @@ async def interview_status(service: Any, interview_id: str) -> str | None:
     return str(doc.get("status"))
 
 
-async def stored_finals(store: Any, interview_id: str) -> list[str]:
+async def stored_finals(store: MongoStore, interview_id: str) -> list[str]:
     """Stored segments in the wire form the data channel sent them in, one message each: `segment.final`, or for a
     revised one its last `segment.revised` (with `revision`), carrying the live final's text as `originalText`
     (the page shows it as what the revision replaced)."""
@@ -173,10 +184,12 @@ async def _teardown(c: Components) -> None:
         steps.append(("close peer connections", c.whip.close_all))
     if c.scheduler is not None:
         steps.append(("stop speech-to-text", c.scheduler.aclose))
-        if callable(getattr(c.scheduler.stt, "close", None)):
-            steps.append(("stop speech-to-text processes", lambda: asyncio.to_thread(c.scheduler.stt.close)))
+        close_stt = getattr(c.scheduler.stt, "close", None)  # the engines with processes or clients to close
+        if callable(close_stt):
+            steps.append(("stop speech-to-text processes", lambda: asyncio.to_thread(close_stt)))
     if c.relay is not None:
-        steps.append(("flush outbox", lambda: _flush_relay(c.relay)))
+        relay = c.relay
+        steps.append(("flush outbox", lambda: _flush_relay(relay)))
     if c.bus is not None:
         steps.append(("close bus", c.bus.close))
     if c.store is not None:
@@ -192,7 +205,7 @@ async def _teardown(c: Components) -> None:
         log.debug("shutdown: %s took %.2fs", what, time.perf_counter() - t0)
 
 
-async def _flush_relay(relay: Any) -> None:
+async def _flush_relay(relay: OutboxRelay) -> None:
     relay.notify()
     await relay.aclose()
 
@@ -212,7 +225,7 @@ def create_app(settings: Settings, *, announce: Callable[[Components], None] | N
         c: Components = app.state.components
         checks: dict[str, Any] = {"lifespan": c.ready}
         try:
-            checks["store"] = bool(await asyncio.wait_for(c.store.ping(), 2.0))
+            checks["store"] = c.store is not None and bool(await asyncio.wait_for(c.store.ping(), 2.0))
         except Exception as exc:
             checks["store"] = False
             log.warning("readiness: store ping failed: %s", exc)
@@ -233,6 +246,7 @@ def create_app(settings: Settings, *, announce: Callable[[Components], None] | N
         t0 = time.perf_counter()
         try:
             await _build(c)
+            assert c.signer is not None and c.service is not None and c.whip is not None  # built by _build
             token = token_route(c.signer, c.service, c.secrets.admin_api_key, metrics,
                                 public_url=settings.public_url)
             app.router.routes[:] = [token, *api_routes(c.service, c.secrets.admin_api_key,

@@ -87,8 +87,8 @@ class NewInterview(_Closed):
     candidateId: Id
     jobId: Id
     scheduledAt: datetime = Field(description="ISO 8601 with a time zone")
-    type: Literal[INTERVIEW_TYPES] | None = "screening"
-    format: Literal[INTERVIEW_FORMATS] | None = "video"
+    type: Literal[INTERVIEW_TYPES] | None = "screening"  # type: ignore[valid-type]  # domain tuple
+    format: Literal[INTERVIEW_FORMATS] | None = "video"  # type: ignore[valid-type]  # domain tuple
     interviewers: Annotated[list[Id], Field(max_length=20)] | None = None
     questions: Annotated[list[NewQuestion], Field(max_length=200)] | None = None
 
@@ -125,7 +125,7 @@ class KeywordInput(_Closed):
 
 class OverallInput(_Closed):
     score: Annotated[float, Field(ge=0, le=100)] | None = None
-    recommendation: Literal[RECOMMENDATIONS] | None = "undecided"
+    recommendation: Literal[RECOMMENDATIONS] | None = "undecided"  # type: ignore[valid-type]  # domain tuple
     summary: Annotated[str, _maybe_text(5000)] | None = ""
 
 
@@ -176,12 +176,12 @@ class CandidateUpdate(_Closed):
 class TokenRequest(_Closed):
     """Who joins: `name` (default: the role) is shown to the others."""
 
-    role: Literal[ROLES]
+    role: Literal[ROLES]  # type: ignore[valid-type]  # domain tuple
     name: Omittable[Annotated[str, Field(max_length=100, pattern=_SOME_TEXT)]] = None
 
 
 class InterviewListParams(_Closed):
-    status: Literal[STATUSES] | None = Field(None, description="filter by status")
+    status: Literal[STATUSES] | None = Field(None, description="filter by status")  # type: ignore[valid-type]  # domain tuple
     candidateId: Id | None = Field(None, description="filter by candidate")
     jobId: Id | None = Field(None, description="filter by job")
     from_: datetime | None = Field(None, alias="from", description="scheduledAt >= from")
@@ -215,7 +215,7 @@ class Question(_Closed):
 
 
 class Speaker(_Closed):
-    role: Literal[ROLES]
+    role: Literal[ROLES]  # type: ignore[valid-type]  # domain tuple
     name: str
     participantId: Id
 
@@ -274,7 +274,7 @@ class Keyword(_Closed):
 
 class Overall(_Closed):
     score: float | None
-    recommendation: Literal[RECOMMENDATIONS]
+    recommendation: Literal[RECOMMENDATIONS]  # type: ignore[valid-type]  # domain tuple
     summary: str
 
 
@@ -295,7 +295,7 @@ class Interview(_Closed):
     interviewId: Id
     candidateId: Id
     jobId: Id
-    status: Literal[STATUSES]
+    status: Literal[STATUSES]  # type: ignore[valid-type]  # domain tuple
     scheduledAt: datetime
     startedAt: datetime | None
     completedAt: datetime | None
@@ -303,8 +303,8 @@ class Interview(_Closed):
     cancelReason: str
     duration: float | None = Field(description="seconds from start to completion")
     interviewers: list[Id]
-    type: Literal[INTERVIEW_TYPES]
-    format: Literal[INTERVIEW_FORMATS]
+    type: Literal[INTERVIEW_TYPES]  # type: ignore[valid-type]  # domain tuple
+    format: Literal[INTERVIEW_FORMATS]  # type: ignore[valid-type]  # domain tuple
     questions: list[Question]
     transcription: Transcription
     analysis: Analysis
@@ -354,7 +354,7 @@ class JoinToken(_Closed):
     joinUrl: str = Field(description="the page to open, with the token")
     expiresAt: datetime
     participantId: Id
-    role: Literal[ROLES]
+    role: Literal[ROLES]  # type: ignore[valid-type]  # domain tuple
     name: str
 
 
@@ -423,7 +423,8 @@ def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
 def openapi_document(operations: tuple[Operation, ...]) -> dict[str, Any]:
     """The OpenAPI 3.1 document of `operations`; every body schema is a component generated from its model.
     Built once per table and shared: callers must not change it."""
-    models = {Error, *(m for op in operations for m in (op.response, op.body, op.query) if m is not None)}
+    models: set[type[BaseModel]] = {Error}
+    models.update(m for op in operations for m in (op.response, op.body, op.query) if m is not None)
     refs, defs = models_json_schema([(m, "validation") for m in sorted(models, key=lambda m: m.__name__)],
                                     ref_template="#/components/schemas/{model}", schema_generator=_Schemas)
     schemas = defs["$defs"]

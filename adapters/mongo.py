@@ -43,7 +43,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -67,7 +67,7 @@ _OUTBOX_FIELDS = {"eventId": 1, "subject": 1, "payload": 1, "recordedAt": 1, "in
                   "segmentId": 1}
 
 
-def _translated(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def _translated(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     """Driver errors leave this module as `Unavailable` (our type); domain errors pass through."""
 
     @functools.wraps(fn)

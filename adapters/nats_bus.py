@@ -124,7 +124,7 @@ class JetStreamBus:
             self.url,
             name="interview-worker",
             max_reconnect_attempts=-1,
-            reconnect_time_wait=self._reconnect_wait_s,
+            reconnect_time_wait=self._reconnect_wait_s,  # type: ignore[arg-type]  # annotated int, slept as float
             connect_timeout=2,
             error_cb=self._on_error,
             disconnected_cb=self._on_disconnected,

@@ -79,8 +79,8 @@ class InlineAudioDecoder:
         if codec.name != self._codec_name:
             self._codec_name, self._decoder = codec.name, _decoder_for(codec)
         if self._codec_name == "opus":
-            return self._decoder.decode(av.Packet(encoded.data))  # type: ignore[no-any-return]
-        return self._decoder.decode(encoded)  # type: ignore[no-any-return]
+            return self._decoder.decode(av.Packet(encoded.data))
+        return self._decoder.decode(encoded)
 
 
 def _decoder_for(codec: Any) -> Any:

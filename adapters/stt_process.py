@@ -149,6 +149,7 @@ class WhisperProcesses:
                 if revisions and self._revision_pool is None:
                     self._revision_pool = self._start(revisions=True)
                 pool = self._revision_pool if revisions else self._pool
+            assert pool is not None  # started above, or in __init__
             try:
                 fut: Future[Transcript] = pool.submit(_child_call, method, audio, kwargs)
             except BrokenProcessPool:  # broken before this request reached it: use the new pool

@@ -298,7 +298,7 @@ def _parse_page(f: Fields) -> tuple[Cursor | None, int]:
     raw = f.data.get("limit")
     if raw not in (None, ""):
         try:
-            limit = int(raw)  # type: ignore[arg-type]
+            limit = int(raw)
             if not 1 <= limit <= MAX_PAGE:
                 raise ValueError
         except (TypeError, ValueError):

@@ -313,7 +313,7 @@ def _silero_session() -> Any:
 def _check_frame_ms(frame_ms: object) -> int:
     if frame_ms not in (10, 20, 30) or isinstance(frame_ms, bool):
         raise ValueError(f"frame_ms must be 10, 20 or 30, got {frame_ms!r}")
-    return int(frame_ms)  # type: ignore[call-overload]
+    return int(frame_ms)
 
 
 def _vad_core(kind: str, frame_len: int) -> Any:

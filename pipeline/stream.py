@@ -238,7 +238,7 @@ class ParticipantStream:
 
     def _emit(self, event: StreamEvent) -> None:
         if self._clock is not None and hasattr(event, "emitted_at_s"):
-            event.emitted_at_s = self._clock()  # type: ignore[union-attr]
+            event.emitted_at_s = self._clock()
         try:
             self._emit_cb(event)
         except Exception:  # a failing consumer must not kill the stream
