@@ -33,7 +33,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from benchmarks._env import percentile
+from benchmarks.report import percentile
 
 log = logging.getLogger("benchmarks.api")
 
@@ -506,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack if it seems stuck
-    from benchmarks._env import environment, format_environment, print_table
+    from benchmarks.report import environment, format_environment, print_table
 
     env = environment(
         extra_packages=("starlette", "uvicorn", "h11", "motor", "pymongo", "nx-27017", "nats-py")

@@ -51,7 +51,9 @@ from typing import Any
 
 import httpx
 
-from benchmarks._env import SHARED_DATA, percentile
+from benchmarks.report import percentile, progress_printer
+from testing.data import SHARED_DATA
+from testing.text import corpus_wer, transcript_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = SHARED_DATA
@@ -65,8 +67,7 @@ LAG_OK_S = 1.0  # how much higher the backlog may sit at the end of a run than a
 log = logging.getLogger("benchmarks.latency")
 
 
-def progress(msg: str) -> None:
-    print(f"[latency {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+progress = progress_printer("latency")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -177,36 +178,6 @@ def score_turns(
         onset = min(first) - walls[i][0] if first else None
         results.append(TurnResult(t.speaker, t, latency, onset))
     return results
-
-
-def transcript_of(events: list[dict[str, Any]], *, revised: bool = True) -> str:
-    """Finals (wire-form dicts) in stream order, each replaced by its latest `segment.revised` when `revised`;
-    segments are told apart by speaker (`speaker.participantId`, when the events carry it) and `seq`."""
-    latest: dict[tuple[str | None, int], dict[str, Any]] = {}
-    for e in events:
-        if e["type"] == "segment.final" or (revised and e["type"] == "segment.revised"):
-            key = ((e.get("speaker") or {}).get("participantId"), e["seq"])
-            if key not in latest or (e.get("revision") or 0) >= (latest[key].get("revision") or 0):
-                latest[key] = e
-    finals = sorted(latest.values(), key=lambda e: (e["start_s"], e["seq"]))
-    return " ".join(e["text"].strip() for e in finals)
-
-
-def corpus_wer(pairs: list[tuple[str, str]]) -> float | None:
-    """WER over (reference, hypothesis) pairs after Whisper's English normalisation; None without references."""
-    import jiwer
-    from whisper_normalizer.english import EnglishTextNormalizer
-
-    norm = EnglishTextNormalizer()
-    refs, hyps = [], []
-    for ref, hyp in pairs:
-        r = norm(ref).strip()
-        if r:
-            refs.append(r)
-            hyps.append(norm(hyp).strip())
-    if not refs:
-        return None
-    return float(jiwer.wer(refs, hyps))
 
 
 def ms_stats(values_s: list[float], qs: tuple[str, ...]) -> dict[str, float | None]:
@@ -540,7 +511,7 @@ async def _run_room(
                 await collector
     except Exception as exc:  # one room failing must not hide the other rooms' numbers
         out["error"] = f"{type(exc).__name__}: {exc}"
-        print(f"[latency worker] room {i}: {out['error']}", file=sys.stderr, flush=True)
+        progress(f"worker, room {i}: {out['error']}")
     finally:
         for s in sessions:
             await s.close()
@@ -1057,7 +1028,7 @@ def table_rows(runs: list[dict[str, Any]]) -> list[list[Any]]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from benchmarks._env import environment, format_environment, print_table
+    from benchmarks.report import environment, format_environment, print_table
 
     try:
         room_counts = [int(x) for x in args.rooms.split(",") if x.strip()]

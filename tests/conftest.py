@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from adapters.mongo import EmbeddedMongo, MongoStore
-from benchmarks._env import SHARED_DATA
 from domain.commands import InterviewService
+from testing.data import SHARED_DATA
 
 
 @pytest.fixture(scope="session")

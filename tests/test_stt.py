@@ -9,12 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import jiwer
 import numpy as np
 import pytest
-from whisper_normalizer.english import EnglishTextNormalizer
 
-from benchmarks._env import SHARED_DATA
 from domain.events import Word
 from pipeline.audio_file import read_audio
 from pipeline.stt import (
@@ -28,14 +25,11 @@ from pipeline.stt import (
     repetition_loop,
     trim_after_speech,
 )
+from testing.data import JFK_TEXT as JFK
+from testing.data import SHARED_DATA
+from testing.text import wer
 
 DATA = SHARED_DATA
-JFK = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
-_norm = EnglishTextNormalizer()
-
-
-def wer(ref: str, hyp: str) -> float:
-    return float(jiwer.wer(_norm(ref), _norm(hyp)))
 
 
 @pytest.fixture(scope="module")

@@ -9,18 +9,17 @@ from collections.abc import Iterator
 import jiwer
 import numpy as np
 import pytest
-from whisper_normalizer.english import EnglishTextNormalizer
 
 from adapters.stt_openai import OpenAITranscriber, wav_bytes
-from benchmarks._env import SHARED_DATA
 from domain.events import ErrorEvent, SegmentEvent, Speaker, StreamEvent
 from pipeline.audio_file import read_audio
 from pipeline.stt import LocalWhisper, SttError, SttScheduler
+from testing.data import JFK_TEXT as JFK
+from testing.data import SHARED_DATA
+from testing.text import normalize as _norm
 from tests.openai_server import OpenAICompatServer
 
 DATA = SHARED_DATA
-JFK = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
-_norm = EnglishTextNormalizer()
 
 
 @pytest.fixture(scope="module")

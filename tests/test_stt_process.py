@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks._env import SHARED_DATA
 from pipeline.audio_file import read_audio
 from pipeline.stt import LocalWhisper, SttError, SttScheduler
 from pipeline.stt_process import WhisperProcesses
+from testing.data import SHARED_DATA
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent

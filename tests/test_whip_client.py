@@ -26,7 +26,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from adapters.whip_client import FRAME_SAMPLES, RATE, WavChannelTrack, WhipError, decode_audio, whip_publish
-from benchmarks._env import SHARED_DATA
+from testing.data import SHARED_DATA
 
 DATA = SHARED_DATA
 TOKEN = "good-token"
