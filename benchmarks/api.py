@@ -25,7 +25,6 @@ import math
 import os
 import secrets
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -136,13 +135,6 @@ async def _loadgen(cfg: dict[str, Any]) -> dict[str, Any]:
 # The benchmark
 
 
-def _free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
 _LAGS: list[float] = []
 
 
@@ -227,25 +219,15 @@ async def _api_round(
 ) -> tuple[dict[str, Any], int]:
     """Serve `app` with uvicorn's `http` protocol, run the load generator against it, stop and restart NATS
     in the middle; return the latency figures and the number of successful writes (each records one event)."""
-    import uvicorn
+    from testing.net import serve
 
-    sock = _free_socket()
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, http=http, log_level="warning", access_log=False, lifespan="off")
-    server = uvicorn.Server(config)
-    serve_task = asyncio.create_task(server.serve(sockets=[sock]))
     _LAGS.clear()
-    try:
-        while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
-            if serve_task.done():  # failed to start (e.g. the --http implementation is not installed)
-                await serve_task
-                raise RuntimeError(f"uvicorn with http={http!r} exited before it started")
-            await asyncio.sleep(0.01)
+    async with serve(app, http=http, log_level="warning", lifespan="off") as served:
         cfg = {
             "rate": args.rate,
             "requests": int(args.rate * args.duration),
             "key": key,
-            "base_url": f"http://127.0.0.1:{port}",
+            "base_url": served.url,
             "seed_ids": seed_ids,
             "connections": args.connections,
             "run": "lg" + secrets.token_hex(3),
@@ -281,9 +263,6 @@ async def _api_round(
         if proc.returncode != 0:
             raise RuntimeError(f"load generator failed with exit code {proc.returncode}")
         down_at, up_at = await outage_task if outage_task else (math.nan, math.nan)
-    finally:
-        server.should_exit = True
-        await serve_task
     loadgen = json.loads(raw)
     results = loadgen["results"]
     lat = [r[2] for r in results]

