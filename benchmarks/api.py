@@ -310,15 +310,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from adapters.mongo import EmbeddedMongo, MongoStore
     from adapters.nats_bus import JetStreamBus, OutboxRelay
     from domain.commands import CreateCandidate, CreateInterview, InterviewService
-    from tests.test_bus_nats import NatsServer, nats_server_binary
+    from testing.nats import NatsServer, nats_server_binary
 
+    nats_binary = nats_server_binary()
+    if nats_binary is None:
+        raise SystemExit("nats-server is not installed (Debian package nats-server)")
     tmp = Path(tempfile.mkdtemp(prefix="bench-api-"))
     embedded: EmbeddedMongo | None = None
     mongo_url = os.environ.get("MONGODB_URL")
     if not mongo_url:
         embedded = EmbeddedMongo(tmp / "mongo")
         mongo_url = await embedded.start()
-    nats_srv = NatsServer(tmp / "nats", nats_server_binary())
+    nats_srv = NatsServer(tmp / "nats", nats_binary)
     await asyncio.to_thread(nats_srv.start)
     store = await MongoStore.connect(mongo_url, db_name=f"bench_{secrets.token_hex(4)}")
     bus = await JetStreamBus.open(nats_srv.url, wait_s=10)
