@@ -1,4 +1,5 @@
-"""Shared fixtures: MongoDB (real when MONGODB_URL is set, else an nx-27017 started for the session), NATS, data.
+"""Shared fixtures: MongoDB (real when MONGODB_URL is set, else an nx-27017 started for the session), NATS, data,
+the local Whisper engine.
 
 * `mongo_url` (session): `MONGODB_URL`, or an embedded nx-27017 on a free port with its data in a tmp dir.
 * `store` (function): a `MongoStore` on a fresh database, dropped afterwards.
@@ -6,6 +7,8 @@
 * `nats_binary` (session): the nats-server executable; skips when it is missing, fails with `CI` set.
 * `nats_server` (function): a `testing.nats.NatsServer` with JetStream on a free port, stopped afterwards.
 * `shared_data` (session): the test audio directory `../shared/data`; fails when missing.
+* `jfk16k` (module): `jfk.flac` as 16 kHz mono int16.
+* `whisper` (module): a `LocalWhisper` with default settings (a module may define its own).
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from adapters.mongo import EmbeddedMongo, MongoStore
 from domain.commands import InterviewService
-from testing.data import SHARED_DATA
+from pipeline.audio_file import read_audio
+from pipeline.stt import LocalWhisper
+from testing.data import JFK_AUDIO, SHARED_DATA
 from testing.nats import NatsServer, nats_server_binary
 
 
@@ -79,3 +85,13 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"test data directory {SHARED_DATA} is missing (see README: ../shared/data)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def jfk16k(shared_data: Path) -> np.ndarray:
+    return read_audio(JFK_AUDIO, rate=16000, mono=True).pcm
+
+
+@pytest.fixture(scope="module")
+def whisper() -> LocalWhisper:
+    return LocalWhisper()

@@ -40,11 +40,6 @@ def truth(name: str) -> dict[str, Any]:
     return json.loads((DATA / f"{name}.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def whisper() -> LocalWhisper:
-    return LocalWhisper()
-
-
 async def transcribe(path: Path, stt: Any, *flags: str) -> list[dict[str, Any]]:
     args = build_parser().parse_args(["transcribe", str(path), *flags])
     out = io.StringIO()

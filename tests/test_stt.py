@@ -32,17 +32,6 @@ from testing.text import wer
 DATA = SHARED_DATA
 
 
-@pytest.fixture(scope="module")
-def whisper() -> LocalWhisper:
-    return LocalWhisper()
-
-
-@pytest.fixture(scope="module")
-def jfk16k() -> np.ndarray:
-    assert DATA.is_dir(), f"test audio missing: {DATA}"
-    return read_audio(DATA / "jfk.flac", rate=16000, mono=True).pcm
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("window_s", [None, 5.0])
 def test_jfk_wer(whisper: LocalWhisper, jfk16k: np.ndarray, window_s: float | None) -> None:

@@ -28,12 +28,6 @@ def server() -> Iterator[OpenAICompatServer]:
         yield srv
 
 
-@pytest.fixture(scope="module")
-def jfk16k() -> np.ndarray:
-    assert DATA.is_dir(), f"test audio missing: {DATA}"
-    return read_audio(DATA / "jfk.flac", rate=16000, mono=True).pcm
-
-
 def test_wav_bytes_round_trip(jfk16k: np.ndarray) -> None:
     back = read_audio(wav_bytes(jfk16k), rate=16000, mono=True)
     assert back.rate == 16000 and np.array_equal(back.pcm, jfk16k)

@@ -16,10 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.audio_file import read_audio
 from pipeline.stt import LocalWhisper, SttError, SttScheduler
 from pipeline.stt_process import WhisperProcesses
-from testing.data import SHARED_DATA
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,11 +28,6 @@ def procs() -> Iterator[WhisperProcesses]:
     p = WhisperProcesses(processes=2)
     yield p
     p.close()
-
-
-@pytest.fixture(scope="module")
-def jfk16k() -> np.ndarray:
-    return read_audio(SHARED_DATA / "jfk.flac", rate=16000, mono=True).pcm
 
 
 def test_two_processes_decode_like_the_in_process_engine(procs: WhisperProcesses, jfk16k: np.ndarray) -> None:
