@@ -25,7 +25,6 @@ import math
 import os
 import secrets
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from benchmarks._env import percentile
+from benchmarks.report import percentile
 
 log = logging.getLogger("benchmarks.api")
 
@@ -136,13 +135,6 @@ async def _loadgen(cfg: dict[str, Any]) -> dict[str, Any]:
 # The benchmark
 
 
-def _free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
 _LAGS: list[float] = []
 
 
@@ -228,25 +220,15 @@ async def _api_round(
 ) -> tuple[dict[str, Any], int]:
     """Serve `app` with uvicorn's `http` protocol, run the load generator against it, stop and restart NATS
     in the middle; return the latency figures and the number of successful writes (each records one event)."""
-    import uvicorn
+    from testing.net import serve
 
-    sock = _free_socket()
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, http=http, log_level="warning", access_log=False, lifespan="off")
-    server = uvicorn.Server(config)
-    serve_task = asyncio.create_task(server.serve(sockets=[sock]))
     _LAGS.clear()
-    try:
-        while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
-            if serve_task.done():  # failed to start (e.g. the --http implementation is not installed)
-                await serve_task
-                raise RuntimeError(f"uvicorn with http={http!r} exited before it started")
-            await asyncio.sleep(0.01)
+    async with serve(app, http=http, log_level="warning", lifespan="off") as served:
         cfg = {
             "rate": args.rate,
             "requests": int(args.rate * args.duration),
             "key": key,
-            "base_url": f"http://127.0.0.1:{port}",
+            "base_url": served.url,
             "seed_ids": seed_ids,
             "connections": args.connections,
             "run": "lg" + secrets.token_hex(3),
@@ -282,9 +264,6 @@ async def _api_round(
         if proc.returncode != 0:
             raise RuntimeError(f"load generator failed with exit code {proc.returncode}")
         down_at, up_at = await outage_task if outage_task else (math.nan, math.nan)
-    finally:
-        server.should_exit = True
-        await serve_task
     loadgen = json.loads(raw)
     results = loadgen["results"]
     lat = [r[2] for r in results]
@@ -333,15 +312,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from adapters.nats_bus import JetStreamBus
     from adapters.outbox import OutboxRelay
     from domain.commands import CreateCandidate, CreateInterview, InterviewService
-    from tests.test_bus_nats import NatsServer, nats_server_binary
+    from testing.nats import NatsServer, nats_server_binary
 
+    nats_binary = nats_server_binary()
+    if nats_binary is None:
+        raise SystemExit("nats-server is not installed (Debian package nats-server)")
     tmp = Path(tempfile.mkdtemp(prefix="bench-api-"))
     embedded: EmbeddedMongo | None = None
     mongo_url = os.environ.get("MONGODB_URL")
     if not mongo_url:
         embedded = EmbeddedMongo(tmp / "mongo")
         mongo_url = await embedded.start()
-    nats_srv = NatsServer(tmp / "nats", nats_server_binary())
+    nats_srv = NatsServer(tmp / "nats", nats_binary)
     await asyncio.to_thread(nats_srv.start)
     store = await MongoStore.connect(mongo_url, db_name=f"bench_{secrets.token_hex(4)}")
     bus = await JetStreamBus.open(nats_srv.url, wait_s=10)
@@ -508,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack if it seems stuck
-    from benchmarks._env import environment, format_environment, print_table
+    from benchmarks.report import environment, format_environment, print_table
 
     env = environment(
         extra_packages=("starlette", "uvicorn", "h11", "motor", "pymongo", "nx-27017", "nats-py")

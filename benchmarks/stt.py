@@ -12,7 +12,7 @@ Sections (tables on stdout, progress on stderr):
 3. throughput: 1/2/4 concurrent streams of a dialogue pushed as fast as possible through one scheduler, vs
    offline whole-file decoding of the same audio.
 4. accuracy: WER of the streamed transcript (live finals, and with their revisions) vs offline whole-file
-   decoding (Whisper normaliser + jiwer), on eight dialogues (benchmarks/dialogues.py; needs espeak-ng): the mono
+   decoding (Whisper normaliser + jiwer), on eight dialogues (testing/dialogues.py; needs espeak-ng): the mono
    mix as one stream, and each participant's channel as its own stream of one conversation (as the server runs).
 """
 
@@ -32,26 +32,27 @@ from typing import Any
 import numpy as np
 
 from adapters.stt_whisper import LocalWhisper
-from benchmarks._env import SHARED_DATA, environment, format_environment, percentile, print_table
-from benchmarks.latency import transcript_of
+from benchmarks.report import environment, format_environment, percentile, print_table, progress_printer
 from domain.events import SegmentEvent, Speaker, StreamEvent
 from pipeline.audio_file import read_audio
 from pipeline.scheduler import SttScheduler
+from testing.data import JFK_AUDIO, SHARED_DATA
+from testing.data import SHARED_DIALOGUES as DIALOGUES
+from testing.dialogues import dialogue_set
+from testing.text import transcript_of, wer
 
 DATA = SHARED_DATA
-DIALOGUES = ("mobile_mixed", "security_positive")
 log = logging.getLogger("benchmarks.stt")
 
 
-def progress(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+progress = progress_printer("stt")
 
 
 # ----------------------------------------------------------------------------------------------- 1. decode
 
 
 def bench_decode(reps: int) -> list[dict[str, Any]]:
-    jfk = read_audio(DATA / "jfk.flac", rate=16000, mono=True).pcm
+    jfk = read_audio(JFK_AUDIO, rate=16000, mono=True).pcm
     dlg = read_audio(DATA / "mobile_mixed.wav", rate=16000, mono=True).pcm
     clips = {2: dlg[int(15.1 * 16000) : int(17.3 * 16000)], 5: jfk[: 5 * 16000], 10: jfk[: 10 * 16000]}
     configs: list[tuple[str, dict[str, Any]]] = [
@@ -217,12 +218,6 @@ def bench_throughput(
 
 
 def bench_accuracy(stt: LocalWhisper, quick: bool) -> list[dict[str, Any]]:
-    import jiwer
-    from whisper_normalizer.english import EnglishTextNormalizer
-
-    from benchmarks.dialogues import dialogue_set
-
-    norm = EnglishTextNormalizer()
     rows = []
     dialogues = dialogue_set()
     if quick:
@@ -231,7 +226,7 @@ def bench_accuracy(stt: LocalWhisper, quick: bool) -> list[dict[str, Any]]:
     cases += [(f"{d}.snr10", DATA, "mixed") for d in DIALOGUES]
     for name, folder, mode in cases:
         gt = json.loads((folder / f"{name}.json").read_text())
-        ref = norm(" ".join(t["text"] for t in gt["turns"]))
+        ref = " ".join(t["text"] for t in gt["turns"])
         mono = read_audio(folder / f"{name}.wav", rate=16000, mono=True)
         segs, _ = stt._whisper.transcribe(mono.pcm.astype(np.float32) / 32768, language="en")
         offline = " ".join(s.text for s in segs)
@@ -246,8 +241,8 @@ def bench_accuracy(stt: LocalWhisper, quick: bool) -> list[dict[str, Any]]:
         fin = [e for evs in events for e in evs if isinstance(e, SegmentEvent) and e.final and not e.revision]
         n_final, n_halluc = len(fin), sum(e.hallucination for e in fin)
         n_rev = sum(1 for evs in events for e in evs if isinstance(e, SegmentEvent) and e.revision)
-        rows.append({"audio": name, "streams": mode, "offline_wer": jiwer.wer(ref, norm(offline)),
-                     "live_wer": jiwer.wer(ref, norm(live)), "revised_wer": jiwer.wer(ref, norm(revised)),
+        rows.append({"audio": name, "streams": mode, "offline_wer": wer(ref, offline),
+                     "live_wer": wer(ref, live), "revised_wer": wer(ref, revised),
                      "segments": n_final, "revised": n_rev, "hallucinations": n_halluc})  # fmt: skip
         progress(f"accuracy {name} ({mode}): live {rows[-1]['live_wer']:.3f} revised {rows[-1]['revised_wer']:.3f}"
                  f" offline {rows[-1]['offline_wer']:.3f}")

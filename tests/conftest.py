@@ -1,27 +1,33 @@
-"""Shared fixtures: MongoDB (real when MONGODB_URL is set, else an nx-27017 started for the session), NATS, data.
+"""Shared fixtures: MongoDB (real when MONGODB_URL is set, else an nx-27017 started for the session), NATS, data,
+the local Whisper engine.
 
 * `mongo_url` (session): `MONGODB_URL`, or an embedded nx-27017 on a free port with its data in a tmp dir.
 * `store` (function): a `MongoStore` on a fresh database, dropped afterwards.
 * `service` (function): an `InterviewService` over `store`.
-* `nats_url` (session): `NATS_URL` or nats://127.0.0.1:4222; fails (never skips) when nothing listens there.
+* `nats_binary` (session): the nats-server executable; skips when it is missing, fails with `CI` set.
+* `nats_server` (function): a `testing.nats.NatsServer` with JetStream on a free port, stopped afterwards.
 * `shared_data` (session): the test audio directory `../shared/data`; fails when missing.
+* `jfk16k` (module): `jfk.flac` as 16 kHz mono int16.
+* `whisper` (module): a `LocalWhisper` with default settings (a module may define its own).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
+import numpy as np
 import pytest
 
 from adapters.mongo import EmbeddedMongo, MongoStore
-from benchmarks._env import SHARED_DATA
+from adapters.stt_whisper import LocalWhisper
 from domain.commands import InterviewService
+from pipeline.audio_file import read_audio
+from testing.data import JFK_AUDIO, SHARED_DATA
+from testing.nats import NatsServer, nats_server_binary
 
 
 @pytest.fixture(scope="session")
@@ -55,15 +61,23 @@ def service(store: MongoStore) -> InterviewService:
 
 
 @pytest.fixture(scope="session")
-def nats_url() -> str:
-    url = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 4222
+def nats_binary() -> str:
+    found = nats_server_binary()
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("nats-server is not installed (CI must install it: see .ci/run)")
+        pytest.skip("nats-server is not installed")
+    return found
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path, nats_binary: str) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path / "nats", nats_binary)
+    server.start()
     try:
-        socket.create_connection((host, port), timeout=3).close()
-    except OSError as exc:
-        pytest.fail(f"NATS is not reachable at {url} ({exc}); start nats-server -js or set NATS_URL")
-    return url
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -71,3 +85,13 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"test data directory {SHARED_DATA} is missing (see README: ../shared/data)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def jfk16k(shared_data: Path) -> np.ndarray:
+    return read_audio(JFK_AUDIO, rate=16000, mono=True).pcm
+
+
+@pytest.fixture(scope="module")
+def whisper() -> LocalWhisper:
+    return LocalWhisper()

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from benchmarks._env import SHARED_DATA
 from pipeline.analysis import KeywordTracker, SentimentTracker, text_sentiment, tokenize
+from testing.data import SHARED_DATA
 
 DATA = SHARED_DATA
 

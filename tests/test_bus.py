@@ -1,7 +1,6 @@
 """The in-process bus, the outbox relay and the idempotent consumer, without NATS.
 
-`MemoryOutbox` is a second, in-memory OutboxStore (the MongoDB one is in adapters.mongo); the NATS tests
-reuse it.
+The outbox is `testing.fakes.MemoryOutbox`, an in-memory OutboxStore the NATS tests use too.
 """
 
 from __future__ import annotations
@@ -15,40 +14,8 @@ from adapters.bus import DLQ_PREFIX, BusUnavailable, check_subject, subject_matc
 from adapters.consumer import EventConsumer, ReceivedEvent
 from adapters.memory_bus import InProcessBus
 from adapters.nats_bus import open_bus, redact_url
-from adapters.outbox import OutboxRecord, OutboxRelay
-
-
-class MemoryOutbox:
-    """OutboxStore in memory. `fail_marks` makes the next N `mark_published` calls raise, like a store
-    that committed the publish but lost the connection before recording it."""
-
-    def __init__(self) -> None:
-        self.records: list[OutboxRecord] = []
-        self.published: set[str] = set()
-        self.fail_marks = 0
-
-    def add(self, record: OutboxRecord) -> None:
-        self.records.append(record)
-
-    async def pending(self, limit: int) -> list[OutboxRecord]:
-        return [r for r in self.records if r.id not in self.published][:limit]
-
-    async def mark_published(self, ids: list[str]) -> None:
-        if self.fail_marks:
-            self.fail_marks -= 1
-            raise ConnectionError("store went away")
-        self.published.update(ids)
-
-
-def event(n: int, interview: str = "iv1", kind: str = "started") -> OutboxRecord:
-    payload = {
-        "id": f"ev-{n:05d}",
-        "type": "InterviewStarted",
-        "interviewId": interview,
-        "occurredAt": "2026-11-29T10:00:00Z",
-        "n": n,
-    }
-    return OutboxRecord(f"ev-{n:05d}", f"interviews.{interview}.{kind}", json.dumps(payload).encode())
+from adapters.outbox import OutboxRelay
+from testing.fakes import MemoryOutbox, event
 
 
 async def _ignore(ev: ReceivedEvent) -> None:

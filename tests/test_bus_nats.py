@@ -1,20 +1,15 @@
 """JetStreamBus, OutboxRelay and EventConsumer against a real nats-server that each test starts and stops.
 
-The server runs on a random port (read from its log) with its own store directory, so stopping it never
-disturbs the shared NATS at 4222; a restart reuses the port and the store, as a production restart would.
+The server (`testing.nats.NatsServer`, the `nats_server` fixture) runs on a random port with its own store
+directory; a restart reuses the port and the store, as a production restart would.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
-import shutil
-import subprocess
-import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
@@ -29,72 +24,8 @@ from adapters.outbox import OutboxRelay
 from domain.commands import CreateInterview, InterviewService
 from domain.events import SegmentEvent, Speaker
 from domain.model import Conflict
-from tests.test_bus import MemoryOutbox, event
-
-
-def nats_server_binary() -> str:
-    found = shutil.which("nats-server") or (
-        "/usr/sbin/nats-server" if Path("/usr/sbin/nats-server").exists() else None
-    )
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("nats-server is not installed (CI must install it: see .ci/run)")
-        pytest.skip("nats-server is not installed")
-    return found
-
-
-class NatsServer:
-    """A nats-server child process with JetStream; `stop()` and `start()` keep its port and store."""
-
-    _READY = re.compile(r"Listening for client connections on [\d.]+:(\d+)")
-
-    def __init__(self, store_dir: Path, binary: str, *, jetstream: bool = True) -> None:
-        self.store_dir = store_dir
-        self.jetstream = jetstream
-        self.binary = binary
-        self.port = -1  # -1: let the server pick a free port the first time
-        self.proc: subprocess.Popen[str] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 15.0) -> None:
-        cmd = [self.binary, "-a", "127.0.0.1", "-p", str(self.port)]
-        if self.jetstream:
-            cmd += ["-js", "-sd", str(self.store_dir)]
-        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-        self.proc = proc
-        ready = threading.Event()
-        lines: list[str] = []
-
-        def read() -> None:
-            # Drains the log until the process exits (a full pipe would block the server).
-            with proc.stderr:  # type: ignore[union-attr]
-                for line in proc.stderr:  # type: ignore[union-attr]
-                    if len(lines) < 200:
-                        lines.append(line)
-                    m = self._READY.search(line)
-                    if m:
-                        self.port = int(m.group(1))
-                    if "Server is ready" in line:
-                        ready.set()
-            ready.set()  # EOF: the process died; start() reports it below
-
-        threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(timeout) or proc.poll() is not None or self.port <= 0:
-            self.stop()
-            raise RuntimeError("nats-server did not start:\n" + "".join(lines[-20:]))
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+from testing.fakes import MemoryOutbox, event
+from testing.nats import NatsServer
 
 
 async def publish_retrying(bus: JetStreamBus, subject: str, payload: bytes, msg_id: str) -> None:
@@ -104,16 +35,6 @@ async def publish_retrying(bus: JetStreamBus, subject: str, payload: bytes, msg_
             return await bus.publish(subject, payload, msg_id)
         except BusUnavailable:
             await bus.wait_connected()
-
-
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path / "nats", nats_server_binary())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -199,8 +120,8 @@ async def test_events_written_while_nats_is_down_arrive_once_after_it_returns(
     assert await stream_ids(nats_server.url) == [f"ev-{n:05d}" for n in range(50)]  # all, once, in order
 
 
-async def test_bus_opened_while_nats_is_down_connects_when_it_starts(tmp_path: Path) -> None:
-    server = NatsServer(tmp_path / "nats", nats_server_binary())
+async def test_bus_opened_while_nats_is_down_connects_when_it_starts(tmp_path: Path, nats_binary: str) -> None:
+    server = NatsServer(tmp_path / "nats", nats_binary)
     server.start()
     server.stop()  # now we know a port with nothing listening on it
     b = await open_bus(server.url, wait_s=0.2)
@@ -218,8 +139,8 @@ async def test_bus_opened_while_nats_is_down_connects_when_it_starts(tmp_path: P
         server.stop()
 
 
-async def test_nats_without_jetstream_is_unavailable_not_fatal(tmp_path: Path) -> None:
-    server = NatsServer(tmp_path / "nats", nats_server_binary(), jetstream=False)
+async def test_nats_without_jetstream_is_unavailable_not_fatal(tmp_path: Path, nats_binary: str) -> None:
+    server = NatsServer(tmp_path / "nats", nats_binary, jetstream=False)
     server.start()
     try:
         b = await open_bus(server.url, wait_s=1.0)

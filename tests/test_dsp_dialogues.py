@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
-from benchmarks._env import SHARED_DATA
 from pipeline.dsp import FrontEnd, Utterance
+from testing.data import SHARED_DATA
 
 DATA = SHARED_DATA
 DIALOGUES = ["mobile_mixed", "security_positive"]

@@ -9,11 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from benchmarks._env import SHARED_DATA
 from benchmarks.latency import (
     Turn,
     backlog_grows,
-    corpus_wer,
     cpu_seconds,
     histogram_quantile,
     load_dialogue,
@@ -22,9 +20,10 @@ from benchmarks.latency import (
     percentile,
     score_turns,
     slope,
-    transcript_of,
     truth_path,
 )
+from testing.data import SHARED_DATA
+from testing.text import corpus_wer, transcript_of
 
 DATA = SHARED_DATA
 T0 = 1000.0  # the track's started_at on the peer's loop clock

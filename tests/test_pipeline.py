@@ -18,40 +18,28 @@ import wave
 from pathlib import Path
 from typing import Any
 
-import jiwer
 import numpy as np
 import pytest
-from whisper_normalizer.english import EnglishTextNormalizer
 
 from adapters.stt_whisper import LocalWhisper
-from benchmarks._env import SHARED_DATA
-from benchmarks.latency import transcript_of
 from domain.events import ErrorEvent, SegmentEvent, SentimentEvent, Speaker, StreamEvent, Word
 from pipeline.audio_file import read_audio
 from pipeline.cli import build_parser, run
 from pipeline.scheduler import SttScheduler
 from pipeline.stream import Conversation, ParticipantStream, StreamConfig, prompt_tail
 from pipeline.transcript import Transcript
+from testing.data import JFK_TEXT as JFK
+from testing.data import SHARED_DATA
+from testing.data import SHARED_DIALOGUES as DIALOGUES
+from testing.text import normalize, transcript_of, wer
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = SHARED_DATA
-DIALOGUES = ("mobile_mixed", "security_positive")
-JFK = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
-_normalizer = EnglishTextNormalizer()
-
-
-def wer(ref: str, hyp: str) -> float:
-    return float(jiwer.wer(_normalizer(ref), _normalizer(hyp)))
 
 
 def truth(name: str) -> dict[str, Any]:
     assert DATA.is_dir(), f"test audio missing: {DATA}"
     return json.loads((DATA / f"{name}.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def whisper() -> LocalWhisper:
-    return LocalWhisper()
 
 
 async def transcribe(path: Path, stt: Any, *flags: str) -> list[dict[str, Any]]:
@@ -128,7 +116,7 @@ async def test_dialogue_streaming_wer_vs_offline(whisper: LocalWhisper, name: st
 
 @pytest.fixture(scope="module")
 def dialogue_set() -> list[tuple[str, Path]]:
-    from benchmarks.dialogues import dialogue_set
+    from testing.dialogues import dialogue_set
 
     return dialogue_set()  # fails loudly without espeak-ng or the shared generator
 
@@ -180,7 +168,7 @@ async def test_channels_as_speakers_sentiment_and_keywords(whisper: LocalWhisper
             latest[e["speaker"]["role"]] = [k["term"] for k in e["keywords"]]
             assert len(e["keywords"]) <= 10 and all(k["seqs"] for k in e["keywords"])
     top = {t.rstrip("s") for terms in latest.values() for t in terms}
-    heard = " ".join(_normalizer(s["text"]) for s in segs).split()
+    heard = " ".join(normalize(s["text"]) for s in segs).split()
     heard_topics = [k for k in gt["keywords"] if any(w.rstrip("s") == k.rstrip("s") for w in heard)]
     assert len(heard_topics) >= len(gt["keywords"]) - 1, heard_topics
     assert all(k.rstrip("s") in top for k in heard_topics), (heard_topics, latest)

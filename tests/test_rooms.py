@@ -20,11 +20,11 @@ from adapters.metrics import Metrics
 from adapters.rooms import Participant, RoomRegistry
 from adapters.stt_whisper import LocalWhisper
 from adapters.tokens import TokenSigner
-from adapters.whip_client import decode_audio
 from domain.commands import CreateInterview, InterviewService
 from domain.events import SegmentEvent, SentimentEvent, Speaker, StreamEvent
 from pipeline.scheduler import SttScheduler
 from pipeline.stream import Conversation, ParticipantStream, StreamConfig
+from testing.whip_client import decode_audio
 
 SECRET = b"rooms-test-secret-0123456789abcdef"
 

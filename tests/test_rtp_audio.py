@@ -14,7 +14,7 @@ from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
 from adapters.rtp_audio import InlineAudioDecoder, decode_inline
-from adapters.whip_client import WavChannelTrack, opus_packets
+from testing.whip_client import WavChannelTrack, opus_packets
 
 OPUS = SimpleNamespace(name="opus")
 

@@ -16,12 +16,11 @@ import httpx
 import pytest
 
 from adapters.mongo import MongoStore
-from adapters.whip_client import WavChannelTrack, whip_publish
 from domain.commands import CreateInterview, InterviewService
 from domain.events import SegmentEvent, Speaker
-from server import resolve_secrets, stored_finals
-from settings import Settings
-from tests.live_server import live_server, test_settings
+from server import Settings, resolve_secrets, stored_finals
+from testing.live_server import live_server, test_settings
+from testing.whip_client import WavChannelTrack, whip_publish
 
 ROOT = Path(__file__).resolve().parents[1]
 

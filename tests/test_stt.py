@@ -8,13 +8,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import jiwer
 import numpy as np
 import pytest
-from whisper_normalizer.english import EnglishTextNormalizer
 
 from adapters.stt_whisper import LocalWhisper
-from benchmarks._env import SHARED_DATA
 from domain.events import Word
 from pipeline.audio_file import read_audio
 from pipeline.guards import (
@@ -27,25 +24,11 @@ from pipeline.guards import (
 )
 from pipeline.scheduler import SttScheduler
 from pipeline.transcript import SttError, SttOverloaded, Transcript, as_float_audio
+from testing.data import JFK_TEXT as JFK
+from testing.data import SHARED_DATA
+from testing.text import wer
 
 DATA = SHARED_DATA
-JFK = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
-_normalizer = EnglishTextNormalizer()
-
-
-def wer(ref: str, hyp: str) -> float:
-    return float(jiwer.wer(_normalizer(ref), _normalizer(hyp)))
-
-
-@pytest.fixture(scope="module")
-def whisper() -> LocalWhisper:
-    return LocalWhisper()
-
-
-@pytest.fixture(scope="module")
-def jfk16k() -> np.ndarray:
-    assert DATA.is_dir(), f"test audio missing: {DATA}"
-    return read_audio(DATA / "jfk.flac", rate=16000, mono=True).pcm
 
 
 @pytest.mark.slow

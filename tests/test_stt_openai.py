@@ -1,40 +1,33 @@
-"""The OpenAI-compatible adapter against a real HTTP server on loopback (tests/openai_server.py)."""
+"""The OpenAI-compatible adapter against a real HTTP server on loopback (testing/openai_server.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Iterator
 
 import jiwer
 import numpy as np
 import pytest
-from whisper_normalizer.english import EnglishTextNormalizer
 
 from adapters.stt_openai import OpenAITranscriber, wav_bytes
 from adapters.stt_whisper import LocalWhisper
-from benchmarks._env import SHARED_DATA
 from domain.events import ErrorEvent, SegmentEvent, Speaker, StreamEvent
 from pipeline.audio_file import read_audio
 from pipeline.scheduler import SttScheduler
 from pipeline.transcript import SttError
-from tests.openai_server import OpenAICompatServer
+from testing.data import JFK_TEXT as JFK
+from testing.data import SHARED_DATA
+from testing.net import free_port
+from testing.openai_server import OpenAICompatServer
+from testing.text import normalize as _norm
 
 DATA = SHARED_DATA
-JFK = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
-_normalizer = EnglishTextNormalizer()
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[OpenAICompatServer]:
     with OpenAICompatServer(LocalWhisper()) as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def jfk16k() -> np.ndarray:
-    assert DATA.is_dir(), f"test audio missing: {DATA}"
-    return read_audio(DATA / "jfk.flac", rate=16000, mono=True).pcm
 
 
 def test_wav_bytes_round_trip(jfk16k: np.ndarray) -> None:
@@ -47,7 +40,7 @@ def test_transcribes_jfk_through_the_api(server: OpenAICompatServer, jfk16k: np.
     stt = OpenAITranscriber(base_url=server.base_url, api_key=server.api_key, model="whisper-1")
     tr = stt.transcribe(jfk16k, prompt="inaugural address")
     stt.close()
-    assert jiwer.wer(_normalizer(JFK), _normalizer(tr.text)) <= 0.10, tr.text
+    assert jiwer.wer(_norm(JFK), _norm(tr.text)) <= 0.10, tr.text
     assert tr.words and tr.words[-1].end_s > 9.0 and 0 < tr.confidence <= 1 and not tr.hallucination
     req = server.requests[-1]
     assert req["response_format"] == "verbose_json" and req["prompt"] == "inaugural address"
@@ -71,12 +64,6 @@ def test_silence_gives_no_text(server: OpenAICompatServer) -> None:
     stt.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.parametrize(
     ("kwargs", "code"),
     [
@@ -90,7 +77,7 @@ def test_provider_errors_become_stt_errors(
 ) -> None:
     args = {"base_url": server.base_url, "api_key": server.api_key, "max_retries": 0, **kwargs}
     if args["base_url"] == "unreachable":
-        args["base_url"] = f"http://127.0.0.1:{_free_port()}/v1"
+        args["base_url"] = f"http://127.0.0.1:{free_port()}/v1"
     stt = OpenAITranscriber(**args)  # type: ignore[arg-type]
     with pytest.raises(SttError) as err:
         stt.transcribe(np.zeros(16000, np.int16))

@@ -18,8 +18,6 @@ import pytest
 
 from adapters.stt_process import WhisperProcesses
 from adapters.stt_whisper import LocalWhisper
-from benchmarks._env import SHARED_DATA
-from pipeline.audio_file import read_audio
 from pipeline.scheduler import SttScheduler
 from pipeline.transcript import SttError
 
@@ -32,11 +30,6 @@ def procs() -> Iterator[WhisperProcesses]:
     p = WhisperProcesses(processes=2)
     yield p
     p.close()
-
-
-@pytest.fixture(scope="module")
-def jfk16k() -> np.ndarray:
-    return read_audio(SHARED_DATA / "jfk.flac", rate=16000, mono=True).pcm
 
 
 def test_two_processes_decode_like_the_in_process_engine(procs: WhisperProcesses, jfk16k: np.ndarray) -> None:

@@ -1,4 +1,4 @@
-"""WHIP ingest over real loopback WebRTC: aiortc peers (adapters.whip_client) against the real service.
+"""WHIP ingest over real loopback WebRTC: aiortc peers (testing.whip_client) against the real service.
 
 The long test plays both channels of a shared dialogue at real-time pace, one peer per participant, and
 checks what the interviewer's `analysis` channel receives (speakers, text within a WER bound, latency
@@ -17,16 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import jiwer
 import numpy as np
 import pytest
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection
-from whisper_normalizer.english import EnglishTextNormalizer
 
-from adapters.whip_client import WavChannelTrack, WhipSession, whip_publish
-from tests.live_server import LiveServer, live_server, test_settings
-
-normalize = EnglishTextNormalizer()
+from testing.live_server import LiveServer, live_server, test_settings
+from testing.text import wer
+from testing.whip_client import WavChannelTrack, WhipSession, whip_publish
 
 
 @pytest.fixture
@@ -46,10 +43,6 @@ async def events_until(session: WhipSession, done: Callable[[list[dict[str, Any]
 
 def finals_of(events: list[dict[str, Any]], role: str) -> list[dict[str, Any]]:
     return [e for e in events if e["type"] == "segment.final" and e["speaker"]["role"] == role and e["text"]]
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    return float(jiwer.wer(normalize(reference), normalize(hypothesis)))
 
 
 async def offer_sdp(*, audio: bool = True, channel: bool = False, video: bool = False) -> tuple[RTCPeerConnection, str]:

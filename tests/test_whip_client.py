@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import uvicorn
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from starlette.applications import Starlette
@@ -25,8 +24,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from adapters.whip_client import FRAME_SAMPLES, RATE, WavChannelTrack, WhipError, decode_audio, whip_publish
-from benchmarks._env import SHARED_DATA
+from testing.data import SHARED_DATA
+from testing.net import serve
+from testing.whip_client import FRAME_SAMPLES, RATE, WavChannelTrack, WhipError, decode_audio, whip_publish
 
 DATA = SHARED_DATA
 TOKEN = "good-token"
@@ -123,27 +123,16 @@ def _app(sessions: dict[str, Session], tasks: set[asyncio.Task]) -> Starlette:
 async def whip_server() -> AsyncIterator[WhipServer]:
     sessions: dict[str, Session] = {}
     tasks: set[asyncio.Task] = set()
-    config = uvicorn.Config(
-        _app(sessions, tasks), host="127.0.0.1", port=0, log_level="warning", lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        if serving.done():
-            serving.result()  # raises the startup error
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield WhipServer(f"http://127.0.0.1:{port}/whip/room-1", sessions)
-    finally:
-        for sess in sessions.values():
-            await sess.pc.close()
-        for task in list(tasks):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        server.should_exit = True
-        await serving
+    async with serve(_app(sessions, tasks), log_level="warning", lifespan="off") as served:
+        try:
+            yield WhipServer(f"{served.url}/whip/room-1", sessions)
+        finally:
+            for sess in sessions.values():
+                await sess.pc.close()
+            for task in list(tasks):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
 
 @pytest.fixture

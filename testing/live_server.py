@@ -2,52 +2,57 @@
 
 `live_server(settings)` runs `server.create_app` under uvicorn (lifespan included) on a socket bound to
 port 0, yields once uvicorn reports it started, and shuts it down gracefully (the same path as SIGTERM).
+`test_settings` is the one place tests build `Settings`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import dataclasses
-import socket
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
 from server import Components, create_app
 from settings import Settings
+from testing.net import Served, serve
 
 ADMIN_KEY = "test-admin-key-0123456789"
 TOKEN_SECRET = "test-token-secret-0123456789abcdef"
 
 
 def test_settings(tmp_path: Path, mongo_url: str, **overrides: Any) -> Settings:
-    base = Settings(data_dir=tmp_path / "data", mongodb_url=mongo_url,
-                    mongodb_db=f"test_{uuid.uuid4().hex[:16]}", admin_api_key=ADMIN_KEY,
-                    token_secret=TOKEN_SECRET, resume_grace_s=0.5, partial_interval_s=1.0)
-    return base.replace(**overrides)
+    """Settings for one test: data under `tmp_path`, a fresh database on `mongo_url`, known secrets, short
+    resume grace and partial interval; `overrides` replace any of them."""
+    fields: dict[str, Any] = {
+        "data_dir": tmp_path / "data",
+        "mongodb_url": mongo_url,
+        "mongodb_db": f"test_{uuid.uuid4().hex[:16]}",
+        "admin_api_key": ADMIN_KEY,
+        "token_secret": TOKEN_SECRET,
+        "resume_grace_s": 0.5,
+        "partial_interval_s": 1.0,
+    }
+    return Settings(**{**fields, **overrides})
 
 
 test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
 
 
-@dataclasses.dataclass
+@dataclass
 class LiveServer:
     url: str
     app: Any
-    server: uvicorn.Server
-    http: httpx.AsyncClient
-    task: asyncio.Future[None]
+    http: httpx.AsyncClient  # base_url is the server, authorized as admin
+    served: Served
 
     async def stop(self) -> None:
         """Graceful shutdown, as on SIGTERM: uvicorn stops serving, then the lifespan drains and closes."""
-        self.server.should_exit = True
-        await self.task
+        await self.served.stop()
 
     @property
     def components(self) -> Components:
@@ -79,22 +84,7 @@ class LiveServer:
 @contextlib.asynccontextmanager
 async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
     app = create_app(settings)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
-    task = asyncio.ensure_future(server.serve(sockets=[sock]))
-    try:
-        while not server.started:  # uvicorn flips this once the lifespan started and the socket listens
-            if task.done():
-                task.result()
-                raise RuntimeError("server exited during start-up")
-            await asyncio.sleep(0.02)
-        url = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient(base_url=url, timeout=30,
+    async with serve(app, lifespan="on") as served:
+        async with httpx.AsyncClient(base_url=served.url, timeout=30,
                                      headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as http:
-            yield LiveServer(url, app, server, http, task)
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
+            yield LiveServer(served.url, app, http, served)

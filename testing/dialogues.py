@@ -5,7 +5,7 @@ dialogues cannot tell a +0.02 gap from noise; eight can (about 700 words). The s
 with the shared generator (`../shared/tools/make_dialogues.py`, espeak-ng: interviewer `en-us`, candidate
 `en-gb+f3`, the same voices and pauses as the shared ones) into a cache directory, once per version of their text.
 
-    python -m benchmarks.dialogues [--out DIR]     # make them (prints the directory)
+    python -m testing.dialogues [--out DIR]     # make them (prints the directory)
 """
 
 from __future__ import annotations
@@ -20,9 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks._env import SHARED_DATA
-
-SHARED = ("mobile_mixed", "security_positive")
+from testing.data import SHARED_DATA, SHARED_DIALOGUES
 
 # name -> (topic keywords, turns of (speaker, text, sentiment label))
 EXTRA: dict[str, tuple[list[str], list[tuple[str, str, str]]]] = {
@@ -135,7 +133,7 @@ def dialogue_set(out: Path | None = None) -> list[tuple[str, Path]]:
 
     Each directory holds `<name>.wav` (mono mix), `<name>.stereo.wav` and `<name>.json` (ground truth)."""
     extra = make_extra(out)
-    return [(name, SHARED_DATA) for name in SHARED] + [(name, extra) for name in EXTRA]
+    return [(name, SHARED_DATA) for name in SHARED_DIALOGUES] + [(name, extra) for name in EXTRA]
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
-"""Environment description shared by every benchmark program: versions, CPU, cores, threads.
+"""How every benchmark program reports: the environment, Markdown tables, percentiles, progress lines.
 
-Benchmarks print it above their table and embed it in their ``--json`` output so numbers from different
-machines are never compared blind.
+Benchmarks print the environment (versions, CPU, cores, threads) above their table and embed it in their
+``--json`` output so numbers from different machines are never compared blind. Tables go to stdout, progress
+to stderr. (What tests use too, such as the shared test data, lives in the `testing` package.)
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import math
 import os
 import platform
 import sys
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TextIO
 
 _PACKAGES = (
@@ -124,21 +125,10 @@ def percentile(values: Sequence[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-def shared_data_dir() -> Path:
-    """The shared test audio (`jfk.flac`, the dialogues and their ground truth), used by tests and benchmarks.
+def progress_printer(program: str) -> Callable[[str], None]:
+    """A `progress(msg)` for one benchmark program: `[program HH:MM:SS] msg` on stderr, flushed at once."""
 
-    `$SHARED_DATA_DIR` if set, else `../shared/data` beside the checkout (the documented place), else the
-    workspace copy at /work/shared/data (a CI clone may live elsewhere). Callers fail loudly when it is missing.
-    """
-    env = os.environ.get("SHARED_DATA_DIR")
-    if env:
-        return Path(env)
-    beside = Path(__file__).resolve().parents[2] / "shared" / "data"
-    if beside.is_dir():
-        return beside
-    workspace = Path("/work/shared/data")
-    return workspace if workspace.is_dir() else beside
+    def progress(msg: str) -> None:
+        print(f"[{program} {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
-
-SHARED_DATA = shared_data_dir()
-
+    return progress

@@ -3,7 +3,7 @@
 Implements `POST /v1/audio/transcriptions` (multipart form: file, model, language, prompt, response_format,
 timestamp_granularities[]) well enough for the `openai` client: `json`, `text` and `verbose_json` answers,
 bearer-key auth, 400 on undecodable audio, 404 on an unknown model. Used by the OpenAI adapter's tests;
-also runnable: `python -m tests.openai_server --port 8000`.
+also runnable: `python -m testing.openai_server --port 8000`.
 """
 
 from __future__ import annotations
