@@ -1,7 +1,8 @@
 """The browser pages and the health endpoints of the service.
 
-Pages: `/` (the index), `/candidate` and `/interviewer` (the join link opens one of them with `?token=`), and their
-assets under `/static`. Nothing on a page comes from anywhere else, and since the join token is in the page's URL
+Pages: `/` (the index), `/candidate` and `/interviewer` (the join link opens one of them with `?token=`), `/app`
+and `/app/*` (the web app for HR, interviewers and admins: one page whose router reads the path), and their assets
+under `/static`. Nothing on a page comes from anywhere else, and since the join token is in the page's URL
 it is never sent on as a referrer (`PAGE_HEADERS`). A link whose token is valid but for the other page's role is
 refused (403 `wrong_page`); an invalid or expired token is not: the page itself tells the user so.
 
@@ -66,6 +67,8 @@ def page_routes(verify: VerifyToken, static_dir: Path = STATIC_DIR) -> list[Base
         Route("/", page("index.html", ())),
         Route("/candidate", page("candidate.html", ("candidate",))),
         Route("/interviewer", page("interviewer.html", ("interviewer", "observer"))),
+        Route("/app", page("app.html", ())),
+        Route("/app/{path:path}", page("app.html", ())),
         Mount("/static", app=StaticFiles(directory=static_dir, check_dir=False), name="static"),
     ]
 

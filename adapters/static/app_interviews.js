@@ -1,0 +1,494 @@
+// The web app's interview views: the dashboard (interviews by date and status), scheduling, and one interview
+// (the candidate link, cancelling, and the interviewer's one-click join). The server already filters what each
+// role may see; these views only choose which actions to offer.
+import { ApiError } from "/static/app_api.js";
+import { copyText, el, field, pageHeading, toast } from "/static/ui.js";
+
+const STATUSES = ["scheduled", "in_progress", "completed", "cancelled"];
+const STATUS_TEXT = { scheduled: "Scheduled", in_progress: "In progress", completed: "Completed", cancelled: "Cancelled" };
+// domain/model.py INTERVIEW_TYPES and INTERVIEW_FORMATS
+const TYPES = ["screening", "technical", "behavioral", "cultural", "case", "final"];
+const FORMATS = ["video", "audio", "phone", "in_person"];
+const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/; // domain/model.py ID_RE
+const PAGE = 50;
+const LOOKUP_PAGES = 4; // names for ids: at most this many pages of candidates
+
+const dayFormat = new Intl.DateTimeFormat(undefined, { weekday: "long", year: "numeric", month: "long", day: "numeric" });
+const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+const dateTimeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+
+const canSchedule = (me) => me.role === "hr" || me.role === "admin";
+const isOpen = (interview) => interview.status === "scheduled" || interview.status === "in_progress";
+const words = (text) => String(text).replace(/_/g, " ");
+
+export function statusBadge(status) {
+  return el("span", { class: `status status-${status}`, text: STATUS_TEXT[status] || status });
+}
+
+function select(options, value) {
+  return el("select", {}, options.map(([v, text]) => el("option", { value: v, text, selected: v === value })));
+}
+
+/** Who is who: candidate and user names by id, where this role may read them (null where it may not). */
+async function directory(api, { users = true } = {}) {
+  const [candidates, people] = await Promise.all([listCandidates(api), users ? listUsers(api) : null]);
+  return {
+    candidates,
+    users: people ? new Map(people.map((u) => [u.userId, u])) : null,
+  };
+}
+
+async function listCandidates(api) {
+  const byId = new Map();
+  let cursor = null;
+  try {
+    for (let i = 0; i < LOOKUP_PAGES; i++) {
+      const page = await api.get("/api/candidates", { cursor, limit: 200 });
+      for (const c of page.items) byId.set(c.candidateId, c);
+      cursor = page.nextCursor;
+      if (!cursor) break;
+    }
+  } catch (exc) {
+    if (exc instanceof ApiError && (exc.status === 403 || exc.status === 404)) return null;
+    throw exc;
+  }
+  return byId;
+}
+
+/** The organisation's users, or null where this role may not list them. */
+export async function listUsers(api) {
+  try {
+    return (await api.get("/api/users")).items;
+  } catch (exc) {
+    if (exc instanceof ApiError && (exc.status === 403 || exc.status === 404)) return null;
+    throw exc;
+  }
+}
+
+function candidateName(dir, id) {
+  return dir.candidates?.get(id)?.name || id;
+}
+
+function userName(dir, id) {
+  const user = dir.users?.get(id);
+  return user ? user.name || user.email : id;
+}
+
+/** Ask for this interviewer's own join link and open the overlay with it. */
+async function join(api, interview, button) {
+  button.disabled = true;
+  const label = button.textContent;
+  button.textContent = "Joining…";
+  try {
+    const { joinUrl } = await api.post(`/api/interviews/${encodeURIComponent(interview.interviewId)}/join`);
+    window.location.assign(joinUrl);
+  } catch (exc) {
+    toast(`Could not join: ${exc.message}`);
+    button.disabled = false;
+    button.textContent = label;
+  }
+}
+
+function joinButton(ctx, interview, text = "Join") {
+  if (!isOpen(interview) || !interview.interviewers.includes(ctx.me.userId)) return null;
+  const button = el("button", { type: "button", class: "primary small", text,
+    "aria-label": text === "Join" ? `Join the interview at ${timeFormat.format(new Date(interview.scheduledAt))}` : null });
+  button.addEventListener("click", () => join(ctx.api, interview, button));
+  return button;
+}
+
+function localDateKey(date) {
+  return `${date.getFullYear()}-${String(date.getMonth() + 1).padStart(2, "0")}-${String(date.getDate()).padStart(2, "0")}`;
+}
+
+/** `YYYY-MM-DD` (a date input's value) as the instant that day starts here, ISO with a zone; `days` later. */
+function dayStart(value, days = 0) {
+  const [y, m, d] = value.split("-").map(Number);
+  return new Date(y, m - 1, d + days).toISOString();
+}
+
+// ---- dashboard ----------------------------------------------------------------------------------------------
+
+async function renderDashboard(ctx) {
+  const { root, query, me } = ctx;
+  const status = query.get("status") || "";
+  const from = query.get("from") || "";
+  const to = query.get("to") || "";
+  root.append(el("div", { class: "view-head" }, pageHeading("Interviews"),
+    canSchedule(me) ? el("a", { class: "button primary", href: "/app/schedule", text: "Schedule an interview" }) : null));
+  if (me.role === "interviewer") {
+    root.append(el("p", { class: "muted", text: "The interviews you are assigned to. Join opens the live overlay." }));
+  }
+
+  const statusSelect = select([["", "All statuses"], ...STATUSES.map((s) => [s, STATUS_TEXT[s]])], status);
+  const fromInput = el("input", { type: "date", value: from });
+  const toInput = el("input", { type: "date", value: to });
+  const filters = el("form", { class: "filters panel", "aria-label": "Filter interviews" },
+    field("filter-status", "Status", statusSelect),
+    field("filter-from", "From", fromInput),
+    field("filter-to", "To (inclusive)", toInput),
+    el("div", { class: "actions" }, el("button", { type: "submit", text: "Apply filters" }),
+      el("a", { href: "/app/", class: "button", text: "Clear" })));
+  filters.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const params = new URLSearchParams();
+    if (statusSelect.value) params.set("status", statusSelect.value);
+    if (fromInput.value) params.set("from", fromInput.value);
+    if (toInput.value) params.set("to", toInput.value);
+    ctx.navigate(`/app/${params.toString() ? `?${params}` : ""}`);
+  });
+  root.append(filters);
+
+  const summary = el("p", { class: "summary", role: "status" });
+  const list = el("div", { class: "days" });
+  const more = el("button", { type: "button", hidden: true, text: "Load more" });
+  root.append(summary, list, more);
+
+  const dir = await directory(ctx.api, { users: canSchedule(me) });
+  const filter = { status, from: from ? dayStart(from) : "", to: to ? dayStart(to, 1) : "", limit: PAGE };
+  const interviews = [];
+  let cursor = null;
+
+  const draw = () => {
+    const counts = STATUSES.map((s) => [s, interviews.filter((i) => i.status === s).length]).filter(([, n]) => n);
+    summary.textContent = interviews.length
+      ? `${interviews.length} interview${interviews.length === 1 ? "" : "s"}: ${counts.map(([s, n]) => `${n} ${STATUS_TEXT[s].toLowerCase()}`).join(", ")}`
+      : "No interviews match.";
+    const byDay = new Map();
+    for (const interview of [...interviews].sort((a, b) => a.scheduledAt.localeCompare(b.scheduledAt))) {
+      const at = new Date(interview.scheduledAt);
+      const key = localDateKey(at);
+      if (!byDay.has(key)) byDay.set(key, { label: dayFormat.format(at), items: [] });
+      byDay.get(key).items.push(interview);
+    }
+    list.replaceChildren(...[...byDay.values()].map((day) => dayTable(ctx, dir, day)));
+    more.hidden = !cursor;
+  };
+
+  const load = async () => {
+    more.disabled = true;
+    try {
+      const page = await ctx.api.get("/api/interviews", { ...filter, cursor });
+      if (!ctx.isCurrent()) return;
+      interviews.push(...page.items);
+      cursor = page.nextCursor;
+      draw();
+    } finally {
+      more.disabled = false;
+    }
+  };
+  more.addEventListener("click", () => load().catch((exc) => toast(exc.message)));
+  await load();
+  return "Interviews";
+}
+
+function dayTable(ctx, dir, day) {
+  const showInterviewers = canSchedule(ctx.me);
+  const rows = day.items.map((interview) => {
+    const at = new Date(interview.scheduledAt);
+    const detail = `/app/interviews/${encodeURIComponent(interview.interviewId)}`;
+    return el("tr", { dataset: { interviewId: interview.interviewId, status: interview.status } },
+      el("td", {}, el("time", { datetime: interview.scheduledAt, text: timeFormat.format(at) })),
+      el("th", { scope: "row" }, el("a", { href: detail, text: candidateName(dir, interview.candidateId) })),
+      el("td", { text: interview.jobId }),
+      el("td", { text: words(interview.type) }),
+      el("td", {}, statusBadge(interview.status)),
+      showInterviewers ? el("td", { text: interview.interviewers.map((id) => userName(dir, id)).join(", ") || "—" }) : null,
+      el("td", { class: "row-actions" }, joinButton(ctx, interview),
+        el("a", { href: detail, text: "Details", "aria-label": `Details of the interview with ${candidateName(dir, interview.candidateId)}` })));
+  });
+  return el("section", { class: "day" },
+    el("div", { class: "table-wrap" }, el("table", {},
+      el("caption", { text: `${day.label} · ${day.items.length} interview${day.items.length === 1 ? "" : "s"}` }),
+      el("thead", {}, el("tr", {}, ["Time", "Candidate", "Job", "Type", "Status",
+        ...(showInterviewers ? ["Interviewers"] : []), "Actions"].map((h) => el("th", { scope: "col", text: h })))),
+      el("tbody", {}, rows))));
+}
+
+// ---- scheduling ---------------------------------------------------------------------------------------------
+
+/** The UTC offset of `tz` at the instant `utcMs`, in minutes east of UTC. */
+function offsetMinutes(utcMs, tz) {
+  const parts = new Intl.DateTimeFormat("en-US", {
+    timeZone: tz, hourCycle: "h23", year: "numeric", month: "2-digit", day: "2-digit",
+    hour: "2-digit", minute: "2-digit", second: "2-digit",
+  }).formatToParts(new Date(utcMs));
+  const get = (type) => Number(parts.find((p) => p.type === type).value);
+  const wall = Date.UTC(get("year"), get("month") - 1, get("day"), get("hour"), get("minute"), get("second"));
+  return Math.round((wall - utcMs) / 60000);
+}
+
+/** A wall-clock time (`YYYY-MM-DDTHH:MM`, a datetime-local value) in time zone `tz` as ISO 8601 with its offset. */
+export function zonedIso(local, tz) {
+  const m = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})/.exec(local);
+  if (!m) throw new Error("Enter a date and time.");
+  const wall = Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5]);
+  // The offset at the wall time read as UTC is right except within a few hours of a change; asking again at the
+  // corrected instant settles it.
+  const offset = offsetMinutes(wall - offsetMinutes(wall, tz) * 60000, tz);
+  const abs = Math.abs(offset);
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${m[1]}-${m[2]}-${m[3]}T${m[4]}:${m[5]}:00${offset < 0 ? "-" : "+"}${pad(Math.floor(abs / 60))}:${pad(abs % 60)}`;
+}
+
+function timeZones() {
+  const here = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+  const all = typeof Intl.supportedValuesOf === "function" ? Intl.supportedValuesOf("timeZone") : [];
+  return { here, all: [...new Set([here, "UTC", ...all])].sort() };
+}
+
+function fieldErrors(exc) {
+  if (!(exc instanceof ApiError) || !exc.fields) return exc.message;
+  return `${exc.message} ${Object.entries(exc.fields).map(([name, text]) => `${name}: ${text}`).join("; ")}`;
+}
+
+async function renderSchedule(ctx) {
+  const { root, api } = ctx;
+  root.append(pageHeading("Schedule an interview"));
+  const [candidates, users] = await Promise.all([listCandidates(api), listUsers(api)]);
+  const known = candidates ? [...candidates.values()].sort((a, b) => a.name.localeCompare(b.name)) : [];
+
+  // Candidate: one of the organisation's, or a new one created just before the interview.
+  const pickExisting = el("input", { type: "radio", name: "candidate-source", id: "candidate-existing", value: "existing",
+    checked: known.length > 0, disabled: known.length === 0 });
+  const pickNew = el("input", { type: "radio", name: "candidate-source", id: "candidate-new", value: "new", checked: known.length === 0 });
+  const candidateSelect = select(known.map((c) => [c.candidateId, `${c.name} (${c.email})`]), known[0]?.candidateId);
+  const existingBox = el("div", { class: "subfields" }, field("candidate-id", "Candidate", candidateSelect));
+  const newName = el("input", { type: "text", autocomplete: "off", maxlength: "200" });
+  const newEmail = el("input", { type: "email", autocomplete: "off", maxlength: "254" });
+  const newPhone = el("input", { type: "tel", autocomplete: "off", maxlength: "32" });
+  const newBox = el("div", { class: "subfields" },
+    field("candidate-name", "Candidate name", newName),
+    field("candidate-email", "Candidate email", newEmail),
+    field("candidate-phone", "Candidate phone (optional)", newPhone));
+  const syncCandidate = () => {
+    existingBox.hidden = !pickExisting.checked;
+    newBox.hidden = !pickNew.checked;
+  };
+  pickExisting.addEventListener("change", syncCandidate);
+  pickNew.addEventListener("change", syncCandidate);
+  syncCandidate();
+
+  const jobId = el("input", { type: "text", required: true, maxlength: "64", autocomplete: "off" });
+  const type = select(TYPES.map((t) => [t, words(t)]), "screening");
+  const format = select(FORMATS.map((f) => [f, words(f)]), "video");
+  const when = el("input", { type: "datetime-local", required: true });
+  const zones = timeZones();
+  const zone = select(zones.all.map((z) => [z, z.replace(/_/g, " ")]), zones.here);
+
+  // Interviewers: picked from the organisation's users where this role may list them, else typed as ids.
+  let interviewerInput;
+  let pickedInterviewers;
+  if (users) {
+    const candidatesToPick = users.filter((u) => !u.disabled && u.role === "interviewer");
+    const boxes = candidatesToPick.map((u) => el("input", { type: "checkbox", id: `interviewer-${u.userId}`, value: u.userId }));
+    interviewerInput = el("fieldset", { class: "checks" }, el("legend", { text: "Interviewers" }),
+      boxes.length ? boxes.map((box, i) => el("div", { class: "check" }, box,
+        el("label", { for: box.id, text: `${candidatesToPick[i].name || candidatesToPick[i].email} (${candidatesToPick[i].email})` })))
+        : el("p", { class: "hint", text: "No interviewer accounts yet: an admin adds them under Users." }));
+    pickedInterviewers = () => boxes.filter((b) => b.checked).map((b) => b.value);
+  } else {
+    const ids = el("input", { type: "text", autocomplete: "off" });
+    interviewerInput = field("interviewer-ids", "Interviewer user ids", ids, "Separate several with commas.");
+    pickedInterviewers = () => ids.value.split(/[\s,]+/).filter(Boolean);
+  }
+
+  // Questions: as many as needed, in order.
+  const questionList = el("ol", { class: "questions" });
+  let questionIds = 0;
+  const addQuestion = (text = "") => {
+    const area = el("textarea", { id: `question-${++questionIds}`, rows: "2", maxlength: "2000", value: text });
+    const remove = el("button", { type: "button", class: "small danger", text: "Remove" });
+    const item = el("li", { class: "question" }, el("label", { for: area.id, class: "question-label" }), area, remove);
+    remove.addEventListener("click", () => {
+      item.remove();
+      renumber();
+      addButton.focus();
+    });
+    questionList.append(item);
+    renumber();
+    return area;
+  };
+  const renumber = () => {
+    [...questionList.children].forEach((item, i) => {
+      item.querySelector("label").textContent = `Question ${i + 1}`;
+      item.querySelector("button").setAttribute("aria-label", `Remove question ${i + 1}`);
+    });
+  };
+  const addButton = el("button", { type: "button", class: "small", text: "Add a question" });
+  addButton.addEventListener("click", () => addQuestion().focus());
+  addQuestion();
+
+  const error = el("div", { class: "form-error", role: "alert", id: "schedule-error" });
+  const submit = el("button", { type: "submit", class: "primary", text: "Schedule interview" });
+  const form = el("form", { class: "form panel", novalidate: true, "aria-describedby": "schedule-error" },
+    el("fieldset", {}, el("legend", { text: "Candidate" }),
+      el("div", { class: "check" }, pickExisting, el("label", { for: pickExisting.id, text: "Existing candidate" })),
+      el("div", { class: "check" }, pickNew, el("label", { for: pickNew.id, text: "New candidate" })),
+      existingBox, newBox),
+    el("div", { class: "grid-2" },
+      field("job-id", "Job id", jobId, "Letters, digits, - and _ (at most 64)."),
+      field("interview-type", "Type", type),
+      field("interview-format", "Format", format)),
+    el("div", { class: "grid-2" },
+      field("scheduled-at", "Date and time", when),
+      field("time-zone", "Time zone", zone)),
+    interviewerInput,
+    el("fieldset", {}, el("legend", { text: "Questions" }), questionList, addButton),
+    error,
+    el("div", { class: "actions" }, submit, el("a", { href: "/app/", class: "button", text: "Back to interviews" })));
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    error.textContent = "";
+    const problems = [];
+    if (pickNew.checked && !newName.value.trim()) problems.push([newName, "Enter the candidate's name."]);
+    if (pickNew.checked && !/^[^@\s]+@[^@\s]+\.[^@\s]+$/.test(newEmail.value.trim())) problems.push([newEmail, "Enter the candidate's email address."]);
+    if (pickExisting.checked && !candidateSelect.value) problems.push([candidateSelect, "Choose a candidate."]);
+    if (!ID_RE.test(jobId.value.trim())) problems.push([jobId, "Enter a job id: letters, digits, - and _."]);
+    if (!when.value) problems.push([when, "Choose the date and time."]);
+    for (const input of form.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
+    if (problems.length) {
+      for (const [input] of problems) input.setAttribute("aria-invalid", "true");
+      error.replaceChildren(el("p", { text: "Please correct these:" }), el("ul", {}, problems.map(([, text]) => el("li", { text }))));
+      problems[0][0].focus();
+      return;
+    }
+    submit.disabled = true;
+    try {
+      let candidateId = candidateSelect.value;
+      if (pickNew.checked) {
+        const created = await api.post("/api/candidates", {
+          name: newName.value.trim(), email: newEmail.value.trim(), ...(newPhone.value.trim() ? { phone: newPhone.value.trim() } : {}),
+        });
+        candidateId = created.candidateId;
+      }
+      const questions = [...questionList.querySelectorAll("textarea")].map((t) => t.value.trim()).filter(Boolean)
+        .map((text) => ({ text }));
+      const interview = await api.post("/api/interviews", {
+        candidateId, jobId: jobId.value.trim(), scheduledAt: zonedIso(when.value, zone.value),
+        type: type.value, format: format.value, interviewers: pickedInterviewers(), questions,
+      });
+      toast("Interview scheduled.", { kind: "info" });
+      ctx.navigate(`/app/interviews/${encodeURIComponent(interview.interviewId)}`);
+    } catch (exc) {
+      error.textContent = `Not scheduled: ${fieldErrors(exc)}`;
+      submit.disabled = false;
+    }
+  });
+  root.append(form);
+  return "Schedule an interview";
+}
+
+// ---- one interview ------------------------------------------------------------------------------------------
+
+function candidateLinkSection(ctx, interview, dir) {
+  const section = el("section", { class: "panel", "aria-labelledby": "link-title" },
+    el("h2", { id: "link-title", text: "Candidate link" }));
+  if (!isOpen(interview)) {
+    section.append(el("p", { class: "muted", text: "This interview is over: no new links." }));
+    return section;
+  }
+  const output = el("div", { class: "link-output", hidden: true });
+  const create = el("button", { type: "button", class: "primary", text: "Copy candidate link" });
+  create.addEventListener("click", async () => {
+    create.disabled = true;
+    try {
+      const link = await ctx.api.post(`/api/interviews/${encodeURIComponent(interview.interviewId)}/tokens`,
+        { role: "candidate", name: candidateName(dir, interview.candidateId) });
+      const input = el("input", { id: "candidate-link", type: "text", readonly: true, value: link.joinUrl });
+      const copy = el("button", { type: "button", text: "Copy again" });
+      copy.addEventListener("click", () => copyText(link.joinUrl, input));
+      input.addEventListener("focus", () => input.select());
+      output.replaceChildren(
+        el("div", { class: "field" }, el("label", { for: input.id, text: "Candidate link" }),
+          el("div", { class: "inline" }, input, copy)),
+        el("p", { class: "hint", text: `Send it to the candidate only. It works until ${dateTimeFormat.format(new Date(link.expiresAt))}.` }));
+      output.hidden = false;
+      create.textContent = "Copy a new candidate link";
+      await copyText(link.joinUrl, input);
+    } catch (exc) {
+      toast(`No link: ${exc.message}`);
+    } finally {
+      create.disabled = false;
+    }
+  });
+  section.append(el("p", { class: "muted", text: "The candidate joins with this link; they need no account." }),
+    el("div", { class: "actions" }, create), output);
+  return section;
+}
+
+function cancelSection(ctx, interview) {
+  const reason = el("textarea", { id: "cancel-reason", rows: "2", maxlength: "500" });
+  const confirm = el("button", { type: "submit", class: "danger", text: "Confirm cancellation" });
+  const keep = el("button", { type: "button", text: "Keep the interview" });
+  const open = el("button", { type: "button", class: "danger", text: "Cancel interview…", "aria-expanded": "false" });
+  const form = el("form", { class: "form", hidden: true },
+    el("div", { class: "field" }, el("label", { for: reason.id, text: "Reason for cancelling" }), reason),
+    el("div", { class: "actions" }, confirm, keep));
+  open.addEventListener("click", () => {
+    form.hidden = false;
+    open.hidden = true;
+    open.setAttribute("aria-expanded", "true");
+    reason.focus();
+  });
+  keep.addEventListener("click", () => {
+    form.hidden = true;
+    open.hidden = false;
+    open.setAttribute("aria-expanded", "false");
+    open.focus();
+  });
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    confirm.disabled = true;
+    try {
+      await ctx.api.post(`/api/interviews/${encodeURIComponent(interview.interviewId)}/cancel`, { reason: reason.value.trim() });
+      toast("Interview cancelled.", { kind: "info" });
+      ctx.navigate(window.location.pathname, { replace: true });
+    } catch (exc) {
+      toast(`Not cancelled: ${exc.message}`);
+      confirm.disabled = false;
+    }
+  });
+  return el("section", { class: "panel", "aria-labelledby": "cancel-title" },
+    el("h2", { id: "cancel-title", text: "Cancel" }), open, form);
+}
+
+async function renderInterview(ctx) {
+  const { root, api, me, params } = ctx;
+  const [interview, dir] = await Promise.all([
+    api.get(`/api/interviews/${encodeURIComponent(params.id)}`),
+    directory(api, { users: canSchedule(me) }),
+  ]);
+  const name = candidateName(dir, interview.candidateId);
+  const at = new Date(interview.scheduledAt);
+  const join = joinButton(ctx, interview, "Join interview");
+  root.append(
+    el("p", {}, el("a", { href: "/app/", text: "← All interviews" })),
+    el("div", { class: "view-head" }, pageHeading(`Interview with ${name}`), statusBadge(interview.status)),
+    join ? el("div", { class: "actions join-bar" }, join,
+      el("span", { class: "muted small", text: "Opens the live overlay with your microphone." })) : null,
+    el("section", { class: "panel", "aria-labelledby": "details-title" },
+      el("h2", { id: "details-title", text: "Details" }),
+      el("dl", { class: "details" },
+        el("dt", { text: "When" }), el("dd", {}, el("time", { datetime: interview.scheduledAt, text: `${dayFormat.format(at)}, ${timeFormat.format(at)}` })),
+        el("dt", { text: "Candidate" }), el("dd", { text: name }),
+        el("dt", { text: "Job" }), el("dd", { text: interview.jobId }),
+        el("dt", { text: "Type" }), el("dd", { text: `${words(interview.type)} · ${words(interview.format)}` }),
+        el("dt", { text: "Interviewers" }),
+        el("dd", { text: interview.interviewers.map((id) => id === me.userId ? "you" : userName(dir, id)).join(", ") || "none assigned" }),
+        interview.status === "cancelled" ? [el("dt", { text: "Cancelled" }), el("dd", { text: interview.cancelReason || "no reason given" })] : null)),
+    el("section", { class: "panel", "aria-labelledby": "questions-title" },
+      el("h2", { id: "questions-title", text: "Questions" }),
+      interview.questions?.length
+        ? el("ol", { class: "question-list" }, interview.questions.map((q) => el("li", { text: q.text })))
+        : el("p", { class: "muted", text: "No questions prepared." })),
+  );
+  if (canSchedule(me)) {
+    root.append(candidateLinkSection(ctx, interview, dir));
+    if (isOpen(interview)) root.append(cancelSection(ctx, interview));
+  }
+  return `Interview with ${name}`;
+}
+
+export const interviewViews = { dashboard: renderDashboard, schedule: renderSchedule, interview: renderInterview };
