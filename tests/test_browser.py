@@ -317,7 +317,7 @@ async def test_forged_token_is_refused_with_the_servers_reason(server: Server, c
 def test_pages_load_nothing_from_elsewhere() -> None:
     """Every asset the pages reference is one of ours under /static (no CDN, no build step)."""
     static = REPO / "adapters" / "static"
-    for page in ("index.html", "candidate.html", "interviewer.html"):
+    for page in ("index.html", "candidate.html", "interviewer.html", "app.html"):
         html = (static / page).read_text()
         refs = re.findall(r'(?:src|href)="([^"]+)"', html)
         for ref in refs:

@@ -205,6 +205,7 @@ window.addEventListener("popstate", () => render({ focus: true }));
 
 logoutButton.addEventListener("click", async () => {
   logoutButton.disabled = true;
+  clearTimeout(refreshTimer);
   await api.logout();
   signedOut();
   logoutButton.disabled = false;

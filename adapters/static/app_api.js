@@ -123,6 +123,7 @@ export class Api {
   }
 
   async logout() {
+    if (this.#refreshing) await this.#refreshing; // revoke the cookie a refresh in flight is about to replace
     const token = this.#token;
     this.#token = null;
     try {

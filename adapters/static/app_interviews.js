@@ -198,10 +198,11 @@ function dayTable(ctx, dir, day) {
         el("a", { href: detail, text: "Details", "aria-label": `Details of the interview with ${candidateName(dir, interview.candidateId)}` })));
   });
   return el("section", { class: "day" },
-    el("div", { class: "table-wrap" }, el("table", {},
+    el("div", { class: "table-wrap" }, el("table", { class: "interviews" },
       el("caption", { text: `${day.label} · ${day.items.length} interview${day.items.length === 1 ? "" : "s"}` }),
       el("thead", {}, el("tr", {}, ["Time", "Candidate", "Job", "Type", "Status",
-        ...(showInterviewers ? ["Interviewers"] : []), "Actions"].map((h) => el("th", { scope: "col", text: h })))),
+        ...(showInterviewers ? ["Interviewers"] : []), "Actions"]
+        .map((h) => el("th", { scope: "col", class: `col-${h.toLowerCase()}`, text: h })))),
       el("tbody", {}, rows))));
 }
 
