@@ -543,6 +543,8 @@ async def test_admin_hr_and_interviewer_walk(chromium: str) -> None:
         await expect(page.get_by_role("heading", name="Something went wrong")).to_be_visible()
         await expect(page.locator("#view")).to_contain_text("no such interview")
         await ctx.close()
+        # The interviewer's pages never asked for what the role may not read (each refusal is audited).
+        assert not [e for e in backend.audit if e["actorId"] == ivo.userId and e["outcome"] == "denied"]
         assert not site.errors, site.errors
 
 
@@ -552,14 +554,29 @@ async def test_wrong_password_says_so_and_stays_on_sign_in(chromium: str) -> Non
     async with _site(chromium, backend) as site:
         _, page = await site.user()
         await page.goto(f"{site.url}/app/login")
+        email = page.get_by_label("Email")
+        await expect(email).to_be_focused()
+        await page.keyboard.press("Shift+Tab")  # the skip link comes first, and moves focus to the content
+        await expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+        await page.keyboard.press("Enter")
+        await expect(page.get_by_role("main")).to_be_focused()
         await _sign_in(page, admin.email, "not the password")
         await expect(page.get_by_role("alert")).to_have_text("Wrong email or password.")
         await expect(page.get_by_label("Password")).to_be_focused()
         await expect(page.get_by_label("Password")).to_have_value("")
-        await expect(page).to_have_url(re.compile(r"/app/login$"))
+        await expect(page).to_have_url(re.compile(r"/app/login(#view)?$"))
         assert not backend.access
-        await _sign_in(page, admin.email)
-        await expect(page.get_by_role("heading", name="Interviews", level=1)).to_be_visible()
+        # By keyboard alone: the form in order, Enter submits.
+        await page.get_by_label("Email").focus()
+        await page.keyboard.press("Control+A")
+        await page.keyboard.type(admin.email)
+        await page.keyboard.press("Tab")
+        await expect(page.get_by_label("Password")).to_be_focused()
+        await page.keyboard.type(PASSWORD)
+        await page.keyboard.press("Enter")
+        heading = page.get_by_role("heading", name="Interviews", level=1)
+        await expect(heading).to_be_visible()
+        await expect(heading).to_be_focused()  # screen readers hear the new page
         assert not site.errors, site.errors
 
 

@@ -194,7 +194,7 @@ function waitText(seconds) {
 document.addEventListener("click", (event) => {
   if (event.defaultPrevented || event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
   const link = event.target.closest?.("a[href]");
-  if (!link || link.target || link.hasAttribute("download")) return;
+  if (!link || link.target || link.hasAttribute("download") || link.getAttribute("href").startsWith("#")) return;
   const url = new URL(link.href, window.location.href);
   if (url.origin !== window.location.origin || !(url.pathname === BASE || url.pathname.startsWith(`${BASE}/`))) return;
   event.preventDefault();

@@ -29,12 +29,16 @@ function select(options, value) {
   return el("select", {}, options.map(([v, text]) => el("option", { value: v, text, selected: v === value })));
 }
 
-/** Who is who: candidate and user names by id, where this role may read them (null where it may not). */
-async function directory(api, { users = true } = {}) {
-  const [candidates, people] = await Promise.all([listCandidates(api), users ? listUsers(api) : null]);
+/**
+ * Who is who: candidate and user names by id, where this role may read them (null where it may not). Interviewers
+ * do not ask: the lists are HR's, and every refusal would be an audited permission denial.
+ */
+async function directory(api, me) {
+  const people = canSchedule(me);
+  const [candidates, users] = await Promise.all([people ? listCandidates(api) : null, people ? listUsers(api) : null]);
   return {
     candidates,
-    users: people ? new Map(people.map((u) => [u.userId, u])) : null,
+    users: users ? new Map(users.map((u) => [u.userId, u])) : null,
   };
 }
 
@@ -144,7 +148,7 @@ async function renderDashboard(ctx) {
   const more = el("button", { type: "button", hidden: true, text: "Load more" });
   root.append(summary, list, more);
 
-  const dir = await directory(ctx.api, { users: canSchedule(me) });
+  const dir = await directory(ctx.api, me);
   const filter = { status, from: from ? dayStart(from) : "", to: to ? dayStart(to, 1) : "", limit: PAGE };
   const interviews = [];
   let cursor = null;
@@ -459,7 +463,7 @@ async function renderInterview(ctx) {
   const { root, api, me, params } = ctx;
   const [interview, dir] = await Promise.all([
     api.get(`/api/interviews/${encodeURIComponent(params.id)}`),
-    directory(api, { users: canSchedule(me) }),
+    directory(api, me),
   ]);
   const name = candidateName(dir, interview.candidateId);
   const at = new Date(interview.scheduledAt);
