@@ -88,6 +88,7 @@ class Backend:
     key_hashes: dict[str, str] = field(default_factory=dict)  # sha256(key) -> keyId; the key itself is never kept
     audit: list[dict[str, Any]] = field(default_factory=list)
     minted: list[dict[str, Any]] = field(default_factory=list)  # candidate and interviewer join tokens
+    locked: dict[str, int] = field(default_factory=dict)  # email -> Retry-After seconds
     refresh_attempts: int = 0
     refreshes: int = 0  # successful
     refreshed: asyncio.Event = field(default_factory=asyncio.Event)  # set on each successful refresh
@@ -169,6 +170,8 @@ class Backend:
 
     async def login(self, request: Request) -> Response:
         body = await request.json()
+        if body.get("email") in self.locked:
+            return _error(429, "locked", "too many attempts", {"Retry-After": str(self.locked[body["email"]])})
         user = next((u for u in self.users.values() if u.email == body.get("email")), None)
         if user is None or user.disabled or user.password != body.get("password"):
             self.record(request, None, "login", ("user", body.get("email", "")), "denied")
@@ -520,6 +523,18 @@ async def test_admin_hr_and_interviewer_walk(chromium: str) -> None:
         await page.evaluate("document.getElementById('toasts').replaceChildren()")  # a clean picture
         await page.mouse.move(0, 0)
         await page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+        # HR cancels another interview, with a reason; the dashboard shows it.
+        robin = page.get_by_role("row", name=re.compile("Robin Reyes"))
+        await robin.get_by_role("link", name=re.compile("Details")).click()
+        await page.get_by_role("button", name="Cancel interview…").click()
+        await expect(page.get_by_label("Reason for cancelling")).to_be_focused()
+        await page.keyboard.type("The role was filled.")
+        await page.get_by_role("button", name="Confirm cancellation").click()
+        await expect(page.get_by_role("region", name="Details")).to_contain_text("The role was filled.")
+        await expect(page.get_by_role("button", name="Cancel interview…")).to_have_count(0)
+        assert [(i["status"], i["cancelReason"]) for i in backend.interviews.values()
+                if backend.candidates[i["candidateId"]]["name"] == "Robin Reyes"] == [("cancelled", "The role was filled.")]
         await ctx.close()
 
         # ---- the interviewer sees only their interview and joins it with one click
@@ -565,6 +580,10 @@ async def test_wrong_password_says_so_and_stays_on_sign_in(chromium: str) -> Non
         await expect(page.get_by_label("Password")).to_be_focused()
         await expect(page.get_by_label("Password")).to_have_value("")
         await expect(page).to_have_url(re.compile(r"/app/login(#view)?$"))
+        backend.locked[admin.email] = 120
+        await _sign_in(page, admin.email)
+        await expect(page.get_by_role("alert")).to_have_text("Too many sign-in attempts. Try again in 2 minutes.")
+        del backend.locked[admin.email]
         assert not backend.access
         # By keyboard alone: the form in order, Enter submits.
         await page.get_by_label("Email").focus()
