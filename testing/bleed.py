@@ -85,6 +85,21 @@ def delays_for(name: str, level_db: int) -> tuple[float, float]:
     return round(float(rng.uniform(lo, hi)), 1), round(float(rng.uniform(lo, hi)), 1)
 
 
+def write_bleed(name: str, directory: Path, levels: tuple[int, ...], out: Path) -> list[Path]:
+    """Write dialogue `name` of `directory` with bleed at each of `levels` into `out`: the stereo WAVs."""
+    rate, pcm = read_stereo(directory / f"{name}.stereo.wav")
+    truth: dict[str, Any] = json.loads((directory / f"{name}.json").read_text())
+    written = []
+    for level in levels:
+        delays = delays_for(name, level)
+        wav = out / f"{bleed_name(name, level)}.stereo.wav"
+        write_stereo(wav, rate, mix_bleed(pcm, rate, level, delays))
+        meta = {**truth, "name": bleed_name(name, level), "bleed": {"level_db": level, "delay_ms": list(delays)}}
+        (out / f"{bleed_name(name, level)}.json").write_text(json.dumps(meta, indent=1))
+        written.append(wav)
+    return written
+
+
 def _version(sources: list[tuple[str, Path]], levels: tuple[int, ...]) -> str:
     key = json.dumps([_VERSION, list(levels), DELAY_MS, [[n, str(d)] for n, d in sources]])
     return hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -104,13 +119,7 @@ def make_bleed(out: Path | None = None, levels: tuple[int, ...] = LEVELS_DB) -> 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".bleed-", dir=out.parent))
     for name, directory in sources:
-        rate, pcm = read_stereo(directory / f"{name}.stereo.wav")
-        truth: dict[str, Any] = json.loads((directory / f"{name}.json").read_text())
-        for level in levels:
-            delays = delays_for(name, level)
-            write_stereo(tmp / f"{bleed_name(name, level)}.stereo.wav", rate, mix_bleed(pcm, rate, level, delays))
-            meta = {**truth, "name": bleed_name(name, level), "bleed": {"level_db": level, "delay_ms": list(delays)}}
-            (tmp / f"{bleed_name(name, level)}.json").write_text(json.dumps(meta, indent=1))
+        write_bleed(name, directory, levels, tmp)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)  # all or nothing: a half-made set is never taken for a cached one
