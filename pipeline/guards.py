@@ -223,7 +223,12 @@ class Heard:
 
     @classmethod
     def of(cls, text: str, start_s: float, end_s: float, level_db: float | None = None) -> Heard:
-        return cls(start_s, end_s, tuple(normalise(text).split()), level_db)
+        return cls(start_s, end_s, words_of(text), level_db)
+
+
+def words_of(text: str) -> tuple[str, ...]:
+    """The words the cross-talk guard compares: `normalise`d."""
+    return tuple(normalise(text).split())
 
 
 def speech_level_db(audio: np.ndarray, frame: int = 320) -> float:

@@ -24,7 +24,8 @@ Contract with the consumer (`emit`, a sync callback run on the event loop):
   revision's context. When the louder final comes out second, the one already emitted is corrected: a
   `segment.revised` with `crosstalk=True`, the text it last had and the next revision number (after a text
   revision: 2); its words leave the keyword counts and its sentiment the smoothing (no new `sentiment` event:
-  consumers drop that seq's point).
+  consumers drop that seq's point). A text revision is compared again: its new words can show it (then the
+  revision itself carries `crosstalk=True`) or another stream's final to be a copy.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from pipeline.guards import (
     speech_level_db,
     trim_after_speech,
     word_confidence,
+    words_of,
 )
 from pipeline.scheduler import SttScheduler
 from pipeline.transcript import SAMPLE_RATE, SttError, Transcript
@@ -460,17 +462,17 @@ class ParticipantStream:
             return
         self.stats["finals"] += 1
         seg = self._segment(seq, utt.start, utt.end, tr, final=True, speech_end_s=utt.speech_end_s)
-        sent = self._sent_final(seq, utt, seg) if tr.text and not tr.hallucination else None
+        sent = self._sent_final(seq, utt, seg, source=not tr.hallucination) if tr.text else None
         if sent is not None:
             seg.crosstalk = self.conversation.check_crosstalk(sent)  # may correct another stream's final first
             sent.segment = replace(seg)  # as sent (the consumer may renumber the one it gets)
         self._emit(seg)
-        if not tr.text or tr.hallucination:
-            self.stats["hallucinations"] += int(tr.hallucination)
-            return
+        self.stats["hallucinations"] += int(tr.hallucination)
         if seg.crosstalk:
             self.stats["crosstalk"] += 1
             log.debug("final %d of %s is cross-talk: %r", seq, self.speaker.participant_id, tr.text)
+            return
+        if not tr.text or tr.hallucination:
             return
         # a low-confidence final is kept out of the prompt and the context: never condition on text we doubt
         turn = self.conversation.add(tr.text, utt.audio, confidence=tr.confidence, word_confidence=word_confidence(tr),
@@ -498,7 +500,7 @@ class ParticipantStream:
     def _prompt(self) -> str | None:
         return self.conversation.prompt if self.config.prompt_previous else None
 
-    def _sent_final(self, seq: int, utt: Any, seg: SegmentEvent) -> SentFinal | None:
+    def _sent_final(self, seq: int, utt: Any, seg: SegmentEvent, *, source: bool) -> SentFinal | None:
         """The final as the cross-talk guard compares it: speech span on the conversation's time axis, words and
         speech level (None when the guard is off or the span's conversation time is no longer known)."""
         if not self.config.crosstalk_guard:
@@ -509,7 +511,7 @@ class ParticipantStream:
         i0 = int(round((utt.speech_start_s - utt.start_s) * SAMPLE_RATE))
         i1 = int(round((utt.speech_end_s - utt.start_s) * SAMPLE_RATE))
         level = speech_level_db(utt.audio[i0:i1]) if i1 > i0 else None
-        return SentFinal(Heard.of(seg.text, start, end, level), self, seq, seg)
+        return SentFinal(Heard.of(seg.text, start, end, level), self, seq, seg, source=source)
 
     def correct_crosstalk(self, sent: SentFinal) -> None:
         """A final this stream already emitted repeats a louder final of another stream that came out after it:
@@ -591,8 +593,18 @@ class ParticipantStream:
         seg.revision = 1
         seg.start_s, seg.end_s = span  # the same utterance: only its words changed
         if sent is not None:
+            # the new words may show it (or another stream's final) to be a copy that the live words hid
+            sent.heard = replace(sent.heard, words=words_of(tr.text))
+            seg.crosstalk = self.conversation.check_crosstalk(sent)
             sent.segment = replace(seg)
         self._emit(seg)
+        if seg.crosstalk:
+            self.stats["crosstalk"] += 1
+            self.conversation.remove(turn)
+            self.sentiment.remove(seq)
+            self.keywords.remove(old, seq)
+            self._emit(KeywordsEvent(self.speaker, self.keywords.top(self.config.top_keywords), seq))
+            return
         revised = self.sentiment.revise(seq, tr.text)
         if revised is not None:
             self._emit(SentimentEvent(self.speaker, seq, revised[0], revised[1], seg.start_s, seg.end_s))
@@ -649,7 +661,8 @@ class _Turn:
 @dataclass(slots=True, eq=False)
 class SentFinal:
     """A final with text as the cross-talk guard remembers it: what it heard, whose it is and, to correct it,
-    the segment as last sent and its conversation turn (None when it was marked at once)."""
+    the segment as last sent and its conversation turn (None when it was marked at once or is no turn). A
+    hallucination-flagged final can be found to be a copy but is no `source`: its words prove nothing."""
 
     heard: Heard
     stream: ParticipantStream
@@ -657,6 +670,7 @@ class SentFinal:
     segment: SegmentEvent
     turn: _Turn | None = None
     crosstalk: bool = False
+    source: bool = True
 
 
 class Conversation:
@@ -716,9 +730,9 @@ class Conversation:
         self._kept -= turn.audio.size
 
     def check_crosstalk(self, final: SentFinal) -> bool:
-        """True when `final` (about to be emitted) repeats a louder final another stream already emitted: emit it
-        marked. Finals of other streams it shows to be copies of itself are corrected by their streams first.
-        Remembers `final` unless it is a copy."""
+        """True when `final` (about to be emitted, or its revision) repeats a louder final another stream already
+        emitted: emit it marked. Finals of other streams it shows to be copies of itself are corrected by their
+        streams first. Remembers `final` unless it is a copy."""
         heard = final.heard
         while self.sent and self.sent[0].heard.end_s < heard.start_s - self.CROSSTALK_KEEP_S:
             self.sent.popleft()
@@ -727,12 +741,13 @@ class Conversation:
             if other.stream is final.stream or other.crosstalk:
                 continue
             copy = bleed_of(heard, other.heard)
-            if copy is heard:
+            if copy is heard and other.source:
                 final.crosstalk = True
                 return True
-            if copy is other.heard:
+            if copy is other.heard and final.source:
                 copies.append(other)
-        self.sent.append(final)
+        if final not in self.sent:
+            self.sent.append(final)
         for other in copies:
             other.crosstalk = True
             other.stream.correct_crosstalk(other)

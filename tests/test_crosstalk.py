@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,9 @@ from domain.events import (
 )
 from pipeline.audio_file import read_audio
 from pipeline.cli import build_parser, run
-from pipeline.guards import Heard, bleed_of, speech_level_db
+from pipeline.guards import Heard, bleed_of, speech_level_db, words_of
 from pipeline.scheduler import SttScheduler
-from pipeline.stream import Conversation, ParticipantStream, StreamConfig
+from pipeline.stream import Conversation, ParticipantStream, SentFinal, StreamConfig
 from pipeline.transcript import Transcript
 from testing.bleed import duplicates, mix_bleed, score_crosstalk, write_bleed
 from testing.data import SHARED_DATA, SHARED_DIALOGUES
@@ -215,6 +216,46 @@ async def test_a_real_short_answer_under_the_question_is_kept() -> None:
     assert [(e.text, e.crosstalk) for e in room.of("candidate")] == [("Yes.", False)]
     assert [(e.text, e.crosstalk) for e in room.of("interviewer")] == [(QUESTION, False)]
     assert [e.seq for e in room.of("candidate", SentimentEvent)] == [0]
+
+
+class Corrections:
+    """Stands in for the stream a remembered final came from: records the corrections asked of it."""
+
+    def __init__(self) -> None:
+        self.corrected: list[int] = []
+
+    def correct_crosstalk(self, sent: SentFinal) -> None:
+        self.corrected.append(sent.seq)
+
+
+def sent_final(stream: Any, seq: int, heard: Heard, *, source: bool = True) -> SentFinal:
+    return SentFinal(heard, stream, seq, SegmentEvent(Speaker("x", "x", "x"), seq, heard.start_s, heard.end_s,
+                                                      " ".join(heard.words), final=True), source=source)  # fmt: skip
+
+
+def test_the_conversation_marks_copies_in_both_orders_and_again_when_a_revision_changes_the_words() -> None:
+    conversation = Conversation()
+    left, right = Corrections(), Corrections()
+    # a copy after its source: marked at once, and not remembered as a source
+    assert not conversation.check_crosstalk(sent_final(left, 0, heard(QUESTION, 1.0, 4.0, -20.0)))
+    assert conversation.check_crosstalk(sent_final(right, 0, heard(QUESTION, 1.05, 4.05, -38.0)))
+    # a copy first: the louder final asks the copy's stream to correct it
+    assert not conversation.check_crosstalk(copy := sent_final(left, 1, heard(ANSWER, 5.05, 9.05, -41.0)))
+    assert not conversation.check_crosstalk(sent_final(right, 1, heard(ANSWER, 5.0, 9.0, -19.0)))
+    assert left.corrected == [1] and copy.crosstalk
+    # the live words differ; a revision of one makes them agree: the copy is found then
+    assert not conversation.check_crosstalk(sent_final(left, 2, heard("What about data at rest?", 10.0, 12.0, -20.0)))
+    assert not conversation.check_crosstalk(late := sent_final(right, 2, heard("Welcome out, data rest", 10.04, 12.04,
+                                                                                -31.0)))  # fmt: skip
+    late.heard = replace(late.heard, words=words_of("What about data at rest?"))
+    assert conversation.check_crosstalk(late) and late.crosstalk
+    # a hallucination-flagged copy is marked too, but its words never make another final a copy
+    assert conversation.check_crosstalk(sent_final(right, 3, heard(QUESTION + " and and and and", 1.0, 4.0, -37.0),
+                                                   source=False))  # fmt: skip
+    assert not conversation.check_crosstalk(sent_final(right, 4, heard("Thank you.", 14.0, 15.0, -20.0),
+                                                       source=False))  # fmt: skip
+    assert not conversation.check_crosstalk(sent_final(left, 3, heard("Thank you.", 14.05, 15.05, -33.0)))
+    assert right.corrected == [] and left.corrected == [1]
 
 
 def test_the_duplicate_count_sees_copies_and_not_replies() -> None:
