@@ -104,10 +104,13 @@ class SentimentTracker:
         if entry is None:
             return None
         self.count -= 1
-        rolling = entry[2]
+        rolling, first = entry[2], entry[1] >= 1.0  # the speaker's first segment: the next one starts the value
         for k, (s, a, _) in self._recent.items():
             if k < seq:
                 continue
+            if first:
+                a = self._recent[k][1] = 1.0
+                first = False
             self._recent[k][2] = rolling
             rolling += a * (s - rolling)
         self.rolling = rolling

@@ -28,6 +28,7 @@ from domain.events import (
     StreamEvent,
     Word,
 )
+from pipeline.analysis import SentimentTracker
 from pipeline.audio_file import read_audio
 from pipeline.cli import build_parser, run
 from pipeline.guards import Heard, bleed_of, speech_level_db, words_of
@@ -256,6 +257,24 @@ def test_the_conversation_marks_copies_in_both_orders_and_again_when_a_revision_
                                                        source=False))  # fmt: skip
     assert not conversation.check_crosstalk(sent_final(left, 3, heard("Thank you.", 14.05, 15.05, -33.0)))
     assert right.corrected == [] and left.corrected == [1]
+
+
+def test_removing_a_sentence_redoes_the_smoothing_as_if_it_had_never_come() -> None:
+    texts = ["I love this team.", "That outage was awful and painful.", "We fixed it within a day."]
+    with_copy, without = SentimentTracker(), SentimentTracker()
+    for seq, text in enumerate(texts):
+        with_copy.update(text, seq)
+        if seq != 1:
+            without.update(text, seq)
+    assert with_copy.rolling != pytest.approx(without.rolling)
+    assert with_copy.remove(1) == pytest.approx(without.rolling) and with_copy.count == without.count
+    assert with_copy.remove(1) is None  # once
+    first_gone, later_only = SentimentTracker(), SentimentTracker()
+    for seq, text in enumerate(texts):
+        first_gone.update(text, seq)
+        if seq:
+            later_only.update(text, seq)
+    assert first_gone.remove(0) == pytest.approx(later_only.rolling)
 
 
 def test_the_duplicate_count_sees_copies_and_not_replies() -> None:
