@@ -62,6 +62,7 @@ export class Tone {
     const at = list ? list.findIndex((p) => p.seq === seq) : -1;
     if (at < 0) return;
     list.splice(at, 1);
+    if (!list.length) this.series.delete(s.pid);
     this._renderText();
     this._scheduleDraw();
   }
