@@ -227,8 +227,10 @@ class Heard:
 
 
 def words_of(text: str) -> tuple[str, ...]:
-    """The words the cross-talk guard compares: `normalise`d."""
-    return tuple(normalise(text).split())
+    """The words the cross-talk guard compares: `normalise`d, a word repeated back to back once (a decoding loop,
+    "handled. And, and, and, and.", would otherwise outweigh the words it shares with its source)."""
+    words = normalise(text).split()
+    return tuple(w for i, w in enumerate(words) if i == 0 or w != words[i - 1])
 
 
 def speech_level_db(audio: np.ndarray, frame: int = 320) -> float:

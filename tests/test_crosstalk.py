@@ -251,8 +251,8 @@ def test_the_conversation_marks_copies_in_both_orders_and_again_when_a_revision_
     late.heard = replace(late.heard, words=words_of("What about data at rest?"))
     assert conversation.check_crosstalk(late) and late.crosstalk
     # a hallucination-flagged copy is marked too, but its words never make another final a copy
-    assert conversation.check_crosstalk(sent_final(right, 3, heard(QUESTION + " and and and and", 1.0, 4.0, -37.0),
-                                                   source=False))  # fmt: skip
+    looped = QUESTION + " And, and, and, and, and, and, and, and."  # more loop words than real ones
+    assert conversation.check_crosstalk(sent_final(right, 3, heard(looped, 1.0, 4.0, -37.0), source=False))
     assert not conversation.check_crosstalk(sent_final(right, 4, heard("Thank you.", 14.0, 15.0, -20.0),
                                                        source=False))  # fmt: skip
     assert not conversation.check_crosstalk(sent_final(left, 3, heard("Thank you.", 14.05, 15.05, -33.0)))
