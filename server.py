@@ -130,6 +130,7 @@ async def _build(c: Components) -> None:
     c.metrics.bind_stt(queue_depth=lambda: float(scheduler.queue_depth), stats=lambda: scheduler.stats)
     stream_config = StreamConfig(vad=s.vad_mode, partial_interval_s=s.partial_interval_s,
                                  end_silence_ms=s.end_silence_ms, revise=s.stt_revise,
+                                 crosstalk_guard=s.crosstalk_guard,
                                  await_revisions=False)  # leaving or shutting down does not wait for them
 
     def stream_factory(speaker: Speaker, emit: Callable[[StreamEvent], None], in_rate: int, channels: int,

@@ -123,6 +123,8 @@ class Settings(BaseSettings):
     stt_revise: Flag = setting(True, "decode each final again with the conversation around it on spare "
                                "speech-to-text capacity; a more confident different text goes out as "
                                "segment.revised (local engine only)")
+    crosstalk_guard: Flag = setting(True, "mark a final that repeats another participant's overlapping, louder "
+                                    "final (a microphone hearing the other side) as crosstalk: shown, not analysed")
     end_silence_ms: PositiveInt = setting(500, "silence that ends an utterance (lower: faster finals, more splits)")
     ice_servers: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_stun_urls)] = setting(
         (), "comma-separated stun: URLs for the server's ICE candidates (unset: host candidates only)")

@@ -244,6 +244,7 @@ class Segment(_Closed):
     engine: str
     model: str
     hallucination: bool
+    crosstalk: bool = Field(description="another participant's voice heard by this microphone: not analysed")
     recordedAt: datetime
     emitted_at_s: Omittable[float] = None
     revision: Omittable[PositiveInt] = None

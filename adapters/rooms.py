@@ -140,6 +140,9 @@ class Participant:
         if self.stream is None:
             self.stream = self.room.registry.stream_factory(self.speaker, self._on_event, rate, channels,
                                                             self.room.conversation)
+            # each participant's stream time starts at its own first frame: the room's streams meet on arrival
+            # time, which the cross-talk guard compares their finals on
+            self.stream.conversation_time = self.wall_time_of
             self.in_rate, self.channels = rate, channels
         elif (rate, channels) != (self.in_rate, self.channels):
             raise ValueError(f"audio format changed mid-stream: {rate} Hz x{channels}, "

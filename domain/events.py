@@ -64,9 +64,12 @@ class SegmentEvent:
 
     Times are stream time (seconds since the participant's stream started), never wall clock.
     `hallucination=True` marks text the guards consider invented (it is shown but never analysed).
+    `crosstalk=True` marks another participant's voice picked up by this participant's microphone (the same words
+    as an overlapping, louder final of someone else): shown, never analysed, never context for other decodes.
     `revision` > 0 (wire type `segment.revised`): the final of the same speaker and `seq` decoded again, after
     it was sent, with the conversation's preceding audio and text as context; it replaces that final's text,
-    words and confidence (the live final is decoded alone, for speed). Higher revisions replace lower ones.
+    words and confidence (the live final is decoded alone, for speed), or, with `crosstalk=True`, marks a final
+    already sent as cross-talk once the louder final it repeats came out. Higher revisions replace lower ones.
     """
 
     speaker: Speaker
@@ -84,6 +87,7 @@ class SegmentEvent:
     hallucination: bool = False
     emitted_at_s: float | None = None
     revision: int = 0
+    crosstalk: bool = False
 
     @property
     def type(self) -> str:
@@ -106,6 +110,7 @@ class SegmentEvent:
             "engine": self.engine,
             "model": self.model,
             "hallucination": self.hallucination,
+            "crosstalk": self.crosstalk,
         }
         if self.revision:
             d["revision"] = self.revision
@@ -115,7 +120,7 @@ class SegmentEvent:
 
 
 # What a `segment.revised` replaces in the final of the same speaker and seq (start_s / end_s stay the utterance's).
-REVISED_FIELDS = ("text", "words", "confidence", "no_speech_prob", "hallucination")
+REVISED_FIELDS = ("text", "words", "confidence", "no_speech_prob", "hallucination", "crosstalk")
 
 
 @dataclass(slots=True)
@@ -165,7 +170,7 @@ class StoredSegment:
             text=d["text"], final=True, words=[Word.from_dict(w) for w in d.get("words", ())],
             confidence=d.get("confidence", 0.0), no_speech_prob=d.get("no_speech_prob", 0.0),
             language=d.get("language", "en"), engine=d.get("engine", ""), model=d.get("model", ""),
-            hallucination=d.get("hallucination", False), emitted_at_s=d.get("emitted_at_s"),
+            hallucination=d.get("hallucination", False), crosstalk=d.get("crosstalk", False), emitted_at_s=d.get("emitted_at_s"),
             revision=d.get("revision", 0))
         return cls(interview_id=d["interviewId"], segment=segment, recorded_at=d["recordedAt"],
                    original_text=d.get("originalText"))

@@ -97,6 +97,25 @@ class SentimentTracker:
         self.rolling = rolling
         return score, at_seq
 
+    def remove(self, seq: int) -> float | None:
+        """Take segment `seq` out (it was someone else's voice): the smoothed value without it, the later
+        segments' smoothing redone. None when `seq` is older than the last `recent` segments."""
+        entry = self._recent.pop(seq, None)
+        if entry is None:
+            return None
+        self.count -= 1
+        rolling, first = entry[2], entry[1] >= 1.0  # the speaker's first segment: the next one starts the value
+        for k, (s, a, _) in self._recent.items():
+            if k < seq:
+                continue
+            if first:
+                a = self._recent[k][1] = 1.0
+                first = False
+            self._recent[k][2] = rolling
+            rolling += a * (s - rolling)
+        self.rolling = rolling
+        return rolling
+
     def _alpha(self, text: str) -> float:
         return 1.0 - (1.0 - self.base_alpha) ** (max(1, len(text.split())) / 10.0)
 

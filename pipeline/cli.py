@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not prompt each decode with the speaker's recent confident finals")  # fmt: skip
     t.add_argument("--no-revise", dest="revise", action="store_false",
                    help="do not decode finals again with the conversation around them (no segment.revised)")
+    t.add_argument("--no-crosstalk-guard", dest="crosstalk_guard", action="store_false",
+                   help="do not mark finals that repeat another channel's overlapping, louder final")
     t.add_argument("-v", "--verbose", action="store_true")
     return ap
 
@@ -101,7 +103,7 @@ async def run(
     scheduler = SttScheduler(stt, workers=args.workers, revision_max_load=0.4 if args.realtime else math.inf)
     skills = tuple(s.strip() for s in args.skills.split(",") if s.strip())
     cfg = StreamConfig(vad=args.vad, partial_interval_s=args.partial_interval, skills=skills,
-                       prompt_previous=args.prompt, revise=args.revise,
+                       prompt_previous=args.prompt, revise=args.revise, crosstalk_guard=args.crosstalk_guard,
                        emit_levels_every_s=0.1 if args.levels else 0.0)  # fmt: skip
     t_start = time.perf_counter()
     clock = (lambda: time.perf_counter() - t_start) if args.realtime else None

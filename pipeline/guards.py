@@ -6,13 +6,19 @@ reaches the analysers. The other checks are for the stream and the engines: `tri
 closing phrase in the trailing silence), `cut_short` (the words stop well before the audio does),
 `too_many_words` (more words than anyone says in the audio), `after_prefix` (where a decode forced to continue
 the conversation's text starts on the utterance's own words) and `word_confidence`.
+
+The cross-talk guard compares finals of different participants: `bleed_of(a, b)` says which of two overlapping
+finals repeats the other's words at a lower level (one microphone picking up the other participant's voice), from
+their `Heard` summaries (conversation time, normalised words, `speech_level_db` of the utterance's audio).
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -186,4 +192,92 @@ def after_prefix(words: list[Any], prefix: str) -> int | None:
         got += _ALNUM_RE.sub("", w.word.lower())
         if len(got) >= len(target):
             return i + 1 if got == target else None
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ cross-talk
+
+# A microphone that picks up the other participant (speakers without echo cancellation, two people in one room)
+# hears them 10-30 dB lower and a few tens of ms later; capture chains and network arrival add up to ~300 ms.
+CROSSTALK_MAX_DELAY_S = 0.3
+# share of the quieter final's words found, in order, in the louder one: a copy decoded from 10-30 dB less
+# signal loses or changes a few words, a different sentence shares a few stop words at most
+CROSSTALK_MIN_OVERLAP = 0.6
+# the copy's level gap that settles which final is the copy; below it only a long exact-enough match does (two
+# people do not say the same several words at once) and a single shared word ("yes" under a question) never does
+CROSSTALK_MIN_GAP_DB = 6.0
+CROSSTALK_ONE_WORD_GAP_DB = 10.0
+CROSSTALK_SURE_WORDS = 4
+CROSSTALK_SURE_OVERLAP = 0.8
+
+
+@dataclass(slots=True, eq=False)
+class Heard:
+    """What the cross-talk guard knows of one final: its speech span in conversation time (a time axis the
+    streams of one conversation share), its normalised words and its speech level (None: unknown)."""
+
+    start_s: float
+    end_s: float
+    words: tuple[str, ...]
+    level_db: float | None = None
+
+    @classmethod
+    def of(cls, text: str, start_s: float, end_s: float, level_db: float | None = None) -> Heard:
+        return cls(start_s, end_s, words_of(text), level_db)
+
+
+def words_of(text: str) -> tuple[str, ...]:
+    """The words the cross-talk guard compares: `normalise`d, a word repeated back to back once (a decoding loop,
+    "handled. And, and, and, and.", would otherwise outweigh the words it shares with its source)."""
+    words = normalise(text).split()
+    return tuple(w for i, w in enumerate(words) if i == 0 or w != words[i - 1])
+
+
+def speech_level_db(audio: np.ndarray, frame: int = 320) -> float:
+    """Active speech level of int16 audio in dBFS: the mean power of its louder half of `frame`-sample frames
+    (the pauses and pre-roll of an utterance would otherwise pull a short reply below a long one's level)."""
+    n = audio.size // frame
+    if n == 0:
+        power = float(np.mean(audio.astype(np.float64) ** 2)) if audio.size else 0.0
+    else:
+        frames = audio[: n * frame].astype(np.float64).reshape(n, frame)
+        powers = np.sort(np.mean(frames * frames, axis=1))
+        power = float(np.mean(powers[n // 2 :]))
+    return 10.0 * math.log10(power / 32768.0**2) if power > 0 else -120.0
+
+
+def matched_words(copy: tuple[str, ...], source: tuple[str, ...]) -> int:
+    """How many of `copy`'s words appear in `source` in the same order (longest matching blocks)."""
+    if not copy or not source:
+        return 0
+    blocks = difflib.SequenceMatcher(None, copy, source, autojunk=False).get_matching_blocks()
+    return sum(b.size for b in blocks)
+
+
+def bleed_of(a: Heard, b: Heard, *, max_delay_s: float = CROSSTALK_MAX_DELAY_S) -> Heard | None:
+    """`a` or `b` when that final is the other's voice picked up by a second microphone, else None.
+
+    The copy is the quieter one (the later one without levels); it must overlap the source in time, give or
+    take `max_delay_s`, for at least half its length, and CROSSTALK_MIN_OVERLAP of its words must be the
+    source's. Then a level gap of CROSSTALK_MIN_GAP_DB (CROSSTALK_ONE_WORD_GAP_DB for a one-word match) decides,
+    or, without one, a match of CROSSTALK_SURE_WORDS words and CROSSTALK_SURE_OVERLAP of the copy."""
+    gap: float | None = None
+    if a.level_db is not None and b.level_db is not None and a.level_db != b.level_db:
+        copy, source = (a, b) if a.level_db < b.level_db else (b, a)
+        gap = abs(a.level_db - b.level_db)
+    else:
+        copy, source = (a, b) if a.start_s >= b.start_s else (b, a)
+    if not copy.words:
+        return None
+    shared = min(copy.end_s, source.end_s + max_delay_s) - max(copy.start_s, source.start_s - max_delay_s)
+    if shared < 0.5 * (copy.end_s - copy.start_s):
+        return None
+    matched = matched_words(copy.words, source.words)
+    overlap = matched / len(copy.words)
+    if overlap < CROSSTALK_MIN_OVERLAP:
+        return None
+    if gap is not None and gap >= (CROSSTALK_ONE_WORD_GAP_DB if matched == 1 else CROSSTALK_MIN_GAP_DB):
+        return copy
+    if matched >= CROSSTALK_SURE_WORDS and overlap >= CROSSTALK_SURE_OVERLAP:
+        return copy
     return None

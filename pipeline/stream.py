@@ -3,7 +3,7 @@
     push(pcm) ─► FrontEnd (DSP, inline: cheap) ─► utterances ─► SttScheduler (threads) ─► guards
               └► level meter (throttled)        └► partial re-decodes of the utterance in progress
     final transcript ─► SegmentEvent(final) ─► SentimentTracker / KeywordTracker ─► SentimentEvent, KeywordsEvent
-                     └► Conversation (shared by a room's streams: prompt, revision context)
+                     └► Conversation (shared by a room's streams: prompt, revision context, cross-talk guard)
     later, on spare CPU: final + turns before it (forced text) + next turn ─► revision ─► SegmentEvent(revised)
                      ─► SentimentTracker.revise / KeywordTracker.remove+update ─► SentimentEvent, KeywordsEvent
 
@@ -17,7 +17,15 @@ Contract with the consumer (`emit`, a sync callback run on the event loop):
 * finals of one stream are emitted in seq order;
 * segments flagged as hallucinations are emitted (marked) but never reach the analysers;
 * a `segment.revised` (same seq, after its final) replaces that final's text when a decode with the conversation
-  around it is different and no less probable; at most one per final; never for a hallucination-flagged final.
+  around it is different and no less probable; at most one such per final; never for a hallucination-flagged
+  final nor for one marked `crosstalk`;
+* cross-talk: a final that repeats the words of another stream's overlapping, louder final (this microphone heard
+  the other participant) is emitted with `crosstalk=True` and never reaches the analysers, the prompt or a
+  revision's context. When the louder final comes out second, the one already emitted is corrected: a
+  `segment.revised` with `crosstalk=True`, the text it last had and the next revision number (after a text
+  revision: 2); its words leave the keyword counts and its sentiment the smoothing (no new `sentiment` event:
+  consumers drop that seq's point). A text revision is compared again: its new words can show it (then the
+  revision itself carries `crosstalk=True`) or another stream's final to be a copy.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -44,7 +52,16 @@ from domain.events import (
     Word,
 )
 from pipeline.analysis import KeywordTracker, SentimentTracker
-from pipeline.guards import cut_short, normalise, trim_after_speech, word_confidence
+from pipeline.guards import (
+    Heard,
+    bleed_of,
+    cut_short,
+    normalise,
+    speech_level_db,
+    trim_after_speech,
+    word_confidence,
+    words_of,
+)
 from pipeline.scheduler import SttScheduler
 from pipeline.transcript import SAMPLE_RATE, SttError, Transcript
 
@@ -98,6 +115,8 @@ class StreamConfig:
     # aclose(drain=True) waits for the stream's revisions (a file's transcript); False: they are cancelled (a
     # participant leaving or a server shutting down does not wait for improvements; the finals are out)
     await_revisions: bool = True
+    # mark finals that repeat another stream's overlapping, louder final (pipeline.guards.bleed_of)
+    crosstalk_guard: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -155,12 +174,15 @@ class ParticipantStream:
         self.conversation = conversation or Conversation(cfg.prompt_max_chars,
                                                          prompt_min_confidence=cfg.prompt_min_confidence)
         self._revisions: set[asyncio.Task[None]] = set()
+        # stream time (s) -> the conversation's time axis, which the cross-talk guard compares finals on (None:
+        # no longer known). The streams of a file share their time; a room's owner maps each to arrival time.
+        self.conversation_time: Callable[[float], float | None] = _same_time
         self._closed = False
         self.stats: dict[str, int] = {
             "utterances": 0, "finals": 0, "partials": 0, "partials_shed": 0, "noise_utterances": 0,
             "hallucinations": 0, "errors": 0, "speculative_used": 0, "speculative_wasted": 0,
             "revisions": 0, "revisions_unchanged": 0, "revisions_rejected": 0, "revisions_dropped": 0,
-            "revisions_failed": 0,
+            "revisions_failed": 0, "crosstalk": 0, "crosstalk_corrected": 0,
         }  # fmt: skip
 
     # ------------------------------------------------------------------------------------------ properties
@@ -440,13 +462,23 @@ class ParticipantStream:
             return
         self.stats["finals"] += 1
         seg = self._segment(seq, utt.start, utt.end, tr, final=True, speech_end_s=utt.speech_end_s)
+        sent = self._sent_final(seq, utt, seg, source=not tr.hallucination) if tr.text else None
+        if sent is not None:
+            seg.crosstalk = self.conversation.check_crosstalk(sent)  # may correct another stream's final first
+            sent.segment = replace(seg)  # as sent (the consumer may renumber the one it gets)
         self._emit(seg)
+        self.stats["hallucinations"] += int(tr.hallucination)
+        if seg.crosstalk:
+            self.stats["crosstalk"] += 1
+            log.debug("final %d of %s is cross-talk: %r", seq, self.speaker.participant_id, tr.text)
+            return
         if not tr.text or tr.hallucination:
-            self.stats["hallucinations"] += int(tr.hallucination)
             return
         # a low-confidence final is kept out of the prompt and the context: never condition on text we doubt
         turn = self.conversation.add(tr.text, utt.audio, confidence=tr.confidence, word_confidence=word_confidence(tr),
                                      owner=id(self))
+        if sent is not None:
+            sent.turn = turn
         score, rolling = self.sentiment.update(tr.text, seq)
         self._emit(SentimentEvent(self.speaker, seq, score, rolling, seg.start_s, seg.end_s))
         self.keywords.update(tr.text, seq)
@@ -458,7 +490,7 @@ class ParticipantStream:
                 return
             # `seg` itself is not kept: the consumer may renumber it (a resumed participant's seq offset)
             task = asyncio.create_task(
-                self._revise(seq, (seg.start_s, seg.end_s), utt, turn, self.conversation.last_revision)
+                self._revise(seq, (seg.start_s, seg.end_s), utt, turn, self.conversation.last_revision, sent)
             )
             self.conversation.last_revision = task
             self.conversation.revisions_pending += 1
@@ -468,6 +500,36 @@ class ParticipantStream:
     def _prompt(self) -> str | None:
         return self.conversation.prompt if self.config.prompt_previous else None
 
+    def _sent_final(self, seq: int, utt: Any, seg: SegmentEvent, *, source: bool) -> SentFinal | None:
+        """The final as the cross-talk guard compares it: speech span on the conversation's time axis, words and
+        speech level (None when the guard is off or the span's conversation time is no longer known)."""
+        if not self.config.crosstalk_guard:
+            return None
+        start, end = self.conversation_time(utt.speech_start_s), self.conversation_time(utt.speech_end_s)
+        if start is None or end is None:
+            return None
+        i0 = int(round((utt.speech_start_s - utt.start_s) * SAMPLE_RATE))
+        i1 = int(round((utt.speech_end_s - utt.start_s) * SAMPLE_RATE))
+        level = speech_level_db(utt.audio[i0:i1]) if i1 > i0 else None
+        return SentFinal(Heard.of(seg.text, start, end, level), self, seq, seg, source=source)
+
+    def correct_crosstalk(self, sent: SentFinal) -> None:
+        """A final this stream already emitted repeats a louder final of another stream that came out after it:
+        send it again marked `crosstalk` (the next revision, its last text), and take it out of the analysers,
+        the prompt and the revisions' context (a revision of it still to come is called off)."""
+        self.stats["crosstalk"] += 1
+        self.stats["crosstalk_corrected"] += 1
+        seg = replace(sent.segment, crosstalk=True, revision=sent.segment.revision + 1, emitted_at_s=None)
+        sent.segment = replace(seg)
+        log.debug("final %d of %s corrected as cross-talk: %r", sent.seq, self.speaker.participant_id, seg.text)
+        self._emit(seg)
+        if sent.turn is None:
+            return
+        self.conversation.remove(sent.turn)
+        self.sentiment.remove(sent.seq)
+        self.keywords.remove(sent.turn.text, sent.seq)
+        self._emit(KeywordsEvent(self.speaker, self.keywords.top(self.config.top_keywords), sent.seq))
+
     def _revision_done(self, task: asyncio.Task[None]) -> None:
         self._revisions.discard(task)
         self.conversation.revisions_pending -= 1
@@ -475,7 +537,8 @@ class ParticipantStream:
             log.error("revision failed", exc_info=task.exception())
 
     async def _revise(
-        self, seq: int, span: tuple[float, float], utt: Any, turn: _Turn, previous: asyncio.Task[None] | None
+        self, seq: int, span: tuple[float, float], utt: Any, turn: _Turn, previous: asyncio.Task[None] | None,
+        sent: SentFinal | None,
     ) -> None:
         """Decode a final again with the conversation before it as context; send `segment.revised` if the text
         changed. Revisions of one conversation run in order, so each one's context holds the revised text of the
@@ -505,6 +568,8 @@ class ParticipantStream:
         if tr is None:
             self.stats["revisions_dropped"] += 1
             return
+        if turn.removed:  # marked cross-talk meanwhile: it stays as it was sent
+            return
         tr = trim_after_speech(tr, utt.speech_end_s - utt.start_s)
         if not tr.text or tr.hallucination or cut_short(tr, tr.audio_s):
             log.debug("revision of %d rejected (%s): %r", seq, tr.reason or "cut short", tr.text)
@@ -527,7 +592,19 @@ class ParticipantStream:
         seg = self._segment(seq, utt.start, utt.end, tr, final=True, speech_end_s=utt.speech_end_s)
         seg.revision = 1
         seg.start_s, seg.end_s = span  # the same utterance: only its words changed
+        if sent is not None:
+            # the new words may show it (or another stream's final) to be a copy that the live words hid
+            sent.heard = replace(sent.heard, words=words_of(tr.text))
+            seg.crosstalk = self.conversation.check_crosstalk(sent)
+            sent.segment = replace(seg)
         self._emit(seg)
+        if seg.crosstalk:
+            self.stats["crosstalk"] += 1
+            self.conversation.remove(turn)
+            self.sentiment.remove(seq)
+            self.keywords.remove(old, seq)
+            self._emit(KeywordsEvent(self.speaker, self.keywords.top(self.config.top_keywords), seq))
+            return
         revised = self.sentiment.revise(seq, tr.text)
         if revised is not None:
             self._emit(SentimentEvent(self.speaker, seq, revised[0], revised[1], seg.start_s, seg.end_s))
@@ -578,6 +655,22 @@ class _Turn:
     owner: int = 0  # id() of the stream it came from
     next: _Turn | None = None  # the turn that came out after it
     followed: asyncio.Event = field(default_factory=asyncio.Event)  # set when `next` is, or nothing will come
+    removed: bool = False  # taken out of the conversation (cross-talk): no revision, no context
+
+
+@dataclass(slots=True, eq=False)
+class SentFinal:
+    """A final with text as the cross-talk guard remembers it: what it heard, whose it is and, to correct it,
+    the segment as last sent and its conversation turn (None when it was marked at once or is no turn). A
+    hallucination-flagged final can be found to be a copy but is no `source`: its words prove nothing."""
+
+    heard: Heard
+    stream: ParticipantStream
+    seq: int
+    segment: SegmentEvent
+    turn: _Turn | None = None
+    crosstalk: bool = False
+    source: bool = True
 
 
 class Conversation:
@@ -587,10 +680,17 @@ class Conversation:
     * `prompt`: the trusted finals' text, the last `max_chars` characters cut at a word boundary — what the
       next live decode of any stream is prompted with (whole-file decoding conditions on the previous text).
     * `context_before(turn, seconds)`: the trusted finals before `turn`, audio and text, for its revision.
-    Keeps the turns of the last `keep_s` seconds of speech.
+    * `check_crosstalk(final)`: whether a final repeats an overlapping louder final of another stream (and the
+      correction of earlier finals of other streams it shows to be copies); finals marked cross-talk never
+      become turns.
+    Keeps the turns of the last `keep_s` seconds of speech, and the finals of the last `CROSSTALK_KEEP_S` seconds
+    of conversation time for the cross-talk guard.
     """
 
     GAP_S = 0.3  # silence between turns in a revision's context
+    # a final is compared with the others' finals that ended at most this long before it started: a copy overlaps
+    # its source, and a final comes out at most a few seconds after its utterance closed
+    CROSSTALK_KEEP_S = 30.0
 
     def __init__(self, max_chars: int = 200, *, prompt_min_confidence: float = 0.6, keep_s: float = 60.0) -> None:
         if max_chars < 1:
@@ -602,6 +702,7 @@ class Conversation:
         self._kept = 0  # samples of audio in `turns`
         self.last_revision: asyncio.Task[None] | None = None  # revisions run in conversation order
         self.revisions_pending = 0  # started and not finished (waiting for the next turn, their turn, or the CPU)
+        self.sent: deque[SentFinal] = deque()  # recent finals with text of every stream, for the cross-talk guard
 
     def add(self, text: str, audio: np.ndarray | None = None, *, confidence: float = 1.0,
             word_confidence: float = 0.0, owner: int = 0) -> _Turn:
@@ -614,6 +715,43 @@ class Conversation:
         while len(self.turns) > 1 and self._kept > self.keep_s * SAMPLE_RATE:
             self._kept -= self.turns.popleft().audio.size
         return turn
+
+    def remove(self, turn: _Turn) -> None:
+        """Take `turn` out (a final found to be cross-talk): out of the prompt and every revision's context."""
+        turn.removed = True
+        turn.followed.set()  # its revision, if waiting for a next turn, ends now
+        try:
+            i = self.turns.index(turn)
+        except ValueError:
+            return  # fell out of the window
+        if i > 0:
+            self.turns[i - 1].next = turn.next
+        del self.turns[i]
+        self._kept -= turn.audio.size
+
+    def check_crosstalk(self, final: SentFinal) -> bool:
+        """True when `final` (about to be emitted, or its revision) repeats a louder final another stream already
+        emitted: emit it marked. Finals of other streams it shows to be copies of itself are corrected by their
+        streams first. Remembers `final` unless it is a copy."""
+        heard = final.heard
+        while self.sent and self.sent[0].heard.end_s < heard.start_s - self.CROSSTALK_KEEP_S:
+            self.sent.popleft()
+        copies = []
+        for other in self.sent:
+            if other.stream is final.stream or other.crosstalk:
+                continue
+            copy = bleed_of(heard, other.heard)
+            if copy is heard and other.source:
+                final.crosstalk = True
+                return True
+            if copy is other.heard and final.source:
+                copies.append(other)
+        if final not in self.sent:
+            self.sent.append(final)
+        for other in copies:
+            other.crosstalk = True
+            other.stream.correct_crosstalk(other)
+        return False
 
     @property
     def prompt(self) -> str | None:
@@ -665,6 +803,10 @@ def prompt_tail(prompt: str | None, text: str, max_chars: int) -> str | None:
         space = cut.find(" ")
         cut = cut[space + 1 :] if 0 <= space < len(cut) - 1 else cut
     return cut.strip() or None
+
+
+def _same_time(stream_s: float) -> float | None:
+    return stream_s
 
 
 def _consume_outcome(task: asyncio.Task[Any]) -> None:

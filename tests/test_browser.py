@@ -511,6 +511,17 @@ async def test_overlay_rendering_rules(chromium: str, shared_data: Path, tmp_pat
         await expect(transcript.nth(2).locator(".text")).to_have_text("Last quarter I shipped the offline mode.")
         await expect(page.locator("#transcript-count")).to_have_text("7 sentences")
 
+        # Cross-talk: a sentence sent marked, and one marked later by a revision, are greyed and labelled, and the
+        # later one's tone point goes.
+        send(seg(ivo, 7, "And kept them there.", final=True, crosstalk=True))
+        await expect(transcript).to_have_count(9)
+        await expect(transcript.nth(8)).to_have_class(re.compile(r"\bcrosstalk\b"))
+        await expect(transcript.nth(8)).to_contain_text("cross-talk · not analysed")
+        send(seg(casey, 1, "Last quarter I shipped the offline mode.", final=True, revision=2, crosstalk=True))
+        await expect(transcript.nth(2)).to_have_class(re.compile(r"\bcrosstalk\b"))
+        await expect(transcript.nth(2)).to_contain_text("cross-talk · not analysed")
+        await expect(page.locator("#sentiment-summary")).to_contain_text("Casey Candidate neutral · +0.20 · 1 sentence")
+
         await page.click("#leave")
         await expect(page.locator("#state")).to_have_attribute("data-state", "left")
         assert not errors, errors

@@ -345,3 +345,38 @@ async def test_a_revision_reaches_viewers_the_backlog_and_the_store_behind_its_f
     assert sample("segment_revisions_persisted_total", {"result": "created"}) == 1
     assert sample("segment_revisions_persisted_total", {"result": "error"}) == 1
     assert sample("segments_persisted_total", {"result": "created"}) == 1
+
+
+@pytest.mark.slow
+async def test_a_microphone_hearing_the_other_participant_adds_no_sentence_of_its_own(
+        service: InterviewService, scheduler: SttScheduler, jfk: np.ndarray) -> None:
+    """The candidate speaks; the interviewer's microphone picks it up 20 dB lower, 60 ms later. Their streams
+    start at different times (the interviewer joins 0.5 s later): the room compares them on arrival time."""
+    h = Harness(service, scheduler)
+    iid = await new_interview(service)
+    interviewer = await h.join(iid, "interviewer", "Ivy")
+    candidate = await h.join(iid, "candidate", "Cat")
+    viewer = MemoryChannel()
+    h.registry.add_viewer(interviewer, viewer)
+    voice = np.concatenate([np.zeros(48000, np.int16), jfk, np.zeros(48000, np.int16)])
+    bleed = np.zeros_like(voice)
+    bleed[2880:] = (voice[:-2880] * 0.1).astype(np.int16)  # -20 dB, 60 ms later
+    for i, start in enumerate(range(0, len(voice), 960)):
+        candidate.push_audio(voice[start:start + 960], 48000, 1)
+        if start >= 24000:  # the interviewer's stream starts 0.5 s into the candidate's
+            interviewer.push_audio(bleed[start:start + 960], 48000, 1)
+        if i % 25 == 0:
+            await asyncio.sleep(0)
+
+    def marked(ch: MemoryChannel) -> list[dict[str, Any]]:
+        return [m for m in ch.messages if m["type"] in ("segment.final", "segment.revised") and m["crosstalk"]]
+
+    await viewer.wait_for(lambda ch: bool(marked(ch)) and bool(ch.of_type("segment.final")))
+    await h.registry.aclose()
+    assert {m["speaker"]["participantId"] for m in marked(viewer)} == {interviewer.speaker.participant_id}
+    shown = [m for m in viewer.of_type("segment.final") if not m["crosstalk"]]
+    assert {m["speaker"]["participantId"] for m in shown} <= {candidate.speaker.participant_id}
+    assert "country" in words(" ".join(m["text"] for m in shown))
+    stored = (await service.get_transcript(iid))["segments"]
+    assert {s["participantId"] for s in stored if not s["crosstalk"]} == {candidate.speaker.participant_id}
+    assert {s["participantId"] for s in stored if s["crosstalk"]} == {interviewer.speaker.participant_id}

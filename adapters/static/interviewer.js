@@ -70,7 +70,10 @@ function onError(ev) {
 const HANDLERS = {
   "segment.partial": (ev) => transcript.onPartial(participants.speaker(ev.speaker), ev),
   "segment.final": (ev) => transcript.onFinal(participants.speaker(ev.speaker), ev),
-  "segment.revised": (ev) => transcript.onRevised(participants.speaker(ev.speaker), ev),
+  "segment.revised": (ev) => {
+    transcript.onRevised(participants.speaker(ev.speaker), ev);
+    if (ev.crosstalk) tone.drop(participants.speaker(ev.speaker), ev.seq);
+  },
   sentiment: (ev) => tone.onSentiment(participants.speaker(ev.speaker), ev),
   keywords: onKeywords,
   level: (ev) => participants.onLevel(ev),

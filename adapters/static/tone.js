@@ -56,6 +56,17 @@ export class Tone {
     this._scheduleDraw();
   }
 
+  /** Sentence `seq` of speaker `s` turned out to be someone else's voice (cross-talk): its point goes. */
+  drop(s, seq) {
+    const list = this.series.get(s.pid)?.list;
+    const at = list ? list.findIndex((p) => p.seq === seq) : -1;
+    if (at < 0) return;
+    list.splice(at, 1);
+    if (!list.length) this.series.delete(s.pid);
+    this._renderText();
+    this._scheduleDraw();
+  }
+
   _scheduleDraw() {
     if (this._drawQueued) return;
     this._drawQueued = true;

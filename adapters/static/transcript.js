@@ -208,6 +208,7 @@ function fillSegment(el, ev) {
   text.textContent = ev.text || "";
   el.classList.toggle("partial", !ev.final);
   el.classList.toggle("hallucination", Boolean(ev.hallucination));
+  el.classList.toggle("crosstalk", Boolean(ev.crosstalk));
   el.dataset.final = String(Boolean(ev.final));
   if (!ev.final) {
     el.setAttribute("aria-hidden", "true"); // partials change constantly; screen readers get the final
@@ -218,6 +219,14 @@ function fillSegment(el, ev) {
     const tag = document.createElement("span");
     tag.className = "tag";
     tag.textContent = "possibly misheard · not analysed";
+    text.append(tag);
+  }
+  if (ev.crosstalk) {
+    // another participant's voice picked up by this microphone: their own line has the sentence
+    const tag = document.createElement("span");
+    tag.className = "tag";
+    tag.textContent = "cross-talk · not analysed";
+    tag.title = "The same words as another participant's louder sentence at the same time: this microphone heard them.";
     text.append(tag);
   }
   const conf = Number(ev.confidence);
