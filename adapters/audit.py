@@ -258,13 +258,17 @@ class AuditLog:
                 await self._write_batch()
                 backoff = 0.1
                 self._progressed()
-            except PyMongoError as exc:
+            except Exception as exc:  # noqa: BLE001 - the writer must outlive any failure: entries stay queued
                 self.failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if self.metrics is not None:
                     self.metrics.audit_failures.inc()
-                log.warning("audit trail: write failed, %d entries queued, retrying in %.1f s: %s",
-                            len(self._queue), backoff, self.last_error)
+                if isinstance(exc, PyMongoError):
+                    log.warning("audit trail: write failed, %d entries queued, retrying in %.1f s: %s",
+                                len(self._queue), backoff, self.last_error)
+                else:
+                    log.exception("audit trail: write failed unexpectedly, %d entries queued, retrying in %.1f s",
+                                  len(self._queue), backoff)
                 self._progressed()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
@@ -308,8 +312,8 @@ class AuditLog:
                           "must be the only writer of database %s; re-reading the head and retrying",
                           self.entries.database.name)
             raise
-        except PyMongoError:
-            self._uncertain = True
+        except Exception:
+            self._uncertain = True  # what it wrote, if anything, is checked by id before the retry
             self._heads.clear()
             raise
         self._written(docs)

@@ -9,9 +9,13 @@ Measures, on one machine with everything on loopback:
    server cannot hide behind a slow client; the server is the same Starlette app `server.py` serves, under
    uvicorn, sharing its event loop with the outbox relay as in production;
 3. **events across a NATS restart**: the benchmark's own nats-server is stopped in the middle of the load and
-   started again; every committed write's event must then be in the stream exactly once (counted by id).
+   started again; every committed write's event must then be in the stream exactly once (counted by id);
+4. **auditing on vs off** (`--audit off,on`): the same API round with and without the audit trail
+   (adapters.audit, as `AUDIT=true|false` gives the server), and the audit entries written (counted by the
+   writer and in the collection after its final flush) against the requests the load generator made.
 
 Targets (issue 4): segment persist p95 <= 20 ms; API p95 <= 25 ms at 200 req/s; zero lost or duplicated events.
+Issue 12: API p95 with auditing at most 10 % above without; audit entries written == requests made.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ log = logging.getLogger("benchmarks.api")
 REPO = str(Path(__file__).resolve().parents[1])
 TARGET_SEGMENT_P95_MS = 20.0
 TARGET_API_P95_MS = 25.0
+TARGET_AUDIT_P95_OVERHEAD = 0.10
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -128,7 +133,7 @@ async def _loadgen(cfg: dict[str, Any]) -> dict[str, Any]:
     cpu = time.process_time() - cpu0
     for c in conns:
         c.writer.close()
-    return {"results": results, "cpu_s": cpu}
+    return {"results": results, "cpu_s": cpu, "warmups": cfg["connections"]}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -219,7 +224,8 @@ async def _api_round(
     app: Any, http: str, key: str, seed_ids: list[str], nats_srv: Any, embedded: Any, args: argparse.Namespace
 ) -> tuple[dict[str, Any], int]:
     """Serve `app` with uvicorn's `http` protocol, run the load generator against it, stop and restart NATS
-    in the middle; return the latency figures and the number of successful writes (each records one event)."""
+    in the middle; return the latency figures (with `requests_made`, warm-ups included) and the number of
+    successful writes (each records one event)."""
     from testing.net import serve
 
     _LAGS.clear()
@@ -275,6 +281,7 @@ async def _api_round(
         "http": http,
         "rate": args.rate,
         "requests": len(results),
+        "requests_made": len(results) + loadgen["warmups"],
         "achieved_rate": len(results) / span if span else math.nan,
         "errors": len(results) - len(ok),
         "statuses": dict(Counter(str(r[3]) for r in results)),
@@ -307,6 +314,7 @@ async def _api_round(
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from starlette.applications import Starlette
 
+    from adapters.audit import AuditLog
     from adapters.http_api import api_routes
     from adapters.mongo import EmbeddedMongo, MongoStore
     from adapters.nats_bus import JetStreamBus
@@ -361,13 +369,32 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         setup_events = seg_events + 50
 
         key = secrets.token_urlsafe(24)
-        app = Starlette(routes=api_routes(service, key))
         out["api"] = {}
         writes_ok = 0
         for http in args.http.split(","):
-            log.info("API load with uvicorn+%s: %g req/s for %g s", http, args.rate, args.duration)
-            out["api"][http], writes = await _api_round(app, http, key, seed_ids, nats_srv, embedded, args)
-            writes_ok += writes
+            for mode in args.audit.split(","):
+                audit = AuditLog(store.db) if mode == "on" else None
+                if audit is not None:
+                    await audit.start()
+                    before = await audit.entries.count_documents({})
+                app = Starlette(routes=api_routes(service, key, audit=audit))
+                log.info("API load with uvicorn+%s, auditing %s: %g req/s for %g s", http, mode, args.rate,
+                         args.duration)
+                name = f"{http}, auditing {mode}"
+                out["api"][name], writes = await _api_round(app, http, key, seed_ids, nats_srv, embedded, args)
+                out["api"][name]["audit"] = mode
+                writes_ok += writes
+                if audit is not None:
+                    t_flush = time.monotonic()
+                    await audit.aclose()
+                    out["api"][name]["audit_entries"] = {
+                        "requests_made": out["api"][name]["requests_made"],
+                        "written": audit.written,
+                        "in_store": await audit.entries.count_documents({}) - before,
+                        "write_failures": audit.failures,
+                        "flush_after_load_s": time.monotonic() - t_flush,
+                        "chain_intact": (await audit.verify()).ok,
+                    }
 
         # Drain: every committed write's event must reach the stream once.
         expected = setup_events + writes_ok
@@ -412,12 +439,12 @@ def _table(out: dict[str, Any]) -> tuple[list[list[Any]], list[str]]:
             "yes" if seg["p95"] <= TARGET_SEGMENT_P95_MS else "NO",
         ]
     ]
-    for http, api in out["api"].items():
+    for name, api in out["api"].items():
         met = api["p95_ms"] <= TARGET_API_P95_MS and api["errors"] == 0
         d = api["during_outage"]
         rows += [
             [
-                f"API mix, uvicorn+{http}, {api['rate']:g} req/s (achieved {api['achieved_rate']:.0f}, "
+                f"API mix, uvicorn+{name}, {api['rate']:g} req/s (achieved {api['achieved_rate']:.0f}, "
                 f"{api['errors']} errors)",
                 api["requests"],
                 api["p50_ms"],
@@ -448,6 +475,18 @@ def _table(out: dict[str, Any]) -> tuple[list[list[Any]], list[str]]:
                 "",
             ],
         ]
+    for http, off, on in _audit_pairs(out):
+        overhead = on["p95_ms"] / off["p95_ms"] - 1
+        entries = on["audit_entries"]
+        rows += [
+            [f"API p95 auditing on vs off, uvicorn+{http}: {on['p95_ms']:.2f} vs {off['p95_ms']:.2f} ms "
+             f"({overhead:+.1%})", "", "", "", "", f"<= +{TARGET_AUDIT_P95_OVERHEAD:.0%}",
+             "yes" if overhead <= TARGET_AUDIT_P95_OVERHEAD else "NO"],
+            [f"  audit entries written vs requests made: {entries['written']} / {entries['requests_made']} "
+             f"({entries['in_store']} in the collection, chain {'intact' if entries['chain_intact'] else 'BROKEN'}, "
+             f"flushed {entries['flush_after_load_s']:.2f} s after load)", entries["requests_made"], "", "", "",
+             "equal", "yes" if _audit_complete(entries) else "NO"],
+        ]
     rows.append(
         [
             f"events across NATS restarts: {ev['unique']}/{ev['expected']} arrived, "
@@ -465,6 +504,20 @@ def _table(out: dict[str, Any]) -> tuple[list[list[Any]], list[str]]:
     return rows, ["measure", "n", "p50 ms", "p95 ms", "p99 ms", "target", "met"]
 
 
+def _audit_pairs(out: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(http, round without auditing, round with it) for each HTTP implementation run both ways."""
+    pairs = []
+    for http in dict.fromkeys(api["http"] for api in out["api"].values()):
+        off, on = out["api"].get(f"{http}, auditing off"), out["api"].get(f"{http}, auditing on")
+        if off is not None and on is not None:
+            pairs.append((http, off, on))
+    return pairs
+
+
+def _audit_complete(entries: dict[str, Any]) -> bool:
+    return bool(entries["written"] == entries["in_store"] == entries["requests_made"] and entries["chain_intact"])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -479,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
         default="h11",
         help="uvicorn HTTP implementations to compare side by side, comma-separated (e.g. h11,httptools)",
     )
+    p.add_argument("--audit", default="off,on",
+                   help="API rounds without and with the audit trail, in this order (off, on or off,on)")
     p.add_argument("--connections", type=int, default=64, help="keep-alive connections of the load generator")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--loadgen", help=argparse.SUPPRESS)
@@ -516,6 +571,8 @@ def main(argv: list[str] | None = None) -> int:
         and any(a["p95_ms"] <= TARGET_API_P95_MS and a["errors"] == 0 for a in out["api"].values())
         and out["events"]["lost"] == 0
         and out["events"]["duplicated"] == 0
+        and all(_audit_complete(a["audit_entries"]) for a in out["api"].values() if "audit_entries" in a)
+        and all(on["p95_ms"] <= off["p95_ms"] * (1 + TARGET_AUDIT_P95_OVERHEAD) for _, off, on in _audit_pairs(out))
     )
     return 0 if met else 1
 

@@ -311,3 +311,9 @@ async def test_the_service_records_api_requests_and_whip_joins_and_leaves(tmp_pa
     # a create has no id in its path: it is recorded against the collection
     assert (creates[-1]["action"], creates[-1]["resourceType"], creates[-1]["resourceId"]) == (
         "create_interview", "interview", "")
+
+
+def test_help_lists_the_verify_audit_command_and_the_audit_setting() -> None:
+    out = subprocess.run([sys.executable, "server.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert "verify-audit" in out and "\n  AUDIT " in out

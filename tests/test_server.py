@@ -71,7 +71,7 @@ def test_help_lists_every_setting() -> None:
     for name in ("HOST", "PORT", "DATA_DIR", "ADMIN_API_KEY", "MONGODB_URL", "NATS_URL", "TOKEN_SECRET",
                  "TOKEN_TTL_S", "STT_ENGINE", "STT_MODEL", "STT_WORKERS", "STT_CPU_THREADS", "STT_SUBPROCESS",
                  "OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENAI_STT_MODEL", "VAD_MODE", "PARTIAL_INTERVAL_S",
-                 "PARTIAL_SHARE", "MAX_BODY_BYTES",
+                 "PARTIAL_SHARE", "MAX_BODY_BYTES", "AUDIT",
                  "LOG_LEVEL", "LOG_FORMAT"):
         assert f"\n  {name} " in out, name
 
