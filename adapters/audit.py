@@ -214,10 +214,11 @@ class AuditLog:
     async def start(self) -> None:
         """Create the indexes and start the writer."""
         try:
+            # Few indexes: each costs every insert (nx-27017: ~0.12 ms/entry with one, ~0.16 with four). A time
+            # window is read along (orgId, seq): entries are in time order within a chain.
             await self.entries.create_index([("orgId", ASCENDING), ("seq", ASCENDING)], unique=True)
             await self.entries.create_index([("orgId", ASCENDING), ("actorId", ASCENDING), ("seq", ASCENDING)])
             await self.entries.create_index([("orgId", ASCENDING), ("resourceId", ASCENDING), ("seq", ASCENDING)])
-            await self.entries.create_index([("orgId", ASCENDING), ("atMs", ASCENDING)])
         except PyMongoError as exc:
             raise Unavailable(f"audit trail: cannot create indexes ({type(exc).__name__}: {exc})") from exc
         if self._task is None:

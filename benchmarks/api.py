@@ -372,7 +372,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         out["api"] = {}
         writes_ok = 0
         for http in args.http.split(","):
-            for mode in args.audit.split(","):
+            modes = args.audit.split(",")
+            for i, mode in enumerate(modes):
                 audit = AuditLog(store.db) if mode == "on" else None
                 if audit is not None:
                     await audit.start()
@@ -380,9 +381,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 app = Starlette(routes=api_routes(service, key, audit=audit))
                 log.info("API load with uvicorn+%s, auditing %s: %g req/s for %g s", http, mode, args.rate,
                          args.duration)
-                name = f"{http}, auditing {mode}"
+                repeat = modes[:i + 1].count(mode)
+                name = f"{http}, auditing {mode}" + (f" #{repeat}" if repeat > 1 else "")
                 out["api"][name], writes = await _api_round(app, http, key, seed_ids, nats_srv, embedded, args)
-                out["api"][name]["audit"] = mode
+                out["api"][name].update(audit=mode, repeat=repeat)
                 writes_ok += writes
                 if audit is not None:
                     t_flush = time.monotonic()
@@ -479,8 +481,8 @@ def _table(out: dict[str, Any]) -> tuple[list[list[Any]], list[str]]:
         overhead = on["p95_ms"] / off["p95_ms"] - 1
         entries = on["audit_entries"]
         rows += [
-            [f"API p95 auditing on vs off, uvicorn+{http}: {on['p95_ms']:.2f} vs {off['p95_ms']:.2f} ms "
-             f"({overhead:+.1%})", "", "", "", "", f"<= +{TARGET_AUDIT_P95_OVERHEAD:.0%}",
+            [f"API p95 auditing on vs off, uvicorn+{http}{_repeat(on)}: {on['p95_ms']:.2f} vs {off['p95_ms']:.2f} "
+             f"ms ({overhead:+.1%})", "", "", "", "", f"<= +{TARGET_AUDIT_P95_OVERHEAD:.0%}",
              "yes" if overhead <= TARGET_AUDIT_P95_OVERHEAD else "NO"],
             [f"  audit entries written vs requests made: {entries['written']} / {entries['requests_made']} "
              f"({entries['in_store']} in the collection, chain {'intact' if entries['chain_intact'] else 'BROKEN'}, "
@@ -505,13 +507,15 @@ def _table(out: dict[str, Any]) -> tuple[list[list[Any]], list[str]]:
 
 
 def _audit_pairs(out: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
-    """(http, round without auditing, round with it) for each HTTP implementation run both ways."""
-    pairs = []
-    for http in dict.fromkeys(api["http"] for api in out["api"].values()):
-        off, on = out["api"].get(f"{http}, auditing off"), out["api"].get(f"{http}, auditing on")
-        if off is not None and on is not None:
-            pairs.append((http, off, on))
-    return pairs
+    """(http, round without auditing, round with it): the n-th round of each kind, per HTTP implementation."""
+    rounds = out["api"].values()
+    return [(off["http"], off, on) for off in rounds for on in rounds
+            if (off["http"], off.get("audit"), on.get("audit"), off.get("repeat")) ==
+            (on["http"], "off", "on", on.get("repeat"))]
+
+
+def _repeat(api: dict[str, Any]) -> str:
+    return f" #{api['repeat']}" if api.get("repeat", 1) > 1 else ""
 
 
 def _audit_complete(entries: dict[str, Any]) -> bool:
@@ -533,7 +537,8 @@ def main(argv: list[str] | None = None) -> int:
         help="uvicorn HTTP implementations to compare side by side, comma-separated (e.g. h11,httptools)",
     )
     p.add_argument("--audit", default="off,on",
-                   help="API rounds without and with the audit trail, in this order (off, on or off,on)")
+                   help="API rounds without and with the audit trail, in this order (e.g. off,on or off,on,on,off: "
+                        "the n-th on is compared with the n-th off)")
     p.add_argument("--connections", type=int, default=64, help="keep-alive connections of the load generator")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--loadgen", help=argparse.SUPPRESS)
