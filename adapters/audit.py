@@ -239,6 +239,8 @@ class AuditLog:
                     await self._task
                 log.error("audit trail: %d entries could not be written before shutdown (store: %s)",
                           len(self._queue), self.last_error)
+        elif self._queue:
+            log.error("audit trail: closed without being started; %d entries were never written", len(self._queue))
         self._closed = True
 
     # ---- the writer ----------------------------------------------------------------------------------
