@@ -238,6 +238,7 @@ def create_app(settings: Settings, *, announce: Callable[[Components], None] | N
             checks["store"] = False
             log.warning("readiness: store ping failed: %s", exc)
         checks["outbox"] = c.relay.status() if c.relay is not None else {}
+        checks["audit"] = c.audit.status() if c.audit is not None else {}
         return bool(checks["lifespan"] and checks["store"]), checks
 
     def verify_token(token: str) -> JoinClaims:

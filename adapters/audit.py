@@ -195,6 +195,11 @@ class AuditLog:
         """Entries recorded and not yet written."""
         return len(self._queue)
 
+    def status(self) -> dict[str, Any]:
+        """For /readyz: the writer's state (a backlog does not make the service unready)."""
+        return {"running": self._task is not None and not self._task.done(), "pending": len(self._queue),
+                "written": self.written, "failures": self.failures, "last_error": self.last_error}
+
     # ---- recording -----------------------------------------------------------------------------------
     def record(self, entry: AuditEntry) -> None:
         """Queue `entry` for writing. Raises ValueError for a malformed entry (a caller's bug)."""
