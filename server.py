@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from settings import Settings
 
 if TYPE_CHECKING:  # the composition root imports its adapters lazily: nothing heavy at import time
+    from adapters.audit import AuditLog
     from adapters.metrics import Metrics
     from adapters.mongo import EmbeddedMongo, MongoStore
     from adapters.outbox import EventBus, OutboxRelay
@@ -90,6 +91,7 @@ class Components:
     metrics: Metrics
     embedded: EmbeddedMongo | None = None
     store: MongoStore | None = None
+    audit: AuditLog | None = None
     service: InterviewService | None = None
     bus: EventBus | None = None
     relay: OutboxRelay | None = None
@@ -103,6 +105,7 @@ class Components:
 async def _build(c: Components) -> None:
     from aiortc import RTCIceServer
 
+    from adapters.audit import AuditLog
     from adapters.mongo import EmbeddedMongo, MongoStore
     from adapters.nats_bus import open_bus
     from adapters.outbox import OutboxRelay
@@ -121,6 +124,9 @@ async def _build(c: Components) -> None:
         c.embedded = EmbeddedMongo(s.data_dir)
         url = await c.embedded.start()
     c.store = store = await MongoStore.connect(url, db_name=s.mongodb_db)
+    if s.audit:
+        c.audit = AuditLog(store.db, metrics=c.metrics)
+        await c.audit.start()
     c.bus = bus = await open_bus(s.nats_url)
     c.relay = relay = OutboxRelay(store, bus)
     relay.start()
@@ -151,7 +157,7 @@ async def _build(c: Components) -> None:
     registry.start()
     c.signer = signer = TokenSigner(c.secrets.token_secret, ttl_s=s.token_ttl_s)
     c.whip = WhipIngest(registry, signer, lambda iid: interview_status(service, iid), c.metrics,
-                        ice_servers=[RTCIceServer(urls=url) for url in s.ice_servers])
+                        ice_servers=[RTCIceServer(urls=url) for url in s.ice_servers], audit=c.audit)
 
 
 async def interview_status(service: InterviewService, interview_id: str) -> str | None:
@@ -193,6 +199,8 @@ async def _teardown(c: Components) -> None:
         steps.append(("flush outbox", lambda: _flush_relay(relay)))
     if c.bus is not None:
         steps.append(("close bus", c.bus.close))
+    if c.audit is not None:
+        steps.append(("flush audit trail", c.audit.aclose))
     if c.store is not None:
         steps.append(("close store", c.store.close))
     if c.embedded is not None:
@@ -231,6 +239,7 @@ def create_app(settings: Settings, *, announce: Callable[[Components], None] | N
             checks["store"] = False
             log.warning("readiness: store ping failed: %s", exc)
         checks["outbox"] = c.relay.status() if c.relay is not None else {}
+        checks["audit"] = c.audit.status() if c.audit is not None else {}
         return bool(checks["lifespan"] and checks["store"]), checks
 
     def verify_token(token: str) -> JoinClaims:
@@ -249,9 +258,9 @@ def create_app(settings: Settings, *, announce: Callable[[Components], None] | N
             await _build(c)
             assert c.signer is not None and c.service is not None and c.whip is not None  # built by _build
             token = token_route(c.signer, c.service, c.secrets.admin_api_key, metrics,
-                                public_url=settings.public_url)
+                                public_url=settings.public_url, audit=c.audit)
             app.router.routes[:] = [token, *api_routes(c.service, c.secrets.admin_api_key,
-                                                       max_body_bytes=settings.max_body_bytes),
+                                                       max_body_bytes=settings.max_body_bytes, audit=c.audit),
                                     *c.whip.routes(), *base_routes]
             c.ready = True
             log.info("service ready in %.1fs (store: %s, bus: %s, stt: %s)", time.perf_counter() - t0,
@@ -282,20 +291,75 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--host", help="overrides HOST")
     parser.add_argument("--port", type=int, help="overrides PORT")
+    parser.set_defaults(run=serve)
+    # Each command is `run(settings, args) -> exit status`; without one, the service runs.
+    commands = parser.add_subparsers(title="commands (default: serve)", metavar="COMMAND")
+    commands.add_parser("serve", help="run the service").set_defaults(run=serve)
+    verify = commands.add_parser("verify-audit", help="check the audit trail's hash chains in the configured store "
+                                 "(one line; exit 0 intact, 1 tampered, 2 store unreachable)")
+    verify.add_argument("--org", help="check one organisation's chain (default: every chain)")
+    verify.set_defaults(run=verify_audit)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    import uvicorn
-
-    from adapters.logs import configure_logging
-
     args = _parse_args(argv)
     try:
         settings = Settings.from_env()
     except ValueError as exc:
         print(f"server.py: bad setting: {exc}", file=sys.stderr)
         return 2
+    run: Callable[[Settings, argparse.Namespace], int] = args.run
+    return run(settings, args)
+
+
+def verify_audit(settings: Settings, args: argparse.Namespace) -> int:
+    """`server.py verify-audit`: the chains of MONGODB_URL, or of the embedded store under DATA_DIR (the running
+    server's nx-27017 if there is one, else one started for the check)."""
+    from adapters.audit import AuditLog
+    from adapters.logs import configure_logging
+    from adapters.mongo import EmbeddedMongo, MongoStore
+    from domain.model import Unavailable
+
+    configure_logging(settings.log_level, settings.log_format)
+
+    async def check() -> int:
+        embedded: EmbeddedMongo | None = None
+        url = settings.mongodb_url
+        if url is None:
+            embedded = EmbeddedMongo(settings.data_dir)
+            url = embedded.running_url()
+            if url is None:
+                url = await embedded.start()
+            else:
+                embedded = None  # the running server's: not ours to stop
+        try:
+            store = await MongoStore.connect(url, db_name=settings.mongodb_db)
+            try:
+                result = await AuditLog(store.db).verify(args.org)
+            finally:
+                await store.close()
+        finally:
+            if embedded is not None:
+                await embedded.stop()
+        if result.ok:
+            print(f"audit trail intact: {result.reason}")
+            return 0
+        print(f"audit trail TAMPERED at seq {result.first_bad}: {result.reason} ({result.entries} entries read)")
+        return 1
+
+    try:
+        return asyncio.run(check())
+    except (Unavailable, RuntimeError) as exc:
+        print(f"server.py verify-audit: cannot read the audit trail: {exc}", file=sys.stderr)
+        return 2
+
+
+def serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from adapters.logs import configure_logging
+
     if args.host:
         settings = settings.replace(host=args.host)
     if args.port is not None:

@@ -98,6 +98,8 @@ class Settings(BaseSettings):
                                     "DATA_DIR/admin_api_key and printed)", secret=True)
     mongodb_url: OptionalText = setting(None, "MongoDB URL (unset: embedded nx-27017 under DATA_DIR)", secret=True)
     mongodb_db: Text = setting("interviews", "database name")
+    audit: Flag = setting(True, "record the audit trail (who read or changed what, joins and leaves) in the "
+                          "store's hash-chained `audit` collection (false: nothing is recorded)")
     nats_url: OptionalText = setting(None, "NATS URL with JetStream (unset: in-process bus)", secret=True)
     token_secret: Secret = setting(None, "HMAC key for join tokens (unset: generated, stored in "
                                    "DATA_DIR/token_secret)", secret=True)

@@ -33,6 +33,7 @@ from starlette.routing import BaseRoute, Route
 
 from adapters import api_schema as schema
 from adapters.api_schema import Operation, openapi_document
+from adapters.audit import AuditLog, outcome_of, request_entry
 from adapters.http_edge import MAX_BODY_BYTES, HttpError, error_kind, error_response, read_json
 from adapters.metrics import Metrics
 from adapters.tokens import InvalidToken, TokenSigner, bearer_token, validate_name, validate_role
@@ -130,19 +131,28 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def _endpoint(fn: Handler, authorize: Callable[[Request], None],
-              refused: Callable[[Response], None] | None = None) -> Handler:
-    """`fn` behind `authorize`; every failure becomes one logged JSON error response (then `refused(response)`)."""
+              refused: Callable[[Response], None] | None = None, audit: AuditLog | None = None) -> Handler:
+    """`fn` behind `authorize`; every failure becomes one logged JSON error response (then `refused(response)`).
+    With `audit`, every request is recorded: action = the operation's name, outcome by status; the caller is the
+    admin key once `authorize` accepted it, else anonymous."""
 
     @functools.wraps(fn)
     async def wrapper(request: Request) -> Response:
+        admin = False
         try:
             authorize(request)
-            return await fn(request)
+            admin = True
+            response = await fn(request)
         except Exception as exc:  # noqa: BLE001 - every failure becomes one logged JSON error response
             response = error_response(request, exc, log)
             if refused is not None:
                 refused(response)
-            return response
+        if audit is not None:
+            audit.record(request_entry(
+                request, action=fn.__name__, outcome=outcome_of(response.status_code),
+                actor_type="api_key" if admin else "anonymous", actor_id="admin" if admin else "",
+                role="admin" if admin else "", detail={"status": response.status_code}))
+        return response
 
     return wrapper
 
@@ -169,13 +179,14 @@ def _expected_version(request: Request, body: Fields) -> int | None:
     return value
 
 
-def api_routes(service: InterviewService, admin_key: str, *,
-               max_body_bytes: int = MAX_BODY_BYTES) -> list[BaseRoute]:
-    """Every route of `OPERATIONS` but the token route (`token_route`), and /openapi.json."""
+def api_routes(service: InterviewService, admin_key: str, *, max_body_bytes: int = MAX_BODY_BYTES,
+               audit: AuditLog | None = None) -> list[BaseRoute]:
+    """Every route of `OPERATIONS` but the token route (`token_route`), and /openapi.json. With `audit`, every
+    request to them is recorded in the audit trail."""
     handlers: dict[str, Handler] = {}
 
     def endpoint(fn: Handler) -> Handler:
-        handlers[fn.__name__] = _endpoint(fn, lambda request: require_admin(request, admin_key))
+        handlers[fn.__name__] = _endpoint(fn, lambda request: require_admin(request, admin_key), audit=audit)
         return fn
 
     async def body_of(request: Request, required: bool = True) -> Any:
@@ -277,7 +288,8 @@ def api_routes(service: InterviewService, admin_key: str, *,
 
 
 def token_route(signer: TokenSigner, service: InterviewService, admin_key: str, metrics: Metrics, *,
-                public_url: str | None = None, max_body_bytes: int = MAX_TOKEN_REQUEST_BYTES) -> Route:
+                public_url: str | None = None, max_body_bytes: int = MAX_TOKEN_REQUEST_BYTES,
+                audit: AuditLog | None = None) -> Route:
     """`POST /api/interviews/{id}/tokens` (admin key): issues a join token for one participant.
 
     Body `{"role": "candidate"|"interviewer"|"observer", "name": "..."}` (name defaults to the role).
@@ -329,4 +341,4 @@ def token_route(signer: TokenSigner, service: InterviewService, admin_key: str, 
                                status_code=201)
 
     return _route(ISSUE_TOKEN, _endpoint(issue_token, authorize,
-                                         lambda response: metrics.error(error_kind(response.status_code))))
+                                         lambda response: metrics.error(error_kind(response.status_code)), audit))

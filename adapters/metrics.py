@@ -58,6 +58,10 @@ class Metrics:
         self.messages_dropped = Counter("analysis_messages_dropped_total",
                                         "Analysis messages not sent (slow or closed viewer)", ["reason"], registry=r)
         self.stt_queue_depth = Gauge("stt_queue_depth", "Transcriptions waiting for a worker", registry=r)
+        self.audit_pending = Gauge("audit_entries_pending", "Audit entries recorded and not yet written", registry=r)
+        self.audit_written = Counter("audit_entries_written_total", "Audit entries written to the store", registry=r)
+        self.audit_failures = Counter("audit_write_failures_total", "Failed audit writes (each retried; entries "
+                                      "stay queued) and entries recorded after the audit log closed", registry=r)
         self.errors = Counter("errors_total", "Errors by kind", ["kind"], registry=r)
         for kind in ("bad_request", "unauthorized", "forbidden", "not_found", "too_large", "stt", "persist",
                      "track", "webrtc", "stream"):

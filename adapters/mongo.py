@@ -502,10 +502,11 @@ class EmbeddedMongo:
     the next `start()` on the same data_dir sees everything).
     """
 
-    def __init__(self, data_dir: Path, *, start_timeout_s: float = 30.0) -> None:
+    def __init__(self, data_dir: Path, *, start_timeout_s: float = 30.0, port: int | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.dir = self.data_dir / "mongo"
         self.start_timeout_s = start_timeout_s
+        self.fixed_port = port  # a restart on the same port lets connected clients reconnect (outage tests)
         self.proc: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
         self.url: str | None = None
@@ -542,6 +543,18 @@ class EmbeddedMongo:
             os.close(self._lock_fd)  # closing the descriptor releases the lock
             self._lock_fd = None
 
+    def running_url(self) -> str | None:
+        """The URL of the nx-27017 a running server keeps on this data dir (read from its pid file and command
+        line), for a second process such as `server.py verify-audit`; None when there is none."""
+        try:
+            pid = int((self.dir / "nx-27017.pid").read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        except (OSError, ValueError):
+            return None
+        if "nx_27017.nx_27017" not in cmdline or str(self.dir) not in cmdline or "-p" not in cmdline:
+            return None
+        return f"mongodb://127.0.0.1:{int(cmdline[cmdline.index('-p') + 1])}/"
+
     def _stop_stale(self) -> None:
         """Stop an nx-27017 left running on this data dir by a server that was killed (SIGKILL, OOM): being in its
         own session, it does not die with its parent, and two servers must not share the SQLite files. Only called
@@ -571,7 +584,7 @@ class EmbeddedMongo:
             self._lock()
         last_error = ""
         for _ in range(3):  # the free port can be taken between probing and binding: try another
-            port = _free_port()
+            port = self.fixed_port or _free_port()
             proc = await asyncio.to_thread(self._spawn, port)
             if await self._wait_ready(proc, port):
                 self.proc, self.port = proc, port

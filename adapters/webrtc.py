@@ -31,6 +31,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -43,6 +44,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from adapters.audit import DEFAULT_ORG, AuditEntry, AuditLog, outcome_of, request_entry
 from adapters.http_edge import HttpError, error_kind, error_response, read_body
 from adapters.metrics import Metrics
 from adapters.rooms import Participant, RoomRegistry
@@ -123,6 +125,8 @@ class WhipSession:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     closed: bool = False
     decode_errors: int = 0
+    address: str = ""  # of the joining request: the audit trail's leave entry when the connection is lost
+    user_agent: str = ""
 
     @property
     def location(self) -> str:
@@ -156,6 +160,7 @@ class WhipIngest:
         track_timeout_s: float = 1.0,
         dead_track_s: float = 10.0,
         connect_timeout_s: float = 30.0,
+        audit: AuditLog | None = None,
     ) -> None:
         self.registry = registry
         self.signer = signer
@@ -166,6 +171,7 @@ class WhipIngest:
         self.track_timeout_s = track_timeout_s
         self.dead_track_s = dead_track_s
         self.connect_timeout_s = connect_timeout_s
+        self.audit = audit
         self.sessions: dict[str, WhipSession] = {}
         self._closing = False
 
@@ -197,8 +203,10 @@ class WhipIngest:
         try:
             response = await self._post(request)
         except HttpError as err:
+            self._audit(request, "whip.join", err.status, {"status": err.status, "code": err.code})
             return self._refuse(request, err)
         self.metrics.join_seconds.observe(time.perf_counter() - started)
+        self._audit(request, "whip.join", response.status_code, {"status": response.status_code})
         return response
 
     async def delete(self, request: Request) -> Response:
@@ -210,13 +218,31 @@ class WhipIngest:
             if session.claims.participant_id != claims.participant_id:
                 raise HttpError(403, "not_your_session", "this session belongs to another participant")
         except HttpError as err:
+            self._audit(request, "whip.leave", err.status, {"status": err.status, "code": err.code})
             return self._refuse(request, err)
         participant = session.participant
         await self._close_session(session)
         if participant is not None:
             await self.registry.leave(participant, session.id)
         log.info("WHIP session %s deleted by %s", session.id, claims.participant_id)
+        self._audit(request, "whip.leave", 200, {"status": 200, "reason": "delete"})
         return Response(status_code=200)
+
+    def _audit(self, request: Request, action: str, status: int, detail: dict[str, Any]) -> None:
+        """Records a join or leave: the participant and role of the token (even expired), else anonymous."""
+        if self.audit is None:
+            return
+        try:
+            claims = self.signer.verify(bearer_token(request.headers.get("authorization")), allow_expired=True)
+        except InvalidToken:
+            self.audit.record(request_entry(request, action=action, outcome=outcome_of(status), detail=detail,
+                                            resource_type="interview",
+                                            resource_id=str(request.path_params.get("interview_id", ""))))
+            return
+        self.audit.record(request_entry(
+            request, action=action, outcome=outcome_of(status), actor_type="participant",
+            actor_id=claims.participant_id, role=claims.role, resource_type="interview",
+            resource_id=str(request.path_params.get("interview_id", "")), detail=detail))
 
     def _refuse(self, request: Request, err: HttpError) -> Response:
         self.metrics.error(error_kind(err.status))
@@ -252,7 +278,9 @@ class WhipIngest:
         check_offer(sdp, claims.role)
 
         session = WhipSession(id=secrets.token_urlsafe(12), claims=claims,
-                              pc=RTCPeerConnection(RTCConfiguration(iceServers=self.ice_servers)))
+                              pc=RTCPeerConnection(RTCConfiguration(iceServers=self.ice_servers)),
+                              address=request.client.host if request.client else "",
+                              user_agent=request.headers.get("user-agent", "")[:256])
         try:
             answer = await self._negotiate(session, sdp)
             participant, replaced = await self.registry.join(claims, session.id)
@@ -447,6 +475,13 @@ class WhipIngest:
     async def _drop_session(self, session: WhipSession) -> None:
         """The connection is gone without a DELETE: close it and let the participant wait for a resume."""
         participant = session.participant
+        if self.audit is not None and not session.closed:
+            c = session.claims
+            self.audit.record(AuditEntry(
+                actor_type="participant", actor_id=c.participant_id, role=c.role, org_id=DEFAULT_ORG,
+                action="whip.leave", resource_type="interview", resource_id=c.interview_id, outcome="ok",
+                address=session.address, user_agent=session.user_agent, at=datetime.now(UTC),
+                detail={"reason": "connection_lost"}))
         await self._close_session(session)
         if participant is not None:
             self.registry.detach(participant, session.id)

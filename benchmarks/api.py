@@ -9,9 +9,13 @@ Measures, on one machine with everything on loopback:
    server cannot hide behind a slow client; the server is the same Starlette app `server.py` serves, under
    uvicorn, sharing its event loop with the outbox relay as in production;
 3. **events across a NATS restart**: the benchmark's own nats-server is stopped in the middle of the load and
-   started again; every committed write's event must then be in the stream exactly once (counted by id).
+   started again; every committed write's event must then be in the stream exactly once (counted by id);
+4. **auditing on vs off** (`--audit off,on`): the same API round with and without the audit trail
+   (adapters.audit, as `AUDIT=true|false` gives the server), and the audit entries written (counted by the
+   writer and in the collection after its final flush) against the requests the load generator made.
 
 Targets (issue 4): segment persist p95 <= 20 ms; API p95 <= 25 ms at 200 req/s; zero lost or duplicated events.
+Issue 12: API p95 with auditing at most 10 % above without; audit entries written == requests made.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ log = logging.getLogger("benchmarks.api")
 REPO = str(Path(__file__).resolve().parents[1])
 TARGET_SEGMENT_P95_MS = 20.0
 TARGET_API_P95_MS = 25.0
+TARGET_AUDIT_P95_OVERHEAD = 0.10
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -128,7 +133,7 @@ async def _loadgen(cfg: dict[str, Any]) -> dict[str, Any]:
     cpu = time.process_time() - cpu0
     for c in conns:
         c.writer.close()
-    return {"results": results, "cpu_s": cpu}
+    return {"results": results, "cpu_s": cpu, "warmups": cfg["connections"]}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -189,6 +194,32 @@ async def _segment_phase(service: Any, n: int) -> tuple[list[float], int]:
     return lat, stored + 2
 
 
+async def _audit_cost_phase(db: Any, embedded: Any, n: int) -> dict[str, Any]:
+    """CPU per audit entry, recorded and written in batches of 40 (what 200 req/s gathers in 0.2 s): this
+    process (record, hash, encode, send) and nx-27017 (insert with the indexes). Unlike latency, it is a figure a
+    busy shared machine disturbs little."""
+    from datetime import UTC, datetime
+
+    from adapters.audit import AuditEntry, AuditLog
+
+    audit = AuditLog(db, batch_size=40)
+    await audit.start()
+    cpu0, db_cpu0, t0 = time.process_time(), _proc_cpu_s(embedded), time.perf_counter()
+    for i in range(n):
+        audit.record(AuditEntry(actor_type="api_key", actor_id="admin", role="admin", org_id="bench-cost",
+                                action="get_interview", resource_type="interview", resource_id=f"iv-{i % 50}",
+                                outcome="ok", address="127.0.0.1", user_agent="bench", at=datetime.now(UTC),
+                                detail={"status": 200}))
+    await audit.aclose()
+    return {
+        "entries": audit.written,
+        "batch_size": audit.batch_size,
+        "app_cpu_ms_per_entry": (time.process_time() - cpu0) * 1e3 / n,
+        "db_cpu_ms_per_entry": (_proc_cpu_s(embedded) - db_cpu0) * 1e3 / n,
+        "wall_ms_per_entry": (time.perf_counter() - t0) * 1e3 / n,
+    }
+
+
 async def _stream_counts(url: str) -> tuple[int, Counter[str]]:
     import nats
     from nats.js.api import AckPolicy, ConsumerConfig
@@ -219,7 +250,8 @@ async def _api_round(
     app: Any, http: str, key: str, seed_ids: list[str], nats_srv: Any, embedded: Any, args: argparse.Namespace
 ) -> tuple[dict[str, Any], int]:
     """Serve `app` with uvicorn's `http` protocol, run the load generator against it, stop and restart NATS
-    in the middle; return the latency figures and the number of successful writes (each records one event)."""
+    in the middle; return the latency figures (with `requests_made`, warm-ups included) and the number of
+    successful writes (each records one event)."""
     from testing.net import serve
 
     _LAGS.clear()
@@ -275,6 +307,7 @@ async def _api_round(
         "http": http,
         "rate": args.rate,
         "requests": len(results),
+        "requests_made": len(results) + loadgen["warmups"],
         "achieved_rate": len(results) / span if span else math.nan,
         "errors": len(results) - len(ok),
         "statuses": dict(Counter(str(r[3]) for r in results)),
@@ -307,6 +340,7 @@ async def _api_round(
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from starlette.applications import Starlette
 
+    from adapters.audit import AuditLog
     from adapters.http_api import api_routes
     from adapters.mongo import EmbeddedMongo, MongoStore
     from adapters.nats_bus import JetStreamBus
@@ -346,6 +380,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "p99": percentile(seg_lat, 99) * 1e3,
         }
 
+        log.info("audit write cost: %d entries", args.audit_cost_entries)
+        out["audit_cost"] = await _audit_cost_phase(store.db, embedded, args.audit_cost_entries)
+
         seed_ids = []
         for _ in range(50):
             doc = await service.create_interview(
@@ -361,13 +398,34 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         setup_events = seg_events + 50
 
         key = secrets.token_urlsafe(24)
-        app = Starlette(routes=api_routes(service, key))
         out["api"] = {}
         writes_ok = 0
         for http in args.http.split(","):
-            log.info("API load with uvicorn+%s: %g req/s for %g s", http, args.rate, args.duration)
-            out["api"][http], writes = await _api_round(app, http, key, seed_ids, nats_srv, embedded, args)
-            writes_ok += writes
+            modes = args.audit.split(",")
+            for i, mode in enumerate(modes):
+                audit = AuditLog(store.db) if mode == "on" else None
+                if audit is not None:
+                    await audit.start()
+                    before = await audit.entries.count_documents({})
+                app = Starlette(routes=api_routes(service, key, audit=audit))
+                log.info("API load with uvicorn+%s, auditing %s: %g req/s for %g s", http, mode, args.rate,
+                         args.duration)
+                repeat = modes[:i + 1].count(mode)
+                name = f"{http}, auditing {mode}" + (f" #{repeat}" if repeat > 1 else "")
+                out["api"][name], writes = await _api_round(app, http, key, seed_ids, nats_srv, embedded, args)
+                out["api"][name].update(audit=mode, repeat=repeat)
+                writes_ok += writes
+                if audit is not None:
+                    t_flush = time.monotonic()
+                    await audit.aclose()
+                    out["api"][name]["audit_entries"] = {
+                        "requests_made": out["api"][name]["requests_made"],
+                        "written": audit.written,
+                        "in_store": await audit.entries.count_documents({}) - before,
+                        "write_failures": audit.failures,
+                        "flush_after_load_s": time.monotonic() - t_flush,
+                        "chain_intact": (await audit.verify()).ok,
+                    }
 
         # Drain: every committed write's event must reach the stream once.
         expected = setup_events + writes_ok
@@ -412,12 +470,12 @@ def _table(out: dict[str, Any]) -> tuple[list[list[Any]], list[str]]:
             "yes" if seg["p95"] <= TARGET_SEGMENT_P95_MS else "NO",
         ]
     ]
-    for http, api in out["api"].items():
+    for name, api in out["api"].items():
         met = api["p95_ms"] <= TARGET_API_P95_MS and api["errors"] == 0
         d = api["during_outage"]
         rows += [
             [
-                f"API mix, uvicorn+{http}, {api['rate']:g} req/s (achieved {api['achieved_rate']:.0f}, "
+                f"API mix, uvicorn+{name}, {api['rate']:g} req/s (achieved {api['achieved_rate']:.0f}, "
                 f"{api['errors']} errors)",
                 api["requests"],
                 api["p50_ms"],
@@ -448,6 +506,22 @@ def _table(out: dict[str, Any]) -> tuple[list[list[Any]], list[str]]:
                 "",
             ],
         ]
+    cost = out["audit_cost"]
+    rows.append([f"audit write cost, batches of {cost['batch_size']}: CPU ms per entry: app "
+                 f"{cost['app_cpu_ms_per_entry']:.3f}, nx-27017 {cost['db_cpu_ms_per_entry']:.3f}", cost["entries"],
+                 "", "", "", "", ""])
+    for http, off, on in _audit_pairs(out):
+        overhead = on["p95_ms"] / off["p95_ms"] - 1
+        entries = on["audit_entries"]
+        rows += [
+            [f"API p95 auditing on vs off, uvicorn+{http}{_repeat(on)}: {on['p95_ms']:.2f} vs {off['p95_ms']:.2f} "
+             f"ms ({overhead:+.1%})", "", "", "", "", f"<= +{TARGET_AUDIT_P95_OVERHEAD:.0%}",
+             "yes" if overhead <= TARGET_AUDIT_P95_OVERHEAD else "NO"],
+            [f"  audit entries written vs requests made: {entries['written']} / {entries['requests_made']} "
+             f"({entries['in_store']} in the collection, chain {'intact' if entries['chain_intact'] else 'BROKEN'}, "
+             f"flushed {entries['flush_after_load_s']:.2f} s after load)", entries["requests_made"], "", "", "",
+             "equal", "yes" if _audit_complete(entries) else "NO"],
+        ]
     rows.append(
         [
             f"events across NATS restarts: {ev['unique']}/{ev['expected']} arrived, "
@@ -465,6 +539,22 @@ def _table(out: dict[str, Any]) -> tuple[list[list[Any]], list[str]]:
     return rows, ["measure", "n", "p50 ms", "p95 ms", "p99 ms", "target", "met"]
 
 
+def _audit_pairs(out: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(http, round without auditing, round with it): the n-th round of each kind, per HTTP implementation."""
+    rounds = out["api"].values()
+    return [(off["http"], off, on) for off in rounds for on in rounds
+            if (off["http"], off.get("audit"), on.get("audit"), off.get("repeat")) ==
+            (on["http"], "off", "on", on.get("repeat"))]
+
+
+def _repeat(api: dict[str, Any]) -> str:
+    return f" #{api['repeat']}" if api.get("repeat", 1) > 1 else ""
+
+
+def _audit_complete(entries: dict[str, Any]) -> bool:
+    return bool(entries["written"] == entries["in_store"] == entries["requests_made"] and entries["chain_intact"])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -479,6 +569,10 @@ def main(argv: list[str] | None = None) -> int:
         default="h11",
         help="uvicorn HTTP implementations to compare side by side, comma-separated (e.g. h11,httptools)",
     )
+    p.add_argument("--audit", default="off,on",
+                   help="API rounds without and with the audit trail, in this order (e.g. off,on or off,on,on,off: "
+                        "the n-th on is compared with the n-th off)")
+    p.add_argument("--audit-cost-entries", type=int, default=5000, help="entries in the audit write cost phase")
     p.add_argument("--connections", type=int, default=64, help="keep-alive connections of the load generator")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--loadgen", help=argparse.SUPPRESS)
@@ -516,6 +610,8 @@ def main(argv: list[str] | None = None) -> int:
         and any(a["p95_ms"] <= TARGET_API_P95_MS and a["errors"] == 0 for a in out["api"].values())
         and out["events"]["lost"] == 0
         and out["events"]["duplicated"] == 0
+        and all(_audit_complete(a["audit_entries"]) for a in out["api"].values() if "audit_entries" in a)
+        and all(on["p95_ms"] <= off["p95_ms"] * (1 + TARGET_AUDIT_P95_OVERHEAD) for _, off, on in _audit_pairs(out))
     )
     return 0 if met else 1
 

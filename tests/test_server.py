@@ -71,7 +71,7 @@ def test_help_lists_every_setting() -> None:
     for name in ("HOST", "PORT", "DATA_DIR", "ADMIN_API_KEY", "MONGODB_URL", "NATS_URL", "TOKEN_SECRET",
                  "TOKEN_TTL_S", "STT_ENGINE", "STT_MODEL", "STT_WORKERS", "STT_CPU_THREADS", "STT_SUBPROCESS",
                  "OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENAI_STT_MODEL", "VAD_MODE", "PARTIAL_INTERVAL_S",
-                 "PARTIAL_SHARE", "MAX_BODY_BYTES",
+                 "PARTIAL_SHARE", "MAX_BODY_BYTES", "AUDIT",
                  "LOG_LEVEL", "LOG_FORMAT"):
         assert f"\n  {name} " in out, name
 
@@ -121,6 +121,7 @@ def test_python_server_py_runs_on_embedded_defaults_and_keeps_data(tmp_path: Pat
             assert http.get("/healthz").json() == {"status": "ok"}
             ready = http.get("/readyz")
             assert ready.status_code == 200 and ready.json()["checks"]["store"] is True
+            assert ready.json()["checks"]["audit"]["running"] is True
             created = http.post("/api/interviews", json={"candidateId": "c1", "jobId": "j1",
                                                          "scheduledAt": "2030-01-01T09:00:00Z"})
             assert created.status_code == 201
@@ -132,7 +133,8 @@ def test_python_server_py_runs_on_embedded_defaults_and_keeps_data(tmp_path: Pat
                          "audio_frames_dropped_total", "audio_speech_ratio", "stt_lag_seconds",
                          "stt_final_wait_seconds", 'stt_busy_seconds_total{kind="final"}',
                          'stt_decodes_total{kind="partial"}', "stt_redecodes_total",
-                         "final_latency_seconds_bucket", "errors_total"):
+                         "final_latency_seconds_bucket", "errors_total", "audit_entries_pending",
+                         "audit_entries_written_total", "audit_write_failures_total"):
                 assert name in metrics, name
             page = http.get("/candidate")
             assert page.status_code == 200 and "default-src 'self'" in page.headers["content-security-policy"]

@@ -1,0 +1,443 @@
+"""The audit trail: who did what to which resource, when, from where, and how it ended; append-only and
+hash-chained in MongoDB.
+
+Contract with the callers (HTTP routes, WHIP, and whatever else acts on personal data)::
+
+    audit.record(AuditEntry(...))   synchronous, O(1), never awaits, never drops; call it on the event loop
+
+`record` appends to an in-memory queue; one background task (`start()`) is the only writer. It takes up to
+`batch_size` entries (200) once the oldest has waited `flush_interval_s` (0.2 s) or a batch is full, gives each
+its place in its organisation's chain and writes them with one `insert_many`. While the store is down the
+entries stay queued (bounded by memory, not by dropping) and the write is retried with backoff (0.1 s doubling
+to 5 s); `audit_entries_pending` and `audit_write_failures_total` show it. `aclose()` writes everything still
+queued (graceful shutdown).
+
+Chain: one per organisation (`orgId`), so an organisation's log can be filtered, paged and verified alone.
+Each document has `seq` (1, 2, ... within its organisation, unique index on (orgId, seq)), `prevHash` (the
+previous entry's `hash`, 64 zeros for seq 1) and `hash` = SHA-256 of the canonical JSON (sorted keys, no
+spaces, UTF-8) of the document without `_id` and `hash`. A removed entry leaves a gap in `seq`, an edited one
+no longer matches its hash, and reordered ones no longer follow their predecessor's hash: `verify()` finds
+each. `audit_heads` keeps each chain's last (seq, hash) so that cutting entries off the end is found too.
+
+Single writer: sequence numbers come from this process's writer task, which reads a chain's head once and then
+counts on. A second writer (another process on the same database) collides on the unique (orgId, seq) index:
+its insert fails loudly (logged as an error, counted) and it re-reads the head and retries, so the chain
+never forks. Every entry has a random `_id` given at `record` time, so a write whose outcome is unknown (the
+connection died mid-insert) is checked before it is retried and nothing is written twice.
+
+nx-27017 0.8.1 (the embedded MongoDB) compares dates, and strings that look like dates, to the second: `at` is
+stored as an ISO 8601 string with milliseconds for people, `atMs` (Unix milliseconds, an integer) for time
+filters, and `seq` orders and pages. No index names `_id` (nx-27017 then fails every insert), and nothing uses
+`$push` (it stores subdocuments as strings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pymongo import ASCENDING, DESCENDING, ReplaceOne
+from pymongo.errors import BulkWriteError, PyMongoError
+
+from domain.model import Unavailable
+
+if TYPE_CHECKING:
+    from motor.motor_asyncio import AsyncIOMotorDatabase
+    from starlette.requests import Request
+
+    from adapters.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+ACTOR_TYPES = ("user", "api_key", "participant", "anonymous")
+OUTCOMES = ("ok", "allowed", "denied", "failed")
+GENESIS_HASH = "0" * 64
+# The organisation of everything until accounts exist: the admin key and join tokens act in it.
+DEFAULT_ORG = "default"
+MAX_QUERY_LIMIT = 200
+_MAX_USER_AGENT = 256
+
+
+@dataclass(slots=True, frozen=True)
+class AuditEntry:
+    """One audited action. `detail` is for context such as a status code, never personal data or secrets."""
+
+    actor_type: str  # user | api_key | participant | anonymous
+    actor_id: str
+    role: str
+    org_id: str
+    action: str  # e.g. "get_transcript", "whip.join"
+    resource_type: str  # e.g. "interview"
+    resource_id: str  # "" for a collection (a list, a create)
+    outcome: str  # ok | allowed | denied | failed
+    address: str
+    user_agent: str
+    at: datetime  # UTC
+    detail: dict[str, Any] | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class VerifyResult:
+    ok: bool
+    entries: int  # entries checked
+    first_bad: int | None  # seq of the first entry where its chain breaks
+    reason: str
+
+
+def entry_hash(doc: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of the canonical JSON of a stored entry without `_id` and `hash`."""
+    body = {k: v for k, v in doc.items() if k not in ("_id", "hash")}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _iso_ms(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _epoch_ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
+
+
+def _document(entry_id: str, e: AuditEntry, seq: int, prev_hash: str) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "orgId": e.org_id, "seq": seq, "prevHash": prev_hash, "at": _iso_ms(e.at), "atMs": _epoch_ms(e.at),
+        "actorType": e.actor_type, "actorId": e.actor_id, "role": e.role, "action": e.action,
+        "resourceType": e.resource_type, "resourceId": e.resource_id, "outcome": e.outcome,
+        "address": e.address, "userAgent": e.user_agent, "detail": e.detail,
+    }
+    doc["hash"] = entry_hash(doc)
+    doc["_id"] = entry_id
+    return doc
+
+
+def outcome_of(status: int) -> str:
+    """The outcome of an HTTP request by its status: 2xx/3xx ok, 401/403 denied, anything else failed."""
+    if status < 400:
+        return "ok"
+    return "denied" if status in (401, 403) else "failed"
+
+
+def request_entry(request: Request, *, action: str, outcome: str, actor_type: str = "anonymous",
+                  actor_id: str = "", role: str = "", org_id: str = DEFAULT_ORG, resource_type: str = "",
+                  resource_id: str = "", detail: dict[str, Any] | None = None) -> AuditEntry:
+    """An entry for an HTTP request: the caller's address and user agent come from `request`; the resource, unless
+    given, from its path parameters (`interview_id`, `candidate_id`) or its collection (`/api/interviews`)."""
+    params = request.path_params
+    if not resource_type:
+        if "interview_id" in params:
+            resource_type, resource_id = "interview", str(params["interview_id"])
+        elif "candidate_id" in params:
+            resource_type, resource_id = "candidate", str(params["candidate_id"])
+        else:
+            parts = request.url.path.strip("/").split("/")
+            resource_type = parts[1].removesuffix("s") if len(parts) > 1 and parts[0] == "api" else parts[0]
+    return AuditEntry(
+        actor_type=actor_type, actor_id=actor_id, role=role, org_id=org_id, action=action,
+        resource_type=resource_type, resource_id=resource_id, outcome=outcome,
+        address=request.client.host if request.client else "",
+        user_agent=request.headers.get("user-agent", "")[:_MAX_USER_AGENT], at=datetime.now(UTC), detail=detail)
+
+
+def _check(entry: AuditEntry) -> None:
+    if entry.actor_type not in ACTOR_TYPES:
+        raise ValueError(f"audit entry: actor_type {entry.actor_type!r} is not one of {ACTOR_TYPES}")
+    if entry.outcome not in OUTCOMES:
+        raise ValueError(f"audit entry: outcome {entry.outcome!r} is not one of {OUTCOMES}")
+    if entry.at.tzinfo is None:
+        raise ValueError("audit entry: `at` must be timezone-aware")
+    if not entry.org_id or not entry.action:
+        raise ValueError("audit entry: org_id and action are required")
+    if entry.detail is not None:
+        try:  # what cannot be hashed must fail here, at its caller, not later in the writer
+            json.dumps(entry.detail, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"audit entry: detail is not plain JSON ({exc})") from None
+
+
+class AuditLog:
+    """The audit trail in `db["audit"]` (and the chain heads in `db["audit_heads"]`); see the module docstring."""
+
+    def __init__(self, db: AsyncIOMotorDatabase[Any], *, metrics: Metrics | None = None, batch_size: int = 200,
+                 flush_interval_s: float = 0.2, max_backoff_s: float = 5.0) -> None:
+        self.entries = db["audit"]
+        self.heads = db["audit_heads"]
+        self.metrics = metrics
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self.max_backoff_s = max_backoff_s
+        self._queue: deque[tuple[str, AuditEntry]] = deque()
+        self._heads: dict[str, tuple[int, str]] = {}  # orgId -> (seq, hash) of the last entry written
+        self._uncertain = False  # the last write failed without saying what it wrote
+        self._wake = asyncio.Event()
+        self._full = asyncio.Event()
+        self._progress = asyncio.Event()  # set (and replaced) after every write attempt
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._closed = False
+        self.written = 0
+        self.failures = 0
+        self.last_error = ""
+        if metrics is not None:
+            metrics.audit_pending.set_function(lambda: float(len(self._queue)))
+
+    @property
+    def pending(self) -> int:
+        """Entries recorded and not yet written."""
+        return len(self._queue)
+
+    def status(self) -> dict[str, Any]:
+        """For /readyz: the writer's state (a backlog does not make the service unready)."""
+        return {"running": self._task is not None and not self._task.done(), "pending": len(self._queue),
+                "written": self.written, "failures": self.failures, "last_error": self.last_error}
+
+    # ---- recording -----------------------------------------------------------------------------------
+    def record(self, entry: AuditEntry) -> None:
+        """Queue `entry` for writing. Raises ValueError for a malformed entry (a caller's bug)."""
+        _check(entry)
+        if self._closed:
+            # Nobody will write it: say so loudly rather than pretend.
+            log.error("audit entry recorded after the audit log closed, not written: %s %s/%s by %s:%s",
+                      entry.action, entry.resource_type, entry.resource_id, entry.actor_type, entry.actor_id)
+            if self.metrics is not None:
+                self.metrics.audit_failures.inc()
+            return
+        self._queue.append((os.urandom(12).hex(), entry))
+        self._wake.set()
+        if len(self._queue) >= self.batch_size:
+            self._full.set()
+
+    async def start(self) -> None:
+        """Create the indexes and start the writer."""
+        try:
+            # Few indexes: each costs every insert (nx-27017: ~0.12 ms/entry with one, ~0.16 with four). A time
+            # window is read along (orgId, seq): entries are in time order within a chain.
+            await self.entries.create_index([("orgId", ASCENDING), ("seq", ASCENDING)], unique=True)
+            await self.entries.create_index([("orgId", ASCENDING), ("actorId", ASCENDING), ("seq", ASCENDING)])
+            await self.entries.create_index([("orgId", ASCENDING), ("resourceId", ASCENDING), ("seq", ASCENDING)])
+        except PyMongoError as exc:
+            raise Unavailable(f"audit trail: cannot create indexes ({type(exc).__name__}: {exc})") from exc
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="audit-writer")
+
+    async def aclose(self, timeout_s: float | None = 30.0) -> None:
+        """Write everything queued, then stop. If the store stays down for `timeout_s`, the entries still queued
+        are reported (logged as an error with their count) and the writer stops."""
+        self._closing = True
+        self._wake.set()
+        self._full.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+                log.error("audit trail: %d entries could not be written before shutdown (store: %s)",
+                          len(self._queue), self.last_error)
+        elif self._queue:
+            log.error("audit trail: closed without being started; %d entries were never written", len(self._queue))
+        self._closed = True
+
+    # ---- the writer ----------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if len(self._queue) < self.batch_size and not self._closing:
+                self._full.clear()
+                with contextlib.suppress(TimeoutError):  # the oldest entry waits at most flush_interval_s
+                    await asyncio.wait_for(self._full.wait(), self.flush_interval_s)
+            try:
+                await self._write_batch()
+                backoff = 0.1
+                self._progressed()
+            except Exception as exc:  # noqa: BLE001 - the writer must outlive any failure: entries stay queued
+                self.failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                if self.metrics is not None:
+                    self.metrics.audit_failures.inc()
+                if isinstance(exc, PyMongoError):
+                    log.warning("audit trail: write failed, %d entries queued, retrying in %.1f s: %s",
+                                len(self._queue), backoff, self.last_error)
+                else:
+                    log.exception("audit trail: write failed unexpectedly, %d entries queued, retrying in %.1f s",
+                                  len(self._queue), backoff)
+                self._progressed()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+
+    def _progressed(self) -> None:
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    async def wait_until(self, predicate: Callable[[AuditLog], bool]) -> None:
+        """Returns once `predicate(self)` holds, checked after every write attempt (for tests and benchmarks)."""
+        while not predicate(self):
+            await self._progress.wait()
+
+    async def _write_batch(self) -> None:
+        if self._uncertain:
+            await self._drop_written()
+        batch = [self._queue[i] for i in range(min(self.batch_size, len(self._queue)))]
+        if not batch:
+            return
+        for org in {e.org_id for _, e in batch} - self._heads.keys():
+            last = await self.entries.find_one({"orgId": org}, {"seq": 1, "hash": 1}, sort=[("seq", DESCENDING)])
+            self._heads[org] = (int(last["seq"]), str(last["hash"])) if last else (0, GENESIS_HASH)
+        heads = dict(self._heads)
+        docs = []
+        for entry_id, e in batch:
+            seq, prev = heads[e.org_id]
+            doc = _document(entry_id, e, seq + 1, prev)
+            heads[e.org_id] = (seq + 1, doc["hash"])
+            docs.append(doc)
+        try:
+            await self.entries.insert_many(docs, ordered=True)
+        except BulkWriteError as exc:
+            # Ordered: the first nInserted are in, the rest are not. A duplicate (orgId, seq) means another
+            # writer appended to a chain: take its entries as the new head and chain ours after them.
+            done = int(exc.details.get("nInserted", 0))
+            self._written(docs[:done])
+            self._heads.clear()
+            codes = {err.get("code") for err in exc.details.get("writeErrors", [])}
+            if 11000 in codes:
+                log.error("audit trail: another writer appended to the chain (duplicate orgId/seq); this process "
+                          "must be the only writer of database %s; re-reading the head and retrying",
+                          self.entries.database.name)
+            raise
+        except Exception:
+            self._uncertain = True  # what it wrote, if anything, is checked by id before the retry
+            self._heads.clear()
+            raise
+        self._written(docs)
+        self._heads.update(heads)
+        await self._save_heads(heads, {d["orgId"] for d in docs})
+
+    def _written(self, docs: list[dict[str, Any]]) -> None:
+        for _ in docs:
+            self._queue.popleft()
+        self.written += len(docs)
+        if self.metrics is not None and docs:
+            self.metrics.audit_written.inc(len(docs))
+
+    async def _drop_written(self) -> None:
+        """After a write with an unknown outcome: drop from the queue what it did write."""
+        ids = [self._queue[i][0] for i in range(min(self.batch_size, len(self._queue)))]
+        found = {d["_id"] async for d in self.entries.find({"_id": {"$in": ids}}, {"_id": 1})}
+        self._uncertain = False
+        kept = [item for item in self._queue if item[0] not in found]
+        if found:
+            log.info("audit trail: %d entries of the failed write were stored after all", len(found))
+            self.written += len(found)
+            if self.metrics is not None:
+                self.metrics.audit_written.inc(len(found))
+            self._queue = deque(kept)
+
+    async def _save_heads(self, heads: dict[str, tuple[int, str]], orgs: set[str]) -> None:
+        """Each chain's last (seq, hash), so that verify finds entries cut off the end. A failure here loses
+        nothing (the next batch saves it again); verify accepts a head that lags behind its chain."""
+        # `_id` in the replacement too: nx-27017 0.8.1 gives an upserted replacement a new random `_id` otherwise
+        ops = [ReplaceOne({"_id": org}, {"_id": org, "seq": heads[org][0], "hash": heads[org][1]}, upsert=True)
+               for org in sorted(orgs)]
+        try:
+            await self.heads.bulk_write(ops, ordered=False)
+        except PyMongoError as exc:
+            log.warning("audit trail: chain heads not saved (saved with the next batch): %s", exc)
+
+    # ---- reading -------------------------------------------------------------------------------------
+    async def query(self, *, org_id: str, actor: str | None = None, resource: str | None = None,
+                    start: datetime | None = None, end: datetime | None = None, cursor: str | None = None,
+                    limit: int = 50) -> tuple[list[dict[str, Any]], str | None]:
+        """One organisation's entries, **newest first** (by `seq`), and the cursor of the next page (None at the
+        end). `actor` matches `actorId`, `resource` matches `resourceId`; `start` is inclusive and `end`
+        exclusive (to the millisecond). Entries appear once written (within about `flush_interval_s`).
+        Raises ValueError for a bad cursor or limit, Unavailable when the store is down."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_QUERY_LIMIT:
+            raise ValueError(f"limit must be an integer from 1 to {MAX_QUERY_LIMIT}")
+        filt: dict[str, Any] = {"orgId": org_id}
+        if actor:
+            filt["actorId"] = actor
+        if resource:
+            filt["resourceId"] = resource
+        window: dict[str, int] = {}
+        for op, at in (("$gte", start), ("$lt", end)):
+            if at is not None:
+                if at.tzinfo is None:
+                    raise ValueError("start and end must be timezone-aware")
+                window[op] = _epoch_ms(at)
+        if window:
+            filt["atMs"] = window
+        if cursor is not None:
+            if not cursor.isdigit() or int(cursor) < 1:
+                raise ValueError("cursor is not one this endpoint returned")
+            filt["seq"] = {"$lt": int(cursor)}
+        try:
+            docs = await self.entries.find(filt, {"_id": 0}).sort("seq", DESCENDING).limit(limit + 1).to_list(None)
+        except PyMongoError as exc:
+            raise Unavailable(f"audit trail: {type(exc).__name__}: {exc}") from exc
+        more = len(docs) > limit
+        docs = docs[:limit]
+        return docs, (str(docs[-1]["seq"]) if more else None)
+
+    async def verify(self, org_id: str | None = None) -> VerifyResult:
+        """Checks every chain (or `org_id`'s): seq counts 1, 2, ... without gaps, each entry's `prevHash` is its
+        predecessor's `hash`, each `hash` matches its content, and no chain ends before its saved head."""
+        filt: dict[str, Any] = {} if org_id is None else {"orgId": org_id}
+        try:
+            heads = {d["_id"]: (int(d["seq"]), str(d["hash"]))
+                     async for d in self.heads.find({} if org_id is None else {"_id": org_id})}
+            n = 0
+            seen: set[str] = set()
+            org = ""
+            expected, prev, last = 1, GENESIS_HASH, 0
+            async for doc in self.entries.find(filt).sort([("orgId", ASCENDING), ("seq", ASCENDING)]):
+                n += 1
+                if doc.get("orgId") != org:
+                    if seen and (bad := _cut_off(org, last, heads)) is not None:
+                        return VerifyResult(False, n - 1, *bad)
+                    org, expected, prev = str(doc.get("orgId")), 1, GENESIS_HASH
+                    seen.add(org)
+                seq = doc.get("seq")
+                if seq != expected:
+                    return VerifyResult(False, n, expected, f"chain {org}: expected seq {expected}, found {seq} "
+                                        "(entries removed or reordered)")
+                if doc.get("prevHash") != prev:
+                    return VerifyResult(False, n, expected, f"chain {org}: seq {seq} does not follow seq "
+                                        f"{expected - 1} (prevHash differs: entries removed, reordered or edited)")
+                if entry_hash(doc) != doc.get("hash"):
+                    return VerifyResult(False, n, expected, f"chain {org}: seq {seq} was changed after it was "
+                                        "written (hash differs)")
+                if org in heads and heads[org][0] == seq and heads[org][1] != doc["hash"]:
+                    return VerifyResult(False, n, expected, f"chain {org}: seq {seq} is not the entry the chain "
+                                        "head recorded")
+                prev, last, expected = doc["hash"], seq, expected + 1
+            if seen and (bad := _cut_off(org, last, heads)) is not None:
+                return VerifyResult(False, n, *bad)
+            if gone := sorted(heads.keys() - seen):
+                return VerifyResult(False, n, 1, f"chain {gone[0]}: all {heads[gone[0]][0]} entries are missing")
+        except PyMongoError as exc:
+            raise Unavailable(f"audit trail: {type(exc).__name__}: {exc}") from exc
+        chains = len(seen)
+        return VerifyResult(True, n, None, f"{n} entries in {chains} chain(s) intact")
+
+
+def _cut_off(org: str, last: int, heads: dict[str, tuple[int, str]]) -> tuple[int, str] | None:
+    head = heads.get(org)
+    if head is not None and head[0] > last:
+        return last + 1, f"chain {org}: entries {last + 1} to {head[0]} are missing (cut off the end)"
+    return None

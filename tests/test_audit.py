@@ -1,0 +1,319 @@
+"""The audit trail against nx-27017: what is recorded is what is written (through an outage too), the hash chain
+finds removed, edited, reordered and cut-off entries, `server.py verify-audit` says so, and the service records
+API requests and WHIP joins and leaves."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from adapters.audit import AuditEntry, AuditLog
+from adapters.mongo import EmbeddedMongo, MongoStore
+from testing.live_server import live_server, test_settings
+from testing.net import free_port
+from testing.whip_client import whip_publish
+
+ROOT = Path(__file__).resolve().parents[1]
+T0 = datetime(2026, 3, 1, 9, 0, 0, 123000, tzinfo=UTC)
+
+
+def entry(i: int, *, org: str = "org-a", actor: str | None = None, resource: str | None = None,
+          at: datetime | None = None, outcome: str = "ok") -> AuditEntry:
+    return AuditEntry(actor_type="user", actor_id=actor or f"user-{i % 3}", role="hr", org_id=org,
+                      action="get_transcript", resource_type="interview", resource_id=resource or f"iv-{i % 5}",
+                      outcome=outcome, address="192.0.2.7", user_agent="pytest",
+                      at=at or T0 + timedelta(milliseconds=i), detail={"status": 200, "n": i})
+
+
+def as_recorded(doc: dict[str, Any]) -> AuditEntry:
+    """A stored entry back as the AuditEntry it was written from."""
+    return AuditEntry(actor_type=doc["actorType"], actor_id=doc["actorId"], role=doc["role"], org_id=doc["orgId"],
+                      action=doc["action"], resource_type=doc["resourceType"], resource_id=doc["resourceId"],
+                      outcome=doc["outcome"], address=doc["address"], user_agent=doc["userAgent"],
+                      at=datetime.fromisoformat(doc["at"]), detail=doc["detail"])
+
+
+async def all_pages(audit: AuditLog, **filters: Any) -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        page, cursor = await audit.query(cursor=cursor, **filters)
+        docs += page
+        if cursor is None:
+            return docs
+
+
+async def until(audit: AuditLog, condition: Callable[[AuditLog], bool], timeout_s: float = 30.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        await audit.wait_until(condition)
+
+
+async def test_entries_written_are_the_entries_recorded_newest_first_in_pages(store: MongoStore) -> None:
+    audit = AuditLog(store.db, batch_size=50)
+    await audit.start()
+    recorded = [entry(i, org="org-a" if i % 4 else "org-b") for i in range(450)]
+    for e in recorded:
+        audit.record(e)
+    await audit.aclose()
+    for org in ("org-a", "org-b"):
+        docs = await all_pages(audit, org_id=org, limit=40)
+        assert [as_recorded(d) for d in reversed(docs)] == [e for e in recorded if e.org_id == org]
+        assert [d["seq"] for d in docs] == list(range(len(docs), 0, -1))  # one chain per organisation
+    result = await audit.verify()
+    assert (result.ok, result.entries, result.first_bad) == (True, 450, None), result.reason
+    assert (await audit.verify("org-b")).entries == 450 // 4 + 1
+    assert {d["_id"]: d["seq"] async for d in audit.heads.find()} == {"org-a": 450 - 113, "org-b": 113}
+
+
+async def test_query_filters_by_actor_resource_and_time_to_the_millisecond(store: MongoStore) -> None:
+    audit = AuditLog(store.db)
+    await audit.start()
+    for i in range(30):
+        audit.record(entry(i))
+    audit.record(entry(99, org="org-other", actor="user-1", resource="iv-1"))
+    await audit.aclose()
+
+    by_actor = await all_pages(audit, org_id="org-a", actor="user-1", limit=3)
+    assert [d["detail"]["n"] for d in by_actor] == [i for i in range(29, -1, -1) if i % 3 == 1]
+    by_both = await all_pages(audit, org_id="org-a", actor="user-1", resource="iv-1")
+    assert [d["detail"]["n"] for d in by_both] == [16, 1]
+    # 5 entries 1 ms apart inside one second: nx-27017 compares dates to the second, the filter must not
+    window = await all_pages(audit, org_id="org-a", start=T0 + timedelta(milliseconds=10),
+                             end=T0 + timedelta(milliseconds=15))
+    assert [d["detail"]["n"] for d in window] == [14, 13, 12, 11, 10]
+    assert [d["at"] for d in window][-1] == "2026-03-01T09:00:00.133Z"
+    for bad in ({"cursor": "abc"}, {"cursor": "-1"}, {"limit": 0}, {"limit": 201},
+                {"start": datetime(2026, 1, 1)}):  # noqa: DTZ001 - a naive time is the bad input here
+        with pytest.raises(ValueError):
+            await audit.query(org_id="org-a", **bad)
+
+
+async def _delete(audit: AuditLog) -> None:
+    await audit.entries.delete_one({"orgId": "org-a", "seq": 4})
+
+
+async def _edit(audit: AuditLog) -> None:
+    await audit.entries.update_one({"orgId": "org-a", "seq": 4}, {"$set": {"outcome": "denied"}})
+
+
+async def _edit_detail(audit: AuditLog) -> None:
+    await audit.entries.update_one({"orgId": "org-a", "seq": 4}, {"$set": {"detail.status": 403}})
+
+
+async def _swap(audit: AuditLog) -> None:
+    # the two entries keep their own hashes and trade places
+    a = await audit.entries.find_one({"orgId": "org-a", "seq": 4})
+    b = await audit.entries.find_one({"orgId": "org-a", "seq": 5})
+    assert a is not None and b is not None
+    await audit.entries.update_one({"_id": a["_id"]}, {"$set": {"seq": -1}})
+    await audit.entries.update_one({"_id": b["_id"]}, {"$set": {"seq": 4}})
+    await audit.entries.update_one({"_id": a["_id"]}, {"$set": {"seq": 5}})
+
+
+async def _rehash(audit: AuditLog) -> None:
+    # edited with its own hash recomputed: the next entry no longer follows it
+    from adapters.audit import entry_hash
+
+    doc = await audit.entries.find_one({"orgId": "org-a", "seq": 4})
+    assert doc is not None
+    doc["actorId"] = "someone-else"
+    await audit.entries.update_one({"_id": doc["_id"]}, {"$set": {"actorId": "someone-else",
+                                                                    "hash": entry_hash(doc)}})
+
+
+async def _cut_tail(audit: AuditLog) -> None:
+    await audit.entries.delete_many({"orgId": "org-a", "seq": {"$gte": 7}})
+
+
+@pytest.mark.parametrize(("tamper", "first_bad", "why"), [
+    (_delete, 4, "expected seq 4, found 5"), (_edit, 4, "changed after it was written"),
+    (_edit_detail, 4, "changed after it was written"), (_swap, 4, "does not follow"),
+    (_rehash, 5, "does not follow"), (_cut_tail, 7, "entries 7 to 8 are missing"),
+])
+async def test_verify_finds_a_removed_edited_or_reordered_entry(
+        store: MongoStore, tamper: Callable[[AuditLog], Awaitable[None]], first_bad: int, why: str) -> None:
+    audit = AuditLog(store.db)
+    await audit.start()
+    for i in range(8):
+        audit.record(entry(i))
+        audit.record(entry(i, org="org-b"))
+    await audit.aclose()
+    assert (await audit.verify()).ok
+    await tamper(audit)
+    result = await audit.verify()
+    assert (result.ok, result.first_bad) == (False, first_bad) and why in result.reason, result
+    assert "org-a" in result.reason
+    assert (await audit.verify("org-b")).ok  # the other organisation's chain is untouched
+
+
+async def test_record_never_awaits_and_the_loop_runs_while_10000_entries_are_written(store: MongoStore) -> None:
+    audit = AuditLog(store.db)
+    await audit.start()
+    seen_pending: list[int] = []
+
+    async def ticker() -> None:  # another task on the same loop: it runs between the writer's batches
+        while True:
+            seen_pending.append(audit.pending)
+            await asyncio.sleep(0)
+
+    tick = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    assert not asyncio.iscoroutinefunction(audit.record)
+    for i in range(10_000):
+        audit.record(entry(i))  # a plain call: nothing here can yield to the loop
+    assert audit.pending == 10_000 and seen_pending[-1] == 0
+    await until(audit, lambda a: a.pending == 0, timeout_s=120)
+    tick.cancel()
+    # the ticker ran while entries were still waiting: writing them did not hold the loop
+    assert any(0 < p < 10_000 for p in seen_pending)
+    await audit.aclose()
+    assert audit.written == 10_000
+    assert await audit.entries.count_documents({}) == 10_000
+    assert (await audit.verify()).ok
+
+
+async def test_entries_recorded_while_the_store_is_down_are_written_when_it_is_back(tmp_path: Path) -> None:
+    embedded = EmbeddedMongo(tmp_path, port=free_port())
+    store = await MongoStore.connect(await embedded.start(), timeout_s=0.5)
+    audit = AuditLog(store.db, flush_interval_s=0.05, max_backoff_s=0.5)
+    try:
+        await audit.start()
+        for i in range(20):
+            audit.record(entry(i))
+        await until(audit, lambda a: a.written == 20)
+        await embedded.stop()
+        for i in range(20, 320):
+            audit.record(entry(i))
+        await until(audit, lambda a: a.failures >= 2)  # tried, failed, kept them
+        assert audit.pending == 300
+        await embedded.start()  # the same port: the client reconnects
+        for i in range(320, 350):
+            audit.record(entry(i))
+        await audit.aclose()
+        assert audit.pending == 0
+        docs = await all_pages(audit, org_id="org-a", limit=200)
+        assert [as_recorded(d) for d in reversed(docs)] == [entry(i) for i in range(350)]
+        assert (await audit.verify()).ok
+    finally:
+        await store.close()
+        await embedded.stop()
+
+
+async def test_a_second_writer_collides_loudly_and_the_chain_stays_linear(store: MongoStore,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    first = AuditLog(store.db, flush_interval_s=0.01)
+    second = AuditLog(store.db, flush_interval_s=0.01)
+    await first.start()
+    await second.start()
+    first.record(entry(0))
+    await until(first, lambda a: a.written == 1)
+    second.record(entry(1))  # reads the head (seq 1) and writes seq 2
+    await until(second, lambda a: a.written == 1)
+    with caplog.at_level(logging.ERROR, logger="adapters.audit"):
+        first.record(entry(2))  # still believes the head is seq 1
+        await first.aclose()
+    await second.aclose()
+    assert "another writer appended to the chain" in caplog.text
+    assert first.failures == 1
+    docs = await all_pages(first, org_id="org-a")
+    assert [d["detail"]["n"] for d in docs] == [2, 1, 0]
+    assert (await first.verify()).ok
+
+
+def _verify_cli(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "server.py", "verify-audit"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**{k: v for k, v in os.environ.items() if k != "MONGODB_URL"}, **env})
+
+
+async def test_verify_audit_command_exits_0_then_1_after_tampering(store: MongoStore, mongo_url: str,
+                                                                    tmp_path: Path) -> None:
+    audit = AuditLog(store.db)
+    await audit.start()
+    for i in range(12):
+        audit.record(entry(i))
+    await audit.aclose()
+    env = {"MONGODB_URL": mongo_url, "MONGODB_DB": store.db.name, "DATA_DIR": str(tmp_path)}
+    ok = await asyncio.to_thread(_verify_cli, env)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == "audit trail intact: 12 entries in 1 chain(s) intact"
+    await _edit(audit)
+    bad = await asyncio.to_thread(_verify_cli, env)
+    assert bad.returncode == 1, bad.stderr
+    assert bad.stdout.count("\n") == 1 and "TAMPERED at seq 4" in bad.stdout
+
+
+async def test_verify_audit_reads_the_embedded_store_under_data_dir(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    embedded = EmbeddedMongo(data_dir)  # as a running server keeps it: the command reads it where it runs
+    store = await MongoStore.connect(await embedded.start())
+    try:
+        audit = AuditLog(store.db)
+        await audit.start()
+        for i in range(3):
+            audit.record(entry(i))
+        await audit.aclose()
+        done = await asyncio.to_thread(_verify_cli, {"DATA_DIR": str(data_dir)})
+        assert (done.returncode, done.stdout.strip()) == (0, "audit trail intact: 3 entries in 1 chain(s) intact")
+        await audit.entries.delete_one({"seq": 2})
+    finally:
+        await store.close()
+        await embedded.stop()
+    # no server running: the command starts the embedded store itself
+    done = await asyncio.to_thread(_verify_cli, {"DATA_DIR": str(data_dir)})
+    assert done.returncode == 1 and "TAMPERED at seq 2" in done.stdout, (done.stdout, done.stderr)
+
+
+async def test_the_service_records_api_requests_and_whip_joins_and_leaves(tmp_path: Path, mongo_url: str) -> None:
+    async with live_server(test_settings(tmp_path, mongo_url)) as live:
+        audit = live.components.audit
+        assert audit is not None
+        iid = await live.create_interview()
+        assert (await live.http.get(f"/api/interviews/{iid}/transcript")).status_code == 200
+        async with httpx.AsyncClient(base_url=live.url) as anonymous:
+            assert (await anonymous.get(f"/api/interviews/{iid}/transcript",
+                                        headers={"User-Agent": "curious/1.0"})).status_code == 401
+            refused = await anonymous.post(f"/whip/{iid}", content=b"v=0\r\n",
+                                           headers={"Authorization": "Bearer forged.token",
+                                                    "Content-Type": "application/sdp"})
+            assert refused.status_code == 401
+        tok = await live.token(iid, "observer", "Obi")
+        session = await whip_publish(f"{live.url}/whip/{iid}", tok["token"], track=None, analysis=True)
+        await session.close()  # DELETE: a leave
+        await until(audit, lambda a: a.written >= 7)
+        docs = await all_pages(audit, org_id="default", resource=iid)
+        creates = await all_pages(audit, org_id="default", actor="admin")
+        assert (await audit.verify()).ok
+
+    got = [(d["action"], d["actorType"], d["actorId"], d["role"], d["outcome"]) for d in reversed(docs)]
+    assert got == [
+        ("get_transcript", "api_key", "admin", "admin", "ok"),
+        ("get_transcript", "anonymous", "", "", "denied"),
+        ("whip.join", "anonymous", "", "", "denied"),
+        ("issue_token", "api_key", "admin", "admin", "ok"),
+        ("whip.join", "participant", tok["participantId"], "observer", "ok"),
+        ("whip.leave", "participant", tok["participantId"], "observer", "ok"),
+    ]
+    denied = next(d for d in docs if d["outcome"] == "denied" and d["action"] == "get_transcript")
+    assert (denied["address"], denied["userAgent"], denied["detail"]) == ("127.0.0.1", "curious/1.0",
+                                                                          {"status": 401})
+    assert all(d["resourceType"] == "interview" for d in docs)
+    assert not any(tok["token"] in str(d) for d in docs)  # a bearer token never reaches the trail
+    # a create has no id in its path: it is recorded against the collection
+    assert (creates[-1]["action"], creates[-1]["resourceType"], creates[-1]["resourceId"]) == (
+        "create_interview", "interview", "")
+
+
+def test_help_lists_the_verify_audit_command_and_the_audit_setting() -> None:
+    out = subprocess.run([sys.executable, "server.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert "verify-audit" in out and "\n  AUDIT " in out
