@@ -57,6 +57,10 @@ class Metrics:
                                      ["type"], registry=r)
         self.messages_dropped = Counter("analysis_messages_dropped_total",
                                         "Analysis messages not sent (slow or closed viewer)", ["reason"], registry=r)
+        self.evidence_rejected = Counter("analysis_evidence_rejected_total", "Scorecard evidence dropped: the quote "
+                                         "is not in the transcript segment it cites", ["provider"], registry=r)
+        self.analysis_runs = Counter("analysis_provider_runs_total", "Scorecard provider calls by result",
+                                     ["provider", "status"], registry=r)
         self.stt_queue_depth = Gauge("stt_queue_depth", "Transcriptions waiting for a worker", registry=r)
         self.errors = Counter("errors_total", "Errors by kind", ["kind"], registry=r)
         for kind in ("bad_request", "unauthorized", "forbidden", "not_found", "too_large", "stt", "persist",
