@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from settings import Settings
 
 if TYPE_CHECKING:  # the composition root imports its adapters lazily: nothing heavy at import time
+    from adapters.analysis_jobs import AnalysisJobs
     from adapters.audit import AuditLog
     from adapters.metrics import Metrics
     from adapters.mongo import EmbeddedMongo, MongoStore
@@ -93,6 +94,7 @@ class Components:
     store: MongoStore | None = None
     audit: AuditLog | None = None
     service: InterviewService | None = None
+    analysis: AnalysisJobs | None = None
     bus: EventBus | None = None
     relay: OutboxRelay | None = None
     scheduler: SttScheduler | None = None
@@ -131,6 +133,8 @@ async def _build(c: Components) -> None:
     c.relay = relay = OutboxRelay(store, bus)
     relay.start()
     c.service = service = InterviewService(store, on_commit=relay.notify)
+    c.analysis = build_analysis(s, service, store, c.metrics)
+    await c.analysis.resume()
     stt = await asyncio.to_thread(build_stt, s)
     c.scheduler = scheduler = SttScheduler(stt, workers=s.stt_workers, partial_share=s.partial_share)
     c.metrics.bind_stt(queue_depth=lambda: float(scheduler.queue_depth), stats=lambda: scheduler.stats)
@@ -158,6 +162,39 @@ async def _build(c: Components) -> None:
     c.signer = signer = TokenSigner(c.secrets.token_secret, ttl_s=s.token_ttl_s)
     c.whip = WhipIngest(registry, signer, lambda iid: interview_status(service, iid), c.metrics,
                         ice_servers=[RTCIceServer(urls=url) for url in s.ice_servers], audit=c.audit)
+
+
+def build_analysis(s: Settings, service: InterviewService, store: MongoStore, metrics: Metrics) -> AnalysisJobs:
+    """The scorecard jobs: the providers ANALYSIS_PROVIDERS names (each with its SDK, timeout, retries and circuit
+    breaker) beside the local heuristic analyser, jobs kept in the `analyses` collection."""
+    from adapters.analysis_jobs import AnalysisJobs, AnalysisProvider, MongoAnalysisRecords
+    from adapters.analysis_providers import (
+        Breakers,
+        Resilience,
+        anthropic_provider,
+        huggingface_provider,
+        openai_provider,
+    )
+
+    resilience = Resilience(timeout_s=s.analysis_timeout_s)
+    breakers = Breakers(resilience.breaker_threshold, resilience.breaker_ttl_s)
+    providers: list[AnalysisProvider] = []
+    for name in s.analysis_providers:
+        if name == "openai":
+            providers.append(openai_provider(s.openai_base_url, s.openai_api_key, s.openai_analysis_model,
+                                             resilience, breakers))
+        elif name == "anthropic":
+            providers.append(anthropic_provider(s.anthropic_base_url, s.anthropic_api_key, s.anthropic_model,
+                                                resilience, breakers))
+        else:
+            providers.append(huggingface_provider(s.hf_base_url, s.hf_token, s.hf_model, resilience, breakers))
+
+    def rejected(provider: str, n: int) -> None:
+        metrics.evidence_rejected.labels(provider=provider).inc(n)
+
+    return AnalysisJobs(service, MongoAnalysisRecords(store.db["analyses"]), providers, on_rejected=rejected,
+                        on_run=lambda provider, status: metrics.analysis_runs.labels(provider, status).inc(),
+                        jurisdiction=s.jurisdiction)
 
 
 async def interview_status(service: InterviewService, interview_id: str) -> str | None:
@@ -194,6 +231,8 @@ async def _teardown(c: Components) -> None:
         close_stt = getattr(c.scheduler.stt, "close", None)  # the engines with processes or clients to close
         if callable(close_stt):
             steps.append(("stop speech-to-text processes", lambda: asyncio.to_thread(close_stt)))
+    if c.analysis is not None:
+        steps.append(("stop analysis jobs (resumed on the next start)", c.analysis.aclose))
     if c.relay is not None:
         relay = c.relay
         steps.append(("flush outbox", lambda: _flush_relay(relay)))
@@ -259,7 +298,7 @@ def create_app(settings: Settings, *, announce: Callable[[Components], None] | N
             assert c.signer is not None and c.service is not None and c.whip is not None  # built by _build
             token = token_route(c.signer, c.service, c.secrets.admin_api_key, metrics,
                                 public_url=settings.public_url, audit=c.audit)
-            app.router.routes[:] = [token, *api_routes(c.service, c.secrets.admin_api_key,
+            app.router.routes[:] = [token, *api_routes(c.service, c.secrets.admin_api_key, analysis=c.analysis,
                                                        max_body_bytes=settings.max_body_bytes, audit=c.audit),
                                     *c.whip.routes(), *base_routes]
             c.ready = True

@@ -66,6 +66,18 @@ def _stun_urls(value: Any) -> Any:
     return tuple(value)
 
 
+ANALYSIS_PROVIDERS = ("openai", "anthropic", "huggingface")
+
+
+def _providers(value: Any) -> Any:
+    if isinstance(value, str):
+        value = tuple(dict.fromkeys(p.strip().lower() for p in value.split(",") if p.strip()))
+    for p in value:
+        if p not in ANALYSIS_PROVIDERS:
+            raise ValueError(f"{p!r} is not one of {', '.join(ANALYSIS_PROVIDERS)}")
+    return tuple(value)
+
+
 def _public_url(value: Any) -> Any:
     return (value.strip().rstrip("/") or None) if isinstance(value, str) else value
 
@@ -115,6 +127,23 @@ class Settings(BaseSettings):
     openai_base_url: OptionalText = setting(None, "OpenAI-compatible API base URL (STT_ENGINE=openai)")
     openai_api_key: OptionalText = setting(None, "API key for STT_ENGINE=openai", secret=True)
     openai_stt_model: Text = setting("whisper-1", "model name for STT_ENGINE=openai")
+    analysis_providers: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_providers)] = setting(
+        (), "comma-separated scorecard providers run in parallel after an interview: openai, anthropic, "
+        "huggingface (unset: only the local heuristic analyser)")
+    openai_analysis_model: Text = setting("gpt-4o-mini", "model for ANALYSIS_PROVIDERS=openai (OPENAI_BASE_URL / "
+                                          "OPENAI_API_KEY)")
+    anthropic_api_key: OptionalText = setting(None, "API key for ANALYSIS_PROVIDERS=anthropic", secret=True)
+    anthropic_base_url: OptionalText = setting(None, "Anthropic API base URL (unset: api.anthropic.com)")
+    anthropic_model: Text = setting("claude-sonnet-4-5", "model for ANALYSIS_PROVIDERS=anthropic")
+    hf_token: OptionalText = setting(None, "Hugging Face token for ANALYSIS_PROVIDERS=huggingface", secret=True)
+    hf_base_url: OptionalText = setting(None, "TGI / vLLM / Inference Endpoint base URL (unset: the HF router by "
+                                        "HF_MODEL)")
+    hf_model: Text = setting("meta-llama/Llama-3.1-8B-Instruct", "model for ANALYSIS_PROVIDERS=huggingface")
+    analysis_timeout_s: Annotated[float, Field(gt=0)] = setting(60.0, "timeout of one scorecard provider call, "
+                                                                "seconds (retries on 429/5xx come on top)")
+    jurisdiction: Annotated[Literal["eu", "us-nyc", "none"], BeforeValidator(_lower)] = setting(
+        "eu", "rules for showing scorecards: eu (advisory until a human confirms), us-nyc (Local Law 144 notice), "
+        "none")
     vad_mode: Annotated[Literal["hybrid", "webrtc", "silero"], BeforeValidator(_lower)] = setting(
         "hybrid", "voice activity detector of the DSP core")
     partial_interval_s: NonNegative = setting(1.0, "seconds between partial transcripts of speech in progress "

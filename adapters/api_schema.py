@@ -288,8 +288,110 @@ class Analysis(_Closed):
     completedAt: datetime | None
 
 
-class InterviewAnalysis(Analysis):
+class AnalysisRunRequest(_Closed):
+    """Optional body of an on-demand analysis run."""
+
+    skills: Annotated[list[ListText], Field(max_length=100)] | None = Field(
+        None, description="the job's skills: terms of the rubric's technical competency")
+
+
+class AnalysisParams(_Closed):
+    version: Literal["confirmed", "machine"] | None = Field(
+        None, description="confirmed (default): the reviewer's confirmed scorecard once there is one; machine: the "
+                          "providers' aggregate")
+
+
+class EvidenceRef(_Closed):
+    participantId: Id
+    seq: Annotated[int, Field(ge=0)]
+    quote: str
+    turn: int = Field(description="index of the turn in `turns`")
+
+
+class ScoredCompetency(_Closed):
+    name: str
+    score: float | None = Field(description="0..5; null without verified evidence")
+    rationale: str
+    evidence: list[EvidenceRef]
+
+
+class ProviderScorecard(_Closed):
+    competencies: list[ScoredCompetency]
+    strengths: list[str]
+    improvements: list[str]
+    recommendation: Literal[RECOMMENDATIONS]  # type: ignore[valid-type]  # domain tuple
+    overall: float | None
+
+
+class Tokens(_Closed):
+    input: int
+    output: int
+
+
+class ProviderRun(_Closed):
+    provider: str
+    model: str
+    kind: Literal["llm", "heuristic", "manual"]
+    status: Literal["completed", "failed"]
+    promptVersion: str
+    inputHash: str = Field(description="sha256 of the pseudonymised transcript, rubric and prompt version")
+    latencySeconds: float
+    tokens: Tokens
+    attempts: int
+    error: str
+    evidenceRejected: int = Field(description="citations dropped: the quote is not in the segment cited")
+    scorecard: ProviderScorecard | None
+
+
+class AggregateCompetency(_Closed):
+    name: str
+    score: float | None = Field(description="median of the providers' scores")
+    spread: float
+    flagged: bool = Field(description="providers disagree by 2 points or more")
+    scores: dict[str, float]
+    rationales: dict[str, str]
+    evidence: list[EvidenceRef]
+
+
+class AggregateScorecard(_Closed):
+    competencies: list[AggregateCompetency]
+    strengths: list[str]
+    improvements: list[str]
+    recommendation: Literal[RECOMMENDATIONS]  # type: ignore[valid-type]  # domain tuple
+    overall: float | None
+    basis: list[str] = Field(description="the providers whose scorecards it merges")
+    flagged: list[str]
+
+
+class Policy(_Closed):
+    jurisdiction: Literal["eu", "us-nyc", "none"]
+    advisory: bool
+    final: bool = Field(description="eu: false until a reviewer confirms")
+
+
+class InterviewAnalysis(_Closed):
+    """The interview's analysis: the job's status, the aggregate scorecard, each provider's run, the review, and
+    the fields of an analysis recorded with PUT."""
+
     interviewId: Id
+    status: Literal["pending", "running", "completed", "partial", "failed"]
+    aggregate: AggregateScorecard | None
+    providers: list[ProviderRun]
+    review: dict[str, Any]
+    version: Literal["confirmed", "machine"]
+    structure: dict[str, Any] | None = Field(description="question/answer pairs, talk time, delays, guide")
+    turns: list[dict[str, Any]] = Field(description="the pseudonymised transcript the providers read")
+    rubric: list[dict[str, Any]]
+    inputHash: str | None
+    requestedAt: datetime | None
+    finishedAt: datetime | None
+    error: str
+    policy: Policy
+    sentiment: Sentiment
+    keywords: list[Keyword]
+    competency: dict[str, float]
+    overall: Overall | None
+    completedAt: datetime | None
 
 
 class Interview(_Closed):

@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from adapters import api_schema as schema
+from adapters.analysis_jobs import AnalysisJobs, MemoryAnalysisRecords
 from adapters.api_schema import Operation, openapi_document
 from adapters.audit import AuditLog, outcome_of, request_entry
 from adapters.http_edge import MAX_BODY_BYTES, HttpError, error_kind, error_response, read_json
@@ -76,8 +77,12 @@ OPERATIONS: tuple[Operation, ...] = (
               schema.Question, errors=(404, 409)),
     Operation("get_transcript", "GET", f"{_IID}/transcript", "Final transcript segments in recording order",
               schema.Transcript, errors=(404,)),
-    Operation("get_analysis", "GET", f"{_IID}/analysis", "Get the analysis (text only)", schema.InterviewAnalysis,
-              errors=(404,)),
+    Operation("get_analysis", "GET", f"{_IID}/analysis",
+              "Get the analysis: status, aggregate scorecard, each provider's run, review (text only)",
+              schema.InterviewAnalysis, query=schema.AnalysisParams, errors=(404,)),
+    Operation("run_analysis", "POST", f"{_IID}/analysis/run",
+              "Analyse the completed interview again now (in the background)", schema.InterviewAnalysis, 202,
+              body=schema.AnalysisRunRequest, body_required=False, errors=(404, 409)),
     Operation("put_analysis", "PUT", f"{_IID}/analysis", "Record the analysis of a completed interview",
               schema.InterviewAnalysis, body=schema.AnalysisInput, errors=(404, 409)),
     ISSUE_TOKEN,
@@ -179,11 +184,13 @@ def _expected_version(request: Request, body: Fields) -> int | None:
     return value
 
 
-def api_routes(service: InterviewService, admin_key: str, *, max_body_bytes: int = MAX_BODY_BYTES,
-               audit: AuditLog | None = None) -> list[BaseRoute]:
-    """Every route of `OPERATIONS` but the token route (`token_route`), and /openapi.json. With `audit`, every
-    request to them is recorded in the audit trail."""
+def api_routes(service: InterviewService, admin_key: str, *, analysis: AnalysisJobs | None = None,
+               max_body_bytes: int = MAX_BODY_BYTES, audit: AuditLog | None = None) -> list[BaseRoute]:
+    """Every route of `OPERATIONS` but the token route (`token_route`), and /openapi.json. `analysis` runs the
+    scorecard jobs (default: the local heuristic analyser, jobs kept in memory). With `audit`, every request to
+    them is recorded in the audit trail."""
     handlers: dict[str, Handler] = {}
+    jobs = analysis or AnalysisJobs(service, MemoryAnalysisRecords())
 
     def endpoint(fn: Handler) -> Handler:
         handlers[fn.__name__] = _endpoint(fn, lambda request: require_admin(request, admin_key), audit=audit)
@@ -223,6 +230,7 @@ def api_routes(service: InterviewService, admin_key: str, *, max_body_bytes: int
                 doc = await service.start_interview(iid, version)
             elif action == "complete":
                 doc = await service.complete_interview(iid, version)
+                await _request_analysis(jobs, iid)
             else:
                 doc = await service.cancel_interview(iid, reason, version)
             return ApiJSONResponse(doc)
@@ -248,15 +256,34 @@ def api_routes(service: InterviewService, admin_key: str, *, max_body_bytes: int
     async def get_transcript(request: Request) -> Response:
         return ApiJSONResponse(await service.get_transcript(request.path_params["interview_id"]))
 
+    async def analysis_view(iid: str, version: str = "confirmed") -> dict[str, Any]:
+        return await jobs.view(iid, await service.get_analysis(iid), version)
+
     @endpoint
     async def get_analysis(request: Request) -> Response:
-        return ApiJSONResponse(await service.get_analysis(request.path_params["interview_id"]))
+        f = Fields(params(request), allowed=("version",))
+        version = f.choice("version", ("confirmed", "machine"), default="confirmed")
+        f.done()
+        return ApiJSONResponse(await analysis_view(request.path_params["interview_id"], version))
+
+    @endpoint
+    async def run_analysis(request: Request) -> Response:
+        f = Fields(await body_of(request, required=False), allowed=("skills",))
+        skills = f.str_list("skills", max_items=100)
+        f.done()
+        iid = request.path_params["interview_id"]
+        await jobs.request(iid, "on_demand", skills)
+        return ApiJSONResponse(await analysis_view(iid, "machine"), status_code=202)
 
     @endpoint
     async def put_analysis(request: Request) -> Response:
         cmd = RecordAnalysis.parse(await body_of(request))
-        await service.record_analysis(request.path_params["interview_id"], cmd)
-        return ApiJSONResponse(await service.get_analysis(request.path_params["interview_id"]))
+        iid = request.path_params["interview_id"]
+        await service.record_analysis(iid, cmd)
+        legacy = await service.get_analysis(iid)
+        await jobs.record_manual(iid, legacy)
+        # the answer is about what was recorded: complete, whatever a scorecard job is doing meanwhile
+        return ApiJSONResponse({**await jobs.view(iid, legacy), "status": legacy["status"]})
 
     # -- candidates ---------------------------------------------------------------------------------------------
 
@@ -285,6 +312,14 @@ def api_routes(service: InterviewService, admin_key: str, *, max_body_bytes: int
 
     return [*(_route(op, handlers[op.name]) for op in OPERATIONS if op is not ISSUE_TOKEN),
             Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False)]
+
+
+async def _request_analysis(jobs: AnalysisJobs, interview_id: str) -> None:
+    """Start the analysis of an interview that just completed. Its failure is logged, never the completion's."""
+    try:
+        await jobs.request(interview_id, "completed")
+    except Exception:  # noqa: BLE001 - the interview is completed either way; POST .../analysis/run retries
+        log.exception("analysis of interview %s could not be requested", interview_id)
 
 
 def token_route(signer: TokenSigner, service: InterviewService, admin_key: str, metrics: Metrics, *,

@@ -57,6 +57,10 @@ class Metrics:
                                      ["type"], registry=r)
         self.messages_dropped = Counter("analysis_messages_dropped_total",
                                         "Analysis messages not sent (slow or closed viewer)", ["reason"], registry=r)
+        self.evidence_rejected = Counter("analysis_evidence_rejected_total", "Scorecard evidence dropped: the quote "
+                                         "is not in the transcript segment it cites", ["provider"], registry=r)
+        self.analysis_runs = Counter("analysis_provider_runs_total", "Scorecard provider calls by result",
+                                     ["provider", "status"], registry=r)
         self.stt_queue_depth = Gauge("stt_queue_depth", "Transcriptions waiting for a worker", registry=r)
         self.audit_pending = Gauge("audit_entries_pending", "Audit entries recorded and not yet written", registry=r)
         self.audit_written = Counter("audit_entries_written_total", "Audit entries written to the store", registry=r)

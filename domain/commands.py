@@ -506,6 +506,10 @@ class InterviewService:
         interview, _ = await self._change(interview_id, lambda i, now: i.record_analysis(cmd.analysis, now))
         return interview.analysis.to_document()
 
+    async def note_analysis(self, interview_id: str, event: Callable[[datetime], DomainEvent]) -> None:
+        """Publish an analysis job's event (built at the write's time) through the interview's outbox."""
+        await self._change(interview_id, lambda i, now: i.note_analysis(event(now), now))
+
     async def _accepting_segments(self, interview_id: str, segment: SegmentEvent) -> None:
         _check_id("interview", interview_id)
         if not segment.final:

@@ -444,3 +444,51 @@ class AnalysisCompleted(DomainEvent):
 
     def data(self) -> dict[str, Any]:
         return {"sentiment": {"overall": self.sentiment_overall}, "overall": self.overall, "keywords": self.keywords}
+
+
+@dataclass(slots=True, frozen=True)
+class AnalysisRequested(DomainEvent):
+    """A scorecard analysis of the interview was asked for (on completion, or on demand)."""
+
+    interview_id: str
+    occurred_at: Any
+    trigger: str  # "completed" | "on_demand" | "resumed"
+    providers: list[str]
+    id: str = field(default_factory=_event_id)
+    SUBJECT = "analysis.requested"
+
+    def data(self) -> dict[str, Any]:
+        return {"trigger": self.trigger, "providers": list(self.providers)}
+
+
+@dataclass(slots=True, frozen=True)
+class AnalysisSucceeded(DomainEvent):
+    """The analysis finished with a scorecard from at least one provider (`status` completed or partial)."""
+
+    interview_id: str
+    occurred_at: Any
+    status: str
+    overall: float | None
+    recommendation: str
+    basis: list[str]
+    flagged: list[str]
+    id: str = field(default_factory=_event_id)
+    SUBJECT = "analysis.completed"
+
+    def data(self) -> dict[str, Any]:
+        return {"status": self.status, "overall": self.overall, "recommendation": self.recommendation,
+                "basis": list(self.basis), "flagged": list(self.flagged)}
+
+
+@dataclass(slots=True, frozen=True)
+class AnalysisFailed(DomainEvent):
+    """No configured provider produced a scorecard (`errors`: provider -> what went wrong)."""
+
+    interview_id: str
+    occurred_at: Any
+    errors: dict[str, str]
+    id: str = field(default_factory=_event_id)
+    SUBJECT = "analysis.failed"
+
+    def data(self) -> dict[str, Any]:
+        return {"errors": dict(self.errors)}

@@ -445,6 +445,15 @@ class Interview:
                                              overall=dict(analysis.overall) if analysis.overall else None,
                                              keywords=[str(k.get("term", "")) for k in analysis.keywords][:20]))
 
+    def note_analysis(self, event: DomainEvent, now: datetime) -> None:
+        """An analysis job's progress (AnalysisRequested, AnalysisSucceeded, AnalysisFailed), published through this
+        interview's outbox like its own events. The job's state lives in its own collection."""
+        if self.status != COMPLETED:
+            raise Conflict(f"interview {self.interview_id} is {self.status}; analysis follows completion",
+                           code="illegal_transition")
+        self._touch(now)
+        self.events.append(event)
+
     def accepts_segments(self) -> bool:
         """Finals may arrive after completion (a drained stream); a cancelled interview records nothing more."""
         return self.status != CANCELLED

@@ -7,6 +7,7 @@ request schema refuses; bodies the domain refuses for their shape the document r
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -189,6 +190,15 @@ async def test_every_route_answers_as_documented(api: DocumentedClient, service:
     assert (await api.request("PUT", f"/api/interviews/{iid}/analysis", json=analysis)).status_code == 200
     assert (await api.request("PUT", f"/api/interviews/{iid}/analysis", json={"overall": None})).status_code == 200
     assert (await api.get(f"/api/interviews/{iid}")).json()["analysis"]["status"] == "completed"
+    # completing started the scorecard job (local heuristic here); on demand it runs again
+    assert (await settled(api, iid))["aggregate"]["competencies"]
+    r = await api.post(f"/api/interviews/{iid}/analysis/run", json={"skills": ["pipelines"]})
+    assert r.status_code == 202 and r.json()["status"] in ("pending", "running")
+    assert (await settled(api, iid))["providers"][0]["provider"] == "heuristic"
+    assert (await api.get(f"/api/interviews/{iid}/analysis", params={"version": "machine"})).status_code == 200
+    assert (await api.get(f"/api/interviews/{iid}/analysis", params={"version": "draft"})).status_code == 422
+    assert (await api.post(f"/api/interviews/{other}/analysis/run")).status_code == 409
+    assert (await api.post("/api/interviews/nope/analysis/run")).status_code == 404
 
     # -- join tokens ------------------------------------------------------------------------------------------
     fresh = (await api.post("/api/interviews", json=NEW)).json()["interviewId"]
@@ -234,6 +244,16 @@ async def test_every_route_answers_as_documented(api: DocumentedClient, service:
             assert any(s < 400 for s in statuses) and any(s >= 400 for s in statuses), (method, path, statuses)
 
 
+async def settled(api: DocumentedClient, iid: str) -> dict[str, Any]:
+    """The analysis once its background job has finished (polled: the job runs inside the app)."""
+    for _ in range(200):
+        view = (await api.get(f"/api/interviews/{iid}/analysis")).json()
+        if view["status"] not in ("pending", "running"):
+            return view  # type: ignore[no-any-return]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"analysis of {iid} never finished: {view}")
+
+
 REFUSED: list[tuple[str, str, Any]] = [
     ("POST", "/api/interviews", {}),
     ("POST", "/api/interviews", [NEW]),
@@ -257,6 +277,8 @@ REFUSED: list[tuple[str, str, Any]] = [
     ("PUT", "/api/interviews/{iid}/analysis", {"competency": {"communication": None}}),
     ("PUT", "/api/interviews/{iid}/analysis", {"overall": {"recommendation": "maybe"}}),
     ("PUT", "/api/interviews/{iid}/analysis", {"keywords": [{"count": 1}]}),
+    ("POST", "/api/interviews/{iid}/analysis/run", {"skills": "python"}),
+    ("POST", "/api/interviews/{iid}/analysis/run", {"rubric": []}),
     ("POST", "/api/interviews/{iid}/tokens", {"role": "admin"}),
     ("POST", "/api/interviews/{iid}/tokens", {"role": "candidate", "name": None}),
     ("POST", "/api/interviews/{iid}/tokens", {"role": "candidate", "extra": 1}),

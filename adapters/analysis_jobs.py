@@ -1,0 +1,321 @@
+"""The analysis of a completed interview as a background job: providers in parallel, evidence verified, aggregated,
+persisted, published.
+
+A job is one document per interview in the `analyses` collection (`_id` = interviewId), its `status` pending ->
+running -> completed | partial | failed. `request()` stores it pending before anything runs, so a restart finds it:
+`resume()` (called once the service is built) re-runs every pending or running job. Each run:
+
+1. reads the stored transcript (revisions applied) and the interview's questions; builds the pseudonymised turns,
+   the Q<->A structure and the rubric (`domain.analysis`);
+2. runs the local heuristic analyser and every configured provider at once (`asyncio.gather`, each in its own
+   try: one failing, slow or open-circuited provider never blocks or fails the others);
+3. verifies each provider's evidence against the turn it cites (rejections counted in
+   `analysis_evidence_rejected_total{provider}`) and aggregates the verified scorecards (the heuristic's only when
+   no configured provider answered);
+4. stores the result and publishes `interviews.<id>.analysis.completed` or `.failed` through the interview's
+   outbox (`.requested` when it was asked for).
+
+`PUT /api/interviews/{id}/analysis` (an analysis computed elsewhere) is kept as the provider entry "manual".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from adapters.analysis_providers import HeuristicProvider, ProviderAnswer, ProviderError
+from domain.analysis import (
+    COMPLETED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    Competency,
+    CompetencyScore,
+    GuideQuestion,
+    ProviderRun,
+    Scorecard,
+    Turn,
+    aggregate,
+    conversation,
+    input_hash,
+    job_status,
+    rubric_for,
+    structure,
+    verify,
+)
+from domain.commands import InterviewService
+from domain.events import AnalysisFailed, AnalysisRequested, AnalysisSucceeded
+from domain.model import COMPLETED as INTERVIEW_COMPLETED
+from domain.model import Conflict, NotFound, ValidationError, utc_now
+
+log = logging.getLogger(__name__)
+
+
+class AnalysisProvider(Protocol):
+    """A scorecard provider (`adapters.analysis_providers`): hosted LLMs and the local heuristic analyser."""
+
+    name: str
+    model: str
+    kind: str
+
+    async def analyse(self, turns: Sequence[Turn], rubric: Sequence[Competency]) -> ProviderAnswer: ...
+
+
+class AnalysisRecords(Protocol):
+    """Where jobs are kept: `MongoAnalysisRecords` in the service, `MemoryAnalysisRecords` where there is no
+    database (a bare `api_routes` in tests)."""
+
+    async def get(self, interview_id: str) -> dict[str, Any] | None: ...
+
+    async def put(self, doc: dict[str, Any]) -> None: ...
+
+    async def unfinished(self) -> list[str]: ...
+
+
+class MongoAnalysisRecords:
+    """The `analyses` collection. Whole documents are replaced (nx-27017 0.8.1 stores a `$set` top-level date as a
+    naive string); one job task writes a given interview's document at a time."""
+
+    def __init__(self, collection: Any) -> None:
+        self.collection = collection
+
+    async def get(self, interview_id: str) -> dict[str, Any] | None:
+        from pymongo.errors import PyMongoError
+
+        from domain.model import Unavailable
+
+        try:
+            return await self.collection.find_one({"_id": interview_id})
+        except PyMongoError as exc:
+            raise Unavailable(f"database error: {type(exc).__name__}: {exc}") from exc
+
+    async def put(self, doc: dict[str, Any]) -> None:
+        from pymongo.errors import PyMongoError
+
+        from domain.model import Unavailable
+
+        try:
+            await self.collection.replace_one({"_id": doc["_id"]}, doc, upsert=True)
+        except PyMongoError as exc:
+            raise Unavailable(f"database error: {type(exc).__name__}: {exc}") from exc
+
+    async def unfinished(self) -> list[str]:
+        cursor = self.collection.find({"status": {"$in": [PENDING, RUNNING]}}, {"_id": 1})
+        return [str(d["_id"]) async for d in cursor]
+
+
+class MemoryAnalysisRecords:
+    def __init__(self) -> None:
+        self.docs: dict[str, dict[str, Any]] = {}
+
+    async def get(self, interview_id: str) -> dict[str, Any] | None:
+        doc = self.docs.get(interview_id)
+        return dict(doc) if doc is not None else None
+
+    async def put(self, doc: dict[str, Any]) -> None:
+        self.docs[doc["_id"]] = dict(doc)
+
+    async def unfinished(self) -> list[str]:
+        return [k for k, d in self.docs.items() if d["status"] in (PENDING, RUNNING)]
+
+
+def _guide(interview: dict[str, Any]) -> list[GuideQuestion]:
+    return [GuideQuestion(q["questionId"], q["text"], q.get("category", ""), tuple(q.get("expectedKeywords", ())))
+            for q in interview.get("questions", ())]
+
+
+class AnalysisJobs:
+    def __init__(self, service: InterviewService, records: AnalysisRecords,
+                 providers: Sequence[AnalysisProvider] = (), *, heuristic: AnalysisProvider | None = None,
+                 on_rejected: Callable[[str, int], None] | None = None,
+                 on_run: Callable[[str, str], None] | None = None, jurisdiction: str = "eu",
+                 clock: Callable[[], datetime] = utc_now) -> None:
+        self.service = service
+        self.records = records
+        self.providers = list(providers)
+        self.heuristic = heuristic or HeuristicProvider()
+        self.on_rejected = on_rejected or (lambda provider, n: None)
+        self.on_run = on_run or (lambda provider, status: None)
+        self.jurisdiction = jurisdiction
+        self.clock = clock
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    @property
+    def configured(self) -> list[str]:
+        return [p.name for p in self.providers]
+
+    # -- commands ---------------------------------------------------------------------------------------------
+
+    async def request(self, interview_id: str, trigger: str = "completed", skills: Sequence[str] = ()) -> None:
+        """Store the job pending, publish AnalysisRequested, start it. A job already running: `Conflict`."""
+        interview = await self.service.get_interview(interview_id, with_segments=False)
+        if interview["status"] != INTERVIEW_COMPLETED:
+            raise Conflict(f"interview {interview_id} is {interview['status']}; analysis follows completion",
+                           code="illegal_transition")
+        doc = await self.records.get(interview_id) or {"_id": interview_id, "interviewId": interview_id}
+        task = self._tasks.get(interview_id)
+        if task is not None and not task.done():
+            if doc.get("status") in (PENDING, RUNNING):
+                raise Conflict(f"the analysis of interview {interview_id} is already running",
+                               code="analysis_running")
+            await asyncio.shield(task)  # its result is stored; it is only publishing its event
+        doc.update(status=PENDING, trigger=trigger, skills=list(skills), requestedAt=self.clock(), startedAt=None,
+                   finishedAt=None, configured=self.configured, error="")
+        await self.records.put(doc)
+        await self.service.note_analysis(interview_id, lambda now: AnalysisRequested(
+            interview_id=interview_id, occurred_at=now, trigger=trigger, providers=self.configured or ["heuristic"]))
+        self._start(interview_id)
+
+    async def resume(self) -> int:
+        """Re-run every job a previous process left pending or running. Returns how many."""
+        ids = await self.records.unfinished()
+        for interview_id in ids:
+            log.info("analysis of interview %s resumed after a restart", interview_id)
+            self._start(interview_id)
+        return len(ids)
+
+    def _start(self, interview_id: str) -> None:
+        task = asyncio.create_task(self._run(interview_id), name=f"analysis-{interview_id}")
+        self._tasks[interview_id] = task
+        task.add_done_callback(lambda t: self._tasks.pop(interview_id, None) if self._tasks.get(
+            interview_id) is t else None)
+
+    async def wait(self, interview_id: str) -> None:
+        """Until the interview's running job (if any) is done."""
+        task = self._tasks.get(interview_id)
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def aclose(self) -> None:
+        """Stop running jobs; they stay pending/running in the store and are resumed on the next start."""
+        tasks = list(self._tasks.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for p in self.providers:
+            close = getattr(p, "aclose", None)  # the SDK clients' connection pools
+            if close is not None:
+                await close()
+
+    async def _run(self, interview_id: str) -> None:
+        try:
+            await self._analyse(interview_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a job that cannot run is stored failed, never lost silently
+            log.exception("analysis of interview %s failed", interview_id)
+            try:
+                doc = await self.records.get(interview_id) or {"_id": interview_id, "interviewId": interview_id}
+                doc.update(status=FAILED, finishedAt=self.clock(), error=f"{type(exc).__name__}: {exc}"[:500])
+                await self.records.put(doc)
+            except Exception:  # noqa: BLE001 - the store itself is down: the job stays unfinished, resumed later
+                log.warning("analysis of interview %s: failure not recorded", interview_id)
+
+    async def _analyse(self, interview_id: str) -> None:
+        doc = await self.records.get(interview_id)
+        if doc is None:
+            return
+        interview = await self.service.get_interview(interview_id, with_segments=False)
+        if interview["status"] != INTERVIEW_COMPLETED:  # stored just before a completion that never committed
+            doc.update(status=FAILED, finishedAt=self.clock(), error="interview not completed")
+            await self.records.put(doc)
+            return
+        doc.update(status=RUNNING, startedAt=self.clock())
+        await self.records.put(doc)
+        transcript = await self.service.get_transcript(interview_id)
+        personal: list[str] = []
+        try:
+            candidate = await self.service.get_candidate(interview["candidateId"])
+            personal = [candidate["name"], candidate["email"], candidate.get("phone", "")]
+        except NotFound:
+            pass
+        turns = conversation(transcript["segments"], personal)
+        guide = _guide(interview)
+        rubric = rubric_for(guide, doc.get("skills", ()))
+        shape = structure(turns, guide)
+        digest = input_hash(turns, rubric)
+        configured = list(self.providers)
+        runs = list(await asyncio.gather(*(self._one(p, turns, rubric, digest)
+                                           for p in [*configured, self.heuristic])))
+        status = job_status(runs[:-1], [p.name for p in configured]) if configured else job_status(runs, [])
+        machine = [r for r in runs if r.kind != "heuristic"] if configured else runs
+        agg = aggregate(machine, rubric) or aggregate(runs, rubric)
+        doc.update(status=status, finishedAt=self.clock(), rubric=[c.to_dict() for c in rubric],
+                   structure=shape.to_dict(), turns=[t.to_dict() for t in turns], inputHash=digest,
+                   runs=[r.to_dict() for r in runs], aggregate=agg)
+        await self.records.put(doc)
+        if agg is not None and status != FAILED:
+            await self.service.note_analysis(interview_id, lambda now: AnalysisSucceeded(
+                interview_id=interview_id, occurred_at=now, status=status, overall=agg["overall"],
+                recommendation=agg["recommendation"], basis=agg["basis"], flagged=agg["flagged"]))
+        else:
+            await self.service.note_analysis(interview_id, lambda now: AnalysisFailed(
+                interview_id=interview_id, occurred_at=now,
+                errors={r.provider: r.error for r in runs if r.status != COMPLETED}))
+        log.info("analysis of interview %s %s (%s)", interview_id, status,
+                 ", ".join(f"{r.provider}: {r.status}" for r in runs))
+
+    async def _one(self, provider: AnalysisProvider, turns: list[Turn], rubric: list[Competency],
+                   digest: str) -> ProviderRun:
+        run = ProviderRun(provider.name, provider.model, provider.kind, FAILED, input_hash=digest)
+        t0 = time.perf_counter()
+        try:
+            answer = await provider.analyse(turns, rubric)
+        except ProviderError as exc:
+            run.error, run.attempts = f"{exc.kind}: {exc.message}"[:500], exc.attempts
+            log.warning("analysis provider %s failed: %s", provider.name, run.error)
+        except Exception as exc:  # noqa: BLE001 - one provider's bug must not fail the others
+            run.error = f"internal: {type(exc).__name__}"
+            log.exception("analysis provider %s crashed", provider.name)
+        else:
+            card, rejected = verify(answer.scorecard, turns, rubric)
+            run.status, run.scorecard, run.evidence_rejected = COMPLETED, card, rejected
+            run.tokens_in, run.tokens_out, run.attempts = answer.tokens_in, answer.tokens_out, answer.attempts
+            if rejected:
+                self.on_rejected(provider.name, rejected)
+        run.latency_s = time.perf_counter() - t0
+        self.on_run(provider.name, run.status)
+        return run
+
+    # -- PUT (an analysis computed elsewhere) -------------------------------------------------------------------
+
+    async def record_manual(self, interview_id: str, legacy: dict[str, Any]) -> None:
+        """Keep a PUT analysis as the provider entry "manual" (scores as given: a person's, not verified)."""
+        doc = await self.records.get(interview_id) or {"_id": interview_id, "interviewId": interview_id,
+                                                       "status": COMPLETED, "requestedAt": self.clock()}
+        overall = legacy.get("overall") or {}
+        card = Scorecard([CompetencyScore(name, score, "", []) for name, score in legacy["competency"].items()],
+                         [], [], overall.get("recommendation", "undecided"), overall.get("score"))
+        doc["manual"] = ProviderRun("manual", "", "manual", COMPLETED, prompt_version="",
+                                    scorecard=card).to_dict()
+        await self.records.put(doc)
+
+    # -- queries ------------------------------------------------------------------------------------------------
+
+    async def view(self, interview_id: str, legacy: dict[str, Any], version: str = "confirmed") -> dict[str, Any]:
+        """GET /api/interviews/{id}/analysis: the job's status, aggregate, per-provider runs and review, plus the
+        fields of a PUT analysis (`legacy`, the interview's own analysis)."""
+        if version not in ("confirmed", "machine"):
+            raise ValidationError({"version": "expected confirmed or machine"})
+        doc = await self.records.get(interview_id) or {}
+        runs = [ProviderRun.from_dict(r) for r in doc.get("runs", ())]
+        if doc.get("manual"):
+            runs.append(ProviderRun.from_dict(doc["manual"]))
+        agg = doc.get("aggregate")
+        if agg is None and doc.get("manual"):
+            agg = aggregate([ProviderRun.from_dict(doc["manual"])], [])
+        review = doc.get("review") or {"status": "unreviewed", "history": []}
+        if version == "confirmed" and review.get("status") == "confirmed" and review.get("scorecard"):
+            agg = review["scorecard"]
+        status = doc.get("status") or legacy.get("status", PENDING)
+        final = review.get("status") == "confirmed" or self.jurisdiction != "eu"
+        return {**legacy, "status": status, "aggregate": agg,
+                "providers": [r.to_dict() for r in runs], "review": review, "version": version,
+                "structure": doc.get("structure"), "turns": doc.get("turns", []), "rubric": doc.get("rubric", []),
+                "inputHash": doc.get("inputHash"), "requestedAt": doc.get("requestedAt"),
+                "finishedAt": doc.get("finishedAt"), "error": doc.get("error", ""),
+                "policy": {"jurisdiction": self.jurisdiction, "advisory": True, "final": final}}
