@@ -337,7 +337,8 @@ async def test_pages_call_each_other_peer_to_peer(live: LiveServer, chromium: st
 
         # The server received audio only: no page offered it video, and no session of its receives any.
         assert await live.metric("webrtc_tracks_received_total", kind="video") == 0
-        assert await live.metric("webrtc_tracks_received_total", kind="audio") == 3  # candidate and 2 interviewers
+        # the candidate and two interviewers (a page that had to resume its session offers again)
+        assert await live.metric("webrtc_tracks_received_total", kind="audio") >= 3
         for session in live.components.whip.sessions.values():  # type: ignore[union-attr]
             assert all(t.kind == "audio" or t.currentDirection in (None, "inactive")
                        for t in session.pc.getTransceivers())
