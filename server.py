@@ -32,6 +32,7 @@ from settings import Settings
 if TYPE_CHECKING:  # the composition root imports its adapters lazily: nothing heavy at import time
     from adapters.analysis_jobs import AnalysisJobs
     from adapters.audit import AuditLog
+    from adapters.call import CallHub
     from adapters.metrics import Metrics
     from adapters.mongo import EmbeddedMongo, MongoStore
     from adapters.outbox import EventBus, OutboxRelay
@@ -66,6 +67,7 @@ class Secrets:
     admin_api_key: str
     admin_key_generated: bool  # embedded mode: came from DATA_DIR, so printing it is the way to learn it
     token_secret: bytes
+    turn_secret: bytes | None = None
 
     def __repr__(self) -> str:
         return "Secrets(<redacted>)"
@@ -78,7 +80,8 @@ def resolve_secrets(settings: Settings) -> Secrets:
         admin, _ = _stored_secret(settings.data_dir / "admin_api_key")
         generated = True
     token = settings.token_secret or _stored_secret(settings.data_dir / "token_secret")[0]
-    return Secrets(admin, generated, token.encode())
+    turn = settings.turn_secret.encode() if settings.turn_secret else None
+    return Secrets(admin, generated, token.encode(), turn)
 
 
 # ---- application -------------------------------------------------------------------------------------------
@@ -99,6 +102,7 @@ class Components:
     relay: OutboxRelay | None = None
     scheduler: SttScheduler | None = None
     registry: RoomRegistry | None = None
+    call: CallHub | None = None
     whip: WhipIngest | None = None
     signer: TokenSigner | None = None
     ready: bool = False
@@ -108,6 +112,7 @@ async def _build(c: Components) -> None:
     from aiortc import RTCIceServer
 
     from adapters.audit import AuditLog
+    from adapters.call import CallHub, IceConfig
     from adapters.mongo import EmbeddedMongo, MongoStore
     from adapters.nats_bus import open_bus
     from adapters.outbox import OutboxRelay
@@ -160,8 +165,13 @@ async def _build(c: Components) -> None:
                                          resume_grace_s=s.resume_grace_s)
     registry.start()
     c.signer = signer = TokenSigner(c.secrets.token_secret, ttl_s=s.token_ttl_s)
+    c.call = call = CallHub(c.metrics, IceConfig(s.ice_servers, c.secrets.turn_secret, s.turn_ttl_s))
+    registry.on_membership = lambda room: call.room_changed(
+        room.interview_id, sum(p.claims.role == "observer" for p in room.participants.values()))
+    # The server's own connections need no TURN (it is the reachable end); the pages get TURN from the call.
     c.whip = WhipIngest(registry, signer, lambda iid: interview_status(service, iid), c.metrics,
-                        ice_servers=[RTCIceServer(urls=url) for url in s.ice_servers], audit=c.audit)
+                        ice_servers=[RTCIceServer(urls=url) for url in s.ice_servers if url.startswith("stun:")],
+                        call=call, audit=c.audit)
 
 
 def build_analysis(s: Settings, service: InterviewService, store: MongoStore, metrics: Metrics) -> AnalysisJobs:

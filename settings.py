@@ -10,6 +10,7 @@ The field descriptions are the text of `python server.py --help` and the README'
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -57,12 +58,18 @@ def _secret(value: str | None) -> str | None:
     return value
 
 
-def _stun_urls(value: Any) -> Any:
+# RFC 7064 (stun:) and RFC 7065 (turn:, turns:): scheme, host (name, IPv4 or [IPv6]), optional port; TURN URLs may
+# name a transport.
+_ICE_URL = re.compile(r"^(?:stun:|(?P<turn>turns?):)(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?"
+                      r"(?(turn)(?:\?transport=(?:udp|tcp))?)$")
+
+
+def _ice_urls(value: Any) -> Any:
     if isinstance(value, str):
         value = tuple(u.strip() for u in value.split(",") if u.strip())
     for u in value:
-        if not str(u).startswith("stun:"):
-            raise ValueError(f"{u!r} is not a stun: URL")
+        if not _ICE_URL.match(str(u)):
+            raise ValueError(f"{u!r} is not a stun:, turn: or turns: URL (scheme:host[:port][?transport=udp|tcp])")
     return tuple(value)
 
 
@@ -157,8 +164,12 @@ class Settings(BaseSettings):
     crosstalk_guard: Flag = setting(True, "mark a final that repeats another participant's overlapping, louder "
                                     "final (a microphone hearing the other side) as crosstalk: shown, not analysed")
     end_silence_ms: PositiveInt = setting(500, "silence that ends an utterance (lower: faster finals, more splits)")
-    ice_servers: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_stun_urls)] = setting(
-        (), "comma-separated stun: URLs for the server's ICE candidates (unset: host candidates only)")
+    ice_servers: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_ice_urls)] = setting(
+        (), "comma-separated stun:, turn: and turns: URLs handed to the pages for the call between participants "
+        "(turn: needs TURN_SECRET); the server's own connections use the stun: ones (unset: host candidates only)")
+    turn_secret: Secret = setting(None, "shared secret of the TURN server (coturn static-auth-secret with "
+                                  "use-auth-secret): each participant gets time-limited TURN credentials", secret=True)
+    turn_ttl_s: PositiveInt = setting(4 * 3600, "lifetime of minted TURN credentials, seconds")
     resume_grace_s: NonNegative = setting(5.0, "how long a dropped participant can resume its stream")
     max_body_bytes: PositiveInt = setting(1024 * 1024, "largest accepted JSON request body (bigger: 413)")
     log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)] = \
@@ -186,6 +197,9 @@ class Settings(BaseSettings):
             raise ValueError(_describe(exc, values)) from None
         if settings.stt_engine == "openai" and not (settings.openai_base_url or settings.openai_api_key):
             raise ValueError("STT_ENGINE=openai needs OPENAI_API_KEY (api.openai.com) or OPENAI_BASE_URL")
+        if any(u.startswith("turn") for u in settings.ice_servers) and not settings.turn_secret:
+            raise ValueError("ICE_SERVERS: turn: and turns: URLs need TURN_SECRET (browsers refuse TURN without "
+                             "credentials)")
         return settings
 
     def replace(self, **changes: Any) -> Settings:

@@ -16,6 +16,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 # Speech end -> final sent: the target is p50 <= 0.7 s, p95 <= 1.0 s, so resolve finely around there.
 _LATENCY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
+_RTT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
+_JITTER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)
+_LOSS_BUCKETS = (0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 _JOIN_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -30,6 +33,25 @@ class Metrics:
         self.joins = Counter("whip_joins_total", "WHIP sessions created (resumes included)", ["role"], registry=r)
         self.join_seconds = Histogram("whip_join_seconds", "WHIP offer received -> answer returned",
                                       buckets=_JOIN_BUCKETS, registry=r)
+        self.tracks_received = Counter("webrtc_tracks_received_total", "Media tracks peers offered to send to the "
+                                       "server, by kind (the pages send video only peer to peer)", ["kind"],
+                                       registry=r)
+        for kind in ("audio", "video"):
+            self.tracks_received.labels(kind=kind)
+        # The call between participants (adapters.call): signalling, relay, and the quality the pages measure.
+        self.call_members = Gauge("call_members", "Participants with an open call channel", registry=r)
+        self.call_signals = Counter("call_signals_total", "Signalling messages passed between participants",
+                                    ["type"], registry=r)
+        self.call_dropped = Counter("call_messages_dropped_total", "Call channel messages dropped", ["reason"],
+                                    registry=r)
+        self.call_relayed = Gauge("call_relayed_streams", "Audio streams relayed through the server (one per "
+                                  "direction of a pair without a peer-to-peer path)", registry=r)
+        self.call_rtt = Histogram("call_rtt_seconds", "Round-trip time between participants, as pages report it",
+                                  ["path"], buckets=_RTT_BUCKETS, registry=r)
+        self.call_jitter = Histogram("call_jitter_seconds", "Audio jitter between participants, as pages report it",
+                                     ["path"], buckets=_JITTER_BUCKETS, registry=r)
+        self.call_loss = Histogram("call_packet_loss_ratio", "Audio packet loss between participants, as pages "
+                                   "report it", ["path"], buckets=_LOSS_BUCKETS, registry=r)
         self.frames_in = Counter("audio_frames_in_total", "Audio frames received from participants", registry=r)
         self.frames_dropped = Counter("audio_frames_dropped_total", "Audio frames not processed", ["reason"],
                                       registry=r)

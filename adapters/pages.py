@@ -33,7 +33,7 @@ PAGE_HEADERS = {
                                "media-src 'self' blob:; style-src 'self'; script-src 'self'; "
                                "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
     "Referrer-Policy": "no-referrer",
-    "Permissions-Policy": "microphone=(self), camera=()",
+    "Permissions-Policy": "microphone=(self), camera=(self)",
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
 }

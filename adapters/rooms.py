@@ -410,6 +410,8 @@ class RoomRegistry:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self.writer = SegmentWriter(record_segment, metrics, self._persist_failed, record_revision)
+        # told after every join and leave (the call tells the candidate who is watching)
+        self.on_membership: Callable[[Room], None] | None = None
         metrics.bind_live(speech_ratio=self.speech_ratio, stt_lag=self.max_lag_s, final_wait=self.max_final_wait_s)
 
     def start(self) -> None:
@@ -448,6 +450,7 @@ class RoomRegistry:
         log.info("participant %s (%s) joined interview %s", claims.participant_id, claims.role,
                  claims.interview_id)
         room.publish(participant, ParticipantEvent(participant.speaker, joined=True))
+        self._membership_changed(room)
         return participant, None
 
     async def _first_seq(self, claims: JoinClaims) -> int:
@@ -516,9 +519,17 @@ class RoomRegistry:
                 room.viewers.pop(key, None)
         log.info("participant %s left interview %s (%s)", pid, room.interview_id, reason)
         room.publish(participant, ParticipantEvent(participant.speaker, joined=False))
+        self._membership_changed(room)
         if not room.participants and self.rooms.get(room.interview_id) is room:
             del self.rooms[room.interview_id]
             self.metrics.rooms_active.set(len(self.rooms))
+
+    def _membership_changed(self, room: Room) -> None:
+        if self.on_membership is not None:
+            try:
+                self.on_membership(room)
+            except Exception:  # a listener's failure must not keep anyone out of a room
+                log.exception("membership listener failed for interview %s", room.interview_id)
 
     def add_viewer(self, participant: Participant, channel: Channel) -> None:
         participant.room.add_viewer(participant, channel)

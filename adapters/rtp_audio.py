@@ -31,6 +31,9 @@ _QUEUE_ATTR = "_RTCRtpReceiver__decoder_queue"
 _STARTED_ATTR = "_RTCRtpReceiver__started"
 _warned = False
 
+# Called with each received Opus payload, as sent, and its RTP timestamp (the call relay forwards them).
+OpusListener = Callable[[bytes, int], None]
+
 
 class InlineAudioDecoder:
     """Stands in for the receiver's decoder queue.
@@ -40,9 +43,11 @@ class InlineAudioDecoder:
     and then ends the track as usual.
     """
 
-    def __init__(self, out: asyncio.Queue[Any], on_error: Callable[[Exception], None] | None = None) -> None:
+    def __init__(self, out: asyncio.Queue[Any], on_error: Callable[[Exception], None] | None = None,
+                 on_opus: OpusListener | None = None) -> None:
         self._out = out
         self._on_error = on_error
+        self._on_opus = on_opus
         self._stopped = threading.Event()
         self._codec_name: str | None = None
         self._decoder: Any = None
@@ -58,6 +63,13 @@ class InlineAudioDecoder:
         codec, encoded = item
         if not getattr(encoded, "data", b""):
             return  # an empty payload would read as end-of-stream to the decoder and silence the track
+        if self._on_opus is not None and codec.name == "opus":
+            try:
+                self._on_opus(encoded.data, encoded.timestamp)
+            except Exception as exc:  # noqa: BLE001 - a failing listener must not cost the transcript its audio
+                if self._on_error is not None:
+                    with contextlib.suppress(Exception):
+                        self._on_error(exc)
         try:
             for frame in self._decode(codec, encoded):
                 self._out.put_nowait(frame)
@@ -95,8 +107,10 @@ def _decoder_for(codec: Any) -> Any:
     return get_decoder(codec)
 
 
-def decode_inline(receiver: Any, on_error: Callable[[Exception], None] | None = None) -> bool:
-    """Make `receiver` (an audio `RTCRtpReceiver` that has not started) decode on the event loop.
+def decode_inline(receiver: Any, on_error: Callable[[Exception], None] | None = None,
+                  on_opus: OpusListener | None = None) -> bool:
+    """Make `receiver` (an audio `RTCRtpReceiver` that has not started) decode on the event loop; `on_opus` also
+    gets every Opus payload before it is decoded.
 
     Returns False, leaving aiortc's threaded decoding in place, when the receiver is not what this expects.
     """
@@ -115,5 +129,5 @@ def decode_inline(receiver: Any, on_error: Callable[[Exception], None] | None = 
                         "decoded in aiortc's threads (works, costs more CPU per track)")
         return False
     assert track is not None
-    setattr(receiver, _QUEUE_ATTR, InlineAudioDecoder(track._queue, on_error))
+    setattr(receiver, _QUEUE_ATTR, InlineAudioDecoder(track._queue, on_error, on_opus))
     return True

@@ -18,8 +18,11 @@ Per session: every audio track is read by one task with a timeout. A stall (no f
 waiting for audio that may never come; after `dead_track_s` without frames the track is declared dead,
 reported, and no longer read. `MediaStreamError` (the peer closed) ends the reader. A connection that
 fails or closes detaches the participant (see `adapters.rooms`). Video is accepted in the offer but set
-inactive. Data channels other than `analysis`, and any channel a candidate opens, are closed at once:
-a candidate never receives analysis, whatever its offer contains.
+inactive (the pages never offer it: video goes peer to peer, `adapters.call`). Data channels are `analysis`
+(interviewers and observers; a candidate never receives analysis, whatever its offer contains) and `call`
+(the candidate and interviewers: signalling between participants, `adapters.call`); any other, or one a role may
+not have, is closed at once. Audio sections the peer offers receive-only are the call's relay slots: answered
+send-only with an idle `RelayTrack` each (at most `RELAY_SLOTS`), the rest inactive.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from adapters.audit import DEFAULT_ORG, AuditEntry, AuditLog, outcome_of, request_entry
+from adapters.call import RELAY_SLOTS, ROLES_IN_CALL, CallHub, CallMember, RelayTrack
 from adapters.http_edge import HttpError, error_kind, error_response, read_body
 from adapters.metrics import Metrics
 from adapters.rooms import Participant, RoomRegistry
@@ -122,6 +126,8 @@ class WhipSession:
     pc: RTCPeerConnection
     participant: Participant | None = None
     audio_tracks: list[MediaStreamTrack] = field(default_factory=list)
+    relay_tracks: list[RelayTrack] = field(default_factory=list)
+    call_member: CallMember | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     closed: bool = False
     decode_errors: int = 0
@@ -161,7 +167,9 @@ class WhipIngest:
         dead_track_s: float = 10.0,
         connect_timeout_s: float = 30.0,
         audit: AuditLog | None = None,
+        call: CallHub | None = None,
     ) -> None:
+        self.call = call
         self.registry = registry
         self.signer = signer
         self.interview_status = interview_status
@@ -275,14 +283,14 @@ class WhipIngest:
             sdp = body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise HttpError(400, "malformed_sdp", "the offer is not UTF-8 text") from exc
-        check_offer(sdp, claims.role)
+        offer = check_offer(sdp, claims.role)
 
         session = WhipSession(id=secrets.token_urlsafe(12), claims=claims,
                               pc=RTCPeerConnection(RTCConfiguration(iceServers=self.ice_servers)),
                               address=request.client.host if request.client else "",
                               user_agent=request.headers.get("user-agent", "")[:256])
         try:
-            answer = await self._negotiate(session, sdp)
+            answer = await self._negotiate(session, sdp, offer)
             participant, replaced = await self.registry.join(claims, session.id)
         except BaseException:
             await session.pc.close()
@@ -301,8 +309,12 @@ class WhipIngest:
                         headers={"Location": session.location, "ETag": f'"{session.id}"'})
 
     # ---- negotiation ---------------------------------------------------------------------------------
-    async def _negotiate(self, session: WhipSession, offer: str) -> str:
+    async def _negotiate(self, session: WhipSession, offer: str, parsed: SessionDescription) -> str:
         pc = session.pc
+        offered = {m.rtp.muxId: m.direction for m in parsed.media if m.kind in ("audio", "video")}
+        for m in parsed.media:
+            if m.kind in ("audio", "video") and m.direction in ("sendrecv", "sendonly"):
+                self.metrics.tracks_received.labels(kind=m.kind).inc()
 
         @pc.on("track")
         def _on_track(track: MediaStreamTrack) -> None:
@@ -327,11 +339,23 @@ class WhipIngest:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
         except Exception as exc:
             raise HttpError(400, "unacceptable_offer", f"the offer cannot be accepted: {exc}") from exc
+        relays = self.call is not None and session.claims.role in ROLES_IN_CALL
         for transceiver in pc.getTransceivers():
-            # Audio is received; everything else (video) is declined so nobody decodes frames we would drop.
-            transceiver.direction = "recvonly" if transceiver.kind == "audio" else "inactive"
-            if transceiver.kind == "audio":
-                decode_inline(transceiver.receiver, lambda exc: self._decode_error(session, exc))
+            if transceiver.kind != "audio":
+                # Declined, so nobody decodes frames we would drop; the pages send video only peer to peer.
+                transceiver.direction = "inactive"
+            elif offered.get(str(transceiver.mid)) == "recvonly":
+                if relays and len(session.relay_tracks) < RELAY_SLOTS:
+                    track = RelayTrack(str(transceiver.mid))
+                    session.relay_tracks.append(track)
+                    transceiver.sender.replaceTrack(track)
+                    transceiver.direction = "sendonly"
+                else:
+                    transceiver.direction = "inactive"
+            else:
+                transceiver.direction = "recvonly"
+                decode_inline(transceiver.receiver, lambda exc: self._decode_error(session, exc),
+                              lambda payload, ts: self._forward(session, payload, ts))
         try:
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
@@ -342,9 +366,19 @@ class WhipIngest:
             raise HttpError(400, "no_audio", "no audio track could be negotiated (Opus, PCMU or PCMA needed)")
         return pc.localDescription.sdp
 
+    def _forward(self, session: WhipSession, payload: bytes, rtp_timestamp: int) -> None:
+        """The participant's Opus payload, as received, to every relay slot that plays it."""
+        member = session.call_member
+        if member is not None:
+            for tap in list(member.taps.values()):
+                tap(payload, rtp_timestamp)
+
     def _on_datachannel(self, session: WhipSession, channel: Any) -> None:
         participant = session.participant
         role = session.claims.role
+        if channel.label == "call" and participant is not None and not session.closed:
+            self._on_call_channel(session, channel)
+            return
         if channel.label != "analysis" or participant is None or role == "candidate" or session.closed:
             # Refused on the server whatever the offer says: a candidate never receives analysis.
             log.info("WHIP session %s: closing data channel %r of a %s", session.id, channel.label, role)
@@ -359,6 +393,27 @@ class WhipIngest:
         @channel.on("close")
         def _on_close() -> None:
             self.registry.remove_viewer(participant, channel)
+
+    def _on_call_channel(self, session: WhipSession, channel: Any) -> None:
+        claims = session.claims
+        hub = self.call
+        if hub is None or claims.role not in ROLES_IN_CALL:
+            # Observers take no part in the call: they neither send nor receive anything peer to peer.
+            log.info("WHIP session %s: closing the call channel of a %s", session.id, claims.role)
+            channel.close()
+            return
+        member = CallMember(claims.interview_id, claims.participant_id, claims.role, claims.name, channel,
+                            slots=session.relay_tracks)
+        session.call_member = member
+        hub.attach(member)
+
+        @channel.on("message")
+        def _on_message(message: str | bytes) -> None:
+            hub.on_message(member, message)
+
+        @channel.on("close")
+        def _on_close() -> None:
+            hub.detach(member)
 
     async def _watch_connect(self, session: WhipSession) -> None:
         """A session whose peer never completes ICE/DTLS is dropped after `connect_timeout_s`."""
@@ -465,6 +520,8 @@ class WhipIngest:
             return
         session.closed = True
         self.sessions.pop(session.id, None)
+        if self.call is not None and session.call_member is not None:
+            self.call.detach(session.call_member)
         current = asyncio.current_task()
         for task in list(session.tasks):
             if task is not current:

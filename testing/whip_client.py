@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import functools
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
@@ -36,6 +38,8 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
+
+from adapters.rtp_audio import decode_inline
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +232,8 @@ class WavChannelTrack(MediaStreamTrack):
 
 
 class WhipSession:
-    """One published WHIP session: the peer connection, its resource URL and the `analysis` messages."""
+    """One published WHIP session: the peer connection, its resource URL, the `analysis` messages and, with a
+    `call` channel, the call's signalling messages (`call_messages`)."""
 
     def __init__(
         self,
@@ -239,6 +244,7 @@ class WhipSession:
         *,
         owns_http: bool,
         channel: Any | None,
+        call_channel: Any | None = None,
     ) -> None:
         self.location = location
         self.pc = pc
@@ -252,6 +258,12 @@ class WhipSession:
         self._connected = asyncio.Event()
         self._failed = asyncio.Event()
         self._closed = False
+        self.call_channel = call_channel
+        self.call_messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        if call_channel is not None:
+            @call_channel.on("message")
+            def _on_call(message: str | bytes) -> None:
+                self.call_messages.put_nowait(json.loads(message))
 
         @pc.on("connectionstatechange")
         def _on_state() -> None:
@@ -303,6 +315,24 @@ class WhipSession:
             raise ValueError("this session has no analysis channel (publish with analysis=True)")
         await self._wait(self._channel_open, "analysis channel open")
 
+    async def next_call_message(self, kind: str) -> dict[str, Any]:
+        """The next `call` message of type `kind`, skipping others (wrap in `asyncio.timeout`)."""
+        while True:
+            msg = await self.call_messages.get()
+            if msg.get("type") == kind:
+                return msg
+
+    def send_call(self, message: dict[str, Any] | str | bytes) -> None:
+        assert self.call_channel is not None, "publish with call=True"
+        self.call_channel.send(message if isinstance(message, str | bytes) else json.dumps(message))
+
+    def relay_track(self, mid: str) -> MediaStreamTrack:
+        """The received audio of the relay slot `mid` (the transceivers `relay_slots` added)."""
+        for t in self.pc.getTransceivers():
+            if t.mid == mid and t.kind == "audio":
+                return t.receiver.track
+        raise KeyError(mid)
+
     async def close(self) -> None:
         """Leave: DELETE the session resource (errors are logged, not raised) and close the peer connection."""
         if self._closed:
@@ -350,17 +380,22 @@ async def whip_publish(
     *,
     track: MediaStreamTrack | None,
     analysis: bool = False,
+    call: bool = False,
+    relay_slots: int = 0,
+    relay_listener: Callable[[str, bytes, int], None] | None = None,
     session: httpx.AsyncClient | None = None,
     ice_servers: list[RTCIceServer] | None = None,
     http_timeout: float = 10.0,
 ) -> WhipSession:
-    """Publish `track` (send-only audio) to the WHIP endpoint `url`; with `analysis`, also open the overlay channel.
+    """Publish `track` (send-only audio) to the WHIP endpoint `url`; with `analysis`, also open the overlay channel;
+    with `call`, the call's signalling channel, and `relay_slots` receive-only audio transceivers (as the pages do);
+    `relay_listener(mid, payload, rtp_timestamp)` gets every Opus payload they receive, as received.
 
     `ice_servers` defaults to none (host candidates only), which is what loopback and LAN peers need;
     aiortc would otherwise try Google's public STUN server. Raises `WhipError` unless the server answers 201
     with an SDP body and a Location header.
     """
-    if track is None and not analysis:
+    if track is None and not analysis and not call:
         raise ValueError("nothing to publish: give a track, analysis=True, or both")
     if track is not None and track.kind != "audio":
         raise ValueError(f"WHIP ingest here takes an audio track, got {track.kind!r}")
@@ -369,8 +404,11 @@ async def whip_publish(
     http = session if session is not None else httpx.AsyncClient(timeout=http_timeout)
     try:
         channel = pc.createDataChannel("analysis") if analysis else None
+        call_channel = pc.createDataChannel("call") if call else None
         if track is not None:
             pc.addTransceiver(track, direction="sendonly")
+        for _ in range(relay_slots):
+            pc.addTransceiver("audio", direction="recvonly")
         await pc.setLocalDescription(await pc.createOffer())
         await _gathered(pc)
         try:
@@ -397,7 +435,8 @@ async def whip_publish(
             raise WhipError(
                 f"WHIP POST {url} -> 201 but the body is not an SDP answer", status=201, body=answer
             )
-        result = WhipSession(urljoin(url, location), pc, http, token, owns_http=owns_http, channel=channel)
+        result = WhipSession(urljoin(url, location), pc, http, token, owns_http=owns_http, channel=channel,
+                             call_channel=call_channel)
     except BaseException:
         await pc.close()
         if owns_http:
@@ -408,4 +447,9 @@ async def whip_publish(
     except BaseException:
         await result.close()  # the server already holds a session for us: DELETE it
         raise
+    if relay_listener is not None:
+        # the receivers' tracks exist once the answer is set, and start only when the connection is up
+        for t in pc.getTransceivers():
+            if t.kind == "audio" and t.direction == "recvonly":
+                decode_inline(t.receiver, on_opus=functools.partial(relay_listener, str(t.mid)))
     return result

@@ -9,6 +9,7 @@ the local Whisper engine.
 * `shared_data` (session): the test audio directory `../shared/data`; fails when missing.
 * `jfk16k` (module): `jfk.flac` as 16 kHz mono int16.
 * `whisper` (module): a `LocalWhisper` with default settings (a module may define its own).
+* `chromium` (module): the path of the Debian Chromium the browser tests drive; skips when missing (fails with `CI`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from adapters.mongo import EmbeddedMongo, MongoStore
 from adapters.stt_whisper import LocalWhisper
 from domain.commands import InterviewService
 from pipeline.audio_file import read_audio
+from testing.browser import CHROMIUM
 from testing.data import JFK_AUDIO, SHARED_DATA
 from testing.nats import NatsServer, nats_server_binary
 
@@ -95,3 +97,13 @@ def jfk16k(shared_data: Path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def whisper() -> LocalWhisper:
     return LocalWhisper()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    if not Path(CHROMIUM).exists():
+        message = f"{CHROMIUM} is missing: apt-get install chromium chromium-driver (see .ci/run)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return CHROMIUM

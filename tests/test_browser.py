@@ -21,7 +21,6 @@ import subprocess
 import sys
 import threading
 import time
-import wave
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 import uvicorn
 from aiortc import RTCPeerConnection, RTCSessionDescription
@@ -52,42 +50,18 @@ from domain.events import (
     Speaker,
     to_json,
 )
+from testing.browser import fake_microphone_args, write_channel
 
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
 DIALOGUE = "mobile_mixed"
 START_TIMEOUT_S = 180  # first start loads Whisper and starts the embedded store; slow on a busy 2-core box
 WORDS_TIMEOUT_MS = 120_000  # the first candidate turn ends 14 s into the file; the rest is STT under contention
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--use-fake-ui-for-media-stream",  # grant the microphone without a prompt
-    "--use-fake-device-for-media-stream",
-    # aiortc cannot resolve the .local names Chromium uses to hide host addresses; we are on loopback anyway.
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-    "--autoplay-policy=no-user-gesture-required",
-]
-
 
 def _normalise(text: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split())
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    if not Path(CHROMIUM).exists():
-        message = f"{CHROMIUM} is missing: apt-get install chromium chromium-driver (see .ci/run)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return CHROMIUM
 
 
 @dataclass
@@ -177,20 +151,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Itera
             assert process.returncode == 0, f"server exited with {process.returncode} on SIGTERM:\n{srv.log_tail()}"
 
 
-def _write_channel(src: Path, channel: int | None, dst: Path) -> None:
-    """One channel of `src` as 16-bit mono PCM WAV (what Chromium's fake capture reads); None = silence."""
-    with wave.open(str(src)) as w:
-        assert w.getsampwidth() == 2, "the shared dialogues are 16-bit PCM"
-        rate, channels = w.getframerate(), w.getnchannels()
-        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, channels)
-    mono = np.zeros(len(pcm), dtype="<i2") if channel is None else np.ascontiguousarray(pcm[:, channel])
-    with wave.open(str(dst), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(mono.tobytes())
-
-
 @asynccontextmanager
 async def _browser(chromium: str, profile: Path, mic_wav: Path) -> AsyncIterator[tuple[BrowserContext, Page, list[str]]]:
     """A fresh headless Chromium whose microphone plays `mic_wav`; yields its page and the page's JS errors."""
@@ -198,7 +158,7 @@ async def _browser(chromium: str, profile: Path, mic_wav: Path) -> AsyncIterator
     async with async_playwright() as pw:
         context = await pw.chromium.launch_persistent_context(
             str(profile), executable_path=chromium, headless=True,
-            args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={mic_wav}"],
+            args=fake_microphone_args(mic_wav),
             viewport={"width": 1280, "height": 800})
         try:
             page = context.pages[0] if context.pages else await context.new_page()
@@ -221,8 +181,8 @@ async def test_interviewer_page_shows_candidate_words(server: Server, chromium: 
                                                       tmp_path: Path) -> None:
     stereo = shared_data / f"{DIALOGUE}.stereo.wav"
     candidate_wav, silent_wav = tmp_path / "candidate.wav", tmp_path / "silence.wav"
-    _write_channel(stereo, 1, candidate_wav)  # right channel = the candidate
-    _write_channel(stereo, None, silent_wav)
+    write_channel(stereo, 1, candidate_wav)  # right channel = the candidate
+    write_channel(stereo, None, silent_wav)
     first_turn = _normalise(str(_ground_truth(shared_data)[0]["text"]))
     assert "shipped offline mode" in first_turn
 
@@ -296,7 +256,7 @@ async def test_interviewer_page_shows_candidate_words(server: Server, chromium: 
 async def test_forged_token_is_refused_with_the_servers_reason(server: Server, chromium: str, shared_data: Path,
                                                                 tmp_path: Path) -> None:
     silent_wav = tmp_path / "silence.wav"
-    _write_channel(shared_data / f"{DIALOGUE}.stereo.wav", None, silent_wav)
+    write_channel(shared_data / f"{DIALOGUE}.stereo.wav", None, silent_wav)
     interview = server.create_interview()
     url = server.join_url(interview, "candidate", "Mallory")
     token = httpx.URL(url).params["token"]
@@ -354,7 +314,8 @@ async def _scripted_room() -> AsyncIterator[ScriptedRoom]:
         pc = RTCPeerConnection()
         peers.append(pc)
         tokens.append(request.headers["authorization"].removeprefix("Bearer "))
-        pc.on("datachannel", channels.put_nowait)
+        # the page's `call` channel (peer-to-peer signalling) is not this test's business
+        pc.on("datachannel", lambda channel: channel.label == "analysis" and channels.put_nowait(channel))
         await pc.setRemoteDescription(RTCSessionDescription(sdp=(await request.body()).decode(), type="offer"))
         await pc.setLocalDescription(await pc.createAnswer())
         return Response(pc.localDescription.sdp, status_code=201, media_type="application/sdp",
@@ -394,7 +355,7 @@ def _unsigned_token(iid: str, pid: str, role: str, name: str) -> str:
 
 async def test_overlay_rendering_rules(chromium: str, shared_data: Path, tmp_path: Path) -> None:
     silent_wav = tmp_path / "silence.wav"
-    _write_channel(shared_data / f"{DIALOGUE}.stereo.wav", None, silent_wav)
+    write_channel(shared_data / f"{DIALOGUE}.stereo.wav", None, silent_wav)
     casey = Speaker("candidate", "Casey Candidate", "p-cand")
     ivo = Speaker("interviewer", "Ivo Interviewer", "p-ivo")
 

@@ -1,11 +1,21 @@
-// The call, shared by the candidate and interviewer pages: the join link, the microphone, joining (a WHIP
-// session), muting, leaving (also when the tab closes) and the connection state.
+// The call, shared by the candidate and interviewer pages: the join link, the microphone and camera, joining (a
+// WHIP session to the server, which receives the microphone only), the peer-to-peer call with the other
+// participants (mesh.js), muting, leaving (also when the tab closes) and the connection state.
 //
-// Contract with the page: it has the status pill `#state` and the buttons `#join`, `#leave` and `#mute`; a Call
-// owns them. Whatever else the page shows about the call (a level meter, the analysis) it takes from a Call's
-// events, and it decides where problems are shown (`showError`).
+// Contract with the page: it has the status pill `#state` and the buttons `#join`, `#leave` and `#mute` (and
+// `#camera` when it sends video); a Call owns them. Video tiles go into `#tiles` when the page has it. Whatever
+// else the page shows about the call (a level meter, the analysis, who is watching) it takes from a Call's events,
+// and it decides where problems are shown (`showError`).
+//
+// Test hook: `window.interviewCall.stats()` resolves to {peers: [{participantId, role, audioPacketsReceived,
+// videoFramesDecoded, path: "p2p"|"relay"}]} (empty for an observer, or before joining).
+import { Mesh, Tiles } from "/static/mesh.js";
 import { toast } from "/static/ui.js";
 import { WhipSession } from "/static/whip.js";
+
+// Each page's WHIP offer carries this many receive-only audio transceivers: the server plays a peer's audio on one
+// when the two have no peer-to-peer path (adapters/call.py RELAY_SLOTS).
+const RELAY_SLOTS = 4;
 
 /** Read the join token from `?token=` (the joinUrl the API hands out). */
 export function tokenFromLocation(loc = window.location) {
@@ -73,17 +83,29 @@ const MICROPHONE_ERRORS = {
   AbortError: "Opening the microphone was interrupted. Try again.",
 };
 
-/** The microphone, set up for speech; rejects with an Error whose message is meant for the participant. */
-async function openMicrophone() {
+// One microphone track for the peers and the server alike, set up for speech in a call.
+const AUDIO = { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
+const VIDEO = { width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 24, max: 30 } };
+
+/**
+ * The microphone (and the camera when `camera`), in one getUserMedia; without a usable camera, the microphone
+ * alone. Rejects with an Error whose message is meant for the participant.
+ */
+async function openMedia(camera) {
   // Browsers only offer getUserMedia to secure contexts (https, or localhost).
   if (!navigator.mediaDevices?.getUserMedia) {
     throw new Error("This browser offers no microphone to this page: open the link over https (or on localhost).");
   }
+  if (camera) {
+    try {
+      return await navigator.mediaDevices.getUserMedia({ audio: AUDIO, video: VIDEO });
+    } catch {
+      // No camera, or it is busy or refused: the interview goes on with the microphone alone (asked next).
+      toast("No camera could be opened: you join with audio only.", { kind: "info" });
+    }
+  }
   try {
-    return await navigator.mediaDevices.getUserMedia({
-      audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
-      video: false,
-    });
+    return await navigator.mediaDevices.getUserMedia({ audio: AUDIO, video: false });
   } catch (error) {
     throw new Error(MICROPHONE_ERRORS[error.name] ?? `The microphone could not be opened: ${error.message}`,
       { cause: error });
@@ -92,10 +114,12 @@ async function openMicrophone() {
 
 /**
  * One participant's call. `claims` is null when the page cannot join with its link (the join button stays off);
- * `microphone` says whether to send one (observers only watch); `analysis` asks for the analysis data channel.
+ * `microphone` says whether to send one and take part in the call with the other participants (observers only
+ * watch: no microphone, no peers); `analysis` asks for the analysis data channel.
  * Events (EventTarget):
  *   "microphone" detail {state, stream, track}  opened | muted | unmuted | ended | closed
  *   "channel"    detail {channel}               the `analysis` RTCDataChannel of each (re)connection
+ *   "peers"      detail {peers, observers, full} who this page is in a call with, and how many observers watch
  * `state` is the session's state: idle | connecting | connected | reconnecting | failed | leaving | left.
  */
 export class Call extends EventTarget {
@@ -109,12 +133,18 @@ export class Call extends EventTarget {
     this.showError = showError;
     this.session = null;
     this.stream = null;
+    this.mesh = null;
     this.state = "idle";
     const $ = (id) => document.getElementById(id);
-    this.ui = { pill: $("state"), join: $("join"), leave: $("leave"), mute: $("mute") };
+    this.ui = { pill: $("state"), join: $("join"), leave: $("leave"), mute: $("mute"), camera: $("camera") };
+    this.tiles = new Tiles($("tiles"));
+    // `?p2p=off` withholds ICE candidates between pages, forcing the server relay (tests use it).
+    this.p2p = new URLSearchParams(window.location.search).get("p2p") !== "off";
     this.ui.join.addEventListener("click", () => this.join());
     this.ui.leave.addEventListener("click", () => this.leave());
     this.ui.mute.addEventListener("click", () => this.toggleMute());
+    this.ui.camera?.addEventListener("click", () => this.toggleCamera());
+    window.interviewCall = { stats: async () => (this.mesh ? this.mesh.stats() : { peers: [] }) };
     // Closing the tab ends the session promptly instead of waiting for ICE to time out.
     window.addEventListener("pagehide", () => this.session?.leave({ keepalive: true }));
     this._show("idle");
@@ -134,6 +164,10 @@ export class Call extends EventTarget {
     leave.disabled = !inCall;
     mute.hidden = !inCall || !this.stream; // an observer has nothing to mute
     mute.disabled = !inCall;
+    if (this.ui.camera) {
+      this.ui.camera.hidden = !inCall || !this.stream?.getVideoTracks().length;
+      this.ui.camera.disabled = !inCall;
+    }
   }
 
   _microphone(state) {
@@ -142,10 +176,17 @@ export class Call extends EventTarget {
   }
 
   _closeMicrophone() {
+    this.mesh?.close();
+    this.mesh = null;
+    this.tiles.clearSelf();
     this.stream?.getTracks().forEach((t) => t.stop());
     this.stream = null;
     this.ui.mute.setAttribute("aria-pressed", "false"); // the next microphone starts unmuted
     this.ui.mute.textContent = "Mute";
+    if (this.ui.camera) {
+      this.ui.camera.setAttribute("aria-pressed", "false");
+      this.ui.camera.textContent = "Camera off";
+    }
     this._microphone("closed");
   }
 
@@ -155,7 +196,7 @@ export class Call extends EventTarget {
     this._closeMicrophone(); // a previous failed attempt may still hold it
     if (this.microphone) {
       try {
-        this.stream = await openMicrophone();
+        this.stream = await openMedia(Boolean(this.ui.camera));
       } catch (error) {
         this.ui.join.disabled = false;
         this.showError(error.message);
@@ -166,12 +207,23 @@ export class Call extends EventTarget {
         this._microphone("ended");
       });
       this._microphone("opened");
+      this.tiles.showSelf(this.stream);
+      this.mesh = new Mesh({
+        stream: this.stream, tiles: this.tiles, p2p: this.p2p,
+        onPeers: (detail) => this.dispatchEvent(new CustomEvent("peers", { detail })),
+      });
     }
+    // The server gets the microphone only; the peers get microphone and camera (mesh.js).
     const session = new WhipSession({
       interviewId: this.claims.iid, token: this.token, stream: this.stream, analysis: this.analysis,
+      call: Boolean(this.mesh), relaySlots: this.mesh ? RELAY_SLOTS : 0,
     });
     this.session = session;
-    session.addEventListener("channel", (e) => this.dispatchEvent(new CustomEvent("channel", { detail: e.detail })));
+    session.addEventListener("channel", (e) => {
+      const { channel, pc } = e.detail;
+      if (channel.label === "call") this.mesh?.attach(channel, pc);
+      else this.dispatchEvent(new CustomEvent("channel", { detail: { channel } }));
+    });
     session.addEventListener("state", (e) => {
       const { state, text } = e.detail;
       this._show(state, text);
@@ -195,6 +247,15 @@ export class Call extends EventTarget {
     await session?.leave();
     this._closeMicrophone();
     this._show("left");
+  }
+
+  toggleCamera() {
+    const track = this.stream?.getVideoTracks()[0];
+    if (!track) return;
+    const on = !track.enabled;
+    this.mesh?.setCamera(on);
+    this.ui.camera.setAttribute("aria-pressed", String(!on));
+    this.ui.camera.textContent = on ? "Camera off" : "Camera on";
   }
 
   toggleMute() {

@@ -1,9 +1,11 @@
-// Candidate page: join with the microphone, show the local level, leave. The candidate never receives analysis.
+// Candidate page: join with the microphone and camera, see and hear the interviewers, see who is watching, show the
+// local level, leave. The candidate never receives analysis.
 import { Call, decodeToken, secondsLeft, tokenFromLocation } from "/static/call.js";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
   who: $("who"), meter: $("meter"), micState: $("mic-state"), join: $("join"), expiry: $("expiry"), error: $("error"),
+  watching: $("watching"),
 };
 
 let call = null;
@@ -94,11 +96,22 @@ function onMicrophone(e) {
   }[state];
 }
 
+/** Who sees and hears the candidate: the interviewers by name, the observers counted (they read the transcript). */
+function onPeers(e) {
+  const { peers, observers } = e.detail;
+  const names = peers.map((p) => p.name || p.role);
+  const parts = [names.length ? `With you: ${names.join(", ")}.` : "No interviewer has joined yet."];
+  if (observers) parts.push(`${observers} observer${observers === 1 ? "" : "s"} follow${observers === 1 ? "s" : ""} the transcript (they do not see or hear you).`);
+  else parts.push("No observers.");
+  ui.watching.textContent = parts.join(" ");
+}
+
 function init() {
   const token = tokenFromLocation();
   const claims = readClaims(token);
   call = new Call({ token, claims, microphone: true, joinText: "Join interview", showError });
   call.addEventListener("microphone", onMicrophone);
+  call.addEventListener("peers", onPeers);
   if (!claims) return;
   ui.who.textContent = `${claims.name || "Candidate"} · interview ${claims.iid}`;
   document.title = `Interview · ${claims.name || "Candidate"}`;

@@ -140,7 +140,16 @@ function init() {
     showError: (message) => message && toast(message),
   });
   call.addEventListener("channel", (e) => attachChannel(e.detail.channel));
+  call.addEventListener("peers", (e) => {
+    const { peers, full } = e.detail;
+    $("call-note").textContent = full
+      ? "The call is full (a candidate and four interviewers): you follow the transcript only."
+      : peers.length ? "" : "Nobody else is on the call yet.";
+  });
   if (!claims) return;
+  if (claims.role === "observer") {
+    $("call-note").textContent = "Observers follow the transcript and analysis only: no audio or video.";
+  }
   $("who").textContent = `${claims.name || claims.role} · ${claims.role} · interview ${claims.iid}`;
   document.title = `Overlay · ${claims.iid}`;
   if (secondsLeft(claims) <= 0) transcript.notice("This join link has expired. Ask for a new one.");

@@ -59,12 +59,16 @@ function iceGatheringComplete(pc, timeoutMs) {
 /**
  * One participant's WHIP session. Events (EventTarget):
  *   "state"   detail {state, text}    connecting | connected | reconnecting | failed | leaving | left
- *   "channel" detail {channel}        the `analysis` RTCDataChannel (each (re)connection makes a new one)
+ *   "channel" detail {channel, pc}    the `analysis` and `call` RTCDataChannels (each (re)connection makes new
+ *                                     ones) with the peer connection they belong to
  *   "error"   detail {error}
  */
 export class WhipSession extends EventTarget {
-  constructor({ interviewId, token, stream = null, analysis = false, iceServers = [], maxRetries = 5 }) {
+  constructor({ interviewId, token, stream = null, analysis = false, call = false, relaySlots = 0, iceServers = [],
+    maxRetries = 5 }) {
     super();
+    this.call = call;
+    this.relaySlots = relaySlots;
     this.interviewId = interviewId;
     this.token = token;
     this.stream = stream;
@@ -100,9 +104,15 @@ export class WhipSession extends EventTarget {
         pc.addTransceiver(track, { direction: "sendonly", streams: [this.stream] });
       }
     }
+    // Receive-only audio the server uses to relay a peer that has no direct path to this page (adapters/call.py).
+    for (let i = 0; i < this.relaySlots; i++) pc.addTransceiver("audio", { direction: "recvonly" });
     if (this.analysis) {
       const channel = pc.createDataChannel("analysis", { ordered: true });
-      this.dispatchEvent(new CustomEvent("channel", { detail: { channel } }));
+      this.dispatchEvent(new CustomEvent("channel", { detail: { channel, pc } }));
+    }
+    if (this.call) {
+      const channel = pc.createDataChannel("call", { ordered: true });
+      this.dispatchEvent(new CustomEvent("channel", { detail: { channel, pc } }));
     }
     pc.addEventListener("connectionstatechange", () => this._onConnectionState(pc));
 
