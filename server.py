@@ -30,11 +30,15 @@ from typing import TYPE_CHECKING, Any
 from settings import Settings
 
 if TYPE_CHECKING:  # the composition root imports its adapters lazily: nothing heavy at import time
+    from adapters.accounts_store import AccountsStore
+    from adapters.auth import Accounts
+    from adapters.http_edge import Audit
     from adapters.metrics import Metrics
     from adapters.mongo import EmbeddedMongo, MongoStore
     from adapters.outbox import EventBus, OutboxRelay
+    from adapters.rate_limits import RateLimits
     from adapters.rooms import RoomRegistry
-    from adapters.tokens import TokenSigner
+    from adapters.tokens import Revocations, TokenSigner
     from adapters.webrtc import WhipIngest
     from domain.commands import InterviewService
     from domain.events import Speaker, StreamEvent
@@ -97,18 +101,26 @@ class Components:
     registry: RoomRegistry | None = None
     whip: WhipIngest | None = None
     signer: TokenSigner | None = None
+    accounts_store: AccountsStore | None = None
+    accounts: Accounts | None = None
+    limits: RateLimits | None = None
+    revocations: Revocations | None = None
+    audit: Audit | None = None  # the audit trail's call site; its sink is adapters.audit.AuditLog
     ready: bool = False
 
 
 async def _build(c: Components) -> None:
     from aiortc import RTCIceServer
 
+    from adapters.accounts_store import AccountsStore
+    from adapters.auth import AccessTokens, Accounts, KeyRing
+    from adapters.http_edge import Audit
     from adapters.mongo import EmbeddedMongo, MongoStore
     from adapters.nats_bus import open_bus
     from adapters.outbox import OutboxRelay
     from adapters.rooms import RoomRegistry
     from adapters.stt_engines import build_stt
-    from adapters.tokens import TokenSigner
+    from adapters.tokens import Revocations, TokenSigner
     from adapters.webrtc import WhipIngest
     from domain.commands import InterviewService
     from pipeline.scheduler import SttScheduler
@@ -121,6 +133,17 @@ async def _build(c: Components) -> None:
         c.embedded = EmbeddedMongo(s.data_dir)
         url = await c.embedded.start()
     c.store = store = await MongoStore.connect(url, db_name=s.mongodb_db)
+    c.accounts_store = accounts_store = AccountsStore(store.db)
+    await accounts_store.create_indexes()
+    c.limits = limits = build_limits(s)
+    c.revocations = revocations = Revocations(accounts_store)
+    await revocations.load()
+    revocations.start()
+    c.signer = signer = TokenSigner(c.secrets.token_secret, ttl_s=s.token_ttl_s, revocations=revocations)
+    access = AccessTokens(KeyRing(s.data_dir / "jwt_keys.json"), ttl_s=s.access_token_ttl_s)
+    c.accounts = Accounts(accounts_store, access, signer, limits, admin_api_key=c.secrets.admin_api_key,
+                          refresh_ttl_s=s.refresh_token_ttl_s)
+    c.audit = audit = Audit()
     c.bus = bus = await open_bus(s.nats_url)
     c.relay = relay = OutboxRelay(store, bus)
     relay.start()
@@ -148,9 +171,17 @@ async def _build(c: Components) -> None:
                                          stored_finals=lambda iid: stored_finals(store, iid),
                                          resume_grace_s=s.resume_grace_s)
     registry.start()
-    c.signer = signer = TokenSigner(c.secrets.token_secret, ttl_s=s.token_ttl_s)
     c.whip = WhipIngest(registry, signer, lambda iid: interview_status(service, iid), c.metrics,
-                        ice_servers=[RTCIceServer(urls=url) for url in s.ice_servers])
+                        ice_servers=[RTCIceServer(urls=url) for url in s.ice_servers], audit=audit, limits=limits,
+                        max_peer_connections=s.max_peer_connections, max_rooms_per_org=s.max_rooms_per_org)
+
+
+def build_limits(s: Settings) -> RateLimits:
+    from adapters.rate_limits import RateLimits, Rates
+
+    return RateLimits(Rates(login_account=s.login_limit_account, login_address=s.login_limit_address,
+                            token_mint=s.token_mint_limit, whip_join=s.whip_join_limit, api_key=s.api_key_limit),
+                      s.redis_url)
 
 
 async def interview_status(service: InterviewService, interview_id: str) -> str | None:
@@ -192,6 +223,8 @@ async def _teardown(c: Components) -> None:
         steps.append(("flush outbox", lambda: _flush_relay(relay)))
     if c.bus is not None:
         steps.append(("close bus", c.bus.close))
+    if c.revocations is not None:
+        steps.append(("stop reloading revocations", c.revocations.aclose))
     if c.store is not None:
         steps.append(("close store", c.store.close))
     if c.embedded is not None:
@@ -239,19 +272,19 @@ def create_app(settings: Settings, *, announce: Callable[[Components], None] | N
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        from adapters.http_api import api_routes, token_route
+        from adapters.http_api import Api, api_routes
 
         c = Components(settings=settings, secrets=resolve_secrets(settings), metrics=metrics)
         app.state.components = c
         t0 = time.perf_counter()
         try:
             await _build(c)
-            assert c.signer is not None and c.service is not None and c.whip is not None  # built by _build
-            token = token_route(c.signer, c.service, c.secrets.admin_api_key, metrics,
-                                public_url=settings.public_url)
-            app.router.routes[:] = [token, *api_routes(c.service, c.secrets.admin_api_key,
-                                                       max_body_bytes=settings.max_body_bytes),
-                                    *c.whip.routes(), *base_routes]
+            # built by _build
+            assert c.signer is not None and c.service is not None and c.whip is not None
+            assert c.accounts is not None and c.limits is not None and c.audit is not None
+            api = Api(c.service, c.accounts, c.signer, c.limits, metrics, c.audit, public_url=settings.public_url,
+                      max_body_bytes=settings.max_body_bytes)
+            app.router.routes[:] = [*api_routes(api), *c.whip.routes(), *base_routes]
             c.ready = True
             log.info("service ready in %.1fs (store: %s, bus: %s, stt: %s)", time.perf_counter() - t0,
                      "embedded" if c.embedded else "external", "nats" if settings.nats_url else "in-process",
@@ -267,6 +300,10 @@ def create_app(settings: Settings, *, announce: Callable[[Components], None] | N
     from adapters.http_api import exception_handlers
 
     app = Starlette(routes=list(base_routes), lifespan=lifespan, exception_handlers=exception_handlers)
+    if settings.tls_cert_file is not None:
+        from adapters.pages import HstsMiddleware
+
+        app.add_middleware(HstsMiddleware)
     return app
 
 
@@ -281,7 +318,62 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--host", help="overrides HOST")
     parser.add_argument("--port", type=int, help="overrides PORT")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                     help="without one, the server runs")
+    admin = commands.add_parser("create-admin", help="create an admin user (password read from standard input, "
+                                "one line); prints the user id. Embedded mode: while the server is stopped")
+    admin.add_argument("email")
+    admin.add_argument("--org", default="default", help="organisation name (created if missing; default: "
+                       "the default organisation)")
+    commands.add_parser("rotate-jwt-key", help="add a new access-token signing key to DATA_DIR/jwt_keys.json; "
+                        "tokens signed with older keys stay valid until they expire")
     return parser.parse_args(argv)
+
+
+async def create_admin(settings: Settings, email: str, org: str, password: str) -> str:
+    """Creates an admin user in organisation `org` and returns its id (the store is started if embedded)."""
+    from adapters.accounts_store import AccountsStore
+    from adapters.auth import AccessTokens, Accounts, KeyRing
+    from adapters.mongo import EmbeddedMongo, MongoStore
+    from adapters.tokens import TokenSigner
+
+    embedded = EmbeddedMongo(settings.data_dir) if settings.mongodb_url is None else None
+    url = settings.mongodb_url or await embedded.start()  # type: ignore[union-attr]  # set when url is None
+    try:
+        store = await MongoStore.connect(url, db_name=settings.mongodb_db)
+        try:
+            accounts_store = AccountsStore(store.db)
+            await accounts_store.create_indexes()
+            secrets_ = resolve_secrets(settings)
+            accounts = Accounts(accounts_store, AccessTokens(KeyRing(settings.data_dir / "jwt_keys.json")),
+                                TokenSigner(secrets_.token_secret), build_limits(settings))
+            user = await accounts.create_admin(email, org, password)
+            return user.user_id
+        finally:
+            await store.close()
+    finally:
+        if embedded is not None:
+            await embedded.stop()
+
+
+def _command(args: argparse.Namespace, settings: Settings) -> int:
+    from adapters.auth import KeyRing
+    from domain.model import DomainError
+
+    if args.command == "rotate-jwt-key":
+        kid = KeyRing.rotate(settings.data_dir / "jwt_keys.json")
+        print(f"new signing key {kid} in {settings.data_dir / 'jwt_keys.json'}")
+        return 0
+    password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        print(asyncio.run(create_admin(settings, args.email, args.org, password)))
+    except DomainError as exc:
+        print(f"server.py create-admin: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # the embedded store is locked by a running server
+        print(f"server.py create-admin: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.port is not None:
         settings = settings.replace(port=args.port)
     configure_logging(settings.log_level, settings.log_format)
+    if args.command is not None:
+        return _command(args, settings)
     # Bind first so PORT=0 works and the printed URL is the real one.
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -311,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     port = sock.getsockname()[1]
     shown_host = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0", "::", "::1") else settings.host
-    url = settings.public_url or f"http://{shown_host}:{port}"
+    scheme = "https" if settings.tls_cert_file else "http"
+    url = settings.public_url or f"{scheme}://{shown_host}:{port}"
 
     def announce(c: Components) -> None:
         print(f"interview-worker ready: {url}", flush=True)
@@ -322,8 +417,11 @@ def main(argv: list[str] | None = None) -> int:
             print("admin API key: from ADMIN_API_KEY", flush=True)
 
     app = create_app(settings, announce=announce)
+    tls: dict[str, Any] = {}
+    if settings.tls_cert_file is not None:
+        tls = {"ssl_certfile": str(settings.tls_cert_file), "ssl_keyfile": str(settings.tls_key_file)}
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=10)
+                            timeout_graceful_shutdown=10, **tls)
     server = uvicorn.Server(config)
     # uvicorn re-raises the signal that stopped it once shutdown is complete; by then everything is
     # drained and closed, so let that be a clean exit (status 0) instead of death by the default handler.
