@@ -102,7 +102,7 @@ OPERATIONS: tuple[Operation, ...] = (
               body=schema.NewInterview, errors=(403, 409), action=A.INTERVIEW_CREATE),
     Operation("list_interviews", "GET", "/api/interviews",
               "List interviews (an interviewer's: those assigned), oldest scheduledAt first, with cursor pagination",
-              schema.InterviewPage, query=schema.InterviewListParams, errors=(403,), action=A.INTERVIEW_LIST),
+              schema.InterviewPage, query=schema.InterviewListParams, errors=(403,), action=A.INTERVIEW_READ),
     Operation("get_interview", "GET", _IID, "Get an interview with its transcript segments", schema.Interview,
               errors=(403, 404), action=A.INTERVIEW_READ, resource="interview"),
     *(Operation(f"{verb}_interview", "POST", f"{_IID}/{verb}", f"Move the interview to {to}", schema.Interview,
@@ -228,8 +228,9 @@ def _endpoint(api: Api, op: Operation, fn: Handler) -> Handler:
             response = await fn(request)
         except Exception as exc:  # noqa: BLE001 - every failure becomes one logged JSON error response
             response = error_response(request, exc, log)
-            if outcome == "ok":
-                outcome = "denied" if response.status_code in (401, 403) else "failed"
+            if outcome == "ok":  # a refused credential is a denial; a failed login is a failure
+                outcome = "denied" if response.status_code in (401, 403) and op.action is not A.PUBLIC \
+                    else "failed"
             if op.name == "issue_token":
                 api.metrics.error(error_kind(response.status_code))
         api.audit.request(request, request.state.principal, op.name, op.resource if op.resource != "org" else op.tag,

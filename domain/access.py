@@ -35,8 +35,7 @@ class Action(StrEnum):
 
     PUBLIC = "public"  # pages, health, login: anyone
     SELF_READ = "self.read"
-    INTERVIEW_LIST = "interview.list"
-    INTERVIEW_READ = "interview.read"
+    INTERVIEW_READ = "interview.read"  # one interview, or the list (an interviewer's: those assigned)
     INTERVIEW_CREATE = "interview.create"
     INTERVIEW_UPDATE = "interview.update"  # start, complete, cancel
     QUESTION_WRITE = "question.write"
@@ -62,7 +61,7 @@ class Decision(Enum):
     HIDE = 404
 
 
-_INTERVIEWER_ACTIONS = frozenset({Action.SELF_READ, Action.INTERVIEW_LIST, Action.INTERVIEW_READ,
+_INTERVIEWER_ACTIONS = frozenset({Action.SELF_READ, Action.INTERVIEW_READ,
                                   Action.QUESTION_WRITE, Action.INTERVIEW_JOIN, Action.TRANSCRIPT_READ,
                                   Action.ANALYSIS_READ})
 _ADMIN_ONLY = frozenset({Action.USER_MANAGE, Action.APIKEY_MANAGE, Action.AUDIT_READ})
