@@ -32,14 +32,17 @@ class InProcessApi:
 
 
 async def api_app(store: MongoStore, service: InterviewService, data_dir: Path, *, audit: AuditSink | None = None,
-                  entry_type: Any = None, rates: Rates | None = None, **api_options: Any) -> InProcessApi:
+                  entry_type: Any = None, rates: Rates | None = None, passwords: Passwords | None = None,
+                  **api_options: Any) -> InProcessApi:
+    """The API over `store` with `ADMIN_KEY`, a key ring under `data_dir`, loose rate limits unless `rates`, and
+    cheap password hashing unless `passwords` (the benchmark passes the production `Passwords()`)."""
     accounts_store = AccountsStore(store.db)
     await accounts_store.create_indexes()
-    limits = RateLimits(rates or Rates(login_account="1000/minute", login_address="1000/minute",
-                                       token_mint="1000/minute", api_key="100000/minute"))
+    limits = RateLimits(rates or Rates(login_account="100000/minute", login_address="100000/minute",
+                                       token_mint="100000/minute", api_key="1000000/minute"))
     signer = TokenSigner(TOKEN_SECRET, revocations=Revocations(accounts_store))
     accounts = Accounts(accounts_store, AccessTokens(KeyRing(data_dir / "jwt_keys.json")), signer, limits,
-                        admin_api_key=ADMIN_KEY, passwords=Passwords(**FAST_PASSWORDS))
+                        admin_api_key=ADMIN_KEY, passwords=passwords or Passwords(**FAST_PASSWORDS))
     api = Api(service, accounts, signer, limits, Metrics(), Audit(audit, entry_type), **api_options)
     app = Starlette(routes=api_routes(api), exception_handlers=exception_handlers)
     return InProcessApi(app, api, accounts)
