@@ -34,7 +34,7 @@ from testing.api import ADMIN_KEY, InProcessApi, api_app
 from testing.fakes import AuditEntry, MemoryAuditLog
 from testing.live_server import live_server, test_settings
 from testing.net import serve
-from testing.whip_client import WavChannelTrack, whip_publish
+from testing.whip_client import WavChannelTrack, WhipError, whip_publish
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "correct horse battery staple"
@@ -343,3 +343,85 @@ async def test_create_admin_and_rotate_key_commands(tmp_path: Path, mongo_url: s
         body: dict[str, Any] = me.json()
         assert body["userId"] == user_id and body["role"] == "admin" and body["orgId"].startswith("org_")
         assert jwt.get_unverified_header(r.json()["accessToken"])["kid"] == ring["current"]
+
+
+async def test_minting_and_api_keys_are_rate_limited(store: MongoStore, service: InterviewService,
+                                                     tmp_path: Path) -> None:
+    setup = await api_app(store, service, tmp_path, rates=Rates(token_mint="2/minute", api_key="5/minute"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=setup.app), base_url="https://api.test") as c:
+        key = (await c.post("/api/api-keys", headers=ADMIN, json={"name": "k", "scopes": ["admin"]})).json()["key"]
+        auth = {"Authorization": f"Bearer {key}"}
+        iid = (await c.post("/api/interviews", headers=auth, json={
+            "candidateId": "c", "jobId": "j", "scheduledAt": "2030-01-01T09:00:00Z"})).json()["interviewId"]
+        minted = [await c.post(f"/api/interviews/{iid}/tokens", headers=auth, json={"role": "candidate"})
+                  for _ in range(3)]
+        assert [r.status_code for r in minted] == [201, 201, 429]
+        assert "join tokens" in minted[2].json()["error"]["message"]
+        assert (await c.get("/api/interviews", headers=auth)).status_code == 200  # the key's 5th request
+        over = await c.get("/api/interviews", headers=auth)
+        assert over.status_code == 429 and int(over.headers["retry-after"]) >= 1
+        assert over.json()["error"]["code"] == "too_many_requests"
+
+
+async def test_whip_limits_joins_per_token_and_caps_rooms_and_connections(tmp_path: Path, mongo_url: str) -> None:
+    settings = test_settings(tmp_path, mongo_url, whip_join_limit="1/minute", max_rooms_per_org=1,
+                             max_peer_connections=2)
+    async with live_server(settings) as live:
+        first, second = await live.create_interview(), await live.create_interview()
+        token = (await live.token(first, "observer", "Obi"))["token"]
+        sdp = {"Authorization": f"Bearer {token}", "Content-Type": "application/sdp"}
+        assert (await live.http.post(f"/whip/{first}", content=b"v=0", headers=sdp)).status_code == 400
+        again = await live.http.post(f"/whip/{first}", content=b"v=0", headers=sdp)
+        assert again.status_code == 429 and int(again.headers["retry-after"]) >= 1
+        sessions = [await whip_publish(f"{live.url}/whip/{first}", (await live.token(first, "observer", "O1"))["token"],
+                                       track=None, analysis=True)]
+        with pytest.raises(WhipError) as full:  # the organisation's one room is in use
+            await whip_publish(f"{live.url}/whip/{second}", (await live.token(second, "observer", "O2"))["token"],
+                               track=None, analysis=True)
+        assert full.value.status == 503 and "too_many_rooms" in full.value.body
+        sessions.append(await whip_publish(f"{live.url}/whip/{first}",
+                                           (await live.token(first, "observer", "O3"))["token"], track=None,
+                                           analysis=True))
+        with pytest.raises(WhipError) as busy:  # the process holds its two peer connections
+            await whip_publish(f"{live.url}/whip/{first}", (await live.token(first, "observer", "O4"))["token"],
+                               track=None, analysis=True)
+        assert busy.value.status == 503 and "at_capacity" in busy.value.body
+        for session in sessions:
+            await session.close()
+
+
+async def test_rate_limits_in_redis_are_shared(tmp_path: Path) -> None:
+    import redis.asyncio
+
+    from adapters.rate_limits import RateLimits
+
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
+    client = redis.asyncio.from_url(url)
+    try:
+        await client.ping()
+    except redis.ConnectionError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("no Redis at " + url)
+    finally:
+        await client.aclose()
+    one, two = (RateLimits(Rates(login_address="2/minute"), url) for _ in range(2))
+    address = "198.51.100." + os.urandom(2).hex()
+    assert await one.hit("login_address", address) is None
+    assert await two.hit("login_address", address) is None
+    retry = await one.hit("login_address", address)
+    assert retry is not None and retry >= 1  # the second limiter's hit counted for the first
+
+
+async def test_documents_from_before_organisations_belong_to_the_default_one(store: MongoStore,
+                                                                           service: InterviewService) -> None:
+    from domain.commands import CreateInterview, InterviewQuery
+
+    doc = await service.create_interview(CreateInterview.parse(
+        {"candidateId": "c", "jobId": "j", "scheduledAt": "2030-01-01T09:00:00Z"}))
+    await store.interviews.update_one({"_id": doc["interviewId"]}, {"$unset": {"orgId": ""}})
+    assert "orgId" not in await store.interviews.find_one({"_id": doc["interviewId"]})
+    await store.create_indexes()  # what every start runs
+    listed = await service.list_interviews(InterviewQuery(org_id="default"))
+    assert [i["interviewId"] for i in listed["items"]] == [doc["interviewId"]]
+    assert (await service.list_interviews(InterviewQuery(org_id="org-b")))["items"] == []
