@@ -10,10 +10,10 @@ Measures, on one machine with everything on loopback:
    uvicorn, sharing its event loop with the outbox relay as in production;
 3. **events across a NATS restart**: the benchmark's own nats-server is stopped in the middle of the load and
    started again; every committed write's event must then be in the stream exactly once (counted by id);
-4. **access**: `POST /api/auth/login` p50/p95 with the production argon2id parameters, for a real user and for an
-   unknown email (which must cost the same), and the cost per request of resolving the bearer credential
-   (`Accounts.principal`) for an access token (JWT verification), an `iwk_` API key and `ADMIN_API_KEY`.
-   `--access-only` runs just this section.
+4. **access**: `POST /api/auth/login` p50/p95 with the production argon2id parameters, for a success, a
+   wrong password and an unknown email (the last two must cost the same), and the cost per request of
+   resolving the bearer credential (`Accounts.principal`) for an access token (JWT verification), an `iwk_`
+   API key and `ADMIN_API_KEY`. `--access-only` runs just this section.
 
 Targets (issue 4): segment persist p95 <= 20 ms; API p95 <= 25 ms at 200 req/s; zero lost or duplicated events.
 """
@@ -321,14 +321,16 @@ async def _access_phase(store: Any, service: Any, tmp: Path, logins: int, resolv
     await accounts.create_user("default", "bench@example.com", "hr", "Bench", password)
     out: dict[str, Any] = {}
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=inproc.app), base_url="https://bench") as c:
-        for label, email, pw in (("known user", "bench@example.com", password),
+        # Wrong password and unknown email must cost the same (no account enumeration by timing).
+        for label, email, pw in (("ok", "bench@example.com", password),
+                                 ("wrong password", "bench@example.com", password + "x"),
                                  ("unknown email", "nobody@example.com", password)):
             lat = []
             for _ in range(logins):
                 t0 = time.perf_counter()
                 r = await c.post("/api/auth/login", json={"email": email, "password": pw})
                 lat.append(time.perf_counter() - t0)
-                assert r.status_code == (200 if label == "known user" else 401), r.text
+                assert r.status_code == (200 if label == "ok" else 401), r.text
             out[f"login {label}"] = {"n": len(lat), "p50": percentile(lat, 50) * 1e3,
                                      "p95": percentile(lat, 95) * 1e3, "p99": percentile(lat, 99) * 1e3}
         token = (await c.post("/api/auth/login", json={"email": "bench@example.com", "password": password})
@@ -532,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         help="uvicorn HTTP implementations to compare side by side, comma-separated (e.g. h11,httptools)",
     )
     p.add_argument("--connections", type=int, default=64, help="keep-alive connections of the load generator")
-    p.add_argument("--logins", type=int, default=40, help="logins timed per kind (known user, unknown email)")
+    p.add_argument("--logins", type=int, default=40, help="logins timed per kind (ok, wrong password, unknown email)")
     p.add_argument("--resolves", type=int, default=5000, help="credential resolutions timed per kind")
     p.add_argument("--access-only", action="store_true", help="run only the access section")
     p.add_argument("--json", type=Path, help="also write the results here")
