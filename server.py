@@ -225,6 +225,8 @@ async def _teardown(c: Components) -> None:
         steps.append(("close bus", c.bus.close))
     if c.revocations is not None:
         steps.append(("stop reloading revocations", c.revocations.aclose))
+    if c.limits is not None:
+        steps.append(("close rate limit storage", c.limits.aclose))
     if c.store is not None:
         steps.append(("close store", c.store.close))
     if c.embedded is not None:
@@ -347,7 +349,10 @@ async def create_admin(settings: Settings, email: str, org: str, password: str) 
             secrets_ = resolve_secrets(settings)
             accounts = Accounts(accounts_store, AccessTokens(KeyRing(settings.data_dir / "jwt_keys.json")),
                                 TokenSigner(secrets_.token_secret), build_limits(settings))
-            user = await accounts.create_admin(email, org, password)
+            try:
+                user = await accounts.create_admin(email, org, password)
+            finally:
+                await accounts.limits.aclose()
             return user.user_id
         finally:
             await store.close()

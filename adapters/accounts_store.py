@@ -166,13 +166,6 @@ class AccountsStore:
         if result.matched_count == 0:
             raise NotFound("user", user_id)
 
-    @_translated
-    async def users_exist(self, org_id: str, user_ids: list[str]) -> list[str]:
-        """Which of `user_ids` are enabled users of the organisation."""
-        docs = await self.users.find({"orgId": org_id, "_id": {"$in": list(user_ids)}, "disabled": False},
-                                     {"_id": 1}).to_list(None)
-        return [str(d["_id"]) for d in docs]
-
     # -- API keys -------------------------------------------------------------------------------------------
 
     @_translated

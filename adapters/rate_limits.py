@@ -20,6 +20,7 @@ import math
 import time
 from dataclasses import dataclass
 
+import redis.asyncio
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
@@ -42,9 +43,15 @@ class Rates:
 class RateLimits:
     def __init__(self, rates: Rates | None = None, redis_url: str | None = None) -> None:
         self.items = (rates or Rates()).parsed()
-        self.storage: Storage = (RedisStorage(redis_url.replace("redis://", "async+redis://", 1),
-                                              implementation="redispy", key_prefix="interview_worker")
-                                 if redis_url else MemoryStorage())
+        self._pool: redis.asyncio.ConnectionPool | None = None
+        if redis_url:
+            # our own pool, so that closing the limiter closes its connections (the storage has no close)
+            self._pool = redis.asyncio.ConnectionPool.from_url(redis_url)
+            self.storage: Storage = RedisStorage(redis_url.replace("redis://", "async+redis://", 1),
+                                                 implementation="redispy", key_prefix="interview_worker",
+                                                 connection_pool=self._pool)  # type: ignore[arg-type]
+        else:
+            self.storage = MemoryStorage()
         self.limiter = MovingWindowRateLimiter(self.storage)
         self._failing = False
 
@@ -81,5 +88,6 @@ class RateLimits:
             log.warning("rate limit storage unavailable, not limiting until it is back: %s", exc)
         return None
 
-    async def reset(self) -> None:
-        await self.storage.reset()
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()

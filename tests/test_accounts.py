@@ -411,6 +411,8 @@ async def test_rate_limits_in_redis_are_shared(tmp_path: Path) -> None:
     assert await two.hit("login_address", address) is None
     retry = await one.hit("login_address", address)
     assert retry is not None and retry >= 1  # the second limiter's hit counted for the first
+    for limiter in (one, two):
+        await limiter.aclose()
 
 
 async def test_documents_from_before_organisations_belong_to_the_default_one(store: MongoStore,
