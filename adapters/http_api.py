@@ -214,6 +214,7 @@ class Api:
 
 def _endpoint(api: Api, op: Operation, fn: Handler) -> Handler:
     """`fn` behind authentication, the policy and the audit trail; every failure becomes one logged JSON error."""
+
     @functools.wraps(fn)
     async def wrapper(request: Request) -> Response:
         request.state.principal = ANONYMOUS
@@ -224,7 +225,8 @@ def _endpoint(api: Api, op: Operation, fn: Handler) -> Handler:
             decision = authorize(principal, op.action, resource)
             if decision is not Decision.ALLOW:
                 outcome = "denied"
-                raise refusal(decision, op.resource, "/".join(request.path_params.values()))
+                # the same error as for an id that does not exist (the id of the interview or candidate)
+                raise refusal(decision, op.resource, request.path_params.get(f"{op.resource}_id", ""))
             response = await fn(request)
         except Exception as exc:  # noqa: BLE001 - every failure becomes one logged JSON error response
             response = error_response(request, exc, log)

@@ -196,6 +196,9 @@ async def test_organisations_do_not_see_each_other(client: httpx.AsyncClient, se
     missing = await client.get("/api/interviews/no-such-id", headers=other)
     assert hidden.status_code == missing.status_code == 404
     assert hidden.json()["error"]["code"] == missing.json()["error"]["code"] == "not_found"
+    assert hidden.json()["error"]["message"] == f"interview {ours!r} not found"
+    ask = await client.post(f"/api/interviews/{ours}/questions/q1/ask", headers=other)
+    assert ask.status_code == 404 and ask.json() == hidden.json()
     assert [i["interviewId"] for i in (await client.get("/api/interviews", headers=other)).json()["items"]] == \
         [theirs.json()["interviewId"]]
     # Candidate emails are unique per organisation, so a clash does not reveal the other's candidate.
