@@ -30,14 +30,18 @@ from typing import TYPE_CHECKING, Any
 from settings import Settings
 
 if TYPE_CHECKING:  # the composition root imports its adapters lazily: nothing heavy at import time
+    from adapters.accounts_store import AccountsStore
     from adapters.analysis_jobs import AnalysisJobs
     from adapters.audit import AuditLog
+    from adapters.auth import Accounts
     from adapters.call import CallHub
+    from adapters.http_edge import Audit
     from adapters.metrics import Metrics
     from adapters.mongo import EmbeddedMongo, MongoStore
     from adapters.outbox import EventBus, OutboxRelay
+    from adapters.rate_limits import RateLimits
     from adapters.rooms import RoomRegistry
-    from adapters.tokens import TokenSigner
+    from adapters.tokens import Revocations, TokenSigner
     from adapters.webrtc import WhipIngest
     from domain.commands import InterviewService
     from domain.events import Speaker, StreamEvent
@@ -95,7 +99,7 @@ class Components:
     metrics: Metrics
     embedded: EmbeddedMongo | None = None
     store: MongoStore | None = None
-    audit: AuditLog | None = None
+    audit_log: AuditLog | None = None  # the hash-chained trail (AUDIT=true)
     service: InterviewService | None = None
     analysis: AnalysisJobs | None = None
     bus: EventBus | None = None
@@ -105,20 +109,28 @@ class Components:
     call: CallHub | None = None
     whip: WhipIngest | None = None
     signer: TokenSigner | None = None
+    accounts_store: AccountsStore | None = None
+    accounts: Accounts | None = None
+    limits: RateLimits | None = None
+    revocations: Revocations | None = None
+    audit: Audit | None = None  # the audit trail's call site; its sink is adapters.audit.AuditLog
     ready: bool = False
 
 
 async def _build(c: Components) -> None:
     from aiortc import RTCIceServer
 
-    from adapters.audit import AuditLog
+    from adapters.accounts_store import AccountsStore
+    from adapters.audit import AuditEntry, AuditLog
+    from adapters.auth import AccessTokens, Accounts, KeyRing
     from adapters.call import CallHub, IceConfig
+    from adapters.http_edge import Audit
     from adapters.mongo import EmbeddedMongo, MongoStore
     from adapters.nats_bus import open_bus
     from adapters.outbox import OutboxRelay
     from adapters.rooms import RoomRegistry
     from adapters.stt_engines import build_stt
-    from adapters.tokens import TokenSigner
+    from adapters.tokens import Revocations, TokenSigner
     from adapters.webrtc import WhipIngest
     from domain.commands import InterviewService
     from pipeline.scheduler import SttScheduler
@@ -131,9 +143,22 @@ async def _build(c: Components) -> None:
         c.embedded = EmbeddedMongo(s.data_dir)
         url = await c.embedded.start()
     c.store = store = await MongoStore.connect(url, db_name=s.mongodb_db)
+    c.accounts_store = accounts_store = AccountsStore(store.db)
+    await accounts_store.create_indexes()
+    c.limits = limits = build_limits(s)
+    c.revocations = revocations = Revocations(accounts_store)
+    await revocations.load()
+    revocations.start()
+    c.signer = signer = TokenSigner(c.secrets.token_secret, ttl_s=s.token_ttl_s, revocations=revocations)
+    access = AccessTokens(KeyRing(s.data_dir / "jwt_keys.json"), ttl_s=s.access_token_ttl_s)
+    c.accounts = Accounts(accounts_store, access, signer, limits, admin_api_key=c.secrets.admin_api_key,
+                          refresh_ttl_s=s.refresh_token_ttl_s)
     if s.audit:
-        c.audit = AuditLog(store.db, metrics=c.metrics)
-        await c.audit.start()
+        c.audit_log = audit_log = AuditLog(store.db, metrics=c.metrics)
+        await audit_log.start()
+        c.audit = audit = Audit(audit_log, AuditEntry)
+    else:
+        c.audit = audit = Audit()
     c.bus = bus = await open_bus(s.nats_url)
     c.relay = relay = OutboxRelay(store, bus)
     relay.start()
@@ -164,14 +189,14 @@ async def _build(c: Components) -> None:
                                          stored_finals=lambda iid: stored_finals(store, iid),
                                          resume_grace_s=s.resume_grace_s)
     registry.start()
-    c.signer = signer = TokenSigner(c.secrets.token_secret, ttl_s=s.token_ttl_s)
     c.call = call = CallHub(c.metrics, IceConfig(s.ice_servers, c.secrets.turn_secret, s.turn_ttl_s))
     registry.on_membership = lambda room: call.room_changed(
         room.interview_id, sum(p.claims.role == "observer" for p in room.participants.values()))
     # The server's own connections need no TURN (it is the reachable end); the pages get TURN from the call.
     c.whip = WhipIngest(registry, signer, lambda iid: interview_status(service, iid), c.metrics,
                         ice_servers=[RTCIceServer(urls=url) for url in s.ice_servers if url.startswith("stun:")],
-                        call=call, audit=c.audit)
+                        call=call, audit=audit, limits=limits,
+                        max_peer_connections=s.max_peer_connections, max_rooms_per_org=s.max_rooms_per_org)
 
 
 def build_analysis(s: Settings, service: InterviewService, store: MongoStore, metrics: Metrics) -> AnalysisJobs:
@@ -205,6 +230,12 @@ def build_analysis(s: Settings, service: InterviewService, store: MongoStore, me
     return AnalysisJobs(service, MongoAnalysisRecords(store.db["analyses"]), providers, on_rejected=rejected,
                         on_run=lambda provider, status: metrics.analysis_runs.labels(provider, status).inc(),
                         jurisdiction=s.jurisdiction)
+def build_limits(s: Settings) -> RateLimits:
+    from adapters.rate_limits import RateLimits, Rates
+
+    return RateLimits(Rates(login_account=s.login_limit_account, login_address=s.login_limit_address,
+                            token_mint=s.token_mint_limit, whip_join=s.whip_join_limit, api_key=s.api_key_limit),
+                      s.redis_url)
 
 
 async def interview_status(service: InterviewService, interview_id: str) -> str | None:
@@ -248,8 +279,12 @@ async def _teardown(c: Components) -> None:
         steps.append(("flush outbox", lambda: _flush_relay(relay)))
     if c.bus is not None:
         steps.append(("close bus", c.bus.close))
-    if c.audit is not None:
-        steps.append(("flush audit trail", c.audit.aclose))
+    if c.audit_log is not None:
+        steps.append(("flush audit trail", c.audit_log.aclose))
+    if c.revocations is not None:
+        steps.append(("stop reloading revocations", c.revocations.aclose))
+    if c.limits is not None:
+        steps.append(("close rate limit storage", c.limits.aclose))
     if c.store is not None:
         steps.append(("close store", c.store.close))
     if c.embedded is not None:
@@ -288,7 +323,7 @@ def create_app(settings: Settings, *, announce: Callable[[Components], None] | N
             checks["store"] = False
             log.warning("readiness: store ping failed: %s", exc)
         checks["outbox"] = c.relay.status() if c.relay is not None else {}
-        checks["audit"] = c.audit.status() if c.audit is not None else {}
+        checks["audit"] = c.audit_log.status() if c.audit_log is not None else {}
         return bool(checks["lifespan"] and checks["store"]), checks
 
     def verify_token(token: str) -> JoinClaims:
@@ -298,19 +333,19 @@ def create_app(settings: Settings, *, announce: Callable[[Components], None] | N
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        from adapters.http_api import api_routes, token_route
+        from adapters.http_api import Api, api_routes
 
         c = Components(settings=settings, secrets=resolve_secrets(settings), metrics=metrics)
         app.state.components = c
         t0 = time.perf_counter()
         try:
             await _build(c)
-            assert c.signer is not None and c.service is not None and c.whip is not None  # built by _build
-            token = token_route(c.signer, c.service, c.secrets.admin_api_key, metrics,
-                                public_url=settings.public_url, audit=c.audit)
-            app.router.routes[:] = [token, *api_routes(c.service, c.secrets.admin_api_key, analysis=c.analysis,
-                                                       max_body_bytes=settings.max_body_bytes, audit=c.audit),
-                                    *c.whip.routes(), *base_routes]
+            # built by _build
+            assert c.signer is not None and c.service is not None and c.whip is not None
+            assert c.accounts is not None and c.limits is not None and c.audit is not None
+            api = Api(c.service, c.accounts, c.signer, c.limits, metrics, c.audit, public_url=settings.public_url,
+                      max_body_bytes=settings.max_body_bytes, analysis=c.analysis)
+            app.router.routes[:] = [*api_routes(api), *c.whip.routes(), *base_routes]
             c.ready = True
             log.info("service ready in %.1fs (store: %s, bus: %s, stt: %s)", time.perf_counter() - t0,
                      "embedded" if c.embedded else "external", "nats" if settings.nats_url else "in-process",
@@ -326,6 +361,10 @@ def create_app(settings: Settings, *, announce: Callable[[Components], None] | N
     from adapters.http_api import exception_handlers
 
     app = Starlette(routes=list(base_routes), lifespan=lifespan, exception_handlers=exception_handlers)
+    if settings.tls_cert_file is not None:
+        from adapters.pages import HstsMiddleware
+
+        app.add_middleware(HstsMiddleware)
     return app
 
 
@@ -348,7 +387,69 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                                  "(one line; exit 0 intact, 1 tampered, 2 store unreachable)")
     verify.add_argument("--org", help="check one organisation's chain (default: every chain)")
     verify.set_defaults(run=verify_audit)
+    admin = commands.add_parser("create-admin", help="create an admin user (password read from standard input, "
+                                "one line); prints the user id. Embedded mode: while the server is stopped")
+    admin.add_argument("email")
+    admin.add_argument("--org", default="default", help="organisation name (created if missing; default: "
+                       "the default organisation)")
+    admin.set_defaults(run=create_admin_command)
+    commands.add_parser("rotate-jwt-key", help="add a new access-token signing key to DATA_DIR/jwt_keys.json; "
+                        "tokens signed with older keys stay valid until they expire").set_defaults(run=rotate_jwt_key)
     return parser.parse_args(argv)
+
+
+async def create_admin(settings: Settings, email: str, org: str, password: str) -> str:
+    """Creates an admin user in organisation `org` and returns its id (the store is started if embedded)."""
+    from adapters.accounts_store import AccountsStore
+    from adapters.auth import AccessTokens, Accounts, KeyRing
+    from adapters.mongo import EmbeddedMongo, MongoStore
+    from adapters.tokens import TokenSigner
+
+    embedded = EmbeddedMongo(settings.data_dir) if settings.mongodb_url is None else None
+    url = settings.mongodb_url or await embedded.start()  # type: ignore[union-attr]  # set when url is None
+    try:
+        store = await MongoStore.connect(url, db_name=settings.mongodb_db)
+        try:
+            accounts_store = AccountsStore(store.db)
+            await accounts_store.create_indexes()
+            secrets_ = resolve_secrets(settings)
+            accounts = Accounts(accounts_store, AccessTokens(KeyRing(settings.data_dir / "jwt_keys.json")),
+                                TokenSigner(secrets_.token_secret), build_limits(settings))
+            try:
+                user = await accounts.create_admin(email, org, password)
+            finally:
+                await accounts.limits.aclose()
+            return user.user_id
+        finally:
+            await store.close()
+    finally:
+        if embedded is not None:
+            await embedded.stop()
+
+
+def rotate_jwt_key(settings: Settings, args: argparse.Namespace) -> int:
+    """`server.py rotate-jwt-key`: a new signing key; tokens signed with older ones verify until they expire."""
+    from adapters.auth import KeyRing
+
+    kid = KeyRing.rotate(settings.data_dir / "jwt_keys.json")
+    print(f"new signing key {kid} in {settings.data_dir / 'jwt_keys.json'}")
+    return 0
+
+
+def create_admin_command(settings: Settings, args: argparse.Namespace) -> int:
+    """`server.py create-admin EMAIL --org NAME`: the password is one line of standard input."""
+    from domain.model import DomainError
+
+    password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        print(asyncio.run(create_admin(settings, args.email, args.org, password)))
+    except DomainError as exc:
+        print(f"server.py create-admin: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # the embedded store is locked by a running server
+        print(f"server.py create-admin: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -425,7 +526,8 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     port = sock.getsockname()[1]
     shown_host = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0", "::", "::1") else settings.host
-    url = settings.public_url or f"http://{shown_host}:{port}"
+    scheme = "https" if settings.tls_cert_file else "http"
+    url = settings.public_url or f"{scheme}://{shown_host}:{port}"
 
     def announce(c: Components) -> None:
         print(f"interview-worker ready: {url}", flush=True)
@@ -436,8 +538,11 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
             print("admin API key: from ADMIN_API_KEY", flush=True)
 
     app = create_app(settings, announce=announce)
+    tls: dict[str, Any] = {}
+    if settings.tls_cert_file is not None:
+        tls = {"ssl_certfile": str(settings.tls_cert_file), "ssl_keyfile": str(settings.tls_key_file)}
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=10)
+                            timeout_graceful_shutdown=10, **tls)
     server = uvicorn.Server(config)
     # uvicorn re-raises the signal that stopped it once shutdown is complete; by then everything is
     # drained and closed, so let that be a clean exit (status 0) instead of death by the default handler.

@@ -85,6 +85,16 @@ def _providers(value: Any) -> Any:
     return tuple(value)
 
 
+def _rate(value: str) -> str:
+    from limits import parse
+
+    try:
+        parse(value)
+    except ValueError:
+        raise ValueError("expected a rate like 5/minute or 100/hour") from None
+    return value.strip()
+
+
 def _public_url(value: Any) -> Any:
     return (value.strip().rstrip("/") or None) if isinstance(value, str) else value
 
@@ -95,6 +105,8 @@ Secret = Annotated[str | None, BeforeValidator(_none_if_blank), AfterValidator(_
 Flag = Annotated[bool, BeforeValidator(_bool)]
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegative = Annotated[float, Field(ge=0)]
+Rate = Annotated[str, AfterValidator(_rate)]
+OptionalPath = Annotated[Path | None, BeforeValidator(_none_if_blank)]
 
 
 def setting(default: Any, doc: str, *, secret: bool = False) -> Any:
@@ -113,8 +125,8 @@ class Settings(BaseSettings):
         Path("./data"), "where embedded MongoDB data and generated secrets live")
     public_url: Annotated[str | None, BeforeValidator(_public_url)] = setting(
         None, "base URL used in join links (default: the URL the request came to)")
-    admin_api_key: Secret = setting(None, "API key for /api (unset: generated on first start, stored in "
-                                    "DATA_DIR/admin_api_key and printed)", secret=True)
+    admin_api_key: Secret = setting(None, "admin-scoped API key of the default organisation (unset: generated "
+                                    "on first start, stored in DATA_DIR/admin_api_key and printed)", secret=True)
     mongodb_url: OptionalText = setting(None, "MongoDB URL (unset: embedded nx-27017 under DATA_DIR)", secret=True)
     mongodb_db: Text = setting("interviews", "database name")
     audit: Flag = setting(True, "record the audit trail (who read or changed what, joins and leaves) in the "
@@ -172,6 +184,21 @@ class Settings(BaseSettings):
     turn_ttl_s: PositiveInt = setting(4 * 3600, "lifetime of minted TURN credentials, seconds")
     resume_grace_s: NonNegative = setting(5.0, "how long a dropped participant can resume its stream")
     max_body_bytes: PositiveInt = setting(1024 * 1024, "largest accepted JSON request body (bigger: 413)")
+    access_token_ttl_s: Annotated[int, Field(gt=0, le=900)] = setting(
+        900, "access token (JWT) lifetime, seconds (at most 15 minutes)")
+    refresh_token_ttl_s: PositiveInt = setting(14 * 24 * 3600, "refresh token lifetime, seconds (each use "
+                                               "rotates it)")
+    redis_url: OptionalText = setting(None, "Redis for the rate limits shared by every process (unset: in "
+                                      "memory)", secret=True)
+    login_limit_account: Rate = setting("5/minute", "failed logins per account before 429")
+    login_limit_address: Rate = setting("30/minute", "login attempts per client address before 429")
+    token_mint_limit: Rate = setting("60/minute", "join tokens minted per caller")
+    whip_join_limit: Rate = setting("10/minute", "WHIP joins per join token")
+    api_key_limit: Rate = setting("600/minute", "requests per API key")
+    max_rooms_per_org: PositiveInt = setting(50, "live interview rooms per organisation (more: 503)")
+    max_peer_connections: PositiveInt = setting(200, "WebRTC peer connections per process (more: 503)")
+    tls_cert_file: OptionalPath = setting(None, "PEM certificate: serve HTTPS (with HSTS) instead of HTTP")
+    tls_key_file: OptionalPath = setting(None, "PEM private key of TLS_CERT_FILE")
     log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)] = \
         setting("INFO", "DEBUG, INFO, WARNING, ERROR")
     log_format: Annotated[Literal["text", "json"], BeforeValidator(_lower)] = setting(
@@ -195,6 +222,8 @@ class Settings(BaseSettings):
             settings = cls(**values)
         except ValidationError as exc:
             raise ValueError(_describe(exc, values)) from None
+        if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
+            raise ValueError("TLS_CERT_FILE and TLS_KEY_FILE go together")
         if settings.stt_engine == "openai" and not (settings.openai_base_url or settings.openai_api_key):
             raise ValueError("STT_ENGINE=openai needs OPENAI_API_KEY (api.openai.com) or OPENAI_BASE_URL")
         if any(u.startswith("turn") for u in settings.ice_servers) and not settings.turn_secret:

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import GenerateJsonSchema, SkipJsonSchema, models_json_schema
 
+from domain.access import API_KEY_SCOPES, USER_ROLES, Action
 from domain.commands import DEFAULT_PAGE, MAX_PAGE
 from domain.events import ROLES
 from domain.model import (
@@ -180,6 +181,34 @@ class TokenRequest(_Closed):
     name: Omittable[Annotated[str, Field(max_length=100, pattern=_SOME_TEXT)]] = None
 
 
+class Login(_Closed):
+    email: Annotated[str, Field(max_length=254)]
+    password: Annotated[str, Field(max_length=1024)]
+
+
+class NewUser(_Closed):
+    """A user of the caller's organisation."""
+
+    email: _Email
+    role: Literal[USER_ROLES]  # type: ignore[valid-type]  # domain tuple
+    name: Annotated[str, _text(200)]
+    password: Annotated[str, Field(min_length=10, max_length=1024)]
+
+
+class NewApiKey(_Closed):
+    name: Annotated[str, _text(100)]
+    scopes: Annotated[list[Literal[API_KEY_SCOPES]], Field(min_length=1)]  # type: ignore[valid-type]
+
+
+class AuditParams(_Closed):
+    actor: str | None = Field(None, description="actor id (user, API key or participant)")
+    resource: str | None = Field(None, description="resource id")
+    from_: datetime | None = Field(None, alias="from", description="at >= from")
+    to: datetime | None = Field(None, description="at < to")
+    cursor: str | None = Field(None, description="nextCursor of the previous page")
+    limit: Annotated[int, Field(ge=1, le=MAX_PAGE)] = Field(DEFAULT_PAGE, description="page size")
+
+
 class InterviewListParams(_Closed):
     status: Literal[STATUSES] | None = Field(None, description="filter by status")  # type: ignore[valid-type]  # domain tuple
     candidateId: Id | None = Field(None, description="filter by candidate")
@@ -196,6 +225,82 @@ class CandidateListParams(_Closed):
 
 
 # ---- responses ---------------------------------------------------------------------------------------------
+
+
+class AccessToken(_Closed):
+    accessToken: str = Field(description="JWT; send as `Authorization: Bearer`; keep it in memory only")
+    tokenType: Literal["Bearer"]
+    expiresIn: int = Field(description="seconds")
+
+
+class LoggedOut(_Closed):
+    loggedOut: bool
+
+
+class Me(_Closed):
+    userId: str
+    email: str
+    name: str
+    role: Literal[USER_ROLES]  # type: ignore[valid-type]  # domain tuple
+    orgId: str
+
+
+class UserCreated(_Closed):
+    userId: str
+
+
+class UserItem(_Closed):
+    userId: str
+    email: str
+    name: str
+    role: Literal[USER_ROLES]  # type: ignore[valid-type]  # domain tuple
+    createdAt: datetime
+    disabled: bool
+
+
+class UserPage(_Closed):
+    items: list[UserItem]
+
+
+class UserDisabled(_Closed):
+    userId: str
+    disabled: bool
+
+
+class ApiKeyCreated(_Closed):
+    keyId: str
+    key: str = Field(description="shown once; stored only as a hash")
+    name: str
+    scopes: list[str]
+
+
+class ApiKeyItem(_Closed):
+    keyId: str
+    name: str
+    scopes: list[str]
+    createdAt: datetime
+    lastUsedAt: datetime | None
+    revoked: bool
+
+
+class ApiKeyPage(_Closed):
+    items: list[ApiKeyItem]
+
+
+class ApiKeyRevoked(_Closed):
+    keyId: str
+    revoked: bool
+
+
+class TokenRevoked(_Closed):
+    interviewId: str
+    tokenId: str
+    revoked: bool
+
+
+class AuditPage(_Closed):
+    items: list[dict[str, Any]]
+    nextCursor: str | None
 
 
 class Metadata(_Closed):
@@ -396,6 +501,7 @@ class InterviewAnalysis(_Closed):
 
 class Interview(_Closed):
     interviewId: Id
+    orgId: str
     candidateId: Id
     jobId: Id
     status: Literal[STATUSES]  # type: ignore[valid-type]  # domain tuple
@@ -436,6 +542,7 @@ class ListedCandidate(_Closed):
     """A candidate as listed: without `interviews` (GET /api/candidates/{id} has them)."""
 
     candidateId: Id
+    orgId: str
     name: str
     email: str
     phone: str
@@ -474,10 +581,11 @@ class Error(_Closed):
 # ---- the document ------------------------------------------------------------------------------------------
 
 # Every /api route may answer these; every route with a body or a query string the ones below.
-_ALWAYS = (401, 503)
+_ALWAYS = (401, 429, 503)
 _FOR_BODY = (413, 415, 422)
 _FOR_QUERY = (422,)
-_ERROR_TEXT = {401: "Missing or invalid bearer token", 403: "A join token is not an admin key",
+_ERROR_TEXT = {401: "Missing or invalid bearer token", 403: "The caller's role or scopes do not allow this",
+               429: "Over a rate limit; retry after Retry-After seconds",
                404: "Unknown id", 409: "Illegal status move, stale version or duplicate", 413: "Body too large",
                415: "Body is not JSON", 422: "Invalid input; `fields` names each bad field",
                503: "Storage unavailable; retry after Retry-After seconds"}
@@ -499,6 +607,8 @@ class Operation:
     errors: tuple[int, ...] = ()  # besides _ALWAYS, _FOR_BODY and _FOR_QUERY
     if_match: bool = False  # takes `If-Match: "<metadata.version>"`
     tag: str = "interviews"
+    action: Action = Action.PUBLIC  # what domain.access.authorize is asked
+    resource: str = "org"  # what the action is on: interview | candidate | org (the caller's organisation)
 
     @property
     def error_statuses(self) -> list[int]:
@@ -562,8 +672,8 @@ def openapi_document(operations: tuple[Operation, ...]) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "interview-worker API", "version": "0.1.0",
-                 "description": "Interviews, candidates, live transcripts and text-only analysis. Every /api "
-                                "route needs `Authorization: Bearer <ADMIN_API_KEY>`."},
+                 "description": "Interviews, candidates, live transcripts and text-only analysis. /api routes "
+                                "but login and refresh need `Authorization: Bearer <access token or API key>`."},
         "components": {"securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}}, "schemas": schemas},
         "security": [{"admin": []}],
         "paths": paths,

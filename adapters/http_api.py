@@ -1,28 +1,32 @@
-"""The HTTP API under /api (Starlette): interviews, candidates, transcripts, analysis and join tokens; OpenAPI
-at /openapi.json.
+"""The HTTP API under /api (Starlette): sign-in, users, API keys, interviews, candidates, transcripts, analysis,
+join tokens and the audit trail; OpenAPI at /openapi.json.
 
-`api_routes(service, admin_key)` returns routes with their full paths (`/api/...`, `/openapi.json`); the
-composition root adds them to its app as they are (`Starlette(routes=[*api_routes(...), ...])`, not under a
-Mount), with `token_route(...)` (it needs the token signer). Every /api route needs
-`Authorization: Bearer <ADMIN_API_KEY>`.
+`api_routes(api)` returns routes with their full paths (`/api/...`, `/openapi.json`); the composition root adds
+them to its app as they are. `OPERATIONS` is the route table: each route's path, request and response models
+(adapters.api_schema), error statuses, and the `Action` and resource kind it is authorized as. The routes are built
+from it and /openapi.json is generated from it; `domain.commands` validates the bodies.
 
-`OPERATIONS` is the route table: each route's path, request and response models (adapters.api_schema) and error
-statuses. The routes are built from it and /openapi.json is generated from it. `domain.commands` validates the
-bodies; the models describe them.
+Every route runs the same wrapper (`_endpoint`), in this order: who is calling (`Accounts.principal`: an access
+token, an API key, a join token, or nobody), what the action is on (the interview or candidate named in the path,
+loaded for its organisation and interviewers; else the caller's organisation), `domain.access.authorize`, then
+the handler. A refusal is 401 (nobody, or an invalid token: `WWW-Authenticate: Bearer error="invalid_token"`),
+403 (role or scope), or 404 exactly like an unknown id (another organisation's resource, or an interview an
+interviewer is not assigned to). Every request, allowed or not, is recorded once in the audit trail
+(`Audit.request`).
 
-Errors are JSON `{"error": {"code", "message", ...}}` (adapters.http_edge): 422 `validation_error` with `fields`
-naming each bad field (bad JSON, wrong types, missing or unknown fields, bad query parameters), 401 bad/missing key,
-403 a join token used as the key, 404 unknown id, 409 illegal status move / stale version / duplicate, 413 body
-over `max_body_bytes`, 415 non-JSON body, 503 database unavailable. Each is logged once, here.
+Errors are JSON `{"error": {"code", "message", ...}}` (adapters.http_edge): 422 `validation_error` with `fields`,
+409 illegal status move / stale version / duplicate, 413 body over `max_body_bytes`, 415 non-JSON body, 429 over a
+rate limit (with Retry-After), 503 database unavailable. Each is logged once, here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -34,10 +38,12 @@ from starlette.routing import BaseRoute, Route
 from adapters import api_schema as schema
 from adapters.analysis_jobs import AnalysisJobs, MemoryAnalysisRecords
 from adapters.api_schema import Operation, openapi_document
-from adapters.audit import AuditLog, outcome_of, request_entry
-from adapters.http_edge import MAX_BODY_BYTES, HttpError, error_kind, error_response, read_json
+from adapters.auth import Accounts
+from adapters.http_edge import MAX_BODY_BYTES, Audit, HttpError, error_kind, error_response, read_json
 from adapters.metrics import Metrics
-from adapters.tokens import InvalidToken, TokenSigner, bearer_token, validate_name, validate_role
+from adapters.rate_limits import RateLimits
+from adapters.tokens import TokenSigner, validate_name, validate_role
+from domain.access import ANONYMOUS, INTERVIEWER, ORG_LEVEL, Action, Decision, Principal, Resource, authorize
 from domain.commands import (
     AddQuestion,
     CandidateQuery,
@@ -49,53 +55,102 @@ from domain.commands import (
     UpdateCandidate,
 )
 from domain.events import iso
-from domain.model import CANCELLED, COMPLETED, Conflict, DomainError, Fields, Unavailable, ValidationError
+from domain.model import (
+    CANCELLED,
+    COMPLETED,
+    Conflict,
+    DomainError,
+    Fields,
+    NotFound,
+    Unavailable,
+    ValidationError,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_TOKEN_REQUEST_BYTES = 16 * 1024
+REFRESH_COOKIE = "iw_refresh"
+REFRESH_PATH = "/api/auth"
+CSRF_HEADER = "x-requested-with"  # a custom header: a cross-site form cannot send it, and we grant no CORS
 
 _IID = "/api/interviews/{interview_id}"
-ISSUE_TOKEN = Operation("issue_token", "POST", f"{_IID}/tokens", "Issue a join token for a participant",
-                        schema.JoinToken, 201, body=schema.TokenRequest, errors=(403, 404, 409))
+A = Action
 OPERATIONS: tuple[Operation, ...] = (
+    Operation("login", "POST", "/api/auth/login", "Sign in: an access token, and the refresh token as a cookie",
+              schema.AccessToken, body=schema.Login, tag="auth"),
+    Operation("refresh", "POST", "/api/auth/refresh", "A new access token for the refresh cookie (rotated; needs "
+              "the X-Requested-With header)", schema.AccessToken, errors=(403,), tag="auth"),
+    Operation("logout", "POST", "/api/auth/logout", "Revoke the refresh cookie's session (needs X-Requested-With)",
+              schema.LoggedOut, errors=(403,), tag="auth"),
+    Operation("me", "GET", "/api/me", "The signed-in user", schema.Me, errors=(403,), tag="auth",
+              action=A.SELF_READ),
+    Operation("create_user", "POST", "/api/users", "Create a user of the caller's organisation (admin)",
+              schema.UserCreated, 201, body=schema.NewUser, errors=(403, 409), tag="users", action=A.USER_MANAGE),
+    Operation("list_users", "GET", "/api/users", "The organisation's users (admin)", schema.UserPage,
+              errors=(403,), tag="users", action=A.USER_MANAGE),
+    Operation("disable_user", "DELETE", "/api/users/{user_id}", "Disable a user and end their sessions (admin)",
+              schema.UserDisabled, errors=(403, 404), tag="users", action=A.USER_MANAGE),
+    Operation("create_api_key", "POST", "/api/api-keys", "Create an API key; the key is shown once (admin)",
+              schema.ApiKeyCreated, 201, body=schema.NewApiKey, errors=(403,), tag="users",
+              action=A.APIKEY_MANAGE),
+    Operation("list_api_keys", "GET", "/api/api-keys", "The organisation's API keys, without the keys (admin)",
+              schema.ApiKeyPage, errors=(403,), tag="users", action=A.APIKEY_MANAGE),
+    Operation("revoke_api_key", "DELETE", "/api/api-keys/{key_id}", "Revoke an API key (admin)",
+              schema.ApiKeyRevoked, errors=(403, 404), tag="users", action=A.APIKEY_MANAGE),
+    Operation("read_audit", "GET", "/api/audit", "The audit trail, newest first (admin)", schema.AuditPage,
+              query=schema.AuditParams, errors=(403,), tag="users", action=A.AUDIT_READ),
     Operation("create_interview", "POST", "/api/interviews", "Schedule an interview", schema.Interview, 201,
-              body=schema.NewInterview, errors=(409,)),
+              body=schema.NewInterview, errors=(403, 409), action=A.INTERVIEW_CREATE),
     Operation("list_interviews", "GET", "/api/interviews",
-              "List interviews, oldest scheduledAt first, with cursor pagination", schema.InterviewPage,
-              query=schema.InterviewListParams),
+              "List interviews (an interviewer's: those assigned), oldest scheduledAt first, with cursor pagination",
+              schema.InterviewPage, query=schema.InterviewListParams, errors=(403,), action=A.INTERVIEW_READ),
     Operation("get_interview", "GET", _IID, "Get an interview with its transcript segments", schema.Interview,
-              errors=(404,)),
-    *(Operation(f"{action}_interview", "POST", f"{_IID}/{action}", f"Move the interview to {to}", schema.Interview,
-                body=body, body_required=False, errors=(404, 409), if_match=True)
-      for action, to, body in (("start", "in_progress", schema.StatusChange),
-                               ("complete", "completed", schema.StatusChange),
-                               ("cancel", "cancelled", schema.Cancellation))),
+              errors=(403, 404), action=A.INTERVIEW_READ, resource="interview"),
+    *(Operation(f"{verb}_interview", "POST", f"{_IID}/{verb}", f"Move the interview to {to}", schema.Interview,
+                body=body, body_required=False, errors=(403, 404, 409), if_match=True, action=A.INTERVIEW_UPDATE,
+                resource="interview")
+      for verb, to, body in (("start", "in_progress", schema.StatusChange),
+                             ("complete", "completed", schema.StatusChange),
+                             ("cancel", "cancelled", schema.Cancellation))),
     Operation("add_question", "POST", f"{_IID}/questions", "Add a question (scheduled or in_progress)",
-              schema.Question, 201, body=schema.NewQuestion, errors=(404, 409)),
+              schema.Question, 201, body=schema.NewQuestion, errors=(403, 404, 409), action=A.QUESTION_WRITE,
+              resource="interview"),
     Operation("ask_question", "POST", _IID + "/questions/{question_id}/ask", "Mark a question asked (in_progress)",
-              schema.Question, errors=(404, 409)),
+              schema.Question, errors=(403, 404, 409), action=A.QUESTION_WRITE, resource="interview"),
     Operation("get_transcript", "GET", f"{_IID}/transcript", "Final transcript segments in recording order",
-              schema.Transcript, errors=(404,)),
+              schema.Transcript, errors=(403, 404), action=A.TRANSCRIPT_READ, resource="interview"),
     Operation("get_analysis", "GET", f"{_IID}/analysis",
               "Get the analysis: status, aggregate scorecard, each provider's run, review (text only)",
-              schema.InterviewAnalysis, query=schema.AnalysisParams, errors=(404,)),
+              schema.InterviewAnalysis, query=schema.AnalysisParams, errors=(403, 404), action=A.ANALYSIS_READ,
+              resource="interview"),
     Operation("run_analysis", "POST", f"{_IID}/analysis/run",
               "Analyse the completed interview again now (in the background)", schema.InterviewAnalysis, 202,
-              body=schema.AnalysisRunRequest, body_required=False, errors=(404, 409)),
+              body=schema.AnalysisRunRequest, body_required=False, errors=(403, 404, 409),
+              action=A.ANALYSIS_WRITE, resource="interview"),
     Operation("put_analysis", "PUT", f"{_IID}/analysis", "Record the analysis of a completed interview",
-              schema.InterviewAnalysis, body=schema.AnalysisInput, errors=(404, 409)),
-    ISSUE_TOKEN,
+              schema.InterviewAnalysis, body=schema.AnalysisInput, errors=(403, 404, 409), action=A.ANALYSIS_WRITE,
+              resource="interview"),
+    Operation("issue_token", "POST", f"{_IID}/tokens", "Issue a join token for a participant", schema.JoinToken,
+              201, body=schema.TokenRequest, errors=(403, 404, 409), action=A.TOKEN_MINT, resource="interview"),
+    Operation("join_interview", "POST", f"{_IID}/join", "A join token for the signed-in user (an interviewer)",
+              schema.JoinToken, 201, errors=(403, 404, 409), action=A.INTERVIEW_JOIN, resource="interview"),
+    Operation("revoke_token", "DELETE", _IID + "/tokens/{token_id}",
+              "Revoke a join token (its live session ends within seconds)", schema.TokenRevoked,
+              errors=(403, 404), action=A.TOKEN_REVOKE, resource="interview"),
     Operation("create_candidate", "POST", "/api/candidates", "Create a candidate", schema.Candidate, 201,
-              body=schema.NewCandidate, errors=(409,), tag="candidates"),
+              body=schema.NewCandidate, errors=(403, 409), tag="candidates", action=A.CANDIDATE_WRITE),
     Operation("list_candidates", "GET", "/api/candidates", "List candidates, oldest first, with cursor pagination",
-              schema.CandidatePage, query=schema.CandidateListParams, tag="candidates"),
+              schema.CandidatePage, query=schema.CandidateListParams, errors=(403,), tag="candidates",
+              action=A.CANDIDATE_READ),
     Operation("get_candidate", "GET", "/api/candidates/{candidate_id}", "Get a candidate", schema.Candidate,
-              errors=(404,), tag="candidates"),
+              errors=(403, 404), tag="candidates", action=A.CANDIDATE_READ, resource="candidate"),
     Operation("update_candidate", "PATCH", "/api/candidates/{candidate_id}",
               "Update a candidate (only the fields given; `version` for optimistic concurrency)", schema.Candidate,
-              body=schema.CandidateUpdate, errors=(404, 409), tag="candidates"),
+              body=schema.CandidateUpdate, errors=(403, 404, 409), tag="candidates", action=A.CANDIDATE_WRITE,
+              resource="candidate"),
 )
+_PUBLIC_OPS = {"login", "refresh", "logout"}
+assert all((op.action is A.PUBLIC) == (op.name in _PUBLIC_OPS) for op in OPERATIONS), "every route has an action"
 
 
 def _json_default(value: Any) -> Any:
@@ -115,15 +170,6 @@ class ApiJSONResponse(JSONResponse):
         return json.dumps(content, ensure_ascii=False, separators=(",", ":"), default=_json_default).encode()
 
 
-def require_admin(request: Request, admin_key: str) -> None:
-    """Raise 401 unless the request carries `Authorization: Bearer <admin_key>` (constant-time compare)."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    if (scheme.lower() != "bearer" or not token or not admin_key
-            or not hmac.compare_digest(token.encode(), admin_key.encode())):
-        raise HttpError(401, "unauthorized", "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"})
-
-
 async def _handle(request: Request, exc: Exception) -> Response:
     return error_response(request, exc, log)
 
@@ -135,35 +181,74 @@ exception_handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _endpoint(fn: Handler, authorize: Callable[[Request], None],
-              refused: Callable[[Response], None] | None = None, audit: AuditLog | None = None) -> Handler:
-    """`fn` behind `authorize`; every failure becomes one logged JSON error response (then `refused(response)`).
-    With `audit`, every request is recorded: action = the operation's name, outcome by status; the caller is the
-    admin key once `authorize` accepted it, else anonymous."""
+def refusal(decision: Decision, kind: str, ident: str) -> Exception:
+    """The error of a refused decision; HIDE is indistinguishable from an unknown id."""
+    if decision is Decision.UNAUTHENTICATED:
+        return HttpError(401, "unauthorized", "sign in or send a bearer token", {"WWW-Authenticate": "Bearer"})
+    if decision is Decision.HIDE:
+        return NotFound(kind, ident)
+    return HttpError(403, "forbidden", "your role or scopes do not allow this")
+
+
+@dataclass
+class Api:
+    """What the routes need, built by the composition root."""
+
+    service: InterviewService
+    accounts: Accounts
+    signer: TokenSigner
+    limits: RateLimits
+    metrics: Metrics = field(default_factory=Metrics)
+    audit: Audit = field(default_factory=Audit)
+    analysis: AnalysisJobs | None = None  # default: the local heuristic analyser, jobs kept in memory
+    public_url: str | None = None
+    max_body_bytes: int = MAX_BODY_BYTES
+    secure_cookies: bool = True
+
+    async def resource(self, op: Operation, request: Request, principal: Principal) -> Resource:
+        """What `op` acts on: the interview or candidate in the path (for its organisation and interviewers),
+        else the caller's organisation. Nothing is read for a public route or an anonymous caller."""
+        if op.action is A.PUBLIC or principal.kind == "anonymous":
+            return ORG_LEVEL
+        if op.resource == "interview":
+            iid = request.path_params["interview_id"]
+            doc = await self.service.get_interview(iid, with_segments=False)
+            return Resource(doc["orgId"], iid, tuple(doc["interviewers"]))
+        if op.resource == "candidate":
+            doc = await self.service.get_candidate(request.path_params["candidate_id"])
+            return Resource(doc["orgId"])
+        return ORG_LEVEL
+
+
+def _endpoint(api: Api, op: Operation, fn: Handler) -> Handler:
+    """`fn` behind authentication, the policy and the audit trail; every failure becomes one logged JSON error."""
 
     @functools.wraps(fn)
     async def wrapper(request: Request) -> Response:
-        admin = False
+        request.state.principal = ANONYMOUS
+        outcome = "ok"
         try:
-            authorize(request)
-            admin = True
+            principal = request.state.principal = await api.accounts.principal(request.headers.get("authorization"))
+            resource = await api.resource(op, request, principal)
+            decision = authorize(principal, op.action, resource)
+            if decision is not Decision.ALLOW:
+                outcome = "denied"
+                # the same error as for an id that does not exist (the id of the interview or candidate)
+                raise refusal(decision, op.resource, request.path_params.get(f"{op.resource}_id", ""))
             response = await fn(request)
         except Exception as exc:  # noqa: BLE001 - every failure becomes one logged JSON error response
             response = error_response(request, exc, log)
-            if refused is not None:
-                refused(response)
-        if audit is not None:
-            audit.record(request_entry(
-                request, action=fn.__name__, outcome=outcome_of(response.status_code),
-                actor_type="api_key" if admin else "anonymous", actor_id="admin" if admin else "",
-                role="admin" if admin else "", detail={"status": response.status_code}))
+            if outcome == "ok":  # a refused credential is a denial; a failed login is a failure
+                outcome = "denied" if response.status_code in (401, 403) and op.action is not A.PUBLIC \
+                    else "failed"
+            if op.name == "issue_token":
+                api.metrics.error(error_kind(response.status_code))
+        api.audit.request(request, request.state.principal, op.name, op.resource if op.resource != "org" else op.tag,
+                          "/".join(request.path_params.values()), outcome,
+                          getattr(request.state, "audit_detail", None))
         return response
 
     return wrapper
-
-
-def _route(op: Operation, handler: Handler) -> Route:
-    return Route(op.path, handler, methods=[op.method])
 
 
 def _expected_version(request: Request, body: Fields) -> int | None:
@@ -184,41 +269,184 @@ def _expected_version(request: Request, body: Fields) -> int | None:
     return value
 
 
-def api_routes(service: InterviewService, admin_key: str, *, analysis: AnalysisJobs | None = None,
-               max_body_bytes: int = MAX_BODY_BYTES, audit: AuditLog | None = None) -> list[BaseRoute]:
-    """Every route of `OPERATIONS` but the token route (`token_route`), and /openapi.json. `analysis` runs the
-    scorecard jobs (default: the local heuristic analyser, jobs kept in memory). With `audit`, every request to
-    them is recorded in the audit trail."""
+def _iso_seconds(t: float | None) -> str | None:
+    return None if t is None else iso(datetime.fromtimestamp(t, tz=UTC))
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def api_routes(api: Api) -> list[BaseRoute]:
+    """Every route of `OPERATIONS`, and /openapi.json."""
     handlers: dict[str, Handler] = {}
-    jobs = analysis or AnalysisJobs(service, MemoryAnalysisRecords())
+    service = api.service
 
     def endpoint(fn: Handler) -> Handler:
-        handlers[fn.__name__] = _endpoint(fn, lambda request: require_admin(request, admin_key), audit=audit)
+        handlers[fn.__name__] = fn
         return fn
 
-    async def body_of(request: Request, required: bool = True) -> Any:
-        return await read_json(request, max_body_bytes, required=required)
+    jobs = api.analysis or AnalysisJobs(service, MemoryAnalysisRecords())
+
+    async def body_of(request: Request, required: bool = True, max_bytes: int | None = None) -> Any:
+        return await read_json(request, max_bytes or api.max_body_bytes, required=required)
 
     def params(request: Request) -> dict[str, str]:
         return dict(request.query_params)
+
+    def principal_of(request: Request) -> Principal:
+        principal: Principal = request.state.principal  # set by _endpoint
+        return principal
+
+    def created_by(p: Principal) -> str:
+        return f"{p.kind}:{p.subject}"
+
+    # -- sign-in ------------------------------------------------------------------------------------------------
+
+    def session_response(session: Any) -> Response:
+        response = ApiJSONResponse({"accessToken": session.access_token, "tokenType": "Bearer",
+                                    "expiresIn": session.expires_in})
+        response.set_cookie(REFRESH_COOKIE, session.refresh_token, max_age=api.accounts.refresh_ttl_s,
+                            path=REFRESH_PATH, secure=api.secure_cookies, httponly=True, samesite="strict")
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    def require_csrf_header(request: Request) -> None:
+        if CSRF_HEADER not in request.headers:
+            raise HttpError(403, "csrf", "send the X-Requested-With header with this request")
+
+    @endpoint
+    async def login(request: Request) -> Response:
+        f = Fields(await body_of(request, max_bytes=MAX_TOKEN_REQUEST_BYTES), allowed=("email", "password"))
+        email = f.text("email", max_len=254)
+        password = f.data.get("password")
+        if not isinstance(password, str) or not password or len(password) > 1024:
+            f.error("password", "expected a string of 1 to 1024 characters")
+        f.done()
+        assert isinstance(password, str)
+        request.state.audit_detail = {"email": email}
+        session = await api.accounts.login(email, password, _client(request))
+        request.state.principal = Principal.user(session.user.user_id, session.user.org_id, session.user.role)
+        return session_response(session)
+
+    @endpoint
+    async def refresh(request: Request) -> Response:
+        require_csrf_header(request)
+        session = await api.accounts.refresh(request.cookies.get(REFRESH_COOKIE, ""))
+        request.state.principal = Principal.user(session.user.user_id, session.user.org_id, session.user.role)
+        return session_response(session)
+
+    @endpoint
+    async def logout(request: Request) -> Response:
+        require_csrf_header(request)
+        await api.accounts.logout(request.cookies.get(REFRESH_COOKIE, ""))
+        response = ApiJSONResponse({"loggedOut": True})
+        response.delete_cookie(REFRESH_COOKIE, path=REFRESH_PATH, secure=api.secure_cookies, httponly=True,
+                               samesite="strict")
+        return response
+
+    @endpoint
+    async def me(request: Request) -> Response:
+        p = principal_of(request)
+        user = await api.accounts.store.get_user(p.subject)
+        if user is None:
+            raise NotFound("user", p.subject)
+        return ApiJSONResponse({"userId": user.user_id, "email": user.email, "name": user.name, "role": user.role,
+                                "orgId": user.org_id})
+
+    # -- users and API keys -------------------------------------------------------------------------------------
+
+    @endpoint
+    async def create_user(request: Request) -> Response:
+        f = Fields(await body_of(request), allowed=("email", "role", "name", "password"))
+        f.done()
+        d = f.data
+        user = await api.accounts.create_user(principal_of(request).org_id, d.get("email"), d.get("role"),
+                                              d.get("name"), d.get("password"))
+        return ApiJSONResponse({"userId": user.user_id}, status_code=201)
+
+    @endpoint
+    async def list_users(request: Request) -> Response:
+        users = await api.accounts.store.list_users(principal_of(request).org_id)
+        return ApiJSONResponse({"items": [{"userId": u.user_id, "email": u.email, "name": u.name, "role": u.role,
+                                           "createdAt": _iso_seconds(u.created_at), "disabled": u.disabled}
+                                          for u in users]})
+
+    @endpoint
+    async def disable_user(request: Request) -> Response:
+        user_id = request.path_params["user_id"]
+        await api.accounts.disable_user(principal_of(request).org_id, user_id)
+        return ApiJSONResponse({"userId": user_id, "disabled": True})
+
+    @endpoint
+    async def create_api_key(request: Request) -> Response:
+        f = Fields(await body_of(request), allowed=("name", "scopes"))
+        f.done()
+        p = principal_of(request)
+        key, secret = await api.accounts.create_api_key(p.org_id, f.data.get("name"), f.data.get("scopes"),
+                                                        created_by(p))
+        return ApiJSONResponse({"keyId": key.key_id, "key": secret, "name": key.name, "scopes": key.scopes},
+                               status_code=201, headers={"Cache-Control": "no-store"})
+
+    @endpoint
+    async def list_api_keys(request: Request) -> Response:
+        keys = await api.accounts.store.list_api_keys(principal_of(request).org_id)
+        return ApiJSONResponse({"items": [{"keyId": k.key_id, "name": k.name, "scopes": k.scopes,
+                                           "createdAt": _iso_seconds(k.created_at),
+                                           "lastUsedAt": _iso_seconds(k.last_used_at), "revoked": k.revoked}
+                                          for k in keys]})
+
+    @endpoint
+    async def revoke_api_key(request: Request) -> Response:
+        key_id = request.path_params["key_id"]
+        await api.accounts.revoke_api_key(principal_of(request).org_id, key_id)
+        return ApiJSONResponse({"keyId": key_id, "revoked": True})
+
+    @endpoint
+    async def read_audit(request: Request) -> Response:
+        f = Fields(params(request), allowed=("actor", "resource", "from", "to", "cursor", "limit"))
+        start = f.time("from", required=False) if f.data.get("from") else None
+        end = f.time("to", required=False) if f.data.get("to") else None
+        limit = 50
+        if f.data.get("limit"):
+            try:
+                limit = int(f.data["limit"])
+                if not 1 <= limit <= 200:
+                    raise ValueError
+            except ValueError:
+                f.error("limit", "expected an integer from 1 to 200")
+        f.done()
+        if api.audit.sink is None:
+            raise Unavailable("the audit trail is not configured")
+        items, cursor = await api.audit.sink.query(
+            org_id=principal_of(request).org_id, actor=f.data.get("actor") or None,
+            resource=f.data.get("resource") or None, start=start, end=end, cursor=f.data.get("cursor") or None,
+            limit=limit)
+        return ApiJSONResponse({"items": items, "nextCursor": cursor})
 
     # -- interviews ---------------------------------------------------------------------------------------------
 
     @endpoint
     async def create_interview(request: Request) -> Response:
-        doc = await service.create_interview(CreateInterview.parse(await body_of(request)))
+        p = principal_of(request)
+        cmd = CreateInterview.parse(await body_of(request))
+        doc = await service.create_interview(cmd, created_by(p), org_id=p.org_id)
         return ApiJSONResponse(doc, status_code=201, headers={"Location": f"/api/interviews/{doc['interviewId']}"})
 
     @endpoint
     async def list_interviews(request: Request) -> Response:
-        return ApiJSONResponse(await service.list_interviews(InterviewQuery.parse(params(request))))
+        p = principal_of(request)
+        query = InterviewQuery.parse(params(request))
+        query = dataclasses.replace(query, org_id=p.org_id,
+                                    interviewer=p.subject if p.kind == "user" and p.role == INTERVIEWER else None)
+        return ApiJSONResponse(await service.list_interviews(query))
 
     @endpoint
     async def get_interview(request: Request) -> Response:
         return ApiJSONResponse(await service.get_interview(request.path_params["interview_id"]))
 
-    def transition(action: str) -> Handler:
-        allowed = ("expectedVersion", "reason") if action == "cancel" else ("expectedVersion",)
+    def transition(verb: str) -> None:
+        allowed = ("expectedVersion", "reason") if verb == "cancel" else ("expectedVersion",)
 
         async def move(request: Request) -> Response:
             f = Fields(await body_of(request, required=False), allowed=allowed)
@@ -226,20 +454,22 @@ def api_routes(service: InterviewService, admin_key: str, *, analysis: AnalysisJ
             reason = f.text("reason", required=False, max_len=500, default="")
             f.done()
             iid = request.path_params["interview_id"]
-            if action == "start":
+            if verb == "start":
                 doc = await service.start_interview(iid, version)
-            elif action == "complete":
+            elif verb == "complete":
                 doc = await service.complete_interview(iid, version)
                 await _request_analysis(jobs, iid)
             else:
                 doc = await service.cancel_interview(iid, reason, version)
+                # every join token of a cancelled interview ends, and with them the live sessions
+                await api.signer.revocations.revoke(iid, None, api.signer.expiry_bound())
             return ApiJSONResponse(doc)
 
-        move.__name__ = f"{action}_interview"
-        return endpoint(move)
+        move.__name__ = f"{verb}_interview"
+        endpoint(move)
 
-    for action in ("start", "complete", "cancel"):
-        transition(action)
+    for verb in ("start", "complete", "cancel"):
+        transition(verb)
 
     @endpoint
     async def add_question(request: Request) -> Response:
@@ -285,67 +515,33 @@ def api_routes(service: InterviewService, admin_key: str, *, analysis: AnalysisJ
         # the answer is about what was recorded: complete, whatever a scorecard job is doing meanwhile
         return ApiJSONResponse({**await jobs.view(iid, legacy), "status": legacy["status"]})
 
-    # -- candidates ---------------------------------------------------------------------------------------------
+    # -- join tokens --------------------------------------------------------------------------------------------
 
-    @endpoint
-    async def create_candidate(request: Request) -> Response:
-        doc = await service.create_candidate(CreateCandidate.parse(await body_of(request)))
-        return ApiJSONResponse(doc, status_code=201, headers={"Location": f"/api/candidates/{doc['candidateId']}"})
-
-    @endpoint
-    async def list_candidates(request: Request) -> Response:
-        return ApiJSONResponse(await service.list_candidates(CandidateQuery.parse(params(request))))
-
-    @endpoint
-    async def get_candidate(request: Request) -> Response:
-        return ApiJSONResponse(await service.get_candidate(request.path_params["candidate_id"]))
-
-    @endpoint
-    async def update_candidate(request: Request) -> Response:
-        cmd = UpdateCandidate.parse(await body_of(request))
-        return ApiJSONResponse(await service.update_candidate(request.path_params["candidate_id"], cmd))
-
-    spec = openapi_document(OPERATIONS)
-
-    async def openapi(request: Request) -> Response:
-        return JSONResponse(spec)
-
-    return [*(_route(op, handlers[op.name]) for op in OPERATIONS if op is not ISSUE_TOKEN),
-            Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False)]
-
-
-async def _request_analysis(jobs: AnalysisJobs, interview_id: str) -> None:
-    """Start the analysis of an interview that just completed. Its failure is logged, never the completion's."""
-    try:
-        await jobs.request(interview_id, "completed")
-    except Exception:  # noqa: BLE001 - the interview is completed either way; POST .../analysis/run retries
-        log.exception("analysis of interview %s could not be requested", interview_id)
-
-
-def token_route(signer: TokenSigner, service: InterviewService, admin_key: str, metrics: Metrics, *,
-                public_url: str | None = None, max_body_bytes: int = MAX_TOKEN_REQUEST_BYTES,
-                audit: AuditLog | None = None) -> Route:
-    """`POST /api/interviews/{id}/tokens` (admin key): issues a join token for one participant.
-
-    Body `{"role": "candidate"|"interviewer"|"observer", "name": "..."}` (name defaults to the role).
-    A join token in place of the admin key is a 403; refusals are counted in `errors_total`.
-    """
-
-    def authorize(request: Request) -> None:
-        try:
-            require_admin(request, admin_key)
-            return
-        except HttpError as unauthorized:
-            try:
-                claims = signer.verify(bearer_token(request.headers.get("authorization")))
-            except InvalidToken:
-                raise unauthorized from None
-        # A valid join token is an authenticated caller with the wrong role for this endpoint.
-        raise HttpError(403, "forbidden", f"a {claims.role} join token cannot issue tokens")
-
-    async def issue_token(request: Request) -> Response:
+    async def mint(request: Request, role: str, name: str, participant_id: str | None = None) -> Response:
+        p = principal_of(request)
+        retry = await api.limits.hit("token_mint", f"{p.kind}:{p.subject}")
+        if retry is not None:
+            raise HttpError(429, "too_many_requests", "too many join tokens minted; retry later",
+                            {"Retry-After": str(int(retry))})
         interview_id = request.path_params["interview_id"]
-        data = await read_json(request, max_body_bytes)
+        status = (await service.get_interview(interview_id, with_segments=False))["status"]
+        if status in (COMPLETED, CANCELLED):
+            raise Conflict(f"interview {interview_id} is {status}", code="interview_closed")
+        token, claims = api.signer.issue(interview_id, role, name, participant_id=participant_id, org_id=p.org_id)
+        base = (api.public_url or str(request.base_url)).rstrip("/")
+        page = "candidate" if claims.role == "candidate" else "interviewer"
+        expires = datetime.fromtimestamp(claims.expires_at, tz=UTC)
+        request.state.audit_detail = {"participantId": claims.participant_id, "role": claims.role,
+                                      "tokenId": claims.token_id}
+        log.info("join token issued: interview=%s participant=%s role=%s", interview_id, claims.participant_id,
+                 claims.role)
+        return ApiJSONResponse({"token": token, "joinUrl": f"{base}/{page}?token={token}", "expiresAt": expires,
+                                "participantId": claims.participant_id, "role": claims.role, "name": claims.name},
+                               status_code=201, headers={"Cache-Control": "no-store"})
+
+    @endpoint
+    async def issue_token(request: Request) -> Response:
+        data = await body_of(request, max_bytes=MAX_TOKEN_REQUEST_BYTES)
         if not isinstance(data, dict):
             raise ValidationError({"body": "expected a JSON object with role and name"})
         problems: dict[str, str] = {}
@@ -362,18 +558,61 @@ def token_route(signer: TokenSigner, service: InterviewService, admin_key: str, 
             problems[key] = "unknown field"
         if problems:
             raise ValidationError(problems)
-        status = (await service.get_interview(interview_id, with_segments=False))["status"]
-        if status in (COMPLETED, CANCELLED):
-            raise Conflict(f"interview {interview_id} is {status}", code="interview_closed")
-        token, claims = signer.issue(interview_id, role, name)
-        base = (public_url or str(request.base_url)).rstrip("/")
-        page = "candidate" if claims.role == "candidate" else "interviewer"
-        expires = datetime.fromtimestamp(claims.expires_at, tz=UTC).isoformat().replace("+00:00", "Z")
-        log.info("join token issued: interview=%s participant=%s role=%s", interview_id, claims.participant_id,
-                 claims.role)
-        return ApiJSONResponse({"token": token, "joinUrl": f"{base}/{page}?token={token}", "expiresAt": expires,
-                                "participantId": claims.participant_id, "role": claims.role, "name": claims.name},
-                               status_code=201)
+        return await mint(request, role, name)
 
-    return _route(ISSUE_TOKEN, _endpoint(issue_token, authorize,
-                                         lambda response: metrics.error(error_kind(response.status_code)), audit))
+    @endpoint
+    async def join_interview(request: Request) -> Response:
+        p = principal_of(request)
+        user = await api.accounts.store.get_user(p.subject)
+        if user is None or user.disabled:
+            raise HttpError(401, "invalid_token", "the account is disabled", {"WWW-Authenticate": "Bearer"})
+        # One participant id per user and interview: joining again resumes the same stream.
+        return await mint(request, "interviewer", user.name, participant_id="u_" + user.user_id[:60])
+
+    @endpoint
+    async def revoke_token(request: Request) -> Response:
+        iid, token_id = request.path_params["interview_id"], request.path_params["token_id"]
+        if not 1 <= len(token_id) <= 64:
+            raise NotFound("token", token_id)
+        await api.signer.revocations.revoke(iid, token_id, api.signer.expiry_bound())
+        log.info("join token %s of interview %s revoked", token_id, iid)
+        return ApiJSONResponse({"interviewId": iid, "tokenId": token_id, "revoked": True})
+
+    # -- candidates ---------------------------------------------------------------------------------------------
+
+    @endpoint
+    async def create_candidate(request: Request) -> Response:
+        p = principal_of(request)
+        doc = await service.create_candidate(CreateCandidate.parse(await body_of(request)), created_by(p),
+                                             org_id=p.org_id)
+        return ApiJSONResponse(doc, status_code=201, headers={"Location": f"/api/candidates/{doc['candidateId']}"})
+
+    @endpoint
+    async def list_candidates(request: Request) -> Response:
+        query = dataclasses.replace(CandidateQuery.parse(params(request)), org_id=principal_of(request).org_id)
+        return ApiJSONResponse(await service.list_candidates(query))
+
+    @endpoint
+    async def get_candidate(request: Request) -> Response:
+        return ApiJSONResponse(await service.get_candidate(request.path_params["candidate_id"]))
+
+    @endpoint
+    async def update_candidate(request: Request) -> Response:
+        cmd = UpdateCandidate.parse(await body_of(request))
+        return ApiJSONResponse(await service.update_candidate(request.path_params["candidate_id"], cmd))
+
+    spec = openapi_document(OPERATIONS)
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(spec)
+
+    return [*(Route(op.path, _endpoint(api, op, handlers[op.name]), methods=[op.method]) for op in OPERATIONS),
+            Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False)]
+
+
+async def _request_analysis(jobs: AnalysisJobs, interview_id: str) -> None:
+    """Start the analysis of an interview that just completed. Its failure is logged, never the completion's."""
+    try:
+        await jobs.request(interview_id, "completed")
+    except Exception:  # noqa: BLE001 - the interview is completed either way; POST .../analysis/run retries
+        log.exception("analysis of interview %s could not be requested", interview_id)

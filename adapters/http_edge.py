@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from domain.access import Principal
 from domain.model import Conflict, DomainError, NotFound, Unavailable, ValidationError
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB
@@ -27,7 +30,7 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
 
 # The `errors_total{kind}` label of a refusal, by status (adapters.metrics).
 _ERROR_KINDS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "bad_request",
-                413: "too_large", 415: "bad_request", 422: "bad_request"}
+                413: "too_large", 415: "bad_request", 422: "bad_request", 429: "rate_limited", 503: "unavailable"}
 
 
 class HttpError(Exception):
@@ -125,3 +128,40 @@ async def read_json(request: Request, max_bytes: int = MAX_BODY_BYTES, *, requir
         raise ValidationError({"body": "invalid JSON: not UTF-8"}) from None
     except json.JSONDecodeError as exc:
         raise ValidationError({"body": f"invalid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"}) from None
+
+
+# ---- the audit trail's call site -------------------------------------------------------------------------------
+
+
+class AuditSink(Protocol):
+    """The audit trail (adapters.audit.AuditLog): `record` is synchronous and never blocks; `query` pages."""
+
+    def record(self, entry: Any) -> None: ...
+
+    async def query(self, *, org_id: str, actor: str | None = None, resource: str | None = None,
+                    start: datetime | None = None, end: datetime | None = None, cursor: str | None = None,
+                    limit: int = 50) -> tuple[list[dict[str, Any]], str | None]: ...
+
+
+class Audit:
+    """Where every route records what it did: `request(...)` builds one entry (`entry_type`, the trail's
+    `AuditEntry`) from the request and the principal and hands it to `sink`. Without a sink nothing is recorded."""
+
+    def __init__(self, sink: AuditSink | None = None, entry_type: Callable[..., Any] | None = None) -> None:
+        self.sink = sink
+        self.entry_type = entry_type
+
+    @property
+    def enabled(self) -> bool:
+        return self.sink is not None and self.entry_type is not None
+
+    def request(self, request: Request, principal: Principal, action: str, resource_type: str, resource_id: str,
+                outcome: str, detail: dict[str, Any] | None = None) -> None:
+        """Records `principal` taking `action` on a resource with `outcome` (allowed | denied | failed | ok)."""
+        if self.sink is None or self.entry_type is None:
+            return
+        client = request.client.host if request.client else ""
+        self.sink.record(self.entry_type(
+            actor_type=principal.kind, actor_id=principal.subject, role=principal.role, org_id=principal.org_id,
+            action=action, resource_type=resource_type, resource_id=resource_id, outcome=outcome, address=client,
+            user_agent=request.headers.get("user-agent", "")[:300], at=datetime.now(UTC), detail=detail))

@@ -53,6 +53,7 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from adapters.outbox import OutboxRecord
+from domain.access import DEFAULT_ORG
 from domain.commands import CandidateQuery, Cursor, InterviewQuery
 from domain.events import DomainEvent, SegmentRevised, SegmentTranscribed, StoredSegment
 from domain.model import Candidate, Conflict, Interview, NotFound, Unavailable
@@ -192,9 +193,17 @@ class MongoStore:
             unique=True)
         await self.revisions.create_index([("published", ASCENDING), ("recordedAt", ASCENDING)])
         await self.revisions.create_index([("eventId", ASCENDING)])
-        await self.candidates.create_index([("email", ASCENDING)], unique=True)
+        # Emails are unique within an organisation (a clash across organisations would reveal the other's candidate).
+        with contextlib.suppress(PyMongoError):
+            await self.candidates.drop_index("email_1")
+        await self.candidates.create_index([("orgId", ASCENDING), ("email", ASCENDING)], unique=True)
+        await self.interviews.create_index([("orgId", ASCENDING), ("listKey", ASCENDING)])
         await self.candidates.create_index([("listKey", ASCENDING)])
         await self.events.create_index([("interviewId", ASCENDING), ("occurredAt", ASCENDING)])
+        # Documents stored before organisations existed belong to the default one (a string `$set` is safe on
+        # nx-27017; only dates are not).
+        for collection in (self.interviews, self.candidates):
+            await collection.update_many({"orgId": {"$exists": False}}, {"$set": {"orgId": DEFAULT_ORG}})
 
     async def close(self) -> None:
         self.client.close()
@@ -267,7 +276,9 @@ class MongoStore:
 
     @_translated
     async def find_interviews(self, query: InterviewQuery, limit: int) -> list[Interview]:
-        filt: dict[str, Any] = {}
+        filt: dict[str, Any] = {"orgId": query.org_id}
+        if query.interviewer:
+            filt["interviewers"] = query.interviewer
         if query.status:
             filt["status"] = query.status
         if query.candidate_id:
@@ -364,7 +375,7 @@ class MongoStore:
 
     @_translated
     async def find_candidates(self, query: CandidateQuery, limit: int) -> list[Candidate]:
-        cursor = self.candidates.find(_key_range(query.after))
+        cursor = self.candidates.find({"orgId": query.org_id, **_key_range(query.after)})
         docs = await cursor.sort("listKey", ASCENDING).limit(limit).to_list(None)
         return [Candidate.from_document(d) for d in docs]
 

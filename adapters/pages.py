@@ -16,10 +16,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adapters.http_edge import HttpError
 from adapters.metrics import Metrics
@@ -42,6 +44,28 @@ PAGE_HEADERS = {
 VerifyToken = Callable[[str], JoinClaims]
 # Whether the service can take traffic now, and the checks that say so (shown as they are).
 Readiness = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
+
+
+HSTS = "max-age=31536000"
+
+
+class HstsMiddleware:
+    """Adds Strict-Transport-Security to every response (installed when the server itself serves HTTPS)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_hsts(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).append("Strict-Transport-Security", HSTS)
+            await send(message)
+
+        await self.app(scope, receive, send_with_hsts)
 
 
 def page_routes(verify: VerifyToken, static_dir: Path = STATIC_DIR) -> list[BaseRoute]:

@@ -1,36 +1,48 @@
-"""Signed, expiring join tokens for interview rooms.
+"""Join tokens for interview rooms: signed, expiring, revocable JWTs (HS256, PyJWT).
 
-Format (the browser pages decode the payload part to show name and role, so it is a wire contract)::
+Wire form (the browser pages decode the payload part to show name and role, so it is a contract)::
 
-    base64url(JSON {"iid", "pid", "role", "name", "exp"}) + "." + base64url(HMAC-SHA256(secret, first part))
+    header {"alg": "HS256", "typ": "JWT", "kid": "join"} . payload {"iid", "pid", "role", "name", "exp", "iat",
+    "jti", "org", "aud": "join"} . signature
 
-No padding in either part. `exp` is unix seconds. The signature covers the encoded payload bytes exactly as
-sent, so a verifier never re-serialises JSON. Verification is constant-time on the signature and rejects
-anything it did not issue with `InvalidToken` carrying a short, loggable reason (never the token itself).
+The key is TOKEN_SECRET, not the access-token key ring, and `aud` is "join": an access token is never a join token
+and a join token never an access token. Expiry is checked against the signer's own clock (tests pass one).
+Verification rejects anything it did not issue, and any token `Revocations` holds, with `InvalidToken` carrying a
+short loggable reason (never the token itself).
+
+`Revocations` is the revocation list: a join token (by interview and `jti`) or every token of an interview
+(cancelled), persisted by the accounts store, cached in memory, reloaded every few seconds (so a revocation
+written by another process takes effect here too), and announced to listeners (the WHIP ingest closes the live
+session of a revoked token).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
-import json
+import asyncio
+import contextlib
+import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+import jwt
+
+from domain.access import DEFAULT_ORG
 from domain.events import ROLES, Speaker
+
+log = logging.getLogger(__name__)
 
 MAX_NAME_LEN = 100
 MAX_TOKEN_LEN = 4096
 _MIN_SECRET_BYTES = 16
+JOIN_AUDIENCE = "join"
+JOIN_KID = "join"
 
 
 class InvalidToken(Exception):
-    """The bearer token is missing, malformed, forged or expired. `reason` is safe to log and return."""
+    """The bearer token is missing, malformed, forged, expired or revoked. `reason` is safe to log and return."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -44,6 +56,8 @@ class JoinClaims:
     role: str
     name: str
     expires_at: int  # unix seconds
+    token_id: str = ""  # jti
+    org_id: str = DEFAULT_ORG
 
     @property
     def speaker(self) -> Speaker:
@@ -51,20 +65,7 @@ class JoinClaims:
 
     def to_payload(self) -> dict[str, Any]:
         return {"iid": self.interview_id, "pid": self.participant_id, "role": self.role, "name": self.name,
-                "exp": self.expires_at}
-
-
-def _b64encode(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _b64decode(text: str) -> bytes:
-    if not text or any(c not in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_" for c in text):
-        raise InvalidToken("malformed token")
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidToken("malformed token") from exc
+                "exp": self.expires_at, "jti": self.token_id, "org": self.org_id}
 
 
 def validate_name(name: object) -> str:
@@ -87,10 +88,88 @@ def validate_role(role: object) -> str:
     return str(role)
 
 
+class RevocationStore(Protocol):
+    """Where revocations persist (adapters.accounts_store.AccountsStore)."""
+
+    async def add_revocation(self, interview_id: str, token_id: str | None, until: float) -> None: ...
+
+    async def list_revocations(self, now: float) -> list[tuple[str, str | None]]: ...
+
+
+# Called with (interview_id, token_id or None for the whole interview) when a revocation becomes known.
+RevocationListener = Callable[[str, str | None], Awaitable[None]]
+
+
+class Revocations:
+    """Revoked join tokens: (interview, jti) pairs and whole interviews, persisted in `store` (None: memory only)."""
+
+    def __init__(self, store: RevocationStore | None = None, *, refresh_s: float = 3.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.refresh_s = refresh_s
+        self._clock = clock
+        self._tokens: set[tuple[str, str]] = set()
+        self._interviews: set[str] = set()
+        self.listeners: list[RevocationListener] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def is_revoked(self, claims: JoinClaims) -> bool:
+        return claims.interview_id in self._interviews or (claims.interview_id, claims.token_id) in self._tokens
+
+    async def revoke(self, interview_id: str, token_id: str | None, until: float) -> None:
+        """Revoke one token (`token_id`) or every token of an interview (None) until `until` (unix seconds: the
+        latest expiry such a token can have). Persisted first, then announced."""
+        if self.store is not None:
+            await self.store.add_revocation(interview_id, token_id, until)
+        self._add(interview_id, token_id)
+        await self._announce(interview_id, token_id)
+
+    def _add(self, interview_id: str, token_id: str | None) -> bool:
+        key: Any = interview_id if token_id is None else (interview_id, token_id)
+        known = self._interviews if token_id is None else self._tokens
+        if key in known:
+            return False
+        known.add(key)
+        return True
+
+    async def _announce(self, interview_id: str, token_id: str | None) -> None:
+        for listener in list(self.listeners):
+            try:
+                await listener(interview_id, token_id)
+            except Exception:
+                log.exception("revocation listener failed")
+
+    async def load(self) -> None:
+        """Reads the persisted list; announces what is new (revoked elsewhere)."""
+        if self.store is None:
+            return
+        for interview_id, token_id in await self.store.list_revocations(self._clock()):
+            if self._add(interview_id, token_id):
+                await self._announce(interview_id, token_id)
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            try:
+                await self.load()
+            except Exception as exc:  # the store may be down; the cached list still holds
+                log.warning("cannot reload the join token revocation list: %s", exc)
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 class TokenSigner:
     """Issues and verifies join tokens with one HMAC secret. `clock` returns unix seconds (tests pass their own)."""
 
-    def __init__(self, secret: bytes, *, ttl_s: int = 4 * 3600, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, secret: bytes, *, ttl_s: int = 4 * 3600, clock: Callable[[], float] = time.time,
+                 revocations: Revocations | None = None) -> None:
         if len(secret) < _MIN_SECRET_BYTES:
             raise ValueError(f"token secret must be at least {_MIN_SECRET_BYTES} bytes")
         if ttl_s <= 0:
@@ -98,43 +177,44 @@ class TokenSigner:
         self._secret = secret
         self.ttl_s = int(ttl_s)
         self._clock = clock
+        self.revocations = revocations or Revocations()
 
-    def _sign(self, encoded_payload: str) -> str:
-        return _b64encode(hmac.new(self._secret, encoded_payload.encode("ascii"), hashlib.sha256).digest())
+    def expiry_bound(self) -> float:
+        """The latest expiry a token issued until now can have: how long a revocation must be kept."""
+        return self._clock() + self.ttl_s + 60
 
     def issue(self, interview_id: str, role: str, name: str, *, participant_id: str | None = None,
-              ttl_s: int | None = None) -> tuple[str, JoinClaims]:
+              ttl_s: int | None = None, org_id: str = DEFAULT_ORG) -> tuple[str, JoinClaims]:
         if not interview_id:
             raise ValueError("interview id must not be empty")
+        now = int(self._clock())
         claims = JoinClaims(
             interview_id=interview_id,
             participant_id=participant_id or "p_" + secrets.token_urlsafe(9),
             role=validate_role(role),
             name=validate_name(name),
-            expires_at=int(self._clock()) + int(ttl_s if ttl_s is not None else self.ttl_s),
+            expires_at=now + int(ttl_s if ttl_s is not None else self.ttl_s),
+            token_id=secrets.token_urlsafe(12),
+            org_id=org_id,
         )
-        raw = json.dumps(claims.to_payload(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        encoded = _b64encode(raw)
-        return f"{encoded}.{self._sign(encoded)}", claims
+        payload = {**claims.to_payload(), "iat": now, "aud": JOIN_AUDIENCE}
+        return jwt.encode(payload, self._secret, algorithm="HS256", headers={"kid": JOIN_KID}), claims
 
     def verify(self, token: str, *, allow_expired: bool = False) -> JoinClaims:
-        """The claims of a token this signer issued. `allow_expired` serves leaving, never joining."""
+        """The claims of a token this signer issued and nobody revoked. `allow_expired` serves leaving, never
+        joining (and lets a revoked token leave too)."""
         if not token:
             raise InvalidToken("missing token")
-        if len(token) > MAX_TOKEN_LEN:
+        if len(token) > MAX_TOKEN_LEN or token.count(".") != 2:
             raise InvalidToken("malformed token")
-        encoded, sep, signature = token.partition(".")
-        if not sep or "." in signature:
-            raise InvalidToken("malformed token")
-        _b64decode(signature)  # shape check only; the comparison below is on the encoded text
-        if not hmac.compare_digest(self._sign(encoded), signature):
-            raise InvalidToken("bad signature")
         try:
-            payload = json.loads(_b64decode(encoded))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidToken("malformed token") from exc
-        if not isinstance(payload, dict):
-            raise InvalidToken("malformed token")
+            payload = jwt.decode(token, self._secret, algorithms=["HS256"], audience=JOIN_AUDIENCE,
+                                 options={"verify_exp": False, "verify_iat": False,
+                                          "require": ["exp", "jti", "iid", "pid", "role", "name"]})
+        except jwt.InvalidSignatureError:
+            raise InvalidToken("bad signature") from None
+        except jwt.PyJWTError:
+            raise InvalidToken("malformed token") from None
         try:
             claims = JoinClaims(
                 interview_id=_text(payload, "iid"),
@@ -142,11 +222,17 @@ class TokenSigner:
                 role=validate_role(payload.get("role")),
                 name=validate_name(payload.get("name")),
                 expires_at=_int(payload, "exp"),
+                token_id=_text(payload, "jti"),
+                org_id=_text(payload, "org") if "org" in payload else DEFAULT_ORG,
             )
         except ValueError as exc:
             raise InvalidToken("malformed token") from exc
-        if not allow_expired and claims.expires_at <= self._clock():
+        if allow_expired:
+            return claims
+        if claims.expires_at <= self._clock():
             raise InvalidToken("token expired")
+        if self.revocations.is_revoked(claims):
+            raise InvalidToken("token revoked")
         return claims
 
 

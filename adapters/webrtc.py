@@ -47,13 +47,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from adapters.audit import DEFAULT_ORG, AuditEntry, AuditLog, outcome_of, request_entry
 from adapters.call import RELAY_SLOTS, ROLES_IN_CALL, CallHub, CallMember, RelayTrack
-from adapters.http_edge import HttpError, error_kind, error_response, read_body
+from adapters.http_edge import Audit, HttpError, error_kind, error_response, read_body
 from adapters.metrics import Metrics
+from adapters.rate_limits import RateLimits
 from adapters.rooms import Participant, RoomRegistry
 from adapters.rtp_audio import decode_inline
 from adapters.tokens import InvalidToken, JoinClaims, TokenSigner, bearer_token
+from domain.access import ANONYMOUS, Action, Decision, Principal, Resource, authorize
 from domain.events import ErrorEvent
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,10 @@ class WhipIngest:
         track_timeout_s: float = 1.0,
         dead_track_s: float = 10.0,
         connect_timeout_s: float = 30.0,
-        audit: AuditLog | None = None,
+        audit: Audit | None = None,
+        limits: RateLimits | None = None,
+        max_peer_connections: int = 200,
+        max_rooms_per_org: int = 50,
         call: CallHub | None = None,
     ) -> None:
         self.call = call
@@ -179,9 +183,13 @@ class WhipIngest:
         self.track_timeout_s = track_timeout_s
         self.dead_track_s = dead_track_s
         self.connect_timeout_s = connect_timeout_s
-        self.audit = audit
         self.sessions: dict[str, WhipSession] = {}
         self._closing = False
+        self.audit = audit or Audit()
+        self.limits = limits
+        self.max_peer_connections = max_peer_connections
+        self.max_rooms_per_org = max_rooms_per_org
+        signer.revocations.listeners.append(self.on_revoked)
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -208,49 +216,59 @@ class WhipIngest:
 
     async def post(self, request: Request) -> Response:
         started = time.perf_counter()
+        request.state.principal = ANONYMOUS
         try:
             response = await self._post(request)
         except HttpError as err:
-            self._audit(request, "whip.join", err.status, {"status": err.status, "code": err.code})
+            self._audit(request, "whip_join", "denied" if err.status in (401, 403) else "failed")
             return self._refuse(request, err)
+        self._audit(request, "whip_join", "ok")
         self.metrics.join_seconds.observe(time.perf_counter() - started)
-        self._audit(request, "whip.join", response.status_code, {"status": response.status_code})
         return response
 
+    def _audit(self, request: Request, action: str, outcome: str) -> None:
+        self.audit.request(request, request.state.principal, action, "interview",
+                           request.path_params.get("interview_id", ""), outcome)
+
+    def _authorize(self, request: Request, claims: JoinClaims, action: Action) -> None:
+        """The policy, as for every route: a join token acts only on its own interview's room."""
+        principal = request.state.principal = Principal.participant(
+            claims.participant_id, claims.org_id, claims.role, claims.interview_id, claims.token_id)
+        decision = authorize(principal, action, Resource(interview_id=request.path_params["interview_id"]))
+        if decision is not Decision.ALLOW:
+            raise HttpError(403, "wrong_interview", "the token is for another interview")
+
+    async def on_revoked(self, interview_id: str, token_id: str | None) -> None:
+        """A join token (or every token of an interview) was revoked: its live sessions end now."""
+        for session in list(self.sessions.values()):
+            c = session.claims
+            if c.interview_id == interview_id and token_id in (None, c.token_id):
+                log.info("WHIP session %s: its join token was revoked; closing it", session.id)
+                participant = session.participant
+                await self._close_session(session)
+                if participant is not None:
+                    await self.registry.leave(participant, session.id)
+
     async def delete(self, request: Request) -> Response:
+        request.state.principal = ANONYMOUS
         try:
             claims = self._claims(request, allow_expired=True)
+            self._authorize(request, claims, Action.WHIP_LEAVE)
             session = self.sessions.get(request.path_params["session_id"])
             if session is None or session.claims.interview_id != request.path_params["interview_id"]:
                 raise HttpError(404, "unknown_session", "no such WHIP session")
             if session.claims.participant_id != claims.participant_id:
                 raise HttpError(403, "not_your_session", "this session belongs to another participant")
         except HttpError as err:
-            self._audit(request, "whip.leave", err.status, {"status": err.status, "code": err.code})
+            self._audit(request, "whip_leave", "denied" if err.status in (401, 403) else "failed")
             return self._refuse(request, err)
         participant = session.participant
         await self._close_session(session)
         if participant is not None:
             await self.registry.leave(participant, session.id)
+        self._audit(request, "whip_leave", "ok")
         log.info("WHIP session %s deleted by %s", session.id, claims.participant_id)
-        self._audit(request, "whip.leave", 200, {"status": 200, "reason": "delete"})
         return Response(status_code=200)
-
-    def _audit(self, request: Request, action: str, status: int, detail: dict[str, Any]) -> None:
-        """Records a join or leave: the participant and role of the token (even expired), else anonymous."""
-        if self.audit is None:
-            return
-        try:
-            claims = self.signer.verify(bearer_token(request.headers.get("authorization")), allow_expired=True)
-        except InvalidToken:
-            self.audit.record(request_entry(request, action=action, outcome=outcome_of(status), detail=detail,
-                                            resource_type="interview",
-                                            resource_id=str(request.path_params.get("interview_id", ""))))
-            return
-        self.audit.record(request_entry(
-            request, action=action, outcome=outcome_of(status), actor_type="participant",
-            actor_id=claims.participant_id, role=claims.role, resource_type="interview",
-            resource_id=str(request.path_params.get("interview_id", "")), detail=detail))
 
     def _refuse(self, request: Request, err: HttpError) -> Response:
         self.metrics.error(error_kind(err.status))
@@ -261,15 +279,18 @@ class WhipIngest:
             token = bearer_token(request.headers.get("authorization"))
             return self.signer.verify(token, allow_expired=allow_expired)
         except InvalidToken as exc:
-            raise HttpError(401, "invalid_token", exc.reason, {"WWW-Authenticate": 'Bearer realm="whip"'}) from exc
+            raise HttpError(401, "invalid_token", exc.reason,
+                            {"WWW-Authenticate": 'Bearer realm="whip", error="invalid_token"'}) from exc
 
     async def _post(self, request: Request) -> Response:
         if self._closing:
             raise HttpError(503, "shutting_down", "the service is shutting down")
         interview_id = request.path_params["interview_id"]
         claims = self._claims(request)
-        if claims.interview_id != interview_id:
-            raise HttpError(403, "wrong_interview", "the token is for another interview")
+        self._authorize(request, claims, Action.WHIP_JOIN)
+        if self.limits is not None and (retry := await self.limits.hit("whip_join", claims.token_id)) is not None:
+            raise HttpError(429, "too_many_requests", "too many joins with this token; retry later",
+                            {"Retry-After": str(int(retry))})
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/sdp":
             raise HttpError(415, "unsupported_media_type", "the offer must be sent as application/sdp")
@@ -284,6 +305,7 @@ class WhipIngest:
         except UnicodeDecodeError as exc:
             raise HttpError(400, "malformed_sdp", "the offer is not UTF-8 text") from exc
         offer = check_offer(sdp, claims.role)
+        self._check_capacity(claims)
 
         session = WhipSession(id=secrets.token_urlsafe(12), claims=claims,
                               pc=RTCPeerConnection(RTCConfiguration(iceServers=self.ice_servers)),
@@ -307,6 +329,20 @@ class WhipIngest:
                  "resumed" if replaced else "joined", claims.participant_id, claims.role, interview_id)
         return Response(answer, status_code=201, media_type="application/sdp",
                         headers={"Location": session.location, "ETag": f'"{session.id}"'})
+
+    def _check_capacity(self, claims: JoinClaims) -> None:
+        """503 when this process holds `max_peer_connections`, or the organisation `max_rooms_per_org` live rooms
+        and this would open another. A resume replaces its session, so it always fits."""
+        if self.registry.get(claims.interview_id, claims.participant_id) is not None:
+            return
+        retry = {"Retry-After": "30"}
+        if len(self.sessions) >= self.max_peer_connections:
+            raise HttpError(503, "at_capacity", "this server holds as many connections as it can; retry later",
+                            retry)
+        rooms = {s.claims.interview_id for s in self.sessions.values() if s.claims.org_id == claims.org_id}
+        if claims.interview_id not in rooms and len(rooms) >= self.max_rooms_per_org:
+            raise HttpError(503, "too_many_rooms", f"the organisation already has {len(rooms)} live rooms, its "
+                            "limit; end one or retry later", retry)
 
     # ---- negotiation ---------------------------------------------------------------------------------
     async def _negotiate(self, session: WhipSession, offer: str, parsed: SessionDescription) -> str:
@@ -532,11 +568,11 @@ class WhipIngest:
     async def _drop_session(self, session: WhipSession) -> None:
         """The connection is gone without a DELETE: close it and let the participant wait for a resume."""
         participant = session.participant
-        if self.audit is not None and not session.closed:
+        if self.audit.sink is not None and self.audit.entry_type is not None and not session.closed:
             c = session.claims
-            self.audit.record(AuditEntry(
-                actor_type="participant", actor_id=c.participant_id, role=c.role, org_id=DEFAULT_ORG,
-                action="whip.leave", resource_type="interview", resource_id=c.interview_id, outcome="ok",
+            self.audit.sink.record(self.audit.entry_type(
+                actor_type="participant", actor_id=c.participant_id, role=c.role, org_id=c.org_id,
+                action="whip_leave", resource_type="interview", resource_id=c.interview_id, outcome="ok",
                 address=session.address, user_agent=session.user_agent, at=datetime.now(UTC),
                 detail={"reason": "connection_lost"}))
         await self._close_session(session)

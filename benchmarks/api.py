@@ -13,6 +13,10 @@ Measures, on one machine with everything on loopback:
 4. **auditing on vs off** (`--audit off,on`): the same API round with and without the audit trail
    (adapters.audit, as `AUDIT=true|false` gives the server), and the audit entries written (counted by the
    writer and in the collection after its final flush) against the requests the load generator made.
+5. **access**: `POST /api/auth/login` p50/p95 with the production argon2id parameters, for a success, a
+   wrong password and an unknown email (the last two must cost the same), and the cost per request of
+   resolving the bearer credential (`Accounts.principal`) for an access token (JWT verification), an `iwk_`
+   API key and `ADMIN_API_KEY`. `--access-only` runs just this section.
 
 Targets (issue 4): segment persist p95 <= 20 ms; API p95 <= 25 ms at 200 req/s; zero lost or duplicated events.
 Issue 12: API p95 with auditing at most 10 % above without; audit entries written == requests made.
@@ -337,11 +341,51 @@ async def _api_round(
     }, sum(1 for r in ok if r[0] in ("create", "start"))
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
-    from starlette.applications import Starlette
+async def _access_phase(store: Any, service: Any, tmp: Path, logins: int, resolves: int) -> dict[str, Any]:
+    """Login latency (production argon2id) and bearer-credential resolution cost; see the module docstring."""
+    import httpx
 
-    from adapters.audit import AuditLog
-    from adapters.http_api import api_routes
+    from adapters.auth import Passwords
+    from testing.api import ADMIN_KEY, api_app
+
+    inproc = await api_app(store, service, tmp / "access", passwords=Passwords())
+    accounts = inproc.accounts
+    password = secrets.token_urlsafe(12)
+    await accounts.create_user("default", "bench@example.com", "hr", "Bench", password)
+    out: dict[str, Any] = {}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=inproc.app), base_url="https://bench") as c:
+        # Wrong password and unknown email must cost the same (no account enumeration by timing).
+        for label, email, pw in (("ok", "bench@example.com", password),
+                                 ("wrong password", "bench@example.com", password + "x"),
+                                 ("unknown email", "nobody@example.com", password)):
+            lat = []
+            for _ in range(logins):
+                t0 = time.perf_counter()
+                r = await c.post("/api/auth/login", json={"email": email, "password": pw})
+                lat.append(time.perf_counter() - t0)
+                assert r.status_code == (200 if label == "ok" else 401), r.text
+            out[f"login {label}"] = {"n": len(lat), "p50": percentile(lat, 50) * 1e3,
+                                     "p95": percentile(lat, 95) * 1e3, "p99": percentile(lat, 99) * 1e3}
+        token = (await c.post("/api/auth/login", json={"email": "bench@example.com", "password": password})
+                 ).json()["accessToken"]
+        key = (await c.post("/api/api-keys", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                            json={"name": "bench", "scopes": ["admin"]})).json()["key"]
+    for label, credential in (("access token (JWT HS256)", token), ("API key (iwk_, cached)", key),
+                              ("ADMIN_API_KEY", ADMIN_KEY)):
+        header = f"Bearer {credential}"
+        await accounts.principal(header)  # warm the key cache and the key ring
+        lat = []
+        for _ in range(resolves):
+            t0 = time.perf_counter()
+            await accounts.principal(header)
+            lat.append(time.perf_counter() - t0)
+        out[f"resolve {label}"] = {"n": len(lat), "p50": percentile(lat, 50) * 1e3,
+                                   "p95": percentile(lat, 95) * 1e3, "p99": percentile(lat, 99) * 1e3}
+    return out
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    from adapters.audit import AuditEntry, AuditLog
     from adapters.mongo import EmbeddedMongo, MongoStore
     from adapters.nats_bus import JetStreamBus
     from adapters.outbox import OutboxRelay
@@ -366,6 +410,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     service = InterviewService(store)
     out: dict[str, Any] = {"mongo": "MONGODB_URL" if embedded is None else "nx-27017 (embedded)"}
     try:
+        log.info("access: %d logins per kind, %d credential resolutions per kind", args.logins, args.resolves)
+        out["access_ms"] = await _access_phase(store, service, tmp, args.logins, args.resolves)
+        if args.access_only:
+            return out
         await service.create_candidate(
             CreateCandidate.parse(
                 {"candidateId": "bench-candidate", "name": "Bench Candidate", "email": "b@example.com"}
@@ -397,7 +445,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             seed_ids.append(doc["interviewId"])
         setup_events = seg_events + 50
 
-        key = secrets.token_urlsafe(24)
+        from testing.api import ADMIN_KEY, api_app
+
+        key = ADMIN_KEY
         out["api"] = {}
         writes_ok = 0
         for http in args.http.split(","):
@@ -407,7 +457,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if audit is not None:
                     await audit.start()
                     before = await audit.entries.count_documents({})
-                app = Starlette(routes=api_routes(service, key, audit=audit))
+                app = (await api_app(store, service, tmp / f"api-{http}-{i}", audit=audit,
+                                     entry_type=AuditEntry)).app
                 log.info("API load with uvicorn+%s, auditing %s: %g req/s for %g s", http, mode, args.rate,
                          args.duration)
                 repeat = modes[:i + 1].count(mode)
@@ -458,8 +509,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _table(out: dict[str, Any]) -> tuple[list[list[Any]], list[str]]:
+    rows: list[list[Any]] = [[name, m["n"], m["p50"], m["p95"], m["p99"], "", ""]
+                             for name, m in out["access_ms"].items()]
+    if "events" not in out:
+        return rows, ["measure", "n", "p50 ms", "p95 ms", "p99 ms", "target", "met"]
     seg, ev = out["segment_persist_ms"], out["events"]
-    rows: list[list[Any]] = [
+    rows += [
         [
             f"segment persist ({out['mongo']})",
             seg["n"],
@@ -574,6 +629,9 @@ def main(argv: list[str] | None = None) -> int:
                         "the n-th on is compared with the n-th off)")
     p.add_argument("--audit-cost-entries", type=int, default=5000, help="entries in the audit write cost phase")
     p.add_argument("--connections", type=int, default=64, help="keep-alive connections of the load generator")
+    p.add_argument("--logins", type=int, default=40, help="logins timed per kind (ok, wrong password, unknown email)")
+    p.add_argument("--resolves", type=int, default=5000, help="credential resolutions timed per kind")
+    p.add_argument("--access-only", action="store_true", help="run only the access section")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--loadgen", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -587,7 +645,8 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.report import environment, format_environment, print_table
 
     env = environment(
-        extra_packages=("starlette", "uvicorn", "h11", "motor", "pymongo", "nx-27017", "nats-py")
+        extra_packages=("starlette", "uvicorn", "h11", "motor", "pymongo", "nx-27017", "nats-py", "argon2-cffi",
+                        "PyJWT")
     )
     out = asyncio.run(run(args))
     print(format_environment(env))
@@ -605,6 +664,8 @@ def main(argv: list[str] | None = None) -> int:
                 indent=2,
             )
         )
+    if args.access_only:
+        return 0
     met = (
         out["segment_persist_ms"]["p95"] <= TARGET_SEGMENT_P95_MS
         and any(a["p95_ms"] <= TARGET_API_P95_MS and a["errors"] == 0 for a in out["api"].values())

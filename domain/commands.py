@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
+from domain.access import DEFAULT_ORG
 from domain.events import DomainEvent, SegmentEvent, SegmentRevised, SegmentTranscribed, StoredSegment, iso
 from domain.model import (
     COMPETENCY_MAX,
@@ -316,6 +317,8 @@ class InterviewQuery:
     scheduled_to: datetime | None = None  # exclusive
     after: Cursor | None = None
     limit: int = DEFAULT_PAGE
+    org_id: str = DEFAULT_ORG  # set by the caller's organisation, never from the query string
+    interviewer: str | None = None  # only interviews this user is assigned to (an interviewer's list)
 
     @classmethod
     def parse(cls, params: dict[str, Any]) -> InterviewQuery:
@@ -338,6 +341,7 @@ class InterviewQuery:
 class CandidateQuery:
     after: Cursor | None = None
     limit: int = DEFAULT_PAGE
+    org_id: str = DEFAULT_ORG
 
     @classmethod
     def parse(cls, params: dict[str, Any]) -> CandidateQuery:
@@ -455,7 +459,8 @@ class InterviewService:
 
     # -- interview commands -----------------------------------------------------------------------------------
 
-    async def create_interview(self, cmd: CreateInterview, created_by: str = "api") -> dict[str, Any]:
+    async def create_interview(self, cmd: CreateInterview, created_by: str = "api",
+                               org_id: str = DEFAULT_ORG) -> dict[str, Any]:
         now = self.clock()
         interview_id = cmd.interview_id or self.new_id()
         questions = [Question(question_id=q.question_id or self.new_id(), text=q.text, category=q.category,
@@ -465,7 +470,8 @@ class InterviewService:
             raise ValidationError({"questions": "question ids must be unique"})
         interview = Interview.schedule(interview_id=interview_id, candidate_id=cmd.candidate_id, job_id=cmd.job_id,
                                        scheduled_at=cmd.scheduled_at, now=now, created_by=created_by, type=cmd.type,
-                                       format=cmd.format, interviewers=cmd.interviewers, questions=questions)
+                                       format=cmd.format, interviewers=cmd.interviewers, questions=questions,
+                                       org_id=org_id)
         await self.store.add_interview(interview, interview.take_events())
         self.on_commit()
         log.info("interview %s scheduled for candidate %s", interview_id, cmd.candidate_id)
@@ -556,10 +562,12 @@ class InterviewService:
 
     # -- candidate commands -----------------------------------------------------------------------------------
 
-    async def create_candidate(self, cmd: CreateCandidate, created_by: str = "api") -> dict[str, Any]:
+    async def create_candidate(self, cmd: CreateCandidate, created_by: str = "api",
+                               org_id: str = DEFAULT_ORG) -> dict[str, Any]:
         now = self.clock()
         candidate = Candidate(candidate_id=cmd.candidate_id or self.new_id(), name=cmd.name, email=cmd.email,
-                              metadata=Metadata(now, now, created_by, 1), phone=cmd.phone, resume=cmd.resume)
+                              metadata=Metadata(now, now, created_by, 1), phone=cmd.phone, resume=cmd.resume,
+                              org_id=org_id)
         await self.store.add_candidate(candidate)
         return candidate.to_document()
 

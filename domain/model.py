@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from domain.access import DEFAULT_ORG
 from domain.events import (
     AnalysisCompleted,
     DomainEvent,
@@ -354,14 +355,17 @@ class Interview:
     transcription_status: str = "pending"  # pending | in_progress | completed
     analysis: Analysis = field(default_factory=Analysis)
     events: list[DomainEvent] = field(default_factory=list)  # recorded, not yet handed to the repository
+    org_id: str = DEFAULT_ORG
 
     @classmethod
     def schedule(cls, *, interview_id: str, candidate_id: str, job_id: str, scheduled_at: datetime, now: datetime,
                  created_by: str, type: str = "screening", format: str = "video",
-                 interviewers: list[str] | None = None, questions: list[Question] | None = None) -> Interview:
+                 interviewers: list[str] | None = None, questions: list[Question] | None = None,
+                 org_id: str = DEFAULT_ORG) -> Interview:
         interview = cls(interview_id=interview_id, candidate_id=candidate_id, job_id=job_id,
                         scheduled_at=scheduled_at, metadata=Metadata(now, now, created_by, 1), type=type,
-                        format=format, interviewers=list(interviewers or []), questions=list(questions or []))
+                        format=format, interviewers=list(interviewers or []), questions=list(questions or []),
+                        org_id=org_id)
         interview.events.append(InterviewScheduled(interview_id=interview_id, occurred_at=now,
                                                    candidate_id=candidate_id, job_id=job_id,
                                                    scheduled_at=scheduled_at))
@@ -469,6 +473,7 @@ class Interview:
         append-only collection; the stored interview document keeps an empty list)."""
         return {
             "interviewId": self.interview_id,
+            "orgId": self.org_id,
             "candidateId": self.candidate_id,
             "jobId": self.job_id,
             "status": self.status,
@@ -501,6 +506,7 @@ class Interview:
             questions=[Question.from_document(q) for q in d.get("questions", [])],
             transcription_status=transcription.get("status", "pending"),
             analysis=Analysis.from_document(d.get("analysis")),
+            org_id=d.get("orgId") or DEFAULT_ORG,
         )
 
 
@@ -530,10 +536,12 @@ class Candidate:
     metadata: Metadata
     phone: str = ""
     resume: Resume = field(default_factory=Resume)
+    org_id: str = DEFAULT_ORG
 
     def to_document(self, interviews: list[str] | None = None) -> dict[str, Any]:
         """`interviews` is filled on reads from the interviews collection (one source of truth, no dual write)."""
-        return {"candidateId": self.candidate_id, "name": self.name, "email": self.email, "phone": self.phone,
+        return {"candidateId": self.candidate_id, "orgId": self.org_id, "name": self.name, "email": self.email,
+                "phone": self.phone,
                 "resume": self.resume.to_document(), "interviews": list(interviews or []),
                 "metadata": self.metadata.to_document()}
 
@@ -541,4 +549,4 @@ class Candidate:
     def from_document(cls, d: Mapping[str, Any]) -> Candidate:
         return cls(candidate_id=d["candidateId"], name=d["name"], email=d["email"],
                    metadata=Metadata.from_document(d["metadata"]), phone=d.get("phone", ""),
-                   resume=Resume.from_document(d.get("resume")))
+                   resume=Resume.from_document(d.get("resume")), org_id=d.get("orgId") or DEFAULT_ORG)

@@ -260,8 +260,8 @@ async def test_forged_token_is_refused_with_the_servers_reason(server: Server, c
     interview = server.create_interview()
     url = server.join_url(interview, "candidate", "Mallory")
     token = httpx.URL(url).params["token"]
-    payload, _, _sig = token.partition(".")
-    forged = f"{payload}.{base64.urlsafe_b64encode(b'not the signature').rstrip(b'=').decode()}"
+    header, payload, _sig = token.split(".")
+    forged = f"{header}.{payload}.{base64.urlsafe_b64encode(b'not the signature').rstrip(b'=').decode()}"
 
     async with _browser(chromium, tmp_path / "profile", silent_wav) as (_, page, _errors):
         await page.goto(f"{server.url}/candidate?token={forged}")
@@ -346,11 +346,12 @@ async def _scripted_room() -> AsyncIterator[ScriptedRoom]:
 
 
 def _unsigned_token(iid: str, pid: str, role: str, name: str) -> str:
-    """The token's payload part is all the page reads; this scripted server checks no signature."""
+    """A join token's form (a JWT) whose payload is all the page reads; this scripted server checks no signature."""
     def b64(data: bytes) -> str:
         return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    header = {"alg": "HS256", "typ": "JWT", "kid": "join"}
     claims = {"iid": iid, "pid": pid, "role": role, "name": name, "exp": int(time.time()) + 600}
-    return f"{b64(json.dumps(claims).encode())}.{b64(b'unsigned')}"
+    return f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}.{b64(b'unsigned')}"
 
 
 async def test_overlay_rendering_rules(chromium: str, shared_data: Path, tmp_path: Path) -> None:

@@ -238,7 +238,8 @@ class MemoryStore:
         docs = sorted(self.interviews.values(), key=lambda d: (d["scheduledAt"], d["interviewId"]))
         if query.after:
             docs = [d for d in docs if (d["scheduledAt"], d["interviewId"]) > (query.after.at, query.after.ident)]
-        docs = [d for d in docs if query.status in (None, d["status"])]
+        docs = [d for d in docs if query.status in (None, d["status"]) and d["orgId"] == query.org_id
+                and query.interviewer in (None, *d["interviewers"])]
         return [Interview.from_document(copy.deepcopy(d)) for d in docs[:limit]]
 
     async def add_segment(self, event: SegmentTranscribed) -> bool:
@@ -293,7 +294,8 @@ class MemoryStore:
         self.candidates[candidate.candidate_id] = copy.deepcopy(candidate.to_document())
 
     async def find_candidates(self, query: CandidateQuery, limit: int) -> list[Candidate]:
-        return [Candidate.from_document(copy.deepcopy(c)) for c in self.candidates.values()][:limit]
+        return [Candidate.from_document(copy.deepcopy(c)) for c in self.candidates.values()
+                if c["orgId"] == query.org_id][:limit]
 
     async def interview_ids_of(self, candidate_id: str) -> list[str]:
         return [i for i, d in self.interviews.items() if d["candidateId"] == candidate_id]

@@ -10,22 +10,23 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+import jwt
 import pytest
 from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
-from starlette.applications import Starlette
 from starlette.routing import Route
 
-from adapters.http_api import api_routes, exception_handlers, token_route
-from adapters.metrics import Metrics
-from adapters.tokens import TokenSigner
+from adapters.mongo import MongoStore
 from domain.commands import InterviewService
 from domain.events import SegmentEvent, Speaker, Word
+from testing.api import api_app
+from testing.fakes import AuditEntry, MemoryAuditLog
 
 KEY = "test-admin-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -94,19 +95,18 @@ class DocumentedClient:
 
 
 @pytest.fixture
-async def api(service: InterviewService) -> AsyncIterator[DocumentedClient]:
-    signer = TokenSigner(b"test-token-secret-0123456789abcdef")
-    app = Starlette(routes=[token_route(signer, service, KEY, Metrics()),
-                            *api_routes(service, KEY, max_body_bytes=64 * 1024)],
-                    exception_handlers=exception_handlers)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api.test",
+async def api(store: MongoStore, service: InterviewService, tmp_path: Path) -> AsyncIterator[DocumentedClient]:
+    app = (await api_app(store, service, tmp_path, max_body_bytes=64 * 1024, audit=MemoryAuditLog(),
+                         entry_type=AuditEntry)).app
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://api.test",
                                  headers=AUTH) as client:
         r = await client.get("/openapi.json")
         assert r.status_code == 200
         yield DocumentedClient(client, r.json())
 
 
-def test_the_document_is_openapi_3_1_with_valid_schemas(service: InterviewService) -> None:
+async def test_the_document_is_openapi_3_1_with_valid_schemas(store: MongoStore, service: InterviewService,
+                                                              tmp_path: Path) -> None:
     from adapters.api_schema import openapi_document
     from adapters.http_api import OPERATIONS
 
@@ -115,7 +115,7 @@ def test_the_document_is_openapi_3_1_with_valid_schemas(service: InterviewServic
     for schema in spec["components"]["schemas"].values():
         Draft202012Validator.check_schema(schema)
     # The routes the API mounts are the routes the document declares.
-    routes = [token_route(TokenSigner(b"k" * 32), service, KEY, Metrics()), *api_routes(service, KEY)]
+    routes = (await api_app(store, service, tmp_path)).app.routes
     mounted = {(r.path, m.lower()) for r in routes if isinstance(r, Route) and r.path != "/openapi.json"
                for m in r.methods or () if m != "HEAD"}
     assert mounted == {(path, method) for path, item in spec["paths"].items() for method in item}
@@ -236,6 +236,47 @@ async def test_every_route_answers_as_documented(api: DocumentedClient, service:
     assert (await api.request("PATCH", f"/api/candidates/{cid}", json={"name": "G", "version": 1})).status_code == 409
     assert (await api.request("PATCH", f"/api/candidates/{cid}", json={})).status_code == 422
     assert (await api.request("PATCH", "/api/candidates/nope", json={"name": "X"})).status_code == 404
+
+    # -- people and access ------------------------------------------------------------------------------------
+    person = {"email": "ivy@example.com", "role": "interviewer", "name": "Ivy", "password": "correct horse battery"}
+    r = await api.post("/api/users", json=person)
+    assert r.status_code == 201
+    ivy = r.json()["userId"]
+    assert (await api.post("/api/users", json=person)).status_code == 409
+    assert (await api.post("/api/users", json={**person, "role": "boss", "password": "short"})).status_code == 422
+    assert (await api.get("/api/users")).status_code == 200
+    assert (await api.get("/api/users", headers={"Authorization": ""})).status_code == 401
+    assert (await api.post("/api/auth/login", json={"email": "ivy@example.com", "password": "wrong password"})
+            ).status_code == 401
+    login = await api.post("/api/auth/login", json={"email": "ivy@example.com", "password": person["password"]})
+    assert login.status_code == 200
+    as_ivy = {"Authorization": f"Bearer {login.json()['accessToken']}"}
+    assert (await api.get("/api/me", headers=as_ivy)).status_code == 200
+    assert (await api.get("/api/me")).status_code == 403  # an API key is not a person
+    csrf = {"X-Requested-With": "fetch"}
+    assert (await api.post("/api/auth/refresh")).status_code == 403
+    assert (await api.post("/api/auth/refresh", headers=csrf)).status_code == 200
+    assert (await api.post("/api/auth/logout")).status_code == 403
+    assert (await api.post("/api/auth/logout", headers=csrf)).status_code == 200
+    key = await api.post("/api/api-keys", json={"name": "ats", "scopes": ["interview.read", "token.mint"]})
+    assert key.status_code == 201
+    assert (await api.post("/api/api-keys", json={"name": "", "scopes": ["everything"]})).status_code == 422
+    assert (await api.get("/api/api-keys")).status_code == 200
+    assert (await api.get("/api/api-keys", headers=as_ivy)).status_code == 403
+    assert (await api.request("DELETE", f"/api/api-keys/{key.json()['keyId']}")).status_code == 200
+    assert (await api.request("DELETE", "/api/api-keys/nope")).status_code == 404
+    assigned = (await api.post("/api/interviews", json={**NEW, "interviewers": [ivy]})).json()["interviewId"]
+    joined = await api.post(f"/api/interviews/{assigned}/join", headers=as_ivy)
+    assert joined.status_code == 201
+    assert (await api.post(f"/api/interviews/{fresh}/join", headers=as_ivy)).status_code == 404  # not assigned
+    jti = jwt.decode(joined.json()["token"], options={"verify_signature": False})["jti"]
+    assert (await api.request("DELETE", f"/api/interviews/{assigned}/tokens/{jti}")).status_code == 200
+    assert (await api.request("DELETE", f"/api/interviews/{assigned}/tokens/{jti}", headers=as_ivy)
+            ).status_code == 403
+    assert (await api.get("/api/audit", params={"limit": "2"})).status_code == 200
+    assert (await api.get("/api/audit", params={"limit": "0"})).status_code == 422
+    assert (await api.request("DELETE", f"/api/users/{ivy}")).status_code == 200
+    assert (await api.request("DELETE", "/api/users/nope")).status_code == 404
 
     # Every documented route answered at least once with success and once with an error, each as documented.
     for path, item in api.spec["paths"].items():

@@ -30,17 +30,18 @@ function base64UrlDecode(text) {
 }
 
 /**
- * Decode a join token's payload for display: `{iid, pid, role, name, exp}`.
- * The signature is the server's business; this only refuses tokens that cannot be what the server issues.
+ * Decode a join token's payload for display: `{iid, pid, role, name, exp}`. A join token is a JWT
+ * (header.payload.signature); the signature is the server's business, this only refuses tokens that cannot be
+ * what the server issues.
  */
 export function decodeToken(token) {
   const parts = (token || "").split(".");
-  if (parts.length !== 2 || !parts[0] || !parts[1]) {
+  if (parts.length !== 3 || !parts[0] || !parts[1] || !parts[2]) {
     throw new Error("This link has no valid join token. Ask the interview organiser for a new link.");
   }
   let payload;
   try {
-    payload = JSON.parse(base64UrlDecode(parts[0]));
+    payload = JSON.parse(base64UrlDecode(parts[1]));
   } catch {
     throw new Error("This join token is damaged (it could not be read). Ask the organiser for a new link.");
   }
