@@ -245,7 +245,7 @@ def _endpoint(api: Api, op: Operation, fn: Handler) -> Handler:
                 api.metrics.error(error_kind(response.status_code))
         api.audit.request(request, request.state.principal, op.name, op.resource if op.resource != "org" else op.tag,
                           "/".join(request.path_params.values()), outcome,
-                          getattr(request.state, "audit_detail", None))
+                          {"status": response.status_code, **getattr(request.state, "audit_detail", {})})
         return response
 
     return wrapper

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from domain.access import Principal
+from domain.access import DEFAULT_ORG, Principal
 from domain.model import Conflict, DomainError, NotFound, Unavailable, ValidationError
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB
@@ -161,7 +161,9 @@ class Audit:
         if self.sink is None or self.entry_type is None:
             return
         client = request.client.host if request.client else ""
+        # An anonymous caller belongs to no organisation: its refusals go to the default organisation's chain.
         self.sink.record(self.entry_type(
-            actor_type=principal.kind, actor_id=principal.subject, role=principal.role, org_id=principal.org_id,
+            actor_type=principal.kind, actor_id=principal.subject, role=principal.role,
+            org_id=principal.org_id or DEFAULT_ORG,
             action=action, resource_type=resource_type, resource_id=resource_id, outcome=outcome, address=client,
             user_agent=request.headers.get("user-agent", "")[:300], at=datetime.now(UTC), detail=detail))

@@ -33,6 +33,8 @@ MATRIX: dict[tuple[str, str], str] = {
     ("GET", "/"): PUBLIC,
     ("GET", "/candidate"): PUBLIC,
     ("GET", "/interviewer"): PUBLIC,
+    ("GET", "/app"): PUBLIC,  # the web app's page; it signs in itself
+    ("GET", "/app/{path:path}"): PUBLIC,
     ("GET", "/static"): PUBLIC,
     ("GET", "/openapi.json"): PUBLIC,
     ("POST", "/api/auth/login"): PUBLIC,
@@ -57,6 +59,7 @@ MATRIX: dict[tuple[str, str], str] = {
     ("GET", "/api/interviews/{interview_id}/transcript"): "13.4..4.3",
     ("GET", "/api/interviews/{interview_id}/analysis"): "13.4..4.3",
     ("PUT", "/api/interviews/{interview_id}/analysis"): "1333..4.3",
+    ("POST", "/api/interviews/{interview_id}/analysis/run"): "1333..4.3",
     ("POST", "/api/interviews/{interview_id}/tokens"): "1333..4.3",
     ("POST", "/api/interviews/{interview_id}/join"): "13.4..433",
     ("DELETE", "/api/interviews/{interview_id}/tokens/{token_id}"): "1333..4.3",
@@ -154,7 +157,8 @@ async def test_every_route_answers_every_principal_as_the_matrix_says(world: Wor
             params = dict(world.params)
             if template.endswith("/cancel"):  # cancelling revokes the candidate's token: another interview
                 params["interview_id"] = params["cancel_interview_id"]
-            path = template.format(**params) if template != "/static" else "/static/app.css"
+            path = {"/static": "/static/app.css", "/app/{path:path}": "/app/interviews"}.get(template) \
+                or template.format(**params)
             for principal, expected in zip(PRINCIPALS, MATRIX[(method, template)], strict=True):
                 if principal == "key_without":  # a key holding one scope, not this route's
                     principal = "candidates_only" if actions.get((method, template)) == "audit.read" \

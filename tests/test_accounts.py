@@ -109,7 +109,7 @@ async def test_wrong_password_and_unknown_user_get_the_same_401_then_429(client:
     assert isinstance(audit, MemoryAuditLog)
     logins = [e for e in audit.entries if e.action == "login"]
     assert len(logins) == 8 and {e.outcome for e in logins} == {"failed"}
-    assert logins[0].address == "203.0.113.7" and logins[0].detail == {"email": "ada@example.com"}
+    assert logins[0].address == "203.0.113.7" and logins[0].detail == {"status": 401, "email": "ada@example.com"}
 
 
 async def test_expired_and_tampered_access_tokens_are_invalid_token(client: httpx.AsyncClient,

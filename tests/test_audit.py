@@ -275,7 +275,7 @@ async def test_verify_audit_reads_the_embedded_store_under_data_dir(tmp_path: Pa
 
 async def test_the_service_records_api_requests_and_whip_joins_and_leaves(tmp_path: Path, mongo_url: str) -> None:
     async with live_server(test_settings(tmp_path, mongo_url)) as live:
-        audit = live.components.audit
+        audit = live.components.audit_log
         assert audit is not None
         iid = await live.create_interview()
         assert (await live.http.get(f"/api/interviews/{iid}/transcript")).status_code == 200
@@ -291,17 +291,17 @@ async def test_the_service_records_api_requests_and_whip_joins_and_leaves(tmp_pa
         await session.close()  # DELETE: a leave
         await until(audit, lambda a: a.written >= 7)
         docs = await all_pages(audit, org_id="default", resource=iid)
-        creates = await all_pages(audit, org_id="default", actor="admin")
+        creates = await all_pages(audit, org_id="default", actor="admin-api-key")
         assert (await audit.verify()).ok
 
     got = [(d["action"], d["actorType"], d["actorId"], d["role"], d["outcome"]) for d in reversed(docs)]
     assert got == [
-        ("get_transcript", "api_key", "admin", "admin", "ok"),
+        ("get_transcript", "api_key", "admin-api-key", "api_key", "ok"),
         ("get_transcript", "anonymous", "", "", "denied"),
-        ("whip.join", "anonymous", "", "", "denied"),
-        ("issue_token", "api_key", "admin", "admin", "ok"),
-        ("whip.join", "participant", tok["participantId"], "observer", "ok"),
-        ("whip.leave", "participant", tok["participantId"], "observer", "ok"),
+        ("whip_join", "anonymous", "", "", "denied"),
+        ("issue_token", "api_key", "admin-api-key", "api_key", "ok"),
+        ("whip_join", "participant", tok["participantId"], "observer", "ok"),
+        ("whip_leave", "participant", tok["participantId"], "observer", "ok"),
     ]
     denied = next(d for d in docs if d["outcome"] == "denied" and d["action"] == "get_transcript")
     assert (denied["address"], denied["userAgent"], denied["detail"]) == ("127.0.0.1", "curious/1.0",
@@ -310,7 +310,7 @@ async def test_the_service_records_api_requests_and_whip_joins_and_leaves(tmp_pa
     assert not any(tok["token"] in str(d) for d in docs)  # a bearer token never reaches the trail
     # a create has no id in its path: it is recorded against the collection
     assert (creates[-1]["action"], creates[-1]["resourceType"], creates[-1]["resourceId"]) == (
-        "create_interview", "interview", "")
+        "create_interview", "interviews", "")  # an organisation-level route: its tag
 
 
 def test_help_lists_the_verify_audit_command_and_the_audit_setting() -> None:
