@@ -120,7 +120,9 @@ async def _build(c: Components) -> None:
     if url is None:
         c.embedded = EmbeddedMongo(s.data_dir)
         url = await c.embedded.start()
-    c.store = store = await MongoStore.connect(url, db_name=s.mongodb_db)
+    metrics = c.metrics
+    c.store = store = await MongoStore.connect(url, db_name=s.mongodb_db, key_file=s.master_key_path,
+                                               on_unreadable=lambda: metrics.error("decrypt"))
     c.bus = bus = await open_bus(s.nats_url)
     c.relay = relay = OutboxRelay(store, bus)
     relay.start()
@@ -239,13 +241,18 @@ def create_app(settings: Settings, *, announce: Callable[[Components], None] | N
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        from adapters.crypto import MasterKeyRefused
         from adapters.http_api import api_routes, token_route
 
         c = Components(settings=settings, secrets=resolve_secrets(settings), metrics=metrics)
         app.state.components = c
         t0 = time.perf_counter()
         try:
-            await _build(c)
+            try:
+                await _build(c)
+            except MasterKeyRefused as exc:
+                log.critical("refusing to start: %s", exc)
+                raise
             assert c.signer is not None and c.service is not None and c.whip is not None  # built by _build
             token = token_route(c.signer, c.service, c.secrets.admin_api_key, metrics,
                                 public_url=settings.public_url)

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import GenerateJsonSchema, SkipJsonSchema, models_json_schema
 
-from domain.commands import DEFAULT_PAGE, MAX_PAGE
+from domain.commands import APPLICATION_STATUSES, DEFAULT_PAGE, MAX_PAGE
 from domain.events import ROLES
 from domain.model import (
     COMPETENCY_MAX,
@@ -147,29 +147,82 @@ class ResumeInput(_Closed):
     parsed: Omittable[bool] = None
     skills: Annotated[list[ListText], Field(max_length=100)] | None = None
     experience: Annotated[float, Field(ge=0, le=80)] | None = Field(None, description="years")
+    text: Annotated[str, _maybe_text(100_000)] | None = Field("", description="the CV's text")
+    fileRef: Annotated[str, _maybe_text(500)] | None = Field("", description="where the CV file is kept")
 
 
-class NewCandidate(_Closed):
-    """A candidate to create; `candidateId` is generated when not given. Emails are unique (stored lowercase)."""
-
-    candidateId: Id | None = None
+class PersonalInfoInput(_Closed):
     name: Annotated[str, _text(200)]
     email: _Email
     phone: Annotated[str, _maybe_text(32, PHONE_RE)] | None = ""
+    location: Annotated[str, _maybe_text(200)] | None = ""
+
+
+class PersonalInfoUpdate(_Closed):
+    name: Omittable[Annotated[str, _text(200)]] = None
+    email: Omittable[_Email] = None
+    phone: Annotated[str, _maybe_text(32, PHONE_RE)] | None = ""
+    location: Annotated[str, _maybe_text(200)] | None = ""
+
+
+class ExperienceInput(_Closed):
+    company: Annotated[str, _text(200)]
+    role: Annotated[str, _maybe_text(200)] | None = ""
+    from_: Annotated[str, _maybe_text(20)] | None = Field("", alias="from")
+    to: Annotated[str, _maybe_text(20)] | None = ""
+
+
+class EducationInput(_Closed):
+    institution: Annotated[str, _text(200)]
+    degree: Annotated[str, _maybe_text(200)] | None = ""
+    year: Annotated[float, Field(ge=1900, le=2200)] | None = None
+
+
+class ApplicationInput(_Closed):
+    jobId: Id
+    status: Literal[APPLICATION_STATUSES] | None = "applied"  # type: ignore[valid-type]  # domain tuple
+    appliedAt: datetime | None = None
+
+
+class _Profile(_Closed):
+    """The candidate's fields besides name, email and phone (all personal data: stored encrypted)."""
+
+    location: Annotated[str, _maybe_text(200)] | None = ""
+    notes: Annotated[str, _maybe_text(20_000)] | None = ""
+    skills: Annotated[list[ListText], Field(max_length=100)] | None = None
+    experience: Annotated[list[ExperienceInput], Field(max_length=50)] | None = None
+    education: Annotated[list[EducationInput], Field(max_length=50)] | None = None
+    applications: Annotated[list[ApplicationInput], Field(max_length=200)] | None = None
     resume: ResumeInput | None = None
 
 
-class CandidateUpdate(_Closed):
+class NewCandidate(_Profile):
+    """A candidate to create; `candidateId` is generated when not given. Emails are unique (stored lowercase).
+    Name, email and phone come flat or inside `personalInfo` (with `location`), not both."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["name", "email"]},
+                                                           {"required": ["personalInfo"]}]})
+
+    candidateId: Id | None = None
+    name: Omittable[Annotated[str, _text(200)]] = None
+    email: Omittable[_Email] = None
+    phone: Annotated[str, _maybe_text(32, PHONE_RE)] | None = ""
+    personalInfo: Omittable[PersonalInfoInput] = None
+
+
+class CandidateUpdate(_Profile):
     """The fields to change (at least one); `version` for optimistic concurrency. A resume is merged into the
     stored one."""
 
     model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": [name]} for name in
-                                                           ("name", "email", "phone", "resume")]})
+                                                           ("name", "email", "phone", "resume", "personalInfo",
+                                                            "location", "notes", "skills", "experience",
+                                                            "education", "applications")]})
 
     name: Omittable[Annotated[str, _text(200)]] = None
     email: Omittable[_Email] = None
     phone: Annotated[str, _maybe_text(32, PHONE_RE)] | None = ""
-    resume: ResumeInput | None = None
+    personalInfo: Omittable[PersonalInfoUpdate] = None
     version: Omittable[PositiveInt] = None
 
 
@@ -191,6 +244,7 @@ class InterviewListParams(_Closed):
 
 
 class CandidateListParams(_Closed):
+    email: str | None = Field(None, description="exact email, case-insensitive (compared by its blind index)")
     cursor: str | None = Field(None, description="nextCursor of the previous page")
     limit: Annotated[int, Field(ge=1, le=MAX_PAGE)] = Field(DEFAULT_PAGE, description="page size")
 
@@ -216,8 +270,12 @@ class Question(_Closed):
 
 class Speaker(_Closed):
     role: Literal[ROLES]  # type: ignore[valid-type]  # domain tuple
-    name: str
+    name: str | None
     participantId: Id
+
+
+_Unreadable = Omittable[list[str]]
+_UNREADABLE = Field(None, description="fields that could not be decrypted (they read as null or empty)")
 
 
 class Word(_Closed):
@@ -236,7 +294,7 @@ class Segment(_Closed):
     seq: Annotated[int, Field(ge=0)]
     start_s: float = Field(description="stream time, seconds")
     end_s: float
-    text: str
+    text: str | None
     words: list[Word]
     confidence: float
     no_speech_prob: float
@@ -247,7 +305,8 @@ class Segment(_Closed):
     recordedAt: datetime
     emitted_at_s: Omittable[float] = None
     revision: Omittable[PositiveInt] = None
-    originalText: Omittable[str] = Field(None, description="the live final's text a revision replaced")
+    originalText: Omittable[str | None] = Field(None, description="the live final's text a revision replaced")
+    unreadable: _Unreadable = _UNREADABLE
 
 
 class Transcription(_Closed):
@@ -275,7 +334,7 @@ class Keyword(_Closed):
 class Overall(_Closed):
     score: float | None
     recommendation: Literal[RECOMMENDATIONS]  # type: ignore[valid-type]  # domain tuple
-    summary: str
+    summary: str | None
 
 
 class Analysis(_Closed):
@@ -300,7 +359,7 @@ class Interview(_Closed):
     startedAt: datetime | None
     completedAt: datetime | None
     cancelledAt: datetime | None
-    cancelReason: str
+    cancelReason: str | None
     duration: float | None = Field(description="seconds from start to completion")
     interviewers: list[Id]
     type: Literal[INTERVIEW_TYPES]  # type: ignore[valid-type]  # domain tuple
@@ -309,6 +368,7 @@ class Interview(_Closed):
     transcription: Transcription
     analysis: Analysis
     metadata: Metadata
+    unreadable: _Unreadable = _UNREADABLE
 
 
 class InterviewPage(_Closed):
@@ -323,21 +383,56 @@ class Transcript(_Closed):
 
 
 class Resume(_Closed):
-    url: str
+    url: str | None
     parsed: bool
     skills: list[str]
     experience: float | None = Field(description="years")
+    text: str | None
+    fileRef: str | None
+
+
+class PersonalInfo(_Closed):
+    name: str | None
+    email: str | None
+    phone: str | None
+    location: str | None
+
+
+class Experience(_Closed):
+    company: str
+    role: str
+    from_: str = Field(alias="from")
+    to: str
+
+
+class Education(_Closed):
+    institution: str
+    degree: str
+    year: int | None
+
+
+class Application(_Closed):
+    jobId: Id
+    status: Literal[APPLICATION_STATUSES]  # type: ignore[valid-type]  # domain tuple
+    appliedAt: datetime | None
 
 
 class ListedCandidate(_Closed):
     """A candidate as listed: without `interviews` (GET /api/candidates/{id} has them)."""
 
     candidateId: Id
-    name: str
-    email: str
-    phone: str
+    name: str | None
+    email: str | None
+    phone: str | None
+    personalInfo: PersonalInfo
     resume: Resume
+    skills: list[str]
+    experience: list[Experience]
+    education: list[Education]
+    applications: list[Application]
+    notes: str | None
     metadata: Metadata
+    unreadable: _Unreadable = _UNREADABLE
 
 
 class Candidate(ListedCandidate):

@@ -60,7 +60,7 @@ class Metrics:
         self.stt_queue_depth = Gauge("stt_queue_depth", "Transcriptions waiting for a worker", registry=r)
         self.errors = Counter("errors_total", "Errors by kind", ["kind"], registry=r)
         for kind in ("bad_request", "unauthorized", "forbidden", "not_found", "too_large", "stt", "persist",
-                     "track", "webrtc", "stream"):
+                     "track", "webrtc", "stream", "decrypt"):
             self.errors.labels(kind=kind)
 
     def bind_live(self, *, speech_ratio: Callable[[], float], stt_lag: Callable[[], float],
