@@ -30,9 +30,11 @@ from typing import TYPE_CHECKING, Any
 from settings import Settings
 
 if TYPE_CHECKING:  # the composition root imports its adapters lazily: nothing heavy at import time
+    from adapters.crypto import ReceiptSigner
     from adapters.metrics import Metrics
     from adapters.mongo import EmbeddedMongo, MongoStore
     from adapters.outbox import EventBus, OutboxRelay
+    from adapters.privacy import Privacy
     from adapters.rooms import RoomRegistry
     from adapters.tokens import TokenSigner
     from adapters.webrtc import WhipIngest
@@ -97,15 +99,20 @@ class Components:
     registry: RoomRegistry | None = None
     whip: WhipIngest | None = None
     signer: TokenSigner | None = None
+    receipts: ReceiptSigner | None = None
+    privacy: Privacy | None = None
+    retention: asyncio.Task[None] | None = None
     ready: bool = False
 
 
 async def _build(c: Components) -> None:
     from aiortc import RTCIceServer
 
+    from adapters.crypto import ReceiptSigner
     from adapters.mongo import EmbeddedMongo, MongoStore
     from adapters.nats_bus import open_bus
     from adapters.outbox import OutboxRelay
+    from adapters.privacy import Privacy
     from adapters.rooms import RoomRegistry
     from adapters.stt_engines import build_stt
     from adapters.tokens import TokenSigner
@@ -148,11 +155,29 @@ async def _build(c: Components) -> None:
                                          record_revision=service.record_revision,
                                          last_seq=service.last_segment_seq,
                                          stored_finals=lambda iid: stored_finals(store, iid),
-                                         resume_grace_s=s.resume_grace_s)
+                                         consent=store.consent_given, resume_grace_s=s.resume_grace_s)
     registry.start()
     c.signer = signer = TokenSigner(c.secrets.token_secret, ttl_s=s.token_ttl_s)
-    c.whip = WhipIngest(registry, signer, lambda iid: interview_status(service, iid), c.metrics,
-                        ice_servers=[RTCIceServer(urls=url) for url in s.ice_servers])
+    c.whip = whip = WhipIngest(registry, signer, lambda iid: interview_status(service, iid), c.metrics,
+                               ice_servers=[RTCIceServer(urls=url) for url in s.ice_servers])
+    c.receipts = receipts = await asyncio.to_thread(ReceiptSigner.load_or_create, s.data_dir / "receipt_key.pem")
+    c.privacy = privacy = Privacy(store, service, receipts, end_sessions=whip.end_interview,
+                                  retention_days=s.retention_days)
+    c.retention = asyncio.create_task(_retention_loop(privacy), name="retention")
+
+
+RETENTION_EVERY_S = 3600.0  # retention is counted in days: an hourly pass erases within the hour of expiry
+
+
+async def _retention_loop(privacy: Privacy) -> None:
+    """The retention job, hourly from a minute after start; a failed pass is logged and tried next time."""
+    await asyncio.sleep(60.0)
+    while True:
+        try:
+            await privacy.retention()
+        except Exception:
+            log.exception("retention pass failed; trying again in %.0f s", RETENTION_EVERY_S)
+        await asyncio.sleep(RETENTION_EVERY_S)
 
 
 async def interview_status(service: InterviewService, interview_id: str) -> str | None:
@@ -178,6 +203,10 @@ async def _teardown(c: Components) -> None:
     """Reverse of `_build`, draining first. Each step runs even if an earlier one failed."""
     c.ready = False
     steps: list[tuple[str, Callable[[], Any]]] = []
+    if c.retention is not None:
+        retention = c.retention
+        retention.cancel()
+        steps.append(("stop the retention job", lambda: asyncio.gather(retention, return_exceptions=True)))
     if c.whip is not None:
         steps.append(("stop reading audio", c.whip.aclose))
     if c.registry is not None:
@@ -242,7 +271,7 @@ def create_app(settings: Settings, *, announce: Callable[[Components], None] | N
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         from adapters.crypto import MasterKeyRefused
-        from adapters.http_api import api_routes, token_route
+        from adapters.http_api import api_routes, consent_routes, keys_route, token_route
 
         c = Components(settings=settings, secrets=resolve_secrets(settings), metrics=metrics)
         app.state.components = c
@@ -253,12 +282,16 @@ def create_app(settings: Settings, *, announce: Callable[[Components], None] | N
             except MasterKeyRefused as exc:
                 log.critical("refusing to start: %s", exc)
                 raise
-            assert c.signer is not None and c.service is not None and c.whip is not None  # built by _build
+            # built by _build
+            assert c.signer is not None and c.service is not None and c.whip is not None
+            assert c.privacy is not None and c.receipts is not None and c.registry is not None
             token = token_route(c.signer, c.service, c.secrets.admin_api_key, metrics,
                                 public_url=settings.public_url)
-            app.router.routes[:] = [token, *api_routes(c.service, c.secrets.admin_api_key,
-                                                       max_body_bytes=settings.max_body_bytes),
-                                    *c.whip.routes(), *base_routes]
+            consent = consent_routes(c.signer, c.service, c.privacy, metrics, on_change=c.registry.set_consent)
+            app.router.routes[:] = [token, *consent, *api_routes(c.service, c.secrets.admin_api_key,
+                                                                 max_body_bytes=settings.max_body_bytes,
+                                                                 privacy=c.privacy),
+                                    keys_route(c.receipts), *c.whip.routes(), *base_routes]
             c.ready = True
             log.info("service ready in %.1fs (store: %s, bus: %s, stt: %s)", time.perf_counter() - t0,
                      "embedded" if c.embedded else "external", "nats" if settings.nats_url else "in-process",

@@ -368,6 +368,7 @@ class Interview(_Closed):
     transcription: Transcription
     analysis: Analysis
     metadata: Metadata
+    dataErasedAt: datetime | None = Field(description="when the candidate's data in it was erased")
     unreadable: _Unreadable = _UNREADABLE
 
 
@@ -457,6 +458,43 @@ class ErrorDetail(_Closed):
     code: str
     message: str
     fields: Omittable[dict[str, str]] = Field(None, description="422: what is wrong with each bad field")
+    receiptId: Omittable[str] = Field(None, description="404/410 for an erased candidate: its erasure receipt")
+
+
+# ---- privacy -----------------------------------------------------------------------------------------------
+
+
+class ErasureParams(_Closed):
+    reason: Annotated[str, Field(min_length=1, max_length=500)] = Field(description="why (kept in the receipt)")
+
+
+class Receipt(_Closed):
+    """What was done about a candidate's data, by whom and when; `kid` names the signing key."""
+
+    id: str
+    what: Literal["erasure", "export"]
+    candidateId: Id
+    counts: dict[str, int]
+    at: datetime
+    by: str
+    requestId: str
+    kid: str = Field(description="the key in /.well-known/interview-worker-keys that signed it")
+    erasureId: Omittable[str] = None
+    reason: Omittable[str] = None
+    interviewIds: Omittable[list[Id]] = None
+    archiveSha256: Omittable[str] = Field(None, description="export: SHA-256 of the archive, hex")
+
+
+class SignedReceipt(_Closed):
+    receipt: Receipt
+    signature: str = Field(description="Ed25519 over the receipt as JSON with sorted keys and no spaces, base64url")
+
+
+class ConsentRequest(_Closed):
+    """Consent to the processing of the caller's audio under the notice shown (`noticeVersion`)."""
+
+    noticeVersion: Annotated[str, Field(min_length=1, max_length=40)]
+    accepted: Literal[True]
 
 
 class Error(_Closed):
@@ -470,7 +508,7 @@ _ALWAYS = (401, 503)
 _FOR_BODY = (413, 415, 422)
 _FOR_QUERY = (422,)
 _ERROR_TEXT = {401: "Missing or invalid bearer token", 403: "A join token is not an admin key",
-               404: "Unknown id", 409: "Illegal status move, stale version or duplicate", 413: "Body too large",
+               404: "Unknown id", 410: "The candidate's data was erased (`receiptId`)", 409: "Illegal status move, stale version or duplicate", 413: "Body too large",
                415: "Body is not JSON", 422: "Invalid input; `fields` names each bad field",
                503: "Storage unavailable; retry after Retry-After seconds"}
 
@@ -483,14 +521,16 @@ class Operation:
     method: str
     path: str
     summary: str
-    response: type[BaseModel]
+    response: type[BaseModel] | None  # None: no JSON body (204, or `media_type`)
     status: int = 200
+    media_type: str = "application/json"
     body: type[BaseModel] | None = None
     body_required: bool = True
     query: type[BaseModel] | None = None
     errors: tuple[int, ...] = ()  # besides _ALWAYS, _FOR_BODY and _FOR_QUERY
     if_match: bool = False  # takes `If-Match: "<metadata.version>"`
     tag: str = "interviews"
+    auth: str = "admin"  # or "joinToken"
 
     @property
     def error_statuses(self) -> list[int]:
@@ -547,8 +587,15 @@ def openapi_document(operations: tuple[Operation, ...]) -> dict[str, Any]:
             operation["parameters"] = parameters
         if op.body is not None:
             operation["requestBody"] = {"required": op.body_required, "content": _json(ref(op.body))}
+        if op.auth != "admin":
+            operation["security"] = [{op.auth: []}]
+        described: dict[str, Any] = {"description": {201: "Created", 204: "No Content"}.get(op.status, "OK")}
+        if op.response is not None:
+            described["content"] = _json(ref(op.response))
+        elif op.media_type != "application/json":
+            described["content"] = {op.media_type: {"schema": {"type": "string", "contentMediaType": op.media_type}}}
         operation["responses"] = {
-            str(op.status): {"description": "Created" if op.status == 201 else "OK", "content": _json(ref(op.response))},
+            str(op.status): described,
             **{str(s): {"description": _ERROR_TEXT[s], "content": _json(ref(Error))} for s in op.error_statuses}}
         paths.setdefault(op.path, {})[op.method.lower()] = operation
     return {
@@ -556,7 +603,10 @@ def openapi_document(operations: tuple[Operation, ...]) -> dict[str, Any]:
         "info": {"title": "interview-worker API", "version": "0.1.0",
                  "description": "Interviews, candidates, live transcripts and text-only analysis. Every /api "
                                 "route needs `Authorization: Bearer <ADMIN_API_KEY>`."},
-        "components": {"securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}}, "schemas": schemas},
+        "components": {"securitySchemes": {"admin": {"type": "http", "scheme": "bearer"},
+                                           "joinToken": {"type": "http", "scheme": "bearer",
+                                                         "description": "a participant's join token"}},
+                       "schemas": schemas},
         "security": [{"admin": []}],
         "paths": paths,
     }

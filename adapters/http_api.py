@@ -22,6 +22,7 @@ import functools
 import hmac
 import json
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
 from typing import Any
@@ -33,9 +34,11 @@ from starlette.routing import BaseRoute, Route
 
 from adapters import api_schema as schema
 from adapters.api_schema import Operation, openapi_document
+from adapters.crypto import ReceiptSigner
 from adapters.http_edge import MAX_BODY_BYTES, HttpError, error_kind, error_response, read_json
 from adapters.metrics import Metrics
-from adapters.tokens import InvalidToken, TokenSigner, bearer_token, validate_name, validate_role
+from adapters.privacy import Erased, Privacy
+from adapters.tokens import InvalidToken, JoinClaims, TokenSigner, bearer_token, validate_name, validate_role
 from domain.commands import (
     AddQuestion,
     CandidateQuery,
@@ -89,7 +92,22 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("update_candidate", "PATCH", "/api/candidates/{candidate_id}",
               "Update a candidate (only the fields given; `version` for optimistic concurrency)", schema.Candidate,
               body=schema.CandidateUpdate, errors=(404, 409), tag="candidates"),
+    Operation("erase_candidate", "DELETE", "/api/candidates/{candidate_id}",
+              "Erase everything about a candidate (crypto-shredding their data key); a signed receipt. Unknown or "
+              "already erased: 404 (then with the earlier receipt's id)", schema.SignedReceipt,
+              query=schema.ErasureParams, errors=(404, 409), tag="privacy"),
+    Operation("export_candidate", "GET", "/api/candidates/{candidate_id}/export",
+              "Everything held about a candidate as a zip (export.json + summary.html); the signed receipt is in "
+              "the Interview-Worker-Receipt header", None, media_type="application/zip", errors=(404, 410),
+              tag="privacy"),
+    Operation("give_consent", "POST", "/api/consent",
+              "The caller (by join token) consents to the processing of their audio under the notice shown",
+              None, 204, body=schema.ConsentRequest, errors=(404, 409), tag="privacy", auth="joinToken"),
+    Operation("withdraw_consent", "DELETE", "/api/consent",
+              "The caller (by join token) withdraws consent: their audio stops being processed at once", None, 204,
+              errors=(404,), tag="privacy", auth="joinToken"),
 )
+CONSENT_OPERATIONS = tuple(op for op in OPERATIONS if op.auth == "joinToken")
 
 
 def _json_default(value: Any) -> Any:
@@ -169,9 +187,16 @@ def _expected_version(request: Request, body: Fields) -> int | None:
     return value
 
 
-def api_routes(service: InterviewService, admin_key: str, *,
-               max_body_bytes: int = MAX_BODY_BYTES) -> list[BaseRoute]:
-    """Every route of `OPERATIONS` but the token route (`token_route`), and /openapi.json."""
+def request_id(request: Request) -> str:
+    """The caller's `X-Request-Id` when it is a sane one, else a new id (receipts name it)."""
+    given = request.headers.get("x-request-id", "").strip()
+    return given if 0 < len(given) <= 100 and given.isprintable() else uuid.uuid4().hex
+
+
+def api_routes(service: InterviewService, admin_key: str, *, max_body_bytes: int = MAX_BODY_BYTES,
+               privacy: Privacy | None = None) -> list[BaseRoute]:
+    """Every route of `OPERATIONS` but the token route (`token_route`) and the consent routes (`consent_routes`),
+    and /openapi.json. Without `privacy` the erasure and export routes are left out."""
     handlers: dict[str, Handler] = {}
 
     def endpoint(fn: Handler) -> Handler:
@@ -267,13 +292,111 @@ def api_routes(service: InterviewService, admin_key: str, *,
         cmd = UpdateCandidate.parse(await body_of(request))
         return ApiJSONResponse(await service.update_candidate(request.path_params["candidate_id"], cmd))
 
+    # -- privacy ------------------------------------------------------------------------------------------------
+    # Who may: hr/admin (today the admin key; `by` is the caller the receipt names).
+    actor = "admin"
+
+    @endpoint
+    async def erase_candidate(request: Request) -> Response:
+        assert privacy is not None
+        f = Fields(params(request), allowed=("reason",))
+        reason = f.text("reason", max_len=500)
+        f.done()
+        try:
+            signed = await privacy.erase(request.path_params["candidate_id"], reason=reason, by=actor,
+                                         request_id=request_id(request))
+        except Erased as exc:
+            raise HttpError(404, "already_erased", exc.message, receiptId=exc.receipt_id) from None
+        return ApiJSONResponse(signed)
+
+    @endpoint
+    async def export_candidate(request: Request) -> Response:
+        assert privacy is not None
+        candidate_id = request.path_params["candidate_id"]
+        try:
+            export = await privacy.export(candidate_id, by=actor, request_id=request_id(request))
+        except Erased as exc:
+            raise HttpError(410, "erased", exc.message, receiptId=exc.receipt_id) from None
+        receipt = json.dumps(export.receipt, ensure_ascii=True, separators=(",", ":"), default=_json_default)
+        return Response(export.archive, media_type="application/zip", headers={
+            "Interview-Worker-Receipt": receipt,
+            "Content-Disposition": f'attachment; filename="candidate-{candidate_id}.zip"'})
+
     spec = openapi_document(OPERATIONS)
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(spec)
 
-    return [*(_route(op, handlers[op.name]) for op in OPERATIONS if op is not ISSUE_TOKEN),
+    left_out = {ISSUE_TOKEN, *CONSENT_OPERATIONS}
+    if privacy is None:
+        left_out.update(op for op in OPERATIONS if op.tag == "privacy")
+    return [*(_route(op, handlers[op.name]) for op in OPERATIONS if op not in left_out),
             Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False)]
+
+
+def keys_route(signer: ReceiptSigner) -> Route:
+    """`GET /.well-known/interview-worker-keys`: the public keys receipts are signed with (JWK set, by `kid`)."""
+    body = {"keys": [signer.jwk()]}
+
+    async def keys(request: Request) -> Response:
+        return JSONResponse(body, headers={"Cache-Control": "public, max-age=3600"})
+
+    return Route("/.well-known/interview-worker-keys", keys, methods=["GET"], include_in_schema=False)
+
+
+ConsentChanged = Callable[[str, str, bool, str], Awaitable[None]]  # (interview, participant, given, notice version)
+
+
+def consent_routes(signer: TokenSigner, service: InterviewService, privacy: Privacy, metrics: Metrics, *,
+                   on_change: ConsentChanged | None = None,
+                   max_body_bytes: int = MAX_TOKEN_REQUEST_BYTES) -> list[Route]:
+    """`POST /api/consent` and `DELETE /api/consent`, by join token: the participant's consent to the processing of
+    their audio is recorded (notice version, time, address) or withdrawn, then `on_change` (the live rooms) acts
+    on it at once. The admin key is no participant: 401."""
+
+    def claims_of(request: Request, *, allow_expired: bool = False) -> JoinClaims:
+        try:
+            return signer.verify(bearer_token(request.headers.get("authorization")), allow_expired=allow_expired)
+        except InvalidToken as exc:
+            raise HttpError(401, "invalid_token", exc.reason, {"WWW-Authenticate": "Bearer"}) from None
+
+    def address(request: Request) -> str:
+        return request.client.host if request.client else ""
+
+    async def give_consent(request: Request) -> Response:
+        claims = claims_of(request)
+        f = Fields(await read_json(request, max_body_bytes), allowed=("noticeVersion", "accepted"))
+        version = f.text("noticeVersion", max_len=40)
+        if f.data.get("accepted") is not True and not f.invalid:
+            f.error("accepted", "must be true (to refuse, do not join)")
+        f.done()
+        status = (await service.get_interview(claims.interview_id, with_segments=False))["status"]
+        if status in (COMPLETED, CANCELLED):
+            raise Conflict(f"interview {claims.interview_id} is {status}", code="interview_closed")
+        await privacy.record_consent(claims.interview_id, claims.participant_id, claims.role, claims.name,
+                                     accepted=True, notice_version=version, address=address(request))
+        if on_change is not None:
+            await on_change(claims.interview_id, claims.participant_id, True, version)
+        log.info("consent given: interview=%s participant=%s notice=%s", claims.interview_id,
+                 claims.participant_id, version)
+        return Response(status_code=204)
+
+    async def withdraw_consent(request: Request) -> Response:
+        claims = claims_of(request, allow_expired=True)
+        await service.get_interview(claims.interview_id, with_segments=False)  # 404 for an unknown interview
+        await privacy.record_consent(claims.interview_id, claims.participant_id, claims.role, claims.name,
+                                     accepted=False, notice_version="", address=address(request))
+        if on_change is not None:
+            await on_change(claims.interview_id, claims.participant_id, False, "")
+        log.info("consent withdrawn: interview=%s participant=%s", claims.interview_id, claims.participant_id)
+        return Response(status_code=204)
+
+    handlers: dict[str, Handler] = {"give_consent": give_consent, "withdraw_consent": withdraw_consent}
+
+    def counted(response: Response) -> None:
+        metrics.error(error_kind(response.status_code))
+
+    return [_route(op, _endpoint(handlers[op.name], lambda request: None, counted)) for op in CONSENT_OPERATIONS]
 
 
 def token_route(signer: TokenSigner, service: InterviewService, admin_key: str, metrics: Metrics, *,

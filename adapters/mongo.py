@@ -43,6 +43,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
@@ -190,6 +191,8 @@ class MongoStore:
         self.revisions = db["revisions"]
         self.candidates = db["candidates"]
         self.events = db["events"]
+        self.consents = db["consents"]  # one document per consent given or withdrawn (adapters.privacy)
+        self.erasures = db["erasures"]  # `_id` = candidate id: when, by whom, and the signed receipt
         # Records read by pending() and not yet marked: event id -> (record, collection holding it, document id):
         # an interview's outbox entry, or a segment or revision document carrying its own event.
         self._seen: dict[str, tuple[OutboxRecord, str, str]] = {}
@@ -287,6 +290,10 @@ class MongoStore:
         await self.candidates.create_index([("emailIndex", ASCENDING)], unique=True)
         await self.candidates.create_index([("listKey", ASCENDING)])
         await self.events.create_index([("interviewId", ASCENDING), ("occurredAt", ASCENDING)])
+        await self.consents.create_index([("interviewId", ASCENDING), ("participantId", ASCENDING),
+                                          ("at", ASCENDING)])
+        await self.interviews.create_index([("status", ASCENDING), ("completedAt", ASCENDING)])
+        await self.interviews.create_index([("status", ASCENDING), ("cancelledAt", ASCENDING)])
 
     async def close(self) -> None:
         self.client.close()
@@ -480,6 +487,93 @@ class MongoStore:
     async def interview_ids_of(self, candidate_id: str) -> list[str]:
         cursor = self.interviews.find({"candidateId": candidate_id}, {"_id": 1})
         return [d["_id"] for d in await cursor.sort("listKey", ASCENDING).to_list(None)]
+
+    # -- privacy (adapters.privacy) -----------------------------------------------------------------------------
+
+    @_translated
+    async def add_consent(self, record: dict[str, Any]) -> None:
+        """A consent given or withdrawn: `interviewId`, `participantId`, `role`, `name`, `action`, `noticeVersion`,
+        `at`, `address` (name and address sealed with the interview's candidate's key)."""
+        doc = seal_fields({"_id": uuid.uuid4().hex, **record}, CONSENT_SEALED,
+                          await self._interview_key(record["interviewId"]))
+        await self.consents.insert_one(doc)
+
+    @_translated
+    async def consent_given(self, interview_id: str, participant_id: str) -> bool:
+        """Whether the participant's latest consent record is an acceptance."""
+        doc = await self.consents.find_one({"interviewId": interview_id, "participantId": participant_id},
+                                           {"action": 1}, sort=[("at", DESCENDING), ("_id", DESCENDING)])
+        return doc is not None and doc.get("action") == "accepted"
+
+    @_translated
+    async def list_consents(self, interview_id: str) -> list[dict[str, Any]]:
+        out = []
+        async for doc in self.consents.find({"interviewId": interview_id}, {"_id": 0}).sort("at", ASCENDING):
+            unreadable = await self._open(doc, CONSENT_SEALED)
+            if unreadable:
+                doc["unreadable"] = unreadable
+            out.append(doc)
+        return out
+
+    @_translated
+    async def list_revisions(self, interview_id: str) -> list[dict[str, Any]]:
+        """Every stored revision of the interview's finals (opened), in recording order: the export's history."""
+        out = []
+        cursor = self.revisions.find({"interviewId": interview_id}, _SEGMENT_HIDDEN)
+        for doc in await cursor.sort([("recordedAt", ASCENDING), ("revision", ASCENDING)]).to_list(None):
+            unreadable = await self._open(doc, SEGMENT_SEALED)
+            if unreadable:
+                doc["unreadable"] = unreadable
+            out.append(doc)
+        return out
+
+    @_translated
+    async def erasure_of(self, candidate_id: str) -> dict[str, Any] | None:
+        return await self.erasures.find_one({"_id": candidate_id})
+
+    @_translated
+    async def begin_erasure(self, candidate_id: str, record: dict[str, Any]) -> None:
+        """Mark the candidate erased before anything is destroyed: no data key is created for them from now on.
+        Raises `Conflict` when another erasure of them got there first."""
+        try:
+            await self.erasures.insert_one({"_id": candidate_id, **record})
+        except DuplicateKeyError:
+            raise Conflict(f"candidate {candidate_id} is being erased already", code="erasure_in_progress") from None
+
+    @_translated
+    async def finish_erasure(self, candidate_id: str, receipt: dict[str, Any]) -> None:
+        await self.erasures.update_one({"_id": candidate_id}, {"$set": {"receipt": receipt, "done": True}})
+
+    @_translated
+    async def has_data_key(self, candidate_id: str) -> bool:
+        return self.keyring is not None and await self.keyring.data_key(candidate_id, create=False) is not None
+
+    @_translated
+    async def destroy_data_key(self, candidate_id: str) -> bool:
+        return self.keyring is not None and await self.keyring.destroy(candidate_id)
+
+    @_translated
+    async def delete_interview_data(self, interview_ids: list[str]) -> dict[str, int]:
+        """Delete the interviews' segments, revisions, consent records and logged events; the counts by kind."""
+        if not interview_ids:
+            return {"segments": 0, "revisions": 0, "consents": 0, "events": 0}
+        which = {"interviewId": {"$in": interview_ids}}
+        counts = {}
+        for name, collection in (("segments", self.segments), ("revisions", self.revisions),
+                                 ("consents", self.consents), ("events", self.events)):
+            counts[name] = (await collection.delete_many(which)).deleted_count
+        return counts
+
+    @_translated
+    async def delete_candidate(self, candidate_id: str) -> bool:
+        return bool((await self.candidates.delete_one({"_id": candidate_id})).deleted_count)
+
+    @_translated
+    async def closed_before(self, before: datetime) -> list[Interview]:
+        """Interviews completed or cancelled before `before` (the retention job's candidates)."""
+        query = {"$or": [{"status": "completed", "completedAt": {"$lt": before}},
+                         {"status": "cancelled", "cancelledAt": {"$lt": before}}]}
+        return [await self._read_interview(d) for d in await self.interviews.find(query).to_list(None)]
 
     # -- outbox (adapters.outbox.OutboxStore) -------------------------------------------------------------------
 

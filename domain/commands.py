@@ -597,6 +597,12 @@ class InterviewService:
         interview, _ = await self._change(interview_id, lambda i, now: i.record_analysis(cmd.analysis, now))
         return interview.analysis.to_document()
 
+    async def erase_interview_data(self, interview_id: str, erasure_id: str) -> dict[str, Any]:
+        """Cancel (if open) and clear the interview's personal data, recording `InterviewDataErased`."""
+        interview, _ = await self._change(interview_id, lambda i, now: i.erase_personal_data(now, erasure_id))
+        log.info("interview %s: candidate data erased (erasure %s)", interview_id, erasure_id)
+        return interview.to_document()
+
     async def _accepting_segments(self, interview_id: str, segment: SegmentEvent) -> None:
         _check_id("interview", interview_id)
         if not segment.final:

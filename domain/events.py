@@ -297,7 +297,25 @@ class ParticipantEvent:
         return {"type": self.type, "speaker": self.speaker.to_dict()}
 
 
-StreamEvent = SegmentEvent | SentimentEvent | KeywordsEvent | LevelEvent | ErrorEvent | ParticipantEvent
+@dataclass(slots=True)
+class ConsentEvent:
+    """A participant gave (`consent.given`) or withdrew (`consent.withdrawn`) consent to the processing of their
+    audio under the notice `notice_version`. Until given, none of their audio is processed; once withdrawn, none
+    more is (the transcript ends there for them)."""
+
+    speaker: Speaker
+    given: bool
+    notice_version: str
+
+    @property
+    def type(self) -> str:
+        return "consent.given" if self.given else "consent.withdrawn"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "speaker": self.speaker.to_dict(), "noticeVersion": self.notice_version}
+
+
+StreamEvent = SegmentEvent | SentimentEvent | KeywordsEvent | LevelEvent | ErrorEvent | ParticipantEvent | ConsentEvent
 
 
 def to_json(event: StreamEvent | StoredSegment) -> str:
@@ -445,3 +463,19 @@ class AnalysisCompleted(DomainEvent):
 
     def data(self) -> dict[str, Any]:
         return {"sentiment": {"overall": self.sentiment_overall}, "overall": self.overall, "keywords": self.keywords}
+
+
+@dataclass(slots=True, frozen=True)
+class InterviewDataErased(DomainEvent):
+    """The candidate's personal data in this interview was erased (crypto-shredded): its transcript, revisions
+    and analysis are gone, and every earlier event's sealed fields no longer open. Carries no personal data."""
+
+    interview_id: str
+    occurred_at: Any
+    candidate_id: str
+    erasure_id: str
+    id: str = field(default_factory=_event_id)
+    SUBJECT = "erased"
+
+    def data(self) -> dict[str, Any]:
+        return {"candidateId": self.candidate_id, "erasureId": self.erasure_id}

@@ -22,6 +22,7 @@ from domain.events import (
     DomainEvent,
     InterviewCancelled,
     InterviewCompleted,
+    InterviewDataErased,
     InterviewScheduled,
     InterviewStarted,
     StoredSegment,
@@ -354,6 +355,7 @@ class Interview:
     transcription_status: str = "pending"  # pending | in_progress | completed
     analysis: Analysis = field(default_factory=Analysis)
     events: list[DomainEvent] = field(default_factory=list)  # recorded, not yet handed to the repository
+    data_erased_at: datetime | None = None  # the candidate's data in it was erased (erasure or retention)
     unreadable: list[str] = field(default_factory=list)  # fields that did not decrypt on this read
 
     @classmethod
@@ -446,6 +448,18 @@ class Interview:
                                              overall=dict(analysis.overall) if analysis.overall else None,
                                              keywords=[str(k.get("term", "")) for k in analysis.keywords][:20]))
 
+    def erase_personal_data(self, now: datetime, erasure_id: str) -> None:
+        """The candidate's data was erased: an open interview is cancelled (nothing more is recorded), the analysis
+        and any free text are cleared. The transcript itself lives in the store and is deleted there."""
+        if self.status in (SCHEDULED, IN_PROGRESS):
+            self.cancel(now, "")
+        self.cancel_reason = ""
+        self.analysis = Analysis()
+        self.data_erased_at = now
+        self._touch(now)
+        self.events.append(InterviewDataErased(interview_id=self.interview_id, occurred_at=now,
+                                               candidate_id=self.candidate_id, erasure_id=erasure_id))
+
     def accepts_segments(self) -> bool:
         """Finals may arrive after completion (a drained stream); a cancelled interview records nothing more."""
         return self.status != CANCELLED
@@ -478,6 +492,7 @@ class Interview:
                               "segments": [s.to_document() for s in segments or ()]},
             "analysis": self.analysis.to_document(),
             "metadata": self.metadata.to_document(),
+            "dataErasedAt": self.data_erased_at,
             **({"unreadable": list(self.unreadable)} if self.unreadable else {}),
         }
 
@@ -494,6 +509,7 @@ class Interview:
             questions=[Question.from_document(q) for q in d.get("questions", [])],
             transcription_status=transcription.get("status", "pending"),
             analysis=Analysis.from_document(d.get("analysis")), unreadable=list(d.get("unreadable", [])),
+            data_erased_at=d.get("dataErasedAt"),
         )
 
 
