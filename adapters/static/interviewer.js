@@ -137,6 +137,7 @@ function init() {
     showError: (message) => message && toast(message),
   });
   call.addEventListener("channel", (e) => attachChannel(e.detail.channel));
+  $("consent-label").hidden = claims?.role !== "interviewer"; // observers send no audio: nothing to consent to
   if (!claims) return;
   $("who").textContent = `${claims.name || claims.role} · ${claims.role} · interview ${claims.iid}`;
   document.title = `Overlay · ${claims.iid}`;
