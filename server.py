@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -316,7 +317,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="server.py",
         description="interview-worker: live interview rooms (WebRTC/WHIP), streaming transcription and "
                     "text analytics. Configured by environment variables:",
-        epilog="Environment variables (default, meaning):\n" + Settings.help_table(),
+        epilog="Commands: " + ", ".join(COMMANDS) + " (each with --help)\n\n"
+               "Environment variables (default, meaning):\n" + Settings.help_table(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", help="overrides HOST")
@@ -324,11 +326,143 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# ---- maintenance commands: `python server.py <command> ...` (each parses its own arguments) --------------------
+@contextlib.asynccontextmanager
+async def _offline_store(settings: Settings) -> AsyncIterator[MongoStore]:
+    """The store with its key ring, for a command run while the server is stopped (embedded: its data dir is
+    locked while a server runs, so the command refuses to run beside one)."""
+    from adapters.mongo import EmbeddedMongo, MongoStore
+
+    embedded = None
+    url = settings.mongodb_url
+    if url is None:
+        embedded = EmbeddedMongo(settings.data_dir)
+        url = await embedded.start()
+    try:
+        store = await MongoStore.connect(url, db_name=settings.mongodb_db, key_file=settings.master_key_path)
+        try:
+            yield store
+        finally:
+            await store.close()
+    finally:
+        if embedded is not None:
+            await embedded.stop()
+
+
+def _command_settings(prog: str) -> Settings | None:
+    from adapters.logs import configure_logging
+
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"{prog}: bad setting: {exc}", file=sys.stderr)
+        return None
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def rotate_master_key(argv: list[str]) -> int:
+    """A new master key in MASTER_KEY_FILE; every data key re-wrapped under it (the data is not touched)."""
+    from adapters.crypto import MasterKeyRefused
+
+    argparse.ArgumentParser(prog="server.py rotate-master-key", description=rotate_master_key.__doc__).parse_args(argv)
+    settings = _command_settings("rotate-master-key")
+    if settings is None:
+        return 2
+
+    async def run() -> tuple[str, int]:
+        async with _offline_store(settings) as store:
+            assert store.keyring is not None
+            return await store.keyring.rotate_master_key()
+
+    try:
+        kid, count = asyncio.run(run())
+    except (MasterKeyRefused, RuntimeError) as exc:
+        print(f"rotate-master-key: {exc}", file=sys.stderr)
+        return 1
+    print(f"master key rotated: now {kid}; {count} data keys re-wrapped (back up {settings.master_key_path} now)")
+    return 0
+
+
+def verify_receipt_command(argv: list[str]) -> int:
+    """Exit 0 when FILE holds a receipt ({"receipt", "signature"}) signed by one of the service's keys, else 1."""
+    import httpx
+
+    from adapters.crypto import ReceiptSigner, verify_receipt
+
+    parser = argparse.ArgumentParser(prog="server.py verify-receipt", description=verify_receipt_command.__doc__)
+    parser.add_argument("file", type=Path, help="the receipt JSON")
+    parser.add_argument("--keys", help="a JWK set: a file, or a URL such as "
+                        "https://host/.well-known/interview-worker-keys (default: DATA_DIR's receipt key)")
+    args = parser.parse_args(argv)
+    try:
+        signed = json.loads(args.file.read_text())
+        if args.keys and args.keys.startswith(("http://", "https://")):
+            keys = httpx.get(args.keys, timeout=10).raise_for_status().json()["keys"]
+        elif args.keys:
+            keys = json.loads(Path(args.keys).read_text())["keys"]
+        else:
+            settings = Settings.from_env()
+            key_file = settings.data_dir / "receipt_key.pem"
+            if not key_file.exists():
+                print(f"verify-receipt: no receipt key in {key_file}: give --keys", file=sys.stderr)
+                return 1
+            keys = [ReceiptSigner.load_or_create(key_file).jwk()]
+    except (OSError, ValueError, KeyError, TypeError, httpx.HTTPError) as exc:
+        print(f"verify-receipt: {exc}", file=sys.stderr)
+        return 1
+    if verify_receipt(signed, keys):
+        receipt = signed["receipt"]
+        print(f"valid: {receipt.get('what')} of candidate {receipt.get('candidateId')} at {receipt.get('at')} "
+              f"by {receipt.get('by')} (key {receipt.get('kid')})")
+        return 0
+    print("INVALID: the signature does not match the receipt (or no known key signed it)", file=sys.stderr)
+    return 1
+
+
+def retention_command(argv: list[str]) -> int:
+    """Erase what is older than RETENTION_DAYS after its interview closed, and print the counts."""
+    from adapters.crypto import MasterKeyRefused, ReceiptSigner
+    from adapters.privacy import Privacy
+    from domain.commands import InterviewService
+
+    parser = argparse.ArgumentParser(prog="server.py retention", description=retention_command.__doc__)
+    parser.add_argument("--dry-run", action="store_true", help="count what would be erased; change nothing")
+    args = parser.parse_args(argv)
+    settings = _command_settings("retention")
+    if settings is None:
+        return 2
+
+    async def run() -> dict[str, Any]:
+        async with _offline_store(settings) as store:
+            signer = ReceiptSigner.load_or_create(settings.data_dir / "receipt_key.pem")
+            privacy = Privacy(store, InterviewService(store), signer, retention_days=settings.retention_days)
+            return await privacy.retention(dry_run=args.dry_run)
+
+    try:
+        report = asyncio.run(run())
+    except (MasterKeyRefused, RuntimeError) as exc:
+        print(f"retention: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "rotate-master-key": rotate_master_key,
+    "verify-receipt": verify_receipt_command,
+    "retention": retention_command,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from adapters.logs import configure_logging
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
     args = _parse_args(argv)
     try:
         settings = Settings.from_env()
