@@ -8,8 +8,17 @@ Collections
     revisions    append-only too: one document per revision of a stored final (`segment.revised`), `_id` =
                  "<interviewId>:<participantId>:<seq>:r<revision>", `segmentId` = the final's `_id`. A final is
                  never rewritten: `list_segments` applies each segment's highest revision when it reads.
-    candidates   `_id` = candidateId, unique email.
+                 Both carry `month` ("m2026_12", the interview's date): the partition key (README: a real MongoDB
+                 deployment shards and expires by it).
+    candidates   `_id` = candidateId, unique `emailIndex` (the email's blind index; the email itself is sealed).
     events       the log of every published domain event (`_id` = event id), written by `mark_published`.
+    consents     one document per consent given or withdrawn (participant, notice version, time, address).
+    erasures     `_id` = candidateId of an erased candidate: when, by whom, the signed receipt.
+    keys         the candidates' wrapped data keys and the master-key check (adapters.crypto.KeyRing).
+
+Personal fields (`CANDIDATE_SEALED`, `INTERVIEW_SEALED`, `SEGMENT_SEALED`, `CONSENT_SEALED`, and `EVENT_SEALED` in
+event payloads) are sealed with the candidate's data key on the way in and opened on the way out; one that does
+not open reads as null (or empty) and is listed in the document's `unreadable`.
 
 Outbox design (events are published only after their write commits, and never lost while NATS is down)
     There are no multi-document transactions (nx-27017 has none), so every pending event lives in the SAME
@@ -112,6 +121,12 @@ def _outbox_entry(event: DomainEvent, version: int, key: DataKey | None) -> dict
             "version": version}
 
 
+def month_of(at: datetime) -> str:
+    """The partition of an interview's segments and revisions: "m" + the UTC year and month of its date
+    (letter-prefixed for nx-27017, see `_list_key`)."""
+    return "m" + at.astimezone(UTC).strftime("%Y_%m")
+
+
 def _time_key(at: datetime) -> str:
     return "t" + at.astimezone(UTC).strftime("%Y%m%d%H%M%S") + f"{at.microsecond // 1000:03d}"
 
@@ -185,7 +200,7 @@ class MongoStore:
         self.db = db
         # None: fields are stored as they are (the null cipher `benchmarks.api` compares with; never the server)
         self.keyring = keyring
-        self._owner: dict[str, str] = {}  # interview id -> candidate id (never changes), whose data key seals it
+        self._owner: dict[str, tuple[str, str]] = {}  # interview id -> (candidate id whose key seals it, month)
         self.interviews = db["interviews"]
         self.segments = db["segments"]
         self.revisions = db["revisions"]
@@ -229,15 +244,19 @@ class MongoStore:
             raise Conflict(f"candidate {candidate_id} was erased: nothing more is stored about them",
                            code="candidate_erased") from None
 
-    async def candidate_of(self, interview_id: str) -> str:
-        """The candidate an interview belongs to (cached: it never changes)."""
-        owner = self._owner.get(interview_id)
-        if owner is None:
-            doc = await self.interviews.find_one({"_id": interview_id}, {"candidateId": 1})
+    async def _placement(self, interview_id: str) -> tuple[str, str]:
+        """(candidate, month partition) of an interview, cached: neither ever changes."""
+        placed = self._owner.get(interview_id)
+        if placed is None:
+            doc = await self.interviews.find_one({"_id": interview_id}, {"candidateId": 1, "scheduledAt": 1})
             if doc is None:
                 raise NotFound("interview", interview_id)
-            owner = self._owner[interview_id] = doc["candidateId"]
-        return owner
+            placed = self._owner[interview_id] = (doc["candidateId"], month_of(doc["scheduledAt"]))
+        return placed
+
+    async def candidate_of(self, interview_id: str) -> str:
+        """The candidate an interview belongs to."""
+        return (await self._placement(interview_id))[0]
 
     async def _interview_key(self, interview_id: str) -> DataKey | None:
         if self.keyring is None:
@@ -281,6 +300,9 @@ class MongoStore:
         await self.segments.create_index([("interviewId", ASCENDING), ("recordedAt", ASCENDING)])
         await self.segments.create_index([("published", ASCENDING), ("recordedAt", ASCENDING)])
         await self.segments.create_index([("eventId", ASCENDING)])
+        # the partition key (see README, "A real MongoDB deployment"): the month of the interview's date
+        await self.segments.create_index([("month", ASCENDING), ("interviewId", ASCENDING)])
+        await self.revisions.create_index([("month", ASCENDING), ("interviewId", ASCENDING)])
         await self.revisions.create_index(
             [("interviewId", ASCENDING), ("participantId", ASCENDING), ("seq", ASCENDING), ("revision", ASCENDING)],
             unique=True)
@@ -385,7 +407,8 @@ class MongoStore:
     async def add_segment(self, event: SegmentTranscribed) -> bool:
         seg = event.segment
         doc = _segment_doc(event, _segment_id(event.interview_id, seg.speaker.participant_id, seg.seq),
-                           await self._interview_key(event.interview_id))
+                           await self._interview_key(event.interview_id),
+                           month=(await self._placement(event.interview_id))[1])
         return await _insert_once(self.segments, doc)
 
     @_translated
@@ -395,7 +418,7 @@ class MongoStore:
         if await self.segments.find_one({"_id": segment_id}, {"_id": 1}) is None:
             raise NotFound("segment", segment_id)
         doc = _segment_doc(event, f"{segment_id}:r{seg.revision}", await self._interview_key(event.interview_id),
-                           segmentId=segment_id)
+                           segmentId=segment_id, month=(await self._placement(event.interview_id))[1])
         return await _insert_once(self.revisions, doc)
 
     @_translated

@@ -186,3 +186,37 @@ def test_receipts_verify_and_a_changed_byte_fails(tmp_path: Path) -> None:
     assert not verify_receipt(tampered, [signer.jwk()])
     assert not verify_receipt({"receipt": signed["receipt"]}, [signer.jwk()])
     assert not verify_receipt(signed, [ReceiptSigner.load_or_create(tmp_path / "other.pem").jwk()])
+
+
+async def test_retention_erases_what_expired_and_reports_counts(sealed: tuple[MongoStore, list[int]],
+                                                               tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from adapters.privacy import Privacy
+
+    store, _ = sealed
+    service = InterviewService(store)
+    gone, gone_iid = await a_candidate_with_an_interview(service)
+    kept = (await service.create_candidate(CreateCandidate.parse({"name": "Kept", "email": "kept@example.org"})))[
+        "candidateId"]
+    iids = [(await service.create_interview(CreateInterview.parse({
+        "candidateId": kept, "jobId": "job-1", "scheduledAt": "2026-12-01T09:00:00Z"})))["interviewId"]
+        for _ in range(2)]
+    for iid in (gone_iid, iids[0]):
+        await service.start_interview(iid)
+        await service.record_segment(iid, segment(0, PHRASE))
+        await service.complete_interview(iid)
+    later = datetime.now(UTC) + timedelta(days=181)
+    privacy = Privacy(store, service, ReceiptSigner.load_or_create(tmp_path / "r.pem"), retention_days=180,
+                      clock=lambda: later)
+    dry = await privacy.retention(dry_run=True)
+    assert (dry["candidatesErased"], dry["interviewsCleared"], dry["expiredInterviews"]) == (1, 1, 2)
+    assert (await service.get_transcript(gone_iid))["segments"]  # a dry run changes nothing
+    report = await privacy.retention()
+    assert (report["candidatesErased"], report["interviewsCleared"], report["segments"]) == (1, 1, 2)
+    assert (await store.erasure_of(gone)) is not None and await store.erasure_of(kept) is None
+    assert (await service.get_transcript(iids[0]))["segments"] == []
+    assert (await service.get_interview(iids[0]))["dataErasedAt"] is not None
+    assert (await service.get_candidate(kept))["name"] == "Kept"
+    again = await privacy.retention()  # nothing left to do
+    assert (again["candidatesErased"], again["interviewsCleared"]) == (0, 0)
