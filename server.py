@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -35,10 +36,12 @@ if TYPE_CHECKING:  # the composition root imports its adapters lazily: nothing h
     from adapters.audit import AuditLog
     from adapters.auth import Accounts
     from adapters.call import CallHub
+    from adapters.crypto import ReceiptSigner
     from adapters.http_edge import Audit
     from adapters.metrics import Metrics
     from adapters.mongo import EmbeddedMongo, MongoStore
     from adapters.outbox import EventBus, OutboxRelay
+    from adapters.privacy import Privacy
     from adapters.rate_limits import RateLimits
     from adapters.rooms import RoomRegistry
     from adapters.tokens import Revocations, TokenSigner
@@ -114,6 +117,9 @@ class Components:
     limits: RateLimits | None = None
     revocations: Revocations | None = None
     audit: Audit | None = None  # the audit trail's call site; its sink is adapters.audit.AuditLog
+    receipts: ReceiptSigner | None = None
+    privacy: Privacy | None = None
+    retention: asyncio.Task[None] | None = None
     ready: bool = False
 
 
@@ -124,10 +130,12 @@ async def _build(c: Components) -> None:
     from adapters.audit import AuditEntry, AuditLog
     from adapters.auth import AccessTokens, Accounts, KeyRing
     from adapters.call import CallHub, IceConfig
+    from adapters.crypto import ReceiptSigner
     from adapters.http_edge import Audit
     from adapters.mongo import EmbeddedMongo, MongoStore
     from adapters.nats_bus import open_bus
     from adapters.outbox import OutboxRelay
+    from adapters.privacy import Privacy
     from adapters.rooms import RoomRegistry
     from adapters.stt_engines import build_stt
     from adapters.tokens import Revocations, TokenSigner
@@ -142,7 +150,9 @@ async def _build(c: Components) -> None:
     if url is None:
         c.embedded = EmbeddedMongo(s.data_dir)
         url = await c.embedded.start()
-    c.store = store = await MongoStore.connect(url, db_name=s.mongodb_db)
+    metrics = c.metrics
+    c.store = store = await MongoStore.connect(url, db_name=s.mongodb_db, key_file=s.master_key_path,
+                                               on_unreadable=lambda: metrics.error("decrypt"))
     c.accounts_store = accounts_store = AccountsStore(store.db)
     await accounts_store.create_indexes()
     c.limits = limits = build_limits(s)
@@ -187,16 +197,21 @@ async def _build(c: Components) -> None:
                                          record_revision=service.record_revision,
                                          last_seq=service.last_segment_seq,
                                          stored_finals=lambda iid: stored_finals(store, iid),
-                                         resume_grace_s=s.resume_grace_s)
+                                         consent=store.consent_given, resume_grace_s=s.resume_grace_s)
     registry.start()
     c.call = call = CallHub(c.metrics, IceConfig(s.ice_servers, c.secrets.turn_secret, s.turn_ttl_s))
     registry.on_membership = lambda room: call.room_changed(
         room.interview_id, sum(p.claims.role == "observer" for p in room.participants.values()))
     # The server's own connections need no TURN (it is the reachable end); the pages get TURN from the call.
-    c.whip = WhipIngest(registry, signer, lambda iid: interview_status(service, iid), c.metrics,
-                        ice_servers=[RTCIceServer(urls=url) for url in s.ice_servers if url.startswith("stun:")],
-                        call=call, audit=audit, limits=limits,
-                        max_peer_connections=s.max_peer_connections, max_rooms_per_org=s.max_rooms_per_org)
+    c.whip = whip = WhipIngest(registry, signer, lambda iid: interview_status(service, iid), c.metrics,
+                               ice_servers=[RTCIceServer(urls=url) for url in s.ice_servers
+                                            if url.startswith("stun:")],
+                               call=call, audit=audit, limits=limits,
+                               max_peer_connections=s.max_peer_connections, max_rooms_per_org=s.max_rooms_per_org)
+    c.receipts = receipts = await asyncio.to_thread(ReceiptSigner.load_or_create, s.data_dir / "receipt_key.pem")
+    c.privacy = privacy = Privacy(store, service, receipts, end_sessions=whip.end_interview,
+                                  retention_days=s.retention_days)
+    c.retention = asyncio.create_task(_retention_loop(privacy), name="retention")
 
 
 def build_analysis(s: Settings, service: InterviewService, store: MongoStore, metrics: Metrics) -> AnalysisJobs:
@@ -238,6 +253,20 @@ def build_limits(s: Settings) -> RateLimits:
                       s.redis_url)
 
 
+RETENTION_EVERY_S = 3600.0  # retention is counted in days: an hourly pass erases within the hour of expiry
+
+
+async def _retention_loop(privacy: Privacy) -> None:
+    """The retention job, hourly from a minute after start; a failed pass is logged and tried next time."""
+    await asyncio.sleep(60.0)
+    while True:
+        try:
+            await privacy.retention()
+        except Exception:
+            log.exception("retention pass failed; trying again in %.0f s", RETENTION_EVERY_S)
+        await asyncio.sleep(RETENTION_EVERY_S)
+
+
 async def interview_status(service: InterviewService, interview_id: str) -> str | None:
     from domain.model import NotFound
 
@@ -261,6 +290,10 @@ async def _teardown(c: Components) -> None:
     """Reverse of `_build`, draining first. Each step runs even if an earlier one failed."""
     c.ready = False
     steps: list[tuple[str, Callable[[], Any]]] = []
+    if c.retention is not None:
+        retention = c.retention
+        retention.cancel()
+        steps.append(("stop the retention job", lambda: asyncio.gather(retention, return_exceptions=True)))
     if c.whip is not None:
         steps.append(("stop reading audio", c.whip.aclose))
     if c.registry is not None:
@@ -333,19 +366,26 @@ def create_app(settings: Settings, *, announce: Callable[[Components], None] | N
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        from adapters.http_api import Api, api_routes
+        from adapters.crypto import MasterKeyRefused
+        from adapters.http_api import Api, api_routes, keys_route
 
         c = Components(settings=settings, secrets=resolve_secrets(settings), metrics=metrics)
         app.state.components = c
         t0 = time.perf_counter()
         try:
-            await _build(c)
+            try:
+                await _build(c)
+            except MasterKeyRefused as exc:
+                log.critical("refusing to start: %s", exc)
+                raise
             # built by _build
             assert c.signer is not None and c.service is not None and c.whip is not None
             assert c.accounts is not None and c.limits is not None and c.audit is not None
+            assert c.privacy is not None and c.receipts is not None and c.registry is not None
             api = Api(c.service, c.accounts, c.signer, c.limits, metrics, c.audit, public_url=settings.public_url,
-                      max_body_bytes=settings.max_body_bytes, analysis=c.analysis)
-            app.router.routes[:] = [*api_routes(api), *c.whip.routes(), *base_routes]
+                      max_body_bytes=settings.max_body_bytes, analysis=c.analysis, privacy=c.privacy,
+                      on_consent=c.registry.set_consent)
+            app.router.routes[:] = [*api_routes(api), keys_route(c.receipts), *c.whip.routes(), *base_routes]
             c.ready = True
             log.info("service ready in %.1fs (store: %s, bus: %s, stt: %s)", time.perf_counter() - t0,
                      "embedded" if c.embedded else "external", "nats" if settings.nats_url else "in-process",
@@ -374,7 +414,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="server.py",
         description="interview-worker: live interview rooms (WebRTC/WHIP), streaming transcription and "
                     "text analytics. Configured by environment variables:",
-        epilog="Environment variables (default, meaning):\n" + Settings.help_table(),
+        epilog="Commands: " + ", ".join(COMMANDS) + " (each with --help)\n\n"
+               "Environment variables (default, meaning):\n" + Settings.help_table(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", help="overrides HOST")
@@ -427,6 +468,29 @@ async def create_admin(settings: Settings, email: str, org: str, password: str) 
             await embedded.stop()
 
 
+# ---- maintenance commands: `python server.py <command> ...` (each parses its own arguments) --------------------
+@contextlib.asynccontextmanager
+async def _offline_store(settings: Settings) -> AsyncIterator[MongoStore]:
+    """The store with its key ring, for a command run while the server is stopped (embedded: its data dir is
+    locked while a server runs, so the command refuses to run beside one)."""
+    from adapters.mongo import EmbeddedMongo, MongoStore
+
+    embedded = None
+    url = settings.mongodb_url
+    if url is None:
+        embedded = EmbeddedMongo(settings.data_dir)
+        url = await embedded.start()
+    try:
+        store = await MongoStore.connect(url, db_name=settings.mongodb_db, key_file=settings.master_key_path)
+        try:
+            yield store
+        finally:
+            await store.close()
+    finally:
+        if embedded is not None:
+            await embedded.stop()
+
+
 def rotate_jwt_key(settings: Settings, args: argparse.Namespace) -> int:
     """`server.py rotate-jwt-key`: a new signing key; tokens signed with older ones verify until they expire."""
     from adapters.auth import KeyRing
@@ -452,7 +516,116 @@ def create_admin_command(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_settings(prog: str) -> Settings | None:
+    from adapters.logs import configure_logging
+
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"{prog}: bad setting: {exc}", file=sys.stderr)
+        return None
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def rotate_master_key(argv: list[str]) -> int:
+    """A new master key in MASTER_KEY_FILE; every data key re-wrapped under it (the data is not touched)."""
+    from adapters.crypto import MasterKeyRefused
+
+    argparse.ArgumentParser(prog="server.py rotate-master-key", description=rotate_master_key.__doc__).parse_args(argv)
+    settings = _command_settings("rotate-master-key")
+    if settings is None:
+        return 2
+
+    async def run() -> tuple[str, int]:
+        async with _offline_store(settings) as store:
+            assert store.keyring is not None
+            return await store.keyring.rotate_master_key()
+
+    try:
+        kid, count = asyncio.run(run())
+    except (MasterKeyRefused, RuntimeError) as exc:
+        print(f"rotate-master-key: {exc}", file=sys.stderr)
+        return 1
+    print(f"master key rotated: now {kid}; {count} data keys re-wrapped (back up {settings.master_key_path} now)")
+    return 0
+
+
+def verify_receipt_command(argv: list[str]) -> int:
+    """Exit 0 when FILE holds a receipt ({"receipt", "signature"}) signed by one of the service's keys, else 1."""
+    import httpx
+
+    from adapters.crypto import ReceiptSigner, verify_receipt
+
+    parser = argparse.ArgumentParser(prog="server.py verify-receipt", description=verify_receipt_command.__doc__)
+    parser.add_argument("file", type=Path, help="the receipt JSON")
+    parser.add_argument("--keys", help="a JWK set: a file, or a URL such as "
+                        "https://host/.well-known/interview-worker-keys (default: DATA_DIR's receipt key)")
+    args = parser.parse_args(argv)
+    try:
+        signed = json.loads(args.file.read_text())
+        if args.keys and args.keys.startswith(("http://", "https://")):
+            keys = httpx.get(args.keys, timeout=10).raise_for_status().json()["keys"]
+        elif args.keys:
+            keys = json.loads(Path(args.keys).read_text())["keys"]
+        else:
+            settings = Settings.from_env()
+            key_file = settings.data_dir / "receipt_key.pem"
+            if not key_file.exists():
+                print(f"verify-receipt: no receipt key in {key_file}: give --keys", file=sys.stderr)
+                return 1
+            keys = [ReceiptSigner.load_or_create(key_file).jwk()]
+    except (OSError, ValueError, KeyError, TypeError, httpx.HTTPError) as exc:
+        print(f"verify-receipt: {exc}", file=sys.stderr)
+        return 1
+    if verify_receipt(signed, keys):
+        receipt = signed["receipt"]
+        print(f"valid: {receipt.get('what')} of candidate {receipt.get('candidateId')} at {receipt.get('at')} "
+              f"by {receipt.get('by')} (key {receipt.get('kid')})")
+        return 0
+    print("INVALID: the signature does not match the receipt (or no known key signed it)", file=sys.stderr)
+    return 1
+
+
+def retention_command(argv: list[str]) -> int:
+    """Erase what is older than RETENTION_DAYS after its interview closed, and print the counts."""
+    from adapters.crypto import MasterKeyRefused, ReceiptSigner
+    from adapters.privacy import Privacy
+    from domain.commands import InterviewService
+
+    parser = argparse.ArgumentParser(prog="server.py retention", description=retention_command.__doc__)
+    parser.add_argument("--dry-run", action="store_true", help="count what would be erased; change nothing")
+    args = parser.parse_args(argv)
+    settings = _command_settings("retention")
+    if settings is None:
+        return 2
+
+    async def run() -> dict[str, Any]:
+        async with _offline_store(settings) as store:
+            signer = ReceiptSigner.load_or_create(settings.data_dir / "receipt_key.pem")
+            privacy = Privacy(store, InterviewService(store), signer, retention_days=settings.retention_days)
+            return await privacy.retention(dry_run=args.dry_run)
+
+    try:
+        report = asyncio.run(run())
+    except (MasterKeyRefused, RuntimeError) as exc:
+        print(f"retention: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "rotate-master-key": rotate_master_key,
+    "verify-receipt": verify_receipt_command,
+    "retention": retention_command,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
     args = _parse_args(argv)
     try:
         settings = Settings.from_env()

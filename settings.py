@@ -134,6 +134,12 @@ class Settings(BaseSettings):
     nats_url: OptionalText = setting(None, "NATS URL with JetStream (unset: in-process bus)", secret=True)
     token_secret: Secret = setting(None, "HMAC key for join tokens (unset: generated, stored in "
                                    "DATA_DIR/token_secret)", secret=True)
+    master_key_file: Annotated[Path | None, BeforeValidator(_none_if_blank)] = setting(
+        None, "master key file wrapping the candidates' data keys (unset: DATA_DIR/master_key, generated on a first "
+        "start with an empty database; back it up apart from the database)")
+    retention_days: PositiveInt = setting(180, "days after an interview's completion (or cancellation) its "
+                                          "transcript, analysis and, once all their interviews expired, the "
+                                          "candidate are erased")
     token_ttl_s: PositiveInt = setting(4 * 3600, "join token lifetime, seconds")
     stt_engine: Annotated[Literal["local", "openai"], BeforeValidator(_lower)] = setting(
         "local", "speech-to-text: local faster-whisper, or an OpenAI-compatible API")
@@ -230,6 +236,10 @@ class Settings(BaseSettings):
             raise ValueError("ICE_SERVERS: turn: and turns: URLs need TURN_SECRET (browsers refuse TURN without "
                              "credentials)")
         return settings
+
+    @property
+    def master_key_path(self) -> Path:
+        return self.master_key_file or self.data_dir / "master_key"
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with `changes` applied and validated like every other value."""

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import GenerateJsonSchema, SkipJsonSchema, models_json_schema
 
 from domain.access import API_KEY_SCOPES, USER_ROLES, Action
-from domain.commands import DEFAULT_PAGE, MAX_PAGE
+from domain.commands import APPLICATION_STATUSES, DEFAULT_PAGE, MAX_PAGE
 from domain.events import ROLES
 from domain.model import (
     COMPETENCY_MAX,
@@ -148,29 +148,82 @@ class ResumeInput(_Closed):
     parsed: Omittable[bool] = None
     skills: Annotated[list[ListText], Field(max_length=100)] | None = None
     experience: Annotated[float, Field(ge=0, le=80)] | None = Field(None, description="years")
+    text: Annotated[str, _maybe_text(100_000)] | None = Field("", description="the CV's text")
+    fileRef: Annotated[str, _maybe_text(500)] | None = Field("", description="where the CV file is kept")
 
 
-class NewCandidate(_Closed):
-    """A candidate to create; `candidateId` is generated when not given. Emails are unique (stored lowercase)."""
-
-    candidateId: Id | None = None
+class PersonalInfoInput(_Closed):
     name: Annotated[str, _text(200)]
     email: _Email
     phone: Annotated[str, _maybe_text(32, PHONE_RE)] | None = ""
+    location: Annotated[str, _maybe_text(200)] | None = ""
+
+
+class PersonalInfoUpdate(_Closed):
+    name: Omittable[Annotated[str, _text(200)]] = None
+    email: Omittable[_Email] = None
+    phone: Annotated[str, _maybe_text(32, PHONE_RE)] | None = ""
+    location: Annotated[str, _maybe_text(200)] | None = ""
+
+
+class ExperienceInput(_Closed):
+    company: Annotated[str, _text(200)]
+    role: Annotated[str, _maybe_text(200)] | None = ""
+    from_: Annotated[str, _maybe_text(20)] | None = Field("", alias="from")
+    to: Annotated[str, _maybe_text(20)] | None = ""
+
+
+class EducationInput(_Closed):
+    institution: Annotated[str, _text(200)]
+    degree: Annotated[str, _maybe_text(200)] | None = ""
+    year: Annotated[float, Field(ge=1900, le=2200)] | None = None
+
+
+class ApplicationInput(_Closed):
+    jobId: Id
+    status: Literal[APPLICATION_STATUSES] | None = "applied"  # type: ignore[valid-type]  # domain tuple
+    appliedAt: datetime | None = None
+
+
+class _Profile(_Closed):
+    """The candidate's fields besides name, email and phone (all personal data: stored encrypted)."""
+
+    location: Annotated[str, _maybe_text(200)] | None = ""
+    notes: Annotated[str, _maybe_text(20_000)] | None = ""
+    skills: Annotated[list[ListText], Field(max_length=100)] | None = None
+    experience: Annotated[list[ExperienceInput], Field(max_length=50)] | None = None
+    education: Annotated[list[EducationInput], Field(max_length=50)] | None = None
+    applications: Annotated[list[ApplicationInput], Field(max_length=200)] | None = None
     resume: ResumeInput | None = None
 
 
-class CandidateUpdate(_Closed):
+class NewCandidate(_Profile):
+    """A candidate to create; `candidateId` is generated when not given. Emails are unique (stored lowercase).
+    Name, email and phone come flat or inside `personalInfo` (with `location`), not both."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["name", "email"]},
+                                                           {"required": ["personalInfo"]}]})
+
+    candidateId: Id | None = None
+    name: Omittable[Annotated[str, _text(200)]] = None
+    email: Omittable[_Email] = None
+    phone: Annotated[str, _maybe_text(32, PHONE_RE)] | None = ""
+    personalInfo: Omittable[PersonalInfoInput] = None
+
+
+class CandidateUpdate(_Profile):
     """The fields to change (at least one); `version` for optimistic concurrency. A resume is merged into the
     stored one."""
 
     model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": [name]} for name in
-                                                           ("name", "email", "phone", "resume")]})
+                                                           ("name", "email", "phone", "resume", "personalInfo",
+                                                            "location", "notes", "skills", "experience",
+                                                            "education", "applications")]})
 
     name: Omittable[Annotated[str, _text(200)]] = None
     email: Omittable[_Email] = None
     phone: Annotated[str, _maybe_text(32, PHONE_RE)] | None = ""
-    resume: ResumeInput | None = None
+    personalInfo: Omittable[PersonalInfoUpdate] = None
     version: Omittable[PositiveInt] = None
 
 
@@ -220,6 +273,7 @@ class InterviewListParams(_Closed):
 
 
 class CandidateListParams(_Closed):
+    email: str | None = Field(None, description="exact email, case-insensitive (compared by its blind index)")
     cursor: str | None = Field(None, description="nextCursor of the previous page")
     limit: Annotated[int, Field(ge=1, le=MAX_PAGE)] = Field(DEFAULT_PAGE, description="page size")
 
@@ -321,8 +375,12 @@ class Question(_Closed):
 
 class Speaker(_Closed):
     role: Literal[ROLES]  # type: ignore[valid-type]  # domain tuple
-    name: str
+    name: str | None
     participantId: Id
+
+
+_Unreadable = Omittable[list[str]]
+_UNREADABLE = Field(None, description="fields that could not be decrypted (they read as null or empty)")
 
 
 class Word(_Closed):
@@ -341,7 +399,7 @@ class Segment(_Closed):
     seq: Annotated[int, Field(ge=0)]
     start_s: float = Field(description="stream time, seconds")
     end_s: float
-    text: str
+    text: str | None
     words: list[Word]
     confidence: float
     no_speech_prob: float
@@ -353,7 +411,8 @@ class Segment(_Closed):
     recordedAt: datetime
     emitted_at_s: Omittable[float] = None
     revision: Omittable[PositiveInt] = None
-    originalText: Omittable[str] = Field(None, description="the live final's text a revision replaced")
+    originalText: Omittable[str | None] = Field(None, description="the live final's text a revision replaced")
+    unreadable: _Unreadable = _UNREADABLE
 
 
 class Transcription(_Closed):
@@ -381,7 +440,7 @@ class Keyword(_Closed):
 class Overall(_Closed):
     score: float | None
     recommendation: Literal[RECOMMENDATIONS]  # type: ignore[valid-type]  # domain tuple
-    summary: str
+    summary: str | None
 
 
 class Analysis(_Closed):
@@ -509,7 +568,7 @@ class Interview(_Closed):
     startedAt: datetime | None
     completedAt: datetime | None
     cancelledAt: datetime | None
-    cancelReason: str
+    cancelReason: str | None
     duration: float | None = Field(description="seconds from start to completion")
     interviewers: list[Id]
     type: Literal[INTERVIEW_TYPES]  # type: ignore[valid-type]  # domain tuple
@@ -518,6 +577,8 @@ class Interview(_Closed):
     transcription: Transcription
     analysis: Analysis
     metadata: Metadata
+    dataErasedAt: datetime | None = Field(description="when the candidate's data in it was erased")
+    unreadable: _Unreadable = _UNREADABLE
 
 
 class InterviewPage(_Closed):
@@ -532,10 +593,38 @@ class Transcript(_Closed):
 
 
 class Resume(_Closed):
-    url: str
+    url: str | None
     parsed: bool
     skills: list[str]
     experience: float | None = Field(description="years")
+    text: str | None
+    fileRef: str | None
+
+
+class PersonalInfo(_Closed):
+    name: str | None
+    email: str | None
+    phone: str | None
+    location: str | None
+
+
+class Experience(_Closed):
+    company: str
+    role: str
+    from_: str = Field(alias="from")
+    to: str
+
+
+class Education(_Closed):
+    institution: str
+    degree: str
+    year: int | None
+
+
+class Application(_Closed):
+    jobId: Id
+    status: Literal[APPLICATION_STATUSES]  # type: ignore[valid-type]  # domain tuple
+    appliedAt: datetime | None
 
 
 class ListedCandidate(_Closed):
@@ -543,11 +632,18 @@ class ListedCandidate(_Closed):
 
     candidateId: Id
     orgId: str
-    name: str
-    email: str
-    phone: str
+    name: str | None
+    email: str | None
+    phone: str | None
+    personalInfo: PersonalInfo
     resume: Resume
+    skills: list[str]
+    experience: list[Experience]
+    education: list[Education]
+    applications: list[Application]
+    notes: str | None
     metadata: Metadata
+    unreadable: _Unreadable = _UNREADABLE
 
 
 class Candidate(ListedCandidate):
@@ -572,6 +668,43 @@ class ErrorDetail(_Closed):
     code: str
     message: str
     fields: Omittable[dict[str, str]] = Field(None, description="422: what is wrong with each bad field")
+    receiptId: Omittable[str] = Field(None, description="404/410 for an erased candidate: its erasure receipt")
+
+
+# ---- privacy -----------------------------------------------------------------------------------------------
+
+
+class ErasureParams(_Closed):
+    reason: Annotated[str, Field(min_length=1, max_length=500)] = Field(description="why (kept in the receipt)")
+
+
+class Receipt(_Closed):
+    """What was done about a candidate's data, by whom and when; `kid` names the signing key."""
+
+    id: str
+    what: Literal["erasure", "export"]
+    candidateId: Id
+    counts: dict[str, int]
+    at: datetime
+    by: str
+    requestId: str
+    kid: str = Field(description="the key in /.well-known/interview-worker-keys that signed it")
+    erasureId: Omittable[str] = None
+    reason: Omittable[str] = None
+    interviewIds: Omittable[list[Id]] = None
+    archiveSha256: Omittable[str] = Field(None, description="export: SHA-256 of the archive, hex")
+
+
+class SignedReceipt(_Closed):
+    receipt: Receipt
+    signature: str = Field(description="Ed25519 over the receipt as JSON with sorted keys and no spaces, base64url")
+
+
+class ConsentRequest(_Closed):
+    """Consent to the processing of the caller's audio under the notice shown (`noticeVersion`)."""
+
+    noticeVersion: Annotated[str, Field(min_length=1, max_length=40)]
+    accepted: Literal[True]
 
 
 class Error(_Closed):
@@ -586,7 +719,8 @@ _FOR_BODY = (413, 415, 422)
 _FOR_QUERY = (422,)
 _ERROR_TEXT = {401: "Missing or invalid bearer token", 403: "The caller's role or scopes do not allow this",
                429: "Over a rate limit; retry after Retry-After seconds",
-               404: "Unknown id", 409: "Illegal status move, stale version or duplicate", 413: "Body too large",
+               404: "Unknown id", 410: "The candidate's data was erased (`receiptId`)",
+               409: "Illegal status move, stale version or duplicate", 413: "Body too large",
                415: "Body is not JSON", 422: "Invalid input; `fields` names each bad field",
                503: "Storage unavailable; retry after Retry-After seconds"}
 
@@ -599,8 +733,9 @@ class Operation:
     method: str
     path: str
     summary: str
-    response: type[BaseModel]
+    response: type[BaseModel] | None  # None: no JSON body (204, or `media_type`)
     status: int = 200
+    media_type: str = "application/json"
     body: type[BaseModel] | None = None
     body_required: bool = True
     query: type[BaseModel] | None = None
@@ -609,6 +744,7 @@ class Operation:
     tag: str = "interviews"
     action: Action = Action.PUBLIC  # what domain.access.authorize is asked
     resource: str = "org"  # what the action is on: interview | candidate | org (the caller's organisation)
+    auth: str = "admin"  # the security scheme: "admin" (bearer: access token or API key) or "joinToken"
 
     @property
     def error_statuses(self) -> list[int]:
@@ -665,8 +801,15 @@ def openapi_document(operations: tuple[Operation, ...]) -> dict[str, Any]:
             operation["parameters"] = parameters
         if op.body is not None:
             operation["requestBody"] = {"required": op.body_required, "content": _json(ref(op.body))}
+        if op.auth != "admin":
+            operation["security"] = [{op.auth: []}]
+        described: dict[str, Any] = {"description": {201: "Created", 204: "No Content"}.get(op.status, "OK")}
+        if op.response is not None:
+            described["content"] = _json(ref(op.response))
+        elif op.media_type != "application/json":
+            described["content"] = {op.media_type: {"schema": {"type": "string", "contentMediaType": op.media_type}}}
         operation["responses"] = {
-            str(op.status): {"description": "Created" if op.status == 201 else "OK", "content": _json(ref(op.response))},
+            str(op.status): described,
             **{str(s): {"description": _ERROR_TEXT[s], "content": _json(ref(Error))} for s in op.error_statuses}}
         paths.setdefault(op.path, {})[op.method.lower()] = operation
     return {
@@ -674,7 +817,10 @@ def openapi_document(operations: tuple[Operation, ...]) -> dict[str, Any]:
         "info": {"title": "interview-worker API", "version": "0.1.0",
                  "description": "Interviews, candidates, live transcripts and text-only analysis. /api routes "
                                 "but login and refresh need `Authorization: Bearer <access token or API key>`."},
-        "components": {"securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}}, "schemas": schemas},
+        "components": {"securitySchemes": {"admin": {"type": "http", "scheme": "bearer"},
+                                           "joinToken": {"type": "http", "scheme": "bearer",
+                                                         "description": "a participant's join token"}},
+                       "schemas": schemas},
         "security": [{"admin": []}],
         "paths": paths,
     }

@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import json
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -39,10 +40,12 @@ from adapters import api_schema as schema
 from adapters.analysis_jobs import AnalysisJobs, MemoryAnalysisRecords
 from adapters.api_schema import Operation, openapi_document
 from adapters.auth import Accounts
+from adapters.crypto import ReceiptSigner
 from adapters.http_edge import MAX_BODY_BYTES, Audit, HttpError, error_kind, error_response, read_json
 from adapters.metrics import Metrics
+from adapters.privacy import Erased, Privacy
 from adapters.rate_limits import RateLimits
-from adapters.tokens import TokenSigner, validate_name, validate_role
+from adapters.tokens import InvalidToken, TokenSigner, bearer_token, validate_name, validate_role
 from domain.access import ANONYMOUS, INTERVIEWER, ORG_LEVEL, Action, Decision, Principal, Resource, authorize
 from domain.commands import (
     AddQuestion,
@@ -148,7 +151,24 @@ OPERATIONS: tuple[Operation, ...] = (
               "Update a candidate (only the fields given; `version` for optimistic concurrency)", schema.Candidate,
               body=schema.CandidateUpdate, errors=(403, 404, 409), tag="candidates", action=A.CANDIDATE_WRITE,
               resource="candidate"),
+    Operation("erase_candidate", "DELETE", "/api/candidates/{candidate_id}",
+              "Erase everything about a candidate (crypto-shredding their data key); a signed receipt. Unknown or "
+              "already erased: 404 (then with the earlier receipt's id)", schema.SignedReceipt,
+              query=schema.ErasureParams, errors=(403, 404, 409), tag="privacy", action=A.CANDIDATE_ERASE,
+              resource="candidate_or_erased"),
+    Operation("export_candidate", "GET", "/api/candidates/{candidate_id}/export",
+              "Everything held about a candidate as a zip (export.json + summary.html); the signed receipt is in "
+              "the Interview-Worker-Receipt header", None, media_type="application/zip", errors=(403, 404, 410),
+              tag="privacy", action=A.CANDIDATE_EXPORT, resource="candidate_or_erased"),
+    Operation("give_consent", "POST", "/api/consent",
+              "The caller (by join token) consents to the processing of their audio under the notice shown",
+              None, 204, body=schema.ConsentRequest, errors=(403, 404, 409), tag="privacy", auth="joinToken",
+              action=A.CONSENT, resource="own_interview"),
+    Operation("withdraw_consent", "DELETE", "/api/consent",
+              "The caller (by join token) withdraws consent: their audio stops being processed at once", None, 204,
+              errors=(403, 404), tag="privacy", auth="joinToken", action=A.CONSENT, resource="own_interview"),
 )
+ConsentChanged = Callable[[str, str, bool, str], Awaitable[None]]  # (interview, participant, given, notice version)
 _PUBLIC_OPS = {"login", "refresh", "logout"}
 assert all((op.action is A.PUBLIC) == (op.name in _PUBLIC_OPS) for op in OPERATIONS), "every route has an action"
 
@@ -201,6 +221,8 @@ class Api:
     metrics: Metrics = field(default_factory=Metrics)
     audit: Audit = field(default_factory=Audit)
     analysis: AnalysisJobs | None = None  # default: the local heuristic analyser, jobs kept in memory
+    privacy: Privacy | None = None  # erasure, export and consent (without it those routes are left out)
+    on_consent: ConsentChanged | None = None  # the live rooms act on a consent change at once
     public_url: str | None = None
     max_body_bytes: int = MAX_BODY_BYTES
     secure_cookies: bool = True
@@ -217,6 +239,15 @@ class Api:
         if op.resource == "candidate":
             doc = await self.service.get_candidate(request.path_params["candidate_id"])
             return Resource(doc["orgId"])
+        if op.resource == "candidate_or_erased":
+            # an erased candidate's record is gone: the handler answers with the erasure's receipt (404/410)
+            try:
+                doc = await self.service.get_candidate(request.path_params["candidate_id"])
+            except NotFound:
+                return Resource(principal.org_id)
+            return Resource(doc["orgId"])
+        if op.resource == "own_interview":  # a participant acting on their own interview
+            return Resource(principal.org_id, principal.interview_id)
         return ORG_LEVEL
 
 
@@ -275,6 +306,22 @@ def _iso_seconds(t: float | None) -> str | None:
 
 def _client(request: Request) -> str:
     return request.client.host if request.client else "unknown"
+
+
+def request_id(request: Request) -> str:
+    """The caller's `X-Request-Id` when it is a sane one, else a new id (receipts name it)."""
+    given = request.headers.get("x-request-id", "").strip()
+    return given if 0 < len(given) <= 100 and given.isprintable() else uuid.uuid4().hex
+
+
+def keys_route(signer: ReceiptSigner) -> Route:
+    """`GET /.well-known/interview-worker-keys`: the public keys receipts are signed with (JWK set, by `kid`)."""
+    body = {"keys": [signer.jwk()]}
+
+    async def keys(request: Request) -> Response:
+        return JSONResponse(body, headers={"Cache-Control": "public, max-age=3600"})
+
+    return Route("/.well-known/interview-worker-keys", keys, methods=["GET"], include_in_schema=False)
 
 
 def api_routes(api: Api) -> list[BaseRoute]:
@@ -601,12 +648,84 @@ def api_routes(api: Api) -> list[BaseRoute]:
         cmd = UpdateCandidate.parse(await body_of(request))
         return ApiJSONResponse(await service.update_candidate(request.path_params["candidate_id"], cmd))
 
+    # -- privacy (hr/admin erase and export; participants consent by join token) ---------------------------------
+
+    def by(p: Principal) -> str:
+        return f"{p.kind}:{p.subject}"
+
+    @endpoint
+    async def erase_candidate(request: Request) -> Response:
+        assert api.privacy is not None
+        f = Fields(params(request), allowed=("reason",))
+        reason = f.text("reason", max_len=500)
+        f.done()
+        try:
+            signed = await api.privacy.erase(request.path_params["candidate_id"], reason=reason,
+                                             by=by(principal_of(request)), request_id=request_id(request))
+        except Erased as exc:
+            raise HttpError(404, "already_erased", exc.message, receiptId=exc.receipt_id) from None
+        return ApiJSONResponse(signed)
+
+    @endpoint
+    async def export_candidate(request: Request) -> Response:
+        assert api.privacy is not None
+        candidate_id = request.path_params["candidate_id"]
+        try:
+            export = await api.privacy.export(candidate_id, by=by(principal_of(request)),
+                                              request_id=request_id(request))
+        except Erased as exc:
+            raise HttpError(410, "erased", exc.message, receiptId=exc.receipt_id) from None
+        receipt = json.dumps(export.receipt, ensure_ascii=True, separators=(",", ":"), default=_json_default)
+        return Response(export.archive, media_type="application/zip", headers={
+            "Interview-Worker-Receipt": receipt,
+            "Content-Disposition": f'attachment; filename="candidate-{candidate_id}.zip"'})
+
+    @endpoint
+    async def give_consent(request: Request) -> Response:
+        assert api.privacy is not None
+        p = principal_of(request)
+        f = Fields(await read_json(request, MAX_TOKEN_REQUEST_BYTES), allowed=("noticeVersion", "accepted"))
+        version = f.text("noticeVersion", max_len=40)
+        if f.data.get("accepted") is not True and not f.invalid:
+            f.error("accepted", "must be true (to refuse, do not join)")
+        f.done()
+        status = (await service.get_interview(p.interview_id, with_segments=False))["status"]
+        if status in (COMPLETED, CANCELLED):
+            raise Conflict(f"interview {p.interview_id} is {status}", code="interview_closed")
+        await api.privacy.record_consent(p.interview_id, p.subject, p.role, participant_name(request),
+                                         accepted=True, notice_version=version, address=_client(request))
+        if api.on_consent is not None:
+            await api.on_consent(p.interview_id, p.subject, True, version)
+        log.info("consent given: interview=%s participant=%s notice=%s", p.interview_id, p.subject, version)
+        return Response(status_code=204)
+
+    @endpoint
+    async def withdraw_consent(request: Request) -> Response:
+        assert api.privacy is not None
+        p = principal_of(request)
+        await service.get_interview(p.interview_id, with_segments=False)  # 404 for an unknown interview
+        await api.privacy.record_consent(p.interview_id, p.subject, p.role, participant_name(request),
+                                         accepted=False, notice_version="", address=_client(request))
+        if api.on_consent is not None:
+            await api.on_consent(p.interview_id, p.subject, False, "")
+        log.info("consent withdrawn: interview=%s participant=%s", p.interview_id, p.subject)
+        return Response(status_code=204)
+
+    def participant_name(request: Request) -> str:
+        """The name in the caller's join token (the consent record keeps it, encrypted)."""
+        try:
+            return api.signer.verify(bearer_token(request.headers.get("authorization")), allow_expired=True).name
+        except InvalidToken:
+            return ""
+
     spec = openapi_document(OPERATIONS)
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(spec)
 
-    return [*(Route(op.path, _endpoint(api, op, handlers[op.name]), methods=[op.method]) for op in OPERATIONS),
+    left_out = set() if api.privacy is not None else {op for op in OPERATIONS if op.tag == "privacy"}
+    return [*(Route(op.path, _endpoint(api, op, handlers[op.name]), methods=[op.method])
+              for op in OPERATIONS if op not in left_out),
             Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False)]
 
 

@@ -90,7 +90,7 @@ class Metrics:
                                       "stay queued) and entries recorded after the audit log closed", registry=r)
         self.errors = Counter("errors_total", "Errors by kind", ["kind"], registry=r)
         for kind in ("bad_request", "unauthorized", "forbidden", "not_found", "too_large", "stt", "persist",
-                     "track", "webrtc", "stream"):
+                     "track", "webrtc", "stream", "decrypt"):
             self.errors.labels(kind=kind)
 
     def bind_live(self, *, speech_ratio: Callable[[], float], stt_lag: Callable[[], float],

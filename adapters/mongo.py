@@ -8,8 +8,17 @@ Collections
     revisions    append-only too: one document per revision of a stored final (`segment.revised`), `_id` =
                  "<interviewId>:<participantId>:<seq>:r<revision>", `segmentId` = the final's `_id`. A final is
                  never rewritten: `list_segments` applies each segment's highest revision when it reads.
-    candidates   `_id` = candidateId, unique email.
+                 Both carry `month` ("m2026_12", the interview's date): the partition key (README: a real MongoDB
+                 deployment shards and expires by it).
+    candidates   `_id` = candidateId, unique `emailIndex` (the email's blind index; the email itself is sealed).
     events       the log of every published domain event (`_id` = event id), written by `mark_published`.
+    consents     one document per consent given or withdrawn (participant, notice version, time, address).
+    erasures     `_id` = candidateId of an erased candidate: when, by whom, the signed receipt.
+    keys         the candidates' wrapped data keys and the master-key check (adapters.crypto.KeyRing).
+
+Personal fields (`CANDIDATE_SEALED`, `INTERVIEW_SEALED`, `SEGMENT_SEALED`, `CONSENT_SEALED`, and `EVENT_SEALED` in
+event payloads) are sealed with the candidate's data key on the way in and opened on the way out; one that does
+not open reads as null (or empty) and is listed in the document's `unreadable`.
 
 Outbox design (events are published only after their write commits, and never lost while NATS is down)
     There are no multi-document transactions (nx-27017 has none), so every pending event lives in the SAME
@@ -43,6 +52,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,6 +62,7 @@ from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
 from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
+from adapters.crypto import CandidateErased, DataKey, KeyRing, field_parent, is_sealed, seal_fields
 from adapters.outbox import OutboxRecord
 from domain.access import DEFAULT_ORG
 from domain.commands import CandidateQuery, Cursor, InterviewQuery
@@ -64,6 +75,31 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _SEGMENT_HIDDEN = {"_id": 0, "eventId": 0, "subject": 0, "payload": 0, "published": 0}
+
+# Personal data, sealed with the candidate's data key (adapters.crypto) when the store has a key ring. A segment or
+# revision belongs to its interview's candidate (`candidateId`), whose data key is created on first use.
+CANDIDATE_SEALED = ("name", "email", "phone", "personalInfo.location", "resume.url", "resume.text", "resume.fileRef",
+                    "resume.skills", "skills", "experience", "education", "applications", "notes")
+INTERVIEW_SEALED = ("cancelReason", "analysis.overall.summary", "analysis.keywords")
+SEGMENT_SEALED = ("text", "words", "speaker.name")
+CONSENT_SEALED = ("name", "address")
+# the same fields in the domain events' JSON (outbox payloads, NATS, the events log)
+EVENT_SEALED = {"SegmentTranscribed": ("segment.text", "segment.words", "segment.speaker.name"),
+                "SegmentRevised": ("segment.text", "segment.words", "segment.speaker.name"),
+                "AnalysisCompleted": ("overall.summary", "keywords"), "InterviewCancelled": ("reason",)}
+_LIST_FIELDS = {"words", "skills", "experience", "education", "applications", "keywords"}
+
+
+def _empty(path: str) -> Any:
+    """What an unreadable field reads as: an empty list for lists, else null."""
+    return [] if path.rsplit(".", 1)[-1] in _LIST_FIELDS else None
+
+
+def event_payload(event: DomainEvent, key: DataKey | None) -> str:
+    """The event's JSON with its personal fields sealed: what the outbox keeps and the bus carries."""
+    body = event.to_dict()
+    seal_fields(body, EVENT_SEALED.get(body["type"], ()), key)
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 _OUTBOX_FIELDS = {"eventId": 1, "subject": 1, "payload": 1, "recordedAt": 1, "interviewId": 1, "seq": 1,
                   "segmentId": 1}
 
@@ -81,9 +117,15 @@ def _translated(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutin
     return wrapper
 
 
-def _outbox_entry(event: DomainEvent, version: int) -> dict[str, Any]:
-    return {"subject": event.subject, "payload": event.to_json_bytes().decode(), "occurredAt": event.occurred_at,
+def _outbox_entry(event: DomainEvent, version: int, key: DataKey | None) -> dict[str, Any]:
+    return {"subject": event.subject, "payload": event_payload(event, key), "occurredAt": event.occurred_at,
             "version": version}
+
+
+def month_of(at: datetime) -> str:
+    """The partition of an interview's segments and revisions: "m" + the UTC year and month of its date
+    (letter-prefixed for nx-27017, see `_list_key`)."""
+    return "m" + at.astimezone(UTC).strftime("%Y_%m")
 
 
 def _time_key(at: datetime) -> str:
@@ -100,13 +142,15 @@ def _list_key(at: datetime, ident: str) -> str:
     return f"{_time_key(at)}~{ident}"
 
 
-def _segment_doc(event: SegmentTranscribed | SegmentRevised, doc_id: str, **extra: Any) -> dict[str, Any]:
+def _segment_doc(event: SegmentTranscribed | SegmentRevised, doc_id: str, key: DataKey | None,
+                 **extra: Any) -> dict[str, Any]:
     """A segment (or revision) document: the segment's fields and, in the same write, its unpublished event."""
     body = event.segment.to_dict()
     body.pop("type", None)
+    seal_fields(body, SEGMENT_SEALED, key)
     return {"_id": doc_id, "interviewId": event.interview_id, "participantId": event.segment.speaker.participant_id,
             **body, **extra, "recordedAt": event.occurred_at, "eventId": event.id, "subject": event.subject,
-            "payload": event.to_json_bytes().decode(), "published": False}
+            "payload": event_payload(event, key), "published": False}
 
 
 async def _insert_once(collection: Any, doc: dict[str, Any]) -> bool:
@@ -122,11 +166,12 @@ def _segment_id(interview_id: str, participant_id: str, seq: int) -> str:
     return f"{interview_id}:{participant_id}:{seq}"
 
 
-def _interview_doc(interview: Interview) -> dict[str, Any]:
+def _interview_doc(interview: Interview, key: DataKey | None) -> dict[str, Any]:
     doc = interview.to_document()
+    doc.pop("unreadable", None)
     doc["_id"] = interview.interview_id
     doc["listKey"] = _list_key(interview.scheduled_at, interview.interview_id)
-    return doc
+    return seal_fields(doc, INTERVIEW_SEALED, key)
 
 
 def _interview(doc: dict[str, Any]) -> Interview:
@@ -150,30 +195,98 @@ class MongoStore:
     """The motor client and the repositories (implements `domain.commands.InterviewStore` and
     `adapters.outbox.OutboxStore`)."""
 
-    def __init__(self, client: AsyncIOMotorClient[Any], db: AsyncIOMotorDatabase[Any]) -> None:
+    def __init__(self, client: AsyncIOMotorClient[Any], db: AsyncIOMotorDatabase[Any],
+                 keyring: KeyRing | None = None) -> None:
         self.client = client
         self.db = db
+        # None: fields are stored as they are (the null cipher `benchmarks.api` compares with; never the server)
+        self.keyring = keyring
+        self._owner: dict[str, tuple[str, str]] = {}  # interview id -> (candidate id whose key seals it, month)
         self.interviews = db["interviews"]
         self.segments = db["segments"]
         self.revisions = db["revisions"]
         self.candidates = db["candidates"]
         self.events = db["events"]
+        self.consents = db["consents"]  # one document per consent given or withdrawn (adapters.privacy)
+        self.erasures = db["erasures"]  # `_id` = candidate id: when, by whom, and the signed receipt
         # Records read by pending() and not yet marked: event id -> (record, collection holding it, document id):
         # an interview's outbox entry, or a segment or revision document carrying its own event.
         self._seen: dict[str, tuple[OutboxRecord, str, str]] = {}
 
     @classmethod
-    async def connect(cls, url: str, db_name: str = "interviews", *, timeout_s: float = 5.0) -> MongoStore:
+    async def connect(cls, url: str, db_name: str = "interviews", *, timeout_s: float = 5.0,
+                      key_file: Path | None = None, on_unreadable: Callable[[], None] | None = None) -> MongoStore:
+        """With `key_file` (the master key file) personal fields are encrypted (`KeyRing.open` may refuse with
+        `MasterKeyRefused`); without, they are stored as they are."""
         client: AsyncIOMotorClient[Any] = AsyncIOMotorClient(
             url, tz_aware=True, serverSelectionTimeoutMS=int(timeout_s * 1000),
             connectTimeoutMS=int(timeout_s * 1000), socketTimeoutMS=30_000, appname="interview-worker")
         store = cls(client, client[db_name])
         try:
             await store.create_indexes()
+            if key_file is not None:
+                store.keyring = await KeyRing.open(store.db, key_file, on_unreadable=on_unreadable)
         except PyMongoError as exc:
             client.close()
             raise Unavailable(f"cannot reach MongoDB ({type(exc).__name__}: {exc})") from exc
+        except BaseException:
+            client.close()
+            raise
         return store
+
+    # -- keys ---------------------------------------------------------------------------------------------------
+
+    async def _key(self, candidate_id: str) -> DataKey | None:
+        if self.keyring is None:
+            return None
+        try:
+            return await self.keyring.data_key(candidate_id)
+        except CandidateErased:
+            raise Conflict(f"candidate {candidate_id} was erased: nothing more is stored about them",
+                           code="candidate_erased") from None
+
+    async def _placement(self, interview_id: str) -> tuple[str, str]:
+        """(candidate, month partition) of an interview, cached: neither ever changes."""
+        placed = self._owner.get(interview_id)
+        if placed is None:
+            doc = await self.interviews.find_one({"_id": interview_id}, {"candidateId": 1, "scheduledAt": 1})
+            if doc is None:
+                raise NotFound("interview", interview_id)
+            placed = self._owner[interview_id] = (doc["candidateId"], month_of(doc["scheduledAt"]))
+        return placed
+
+    async def candidate_of(self, interview_id: str) -> str:
+        """The candidate an interview belongs to."""
+        return (await self._placement(interview_id))[0]
+
+    async def _interview_key(self, interview_id: str) -> DataKey | None:
+        if self.keyring is None:
+            return None
+        return await self._key(await self.candidate_of(interview_id))
+
+    async def _open(self, doc: dict[str, Any], paths: tuple[str, ...]) -> list[str]:
+        """Open the sealed fields of a document read from the store; returns the unreadable ones."""
+        if self.keyring is None:  # without keys a sealed field can only be unreadable
+            unreadable = []
+            for path in paths:
+                parent, name = field_parent(doc, path)
+                if parent is not None and is_sealed(parent.get(name)):
+                    parent[name] = _empty(path)
+                    unreadable.append(path)
+            return unreadable
+        return await self.keyring.open_fields(doc, paths, _empty)
+
+    def email_index(self, email: str) -> str:
+        """The blind index of an email (the email itself, lowercased, without a key ring)."""
+        return self.keyring.master.blind_index(email) if self.keyring is not None else email.strip().lower()
+
+    async def _read_interview(self, doc: dict[str, Any]) -> Interview:
+        doc["unreadable"] = await self._open(doc, INTERVIEW_SEALED)
+        return _interview(doc)
+
+    async def _read_candidate(self, doc: dict[str, Any]) -> Candidate:
+        doc["unreadable"] = await self._open(doc, CANDIDATE_SEALED)
+        return Candidate.from_document(doc)
 
     async def create_indexes(self) -> None:
         # No compound index may name `_id` (nx-27017 0.8.1 then fails every insert: "JSON path error near '_id'"),
@@ -188,18 +301,27 @@ class MongoStore:
         await self.segments.create_index([("interviewId", ASCENDING), ("recordedAt", ASCENDING)])
         await self.segments.create_index([("published", ASCENDING), ("recordedAt", ASCENDING)])
         await self.segments.create_index([("eventId", ASCENDING)])
+        # the partition key (see README, "A real MongoDB deployment"): the month of the interview's date
+        await self.segments.create_index([("month", ASCENDING), ("interviewId", ASCENDING)])
+        await self.revisions.create_index([("month", ASCENDING), ("interviewId", ASCENDING)])
         await self.revisions.create_index(
             [("interviewId", ASCENDING), ("participantId", ASCENDING), ("seq", ASCENDING), ("revision", ASCENDING)],
             unique=True)
         await self.revisions.create_index([("published", ASCENDING), ("recordedAt", ASCENDING)])
         await self.revisions.create_index([("eventId", ASCENDING)])
-        # Emails are unique within an organisation (a clash across organisations would reveal the other's candidate).
-        with contextlib.suppress(PyMongoError):
-            await self.candidates.drop_index("email_1")
-        await self.candidates.create_index([("orgId", ASCENDING), ("email", ASCENDING)], unique=True)
+        # Emails are unique within an organisation (a clash across organisations would reveal the other's
+        # candidate), compared through their blind index (adapters.crypto), never the (encrypted) email.
+        for old in ("email_1", "orgId_1_email_1", "emailIndex_1"):
+            with contextlib.suppress(PyMongoError):
+                await self.candidates.drop_index(old)
+        await self.candidates.create_index([("orgId", ASCENDING), ("emailIndex", ASCENDING)], unique=True)
         await self.interviews.create_index([("orgId", ASCENDING), ("listKey", ASCENDING)])
         await self.candidates.create_index([("listKey", ASCENDING)])
         await self.events.create_index([("interviewId", ASCENDING), ("occurredAt", ASCENDING)])
+        await self.consents.create_index([("interviewId", ASCENDING), ("participantId", ASCENDING),
+                                          ("at", ASCENDING)])
+        await self.interviews.create_index([("status", ASCENDING), ("completedAt", ASCENDING)])
+        await self.interviews.create_index([("status", ASCENDING), ("cancelledAt", ASCENDING)])
         # Documents stored before organisations existed belong to the default one (a string `$set` is safe on
         # nx-27017; only dates are not).
         for collection in (self.interviews, self.candidates):
@@ -224,8 +346,9 @@ class MongoStore:
 
     @_translated
     async def add_interview(self, interview: Interview, events: list[DomainEvent]) -> None:
-        doc = _interview_doc(interview)
-        doc["outbox"] = {e.id: _outbox_entry(e, interview.metadata.version) for e in events}
+        key = await self._key(interview.candidate_id)
+        doc = _interview_doc(interview, key)
+        doc["outbox"] = {e.id: _outbox_entry(e, interview.metadata.version, key) for e in events}
         doc["outboxCount"] = len(events)
         doc["outboxRev"] = 0
         try:
@@ -238,7 +361,7 @@ class MongoStore:
         doc = await self.interviews.find_one({"_id": interview_id})
         if doc is None:
             raise NotFound("interview", interview_id)
-        return _interview(doc)
+        return await self._read_interview(doc)
 
     @_translated
     async def save_interview(self, interview: Interview, expected_version: int, events: list[DomainEvent]) -> None:
@@ -251,6 +374,7 @@ class MongoStore:
         of resurrecting a published event (a `metadata.version` change is a real conflict for the caller).
         """
         new_version = expected_version + 1
+        key = await self._key(interview.candidate_id)
         for _ in range(20):
             current = await self.interviews.find_one({"_id": interview.interview_id},
                                                      {"metadata": 1, "outbox": 1, "outboxRev": 1})
@@ -261,9 +385,9 @@ class MongoStore:
                 raise Conflict(f"interview {interview.interview_id} was changed concurrently (version {version}, "
                                f"expected {expected_version})", code="version_conflict")
             outbox = dict(current.get("outbox") or {})
-            outbox.update({e.id: _outbox_entry(e, new_version) for e in events})
+            outbox.update({e.id: _outbox_entry(e, new_version, key) for e in events})
             rev = current.get("outboxRev", 0)
-            doc = _interview_doc(interview)
+            doc = _interview_doc(interview, key)
             del doc["_id"]
             doc["metadata"]["version"] = new_version
             doc.update(outbox=outbox, outboxCount=len(outbox), outboxRev=rev)
@@ -287,14 +411,16 @@ class MongoStore:
             filt["jobId"] = query.job_id
         filt.update(_key_range(query.after, query.scheduled_from, query.scheduled_to))
         docs = await self.interviews.find(filt).sort("listKey", ASCENDING).limit(limit).to_list(None)
-        return [_interview(d) for d in docs]
+        return [await self._read_interview(d) for d in docs]
 
     # -- segments -----------------------------------------------------------------------------------------------
 
     @_translated
     async def add_segment(self, event: SegmentTranscribed) -> bool:
         seg = event.segment
-        doc = _segment_doc(event, _segment_id(event.interview_id, seg.speaker.participant_id, seg.seq))
+        doc = _segment_doc(event, _segment_id(event.interview_id, seg.speaker.participant_id, seg.seq),
+                           await self._interview_key(event.interview_id),
+                           month=(await self._placement(event.interview_id))[1])
         return await _insert_once(self.segments, doc)
 
     @_translated
@@ -303,7 +429,8 @@ class MongoStore:
         segment_id = _segment_id(event.interview_id, seg.speaker.participant_id, seg.seq)
         if await self.segments.find_one({"_id": segment_id}, {"_id": 1}) is None:
             raise NotFound("segment", segment_id)
-        doc = _segment_doc(event, f"{segment_id}:r{seg.revision}", segmentId=segment_id)
+        doc = _segment_doc(event, f"{segment_id}:r{seg.revision}", await self._interview_key(event.interview_id),
+                           segmentId=segment_id, month=(await self._placement(event.interview_id))[1])
         return await _insert_once(self.revisions, doc)
 
     @_translated
@@ -318,9 +445,12 @@ class MongoStore:
                 latest[key] = rev
         out = []
         for doc in finals:
+            doc["unreadable"] = await self._open(doc, SEGMENT_SEALED)
             stored = StoredSegment.from_document(doc)
             if (rev := latest.get((doc["participantId"], int(doc["seq"])))) is not None:
+                unreadable = await self._open(rev, SEGMENT_SEALED)
                 stored = stored.revised_by(StoredSegment.from_document(rev).segment)
+                stored.unreadable = tuple(dict.fromkeys([*stored.unreadable, *unreadable]))
             out.append(stored)
         return out
 
@@ -334,18 +464,27 @@ class MongoStore:
 
     @_translated
     async def add_candidate(self, candidate: Candidate) -> None:
-        doc = candidate.to_document()
-        del doc["interviews"]
+        doc = await self._candidate_doc(candidate)
         doc["_id"] = candidate.candidate_id
-        doc["listKey"] = _list_key(candidate.metadata.created_at, candidate.candidate_id)
         try:
             await self.candidates.insert_one(doc)
         except DuplicateKeyError as exc:
             raise self._candidate_conflict(candidate, exc) from None
 
+    async def _candidate_doc(self, candidate: Candidate) -> dict[str, Any]:
+        """The stored form: personal fields sealed, the email's blind index, no `interviews` and `personalInfo`
+        only for the location (name, email and phone are the flat fields)."""
+        doc = candidate.to_document()
+        del doc["interviews"]
+        doc.pop("unreadable", None)
+        doc["personalInfo"] = {"location": candidate.location}
+        doc["emailIndex"] = self.email_index(candidate.email)
+        doc["listKey"] = _list_key(candidate.metadata.created_at, candidate.candidate_id)
+        return seal_fields(doc, CANDIDATE_SEALED, await self._key(candidate.candidate_id))
+
     def _candidate_conflict(self, candidate: Candidate, exc: DuplicateKeyError) -> Conflict:
-        if "email" in str(exc):
-            return Conflict(f"a candidate with email {candidate.email} already exists", code="duplicate")
+        if "email" in str(exc):  # the duplicate key is the blind index: say so without repeating the address
+            return Conflict("a candidate with this email already exists", code="duplicate")
         return Conflict(f"candidate {candidate.candidate_id} already exists", code="duplicate")
 
     @_translated
@@ -353,13 +492,11 @@ class MongoStore:
         doc = await self.candidates.find_one({"_id": candidate_id})
         if doc is None:
             raise NotFound("candidate", candidate_id)
-        return Candidate.from_document(doc)
+        return await self._read_candidate(doc)
 
     @_translated
     async def save_candidate(self, candidate: Candidate, expected_version: int) -> None:
-        doc = candidate.to_document()
-        del doc["interviews"]
-        doc["listKey"] = _list_key(candidate.metadata.created_at, candidate.candidate_id)
+        doc = await self._candidate_doc(candidate)
         doc["metadata"]["version"] = expected_version + 1
         try:
             # replace_one, not $set: see save_interview about nx-27017 and top-level dates.
@@ -375,14 +512,103 @@ class MongoStore:
 
     @_translated
     async def find_candidates(self, query: CandidateQuery, limit: int) -> list[Candidate]:
-        cursor = self.candidates.find({"orgId": query.org_id, **_key_range(query.after)})
-        docs = await cursor.sort("listKey", ASCENDING).limit(limit).to_list(None)
-        return [Candidate.from_document(d) for d in docs]
+        filt = {"orgId": query.org_id, **_key_range(query.after)}
+        if query.email:
+            filt["emailIndex"] = self.email_index(query.email)
+        docs = await self.candidates.find(filt).sort("listKey", ASCENDING).limit(limit).to_list(None)
+        return [await self._read_candidate(d) for d in docs]
 
     @_translated
     async def interview_ids_of(self, candidate_id: str) -> list[str]:
         cursor = self.interviews.find({"candidateId": candidate_id}, {"_id": 1})
         return [d["_id"] for d in await cursor.sort("listKey", ASCENDING).to_list(None)]
+
+    # -- privacy (adapters.privacy) -----------------------------------------------------------------------------
+
+    @_translated
+    async def add_consent(self, record: dict[str, Any]) -> None:
+        """A consent given or withdrawn: `interviewId`, `participantId`, `role`, `name`, `action`, `noticeVersion`,
+        `at`, `address` (name and address sealed with the interview's candidate's key)."""
+        doc = seal_fields({"_id": uuid.uuid4().hex, **record}, CONSENT_SEALED,
+                          await self._interview_key(record["interviewId"]))
+        await self.consents.insert_one(doc)
+
+    @_translated
+    async def consent_given(self, interview_id: str, participant_id: str) -> bool:
+        """Whether the participant's latest consent record is an acceptance."""
+        doc = await self.consents.find_one({"interviewId": interview_id, "participantId": participant_id},
+                                           {"action": 1}, sort=[("at", DESCENDING), ("_id", DESCENDING)])
+        return doc is not None and doc.get("action") == "accepted"
+
+    @_translated
+    async def list_consents(self, interview_id: str) -> list[dict[str, Any]]:
+        out = []
+        async for doc in self.consents.find({"interviewId": interview_id}, {"_id": 0}).sort("at", ASCENDING):
+            unreadable = await self._open(doc, CONSENT_SEALED)
+            if unreadable:
+                doc["unreadable"] = unreadable
+            out.append(doc)
+        return out
+
+    @_translated
+    async def list_revisions(self, interview_id: str) -> list[dict[str, Any]]:
+        """Every stored revision of the interview's finals (opened), in recording order: the export's history."""
+        out = []
+        cursor = self.revisions.find({"interviewId": interview_id}, _SEGMENT_HIDDEN)
+        for doc in await cursor.sort([("recordedAt", ASCENDING), ("revision", ASCENDING)]).to_list(None):
+            unreadable = await self._open(doc, SEGMENT_SEALED)
+            if unreadable:
+                doc["unreadable"] = unreadable
+            out.append(doc)
+        return out
+
+    @_translated
+    async def erasure_of(self, candidate_id: str) -> dict[str, Any] | None:
+        return await self.erasures.find_one({"_id": candidate_id})
+
+    @_translated
+    async def begin_erasure(self, candidate_id: str, record: dict[str, Any]) -> None:
+        """Mark the candidate erased before anything is destroyed: no data key is created for them from now on.
+        Raises `Conflict` when another erasure of them got there first."""
+        try:
+            await self.erasures.insert_one({"_id": candidate_id, **record})
+        except DuplicateKeyError:
+            raise Conflict(f"candidate {candidate_id} is being erased already", code="erasure_in_progress") from None
+
+    @_translated
+    async def finish_erasure(self, candidate_id: str, receipt: dict[str, Any]) -> None:
+        await self.erasures.update_one({"_id": candidate_id}, {"$set": {"receipt": receipt, "done": True}})
+
+    @_translated
+    async def has_data_key(self, candidate_id: str) -> bool:
+        return self.keyring is not None and await self.keyring.data_key(candidate_id, create=False) is not None
+
+    @_translated
+    async def destroy_data_key(self, candidate_id: str) -> bool:
+        return self.keyring is not None and await self.keyring.destroy(candidate_id)
+
+    @_translated
+    async def delete_interview_data(self, interview_ids: list[str]) -> dict[str, int]:
+        """Delete the interviews' segments, revisions, consent records and logged events; the counts by kind."""
+        if not interview_ids:
+            return {"segments": 0, "revisions": 0, "consents": 0, "events": 0}
+        which = {"interviewId": {"$in": interview_ids}}
+        counts = {}
+        for name, collection in (("segments", self.segments), ("revisions", self.revisions),
+                                 ("consents", self.consents), ("events", self.events)):
+            counts[name] = (await collection.delete_many(which)).deleted_count
+        return counts
+
+    @_translated
+    async def delete_candidate(self, candidate_id: str) -> bool:
+        return bool((await self.candidates.delete_one({"_id": candidate_id})).deleted_count)
+
+    @_translated
+    async def closed_before(self, before: datetime) -> list[Interview]:
+        """Interviews completed or cancelled before `before` (the retention job's candidates)."""
+        query = {"$or": [{"status": "completed", "completedAt": {"$lt": before}},
+                         {"status": "cancelled", "cancelledAt": {"$lt": before}}]}
+        return [await self._read_interview(d) for d in await self.interviews.find(query).to_list(None)]
 
     # -- outbox (adapters.outbox.OutboxStore) -------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ import numpy as np
 from adapters.metrics import Metrics
 from adapters.tokens import JoinClaims
 from domain.events import (
+    ConsentEvent,
     ErrorEvent,
     KeywordsEvent,
     LevelEvent,
@@ -66,6 +67,7 @@ StreamFactory = Callable[[Speaker, Callable[[StreamEvent], None], int, int, Conv
 SegmentRecorder = Callable[[str, SegmentEvent], Awaitable[bool]]
 LastSeqLookup = Callable[[str, str], Awaitable[int | None]]
 StoredFinals = Callable[[str], Awaitable[list[str]]]  # interview id -> finals already stored, as wire JSON
+ConsentLookup = Callable[[str, str], Awaitable[bool]]  # (interview, participant) -> consent recorded and not withdrawn
 
 
 class Channel(Protocol):
@@ -123,6 +125,10 @@ class Participant:
         self._last_level_at = -1.0
         self.closing = False  # no more audio accepted
         self.removed = False
+        # Audio is processed only while the participant's consent is recorded (adapters.privacy): before, frames are
+        # dropped; a withdrawal discards the stream, and whatever it still had in flight is never published.
+        self.consented = True
+        self._generation = 0  # bumped when a stream is discarded: its late events are dropped
         self.linger: asyncio.TimerHandle | None = None
 
     @property
@@ -134,11 +140,18 @@ class Participant:
         return float(self.stream.final_wait_s) if self.stream is not None else 0.0
 
     def push_audio(self, pcm: np.ndarray, rate: int, channels: int) -> bool:
-        """Feed interleaved int16 audio; False when the frame was not processed (participant leaving)."""
-        if self.closing:
+        """Feed interleaved int16 audio; False when the frame was not processed (leaving, or no consent)."""
+        if self.closing or not self.consented:
             return False
         if self.stream is None:
-            self.stream = self.room.registry.stream_factory(self.speaker, self._on_event, rate, channels,
+            generation = self._generation
+            self.seq_base = self.next_seq  # a stream after a discarded one continues the numbering
+
+            def emit(event: StreamEvent) -> None:
+                if generation == self._generation:
+                    self._on_event(event)
+
+            self.stream = self.room.registry.stream_factory(self.speaker, emit, rate, channels,
                                                             self.room.conversation)
             # each participant's stream time starts at its own first frame: the room's streams meet on arrival
             # time, which the cross-talk guard compares their finals on
@@ -166,6 +179,17 @@ class Participant:
             log.warning("stream error of %s in interview %s: %s %s", self.speaker.participant_id,
                         self.room.interview_id, event.code, event.message)
         self.room.publish(self, _shift_seq(event, self.seq_base))
+
+    async def discard_stream(self) -> None:
+        """Stop processing at once: the stream is closed without publishing anything more (speech in progress,
+        decodes in flight). Its successor, if any, starts at the next frame pushed."""
+        self._generation += 1
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            try:
+                await stream.aclose(drain=False)
+            except Exception:
+                log.exception("stream of participant %s failed while being discarded", self.speaker.participant_id)
 
     async def close_stream(self) -> None:
         """Drain the stream: in-flight speech becomes final segments (published before this returns)."""
@@ -313,6 +337,14 @@ class SegmentWriter:
         self._idle.clear()
         self._wake.set()
 
+    def forget(self, interview_id: str) -> None:
+        """Drop the interview's queued writes that have not started (its candidate's data is being erased)."""
+        head = self._queue[0] if self._queue else None  # may be in flight: it fails on its own once erased
+        kept = [item for item in self._queue if item is head or item[0] != interview_id]
+        self._queue.clear()
+        self._queue.extend(kept)
+        self._metrics.persist_pending.set(len(self._queue))
+
     async def _run(self) -> None:
         while True:
             if not self._queue:
@@ -394,6 +426,7 @@ class RoomRegistry:
         record_revision: SegmentRecorder | None = None,
         last_seq: LastSeqLookup | None = None,
         stored_finals: StoredFinals | None = None,
+        consent: ConsentLookup | None = None,
         resume_grace_s: float = 5.0,
         backlog: int = 500,
         viewer_buffer_limit: int = VIEWER_BUFFER_LIMIT,
@@ -405,6 +438,7 @@ class RoomRegistry:
         self._backlog = backlog
         self._last_seq = last_seq
         self._stored_finals = stored_finals
+        self._consent = consent  # None: everyone counts as consenting (rooms without a consent record)
         self.rooms: dict[str, Room] = {}
         self._next_seq: dict[tuple[str, str], int] = {}  # (interview, participant) -> seq after the last final
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -445,6 +479,7 @@ class RoomRegistry:
                 room.history.extend(history)
                 self.metrics.rooms_active.set(len(self.rooms))
         participant = Participant(room, claims, seq_base=seq_base, session_id=session_id)
+        participant.consented = await self._consented(claims)
         room.participants[claims.participant_id] = participant
         self.metrics.participants_active.labels(role=claims.role).inc()
         log.info("participant %s (%s) joined interview %s", claims.participant_id, claims.role,
@@ -452,6 +487,45 @@ class RoomRegistry:
         room.publish(participant, ParticipantEvent(participant.speaker, joined=True))
         self._membership_changed(room)
         return participant, None
+
+    async def _consented(self, claims: JoinClaims) -> bool:
+        if self._consent is None:
+            return True
+        try:
+            return await self._consent(claims.interview_id, claims.participant_id)
+        except Exception as exc:  # unknown consent is no consent: the audio waits, the call goes on
+            log.warning("cannot read the consent of %s (%s); their audio is not processed until it is given again",
+                        claims.participant_id, exc)
+            self.metrics.error("persist")
+            return False
+
+    async def set_consent(self, interview_id: str, participant_id: str, given: bool, notice_version: str) -> None:
+        """A participant's consent was recorded (`given`) or withdrawn: start or stop processing their audio at
+        once and tell the room's viewers."""
+        participant = self.get(interview_id, participant_id)
+        if participant is None or participant.removed or participant.consented == given:
+            return
+        participant.consented = given
+        if not given:
+            await participant.discard_stream()
+        participant.room.publish(participant, ConsentEvent(participant.speaker, given, notice_version))
+
+    async def end_interview(self, interview_id: str) -> int:
+        """Everyone leaves the interview's room now, and nothing of it is processed or persisted any more (its
+        candidate's data is being erased). Returns how many participants were removed."""
+        room = self.rooms.get(interview_id)
+        if room is None:
+            return 0
+        participants = list(room.participants.values())
+        for p in participants:
+            p.consented = False
+            p.session_id = None
+            await p.discard_stream()
+        self.writer.forget(interview_id)
+        await asyncio.gather(*(self._remove(p, "erased") for p in participants))
+        room.history.clear()
+        room.latest_keywords.clear()
+        return len(participants)
 
     async def _first_seq(self, claims: JoinClaims) -> int:
         key = (claims.interview_id, claims.participant_id)

@@ -491,7 +491,8 @@ class WhipIngest:
                     continue
                 # No audio: feed silence (up to 2 s per stall, enough to end speech in progress) so the last
                 # words become a final segment now rather than when, or if, audio comes back.
-                if silence_s < 2.0 and participant.in_rate and participant.session_id == session.id:
+                if (silence_s < 2.0 and participant.in_rate and participant.session_id == session.id
+                        and participant.consented):
                     n = int(participant.in_rate * self.track_timeout_s) * participant.channels
                     silence_s += self.track_timeout_s
                     # A failing pipeline is reported on the frame path below; silence adds nothing to say.
@@ -510,6 +511,9 @@ class WhipIngest:
                 continue
             if participant.session_id != session.id:
                 self.metrics.frames_dropped.labels(reason="stale_session").inc()
+                continue
+            if not participant.consented:  # not decoded further, not buffered: dropped and counted
+                self.metrics.frames_dropped.labels(reason="no_consent").inc()
                 continue
             try:
                 target = (participant.in_rate, participant.channels) if participant.in_rate else None
@@ -578,6 +582,13 @@ class WhipIngest:
         await self._close_session(session)
         if participant is not None:
             self.registry.detach(participant, session.id)
+
+    async def end_interview(self, interview_id: str) -> int:
+        """Close every session of the interview and remove its participants without processing anything more
+        (its candidate's data is being erased). Returns how many participants were removed."""
+        for session in [s for s in self.sessions.values() if s.claims.interview_id == interview_id]:
+            await self._close_session(session)
+        return await self.registry.end_interview(interview_id)
 
     async def aclose(self) -> None:
         """Shutdown, step 1: refuse new sessions and stop reading audio (peer connections stay up so the

@@ -18,8 +18,14 @@ Measures, on one machine with everything on loopback:
    resolving the bearer credential (`Accounts.principal`) for an access token (JWT verification), an `iwk_`
    API key and `ADMIN_API_KEY`. `--access-only` runs just this section.
 
+4. **privacy**: segment persist p95 and API p95 (the same mix, no NATS outage) with personal fields sealed
+   (AES-256-GCM per candidate, `MongoStore` with a master key file) against the same store without a key ring
+   (a null cipher that exists for this comparison only; the server always encrypts), alternated `--privacy-repeats`
+   times; and the time to erase a candidate with `--erasure-interviews` interviews of `--erasure-segments` segments.
+
 Targets (issue 4): segment persist p95 <= 20 ms; API p95 <= 25 ms at 200 req/s; zero lost or duplicated events.
 Issue 12: API p95 with auditing at most 10 % above without; audit entries written == requests made.
+Issue 14: encryption costs at most 15 % on both p95s.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import math
 import os
 import secrets
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -48,6 +55,7 @@ REPO = str(Path(__file__).resolve().parents[1])
 TARGET_SEGMENT_P95_MS = 20.0
 TARGET_API_P95_MS = 25.0
 TARGET_AUDIT_P95_OVERHEAD = 0.10
+TARGET_ENCRYPTION_OVERHEAD = 0.15
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -498,6 +506,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "republished_dropped_by_jetstream": bus.duplicates,
             "drain_after_load_s": drain_s,
         }
+        if args.privacy_repeats > 0:
+            out["privacy"] = await _privacy_phase(mongo_url, tmp, nats_srv, embedded, args)
         return out
     finally:
         await relay.aclose()
@@ -506,6 +516,96 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.to_thread(nats_srv.stop)
         if embedded is not None:
             await embedded.stop()
+
+
+async def _privacy_phase(mongo_url: str, tmp: Path, nats_srv: Any, embedded: Any,
+                         args: argparse.Namespace) -> dict[str, Any]:
+    """Null cipher against AES-256-GCM on the segment write and the API mix, alternated; then one erasure."""
+    from starlette.applications import Starlette
+
+    from adapters.crypto import ReceiptSigner
+    from adapters.http_api import api_routes
+    from adapters.mongo import MongoStore
+    from adapters.privacy import Privacy
+    from domain.commands import CreateCandidate, CreateInterview, InterviewService
+    from domain.events import SegmentEvent, Speaker
+
+    stores = {"null cipher": await MongoStore.connect(mongo_url, db_name=f"bench_{secrets.token_hex(4)}"),
+              "AES-256-GCM": await MongoStore.connect(mongo_url, db_name=f"bench_{secrets.token_hex(4)}",
+                                                      key_file=tmp / "master_key")}
+    key = secrets.token_urlsafe(24)
+    speaker = Speaker("candidate", "Bench Candidate", "cand-1")
+    out: dict[str, Any] = {name: {"segment_p95_ms": [], "api_p95_ms": []} for name in stores}
+    # the AES-256-GCM store's rows are sealed; the same rows stay in clear in the other
+    seeds: dict[str, list[str]] = {}
+    services = {name: InterviewService(store) for name, store in stores.items()}
+    try:
+        for name, service in services.items():
+            await service.create_candidate(CreateCandidate.parse(
+                {"candidateId": "bench-candidate", "name": "Bench Candidate", "email": "b@example.com",
+                 "phone": "+1 555 0100", "notes": "a note"}))
+            seeds[name] = []
+            for i in range(50):
+                doc = await service.create_interview(CreateInterview.parse(
+                    {"candidateId": "bench-candidate", "jobId": "bench-job", "scheduledAt": "2026-12-01T09:00:00Z"}))
+                seeds[name].append(doc["interviewId"])
+                if i < 10:  # some GETs read a transcript (20 segments to open)
+                    for seq in range(20):
+                        await service.record_segment(doc["interviewId"], SegmentEvent(
+                            speaker, seq, seq * 2.0, seq * 2.0 + 1.8, f"segment {seq} of the benchmark", True))
+        # Segment writes alternate between the two stores write by write, so load on the machine hits both alike.
+        iids = {}
+        for name, service in services.items():
+            doc = await service.create_interview(CreateInterview.parse(
+                {"candidateId": "bench-candidate", "jobId": "bench-job", "scheduledAt": "2026-12-01T09:00:00Z"}))
+            iids[name] = doc["interviewId"]
+        for rep in range(args.privacy_repeats):
+            lat: dict[str, list[float]] = {name: [] for name in services}
+            for seq in range(rep * args.segments, (rep + 1) * args.segments):
+                for name, service in services.items():
+                    seg = SegmentEvent(speaker, seq, seq * 2.0, seq * 2.0 + 1.8, f"segment number {seq} of the "
+                                       "benchmark", True)
+                    t = time.perf_counter()
+                    await service.record_segment(iids[name], seg)
+                    lat[name].append(time.perf_counter() - t)
+            for name in services:
+                out[name]["segment_p95_ms"].append(percentile(lat[name], 95) * 1e3)
+        # API rounds alternate too, below saturation (a saturated server measures its queue, not its work).
+        round_args = argparse.Namespace(**{**vars(args), "outage": 0.0, "duration": args.privacy_duration,
+                                           "rate": args.privacy_rate})
+        for rep in range(args.privacy_repeats):
+            for name, service in services.items():
+                log.info("privacy, %s, API round %d", name, rep + 1)
+                app = Starlette(routes=api_routes(service, key))
+                api, _ = await _api_round(app, "h11", key, seeds[name], nats_srv, embedded, round_args)
+                out[name]["api_p95_ms"].append(api["p95_ms"])
+        sealed = stores["AES-256-GCM"]
+        service = services["AES-256-GCM"]
+        await service.create_candidate(CreateCandidate.parse({"candidateId": "erase-me", "name": "Erase Me",
+                                                              "email": "erase@example.com"}))
+        log.info("erasure: %d interviews x %d segments", args.erasure_interviews, args.erasure_segments)
+        for _ in range(args.erasure_interviews):
+            doc = await service.create_interview(CreateInterview.parse(
+                {"candidateId": "erase-me", "jobId": "bench-job", "scheduledAt": "2026-12-01T09:00:00Z"}))
+            for seq in range(args.erasure_segments):
+                await service.record_segment(doc["interviewId"], SegmentEvent(
+                    speaker, seq, seq * 2.0, seq * 2.0 + 1.8, f"segment {seq} to be erased", True))
+        privacy = Privacy(sealed, service, ReceiptSigner.load_or_create(tmp / "receipt_key.pem"))
+        t = time.perf_counter()
+        receipt = await privacy.erase("erase-me", reason="benchmark", by="benchmark", request_id="bench")
+        out["erasure"] = {"seconds": time.perf_counter() - t, "counts": receipt["receipt"]["counts"]}
+        out["api_rate"] = args.privacy_rate
+        return out
+    finally:
+        for store in stores.values():
+            await store.drop_database()
+            await store.close()
+
+
+def _overhead(on: list[float], off: list[float]) -> float:
+    """Relative cost of encryption: the medians of the repeated p95s compared."""
+    on_m, off_m = statistics.median(on), statistics.median(off)
+    return on_m / off_m - 1.0 if off_m else math.nan
 
 
 def _table(out: dict[str, Any]) -> tuple[list[list[Any]], list[str]]:
@@ -591,6 +691,19 @@ def _table(out: dict[str, Any]) -> tuple[list[list[Any]], list[str]]:
             else f"NO ({ev['lost']} lost, {ev['duplicated']} dup)",
         ]
     )
+    privacy = out.get("privacy")
+    if privacy:
+        api_label = f"API mix h11 @ {privacy['api_rate']:g} req/s"
+        for what, label in (("segment_p95_ms", "segment persist"), ("api_p95_ms", api_label)):
+            on, off = privacy["AES-256-GCM"][what], privacy["null cipher"][what]
+            overhead = _overhead(on, off)
+            rows.append([f"{label} p95, null cipher {'/'.join(f'{v:.1f}' for v in off)} vs AES-256-GCM "
+                         f"{'/'.join(f'{v:.1f}' for v in on)} ms: {overhead:+.1%}", len(on), "", "", "",
+                         f"<= +{TARGET_ENCRYPTION_OVERHEAD:.0%}",
+                         "yes" if overhead <= TARGET_ENCRYPTION_OVERHEAD else "NO"])
+        er = privacy["erasure"]
+        rows.append([f"erasure of a candidate: {er['counts']['interviews']} interviews, {er['counts']['segments']} "
+                     f"segments, {er['seconds']:.2f} s", 1, "", "", "", "", ""])
     return rows, ["measure", "n", "p50 ms", "p95 ms", "p99 ms", "target", "met"]
 
 
@@ -632,6 +745,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--logins", type=int, default=40, help="logins timed per kind (ok, wrong password, unknown email)")
     p.add_argument("--resolves", type=int, default=5000, help="credential resolutions timed per kind")
     p.add_argument("--access-only", action="store_true", help="run only the access section")
+    p.add_argument("--privacy-rate", type=float, default=50.0, help="API requests per second in the privacy rounds")
+    p.add_argument("--privacy-repeats", type=int, default=3,
+                   help="rounds of null cipher vs AES-256-GCM (0: skip the privacy section)")
+    p.add_argument("--privacy-duration", type=float, default=8.0, help="seconds of API load per privacy round")
+    p.add_argument("--erasure-interviews", type=int, default=10, help="interviews of the erased candidate")
+    p.add_argument("--erasure-segments", type=int, default=500, help="segments per interview of the erased candidate")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--loadgen", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -47,11 +47,14 @@ class Action(StrEnum):
     ANALYSIS_WRITE = "analysis.write"
     CANDIDATE_READ = "candidate.read"
     CANDIDATE_WRITE = "candidate.write"
+    CANDIDATE_ERASE = "candidate.erase"  # crypto-shredding: hr and admin
+    CANDIDATE_EXPORT = "candidate.export"
     USER_MANAGE = "user.manage"
     APIKEY_MANAGE = "apikey.manage"
     AUDIT_READ = "audit.read"
     WHIP_JOIN = "whip.join"
     WHIP_LEAVE = "whip.leave"
+    CONSENT = "consent"  # a participant gives or withdraws consent to the processing of their audio
 
 
 class Decision(Enum):
@@ -65,7 +68,7 @@ _INTERVIEWER_ACTIONS = frozenset({Action.SELF_READ, Action.INTERVIEW_READ,
                                   Action.QUESTION_WRITE, Action.INTERVIEW_JOIN, Action.TRANSCRIPT_READ,
                                   Action.ANALYSIS_READ})
 _ADMIN_ONLY = frozenset({Action.USER_MANAGE, Action.APIKEY_MANAGE, Action.AUDIT_READ})
-_PARTICIPANT_ACTIONS = frozenset({Action.WHIP_JOIN, Action.WHIP_LEAVE})
+_PARTICIPANT_ACTIONS = frozenset({Action.WHIP_JOIN, Action.WHIP_LEAVE, Action.CONSENT})
 # What a user of each role may do at all (the interviewer's further limited to assigned interviews).
 ROLE_ACTIONS: dict[str, frozenset[Action]] = {
     ADMIN: frozenset(Action) - _PARTICIPANT_ACTIONS - {Action.PUBLIC},

@@ -173,15 +173,19 @@ class RecordAnalysis:
                             competency=competency, overall=overall))
 
 
-_CANDIDATE_FIELDS = ("candidateId", "name", "email", "phone", "resume")
-_RESUME_FIELDS = ("url", "parsed", "skills", "experience")
+_PROFILE_FIELDS = ("location", "notes", "skills", "experience", "education", "applications")
+_CANDIDATE_FIELDS = ("candidateId", "name", "email", "phone", "personalInfo", "resume", *_PROFILE_FIELDS)
+_PERSONAL_INFO_FIELDS = ("name", "email", "phone", "location")
+_RESUME_FIELDS = ("url", "parsed", "skills", "experience", "text", "fileRef")
+APPLICATION_STATUSES = ("applied", "screening", "interviewing", "offered", "hired", "rejected", "withdrawn")
 
 
 def _parse_resume(f: Fields, base: Resume | None = None) -> Resume | None:
     r = f.nested("resume", allowed=_RESUME_FIELDS)
     if r is None:
         return base
-    out = Resume() if base is None else Resume(base.url, base.parsed, list(base.skills), base.experience_years)
+    out = Resume() if base is None else Resume(base.url, base.parsed, list(base.skills), base.experience_years,
+                                               base.text, base.file_ref)
     if r.has("url"):
         url = r.text("url", required=False, max_len=2000, default="")
         if url and not url.startswith(("http://", "https://")):
@@ -197,8 +201,79 @@ def _parse_resume(f: Fields, base: Resume | None = None) -> Resume | None:
         out.skills = r.str_list("skills", max_items=100, max_len=100)
     if r.has("experience"):
         out.experience_years = r.number("experience", 0.0, 80.0, required=False)
+    if r.has("text"):
+        out.text = r.text("text", required=False, max_len=100_000, default="")
+    if r.has("fileRef"):
+        out.file_ref = r.text("fileRef", required=False, max_len=500, default="")
     f.merge(r)
     return out
+
+
+def _records(f: Fields, name: str, read: Callable[[Fields], dict[str, Any]], allowed: tuple[str, ...],
+             max_items: int = 50) -> list[dict[str, Any]]:
+    """A list of small objects (`read` validates one, through its `Fields`)."""
+    raw = f.data.get(name)
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or len(raw) > max_items:
+        f.error(name, f"expected an array of at most {max_items} objects")
+        return []
+    out = []
+    for i, item in enumerate(raw):
+        sub = Fields(item, prefix=f"{f.prefix}{name}[{i}].", allowed=allowed)
+        record = read(sub)
+        f.merge(sub)
+        out.append(record)
+    return out
+
+
+def _experience(r: Fields) -> dict[str, Any]:
+    return {"company": r.text("company", max_len=200), "role": r.text("role", required=False, max_len=200,
+                                                                      default=""),
+            "from": r.text("from", required=False, max_len=20, default=""),
+            "to": r.text("to", required=False, max_len=20, default="")}
+
+
+def _education(r: Fields) -> dict[str, Any]:
+    year = r.number("year", 1900, 2200, required=False)
+    return {"institution": r.text("institution", max_len=200),
+            "degree": r.text("degree", required=False, max_len=200, default=""),
+            "year": int(year) if year is not None else None}
+
+
+def _application(r: Fields) -> dict[str, Any]:
+    applied = r.time("appliedAt", required=False)
+    return {"jobId": r.ident("jobId"), "status": r.choice("status", APPLICATION_STATUSES, default="applied"),
+            "appliedAt": iso(applied) if applied else None}
+
+
+def _parse_profile(f: Fields) -> dict[str, Any]:
+    """The personal fields besides name, email, phone and resume, the ones present only (for updates)."""
+    out: dict[str, Any] = {}
+    if f.has("location"):
+        out["location"] = f.text("location", required=False, max_len=200, default="")
+    if f.has("notes"):
+        out["notes"] = f.text("notes", required=False, max_len=20_000, default="")
+    if f.has("skills"):
+        out["skills"] = f.str_list("skills", max_items=100, max_len=100)
+    if f.has("experience"):
+        out["experience"] = _records(f, "experience", _experience, ("company", "role", "from", "to"))
+    if f.has("education"):
+        out["education"] = _records(f, "education", _education, ("institution", "degree", "year"))
+    if f.has("applications"):
+        out["applications"] = _records(f, "applications", _application, ("jobId", "status", "appliedAt"), 200)
+    return out
+
+
+def _personal_info(f: Fields) -> Fields:
+    """The fields of `personalInfo` (the full shape), or the flat name/email/phone/location of `f` itself."""
+    info = f.nested("personalInfo", allowed=_PERSONAL_INFO_FIELDS)
+    if info is None:
+        return f
+    for name in _PERSONAL_INFO_FIELDS:
+        if f.has(name):
+            f.error(name, "give it either flat or in personalInfo, not both")
+    return info
 
 
 @dataclass(slots=True)
@@ -208,17 +283,24 @@ class CreateCandidate:
     phone: str = ""
     resume: Resume = field(default_factory=Resume)
     candidate_id: str | None = None
+    profile: dict[str, Any] = field(default_factory=dict)  # location, notes, skills, experience, ...
 
     @classmethod
     def parse(cls, data: object) -> CreateCandidate:
         f = Fields(data, allowed=_CANDIDATE_FIELDS)
         candidate_id = f.ident("candidateId", required=False)
-        name = f.text("name", max_len=200)
-        email = f.text("email", max_len=254, pattern=EMAIL_RE, what="email address")
-        phone = f.text("phone", required=False, max_len=32, pattern=PHONE_RE, what="phone number", default="")
+        info = _personal_info(f)
+        name = info.text("name", max_len=200)
+        email = info.text("email", max_len=254, pattern=EMAIL_RE, what="email address")
+        phone = info.text("phone", required=False, max_len=32, pattern=PHONE_RE, what="phone number", default="")
+        profile = _parse_profile(f)
+        if info is not f and info.has("location"):
+            profile["location"] = info.text("location", required=False, max_len=200, default="")
+        f.merge(info if info is not f else None)
         resume = _parse_resume(f) or Resume()
         f.done()
-        return cls(name=name, email=email.lower(), phone=phone, resume=resume, candidate_id=candidate_id)
+        return cls(name=name, email=email.lower(), phone=phone, resume=resume, candidate_id=candidate_id,
+                   profile=profile)
 
 
 @dataclass(slots=True)
@@ -230,16 +312,22 @@ class UpdateCandidate:
 
     @classmethod
     def parse(cls, data: object) -> UpdateCandidate:
-        f = Fields(data, allowed=("name", "email", "phone", "resume", "version"))
+        f = Fields(data, allowed=(*_CANDIDATE_FIELDS[1:], "version"))
+        info = _personal_info(f)
         changes: dict[str, Any] = {}
-        if f.has("name"):
-            changes["name"] = f.text("name", max_len=200)
-        if f.has("email"):
-            email = f.text("email", max_len=254, pattern=EMAIL_RE, what="email address")
+        if info.has("name"):
+            changes["name"] = info.text("name", max_len=200)
+        if info.has("email"):
+            email = info.text("email", max_len=254, pattern=EMAIL_RE, what="email address")
             changes["email"] = email.lower() if isinstance(email, str) else email
-        if f.has("phone"):
-            changes["phone"] = f.text("phone", required=False, max_len=32, pattern=PHONE_RE, what="phone number",
-                                     default="")
+        if info.has("phone"):
+            changes["phone"] = info.text("phone", required=False, max_len=32, pattern=PHONE_RE,
+                                         what="phone number", default="")
+        changes.update(_parse_profile(f))
+        if info is not f:
+            if info.has("location"):
+                changes["location"] = info.text("location", required=False, max_len=200, default="")
+            f.merge(info)
         if f.has("resume"):
             changes["resume"] = f.data["resume"]  # validated against the current resume by the handler
             _parse_resume(f)
@@ -342,13 +430,16 @@ class CandidateQuery:
     after: Cursor | None = None
     limit: int = DEFAULT_PAGE
     org_id: str = DEFAULT_ORG
+    email: str | None = None  # exact match, case-insensitive (the store compares blind indexes)
 
     @classmethod
     def parse(cls, params: dict[str, Any]) -> CandidateQuery:
-        f = Fields(params, allowed=("cursor", "limit"))
+        f = Fields(params, allowed=("cursor", "limit", "email"))
+        email = f.text("email", required=False, max_len=254, pattern=EMAIL_RE, what="email address") \
+            if params.get("email") else None
         after, limit = _parse_page(f)
         f.done()
-        return cls(after=after, limit=limit)
+        return cls(after=after, limit=limit, email=email.lower() if email else None)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -516,6 +607,12 @@ class InterviewService:
         """Publish an analysis job's event (built at the write's time) through the interview's outbox."""
         await self._change(interview_id, lambda i, now: i.note_analysis(event(now), now))
 
+    async def erase_interview_data(self, interview_id: str, erasure_id: str) -> dict[str, Any]:
+        """Cancel (if open) and clear the interview's personal data, recording `InterviewDataErased`."""
+        interview, _ = await self._change(interview_id, lambda i, now: i.erase_personal_data(now, erasure_id))
+        log.info("interview %s: candidate data erased (erasure %s)", interview_id, erasure_id)
+        return interview.to_document()
+
     async def _accepting_segments(self, interview_id: str, segment: SegmentEvent) -> None:
         _check_id("interview", interview_id)
         if not segment.final:
@@ -567,7 +664,7 @@ class InterviewService:
         now = self.clock()
         candidate = Candidate(candidate_id=cmd.candidate_id or self.new_id(), name=cmd.name, email=cmd.email,
                               metadata=Metadata(now, now, created_by, 1), phone=cmd.phone, resume=cmd.resume,
-                              org_id=org_id)
+                              org_id=org_id, **cmd.profile)
         await self.store.add_candidate(candidate)
         return candidate.to_document()
 

@@ -133,13 +133,14 @@ class StoredSegment:
     segment: SegmentEvent
     recorded_at: datetime
     original_text: str | None = None
+    unreadable: tuple[str, ...] = ()  # fields that did not decrypt on this read (then null in `to_document`)
 
     def revised_by(self, revision: SegmentEvent) -> StoredSegment:
         """This final as `revision` (of the same speaker and seq) replaces it."""
         changes = {name: getattr(revision, name) for name in REVISED_FIELDS}
         original = self.segment.text if self.original_text is None else self.original_text
         return StoredSegment(self.interview_id, replace(self.segment, revision=revision.revision, **changes),
-                             self.recorded_at, original_text=original)
+                             self.recorded_at, original_text=original, unreadable=self.unreadable)
 
     def to_dict(self) -> dict[str, Any]:
         """The message the data channel sent for it, `segment.final` or (revised) its last `segment.revised`, with
@@ -160,6 +161,11 @@ class StoredSegment:
                "recordedAt": self.recorded_at}
         if revision:
             doc.update(originalText=self.original_text, revision=revision)
+        if self.unreadable:
+            doc["unreadable"] = list(self.unreadable)
+            for name in self.unreadable:
+                if name in ("text", "originalText"):
+                    doc[name] = None
         return doc
 
     @classmethod
@@ -167,13 +173,13 @@ class StoredSegment:
         """From a stored segment (or revision) document: `to_document()`'s fields; others are ignored."""
         segment = SegmentEvent(
             speaker=Speaker.from_dict(d["speaker"]), seq=int(d["seq"]), start_s=d["start_s"], end_s=d["end_s"],
-            text=d["text"], final=True, words=[Word.from_dict(w) for w in d.get("words", ())],
+            text=d["text"] or "", final=True, words=[Word.from_dict(w) for w in d.get("words", ())],
             confidence=d.get("confidence", 0.0), no_speech_prob=d.get("no_speech_prob", 0.0),
             language=d.get("language", "en"), engine=d.get("engine", ""), model=d.get("model", ""),
             hallucination=d.get("hallucination", False), crosstalk=d.get("crosstalk", False), emitted_at_s=d.get("emitted_at_s"),
             revision=d.get("revision", 0))
         return cls(interview_id=d["interviewId"], segment=segment, recorded_at=d["recordedAt"],
-                   original_text=d.get("originalText"))
+                   original_text=d.get("originalText"), unreadable=tuple(d.get("unreadable", ())))
 
 
 @dataclass(slots=True)
@@ -296,7 +302,25 @@ class ParticipantEvent:
         return {"type": self.type, "speaker": self.speaker.to_dict()}
 
 
-StreamEvent = SegmentEvent | SentimentEvent | KeywordsEvent | LevelEvent | ErrorEvent | ParticipantEvent
+@dataclass(slots=True)
+class ConsentEvent:
+    """A participant gave (`consent.given`) or withdrew (`consent.withdrawn`) consent to the processing of their
+    audio under the notice `notice_version`. Until given, none of their audio is processed; once withdrawn, none
+    more is (the transcript ends there for them)."""
+
+    speaker: Speaker
+    given: bool
+    notice_version: str
+
+    @property
+    def type(self) -> str:
+        return "consent.given" if self.given else "consent.withdrawn"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "speaker": self.speaker.to_dict(), "noticeVersion": self.notice_version}
+
+
+StreamEvent = SegmentEvent | SentimentEvent | KeywordsEvent | LevelEvent | ErrorEvent | ParticipantEvent | ConsentEvent
 
 
 def to_json(event: StreamEvent | StoredSegment) -> str:
@@ -492,3 +516,19 @@ class AnalysisFailed(DomainEvent):
 
     def data(self) -> dict[str, Any]:
         return {"errors": dict(self.errors)}
+
+
+@dataclass(slots=True, frozen=True)
+class InterviewDataErased(DomainEvent):
+    """The candidate's personal data in this interview was erased (crypto-shredded): its transcript, revisions
+    and analysis are gone, and every earlier event's sealed fields no longer open. Carries no personal data."""
+
+    interview_id: str
+    occurred_at: Any
+    candidate_id: str
+    erasure_id: str
+    id: str = field(default_factory=_event_id)
+    SUBJECT = "erased"
+
+    def data(self) -> dict[str, Any]:
+        return {"candidateId": self.candidate_id, "erasureId": self.erasure_id}

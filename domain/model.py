@@ -23,6 +23,7 @@ from domain.events import (
     DomainEvent,
     InterviewCancelled,
     InterviewCompleted,
+    InterviewDataErased,
     InterviewScheduled,
     InterviewStarted,
     StoredSegment,
@@ -356,6 +357,8 @@ class Interview:
     analysis: Analysis = field(default_factory=Analysis)
     events: list[DomainEvent] = field(default_factory=list)  # recorded, not yet handed to the repository
     org_id: str = DEFAULT_ORG
+    data_erased_at: datetime | None = None  # the candidate's data in it was erased (erasure or retention)
+    unreadable: list[str] = field(default_factory=list)  # fields that did not decrypt on this read
 
     @classmethod
     def schedule(cls, *, interview_id: str, candidate_id: str, job_id: str, scheduled_at: datetime, now: datetime,
@@ -458,6 +461,18 @@ class Interview:
         self._touch(now)
         self.events.append(event)
 
+    def erase_personal_data(self, now: datetime, erasure_id: str) -> None:
+        """The candidate's data was erased: an open interview is cancelled (nothing more is recorded), the analysis
+        and any free text are cleared. The transcript itself lives in the store and is deleted there."""
+        if self.status in (SCHEDULED, IN_PROGRESS):
+            self.cancel(now, "")
+        self.cancel_reason = ""
+        self.analysis = Analysis()
+        self.data_erased_at = now
+        self._touch(now)
+        self.events.append(InterviewDataErased(interview_id=self.interview_id, occurred_at=now,
+                                               candidate_id=self.candidate_id, erasure_id=erasure_id))
+
     def accepts_segments(self) -> bool:
         """Finals may arrive after completion (a drained stream); a cancelled interview records nothing more."""
         return self.status != CANCELLED
@@ -491,6 +506,8 @@ class Interview:
                               "segments": [s.to_document() for s in segments or ()]},
             "analysis": self.analysis.to_document(),
             "metadata": self.metadata.to_document(),
+            "dataErasedAt": self.data_erased_at,
+            **({"unreadable": list(self.unreadable)} if self.unreadable else {}),
         }
 
     @classmethod
@@ -507,6 +524,7 @@ class Interview:
             transcription_status=transcription.get("status", "pending"),
             analysis=Analysis.from_document(d.get("analysis")),
             org_id=d.get("orgId") or DEFAULT_ORG,
+            unreadable=list(d.get("unreadable", [])), data_erased_at=d.get("dataErasedAt"),
         )
 
 
@@ -516,20 +534,26 @@ class Resume:
     parsed: bool = False
     skills: list[str] = field(default_factory=list)
     experience_years: float | None = None
+    text: str = ""  # the CV's text
+    file_ref: str = ""  # where the CV file is kept (an opaque reference, e.g. an object-store key)
 
     def to_document(self) -> dict[str, Any]:
         return {"url": self.url, "parsed": self.parsed, "skills": list(self.skills),
-                "experience": self.experience_years}
+                "experience": self.experience_years, "text": self.text, "fileRef": self.file_ref}
 
     @classmethod
     def from_document(cls, d: Mapping[str, Any] | None) -> Resume:
         d = d or {}
-        return cls(url=d.get("url", ""), parsed=bool(d.get("parsed", False)), skills=list(d.get("skills", [])),
-                   experience_years=d.get("experience"))
+        return cls(url=d.get("url", ""), parsed=bool(d.get("parsed", False)), skills=list(d.get("skills") or []),
+                   experience_years=d.get("experience"), text=d.get("text", ""), file_ref=d.get("fileRef", ""))
 
 
 @dataclass(slots=True)
 class Candidate:
+    """A candidate's record. Every field but the id, metadata and `resume.parsed` is personal data (the store
+    encrypts it). `experience` items are {company, role, from, to}, `education` {institution, degree, year},
+    `applications` {jobId, status, appliedAt}."""
+
     candidate_id: str
     name: str
     email: str
@@ -537,16 +561,35 @@ class Candidate:
     phone: str = ""
     resume: Resume = field(default_factory=Resume)
     org_id: str = DEFAULT_ORG
+    location: str = ""
+    notes: str = ""
+    skills: list[str] = field(default_factory=list)
+    experience: list[dict[str, Any]] = field(default_factory=list)
+    education: list[dict[str, Any]] = field(default_factory=list)
+    applications: list[dict[str, Any]] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # fields that did not decrypt on this read
 
     def to_document(self, interviews: list[str] | None = None) -> dict[str, Any]:
-        """`interviews` is filled on reads from the interviews collection (one source of truth, no dual write)."""
-        return {"candidateId": self.candidate_id, "orgId": self.org_id, "name": self.name, "email": self.email,
-                "phone": self.phone,
-                "resume": self.resume.to_document(), "interviews": list(interviews or []),
-                "metadata": self.metadata.to_document()}
+        """`interviews` is filled on reads from the interviews collection (one source of truth, no dual write).
+        `personalInfo` repeats the flat name/email/phone (both shapes are read by clients)."""
+        doc = {"candidateId": self.candidate_id, "orgId": self.org_id, "name": self.name, "email": self.email, "phone": self.phone,
+               "personalInfo": {"name": self.name, "email": self.email, "phone": self.phone,
+                                "location": self.location},
+               "resume": self.resume.to_document(), "skills": list(self.skills),
+               "experience": [dict(e) for e in self.experience], "education": [dict(e) for e in self.education],
+               "applications": [dict(a) for a in self.applications], "notes": self.notes,
+               "interviews": list(interviews or []), "metadata": self.metadata.to_document()}
+        if self.unreadable:
+            doc["unreadable"] = list(self.unreadable)
+        return doc
 
     @classmethod
     def from_document(cls, d: Mapping[str, Any]) -> Candidate:
+        info = d.get("personalInfo") or {}
         return cls(candidate_id=d["candidateId"], name=d["name"], email=d["email"],
                    metadata=Metadata.from_document(d["metadata"]), phone=d.get("phone", ""),
-                   resume=Resume.from_document(d.get("resume")), org_id=d.get("orgId") or DEFAULT_ORG)
+                   resume=Resume.from_document(d.get("resume")), location=info.get("location", ""),
+                   notes=d.get("notes", ""), skills=list(d.get("skills") or []),
+                   experience=list(d.get("experience") or []), education=list(d.get("education") or []),
+                   applications=list(d.get("applications") or []), unreadable=list(d.get("unreadable", [])),
+                   org_id=d.get("orgId") or DEFAULT_ORG)

@@ -374,6 +374,29 @@ async def _gathered(pc: RTCPeerConnection) -> None:
         await done.wait()
 
 
+NOTICE_VERSION = "2026-01"  # the notice version the pages send (adapters.privacy.NOTICE_VERSION)
+
+
+async def give_consent(http: httpx.AsyncClient, url: str, token: str, notice_version: str = NOTICE_VERSION) -> int:
+    """`POST /api/consent` on the server of the WHIP endpoint `url`; the status (204 when recorded)."""
+    consent_url = urljoin(url, "/api/consent")
+    try:
+        response = await http.post(consent_url, json={"noticeVersion": notice_version, "accepted": True},
+                                   headers={"Authorization": f"Bearer {token}"})
+    except httpx.HTTPError as exc:
+        log.warning("consent POST %s failed: %s", consent_url, exc)
+        return 0
+    if response.status_code != 204:
+        log.warning("consent POST %s -> %s: %s", consent_url, response.status_code, response.text[:200])
+    return response.status_code
+
+
+async def withdraw_consent(http: httpx.AsyncClient, url: str, token: str) -> int:
+    """`DELETE /api/consent` on the server of the WHIP endpoint `url`; the status (204 when recorded)."""
+    response = await http.delete(urljoin(url, "/api/consent"), headers={"Authorization": f"Bearer {token}"})
+    return response.status_code
+
+
 async def whip_publish(
     url: str,
     token: str,
@@ -386,10 +409,16 @@ async def whip_publish(
     session: httpx.AsyncClient | None = None,
     ice_servers: list[RTCIceServer] | None = None,
     http_timeout: float = 10.0,
+    consent: bool = True,
+    notice_version: str = NOTICE_VERSION,
 ) -> WhipSession:
     """Publish `track` (send-only audio) to the WHIP endpoint `url`; with `analysis`, also open the overlay channel;
     with `call`, the call's signalling channel, and `relay_slots` receive-only audio transceivers (as the pages do);
     `relay_listener(mid, payload, rtp_timestamp)` gets every Opus payload they receive, as received.
+
+    With `consent` (and a track), first `POST /api/consent` as the pages do: the server processes no audio of a
+    participant who has not consented. A refused consent is logged, not raised: the WHIP POST that follows
+    reports the same problem (a bad token, a closed interview) the way callers expect.
 
     `ice_servers` defaults to none (host candidates only), which is what loopback and LAN peers need;
     aiortc would otherwise try Google's public STUN server. Raises `WhipError` unless the server answers 201
@@ -411,6 +440,8 @@ async def whip_publish(
             pc.addTransceiver("audio", direction="recvonly")
         await pc.setLocalDescription(await pc.createOffer())
         await _gathered(pc)
+        if consent and track is not None:
+            await give_consent(http, url, token, notice_version)
         try:
             response = await http.post(
                 url,

@@ -67,6 +67,13 @@ MATRIX: dict[tuple[str, str], str] = {
     ("GET", "/api/candidates"): "1333....3",
     ("GET", "/api/candidates/{candidate_id}"): "1333..4.3",
     ("PATCH", "/api/candidates/{candidate_id}"): "1333..4.3",
+    # erasure and export: hr and admin (a key with candidate scopes only lacks the erase/export scope)
+    ("DELETE", "/api/candidates/{candidate_id}"): "1333..4.3",
+    ("GET", "/api/candidates/{candidate_id}/export"): "1333..4.3",
+    # consent: only a participant, for their own interview
+    ("POST", "/api/consent"): "1.3333333",
+    ("DELETE", "/api/consent"): "1.3333333",
+    ("GET", "/.well-known/interview-worker-keys"): PUBLIC,
     # WHIP takes join tokens only: an access token or API key there is an invalid token.
     ("POST", "/whip/{interview_id}"): "1.1111111",
     ("OPTIONS", "/whip/{interview_id}"): PUBLIC,

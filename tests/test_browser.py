@@ -195,6 +195,7 @@ async def test_interviewer_page_shows_candidate_words(server: Server, chromium: 
                 _browser(chromium, tmp_path / "profile-candidate", candidate_wav) as (_, cand, cand_errors)):
         await overlay.goto(interviewer_url)
         await expect(overlay.locator("#who")).to_contain_text("Ivo Interviewer")
+        await overlay.check("#consent")
         await overlay.click("#join")
         await expect(overlay.locator("#state")).to_have_attribute("data-state", "connected", timeout=30_000)
         # An observer uses the same page without a microphone (an offer with only the data channel).
@@ -207,6 +208,9 @@ async def test_interviewer_page_shows_candidate_words(server: Server, chromium: 
 
         await cand.goto(candidate_url)
         await expect(cand.locator(".notice")).to_contain_text("no voice-tone or facial emotion analysis", ignore_case=True)
+        await cand.click("#join")  # without consent nothing happens but a request to give it
+        await expect(cand.locator("#error")).to_contain_text("consent")
+        await cand.check("#consent")
         await cand.click("#join")
         await expect(cand.locator("#state")).to_have_attribute("data-state", "connected", timeout=30_000)
 
@@ -266,6 +270,7 @@ async def test_forged_token_is_refused_with_the_servers_reason(server: Server, c
     async with _browser(chromium, tmp_path / "profile", silent_wav) as (_, page, _errors):
         await page.goto(f"{server.url}/candidate?token={forged}")
         await expect(page.locator("#who")).to_contain_text("Mallory")  # the page reads the payload to greet
+        await page.check("#consent")
         await page.click("#join")
         await expect(page.locator("#state")).to_have_attribute("data-state", "failed", timeout=30_000)
         await expect(page.locator("#error")).to_contain_text("invalid or has expired")
@@ -324,6 +329,7 @@ async def _scripted_room() -> AsyncIterator[ScriptedRoom]:
     app = Starlette(routes=[
         Route("/interviewer", lambda _request: FileResponse(static / "interviewer.html")),
         Route("/whip/{iid}", whip, methods=["POST"]),
+        Route("/api/consent", lambda _request: Response(status_code=204), methods=["POST", "DELETE"]),
         Route("/whip/{iid}/{sid}", lambda _request: Response(status_code=200), methods=["DELETE"]),
         Mount("/static", StaticFiles(directory=static)),
     ])
@@ -365,6 +371,7 @@ async def test_overlay_rendering_rules(chromium: str, shared_data: Path, tmp_pat
 
     async with _scripted_room() as room, _browser(chromium, tmp_path / "profile", silent_wav) as (_, page, errors):
         await page.goto(f"{room.url}/interviewer?token={_unsigned_token('iv-1', ivo.participant_id, 'interviewer', ivo.name)}")
+        await page.check("#consent")
         await page.click("#join")
         channel = await asyncio.wait_for(room.channels.get(), 30)
         assert channel.label == "analysis"

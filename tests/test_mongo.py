@@ -352,6 +352,7 @@ async def test_candidates_unique_email_versioned_update_and_pagination(service: 
 
     updated = await service.update_candidate(cid, UpdateCandidate.parse({"resume": {"parsed": True}, "version": 1}))
     assert updated["resume"] == {"url": "https://cv.example/ada.pdf", "parsed": True, "skills": ["python", "maths"],
+                                 "text": "", "fileRef": "",
                                  "experience": 12.0}
     assert updated["metadata"]["version"] == 2 and len(updated["interviews"]) == 1
     with pytest.raises(Conflict):

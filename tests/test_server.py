@@ -196,7 +196,7 @@ async def test_shutdown_drains_speech_in_progress_to_a_persisted_final(tmp_path:
         await candidate.close()
         await observer.close()
 
-    store = await MongoStore.connect(mongo_url, db_name=settings.mongodb_db)
+    store = await MongoStore.connect(mongo_url, db_name=settings.mongodb_db, key_file=settings.master_key_path)
     try:
         segments = [s.to_document() for s in await store.list_segments(iid)]
     finally:

@@ -62,6 +62,26 @@ export function secondsLeft(claims, nowMs = Date.now()) {
   return claims.exp ? claims.exp - nowMs / 1000 : Infinity;
 }
 
+// The privacy notice the pages show; the server records which one a participant consented to.
+export const NOTICE_VERSION = "2026-01";
+
+/** Record (or, with `accepted` false, withdraw) the participant's consent to the processing of their audio. */
+export async function sendConsent(token, accepted) {
+  const response = await fetch("/api/consent", {
+    method: accepted ? "POST" : "DELETE",
+    headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+    body: accepted ? JSON.stringify({ noticeVersion: NOTICE_VERSION, accepted: true }) : undefined,
+  });
+  if (response.status === 401) throw new Error("Your join link is invalid or has expired.");
+  if (response.status !== 204) {
+    let message = `the server answered ${response.status}`;
+    try {
+      message = (await response.json()).error?.message ?? message;
+    } catch { /* not JSON: keep the status */ }
+    throw new Error(`Your consent could not be recorded (${message}).`);
+  }
+}
+
 /** Human text for a session state, for the status pill. */
 const STATE_TEXT = {
   idle: "Not connected",
@@ -137,11 +157,14 @@ export class Call extends EventTarget {
     this.mesh = null;
     this.state = "idle";
     const $ = (id) => document.getElementById(id);
-    this.ui = { pill: $("state"), join: $("join"), leave: $("leave"), mute: $("mute"), camera: $("camera") };
+    this.ui = { pill: $("state"), join: $("join"), leave: $("leave"), mute: $("mute"), camera: $("camera"),
+      consent: $("consent") };
     this.tiles = new Tiles($("tiles"));
     // `?p2p=off` withholds ICE candidates between pages, forcing the server relay (tests use it).
     this.p2p = new URLSearchParams(window.location.search).get("p2p") !== "off";
     this.ui.join.addEventListener("click", () => this.join());
+    // Unticking the consent box mid-call withdraws it: the server stops processing this participant's audio.
+    this.ui.consent?.addEventListener("change", () => this._consentChanged());
     this.ui.leave.addEventListener("click", () => this.leave());
     this.ui.mute.addEventListener("click", () => this.toggleMute());
     this.ui.camera?.addEventListener("click", () => this.toggleCamera());
@@ -191,11 +214,36 @@ export class Call extends EventTarget {
     this._microphone("closed");
   }
 
+  async _consentChanged() {
+    const inCall = this.state === "connected" || this.state === "reconnecting";
+    if (!this.microphone || !inCall) return;
+    const given = this.ui.consent.checked;
+    try {
+      await sendConsent(this.token, given);
+      toast(given ? "Consent given: your audio is transcribed again."
+        : "Consent withdrawn: your audio is no longer processed.");
+    } catch (error) {
+      this.showError(error.message);
+    }
+  }
+
   async join() {
     this.showError("");
+    if (this.microphone && this.ui.consent && !this.ui.consent.checked) {
+      this.showError("Please read the notice and tick the consent box first: nothing of your audio is processed without it.");
+      this.ui.consent.focus();
+      return;
+    }
     this.ui.join.disabled = true;
     this._closeMicrophone(); // a previous failed attempt may still hold it
     if (this.microphone) {
+      try {
+        await sendConsent(this.token, true);
+      } catch (error) {
+        this.showError(error.message);
+        this._show("failed", error.message);
+        return;
+      }
       try {
         this.stream = await openMedia(Boolean(this.ui.camera));
       } catch (error) {

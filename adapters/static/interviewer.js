@@ -146,6 +146,7 @@ function init() {
       ? "The call is full (a candidate and four interviewers): you follow the transcript only."
       : peers.length ? "" : "Nobody else is on the call yet.";
   });
+  $("consent-label").hidden = claims?.role !== "interviewer"; // observers send no audio: nothing to consent to
   if (!claims) return;
   if (claims.role === "observer") {
     $("call-note").textContent = "Observers follow the transcript and analysis only: no audio or video.";
