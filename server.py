@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # the composition root imports its adapters lazily: nothing h
     from adapters.call import CallHub
     from adapters.metrics import Metrics
     from adapters.mongo import EmbeddedMongo, MongoStore
+    from adapters.nats_embedded import EmbeddedNats
     from adapters.outbox import EventBus, OutboxRelay
     from adapters.rooms import RoomRegistry
     from adapters.tokens import TokenSigner
@@ -94,6 +95,7 @@ class Components:
     secrets: Secrets
     metrics: Metrics
     embedded: EmbeddedMongo | None = None
+    embedded_nats: EmbeddedNats | None = None
     store: MongoStore | None = None
     audit: AuditLog | None = None
     service: InterviewService | None = None
@@ -114,7 +116,8 @@ async def _build(c: Components) -> None:
     from adapters.audit import AuditLog
     from adapters.call import CallHub, IceConfig
     from adapters.mongo import EmbeddedMongo, MongoStore
-    from adapters.nats_bus import open_bus
+    from adapters.nats_bus import JetStreamBus
+    from adapters.nats_embedded import EmbeddedNats
     from adapters.outbox import OutboxRelay
     from adapters.rooms import RoomRegistry
     from adapters.stt_engines import build_stt
@@ -134,7 +137,11 @@ async def _build(c: Components) -> None:
     if s.audit:
         c.audit = AuditLog(store.db, metrics=c.metrics)
         await c.audit.start()
-    c.bus = bus = await open_bus(s.nats_url)
+    nats_url = s.nats_url
+    if nats_url is None:
+        c.embedded_nats = EmbeddedNats(s.data_dir)
+        nats_url = await c.embedded_nats.start()
+    c.bus = bus = await JetStreamBus.open(nats_url)
     c.relay = relay = OutboxRelay(store, bus)
     relay.start()
     c.service = service = InterviewService(store, on_commit=relay.notify)
@@ -248,6 +255,8 @@ async def _teardown(c: Components) -> None:
         steps.append(("flush outbox", lambda: _flush_relay(relay)))
     if c.bus is not None:
         steps.append(("close bus", c.bus.close))
+    if c.embedded_nats is not None:
+        steps.append(("stop embedded NATS", c.embedded_nats.stop))
     if c.audit is not None:
         steps.append(("flush audit trail", c.audit.aclose))
     if c.store is not None:
@@ -313,7 +322,7 @@ def create_app(settings: Settings, *, announce: Callable[[Components], None] | N
                                     *c.whip.routes(), *base_routes]
             c.ready = True
             log.info("service ready in %.1fs (store: %s, bus: %s, stt: %s)", time.perf_counter() - t0,
-                     "embedded" if c.embedded else "external", "nats" if settings.nats_url else "in-process",
+                     "embedded" if c.embedded else "external", "external" if settings.nats_url else "embedded",
                      settings.stt_engine)
             if announce is not None:
                 announce(c)
