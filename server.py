@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # the composition root imports its adapters lazily: nothing h
     from adapters.http_edge import Audit
     from adapters.metrics import Metrics
     from adapters.mongo import EmbeddedMongo, MongoStore
+    from adapters.nats_embedded import EmbeddedNats
     from adapters.outbox import EventBus, OutboxRelay
     from adapters.privacy import Privacy
     from adapters.rate_limits import RateLimits
@@ -101,6 +102,7 @@ class Components:
     secrets: Secrets
     metrics: Metrics
     embedded: EmbeddedMongo | None = None
+    embedded_nats: EmbeddedNats | None = None
     store: MongoStore | None = None
     audit_log: AuditLog | None = None  # the hash-chained trail (AUDIT=true)
     service: InterviewService | None = None
@@ -133,7 +135,8 @@ async def _build(c: Components) -> None:
     from adapters.crypto import ReceiptSigner
     from adapters.http_edge import Audit
     from adapters.mongo import EmbeddedMongo, MongoStore
-    from adapters.nats_bus import open_bus
+    from adapters.nats_bus import JetStreamBus
+    from adapters.nats_embedded import EmbeddedNats
     from adapters.outbox import OutboxRelay
     from adapters.privacy import Privacy
     from adapters.rooms import RoomRegistry
@@ -169,7 +172,11 @@ async def _build(c: Components) -> None:
         c.audit = audit = Audit(audit_log, AuditEntry)
     else:
         c.audit = audit = Audit()
-    c.bus = bus = await open_bus(s.nats_url)
+    nats_url = s.nats_url
+    if nats_url is None:
+        c.embedded_nats = EmbeddedNats(s.data_dir)
+        nats_url = await c.embedded_nats.start()
+    c.bus = bus = await JetStreamBus.open(nats_url)
     c.relay = relay = OutboxRelay(store, bus)
     relay.start()
     c.service = service = InterviewService(store, on_commit=relay.notify)
@@ -312,6 +319,8 @@ async def _teardown(c: Components) -> None:
         steps.append(("flush outbox", lambda: _flush_relay(relay)))
     if c.bus is not None:
         steps.append(("close bus", c.bus.close))
+    if c.embedded_nats is not None:
+        steps.append(("stop embedded NATS", c.embedded_nats.stop))
     if c.audit_log is not None:
         steps.append(("flush audit trail", c.audit_log.aclose))
     if c.revocations is not None:
@@ -388,7 +397,7 @@ def create_app(settings: Settings, *, announce: Callable[[Components], None] | N
             app.router.routes[:] = [*api_routes(api), keys_route(c.receipts), *c.whip.routes(), *base_routes]
             c.ready = True
             log.info("service ready in %.1fs (store: %s, bus: %s, stt: %s)", time.perf_counter() - t0,
-                     "embedded" if c.embedded else "external", "nats" if settings.nats_url else "in-process",
+                     "embedded" if c.embedded else "external", "external" if settings.nats_url else "embedded",
                      settings.stt_engine)
             if announce is not None:
                 announce(c)

@@ -131,7 +131,8 @@ class Settings(BaseSettings):
     mongodb_db: Text = setting("interviews", "database name")
     audit: Flag = setting(True, "record the audit trail (who read or changed what, joins and leaves) in the "
                           "store's hash-chained `audit` collection (false: nothing is recorded)")
-    nats_url: OptionalText = setting(None, "NATS URL with JetStream (unset: in-process bus)", secret=True)
+    nats_url: OptionalText = setting(
+        None, "NATS URL with JetStream (unset: an embedded nats-server, data under DATA_DIR/nats)", secret=True)
     token_secret: Secret = setting(None, "HMAC key for join tokens (unset: generated, stored in "
                                    "DATA_DIR/token_secret)", secret=True)
     master_key_file: Annotated[Path | None, BeforeValidator(_none_if_blank)] = setting(

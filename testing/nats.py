@@ -8,18 +8,13 @@ production restart would. Each server has its own store, so stopping it never di
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import threading
 from pathlib import Path
 
+from adapters.nats_embedded import nats_server_binary
 
-def nats_server_binary() -> str | None:
-    """The nats-server executable (Debian package nats-server), or None when it is not installed."""
-    found = shutil.which("nats-server")
-    if found is None and Path("/usr/sbin/nats-server").exists():
-        found = "/usr/sbin/nats-server"
-    return found
+__all__ = ["NatsServer", "nats_server_binary"]
 
 
 class NatsServer:

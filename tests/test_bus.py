@@ -1,4 +1,5 @@
-"""The in-process bus, the outbox relay and the idempotent consumer, without NATS.
+"""The outbox relay and the idempotent consumer over the in-memory double of JetStream (`testing.memory_bus`), without
+NATS; `tests/test_bus_nats.py` runs the same flows against a real nats-server.
 
 The outbox is `testing.fakes.MemoryOutbox`, an in-memory OutboxStore the NATS tests use too.
 """
@@ -12,10 +13,10 @@ import pytest
 
 from adapters.bus import DLQ_PREFIX, BusUnavailable, check_subject, subject_matches
 from adapters.consumer import EventConsumer, ReceivedEvent
-from adapters.memory_bus import InProcessBus
-from adapters.nats_bus import open_bus, redact_url
+from adapters.nats_bus import redact_url
 from adapters.outbox import OutboxRelay
 from testing.fakes import MemoryOutbox, event
+from testing.memory_bus import InProcessBus
 
 
 async def _ignore(ev: ReceivedEvent) -> None:
@@ -37,9 +38,8 @@ def test_subject_rules() -> None:
     assert redact_url("nats://user:secret@host:4222") == "nats://host:4222"
 
 
-async def test_open_bus_without_url_is_in_process() -> None:
-    bus = await open_bus(None)
-    assert isinstance(bus, InProcessBus)
+async def test_closed_double_refuses_publish() -> None:
+    bus = InProcessBus()
     await bus.close()
     with pytest.raises(BusUnavailable):
         await bus.publish("interviews.a.started", b"{}", "x")

@@ -19,7 +19,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from adapters.bus import BusUnavailable
 from adapters.consumer import EventConsumer, ReceivedEvent
 from adapters.mongo import MongoStore
-from adapters.nats_bus import DLQ_STREAM, STREAM, JetStreamBus, open_bus
+from adapters.nats_bus import DLQ_STREAM, STREAM, JetStreamBus
 from adapters.outbox import OutboxRelay
 from domain.commands import CreateInterview, InterviewService
 from domain.events import SegmentEvent, Speaker
@@ -124,7 +124,7 @@ async def test_bus_opened_while_nats_is_down_connects_when_it_starts(tmp_path: P
     server = NatsServer(tmp_path / "nats", nats_binary)
     server.start()
     server.stop()  # now we know a port with nothing listening on it
-    b = await open_bus(server.url, wait_s=0.2)
+    b = await JetStreamBus.open(server.url, wait_s=0.2)
     assert isinstance(b, JetStreamBus) and not b.connected
     with pytest.raises(BusUnavailable):
         await b.publish("interviews.a.started", b"{}", "a")
@@ -143,7 +143,7 @@ async def test_nats_without_jetstream_is_unavailable_not_fatal(tmp_path: Path, n
     server = NatsServer(tmp_path / "nats", nats_binary, jetstream=False)
     server.start()
     try:
-        b = await open_bus(server.url, wait_s=1.0)
+        b = await JetStreamBus.open(server.url, wait_s=1.0)
         assert isinstance(b, JetStreamBus) and not b.connected
         with pytest.raises(BusUnavailable):
             await b.publish("interviews.a.started", b"{}", "a")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
 import pytest
 
 from adapters.mongo import MongoStore
@@ -102,6 +104,33 @@ def _start(data_dir: Path, log_file: Path | None = None, **env: str) -> tuple[su
     return proc, url, key
 
 
+def _embedded_nats(data_dir: Path) -> tuple[str, int]:
+    """The URL and pid of the nats-server a running `server.py` started under `data_dir` (from its log, config
+    and pid file: the embedded bus is not exposed over HTTP)."""
+    log_text = (data_dir / "nats" / "nats-server.log").read_text()
+    port = re.findall(r"Listening for client connections on 127\.0\.0\.1:(\d+)", log_text)[-1]
+    token = re.findall(r'token: "(\w+)"', (data_dir / "nats" / "nats-server.conf").read_text())[-1]
+    return f"nats://{token}@127.0.0.1:{port}", int((data_dir / "nats" / "nats-server.pid").read_text())
+
+
+async def _first_event(nats_url: str, subject: str) -> dict[str, Any]:
+    nc = await nats.connect(nats_url)
+    try:
+        sub = await nc.jetstream().pull_subscribe(subject, stream="INTERVIEWS")
+        (msg,) = await sub.fetch(1, timeout=30)  # waits for the outbox relay to publish it
+        return {"subject": msg.subject, **json.loads(msg.data)}
+    finally:
+        await nc.close()
+
+
+def _gone(pid: int) -> bool:
+    """True once `pid` no longer runs (a zombie counts as gone: its parent has exited or will reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def _stop(proc: subprocess.Popen[str]) -> int:
     proc.send_signal(signal.SIGTERM)
     try:
@@ -126,6 +155,10 @@ def test_python_server_py_runs_on_embedded_defaults_and_keeps_data(tmp_path: Pat
                                                          "scheduledAt": "2030-01-01T09:00:00Z"})
             assert created.status_code == 201
             iid = created.json()["interviewId"]
+            # the embedded default runs a real nats-server: the event is on the JetStream stream
+            nats_url, _ = _embedded_nats(data)
+            scheduled = asyncio.run(_first_event(nats_url, f"interviews.{iid}.>"))
+            assert scheduled["subject"] == f"interviews.{iid}.scheduled" and scheduled["interviewId"] == iid
             token = http.post(f"/api/interviews/{iid}/tokens", json={"role": "candidate", "name": "Cat"})
             assert token.status_code == 201 and token.json()["joinUrl"].startswith(f"{url}/candidate?token=")
             metrics = http.get("/metrics").text
@@ -152,10 +185,13 @@ def test_python_server_py_runs_on_embedded_defaults_and_keeps_data(tmp_path: Pat
 
 @pytest.mark.slow
 def test_ctrl_c_to_the_process_group_shuts_down_cleanly(tmp_path: Path) -> None:
-    # Ctrl-C in a terminal signals every process of the foreground group: the embedded MongoDB and the
-    # speech-to-text workers must outlive it so that shutdown can still drain streams and persist finals.
+    # Ctrl-C in a terminal signals every process of the foreground group: the embedded MongoDB, the embedded
+    # NATS and the speech-to-text workers must outlive it so that shutdown can still drain streams, persist
+    # finals and flush the outbox; then teardown stops them, leaving no stray process behind.
     log_file = tmp_path / "server.log"
     proc, url, key = _start(tmp_path / "data", log_file)
+    _, nats_pid = _embedded_nats(tmp_path / "data")
+    assert not _gone(nats_pid)
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
         assert http.post("/api/interviews", json={"candidateId": "c1", "jobId": "j1",
                                                   "scheduledAt": "2030-01-01T09:00:00Z"}).status_code == 201
@@ -171,6 +207,8 @@ def test_ctrl_c_to_the_process_group_shuts_down_cleanly(tmp_path: Path) -> None:
     assert not any("failed" in m or "died" in m for m in messages), messages
     # stopped by our teardown (SIGTERM: a clean exit), not killed by the terminal's SIGINT
     assert any(m.startswith("embedded MongoDB stopped (exit 0)") for m in messages), messages[-8:]
+    assert any(m.startswith("embedded NATS stopped (exit 0)") for m in messages), messages[-8:]
+    assert _gone(nats_pid)
     assert "shutdown complete" in messages
 
 

@@ -1,4 +1,5 @@
-"""The event bus of the embedded mode (no `NATS_URL`): `InProcessBus`, JetStream's semantics in memory.
+"""A test double of `adapters.nats_bus.JetStreamBus`: `InProcessBus`, JetStream's semantics in memory, for the
+outbox relay and consumer tests that need no server (the service itself always runs a real nats-server).
 
 A bounded in-memory log with the same de-duplication by message id and the same consumer semantics as
 `adapters.nats_bus.JetStreamBus`, lost on restart (the outbox is what is durable).
@@ -27,7 +28,7 @@ class _LogEntry:
 
 
 class InProcessBus:
-    """The EventBus of the embedded mode: a bounded in-memory log with JetStream's semantics.
+    """An EventBus for tests: a bounded in-memory log with JetStream's semantics.
 
     Publishing de-duplicates by `msg_id` over the last `duplicate_window` ids; `pull(durable)` gives every
     durable consumer each matching message from the start of the retained log, redelivering on `nak`.
