@@ -409,7 +409,8 @@ class HeuristicProvider:
     kind = "heuristic"
 
     async def analyse(self, turns: Sequence[Turn], rubric: Sequence[Competency]) -> ProviderAnswer:
-        return ProviderAnswer(self.score(turns, rubric))
+        # CPU work (~150 ms for a 45-minute transcript): in a thread, so live rooms' audio is not held up
+        return ProviderAnswer(await asyncio.to_thread(self.score, turns, rubric))
 
     def score(self, turns: Sequence[Turn], rubric: Sequence[Competency]) -> ClaimedScorecard:
         from pipeline.analysis import text_sentiment
