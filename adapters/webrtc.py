@@ -49,7 +49,7 @@ from starlette.routing import BaseRoute, Route
 
 from adapters.audit import DEFAULT_ORG, AuditEntry, AuditLog, outcome_of, request_entry
 from adapters.call import RELAY_SLOTS, ROLES_IN_CALL, CallHub, CallMember, RelayTrack
-from adapters.http_edge import HttpError, error_kind, error_response, read_body
+from adapters.http_edge import HttpError, as_http_error, error_kind, error_response, read_body
 from adapters.metrics import Metrics
 from adapters.rooms import Participant, RoomRegistry
 from adapters.rtp_audio import decode_inline
@@ -210,9 +210,10 @@ class WhipIngest:
         started = time.perf_counter()
         try:
             response = await self._post(request)
-        except HttpError as err:
+        except Exception as exc:  # noqa: BLE001 - a store outage (503) or a bug (500) is a refused join too
+            err = as_http_error(exc)
             self._audit(request, "whip.join", err.status, {"status": err.status, "code": err.code})
-            return self._refuse(request, err)
+            return self._refuse(request, exc)
         self.metrics.join_seconds.observe(time.perf_counter() - started)
         self._audit(request, "whip.join", response.status_code, {"status": response.status_code})
         return response
@@ -252,9 +253,9 @@ class WhipIngest:
             actor_id=claims.participant_id, role=claims.role, resource_type="interview",
             resource_id=str(request.path_params.get("interview_id", "")), detail=detail))
 
-    def _refuse(self, request: Request, err: HttpError) -> Response:
-        self.metrics.error(error_kind(err.status))
-        return error_response(request, err, log)
+    def _refuse(self, request: Request, exc: Exception) -> Response:
+        self.metrics.error(error_kind(as_http_error(exc).status))
+        return error_response(request, exc, log)
 
     def _claims(self, request: Request, *, allow_expired: bool = False) -> JoinClaims:
         try:

@@ -313,6 +313,36 @@ async def test_the_service_records_api_requests_and_whip_joins_and_leaves(tmp_pa
         "create_interview", "interview", "")
 
 
+async def test_a_join_the_store_cannot_check_is_refused_503_and_audited(store: MongoStore) -> None:
+    """A WHIP join refused because the store is down is a 503 with the one error shape, and an audited `failed`."""
+    from starlette.applications import Starlette
+
+    from adapters.metrics import Metrics
+    from adapters.tokens import TokenSigner
+    from adapters.webrtc import WhipIngest
+    from domain.model import Unavailable
+
+    async def store_down(interview_id: str) -> str | None:
+        raise Unavailable("connection refused")
+
+    audit = AuditLog(store.db)
+    await audit.start()
+    signer = TokenSigner(b"s" * 32)
+    metrics = Metrics()
+    whip = WhipIngest(None, signer, store_down, metrics, audit=audit)  # type: ignore[arg-type]  # never joins
+    token, claims = signer.issue("iv-1", "interviewer", "Ivy")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=Starlette(routes=whip.routes())),
+                                 base_url="http://test") as client:
+        response = await client.post("/whip/iv-1", content=b"v=0\r\n", headers={
+            "Authorization": f"Bearer {token}", "Content-Type": "application/sdp"})
+    assert response.status_code == 503 and response.json()["error"]["code"] == "unavailable"
+    await audit.aclose()
+    docs, _ = await audit.query(org_id="default")
+    assert [(d["action"], d["actorId"], d["outcome"], d["detail"]) for d in docs] == [
+        ("whip.join", claims.participant_id, "failed", {"status": 503, "code": "unavailable"})]
+    assert metrics.errors.labels(kind="unavailable")._value.get() == 1
+
+
 def test_help_lists_the_verify_audit_command_and_the_audit_setting() -> None:
     out = subprocess.run([sys.executable, "server.py", "--help"], cwd=ROOT, capture_output=True, text=True,
                          timeout=60, check=True).stdout
