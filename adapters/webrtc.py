@@ -533,13 +533,7 @@ class WhipIngest:
     async def _drop_session(self, session: WhipSession) -> None:
         """The connection is gone without a DELETE: close it and let the participant wait for a resume."""
         participant = session.participant
-        if self.audit is not None and not session.closed:
-            c = session.claims
-            self.audit.record(AuditEntry(
-                actor_type="participant", actor_id=c.participant_id, role=c.role, org_id=DEFAULT_ORG,
-                action="whip.leave", resource_type="interview", resource_id=c.interview_id, outcome="ok",
-                address=session.address, user_agent=session.user_agent, at=datetime.now(UTC),
-                detail={"reason": "connection_lost"}))
+        self._audit_leave(session, "connection_lost")
         await self._close_session(session)
         if participant is not None:
             self.registry.detach(participant, session.id)
@@ -555,5 +549,17 @@ class WhipIngest:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def close_all(self) -> None:
+        for session in self.sessions.values():
+            self._audit_leave(session, "shutdown")
         await asyncio.gather(*(self._close_session(s) for s in list(self.sessions.values())),
                              return_exceptions=True)
+
+    def _audit_leave(self, session: WhipSession, reason: str) -> None:
+        """A leave without a DELETE (the connection was lost, the server shuts down), once per session."""
+        if self.audit is None or session.closed:
+            return
+        c = session.claims
+        self.audit.record(AuditEntry(
+            actor_type="participant", actor_id=c.participant_id, role=c.role, org_id=DEFAULT_ORG,
+            action="whip.leave", resource_type="interview", resource_id=c.interview_id, outcome="ok",
+            address=session.address, user_agent=session.user_agent, at=datetime.now(UTC), detail={"reason": reason}))

@@ -313,6 +313,23 @@ async def test_the_service_records_api_requests_and_whip_joins_and_leaves(tmp_pa
         "create_interview", "interview", "")
 
 
+async def test_a_session_still_open_at_shutdown_is_recorded_as_a_leave(tmp_path: Path, mongo_url: str) -> None:
+    settings = test_settings(tmp_path, mongo_url)
+    async with live_server(settings) as live:
+        iid = await live.create_interview()
+        tok = await live.token(iid, "observer", "Obi")
+        session = await whip_publish(f"{live.url}/whip/{iid}", tok["token"], track=None, analysis=True)
+    await session.close()  # the server is gone: its DELETE fails (logged), the peer connection closes
+    store = await MongoStore.connect(mongo_url, db_name=settings.mongodb_db)
+    try:
+        docs, _ = await AuditLog(store.db).query(org_id="default", resource=iid)
+    finally:
+        await store.close()
+    assert [(d["action"], d["actorId"], d["detail"]) for d in docs[:2]] == [
+        ("whip.leave", tok["participantId"], {"reason": "shutdown"}),
+        ("whip.join", tok["participantId"], {"status": 201})]
+
+
 async def test_a_join_the_store_cannot_check_is_refused_503_and_audited(store: MongoStore) -> None:
     """A WHIP join refused because the store is down is a 503 with the one error shape, and an audited `failed`."""
     from starlette.applications import Starlette
