@@ -233,6 +233,14 @@ class Settings(BaseSettings):
             raise ValueError("TLS_CERT_FILE and TLS_KEY_FILE go together")
         if settings.stt_engine == "openai" and not (settings.openai_base_url or settings.openai_api_key):
             raise ValueError("STT_ENGINE=openai needs OPENAI_API_KEY (api.openai.com) or OPENAI_BASE_URL")
+        # a provider without its key (or its own server) would fail every analysis with 401, found only then
+        needs = {"openai": (settings.openai_api_key or settings.openai_base_url, "OPENAI_API_KEY or OPENAI_BASE_URL"),
+                 "anthropic": (settings.anthropic_api_key or settings.anthropic_base_url,
+                               "ANTHROPIC_API_KEY or ANTHROPIC_BASE_URL"),
+                 "huggingface": (settings.hf_token or settings.hf_base_url, "HF_TOKEN or HF_BASE_URL")}
+        for name in settings.analysis_providers:
+            if not needs[name][0]:
+                raise ValueError(f"ANALYSIS_PROVIDERS={name} needs {needs[name][1]}")
         if any(u.startswith("turn") for u in settings.ice_servers) and not settings.turn_secret:
             raise ValueError("ICE_SERVERS: turn: and turns: URLs need TURN_SECRET (browsers refuse TURN without "
                              "credentials)")

@@ -38,6 +38,7 @@ from domain.analysis import (
     GuideQuestion,
     ProviderRun,
     Scorecard,
+    Structure,
     Turn,
     aggregate,
     conversation,
@@ -143,6 +144,7 @@ class AnalysisJobs:
         self.jurisdiction = jurisdiction
         self.clock = clock
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._requesting: set[str] = set()  # requests between their check and their task's start
 
     @property
     def configured(self) -> list[str]:
@@ -152,6 +154,18 @@ class AnalysisJobs:
 
     async def request(self, interview_id: str, trigger: str = "completed", skills: Sequence[str] = ()) -> None:
         """Store the job pending, publish AnalysisRequested, start it. A job already running: `Conflict`."""
+        # Claimed before the first await: two requests at once (a double click, /run beside /complete) would
+        # otherwise both pass the check below and start two jobs, the first one never cancelled at shutdown.
+        if interview_id in self._requesting:
+            raise Conflict(f"the analysis of interview {interview_id} is already being requested",
+                           code="analysis_running")
+        self._requesting.add(interview_id)
+        try:
+            await self._request(interview_id, trigger, skills)
+        finally:
+            self._requesting.discard(interview_id)
+
+    async def _request(self, interview_id: str, trigger: str, skills: Sequence[str]) -> None:
         interview = await self.service.get_interview(interview_id, with_segments=False)
         if interview["status"] != INTERVIEW_COMPLETED:
             raise Conflict(f"interview {interview_id} is {interview['status']}; analysis follows completion",
@@ -233,11 +247,15 @@ class AnalysisJobs:
             personal = [candidate["name"], candidate["email"], candidate.get("phone", "")]
         except NotFound:
             pass
-        turns = conversation(transcript["segments"], personal)
         guide = _guide(interview)
         rubric = rubric_for(guide, doc.get("skills", ()))
-        shape = structure(turns, guide)
-        digest = input_hash(turns, rubric)
+
+        def prepare() -> tuple[list[Turn], Structure, str]:
+            turns = conversation(transcript["segments"], personal)
+            return turns, structure(turns, guide), input_hash(turns, rubric)
+
+        # CPU work (~70 ms for a 45-minute transcript): in a thread, so live rooms' audio is not held up
+        turns, shape, digest = await asyncio.to_thread(prepare)
         configured = list(self.providers)
         runs = list(await asyncio.gather(*(self._one(p, turns, rubric, digest)
                                            for p in [*configured, self.heuristic])))

@@ -179,6 +179,17 @@ def status_error(status: int, headers: Any, message: str) -> ProviderError:
     return ProviderError("refused", f"HTTP {status}: {message}")
 
 
+def sdk_error(sdk: Any, exc: Exception) -> ProviderError:
+    """An `openai` or `anthropic` SDK exception as ours (both SDKs have the same exception classes)."""
+    if isinstance(exc, sdk.APIStatusError):
+        return status_error(exc.status_code, exc.response.headers, exc.message)
+    if isinstance(exc, sdk.APITimeoutError):  # before APIConnectionError, its base class
+        return ProviderError("timeout", "request timed out")
+    if isinstance(exc, sdk.APIConnectionError):
+        return ProviderError("connection", str(exc))
+    return ProviderError("malformed", str(exc)[:200])  # e.g. a body that is not JSON at all
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Timeout, retries and the circuit breaker, shared by the LLM providers
 
@@ -297,14 +308,8 @@ def openai_provider(base_url: str | None, api_key: str | None, model: str, resil
                 messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
                 response_format={"type": "json_schema",
                                  "json_schema": {"name": "scorecard", "schema": SCHEMA, "strict": False}})
-        except openai.APIStatusError as exc:
-            raise status_error(exc.status_code, exc.response.headers, exc.message) from None
-        except openai.APITimeoutError:
-            raise ProviderError("timeout", "request timed out") from None
-        except openai.APIConnectionError as exc:
-            raise ProviderError("connection", str(exc)) from None
-        except openai.APIError as exc:  # e.g. a body that is not JSON at all
-            raise ProviderError("malformed", str(exc)[:200]) from None
+        except openai.APIError as exc:
+            raise sdk_error(openai, exc) from None
         content = resp.choices[0].message.content if resp.choices else None
         tokens = _usage(resp.usage, ("prompt_tokens", "completion_tokens"))
         return ProviderAnswer(parse_answer(content), *tokens)
@@ -329,14 +334,8 @@ def anthropic_provider(base_url: str | None, api_key: str | None, model: str, re
                 messages=[{"role": "user", "content": user}],
                 tools=[{"name": TOOL, "description": "Record the interview scorecard.", "input_schema": SCHEMA}],
                 tool_choice={"type": "tool", "name": TOOL})
-        except anthropic.APIStatusError as exc:
-            raise status_error(exc.status_code, exc.response.headers, exc.message) from None
-        except anthropic.APITimeoutError:
-            raise ProviderError("timeout", "request timed out") from None
-        except anthropic.APIConnectionError as exc:
-            raise ProviderError("connection", str(exc)) from None
         except anthropic.APIError as exc:
-            raise ProviderError("malformed", str(exc)[:200]) from None
+            raise sdk_error(anthropic, exc) from None
         tool_input: dict[str, Any] | str | None = next(
             (b.input for b in resp.content if isinstance(b, anthropic.types.ToolUseBlock)), None)
         if tool_input is None:  # a model may answer in text instead of calling the tool
@@ -409,7 +408,8 @@ class HeuristicProvider:
     kind = "heuristic"
 
     async def analyse(self, turns: Sequence[Turn], rubric: Sequence[Competency]) -> ProviderAnswer:
-        return ProviderAnswer(self.score(turns, rubric))
+        # CPU work (~150 ms for a 45-minute transcript): in a thread, so live rooms' audio is not held up
+        return ProviderAnswer(await asyncio.to_thread(self.score, turns, rubric))
 
     def score(self, turns: Sequence[Turn], rubric: Sequence[Competency]) -> ClaimedScorecard:
         from pipeline.analysis import text_sentiment

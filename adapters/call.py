@@ -258,7 +258,8 @@ class CallHub:
             self._unrelay(previous)
         room[member.participant_id] = member
         self._admit(room)
-        self.metrics.call_members.inc()
+        if previous is None:  # a replaced member is not counted twice (its own detach finds it gone)
+            self.metrics.call_members.inc()
         log.info("call: %s (%s) on the call of interview %s%s", member.participant_id, member.role,
                  member.interview_id, "" if member.in_mesh else " (mesh full: not connected to peers)")
         self._announce(member.interview_id)

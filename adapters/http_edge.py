@@ -30,7 +30,7 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
 
 # The `errors_total{kind}` label of a refusal, by status (adapters.metrics).
 _ERROR_KINDS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "bad_request",
-                413: "too_large", 415: "bad_request", 422: "bad_request", 429: "rate_limited", 503: "unavailable"}
+                413: "too_large", 415: "bad_request", 422: "bad_request", 429: "rate_limited", 500: "internal", 503: "unavailable"}
 
 
 class HttpError(Exception):

@@ -48,7 +48,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from adapters.call import RELAY_SLOTS, ROLES_IN_CALL, CallHub, CallMember, RelayTrack
-from adapters.http_edge import Audit, HttpError, error_kind, error_response, read_body
+from adapters.http_edge import Audit, HttpError, as_http_error, error_kind, error_response, read_body
 from adapters.metrics import Metrics
 from adapters.rate_limits import RateLimits
 from adapters.rooms import Participant, RoomRegistry
@@ -219,9 +219,10 @@ class WhipIngest:
         request.state.principal = ANONYMOUS
         try:
             response = await self._post(request)
-        except HttpError as err:
+        except Exception as exc:  # noqa: BLE001 - a store outage (503) or a bug (500) is a refused join too
+            err = as_http_error(exc)
             self._audit(request, "whip_join", "denied" if err.status in (401, 403) else "failed")
-            return self._refuse(request, err)
+            return self._refuse(request, exc)
         self._audit(request, "whip_join", "ok")
         self.metrics.join_seconds.observe(time.perf_counter() - started)
         return response
@@ -270,9 +271,9 @@ class WhipIngest:
         log.info("WHIP session %s deleted by %s", session.id, claims.participant_id)
         return Response(status_code=200)
 
-    def _refuse(self, request: Request, err: HttpError) -> Response:
-        self.metrics.error(error_kind(err.status))
-        return error_response(request, err, log)
+    def _refuse(self, request: Request, exc: Exception) -> Response:
+        self.metrics.error(error_kind(as_http_error(exc).status))
+        return error_response(request, exc, log)
 
     def _claims(self, request: Request, *, allow_expired: bool = False) -> JoinClaims:
         try:
@@ -572,13 +573,7 @@ class WhipIngest:
     async def _drop_session(self, session: WhipSession) -> None:
         """The connection is gone without a DELETE: close it and let the participant wait for a resume."""
         participant = session.participant
-        if self.audit.sink is not None and self.audit.entry_type is not None and not session.closed:
-            c = session.claims
-            self.audit.sink.record(self.audit.entry_type(
-                actor_type="participant", actor_id=c.participant_id, role=c.role, org_id=c.org_id,
-                action="whip_leave", resource_type="interview", resource_id=c.interview_id, outcome="ok",
-                address=session.address, user_agent=session.user_agent, at=datetime.now(UTC),
-                detail={"reason": "connection_lost"}))
+        self._audit_leave(session, "connection_lost")
         await self._close_session(session)
         if participant is not None:
             self.registry.detach(participant, session.id)
@@ -601,5 +596,17 @@ class WhipIngest:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def close_all(self) -> None:
+        for session in self.sessions.values():
+            self._audit_leave(session, "shutdown")
         await asyncio.gather(*(self._close_session(s) for s in list(self.sessions.values())),
                              return_exceptions=True)
+
+    def _audit_leave(self, session: WhipSession, reason: str) -> None:
+        """A leave without a DELETE (the connection was lost, the server shuts down), once per session."""
+        if self.audit.sink is None or self.audit.entry_type is None or session.closed:
+            return
+        c = session.claims
+        self.audit.sink.record(self.audit.entry_type(
+            actor_type="participant", actor_id=c.participant_id, role=c.role, org_id=c.org_id,
+            action="whip_leave", resource_type="interview", resource_id=c.interview_id, outcome="ok",
+            address=session.address, user_agent=session.user_agent, at=datetime.now(UTC), detail={"reason": reason}))

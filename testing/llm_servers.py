@@ -22,8 +22,10 @@ import threading
 import time
 import uuid
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from testing.net import ThreadedHttpServer
 
 Behaviour = str | tuple[str, float]
 _LINE_RE = re.compile(r"^\[(\d+)\] ([^:]+): (.*)$")
@@ -57,7 +59,7 @@ def scorecard(user: str, *, score: float = 4.0, invented: bool = False) -> dict[
             "overall": score * 20}
 
 
-class ScriptedLLM:
+class ScriptedLLM(ThreadedHttpServer):
     def __init__(self, protocol: str, *, script: list[Behaviour] | None = None, default: Behaviour = "good",
                  score: float = 4.0, api_key: str = "test-llm-key", model: str = "scripted-1",
                  host: str = "127.0.0.1") -> None:
@@ -71,9 +73,7 @@ class ScriptedLLM:
         self.model = model
         self.requests: list[dict[str, Any]] = []  # {"at": monotonic, "path", "body"}
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer((host, 0), self._handler())
-        self._httpd.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        super().__init__(self._handler(), host, 0, f"llm-{protocol}")
 
     @property
     def base_url(self) -> str:
@@ -88,23 +88,6 @@ class ScriptedLLM:
     def _next(self) -> Behaviour:
         with self._lock:
             return self.script.popleft() if self.script else self.default
-
-    def start(self) -> ScriptedLLM:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name=f"llm-{self.protocol}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join()
-
-    def __enter__(self) -> ScriptedLLM:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
 
     # -- wire ---------------------------------------------------------------------------------------------------
 

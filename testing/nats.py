@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import re
 import subprocess
-import threading
 from pathlib import Path
 
 from adapters.nats_embedded import nats_server_binary
+from testing.net import start_child, stop_child
 
 __all__ = ["NatsServer", "nats_server_binary"]
 
@@ -37,35 +37,18 @@ class NatsServer:
         cmd = [self.binary, "-a", "127.0.0.1", "-p", str(self.port)]
         if self.jetstream:
             cmd += ["-js", "-sd", str(self.store_dir)]
-        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-        self.proc = proc
-        ready = threading.Event()
-        lines: list[str] = []
 
-        def read() -> None:
-            # Drains the log until the process exits (a full pipe would block the server).
-            with proc.stderr:  # type: ignore[union-attr]
-                for line in proc.stderr:  # type: ignore[union-attr]
-                    if len(lines) < 200:
-                        lines.append(line)
-                    m = self._READY.search(line)
-                    if m:
-                        self.port = int(m.group(1))
-                    if "Server is ready" in line:
-                        ready.set()
-            ready.set()  # EOF: the process died; start() reports it below
+        def ready(line: str) -> bool:
+            m = self._READY.search(line)
+            if m:
+                self.port = int(m.group(1))
+            return "Server is ready" in line
 
-        threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(timeout) or proc.poll() is not None or self.port <= 0:
+        self.proc = start_child(cmd, ready, [], what="nats-server", timeout=timeout, max_log=200)
+        if self.port <= 0:
             self.stop()
-            raise RuntimeError("nats-server did not start:\n" + "".join(lines[-20:]))
+            raise RuntimeError("nats-server did not say its port")
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_child(proc)

@@ -1,13 +1,17 @@
-"""Loopback networking for tests and benchmarks: free ports, and an ASGI app served by uvicorn on port 0."""
+"""Loopback networking for tests and benchmarks: free ports, servers in child processes (ready when their log says
+so), HTTP servers in a thread, and an ASGI app served by uvicorn on port 0."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+import subprocess
+import threading
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Self
 
 import uvicorn
 
@@ -18,6 +22,69 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def start_child(cmd: list[str], ready: Callable[[str], bool], log: list[str], *, what: str,
+                timeout: float = 15.0, max_log: int = 500) -> subprocess.Popen[str]:
+    """Starts `cmd` and returns once a line of its output (stdout and stderr) satisfies `ready`; its output is drained
+    into `log` (the first `max_log` lines) for as long as it runs, so a full pipe never blocks it. Raises
+    RuntimeError with the log's tail when it exits or does not get ready within `timeout`."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    became_ready = threading.Event()
+
+    def read() -> None:
+        with proc.stdout:  # type: ignore[union-attr]
+            for line in proc.stdout:  # type: ignore[union-attr]
+                if len(log) < max_log:
+                    log.append(line)
+                if ready(line):
+                    became_ready.set()
+        became_ready.set()  # EOF: the process died; reported below
+
+    threading.Thread(target=read, daemon=True).start()
+    if not became_ready.wait(timeout) or proc.poll() is not None:
+        stop_child(proc)
+        raise RuntimeError(f"{what} did not start:\n" + "".join(log[-20:]))
+    return proc
+
+
+def stop_child(proc: subprocess.Popen[str] | None) -> None:
+    """SIGTERM, then SIGKILL after 10 s."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+class ThreadedHttpServer:
+    """A loopback `http.server` in a daemon thread, for the scripted servers of other protocols (bound at
+    construction, so `base_url` is known before `start()`); `with server:` starts and stops it."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], host: str, port: int, name: str) -> None:
+        self._httpd = ThreadingHTTPServer((host, port), handler)
+        self._httpd.daemon_threads = True
+        self._name = name
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Self:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name=self._name, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
 
 
 @dataclass

@@ -14,11 +14,12 @@ import email.policy
 import json
 import logging
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from pipeline.audio_file import read_audio
 from pipeline.transcript import SpeechToText
+from testing.net import ThreadedHttpServer
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def parse_multipart(content_type: str, body: bytes) -> dict[str, list[tuple[byte
     return fields
 
 
-class OpenAICompatServer:
+class OpenAICompatServer(ThreadedHttpServer):
     """`with OpenAICompatServer(stt) as srv: OpenAI(base_url=srv.base_url, api_key=srv.api_key)`."""
 
     def __init__(self, stt: SpeechToText, *, host: str = "127.0.0.1", port: int = 0, api_key: str = "test-key",
@@ -52,31 +53,12 @@ class OpenAICompatServer:
         self.verbose_json = verbose_json  # False behaves like servers that only answer plain json
         self.requests: list[dict[str, Any]] = []  # what the server saw (for the tests' assertions)
         self._lock = threading.Lock()  # one decode at a time, like a single-model server
-        self._httpd = ThreadingHTTPServer((host, port), self._handler())
-        self._httpd.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        super().__init__(self._handler(), host, port, "openai-compat")
 
     @property
     def base_url(self) -> str:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}/v1"
-
-    def start(self) -> OpenAICompatServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="openai-compat", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join()
-
-    def __enter__(self) -> OpenAICompatServer:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
 
     def transcribe_form(self, fields: dict[str, list[tuple[bytes, str | None]]]) -> tuple[int, Any, str]:
         """(status, body, content type) for one request's form fields."""

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
-from testing.net import free_port
+from testing.net import free_port, start_child, stop_child
 
 
 def turnserver_binary() -> str | None:
@@ -41,30 +40,10 @@ class TurnServer:
                # was refused "438 Wrong nonce" in 3 of 9 runs here; with one thread, in none of 8
                "--relay-threads=1", f"--pidfile={self.workdir / 'turnserver.pid'}",
                f"--userdb={self.workdir / 'turndb'}", "--min-port=40000", "--max-port=40999"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.proc = proc
-        ready = threading.Event()
-
-        def read() -> None:
-            with proc.stdout:  # type: ignore[union-attr]
-                for line in proc.stdout:  # type: ignore[union-attr]
-                    if len(self.log) < 500:
-                        self.log.append(line)
-                    if "UDP listener opened on" in line and line.rstrip().endswith(f":{self.port}"):
-                        ready.set()
-            ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(timeout) or proc.poll() is not None:
-            self.stop()
-            raise RuntimeError("turnserver did not start:\n" + "".join(self.log[-20:]))
+        self.proc = start_child(cmd, lambda line: "UDP listener opened on" in line
+                                and line.rstrip().endswith(f":{self.port}"), self.log, what="turnserver",
+                                timeout=timeout)
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_child(proc)

@@ -188,6 +188,19 @@ async def test_with_no_provider_the_heuristic_scores_with_real_quotes(service: I
     assert view["policy"] == {"jurisdiction": "eu", "advisory": True, "final": False}
 
 
+async def test_two_requests_at_once_start_one_job(service: InterviewService) -> None:
+    jobs = AnalysisJobs(service, MemoryAnalysisRecords())
+    iid = await completed_interview(service)
+    first, second = await asyncio.gather(jobs.request(iid, "on_demand"), jobs.request(iid, "on_demand"),
+                                         return_exceptions=True)
+    refused = [r for r in (first, second) if r is not None]
+    assert len(refused) == 1 and getattr(refused[0], "code", "") == "analysis_running", refused
+    await jobs.wait(iid)
+    events = [e for e in (await service.store.pending(100)) if ".analysis." in e.subject]  # type: ignore[attr-defined]
+    assert [e.subject.rsplit(".", 1)[1] for e in events] == ["requested", "completed"]
+    await jobs.aclose()
+
+
 def test_the_heuristic_reads_terms_not_meaning() -> None:
     turns, rubric = inputs()
     card = HeuristicProvider().score(turns, rubric)

@@ -313,6 +313,56 @@ async def test_the_service_records_api_requests_and_whip_joins_and_leaves(tmp_pa
         "create_interview", "interviews", "")  # an organisation-level route: its tag
 
 
+async def test_a_session_still_open_at_shutdown_is_recorded_as_a_leave(tmp_path: Path, mongo_url: str) -> None:
+    settings = test_settings(tmp_path, mongo_url)
+    async with live_server(settings) as live:
+        iid = await live.create_interview()
+        tok = await live.token(iid, "observer", "Obi")
+        session = await whip_publish(f"{live.url}/whip/{iid}", tok["token"], track=None, analysis=True)
+    await session.close()  # the server is gone: its DELETE fails (logged), the peer connection closes
+    store = await MongoStore.connect(mongo_url, db_name=settings.mongodb_db)
+    try:
+        docs, _ = await AuditLog(store.db).query(org_id="default", resource=iid)
+    finally:
+        await store.close()
+    assert [(d["action"], d["actorId"], d["outcome"]) for d in docs[:2]] == [
+        ("whip_leave", tok["participantId"], "ok"),
+        ("whip_join", tok["participantId"], "ok")]
+    assert docs[0]["detail"] == {"reason": "shutdown"}
+
+
+async def test_a_join_the_store_cannot_check_is_refused_503_and_audited(store: MongoStore) -> None:
+    """A WHIP join refused because the store is down is a 503 with the one error shape, and an audited `failed`."""
+    from starlette.applications import Starlette
+
+    from adapters.http_edge import Audit
+    from adapters.metrics import Metrics
+    from adapters.tokens import TokenSigner
+    from adapters.webrtc import WhipIngest
+    from domain.model import Unavailable
+
+    async def store_down(interview_id: str) -> str | None:
+        raise Unavailable("connection refused")
+
+    audit = AuditLog(store.db)
+    await audit.start()
+    signer = TokenSigner(b"s" * 32)
+    metrics = Metrics()
+    whip = WhipIngest(None, signer, store_down, metrics,  # type: ignore[arg-type]  # never joins
+                      audit=Audit(audit, AuditEntry))
+    token, claims = signer.issue("iv-1", "interviewer", "Ivy")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=Starlette(routes=whip.routes())),
+                                 base_url="http://test") as client:
+        response = await client.post("/whip/iv-1", content=b"v=0\r\n", headers={
+            "Authorization": f"Bearer {token}", "Content-Type": "application/sdp"})
+    assert response.status_code == 503 and response.json()["error"]["code"] == "unavailable"
+    await audit.aclose()
+    docs, _ = await audit.query(org_id="default")
+    assert [(d["action"], d["actorId"], d["outcome"]) for d in docs] == [
+        ("whip_join", claims.participant_id, "failed")]
+    assert metrics.errors.labels(kind="unavailable")._value.get() == 1
+
+
 def test_help_lists_the_verify_audit_command_and_the_audit_setting() -> None:
     out = subprocess.run([sys.executable, "server.py", "--help"], cwd=ROOT, capture_output=True, text=True,
                          timeout=60, check=True).stdout

@@ -51,6 +51,47 @@ def test_turn_credentials_follow_the_rest_api_scheme() -> None:
     assert TURN_SECRET not in repr(ice)
 
 
+class _OpenChannel:
+    """A `call` data channel that is open and accepts every message."""
+
+    readyState = "open"
+    bufferedAmount = 0
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def send(self, data: str) -> None:
+        self.sent.append(json.loads(data))
+
+
+def test_a_resumed_members_channel_is_counted_once() -> None:
+    """A resume's new `call` channel replaces the old one, whichever closes first: `call_members` counts people."""
+    from adapters.call import CallHub, CallMember
+    from adapters.metrics import Metrics
+
+    metrics = Metrics()
+    hub = CallHub(metrics)
+
+    def members() -> float:
+        return metrics.call_members._value.get()  # type: ignore[attr-defined,no-any-return]
+
+    def member() -> CallMember:
+        return CallMember("iv1", "p_cand", "candidate", "Cam", _OpenChannel())
+
+    old, new = member(), member()
+    hub.attach(old)
+    hub.attach(new)  # the resumed page's channel opens before the old connection is closed
+    hub.detach(old)
+    assert members() == 1
+    hub.detach(new)
+    assert members() == 0
+    first, second = member(), member()
+    hub.attach(first)
+    hub.detach(first)  # the old connection closes first
+    hub.attach(second)
+    assert members() == 1
+
+
 @pytest.fixture(scope="module")
 def coturn(tmp_path_factory: pytest.TempPathFactory) -> Any:
     binary = turnserver_binary()

@@ -34,10 +34,14 @@ def test_settings_from_env_are_typed_and_validated() -> None:
     assert s.data_dir == Path("/tmp/x") and s.host == "127.0.0.1"  # empty means default
     assert Settings.from_env({}) == Settings()
     assert Settings().stt_subprocess and not Settings.from_env({"STT_SUBPROCESS": "off"}).stt_subprocess
+    assert Settings.from_env({"ANALYSIS_PROVIDERS": "huggingface", "HF_BASE_URL": "http://tgi:8080"}
+                             ).analysis_providers == ("huggingface",)  # a self-hosted server needs no token
     for env, needle in [({"PORT": "http"}, "PORT"), ({"PORT": "70000"}, "PORT"), ({"STT_ENGINE": "cloud"}, "STT_ENGINE"),
                         ({"STT_WORKERS": "0"}, "STT_WORKERS"), ({"STT_SUBPROCESS": "maybe"}, "STT_SUBPROCESS"),
                         ({"VAD_MODE": "magic"}, "VAD_MODE"), ({"PARTIAL_SHARE": "1.5"}, "PARTIAL_SHARE"),
-                        ({"STT_ENGINE": "openai"}, "OPENAI_API_KEY"), ({"LOG_LEVEL": "loud"}, "LOG_LEVEL")]:
+                        ({"STT_ENGINE": "openai"}, "OPENAI_API_KEY"), ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+                        ({"ANALYSIS_PROVIDERS": "anthropic"}, "ANTHROPIC_API_KEY"),
+                        ({"ANALYSIS_PROVIDERS": "openai,huggingface", "OPENAI_API_KEY": "sk-x"}, "HF_TOKEN")]:
         with pytest.raises(ValueError, match=needle):
             Settings.from_env(env)
 
