@@ -147,8 +147,9 @@ class Room:
         for i in range(0, pcm.size, 320):
             stream.push(pcm[i : i + 320])
             await asyncio.sleep(0)
-        while stream.lag_s > 0:  # noqa: ASYNC110 - closed utterances whose final is not out: no event to await
-            await asyncio.sleep(0.005)
+        async with asyncio.timeout(60):  # a regression fails here instead of hanging the suite
+            while stream.lag_s > 0:  # noqa: ASYNC110 - closed utterances whose final is not out: no event to await
+                await asyncio.sleep(0.005)
 
     async def close(self) -> None:
         for stream in self.streams.values():

@@ -69,12 +69,21 @@ export function navigate(path, { replace = false } = {}) {
   render({ focus: true });
 }
 
+// A malformed escape ("%zz") in a typed address is taken as written rather than breaking the page.
+function safeDecode(text) {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
+  }
+}
+
 function match(pathname) {
   const rest = pathname.startsWith(BASE) ? pathname.slice(BASE.length) : pathname;
   for (const route of ROUTES) {
     const m = route.pattern.exec(rest);
     if (m) {
-      const params = Object.fromEntries((route.params || []).map((name, i) => [name, decodeURIComponent(m[i + 1])]));
+      const params = Object.fromEntries((route.params || []).map((name, i) => [name, safeDecode(m[i + 1])]));
       return { ...route, params };
     }
   }
