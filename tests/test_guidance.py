@@ -12,10 +12,15 @@ import numpy as np
 import pytest
 
 from adapters.embeddings_onnx import OnnxSentenceEmbedder
+from domain.events import GuideCoverageEvent, ProtectedTopicAlert, QaPairEvent, TalkBalanceEvent
 from pipeline.guidance import (
     QUESTION_SET,
     TOPICS,
+    Guidance,
+    GuidanceFinal,
+    GuideItem,
     ProtectedTopicDetector,
+    coverage_accuracy,
     default_detector,
     detector_scores,
     load_question_set,
@@ -94,3 +99,66 @@ def test_classify_questions_command() -> None:
     bad = subprocess.run([sys.executable, "-m", "pipeline", "classify-questions", "--jurisdiction", "mars"],
                          input="", capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
     assert bad.returncode == 2 and "jurisdiction" in bad.stderr and "Traceback" not in bad.stderr
+
+
+REWORDINGS = ROOT / "tests" / "data" / "guide_rewordings.jsonl"
+
+
+def test_coverage_matching_on_reworded_guide_questions(embedder: OnnxSentenceEmbedder) -> None:
+    scores = coverage_accuracy(embedder, REWORDINGS, split="heldout")
+    assert scores["n"] >= 20
+    assert scores["accuracy"] >= 0.75, scores  # measured 0.79 on the held-out part; the issue's target is 0.9
+
+
+@pytest.mark.xfail(strict=True, reason="held-out coverage accuracy is 0.79 with MiniLM + key terms; target 0.9")
+def test_coverage_matching_meets_the_issue_target(embedder: OnnxSentenceEmbedder) -> None:
+    assert coverage_accuracy(embedder, REWORDINGS, split="heldout")["accuracy"] >= 0.9
+
+
+GUIDE = [GuideItem("q1", "Tell me about a distributed system you designed.", "system design"),
+         GuideItem("q2", "Describe a production incident you led and what you learned.", "operations"),
+         GuideItem("q3", "How do you review a teammate's code?", "collaboration")]  # fmt: skip
+
+
+def _final(pid: str, role: str, seq: int, text: str, start: float, end: float) -> GuidanceFinal:
+    return GuidanceFinal(pid, role, seq, text, start, end)
+
+
+def test_guidance_over_a_scripted_interview(embedder: OnnxSentenceEmbedder) -> None:
+    g = Guidance(embedder, default_detector(embedder, "us"), GUIDE)
+    script = [
+        _final("int", "interviewer", 0, "Thanks for joining. Can you walk me through a distributed system you've built?", 0, 5),
+        _final("cand", "candidate", 0, "Sure, I built a payments ledger on Kafka with three services.", 6, 16),
+        _final("int", "interviewer", 1, "Why did you choose Kafka?", 17, 19),
+        _final("cand", "candidate", 1, "Because we needed replayable ordered events.", 20, 24),
+        _final("int", "interviewer", 2, "How old are you, by the way?", 25, 27),
+        _final("cand", "candidate", 2, "I'd rather not say.", 28, 29),
+        _final("int", "interviewer", 3, "Can you work weekends?", 30, 32),
+        _final("cand", "candidate", 3, "Yes, occasionally.", 31, 33),  # starts while the question is open
+        _final("int", "interviewer", 4, "What do you look for when you do a code review?", 34, 37),
+    ]
+    events = [e for f in script for e in g.observe(f)]
+    alerts = [e for e in events if isinstance(e, ProtectedTopicAlert)]
+    assert [(a.seq, a.topic) for a in alerts] == [(2, "age")]
+    assert alerts[0].participant_id == "int" and "18" in alerts[0].rephrase
+
+    coverage = [e for e in events if isinstance(e, GuideCoverageEvent)][-1].to_dict()
+    covered = {i["questionId"]: i["coveredBy"]["seq"] if i["coveredBy"] else None for i in coverage["items"]}
+    assert covered == {"q1": 0, "q2": None, "q3": 4}
+    assert coverage["left"] == ["q2"]
+    assert [x["seq"] for x in coverage["extra"]] == [2, 3]  # not in the guide; "why Kafka?" is a follow-up
+    design = next(s for s in coverage["sections"] if s["category"] == "system design")
+    assert design == {"category": "system design", "questions": 1, "covered": 1, "seconds": 14.0}
+
+    first = [e for e in events if isinstance(e, QaPairEvent) and e.question.seq == 0][-1].to_dict()
+    assert first["guideItem"] == "q1" and [a["seq"] for a in first["answer"]] == [0]
+    assert first["answerWords"] == 11 and first["answerSeconds"] == 10.0
+    assert [(f["question"]["seq"], [a["seq"] for a in f["answer"]]) for f in first["followUps"]] == [(1, [1])]
+
+    balance = [e for e in events if isinstance(e, TalkBalanceEvent)][-1].to_dict()
+    rows = {r["participantId"]: r for r in balance["participants"]}
+    assert rows["int"]["speakingSeconds"] == 14.0 and rows["cand"]["speakingSeconds"] == 17.0
+    assert rows["cand"]["interruptions"] == 1 and rows["int"]["interruptions"] == 0
+    assert abs(rows["int"]["share"] + rows["cand"]["share"] - 1.0) < 1e-6
+    assert balance["longestCandidateAnswer"] == {"questionSeq": 0, "questionParticipantId": "int", "seconds": 10.0,
+                                                 "words": 11}  # fmt: skip
