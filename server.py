@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # the composition root imports its adapters lazily: nothing h
     from adapters.metrics import Metrics
     from adapters.mongo import EmbeddedMongo, MongoStore
     from adapters.outbox import EventBus, OutboxRelay
-    from adapters.rooms import RoomRegistry
+    from adapters.rooms import GuidanceFactory, RoomRegistry
     from adapters.tokens import TokenSigner
     from adapters.webrtc import WhipIngest
     from domain.commands import InterviewService
@@ -157,12 +157,13 @@ async def _build(c: Components) -> None:
                                  config=stream_config, clock=lambda: time.monotonic() - started,
                                  conversation=conversation)
 
+    guidance = await asyncio.to_thread(build_guidance, s, service) if s.guidance else None
     c.registry = registry = RoomRegistry(stream_factory=stream_factory, metrics=c.metrics,
                                          record_segment=service.record_segment,
                                          record_revision=service.record_revision,
                                          last_seq=service.last_segment_seq,
                                          stored_finals=lambda iid: stored_finals(store, iid),
-                                         resume_grace_s=s.resume_grace_s)
+                                         resume_grace_s=s.resume_grace_s, guidance_factory=guidance)
     registry.start()
     c.signer = signer = TokenSigner(c.secrets.token_secret, ttl_s=s.token_ttl_s)
     c.call = call = CallHub(c.metrics, IceConfig(s.ice_servers, c.secrets.turn_secret, s.turn_ttl_s))
@@ -205,6 +206,24 @@ def build_analysis(s: Settings, service: InterviewService, store: MongoStore, me
     return AnalysisJobs(service, MongoAnalysisRecords(store.db["analyses"]), providers, on_rejected=rejected,
                         on_run=lambda provider, status: metrics.analysis_runs.labels(provider, status).inc(),
                         jurisdiction=s.jurisdiction)
+
+
+def build_guidance(s: Settings, service: InterviewService) -> GuidanceFactory:
+    """Loads the sentence embedder and the protected-topic detector once (blocking: call in a thread); each room's
+    `Guidance` gets the interview's questions as its guide."""
+    from adapters.embeddings_onnx import OnnxSentenceEmbedder
+    from pipeline.guidance import Guidance, GuideItem, default_detector
+
+    embedder = OnnxSentenceEmbedder(threads=1)
+    # NYC (like many US states) bans salary-history questions; the EU and "none" are not checked for it
+    detector = default_detector(embedder, "us" if s.jurisdiction == "us-nyc" else s.jurisdiction)
+
+    async def for_interview(interview_id: str) -> Guidance:
+        doc = await service.get_interview(interview_id, with_segments=False)
+        guide = [GuideItem(q["questionId"], q["text"], q.get("category", "")) for q in doc.get("questions", [])]
+        return await asyncio.to_thread(Guidance, embedder, detector, guide)
+
+    return for_interview
 
 
 async def interview_status(service: InterviewService, interview_id: str) -> str | None:
