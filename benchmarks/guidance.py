@@ -5,7 +5,8 @@
 * embedding cost: all-MiniLM-L6-v2 int8 on onnxruntime, one thread (`adapters.embeddings_onnx`), over interview
   questions in batches of 1, 8 and 32; ms per sentence (median of the repeats, with min..max);
 * detector: precision and recall of `pipeline.guidance.ProtectedTopicDetector` on the held-out part of
-  `tests/data/protected_questions.jsonl` (per jurisdiction; the tuning part by leave-one-out).
+  `tests/data/protected_questions.jsonl` (per jurisdiction; the tuning part by leave-one-out), and guide-coverage
+  matching accuracy on the reworded guide questions of `tests/data/guide_rewordings.jsonl`.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def accuracy(embedder: OnnxSentenceEmbedder) -> dict[str, Any]:
-    from pipeline.guidance import detector_scores, load_question_set
+    from pipeline.guidance import coverage_accuracy, detector_scores, load_question_set
 
     out: dict[str, Any] = {}
     questions = load_question_set(DATA / "protected_questions.jsonl")
@@ -76,6 +77,14 @@ def accuracy(embedder: OnnxSentenceEmbedder) -> dict[str, Any]:
             table.append([jurisdiction, split, s["n"], s["precision"], s["recall"], s["topic_accuracy"]])
     print("\nProtected-topic detector (tests/data/protected_questions.jsonl)\n")
     print_table(table, ["jurisdiction", "split", "questions", "precision", "recall", "topic accuracy"])
+    rows = []
+    for split in ("tune", "heldout"):
+        cov = coverage_accuracy(embedder, DATA / "guide_rewordings.jsonl", split=split)
+        out[f"coverage_{split}"] = cov
+        rows.append([split, cov["n"], cov["accuracy"], cov["false_matches"], cov["missed"]])
+    print("\nGuide coverage matching (tests/data/guide_rewordings.jsonl: 18 guide questions, 3 rewordings each, "
+          "15 questions not in the guide)\n")
+    print_table(rows, ["split", "asked questions", "accuracy", "false matches", "missed"])
     return out
 
 
