@@ -24,6 +24,8 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +42,7 @@ if TYPE_CHECKING:  # the composition root imports its adapters lazily: nothing h
     from adapters.tokens import TokenSigner
     from adapters.webrtc import WhipIngest
     from domain.commands import InterviewService
-    from domain.events import Speaker, StreamEvent
+    from domain.events import ProtectedTopicAlert, Speaker, StreamEvent
     from pipeline.scheduler import SttScheduler
 
 log = logging.getLogger("interview_worker")
@@ -167,6 +169,8 @@ async def _build(c: Components) -> None:
     registry.start()
     c.signer = signer = TokenSigner(c.secrets.token_secret, ttl_s=s.token_ttl_s)
     c.call = call = CallHub(c.metrics, IceConfig(s.ice_servers, c.secrets.turn_secret, s.turn_ttl_s))
+    if c.audit is not None:
+        registry.on_alert = partial(audit_alert, c.audit)
     registry.on_membership = lambda room: call.room_changed(
         room.interview_id, sum(p.claims.role == "observer" for p in room.participants.values()))
     # The server's own connections need no TURN (it is the reachable end); the pages get TURN from the call.
@@ -206,6 +210,17 @@ def build_analysis(s: Settings, service: InterviewService, store: MongoStore, me
     return AnalysisJobs(service, MongoAnalysisRecords(store.db["analyses"]), providers, on_rejected=rejected,
                         on_run=lambda provider, status: metrics.analysis_runs.labels(provider, status).inc(),
                         jurisdiction=s.jurisdiction)
+
+
+def audit_alert(audit: AuditLog, interview_id: str, alert: ProtectedTopicAlert) -> None:
+    """A protected-topic alert in the audit trail: who asked, which segment, the topic (not the words)."""
+    from adapters.audit import DEFAULT_ORG, AuditEntry
+
+    audit.record(AuditEntry(actor_type="participant", actor_id=alert.participant_id, role="interviewer",
+                            org_id=DEFAULT_ORG, action="guidance.protected_topic", resource_type="interview",
+                            resource_id=interview_id, outcome="ok", address="", user_agent="",
+                            at=datetime.now(UTC), detail={"seq": alert.seq, "topic": alert.topic,
+                                                          "score": round(alert.score, 3)}))
 
 
 def build_guidance(s: Settings, service: InterviewService) -> GuidanceFactory:

@@ -231,6 +231,12 @@ class Room:
         elif isinstance(event, ProtectedTopicAlert):
             self.history.append(text)
             metrics.guidance_alerts.labels(topic=event.topic).inc()
+            if self.registry.on_alert is not None:
+                try:
+                    self.registry.on_alert(self.interview_id, event)
+                except Exception:  # the audit trail's trouble must not stop the alert reaching the interviewer
+                    log.exception("recording the alert on seq %d of interview %s failed", event.seq,
+                                  self.interview_id)
         elif isinstance(event, QaPairEvent):
             self.latest_guidance[f"qa.pair:{event.question.participant_id}:{event.question.seq}"] = text
         elif isinstance(event, GuideCoverageEvent | TalkBalanceEvent):
@@ -477,6 +483,8 @@ class RoomRegistry:
         self.writer = SegmentWriter(record_segment, metrics, self._persist_failed, record_revision)
         # told after every join and leave (the call tells the candidate who is watching)
         self.on_membership: Callable[[Room], None] | None = None
+        # told of every protected-topic alert (interview id, alert): the server records it in the audit trail
+        self.on_alert: Callable[[str, ProtectedTopicAlert], None] | None = None
         metrics.bind_live(speech_ratio=self.speech_ratio, stt_lag=self.max_lag_s, final_wait=self.max_final_wait_s)
 
     def start(self) -> None:

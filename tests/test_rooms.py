@@ -149,6 +149,7 @@ async def test_finals_fan_out_to_viewers_only_and_are_persisted(service: Intervi
     assert viewer.of_type("sentiment") and viewer.of_type("level")
     assert [m["speaker"]["role"] for m in viewer.of_type("participant.joined")] == ["interviewer", "candidate"]
     assert sneaky.messages == []
+    assert recorded == [("iv-guidance", "age", 2)]
 
     await h.registry.aclose()
     stored = (await service.get_transcript(iid))["segments"]
@@ -431,6 +432,8 @@ async def test_alert_reaches_interviewers_and_observers_never_the_candidate(
         return streams[speaker.role]
 
     registry = RoomRegistry(stream_factory=factory, metrics=Metrics(), guidance_factory=guidance_for)
+    recorded: list[tuple[str, str, int]] = []  # what the server hands to the audit trail
+    registry.on_alert = lambda iid, alert: recorded.append((iid, alert.topic, alert.seq))
     registry.start()
     signer = TokenSigner(SECRET)
 
