@@ -159,7 +159,12 @@ async def _build(c: Components) -> None:
                                  config=stream_config, clock=lambda: time.monotonic() - started,
                                  conversation=conversation)
 
-    guidance = await asyncio.to_thread(build_guidance, s, service) if s.guidance else None
+    guidance = None
+    if s.guidance:
+        try:
+            guidance = await asyncio.to_thread(build_guidance, s, service)
+        except (ValueError, OSError) as exc:  # an aid, not the service: run without it and say so once
+            log.error("live guidance disabled: %s", exc)
     c.registry = registry = RoomRegistry(stream_factory=stream_factory, metrics=c.metrics,
                                          record_segment=service.record_segment,
                                          record_revision=service.record_revision,
