@@ -1,5 +1,6 @@
 """The composition root of `python -m pipeline` (`server.py` is the service's): `pipeline.cli`'s command line with
-the speech-to-text engine its arguments choose, built by the server's `adapters.stt_engines.build_stt`."""
+the speech-to-text engine its arguments choose, built by the server's `adapters.stt_engines.build_stt`, and the
+sentence embedder of `classify-questions` (`adapters.embeddings_onnx`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 
 from adapters.stt_engines import build_stt
 from pipeline import cli as pipeline_cli
+from pipeline.embeddings import SentenceEmbedder
 from pipeline.transcript import SpeechToText
 
 
@@ -46,7 +48,14 @@ def make_stt(args: argparse.Namespace) -> SpeechToText:
                      window_s=None if args.window >= 30 else args.window)  # fmt: skip
 
 
+def make_embedder() -> SentenceEmbedder:
+    """The sentence embedder of `python -m pipeline classify-questions`: all-MiniLM-L6-v2 on one thread."""
+    from adapters.embeddings_onnx import OnnxSentenceEmbedder
+
+    return OnnxSentenceEmbedder(threads=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     # the local engine's model-load line is progress, shown without -v like `pipeline.cli`'s own lines
     logging.getLogger("adapters.stt_whisper").setLevel(logging.INFO)
-    return pipeline_cli.main(argv, make_stt)
+    return pipeline_cli.main(argv, make_stt, make_embedder)

@@ -25,6 +25,8 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,11 +46,11 @@ if TYPE_CHECKING:  # the composition root imports its adapters lazily: nothing h
     from adapters.outbox import EventBus, OutboxRelay
     from adapters.privacy import Privacy
     from adapters.rate_limits import RateLimits
-    from adapters.rooms import RoomRegistry
+    from adapters.rooms import GuidanceFactory, RoomRegistry
     from adapters.tokens import Revocations, TokenSigner
     from adapters.webrtc import WhipIngest
     from domain.commands import InterviewService
-    from domain.events import Speaker, StreamEvent
+    from domain.events import ProtectedTopicAlert, Speaker, StreamEvent
     from pipeline.scheduler import SttScheduler
 
 log = logging.getLogger("interview_worker")
@@ -199,14 +201,23 @@ async def _build(c: Components) -> None:
                                  config=stream_config, clock=lambda: time.monotonic() - started,
                                  conversation=conversation)
 
+    guidance = None
+    if s.guidance:
+        try:
+            guidance = await asyncio.to_thread(build_guidance, s, service)
+        except (ValueError, OSError) as exc:  # an aid, not the service: run without it and say so once
+            log.error("live guidance disabled: %s", exc)
     c.registry = registry = RoomRegistry(stream_factory=stream_factory, metrics=c.metrics,
                                          record_segment=service.record_segment,
                                          record_revision=service.record_revision,
                                          last_seq=service.last_segment_seq,
                                          stored_finals=lambda iid: stored_finals(store, iid),
-                                         consent=store.consent_given, resume_grace_s=s.resume_grace_s)
+                                         consent=store.consent_given, resume_grace_s=s.resume_grace_s,
+                                         guidance_factory=guidance)
     registry.start()
     c.call = call = CallHub(c.metrics, IceConfig(s.ice_servers, c.secrets.turn_secret, s.turn_ttl_s))
+    if c.audit_log is not None:
+        registry.on_alert = partial(audit_alert, c.audit_log)
     registry.on_membership = lambda room: call.room_changed(
         room.interview_id, sum(p.claims.role == "observer" for p in room.participants.values()))
     # The server's own connections need no TURN (it is the reachable end); the pages get TURN from the call.
@@ -272,6 +283,35 @@ async def _retention_loop(privacy: Privacy) -> None:
         except Exception:
             log.exception("retention pass failed; trying again in %.0f s", RETENTION_EVERY_S)
         await asyncio.sleep(RETENTION_EVERY_S)
+
+
+def audit_alert(audit: AuditLog, interview_id: str, alert: ProtectedTopicAlert) -> None:
+    """A protected-topic alert in the audit trail: who asked, which segment, the topic (not the words)."""
+    from adapters.audit import DEFAULT_ORG, AuditEntry
+
+    audit.record(AuditEntry(actor_type="participant", actor_id=alert.participant_id, role="interviewer",
+                            org_id=DEFAULT_ORG, action="guidance.protected_topic", resource_type="interview",
+                            resource_id=interview_id, outcome="ok", address="", user_agent="",
+                            at=datetime.now(UTC), detail={"seq": alert.seq, "topic": alert.topic,
+                                                          "score": round(alert.score, 3)}))
+
+
+def build_guidance(s: Settings, service: InterviewService) -> GuidanceFactory:
+    """Loads the sentence embedder and the protected-topic detector once (blocking: call in a thread); each room's
+    `Guidance` gets the interview's questions as its guide."""
+    from adapters.embeddings_onnx import OnnxSentenceEmbedder
+    from pipeline.guidance import Guidance, GuideItem, default_detector
+
+    embedder = OnnxSentenceEmbedder(threads=1)
+    # NYC (like many US states) bans salary-history questions; the EU and "none" are not checked for it
+    detector = default_detector(embedder, "us" if s.jurisdiction == "us-nyc" else s.jurisdiction)
+
+    async def for_interview(interview_id: str) -> Guidance:
+        doc = await service.get_interview(interview_id, with_segments=False)
+        guide = [GuideItem(q["questionId"], q["text"], q.get("category", "")) for q in doc.get("questions", [])]
+        return await asyncio.to_thread(Guidance, embedder, detector, guide)
+
+    return for_interview
 
 
 async def interview_status(service: InterviewService, interview_id: str) -> str | None:

@@ -88,9 +88,14 @@ class Metrics:
         self.audit_written = Counter("audit_entries_written_total", "Audit entries written to the store", registry=r)
         self.audit_failures = Counter("audit_write_failures_total", "Failed audit writes (each retried; entries "
                                       "stay queued) and entries recorded after the audit log closed", registry=r)
+        self.guidance_alerts = Counter("guidance_alerts_total", "Protected-topic alerts sent to interviewers",
+                                       ["topic"], registry=r)
+        self.guidance_latency = Histogram("guidance_latency_seconds", "segment.final sent -> its live guidance "
+                                          "events sent (queue wait + sentence embedding)",
+                                          buckets=_LATENCY_BUCKETS, registry=r)
         self.errors = Counter("errors_total", "Errors by kind", ["kind"], registry=r)
         for kind in ("bad_request", "unauthorized", "forbidden", "not_found", "too_large", "stt", "persist",
-                     "track", "webrtc", "stream", "decrypt"):
+                     "track", "webrtc", "stream", "decrypt", "guidance"):
             self.errors.labels(kind=kind)
 
     def bind_live(self, *, speech_ratio: Callable[[], float], stt_lag: Callable[[], float],

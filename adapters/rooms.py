@@ -39,16 +39,21 @@ from adapters.tokens import JoinClaims
 from domain.events import (
     ConsentEvent,
     ErrorEvent,
+    GuideCoverageEvent,
     KeywordsEvent,
     LevelEvent,
     ParticipantEvent,
+    ProtectedTopicAlert,
+    QaPairEvent,
     SegmentEvent,
     SentimentEvent,
     Speaker,
     StreamEvent,
+    TalkBalanceEvent,
     to_json,
 )
 from domain.model import DomainError
+from pipeline.guidance import Guidance, GuidanceFinal
 from pipeline.stream import Conversation
 
 if TYPE_CHECKING:
@@ -68,6 +73,9 @@ SegmentRecorder = Callable[[str, SegmentEvent], Awaitable[bool]]
 LastSeqLookup = Callable[[str, str], Awaitable[int | None]]
 StoredFinals = Callable[[str], Awaitable[list[str]]]  # interview id -> finals already stored, as wire JSON
 ConsentLookup = Callable[[str, str], Awaitable[bool]]  # (interview, participant) -> consent recorded and not withdrawn
+# interview id -> its live guidance (the guide loaded, its questions embedded), None: no guidance for it
+GuidanceFactory = Callable[[str], Awaitable[Guidance | None]]
+GUIDANCE_QUEUE = 256  # finals waiting for guidance; beyond it they are skipped (counted), the transcript is not
 
 
 class Channel(Protocol):
@@ -216,6 +224,10 @@ class Room:
         # every participant's recent finals: each stream's decodes are prompted with the whole conversation
         # (an answer decodes better after the question), and it outlives a participant's reconnect
         self.conversation = Conversation()
+        # live guidance: finals go through one queue to one worker, which runs `Guidance.observe` in a thread
+        self.t0 = asyncio.get_running_loop().time()  # room time 0: every participant's finals on one clock
+        self.guidance_queue: asyncio.Queue[tuple[GuidanceFinal, float] | None] | None = None
+        self.latest_guidance: dict[str, str] = {}  # "guide.coverage" / "talk.balance" / "qa.pair:<pid>:<seq>"
 
     # ---- fan-out -------------------------------------------------------------------------------------
     def publish(self, source: Participant | None, event: StreamEvent) -> None:
@@ -240,13 +252,69 @@ class Room:
             self.history.append(text)
         elif isinstance(event, KeywordsEvent):
             self.latest_keywords[event.speaker.participant_id] = text
+        elif isinstance(event, ProtectedTopicAlert):
+            self.history.append(text)
+            metrics.guidance_alerts.labels(topic=event.topic).inc()
+            if self.registry.on_alert is not None:
+                try:
+                    self.registry.on_alert(self.interview_id, event)
+                except Exception:  # the audit trail's trouble must not stop the alert reaching the interviewer
+                    log.exception("recording the alert on seq %d of interview %s failed", event.seq,
+                                  self.interview_id)
+        elif isinstance(event, QaPairEvent):
+            self.latest_guidance[f"qa.pair:{event.question.participant_id}:{event.question.seq}"] = text
+        elif isinstance(event, GuideCoverageEvent | TalkBalanceEvent):
+            self.latest_guidance[kind] = text
         self._send_all(text, kind)
+        if (isinstance(event, SegmentEvent) and event.final and not event.revision and source is not None
+                and self.guidance_queue is not None):
+            self._queue_for_guidance(source, event)
         # (a revision comes late by design: how late is no final latency)
         if (isinstance(event, SegmentEvent) and event.final and not event.revision and event.text
                 and source is not None):
             spoken_end = source.wall_time_of(event.end_s)
             if spoken_end is not None:
                 metrics.final_latency.observe(max(0.0, asyncio.get_running_loop().time() - spoken_end))
+
+    def _queue_for_guidance(self, source: Participant, event: SegmentEvent) -> None:
+        # text the guards distrust (invented, another's voice) is shown but never analysed
+        if not event.text.strip() or event.hallucination or event.crosstalk or self.guidance_queue is None:
+            return
+        now = asyncio.get_running_loop().time()
+        start, end = source.wall_time_of(event.start_s), source.wall_time_of(event.end_s)
+        if start is None or end is None:
+            end = now
+            start = end - (event.end_s - event.start_s)
+        final = GuidanceFinal(source.speaker.participant_id, source.claims.role, event.seq, event.text,
+                              start - self.t0, end - self.t0)  # fmt: skip
+        try:
+            self.guidance_queue.put_nowait((final, now))
+        except asyncio.QueueFull:
+            self.registry.metrics.messages_dropped.labels(reason="guidance_backlog").inc()
+
+    async def run_guidance(self, factory: GuidanceFactory) -> None:
+        """The room's guidance worker: builds its `Guidance`, then feeds it the queued finals in order."""
+        queue = self.guidance_queue
+        assert queue is not None
+        try:
+            guidance = await factory(self.interview_id)
+        except Exception:
+            log.exception("live guidance unavailable for interview %s", self.interview_id)
+            guidance = None
+        loop = asyncio.get_running_loop()
+        while (item := await queue.get()) is not None:
+            final, queued_at = item
+            if guidance is None:
+                continue
+            try:
+                events = await asyncio.to_thread(guidance.observe, final)
+            except Exception:  # guidance is an aid: its failure must not touch the interview
+                log.exception("live guidance failed on seq %d of %s", final.seq, final.participant_id)
+                self.registry.metrics.error("guidance")
+                continue
+            for ev in events:
+                self.publish(None, ev)
+            self.registry.metrics.guidance_latency.observe(loop.time() - queued_at)
 
     def _send_all(self, text: str, kind: str) -> None:
         metrics = self.registry.metrics
@@ -278,6 +346,7 @@ class Room:
         backlog = [to_json(ParticipantEvent(p.speaker, joined=True)) for p in self.participants.values()]
         backlog += list(self.history)
         backlog += list(self.latest_keywords.values())
+        backlog += list(self.latest_guidance.values())
         for text in backlog:
             try:
                 channel.send(text)
@@ -430,8 +499,10 @@ class RoomRegistry:
         resume_grace_s: float = 5.0,
         backlog: int = 500,
         viewer_buffer_limit: int = VIEWER_BUFFER_LIMIT,
+        guidance_factory: GuidanceFactory | None = None,
     ) -> None:
         self.stream_factory = stream_factory
+        self.guidance_factory = guidance_factory
         self.metrics = metrics
         self.resume_grace_s = resume_grace_s
         self.viewer_buffer_limit = viewer_buffer_limit
@@ -446,6 +517,8 @@ class RoomRegistry:
         self.writer = SegmentWriter(record_segment, metrics, self._persist_failed, record_revision)
         # told after every join and leave (the call tells the candidate who is watching)
         self.on_membership: Callable[[Room], None] | None = None
+        # told of every protected-topic alert (interview id, alert): the server records it in the audit trail
+        self.on_alert: Callable[[str, ProtectedTopicAlert], None] | None = None
         metrics.bind_live(speech_ratio=self.speech_ratio, stt_lag=self.max_lag_s, final_wait=self.max_final_wait_s)
 
     def start(self) -> None:
@@ -477,6 +550,9 @@ class RoomRegistry:
             if room is None:
                 room = self.rooms[claims.interview_id] = Room(self, claims.interview_id, self._backlog)
                 room.history.extend(history)
+                if self.guidance_factory is not None:
+                    room.guidance_queue = asyncio.Queue(GUIDANCE_QUEUE)
+                    self._spawn(room.run_guidance(self.guidance_factory))
                 self.metrics.rooms_active.set(len(self.rooms))
         participant = Participant(room, claims, seq_base=seq_base, session_id=session_id)
         participant.consented = await self._consented(claims)
@@ -595,6 +671,9 @@ class RoomRegistry:
         room.publish(participant, ParticipantEvent(participant.speaker, joined=False))
         self._membership_changed(room)
         if not room.participants and self.rooms.get(room.interview_id) is room:
+            if room.guidance_queue is not None:
+                with contextlib.suppress(asyncio.QueueFull):
+                    room.guidance_queue.put_nowait(None)  # the worker ends after the finals already queued
             del self.rooms[room.interview_id]
             self.metrics.rooms_active.set(len(self.rooms))
 

@@ -320,7 +320,104 @@ class ConsentEvent:
         return {"type": self.type, "speaker": self.speaker.to_dict(), "noticeVersion": self.notice_version}
 
 
-StreamEvent = SegmentEvent | SentimentEvent | KeywordsEvent | LevelEvent | ErrorEvent | ParticipantEvent | ConsentEvent
+
+# ---- live guidance (pipeline.guidance): interviewers' and observers' eyes only, from transcript text only ----
+
+
+@dataclass(slots=True)
+class ProtectedTopicAlert:
+    """An interviewer's final (`seq` of `participant_id`) asked about a protected topic; a lawful rephrasing."""
+
+    participant_id: str
+    seq: int
+    text: str
+    topic: str
+    score: float
+    rephrase: str
+    type: Literal["alert.protected_topic"] = "alert.protected_topic"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "participantId": self.participant_id, "seq": self.seq, "text": self.text,
+                "topic": self.topic, "score": round(self.score, 3), "rephrase": self.rephrase}  # fmt: skip
+
+
+@dataclass(slots=True, frozen=True)
+class AskedRef:
+    """Where something was said: a final of a participant (traceable to the segment)."""
+
+    participant_id: str
+    seq: int
+    text: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"participantId": self.participant_id, "seq": self.seq, "text": self.text}
+
+
+@dataclass(slots=True)
+class GuideItemStatus:
+    question_id: str
+    text: str
+    category: str
+    covered_by: AskedRef | None = None
+    score: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"questionId": self.question_id, "text": self.text, "category": self.category,
+                "covered": self.covered_by is not None,
+                "coveredBy": self.covered_by.to_dict() if self.covered_by else None, "score": round(self.score, 3)}  # fmt: skip
+
+
+@dataclass(slots=True)
+class GuideCoverageEvent:
+    """The interview guide's questions, which are covered (by which final), which are left, and questions asked
+    that are not in the guide; `sections`: per category, questions covered and answer time used (seconds)."""
+
+    items: list[GuideItemStatus]
+    extra: list[AskedRef]
+    sections: list[dict[str, Any]]
+    type: Literal["guide.coverage"] = "guide.coverage"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "items": [i.to_dict() for i in self.items],
+                "left": [i.question_id for i in self.items if i.covered_by is None],
+                "extra": [e.to_dict() for e in self.extra], "sections": self.sections}  # fmt: skip
+
+
+@dataclass(slots=True)
+class QaPairEvent:
+    """An interviewer question and the candidate's answer so far (follow-up questions nested), with the answer's
+    length and the guide item the question covers. Sent again, same `question.seq`, as the answer grows."""
+
+    question: AskedRef
+    answer: list[AskedRef]
+    answer_words: int
+    answer_s: float
+    guide_item: str | None
+    follow_ups: list[QaPairEvent] = field(default_factory=list)
+    type: Literal["qa.pair"] = "qa.pair"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "question": self.question.to_dict(), "answer": [a.to_dict() for a in self.answer],
+                "answerWords": self.answer_words, "answerSeconds": round(self.answer_s, 2),
+                "guideItem": self.guide_item, "followUps": [f.to_dict() for f in self.follow_ups]}  # fmt: skip
+
+
+@dataclass(slots=True)
+class TalkBalanceEvent:
+    """Share of speaking time per participant, interruptions (speech starting while another's utterance is open)
+    and the longest candidate answer: for the interviewer's own pacing, never for scoring the candidate."""
+
+    participants: list[dict[str, Any]]  # {"participantId", "role", "speakingSeconds", "share", "interruptions"}
+    longest_answer: dict[str, Any] | None  # {"questionSeq", "seconds", "words"}
+    type: Literal["talk.balance"] = "talk.balance"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "participants": self.participants, "longestCandidateAnswer": self.longest_answer}
+
+
+GuidanceEvent = ProtectedTopicAlert | GuideCoverageEvent | QaPairEvent | TalkBalanceEvent
+StreamEvent = (SegmentEvent | SentimentEvent | KeywordsEvent | LevelEvent | ErrorEvent | ParticipantEvent
+               | ConsentEvent | GuidanceEvent)  # fmt: skip
 
 
 def to_json(event: StreamEvent | StoredSegment) -> str:

@@ -1,19 +1,22 @@
 """`python -m pipeline transcribe AUDIO`: run the live pipeline over an audio file, one JSON event per line.
 
     python -m pipeline transcribe interview.wav --channels-as-speakers --skills swift,kotlin --realtime
+    python -m pipeline classify-questions --jurisdiction us < questions.txt
 
 Events go to stdout (the same JSON the data channel carries); progress and logs go to stderr.
-Undecodable input: a one-line error on stderr and exit status 2.
+Undecodable input: a one-line error on stderr and exit status 2. `classify-questions` reads one question per line
+and writes one `{"text", "topic", "score", "rephrase"}` object per non-empty line.
 
-The argument parser, the run loop and `main` live here; the speech-to-text engine comes from the caller
-(`main(argv, make_stt)`): the top-level `cli` module builds it from the arguments with the server's
-`adapters.stt_engines.build_stt`, so the pipeline imports no adapter.
+The argument parser, the run loop and `main` live here; the speech-to-text engine and the sentence embedder come
+from the caller (`main(argv, make_stt, make_embedder)`): the top-level `cli` module builds them with the server's
+adapters, so the pipeline imports no adapter.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import math
 import os
@@ -28,6 +31,8 @@ import numpy as np
 
 from domain.events import Speaker, StreamEvent, to_json
 from pipeline.audio_file import DecodedAudio, read_audio
+from pipeline.embeddings import SentenceEmbedder
+from pipeline.guidance import JURISDICTIONS, default_detector
 from pipeline.scheduler import SttScheduler
 from pipeline.transcript import SpeechToText
 
@@ -70,7 +75,32 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-crosstalk-guard", dest="crosstalk_guard", action="store_false",
                    help="do not mark finals that repeat another channel's overlapping, louder final")
     t.add_argument("-v", "--verbose", action="store_true")
+    c = sub.add_parser("classify-questions", help="protected-topic detector: one question per line on stdin, "
+                       "one JSON object per line on stdout")  # fmt: skip
+    c.add_argument("--jurisdiction", choices=JURISDICTIONS, default="none",
+                   help="us: salary history is flagged too (banned in many US states); eu / none: it is not")  # fmt: skip
+    c.add_argument("--batch", type=int, default=32, help="questions embedded per batch")
+    c.add_argument("-v", "--verbose", action="store_true")
     return ap
+
+
+def classify_questions(args: argparse.Namespace, embedder: SentenceEmbedder, lines: TextIO, out: TextIO) -> int:
+    detector = default_detector(embedder, args.jurisdiction)
+    batch: list[str] = []
+
+    def flush() -> None:
+        for verdict in detector.classify(batch):
+            out.write(json.dumps(verdict.to_dict(), ensure_ascii=False) + "\n")
+        out.flush()
+        batch.clear()
+
+    for line in lines:
+        if line.strip():
+            batch.append(line.strip())
+        if len(batch) >= max(1, args.batch):
+            flush()
+    flush()
+    return 0
 
 
 @dataclass(slots=True)
@@ -144,15 +174,27 @@ async def run(
     return 0
 
 
-def main(argv: list[str] | None, make_stt: Callable[[argparse.Namespace], SpeechToText]) -> int:
+def main(argv: list[str] | None, make_stt: Callable[[argparse.Namespace], SpeechToText],
+         make_embedder: Callable[[], SentenceEmbedder] | None = None) -> int:  # fmt: skip
     """Parse `argv` (None: the process's arguments), build the engine with `make_stt(args)` once the audio
-    decoded, and run; the exit status."""
+    decoded, and run; the exit status. `classify-questions` builds its embedder with `make_embedder()`."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.command == "classify-questions":
+        if make_embedder is None:
+            print("error: no sentence embedder configured", file=sys.stderr)
+            return 2
+        try:
+            return classify_questions(args, make_embedder(), sys.stdin, sys.stdout)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return 130
     log.setLevel(logging.INFO)  # progress lines (every 10 s of audio) and the summary always go to stderr
     name = Path(args.audio).name
     try:

@@ -40,14 +40,19 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from domain.events import (
+    AskedRef,
     ErrorEvent,
+    GuideCoverageEvent,
+    GuideItemStatus,
     Keyword,
     KeywordsEvent,
     LevelEvent,
     ParticipantEvent,
+    ProtectedTopicAlert,
     SegmentEvent,
     SentimentEvent,
     Speaker,
+    TalkBalanceEvent,
     to_json,
 )
 from testing.browser import fake_microphone_args, write_channel
@@ -493,4 +498,69 @@ async def test_overlay_rendering_rules(chromium: str, shared_data: Path, tmp_pat
 
         await page.click("#leave")
         await expect(page.locator("#state")).to_have_attribute("data-state", "left")
+        assert not errors, errors
+
+
+async def test_guidance_panel(chromium: str, shared_data: Path, tmp_path: Path) -> None:
+    """Guidance events: a private alert banner (dismissable), the guide checklist, talk balance (`SCREENSHOTS=1`:
+    docs/guidance.png)."""
+    silent_wav = tmp_path / "silence.wav"
+    write_channel(shared_data / f"{DIALOGUE}.stereo.wav", None, silent_wav)
+    casey = Speaker("candidate", "Casey Candidate", "p-cand")
+    ivo = Speaker("interviewer", "Ivo Interviewer", "p-ivo")
+    async with _scripted_room() as room, _browser(chromium, tmp_path / "profile", silent_wav) as (_, page, errors):
+        await page.goto(f"{room.url}/interviewer?token={_unsigned_token('iv-1', ivo.participant_id, 'interviewer', ivo.name)}")
+        await page.click("#join")
+        channel = await asyncio.wait_for(room.channels.get(), 30)
+        await expect(page.locator("#state")).to_have_attribute("data-state", "connected", timeout=30_000)
+
+        def send(event: Any) -> None:
+            channel.send(to_json(event))
+
+        asked = AskedRef("p-ivo", 0, "Walk me through a distributed system you've built.")
+        send(ParticipantEvent(ivo, joined=True))
+        send(ParticipantEvent(casey, joined=True))
+        send(SegmentEvent(ivo, 0, 0.5, 3.0, asked.text, final=True))
+        send(SegmentEvent(casey, 0, 3.5, 8.0, "I built a ledger on Kafka with three services.", final=True))
+        send(SegmentEvent(ivo, 1, 8.2, 9.8, "And how old are you?", final=True))
+        send(GuideCoverageEvent(
+            [GuideItemStatus("q1", "Tell me about a distributed system you designed.", "system design", asked, 0.8),
+             GuideItemStatus("q2", "How do you review a teammate's code?", "collaboration")],
+            [AskedRef("p-ivo", 1, "And how old are you?")],
+            [{"category": "system design", "questions": 1, "covered": 1, "seconds": 4.5}]))
+        send(ProtectedTopicAlert("p-ivo", 1, "And how old are you?", "age", 1.0,
+                                 "Ask about relevant experience instead; if the role has a legal minimum age: "
+                                 "\"Are you at least 18?\""))
+        send(TalkBalanceEvent([{"participantId": "p-ivo", "role": "interviewer", "speakingSeconds": 4.1,
+                                "share": 0.48, "interruptions": 0},
+                               {"participantId": "p-cand", "role": "candidate", "speakingSeconds": 4.5,
+                                "share": 0.52, "interruptions": 0}],
+                              {"questionSeq": 0, "questionParticipantId": "p-ivo", "seconds": 4.5, "words": 9}))
+
+        alert = page.locator("#guidance-alerts .guidance-alert")
+        await expect(alert).to_have_count(1)
+        await expect(alert).to_contain_text("Protected topic: age")
+        await expect(alert).to_contain_text("Are you at least 18?")
+        checklist = page.locator("#guide-checklist li")
+        await expect(checklist).to_have_count(2)
+        await expect(checklist.nth(0)).to_have_attribute("data-covered", "true")
+        await expect(checklist.nth(1)).to_have_attribute("data-covered", "false")
+        await expect(page.locator("#guide-extra")).to_contain_text("And how old are you?")
+        await expect(page.locator("#talk-balance .balance-seg")).to_have_count(2)
+        await expect(page.locator("#talk-balance")).to_contain_text("candidate 52%")
+        await expect(page.locator("#talk-longest")).to_contain_text("Longest answer: 5 s, 9 words")
+        # the backlog after a reconnect repeats the alert: still one banner
+        send(ProtectedTopicAlert("p-ivo", 1, "And how old are you?", "age", 1.0, "Ask about experience."))
+        await expect(page.locator("#talk-longest")).to_be_visible()
+        await expect(alert).to_have_count(1)
+        if os.environ.get("SCREENSHOTS"):  # rewrites docs/guidance.png (off by default: the tree stays clean)
+            top = await page.locator("#guidance-alerts").bounding_box()
+            bottom = await page.locator("#guidance-panel").bounding_box()
+            assert top and bottom
+            await page.screenshot(path=str(REPO / "docs" / "guidance.png"), full_page=True,
+                                  clip={"x": top["x"], "y": top["y"], "width": max(top["width"], bottom["width"]),
+                                        "height": bottom["y"] + bottom["height"] - top["y"]})
+        await alert.locator("button").click()
+        await expect(alert).to_have_count(0)
+        await page.click("#leave")
         assert not errors, errors

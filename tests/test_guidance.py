@@ -1,0 +1,164 @@
+"""Live guidance: the protected-topic detector on its held-out questions, `python -m pipeline classify-questions`,
+guide-coverage matching on reworded guide questions, and the per-room `Guidance` component over scripted finals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adapters.embeddings_onnx import OnnxSentenceEmbedder
+from domain.events import GuideCoverageEvent, ProtectedTopicAlert, QaPairEvent, TalkBalanceEvent
+from pipeline.guidance import (
+    QUESTION_SET,
+    TOPICS,
+    Guidance,
+    GuidanceFinal,
+    GuideItem,
+    ProtectedTopicDetector,
+    coverage_accuracy,
+    default_detector,
+    detector_scores,
+    load_question_set,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def embedder() -> OnnxSentenceEmbedder:
+    return OnnxSentenceEmbedder(threads=1)
+
+
+def test_embeddings_are_unit_vectors_and_batch_invariant(embedder: OnnxSentenceEmbedder) -> None:
+    texts = ["How old are you?", "What is your age?", "Tell me about a time you led a project.", "Can you work weekends?"]
+    batch = embedder.embed(texts)
+    assert batch.shape == (4, embedder.dim) and batch.dtype == np.float32
+    assert np.allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-5)
+    one_by_one = np.vstack([embedder.embed([t]) for t in texts])  # padding to the batch's longest must not matter
+    assert np.allclose(batch, one_by_one, atol=1e-3)
+    sims = batch @ batch.T
+    assert sims[0, 1] > 0.6 and sims[0, 1] > sims[0, 2] + 0.3  # paraphrases close, unrelated questions far
+    assert embedder.embed([]).shape == (0, embedder.dim)
+
+
+def test_question_set_is_curated_as_documented() -> None:
+    questions = load_question_set(QUESTION_SET)
+    for topic in TOPICS:
+        assert sum(q.topic == topic for q in questions) >= 20, topic
+        assert any(q.topic == topic and q.split == "heldout" for q in questions), topic
+    assert sum(q.topic is None for q in questions) >= 60
+    assert {q.split for q in questions} == {"tune", "heldout"}
+    texts = [q.text.lower() for q in questions]
+    assert len(texts) == len(set(texts)), "a question in both parts would leak the held-out figures"
+
+
+@pytest.mark.parametrize("jurisdiction", ["us", "eu"])
+def test_detector_meets_targets_on_held_out_questions(embedder: OnnxSentenceEmbedder, jurisdiction: str) -> None:
+    scores = detector_scores(embedder, load_question_set(QUESTION_SET), split="heldout", jurisdiction=jurisdiction)  # type: ignore[arg-type]
+    assert scores["precision"] >= 0.9, scores
+    assert scores["recall"] >= 0.9, scores
+
+
+def test_salary_history_is_flagged_only_where_banned(embedder: OnnxSentenceEmbedder) -> None:
+    q = ["What were you paid at your last job?", "What salary are you expecting for this role?"]
+    us = default_detector(embedder, "us").classify(q)
+    eu = default_detector(embedder, "eu").classify(q)
+    assert [v.topic for v in us] == ["salary_history", None]
+    assert [v.topic for v in eu] == [None, None]
+    assert us[0].rephrase and "expecting" in us[0].rephrase
+
+
+def test_every_flag_names_a_lawful_rephrasing(embedder: OnnxSentenceEmbedder) -> None:
+    det = default_detector(embedder, "us")
+    verdicts = det.classify(["Where are you from?", "Are you authorised to work in Spain?", "Are you married?",
+                             "Tell me about a time you disagreed with a colleague.", "Can you work weekends?"])  # fmt: skip
+    assert [v.topic for v in verdicts] == ["origin", None, "family", None, None]
+    assert all((v.rephrase is not None) == (v.topic is not None) for v in verdicts)
+    assert "authorised to work" in (verdicts[0].rephrase or "")
+
+
+def test_unknown_jurisdiction_is_a_value_error(embedder: OnnxSentenceEmbedder) -> None:
+    with pytest.raises(ValueError, match="jurisdiction"):
+        ProtectedTopicDetector(embedder, load_question_set(QUESTION_SET), "fr")  # type: ignore[arg-type]
+
+
+def test_classify_questions_command() -> None:
+    stdin = "How old are you?\n\nCan you work weekends?\nWhat is your current salary?\n"
+    out = subprocess.run([sys.executable, "-m", "pipeline", "classify-questions", "--jurisdiction", "us"],
+                         input=stdin, capture_output=True, text=True, cwd=ROOT, timeout=120, check=True)  # fmt: skip
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["text"] for r in rows] == ["How old are you?", "Can you work weekends?", "What is your current salary?"]
+    assert [r["topic"] for r in rows] == ["age", None, "salary_history"]
+    assert all(set(r) == {"text", "topic", "score", "rephrase"} for r in rows)
+    assert rows[1]["rephrase"] is None and isinstance(rows[1]["score"], float)
+    bad = subprocess.run([sys.executable, "-m", "pipeline", "classify-questions", "--jurisdiction", "mars"],
+                         input="", capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and "jurisdiction" in bad.stderr and "Traceback" not in bad.stderr
+
+
+REWORDINGS = ROOT / "tests" / "data" / "guide_rewordings.jsonl"
+
+
+def test_coverage_matching_on_reworded_guide_questions(embedder: OnnxSentenceEmbedder) -> None:
+    scores = coverage_accuracy(embedder, REWORDINGS, split="heldout")
+    assert scores["n"] >= 20
+    assert scores["accuracy"] >= 0.75, scores  # measured 0.79 on the held-out part; the issue's target is 0.9
+
+
+@pytest.mark.xfail(strict=True, reason="held-out coverage accuracy is 0.79 with MiniLM + key terms; target 0.9")
+def test_coverage_matching_meets_the_issue_target(embedder: OnnxSentenceEmbedder) -> None:
+    assert coverage_accuracy(embedder, REWORDINGS, split="heldout")["accuracy"] >= 0.9
+
+
+GUIDE = [GuideItem("q1", "Tell me about a distributed system you designed.", "system design"),
+         GuideItem("q2", "Describe a production incident you led and what you learned.", "operations"),
+         GuideItem("q3", "How do you review a teammate's code?", "collaboration")]  # fmt: skip
+
+
+def _final(pid: str, role: str, seq: int, text: str, start: float, end: float) -> GuidanceFinal:
+    return GuidanceFinal(pid, role, seq, text, start, end)
+
+
+def test_guidance_over_a_scripted_interview(embedder: OnnxSentenceEmbedder) -> None:
+    g = Guidance(embedder, default_detector(embedder, "us"), GUIDE)
+    script = [
+        _final("int", "interviewer", 0, "Thanks for joining. Can you walk me through a distributed system you've built?", 0, 5),
+        _final("cand", "candidate", 0, "Sure, I built a payments ledger on Kafka with three services.", 6, 16),
+        _final("int", "interviewer", 1, "Why did you choose Kafka?", 17, 19),
+        _final("cand", "candidate", 1, "Because we needed replayable ordered events.", 20, 24),
+        _final("int", "interviewer", 2, "How old are you, by the way?", 25, 27),
+        _final("cand", "candidate", 2, "I'd rather not say.", 28, 29),
+        _final("int", "interviewer", 3, "Can you work weekends?", 30, 32),
+        _final("cand", "candidate", 3, "Yes, occasionally.", 31, 33),  # starts while the question is open
+        _final("int", "interviewer", 4, "What do you look for when you do a code review?", 34, 37),
+    ]
+    events = [e for f in script for e in g.observe(f)]
+    alerts = [e for e in events if isinstance(e, ProtectedTopicAlert)]
+    assert [(a.seq, a.topic) for a in alerts] == [(2, "age")]
+    assert alerts[0].participant_id == "int" and "18" in alerts[0].rephrase
+
+    coverage = [e for e in events if isinstance(e, GuideCoverageEvent)][-1].to_dict()
+    covered = {i["questionId"]: i["coveredBy"]["seq"] if i["coveredBy"] else None for i in coverage["items"]}
+    assert covered == {"q1": 0, "q2": None, "q3": 4}
+    assert coverage["left"] == ["q2"]
+    assert [x["seq"] for x in coverage["extra"]] == [2, 3]  # not in the guide; "why Kafka?" is a follow-up
+    design = next(s for s in coverage["sections"] if s["category"] == "system design")
+    assert design == {"category": "system design", "questions": 1, "covered": 1, "seconds": 14.0}
+
+    first = [e for e in events if isinstance(e, QaPairEvent) and e.question.seq == 0][-1].to_dict()
+    assert first["guideItem"] == "q1" and [a["seq"] for a in first["answer"]] == [0]
+    assert first["answerWords"] == 11 and first["answerSeconds"] == 10.0
+    assert [(f["question"]["seq"], [a["seq"] for a in f["answer"]]) for f in first["followUps"]] == [(1, [1])]
+
+    balance = [e for e in events if isinstance(e, TalkBalanceEvent)][-1].to_dict()
+    rows = {r["participantId"]: r for r in balance["participants"]}
+    assert rows["int"]["speakingSeconds"] == 14.0 and rows["cand"]["speakingSeconds"] == 17.0
+    assert rows["cand"]["interruptions"] == 1 and rows["int"]["interruptions"] == 0
+    assert abs(rows["int"]["share"] + rows["cand"]["share"] - 1.0) < 1e-6
+    assert balance["longestCandidateAnswer"] == {"questionSeq": 0, "questionParticipantId": "int", "seconds": 10.0,
+                                                 "words": 11}  # fmt: skip
