@@ -227,6 +227,41 @@ def word_confidence(t: Transcript) -> float:
     return math.exp(sum(math.log(max(w.probability, 1e-6)) for w in t.words) / len(t.words))
 
 
+_DIGIT_WORDS = {
+    "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
+    "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12", "thirteen": "13", "fourteen": "14",
+    "fifteen": "15", "sixteen": "16", "seventeen": "17", "eighteen": "18", "nineteen": "19", "twenty": "20",
+    "thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "seventy": "70", "eighty": "80", "ninety": "90",
+}  # fmt: skip
+_NUMBER_WORDS = {"hundred", "thousand", "million", "double", "triple", "point"}
+_ZERO_WORDS = {"oh", "o"}  # zero when spoken among digits ("nine oh two")
+
+
+def spoken_digits(text: str) -> tuple[str, float]:
+    """The digits `text` says, in order, numerals and number words alike ("nine oh two 1" -> "9021"), and the share
+    of its words that are numbers. "oh" counts as 0 next to another number; "twenty one" gives "201" where a
+    decoder writes "21": the digits compare two transcripts of the same audio, and a mismatch only means "not sure"."""
+    words = normalise(text).replace("'", " ").split()
+    if not words:
+        return "", 0.0
+
+    def number(i: int) -> bool:
+        return 0 <= i < len(words) and (words[i].isdigit() or words[i] in _DIGIT_WORDS)
+
+    digits, numeric = [], 0
+    for i, w in enumerate(words):
+        if w.isdigit():
+            digits.append(w)
+        elif w in _DIGIT_WORDS:
+            digits.append(_DIGIT_WORDS[w])
+        elif w in _ZERO_WORDS and (number(i - 1) or number(i + 1)):
+            digits.append("0")
+        elif w not in _NUMBER_WORDS:
+            continue
+        numeric += 1
+    return "".join(digits), numeric / len(words)
+
+
 def too_many_words(t: Transcript, audio_s: float) -> bool:
     """Whether the transcript holds more words than anyone says in `audio_s` of audio."""
     return len(t.text.split()) > MAX_WORDS_PER_S * audio_s + MAX_WORDS_SLACK
