@@ -106,7 +106,7 @@ async def _build(c: Components) -> None:
     from adapters.mongo import EmbeddedMongo, MongoStore
     from adapters.nats_bus import open_bus
     from adapters.outbox import OutboxRelay
-    from adapters.rooms import RoomRegistry
+    from adapters.rooms import RoomRegistry, SegmentJournal
     from adapters.stt_engines import build_stt
     from adapters.tokens import TokenSigner
     from adapters.webrtc import WhipIngest
@@ -146,7 +146,9 @@ async def _build(c: Components) -> None:
                                          record_revision=service.record_revision,
                                          last_seq=service.last_segment_seq,
                                          stored_finals=lambda iid: stored_finals(store, iid),
-                                         resume_grace_s=s.resume_grace_s)
+                                         resume_grace_s=s.resume_grace_s,
+                                         # finals sent but not stored yet survive a killed process
+                                         journal=SegmentJournal(s.data_dir / "segments.journal"))
     registry.start()
     c.signer = signer = TokenSigner(c.secrets.token_secret, ttl_s=s.token_ttl_s)
     c.whip = WhipIngest(registry, signer, lambda iid: interview_status(service, iid), c.metrics,
