@@ -50,7 +50,8 @@ class ServerProcess:
             raise RuntimeError("the server is already running")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "DATA_DIR": str(self.data_dir),
-               "ADMIN_API_KEY": self.admin_key, "LOG_LEVEL": "WARNING", **self.extra_env}  # fmt: skip
+               "ADMIN_API_KEY": self.admin_key, "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
+               **self.extra_env}  # fmt: skip
         prefix = ["nice", "-n", str(self.nice)] if self.nice else []
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([*prefix, sys.executable, str(ROOT / "server.py")], cwd=ROOT, env=env,
