@@ -141,7 +141,7 @@ async def _build(c: Components) -> None:
     from adapters.nats_embedded import EmbeddedNats
     from adapters.outbox import OutboxRelay
     from adapters.privacy import Privacy
-    from adapters.rooms import RoomRegistry
+    from adapters.rooms import RoomRegistry, SegmentJournal
     from adapters.stt_engines import build_stt
     from adapters.tokens import Revocations, TokenSigner
     from adapters.webrtc import WhipIngest
@@ -213,7 +213,9 @@ async def _build(c: Components) -> None:
                                          last_seq=service.last_segment_seq,
                                          stored_finals=lambda iid: stored_finals(store, iid),
                                          consent=store.consent_given, resume_grace_s=s.resume_grace_s,
-                                         guidance_factory=guidance)
+                                         guidance_factory=guidance,
+                                         # finals sent but not stored yet survive a killed process
+                                         journal=SegmentJournal(s.data_dir / "segments.journal"))
     registry.start()
     c.call = call = CallHub(c.metrics, IceConfig(s.ice_servers, c.secrets.turn_secret, s.turn_ttl_s))
     if c.audit_log is not None:

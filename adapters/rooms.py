@@ -11,7 +11,9 @@ which persists them in order through `InterviewService.record_segment` and then 
 A `segment.revised` (a final decoded again with the conversation as context) goes the same way, through
 `record_revision`, behind the final it revises in the same queue. A write that fails is retried with
 backoff until it succeeds or the service shuts down; it is never dropped silently (viewers get an `error`
-event, the log and `/metrics` say how many are pending).
+event, the log and `/metrics` say how many are pending). With a `SegmentJournal`, every final and revision is
+appended to a file before it is sent to anyone and marked done once stored: a server killed (`kill -9`, OOM) with
+writes pending, or stopped while the store is down, writes them on its next start.
 
 Resuming: a participant whose connection drops is kept for `resume_grace_s`; a new WHIP session with the
 same token within that time re-attaches to the same stream, so segment numbering continues and nothing
@@ -26,10 +28,13 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import json
 import logging
+import os
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -48,6 +53,7 @@ from domain.events import (
     SegmentEvent,
     SentimentEvent,
     Speaker,
+    StoredSegment,
     StreamEvent,
     TalkBalanceEvent,
     to_json,
@@ -366,20 +372,81 @@ def _named(interview_id: str, segment: SegmentEvent) -> str:
     return f"{name} revision {segment.revision}" if segment.revision else name
 
 
+class SegmentJournal:
+    """The segments handed to the `SegmentWriter` and not stored yet, in an append-only file (JSON lines).
+
+    `append` writes a segment before anyone is sent it, `done` marks it stored (or refused for good); the file is
+    emptied whenever nothing is pending. `pending()` (at start) gives the segments a killed process left, in order.
+    Each write reaches the operating system at once (no fsync: it survives the process, not the machine)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._file: Any = None
+        self._next = 0
+        self._open = 0  # appended, not done
+
+    def pending(self) -> list[tuple[str, SegmentEvent]]:
+        """The segments appended and never marked done, in order; unreadable lines are logged and skipped."""
+        entries: dict[int, tuple[str, SegmentEvent]] = {}
+        with contextlib.suppress(FileNotFoundError), open(self.path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                    if "done" in rec:
+                        entries.pop(int(rec["done"]), None)
+                        continue
+                    doc = {**rec["segment"], "interviewId": rec["interviewId"], "recordedAt": None}
+                    entries[int(rec["n"])] = (rec["interviewId"], StoredSegment.from_document(doc).segment)
+                except (ValueError, KeyError, TypeError) as exc:  # a line cut short by the kill
+                    log.warning("segment journal %s: skipping an unreadable line (%s)", self.path, exc)
+        return [entries[n] for n in sorted(entries)]
+
+    def append(self, interview_id: str, segment: SegmentEvent) -> int:
+        n = self._next
+        self._next += 1
+        self._write({"n": n, "interviewId": interview_id, "segment": segment.to_dict()})
+        self._open += 1
+        return n
+
+    def done(self, n: int) -> None:
+        self._open -= 1
+        if self._open == 0:  # nothing pending: start the file afresh
+            self.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.truncate(self.path, 0)
+        else:
+            self._write({"done": n})
+
+    def _write(self, rec: dict[str, Any]) -> None:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open across writes
+        self._file.write(json.dumps(rec, separators=(",", ":")) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
 class SegmentWriter:
     """Persists final segments and their revisions in one queue, so in order (a revision after its final),
-    retrying failed writes with backoff; never drops one silently."""
+    retrying failed writes with backoff; never drops one silently. With a `journal`, what is queued survives the
+    process: `start()` queues what a previous process left in it first."""
 
     RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 
     def __init__(self, record: SegmentRecorder | None, metrics: Metrics,
                  on_failure: Callable[[str, SegmentEvent, str], None],
-                 record_revision: SegmentRecorder | None = None) -> None:
+                 record_revision: SegmentRecorder | None = None, journal: SegmentJournal | None = None) -> None:
         self._record = record
         self._record_revision = record_revision
         self._metrics = metrics
         self._on_failure = on_failure
-        self._queue: deque[tuple[str, SegmentEvent]] = deque()
+        self._journal = journal
+        self.replayed: list[tuple[str, SegmentEvent]] = []  # what `start()` found in the journal
+        self._queue: deque[tuple[str, SegmentEvent, int]] = deque()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -392,6 +459,14 @@ class SegmentWriter:
 
     def start(self) -> None:
         if self._task is None and (self._record is not None or self._record_revision is not None):
+            if self._journal is not None:
+                self.replayed = left = self._journal.pending()
+                if left:
+                    log.warning("writing %d segment(s) a previous process sent but had not stored", len(left))
+                    with contextlib.suppress(FileNotFoundError):
+                        os.truncate(self._journal.path, 0)
+                for interview_id, segment in left:
+                    self.submit(interview_id, segment)
             self._task = asyncio.get_running_loop().create_task(self._run(), name="segment-writer")
 
     def submit(self, interview_id: str, segment: SegmentEvent) -> None:
@@ -401,7 +476,8 @@ class SegmentWriter:
             # kept even without text: it replaces the stored final's
         elif self._record is None or not segment.text:
             return  # an empty final only retracts partials shown for noise: nothing to keep
-        self._queue.append((interview_id, segment))
+        entry = self._journal.append(interview_id, segment) if self._journal is not None else -1
+        self._queue.append((interview_id, segment, entry))
         self._metrics.persist_pending.set(len(self._queue))
         self._idle.clear()
         self._wake.set()
@@ -423,7 +499,7 @@ class SegmentWriter:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            interview_id, segment = self._queue[0]
+            interview_id, segment, entry = self._queue[0]
             record = self._record_revision if segment.revision else self._record
             assert record is not None  # submit() queues nothing it has no recorder for
             persisted = self._metrics.revisions_persisted if segment.revision else self._metrics.segments_persisted
@@ -460,6 +536,8 @@ class SegmentWriter:
                     log.info("segment %s persisted after %d retries", _named(interview_id, segment), attempt)
                 break
             self._queue.popleft()
+            if self._journal is not None:
+                self._journal.done(entry)
             self._metrics.persist_pending.set(len(self._queue))
 
     async def aclose(self, drain_s: float) -> None:
@@ -476,11 +554,14 @@ class SegmentWriter:
             self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._task
-        for interview_id, segment in self._queue:
-            log.error("final segment NOT persisted at shutdown: interview=%s participant=%s seq=%d revision=%d "
-                      "text=%r", interview_id, segment.speaker.participant_id, segment.seq, segment.revision,
-                      segment.text)
+        kept = " (kept in the journal for the next start)" if self._journal is not None else ""
+        for interview_id, segment, _ in self._queue:
+            log.error("final segment NOT persisted at shutdown%s: interview=%s participant=%s seq=%d revision=%d "
+                      "text=%r", kept, interview_id, segment.speaker.participant_id, segment.seq, segment.revision,
+                      segment.text)  # fmt: skip
         self._queue.clear()
+        if self._journal is not None:
+            self._journal.close()
 
 
 class RoomRegistry:
@@ -500,6 +581,7 @@ class RoomRegistry:
         backlog: int = 500,
         viewer_buffer_limit: int = VIEWER_BUFFER_LIMIT,
         guidance_factory: GuidanceFactory | None = None,
+        journal: SegmentJournal | None = None,
     ) -> None:
         self.stream_factory = stream_factory
         self.guidance_factory = guidance_factory
@@ -512,9 +594,10 @@ class RoomRegistry:
         self._consent = consent  # None: everyone counts as consenting (rooms without a consent record)
         self.rooms: dict[str, Room] = {}
         self._next_seq: dict[tuple[str, str], int] = {}  # (interview, participant) -> seq after the last final
+        self._journaled: dict[tuple[str, str], int] = {}  # the same, for segments a killed process left to store
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
-        self.writer = SegmentWriter(record_segment, metrics, self._persist_failed, record_revision)
+        self.writer = SegmentWriter(record_segment, metrics, self._persist_failed, record_revision, journal)
         # told after every join and leave (the call tells the candidate who is watching)
         self.on_membership: Callable[[Room], None] | None = None
         # told of every protected-topic alert (interview id, alert): the server records it in the audit trail
@@ -523,6 +606,9 @@ class RoomRegistry:
 
     def start(self) -> None:
         self.writer.start()
+        for interview_id, segment in self.writer.replayed:  # not in the store yet: numbering continues after them
+            key = (interview_id, segment.speaker.participant_id)
+            self._journaled[key] = max(self._journaled.get(key, 0), segment.seq + 1)
 
     # ---- membership ----------------------------------------------------------------------------------
     def get(self, interview_id: str, participant_id: str) -> Participant | None:
@@ -607,7 +693,7 @@ class RoomRegistry:
         key = (claims.interview_id, claims.participant_id)
         if key in self._next_seq:  # this process wrote those segments: the store knows no more
             return self._next_seq[key]
-        known = 0
+        known = self._journaled.get(key, 0)
         if self._last_seq is not None:
             try:
                 last = await self._last_seq(claims.interview_id, claims.participant_id)

@@ -51,17 +51,23 @@ def check_model_dir(model_path: str | None) -> str:
     return path
 
 
-def _window_frames(audio_s: float, window_s: float | None) -> int | None:
+MIN_WINDOW_S = 10.0
+
+
+def _window_frames(audio_s: float, window_s: float | None, min_window_s: float = MIN_WINDOW_S) -> int | None:
     """Mel frames to feed the encoder for `audio_s` of audio: None = Whisper's full 30 s window.
 
     Whisper was trained on 30 s windows, so the encoder always sees 3000 mel frames (2/3 of them padding for a
     10 s utterance). The CTranslate2 encoder accepts fewer frames; we round the audio up to a multiple of
-    `window_s` plus one second of padding (the model needs some trailing silence to end the text).
+    `window_s` plus one second of padding (the model needs some trailing silence to end the text), and never
+    below `min_window_s`: in windows of 5-8 s tiny.en repeats a short utterance until the window is full
+    (real 1.1 s and 2.8 s commands: "10 of close. 10 of close. 10 of close", "Go forward 10 meters." four
+    times), in 10 s windows it did not, for +30-45 ms per decode of an utterance under 4 s.
     """
     if window_s is None or window_s >= 30:
         return None
-    seconds = min(30.0, math.ceil((audio_s + 1.0) / window_s) * window_s)
-    return int(seconds * 100)
+    seconds = min(30.0, max(min_window_s, math.ceil((audio_s + 1.0) / window_s) * window_s))
+    return None if seconds >= 30 else int(seconds * 100)
 
 
 # faster-whisper options every decode shares: our segmenter already cut the speech, and the guards' thresholds
@@ -77,7 +83,8 @@ MAX_PREFIX_TOKENS = 200  # faster-whisper cuts a prefix to 223 tokens (from its 
 class LocalWhisper:
     """faster-whisper on CPU (int8). One instance per process, shared by every stream via the scheduler.
 
-    `window_s`: encoder window granularity in seconds (None = always 30 s, as Whisper was trained).
+    `window_s`: encoder window granularity in seconds (None = always 30 s, as Whisper was trained);
+    `min_window_s`: the shortest encoder window (see `_window_frames`).
     `repetition_penalty`: > 1 penalises tokens already in the prompt or the text so far; applied to prompted
     decodes only. The streams prompt with the conversation so far (as whole-file decoding conditions on the
     previous text); without the penalty a prompted decode of a short window tends to echo the prompt or loop
@@ -96,6 +103,7 @@ class LocalWhisper:
         beam_size: int = 5,
         partial_beam_size: int = 1,
         window_s: float | None = 5.0,
+        min_window_s: float = MIN_WINDOW_S,
         language: str = "en",
         repetition_penalty: float = 1.1,
     ) -> None:
@@ -115,6 +123,7 @@ class LocalWhisper:
         self.beam_size = beam_size
         self.partial_beam_size = partial_beam_size
         self.window_s = window_s
+        self.min_window_s = min_window_s
         self.language = language
         self.repetition_penalty = repetition_penalty
         self._local = threading.local()
@@ -149,6 +158,15 @@ class LocalWhisper:
             self._limits()
             self._local.limited = True
         tr = self._decode(x, prompt, partial, penalty)
+        if not partial and tr.reason == "repeated" and self._frames(audio_s) is not None:
+            # the guards kept one copy of a sentence the decoder repeated in the shortened window: decode in
+            # Whisper's full window, as whole-file decoding does (it wrote the sentence once on every such clip)
+            full = self._decode(x, prompt, partial, penalty, full_window=True)
+            log.debug("repeated sentence %r; full-window decode %r", tr.text, full.text)
+            if full.text and not full.hallucination:
+                tr = full
+                tr.reason = tr.reason or "repeated"
+            tr.redecoded = True
         if not partial and tr.text and too_many_words(tr, audio_s):
             # text nobody said (a prompt can lead the decoder into it): decode plainly, or flag it
             plain = self._decode(x, None, partial, 1.0) if prompt else None
@@ -158,7 +176,7 @@ class LocalWhisper:
             else:
                 tr.hallucination = True
             tr.reason = tr.reason or "too_many_words"
-            tr.redecoded = plain is not None
+            tr.redecoded = tr.redecoded or plain is not None
         elif not partial and penalty != 1.0 and cut_short(tr, audio_s):
             # The penalty (or the prompt) can make the decoder end the text early: measured on a 7.5 s turn,
             # "... and I am really" without "proud of how smooth it feels". Decode again plainly and keep
@@ -198,7 +216,7 @@ class LocalWhisper:
         if n_prefix >= MAX_PREFIX_TOKENS:  # faster-whisper would cut it and the split would fail: no revision
             return Transcript(text="", reason="context_too_long", audio_s=audio_s)
         both = np.concatenate([c, x, a]) if c.size or a.size else x
-        self._local.frames = _window_frames(both.size / SAMPLE_RATE, self.window_s)
+        self._local.frames = self._frames(both.size / SAMPLE_RATE)
         try:
             segments, info = self._whisper.transcribe(
                 both,
@@ -250,9 +268,13 @@ class LocalWhisper:
         tr.decode_s = time.perf_counter() - t0
         return tr
 
-    def _decode(self, x: np.ndarray, prompt: str | None, partial: bool, repetition_penalty: float) -> Transcript:
+    def _frames(self, audio_s: float) -> int | None:
+        return _window_frames(audio_s, self.window_s, self.min_window_s)
+
+    def _decode(self, x: np.ndarray, prompt: str | None, partial: bool, repetition_penalty: float, *,
+                full_window: bool = False) -> Transcript:
         audio_s = x.size / SAMPLE_RATE
-        self._local.frames = _window_frames(audio_s, self.window_s)
+        self._local.frames = None if full_window else self._frames(audio_s)
         try:
             segments, info = self._whisper.transcribe(
                 x,

@@ -132,8 +132,11 @@ async def run(
     # revisions wait for spare capacity in real time (live finals first); a file is not live: whenever a worker is free
     scheduler = SttScheduler(stt, workers=args.workers, revision_max_load=0.4 if args.realtime else math.inf)
     skills = tuple(s.strip() for s in args.skills.split(",") if s.strip())
+    # not in real time, the file is fed in stream order (`settle()` after each chunk) and a revision waits for the
+    # next turn however long its decode takes: the transcript does not depend on the machine's speed or load
     cfg = StreamConfig(vad=args.vad, partial_interval_s=args.partial_interval, skills=skills,
                        prompt_previous=args.prompt, revise=args.revise, crosstalk_guard=args.crosstalk_guard,
+                       revise_wait_s=StreamConfig.revise_wait_s if args.realtime else None,
                        emit_levels_every_s=0.1 if args.levels else 0.0)  # fmt: skip
     t_start = time.perf_counter()
     clock = (lambda: time.perf_counter() - t_start) if args.realtime else None
@@ -163,6 +166,8 @@ async def run(
             await asyncio.sleep(max(0.0, delay))
         else:
             await asyncio.sleep(0)  # let finished decodes be emitted while feeding
+            for s in streams:
+                await s.settle()
         if i % int(10 / FRAME_S) == 0 and i:
             lag = max(s.lag_s for s in streams)
             log.info("fed %.0f/%.0f s, lag %.1f s, stt queue %d", i * frame / audio.rate, audio.duration_s, lag,
@@ -170,7 +175,8 @@ async def run(
     for s in streams:
         await s.aclose(drain=True)
     await scheduler.aclose()
-    log.info("done in %.1f s: %s; scheduler %s", time.perf_counter() - t_start, counts, scheduler.metrics())
+    log.info("done in %.1f s: %s; scheduler %s; streams %s", time.perf_counter() - t_start, counts,
+             scheduler.metrics(), [s.stats for s in streams])  # fmt: skip
     return 0
 
 

@@ -1,8 +1,8 @@
 """The guards: what a decode's text and statistics say about whether anyone said it.
 
 Every engine's transcript goes through `apply_guards`, which turns Whisper's decode statistics into "no text"
-(silence, noise) or `hallucination=True` (repetition loops, low-confidence stock phrases), so nothing invented
-reaches the analysers. The other checks are for the stream and the engines: `trim_after_speech` (an invented
+(silence, noise) or `hallucination=True` (repetition loops, low-confidence stock phrases), and keeps one copy of a
+sentence repeated beyond what the audio holds (`collapse_repeats`), so nothing invented reaches the analysers. The other checks are for the stream and the engines: `trim_after_speech` (an invented
 closing phrase in the trailing silence), `cut_short` (the words stop well before the audio does),
 `too_many_words` (more words than anyone says in the audio), `after_prefix` (where a decode forced to continue
 the conversation's text starts on the utterance's own words) and `word_confidence`.
@@ -39,6 +39,12 @@ LONGEST_WORD_S = 1.5  # no spoken word lasts this long; an aligned "word" that d
 # see you next time."
 MAX_WORDS_PER_S = 5.0
 MAX_WORDS_SLACK = 3
+# A sentence the decoder repeats back to back is only believed when the audio has room for every copy: each
+# repeated word needs at least this long (fast speech is ~6 words/s). Seen on real 1-3 s commands decoded in a
+# shortened window: "Go forward 10 meters. Go forward 10 meters. Go forward 10 meters. Go forward 10", the
+# aligner squeezing the copies after the first into 1.74-2.76 s.
+MIN_REPEAT_WORD_S = 0.15
+MAX_REPEAT_WORDS = 30  # longest sentence looked for as a repeat
 # A whole transcript this unlikely is noise decoded into words.
 MIN_AVG_LOGPROB = -1.2
 MIN_WORD_PROBABILITY = 0.3
@@ -88,6 +94,61 @@ def repetition_loop(text: str, *, min_repeats: int = 4, max_ngram: int = 6) -> b
                 if run >= min_repeats:
                     return True
     return False
+
+
+def collapse_repeats(t: Transcript) -> Transcript:
+    """Keep one copy of a sentence (>= 2 words) the decoder repeated back to back beyond what the audio allows.
+
+    The copies after the first are dropped (with a cut-off copy at the end) when their words have less than
+    `MIN_REPEAT_WORD_S` each between the first copy's end and the last copy's end (word timings), or, without
+    word timings, when the transcript has more than `MAX_WORDS_PER_S` words per second of `t.audio_s`. A sentence
+    really said twice has its own time and is kept. Mutates and returns `t`; `reason` becomes "repeated".
+    """
+    tokens = [w.word for w in t.words] if t.words else t.text.split()
+    norm = [normalise(tok) for tok in tokens]
+    timed = bool(t.words)
+    if not timed and (t.audio_s <= 0 or len(tokens) <= MAX_WORDS_PER_S * t.audio_s):
+        return t
+    keep = list(range(len(tokens)))
+    i = 0
+    while i < len(keep):
+        words = [norm[k] for k in keep]
+        found = None
+        for n in range(2, min(MAX_REPEAT_WORDS, (len(words) - i) // 2) + 1):
+            if words[i : i + n] == words[i + n : i + 2 * n]:
+                found = n
+                break
+        if found is None:
+            i += 1
+            continue
+        n = found
+        end = i + 2 * n
+        while words[end : end + n] == words[i : i + n]:
+            end += n
+        tail = len(words) - end  # a copy the decoder was stopped in (the token limit) is a copy too
+        if 0 < tail < n and words[end:] == words[i : i + tail]:
+            end = len(words)
+        extra = end - (i + n)
+        if timed:
+            room = t.words[keep[end - 1]].end_s - t.words[keep[i + n - 1]].end_s
+            beyond = room < extra * MIN_REPEAT_WORD_S
+        else:
+            beyond = True  # already more words than the audio holds
+        if not beyond:
+            i += 1
+            continue
+        del keep[i + n : end]
+        t.reason = t.reason or "repeated"
+        i += n
+    if len(keep) == len(tokens):
+        return t
+    if timed:
+        t.words = [t.words[k] for k in keep]
+        t.text = " ".join(w.word for w in t.words)
+    else:
+        t.text = " ".join(tokens[k] for k in keep)
+    t.compression_ratio = compression_ratio(t.text)
+    return t
 
 
 _PUNCT_TAIL_RE = re.compile(r"(?:\s*[.,!?…-]){2,}\s*$")
@@ -147,6 +208,7 @@ def apply_guards(t: Transcript) -> Transcript:
     if t.avg_logprob < MIN_AVG_LOGPROB or (words_p and mean_p < MIN_WORD_PROBABILITY):
         t.text, t.words, t.reason = "", [], "low_confidence"
         return t
+    collapse_repeats(t)
     if t.compression_ratio > COMPRESSION_RATIO_THRESHOLD or repetition_loop(t.text):
         t.hallucination, t.reason = True, "repetition"
     elif normalise(t.text) in STOCK_PHRASES and (t.no_speech_prob > 0.3 or mean_p < 0.6):
@@ -169,6 +231,41 @@ def word_confidence(t: Transcript) -> float:
     if not t.words:
         return 0.0
     return math.exp(sum(math.log(max(w.probability, 1e-6)) for w in t.words) / len(t.words))
+
+
+_DIGIT_WORDS = {
+    "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
+    "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12", "thirteen": "13", "fourteen": "14",
+    "fifteen": "15", "sixteen": "16", "seventeen": "17", "eighteen": "18", "nineteen": "19", "twenty": "20",
+    "thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "seventy": "70", "eighty": "80", "ninety": "90",
+}  # fmt: skip
+_NUMBER_WORDS = {"hundred", "thousand", "million", "double", "triple", "point"}
+_ZERO_WORDS = {"oh", "o"}  # zero when spoken among digits ("nine oh two")
+
+
+def spoken_digits(text: str) -> tuple[str, float]:
+    """The digits `text` says, in order, numerals and number words alike ("nine oh two 1" -> "9021"), and the share
+    of its words that are numbers. "oh" counts as 0 next to another number; "twenty one" gives "201" where a
+    decoder writes "21": the digits compare two transcripts of the same audio, and a mismatch only means "not sure"."""
+    words = normalise(text).replace("'", " ").split()
+    if not words:
+        return "", 0.0
+
+    def number(i: int) -> bool:
+        return 0 <= i < len(words) and (words[i].isdigit() or words[i] in _DIGIT_WORDS)
+
+    digits, numeric = [], 0
+    for i, w in enumerate(words):
+        if w.isdigit():
+            digits.append(w)
+        elif w in _DIGIT_WORDS:
+            digits.append(_DIGIT_WORDS[w])
+        elif w in _ZERO_WORDS and (number(i - 1) or number(i + 1)):
+            digits.append("0")
+        elif w not in _NUMBER_WORDS:
+            continue
+        numeric += 1
+    return "".join(digits), numeric / len(words)
 
 
 def too_many_words(t: Transcript, audio_s: float) -> bool:

@@ -17,7 +17,8 @@ Contract with the consumer (`emit`, a sync callback run on the event loop):
 * finals of one stream are emitted in seq order;
 * segments flagged as hallucinations are emitted (marked) but never reach the analysers;
 * a `segment.revised` (same seq, after its final) replaces that final's text when a decode with the conversation
-  around it is different and no less probable; at most one such per final; never for a hallucination-flagged
+  around it is different and no less probable (for short utterances and numbers: clearly more probable, and the
+  same digits); at most one such per final; never for a hallucination-flagged
   final nor for one marked `crosstalk`;
 * cross-talk: a final that repeats the words of another stream's overlapping, louder final (this microphone heard
   the other participant) is emitted with `crosstalk=True` and never reaches the analysers, the prompt or a
@@ -58,6 +59,7 @@ from pipeline.guards import (
     cut_short,
     normalise,
     speech_level_db,
+    spoken_digits,
     trim_after_speech,
     word_confidence,
     words_of,
@@ -103,13 +105,22 @@ class StreamConfig:
     # `segment.revised` when the text changes; runs only on spare speech-to-text capacity
     revise: bool = True
     revise_context_s: float = 25.0
-    # a revision also hears the conversation's next turn (decoded, then dropped): it waits this long for it
-    revise_wait_s: float = 8.0
+    # a revision also hears the conversation's next turn (decoded, then dropped): it waits this long for it (wall
+    # clock; None: until the next turn or the end of the stream, for a file fed with `settle()`)
+    revise_wait_s: float | None = 8.0
     # the context is forced on the decoder: it stops at a final less confident than this (a looser bar than the
     # prompt's: the context's audio is heard too, and a wrong word there costs less than no context)
     revise_min_confidence: float = 0.4
     # a revision replaces the final only if its words are at least this much more probable (geometric mean)
     revise_min_gain: float = 0.0
+    # ... and for a short utterance (at most `revise_strict_max_words` words) or one mostly of numbers (at least
+    # `revise_strict_number_share` of its words, live or revised), only if they are `revise_strict_min_gain` more
+    # probable and say the same digits: the context is text and speech around the utterance, which cannot tell
+    # which digits were said (a revision of spoken digits inserted a "0" and dropped an "oh"), and a short
+    # utterance is mostly context in the revision's window
+    revise_strict_max_words: int = 3
+    revise_strict_number_share: float = 0.5
+    revise_strict_min_gain: float = 0.1
     # a final gets no revision while this many of its conversation's are still pending (the CPU is behind)
     revise_max_pending: int = 8
     # aclose(drain=True) waits for the stream's revisions (a file's transcript); False: they are cancelled (a
@@ -173,7 +184,7 @@ class ParticipantStream:
         # share a Conversation, every participant's (a candidate's answer decodes with the question before it)
         self.conversation = conversation or Conversation(cfg.prompt_max_chars,
                                                          prompt_min_confidence=cfg.prompt_min_confidence)
-        self._revisions: set[asyncio.Task[None]] = set()
+        self._revisions: dict[asyncio.Task[None], _Turn] = {}  # running or waiting, with the turn they revise
         # stream time (s) -> the conversation's time axis, which the cross-talk guard compares finals on (None:
         # no longer known). The streams of a file share their time; a room's owner maps each to arrival time.
         self.conversation_time: Callable[[float], float | None] = _same_time
@@ -182,7 +193,7 @@ class ParticipantStream:
             "utterances": 0, "finals": 0, "partials": 0, "partials_shed": 0, "noise_utterances": 0,
             "hallucinations": 0, "errors": 0, "speculative_used": 0, "speculative_wasted": 0,
             "revisions": 0, "revisions_unchanged": 0, "revisions_rejected": 0, "revisions_dropped": 0,
-            "revisions_failed": 0, "crosstalk": 0, "crosstalk_corrected": 0,
+            "revisions_failed": 0, "revisions_unfollowed": 0, "crosstalk": 0, "crosstalk_corrected": 0,
         }  # fmt: skip
 
     # ------------------------------------------------------------------------------------------ properties
@@ -219,6 +230,17 @@ class ParticipantStream:
         self._show_speculation()
         self._maybe_speculate()
         self._maybe_partial()
+
+    async def settle(self) -> None:
+        """Wait until every utterance closed so far has its outcome and every revision that can run has run (left:
+        revisions waiting for a next turn). A file is fed faster than real time; settling after each push makes
+        what each decode is prompted with (the finals before it, revised or not) and what each revision hears after
+        it depend on the stream position only, not on how fast the machine decodes."""
+        while True:
+            busy = [*self._finals, *(t for t, turn in self._revisions.items() if turn.followed.is_set())]
+            if not busy:
+                return
+            await asyncio.wait(busy)
 
     async def aclose(self, drain: bool = True) -> None:
         """End of stream: close the open utterance; with `drain`, wait until every final is out."""
@@ -494,7 +516,7 @@ class ParticipantStream:
             )
             self.conversation.last_revision = task
             self.conversation.revisions_pending += 1
-            self._revisions.add(task)
+            self._revisions[task] = turn
             task.add_done_callback(self._revision_done)
 
     def _prompt(self) -> str | None:
@@ -531,7 +553,7 @@ class ParticipantStream:
         self._emit(KeywordsEvent(self.speaker, self.keywords.top(self.config.top_keywords), sent.seq))
 
     def _revision_done(self, task: asyncio.Task[None]) -> None:
-        self._revisions.discard(task)
+        self._revisions.pop(task, None)
         self.conversation.revisions_pending -= 1
         if not task.cancelled() and task.exception() is not None:
             log.error("revision failed", exc_info=task.exception())
@@ -544,8 +566,10 @@ class ParticipantStream:
         changed. Revisions of one conversation run in order, so each one's context holds the revised text of the
         ones before. Best effort: dropped under load, and a failure leaves the final as it was."""
         if turn.next is None:  # what was said next helps as much as what was said before
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(turn.followed.wait(), self.config.revise_wait_s)
+            except TimeoutError:
+                self.stats["revisions_unfollowed"] += 1
         if previous is not None:
             await _wait_quietly(previous)
         context, context_text = self.conversation.context_before(turn, self.config.revise_context_s,
@@ -580,7 +604,16 @@ class ParticipantStream:
             self.stats["revisions_unchanged"] += 1
             return
         confidence = word_confidence(tr)
-        if confidence < turn.word_confidence + self.config.revise_min_gain:
+        cfg = self.config
+        (live_digits, live_share), (new_digits, new_share) = spoken_digits(turn.text), spoken_digits(tr.text)
+        if (len(turn.text.split()) <= cfg.revise_strict_max_words
+                or max(live_share, new_share) >= cfg.revise_strict_number_share):
+            if confidence < turn.word_confidence + cfg.revise_strict_min_gain or new_digits != live_digits:
+                log.debug("revision of short or numeric %d not clearly better (%.3f vs %.3f, digits %r vs %r): %r",
+                          seq, confidence, turn.word_confidence, new_digits, live_digits, tr.text)  # fmt: skip
+                self.stats["revisions_rejected"] += 1
+                return
+        if confidence < turn.word_confidence + cfg.revise_min_gain:
             # the decoder is less sure of the revised words than of the live ones: keep the final. Measured on 8
             # dialogues (20 revisions): taking every revision made 6 utterances worse; this rule, 4 (for 12 better)
             log.debug("revision of %d less confident (%.3f < %.3f): %r", seq, confidence, turn.word_confidence,

@@ -6,6 +6,8 @@ with the shared generator (`../shared/tools/make_dialogues.py`, espeak-ng: inter
 `en-gb+f3`, the same voices and pauses as the shared ones) into a cache directory, once per version of their text.
 
     python -m testing.dialogues [--out DIR]     # make them (prints the directory)
+
+`DIGITS` is a second set, of spoken digit strings and short answers (`digit_dialogue_set`), for revisions.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from typing import Any
 from testing.data import SHARED_DATA, SHARED_DIALOGUES
 
 # name -> (topic keywords, turns of (speaker, text, sentiment label))
-EXTRA: dict[str, tuple[list[str], list[tuple[str, str, str]]]] = {
+Dialogues = dict[str, tuple[list[str], list[tuple[str, str, str]]]]
+
+EXTRA: Dialogues = {
     "backend_scaling": (["postgres", "latency", "cache", "replica", "migration"], [
         ("interviewer", "Tell me about the largest system you have scaled.", "neutral"),
         ("candidate", "I led the move of our order service from one Postgres instance to a primary with three read "
@@ -92,6 +96,36 @@ EXTRA: dict[str, tuple[list[str], list[tuple[str, str, str]]]] = {
     ]),
 }  # fmt: skip
 
+# Spoken digit strings and short answers, where a revision's extra context can insert or drop a digit: a real
+# recording of "one zero zero zero one, nine oh two one oh, zero one eight zero three" got a revision with an
+# extra "0" and without an "oh".
+DIGITS: Dialogues = {
+    "reference_numbers": (["reference", "number", "office", "extension"], [
+        ("interviewer", "Could you read me the reference number on your application?", "neutral"),
+        ("candidate", "One zero zero zero one, nine oh two one oh, zero one eight zero three.", "neutral"),
+        ("interviewer", "And the extension of your current office?", "neutral"),
+        ("candidate", "Four four seven, two nine one.", "neutral"),
+        ("interviewer", "How many years have you worked there?", "neutral"),
+        ("candidate", "Twelve.", "neutral"),
+    ]),
+    "phone_and_dates": (["phone", "start", "notice", "team"], [
+        ("interviewer", "Which phone number should we call you on?", "neutral"),
+        ("candidate", "Zero seven seven zero, nine oh oh, one two three four.", "neutral"),
+        ("interviewer", "How many weeks of notice do you have?", "neutral"),
+        ("candidate", "Eight.", "neutral"),
+        ("interviewer", "How large is your team?", "neutral"),
+        ("candidate", "Five engineers and two testers.", "neutral"),
+    ]),
+    "codes_and_counts": (["code", "servers", "regions", "releases"], [
+        ("interviewer", "What was the incident code you mentioned?", "neutral"),
+        ("candidate", "Three one four one five nine two six.", "neutral"),
+        ("interviewer", "How many servers did you run?", "neutral"),
+        ("candidate", "About two hundred and forty, in six regions.", "neutral"),
+        ("interviewer", "And releases per week?", "neutral"),
+        ("candidate", "Two or three.", "neutral"),
+    ]),
+}  # fmt: skip
+
 
 def generator() -> Path:
     """The shared dialogue generator script (fails loudly when it or espeak-ng is missing)."""
@@ -103,24 +137,25 @@ def generator() -> Path:
     return path
 
 
-def _version() -> str:
-    return hashlib.sha256(json.dumps(EXTRA, sort_keys=True).encode()).hexdigest()[:12]
+def _version(dialogues: Dialogues) -> str:
+    return hashlib.sha256(json.dumps(dialogues, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def default_cache() -> Path:
+def default_cache(dialogues: Dialogues = EXTRA) -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "interview-worker" / f"dialogues-{_version()}"
+    return base / "interview-worker" / f"dialogues-{_version(dialogues)}"
 
 
-def make_extra(out: Path | None = None) -> Path:
-    """Synthesize the extra dialogues into `out` (default: a per-version cache) unless already there."""
-    out = out or default_cache()
-    if all((out / f"{name}.json").is_file() for name in EXTRA):
+def make_extra(out: Path | None = None, dialogues: Dialogues = EXTRA) -> Path:
+    """Synthesize `dialogues` (default: the extra ones) into `out` (default: a per-version cache) unless already
+    there."""
+    out = out or default_cache(dialogues)
+    if all((out / f"{name}.json").is_file() for name in dialogues):
         return out
     make: dict[str, Any] = runpy.run_path(str(generator()), run_name="make_dialogues")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".dialogues-", dir=out.parent))
-    for k, (name, (keywords, turns)) in enumerate(EXTRA.items()):
+    for k, (name, (keywords, turns)) in enumerate(dialogues.items()):
         make["build"](name, {"keywords": keywords, "turns": turns}, str(tmp), None, seed=10 + k)
     if out.exists():
         shutil.rmtree(out)
@@ -134,6 +169,12 @@ def dialogue_set(out: Path | None = None) -> list[tuple[str, Path]]:
     Each directory holds `<name>.wav` (mono mix), `<name>.stereo.wav` and `<name>.json` (ground truth)."""
     extra = make_extra(out)
     return [(name, SHARED_DATA) for name in SHARED_DIALOGUES] + [(name, extra) for name in EXTRA]
+
+
+def digit_dialogue_set(out: Path | None = None) -> list[tuple[str, Path]]:
+    """(name, directory) of the dialogues of spoken digit strings and short answers (`DIGITS`), made if needed."""
+    folder = make_extra(out, DIGITS)
+    return [(name, folder) for name in DIGITS]
 
 
 def main() -> None:

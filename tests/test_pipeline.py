@@ -481,6 +481,76 @@ async def test_a_revision_that_is_no_better_changes_nothing(case: str) -> None:
     assert [e.type for e in events] == ["segment.final", "sentiment", "keywords"] * 3
 
 
+class TextRevisingStt(RevisingStt):
+    """RevisingStt with given texts: every final says `final`, every revision `revised`."""
+
+    def __init__(self, final: str, revised: str, final_p: float, revised_p: float) -> None:
+        super().__init__(final_p=final_p, revised_p=revised_p)
+        self.final, self.revised = final, revised
+
+    def transcribe(self, audio: np.ndarray, *, prompt: str | None = None) -> Transcript:
+        tr = super().transcribe(audio, prompt=prompt)
+        tr.text = self.final
+        tr.words = [Word(w, 0.1 * i, 0.1 * i + 0.1, self.final_p) for i, w in enumerate(self.final.split())]
+        return tr
+
+    def revise(self, audio: np.ndarray, *, context: np.ndarray, context_text: str,
+               after: np.ndarray | None = None) -> Transcript:
+        tr = super().revise(audio, context=context, context_text=context_text, after=after)
+        step = (tr.audio_s - 0.8) / len(self.revised.split())
+        tr.text = self.revised
+        tr.words = [Word(w, 0.3 + step * i, 0.3 + step * (i + 1), self.revised_p)
+                    for i, w in enumerate(self.revised.split())]  # fmt: skip
+        return tr
+
+
+@pytest.mark.parametrize(("final", "revised", "revised_p", "accepted"), [
+    # spoken digits: the context cannot tell which digits were said, however sure the decoder is
+    ("1-0-0-0-1, 9 oh 2 1 oh", "1-0-0-0-0-1, 9-2-1-0", 0.95, False),
+    ("one zero zero zero one", "1 0 0 0 1.", 0.95, True),  # the same digits, written as digits
+    ("one zero zero zero one", "1 0 0 0 1.", 0.65, False),  # ... but not clearly more probable
+    ("Sounds good.", "Sounds great.", 0.65, False),  # short: clearly more probable or nothing
+    ("Sounds good.", "Sounds great.", 0.9, True),
+    ("We moved the service to three regions last year", "We moved the service to three regions last spring", 0.65,
+     True),  # a sentence: no less probable is enough
+])  # fmt: skip
+async def test_revisions_of_numbers_and_short_utterances_need_clearly_better_and_the_same_digits(
+    final: str, revised: str, revised_p: float, accepted: bool
+) -> None:
+    stt = TextRevisingStt(final, revised, final_p=0.6, revised_p=revised_p)
+    events = await _run_scripted(stt, _tone_bursts(16000, 3), 16000, partial_interval_s=0, speculative_final=False)
+    assert len(stt.revisions) == 2
+    assert [e.text for e in events if isinstance(e, SegmentEvent) and e.revision] == [revised] * 2 * accepted
+
+
+@pytest.mark.slow
+async def test_revisions_of_spoken_digits_are_never_worse_than_the_live_final(whisper: LocalWhisper) -> None:
+    """Dialogues of digit strings and short answers (espeak-ng), each participant's channel its own stream: every
+    revision is at least as close to what was said as the final it replaces (WER with every digit a word)."""
+    from testing.dialogues import digit_dialogue_set
+
+    def digit_words(text: str) -> str:
+        return " ".join(" ".join(w) if w.isdigit() else w for w in normalize(text).split())
+
+    revised = 0
+    for name, folder in digit_dialogue_set():
+        turns = json.loads((folder / f"{name}.json").read_text())["turns"]
+        events = await transcribe(folder / f"{name}.stereo.wav", whisper, "--channels-as-speakers")
+        check_stream_invariants(events)
+        live = {(e["speaker"]["role"], e["seq"]): e for e in events if e["type"] == "segment.final" and e["text"]}
+        for e in events:
+            if e["type"] != "segment.revised":
+                continue
+            final = live[(e["speaker"]["role"], e["seq"])]
+            said = max((t for t in turns if t["speaker"] == e["speaker"]["role"]),
+                       key=lambda t: min(t["end_s"], e["end_s"]) - max(t["start_s"], e["start_s"]))["text"]
+            before, after = wer(digit_words(said), digit_words(final["text"])), wer(digit_words(said),
+                                                                                   digit_words(e["text"]))
+            assert after <= before, (name, said, final["text"], e["text"])
+            revised += 1
+    print(f"{revised} revisions, none worse than its final")
+
+
 async def test_speculation_starts_on_raw_silence_and_decodes_what_the_final_holds() -> None:
     pcm = _tone_bursts(16000, 3)
     plain, spec = RecordingStt(), RecordingStt()

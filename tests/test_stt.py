@@ -17,6 +17,7 @@ from pipeline.audio_file import read_audio
 from pipeline.guards import (
     after_prefix,
     apply_guards,
+    collapse_repeats,
     cut_short,
     repetition_loop,
     too_many_words,
@@ -111,6 +112,29 @@ def test_guards() -> None:
     assert not sure.hallucination
     dots = apply_guards(_t("our audits became. . . . . . . ."))
     assert dots.text == "our audits became." and not dots.hallucination
+
+
+def test_a_sentence_repeated_beyond_what_the_audio_holds_is_kept_once() -> None:
+    # what tiny.en gave for the real 2.8 s "go forward ten meters" in a 5 s window: the copies after the first
+    # squeezed into 1.74-2.76 s, the last one cut off by the token limit
+    spans = [(0.0, 0.84), (0.84, 1.14), (1.14, 1.64), (1.64, 1.74), (1.74, 1.74), (1.74, 1.74), (1.74, 1.74),
+             (1.74, 1.94), (1.94, 1.94), (1.94, 1.94), (1.94, 1.94), (1.94, 1.94), (2.76, 2.76), (2.76, 2.76),
+             (2.76, 2.76)]  # fmt: skip
+    said = "Go forward 10 meters. " * 3 + "Go forward 10"
+    words = [Word(w, a, b, 0.9) for w, (a, b) in zip(said.split(), spans, strict=True)]
+    tr = apply_guards(_t(said, words=words, audio_s=2.79, compression_ratio=2.39))
+    assert tr.text == "Go forward 10 meters." and len(tr.words) == 4 and tr.reason == "repeated"
+    assert not tr.hallucination
+    # without word times (partials): more words than the audio holds
+    assert collapse_repeats(_t("10 of close. 10 of close. 10 of close", audio_s=1.1)).text == "10 of close."
+    # said twice, with the time it takes: kept
+    twice = [Word("Go", 0.0, 0.3, 0.9), Word("forward.", 0.3, 0.7, 0.9), Word("Go", 1.0, 1.3, 0.9),
+             Word("forward.", 1.3, 1.7, 0.9)]  # fmt: skip
+    assert collapse_repeats(_t("Go forward. Go forward.", words=twice, audio_s=2.3)).text == "Go forward. Go forward."
+    assert collapse_repeats(_t("yes yes, I think so, I think so", audio_s=3.0)).reason == ""
+    # the sentence in the middle of other words
+    tail = _t("well ok fine ok fine ok fine then", audio_s=1.0)
+    assert collapse_repeats(tail).text == "well ok fine then"
 
 
 def test_trim_invented_tail_after_speech() -> None:
