@@ -255,11 +255,20 @@ class WhipIngest:
                               pc=RTCPeerConnection(RTCConfiguration(iceServers=self.ice_servers)))
         try:
             answer = await self._negotiate(session, sdp)
+            self._check_alive(session)
             participant, replaced = await self.registry.join(claims, session.id)
         except BaseException:
             await session.pc.close()
             raise
         session.participant = participant
+        if session.closed:
+            # The connection failed while the participant was being added (`_on_state` closed the session before
+            # it had a participant): undo the join, so nobody stays "present" on a connection that is gone.
+            if replaced is not None and replaced in self.sessions:
+                self.registry.restore(participant, session.id, replaced)
+            else:
+                await self.registry.leave(participant, session.id)
+            self._check_alive(session)
         self.sessions[session.id] = session
         self.metrics.joins.labels(role=claims.role).inc()
         for track in session.audio_tracks:
@@ -271,6 +280,12 @@ class WhipIngest:
                  "resumed" if replaced else "joined", claims.participant_id, claims.role, interview_id)
         return Response(answer, status_code=201, media_type="application/sdp",
                         headers={"Location": session.location, "ETag": f'"{session.id}"'})
+
+    @staticmethod
+    def _check_alive(session: WhipSession) -> None:
+        if session.closed:
+            raise HttpError(400, "connection_failed", "the peer connection failed while joining: none of the "
+                            "offer's ICE candidates could be reached (this server connects over UDP only)")
 
     # ---- negotiation ---------------------------------------------------------------------------------
     async def _negotiate(self, session: WhipSession, offer: str) -> str:
