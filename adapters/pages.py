@@ -1,9 +1,10 @@
 """The browser pages and the health endpoints of the service.
 
 Pages: `/` (the index), `/candidate` and `/interviewer` (the join link opens one of them with `?token=`), and their
-assets under `/static`. Nothing on a page comes from anywhere else, and since the join token is in the page's URL
-it is never sent on as a referrer (`PAGE_HEADERS`). A link whose token is valid but for the other page's role is
-refused (403 `wrong_page`); an invalid or expired token is not: the page itself tells the user so.
+assets under `/static` (never the pages themselves: `StaticAssets`). Nothing on a page comes from anywhere else,
+and since the join token is in the page's URL it is never sent on as a referrer (`PAGE_HEADERS`). A link whose
+token is valid but for the other page's role is refused (403 `wrong_page`); an invalid or expired token is not:
+the page itself tells the user so.
 
 Health: `/healthz` (the process answers), `/readyz` (200 or 503 with the checks of the readiness callable),
 `/metrics` (Prometheus text).
@@ -11,10 +12,12 @@ Health: `/healthz` (the process answers), `/readyz` (200 or 503 with the checks 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -36,6 +39,23 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
 }
+
+# Assets under /static carry the same policy; they may be cached, but revalidated (ETag) so a new version shows.
+STATIC_HEADERS = {**PAGE_HEADERS, "Cache-Control": "no-cache"}
+
+
+class StaticAssets(StaticFiles):
+    """The pages' assets. HTML is served only by the page routes, which add the role check and the page headers:
+    a copy under /static would bypass both (and `frame-ancestors`), so it is not found here."""
+
+    def file_response(self, full_path: Any, stat_result: os.stat_result, scope: Any,
+                      status_code: int = 200) -> Response:
+        if str(full_path).lower().endswith((".html", ".htm")):
+            raise HTTPException(404, "pages are served at /, /candidate and /interviewer")
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        response.headers.update(STATIC_HEADERS)
+        return response
+
 
 # The claims of a join token this service issued; raises InvalidToken otherwise.
 VerifyToken = Callable[[str], JoinClaims]
@@ -66,7 +86,7 @@ def page_routes(verify: VerifyToken, static_dir: Path = STATIC_DIR) -> list[Base
         Route("/", page("index.html", ())),
         Route("/candidate", page("candidate.html", ("candidate",))),
         Route("/interviewer", page("interviewer.html", ("interviewer", "observer"))),
-        Mount("/static", app=StaticFiles(directory=static_dir, check_dir=False), name="static"),
+        Mount("/static", app=StaticAssets(directory=static_dir, check_dir=False), name="static"),
     ]
 
 

@@ -67,3 +67,27 @@ async def test_a_connection_that_fails_while_joining_leaves_no_ghost(live: LiveS
         assert await live.metric("interview_rooms_active") == 0
     finally:
         await pc.close()
+
+
+async def test_pages_are_served_only_by_their_guarded_routes(live: LiveServer) -> None:
+    iid = await live.create_interview()
+    candidate = (await live.token(iid, "candidate", "Cat"))["token"]
+    async with httpx.AsyncClient(base_url=live.url) as anon:
+        for path in ("/static/candidate.html", "/static/interviewer.html", "/static/index.html",
+                     f"/static/interviewer.html?token={candidate}", "/static/./interviewer.html",
+                     "/static/x/../candidate.html", "/static/%63andidate.html"):
+            r = await anon.get(path)
+            assert r.status_code == 404, (path, r.status_code)
+            assert "<html" not in r.text.lower(), path
+        # The guarded route still refuses the candidate's token on the interviewer page.
+        assert (await anon.get(f"/interviewer?token={candidate}")).status_code == 403
+        # Every asset carries the security headers the pages do (CSP with frame-ancestors, nosniff, no referrer).
+        for path in ("/static/call.js", "/static/app.css", "/static/whip.js"):
+            r = await anon.get(path)
+            assert r.status_code == 200, path
+            assert "frame-ancestors 'none'" in r.headers["content-security-policy"], path
+            assert r.headers["x-content-type-options"] == "nosniff"
+            assert r.headers["referrer-policy"] == "no-referrer"
+            revalidated = await anon.get(path, headers={"If-None-Match": r.headers["etag"]})
+            assert revalidated.status_code == 304
+            assert "frame-ancestors 'none'" in revalidated.headers["content-security-policy"]
