@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -61,12 +63,76 @@ _SUPPORTED_RATES = (8000, 16000, 24000, 32000, 44100, 48000)
 InterviewStatus = Callable[[str], Awaitable[str | None]]
 
 
+# RFC 8839 section 5.1: candidate-attribute grammar (foundation is 1-32 ice-chars, component-id 1-256, priority
+# 1*10DIGIT; ports are 16-bit), plus the mDNS host names of draft-ietf-mmusic-mdns-ice-candidates (aioice's pattern).
+_FOUNDATION = re.compile(r"[A-Za-z0-9+/]{1,32}")
+_DIGITS = re.compile(r"[0-9]{1,10}")
+_MDNS_NAME = re.compile(r"[A-Za-z0-9-]{1,63}\.local")
+_EXTENSION_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
+_CANDIDATE_TYPES = ("host", "srflx", "prflx", "relay")
+_TCP_TYPES = ("active", "passive", "so")
+
+
+def _number(value: str, what: str, low: int, high: int) -> int:
+    if not _DIGITS.fullmatch(value) or not low <= int(value) <= high:
+        raise ValueError(f"{what} {value[:40]!r} is not a number from {low} to {high}")
+    return int(value)
+
+
+def _address(value: str, what: str) -> None:
+    if _MDNS_NAME.fullmatch(value):
+        return
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{what} {value[:60]!r} is neither an IP address nor an mDNS .local name") from None
+
+
+def check_candidate(value: str) -> None:
+    """Validates one `a=candidate:` value (RFC 8839); raises ValueError naming what is wrong. aiortc and aioice
+    trust these fields: a port above 65535 or a host name that is no address fails later, inside aioice's tasks."""
+    bits = value.split()
+    if len(bits) < 8:
+        raise ValueError("expected <foundation> <component> <transport> <priority> <address> <port> typ <type>")
+    foundation, component, transport, priority, address, port, typ, kind, *extensions = bits
+    if not _FOUNDATION.fullmatch(foundation):
+        raise ValueError(f"foundation {foundation[:40]!r} is not 1-32 letters, digits, + or /")
+    _number(component, "component", 1, 256)
+    if transport.lower() not in ("udp", "tcp"):
+        raise ValueError(f"transport {transport[:40]!r} is neither udp nor tcp")
+    _number(priority, "priority", 0, 2**32 - 1)
+    _address(address, "address")
+    _number(port, "port", 0, 65535)
+    if typ != "typ" or kind not in _CANDIDATE_TYPES:
+        raise ValueError(f"expected typ host|srflx|prflx|relay, got {typ[:20]!r} {kind[:20]!r}")
+    if len(extensions) % 2:
+        raise ValueError(f"extension {extensions[-1][:40]!r} has no value")
+    for name, ext in zip(extensions[::2], extensions[1::2], strict=True):
+        if name == "raddr":
+            _address(ext, "raddr")
+        elif name == "rport":
+            _number(ext, "rport", 0, 65535)
+        elif name == "tcptype":
+            if ext not in _TCP_TYPES:
+                raise ValueError(f"tcptype {ext[:20]!r} is not active, passive or so")
+        elif name == "generation":
+            _number(ext, "generation", 0, 2**32 - 1)
+        elif not _EXTENSION_NAME.fullmatch(name):
+            raise ValueError(f"extension name {name[:40]!r} is not a token")
+
+
 def check_offer(sdp: str, role: str) -> SessionDescription:
     """Validates a WHIP offer before aiortc sees it; raises HttpError 400 with the reason."""
     if not sdp.startswith("v=0"):
         raise HttpError(400, "malformed_sdp", "the body is not an SDP offer (must start with v=0)")
     if "\x00" in sdp:
         raise HttpError(400, "malformed_sdp", "SDP contains NUL bytes")
+    for number, line in enumerate(sdp.splitlines(), 1):  # the lines as aiortc's parser splits them
+        if line.startswith("a=candidate") and line[2:].split(":", 1)[0] == "candidate":
+            try:
+                check_candidate(line.partition(":")[2])
+            except ValueError as exc:
+                raise HttpError(400, "malformed_sdp", f"bad ICE candidate on line {number}: {exc}") from None
     try:
         parsed = SessionDescription.parse(sdp)
     except Exception as exc:  # aiortc's parser fails with assorted exception types (assert, KeyError, ...)

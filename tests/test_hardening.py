@@ -4,6 +4,7 @@ port 0, real aiortc peers, raw sockets for misbehaving HTTP clients."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -91,3 +92,62 @@ async def test_pages_are_served_only_by_their_guarded_routes(live: LiveServer) -
             revalidated = await anon.get(path, headers={"If-None-Match": r.headers["etag"]})
             assert revalidated.status_code == 304
             assert "frame-ancestors 'none'" in revalidated.headers["content-security-policy"]
+
+
+CHROME_CANDIDATES = [  # what browsers send, which must stay accepted
+    "842163049 1 udp 1677729535 203.0.113.7 46154 typ srflx raddr 0.0.0.0 rport 0 generation 0 ufrag sXQe "
+    "network-cost 999",
+    "3885250869 1 udp 2122260223 8b35a3c4-40f4-4c04-9e4e-33b1e1b5fd21.local 59305 typ host generation 0 "
+    "ufrag sXQe network-id 1",
+    "1853887674 1 tcp 1518280447 2001:db8::1 9 typ host tcptype active generation 0 network-id 2",
+    "a+b/c 256 UDP 0 10.0.0.1 65535 typ relay raddr 198.51.100.1 rport 3478",
+]
+
+
+def test_browser_candidates_are_accepted() -> None:
+    from adapters.webrtc import check_candidate
+
+    for line in CHROME_CANDIDATES:
+        check_candidate(line)
+
+
+async def test_malformed_ice_candidates_are_refused_by_name(live: LiveServer,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    iid = await live.create_interview()
+    token = (await live.token(iid, "candidate", "Cat"))["token"]
+    pc, sdp = await offer()
+    good = next(line for line in sdp.split("\r\n") if line.startswith("a=candidate:"))
+    f, comp, transport, prio, host, port, *_ = good[len("a=candidate:"):].split()
+    bad = {  # candidate (after "a=candidate:") -> what the error must name
+        f"{f} {comp} {transport} {prio} {host} 70000 typ host": "port",
+        f"{f} {comp} {transport} {prio} {host} -1 typ host": "port",
+        f"{f} 0 {transport} {prio} {host} {port} typ host": "component",
+        f"{f} 257 {transport} {prio} {host} {port} typ host": "component",
+        f"{f} {comp} sctp {prio} {host} {port} typ host": "transport",
+        f"{f} {comp} {transport} 4294967296 {host} {port} typ host": "priority",
+        f"{f} {comp} {transport} high {host} {port} typ host": "priority",
+        f"{f} {comp} {transport} {prio} evil.example.com {port} typ host": "address",
+        f"{f} {comp} {transport} {prio} 999.1.1.1 {port} typ host": "address",
+        f"{f} {comp} {transport} {prio} {host} {port} typ bogus": "typ",
+        f"{f} {comp} {transport} {prio} {host} {port} type host": "typ",
+        f"{f} {comp} {transport} {prio} {host} {port} typ srflx raddr nowhere rport 1": "raddr",
+        f"{f} {comp} {transport} {prio} {host} {port} typ srflx raddr 10.0.0.1 rport 99999": "rport",
+        f"{f} {comp} tcp {prio} {host} {port} typ host tcptype sideways": "tcptype",
+        f"{f} {comp} {transport} {prio} {host} {port} typ host generation": "no value",
+        f"fo@o {comp} {transport} {prio} {host} {port} typ host": "foundation",
+        f"{f} {comp} {transport} {prio} {host}": "expected",
+    }
+    try:
+        for candidate, named in bad.items():
+            r = await live.http.send(sdp_post(live, f"/whip/{iid}", token, sdp.replace(good, "a=candidate:" + candidate)))
+            assert r.status_code == 400, (candidate, r.text)
+            error = r.json()["error"]
+            assert error["code"] == "malformed_sdp" and named in error["message"], (candidate, error)
+        assert live.components.registry.rooms == {}
+        # The service still serves, and nothing malformed reached aioice: not one traceback in the log.
+        assert (await live.http.send(sdp_post(live, f"/whip/{iid}", token, sdp))).status_code == 201
+    finally:
+        await pc.close()
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR], \
+        [r.getMessage() for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
