@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 from domain.model import Conflict, DomainError, NotFound, Unavailable, ValidationError
@@ -89,7 +89,8 @@ def error_response(request: Request, exc: Exception, log: logging.Logger) -> JSO
 
 
 async def read_body(request: Request, max_bytes: int = MAX_BODY_BYTES) -> bytes:
-    """The request body, refusing (413) more than `max_bytes` without reading past the limit."""
+    """The request body, refusing (413) more than `max_bytes` without reading past the limit; a client that
+    disconnects mid-body is a 400 `client_disconnected`."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -100,11 +101,15 @@ async def read_body(request: Request, max_bytes: int = MAX_BODY_BYTES) -> bytes:
             raise HttpError(413, "body_too_large", f"body larger than {max_bytes} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise HttpError(413, "body_too_large", f"body larger than {max_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise HttpError(413, "body_too_large", f"body larger than {max_bytes} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # Nobody is left to read the answer; the refusal is only for the log (once, at info).
+        raise HttpError(400, "client_disconnected", f"the client left after {size} bytes of the body") from None
     return b"".join(chunks)
 
 

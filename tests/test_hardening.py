@@ -13,7 +13,7 @@ import httpx
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from testing.live_server import LiveServer, live_server, test_settings
+from testing.live_server import ADMIN_KEY, LiveServer, live_server, test_settings
 
 
 @pytest.fixture
@@ -151,3 +151,41 @@ async def test_malformed_ice_candidates_are_refused_by_name(live: LiveServer,
         await pc.close()
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR], \
         [r.getMessage() for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+async def half_a_request(url: str, head: str, body: bytes) -> None:
+    """Sends `head` (request line and headers) and `body` on a raw socket, then closes it without reading."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+
+
+async def test_a_client_leaving_mid_body_is_logged_once_quietly(live: LiveServer,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    iid = await live.create_interview()
+    token = (await live.token(iid, "candidate", "Cat"))["token"]
+    pc, sdp = await offer()
+    host = live.url.removeprefix("http://")
+    try:
+        await half_a_request(live.url, f"POST /whip/{iid} HTTP/1.1\nHost: {host}\nContent-Type: application/sdp\n"
+                             f"Authorization: Bearer {token}\nContent-Length: {len(sdp)}\n",
+                             sdp[: len(sdp) // 2].encode())
+        await half_a_request(live.url, f"POST /api/interviews HTTP/1.1\nHost: {host}\n"
+                             f"Content-Type: application/json\nAuthorization: Bearer {ADMIN_KEY}\n"
+                             "Content-Length: 1000\n", b'{"candidateId": "c1", ')
+
+        def refusals() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if "client_disconnected" in r.getMessage()]
+
+        await eventually(lambda: len(refusals()) == 2, within_s=10)
+        assert {r.levelno for r in refusals()} == {logging.INFO}
+        assert (await live.http.get(f"/api/interviews/{iid}")).status_code == 200  # still serving
+    finally:
+        await pc.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "Exception in ASGI application" in m], messages
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR], messages
