@@ -248,7 +248,7 @@ def create_app(settings: Settings, *, announce: Callable[[Components], None] | N
             await _build(c)
             assert c.signer is not None and c.service is not None and c.whip is not None  # built by _build
             token = token_route(c.signer, c.service, c.secrets.admin_api_key, metrics,
-                                public_url=settings.public_url)
+                                public_url=settings.public_url, link_hosts=settings.trusted_hosts())
             app.router.routes[:] = [token, *api_routes(c.service, c.secrets.admin_api_key,
                                                        max_body_bytes=settings.max_body_bytes),
                                     *c.whip.routes(), *base_routes]
@@ -264,9 +264,16 @@ def create_app(settings: Settings, *, announce: Callable[[Components], None] | N
             await _teardown(c)
             log.info("shutdown complete")
 
+    from starlette.middleware import Middleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
     from adapters.http_api import exception_handlers
 
-    app = Starlette(routes=list(base_routes), lifespan=lifespan, exception_handlers=exception_handlers)
+    # Starlette compares IPv6 hosts with their brackets, as they appear in a Host header.
+    hosts = [f"[{h}]" if ":" in h else h for h in settings.trusted_hosts()]
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False)]
+    app = Starlette(routes=list(base_routes), lifespan=lifespan, exception_handlers=exception_handlers,
+                    middleware=middleware)
     return app
 
 

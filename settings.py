@@ -10,9 +10,11 @@ The field descriptions are the text of `python server.py --help` and the README'
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 from pydantic_settings import (
@@ -66,6 +68,19 @@ def _stun_urls(value: Any) -> Any:
     return tuple(value)
 
 
+_HOST_PATTERN = re.compile(r"(\*|(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?|[0-9a-f:.]*:[0-9a-f:.]*)")
+
+
+def _host_patterns(value: Any) -> Any:
+    if isinstance(value, str):
+        value = tuple(h.strip() for h in value.split(",") if h.strip())
+    hosts = tuple(str(h).lower().removeprefix("[").removesuffix("]") for h in value)
+    for host in hosts:
+        if not _HOST_PATTERN.fullmatch(host):
+            raise ValueError(f"{host!r} is not a host name, an IP address, '*.domain' or '*'")
+    return hosts
+
+
 def _public_url(value: Any) -> Any:
     return (value.strip().rstrip("/") or None) if isinstance(value, str) else value
 
@@ -94,6 +109,9 @@ class Settings(BaseSettings):
         Path("./data"), "where embedded MongoDB data and generated secrets live")
     public_url: Annotated[str | None, BeforeValidator(_public_url)] = setting(
         None, "base URL used in join links (default: the URL the request came to)")
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_host_patterns)] = setting(
+        (), "comma-separated host names the service answers to (Host header; others get 400; '*.example.com' "
+        "and '*' allowed); unset: localhost, 127.0.0.1, ::1, the host of PUBLIC_URL and HOST (unless a wildcard)")
     admin_api_key: Secret = setting(None, "API key for /api (unset: generated on first start, stored in "
                                     "DATA_DIR/admin_api_key and printed)", secret=True)
     mongodb_url: OptionalText = setting(None, "MongoDB URL (unset: embedded nx-27017 under DATA_DIR)", secret=True)
@@ -154,6 +172,17 @@ class Settings(BaseSettings):
         if settings.stt_engine == "openai" and not (settings.openai_base_url or settings.openai_api_key):
             raise ValueError("STT_ENGINE=openai needs OPENAI_API_KEY (api.openai.com) or OPENAI_BASE_URL")
         return settings
+
+    def trusted_hosts(self) -> tuple[str, ...]:
+        """The host patterns requests may name (ALLOWED_HOSTS, or its default); IPv6 addresses without brackets."""
+        if self.allowed_hosts:
+            return self.allowed_hosts
+        hosts = ["localhost", "127.0.0.1", "::1"]
+        if self.public_url and urlsplit(self.public_url).hostname:
+            hosts.append(str(urlsplit(self.public_url).hostname))
+        if self.host not in ("0.0.0.0", "::", ""):
+            hosts.append(self.host.lower())
+        return tuple(dict.fromkeys(hosts))
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with `changes` applied and validated like every other value."""

@@ -22,7 +22,7 @@ import functools
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -276,12 +276,22 @@ def api_routes(service: InterviewService, admin_key: str, *,
             Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False)]
 
 
+def link_host_trusted(host: str, patterns: Sequence[str]) -> bool:
+    """Whether `host` is named by one of `patterns` (a host, or `*.domain`). The bare `*` names nobody: a link
+    must never point wherever a request's Host header says."""
+    host = host.lower()
+    return any(host == p or (p.startswith("*.") and host.endswith(p[1:])) for p in patterns)
+
+
 def token_route(signer: TokenSigner, service: InterviewService, admin_key: str, metrics: Metrics, *,
-                public_url: str | None = None, max_body_bytes: int = MAX_TOKEN_REQUEST_BYTES) -> Route:
+                public_url: str | None = None, link_hosts: Sequence[str] | None = None,
+                max_body_bytes: int = MAX_TOKEN_REQUEST_BYTES) -> Route:
     """`POST /api/interviews/{id}/tokens` (admin key): issues a join token for one participant.
 
     Body `{"role": "candidate"|"interviewer"|"observer", "name": "..."}` (name defaults to the role).
     A join token in place of the admin key is a 403; refusals are counted in `errors_total`.
+    `joinUrl` starts with `public_url`; without one, with the URL the request came to if its host is one of
+    `link_hosts` (None: the caller vouches for every Host header), else it is relative (`/candidate?token=...`).
     """
 
     def authorize(request: Request) -> None:
@@ -319,7 +329,14 @@ def token_route(signer: TokenSigner, service: InterviewService, admin_key: str, 
         if status in (COMPLETED, CANCELLED):
             raise Conflict(f"interview {interview_id} is {status}", code="interview_closed")
         token, claims = signer.issue(interview_id, role, name)
-        base = (public_url or str(request.base_url)).rstrip("/")
+        if public_url:
+            base = public_url.rstrip("/")
+        elif link_hosts is None or link_host_trusted(request.url.hostname or "", link_hosts):
+            base = str(request.base_url).rstrip("/")
+        else:
+            log.warning("joinUrl left relative: host %r is not in ALLOWED_HOSTS by name (set PUBLIC_URL)",
+                        (request.url.hostname or "")[:100])
+            base = ""
         page = "candidate" if claims.role == "candidate" else "interviewer"
         expires = datetime.fromtimestamp(claims.expires_at, tz=UTC).isoformat().replace("+00:00", "Z")
         log.info("join token issued: interview=%s participant=%s role=%s", interview_id, claims.participant_id,

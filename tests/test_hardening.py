@@ -189,3 +189,47 @@ async def test_a_client_leaving_mid_body_is_logged_once_quietly(live: LiveServer
     messages = [r.getMessage() for r in caplog.records]
     assert not [m for m in messages if "Exception in ASGI application" in m], messages
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR], messages
+
+
+async def test_only_allowed_hosts_are_served_and_links_never_follow_an_untrusted_host(
+        tmp_path: Path, mongo_url: str) -> None:
+    async def token_for(server: LiveServer, host: str) -> httpx.Response:
+        iid = await server.create_interview()
+        return await server.http.post(f"/api/interviews/{iid}/tokens", json={"role": "candidate"},
+                                      headers={"Host": host})
+
+    async with live_server(test_settings(tmp_path, mongo_url)) as live:
+        port = live.url.rsplit(":", 1)[1]
+        for evil in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", "localhost@evil.example"):
+            r = await token_for(live, evil)
+            assert r.status_code == 400, (evil, r.text)
+            assert "token" not in r.text
+        assert (await live.http.get("/healthz", headers={"Host": "evil.example"})).status_code == 400
+        for good in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"):
+            r = await token_for(live, good)
+            assert r.status_code == 201, (good, r.text)
+            assert r.json()["joinUrl"].startswith(f"http://{good}/candidate?token=")
+
+    # `*` lets every Host in, but a link is built only from a host named explicitly (or PUBLIC_URL).
+    async with live_server(test_settings(tmp_path, mongo_url, allowed_hosts="*,meet.example.com")) as live:
+        r = await token_for(live, "evil.example")
+        assert r.status_code == 201 and r.json()["joinUrl"].startswith("/candidate?token="), r.text
+        r = await token_for(live, "meet.example.com")
+        assert r.json()["joinUrl"].startswith("http://meet.example.com/candidate?token=")
+    async with live_server(test_settings(tmp_path, mongo_url, public_url="https://meet.example.com")) as live:
+        assert (await token_for(live, "evil.example")).status_code == 400
+        r = await token_for(live, "meet.example.com")
+        assert r.json()["joinUrl"].startswith("https://meet.example.com/candidate?token="), r.text
+
+
+def test_allowed_hosts_setting() -> None:
+    from settings import Settings
+
+    assert Settings.from_env({}).trusted_hosts() == ("localhost", "127.0.0.1", "::1")
+    assert Settings.from_env({"PUBLIC_URL": "https://Meet.Example.com:8443", "HOST": "10.0.0.5"}).trusted_hosts() \
+        == ("localhost", "127.0.0.1", "::1", "meet.example.com", "10.0.0.5")
+    assert Settings.from_env({"ALLOWED_HOSTS": "a.example, *.b.example, [::1]"}).trusted_hosts() == \
+        ("a.example", "*.b.example", "::1")
+    for bad in ("a*b", "evil.example/x", "x y", "*.", "*evil"):
+        with pytest.raises(ValueError, match="ALLOWED_HOSTS"):
+            Settings.from_env({"ALLOWED_HOSTS": bad})
