@@ -114,6 +114,8 @@ class Settings(BaseSettings):
         "and '*' allowed); unset: localhost, 127.0.0.1, ::1, the host of PUBLIC_URL and HOST (unless a wildcard)")
     admin_api_key: Secret = setting(None, "API key for /api (unset: generated on first start, stored in "
                                     "DATA_DIR/admin_api_key and printed)", secret=True)
+    metrics_token: Secret = setting(None, "bearer token /metrics requires (unset: /metrics is open; bind it "
+                                    "privately)", secret=True)
     mongodb_url: OptionalText = setting(None, "MongoDB URL (unset: embedded nx-27017 under DATA_DIR)", secret=True)
     mongodb_db: Text = setting("interviews", "database name")
     nats_url: OptionalText = setting(None, "NATS URL with JetStream (unset: in-process bus)", secret=True)

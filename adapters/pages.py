@@ -6,12 +6,13 @@ and since the join token is in the page's URL it is never sent on as a referrer 
 token is valid but for the other page's role is refused (403 `wrong_page`); an invalid or expired token is not:
 the page itself tells the user so.
 
-Health: `/healthz` (the process answers), `/readyz` (200 or 503 with the checks of the readiness callable),
-`/metrics` (Prometheus text).
+Health: `/healthz` (the process answers), `/readyz` (200 or 503 with the checks of the readiness callable, as
+booleans: these bodies are public), `/metrics` (Prometheus text; behind a bearer token when `metrics_token` is set).
 """
 
 from __future__ import annotations
 
+import hmac
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -59,8 +60,8 @@ class StaticAssets(StaticFiles):
 
 # The claims of a join token this service issued; raises InvalidToken otherwise.
 VerifyToken = Callable[[str], JoinClaims]
-# Whether the service can take traffic now, and the checks that say so (shown as they are).
-Readiness = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
+# Whether the service can take traffic now, and the checks that say so (booleans: the body is public).
+Readiness = Callable[[], Awaitable[tuple[bool, dict[str, bool]]]]
 
 
 def page_routes(verify: VerifyToken, static_dir: Path = STATIC_DIR) -> list[BaseRoute]:
@@ -90,7 +91,8 @@ def page_routes(verify: VerifyToken, static_dir: Path = STATIC_DIR) -> list[Base
     ]
 
 
-def health_routes(readiness: Readiness, metrics: Metrics) -> list[BaseRoute]:
+def health_routes(readiness: Readiness, metrics: Metrics, *, metrics_token: str | None = None) -> list[BaseRoute]:
+    """Liveness, readiness and `/metrics`; with `metrics_token`, `/metrics` needs `Authorization: Bearer <it>`."""
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -100,6 +102,11 @@ def health_routes(readiness: Readiness, metrics: Metrics) -> list[BaseRoute]:
                             status_code=200 if ok else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
+        if metrics_token is not None:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), metrics_token.encode()):
+                return HttpError(401, "unauthorized", "/metrics needs the METRICS_TOKEN bearer token",
+                                 {"WWW-Authenticate": 'Bearer realm="metrics"'}).to_response()
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 

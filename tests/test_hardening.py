@@ -233,3 +233,22 @@ def test_allowed_hosts_setting() -> None:
     for bad in ("a*b", "evil.example/x", "x y", "*.", "*evil"):
         with pytest.raises(ValueError, match="ALLOWED_HOSTS"):
             Settings.from_env({"ALLOWED_HOSTS": bad})
+
+
+async def test_health_bodies_are_minimal_and_metrics_can_need_a_token(tmp_path: Path, mongo_url: str) -> None:
+    metrics_token = "metrics-token-0123456789"
+    async with live_server(test_settings(tmp_path, mongo_url, metrics_token=metrics_token)) as live:
+        async with httpx.AsyncClient(base_url=live.url) as anon:
+            assert (await anon.get("/healthz")).json() == {"status": "ok"}
+            # Status and booleans only: no outbox counters or error text for anyone who asks.
+            ready = await anon.get("/readyz")
+            assert ready.status_code == 200
+            assert ready.json() == {"status": "ready", "checks": {"lifespan": True, "store": True, "outbox": True}}
+            for headers in ({}, {"Authorization": f"Bearer {ADMIN_KEY}"}, {"Authorization": "Bearer wrong"},
+                            {"Authorization": metrics_token}, {"Authorization": f"Basic {metrics_token}"}):
+                r = await anon.get("/metrics", headers=headers)
+                assert r.status_code == 401, headers
+                assert r.headers["www-authenticate"].startswith("Bearer")
+                assert "interview_rooms_active" not in r.text
+            r = await anon.get("/metrics", headers={"Authorization": f"Bearer {metrics_token}"})
+            assert r.status_code == 200 and "interview_rooms_active" in r.text
