@@ -210,6 +210,13 @@ async def _flush_relay(relay: OutboxRelay) -> None:
     await relay.aclose()
 
 
+# uvicorn's limits (uvicorn.Config options): idle keep-alive connections close after 5 s; past 1000 connections or
+# requests in flight new requests get 503 at once; a request line and headers above 16 KiB are refused (400).
+# Half-sent headers are not bounded by uvicorn: the reverse proxy does that (README, "Hardening").
+UVICORN_LIMITS: dict[str, Any] = {"timeout_keep_alive": 5, "limit_concurrency": 1000,
+                                  "h11_max_incomplete_event_size": 16 * 1024}
+
+
 def create_app(settings: Settings, *, announce: Callable[[Components], None] | None = None) -> Any:
     """The ASGI app. Nothing heavy happens here; the lifespan builds the service."""
     from starlette.applications import Starlette
@@ -270,10 +277,12 @@ def create_app(settings: Settings, *, announce: Callable[[Components], None] | N
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 
     from adapters.http_api import exception_handlers
+    from adapters.http_edge import BodyTimeout
 
     # Starlette compares IPv6 hosts with their brackets, as they appear in a Host header.
     hosts = [f"[{h}]" if ":" in h else h for h in settings.trusted_hosts()]
-    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False)]
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False),
+                  Middleware(BodyTimeout, timeout_s=settings.body_timeout_s)]
     app = Starlette(routes=list(base_routes), lifespan=lifespan, exception_handlers=exception_handlers,
                     middleware=middleware)
     return app
@@ -332,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
 
     app = create_app(settings, announce=announce)
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=10)
+                            timeout_graceful_shutdown=10, **UVICORN_LIMITS)
     server = uvicorn.Server(config)
     # uvicorn re-raises the signal that stopped it once shutdown is complete; by then everything is
     # drained and closed, so let that be a clean exit (status 0) instead of death by the default handler.

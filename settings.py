@@ -147,6 +147,8 @@ class Settings(BaseSettings):
     ice_servers: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_stun_urls)] = setting(
         (), "comma-separated stun: URLs for the server's ICE candidates (unset: host candidates only)")
     resume_grace_s: NonNegative = setting(5.0, "how long a dropped participant can resume its stream")
+    body_timeout_s: Annotated[float, Field(gt=0)] = setting(
+        15.0, "seconds a client has to send a request's body once its headers arrived (slower: 408, closed)")
     max_body_bytes: PositiveInt = setting(1024 * 1024, "largest accepted JSON request body (bigger: 413)")
     log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)] = \
         setting("INFO", "DEBUG, INFO, WARNING, ERROR")

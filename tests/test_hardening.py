@@ -252,3 +252,35 @@ async def test_health_bodies_are_minimal_and_metrics_can_need_a_token(tmp_path: 
                 assert "interview_rooms_active" not in r.text
             r = await anon.get("/metrics", headers={"Authorization": f"Bearer {metrics_token}"})
             assert r.status_code == 200 and "interview_rooms_active" in r.text
+
+
+async def test_half_sent_bodies_are_cut_off(tmp_path: Path, mongo_url: str,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    async with live_server(test_settings(tmp_path, mongo_url, body_timeout_s=1.0)) as live:
+        iid = await live.create_interview()
+        token = (await live.token(iid, "candidate", "Cat"))["token"]
+        host, port = live.url.removeprefix("http://").split(":")
+        heads = [f"POST /whip/{iid} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/sdp\r\n"
+                 f"Authorization: Bearer {token}\r\nContent-Length: 5000\r\n\r\nv=0\r\n",
+                 f"POST /api/interviews HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                 f"Authorization: Bearer {ADMIN_KEY}\r\nContent-Length: 1000\r\n\r\n{{\"jobId\": "]
+
+        async def slow_client(head: str) -> bytes:
+            reader, writer = await asyncio.open_connection(host, int(port))
+            try:
+                writer.write(head.encode())  # and then nothing more: the rest of the body never comes
+                await writer.drain()
+                return await reader.read()  # everything until the server closes the connection
+            finally:
+                writer.close()
+
+        async with asyncio.timeout(30):  # without a body timeout these would wait for ever
+            answers = await asyncio.gather(*(slow_client(heads[k % 2]) for k in range(50)))
+        for answer in answers:
+            assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+            assert b'"code":"body_timeout"' in answer
+        # The service kept serving meanwhile, and nobody joined on a half offer.
+        assert (await live.http.get(f"/api/interviews/{iid}")).status_code == 200
+        assert live.components.registry.rooms == {}
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
