@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import re
 import secrets
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,7 +181,7 @@ def frame_to_pcm(frame: av.AudioFrame, converter: list[av.AudioResampler | None]
     return pcm, out_rate, out_channels
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, weakref_slot=True)
 class WhipSession:
     id: str
     claims: JoinClaims
@@ -384,7 +386,7 @@ class WhipIngest:
             # Audio is received; everything else (video) is declined so nobody decodes frames we would drop.
             transceiver.direction = "recvonly" if transceiver.kind == "audio" else "inactive"
             if transceiver.kind == "audio":
-                decode_inline(transceiver.receiver, lambda exc: self._decode_error(session, exc))
+                decode_inline(transceiver.receiver, functools.partial(self._decode_error, weakref.ref(session)))
         try:
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
@@ -409,9 +411,14 @@ class WhipIngest:
             channel.close()
             return
 
+        # Weakly: the channel lives in aiortc's reference cycles until a full collection, and must not keep the
+        # participant (its room, its stream) alive that long after everyone left.
+        participant_ref = weakref.ref(participant)
+
         @channel.on("close")
         def _on_close() -> None:
-            self.registry.remove_viewer(participant, channel)
+            if (p := participant_ref()) is not None:
+                self.registry.remove_viewer(p, channel)
 
     async def _watch_connect(self, session: WhipSession) -> None:
         """A session whose peer never completes ICE/DTLS is dropped after `connect_timeout_s`."""
@@ -498,8 +505,11 @@ class WhipIngest:
                         participant.speaker, "pipeline_failed",
                         f"audio of {participant.speaker.name} cannot be processed: {type(exc).__name__}", {}))
 
-    def _decode_error(self, session: WhipSession, exc: Exception) -> None:
+    def _decode_error(self, session_ref: weakref.ref[WhipSession], exc: Exception) -> None:
         self.metrics.frames_dropped.labels(reason="decode_error").inc()
+        session = session_ref()
+        if session is None:
+            return
         if not session.decode_errors:
             log.warning("WHIP session %s: dropping undecodable audio frames: %s", session.id, exc)
         session.decode_errors += 1
@@ -524,6 +534,10 @@ class WhipIngest:
                 task.cancel()
         await asyncio.gather(*(t for t in session.tasks if t is not current), return_exceptions=True)
         await session.pc.close()
+        # aiortc's objects form reference cycles that only a full collection frees; nothing of ours that the pc
+        # still reaches (tracks, the participant with its stream and room) should wait for that.
+        session.audio_tracks.clear()
+        session.participant = None
 
     async def _drop_session(self, session: WhipSession) -> None:
         """The connection is gone without a DELETE: close it and let the participant wait for a resume."""

@@ -4,16 +4,20 @@ port 0, real aiortc peers, raw sockets for misbehaving HTTP clients."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import re
+import weakref
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from testing.live_server import ADMIN_KEY, LiveServer, live_server, test_settings
+from testing.whip_client import WavChannelTrack, whip_publish
 
 
 @pytest.fixture
@@ -284,3 +288,42 @@ async def test_half_sent_bodies_are_cut_off(tmp_path: Path, mongo_url: str,
         assert (await live.http.get(f"/api/interviews/{iid}")).status_code == 200
         assert live.components.registry.rooms == {}
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+async def test_closed_rooms_are_freed_at_once_not_by_a_later_full_collection(live: LiveServer,
+                                                                           shared_data: Path) -> None:
+    # aiortc's peer connections are reference cycles that only the cyclic collector frees, and it runs its full
+    # collections rarely on a big heap. Nothing of ours may hang off them (or form cycles of its own): a closed
+    # room, its participants, streams and WHIP sessions must be freed by reference counting as they close.
+    registry, whip = live.components.registry, live.components.whip
+    peers: list[tuple[Any, WavChannelTrack]] = []
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(2):
+            iid = await live.create_interview()
+            for role in ("interviewer", "candidate"):
+                token = (await live.token(iid, role, role.title()))["token"]
+                track = WavChannelTrack(shared_data / "jfk.flac", limit_s=2, tail_s=0.5, encoded=True)
+                peers.append((await whip_publish(f"{live.url}/whip/{iid}", token, track=track,
+                                                 analysis=role == "interviewer"), track))
+            room = registry.rooms[iid]
+            refs = [weakref.ref(room), *(weakref.ref(p) for p in room.participants.values()),
+                    *(weakref.ref(s) for s in whip.sessions.values())]
+            pcs = [weakref.ref(s.pc) for s in whip.sessions.values()]
+            async with asyncio.timeout(60):
+                await asyncio.gather(*(session.wait_connected() for session, _ in peers))
+                await asyncio.gather(*(track.wait_finished() for _, track in peers))
+            refs += [weakref.ref(p.stream) for p in room.participants.values() if p.stream is not None]
+            assert len(refs) == 7, refs
+            del room
+            await asyncio.gather(*(session.close() for session, _ in peers))
+            peers.clear()
+            await eventually(lambda: not registry.rooms and not whip.sessions, within_s=30)
+            await eventually(lambda: all(r() is None for r in refs), within_s=10)  # noqa: B023 - awaited here
+            gc.collect()
+            assert all(pc() is None for pc in pcs)  # aiortc's own cycles: freed by the collector
+    finally:
+        gc.enable()
+        for session, _ in peers:
+            await session.close()
