@@ -123,6 +123,47 @@ def check_candidate(value: str) -> None:
             raise ValueError(f"extension name {name[:40]!r} is not a token")
 
 
+def _check_mids(sdp: str) -> None:
+    """Each media section has one `a=mid`, all different, and a BUNDLE group names only those. aiortc trusts this:
+    an offer that breaks it gets half-built transports whose `close()` then fails (found by tests/test_fuzz.py)."""
+    sections: list[list[str]] = []
+    bundles: list[list[str]] = []
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            sections.append([])
+        elif line.startswith("a=mid:") and sections:
+            sections[-1].append(line[6:].strip())
+        elif line.startswith("a=group:BUNDLE"):
+            bundles.append(line.split()[1:])
+    mids = [m for section in sections for m in section]
+    for k, section in enumerate(sections, 1):
+        if len(section) != 1:
+            raise HttpError(400, "malformed_sdp", f"media section {k} has {len(section)} a=mid lines (one needed)")
+    if len(set(mids)) != len(mids):
+        raise HttpError(400, "malformed_sdp", "two media sections have the same a=mid")
+    for group in bundles:
+        if unknown := [m for m in group if m not in mids]:
+            raise HttpError(400, "malformed_sdp", f"the BUNDLE group names no media section {unknown[0][:20]!r}")
+
+
+async def close_peer(pc: RTCPeerConnection) -> None:
+    """`pc.close()`, and if aiortc fails halfway (it stops SCTP before the ICE transports), the ICE transports
+    still stop, so no socket is left open."""
+    try:
+        await pc.close()
+    except Exception as exc:
+        log.info("closing a peer connection failed halfway (%s: %s); stopping its ICE transports",
+                 type(exc).__name__, exc)
+        transports = [t.receiver.transport for t in pc.getTransceivers()]
+        if pc.sctp is not None:
+            transports.append(pc.sctp.transport)
+        for dtls in transports:
+            with contextlib.suppress(Exception):
+                await dtls.stop()
+            with contextlib.suppress(Exception):
+                await dtls.transport.stop()
+
+
 def check_offer(sdp: str, role: str) -> SessionDescription:
     """Validates a WHIP offer before aiortc sees it; raises HttpError 400 with the reason."""
     if not sdp.startswith("v=0"):
@@ -135,6 +176,7 @@ def check_offer(sdp: str, role: str) -> SessionDescription:
                 check_candidate(line.partition(":")[2])
             except ValueError as exc:
                 raise HttpError(400, "malformed_sdp", f"bad ICE candidate on line {number}: {exc}") from None
+    _check_mids(sdp)
     try:
         parsed = SessionDescription.parse(sdp)
     except Exception as exc:  # aiortc's parser fails with assorted exception types (assert, KeyError, ...)
@@ -326,7 +368,8 @@ class WhipIngest:
             self._check_alive(session)
             participant, replaced = await self.registry.join(claims, session.id)
         except BaseException:
-            await session.pc.close()
+            session.closed = True
+            await close_peer(session.pc)
             raise
         session.participant = participant
         if session.closed:
@@ -533,7 +576,7 @@ class WhipIngest:
             if task is not current:
                 task.cancel()
         await asyncio.gather(*(t for t in session.tasks if t is not current), return_exceptions=True)
-        await session.pc.close()
+        await close_peer(session.pc)
         # aiortc's objects form reference cycles that only a full collection frees; nothing of ours that the pc
         # still reaches (tracks, the participant with its stream and room) should wait for that.
         session.audio_tracks.clear()
