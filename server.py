@@ -387,6 +387,13 @@ async def _flush_relay(relay: OutboxRelay) -> None:
     await relay.aclose()
 
 
+# uvicorn's limits (uvicorn.Config options): idle keep-alive connections close after 5 s; past 1000 connections or
+# requests in flight new requests get 503 at once; a request line and headers above 16 KiB are refused (400).
+# Half-sent headers are not bounded by uvicorn: the reverse proxy does that (README, "Hardening").
+UVICORN_LIMITS: dict[str, Any] = {"timeout_keep_alive": 5, "limit_concurrency": 1000,
+                                  "h11_max_incomplete_event_size": 16 * 1024}
+
+
 def create_app(settings: Settings, *, announce: Callable[[Components], None] | None = None) -> Any:
     """The ASGI app. Nothing heavy happens here; the lifespan builds the service."""
     from starlette.applications import Starlette
@@ -398,22 +405,24 @@ def create_app(settings: Settings, *, announce: Callable[[Components], None] | N
     metrics = Metrics()
 
     # Both read the components the lifespan puts on `app` (bound below) once it has built them.
-    async def readiness() -> tuple[bool, dict[str, Any]]:
+    async def readiness() -> tuple[bool, dict[str, bool]]:
         c: Components = app.state.components
-        checks: dict[str, Any] = {"lifespan": c.ready}
+        checks: dict[str, bool] = {"lifespan": c.ready}
         try:
             checks["store"] = c.store is not None and bool(await asyncio.wait_for(c.store.ping(), 2.0))
         except Exception as exc:
             checks["store"] = False
             log.warning("readiness: store ping failed: %s", exc)
-        checks["outbox"] = c.relay.status() if c.relay is not None else {}
-        checks["audit"] = c.audit_log.status() if c.audit_log is not None else {}
+        # Booleans only: these endpoints are unauthenticated, so error text (hosts, driver messages) stays in the log.
+        checks["outbox"] = c.relay is not None and c.relay.healthy
+        checks["audit"] = c.audit_log is None or bool(c.audit_log.status()["running"])
         return bool(checks["lifespan"] and checks["store"]), checks
 
     def verify_token(token: str) -> JoinClaims:
         return app.state.components.signer.verify(token)
 
-    base_routes = [*health_routes(readiness, metrics), *page_routes(verify_token)]
+    base_routes = [*health_routes(readiness, metrics, metrics_token=settings.metrics_token),
+                   *page_routes(verify_token)]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -434,6 +443,7 @@ def create_app(settings: Settings, *, announce: Callable[[Components], None] | N
             assert c.accounts is not None and c.limits is not None and c.audit is not None
             assert c.privacy is not None and c.receipts is not None and c.registry is not None
             api = Api(c.service, c.accounts, c.signer, c.limits, metrics, c.audit, public_url=settings.public_url,
+                      link_hosts=settings.trusted_hosts(),
                       max_body_bytes=settings.max_body_bytes, analysis=c.analysis, privacy=c.privacy,
                       on_consent=c.registry.set_consent)
             app.router.routes[:] = [*api_routes(api), keys_route(c.receipts), *c.whip.routes(), *base_routes]
@@ -449,9 +459,18 @@ def create_app(settings: Settings, *, announce: Callable[[Components], None] | N
             await _teardown(c)
             log.info("shutdown complete")
 
-    from adapters.http_api import exception_handlers
+    from starlette.middleware import Middleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-    app = Starlette(routes=list(base_routes), lifespan=lifespan, exception_handlers=exception_handlers)
+    from adapters.http_api import exception_handlers
+    from adapters.http_edge import BodyTimeout
+
+    # Starlette compares IPv6 hosts with their brackets, as they appear in a Host header.
+    hosts = [f"[{h}]" if ":" in h else h for h in settings.trusted_hosts()]
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False),
+                  Middleware(BodyTimeout, timeout_s=settings.body_timeout_s)]
+    app = Starlette(routes=list(base_routes), lifespan=lifespan, exception_handlers=exception_handlers,
+                    middleware=middleware)
     if settings.tls_cert_file is not None:
         from adapters.pages import HstsMiddleware
 
@@ -766,7 +785,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     if settings.tls_cert_file is not None:
         tls = {"ssl_certfile": str(settings.tls_cert_file), "ssl_keyfile": str(settings.tls_key_file)}
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=10, **tls)
+                            timeout_graceful_shutdown=10, **UVICORN_LIMITS, **tls)
     server = uvicorn.Server(config)
     # uvicorn re-raises the signal that stopped it once shutdown is complete; by then everything is
     # drained and closed, so let that be a clean exit (status 0) instead of death by the default handler.

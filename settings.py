@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 from pydantic_settings import (
@@ -95,6 +96,19 @@ def _rate(value: str) -> str:
     return value.strip()
 
 
+_HOST_PATTERN = re.compile(r"(\*|(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?|[0-9a-f:.]*:[0-9a-f:.]*)")
+
+
+def _host_patterns(value: Any) -> Any:
+    if isinstance(value, str):
+        value = tuple(h.strip() for h in value.split(",") if h.strip())
+    hosts = tuple(str(h).lower().removeprefix("[").removesuffix("]") for h in value)
+    for host in hosts:
+        if not _HOST_PATTERN.fullmatch(host):
+            raise ValueError(f"{host!r} is not a host name, an IP address, '*.domain' or '*'")
+    return hosts
+
+
 def _public_url(value: Any) -> Any:
     return (value.strip().rstrip("/") or None) if isinstance(value, str) else value
 
@@ -125,8 +139,13 @@ class Settings(BaseSettings):
         Path("./data"), "where embedded MongoDB data and generated secrets live")
     public_url: Annotated[str | None, BeforeValidator(_public_url)] = setting(
         None, "base URL used in join links (default: the URL the request came to)")
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_host_patterns)] = setting(
+        (), "comma-separated host names the service answers to (Host header; others get 400; '*.example.com' "
+        "and '*' allowed); unset: localhost, 127.0.0.1, ::1, the host of PUBLIC_URL and HOST (unless a wildcard)")
     admin_api_key: Secret = setting(None, "admin-scoped API key of the default organisation (unset: generated "
                                     "on first start, stored in DATA_DIR/admin_api_key and printed)", secret=True)
+    metrics_token: Secret = setting(None, "bearer token /metrics requires (unset: /metrics is open; bind it "
+                                    "privately)", secret=True)
     mongodb_url: OptionalText = setting(None, "MongoDB URL (unset: embedded nx-27017 under DATA_DIR)", secret=True)
     mongodb_db: Text = setting("interviews", "database name")
     audit: Flag = setting(True, "record the audit trail (who read or changed what, joins and leaves) in the "
@@ -192,6 +211,8 @@ class Settings(BaseSettings):
                                   "use-auth-secret): each participant gets time-limited TURN credentials", secret=True)
     turn_ttl_s: PositiveInt = setting(4 * 3600, "lifetime of minted TURN credentials, seconds")
     resume_grace_s: NonNegative = setting(5.0, "how long a dropped participant can resume its stream")
+    body_timeout_s: Annotated[float, Field(gt=0)] = setting(
+        15.0, "seconds a client has to send a request's body once its headers arrived (slower: 408, closed)")
     max_body_bytes: PositiveInt = setting(1024 * 1024, "largest accepted JSON request body (bigger: 413)")
     access_token_ttl_s: Annotated[int, Field(gt=0, le=900)] = setting(
         900, "access token (JWT) lifetime, seconds (at most 15 minutes)")
@@ -251,6 +272,17 @@ class Settings(BaseSettings):
     @property
     def master_key_path(self) -> Path:
         return self.master_key_file or self.data_dir / "master_key"
+
+    def trusted_hosts(self) -> tuple[str, ...]:
+        """The host patterns requests may name (ALLOWED_HOSTS, or its default); IPv6 addresses without brackets."""
+        if self.allowed_hosts:
+            return self.allowed_hosts
+        hosts = ["localhost", "127.0.0.1", "::1"]
+        if self.public_url and urlsplit(self.public_url).hostname:
+            hosts.append(str(urlsplit(self.public_url).hostname))
+        if self.host not in ("0.0.0.0", "::", ""):
+            hosts.append(self.host.lower())
+        return tuple(dict.fromkeys(hosts))
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with `changes` applied and validated like every other value."""

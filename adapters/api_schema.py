@@ -37,6 +37,9 @@ from domain.model import (
 
 T = TypeVar("T")
 
+# A timestamp the domain accepts (domain.model: years 1970-9999, with a time zone); the pattern says the years.
+Timestamp = Annotated[datetime, Field(json_schema_extra={"pattern": r"^(19[7-9][0-9]|[2-9][0-9]{3})-"})]
+
 
 def _no_default(schema: dict[str, Any]) -> None:
     schema.pop("default", None)
@@ -87,7 +90,7 @@ class NewInterview(_Closed):
     interviewId: Id | None = Field(None, description="client-chosen id (makes retries idempotent)")
     candidateId: Id
     jobId: Id
-    scheduledAt: datetime = Field(description="ISO 8601 with a time zone")
+    scheduledAt: Timestamp = Field(description="ISO 8601 with a time zone")
     type: Literal[INTERVIEW_TYPES] | None = "screening"  # type: ignore[valid-type]  # domain tuple
     format: Literal[INTERVIEW_FORMATS] | None = "video"  # type: ignore[valid-type]  # domain tuple
     interviewers: Annotated[list[Id], Field(max_length=20)] | None = None
@@ -266,8 +269,8 @@ class InterviewListParams(_Closed):
     status: Literal[STATUSES] | None = Field(None, description="filter by status")  # type: ignore[valid-type]  # domain tuple
     candidateId: Id | None = Field(None, description="filter by candidate")
     jobId: Id | None = Field(None, description="filter by job")
-    from_: datetime | None = Field(None, alias="from", description="scheduledAt >= from")
-    to: datetime | None = Field(None, description="scheduledAt < to (after from)")
+    from_: Timestamp | None = Field(None, alias="from", description="scheduledAt >= from")
+    to: Timestamp | None = Field(None, description="scheduledAt < to (after from)")
     cursor: str | None = Field(None, description="nextCursor of the previous page")
     limit: Annotated[int, Field(ge=1, le=MAX_PAGE)] = Field(DEFAULT_PAGE, description="page size")
 

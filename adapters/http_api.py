@@ -26,7 +26,7 @@ import functools
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -224,6 +224,7 @@ class Api:
     privacy: Privacy | None = None  # erasure, export and consent (without it those routes are left out)
     on_consent: ConsentChanged | None = None  # the live rooms act on a consent change at once
     public_url: str | None = None
+    link_hosts: Sequence[str] | None = None  # hosts a joinUrl may name when PUBLIC_URL is unset (None: any)
     max_body_bytes: int = MAX_BODY_BYTES
     secure_cookies: bool = True
 
@@ -306,6 +307,13 @@ def _iso_seconds(t: float | None) -> str | None:
 
 def _client(request: Request) -> str:
     return request.client.host if request.client else "unknown"
+
+
+def link_host_trusted(host: str, patterns: Sequence[str]) -> bool:
+    """Whether `host` is named by one of `patterns` (a host, or `*.domain`). The bare `*` names nobody: a link
+    must never point wherever a request's Host header says."""
+    host = host.lower()
+    return any(host == p or (p.startswith("*.") and host.endswith(p[1:])) for p in patterns)
 
 
 def request_id(request: Request) -> str:
@@ -575,7 +583,14 @@ def api_routes(api: Api) -> list[BaseRoute]:
         if status in (COMPLETED, CANCELLED):
             raise Conflict(f"interview {interview_id} is {status}", code="interview_closed")
         token, claims = api.signer.issue(interview_id, role, name, participant_id=participant_id, org_id=p.org_id)
-        base = (api.public_url or str(request.base_url)).rstrip("/")
+        if api.public_url:
+            base = api.public_url.rstrip("/")
+        elif api.link_hosts is None or link_host_trusted(request.url.hostname or "", api.link_hosts):
+            base = str(request.base_url).rstrip("/")
+        else:  # never a link to wherever the Host header points
+            log.warning("joinUrl left relative: host %r is not in ALLOWED_HOSTS by name (set PUBLIC_URL)",
+                        (request.url.hostname or "")[:100])
+            base = ""
         page = "candidate" if claims.role == "candidate" else "interviewer"
         expires = datetime.fromtimestamp(claims.expires_at, tz=UTC)
         request.state.audit_detail = {"participantId": claims.participant_id, "role": claims.role,

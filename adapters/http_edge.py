@@ -8,6 +8,7 @@ domain errors and Starlette's own `HTTPException` (unknown path, wrong method) a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -15,8 +16,9 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from domain.access import DEFAULT_ORG, Principal
 from domain.model import Conflict, DomainError, NotFound, Unavailable, ValidationError
@@ -25,7 +27,7 @@ MAX_BODY_BYTES = 1 << 20  # 1 MiB
 
 # The code of a Starlette HTTPException (raised by the router, which knows only the status).
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 409: "conflict", 413: "body_too_large", 415: "unsupported_media_type",
+               405: "method_not_allowed", 408: "body_timeout", 409: "conflict", 413: "body_too_large", 415: "unsupported_media_type",
                422: "validation_error", 429: "too_many_requests", 503: "unavailable"}
 
 # The `errors_total{kind}` label of a refusal, by status (adapters.metrics).
@@ -91,8 +93,46 @@ def error_response(request: Request, exc: Exception, log: logging.Logger) -> JSO
     return err.to_response()
 
 
+class BodyTimeoutError(Exception):
+    """The client did not send the whole request body within the body timeout (see `BodyTimeout`)."""
+
+
+class BodyTimeout:
+    """ASGI middleware: a request's body must have arrived `timeout_s` after its headers did, or `receive` raises
+    `BodyTimeoutError` (which `read_body` turns into 408 and a closed connection). uvicorn bounds neither headers
+    nor bodies, so a client that sends half a request would otherwise hold a connection and a task for ever;
+    the headers are bounded by the reverse proxy (README, "Hardening")."""
+
+    def __init__(self, app: ASGIApp, timeout_s: float) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        body_done = False
+
+        async def timed_receive() -> Message:
+            nonlocal body_done
+            if body_done:  # after the body, `receive` only waits for a disconnect: no bound
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimeoutError(f"the request body did not arrive within {self.timeout_s:g} s") from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        await self.app(scope, timed_receive, send)
+
+
 async def read_body(request: Request, max_bytes: int = MAX_BODY_BYTES) -> bytes:
-    """The request body, refusing (413) more than `max_bytes` without reading past the limit."""
+    """The request body, refusing (413) more than `max_bytes` without reading past the limit; a client that
+    disconnects mid-body is a 400 `client_disconnected`, one too slow to send it (`BodyTimeout`) a 408."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -103,11 +143,17 @@ async def read_body(request: Request, max_bytes: int = MAX_BODY_BYTES) -> bytes:
             raise HttpError(413, "body_too_large", f"body larger than {max_bytes} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise HttpError(413, "body_too_large", f"body larger than {max_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise HttpError(413, "body_too_large", f"body larger than {max_bytes} bytes")
+            chunks.append(chunk)
+    except BodyTimeoutError as exc:
+        raise HttpError(408, "body_timeout", f"{exc} ({size} bytes came)", {"Connection": "close"}) from None
+    except ClientDisconnect:
+        # Nobody is left to read the answer; the refusal is only for the log (once, at info).
+        raise HttpError(400, "client_disconnected", f"the client left after {size} bytes of the body") from None
     return b"".join(chunks)
 
 

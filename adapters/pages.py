@@ -2,21 +2,24 @@
 
 Pages: `/` (the index), `/candidate` and `/interviewer` (the join link opens one of them with `?token=`), `/app`
 and `/app/*` (the web app for HR, interviewers and admins: one page whose router reads the path), and their assets
-under `/static`. Nothing on a page comes from anywhere else, and since the join token is in the page's URL
+under `/static` (never the pages themselves: `StaticAssets`). Nothing on a page comes from anywhere else, and since the join token is in the page's URL
 it is never sent on as a referrer (`PAGE_HEADERS`). A link whose token is valid but for the other page's role is
 refused (403 `wrong_page`); an invalid or expired token is not: the page itself tells the user so.
 
-Health: `/healthz` (the process answers), `/readyz` (200 or 503 with the checks of the readiness callable),
-`/metrics` (Prometheus text).
+Health: `/healthz` (the process answers), `/readyz` (200 or 503 with the checks of the readiness callable, as
+booleans: these bodies are public), `/metrics` (Prometheus text; behind a bearer token when `metrics_token` is set).
 """
 
 from __future__ import annotations
 
+import hmac
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -40,10 +43,27 @@ PAGE_HEADERS = {
     "Cache-Control": "no-store",
 }
 
+# Assets under /static carry the same policy; they may be cached, but revalidated (ETag) so a new version shows.
+STATIC_HEADERS = {**PAGE_HEADERS, "Cache-Control": "no-cache"}
+
+
+class StaticAssets(StaticFiles):
+    """The pages' assets. HTML is served only by the page routes, which add the role check and the page headers:
+    a copy under /static would bypass both (and `frame-ancestors`), so it is not found here."""
+
+    def file_response(self, full_path: Any, stat_result: os.stat_result, scope: Any,
+                      status_code: int = 200) -> Response:
+        if str(full_path).lower().endswith((".html", ".htm")):
+            raise HTTPException(404, "pages are served at /, /candidate and /interviewer")
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        response.headers.update(STATIC_HEADERS)
+        return response
+
+
 # The claims of a join token this service issued; raises InvalidToken otherwise.
 VerifyToken = Callable[[str], JoinClaims]
-# Whether the service can take traffic now, and the checks that say so (shown as they are).
-Readiness = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
+# Whether the service can take traffic now, and the checks that say so (booleans: the body is public).
+Readiness = Callable[[], Awaitable[tuple[bool, dict[str, bool]]]]
 
 
 HSTS = "max-age=31536000"
@@ -93,11 +113,12 @@ def page_routes(verify: VerifyToken, static_dir: Path = STATIC_DIR) -> list[Base
         Route("/interviewer", page("interviewer.html", ("interviewer", "observer"))),
         Route("/app", page("app.html", ())),
         Route("/app/{path:path}", page("app.html", ())),
-        Mount("/static", app=StaticFiles(directory=static_dir, check_dir=False), name="static"),
+        Mount("/static", app=StaticAssets(directory=static_dir, check_dir=False), name="static"),
     ]
 
 
-def health_routes(readiness: Readiness, metrics: Metrics) -> list[BaseRoute]:
+def health_routes(readiness: Readiness, metrics: Metrics, *, metrics_token: str | None = None) -> list[BaseRoute]:
+    """Liveness, readiness and `/metrics`; with `metrics_token`, `/metrics` needs `Authorization: Bearer <it>`."""
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -107,6 +128,11 @@ def health_routes(readiness: Readiness, metrics: Metrics) -> list[BaseRoute]:
                             status_code=200 if ok else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
+        if metrics_token is not None:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), metrics_token.encode()):
+                return HttpError(401, "unauthorized", "/metrics needs the METRICS_TOKEN bearer token",
+                                 {"WWW-Authenticate": 'Bearer realm="metrics"'}).to_response()
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 

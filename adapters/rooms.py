@@ -727,6 +727,11 @@ class RoomRegistry:
         participant.linger = asyncio.get_running_loop().call_later(
             self.resume_grace_s, lambda: self._spawn(self._remove(participant, "connection lost")))
 
+    def restore(self, participant: Participant, session_id: str, previous: str) -> None:
+        """Undo a resume by `session_id` that failed before it was usable: `previous` holds the participant again."""
+        if participant.session_id == session_id and not participant.removed:
+            participant.session_id = previous
+
     async def leave(self, participant: Participant, session_id: str) -> bool:
         """An explicit leave (WHIP DELETE) by the session that currently holds the participant."""
         if participant.session_id != session_id or participant.removed:

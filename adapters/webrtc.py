@@ -29,9 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import ipaddress
 import logging
+import re
 import secrets
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -68,12 +72,118 @@ _SUPPORTED_RATES = (8000, 16000, 24000, 32000, 44100, 48000)
 InterviewStatus = Callable[[str], Awaitable[str | None]]
 
 
+# RFC 8839 section 5.1: candidate-attribute grammar (foundation is 1-32 ice-chars, component-id 1-256, priority
+# 1*10DIGIT; ports are 16-bit), plus the mDNS host names of draft-ietf-mmusic-mdns-ice-candidates (aioice's pattern).
+_FOUNDATION = re.compile(r"[A-Za-z0-9+/]{1,32}")
+_DIGITS = re.compile(r"[0-9]{1,10}")
+_MDNS_NAME = re.compile(r"[A-Za-z0-9-]{1,63}\.local")
+_EXTENSION_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
+_CANDIDATE_TYPES = ("host", "srflx", "prflx", "relay")
+_TCP_TYPES = ("active", "passive", "so")
+
+
+def _number(value: str, what: str, low: int, high: int) -> int:
+    if not _DIGITS.fullmatch(value) or not low <= int(value) <= high:
+        raise ValueError(f"{what} {value[:40]!r} is not a number from {low} to {high}")
+    return int(value)
+
+
+def _address(value: str, what: str) -> None:
+    if _MDNS_NAME.fullmatch(value):
+        return
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{what} {value[:60]!r} is neither an IP address nor an mDNS .local name") from None
+
+
+def check_candidate(value: str) -> None:
+    """Validates one `a=candidate:` value (RFC 8839); raises ValueError naming what is wrong. aiortc and aioice
+    trust these fields: a port above 65535 or a host name that is no address fails later, inside aioice's tasks."""
+    bits = value.split()
+    if len(bits) < 8:
+        raise ValueError("expected <foundation> <component> <transport> <priority> <address> <port> typ <type>")
+    foundation, component, transport, priority, address, port, typ, kind, *extensions = bits
+    if not _FOUNDATION.fullmatch(foundation):
+        raise ValueError(f"foundation {foundation[:40]!r} is not 1-32 letters, digits, + or /")
+    _number(component, "component", 1, 256)
+    if transport.lower() not in ("udp", "tcp"):
+        raise ValueError(f"transport {transport[:40]!r} is neither udp nor tcp")
+    _number(priority, "priority", 0, 2**32 - 1)
+    _address(address, "address")
+    _number(port, "port", 0, 65535)
+    if typ != "typ" or kind not in _CANDIDATE_TYPES:
+        raise ValueError(f"expected typ host|srflx|prflx|relay, got {typ[:20]!r} {kind[:20]!r}")
+    if len(extensions) % 2:
+        raise ValueError(f"extension {extensions[-1][:40]!r} has no value")
+    for name, ext in zip(extensions[::2], extensions[1::2], strict=True):
+        if name == "raddr":
+            _address(ext, "raddr")
+        elif name == "rport":
+            _number(ext, "rport", 0, 65535)
+        elif name == "tcptype":
+            if ext not in _TCP_TYPES:
+                raise ValueError(f"tcptype {ext[:20]!r} is not active, passive or so")
+        elif name == "generation":
+            _number(ext, "generation", 0, 2**32 - 1)
+        elif not _EXTENSION_NAME.fullmatch(name):
+            raise ValueError(f"extension name {name[:40]!r} is not a token")
+
+
+def _check_mids(sdp: str) -> None:
+    """Each media section has one `a=mid`, all different, and a BUNDLE group names only those. aiortc trusts this:
+    an offer that breaks it gets half-built transports whose `close()` then fails (found by tests/test_fuzz.py)."""
+    sections: list[list[str]] = []
+    bundles: list[list[str]] = []
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            sections.append([])
+        elif line.startswith("a=mid:") and sections:
+            sections[-1].append(line[6:].strip())
+        elif line.startswith("a=group:BUNDLE"):
+            bundles.append(line.split()[1:])
+    mids = [m for section in sections for m in section]
+    for k, section in enumerate(sections, 1):
+        if len(section) != 1:
+            raise HttpError(400, "malformed_sdp", f"media section {k} has {len(section)} a=mid lines (one needed)")
+    if len(set(mids)) != len(mids):
+        raise HttpError(400, "malformed_sdp", "two media sections have the same a=mid")
+    for group in bundles:
+        if unknown := [m for m in group if m not in mids]:
+            raise HttpError(400, "malformed_sdp", f"the BUNDLE group names no media section {unknown[0][:20]!r}")
+
+
+async def close_peer(pc: RTCPeerConnection) -> None:
+    """`pc.close()`, and if aiortc fails halfway (it stops SCTP before the ICE transports), the ICE transports
+    still stop, so no socket is left open."""
+    try:
+        await pc.close()
+    except Exception as exc:
+        log.info("closing a peer connection failed halfway (%s: %s); stopping its ICE transports",
+                 type(exc).__name__, exc)
+        transports = [t.receiver.transport for t in pc.getTransceivers()]
+        if pc.sctp is not None:
+            transports.append(pc.sctp.transport)
+        for dtls in transports:
+            with contextlib.suppress(Exception):
+                await dtls.stop()
+            with contextlib.suppress(Exception):
+                await dtls.transport.stop()
+
+
 def check_offer(sdp: str, role: str) -> SessionDescription:
     """Validates a WHIP offer before aiortc sees it; raises HttpError 400 with the reason."""
     if not sdp.startswith("v=0"):
         raise HttpError(400, "malformed_sdp", "the body is not an SDP offer (must start with v=0)")
     if "\x00" in sdp:
         raise HttpError(400, "malformed_sdp", "SDP contains NUL bytes")
+    for number, line in enumerate(sdp.splitlines(), 1):  # the lines as aiortc's parser splits them
+        if line.startswith("a=candidate") and line[2:].split(":", 1)[0] == "candidate":
+            try:
+                check_candidate(line.partition(":")[2])
+            except ValueError as exc:
+                raise HttpError(400, "malformed_sdp", f"bad ICE candidate on line {number}: {exc}") from None
+    _check_mids(sdp)
     try:
         parsed = SessionDescription.parse(sdp)
     except Exception as exc:  # aiortc's parser fails with assorted exception types (assert, KeyError, ...)
@@ -120,7 +230,7 @@ def frame_to_pcm(frame: av.AudioFrame, converter: list[av.AudioResampler | None]
     return pcm, out_rate, out_channels
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, weakref_slot=True)
 class WhipSession:
     id: str
     claims: JoinClaims
@@ -314,11 +424,21 @@ class WhipIngest:
                               user_agent=request.headers.get("user-agent", "")[:256])
         try:
             answer = await self._negotiate(session, sdp, offer)
+            self._check_alive(session)
             participant, replaced = await self.registry.join(claims, session.id)
         except BaseException:
-            await session.pc.close()
+            session.closed = True
+            await close_peer(session.pc)
             raise
         session.participant = participant
+        if session.closed:
+            # The connection failed while the participant was being added (`_on_state` closed the session before
+            # it had a participant): undo the join, so nobody stays "present" on a connection that is gone.
+            if replaced is not None and replaced in self.sessions:
+                self.registry.restore(participant, session.id, replaced)
+            else:
+                await self.registry.leave(participant, session.id)
+            self._check_alive(session)
         self.sessions[session.id] = session
         self.metrics.joins.labels(role=claims.role).inc()
         for track in session.audio_tracks:
@@ -344,6 +464,12 @@ class WhipIngest:
         if claims.interview_id not in rooms and len(rooms) >= self.max_rooms_per_org:
             raise HttpError(503, "too_many_rooms", f"the organisation already has {len(rooms)} live rooms, its "
                             "limit; end one or retry later", retry)
+
+    @staticmethod
+    def _check_alive(session: WhipSession) -> None:
+        if session.closed:
+            raise HttpError(400, "connection_failed", "the peer connection failed while joining: none of the "
+                            "offer's ICE candidates could be reached (this server connects over UDP only)")
 
     # ---- negotiation ---------------------------------------------------------------------------------
     async def _negotiate(self, session: WhipSession, offer: str, parsed: SessionDescription) -> str:
@@ -391,8 +517,9 @@ class WhipIngest:
                     transceiver.direction = "inactive"
             else:
                 transceiver.direction = "recvonly"
-                decode_inline(transceiver.receiver, lambda exc: self._decode_error(session, exc),
-                              lambda payload, ts: self._forward(session, payload, ts))
+                ref = weakref.ref(session)  # aiortc's receiver must not keep a closed session alive
+                decode_inline(transceiver.receiver, functools.partial(self._decode_error, ref),
+                              functools.partial(self._forward_to, ref))
         try:
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
@@ -427,9 +554,14 @@ class WhipIngest:
             channel.close()
             return
 
+        # Weakly: the channel lives in aiortc's reference cycles until a full collection, and must not keep the
+        # participant (its room, its stream) alive that long after everyone left.
+        participant_ref = weakref.ref(participant)
+
         @channel.on("close")
         def _on_close() -> None:
-            self.registry.remove_viewer(participant, channel)
+            if (p := participant_ref()) is not None:
+                self.registry.remove_viewer(p, channel)
 
     def _on_call_channel(self, session: WhipSession, channel: Any) -> None:
         claims = session.claims
@@ -541,8 +673,16 @@ class WhipIngest:
                         participant.speaker, "pipeline_failed",
                         f"audio of {participant.speaker.name} cannot be processed: {type(exc).__name__}", {}))
 
-    def _decode_error(self, session: WhipSession, exc: Exception) -> None:
+    def _forward_to(self, session_ref: weakref.ref[WhipSession], payload: bytes, timestamp: int) -> None:
+        session = session_ref()
+        if session is not None:
+            self._forward(session, payload, timestamp)
+
+    def _decode_error(self, session_ref: weakref.ref[WhipSession], exc: Exception) -> None:
         self.metrics.frames_dropped.labels(reason="decode_error").inc()
+        session = session_ref()
+        if session is None:
+            return
         if not session.decode_errors:
             log.warning("WHIP session %s: dropping undecodable audio frames: %s", session.id, exc)
         session.decode_errors += 1
@@ -568,7 +708,11 @@ class WhipIngest:
             if task is not current:
                 task.cancel()
         await asyncio.gather(*(t for t in session.tasks if t is not current), return_exceptions=True)
-        await session.pc.close()
+        await close_peer(session.pc)
+        # aiortc's objects form reference cycles that only a full collection frees; nothing of ours that the pc
+        # still reaches (tracks, the participant with its stream and room) should wait for that.
+        session.audio_tracks.clear()
+        session.participant = None
 
     async def _drop_session(self, session: WhipSession) -> None:
         """The connection is gone without a DELETE: close it and let the participant wait for a resume."""

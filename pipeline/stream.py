@@ -555,6 +555,10 @@ class ParticipantStream:
     def _revision_done(self, task: asyncio.Task[None]) -> None:
         self._revisions.pop(task, None)
         self.conversation.revisions_pending -= 1
+        if self.conversation.last_revision is task:
+            # A finished task keeps its exception's traceback, whose frames hold this stream: kept in the room's
+            # conversation it would make a cycle that keeps the stream, its participant and room after they close.
+            self.conversation.last_revision = None
         if not task.cancelled() and task.exception() is not None:
             log.error("revision failed", exc_info=task.exception())
 
