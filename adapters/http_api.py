@@ -473,10 +473,13 @@ def api_routes(api: Api) -> list[BaseRoute]:
         f.done()
         if api.audit.sink is None:
             raise Unavailable("the audit trail is not configured")
-        items, cursor = await api.audit.sink.query(
-            org_id=principal_of(request).org_id, actor=f.data.get("actor") or None,
-            resource=f.data.get("resource") or None, start=start, end=end, cursor=f.data.get("cursor") or None,
-            limit=limit)
+        try:
+            items, cursor = await api.audit.sink.query(
+                org_id=principal_of(request).org_id, actor=f.data.get("actor") or None,
+                resource=f.data.get("resource") or None, start=start, end=end, cursor=f.data.get("cursor") or None,
+                limit=limit)
+        except ValueError as exc:  # a cursor this endpoint never returned (found by the schemathesis guard)
+            raise ValidationError({"cursor": str(exc)}) from None
         return ApiJSONResponse({"items": items, "nextCursor": cursor})
 
     # -- interviews ---------------------------------------------------------------------------------------------

@@ -277,6 +277,10 @@ class ParticipantStream:
             )
         self._open.clear()
         self._pending_samples = 0
+        # A closed stream is no cross-talk source or copy any more, and keeps nothing of its owner: without these
+        # the conversation and the owner's time mapping would hold it (and its room) until a full collection.
+        self.conversation.sent = deque(f for f in self.conversation.sent if f.stream is not self)
+        self.conversation_time = _same_time
 
     # ------------------------------------------------------------------------------------------- internals
 

@@ -36,6 +36,10 @@ def test_settings(tmp_path: Path, mongo_url: str, **overrides: Any) -> Settings:
         "token_secret": TOKEN_SECRET,
         "resume_grace_s": 0.5,
         "partial_interval_s": 1.0,
+        # tests join, mint and call far more often than people do; the limits' own tests set them tight
+        "whip_join_limit": "100000/minute",
+        "token_mint_limit": "100000/minute",
+        "api_key_limit": "1000000/minute",
     }
     return Settings(**{**fields, **overrides})
 

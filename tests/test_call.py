@@ -327,6 +327,8 @@ async def _page(browser: Browser, url: str, errors: list[str], *, width: int = 1
     page.on("pageerror", lambda exc: errors.append(f"{url}: {exc}"))
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     await page.goto(url)
+    if await page.locator("#consent").is_visible():  # candidates and interviewers consent first; observers send nothing
+        await page.check("#consent")
     await page.click("#join")
     await expect(page.locator("#state")).to_have_attribute("data-state", "connected", timeout=30_000)
     return page

@@ -247,7 +247,8 @@ async def test_health_bodies_are_minimal_and_metrics_can_need_a_token(tmp_path: 
             # Status and booleans only: no outbox counters or error text for anyone who asks.
             ready = await anon.get("/readyz")
             assert ready.status_code == 200
-            assert ready.json() == {"status": "ready", "checks": {"lifespan": True, "store": True, "outbox": True}}
+            assert ready.json() == {"status": "ready", "checks": {"lifespan": True, "store": True, "outbox": True,
+                                                                     "audit": True}}
             for headers in ({}, {"Authorization": f"Bearer {ADMIN_KEY}"}, {"Authorization": "Bearer wrong"},
                             {"Authorization": metrics_token}, {"Authorization": f"Basic {metrics_token}"}):
                 r = await anon.get("/metrics", headers=headers)

@@ -154,7 +154,7 @@ def test_python_server_py_runs_on_embedded_defaults_and_keeps_data(tmp_path: Pat
             assert http.get("/healthz").json() == {"status": "ok"}
             ready = http.get("/readyz")
             assert ready.status_code == 200 and ready.json()["checks"]["store"] is True
-            assert ready.json()["checks"]["audit"]["running"] is True
+            assert ready.json()["checks"]["audit"] is True  # booleans only (unauthenticated)
             created = http.post("/api/interviews", json={"candidateId": "c1", "jobId": "j1",
                                                          "scheduledAt": "2030-01-01T09:00:00Z"})
             assert created.status_code == 201
