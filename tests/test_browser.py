@@ -510,6 +510,7 @@ async def test_guidance_panel(chromium: str, shared_data: Path, tmp_path: Path) 
     ivo = Speaker("interviewer", "Ivo Interviewer", "p-ivo")
     async with _scripted_room() as room, _browser(chromium, tmp_path / "profile", silent_wav) as (_, page, errors):
         await page.goto(f"{room.url}/interviewer?token={_unsigned_token('iv-1', ivo.participant_id, 'interviewer', ivo.name)}")
+        await page.check("#consent")  # an interviewer's voice is processed only after consent
         await page.click("#join")
         channel = await asyncio.wait_for(room.channels.get(), 30)
         await expect(page.locator("#state")).to_have_attribute("data-state", "connected", timeout=30_000)
