@@ -64,6 +64,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from adapters.crypto import CandidateErased, DataKey, KeyRing, field_parent, is_sealed, seal_fields
 from adapters.outbox import OutboxRecord
+from adapters.processes import terminate
 from domain.access import DEFAULT_ORG
 from domain.commands import CandidateQuery, Cursor, InterviewQuery
 from domain.events import DomainEvent, SegmentRevised, SegmentTranscribed, StoredSegment
@@ -829,7 +830,7 @@ class EmbeddedMongo:
                 log.info("embedded MongoDB (nx-27017) on 127.0.0.1:%d, data in %s", port, self.dir)
                 return self.url
             last_error = self._tail()
-            await self._terminate(proc)
+            await terminate(proc)
         self._unlock()
         raise RuntimeError(f"nx-27017 did not start; output tail:\n{last_error}")
 
@@ -863,19 +864,9 @@ class EmbeddedMongo:
         except OSError:
             return ""
 
-    @staticmethod
-    async def _terminate(proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                await asyncio.to_thread(proc.wait, 10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                await asyncio.to_thread(proc.wait)
-
     async def stop(self) -> None:
         if self.proc is not None:
-            await self._terminate(self.proc)
+            await terminate(self.proc)
             log.info("embedded MongoDB stopped (exit %s)", self.proc.returncode)
         self.proc = None
         self.url = None

@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from adapters.processes import terminate
+
 log = logging.getLogger(__name__)
 
 _LISTENING = re.compile(r"Listening for client connections on [\d.]+:(\d+)")
@@ -157,7 +159,7 @@ class EmbeddedNats:
             raise
         port = await self._wait_ready(proc, offset)
         if port is None:
-            await self._terminate(proc)
+            await terminate(proc)
             self._unlock()
             raise RuntimeError(f"nats-server did not start; log tail:\n{self._tail(offset)}")
         self.proc, self.port = proc, port
@@ -188,19 +190,9 @@ class EmbeddedNats:
             return ""
         return text if limit is None else text[-limit:]
 
-    @staticmethod
-    async def _terminate(proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                await asyncio.to_thread(proc.wait, 10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                await asyncio.to_thread(proc.wait)
-
     async def stop(self) -> None:
         if self.proc is not None:
-            await self._terminate(self.proc)
+            await terminate(self.proc)
             log.info("embedded NATS stopped (exit %s)", self.proc.returncode)
         self.proc = None
         self.url = None
