@@ -215,7 +215,8 @@ async def _build(c: Components) -> None:
                                          consent=store.consent_given, resume_grace_s=s.resume_grace_s,
                                          guidance_factory=guidance,
                                          # finals sent but not stored yet survive a killed process
-                                         journal=SegmentJournal(s.data_dir / "segments.journal"))
+                                         journal=SegmentJournal(s.data_dir / "segments.journal"),
+                                         tone=partial(org_tone, c.accounts_store, s.jurisdiction))
     registry.start()
     c.call = call = CallHub(c.metrics, IceConfig(s.ice_servers, c.secrets.turn_secret, s.turn_ttl_s))
     if c.audit_log is not None:
@@ -262,7 +263,7 @@ def build_analysis(s: Settings, service: InterviewService, store: MongoStore, me
     def rejected(provider: str, n: int) -> None:
         metrics.evidence_rejected.labels(provider=provider).inc(n)
 
-    return AnalysisJobs(service, MongoAnalysisRecords(store.db["analyses"]), providers, on_rejected=rejected,
+    return AnalysisJobs(service, MongoAnalysisRecords(store.db["analyses"], store), providers, on_rejected=rejected,
                         on_run=lambda provider, status: metrics.analysis_runs.labels(provider, status).inc(),
                         jurisdiction=s.jurisdiction)
 def build_limits(s: Settings) -> RateLimits:
@@ -314,6 +315,14 @@ def build_guidance(s: Settings, service: InterviewService) -> GuidanceFactory:
         return await asyncio.to_thread(Guidance, embedder, detector, guide)
 
     return for_interview
+
+
+async def org_tone(accounts: AccountsStore | None, default_jurisdiction: str, org_id: str) -> bool:
+    """Whether an organisation's live rooms show the tone of words (its `toneEnabled`, else off in eu)."""
+    from domain.analysis import OrgPolicy
+
+    doc = await accounts.organisation(org_id) if accounts is not None else None
+    return OrgPolicy.from_dict(doc or {}, default_jurisdiction).tone
 
 
 async def interview_status(service: InterviewService, interview_id: str) -> str | None:
@@ -445,7 +454,7 @@ def create_app(settings: Settings, *, announce: Callable[[Components], None] | N
             api = Api(c.service, c.accounts, c.signer, c.limits, metrics, c.audit, public_url=settings.public_url,
                       link_hosts=settings.trusted_hosts(),
                       max_body_bytes=settings.max_body_bytes, analysis=c.analysis, privacy=c.privacy,
-                      on_consent=c.registry.set_consent)
+                      on_consent=c.registry.set_consent, jurisdiction=settings.jurisdiction)
             app.router.routes[:] = [*api_routes(api), keys_route(c.receipts), *c.whip.routes(), *base_routes]
             c.ready = True
             log.info("service ready in %.1fs (store: %s, bus: %s, stt: %s)", time.perf_counter() - t0,

@@ -187,8 +187,9 @@ class Settings(BaseSettings):
     analysis_timeout_s: Annotated[float, Field(gt=0)] = setting(60.0, "timeout of one scorecard provider call, "
                                                                 "seconds (retries on 429/5xx come on top)")
     jurisdiction: Annotated[Literal["eu", "us-nyc", "none"], BeforeValidator(_lower)] = setting(
-        "eu", "rules for showing scorecards: eu (advisory until a human confirms), us-nyc (Local Law 144 notice), "
-        "none")
+        "eu", "the policy of an organisation that has not chosen one (PATCH /api/organisation): eu (scorecards "
+        "advisory until a human confirms, tone of words off), us-nyc (Local Law 144 candidate notice, score "
+        "export), none")
     vad_mode: Annotated[Literal["hybrid", "webrtc", "silero"], BeforeValidator(_lower)] = setting(
         "hybrid", "voice activity detector of the DSP core")
     partial_interval_s: NonNegative = setting(1.0, "seconds between partial transcripts of speech in progress "

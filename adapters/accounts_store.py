@@ -2,7 +2,8 @@
 token revocation list.
 
 Collections
-    organisations   `_id` = org id; `name` unique.
+    organisations   `_id` = org id; `name` unique; the organisation's analysis policy (`jurisdiction`,
+                    `biasAuditDate`, `alternativeProcessContact`, `toneEnabled`; `domain.analysis.OrgPolicy`).
     users           `_id` = user id; `email` unique across the service (login is by email alone); `passwordHash`
                     (argon2id, PHC string); `disabled` instead of deletion (audit entries keep naming them).
     api_keys        `_id` = key id; `hash` = SHA-256 of the key (unique), never the key; `revoked`.
@@ -135,6 +136,20 @@ class AccountsStore:
                 raise Conflict(f"organisation id {org_id!r} exists under another name", code="duplicate") from None
             return str(found["_id"])
         return org_id
+
+    @_translated
+    async def organisation(self, org_id: str) -> dict[str, Any] | None:
+        return await self.organisations.find_one({"_id": org_id})
+
+    @_translated
+    async def update_organisation(self, org_id: str, changes: dict[str, Any], now: float) -> dict[str, Any]:
+        """The organisation with `changes` applied (created for the default organisation, which exists before
+        anyone stores it: `ADMIN_API_KEY` and older data belong to it). A whole-document replace: nx-27017 0.8.1
+        has no trustworthy `$set` of dates, and one admin's change at a time is the expected use."""
+        doc = await self.organisations.find_one({"_id": org_id}) or {"_id": org_id, "name": org_id, "createdAt": now}
+        doc.update(changes, updatedAt=now)
+        await self.organisations.replace_one({"_id": org_id}, doc, upsert=True)
+        return doc
 
     # -- users ----------------------------------------------------------------------------------------------
 

@@ -81,6 +81,7 @@ StoredFinals = Callable[[str], Awaitable[list[str]]]  # interview id -> finals a
 ConsentLookup = Callable[[str, str], Awaitable[bool]]  # (interview, participant) -> consent recorded and not withdrawn
 # interview id -> its live guidance (the guide loaded, its questions embedded), None: no guidance for it
 GuidanceFactory = Callable[[str], Awaitable[Guidance | None]]
+ToneLookup = Callable[[str], Awaitable[bool]]  # organisation id -> whether its rooms show the tone of words
 GUIDANCE_QUEUE = 256  # finals waiting for guidance; beyond it they are skipped (counted), the transcript is not
 
 
@@ -234,6 +235,9 @@ class Room:
         self.t0 = asyncio.get_running_loop().time()  # room time 0: every participant's finals on one clock
         self.guidance_queue: asyncio.Queue[tuple[GuidanceFinal, float] | None] | None = None
         self.latest_guidance: dict[str, str] = {}  # "guide.coverage" / "talk.balance" / "qa.pair:<pid>:<seq>"
+        # the tone of words (sentiment) is sent only when the organisation shows it (OrgPolicy.tone; off in eu
+        # unless turned on); decided when the room opens
+        self.tone = True
 
     # ---- fan-out -------------------------------------------------------------------------------------
     def publish(self, source: Participant | None, event: StreamEvent) -> None:
@@ -255,6 +259,8 @@ class Room:
                 source.next_seq = max(source.next_seq, event.seq + 1)
             self.registry.writer.submit(self.interview_id, event)
         elif isinstance(event, SentimentEvent):
+            if not self.tone:
+                return
             self.history.append(text)
         elif isinstance(event, KeywordsEvent):
             self.latest_keywords[event.speaker.participant_id] = text
@@ -582,7 +588,9 @@ class RoomRegistry:
         viewer_buffer_limit: int = VIEWER_BUFFER_LIMIT,
         guidance_factory: GuidanceFactory | None = None,
         journal: SegmentJournal | None = None,
+        tone: ToneLookup | None = None,
     ) -> None:
+        self._tone = tone  # None: the tone of words is shown in every room
         self.stream_factory = stream_factory
         self.guidance_factory = guidance_factory
         self.metrics = metrics
@@ -632,9 +640,11 @@ class RoomRegistry:
         room = self.rooms.get(claims.interview_id)
         if room is None:
             history = await self._history(claims.interview_id)
+            tone = await self._tone_shown(claims.org_id)
             room = self.rooms.get(claims.interview_id)  # someone else may have opened it meanwhile
             if room is None:
                 room = self.rooms[claims.interview_id] = Room(self, claims.interview_id, self._backlog)
+                room.tone = tone
                 room.history.extend(history)
                 if self.guidance_factory is not None:
                     room.guidance_queue = asyncio.Queue(GUIDANCE_QUEUE)
@@ -649,6 +659,15 @@ class RoomRegistry:
         room.publish(participant, ParticipantEvent(participant.speaker, joined=True))
         self._membership_changed(room)
         return participant, None
+
+    async def _tone_shown(self, org_id: str) -> bool:
+        if self._tone is None:
+            return True
+        try:
+            return await self._tone(org_id)
+        except Exception as exc:  # unknown policy: the tone stays off (the cautious side), the call goes on
+            log.warning("cannot read organisation %s's tone setting (%s); the tone of words is off", org_id, exc)
+            return False
 
     async def _consented(self, claims: JoinClaims) -> bool:
         if self._consent is None:

@@ -60,6 +60,10 @@ MATRIX: dict[tuple[str, str], str] = {
     ("GET", "/api/interviews/{interview_id}/analysis"): "13.4..4.3",
     ("PUT", "/api/interviews/{interview_id}/analysis"): "1333..4.3",
     ("POST", "/api/interviews/{interview_id}/analysis/run"): "1333..4.3",
+    ("POST", "/api/interviews/{interview_id}/analysis/review"): "1333..4.3",  # hr and admin review
+    ("GET", "/api/analysis/export"): "1333....3",
+    ("GET", "/api/organisation"): "13333...3",  # the organisation's settings: admin
+    ("PATCH", "/api/organisation"): "13333...3",
     ("POST", "/api/interviews/{interview_id}/tokens"): "1333..4.3",
     ("POST", "/api/interviews/{interview_id}/join"): "13.4..433",
     ("DELETE", "/api/interviews/{interview_id}/tokens/{token_id}"): "1333..4.3",
@@ -73,6 +77,7 @@ MATRIX: dict[tuple[str, str], str] = {
     # consent: only a participant, for their own interview
     ("POST", "/api/consent"): "1.3333333",
     ("DELETE", "/api/consent"): "1.3333333",
+    ("GET", "/api/notice"): "1.3333333",  # what a participant's page shows before joining
     ("GET", "/.well-known/interview-worker-keys"): PUBLIC,
     # WHIP takes join tokens only: an access token or API key there is an invalid token.
     ("POST", "/whip/{interview_id}"): "1.1111111",

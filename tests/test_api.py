@@ -231,6 +231,10 @@ async def test_transcript_and_analysis(client: httpx.AsyncClient, service: Inter
     r = await client.put(f"/api/interviews/{iid}/analysis", json=analysis)
     assert r.status_code == 200 and r.json()["status"] == "completed"
     got = (await client.get(f"/api/interviews/{iid}/analysis")).json()
+    # the default jurisdiction (eu) shows no tone of words until the organisation turns it on
+    assert got["sentiment"] == {"overall": None, "timeline": []} and got["competency"] == {"communication": 4.0}
+    assert (await client.patch("/api/organisation", json={"toneEnabled": True})).status_code == 200
+    got = (await client.get(f"/api/interviews/{iid}/analysis")).json()
     assert got["sentiment"]["overall"] == 0.3 and got["competency"] == {"communication": 4.0}
 
 

@@ -83,7 +83,7 @@ class DocumentedClient:
         media_type = r.headers.get("content-type", "").split(";")[0]
         if not content:
             assert not r.content, f"{method} {path} -> {r.status_code} has a body the document does not declare"
-        elif "application/json" not in content:
+        elif "application/json" not in content or media_type != "application/json":
             assert media_type in content, f"{method} {path} -> {r.status_code} is {media_type}, not {list(content)}"
         else:
             body = _pointer("paths", template, method.lower(), "responses", str(r.status_code), "content",
@@ -210,6 +210,28 @@ async def test_every_route_answers_as_documented(api: DocumentedClient, service:
     assert (await api.get(f"/api/interviews/{iid}/analysis", params={"version": "draft"})).status_code == 422
     assert (await api.post(f"/api/interviews/{other}/analysis/run")).status_code == 409
     assert (await api.post("/api/interviews/nope/analysis/run")).status_code == 404
+    # review: the aggregate sent back as it came, edited; scores outside 0..5 refused; then confirmed
+    card = (await settled(api, iid))["aggregate"]
+    card["competencies"][0]["score"] = 2
+    assert (await api.post(f"/api/interviews/{iid}/analysis/review", json={"action": "edit", "scorecard": card,
+                                                                           "note": "one score lowered"})
+            ).status_code == 200
+    bad = {**card, "competencies": [{**card["competencies"][0], "score": 7}]}
+    assert (await api.post(f"/api/interviews/{iid}/analysis/review", json={"action": "edit", "scorecard": bad})
+            ).status_code == 422
+    reviewed = await api.post(f"/api/interviews/{iid}/analysis/review", json={"action": "confirm"})
+    assert reviewed.status_code == 200 and reviewed.json()["version"] == "confirmed"
+    assert (await api.post(f"/api/interviews/{other}/analysis/review", json={"action": "confirm"})
+            ).status_code == 409
+    assert (await api.post("/api/interviews/nope/analysis/review", json={"action": "reject"})).status_code == 404
+    assert (await api.get("/api/analysis/export")).json()["items"][0]["version"] == "confirmed"
+    assert (await api.get("/api/analysis/export", params={"format": "csv"})).text.startswith("interviewId,")
+    assert (await api.get("/api/analysis/export", params={"format": "xml"})).status_code == 422
+    # the organisation's settings
+    assert (await api.get("/api/organisation")).json()["jurisdiction"] == "eu"
+    assert (await api.request("PATCH", "/api/organisation", json={"biasAuditDate": "2026-02-30"})
+            ).status_code == 422
+    assert (await api.request("PATCH", "/api/organisation", json={"toneEnabled": None})).status_code == 200
 
     # -- join tokens ------------------------------------------------------------------------------------------
     fresh = (await api.post("/api/interviews", json=NEW)).json()["interviewId"]
@@ -284,6 +306,7 @@ async def test_every_route_answers_as_documented(api: DocumentedClient, service:
     assert (await api.request("DELETE", f"/api/interviews/{assigned}/tokens/{jti}")).status_code == 200
     assert (await api.request("DELETE", f"/api/interviews/{assigned}/tokens/{jti}", headers=as_ivy)
             ).status_code == 403
+    assert (await api.get("/api/organisation", headers=as_ivy)).status_code == 403  # admin only
     assert (await api.get("/api/audit", params={"limit": "2"})).status_code == 200
     assert (await api.get("/api/audit", params={"limit": "0"})).status_code == 422
     assert (await api.request("DELETE", f"/api/users/{ivy}")).status_code == 200
@@ -294,6 +317,8 @@ async def test_every_route_answers_as_documented(api: DocumentedClient, service:
     join = (await api.post(f"/api/interviews/{open_iid}/tokens", json={"role": "candidate"})).json()["token"]
     as_participant = {"Authorization": f"Bearer {join}"}
     consent = {"noticeVersion": "2026-01", "accepted": True}
+    assert (await api.get("/api/notice", headers=as_participant)).json()["noticeVersion"] == "2026-01"
+    assert (await api.get("/api/notice")).status_code == 403  # the admin key is no participant
     assert (await api.post("/api/consent", json=consent, headers=as_participant)).status_code == 204
     assert (await api.post("/api/consent", json=consent)).status_code == 403  # the admin key is no participant
     assert (await api.post("/api/consent", json={**consent, "accepted": False},

@@ -74,7 +74,8 @@ async def scheduler(whisper: LocalWhisper) -> AsyncIterator[SttScheduler]:
 class Harness:
     def __init__(self, service: InterviewService, scheduler: SttScheduler,
                  record: Callable[[str, SegmentEvent], Any] | None = None, resume_grace_s: float = 0.2,
-                 record_revision: Callable[[str, SegmentEvent], Any] | None = None) -> None:
+                 record_revision: Callable[[str, SegmentEvent], Any] | None = None,
+                 tone: Callable[[str], Any] | None = None) -> None:
         self.service = service
         self.metrics = Metrics()
         self.signer = TokenSigner(SECRET)
@@ -92,7 +93,7 @@ class Harness:
         self.registry = RoomRegistry(stream_factory=factory, metrics=self.metrics,
                                      record_segment=record or service.record_segment,
                                      record_revision=record_revision or service.record_revision,
-                                     last_seq=last_seq, resume_grace_s=resume_grace_s)
+                                     last_seq=last_seq, resume_grace_s=resume_grace_s, tone=tone)
         self.registry.start()
 
     async def join(self, interview_id: str, role: str, name: str, session: str = "s1",
@@ -476,3 +477,28 @@ async def test_alert_reaches_interviewers_and_observers_never_the_candidate(
     assert [a["seq"] for a in late.of_type("alert.protected_topic")] == [2]
     assert late.of_type("guide.coverage") and late.of_type("talk.balance")
     await registry.aclose()
+
+
+async def test_an_organisation_that_does_not_show_the_tone_of_words_gets_no_sentiment(
+        service: InterviewService, scheduler: SttScheduler) -> None:
+    asked: list[str] = []
+
+    async def tone(org_id: str) -> bool:  # the organisation's OrgPolicy.tone (eu: off unless turned on)
+        asked.append(org_id)
+        return False
+
+    h = Harness(service, scheduler, tone=tone)
+    iid = await new_interview(service)
+    interviewer = await h.join(iid, "interviewer", "Ivy")
+    cand = await h.join(iid, "candidate", "Cat", pid="cand-t")
+    viewer = MemoryChannel()
+    h.registry.add_viewer(interviewer, viewer)
+    await push(cand, np.zeros(48000, dtype=np.int16), tail_s=0)
+    cand._on_event(SegmentEvent(cand.speaker, 0, 0.0, 1.5, "I shipped the app.", final=True))
+    cand._on_event(SentimentEvent(cand.speaker, 0, 0.4, 0.4, 0.0, 1.5))
+    late = MemoryChannel()
+    h.registry.add_viewer(await h.join(iid, "observer", "Obi"), late)
+    for channel in (viewer, late):  # neither live nor in the backlog; the transcript as always
+        assert channel.of_type("segment.final") and not channel.of_type("sentiment")
+    assert asked == ["default"]  # asked once, when the room opened, for the join token's organisation
+    await h.registry.aclose()
