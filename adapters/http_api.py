@@ -21,6 +21,7 @@ rate limit (with Retry-After), 503 database unavailable. Each is logged once, he
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import json
@@ -37,7 +38,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from adapters import api_schema as schema
-from adapters.analysis_jobs import AnalysisJobs, MemoryAnalysisRecords
+from adapters.analysis_jobs import AnalysisJobs, MemoryAnalysisRecords, interview_structure
 from adapters.api_schema import Operation, openapi_document
 from adapters.auth import Accounts
 from adapters.crypto import ReceiptSigner
@@ -133,6 +134,10 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("put_analysis", "PUT", f"{_IID}/analysis", "Record the analysis of a completed interview",
               schema.InterviewAnalysis, body=schema.AnalysisInput, errors=(403, 404, 409), action=A.ANALYSIS_WRITE,
               resource="interview"),
+    Operation("get_structure", "GET", f"{_IID}/structure",
+              "The transcript's structure from its text: question/answer pairs, talk time, per-speaker tone of "
+              "words and keywords", schema.InterviewStructure, query=schema.StructureParams, errors=(403, 404),
+              action=A.ANALYSIS_READ, resource="interview"),
     Operation("issue_token", "POST", f"{_IID}/tokens", "Issue a join token for a participant", schema.JoinToken,
               201, body=schema.TokenRequest, errors=(403, 404, 409), action=A.TOKEN_MINT, resource="interview"),
     Operation("join_interview", "POST", f"{_IID}/join", "A join token for the signed-in user (an interviewer)",
@@ -572,6 +577,16 @@ def api_routes(api: Api) -> list[BaseRoute]:
         await jobs.record_manual(iid, legacy)
         # the answer is about what was recorded: complete, whatever a scorecard job is doing meanwhile
         return ApiJSONResponse({**await jobs.view(iid, legacy), "status": legacy["status"]})
+
+    @endpoint
+    async def get_structure(request: Request) -> Response:
+        f = Fields(params(request), allowed=("tone",))
+        tone = f.choice("tone", ("true", "false"), default="false" if jobs.jurisdiction == "eu" else "true")
+        f.done()
+        iid = request.path_params["interview_id"]
+        interview = await service.get_interview(iid, with_segments=False)
+        segments = (await service.get_transcript(iid))["segments"]
+        return ApiJSONResponse(await asyncio.to_thread(interview_structure, interview, segments, tone=tone == "true"))
 
     # -- join tokens --------------------------------------------------------------------------------------------
 
