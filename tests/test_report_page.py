@@ -163,7 +163,7 @@ async def check_pages(server: LiveServer, iid: str, chromium: str) -> None:
             await expect(page.get_by_role("note")).to_contain_text("Advisory")
             scorecard = page.get_by_role("region", name="Scorecard", exact=True)
             await expect(scorecard.get_by_role("table", name="Aggregated scorecard")).to_be_visible()
-            await expect(scorecard).to_contain_text("providers disagree")
+            await expect(scorecard).to_contain_text("Providers disagree by 2 points or more on")
             await expect(page.get_by_role("region", name="Each provider's scorecard")).to_contain_text("anthropic")
             await expect(page.get_by_role("img", name=re.compile("^Talk time"))).to_be_visible()
 

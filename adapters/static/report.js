@@ -101,7 +101,7 @@ function rationaleOf(c) {
 function competencyTable(card, speakerName, caption) {
   const rows = card.competencies.map((c) => el("tr", { class: c.flagged ? "flagged" : null },
     el("th", { scope: "row" }, words(c.name),
-      c.flagged ? el("span", { class: "badge", text: "providers disagree", title: `spread ${c.spread}` }) : null),
+      c.flagged ? el("span", { class: "badge", text: "disagree", title: `The providers' scores are ${c.spread} points apart` }) : null),
     el("td", { class: "score" }, scoreBar(c.score), el("span", { text: fmtScore(c.score) }),
       c.scores && Object.keys(c.scores).length > 1
         ? el("small", { class: "muted per-provider", text: Object.entries(c.scores).map(([p, v]) => `${p} ${v}`).join(" · ") }) : null),
@@ -317,7 +317,7 @@ function leaning(v) {
 function toneChart(root, s, endS) {
   const W = 600;
   const H = 90;
-  const x = (t) => 4 + ((W - 8) * t) / Math.max(endS, 1);
+  const x = (t) => 8 + ((W - 16) * t) / Math.max(endS, 1);
   const y = (v) => H / 2 - (v * (H / 2 - 6));
   const points = s.tone;
   const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "tone-chart", role: "img",
