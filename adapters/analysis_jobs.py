@@ -168,6 +168,73 @@ def _guide(interview: dict[str, Any]) -> list[GuideQuestion]:
             for q in interview.get("questions", ())]
 
 
+KEYWORDS_PER_SPEAKER = 12
+
+
+def interview_structure(interview: dict[str, Any], segments: Sequence[dict[str, Any]], *,
+                        tone: bool) -> dict[str, Any]:
+    """GET /api/interviews/{id}/structure: the stored transcript's Q<->A pairs, talk time, and per speaker the tone
+    of their words (VADER on each sentence's text, smoothed as the live overlay does; only with `tone`) and their
+    keywords. Text only; segments marked crosstalk (someone else's voice) or hallucination are left out, as the
+    analysers leave them out. Every item names its segments as (participantId, seq). CPU work: call it in a thread.
+
+    Tone and keywords read the stored text (what the report shows); the pairs come from `domain.analysis`'s
+    turns, whose pseudonymised text is not returned."""
+    from pipeline.analysis import KeywordTracker, SentimentTracker
+
+    kept = [s for s in segments if s.get("text") and not s.get("crosstalk") and not s.get("hallucination")]
+    guide = _guide(interview)
+    turns = conversation(kept, ())
+    shape = structure(turns, guide)
+    text_of = {(str(s["participantId"]), int(s["seq"])): str(s["text"]) for s in kept}
+
+    def ref(index: int) -> dict[str, Any]:
+        return {"participantId": turns[index].participant_id, "seq": turns[index].seq}
+
+    def exchange(ex: Any) -> dict[str, Any]:
+        d = ex.to_dict()
+        d["questionText"] = " ".join(text_of[(turns[i].participant_id, turns[i].seq)] for i in ex.question)
+        d["answerText"] = " ".join(text_of[(turns[i].participant_id, turns[i].seq)] for i in ex.answer)
+        d["question"], d["answer"] = [ref(i) for i in ex.question], [ref(i) for i in ex.answer]
+        return d
+
+    pairs = [{**p.to_dict(), "question": exchange(p.exchanges[0]), "followUps": [exchange(e) for e in p.exchanges[1:]]}
+             for p in shape.pairs]
+    coverage = [{"questionId": g["questionId"], "text": g["text"], "asked": g["asked"], "match": g["match"],
+                 "at": ref(g["turn"]) if g["turn"] is not None else None} for g in shape.guide]
+    skills = [k for g in guide for k in g.expected_keywords]
+    speakers: dict[str, dict[str, Any]] = {}
+    trackers: dict[str, tuple[SentimentTracker, KeywordTracker]] = {}
+    names = {str(s["participantId"]): (s.get("speaker") or {}).get("name") for s in kept}
+    total = sum(t.end_s - t.start_s for t in turns)
+    for t in turns:
+        sp = speakers.get(t.participant_id)
+        if sp is None:
+            sp = speakers[t.participant_id] = {
+                "participantId": t.participant_id, "name": names.get(t.participant_id), "role": t.role,
+                "label": t.label, "talkSeconds": 0.0, "talkShare": 0.0, "turns": 0, "words": 0,
+                "tone": [] if tone else None, "keywords": []}
+            trackers[t.participant_id] = (SentimentTracker(), KeywordTracker(skills=skills))
+        text = text_of[(t.participant_id, t.seq)]
+        sp["talkSeconds"] += t.end_s - t.start_s
+        sp["turns"] += 1
+        sp["words"] += len(text.split())
+        sentiment, keywords = trackers[t.participant_id]
+        if tone:
+            score, rolling = sentiment.update(text, t.seq)
+            sp["tone"].append({"seq": t.seq, "at_s": round(t.end_s, 2), "score": round(score, 3),
+                               "rolling": round(rolling, 3)})
+        keywords.update(text, t.seq)
+    for pid, sp in speakers.items():
+        sp["talkShare"] = round(sp["talkSeconds"] / total, 3) if total else 0.0
+        sp["talkSeconds"] = round(sp["talkSeconds"], 2)
+        sp["keywords"] = [k.to_dict() for k in trackers[pid][1].top(KEYWORDS_PER_SPEAKER)]
+    return {"interviewId": interview["interviewId"], "basis": "text", "tone": tone, "speakers": list(speakers.values()),
+            "pairs": pairs, "guide": coverage, "candidateShare": round(shape.candidate_share, 3),
+            "responseDelayMedianSeconds": None if shape.response_delay_median_s is None
+            else round(shape.response_delay_median_s, 2), "answerWordsMedian": shape.answer_words_median}
+
+
 class AnalysisJobs:
     def __init__(self, service: InterviewService, records: AnalysisRecords,
                  providers: Sequence[AnalysisProvider] = (), *, heuristic: AnalysisProvider | None = None,

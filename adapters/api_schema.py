@@ -688,6 +688,82 @@ class AnalysisExport(_Closed):
 
     jurisdiction: Jurisdiction
     items: list[ExportRow]
+class StructureParams(_Closed):
+    tone: bool | None = Field(None, description="compute the tone of words per speaker (text only); default: "
+                                                "false with JURISDICTION=eu, else true")
+
+
+class SegmentRef(_Closed):
+    participantId: Id
+    seq: Annotated[int, Field(ge=0)]
+
+
+class StructureExchange(_Closed):
+    question: list[SegmentRef] = Field(description="the interviewer's consecutive segments")
+    answer: list[SegmentRef] = Field(description="the candidate's segments that follow")
+    questionText: str
+    answerText: str
+    answerWords: int
+    answerSeconds: float
+    responseDelaySeconds: float | None
+
+
+class StructurePair(_Closed):
+    question: StructureExchange
+    followUps: list[StructureExchange]
+    guideQuestionId: str | None
+    guideMatch: float
+    answerWords: int
+
+
+class GuideCoverage(_Closed):
+    questionId: str
+    text: str
+    asked: bool
+    match: float
+    at: SegmentRef | None
+
+
+class TonePoint(_Closed):
+    seq: Annotated[int, Field(ge=0)]
+    at_s: float = Field(description="seconds since the interview's first segment")
+    score: float = Field(description="VADER compound score of the sentence's text, -1..1")
+    rolling: float
+
+
+class KeywordRef(_Closed):
+    term: str
+    count: int
+    relevance: float
+    seqs: list[int] = Field(description="the speaker's segments it came from")
+
+
+class StructureSpeaker(_Closed):
+    participantId: Id
+    name: str | None
+    role: Literal[ROLES]  # type: ignore[valid-type]  # domain tuple
+    label: str
+    talkSeconds: float
+    talkShare: float
+    turns: int
+    words: int
+    tone: list[TonePoint] | None = Field(description="null unless `tone` was asked for (or is the default)")
+    keywords: list[KeywordRef]
+
+
+class InterviewStructure(_Closed):
+    """What the stored transcript's text shows (never voice): question/answer pairs, talk time, the guide's
+    coverage, and per speaker the tone of their words and their keywords."""
+
+    interviewId: Id
+    basis: Literal["text"]
+    tone: bool
+    speakers: list[StructureSpeaker]
+    pairs: list[StructurePair]
+    guide: list[GuideCoverage]
+    candidateShare: float
+    responseDelayMedianSeconds: float | None
+    answerWordsMedian: float | None
 
 
 class Interview(_Closed):

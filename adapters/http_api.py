@@ -21,6 +21,7 @@ rate limit (with Retry-After), 503 database unavailable. Each is logged once, he
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import dataclasses
 import functools
@@ -41,7 +42,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from adapters import api_schema as schema
-from adapters.analysis_jobs import AnalysisJobs, MemoryAnalysisRecords
+from adapters.analysis_jobs import AnalysisJobs, MemoryAnalysisRecords, interview_structure
 from adapters.api_schema import Operation, openapi_document
 from adapters.auth import Accounts
 from adapters.crypto import ReceiptSigner
@@ -157,6 +158,10 @@ OPERATIONS: tuple[Operation, ...] = (
               "organisation's policy, with the Local Law 144 candidate notice under us-nyc", schema.JoinNotice,
               errors=(403, 404), tag="participants", auth="joinToken", action=A.CONSENT,
               resource="own_interview"),
+    Operation("get_structure", "GET", f"{_IID}/structure",
+              "The transcript's structure from its text: question/answer pairs, talk time, per-speaker tone of "
+              "words and keywords", schema.InterviewStructure, query=schema.StructureParams, errors=(403, 404),
+              action=A.ANALYSIS_READ, resource="interview"),
     Operation("issue_token", "POST", f"{_IID}/tokens", "Issue a join token for a participant", schema.JoinToken,
               201, body=schema.TokenRequest, errors=(403, 404, 409), action=A.TOKEN_MINT, resource="interview"),
     Operation("join_interview", "POST", f"{_IID}/join", "A join token for the signed-in user (an interviewer)",
@@ -680,6 +685,17 @@ def api_routes(api: Api) -> list[BaseRoute]:
         # the answer is about what was recorded: complete, whatever a scorecard job is doing meanwhile
         view = await jobs.view(iid, legacy, policy=await api.policy(principal_of(request).org_id))
         return ApiJSONResponse({**view, "status": legacy["status"]})
+
+    @endpoint
+    async def get_structure(request: Request) -> Response:
+        f = Fields(params(request), allowed=("tone",))
+        policy = await api.policy(principal_of(request).org_id)  # the organisation's tone default (off in eu)
+        tone = f.choice("tone", ("true", "false"), default="true" if policy.tone else "false")
+        f.done()
+        iid = request.path_params["interview_id"]
+        interview = await service.get_interview(iid, with_segments=False)
+        segments = (await service.get_transcript(iid))["segments"]
+        return ApiJSONResponse(await asyncio.to_thread(interview_structure, interview, segments, tone=tone == "true"))
 
     # -- join tokens --------------------------------------------------------------------------------------------
 

@@ -58,6 +58,7 @@ MATRIX: dict[tuple[str, str], str] = {
     ("POST", "/api/interviews/{interview_id}/questions/{question_id}/ask"): "13.4..4.3",
     ("GET", "/api/interviews/{interview_id}/transcript"): "13.4..4.3",
     ("GET", "/api/interviews/{interview_id}/analysis"): "13.4..4.3",
+    ("GET", "/api/interviews/{interview_id}/structure"): "13.4..4.3",
     ("PUT", "/api/interviews/{interview_id}/analysis"): "1333..4.3",
     ("POST", "/api/interviews/{interview_id}/analysis/run"): "1333..4.3",
     ("POST", "/api/interviews/{interview_id}/analysis/review"): "1333..4.3",  # hr and admin review

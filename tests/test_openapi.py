@@ -184,6 +184,11 @@ async def test_every_route_answers_as_documented(api: DocumentedClient, service:
     segments = (await api.get(f"/api/interviews/{iid}/transcript")).json()["segments"]
     assert [s.get("revision") for s in segments] == [None, 1]
     assert (await api.get("/api/interviews/nope/transcript")).status_code == 404
+    shape = (await api.get(f"/api/interviews/{iid}/structure", params={"tone": "true"})).json()
+    assert [p["seq"] for p in shape["speakers"][0]["tone"]] == [0, 1]
+    assert "pipelines" in {k["term"] for k in shape["speakers"][0]["keywords"]}  # the revised text
+    assert (await api.get(f"/api/interviews/{iid}/structure", params={"tone": "yes"})).status_code == 422
+    assert (await api.get("/api/interviews/nope/structure")).status_code == 404
 
     # -- analysis ---------------------------------------------------------------------------------------------
     assert (await api.get(f"/api/interviews/{iid}/analysis")).json()["status"] == "pending"

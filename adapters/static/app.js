@@ -7,6 +7,7 @@
 import { Api } from "/static/app_api.js";
 import { adminViews } from "/static/app_admin.js";
 import { interviewViews } from "/static/app_interviews.js";
+import { reportViews } from "/static/report.js";
 import { el, pageHeading, toast } from "/static/ui.js";
 
 const BASE = "/app";
@@ -18,13 +19,14 @@ const ROUTES = [
   { pattern: /^\/login$/, view: "login", public: true },
   { pattern: /^\/schedule$/, view: "schedule", roles: ["hr", "admin"] },
   { pattern: /^\/interviews\/([^/]+)$/, view: "interview", params: ["id"] },
+  { pattern: /^\/interviews\/([^/]+)\/report$/, view: "report", params: ["id"] },
   { pattern: /^\/users$/, view: "users", roles: ["admin"] },
   { pattern: /^\/api-keys$/, view: "api-keys", roles: ["admin"] },
   { pattern: /^\/audit$/, view: "audit", roles: ["admin"] },
 ];
 
-const VIEWS = { login: renderLogin, ...interviewViews, ...adminViews };
-const NAV_OF = { interview: "dashboard" };
+const VIEWS = { login: renderLogin, ...interviewViews, ...reportViews, ...adminViews };
+const NAV_OF = { interview: "dashboard", report: "dashboard" };
 
 const view = document.getElementById("view");
 const nav = document.getElementById("nav");
