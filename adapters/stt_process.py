@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from adapters.stt_whisper import LocalWhisper, check_model_dir, model_name
+from adapters.stt_whisper import JoinedBase, LocalWhisper, check_model_dir, model_name
 from pipeline.transcript import SttError, Transcript, as_float_audio
 
 log = logging.getLogger(__name__)
@@ -88,15 +88,18 @@ class WhisperProcesses:
     REVISION_NICE = 19
 
     def __init__(self, model_path: str | None = None, *, processes: int = 2, cpu_threads: int = 1,
-                 revision_model: str | None = None, **options: Any) -> None:
+                 revision_model: str | JoinedBase | None = None, **options: Any) -> None:
         if processes < 1:
             raise ValueError("processes must be >= 1")
         check_model_dir(model_path)  # the usual start-up error, raised here rather than inside a child
         self.processes = processes
         self._args = (model_path, {"cpu_threads": cpu_threads, **options})
         # the revision process loads only the model it decodes with (a bigger one: it runs at the lowest priority)
-        self._revision_args = (check_model_dir(revision_model) if revision_model else model_path, self._args[1])
-        self.revision_model = model_name(self._revision_args[0])
+        if isinstance(revision_model, str):
+            check_model_dir(revision_model)
+        self._revision_model = revision_model or model_path
+        self.revision_model = (revision_model.name if isinstance(revision_model, JoinedBase)
+                               else model_name(revision_model or model_path))
         self._lock = threading.Lock()
         self._closed = False
         self.restarts = 0
@@ -108,8 +111,12 @@ class WhisperProcesses:
         # spawn, not fork: the parent runs threads (asyncio, CTranslate2) that a fork would copy mid-state
         return ProcessPoolExecutor(1 if revisions else self.processes, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_init_child,
-                                   initargs=(*(self._revision_args if revisions else self._args),
+                                   initargs=(self._revision_path() if revisions else self._args[0], self._args[1],
                                              self.REVISION_NICE if revisions else 0))
+
+    def _revision_path(self) -> str | None:
+        model = self._revision_model
+        return model.path() if isinstance(model, JoinedBase) else model  # joined on the first revision
 
     def _warm_up(self) -> str:
         t0 = time.perf_counter()

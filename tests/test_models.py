@@ -101,6 +101,7 @@ def test_revisions_decode_with_whisper_base_by_default(model_cache: Path, jfk16k
     settings = Settings(data_dir=model_cache.parent, stt_subprocess=False)  # REVISION_MODEL unset: base
     stt = build_stt(settings)
     assert isinstance(stt, LocalWhisper) and stt.model == "tiny.en" and stt.revision_model == "whisper-base"
+    assert (model_cache / "whisper-base" / "model.bin").is_file()  # joined by the test above, found again
     first, second = jfk16k[: 16000 * 5], jfk16k[16000 * 5 :]
     tr = stt.revise(second, context=first, context_text="And so, my fellow Americans,")
     assert wer("ask not what your country can do for you, ask what you can do for your country.", tr.text) <= 0.1, tr.text
