@@ -208,6 +208,11 @@ class Settings(BaseSettings):
     guidance: Flag = setting(True, "live guidance for interviewers (protected-topic alerts, guide coverage, "
                              "question/answer pairs, talk balance; salary history is flagged with JURISDICTION=us-nyc)")
     end_silence_ms: PositiveInt = setting(500, "silence that ends an utterance (lower: faster finals, more splits)")
+    semantic_turns: Flag = setting(True, "end an utterance from the words too: TURN_COMPLETE_MS after a complete "
+                                   "sentence or question, TURN_INCOMPLETE_MS after a trailing and/so/um/comma, "
+                                   "else END_SILENCE_MS")
+    turn_complete_ms: PositiveInt = setting(220, "silence that ends an utterance whose text is a complete sentence")
+    turn_incomplete_ms: PositiveInt = setting(800, "silence that ends an utterance whose text ends mid-thought")
     ice_servers: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_ice_urls)] = setting(
         (), "comma-separated stun:, turn: and turns: URLs handed to the pages for the call between participants "
         "(turn: needs TURN_SECRET); the server's own connections use the stun: ones (unset: host candidates only)")
