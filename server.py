@@ -189,6 +189,8 @@ async def _build(c: Components) -> None:
     c.metrics.bind_stt(queue_depth=lambda: float(scheduler.queue_depth), stats=lambda: scheduler.stats)
     stream_config = StreamConfig(vad=s.vad_mode, partial_interval_s=s.partial_interval_s,
                                  end_silence_ms=s.end_silence_ms, revise=s.stt_revise,
+                                 semantic_turns=s.semantic_turns, turn_complete_ms=s.turn_complete_ms,
+                                 turn_incomplete_ms=s.turn_incomplete_ms,
                                  crosstalk_guard=s.crosstalk_guard,
                                  await_revisions=False)  # leaving or shutting down does not wait for them
 

