@@ -36,6 +36,7 @@ from pipeline.guards import (
     compression_ratio,
     cut_short,
     doubtful_hint,
+    hint_echo,
     hint_only,
     too_many_words,
 )
@@ -309,7 +310,10 @@ class LocalWhisper:
         guard = bool(vocabulary) and self.hint_guard
         only = guard and hint_only(tr.text, vocabulary)
         doubt = guard and doubtful_hint(tr, vocabulary)
-        if only or doubt:
+        if only and hint_echo(tr, vocabulary):  # the hint read into silence or noise
+            log.debug("only hint terms, no speech: %r", tr.text)
+            tr = Transcript(text="", reason="hint_only", audio_s=audio_s, language=tr.language)
+        elif only or doubt:
             # terms the decoder may have taken from the hint rather than the audio: decode without the vocabulary.
             # Nothing there: the decode was silence or noise read as the hint, and is dropped. A term pushed over
             # what the audio says (doubtful): the plain decode stands. Else (a real one-term answer, "Kubernetes."):

@@ -17,6 +17,7 @@ their `Heard` summaries (conversation time, normalised words, `speech_level_db` 
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 import re
 import zlib
@@ -240,10 +241,26 @@ def hint_only(text: str, terms: tuple[str, ...]) -> bool:
         w in vocab for w in words)
 
 
+def hint_echo(t: Transcript, terms: tuple[str, ...]) -> bool:
+    """Whether `t` is nothing but the vocabulary's terms and is no speech by Whisper's own measure
+    (`no_speech_prob` above `NO_SPEECH_THRESHOLD`, whatever the log-probability) or repeats a term back to back:
+    4 s of white noise decoded as "Istio, Istio, Istio," (no_speech_prob 0.94, avg_logprob -0.95, just above
+    the no-speech gate's -1.0)."""
+    if not hint_only(t.text, terms):
+        return False
+    words = normalise(t.text).split()
+    return t.no_speech_prob > NO_SPEECH_THRESHOLD or len(words_of(t.text)) < len(words)
+
+
 def doubtful_hint(t: Transcript, terms: tuple[str, ...], min_probability: float = HINT_MIN_PROBABILITY) -> bool:
-    """Whether a word of `t` that belongs to the vocabulary got less than `min_probability`: a term the hint
-    pushed through the beam over what the audio says. Needs word probabilities (no words: False)."""
+    """Whether `t` has a word of the vocabulary that got less than `min_probability` (a term the hint pushed
+    through the beam over what the audio says; needs word probabilities), or says a vocabulary word twice back to
+    back (the hint looping: "Istio, Istio, Istio. You" from white noise, "... a Helm chart. Istio, Istio" in the
+    silence after speech)."""
     vocab = hint_words(terms)
+    words = normalise(t.text).split()
+    if any(a == b and a in vocab for a, b in itertools.pairwise(words)):
+        return True
     return any(w.probability < min_probability and set(normalise(w.word).split()) & vocab for w in t.words)
 
 
