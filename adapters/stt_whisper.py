@@ -306,26 +306,33 @@ class LocalWhisper:
         if not getattr(self._local, "limited", False):
             self._limits()
             self._local.limited = True
+        tr = self._transcribe(x, prompt, partial, penalty, vocabulary)
+        if vocabulary and self.hint_guard and tr.text:
+            only, doubt = hint_only(tr.text, vocabulary), doubtful_hint(tr, vocabulary)
+            if only and hint_echo(tr, vocabulary):  # the hint read into silence or noise
+                log.debug("only hint terms, no speech: %r", tr.text)
+                tr = Transcript(text="", reason="hint_only", audio_s=audio_s, language=tr.language, redecoded=True)
+            elif only or doubt:
+                # terms the decoder may have taken from the hint rather than the audio: decode without the
+                # vocabulary. Nothing there: the decode was silence or noise read as the hint, and is dropped. A
+                # doubtful term: the decode without it stands. Else (a real one-term answer, "Kubernetes."): the
+                # terms stay.
+                bare = self._transcribe(x, prompt, partial, penalty, ())
+                log.debug("hint terms in %r; without the vocabulary %r", tr.text, bare.text)
+                if only and not bare.text:
+                    tr = Transcript(text="", reason="hint_only", audio_s=audio_s, language=tr.language)
+                elif doubt:
+                    tr = bare
+                    tr.reason = tr.reason or "doubtful_hint"
+                tr.redecoded = True
+        tr.decode_s = time.perf_counter() - t0
+        return tr
+
+    def _transcribe(self, x: np.ndarray, prompt: str | None, partial: bool, penalty: float,
+                    vocabulary: tuple[str, ...]) -> Transcript:
+        """One decode of `x` and the decodes again its guards ask for (repeats, too many words, an early end)."""
+        audio_s = x.size / SAMPLE_RATE
         tr = self._decode(x, self._prompt_ids(prompt, vocabulary), partial, penalty)
-        guard = bool(vocabulary) and self.hint_guard
-        only = guard and hint_only(tr.text, vocabulary)
-        doubt = guard and doubtful_hint(tr, vocabulary)
-        if only and hint_echo(tr, vocabulary):  # the hint read into silence or noise
-            log.debug("only hint terms, no speech: %r", tr.text)
-            tr = Transcript(text="", reason="hint_only", audio_s=audio_s, language=tr.language)
-        elif only or doubt:
-            # terms the decoder may have taken from the hint rather than the audio: decode without the vocabulary.
-            # Nothing there: the decode was silence or noise read as the hint, and is dropped. A term pushed over
-            # what the audio says (doubtful): the plain decode stands. Else (a real one-term answer, "Kubernetes."):
-            # the terms stay.
-            bare = self._decode(x, self._prompt_ids(prompt, ()), partial, penalty)
-            log.debug("hint terms in %r; without the vocabulary %r", tr.text, bare.text)
-            if only and not bare.text:
-                tr = Transcript(text="", reason="hint_only", audio_s=audio_s, language=tr.language)
-            elif doubt:
-                tr, vocabulary = bare, ()
-                tr.reason = tr.reason or "doubtful_hint"
-            tr.redecoded = True
         if not partial and tr.reason == "repeated" and self._frames(audio_s) is not None:
             # the guards kept one copy of a sentence the decoder repeated in the shortened window: decode in
             # Whisper's full window, as whole-file decoding does (it wrote the sentence once on every such clip)
@@ -355,7 +362,6 @@ class LocalWhisper:
                 tr = plain
                 tr.reason = tr.reason or "early_end"
             tr.redecoded = True
-        tr.decode_s = time.perf_counter() - t0
         return tr
 
     def _prompt_ids(self, prompt: str | None, vocabulary: tuple[str, ...]) -> list[int] | None:

@@ -256,10 +256,14 @@ def doubtful_hint(t: Transcript, terms: tuple[str, ...], min_probability: float 
     """Whether `t` has a word of the vocabulary that got less than `min_probability` (a term the hint pushed
     through the beam over what the audio says; needs word probabilities), or says a vocabulary word twice back to
     back (the hint looping: "Istio, Istio, Istio. You" from white noise, "... a Helm chart. Istio, Istio" in the
-    silence after speech)."""
+    silence after speech), or has a vocabulary word in a decode that is itself doubted: flagged a hallucination,
+    likely no speech, or one copy kept of words it repeated ("TensorFlow, Cloud, Cloud," from white noise)."""
     vocab = hint_words(terms)
     words = normalise(t.text).split()
     if any(a == b and a in vocab for a, b in itertools.pairwise(words)):
+        return True
+    doubted = t.hallucination or t.no_speech_prob > NO_SPEECH_THRESHOLD or t.reason == "repeated"
+    if doubted and any(w in vocab for w in words):
         return True
     return any(w.probability < min_probability and set(normalise(w.word).split()) & vocab for w in t.words)
 
