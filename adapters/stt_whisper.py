@@ -364,9 +364,12 @@ class LocalWhisper:
             tr.redecoded = True
         return tr
 
-    def _prompt_ids(self, prompt: str | None, vocabulary: tuple[str, ...]) -> list[int] | None:
-        """The decoder's prompt as token ids: the vocabulary's hint (at most `MAX_HINT_TOKENS`, whole terms, in
-        their order), then the end of `prompt` in what is left of `MAX_PROMPT_TOKENS`. None: no prompt."""
+    def _prompt_ids(self, prompt: str | None, vocabulary: tuple[str, ...]) -> str | list[int] | None:
+        """The decoder's prompt: without a vocabulary `prompt` itself (faster-whisper keeps its last 223 tokens);
+        with one, token ids: the vocabulary's hint (at most `MAX_HINT_TOKENS`, whole terms, in their order), then
+        the end of `prompt` in what is left of `MAX_PROMPT_TOKENS`. None: no prompt."""
+        if not vocabulary:
+            return prompt or None
         hint = self._hint_ids(vocabulary)
         tail = self._tokens(" " + " ".join(prompt.split())) if prompt and prompt.strip() else []
         room = MAX_PROMPT_TOKENS - len(hint)
