@@ -211,3 +211,40 @@ async def test_an_interviews_terms_reach_its_rooms_decoder(tmp_path: Path, mongo
     said = transcript_of(received)
     assert term_count(said, "Kubernetes") == 1, said  # from the job's description
     assert term_count(said, "Terraform") == 1, said
+
+
+async def test_a_room_without_its_vocabulary_still_opens(caplog: pytest.LogCaptureFixture) -> None:
+    from adapters.metrics import Metrics
+    from adapters.rooms import RoomRegistry
+    from adapters.tokens import TokenSigner
+
+    async def broken(interview_id: str) -> tuple[str, ...]:
+        raise ConnectionError("store went away")
+
+    async def terms(interview_id: str) -> tuple[str, ...]:
+        return ("Kubernetes", "gRPC")
+
+    signer = TokenSigner(b"room-vocabulary-secret-0123456789")
+    for lookup, expected in ((terms, ("Kubernetes", "gRPC")), (broken, ())):
+        registry = RoomRegistry(stream_factory=lambda *a: None, metrics=Metrics(), vocabulary=lookup)
+        _, claims = signer.issue("iv-vocab", "candidate", "Cam")
+        participant, _ = await registry.join(claims, "s1")
+        assert participant.room.conversation.vocabulary == expected
+    assert "transcribing without it" in caplog.text
+
+
+@pytest.mark.slow
+def test_the_openai_engine_sends_the_vocabulary_first_in_its_prompt(
+        whisper: LocalWhisper, infra_dialogue: tuple[Path, dict[str, Any]]) -> None:
+    from adapters.stt_openai import OpenAITranscriber
+    from testing.openai_server import OpenAICompatServer
+
+    folder, truth = infra_dialogue
+    with OpenAICompatServer(whisper) as server:
+        stt = OpenAITranscriber(base_url=server.base_url, api_key=server.api_key)
+        try:
+            tr = stt.transcribe(turn_audio(folder, truth, 1), prompt="Which tools do you use?", vocabulary=INFRA)
+        finally:
+            stt.close()
+    assert server.requests[-1]["prompt"] == hint_text(INFRA) + " Which tools do you use?"
+    assert term_count(tr.text, "Kubernetes") == 1, tr.text
