@@ -42,7 +42,7 @@ MATRIX: dict[tuple[str, str], str] = {
     ("POST", "/api/auth/logout"): PUBLIC,
     ("GET", "/api/me"): "13.....33",
     ("POST", "/api/users"): "13333...3",
-    ("GET", "/api/users"): "13333...3",
+    ("GET", "/api/users"): "1333....3",  # hr lists them to assign interviewers
     ("DELETE", "/api/users/{user_id}"): "13333.4.3",
     ("POST", "/api/api-keys"): "13333...3",
     ("GET", "/api/api-keys"): "13333...3",
