@@ -156,6 +156,12 @@ class AccountsStore:
         return None if doc is None else User.from_document(doc)
 
     @_translated
+    async def users_of(self, org_id: str, user_ids: list[str]) -> list[User]:
+        """Those of `user_ids` that are users of `org_id` (any role, disabled too)."""
+        docs = await self.users.find({"_id": {"$in": list(user_ids)}, "orgId": org_id}).to_list(None)
+        return [User.from_document(d) for d in docs]
+
+    @_translated
     async def list_users(self, org_id: str) -> list[User]:
         docs = await self.users.find({"orgId": org_id}).sort("createdAt", ASCENDING).to_list(None)
         return [User.from_document(d) for d in docs]

@@ -93,7 +93,9 @@ class NewInterview(_Closed):
     scheduledAt: Timestamp = Field(description="ISO 8601 with a time zone")
     type: Literal[INTERVIEW_TYPES] | None = "screening"  # type: ignore[valid-type]  # domain tuple
     format: Literal[INTERVIEW_FORMATS] | None = "video"  # type: ignore[valid-type]  # domain tuple
-    interviewers: Annotated[list[Id], Field(max_length=20)] | None = None
+    interviewers: Annotated[list[Id], Field(max_length=20)] | None = Field(
+        None, description="user ids of active users of the organisation with the role interviewer (else 422 naming "
+        "each bad id)")
     questions: Annotated[list[NewQuestion], Field(max_length=200)] | None = None
 
 

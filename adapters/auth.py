@@ -49,6 +49,7 @@ from domain.access import (
     ANONYMOUS,
     API_KEY_SCOPES,
     DEFAULT_ORG,
+    INTERVIEWER,
     USER_ROLES,
     Principal,
 )
@@ -370,6 +371,25 @@ class Accounts:
         org_id = DEFAULT_ORG if org_name == DEFAULT_ORG else "org_" + uuid.uuid4().hex[:12]
         org_id = await self.store.ensure_organisation(org_id, org_name, self._clock())
         return await self.create_user(org_id, email, ADMIN, email.split("@")[0] or "admin", password)
+
+    async def check_interviewers(self, org_id: str, user_ids: list[str]) -> None:
+        """422 naming each id that is not an active user of `org_id` with the role `interviewer` (an admin or an HR
+        user is not assignable: assignment is what lets an interviewer in, and those roles see everything anyway).
+        Another organisation's user gets the same answer as an unknown id."""
+        if not user_ids:
+            return
+        found = {u.user_id: u for u in await self.store.users_of(org_id, user_ids)}
+        problems = {}
+        for i, uid in enumerate(user_ids):
+            user = found.get(uid)
+            if user is None:
+                problems[f"interviewers[{i}]"] = f"{uid!r} is not a user of this organisation"
+            elif user.role != INTERVIEWER:
+                problems[f"interviewers[{i}]"] = f"{uid!r} has the role {user.role}, not interviewer"
+            elif user.disabled:
+                problems[f"interviewers[{i}]"] = f"{uid!r} is disabled"
+        if problems:
+            raise ValidationError(problems)
 
     async def disable_user(self, org_id: str, user_id: str) -> None:
         await self.store.disable_user(org_id, user_id)

@@ -488,6 +488,7 @@ def api_routes(api: Api) -> list[BaseRoute]:
     async def create_interview(request: Request) -> Response:
         p = principal_of(request)
         cmd = CreateInterview.parse(await body_of(request))
+        await api.accounts.check_interviewers(p.org_id, cmd.interviewers)
         doc = await service.create_interview(cmd, created_by(p), org_id=p.org_id)
         return ApiJSONResponse(doc, status_code=201, headers={"Location": f"/api/interviews/{doc['interviewId']}"})
 

@@ -212,6 +212,36 @@ async def test_organisations_do_not_see_each_other(client: httpx.AsyncClient, se
     assert denied.status_code == 403 and denied.json()["error"]["code"] == "forbidden"
 
 
+async def test_only_active_interviewers_of_the_organisation_are_assigned(client: httpx.AsyncClient,
+                                                                        setup: InProcessApi) -> None:
+    ivy = await add_user(client, "ivy@example.com")
+    hana = await add_user(client, "hana@example.com", "hr")
+    gone = await add_user(client, "gone@example.com")
+    assert (await client.delete(f"/api/users/{gone}", headers=ADMIN)).status_code == 200
+    boss = await setup.accounts.create_admin("boss@b.example", "Org B", PASSWORD)
+    other = {"Authorization": f"Bearer {(await login(client, 'boss@b.example')).json()['accessToken']}"}
+    foreign = (await client.post("/api/users", headers=other, json={
+        "email": "fred@b.example", "role": "interviewer", "name": "Fred", "password": PASSWORD})).json()["userId"]
+    new = {"candidateId": "cand-1", "jobId": "job-1", "scheduledAt": "2030-01-01T09:00:00Z"}
+    r = await client.post("/api/interviews", headers=ADMIN,
+                          json={**new, "interviewers": [ivy, "nobody", hana, foreign, gone, boss.user_id]})
+    assert r.status_code == 422
+    assert r.json()["error"]["fields"] == {
+        "interviewers[1]": "'nobody' is not a user of this organisation",
+        "interviewers[2]": f"{hana!r} has the role hr, not interviewer",
+        # another organisation's user is answered like an unknown id
+        "interviewers[3]": f"{foreign!r} is not a user of this organisation",
+        "interviewers[4]": f"{gone!r} is disabled",
+        "interviewers[5]": f"{boss.user_id!r} is not a user of this organisation"}
+    assert (await client.get("/api/interviews", headers=ADMIN)).json()["items"] == []  # nothing was scheduled
+    ok = await client.post("/api/interviews", headers=ADMIN, json={**new, "interviewers": [ivy]})
+    assert ok.status_code == 201 and ok.json()["interviewers"] == [ivy]
+    # and in the other organisation, its own interviewer is the valid one
+    theirs = await client.post("/api/interviews", headers=other, json={**new, "interviewers": [foreign]})
+    assert theirs.status_code == 201
+    assert (await client.post("/api/interviews", headers=other, json={**new, "interviewers": [ivy]})).status_code == 422
+
+
 async def test_interviewers_list_and_join_only_their_interviews(client: httpx.AsyncClient) -> None:
     ivy_id = await add_user(client, "ivy@example.com")
     await add_user(client, "una@example.com")

@@ -135,13 +135,14 @@ async def test_the_document_is_openapi_3_1_with_valid_schemas(store: MongoStore,
 async def test_every_route_answers_as_documented(api: DocumentedClient, service: InterviewService) -> None:
     # -- interviews: create, list, get ------------------------------------------------------------------------
     r = await api.post("/api/interviews", json={
-        **NEW, "interviewId": "iv-1", "type": "technical", "format": None, "interviewers": ["int-1"],
+        **NEW, "interviewId": "iv-1", "type": "technical", "format": None, "interviewers": [],
         "questions": [{"text": "Walk me through a design.", "category": "design", "expectedKeywords": ["scale"]},
                       {"questionId": "q-2", "text": "Why us?", "category": None}]})
     assert r.status_code == 201
     iid = r.json()["interviewId"]
     assert (await api.post("/api/interviews", json={**NEW, "interviewId": "iv-1"})).status_code == 409
     assert (await api.post("/api/interviews", json={**NEW, "colour": "blue"})).status_code == 422
+    assert (await api.post("/api/interviews", json={**NEW, "interviewers": ["int-1"]})).status_code == 422
     assert (await api.post("/api/interviews", content=b"x", headers={"Content-Type": "text/plain"})).status_code == 415
     assert (await api.post("/api/interviews", json={**NEW, "questions": [{"text": "x" * 1000}] * 100})
             ).status_code == 413
