@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # the composition root imports its adapters lazily: nothing h
     from adapters.auth import Accounts
     from adapters.call import CallHub
     from adapters.crypto import ReceiptSigner
-    from adapters.http_edge import Audit
+    from adapters.http_edge import Audit, AuditSink
     from adapters.metrics import Metrics
     from adapters.mongo import EmbeddedMongo, MongoStore
     from adapters.nats_embedded import EmbeddedNats
@@ -287,12 +287,13 @@ async def _retention_loop(privacy: Privacy) -> None:
         await asyncio.sleep(RETENTION_EVERY_S)
 
 
-def audit_alert(audit: AuditLog, interview_id: str, alert: ProtectedTopicAlert) -> None:
-    """A protected-topic alert in the audit trail: who asked, which segment, the topic (not the words)."""
-    from adapters.audit import DEFAULT_ORG, AuditEntry
+def audit_alert(audit: AuditSink, interview_id: str, org_id: str, alert: ProtectedTopicAlert) -> None:
+    """A protected-topic alert in the interview's organisation's audit trail: who asked, which segment, the topic
+    (not the words)."""
+    from adapters.audit import AuditEntry
 
     audit.record(AuditEntry(actor_type="participant", actor_id=alert.participant_id, role="interviewer",
-                            org_id=DEFAULT_ORG, action="guidance.protected_topic", resource_type="interview",
+                            org_id=org_id, action="guidance.protected_topic", resource_type="interview",
                             resource_id=interview_id, outcome="ok", address="", user_agent="",
                             at=datetime.now(UTC), detail={"seq": alert.seq, "topic": alert.topic,
                                                           "score": round(alert.score, 3)}))
