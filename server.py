@@ -78,6 +78,7 @@ class Secrets:
     admin_key_generated: bool  # embedded mode: came from DATA_DIR, so printing it is the way to learn it
     token_secret: bytes
     turn_secret: bytes | None = None
+    setup_token: str | None = None  # the one-time setup link's token (first embedded start without users)
 
     def __repr__(self) -> str:
         return "Secrets(<redacted>)"
@@ -168,6 +169,11 @@ async def _build(c: Components) -> None:
     access = AccessTokens(KeyRing(s.data_dir / "jwt_keys.json"), ttl_s=s.access_token_ttl_s)
     c.accounts = Accounts(accounts_store, access, signer, limits, admin_api_key=c.secrets.admin_api_key,
                           refresh_ttl_s=s.refresh_token_ttl_s)
+    if s.mongodb_url is None and not s.admin_api_key:
+        c.secrets.setup_token = await c.accounts.open_setup()
+        if c.secrets.setup_token is not None:  # the link itself goes to standard output only (see serve)
+            log.warning("no users yet: open the one-time setup link printed on standard output to create the "
+                        "first admin (or run python server.py create-admin EMAIL)")
     if s.audit:
         c.audit_log = audit_log = AuditLog(store.db, metrics=c.metrics)
         await audit_log.start()
@@ -780,6 +786,9 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
                   flush=True)
         else:
             print("admin API key: from ADMIN_API_KEY", flush=True)
+        if c.secrets.setup_token is not None:
+            print(f"first admin: open {url}/app/setup?token={c.secrets.setup_token}  (works once, for 24 h)",
+                  flush=True)
 
     app = create_app(settings, announce=announce)
     tls: dict[str, Any] = {}

@@ -9,6 +9,8 @@ Collections
     refresh_tokens  `_id` = SHA-256 of the opaque token; `family` (every rotation of one login), `used` once
                     rotated, `revoked`.
     revoked_tokens  `_id` = "<interviewId> <jti>" (or "<interviewId> *": every token of the interview); `until`.
+    setup_tokens    `_id` = SHA-256 of the one-time setup link's token, never the token; `expiresAt`, `used`. At
+                    most one: each start with no users replaces it.
 
 Times are unix seconds (floats): nx-27017 0.8.1 stores a date written by `$set` as a naive string, numbers it
 keeps. Driver errors leave as `Unavailable`; a duplicate email or name as `Conflict`.
@@ -107,6 +109,7 @@ class AccountsStore:
         self.api_keys = db["api_keys"]
         self.refresh_tokens = db["refresh_tokens"]
         self.revoked_tokens = db["revoked_tokens"]
+        self.setup_tokens = db["setup_tokens"]
 
     @_translated
     async def create_indexes(self) -> None:
@@ -144,6 +147,11 @@ class AccountsStore:
             await self.users.insert_one(user.to_document())
         except DuplicateKeyError:
             raise Conflict(f"a user with email {user.email} already exists", code="duplicate") from None
+
+    @_translated
+    async def has_users(self, role: str | None = None) -> bool:
+        """Whether the service has any user (of `role`), in any organisation, disabled ones too."""
+        return await self.users.find_one({} if role is None else {"role": role}, {"_id": 1}) is not None
 
     @_translated
     async def user_by_email(self, email: str) -> User | None:
@@ -228,6 +236,27 @@ class AccountsStore:
     @_translated
     async def revoke_user_refresh(self, user_id: str) -> None:
         await self.refresh_tokens.update_many({"userId": user_id}, {"$set": {"revoked": True}})
+
+    # -- the one-time setup link -----------------------------------------------------------------------------
+
+    @_translated
+    async def replace_setup_token(self, token_hash: str | None, expires_at: float) -> None:
+        """Drops every setup token and, unless `token_hash` is None, stores that one."""
+        await self.setup_tokens.delete_many({})
+        if token_hash is not None:
+            await self.setup_tokens.insert_one({"_id": token_hash, "expiresAt": expires_at, "used": False})
+
+    @_translated
+    async def get_setup_token(self, token_hash: str) -> tuple[float, bool] | None:
+        """(expiresAt, used) of the setup token with this hash, None if there is none."""
+        d = await self.setup_tokens.find_one({"_id": token_hash})
+        return None if d is None else (float(d["expiresAt"]), bool(d.get("used")))
+
+    @_translated
+    async def use_setup_token(self, token_hash: str) -> bool:
+        """Marks it used; False when it already was (the other of two concurrent uses)."""
+        result = await self.setup_tokens.update_one({"_id": token_hash, "used": False}, {"$set": {"used": True}})
+        return result.modified_count == 1
 
     # -- join token revocations (adapters.tokens.RevocationStore) -------------------------------------------
 

@@ -244,6 +244,15 @@ class Login(_Closed):
     password: Annotated[str, Field(max_length=1024)]
 
 
+class Setup(_Closed):
+    """The first admin, by the one-time setup link."""
+
+    token: Annotated[str, Field(max_length=200, description="the `token` of the setup link")]
+    email: _Email
+    name: Annotated[str, _text(200)] | None = None
+    password: Annotated[str, Field(min_length=10, max_length=1024)]
+
+
 class NewUser(_Closed):
     """A user of the caller's organisation."""
 
@@ -724,7 +733,8 @@ _FOR_BODY = (413, 415, 422)
 _FOR_QUERY = (422,)
 _ERROR_TEXT = {401: "Missing or invalid bearer token", 403: "The caller's role or scopes do not allow this",
                429: "Over a rate limit; retry after Retry-After seconds",
-               404: "Unknown id", 410: "The candidate's data was erased (`receiptId`)",
+               404: "Unknown id", 410: "Gone: the candidate's data was erased (`receiptId`), or the setup link was "
+                                          "used or expired or an admin exists",
                409: "Illegal status move, stale version or duplicate", 413: "Body too large",
                415: "Body is not JSON", 422: "Invalid input; `fields` names each bad field",
                503: "Storage unavailable; retry after Retry-After seconds"}

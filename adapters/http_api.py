@@ -85,6 +85,9 @@ OPERATIONS: tuple[Operation, ...] = (
               "the X-Requested-With header)", schema.AccessToken, errors=(403,), tag="auth"),
     Operation("logout", "POST", "/api/auth/logout", "Revoke the refresh cookie's session (needs X-Requested-With)",
               schema.LoggedOut, errors=(403,), tag="auth"),
+    Operation("setup", "POST", "/api/auth/setup", "Create the first admin with the one-time setup link's token "
+              "(404 unknown token; 410 once used or expired, or once an admin exists)", schema.UserCreated, 201,
+              body=schema.Setup, errors=(404, 410), tag="auth"),
     Operation("me", "GET", "/api/me", "The signed-in user", schema.Me, errors=(403,), tag="auth",
               action=A.SELF_READ),
     Operation("create_user", "POST", "/api/users", "Create a user of the caller's organisation (admin)",
@@ -169,7 +172,7 @@ OPERATIONS: tuple[Operation, ...] = (
               errors=(403, 404), tag="privacy", auth="joinToken", action=A.CONSENT, resource="own_interview"),
 )
 ConsentChanged = Callable[[str, str, bool, str], Awaitable[None]]  # (interview, participant, given, notice version)
-_PUBLIC_OPS = {"login", "refresh", "logout"}
+_PUBLIC_OPS = {"login", "refresh", "logout", "setup"}
 assert all((op.action is A.PUBLIC) == (op.name in _PUBLIC_OPS) for op in OPERATIONS), "every route has an action"
 
 
@@ -399,6 +402,16 @@ def api_routes(api: Api) -> list[BaseRoute]:
         response.delete_cookie(REFRESH_COOKIE, path=REFRESH_PATH, secure=api.secure_cookies, httponly=True,
                                samesite="strict")
         return response
+
+    @endpoint
+    async def setup(request: Request) -> Response:
+        f = Fields(await body_of(request, max_bytes=MAX_TOKEN_REQUEST_BYTES),
+                   allowed=("token", "email", "name", "password"))
+        f.done()
+        d = f.data
+        user = await api.accounts.setup_admin(d.get("token"), d.get("email"), d.get("name"), d.get("password"))
+        request.state.principal = Principal.user(user.user_id, user.org_id, user.role)
+        return ApiJSONResponse({"userId": user.user_id}, status_code=201, headers={"Cache-Control": "no-store"})
 
     @endpoint
     async def me(request: Request) -> Response:

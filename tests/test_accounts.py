@@ -460,3 +460,47 @@ async def test_documents_from_before_organisations_belong_to_the_default_one(sto
     listed = await service.list_interviews(InterviewQuery(org_id="default"))
     assert [i["interviewId"] for i in listed["items"]] == [doc["interviewId"]]
     assert (await service.list_interviews(InterviewQuery(org_id="org-b")))["items"] == []
+
+
+async def test_the_setup_link_makes_the_first_admin_once(client: httpx.AsyncClient, setup: InProcessApi) -> None:
+    accounts = setup.accounts
+    token = await accounts.open_setup()
+    assert token is not None and len(token) >= 40
+    # hashed at rest: the store holds its SHA-256 and an expiry, never the token
+    docs = await accounts.store.setup_tokens.find({}).to_list(None)
+    assert [d["_id"] for d in docs] == [sha256(token)] and token not in json.dumps(docs, default=str)
+    assert docs[0]["expiresAt"] - time.time() == pytest.approx(24 * 3600, abs=60)
+    # a second start without users replaces it: only the newest link works
+    stale, token = token, await accounts.open_setup()
+    assert token is not None and token != stale
+    body = {"token": token, "email": "Ada@Example.com", "name": "Ada", "password": PASSWORD}
+    r = await client.post("/api/auth/setup", json={**body, "token": stale})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    # bad fields are a 422 and do not use the link up
+    r = await client.post("/api/auth/setup", json={**body, "email": "nope", "password": "short"})
+    assert r.status_code == 422 and set(r.json()["error"]["fields"]) == {"email", "password"}
+    r = await client.post("/api/auth/setup", json=body)
+    assert r.status_code == 201
+    admin_id = r.json()["userId"]
+    me = await client.get("/api/me", headers={
+        "Authorization": f"Bearer {(await login(client, 'ada@example.com')).json()['accessToken']}"})
+    assert me.json() == {"userId": admin_id, "email": "ada@example.com", "name": "Ada", "role": "admin",
+                         "orgId": "default"}
+    # single use: the same link again is gone, and so is any link once an admin exists
+    r = await client.post("/api/auth/setup", json={**body, "email": "eve@example.com"})
+    assert r.status_code == 410 and r.json()["error"]["code"] == "setup_done"
+    await setup.accounts.store.users.delete_many({})  # even with the admin gone, the used link stays used
+    r = await client.post("/api/auth/setup", json={**body, "email": "eve@example.com"})
+    assert r.status_code == 410 and r.json()["error"]["code"] == "setup_used"
+    # with users, a start mints none and drops what is left
+    await add_user(client, "ivy@example.com")
+    assert await accounts.open_setup() is None
+    assert await accounts.store.setup_tokens.count_documents({}) == 0
+
+
+async def test_an_expired_setup_link_is_gone(client: httpx.AsyncClient, setup: InProcessApi) -> None:
+    token = "t" * 43
+    await setup.accounts.store.replace_setup_token(sha256(token), time.time() - 1)
+    r = await client.post("/api/auth/setup", json={"token": token, "email": "ada@example.com", "password": PASSWORD})
+    assert r.status_code == 410 and r.json()["error"]["code"] == "setup_expired"
+    assert (await client.get("/api/users", headers=ADMIN)).json()["items"] == []

@@ -6,13 +6,16 @@ The walk the issue asks for, found by role and label the way people find things:
 HR user and two interviewers; HR schedules an interview with interviewer 1 for a new candidate and copies the
 candidate link from the page; the candidate opens it in a browser of their own and speaks; interviewer 1 signs in,
 joins from the dashboard with one click and reads the candidate's words in the overlay; interviewer 2 signs in and
-sees no interview, and the API answers a direct read of it with 404. `tests/test_webapp.py` keeps the UI's edge
+sees no interview, and the API answers a direct read of it with 404. And the first start of `python server.py`
+without users prints a one-time setup link that makes the first admin. `tests/test_webapp.py` keeps the UI's edge
 cases (refresh, lock-outs, filters) against a loopback double.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,6 +27,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from testing.browser import fake_microphone_args, write_speech
 from testing.data import JFK_AUDIO
 from testing.live_server import LiveServer, live_server, test_settings
+from testing.server_process import ServerProcess
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -151,3 +155,48 @@ async def test_admin_hr_candidate_and_interviewers_walk(chromium: str, tmp_path:
         await candidate.get_by_role("button", name="Leave").click()
         await expect(candidate.locator("#state")).to_have_attribute("data-state", "left", timeout=30_000)
         assert not errors, errors
+
+
+async def test_first_start_prints_a_one_time_setup_link(chromium: str, tmp_path: Path) -> None:
+    """`python server.py` on an empty embedded store without ADMIN_API_KEY prints a setup link; opening it makes
+    the first admin (signed in at once); the link does not work a second time."""
+    server = ServerProcess(tmp_path / "data", admin_key="", env={"MONGODB_URL": "", "GUIDANCE": "false"})
+    try:
+        await server.start()
+        deadline = time.monotonic() + 30
+        while not (found := re.search(r"first admin: open (\S+)", server.tail_log(200))):
+            assert time.monotonic() < deadline, server.tail_log()
+            await asyncio.sleep(0.2)  # the line is printed just after /readyz turns 200
+        printed = httpx.URL(found.group(1))
+        token = printed.params["token"]
+        assert printed.path == "/app/setup"
+        link = f"{server.url}{printed.raw_path.decode()}"  # 127.0.0.1, not localhost: Chromium may try ::1 first
+        errors: list[str] = []
+        async with _browser(chromium, []) as browser:
+            page = await _page(browser, errors, "first admin")
+            await page.goto(link)
+            await expect(page.get_by_role("heading", name="Create the first admin")).to_be_visible()
+            await page.get_by_label("Your name").fill("Ada Admin")
+            await page.get_by_label("Email").fill(ADMIN_EMAIL)
+            await page.get_by_label("Password").fill(PASSWORD)
+            await page.get_by_role("button", name="Create admin account").click()
+            await expect(page.get_by_role("heading", name="Users", level=1)).to_be_visible()
+            await expect(page.get_by_role("table", name=re.compile("Users"))
+                         .get_by_role("row", name=re.compile("Ada Admin"))).to_contain_text(ADMIN_EMAIL)
+
+            again = await _page(browser, errors, "second use")
+            await again.goto(link)
+            await again.get_by_label("Email").fill("eve@example.com")
+            await again.get_by_label("Password").fill(PASSWORD)
+            await again.get_by_role("button", name="Create admin account").click()
+            await expect(again.get_by_role("alert")).to_contain_text("An admin exists")
+            await expect(again.get_by_role("link", name="Go to sign in")).to_be_visible()
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            r = await http.post("/api/auth/setup", json={"token": token, "email": "eve@example.com",
+                                                         "password": PASSWORD})
+            assert r.status_code == 410
+        assert not errors, errors
+    finally:
+        assert server.stop() == 0, server.tail_log()
+    # the token went to standard output once, never into a log line
+    assert server.log_path.read_text().count(token) == 1
