@@ -175,7 +175,8 @@ async def _build(c: Components) -> None:
             log.warning("no users yet: open the one-time setup link printed on standard output to create the "
                         "first admin (or run python server.py create-admin EMAIL)")
     if s.audit:
-        c.audit_log = audit_log = AuditLog(store.db, metrics=c.metrics)
+        c.audit_log = audit_log = AuditLog(store.db, metrics=c.metrics, max_queue=s.audit_queue_max,
+                                           spill_path=s.data_dir / "audit.spill.jsonl")
         await audit_log.start()
         c.audit = audit = Audit(audit_log, AuditEntry)
     else:
