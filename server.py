@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # the composition root imports its adapters lazily: nothing h
     from adapters.auth import Accounts
     from adapters.call import CallHub
     from adapters.crypto import ReceiptSigner
-    from adapters.http_edge import Audit
+    from adapters.http_edge import Audit, AuditSink
     from adapters.metrics import Metrics
     from adapters.mongo import EmbeddedMongo, MongoStore
     from adapters.nats_embedded import EmbeddedNats
@@ -78,6 +78,7 @@ class Secrets:
     admin_key_generated: bool  # embedded mode: came from DATA_DIR, so printing it is the way to learn it
     token_secret: bytes
     turn_secret: bytes | None = None
+    setup_token: str | None = None  # the one-time setup link's token (first embedded start without users)
 
     def __repr__(self) -> str:
         return "Secrets(<redacted>)"
@@ -168,8 +169,14 @@ async def _build(c: Components) -> None:
     access = AccessTokens(KeyRing(s.data_dir / "jwt_keys.json"), ttl_s=s.access_token_ttl_s)
     c.accounts = Accounts(accounts_store, access, signer, limits, admin_api_key=c.secrets.admin_api_key,
                           refresh_ttl_s=s.refresh_token_ttl_s)
+    if s.mongodb_url is None and not s.admin_api_key:
+        c.secrets.setup_token = await c.accounts.open_setup()
+        if c.secrets.setup_token is not None:  # the link itself goes to standard output only (see serve)
+            log.warning("no users yet: open the one-time setup link printed on standard output to create the "
+                        "first admin (or run python server.py create-admin EMAIL)")
     if s.audit:
-        c.audit_log = audit_log = AuditLog(store.db, metrics=c.metrics)
+        c.audit_log = audit_log = AuditLog(store.db, metrics=c.metrics, max_queue=s.audit_queue_max,
+                                           spill_path=s.data_dir / "audit.spill.jsonl")
         await audit_log.start()
         c.audit = audit = Audit(audit_log, AuditEntry)
     else:
@@ -290,12 +297,13 @@ async def _retention_loop(privacy: Privacy) -> None:
         await asyncio.sleep(RETENTION_EVERY_S)
 
 
-def audit_alert(audit: AuditLog, interview_id: str, alert: ProtectedTopicAlert) -> None:
-    """A protected-topic alert in the audit trail: who asked, which segment, the topic (not the words)."""
-    from adapters.audit import DEFAULT_ORG, AuditEntry
+def audit_alert(audit: AuditSink, interview_id: str, org_id: str, alert: ProtectedTopicAlert) -> None:
+    """A protected-topic alert in the interview's organisation's audit trail: who asked, which segment, the topic
+    (not the words)."""
+    from adapters.audit import AuditEntry
 
     audit.record(AuditEntry(actor_type="participant", actor_id=alert.participant_id, role="interviewer",
-                            org_id=DEFAULT_ORG, action="guidance.protected_topic", resource_type="interview",
+                            org_id=org_id, action="guidance.protected_topic", resource_type="interview",
                             resource_id=interview_id, outcome="ok", address="", user_agent="",
                             at=datetime.now(UTC), detail={"seq": alert.seq, "topic": alert.topic,
                                                           "score": round(alert.score, 3)}))
@@ -790,6 +798,9 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
                   flush=True)
         else:
             print("admin API key: from ADMIN_API_KEY", flush=True)
+        if c.secrets.setup_token is not None:
+            print(f"first admin: open {url}/app/setup?token={c.secrets.setup_token}  (works once, for 24 h)",
+                  flush=True)
 
     app = create_app(settings, announce=announce)
     tls: dict[str, Any] = {}

@@ -150,6 +150,9 @@ class Settings(BaseSettings):
     mongodb_db: Text = setting("interviews", "database name")
     audit: Flag = setting(True, "record the audit trail (who read or changed what, joins and leaves) in the "
                           "store's hash-chained `audit` collection (false: nothing is recorded)")
+    audit_queue_max: PositiveInt = setting(100_000, "audit entries held in memory while the store is down or slow; "
+                                           "past it they go to DATA_DIR/audit.spill.jsonl and are written from there "
+                                           "later (none is dropped)")
     nats_url: OptionalText = setting(
         None, "NATS URL with JetStream (unset: an embedded nats-server, data under DATA_DIR/nats)", secret=True)
     token_secret: Secret = setting(None, "HMAC key for join tokens (unset: generated, stored in "

@@ -93,7 +93,9 @@ class NewInterview(_Closed):
     scheduledAt: Timestamp = Field(description="ISO 8601 with a time zone")
     type: Literal[INTERVIEW_TYPES] | None = "screening"  # type: ignore[valid-type]  # domain tuple
     format: Literal[INTERVIEW_FORMATS] | None = "video"  # type: ignore[valid-type]  # domain tuple
-    interviewers: Annotated[list[Id], Field(max_length=20)] | None = None
+    interviewers: Annotated[list[Id], Field(max_length=20)] | None = Field(
+        None, description="user ids of active users of the organisation with the role interviewer (else 422 naming "
+        "each bad id)")
     questions: Annotated[list[NewQuestion], Field(max_length=200)] | None = None
 
 
@@ -240,6 +242,15 @@ class TokenRequest(_Closed):
 class Login(_Closed):
     email: Annotated[str, Field(max_length=254)]
     password: Annotated[str, Field(max_length=1024)]
+
+
+class Setup(_Closed):
+    """The first admin, by the one-time setup link."""
+
+    token: Annotated[str, Field(max_length=200, description="the `token` of the setup link")]
+    email: _Email
+    name: Annotated[str, _text(200)] | None = None
+    password: Annotated[str, Field(min_length=10, max_length=1024)]
 
 
 class NewUser(_Closed):
@@ -927,7 +938,8 @@ _FOR_BODY = (413, 415, 422)
 _FOR_QUERY = (422,)
 _ERROR_TEXT = {401: "Missing or invalid bearer token", 403: "The caller's role or scopes do not allow this",
                429: "Over a rate limit; retry after Retry-After seconds",
-               404: "Unknown id", 410: "The candidate's data was erased (`receiptId`)",
+               404: "Unknown id", 410: "Gone: the candidate's data was erased (`receiptId`), or the setup link was "
+                                          "used or expired or an admin exists",
                409: "Illegal status move, stale version or duplicate", 413: "Body too large",
                415: "Body is not JSON", 422: "Invalid input; `fields` names each bad field",
                503: "Storage unavailable; retry after Retry-After seconds"}

@@ -91,12 +91,15 @@ OPERATIONS: tuple[Operation, ...] = (
               "the X-Requested-With header)", schema.AccessToken, errors=(403,), tag="auth"),
     Operation("logout", "POST", "/api/auth/logout", "Revoke the refresh cookie's session (needs X-Requested-With)",
               schema.LoggedOut, errors=(403,), tag="auth"),
+    Operation("setup", "POST", "/api/auth/setup", "Create the first admin with the one-time setup link's token "
+              "(404 unknown token; 410 once used or expired, or once an admin exists)", schema.UserCreated, 201,
+              body=schema.Setup, errors=(404, 410), tag="auth"),
     Operation("me", "GET", "/api/me", "The signed-in user", schema.Me, errors=(403,), tag="auth",
               action=A.SELF_READ),
     Operation("create_user", "POST", "/api/users", "Create a user of the caller's organisation (admin)",
               schema.UserCreated, 201, body=schema.NewUser, errors=(403, 409), tag="users", action=A.USER_MANAGE),
-    Operation("list_users", "GET", "/api/users", "The organisation's users (admin)", schema.UserPage,
-              errors=(403,), tag="users", action=A.USER_MANAGE),
+    Operation("list_users", "GET", "/api/users", "The organisation's users (admin, hr: to assign interviewers)",
+              schema.UserPage, errors=(403,), tag="users", action=A.USER_READ),
     Operation("disable_user", "DELETE", "/api/users/{user_id}", "Disable a user and end their sessions (admin)",
               schema.UserDisabled, errors=(403, 404), tag="users", action=A.USER_MANAGE),
     Operation("create_api_key", "POST", "/api/api-keys", "Create an API key; the key is shown once (admin)",
@@ -198,7 +201,7 @@ OPERATIONS: tuple[Operation, ...] = (
               errors=(403, 404), tag="privacy", auth="joinToken", action=A.CONSENT, resource="own_interview"),
 )
 ConsentChanged = Callable[[str, str, bool, str], Awaitable[None]]  # (interview, participant, given, notice version)
-_PUBLIC_OPS = {"login", "refresh", "logout"}
+_PUBLIC_OPS = {"login", "refresh", "logout", "setup"}
 assert all((op.action is A.PUBLIC) == (op.name in _PUBLIC_OPS) for op in OPERATIONS), "every route has an action"
 
 
@@ -435,6 +438,16 @@ def api_routes(api: Api) -> list[BaseRoute]:
         return response
 
     @endpoint
+    async def setup(request: Request) -> Response:
+        f = Fields(await body_of(request, max_bytes=MAX_TOKEN_REQUEST_BYTES),
+                   allowed=("token", "email", "name", "password"))
+        f.done()
+        d = f.data
+        user = await api.accounts.setup_admin(d.get("token"), d.get("email"), d.get("name"), d.get("password"))
+        request.state.principal = Principal.user(user.user_id, user.org_id, user.role)
+        return ApiJSONResponse({"userId": user.user_id}, status_code=201, headers={"Cache-Control": "no-store"})
+
+    @endpoint
     async def me(request: Request) -> Response:
         p = principal_of(request)
         user = await api.accounts.store.get_user(p.subject)
@@ -522,6 +535,7 @@ def api_routes(api: Api) -> list[BaseRoute]:
     async def create_interview(request: Request) -> Response:
         p = principal_of(request)
         cmd = CreateInterview.parse(await body_of(request))
+        await api.accounts.check_interviewers(p.org_id, cmd.interviewers)
         doc = await service.create_interview(cmd, created_by(p), org_id=p.org_id)
         return ApiJSONResponse(doc, status_code=201, headers={"Location": f"/api/interviews/{doc['interviewId']}"})
 

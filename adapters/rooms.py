@@ -225,9 +225,10 @@ class Participant:
 class Room:
     """The live state of one interview: participants, viewers and the short history late viewers get."""
 
-    def __init__(self, registry: RoomRegistry, interview_id: str, backlog: int) -> None:
+    def __init__(self, registry: RoomRegistry, interview_id: str, backlog: int, org_id: str) -> None:
         self.registry = registry
         self.interview_id = interview_id
+        self.org_id = org_id  # the interview's organisation (from the join token that opened the room)
         self.participants: dict[str, Participant] = {}
         self.viewers: dict[int, Viewer] = {}
         self.history: deque[str] = deque(maxlen=backlog)  # finals, revisions and sentiment, JSON, in order
@@ -273,7 +274,7 @@ class Room:
             metrics.guidance_alerts.labels(topic=event.topic).inc()
             if self.registry.on_alert is not None:
                 try:
-                    self.registry.on_alert(self.interview_id, event)
+                    self.registry.on_alert(self.interview_id, self.org_id, event)
                 except Exception:  # the audit trail's trouble must not stop the alert reaching the interviewer
                     log.exception("recording the alert on seq %d of interview %s failed", event.seq,
                                   self.interview_id)
@@ -612,8 +613,9 @@ class RoomRegistry:
         self.writer = SegmentWriter(record_segment, metrics, self._persist_failed, record_revision, journal)
         # told after every join and leave (the call tells the candidate who is watching)
         self.on_membership: Callable[[Room], None] | None = None
-        # told of every protected-topic alert (interview id, alert): the server records it in the audit trail
-        self.on_alert: Callable[[str, ProtectedTopicAlert], None] | None = None
+        # told of every protected-topic alert (interview id, its organisation, alert): the server records it in the
+        # audit trail of that organisation
+        self.on_alert: Callable[[str, str, ProtectedTopicAlert], None] | None = None
         metrics.bind_live(speech_ratio=self.speech_ratio, stt_lag=self.max_lag_s, final_wait=self.max_final_wait_s)
 
     def start(self) -> None:
@@ -647,7 +649,8 @@ class RoomRegistry:
             tone = await self._tone_shown(claims.org_id)
             room = self.rooms.get(claims.interview_id)  # someone else may have opened it meanwhile
             if room is None:
-                room = self.rooms[claims.interview_id] = Room(self, claims.interview_id, self._backlog)
+                room = self.rooms[claims.interview_id] = Room(self, claims.interview_id, self._backlog,
+                                                              claims.org_id)
                 room.tone = tone
                 room.history.extend(history)
                 if self.guidance_factory is not None:

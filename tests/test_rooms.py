@@ -10,6 +10,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from domain.events import SegmentEvent, SentimentEvent, Speaker, StreamEvent
 from pipeline.guidance import Guidance, GuideItem, default_detector
 from pipeline.scheduler import SttScheduler
 from pipeline.stream import Conversation, ParticipantStream, StreamConfig
+from server import audit_alert
+from testing.fakes import MemoryAuditLog
 from testing.whip_client import decode_audio
 
 SECRET = b"rooms-test-secret-0123456789abcdef"
@@ -432,13 +435,13 @@ async def test_alert_reaches_interviewers_and_observers_never_the_candidate(
         return streams[speaker.role]
 
     registry = RoomRegistry(stream_factory=factory, metrics=Metrics(), guidance_factory=guidance_for)
-    recorded: list[tuple[str, str, int]] = []  # what the server hands to the audit trail
-    registry.on_alert = lambda iid, alert: recorded.append((iid, alert.topic, alert.seq))
+    trail = MemoryAuditLog()
+    registry.on_alert = partial(audit_alert, trail)  # what the server wires
     registry.start()
     signer = TokenSigner(SECRET)
 
     async def join(role: str, name: str) -> Participant:
-        _, claims = signer.issue("iv-guidance", role, name)
+        _, claims = signer.issue("iv-guidance", role, name, org_id="org_acme")
         participant, _ = await registry.join(claims, f"s-{role}")
         participant.push_audio(np.zeros(48000 * 10, dtype=np.int16), 48000, 1)  # 10 s of stream time
         return participant
@@ -470,7 +473,11 @@ async def test_alert_reaches_interviewers_and_observers_never_the_candidate(
         shares = {r["role"]: r["share"] for r in channel.of_type("talk.balance")[-1]["participants"]}
         assert shares["candidate"] > shares["interviewer"] > 0
     assert sneaky.messages == []
-    assert recorded == [("iv-guidance", "age", 2)]
+    # audited in the interview's organisation, naming who asked and the topic, never the words
+    assert [(e.org_id, e.action, e.resource_id, e.actor_id, e.detail and e.detail["topic"], e.detail and e.detail["seq"])
+            for e in trail.entries] == [("org_acme", "guidance.protected_topic", "iv-guidance",
+                                          interviewer.speaker.participant_id, "age", 2)]
+    assert "old are you" not in repr(trail.entries)
 
     late = MemoryChannel()  # a viewer joining later gets the alert and the latest guidance in its backlog
     registry.add_viewer(observer, late)
