@@ -31,6 +31,8 @@ class SttSettings(Protocol):
     def openai_api_key(self) -> str | None: ...
     @property
     def openai_stt_model(self) -> str: ...
+    @property
+    def nats_url(self) -> str | None: ...
 
 
 def build_stt(settings: SttSettings, **whisper_options: Any) -> SpeechToText:
@@ -38,7 +40,8 @@ def build_stt(settings: SttSettings, **whisper_options: Any) -> SpeechToText:
 
     Reads from `settings`:
 
-    * `stt_engine`: "local" (faster-whisper on this machine's CPU) or "openai" (an OpenAI-compatible server);
+    * `stt_engine`: "local" (faster-whisper on this machine's CPU), "openai" (an OpenAI-compatible server) or
+      "nats" (the `server.py stt-worker` processes on `nats_url`, `adapters.stt_nats`);
     * `stt_model`: local: CTranslate2 Whisper model directory (None: the bundled tiny.en);
     * `stt_subprocess`: local: decode in `stt_workers` child processes (`WhisperProcesses`), else in this
       process (`LocalWhisper`);
@@ -56,6 +59,14 @@ def build_stt(settings: SttSettings, **whisper_options: Any) -> SpeechToText:
 
         return OpenAITranscriber(base_url=settings.openai_base_url, api_key=settings.openai_api_key,
                                  model=settings.openai_stt_model)
+    if settings.stt_engine == "nats":
+        from pathlib import Path
+
+        from adapters.stt_nats import NatsWhisper
+
+        if not settings.nats_url:
+            raise ValueError("STT_ENGINE=nats needs NATS_URL")
+        return NatsWhisper(settings.nats_url, model=Path(settings.stt_model).name if settings.stt_model else "tiny.en")
     if settings.stt_subprocess:
         from adapters.stt_process import WhisperProcesses
 
