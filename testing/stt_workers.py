@@ -22,7 +22,7 @@ class SttWorkerProcess:
     def __init__(self, nats_url: str, worker_id: str, *, env: dict[str, str] | None = None) -> None:
         self.nats_url = nats_url
         self.id = worker_id
-        self.env = {**os.environ, **(env or {}), "NATS_URL": nats_url, "LOG_LEVEL": "INFO"}
+        self.env = {**os.environ, "LOG_LEVEL": "INFO", **(env or {}), "NATS_URL": nats_url}
         self.log: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
 
