@@ -100,9 +100,14 @@ def decode_request(data: bytes) -> tuple[dict[str, Any], bytes]:
     if len(data) < _HEADER.size:
         raise ValueError("request shorter than its header")
     (n,) = _HEADER.unpack_from(data)
-    meta = json.loads(data[_HEADER.size:_HEADER.size + n])
+    meta = json.loads(data[_HEADER.size:_HEADER.size + n])  # JSONDecodeError is a ValueError
     if not isinstance(meta, dict) or meta.get("kind") not in KINDS:
         raise ValueError("request header without a known kind")
+    samples = meta.get("samples")
+    if not (isinstance(meta.get("id"), str) and isinstance(meta.get("reply"), str)
+            and isinstance(meta.get("deadline"), int | float) and isinstance(samples, list)
+            and 1 <= len(samples) <= 3 and all(isinstance(c, int) and c >= 0 for c in samples)):
+        raise ValueError("request header lacks id, reply, deadline or sample counts")
     return meta, data[_HEADER.size + n:]
 
 
@@ -431,7 +436,7 @@ class SttWorker:
             log.warning("stt-worker: dropped a malformed request: %s", exc)
             await _settle(msg.term())
             return
-        if float(meta.get("deadline", 0)) < time.time():  # its server gave up on it: nobody would read the answer
+        if meta["deadline"] < time.time():  # its server gave up on it: nobody would read the answer
             await _settle(msg.term())
             return
         self._busy = True

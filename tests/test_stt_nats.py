@@ -13,10 +13,11 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import nats
 import numpy as np
 import pytest
 
-from adapters.stt_nats import NatsWhisper
+from adapters.stt_nats import NatsWhisper, decode_request, encode_request
 from adapters.stt_whisper import LocalWhisper
 from domain.events import ErrorEvent, SegmentEvent, Speaker, StreamEvent
 from pipeline.scheduler import SttScheduler
@@ -61,6 +62,27 @@ def _in_thread(fn: object, *args: object, **kwargs: object) -> Future[Transcript
     return fut
 
 
+async def _publish_junk(url: str) -> None:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        for junk in (b"", b"\x00\x00\x00\x02{}", encode_request({"kind": "final"}, b"\x00\x01")):
+            await js.publish("stt.decode.final", junk, stream="STT")
+    finally:
+        await nc.close()
+
+
+def test_request_headers_are_checked_where_they_enter() -> None:
+    meta = {"kind": "final", "id": "r1", "reply": "_INBOX.x.r1", "deadline": 1e10, "samples": [2], "prompt": "Hi"}
+    assert decode_request(encode_request(meta, b"\x01\x00\x02\x00")) == (meta, b"\x01\x00\x02\x00")
+    for bad in ({**meta, "kind": "lyrics"}, {**meta, "samples": [-1]}, {**meta, "samples": []},
+                {k: v for k, v in meta.items() if k != "reply"}):
+        with pytest.raises(ValueError):
+            decode_request(encode_request(bad, b""))
+    with pytest.raises(ValueError):
+        decode_request(b"\x00\x00\x00\x09{not json")
+
+
 def test_workers_decode_like_the_local_engine(workers: list[SttWorkerProcess], client: NatsWhisper,
                                               whisper: LocalWhisper, jfk16k: np.ndarray) -> None:
     here, there = whisper.transcribe(jfk16k), client.transcribe(jfk16k)
@@ -74,6 +96,9 @@ def test_workers_decode_like_the_local_engine(workers: list[SttWorkerProcess], c
     local_rev = whisper.revise(jfk16k, context=context, context_text=" ".join([text] * 3))
     nats_rev = client.revise(jfk16k, context=context, context_text=" ".join([text] * 3))
     assert (nats_rev.text, nats_rev.reason) == (local_rev.text, local_rev.reason)
+    # a malformed request is dropped by the worker that takes it, which goes on working
+    asyncio.run(_publish_junk(client.url))
+    assert client.transcribe(jfk16k[: 16000 * 4]).text
     # requests in parallel spread over both workers
     futures = [_in_thread(client.transcribe, jfk16k[: 16000 * 4]) for _ in range(4)]
     assert len({f.result(60).text for f in futures}) == 1
