@@ -163,7 +163,8 @@ class NatsWhisper:
     """The `SpeechToText` port over NATS: `transcribe` and `revise` run on whichever `SttWorker` takes them.
 
     Built with the server's `NATS_URL` (blocking: connects and sets up the stream). `model` names what the workers
-    run (the server's STT_MODEL, as every worker of a deployment loads the same one).
+    run (the server's STT_MODEL, as every worker of a deployment loads the same one). For `wait_s` after connecting
+    a request waits for a first worker heartbeat; later, with no worker alive, it fails at once (`stt_unavailable`).
     """
 
     engine = "faster-whisper"
@@ -178,6 +179,7 @@ class NatsWhisper:
         self.timeouts = {**KIND_TIMEOUT_S, **(timeouts or {})}
         self._workers: dict[str, float] = {}  # worker id -> monotonic time of its last heartbeat
         self._worker_seen = asyncio.Event()
+        self._opened = time.monotonic()
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._nc = NatsClient()
         self._js: JetStreamContext | None = None
@@ -198,6 +200,7 @@ class NatsWhisper:
 
     async def _open(self) -> None:
         self._worker_seen = asyncio.Event()  # bound to this loop
+        self._opened = time.monotonic()
         await self._nc.connect(self.url, name="stt-client", reconnect_time_wait=0.5,  # type: ignore[arg-type]  # annotated int, slept as float
                                max_reconnect_attempts=-1, allow_reconnect=True)
         self._js = self._nc.jetstream()
@@ -260,10 +263,14 @@ class NatsWhisper:
 
     async def _ask(self, meta: dict[str, Any], pcm: bytes, timeout_s: float) -> dict[str, Any]:
         assert self._js is not None and self._bucket is not None
-        if not self.workers:  # none yet: one may be starting (or its first heartbeat on the way)
-            self._worker_seen.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._worker_seen.wait(), self.wait_s)
+        if not self.workers:
+            # just connected: the running workers' first heartbeats may be on the way. Later, fail at once: the
+            # stream asks again, and a request must not hold one of the scheduler's few slots while it waits
+            left = self._opened + self.wait_s - time.monotonic()
+            if left > 0:
+                self._worker_seen.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._worker_seen.wait(), left)
             if not self.workers:
                 raise SttError("stt_unavailable", "no speech-to-text worker is running")
         rid = uuid.uuid4().hex
