@@ -704,10 +704,28 @@ def retention_command(argv: list[str]) -> int:
     return 0
 
 
+def stt_worker_command(argv: list[str]) -> int:
+    """Decode speech for the servers on NATS_URL that run with STT_ENGINE=nats: one decode at a time, STT_MODEL
+    on STT_CPU_THREADS threads (run one worker per core, on any number of machines)."""
+    from adapters.stt_nats import run_worker
+
+    parser = argparse.ArgumentParser(prog="server.py stt-worker", description=stt_worker_command.__doc__)
+    parser.add_argument("--id", help="this worker's name in logs and heartbeats (default: host-pid)")
+    args = parser.parse_args(argv)
+    settings = _command_settings("stt-worker")
+    if settings is None:
+        return 2
+    if not settings.nats_url:
+        print("stt-worker: set NATS_URL (the NATS of the servers this worker decodes for)", file=sys.stderr)
+        return 2
+    return run_worker(settings.nats_url, settings.stt_model, cpu_threads=settings.stt_cpu_threads, worker_id=args.id)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "rotate-master-key": rotate_master_key,
     "verify-receipt": verify_receipt_command,
     "retention": retention_command,
+    "stt-worker": stt_worker_command,
 }
 
 

