@@ -207,10 +207,23 @@ class Privacy:
 
     # -- consent -----------------------------------------------------------------------------------------------
     async def record_consent(self, interview_id: str, participant_id: str, role: str, name: str, *, accepted: bool,
-                             notice_version: str, address: str) -> None:
+                             notice_version: str, address: str, at: datetime | None = None,
+                             after_seq: int | None = None) -> None:
+        """One consent record; `after_seq` is the participant's last final before it (where it marks the
+        transcript), None if they had none."""
         await self.store.add_consent({"interviewId": interview_id, "participantId": participant_id, "role": role,
                                       "name": name, "action": "accepted" if accepted else "withdrawn",
-                                      "noticeVersion": notice_version, "at": self.clock(), "address": address})
+                                      "noticeVersion": notice_version, "at": at or self.clock(), "address": address,
+                                      "afterSeq": after_seq})
+
+    async def transcript_markers(self, interview_id: str) -> list[dict[str, Any]]:
+        """The consent changes of an interview's participants as transcript markers, in time order: `type`
+        (`consent.given` / `consent.withdrawn`), `participantId`, `role`, `at`, `afterSeq` (the participant's last
+        final before it, null if none), `noticeVersion`. No name or address."""
+        return [{"type": "consent.given" if c.get("action") == "accepted" else "consent.withdrawn",
+                 "participantId": c["participantId"], "role": c.get("role"), "at": c["at"],
+                 "afterSeq": c.get("afterSeq"), "noticeVersion": c.get("noticeVersion") or ""}
+                for c in await self.store.list_consents(interview_id)]
 
     async def consent_given(self, interview_id: str, participant_id: str) -> bool:
         return await self.store.consent_given(interview_id, participant_id)

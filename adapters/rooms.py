@@ -34,6 +34,7 @@ import os
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -225,7 +226,7 @@ class Room:
         self.interview_id = interview_id
         self.participants: dict[str, Participant] = {}
         self.viewers: dict[int, Viewer] = {}
-        self.history: deque[str] = deque(maxlen=backlog)  # finals, revisions and sentiment, JSON, in order
+        self.history: deque[str] = deque(maxlen=backlog)  # finals, revisions, sentiment, consent changes: JSON
         self.latest_keywords: dict[str, str] = {}  # participant id -> last keywords JSON
         # every participant's recent finals: each stream's decodes are prompted with the whole conversation
         # (an answer decodes better after the question), and it outlives a participant's reconnect
@@ -254,7 +255,7 @@ class Room:
             if source is not None:
                 source.next_seq = max(source.next_seq, event.seq + 1)
             self.registry.writer.submit(self.interview_id, event)
-        elif isinstance(event, SentimentEvent):
+        elif isinstance(event, SentimentEvent | ConsentEvent):
             self.history.append(text)
         elif isinstance(event, KeywordsEvent):
             self.latest_keywords[event.speaker.participant_id] = text
@@ -514,8 +515,9 @@ class SegmentWriter:
                     # cannot help. Said loudly, once, to the log, the metrics and the room.
                     persisted.labels(result="rejected").inc()
                     self._metrics.error("persist")
-                    log.error("segment %s rejected by the store: %s; text=%r", _named(interview_id, segment), exc,
-                              segment.text)
+                    # never the text: transcripts are personal data, and a log line is plain text at rest
+                    log.error("segment %s (%d words) rejected by the store: %s", _named(interview_id, segment),
+                              len(segment.text.split()), exc)
                     self._on_failure(interview_id, segment, f"rejected: {exc}")
                     break
                 except Exception as exc:
@@ -557,8 +559,8 @@ class SegmentWriter:
         kept = " (kept in the journal for the next start)" if self._journal is not None else ""
         for interview_id, segment, _ in self._queue:
             log.error("final segment NOT persisted at shutdown%s: interview=%s participant=%s seq=%d revision=%d "
-                      "text=%r", kept, interview_id, segment.speaker.participant_id, segment.seq, segment.revision,
-                      segment.text)  # fmt: skip
+                      "(%d words)", kept, interview_id, segment.speaker.participant_id, segment.seq, segment.revision,
+                      len(segment.text.split()))  # fmt: skip
         self._queue.clear()
         if self._journal is not None:
             self._journal.close()
@@ -661,16 +663,22 @@ class RoomRegistry:
             self.metrics.error("persist")
             return False
 
-    async def set_consent(self, interview_id: str, participant_id: str, given: bool, notice_version: str) -> None:
+    async def set_consent(self, interview_id: str, participant_id: str, given: bool, notice_version: str,
+                          at: datetime | None = None) -> int | None:
         """A participant's consent was recorded (`given`) or withdrawn: start or stop processing their audio at
-        once and tell the room's viewers."""
+        once and tell the room's viewers (the event marks the transcript after the participant's last final).
+        Returns that last final's seq as this process knows it (None: no final, or not known here)."""
         participant = self.get(interview_id, participant_id)
-        if participant is None or participant.removed or participant.consented == given:
-            return
-        participant.consented = given
-        if not given:
-            await participant.discard_stream()
-        participant.room.publish(participant, ConsentEvent(participant.speaker, given, notice_version))
+        if participant is None or participant.removed:
+            last = self._next_seq.get((interview_id, participant_id))
+            return last - 1 if last else None
+        if participant.consented != given:
+            participant.consented = given
+            if not given:
+                await participant.discard_stream()  # nothing it had in flight is published: `next_seq` is final
+            after = participant.next_seq - 1 if participant.next_seq else None
+            participant.room.publish(participant, ConsentEvent(participant.speaker, given, notice_version, at, after))
+        return participant.next_seq - 1 if participant.next_seq else None
 
     async def end_interview(self, interview_id: str) -> int:
         """Everyone leaves the interview's room now, and nothing of it is processed or persisted any more (its

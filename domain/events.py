@@ -305,19 +305,22 @@ class ParticipantEvent:
 @dataclass(slots=True)
 class ConsentEvent:
     """A participant gave (`consent.given`) or withdrew (`consent.withdrawn`) consent to the processing of their
-    audio under the notice `notice_version`. Until given, none of their audio is processed; once withdrawn, none
-    more is (the transcript ends there for them)."""
+    audio under the notice `notice_version`, at `at`. Until given, none of their audio is processed; once withdrawn,
+    none more is (the transcript marks it: `after_seq` is the participant's last final before it, None if none)."""
 
     speaker: Speaker
     given: bool
     notice_version: str
+    at: datetime | None = None
+    after_seq: int | None = None
 
     @property
     def type(self) -> str:
         return "consent.given" if self.given else "consent.withdrawn"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "speaker": self.speaker.to_dict(), "noticeVersion": self.notice_version}
+        return {"type": self.type, "speaker": self.speaker.to_dict(), "noticeVersion": self.notice_version,
+                "at": iso(self.at), "afterSeq": self.after_seq}
 
 
 
