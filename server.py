@@ -213,7 +213,7 @@ async def _build(c: Components) -> None:
                                          last_seq=service.last_segment_seq,
                                          stored_finals=lambda iid: stored_finals(store, iid),
                                          consent=store.consent_given, resume_grace_s=s.resume_grace_s,
-                                         guidance_factory=guidance,
+                                         guidance_factory=guidance, record_guidance=service.record_guidance,
                                          # finals sent but not stored yet survive a killed process
                                          journal=SegmentJournal(s.data_dir / "segments.journal"))
     registry.start()

@@ -13,6 +13,9 @@ Collections
     candidates   `_id` = candidateId, unique `emailIndex` (the email's blind index; the email itself is sealed).
     events       the log of every published domain event (`_id` = event id), written by `mark_published`.
     consents     one document per consent given or withdrawn (participant, notice version, time, address).
+    guidance     live guidance stored with the interview, `_id` = "<interviewId>:<guidance key>": the latest alert or
+                 question/answer pair per question final, the latest guide coverage and talk balance; each write
+                 replaces the document with its new event (an unpublished older state is then never published).
     erasures     `_id` = candidateId of an erased candidate: when, by whom, the signed receipt.
     keys         the candidates' wrapped data keys and the master-key check (adapters.crypto.KeyRing).
 
@@ -28,7 +31,7 @@ Outbox design (events are published only after their write commits, and never lo
       state and its new outbox entries together. The outbox is a map, not an array: the relay removes one
       entry with a single-field `$unset` (and bumps `outboxRev`, which writers check so they never resurrect a
       removed entry); nothing ever uses `$push` (nx-27017 0.8.1 stores pushed subdocuments as JSON strings).
-    * a segment or revision document carries its own event (`eventId`, `subject`, `payload`) and
+    * a segment, revision or guidance document carries its own event (`eventId`, `subject`, `payload`) and
       `published: false`.
     `pending()` reads all three, oldest first, and never returns a revision before its final's event (a revision
     is written after its final, so it sorts after it; one whose final is still unpublished and not ahead of it in
@@ -67,7 +70,14 @@ from adapters.outbox import OutboxRecord
 from adapters.processes import terminate
 from domain.access import DEFAULT_ORG
 from domain.commands import CandidateQuery, Cursor, InterviewQuery
-from domain.events import DomainEvent, SegmentRevised, SegmentTranscribed, StoredSegment
+from domain.events import (
+    DomainEvent,
+    GuidanceRecorded,
+    SegmentRevised,
+    SegmentTranscribed,
+    StoredSegment,
+    guidance_key,
+)
 from domain.model import Candidate, Conflict, Interview, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
@@ -84,11 +94,17 @@ CANDIDATE_SEALED = ("name", "email", "phone", "personalInfo.location", "resume.u
 INTERVIEW_SEALED = ("cancelReason", "analysis.overall.summary", "analysis.keywords")
 SEGMENT_SEALED = ("text", "words", "speaker.name")
 CONSENT_SEALED = ("name", "address")
+# what was said, in a guidance event (the guide's own questions inside `items` go with them); in the stored document
+# and in the GuidanceRecorded payload alike
+GUIDANCE_SEALED = ("guidance.text", "guidance.question", "guidance.answer", "guidance.followUps", "guidance.items",
+                   "guidance.extra")
 # the same fields in the domain events' JSON (outbox payloads, NATS, the events log)
 EVENT_SEALED = {"SegmentTranscribed": ("segment.text", "segment.words", "segment.speaker.name"),
                 "SegmentRevised": ("segment.text", "segment.words", "segment.speaker.name"),
-                "AnalysisCompleted": ("overall.summary", "keywords"), "InterviewCancelled": ("reason",)}
-_LIST_FIELDS = {"words", "skills", "experience", "education", "applications", "keywords"}
+                "AnalysisCompleted": ("overall.summary", "keywords"), "InterviewCancelled": ("reason",),
+                "GuidanceRecorded": GUIDANCE_SEALED}
+_LIST_FIELDS = {"words", "skills", "experience", "education", "applications", "keywords", "answer", "followUps",
+                "items", "extra"}
 
 
 def _empty(path: str) -> Any:
@@ -209,6 +225,7 @@ class MongoStore:
         self.candidates = db["candidates"]
         self.events = db["events"]
         self.consents = db["consents"]  # one document per consent given or withdrawn (adapters.privacy)
+        self.guidance = db["guidance"]  # the latest state of each live-guidance item (GuidanceRecorded)
         self.erasures = db["erasures"]  # `_id` = candidate id: when, by whom, and the signed receipt
         # Records read by pending() and not yet marked: event id -> (record, collection holding it, document id):
         # an interview's outbox entry, or a segment or revision document carrying its own event.
@@ -310,6 +327,9 @@ class MongoStore:
             unique=True)
         await self.revisions.create_index([("published", ASCENDING), ("recordedAt", ASCENDING)])
         await self.revisions.create_index([("eventId", ASCENDING)])
+        await self.guidance.create_index([("published", ASCENDING), ("recordedAt", ASCENDING)])
+        await self.guidance.create_index([("interviewId", ASCENDING), ("recordedAt", ASCENDING)])
+        await self.guidance.create_index([("eventId", ASCENDING)])
         # Emails are unique within an organisation (a clash across organisations would reveal the other's
         # candidate), compared through their blind index (adapters.crypto), never the (encrypted) email.
         for old in ("email_1", "orgId_1_email_1", "emailIndex_1"):
@@ -461,6 +481,33 @@ class MongoStore:
                                            {"seq": 1}, sort=[("seq", DESCENDING)])
         return None if doc is None else int(doc["seq"])
 
+    # -- live guidance ------------------------------------------------------------------------------------------
+
+    @_translated
+    async def add_guidance(self, event: GuidanceRecorded) -> None:
+        key = await self._interview_key(event.interview_id)
+        doc_id = f"{event.interview_id}:{guidance_key(event.guidance)}"
+        doc = seal_fields({"guidance": event.guidance.to_dict()}, GUIDANCE_SEALED, key)
+        doc.update({"_id": doc_id, "interviewId": event.interview_id, "kind": event.kind,
+                    "month": (await self._placement(event.interview_id))[1], "recordedAt": event.occurred_at,
+                    "eventId": event.id, "subject": event.subject, "payload": event_payload(event, key),
+                    "published": False})
+        await self.guidance.replace_one({"_id": doc_id}, doc, upsert=True)
+
+    @_translated
+    async def list_guidance(self, interview_id: str) -> list[dict[str, Any]]:
+        """The interview's stored guidance (opened), oldest first: each item's stream event as `guidance`, with
+        `kind` and `recordedAt`."""
+        out = []
+        cursor = self.guidance.find({"interviewId": interview_id}, {"_id": 0, "guidance": 1, "kind": 1,
+                                                                    "recordedAt": 1})
+        for doc in await cursor.sort("recordedAt", ASCENDING).to_list(None):
+            unreadable = await self._open(doc, GUIDANCE_SEALED)
+            if unreadable:
+                doc["unreadable"] = unreadable
+            out.append(doc)
+        return out
+
     # -- candidates ---------------------------------------------------------------------------------------------
 
     @_translated
@@ -590,13 +637,14 @@ class MongoStore:
 
     @_translated
     async def delete_interview_data(self, interview_ids: list[str]) -> dict[str, int]:
-        """Delete the interviews' segments, revisions, consent records and logged events; the counts by kind."""
+        """Delete the interviews' segments, revisions, consent records, guidance and logged events; the counts by
+        kind."""
         if not interview_ids:
-            return {"segments": 0, "revisions": 0, "consents": 0, "events": 0}
+            return {"segments": 0, "revisions": 0, "consents": 0, "guidance": 0, "events": 0}
         which = {"interviewId": {"$in": interview_ids}}
         counts = {}
         for name, collection in (("segments", self.segments), ("revisions", self.revisions),
-                                 ("consents", self.consents), ("events", self.events)):
+                                 ("consents", self.consents), ("guidance", self.guidance), ("events", self.events)):
             counts[name] = (await collection.delete_many(which)).deleted_count
         return counts
 
@@ -624,7 +672,7 @@ class MongoStore:
         segment_of: dict[str, str] = {}  # event id -> segment id, for segments
         revises: dict[str, str] = {}  # event id -> segment id, for revisions
         segment_owners: set[str] = set()
-        for kind, collection in ((1, self.segments), (2, self.revisions)):
+        for kind, collection in ((1, self.segments), (2, self.revisions), (3, self.guidance)):
             docs = collection.find({"published": False}, _OUTBOX_FIELDS)
             async for doc in docs.sort([("recordedAt", ASCENDING), ("_id", ASCENDING)]).limit(limit):
                 record = OutboxRecord(id=doc["eventId"], subject=doc["subject"], payload=doc["payload"].encode())
@@ -632,7 +680,7 @@ class MongoStore:
                 segment_owners.add(doc["interviewId"])
                 if kind == 1:
                     segment_of[record.id] = doc["_id"]
-                else:
+                elif kind == 2:
                     revises[record.id] = doc["segmentId"]
                 entries.append((doc["recordedAt"], doc["interviewId"], kind, int(doc.get("seq", 0)), record))
         seen_docs: set[str] = set()
@@ -684,7 +732,7 @@ class MongoStore:
             await self.pending(max(1000, len(unknown)))
         records = [self._seen[i] for i in ids if i in self._seen]
         await self._log_events([r for r, _, _ in records])
-        for collection in (self.segments, self.revisions):
+        for collection in (self.segments, self.revisions, self.guidance):
             event_ids = [r.id for r, where, _ in records if where == collection.name]
             if event_ids:
                 await collection.update_many({"eventId": {"$in": event_ids}, "published": False},

@@ -141,15 +141,17 @@ class Privacy:
         if profile is None and not interview_ids:
             raise NotFound("candidate", candidate_id)
         interviews = []
-        counts = {"interviews": 0, "segments": 0, "revisions": 0, "consents": 0}
+        counts = {"interviews": 0, "segments": 0, "revisions": 0, "consents": 0, "guidance": 0}
         for iid in interview_ids:
             doc = await self.service.get_interview(iid)
             doc["revisions"] = await self.store.list_revisions(iid)
             doc["consents"] = await self.store.list_consents(iid)
+            doc["guidance"] = await self.store.list_guidance(iid)  # what the interviewers were shown live
             counts["interviews"] += 1
             counts["segments"] += len(doc["transcription"]["segments"])
             counts["revisions"] += len(doc["revisions"])
             counts["consents"] += len(doc["consents"])
+            counts["guidance"] += len(doc["guidance"])
             interviews.append(doc)
         content = {"candidateId": candidate_id, "exportedAt": self.clock(), "profile": profile,
                    "interviews": interviews,

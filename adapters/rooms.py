@@ -45,6 +45,7 @@ from adapters.tokens import JoinClaims
 from domain.events import (
     ConsentEvent,
     ErrorEvent,
+    GuidanceEvent,
     GuideCoverageEvent,
     KeywordsEvent,
     LevelEvent,
@@ -82,6 +83,7 @@ StoredFinals = Callable[[str], Awaitable[list[str]]]  # interview id -> finals a
 ConsentLookup = Callable[[str, str], Awaitable[bool]]  # (interview, participant) -> consent recorded and not withdrawn
 # interview id -> its live guidance (the guide loaded, its questions embedded), None: no guidance for it
 GuidanceFactory = Callable[[str], Awaitable[Guidance | None]]
+GuidanceRecorder = Callable[[str, GuidanceEvent], Awaitable[None]]  # stores it with the interview, then publishes it
 GUIDANCE_QUEUE = 256  # finals waiting for guidance; beyond it they are skipped (counted), the transcript is not
 
 
@@ -322,6 +324,22 @@ class Room:
             for ev in events:
                 self.publish(None, ev)
             self.registry.metrics.guidance_latency.observe(loop.time() - queued_at)
+            await self._record_guidance(events)
+
+    async def _record_guidance(self, events: list[GuidanceEvent]) -> None:
+        """Store the room's guidance with the interview (and so publish it): after the viewers have it, on this
+        room's worker, so a slow store delays only the next guidance. A failure is logged and counted; the next
+        coverage, pair or balance supersedes what was lost (an alert is in the audit trail as well)."""
+        record = self.registry.record_guidance
+        if record is None:
+            return
+        for ev in events:
+            try:
+                await record(self.interview_id, ev)
+            except Exception as exc:
+                log.warning("storing live guidance (%s) of interview %s failed: %s", ev.type, self.interview_id,
+                            type(exc).__name__)
+                self.registry.metrics.error("guidance")
 
     def _send_all(self, text: str, kind: str) -> None:
         metrics = self.registry.metrics
@@ -583,10 +601,12 @@ class RoomRegistry:
         backlog: int = 500,
         viewer_buffer_limit: int = VIEWER_BUFFER_LIMIT,
         guidance_factory: GuidanceFactory | None = None,
+        record_guidance: GuidanceRecorder | None = None,
         journal: SegmentJournal | None = None,
     ) -> None:
         self.stream_factory = stream_factory
         self.guidance_factory = guidance_factory
+        self.record_guidance = record_guidance
         self.metrics = metrics
         self.resume_grace_s = resume_grace_s
         self.viewer_buffer_limit = viewer_buffer_limit

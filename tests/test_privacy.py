@@ -17,7 +17,17 @@ import pytest
 from adapters.crypto import MasterKeyRefused, MasterKeys, ReceiptSigner, verify_receipt
 from adapters.mongo import MongoStore
 from domain.commands import CandidateQuery, CreateCandidate, CreateInterview, InterviewService, RecordAnalysis
-from domain.events import SegmentEvent, Speaker, Word
+from domain.events import (
+    AskedRef,
+    GuideCoverageEvent,
+    GuideItemStatus,
+    ProtectedTopicAlert,
+    QaPairEvent,
+    SegmentEvent,
+    Speaker,
+    TalkBalanceEvent,
+    Word,
+)
 from domain.model import Conflict
 
 NAME, EMAIL, PHONE = "Zelda Quimby-Farnsworth", "zelda.qf@example.org", "+44 7700 900123"
@@ -128,6 +138,44 @@ async def test_segment_events_carry_ciphertext_only(sealed: tuple[MongoStore, li
     seg = next(p for p in payloads if p["type"] == "SegmentTranscribed")
     assert seg["segment"]["text"].startswith("enc1:") and seg["segment"]["speaker"]["name"].startswith("enc1:")
     assert all(NAME not in r.payload.decode() and "lighthouse" not in r.payload.decode() for r in records)
+
+
+async def test_live_guidance_is_stored_sealed_and_published_latest_first(
+        sealed: tuple[MongoStore, list[int]]) -> None:
+    """Guidance events are stored with the interview (the latest state of each item) and published as
+    GuidanceRecorded on interviews.<id>.guidance.<kind>, the words sealed in both places; erasure deletes them."""
+    store, _ = sealed
+    service = InterviewService(store)
+    _, iid = await a_candidate_with_an_interview(service)
+    asked = AskedRef("p-int", 3, "So how old are you, Zelda?")
+    alert = ProtectedTopicAlert("p-int", 3, asked.text, "age", 1.0, "Ask about relevant experience instead.")
+    guide = [GuideItemStatus("q1", "Tell me about a lighthouse you kept.", "operations")]
+    await service.record_guidance(iid, alert)
+    await service.record_guidance(iid, GuideCoverageEvent(guide, [], []))
+    guide[0].covered_by = AskedRef("p-int", 4, "Which lighthouse in Reykjavik did you keep?")
+    await service.record_guidance(iid, GuideCoverageEvent(guide, [asked], []))  # replaces the first, unpublished
+    await service.record_guidance(iid, QaPairEvent(asked, [AskedRef("p-cand", 2, PHRASE)], 5, 2.0, None))
+    await service.record_guidance(iid, TalkBalanceEvent([{"participantId": "p-cand", "role": "candidate",
+                                                          "speakingSeconds": 2.0, "share": 1.0,
+                                                          "interruptions": 0}], None))
+    raw = await raw_docs(store)
+    for said in ("how old", "Zelda", "lighthouse", "Reykjavik"):
+        assert said.lower() not in raw.lower(), f"{said!r} is stored in plain text"
+    records = [r for r in await store.pending(100) if r.subject.startswith(f"interviews.{iid}.guidance.")]
+    assert sorted(r.subject.rsplit(".", 1)[1] for r in records) == ["alert", "balance", "coverage", "qa"]
+    payloads = {json.loads(r.payload)["kind"]: json.loads(r.payload) for r in records}
+    assert payloads["alert"]["type"] == "GuidanceRecorded" and payloads["alert"]["key"] == "alert:p-int:3"
+    assert payloads["alert"]["guidance"]["text"].startswith("enc1:") and payloads["alert"]["guidance"]["seq"] == 3
+    assert payloads["coverage"]["guidance"]["left"] == []  # the latest state, its ids and counts in clear
+    await store.mark_published([r.id for r in records])
+    assert [r for r in await store.pending(100) if "guidance" in r.subject] == []
+
+    stored = {g["kind"]: g["guidance"] for g in await store.list_guidance(iid)}
+    assert stored["alert"] == alert.to_dict()
+    assert stored["coverage"]["items"][0]["coveredBy"]["text"] == "Which lighthouse in Reykjavik did you keep?"
+    assert stored["qa"]["answer"][0]["text"] == PHRASE
+    assert (await store.delete_interview_data([iid]))["guidance"] == 4
+    assert await store.list_guidance(iid) == []
 
 
 async def test_master_key_missing_or_wrong_refuses_and_never_replaces(mongo_url: str, tmp_path: Path) -> None:

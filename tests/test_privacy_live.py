@@ -162,7 +162,7 @@ async def test_export_then_erase_then_export(tmp_path: Path, mongo_url: str) -> 
         assert content["profile"] == (await live.http.get(f"/api/candidates/{cid}")).json()
         interview = (await live.http.get(f"/api/interviews/{iid}")).json()
         exported = content["interviews"][0]
-        assert {k: v for k, v in exported.items() if k not in ("revisions", "consents")} == interview
+        assert {k: v for k, v in exported.items() if k not in ("revisions", "consents", "guidance")} == interview
         assert [rev["text"] for rev in exported["revisions"]] == ["Nights were quiet, mostly"]
         assert [(c["action"], c["noticeVersion"], c["name"]) for c in exported["consents"]] == [
             ("accepted", "2026-01", NAME)]
