@@ -12,7 +12,8 @@ Erasure of a candidate, in this order, so that nothing about them can be written
    document. Join tokens are not stored; their interviews are cancelled, so a token no longer joins.
 
 Retention: an interview closed (completed or cancelled) more than `retention_days` ago loses its transcript,
-revisions, consent records and analysis; a candidate whose interviews have all expired is erased as above.
+revisions, consent records and analysis; a candidate whose interviews have all expired is erased as above. A month
+whose interviews have all expired loses its segment and revision partitions first, by dropping them.
 """
 
 from __future__ import annotations
@@ -176,7 +177,17 @@ class Privacy:
         for interview in expired:
             by_candidate.setdefault(interview.candidate_id, []).append(interview.interview_id)
         report: dict[str, Any] = {"cutoff": iso(cutoff), "dryRun": dry_run, "expiredInterviews": len(expired),
-                                  "candidatesErased": 0, "interviewsCleared": 0, "segments": 0, "revisions": 0}
+                                  "candidatesErased": 0, "interviewsCleared": 0, "segments": 0, "revisions": 0,
+                                  "monthsDropped": []}
+        # A month whose interviews all expired loses its segment and revision partitions at once (two collection
+        # drops, no document scanned); the erasures below then find nothing left there.
+        for month in await self.store.months():
+            if await self.store.month_expired(month, cutoff):
+                report["monthsDropped"].append(month)
+                if not dry_run:
+                    dropped = await self.store.drop_month(month)
+                    report["segments"] += dropped["segments"]
+                    report["revisions"] += dropped["revisions"]
         for candidate_id, ids in by_candidate.items():
             if await self.store.erasure_of(candidate_id) is not None:
                 continue

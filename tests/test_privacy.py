@@ -121,8 +121,9 @@ async def test_a_tampered_field_is_reported_unreadable_not_a_failure(sealed: tup
     got = await service.get_candidate(cid)
     assert got["name"] is None and got["phone"] is None and got["email"] == EMAIL
     assert sorted(got["unreadable"]) == ["name", "phone"]  # the email's ciphertext does not open as the phone
-    seg = await store.segments.find_one({"interviewId": iid})
-    await store.segments.update_one({"_id": seg["_id"]}, {"$set": {"text": seg["text"][:-4] + "AAAA"}})
+    (segments,) = await store.partitions("segments")
+    seg = await segments.find_one({"interviewId": iid})
+    await segments.update_one({"_id": seg["_id"]}, {"$set": {"text": seg["text"][:-4] + "AAAA"}})
     got_segment = (await service.get_transcript(iid))["segments"][0]
     assert got_segment["text"] is None and got_segment["unreadable"] == ["text"]
     assert len(unreadable) == 3
@@ -268,3 +269,10 @@ async def test_retention_erases_what_expired_and_reports_counts(sealed: tuple[Mo
     assert (await service.get_candidate(kept))["name"] == "Kept"
     again = await privacy.retention()  # nothing left to do
     assert (again["candidatesErased"], again["interviewsCleared"]) == (0, 0)
+    assert report["monthsDropped"] == [] == again["monthsDropped"]  # an interview of that month is still open
+    # once every interview of the month expired, its partitions are dropped whole
+    await service.cancel_interview(iids[1], "withdrawn")
+    even_later = later + timedelta(days=181)
+    privacy.clock = lambda: even_later
+    dropped = await privacy.retention()
+    assert dropped["monthsDropped"] == ["m2026_12"] and await store.months() == []
