@@ -215,7 +215,9 @@ async def _build(c: Components) -> None:
                                          consent=store.consent_given, resume_grace_s=s.resume_grace_s,
                                          guidance_factory=guidance, record_guidance=service.record_guidance,
                                          # finals sent but not stored yet survive a killed process
-                                         journal=SegmentJournal(s.data_dir / "segments.journal"))
+                                         journal=SegmentJournal(s.data_dir / "segments.journal",
+                                                                store.keyring.master.journal_key()
+                                                                if store.keyring is not None else None))
     registry.start()
     c.call = call = CallHub(c.metrics, IceConfig(s.ice_servers, c.secrets.turn_secret, s.turn_ttl_s))
     if c.audit_log is not None:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from adapters.crypto import DataKey, Unreadable
 from adapters.metrics import Metrics
 from adapters.tokens import JoinClaims
 from domain.events import (
@@ -396,10 +397,12 @@ class SegmentJournal:
 
     `append` writes a segment before anyone is sent it, `done` marks it stored (or refused for good); the file is
     emptied whenever nothing is pending. `pending()` (at start) gives the segments a killed process left, in order.
-    Each write reaches the operating system at once (no fsync: it survives the process, not the machine)."""
+    Each write reaches the operating system at once (no fsync: it survives the process, not the machine). With a
+    `key` (the server's, from the master key file) each segment is sealed: transcripts are never on disk in clear."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, key: DataKey | None = None) -> None:
         self.path = Path(path)
+        self._key = key
         self._file: Any = None
         self._next = 0
         self._open = 0  # appended, not done
@@ -414,16 +417,23 @@ class SegmentJournal:
                     if "done" in rec:
                         entries.pop(int(rec["done"]), None)
                         continue
-                    doc = {**rec["segment"], "interviewId": rec["interviewId"], "recordedAt": None}
+                    segment = rec["segment"]
+                    if isinstance(segment, str):  # sealed
+                        if self._key is None:
+                            raise ValueError("a sealed segment and no key to open it")
+                        segment = self._key.open("journal.segment", segment)
+                    doc = {**segment, "interviewId": rec["interviewId"], "recordedAt": None}
                     entries[int(rec["n"])] = (rec["interviewId"], StoredSegment.from_document(doc).segment)
-                except (ValueError, KeyError, TypeError) as exc:  # a line cut short by the kill
+                except (ValueError, KeyError, TypeError, Unreadable) as exc:  # a line cut short by the kill
                     log.warning("segment journal %s: skipping an unreadable line (%s)", self.path, exc)
         return [entries[n] for n in sorted(entries)]
 
     def append(self, interview_id: str, segment: SegmentEvent) -> int:
         n = self._next
         self._next += 1
-        self._write({"n": n, "interviewId": interview_id, "segment": segment.to_dict()})
+        body = segment.to_dict()
+        self._write({"n": n, "interviewId": interview_id,
+                     "segment": self._key.seal("journal.segment", body) if self._key is not None else body})
         self._open += 1
         return n
 
