@@ -524,19 +524,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 async def _privacy_phase(mongo_url: str, tmp: Path, nats_srv: Any, embedded: Any,
                          args: argparse.Namespace) -> dict[str, Any]:
     """Null cipher against AES-256-GCM on the segment write and the API mix, alternated; then one erasure."""
-    from starlette.applications import Starlette
-
     from adapters.crypto import ReceiptSigner
-    from adapters.http_api import api_routes
     from adapters.mongo import MongoStore
     from adapters.privacy import Privacy
     from domain.commands import CreateCandidate, CreateInterview, InterviewService
     from domain.events import SegmentEvent, Speaker
+    from testing.api import ADMIN_KEY, api_app
 
     stores = {"null cipher": await MongoStore.connect(mongo_url, db_name=f"bench_{secrets.token_hex(4)}"),
               "AES-256-GCM": await MongoStore.connect(mongo_url, db_name=f"bench_{secrets.token_hex(4)}",
                                                       key_file=tmp / "master_key")}
-    key = secrets.token_urlsafe(24)
+    key = ADMIN_KEY
     speaker = Speaker("candidate", "Bench Candidate", "cand-1")
     out: dict[str, Any] = {name: {"segment_p95_ms": [], "api_p95_ms": [], "api_p50_ms": [], "cpu_ms_per_request": []}
                            for name in stores}
@@ -581,7 +579,7 @@ async def _privacy_phase(mongo_url: str, tmp: Path, nats_srv: Any, embedded: Any
             # the order alternates too, so neither mode always runs first (on a warmer or a busier machine)
             for name in (list(services) if rep % 2 == 0 else list(services)[::-1]):
                 log.info("privacy, %s, API round %d", name, rep + 1)
-                app = Starlette(routes=api_routes(services[name], key))
+                app = (await api_app(stores[name], services[name], tmp / f"privacy-{rep}-{name[:4]}")).app
                 api, _ = await _api_round(app, "h11", key, seeds[name], nats_srv, embedded, round_args)
                 out[name]["api_p95_ms"].append(api["p95_ms"])
                 out[name]["api_p50_ms"].append(api["p50_ms"])
