@@ -222,9 +222,11 @@ async def _build(c: Components) -> None:
                                          last_seq=service.last_segment_seq,
                                          stored_finals=lambda iid: stored_finals(store, iid),
                                          consent=store.consent_given, resume_grace_s=s.resume_grace_s,
-                                         guidance_factory=guidance,
+                                         guidance_factory=guidance, record_guidance=service.record_guidance,
                                          # finals sent but not stored yet survive a killed process
-                                         journal=SegmentJournal(s.data_dir / "segments.journal"),
+                                         journal=SegmentJournal(s.data_dir / "segments.journal",
+                                                                store.keyring.master.journal_key()
+                                                                if store.keyring is not None else None),
                                          tone=partial(org_tone, c.accounts_store, s.jurisdiction))
     registry.start()
     c.call = call = CallHub(c.metrics, IceConfig(s.ice_servers, c.secrets.turn_secret, s.turn_ttl_s))

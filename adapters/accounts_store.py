@@ -161,7 +161,7 @@ class AccountsStore:
         try:
             await self.users.insert_one(user.to_document())
         except DuplicateKeyError:
-            raise Conflict(f"a user with email {user.email} already exists", code="duplicate") from None
+            raise Conflict("a user with this email already exists", code="duplicate") from None
 
     @_translated
     async def has_users(self, role: str | None = None) -> bool:

@@ -805,10 +805,23 @@ class InterviewPage(_Closed):
     nextCursor: str | None
 
 
+class TranscriptMarker(_Closed):
+    """A participant gave or withdrew consent: from a withdrawal until consent is given again none of their audio
+    was processed, so their transcript has a gap there."""
+
+    type: Literal["consent.given", "consent.withdrawn"]
+    participantId: Id
+    role: Literal[ROLES] | None  # type: ignore[valid-type]  # domain tuple
+    at: datetime
+    afterSeq: int | None = Field(description="the participant's last final segment before it (null: none)")
+    noticeVersion: str
+
+
 class Transcript(_Closed):
     interviewId: Id
     status: TranscriptionStatus
     segments: list[Segment]
+    markers: list[TranscriptMarker] = Field(description="consent changes, in time order")
 
 
 class Resume(_Closed):

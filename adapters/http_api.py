@@ -200,7 +200,8 @@ OPERATIONS: tuple[Operation, ...] = (
               "The caller (by join token) withdraws consent: their audio stops being processed at once", None, 204,
               errors=(403, 404), tag="privacy", auth="joinToken", action=A.CONSENT, resource="own_interview"),
 )
-ConsentChanged = Callable[[str, str, bool, str], Awaitable[None]]  # (interview, participant, given, notice version)
+# (interview, participant, given, notice version, when) -> the participant's last final seq the room knows, if any
+ConsentChanged = Callable[[str, str, bool, str, datetime | None], Awaitable[int | None]]
 _PUBLIC_OPS = {"login", "refresh", "logout", "setup"}
 assert all((op.action is A.PUBLIC) == (op.name in _PUBLIC_OPS) for op in OPERATIONS), "every route has an action"
 
@@ -590,7 +591,11 @@ def api_routes(api: Api) -> list[BaseRoute]:
 
     @endpoint
     async def get_transcript(request: Request) -> Response:
-        return ApiJSONResponse(await service.get_transcript(request.path_params["interview_id"]))
+        iid = request.path_params["interview_id"]
+        transcript = await service.get_transcript(iid)
+        # consent given or withdrawn by a participant marks the transcript where it happened
+        transcript["markers"] = await api.privacy.transcript_markers(iid) if api.privacy is not None else []
+        return ApiJSONResponse(transcript)
 
     async def analysis_view(request: Request, iid: str, version: str = "confirmed") -> dict[str, Any]:
         return await jobs.view(iid, await service.get_analysis(iid), version,
@@ -848,10 +853,13 @@ def api_routes(api: Api) -> list[BaseRoute]:
         status = (await service.get_interview(p.interview_id, with_segments=False))["status"]
         if status in (COMPLETED, CANCELLED):
             raise Conflict(f"interview {p.interview_id} is {status}", code="interview_closed")
+        at = api.privacy.clock()
+        after = await service.last_segment_seq(p.interview_id, p.subject)  # nothing of theirs is processed now
         await api.privacy.record_consent(p.interview_id, p.subject, p.role, participant_name(request),
-                                         accepted=True, notice_version=version, address=_client(request))
-        if api.on_consent is not None:
-            await api.on_consent(p.interview_id, p.subject, True, version)
+                                         accepted=True, notice_version=version, address=_client(request), at=at,
+                                         after_seq=after)
+        if api.on_consent is not None:  # recorded first: only then is their audio processed
+            await api.on_consent(p.interview_id, p.subject, True, version, at)
         log.info("consent given: interview=%s participant=%s notice=%s", p.interview_id, p.subject, version)
         return Response(status_code=204)
 
@@ -860,10 +868,14 @@ def api_routes(api: Api) -> list[BaseRoute]:
         assert api.privacy is not None
         p = principal_of(request)
         await service.get_interview(p.interview_id, with_segments=False)  # 404 for an unknown interview
+        at = api.privacy.clock()
+        # processing stops first, at once; the record then marks the transcript after their last final
+        after = await api.on_consent(p.interview_id, p.subject, False, "", at) if api.on_consent else None
+        if after is None:
+            after = await service.last_segment_seq(p.interview_id, p.subject)
         await api.privacy.record_consent(p.interview_id, p.subject, p.role, participant_name(request),
-                                         accepted=False, notice_version="", address=_client(request))
-        if api.on_consent is not None:
-            await api.on_consent(p.interview_id, p.subject, False, "")
+                                         accepted=False, notice_version="", address=_client(request), at=at,
+                                         after_seq=after)
         log.info("consent withdrawn: interview=%s participant=%s", p.interview_id, p.subject)
         return Response(status_code=204)
 

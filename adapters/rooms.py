@@ -34,16 +34,19 @@ import os
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from adapters.crypto import DataKey, Unreadable
 from adapters.metrics import Metrics
 from adapters.tokens import JoinClaims
 from domain.events import (
     ConsentEvent,
     ErrorEvent,
+    GuidanceEvent,
     GuideCoverageEvent,
     KeywordsEvent,
     LevelEvent,
@@ -82,6 +85,7 @@ ConsentLookup = Callable[[str, str], Awaitable[bool]]  # (interview, participant
 # interview id -> its live guidance (the guide loaded, its questions embedded), None: no guidance for it
 GuidanceFactory = Callable[[str], Awaitable[Guidance | None]]
 ToneLookup = Callable[[str], Awaitable[bool]]  # organisation id -> whether its rooms show the tone of words
+GuidanceRecorder = Callable[[str, GuidanceEvent], Awaitable[None]]  # stores it with the interview, then publishes it
 GUIDANCE_QUEUE = 256  # finals waiting for guidance; beyond it they are skipped (counted), the transcript is not
 
 
@@ -231,7 +235,7 @@ class Room:
         self.org_id = org_id  # the interview's organisation (from the join token that opened the room)
         self.participants: dict[str, Participant] = {}
         self.viewers: dict[int, Viewer] = {}
-        self.history: deque[str] = deque(maxlen=backlog)  # finals, revisions and sentiment, JSON, in order
+        self.history: deque[str] = deque(maxlen=backlog)  # finals, revisions, sentiment, consent changes: JSON
         self.latest_keywords: dict[str, str] = {}  # participant id -> last keywords JSON
         # every participant's recent finals: each stream's decodes are prompted with the whole conversation
         # (an answer decodes better after the question), and it outlives a participant's reconnect
@@ -263,8 +267,8 @@ class Room:
             if source is not None:
                 source.next_seq = max(source.next_seq, event.seq + 1)
             self.registry.writer.submit(self.interview_id, event)
-        elif isinstance(event, SentimentEvent):
-            if not self.tone:
+        elif isinstance(event, SentimentEvent | ConsentEvent):
+            if isinstance(event, SentimentEvent) and not self.tone:
                 return
             self.history.append(text)
         elif isinstance(event, KeywordsEvent):
@@ -332,6 +336,22 @@ class Room:
             for ev in events:
                 self.publish(None, ev)
             self.registry.metrics.guidance_latency.observe(loop.time() - queued_at)
+            await self._record_guidance(events)
+
+    async def _record_guidance(self, events: list[GuidanceEvent]) -> None:
+        """Store the room's guidance with the interview (and so publish it): after the viewers have it, on this
+        room's worker, so a slow store delays only the next guidance. A failure is logged and counted; the next
+        coverage, pair or balance supersedes what was lost (an alert is in the audit trail as well)."""
+        record = self.registry.record_guidance
+        if record is None:
+            return
+        for ev in events:
+            try:
+                await record(self.interview_id, ev)
+            except Exception as exc:
+                log.warning("storing live guidance (%s) of interview %s failed: %s", ev.type, self.interview_id,
+                            type(exc).__name__)
+                self.registry.metrics.error("guidance")
 
     def _send_all(self, text: str, kind: str) -> None:
         metrics = self.registry.metrics
@@ -388,10 +408,12 @@ class SegmentJournal:
 
     `append` writes a segment before anyone is sent it, `done` marks it stored (or refused for good); the file is
     emptied whenever nothing is pending. `pending()` (at start) gives the segments a killed process left, in order.
-    Each write reaches the operating system at once (no fsync: it survives the process, not the machine)."""
+    Each write reaches the operating system at once (no fsync: it survives the process, not the machine). With a
+    `key` (the server's, from the master key file) each segment is sealed: transcripts are never on disk in clear."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, key: DataKey | None = None) -> None:
         self.path = Path(path)
+        self._key = key
         self._file: Any = None
         self._next = 0
         self._open = 0  # appended, not done
@@ -406,16 +428,23 @@ class SegmentJournal:
                     if "done" in rec:
                         entries.pop(int(rec["done"]), None)
                         continue
-                    doc = {**rec["segment"], "interviewId": rec["interviewId"], "recordedAt": None}
+                    segment = rec["segment"]
+                    if isinstance(segment, str):  # sealed
+                        if self._key is None:
+                            raise ValueError("a sealed segment and no key to open it")
+                        segment = self._key.open("journal.segment", segment)
+                    doc = {**segment, "interviewId": rec["interviewId"], "recordedAt": None}
                     entries[int(rec["n"])] = (rec["interviewId"], StoredSegment.from_document(doc).segment)
-                except (ValueError, KeyError, TypeError) as exc:  # a line cut short by the kill
+                except (ValueError, KeyError, TypeError, Unreadable) as exc:  # a line cut short by the kill
                     log.warning("segment journal %s: skipping an unreadable line (%s)", self.path, exc)
         return [entries[n] for n in sorted(entries)]
 
     def append(self, interview_id: str, segment: SegmentEvent) -> int:
         n = self._next
         self._next += 1
-        self._write({"n": n, "interviewId": interview_id, "segment": segment.to_dict()})
+        body = segment.to_dict()
+        self._write({"n": n, "interviewId": interview_id,
+                     "segment": self._key.seal("journal.segment", body) if self._key is not None else body})
         self._open += 1
         return n
 
@@ -525,8 +554,9 @@ class SegmentWriter:
                     # cannot help. Said loudly, once, to the log, the metrics and the room.
                     persisted.labels(result="rejected").inc()
                     self._metrics.error("persist")
-                    log.error("segment %s rejected by the store: %s; text=%r", _named(interview_id, segment), exc,
-                              segment.text)
+                    # never the text: transcripts are personal data, and a log line is plain text at rest
+                    log.error("segment %s (%d words) rejected by the store: %s", _named(interview_id, segment),
+                              len(segment.text.split()), exc)
                     self._on_failure(interview_id, segment, f"rejected: {exc}")
                     break
                 except Exception as exc:
@@ -568,8 +598,8 @@ class SegmentWriter:
         kept = " (kept in the journal for the next start)" if self._journal is not None else ""
         for interview_id, segment, _ in self._queue:
             log.error("final segment NOT persisted at shutdown%s: interview=%s participant=%s seq=%d revision=%d "
-                      "text=%r", kept, interview_id, segment.speaker.participant_id, segment.seq, segment.revision,
-                      segment.text)  # fmt: skip
+                      "(%d words)", kept, interview_id, segment.speaker.participant_id, segment.seq, segment.revision,
+                      len(segment.text.split()))  # fmt: skip
         self._queue.clear()
         if self._journal is not None:
             self._journal.close()
@@ -592,12 +622,14 @@ class RoomRegistry:
         backlog: int = 500,
         viewer_buffer_limit: int = VIEWER_BUFFER_LIMIT,
         guidance_factory: GuidanceFactory | None = None,
+        record_guidance: GuidanceRecorder | None = None,
         journal: SegmentJournal | None = None,
         tone: ToneLookup | None = None,
     ) -> None:
         self._tone = tone  # None: the tone of words is shown in every room
         self.stream_factory = stream_factory
         self.guidance_factory = guidance_factory
+        self.record_guidance = record_guidance
         self.metrics = metrics
         self.resume_grace_s = resume_grace_s
         self.viewer_buffer_limit = viewer_buffer_limit
@@ -687,16 +719,22 @@ class RoomRegistry:
             self.metrics.error("persist")
             return False
 
-    async def set_consent(self, interview_id: str, participant_id: str, given: bool, notice_version: str) -> None:
+    async def set_consent(self, interview_id: str, participant_id: str, given: bool, notice_version: str,
+                          at: datetime | None = None) -> int | None:
         """A participant's consent was recorded (`given`) or withdrawn: start or stop processing their audio at
-        once and tell the room's viewers."""
+        once and tell the room's viewers (the event marks the transcript after the participant's last final).
+        Returns that last final's seq as this process knows it (None: no final, or not known here)."""
         participant = self.get(interview_id, participant_id)
-        if participant is None or participant.removed or participant.consented == given:
-            return
-        participant.consented = given
-        if not given:
-            await participant.discard_stream()
-        participant.room.publish(participant, ConsentEvent(participant.speaker, given, notice_version))
+        if participant is None or participant.removed:
+            last = self._next_seq.get((interview_id, participant_id))
+            return last - 1 if last else None
+        if participant.consented != given:
+            participant.consented = given
+            if not given:
+                await participant.discard_stream()  # nothing it had in flight is published: `next_seq` is final
+            after = participant.next_seq - 1 if participant.next_seq else None
+            participant.room.publish(participant, ConsentEvent(participant.speaker, given, notice_version, at, after))
+        return participant.next_seq - 1 if participant.next_seq else None
 
     async def end_interview(self, interview_id: str) -> int:
         """Everyone leaves the interview's room now, and nothing of it is processed or persisted any more (its

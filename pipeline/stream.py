@@ -466,8 +466,8 @@ class ParticipantStream:
             if seq == self._next_seq and seq not in self._partial_shown:
                 self._retry_partial_soon()  # shed while other streams got the worker: no first partial yet
             return
-        log.debug("partial of %s seq %d at %.2f s: %.2f s of audio -> %r (%s)", self.speaker.participant_id, seq,
-                  self.stream_time_s, audio.size / SAMPLE_RATE, tr.text, tr.reason)
+        log.debug("partial of %s seq %d at %.2f s: %.2f s of audio -> %d words (%s)", self.speaker.participant_id,
+                  seq, self.stream_time_s, audio.size / SAMPLE_RATE, len(tr.text.split()), tr.reason)
         if seq == self._next_seq and (not tr.text or tr.hallucination) and seq not in self._partial_shown:
             # too little speech yet for words (nothing, or "I... I... I..."): try again `partial_retry_s` after
             # this attempt rather than a whole interval later (onset -> first partial)
@@ -585,7 +585,7 @@ class ParticipantStream:
         self.stats["hallucinations"] += int(tr.hallucination)
         if seg.crosstalk:
             self.stats["crosstalk"] += 1
-            log.debug("final %d of %s is cross-talk: %r", seq, self.speaker.participant_id, tr.text)
+            log.debug("final %d of %s is cross-talk", seq, self.speaker.participant_id)
             return
         if not tr.text or tr.hallucination:
             return
@@ -636,7 +636,7 @@ class ParticipantStream:
         self.stats["crosstalk_corrected"] += 1
         seg = replace(sent.segment, crosstalk=True, revision=sent.segment.revision + 1, emitted_at_s=None)
         sent.segment = replace(seg)
-        log.debug("final %d of %s corrected as cross-talk: %r", sent.seq, self.speaker.participant_id, seg.text)
+        log.debug("final %d of %s corrected as cross-talk", sent.seq, self.speaker.participant_id)
         self._emit(seg)
         if sent.turn is None:
             return
@@ -693,7 +693,7 @@ class ParticipantStream:
             return
         tr = trim_after_speech(tr, utt.speech_end_s - utt.start_s)
         if not tr.text or tr.hallucination or cut_short(tr, tr.audio_s):
-            log.debug("revision of %d rejected (%s): %r", seq, tr.reason or "cut short", tr.text)
+            log.debug("revision of %d rejected (%s)", seq, tr.reason or "cut short")
             self.stats["revisions_rejected"] += 1
             return
         if normalise(tr.text) == normalise(turn.text):
@@ -706,15 +706,15 @@ class ParticipantStream:
         if (len(turn.text.split()) <= cfg.revise_strict_max_words
                 or max(live_share, new_share) >= cfg.revise_strict_number_share):
             if confidence < turn.word_confidence + cfg.revise_strict_min_gain or new_digits != live_digits:
-                log.debug("revision of short or numeric %d not clearly better (%.3f vs %.3f, digits %r vs %r): %r",
-                          seq, confidence, turn.word_confidence, new_digits, live_digits, tr.text)  # fmt: skip
+                # (the digits themselves are not logged: a phone number is personal data)
+                log.debug("revision of short or numeric %d not clearly better (%.3f vs %.3f, digits %s)", seq,
+                          confidence, turn.word_confidence, "differ" if new_digits != live_digits else "same")
                 self.stats["revisions_rejected"] += 1
                 return
         if confidence < turn.word_confidence + cfg.revise_min_gain:
             # the decoder is less sure of the revised words than of the live ones: keep the final. Measured on 8
             # dialogues (20 revisions): taking every revision made 6 utterances worse; this rule, 4 (for 12 better)
-            log.debug("revision of %d less confident (%.3f < %.3f): %r", seq, confidence, turn.word_confidence,
-                      tr.text)  # fmt: skip
+            log.debug("revision of %d less confident (%.3f < %.3f)", seq, confidence, turn.word_confidence)
             self.stats["revisions_rejected"] += 1
             return
         old, turn.text, turn.confidence, turn.word_confidence = turn.text, tr.text, tr.confidence, confidence

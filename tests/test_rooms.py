@@ -264,7 +264,8 @@ async def test_failed_writes_are_retried_and_reported_never_dropped(
 
 @pytest.mark.slow
 async def test_segments_of_a_cancelled_interview_are_reported_not_retried(
-        service: InterviewService, scheduler: SttScheduler, jfk: np.ndarray) -> None:
+        service: InterviewService, scheduler: SttScheduler, jfk: np.ndarray,
+        collect_logs: pytest.LogCaptureFixture) -> None:
     h = Harness(service, scheduler)
     iid = await new_interview(service)
     viewer = MemoryChannel()
@@ -277,6 +278,11 @@ async def test_segments_of_a_cancelled_interview_are_reported_not_retried(
     await h.registry.aclose(persist_timeout_s=5)
     assert (await service.get_transcript(iid))["segments"] == []
     assert h.registry.writer.pending == 0
+    # said in the log, without the words (a log line is plain text at rest)
+    rejected = [r.getMessage() for r in collect_logs.records if "rejected by the store" in r.getMessage()]
+    spoken = {w for w in words(" ".join(m["text"] for m in viewer.of_type("segment.final"))) if len(w) > 3}
+    assert rejected and spoken
+    assert not spoken & words(" ".join(rejected)), rejected
 
 
 async def test_slow_viewer_sheds_partials_and_levels_but_gets_finals(service: InterviewService,
