@@ -222,7 +222,10 @@ async def test_resume_keeps_the_stream_and_a_later_rejoin_continues_numbering(
     assert before
 
     # Rejoining later gets a fresh stream whose numbering continues after what is stored.
-    h.registry._next_seq.clear()  # as after a restart: only the store remembers
+    async with asyncio.timeout(30):  # as after a graceful restart: what was sent is stored, and only the store
+        while h.registry.writer.pending:  # remembers
+            await asyncio.sleep(0.05)
+    h.registry._next_seq.clear()
     back = await h.join(iid, "candidate", "Cat", session="c", pid=pid)
     assert back is not cand and back.seq_base == max(before) + 1
     await push(back, jfk[48000 * 4:])
