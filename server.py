@@ -48,6 +48,7 @@ if TYPE_CHECKING:  # the composition root imports its adapters lazily: nothing h
     from adapters.privacy import Privacy
     from adapters.rate_limits import RateLimits
     from adapters.rooms import GuidanceFactory, Room, RoomRegistry
+    from adapters.shared_state import RedisState
     from adapters.tokens import Revocations, TokenSigner
     from adapters.webrtc import WhipIngest
     from domain.commands import InterviewService
@@ -122,6 +123,7 @@ class Components:
     accounts_store: AccountsStore | None = None
     accounts: Accounts | None = None
     limits: RateLimits | None = None
+    shared: RedisState | None = None  # REDIS_URL: revocations and room backlogs shared by every node
     revocations: Revocations | None = None
     audit: Audit | None = None  # the audit trail's call site; its sink is adapters.audit.AuditLog
     receipts: ReceiptSigner | None = None
@@ -146,6 +148,7 @@ async def _build(c: Components) -> None:
     from adapters.placement import Owner, Placement
     from adapters.privacy import Privacy
     from adapters.rooms import RoomRegistry, SegmentJournal
+    from adapters.shared_state import RedisState
     from adapters.stt_engines import build_stt
     from adapters.tokens import Revocations, TokenSigner
     from adapters.webrtc import WhipIngest
@@ -165,7 +168,10 @@ async def _build(c: Components) -> None:
     c.accounts_store = accounts_store = AccountsStore(store.db)
     await accounts_store.create_indexes()
     c.limits = limits = build_limits(s)
-    c.revocations = revocations = Revocations(accounts_store)
+    if s.redis_url:
+        c.shared = RedisState(s.redis_url, backlog=500, backlog_ttl_s=s.token_ttl_s + 3600)
+        c.shared.start()
+    c.revocations = revocations = Revocations(accounts_store, shared=c.shared, keep_s=s.token_ttl_s + 60)
     await revocations.load()
     revocations.start()
     c.signer = signer = TokenSigner(c.secrets.token_secret, ttl_s=s.token_ttl_s, revocations=revocations)
@@ -219,7 +225,8 @@ async def _build(c: Components) -> None:
                                          consent=store.consent_given, resume_grace_s=s.resume_grace_s,
                                          guidance_factory=guidance,
                                          # finals sent but not stored yet survive a killed process
-                                         journal=SegmentJournal(s.data_dir / "segments.journal"))
+                                         journal=SegmentJournal(s.data_dir / "segments.journal"),
+                                         shared_backlog=c.shared)
     registry.start()
     c.call = call = CallHub(c.metrics, IceConfig(s.ice_servers, c.secrets.turn_secret, s.turn_ttl_s))
     if c.audit_log is not None:
@@ -245,7 +252,15 @@ async def _build(c: Components) -> None:
     placement.on_lost = whip.move_room
     placement.start()
     c.receipts = receipts = await asyncio.to_thread(ReceiptSigner.load_or_create, s.data_dir / "receipt_key.pem")
-    c.privacy = privacy = Privacy(store, service, receipts, end_sessions=whip.end_interview,
+    shared = c.shared
+
+    async def end_sessions(interview_id: str) -> int:
+        ended = await whip.end_interview(interview_id)
+        if shared is not None:  # the shared backlog holds transcript text too
+            await shared.forget(interview_id)
+        return ended
+
+    c.privacy = privacy = Privacy(store, service, receipts, end_sessions=end_sessions,
                                   retention_days=s.retention_days)
     c.retention = asyncio.create_task(_retention_loop(privacy), name="retention")
 
@@ -391,6 +406,8 @@ async def _teardown(c: Components) -> None:
         steps.append(("stop reloading revocations", c.revocations.aclose))
     if c.limits is not None:
         steps.append(("close rate limit storage", c.limits.aclose))
+    if c.shared is not None:
+        steps.append(("write the last shared backlog entries, close Redis", c.shared.aclose))
     if c.store is not None:
         steps.append(("close store", c.store.close))
     if c.embedded is not None:
