@@ -734,9 +734,9 @@ class RoomRegistry:
         return known
 
     async def _history(self, interview_id: str) -> list[str]:
-        """Finals stored before this room opened (an earlier session, before a restart, or on a node that held the
-        room before), for the backlog; with a shared backlog, its entries (sentiment too) come first, and the
-        store adds the finals it lacks (written by a node that died before it could share them)."""
+        """What was said before this room opened (an earlier session, before a restart, or on a node that held the
+        room before), for the backlog: the shared backlog (Redis; sentiment too) when it holds every final the store
+        has from its span, else the store's finals (Redis restarted empty, or a node died before sharing them)."""
         shared = await self.shared_backlog.backlog(interview_id) if self.shared_backlog is not None else None
         if self._stored_finals is None:
             return (shared or [])[-self._backlog:]
@@ -747,8 +747,11 @@ class RoomRegistry:
             self.metrics.error("persist")
             stored = []
         if shared:
+            # the shared backlog (sentiment too) if it has every final the store has from its time span; else it has
+            # holes (a Redis restart, a node that died before sharing) and the store's finals are the backlog
             have = {_segment_key(text) for text in shared} - {None}
-            stored = shared + [text for text in stored if _segment_key(text) not in have]
+            if all(_segment_key(text) in have for text in stored[-len(shared):]):
+                return shared[-self._backlog:]
         return stored[-self._backlog:]
 
     def detach(self, participant: Participant, session_id: str) -> None:

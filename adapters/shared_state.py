@@ -140,7 +140,9 @@ class RedisState:
         items = await self._call("backlog", read)
         if items is None:
             return None
-        return [i.decode() if isinstance(i, bytes) else str(i) for i in items]
+        # a batch whose reply timed out may have been written all the same, and again on the retry: the entries
+        # are distinct messages (each carries its seq and speaker), so a repeat is such a retry
+        return list(dict.fromkeys(i.decode() if isinstance(i, bytes) else str(i) for i in items))
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write_backlogs(), name="redis-backlog-writer")
