@@ -8,6 +8,7 @@ import argparse
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from adapters.stt_engines import build_stt
 from pipeline import cli as pipeline_cli
@@ -21,6 +22,8 @@ class EngineSettings:
 
     stt_engine: str
     stt_model: str | None
+    revision_model: str | None
+    data_dir: Path
     stt_workers: int
     stt_cpu_threads: int
     stt_subprocess: bool
@@ -33,6 +36,8 @@ class EngineSettings:
         return cls(
             stt_engine=args.stt,
             stt_model=args.model,
+            revision_model=args.revision_model,
+            data_dir=Path(os.environ.get("DATA_DIR", "./data")).expanduser(),  # where Whisper base is joined once
             stt_workers=args.workers,
             stt_cpu_threads=args.cpu_threads,
             stt_subprocess=False,  # a file is decoded in this process, by `--workers` threads

@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # the composition root imports its adapters lazily: nothing h
     from adapters.auth import Accounts
     from adapters.call import CallHub
     from adapters.crypto import ReceiptSigner
-    from adapters.http_edge import Audit
+    from adapters.http_edge import Audit, AuditSink
     from adapters.metrics import Metrics
     from adapters.mongo import EmbeddedMongo, MongoStore
     from adapters.nats_embedded import EmbeddedNats
@@ -80,6 +80,7 @@ class Secrets:
     admin_key_generated: bool  # embedded mode: came from DATA_DIR, so printing it is the way to learn it
     token_secret: bytes
     turn_secret: bytes | None = None
+    setup_token: str | None = None  # the one-time setup link's token (first embedded start without users)
 
     def __repr__(self) -> str:
         return "Secrets(<redacted>)"
@@ -178,8 +179,14 @@ async def _build(c: Components) -> None:
     access = AccessTokens(KeyRing(s.data_dir / "jwt_keys.json"), ttl_s=s.access_token_ttl_s)
     c.accounts = Accounts(accounts_store, access, signer, limits, admin_api_key=c.secrets.admin_api_key,
                           refresh_ttl_s=s.refresh_token_ttl_s)
+    if s.mongodb_url is None and not s.admin_api_key:
+        c.secrets.setup_token = await c.accounts.open_setup()
+        if c.secrets.setup_token is not None:  # the link itself goes to standard output only (see serve)
+            log.warning("no users yet: open the one-time setup link printed on standard output to create the "
+                        "first admin (or run python server.py create-admin EMAIL)")
     if s.audit:
-        c.audit_log = audit_log = AuditLog(store.db, metrics=c.metrics)
+        c.audit_log = audit_log = AuditLog(store.db, metrics=c.metrics, max_queue=s.audit_queue_max,
+                                           spill_path=s.data_dir / "audit.spill.jsonl")
         await audit_log.start()
         c.audit = audit = Audit(audit_log, AuditEntry)
     else:
@@ -199,6 +206,8 @@ async def _build(c: Components) -> None:
     c.metrics.bind_stt(queue_depth=lambda: float(scheduler.queue_depth), stats=lambda: scheduler.stats)
     stream_config = StreamConfig(vad=s.vad_mode, partial_interval_s=s.partial_interval_s,
                                  end_silence_ms=s.end_silence_ms, revise=s.stt_revise,
+                                 semantic_turns=s.semantic_turns, turn_complete_ms=s.turn_complete_ms,
+                                 turn_incomplete_ms=s.turn_incomplete_ms,
                                  crosstalk_guard=s.crosstalk_guard,
                                  await_revisions=False)  # leaving or shutting down does not wait for them
 
@@ -226,6 +235,7 @@ async def _build(c: Components) -> None:
                                          guidance_factory=guidance,
                                          # finals sent but not stored yet survive a killed process
                                          journal=SegmentJournal(s.data_dir / "segments.journal"),
+                                         tone=partial(org_tone, c.accounts_store, s.jurisdiction),
                                          shared_backlog=c.shared)
     registry.start()
     c.call = call = CallHub(c.metrics, IceConfig(s.ice_servers, c.secrets.turn_secret, s.turn_ttl_s))
@@ -293,7 +303,7 @@ def build_analysis(s: Settings, service: InterviewService, store: MongoStore, me
     def rejected(provider: str, n: int) -> None:
         metrics.evidence_rejected.labels(provider=provider).inc(n)
 
-    return AnalysisJobs(service, MongoAnalysisRecords(store.db["analyses"]), providers, on_rejected=rejected,
+    return AnalysisJobs(service, MongoAnalysisRecords(store.db["analyses"], store), providers, on_rejected=rejected,
                         on_run=lambda provider, status: metrics.analysis_runs.labels(provider, status).inc(),
                         jurisdiction=s.jurisdiction)
 def build_limits(s: Settings) -> RateLimits:
@@ -318,12 +328,13 @@ async def _retention_loop(privacy: Privacy) -> None:
         await asyncio.sleep(RETENTION_EVERY_S)
 
 
-def audit_alert(audit: AuditLog, interview_id: str, alert: ProtectedTopicAlert) -> None:
-    """A protected-topic alert in the audit trail: who asked, which segment, the topic (not the words)."""
-    from adapters.audit import DEFAULT_ORG, AuditEntry
+def audit_alert(audit: AuditSink, interview_id: str, org_id: str, alert: ProtectedTopicAlert) -> None:
+    """A protected-topic alert in the interview's organisation's audit trail: who asked, which segment, the topic
+    (not the words)."""
+    from adapters.audit import AuditEntry
 
     audit.record(AuditEntry(actor_type="participant", actor_id=alert.participant_id, role="interviewer",
-                            org_id=DEFAULT_ORG, action="guidance.protected_topic", resource_type="interview",
+                            org_id=org_id, action="guidance.protected_topic", resource_type="interview",
                             resource_id=interview_id, outcome="ok", address="", user_agent="",
                             at=datetime.now(UTC), detail={"seq": alert.seq, "topic": alert.topic,
                                                           "score": round(alert.score, 3)}))
@@ -345,6 +356,14 @@ def build_guidance(s: Settings, service: InterviewService) -> GuidanceFactory:
         return await asyncio.to_thread(Guidance, embedder, detector, guide)
 
     return for_interview
+
+
+async def org_tone(accounts: AccountsStore | None, default_jurisdiction: str, org_id: str) -> bool:
+    """Whether an organisation's live rooms show the tone of words (its `toneEnabled`, else off in eu)."""
+    from domain.analysis import OrgPolicy
+
+    doc = await accounts.organisation(org_id) if accounts is not None else None
+    return OrgPolicy.from_dict(doc or {}, default_jurisdiction).tone
 
 
 async def interview_status(service: InterviewService, interview_id: str) -> str | None:
@@ -485,7 +504,7 @@ def create_app(settings: Settings, *, announce: Callable[[Components], None] | N
             api = Api(c.service, c.accounts, c.signer, c.limits, metrics, c.audit, public_url=settings.public_url,
                       link_hosts=settings.trusted_hosts(),
                       max_body_bytes=settings.max_body_bytes, analysis=c.analysis, privacy=c.privacy,
-                      on_consent=c.registry.set_consent)
+                      on_consent=c.registry.set_consent, jurisdiction=settings.jurisdiction)
             app.router.routes[:] = [*api_routes(api), keys_route(c.receipts), *c.whip.routes(), *base_routes]
             c.ready = True
             log.info("service ready in %.1fs (store: %s, bus: %s, stt: %s)", time.perf_counter() - t0,
@@ -819,6 +838,9 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
                   flush=True)
         else:
             print("admin API key: from ADMIN_API_KEY", flush=True)
+        if c.secrets.setup_token is not None:
+            print(f"first admin: open {url}/app/setup?token={c.secrets.setup_token}  (works once, for 24 h)",
+                  flush=True)
 
     app = create_app(settings, announce=announce, node_url=url)
     tls: dict[str, Any] = {}

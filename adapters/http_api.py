@@ -21,32 +21,38 @@ rate limit (with Retry-After), 503 database unavailable. Each is logged once, he
 
 from __future__ import annotations
 
+import asyncio
+import csv
 import dataclasses
 import functools
+import io
 import json
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+from pydantic import ValidationError as PydanticValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from adapters import api_schema as schema
-from adapters.analysis_jobs import AnalysisJobs, MemoryAnalysisRecords
+from adapters.analysis_jobs import AnalysisJobs, MemoryAnalysisRecords, interview_structure
 from adapters.api_schema import Operation, openapi_document
 from adapters.auth import Accounts
 from adapters.crypto import ReceiptSigner
 from adapters.http_edge import MAX_BODY_BYTES, Audit, HttpError, error_kind, error_response, read_json
 from adapters.metrics import Metrics
-from adapters.privacy import Erased, Privacy
+from adapters.privacy import NOTICE_VERSION, Erased, Privacy
 from adapters.rate_limits import RateLimits
 from adapters.tokens import InvalidToken, TokenSigner, bearer_token, validate_name, validate_role
 from domain.access import ANONYMOUS, INTERVIEWER, ORG_LEVEL, Action, Decision, Principal, Resource, authorize
+from domain.analysis import OrgPolicy
 from domain.commands import (
     AddQuestion,
     CandidateQuery,
@@ -85,12 +91,15 @@ OPERATIONS: tuple[Operation, ...] = (
               "the X-Requested-With header)", schema.AccessToken, errors=(403,), tag="auth"),
     Operation("logout", "POST", "/api/auth/logout", "Revoke the refresh cookie's session (needs X-Requested-With)",
               schema.LoggedOut, errors=(403,), tag="auth"),
+    Operation("setup", "POST", "/api/auth/setup", "Create the first admin with the one-time setup link's token "
+              "(404 unknown token; 410 once used or expired, or once an admin exists)", schema.UserCreated, 201,
+              body=schema.Setup, errors=(404, 410), tag="auth"),
     Operation("me", "GET", "/api/me", "The signed-in user", schema.Me, errors=(403,), tag="auth",
               action=A.SELF_READ),
     Operation("create_user", "POST", "/api/users", "Create a user of the caller's organisation (admin)",
               schema.UserCreated, 201, body=schema.NewUser, errors=(403, 409), tag="users", action=A.USER_MANAGE),
-    Operation("list_users", "GET", "/api/users", "The organisation's users (admin)", schema.UserPage,
-              errors=(403,), tag="users", action=A.USER_MANAGE),
+    Operation("list_users", "GET", "/api/users", "The organisation's users (admin, hr: to assign interviewers)",
+              schema.UserPage, errors=(403,), tag="users", action=A.USER_READ),
     Operation("disable_user", "DELETE", "/api/users/{user_id}", "Disable a user and end their sessions (admin)",
               schema.UserDisabled, errors=(403, 404), tag="users", action=A.USER_MANAGE),
     Operation("create_api_key", "POST", "/api/api-keys", "Create an API key; the key is shown once (admin)",
@@ -133,6 +142,29 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("put_analysis", "PUT", f"{_IID}/analysis", "Record the analysis of a completed interview",
               schema.InterviewAnalysis, body=schema.AnalysisInput, errors=(403, 404, 409), action=A.ANALYSIS_WRITE,
               resource="interview"),
+    Operation("review_analysis", "POST", f"{_IID}/analysis/review",
+              "Review the scorecard (hr/admin): edit it, confirm it (then it is what GET returns) or reject it; "
+              "every change is kept in review.history", schema.InterviewAnalysis, body=schema.ReviewRequest,
+              errors=(403, 404, 409), action=A.ANALYSIS_WRITE, resource="interview"),
+    Operation("export_analysis", "GET", "/api/analysis/export",
+              "Every completed interview's scores (as its default view shows them), JSON or CSV (hr/admin)",
+              schema.AnalysisExport, query=schema.ExportParams, also=("text/csv",), errors=(403,),
+              action=A.ANALYSIS_EXPORT),
+    Operation("get_organisation", "GET", "/api/organisation",
+              "The organisation's settings: jurisdiction policy, bias audit date, alternative-process contact, "
+              "tone (admin)", schema.Organisation, errors=(403,), tag="users", action=A.ORG_MANAGE),
+    Operation("update_organisation", "PATCH", "/api/organisation", "Change the organisation's settings (admin)",
+              schema.Organisation, body=schema.OrganisationUpdate, errors=(403,), tag="users",
+              action=A.ORG_MANAGE),
+    Operation("join_notice", "GET", "/api/notice",
+              "What the caller's page shows before joining (by join token): the privacy notice's version and the "
+              "organisation's policy, with the Local Law 144 candidate notice under us-nyc", schema.JoinNotice,
+              errors=(403, 404), tag="participants", auth="joinToken", action=A.CONSENT,
+              resource="own_interview"),
+    Operation("get_structure", "GET", f"{_IID}/structure",
+              "The transcript's structure from its text: question/answer pairs, talk time, per-speaker tone of "
+              "words and keywords", schema.InterviewStructure, query=schema.StructureParams, errors=(403, 404),
+              action=A.ANALYSIS_READ, resource="interview"),
     Operation("issue_token", "POST", f"{_IID}/tokens", "Issue a join token for a participant", schema.JoinToken,
               201, body=schema.TokenRequest, errors=(403, 404, 409), action=A.TOKEN_MINT, resource="interview"),
     Operation("join_interview", "POST", f"{_IID}/join", "A join token for the signed-in user (an interviewer)",
@@ -169,7 +201,7 @@ OPERATIONS: tuple[Operation, ...] = (
               errors=(403, 404), tag="privacy", auth="joinToken", action=A.CONSENT, resource="own_interview"),
 )
 ConsentChanged = Callable[[str, str, bool, str], Awaitable[None]]  # (interview, participant, given, notice version)
-_PUBLIC_OPS = {"login", "refresh", "logout"}
+_PUBLIC_OPS = {"login", "refresh", "logout", "setup"}
 assert all((op.action is A.PUBLIC) == (op.name in _PUBLIC_OPS) for op in OPERATIONS), "every route has an action"
 
 
@@ -227,6 +259,11 @@ class Api:
     link_hosts: Sequence[str] | None = None  # hosts a joinUrl may name when PUBLIC_URL is unset (None: any)
     max_body_bytes: int = MAX_BODY_BYTES
     secure_cookies: bool = True
+    jurisdiction: str = "eu"  # JURISDICTION: the policy of an organisation that has not chosen one
+
+    async def policy(self, org_id: str) -> OrgPolicy:
+        """The organisation's analysis policy (`domain.analysis.OrgPolicy`)."""
+        return OrgPolicy.from_dict(await self.accounts.store.organisation(org_id) or {}, self.jurisdiction)
 
     async def resource(self, op: Operation, request: Request, principal: Principal) -> Resource:
         """What `op` acts on: the interview or candidate in the path (for its organisation and interviewers),
@@ -401,6 +438,16 @@ def api_routes(api: Api) -> list[BaseRoute]:
         return response
 
     @endpoint
+    async def setup(request: Request) -> Response:
+        f = Fields(await body_of(request, max_bytes=MAX_TOKEN_REQUEST_BYTES),
+                   allowed=("token", "email", "name", "password"))
+        f.done()
+        d = f.data
+        user = await api.accounts.setup_admin(d.get("token"), d.get("email"), d.get("name"), d.get("password"))
+        request.state.principal = Principal.user(user.user_id, user.org_id, user.role)
+        return ApiJSONResponse({"userId": user.user_id}, status_code=201, headers={"Cache-Control": "no-store"})
+
+    @endpoint
     async def me(request: Request) -> Response:
         p = principal_of(request)
         user = await api.accounts.store.get_user(p.subject)
@@ -488,6 +535,7 @@ def api_routes(api: Api) -> list[BaseRoute]:
     async def create_interview(request: Request) -> Response:
         p = principal_of(request)
         cmd = CreateInterview.parse(await body_of(request))
+        await api.accounts.check_interviewers(p.org_id, cmd.interviewers)
         doc = await service.create_interview(cmd, created_by(p), org_id=p.org_id)
         return ApiJSONResponse(doc, status_code=201, headers={"Location": f"/api/interviews/{doc['interviewId']}"})
 
@@ -544,15 +592,93 @@ def api_routes(api: Api) -> list[BaseRoute]:
     async def get_transcript(request: Request) -> Response:
         return ApiJSONResponse(await service.get_transcript(request.path_params["interview_id"]))
 
-    async def analysis_view(iid: str, version: str = "confirmed") -> dict[str, Any]:
-        return await jobs.view(iid, await service.get_analysis(iid), version)
+    async def analysis_view(request: Request, iid: str, version: str = "confirmed") -> dict[str, Any]:
+        return await jobs.view(iid, await service.get_analysis(iid), version,
+                               await api.policy(principal_of(request).org_id))
 
     @endpoint
     async def get_analysis(request: Request) -> Response:
         f = Fields(params(request), allowed=("version",))
         version = f.choice("version", ("confirmed", "machine"), default="confirmed")
         f.done()
-        return ApiJSONResponse(await analysis_view(request.path_params["interview_id"], version))
+        return ApiJSONResponse(await analysis_view(request, request.path_params["interview_id"], version))
+
+    @endpoint
+    async def review_analysis(request: Request) -> Response:
+        # the scorecard is checked by the same pydantic limits the OpenAPI document states (scores 0..5,
+        # overall 0..100, the recommendations); its evidence and competencies then by the analysis itself
+        body = await body_of(request)
+        try:
+            change = schema.ReviewRequest.model_validate(body, strict=True)
+        except PydanticValidationError as exc:
+            raise ValidationError({".".join(str(p) for p in e["loc"]) or "body": e["msg"]
+                                   for e in exc.errors()}) from None
+        if change.action == "edit" and change.scorecard is None:
+            raise ValidationError({"scorecard": "an edit needs the scorecard"})
+        if change.action == "reject" and change.scorecard is not None:
+            raise ValidationError({"scorecard": "a rejection takes no scorecard"})
+        iid = request.path_params["interview_id"]
+        p = principal_of(request)
+        review = await jobs.review(iid, change.action, change.scorecard.model_dump() if change.scorecard else None,
+                                   (change.note or "").strip(), created_by(p))
+        request.state.audit_detail = {"review": change.action, "reviewStatus": review["status"]}
+        return ApiJSONResponse(await analysis_view(request, iid))
+
+    @endpoint
+    async def export_analysis(request: Request) -> Response:
+        f = Fields(params(request), allowed=("from", "to", "format"))
+        kind = f.choice("format", ("json", "csv"), default="json")
+        f.done()
+        query = InterviewQuery.parse({k: v for k, v in params(request).items() if k in ("from", "to")})
+        p = principal_of(request)
+        policy = await api.policy(p.org_id)
+        interviews: list[dict[str, Any]] = []
+        cursor = None
+        while len(interviews) < EXPORT_MAX:
+            page = await service.list_interviews(dataclasses.replace(
+                query, org_id=p.org_id, status=COMPLETED, limit=200,
+                after=InterviewQuery.parse({"cursor": cursor}).after if cursor else None))
+            interviews += page["items"]
+            cursor = page["nextCursor"]
+            if not cursor:
+                break
+        rows = await jobs.export_rows(interviews[:EXPORT_MAX], policy)
+        request.state.audit_detail = {"rows": len(rows), "format": kind}
+        if kind == "csv":
+            return Response(export_csv(rows), media_type="text/csv; charset=utf-8", headers={
+                "Content-Disposition": 'attachment; filename="analysis-export.csv"', "Cache-Control": "no-store"})
+        return ApiJSONResponse({"jurisdiction": policy.jurisdiction, "items": rows},
+                               headers={"Cache-Control": "no-store"})
+
+    # -- the organisation's settings (admin) and what a participant's page is told of them ---------------------
+
+    async def organisation_body(org_id: str) -> dict[str, Any]:
+        doc = await api.accounts.store.organisation(org_id) or {}
+        policy = OrgPolicy.from_dict(doc, api.jurisdiction)
+        return {"orgId": org_id, "name": str(doc.get("name", org_id)), **policy.to_dict(),
+                "candidateNotice": policy.candidate_notice()}
+
+    @endpoint
+    async def get_organisation(request: Request) -> Response:
+        return ApiJSONResponse(await organisation_body(principal_of(request).org_id))
+
+    @endpoint
+    async def update_organisation(request: Request) -> Response:
+        changes = OrgPolicy.parse_update(await body_of(request))
+        org_id = principal_of(request).org_id
+        await api.accounts.store.update_organisation(org_id, changes, time.time())
+        request.state.audit_detail = {"changed": sorted(changes)}
+        log.info("organisation %s settings changed: %s", org_id, ", ".join(sorted(changes)))
+        return ApiJSONResponse(await organisation_body(org_id))
+
+    @endpoint
+    async def join_notice(request: Request) -> Response:
+        p = principal_of(request)
+        await service.get_interview(p.interview_id, with_segments=False)  # 404 for an unknown interview
+        policy = await api.policy(p.org_id)
+        return ApiJSONResponse({"noticeVersion": NOTICE_VERSION, "jurisdiction": policy.jurisdiction,
+                                "advisory": True, "tone": policy.tone,
+                                "candidateNotice": policy.candidate_notice()}, headers={"Cache-Control": "no-store"})
 
     @endpoint
     async def run_analysis(request: Request) -> Response:
@@ -561,7 +687,7 @@ def api_routes(api: Api) -> list[BaseRoute]:
         f.done()
         iid = request.path_params["interview_id"]
         await jobs.request(iid, "on_demand", skills)
-        return ApiJSONResponse(await analysis_view(iid, "machine"), status_code=202)
+        return ApiJSONResponse(await analysis_view(request, iid, "machine"), status_code=202)
 
     @endpoint
     async def put_analysis(request: Request) -> Response:
@@ -571,7 +697,19 @@ def api_routes(api: Api) -> list[BaseRoute]:
         legacy = await service.get_analysis(iid)
         await jobs.record_manual(iid, legacy)
         # the answer is about what was recorded: complete, whatever a scorecard job is doing meanwhile
-        return ApiJSONResponse({**await jobs.view(iid, legacy), "status": legacy["status"]})
+        view = await jobs.view(iid, legacy, policy=await api.policy(principal_of(request).org_id))
+        return ApiJSONResponse({**view, "status": legacy["status"]})
+
+    @endpoint
+    async def get_structure(request: Request) -> Response:
+        f = Fields(params(request), allowed=("tone",))
+        policy = await api.policy(principal_of(request).org_id)  # the organisation's tone default (off in eu)
+        tone = f.choice("tone", ("true", "false"), default="true" if policy.tone else "false")
+        f.done()
+        iid = request.path_params["interview_id"]
+        interview = await service.get_interview(iid, with_segments=False)
+        segments = (await service.get_transcript(iid))["segments"]
+        return ApiJSONResponse(await asyncio.to_thread(interview_structure, interview, segments, tone=tone == "true"))
 
     # -- join tokens --------------------------------------------------------------------------------------------
 
@@ -745,6 +883,26 @@ def api_routes(api: Api) -> list[BaseRoute]:
     return [*(Route(op.path, _endpoint(api, op, handlers[op.name]), methods=[op.method])
               for op in OPERATIONS if op not in left_out),
             Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False)]
+
+
+EXPORT_MAX = 10_000  # interviews in one export; narrow from/to for more
+
+
+def export_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """The export as CSV: one row per interview, one column per competency (`competency:<name>`)."""
+    names = sorted({name for r in rows for name in r["competencies"]})
+    fixed = ["interviewId", "candidateId", "jobId", "scheduledAt", "completedAt", "analysisStatus", "reviewStatus",
+             "version", "final", "advisory", "overall", "recommendation"]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow([*fixed, *(f"competency:{n}" for n in names)])
+    for r in rows:
+        cells = [iso(r[k]) if isinstance(r[k], datetime) else r[k] for k in fixed]
+        cells += [r["competencies"].get(n) for n in names]
+        # a cell starting like a formula is quoted with ' so a spreadsheet shows it as text (CSV injection)
+        writer.writerow(["" if c is None else ("'" + c if isinstance(c, str) and c[:1] in "=+-@" else c)
+                         for c in cells])
+    return out.getvalue()
 
 
 async def _request_analysis(jobs: AnalysisJobs, interview_id: str) -> None:

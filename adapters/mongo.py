@@ -277,6 +277,17 @@ class MongoStore:
             return unreadable
         return await self.keyring.open_fields(doc, paths, _empty)
 
+    async def seal_for_interview(self, interview_id: str, doc: dict[str, Any], paths: tuple[str, ...]) -> None:
+        """Seal `paths` of `doc` (a document about the interview, e.g. its analysis) with its candidate's key."""
+        seal_fields(doc, paths, await self._interview_key(interview_id))
+
+    async def open_sealed(self, doc: dict[str, Any], paths: tuple[str, ...],
+                          empty: Callable[[str], Any] = _empty) -> list[str]:
+        """Open `paths` of `doc` in place; returns those that do not open (they read as `empty(path)`)."""
+        if self.keyring is None:
+            return await self._open(doc, paths)
+        return await self.keyring.open_fields(doc, paths, empty)
+
     def email_index(self, email: str) -> str:
         """The blind index of an email (the email itself, lowercased, without a key ring)."""
         return self.keyring.master.blind_index(email) if self.keyring is not None else email.strip().lower()

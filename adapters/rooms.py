@@ -81,6 +81,7 @@ StoredFinals = Callable[[str], Awaitable[list[str]]]  # interview id -> finals a
 ConsentLookup = Callable[[str, str], Awaitable[bool]]  # (interview, participant) -> consent recorded and not withdrawn
 # interview id -> its live guidance (the guide loaded, its questions embedded), None: no guidance for it
 GuidanceFactory = Callable[[str], Awaitable[Guidance | None]]
+ToneLookup = Callable[[str], Awaitable[bool]]  # organisation id -> whether its rooms show the tone of words
 GUIDANCE_QUEUE = 256  # finals waiting for guidance; beyond it they are skipped (counted), the transcript is not
 
 
@@ -115,7 +116,11 @@ def _shift_seq(event: StreamEvent, base: int) -> StreamEvent:
     """Offsets a fresh stream's segment numbers so a rejoining participant continues its numbering."""
     if base == 0:
         return event
-    if isinstance(event, SegmentEvent | SentimentEvent):
+    if isinstance(event, SegmentEvent):
+        event.seq += base
+        if event.continues is not None:
+            event.continues += base
+    elif isinstance(event, SentimentEvent):
         event.seq += base
     elif isinstance(event, KeywordsEvent):
         event.seq += base
@@ -228,9 +233,10 @@ class Participant:
 class Room:
     """The live state of one interview: participants, viewers and the short history late viewers get."""
 
-    def __init__(self, registry: RoomRegistry, interview_id: str, backlog: int) -> None:
+    def __init__(self, registry: RoomRegistry, interview_id: str, backlog: int, org_id: str) -> None:
         self.registry = registry
         self.interview_id = interview_id
+        self.org_id = org_id  # the interview's organisation (from the join token that opened the room)
         self.participants: dict[str, Participant] = {}
         self.viewers: dict[int, Viewer] = {}
         self.history: deque[str] = deque(maxlen=backlog)  # finals, revisions and sentiment, JSON, in order
@@ -242,6 +248,9 @@ class Room:
         self.t0 = asyncio.get_running_loop().time()  # room time 0: every participant's finals on one clock
         self.guidance_queue: asyncio.Queue[tuple[GuidanceFinal, float] | None] | None = None
         self.latest_guidance: dict[str, str] = {}  # "guide.coverage" / "talk.balance" / "qa.pair:<pid>:<seq>"
+        # the tone of words (sentiment) is sent only when the organisation shows it (OrgPolicy.tone; off in eu
+        # unless turned on); decided when the room opens
+        self.tone = True
 
     # ---- fan-out -------------------------------------------------------------------------------------
     def publish(self, source: Participant | None, event: StreamEvent) -> None:
@@ -263,6 +272,8 @@ class Room:
                 source.next_seq = max(source.next_seq, event.seq + 1)
             self.registry.writer.submit(self.interview_id, event)
         elif isinstance(event, SentimentEvent):
+            if not self.tone:
+                return
             self.remember(text)
         elif isinstance(event, KeywordsEvent):
             self.latest_keywords[event.speaker.participant_id] = text
@@ -271,7 +282,7 @@ class Room:
             metrics.guidance_alerts.labels(topic=event.topic).inc()
             if self.registry.on_alert is not None:
                 try:
-                    self.registry.on_alert(self.interview_id, event)
+                    self.registry.on_alert(self.interview_id, self.org_id, event)
                 except Exception:  # the audit trail's trouble must not stop the alert reaching the interviewer
                     log.exception("recording the alert on seq %d of interview %s failed", event.seq,
                                   self.interview_id)
@@ -607,8 +618,10 @@ class RoomRegistry:
         viewer_buffer_limit: int = VIEWER_BUFFER_LIMIT,
         guidance_factory: GuidanceFactory | None = None,
         journal: SegmentJournal | None = None,
+        tone: ToneLookup | None = None,
         shared_backlog: SharedBacklog | None = None,
     ) -> None:
+        self._tone = tone  # None: the tone of words is shown in every room
         self.stream_factory = stream_factory
         self.shared_backlog = shared_backlog
         self.guidance_factory = guidance_factory
@@ -627,8 +640,9 @@ class RoomRegistry:
         self.writer = SegmentWriter(record_segment, metrics, self._persist_failed, record_revision, journal)
         # told after every join and leave (the call tells the candidate who is watching)
         self.on_membership: Callable[[Room], None] | None = None
-        # told of every protected-topic alert (interview id, alert): the server records it in the audit trail
-        self.on_alert: Callable[[str, ProtectedTopicAlert], None] | None = None
+        # told of every protected-topic alert (interview id, its organisation, alert): the server records it in the
+        # audit trail of that organisation
+        self.on_alert: Callable[[str, str, ProtectedTopicAlert], None] | None = None
         metrics.bind_live(speech_ratio=self.speech_ratio, stt_lag=self.max_lag_s, final_wait=self.max_final_wait_s)
 
     def start(self) -> None:
@@ -659,9 +673,12 @@ class RoomRegistry:
         room = self.rooms.get(claims.interview_id)
         if room is None:
             history = await self._history(claims.interview_id)
+            tone = await self._tone_shown(claims.org_id)
             room = self.rooms.get(claims.interview_id)  # someone else may have opened it meanwhile
             if room is None:
-                room = self.rooms[claims.interview_id] = Room(self, claims.interview_id, self._backlog)
+                room = self.rooms[claims.interview_id] = Room(self, claims.interview_id, self._backlog,
+                                                              claims.org_id)
+                room.tone = tone
                 room.history.extend(history)
                 if self.guidance_factory is not None:
                     room.guidance_queue = asyncio.Queue(GUIDANCE_QUEUE)
@@ -676,6 +693,15 @@ class RoomRegistry:
         room.publish(participant, ParticipantEvent(participant.speaker, joined=True))
         self._membership_changed(room)
         return participant, None
+
+    async def _tone_shown(self, org_id: str) -> bool:
+        if self._tone is None:
+            return True
+        try:
+            return await self._tone(org_id)
+        except Exception as exc:  # unknown policy: the tone stays off (the cautious side), the call goes on
+            log.warning("cannot read organisation %s's tone setting (%s); the tone of words is off", org_id, exc)
+            return False
 
     async def _consented(self, claims: JoinClaims) -> bool:
         if self._consent is None:

@@ -7,6 +7,7 @@ and the OpenAI engine needs the `openai` package.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol
 
 from pipeline.transcript import SpeechToText
@@ -19,6 +20,10 @@ class SttSettings(Protocol):
     def stt_engine(self) -> str: ...
     @property
     def stt_model(self) -> str | None: ...
+    @property
+    def revision_model(self) -> str | None: ...
+    @property
+    def data_dir(self) -> Path: ...
     @property
     def stt_workers(self) -> int: ...
     @property
@@ -40,6 +45,9 @@ def build_stt(settings: SttSettings, **whisper_options: Any) -> SpeechToText:
 
     * `stt_engine`: "local" (faster-whisper on this machine's CPU) or "openai" (an OpenAI-compatible server);
     * `stt_model`: local: CTranslate2 Whisper model directory (None: the bundled tiny.en);
+    * `revision_model`: local: the model revisions decode with ("base", "live", "tiny.en", a directory; None:
+      base when its packages are installed, else the live model; see `adapters.stt_whisper.revision_model_dir`),
+      Whisper base joined once into `data_dir`/models;
     * `stt_subprocess`: local: decode in `stt_workers` child processes (`WhisperProcesses`), else in this
       process (`LocalWhisper`);
     * `stt_workers`: local with `stt_subprocess`: how many child processes;
@@ -56,11 +64,14 @@ def build_stt(settings: SttSettings, **whisper_options: Any) -> SpeechToText:
 
         return OpenAITranscriber(base_url=settings.openai_base_url, api_key=settings.openai_api_key,
                                  model=settings.openai_stt_model)
+    from adapters.stt_whisper import LocalWhisper, revision_model_dir
+
+    revision_model = revision_model_dir(settings.revision_model, settings.data_dir / "models", settings.stt_model)
     if settings.stt_subprocess:
         from adapters.stt_process import WhisperProcesses
 
         return WhisperProcesses(settings.stt_model, processes=settings.stt_workers,
-                                cpu_threads=settings.stt_cpu_threads, **whisper_options)
-    from adapters.stt_whisper import LocalWhisper
-
-    return LocalWhisper(settings.stt_model, cpu_threads=settings.stt_cpu_threads, **whisper_options)
+                                cpu_threads=settings.stt_cpu_threads, revision_model=revision_model,
+                                **whisper_options)  # fmt: skip
+    return LocalWhisper(settings.stt_model, cpu_threads=settings.stt_cpu_threads, revision_model=revision_model,
+                        **whisper_options)

@@ -9,9 +9,9 @@ crash in native code (a bad model file, an out-of-memory kill) costs a re-decode
 `transcribe` is blocking, like `LocalWhisper.transcribe`: the scheduler calls it from its worker threads, and the
 thread waits on the child without holding the GIL. Run as many scheduler workers as there are processes.
 
-`revise` (a final decoded again with the conversation as context, ~1 s of CPU each) runs in one more process, started
-on the first revision, at the lowest CPU priority (nice 19): it gets the CPU the live decodes and the event loop
-leave, so revisions cannot slow the live finals (measured at 10 rooms, sharing the live workers raised final p95
+`revise` (a final decoded again with the conversation as context, ~1 s of CPU each) runs in one more process with
+its own model (`revision_model`: Whisper base by default, see `adapters.stt_engines`), started on the first
+revision, at the lowest CPU priority (nice 19): it gets the CPU the live decodes and the event loop leave, so revisions cannot slow the live finals (measured at 10 rooms, sharing the live workers raised final p95
 by 250 ms).
 """
 
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from adapters.stt_whisper import LocalWhisper, check_model_dir
+from adapters.stt_whisper import JoinedBase, LocalWhisper, check_model_dir, model_name
 from pipeline.transcript import SttError, Transcript, as_float_audio
 
 log = logging.getLogger(__name__)
@@ -88,12 +88,18 @@ class WhisperProcesses:
     REVISION_NICE = 19
 
     def __init__(self, model_path: str | None = None, *, processes: int = 2, cpu_threads: int = 1,
-                 **options: Any) -> None:
+                 revision_model: str | JoinedBase | None = None, **options: Any) -> None:
         if processes < 1:
             raise ValueError("processes must be >= 1")
         check_model_dir(model_path)  # the usual start-up error, raised here rather than inside a child
         self.processes = processes
         self._args = (model_path, {"cpu_threads": cpu_threads, **options})
+        # the revision process loads only the model it decodes with (a bigger one: it runs at the lowest priority)
+        if isinstance(revision_model, str):
+            check_model_dir(revision_model)
+        self._revision_model = revision_model or model_path
+        self.revision_model = (revision_model.name if isinstance(revision_model, JoinedBase)
+                               else model_name(revision_model or model_path))
         self._lock = threading.Lock()
         self._closed = False
         self.restarts = 0
@@ -105,7 +111,12 @@ class WhisperProcesses:
         # spawn, not fork: the parent runs threads (asyncio, CTranslate2) that a fork would copy mid-state
         return ProcessPoolExecutor(1 if revisions else self.processes, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_init_child,
-                                   initargs=(*self._args, self.REVISION_NICE if revisions else 0))
+                                   initargs=(self._revision_path() if revisions else self._args[0], self._args[1],
+                                             self.REVISION_NICE if revisions else 0))
+
+    def _revision_path(self) -> str | None:
+        model = self._revision_model
+        return model.path() if isinstance(model, JoinedBase) else model  # joined on the first revision
 
     def _warm_up(self) -> str:
         t0 = time.perf_counter()

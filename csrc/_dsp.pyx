@@ -447,7 +447,9 @@ cdef class SegCore:
     cdef Py_ssize_t cap, off, blen     # live audio is buf[off : off+blen], first sample at stream index bstart
     cdef readonly i64 bstart, samples_in, discarded, speech_samples
     cdef readonly int frame_len
-    cdef readonly i64 pre_roll, end_silence, min_speech, max_len, search
+    cdef readonly i64 pre_roll, min_speech, max_len, search
+    # writable between pushes: the stream shortens it after a complete sentence, lengthens it after "and ..."
+    cdef public i64 end_silence
     cdef readonly bint in_utt
     cdef readonly i64 utt_start, speech_start, speech_end, speech_count
     # ring of per-frame energy and raw flag, indexed by absolute frame number (frames are aligned to stream time)

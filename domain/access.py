@@ -12,7 +12,8 @@ one of four `Decision`s, which the edge maps to a status:
   missing one.
 
 Roles (users of an organisation): `admin` may do everything in the organisation; `hr` everything but managing
-users, API keys and reading the audit trail; `interviewer` only reads, joins, adds and asks questions in, and reads
+users (HR lists them, to assign interviewers), API keys and the organisation's settings, and reading the audit
+trail; `interviewer` only reads, joins, adds and asks questions in, and reads
 the transcript and analysis of interviews whose `interviewers` hold their user id. API keys act in their
 organisation with exactly their scopes (`admin` = every scope). Participants (a join token) may only join and
 leave their own interview's room.
@@ -44,14 +45,17 @@ class Action(StrEnum):
     TOKEN_REVOKE = "token.revoke"
     TRANSCRIPT_READ = "transcript.read"
     ANALYSIS_READ = "analysis.read"
-    ANALYSIS_WRITE = "analysis.write"
+    ANALYSIS_WRITE = "analysis.write"  # run, record, and review (edit, confirm, reject) a scorecard
+    ANALYSIS_EXPORT = "analysis.export"  # every interview's scores, for reporting (e.g. a Local Law 144 audit)
     CANDIDATE_READ = "candidate.read"
     CANDIDATE_WRITE = "candidate.write"
     CANDIDATE_ERASE = "candidate.erase"  # crypto-shredding: hr and admin
     CANDIDATE_EXPORT = "candidate.export"
+    USER_READ = "user.read"  # the organisation's users (HR picks interviewers from them)
     USER_MANAGE = "user.manage"
     APIKEY_MANAGE = "apikey.manage"
     AUDIT_READ = "audit.read"
+    ORG_MANAGE = "org.manage"  # the organisation's settings: jurisdiction policy, bias audit, contact, tone
     WHIP_JOIN = "whip.join"
     WHIP_LEAVE = "whip.leave"
     CONSENT = "consent"  # a participant gives or withdraws consent to the processing of their audio
@@ -67,7 +71,7 @@ class Decision(Enum):
 _INTERVIEWER_ACTIONS = frozenset({Action.SELF_READ, Action.INTERVIEW_READ,
                                   Action.QUESTION_WRITE, Action.INTERVIEW_JOIN, Action.TRANSCRIPT_READ,
                                   Action.ANALYSIS_READ})
-_ADMIN_ONLY = frozenset({Action.USER_MANAGE, Action.APIKEY_MANAGE, Action.AUDIT_READ})
+_ADMIN_ONLY = frozenset({Action.USER_MANAGE, Action.APIKEY_MANAGE, Action.AUDIT_READ, Action.ORG_MANAGE})
 _PARTICIPANT_ACTIONS = frozenset({Action.WHIP_JOIN, Action.WHIP_LEAVE, Action.CONSENT})
 # What a user of each role may do at all (the interviewer's further limited to assigned interviews).
 ROLE_ACTIONS: dict[str, frozenset[Action]] = {

@@ -623,3 +623,196 @@ def job_status(runs: Sequence[ProviderRun], configured: Sequence[str]) -> str:
     if len(done) == len(configured):
         return COMPLETED
     return PARTIAL if done else FAILED
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Jurisdiction policy (per organisation) and human review
+#
+# What a view of an analysis may show depends on the organisation's jurisdiction:
+#   eu      (AI Act: recruitment AI is high-risk) scores and recommendation are never final until a reviewer
+#           confirms; a rejected analysis shows no scores; the tone of words (text sentiment) is off unless the
+#           organisation turns it on.
+#   us-nyc  (Local Law 144) the candidate is told an automated tool is used, the bias audit's date and whom to
+#           ask for an alternative process; scores are exportable for the audit.
+#   none    computed and shown.
+# Every view is advisory, whatever the jurisdiction.
+
+JURISDICTIONS = ("eu", "us-nyc", "none")
+ADVISORY_LABEL = "advisory"
+REVIEW_ACTIONS = ("edit", "confirm", "reject")
+UNREVIEWED, EDITED, CONFIRMED, REJECTED = "unreviewed", "edited", "confirmed", "rejected"
+NOTE_MAX = 5000
+CONTACT_MAX = 500
+_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+@dataclass(slots=True, frozen=True)
+class OrgPolicy:
+    """An organisation's rules for analyses. `tone_enabled` None: the jurisdiction's default (off in eu)."""
+
+    jurisdiction: str = "eu"
+    bias_audit_date: str | None = None  # YYYY-MM-DD of the latest independent bias audit (us-nyc)
+    alternative_process_contact: str | None = None  # whom a candidate asks for another selection process
+    tone_enabled: bool | None = None
+
+    @property
+    def tone(self) -> bool:
+        return self.tone_enabled if self.tone_enabled is not None else self.jurisdiction != "eu"
+
+    @property
+    def needs_confirmation(self) -> bool:
+        return self.jurisdiction == "eu"
+
+    def candidate_notice(self) -> dict[str, Any] | None:
+        """What the candidate page shows under NYC Local Law 144 (None elsewhere)."""
+        if self.jurisdiction != "us-nyc":
+            return None
+        return {"law": "NYC Local Law 144",
+                "automatedTool": True,
+                "text": "An automated employment decision tool is used: the transcript of this interview (text "
+                        "only) is scored against the job's competencies, and a person reviews the result.",
+                "biasAuditDate": self.bias_audit_date,
+                "alternativeProcessContact": self.alternative_process_contact}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"jurisdiction": self.jurisdiction, "biasAuditDate": self.bias_audit_date,
+                "alternativeProcessContact": self.alternative_process_contact, "toneEnabled": self.tone_enabled,
+                "tone": self.tone}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], default_jurisdiction: str = "eu") -> OrgPolicy:
+        """From an organisation's stored fields; one that never chose a jurisdiction has the service's default."""
+        jurisdiction = d.get("jurisdiction") or default_jurisdiction
+        tone = d.get("toneEnabled")
+        return cls(jurisdiction if jurisdiction in JURISDICTIONS else default_jurisdiction,
+                   d.get("biasAuditDate") or None, d.get("alternativeProcessContact") or None,
+                   tone if isinstance(tone, bool) else None)
+
+    @staticmethod
+    def parse_update(data: object) -> dict[str, Any]:
+        """A PATCH of the organisation's settings: the stored fields to change (null clears one). 422 otherwise."""
+        from domain.model import Fields
+
+        f = Fields(data, allowed=("jurisdiction", "biasAuditDate", "alternativeProcessContact", "toneEnabled"))
+        out: dict[str, Any] = {}
+        if f.has("jurisdiction"):
+            out["jurisdiction"] = f.choice("jurisdiction", JURISDICTIONS)
+        if f.has("biasAuditDate"):
+            value = f.data["biasAuditDate"]
+            if value is not None and not (isinstance(value, str) and _DATE_RE.fullmatch(value)
+                                          and _is_date(value)):
+                f.error("biasAuditDate", "expected a date YYYY-MM-DD or null")
+            out["biasAuditDate"] = value
+        if f.has("alternativeProcessContact"):
+            out["alternativeProcessContact"] = f.text("alternativeProcessContact", required=False,
+                                                      max_len=CONTACT_MAX) or None
+        if f.has("toneEnabled"):
+            value = f.data["toneEnabled"]
+            if value is not None and not isinstance(value, bool):
+                f.error("toneEnabled", "expected true, false or null (the jurisdiction's default)")
+            out["toneEnabled"] = value
+        if not f.invalid and not out and not f.errors:
+            f.error("body", "expected at least one of jurisdiction, biasAuditDate, alternativeProcessContact, "
+                            "toneEnabled")
+        f.done()
+        return out
+
+
+def _is_date(value: str) -> bool:
+    try:
+        datetime.strptime(value, "%Y-%m-%d")
+    except ValueError:
+        return False
+    return True
+
+
+def new_review() -> dict[str, Any]:
+    return {"status": UNREVIEWED, "scorecard": None, "note": "", "history": []}
+
+
+def review_change(review: Mapping[str, Any] | None, action: str, scorecard: dict[str, Any] | None, note: str,
+                  by: str, at: str, machine: dict[str, Any] | None) -> dict[str, Any]:
+    """The review after a reviewer's `action`, with the change appended to its history (who, when, before, after).
+
+    * edit: `scorecard` (validated by the caller) becomes the reviewer's draft (`edited`); a confirmed scorecard
+      stops being confirmed until it is confirmed again.
+    * confirm: the draft, or `scorecard` when given, or else the machine aggregate, is confirmed: from then on
+      the default view (a copy: a later re-run of the machine analysis does not change it).
+    * reject: the analysis is rejected as a basis for the decision.
+
+    Raises `Conflict` when there is nothing to confirm."""
+    from domain.model import Conflict
+
+    current = dict(review) if review else new_review()
+    history = list(current.get("history", ()))
+    before = {"status": current.get("status", UNREVIEWED), "scorecard": current.get("scorecard")}
+    after = dict(before)
+    if action == "edit":
+        after = {"status": EDITED, "scorecard": scorecard}
+    elif action == "confirm":
+        chosen = scorecard or current.get("scorecard") or _reviewable(machine)
+        if chosen is None:
+            raise Conflict("there is no scorecard to confirm yet", code="nothing_to_confirm")
+        after = {"status": CONFIRMED, "scorecard": chosen}
+    elif action == "reject":
+        after = {"status": REJECTED, "scorecard": current.get("scorecard")}
+    else:
+        raise ValueError(f"unknown review action {action!r}")
+    history.append({"action": action, "by": by, "at": at, "note": note, "before": before, "after": after})
+    return {**current, **after, "note": note, "updatedBy": by, "updatedAt": at, "history": history}
+
+
+def _reviewable(agg: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A machine aggregate as a reviewer's scorecard: the same shape, less the providers' own scores."""
+    if not agg:
+        return None
+    return {"competencies": [{"name": c["name"], "score": c.get("score"),
+                              "rationale": " / ".join(dict.fromkeys((c.get("rationales") or {}).values())),
+                              "evidence": list(c.get("evidence", ()))} for c in agg.get("competencies", ())],
+            "strengths": list(agg.get("strengths", ())), "improvements": list(agg.get("improvements", ())),
+            "recommendation": agg.get("recommendation", "undecided"), "overall": agg.get("overall")}
+
+
+def _without_scores(card: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if card is None:
+        return None
+    return {**card, "competencies": [{**c, "score": None, "scores": {}} if "scores" in c else {**c, "score": None}
+                                     for c in card.get("competencies", ())],
+            "overall": None, "recommendation": "undecided"}
+
+
+def policy_view(policy: OrgPolicy, machine: dict[str, Any] | None, review: Mapping[str, Any] | None,
+                providers: list[dict[str, Any]], version: str) -> dict[str, Any]:
+    """What a view of an analysis shows under `policy`: `aggregate` (the confirmed scorecard by default when there
+    is one, else the machine aggregate; `version` says which), the provider runs, and `policy` (advisory always;
+    `final` once a reviewer confirmed, or outside the eu while not rejected)."""
+    review = review or new_review()
+    status = review.get("status", UNREVIEWED)
+    served = "machine"
+    agg = machine
+    if version == "confirmed" and status == CONFIRMED and review.get("scorecard"):
+        agg, served = _reviewed_aggregate(review["scorecard"], machine), "confirmed"
+    final = status == CONFIRMED or (not policy.needs_confirmation and status != REJECTED)
+    hidden = status == REJECTED and policy.needs_confirmation
+    if hidden:
+        agg = _without_scores(agg)
+        providers = [{**p, "scorecard": _without_scores(p.get("scorecard"))} for p in providers]
+    label = ("advisory: a reviewer confirmed it" if status == CONFIRMED
+             else "advisory: rejected by a reviewer" if status == REJECTED
+             else "advisory: not final until a reviewer confirms it" if policy.needs_confirmation
+             else "advisory")
+    return {"aggregate": agg, "providers": providers, "version": served,
+            "policy": {"jurisdiction": policy.jurisdiction, "advisory": True, "final": final, "label": label,
+                       "scoresHidden": hidden, "tone": policy.tone}}
+
+
+def _reviewed_aggregate(card: Mapping[str, Any], machine: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A reviewer's scorecard in the aggregate's shape (what GET returns as `aggregate`)."""
+    competencies = [{"name": c["name"], "score": c.get("score"), "spread": 0.0, "flagged": False,
+                     "scores": {"reviewer": c["score"]} if c.get("score") is not None else {},
+                     "rationales": {"reviewer": c["rationale"]} if c.get("rationale") else {},
+                     "evidence": list(c.get("evidence", ()))} for c in card.get("competencies", ())]
+    return {"competencies": competencies, "strengths": list(card.get("strengths", ())),
+            "improvements": list(card.get("improvements", ())),
+            "recommendation": card.get("recommendation", "undecided"), "overall": card.get("overall"),
+            "basis": ["reviewer"], "flagged": []}

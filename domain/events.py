@@ -70,6 +70,8 @@ class SegmentEvent:
     it was sent, with the conversation's preceding audio and text as context; it replaces that final's text,
     words and confidence (the live final is decoded alone, for speed), or, with `crosstalk=True`, marks a final
     already sent as cross-talk once the louder final it repeats came out. Higher revisions replace lower ones.
+    `continues` (finals only): the seq of this speaker's previous final, which closed early on a short pause after
+    a complete sentence (pipeline.turns) while the speaker went on: the two are one turn, shown joined.
     """
 
     speaker: Speaker
@@ -88,6 +90,7 @@ class SegmentEvent:
     emitted_at_s: float | None = None
     revision: int = 0
     crosstalk: bool = False
+    continues: int | None = None
 
     @property
     def type(self) -> str:
@@ -114,6 +117,8 @@ class SegmentEvent:
         }
         if self.revision:
             d["revision"] = self.revision
+        if self.continues is not None:
+            d["continues"] = self.continues
         if self.emitted_at_s is not None:
             d["emitted_at_s"] = round(self.emitted_at_s, 3)
         return d

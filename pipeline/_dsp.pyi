@@ -41,6 +41,7 @@ def level_stats(x: np.ndarray) -> tuple[float, int, int]: ...
 _Ready = list[tuple[int, int, int, int, np.ndarray]]
 
 class SegCore:
+    end_silence: int
     bstart: int
     samples_in: int
     discarded: int

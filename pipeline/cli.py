@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--stt", choices=("local", "openai"), default="local")
     t.add_argument("--model", help="local: CTranslate2 model directory (default: bundled tiny.en); "
                    "openai: model name (default whisper-1)")  # fmt: skip
+    t.add_argument("--revision-model", help="local: model of the revisions: base, live, tiny.en or a directory "
+                   "(default: base when installed, else live)")
     t.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL"),
                    help="OpenAI-compatible server (env OPENAI_BASE_URL); the key comes from env OPENAI_API_KEY")  # fmt: skip
     t.add_argument("--skills", default="", help="comma-separated job skills: boosted in keyword relevance")

@@ -561,6 +561,19 @@ class FrontEnd:
         return int(self._seg.utt_start) if self._seg.in_utt else None
 
     @property
+    def end_silence_samples(self) -> int:
+        """The silence that closes the utterance in progress, in 16 kHz samples: settable between pushes (the
+        stream shortens it after a complete sentence and lengthens it after a trailing "and"); a value the
+        trailing silence already reached closes the utterance on the next frame."""
+        return int(self._seg.end_silence)
+
+    @end_silence_samples.setter
+    def end_silence_samples(self, samples: int) -> None:
+        if samples <= 0:
+            raise ValueError(f"end silence must be positive, got {samples}")
+        self._seg.end_silence = int(samples)
+
+    @property
     def trailing_silence_samples(self) -> int:
         """16 kHz samples since the last raw speech frame of the utterance in progress (0 when none is open).
         The utterance closes when this reaches ``end_silence_ms``; unlike ``speaking`` it has no hangover."""

@@ -66,6 +66,7 @@ from pipeline.guards import (
 )
 from pipeline.scheduler import SttScheduler
 from pipeline.transcript import SAMPLE_RATE, SttError, Transcript
+from pipeline.turns import TurnRule, Verdict, text_verdict
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,12 @@ class StreamConfig:
     # so a fixed interval makes partial cost grow with the square of the utterance length
     partial_interval_growth: float = 0.25
     end_silence_ms: int = 500
+    # semantic end of turn (pipeline.turns): the speculative decode of a pause decides how long it may last
+    # before the utterance closes: `turn_complete_ms` after a complete sentence or question,
+    # `turn_incomplete_ms` after a trailing "and"/"um"/comma, else `end_silence_ms`
+    semantic_turns: bool = True
+    turn_complete_ms: int = 220
+    turn_incomplete_ms: int = 800
     pre_roll_ms: int = 300
     min_speech_ms: int = 200
     max_utterance_s: float = 20.0
@@ -163,6 +170,12 @@ class ParticipantStream:
             min_speech_ms=cfg.min_speech_ms,
             max_utterance_s=cfg.max_utterance_s,
         )
+        self.turn_rule = TurnRule(cfg.end_silence_ms, cfg.turn_complete_ms, cfg.turn_incomplete_ms)
+        # (speculative decode, silence in ms it lets the pause last): read once per decode
+        self._turn_silence: tuple[asyncio.Task[Transcript | None], int] | None = None
+        # (seq, speech end sample) of the last utterance closed before `end_silence_ms`: the next one continues it
+        # if speech resumed within `end_silence_ms`
+        self._early_close: tuple[int, int] | None = None
         self.sentiment = SentimentTracker()
         self.keywords = KeywordTracker(skills=cfg.skills)
         self._next_seq = 0
@@ -194,6 +207,7 @@ class ParticipantStream:
             "hallucinations": 0, "errors": 0, "speculative_used": 0, "speculative_wasted": 0,
             "revisions": 0, "revisions_unchanged": 0, "revisions_rejected": 0, "revisions_dropped": 0,
             "revisions_failed": 0, "revisions_unfollowed": 0, "crosstalk": 0, "crosstalk_corrected": 0,
+            "turns_closed_early": 0, "turns_held": 0, "turns_continued": 0,
         }  # fmt: skip
 
     # ------------------------------------------------------------------------------------------ properties
@@ -223,6 +237,7 @@ class ParticipantStream:
         """Feed one chunk of interleaved int16 PCM (any length). Runs on the event loop; never blocks on STT."""
         if self._closed:
             raise ValueError("push() after aclose()")
+        self._set_end_silence()
         utterances = self.frontend.push(pcm)
         for utt in utterances:
             self._submit_final(utt)
@@ -346,7 +361,30 @@ class ParticipantStream:
         )
         task.add_done_callback(_consume_outcome)
         task.add_done_callback(lambda _t: self._show_speculation())
+        task.add_done_callback(lambda _t: self._set_end_silence())
         self._spec = (seq, start, covered, task)
+
+    def _set_end_silence(self) -> None:
+        """The silence that closes the utterance in progress: from the speculative decode of the current pause when
+        it is done and speech has not resumed since (pipeline.turns), else `end_silence_ms`."""
+        cfg = self.config
+        if not cfg.semantic_turns or self._closed:
+            return
+        ms = cfg.end_silence_ms
+        spec, fe = self._spec, self.frontend
+        if spec is not None and spec[0] == self._next_seq and spec[3].done() and fe.in_progress:
+            seq, start, covered, task = spec
+            speech_end = fe.speech_end
+            if speech_end is not None and speech_end <= start + covered:  # still the pause it decoded
+                if self._turn_silence is None or self._turn_silence[0] is not task:
+                    tr = None if task.cancelled() or task.exception() is not None else task.result()
+                    verdict: Verdict = "unsure"
+                    if tr is not None and tr.text and not tr.hallucination:
+                        verdict = text_verdict(tr.text, tr.words[-1].probability if tr.words else None,
+                                               min_probability=self.turn_rule.min_probability)
+                    self._turn_silence = (task, self.turn_rule.end_silence_ms(verdict))
+                ms = self._turn_silence[1]
+        fe.end_silence_samples = ms * SAMPLE_RATE // 1000
 
     def _show_speculation(self) -> None:
         """Speech resumed after a pause whose speculative decode is done: show that decode as a partial."""
@@ -439,9 +477,22 @@ class ParticipantStream:
         seq = self._next_seq
         self._next_seq += 1
         self.stats["utterances"] += 1
+        fixed = self.config.end_silence_ms * SAMPLE_RATE // 1000
+        speech_end = int(round(utt.speech_end_s * SAMPLE_RATE))
+        continues = None
+        if self._early_close is not None:
+            prev_seq, prev_end = self._early_close
+            if int(round(utt.speech_start_s * SAMPLE_RATE)) - prev_end < fixed:  # the fixed rule would have joined
+                continues = prev_seq
+                self.stats["turns_continued"] += 1
+        closing = utt.end - speech_end  # the silence that closed it (the end of the stream: whatever was left)
+        self._early_close = (seq, speech_end) if 0 <= closing < fixed and not self._closed else None
+        if self.config.semantic_turns and not self._closed and closing != fixed:
+            self.stats["turns_closed_early" if closing < fixed else "turns_held"] += 1
         self._pending_samples += utt.end - utt.start
         self._open[seq] = (utt, time.monotonic())
-        task = asyncio.create_task(self._final(seq, utt, self._last_final, self._take_speculative(seq, utt)))
+        task = asyncio.create_task(self._final(seq, utt, self._last_final, self._take_speculative(seq, utt),
+                                               continues))  # fmt: skip
         self._last_final = task
         self._finals.add(task)
         task.add_done_callback(self._finals.discard)
@@ -452,6 +503,7 @@ class ParticipantStream:
         utt: Any,
         previous: asyncio.Task[None] | None,
         spec: asyncio.Task[Transcript | None] | None,
+        continues: int | None = None,
     ) -> None:
         affected = {"seq": seq, "start_s": round(utt.start_s, 3), "end_s": round(utt.end_s, 3)}
         tr: Transcript | None = None
@@ -488,6 +540,7 @@ class ParticipantStream:
             return
         self.stats["finals"] += 1
         seg = self._segment(seq, utt.start, utt.end, tr, final=True, speech_end_s=utt.speech_end_s)
+        seg.continues = continues
         sent = self._sent_final(seq, utt, seg, source=not tr.hallucination) if tr.text else None
         if sent is not None:
             seg.crosstalk = self.conversation.check_crosstalk(sent)  # may correct another stream's final first

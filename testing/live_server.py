@@ -73,6 +73,45 @@ class LiveServer:
         assert r.status_code == 201, r.text
         return r.json()  # type: ignore[no-any-return]
 
+    async def dialogue_interview(self, name: str = "security_positive", headers: dict[str, str] | None = None,
+                                 **fields: Any) -> tuple[str, list[dict[str, Any]]]:
+        """An interview whose stored transcript is the shared dialogue's ground truth (one final per turn), in
+        progress; returns its id and stored segments. Completing it starts its analysis. `headers`: the caller
+        (default: the admin key of the default organisation); `fields`: more of the interview (interviewers)."""
+        import json
+
+        from domain.events import SegmentEvent, Speaker
+        from testing.data import SHARED_DATA
+
+        truth = json.loads((SHARED_DATA / f"{name}.json").read_text())
+        questions = [{"text": t["text"], "category": "security", "expectedKeywords": truth["keywords"]}
+                     for t in truth["turns"] if t["speaker"] == "interviewer"][:1]
+        r = await self.http.post("/api/interviews", json={"candidateId": "cand-1", "jobId": "job-1",
+                                                          "scheduledAt": "2030-01-01T09:00:00Z",
+                                                          "questions": questions, **fields}, headers=headers)
+        assert r.status_code == 201, r.text
+        iid = r.json()["interviewId"]
+        await self.http.post(f"/api/interviews/{iid}/start", headers=headers)
+        service = self.components.service
+        assert service is not None
+        seqs = {"interviewer": 0, "candidate": 0}
+        for turn in truth["turns"]:
+            role = turn["speaker"]
+            speaker = Speaker(role, "Ivy Stone" if role == "interviewer" else "Cam Doe", f"p_{role}")
+            await service.record_segment(iid, SegmentEvent(speaker=speaker, seq=seqs[role], start_s=turn["start_s"],
+                                                           end_s=turn["end_s"], text=turn["text"], final=True))
+            seqs[role] += 1
+        return iid, (await self.http.get(f"/api/interviews/{iid}/transcript", headers=headers)).json()["segments"]
+
+    async def analysis_done(self, iid: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+        """GET .../analysis once the interview's running analysis job (if any) has finished."""
+        jobs = self.components.analysis
+        assert jobs is not None
+        await jobs.wait(iid)
+        r = await self.http.get(f"/api/interviews/{iid}/analysis", headers=headers)
+        assert r.status_code == 200, r.text
+        return r.json()  # type: ignore[no-any-return]
+
     async def metric(self, name: str, **labels: str) -> float:
         """The value of one sample on /metrics (0.0 when absent)."""
         from prometheus_client.parser import text_string_to_metric_families

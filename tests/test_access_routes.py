@@ -40,9 +40,10 @@ MATRIX: dict[tuple[str, str], str] = {
     ("POST", "/api/auth/login"): PUBLIC,
     ("POST", "/api/auth/refresh"): "111111111",  # its credential is the refresh cookie, which nobody here has
     ("POST", "/api/auth/logout"): PUBLIC,
+    ("POST", "/api/auth/setup"): PUBLIC,  # its credential is the setup link's token, in the body
     ("GET", "/api/me"): "13.....33",
     ("POST", "/api/users"): "13333...3",
-    ("GET", "/api/users"): "13333...3",
+    ("GET", "/api/users"): "1333....3",  # hr lists them to assign interviewers
     ("DELETE", "/api/users/{user_id}"): "13333.4.3",
     ("POST", "/api/api-keys"): "13333...3",
     ("GET", "/api/api-keys"): "13333...3",
@@ -58,8 +59,13 @@ MATRIX: dict[tuple[str, str], str] = {
     ("POST", "/api/interviews/{interview_id}/questions/{question_id}/ask"): "13.4..4.3",
     ("GET", "/api/interviews/{interview_id}/transcript"): "13.4..4.3",
     ("GET", "/api/interviews/{interview_id}/analysis"): "13.4..4.3",
+    ("GET", "/api/interviews/{interview_id}/structure"): "13.4..4.3",
     ("PUT", "/api/interviews/{interview_id}/analysis"): "1333..4.3",
     ("POST", "/api/interviews/{interview_id}/analysis/run"): "1333..4.3",
+    ("POST", "/api/interviews/{interview_id}/analysis/review"): "1333..4.3",  # hr and admin review
+    ("GET", "/api/analysis/export"): "1333....3",
+    ("GET", "/api/organisation"): "13333...3",  # the organisation's settings: admin
+    ("PATCH", "/api/organisation"): "13333...3",
     ("POST", "/api/interviews/{interview_id}/tokens"): "1333..4.3",
     ("POST", "/api/interviews/{interview_id}/join"): "13.4..433",
     ("DELETE", "/api/interviews/{interview_id}/tokens/{token_id}"): "1333..4.3",
@@ -73,6 +79,7 @@ MATRIX: dict[tuple[str, str], str] = {
     # consent: only a participant, for their own interview
     ("POST", "/api/consent"): "1.3333333",
     ("DELETE", "/api/consent"): "1.3333333",
+    ("GET", "/api/notice"): "1.3333333",  # what a participant's page shows before joining
     ("GET", "/.well-known/interview-worker-keys"): PUBLIC,
     # WHIP takes join tokens only: an access token or API key there is an invalid token.
     ("POST", "/whip/{interview_id}"): "1.1111111",

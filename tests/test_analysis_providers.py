@@ -185,7 +185,8 @@ async def test_with_no_provider_the_heuristic_scores_with_real_quotes(service: I
     assert view["status"] == "completed" and [r["provider"] for r in view["providers"]] == ["heuristic"]
     security = next(c for c in view["aggregate"]["competencies"] if c["name"] == "security")
     assert security["score"] and security["evidence"][0]["participantId"] == "p_cand"
-    assert view["policy"] == {"jurisdiction": "eu", "advisory": True, "final": False}
+    assert view["policy"] == {"jurisdiction": "eu", "advisory": True, "final": False, "scoresHidden": False,
+                              "label": "advisory: not final until a reviewer confirms it", "tone": False}
 
 
 async def test_two_requests_at_once_start_one_job(service: InterviewService) -> None:

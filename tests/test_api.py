@@ -44,7 +44,7 @@ def error_fields(r: httpx.Response) -> dict[str, str]:
 
 
 async def test_create_get_and_lifecycle(client: httpx.AsyncClient) -> None:
-    r = await client.post("/api/interviews", json={**NEW, "type": "technical", "interviewers": ["int-1"],
+    r = await client.post("/api/interviews", json={**NEW, "type": "technical", "interviewers": [],
                                                    "questions": [{"text": "Walk me through a design."}]})
     assert r.status_code == 201
     doc = r.json()
@@ -230,6 +230,10 @@ async def test_transcript_and_analysis(client: httpx.AsyncClient, service: Inter
                            "overall.recommendation", "keywords[0].term"}
     r = await client.put(f"/api/interviews/{iid}/analysis", json=analysis)
     assert r.status_code == 200 and r.json()["status"] == "completed"
+    got = (await client.get(f"/api/interviews/{iid}/analysis")).json()
+    # the default jurisdiction (eu) shows no tone of words until the organisation turns it on
+    assert got["sentiment"] == {"overall": None, "timeline": []} and got["competency"] == {"communication": 4.0}
+    assert (await client.patch("/api/organisation", json={"toneEnabled": True})).status_code == 200
     got = (await client.get(f"/api/interviews/{iid}/analysis")).json()
     assert got["sentiment"]["overall"] == 0.3 and got["competency"] == {"communication": 4.0}
 

@@ -138,6 +138,11 @@ def server(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Itera
                 port = httpx.URL(m.group(1)).port
                 srv.url = f"http://127.0.0.1:{port}"  # not "localhost": Chromium might try ::1 first
                 break
+        # the overlay's tone of words is off by default under the default jurisdiction (eu): this organisation
+        # shows it (the candidate page's notice and the organisation's settings are tested in test_analysis_review)
+        r = httpx.patch(f"{srv.url}/api/organisation", json={"toneEnabled": True},
+                        headers={"Authorization": f"Bearer {admin_key}"}, timeout=30)
+        assert r.status_code == 200, r.text
         started = True
         yield srv
     finally:

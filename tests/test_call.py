@@ -226,6 +226,55 @@ async def test_signalling_stays_between_the_participants_of_one_room(live: LiveS
         assert all(m["type"] == "peers" and not m["peers"] for m in stranger_messages)
 
 
+async def test_a_fifth_interviewer_waits_outside_the_mesh_until_a_seat_frees(live: LiveServer, shared_data: Path,
+                                                                             tmp_path: Path) -> None:
+    """The candidate and the first four interviewers form the mesh; a fifth is told the call is full, is listed to
+    nobody and reaches nobody, and takes the seat of an interviewer who leaves."""
+    room = await live.create_interview()
+    quiet = shared_data / f"{DIALOGUE}.stereo.wav"
+    silence = tmp_path / "silence.wav"
+    write_channel(quiet, None, silence)
+    cand, cand_id = await _join(live, room, "candidate", "Casey", track=WavChannelTrack(silence, 0, encoded=True))
+    seated = [await _join(live, room, "interviewer", f"Ivo {i}", track=WavChannelTrack(silence, 0, encoded=True))
+              for i in range(4)]
+    fifth, fifth_id = await _join(live, room, "interviewer", "Fifth", track=WavChannelTrack(silence, 0, encoded=True))
+    async with cand, fifth, asyncio.timeout(60):
+        try:
+            while True:  # the candidate's latest view once everyone is in
+                peers = await cand.next_call_message("peers")
+                if len(peers["peers"]) == 4 and peers["full"] is False:
+                    break
+            assert {p["participantId"] for p in peers["peers"]} == {pid for _, pid in seated}
+            while True:
+                mine = await fifth.next_call_message("peers")
+                if mine["full"]:
+                    break
+            assert mine["peers"] == []
+            fifth.send_call({"type": "offer", "to": cand_id, "sdp": "v=0\r\n"})
+            await _until(lambda: _dropped_at_least(live, {"not_allowed": 1}))
+            seen_by_candidate = [m async for m in _drain(cand)]
+            assert all(m["type"] == "peers" and fifth_id not in {p["participantId"] for p in m["peers"]}
+                       for m in seen_by_candidate)
+
+            # One of the four leaves: the fifth is admitted and meets the candidate.
+            leaving, leaving_id = seated.pop(0)
+            await leaving.close()
+            while True:
+                mine = await fifth.next_call_message("peers")
+                if not mine["full"]:
+                    break
+            assert cand_id in {p["participantId"] for p in mine["peers"]}
+            while True:
+                peers = await cand.next_call_message("peers")
+                ids = {p["participantId"] for p in peers["peers"]}
+                if fifth_id in ids:
+                    break
+            assert leaving_id not in ids and len(ids) == 4
+        finally:
+            for session, _ in seated:
+                await session.close()
+
+
 async def _closed(session: WhipSession) -> bool:
     return session.call_channel is not None and session.call_channel.readyState == "closed"
 

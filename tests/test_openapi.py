@@ -22,6 +22,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 from starlette.routing import Route
 
+from adapters.auth import Accounts
 from adapters.crypto import ReceiptSigner
 from adapters.mongo import MongoStore
 from adapters.privacy import Privacy
@@ -52,9 +53,10 @@ def _pointer(*parts: str) -> str:
 class DocumentedClient:
     """Sends requests and fails on any response (or accepted request body) the document does not describe."""
 
-    def __init__(self, client: httpx.AsyncClient, spec: dict[str, Any]) -> None:
+    def __init__(self, client: httpx.AsyncClient, spec: dict[str, Any], accounts: Accounts) -> None:
         self.client = client
         self.spec = spec
+        self.accounts = accounts  # the app's, to open the setup link
         self.registry: Registry[Any] = Registry().with_resource(
             DOC, Resource.from_contents(spec, default_specification=DRAFT202012))
         self.answered: set[tuple[str, str, int]] = set()  # (path template, method, status)
@@ -83,7 +85,7 @@ class DocumentedClient:
         media_type = r.headers.get("content-type", "").split(";")[0]
         if not content:
             assert not r.content, f"{method} {path} -> {r.status_code} has a body the document does not declare"
-        elif "application/json" not in content:
+        elif "application/json" not in content or media_type != "application/json":
             assert media_type in content, f"{method} {path} -> {r.status_code} is {media_type}, not {list(content)}"
         else:
             body = _pointer("paths", template, method.lower(), "responses", str(r.status_code), "content",
@@ -106,13 +108,13 @@ class DocumentedClient:
 @pytest.fixture
 async def api(store: MongoStore, service: InterviewService, tmp_path: Path) -> AsyncIterator[DocumentedClient]:
     privacy = Privacy(store, service, ReceiptSigner.load_or_create(tmp_path / "receipt_key.pem"))
-    app = (await api_app(store, service, tmp_path, max_body_bytes=64 * 1024, audit=MemoryAuditLog(),
-                         entry_type=AuditEntry, privacy=privacy)).app
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://api.test",
+    built = await api_app(store, service, tmp_path, max_body_bytes=64 * 1024, audit=MemoryAuditLog(),
+                          entry_type=AuditEntry, privacy=privacy)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=built.app), base_url="https://api.test",
                                  headers=AUTH) as client:
         r = await client.get("/openapi.json")
         assert r.status_code == 200
-        yield DocumentedClient(client, r.json())
+        yield DocumentedClient(client, r.json(), built.accounts)
 
 
 async def test_the_document_is_openapi_3_1_with_valid_schemas(store: MongoStore, service: InterviewService,
@@ -135,13 +137,14 @@ async def test_the_document_is_openapi_3_1_with_valid_schemas(store: MongoStore,
 async def test_every_route_answers_as_documented(api: DocumentedClient, service: InterviewService) -> None:
     # -- interviews: create, list, get ------------------------------------------------------------------------
     r = await api.post("/api/interviews", json={
-        **NEW, "interviewId": "iv-1", "type": "technical", "format": None, "interviewers": ["int-1"],
+        **NEW, "interviewId": "iv-1", "type": "technical", "format": None, "interviewers": [],
         "questions": [{"text": "Walk me through a design.", "category": "design", "expectedKeywords": ["scale"]},
                       {"questionId": "q-2", "text": "Why us?", "category": None}]})
     assert r.status_code == 201
     iid = r.json()["interviewId"]
     assert (await api.post("/api/interviews", json={**NEW, "interviewId": "iv-1"})).status_code == 409
     assert (await api.post("/api/interviews", json={**NEW, "colour": "blue"})).status_code == 422
+    assert (await api.post("/api/interviews", json={**NEW, "interviewers": ["int-1"]})).status_code == 422
     assert (await api.post("/api/interviews", content=b"x", headers={"Content-Type": "text/plain"})).status_code == 415
     assert (await api.post("/api/interviews", json={**NEW, "questions": [{"text": "x" * 1000}] * 100})
             ).status_code == 413
@@ -184,6 +187,11 @@ async def test_every_route_answers_as_documented(api: DocumentedClient, service:
     segments = (await api.get(f"/api/interviews/{iid}/transcript")).json()["segments"]
     assert [s.get("revision") for s in segments] == [None, 1]
     assert (await api.get("/api/interviews/nope/transcript")).status_code == 404
+    shape = (await api.get(f"/api/interviews/{iid}/structure", params={"tone": "true"})).json()
+    assert [p["seq"] for p in shape["speakers"][0]["tone"]] == [0, 1]
+    assert "pipelines" in {k["term"] for k in shape["speakers"][0]["keywords"]}  # the revised text
+    assert (await api.get(f"/api/interviews/{iid}/structure", params={"tone": "yes"})).status_code == 422
+    assert (await api.get("/api/interviews/nope/structure")).status_code == 404
 
     # -- analysis ---------------------------------------------------------------------------------------------
     assert (await api.get(f"/api/interviews/{iid}/analysis")).json()["status"] == "pending"
@@ -210,6 +218,28 @@ async def test_every_route_answers_as_documented(api: DocumentedClient, service:
     assert (await api.get(f"/api/interviews/{iid}/analysis", params={"version": "draft"})).status_code == 422
     assert (await api.post(f"/api/interviews/{other}/analysis/run")).status_code == 409
     assert (await api.post("/api/interviews/nope/analysis/run")).status_code == 404
+    # review: the aggregate sent back as it came, edited; scores outside 0..5 refused; then confirmed
+    card = (await settled(api, iid))["aggregate"]
+    card["competencies"][0]["score"] = 2
+    assert (await api.post(f"/api/interviews/{iid}/analysis/review", json={"action": "edit", "scorecard": card,
+                                                                           "note": "one score lowered"})
+            ).status_code == 200
+    bad = {**card, "competencies": [{**card["competencies"][0], "score": 7}]}
+    assert (await api.post(f"/api/interviews/{iid}/analysis/review", json={"action": "edit", "scorecard": bad})
+            ).status_code == 422
+    reviewed = await api.post(f"/api/interviews/{iid}/analysis/review", json={"action": "confirm"})
+    assert reviewed.status_code == 200 and reviewed.json()["version"] == "confirmed"
+    assert (await api.post(f"/api/interviews/{other}/analysis/review", json={"action": "confirm"})
+            ).status_code == 409
+    assert (await api.post("/api/interviews/nope/analysis/review", json={"action": "reject"})).status_code == 404
+    assert (await api.get("/api/analysis/export")).json()["items"][0]["version"] == "confirmed"
+    assert (await api.get("/api/analysis/export", params={"format": "csv"})).text.startswith("interviewId,")
+    assert (await api.get("/api/analysis/export", params={"format": "xml"})).status_code == 422
+    # the organisation's settings
+    assert (await api.get("/api/organisation")).json()["jurisdiction"] == "eu"
+    assert (await api.request("PATCH", "/api/organisation", json={"biasAuditDate": "2026-02-30"})
+            ).status_code == 422
+    assert (await api.request("PATCH", "/api/organisation", json={"toneEnabled": None})).status_code == 200
 
     # -- join tokens ------------------------------------------------------------------------------------------
     fresh = (await api.post("/api/interviews", json=NEW)).json()["interviewId"]
@@ -249,6 +279,11 @@ async def test_every_route_answers_as_documented(api: DocumentedClient, service:
     assert (await api.request("PATCH", "/api/candidates/nope", json={"name": "X"})).status_code == 404
 
     # -- people and access ------------------------------------------------------------------------------------
+    setup_token = await api.accounts.open_setup()  # no users yet
+    first = {"token": setup_token, "email": "ada@example.com", "password": "correct horse battery"}
+    assert (await api.post("/api/auth/setup", json={**first, "token": "unknown"})).status_code == 404
+    assert (await api.post("/api/auth/setup", json=first)).status_code == 201
+    assert (await api.post("/api/auth/setup", json=first)).status_code == 410
     person = {"email": "ivy@example.com", "role": "interviewer", "name": "Ivy", "password": "correct horse battery"}
     r = await api.post("/api/users", json=person)
     assert r.status_code == 201
@@ -284,6 +319,7 @@ async def test_every_route_answers_as_documented(api: DocumentedClient, service:
     assert (await api.request("DELETE", f"/api/interviews/{assigned}/tokens/{jti}")).status_code == 200
     assert (await api.request("DELETE", f"/api/interviews/{assigned}/tokens/{jti}", headers=as_ivy)
             ).status_code == 403
+    assert (await api.get("/api/organisation", headers=as_ivy)).status_code == 403  # admin only
     assert (await api.get("/api/audit", params={"limit": "2"})).status_code == 200
     assert (await api.get("/api/audit", params={"limit": "0"})).status_code == 422
     assert (await api.request("DELETE", f"/api/users/{ivy}")).status_code == 200
@@ -294,6 +330,8 @@ async def test_every_route_answers_as_documented(api: DocumentedClient, service:
     join = (await api.post(f"/api/interviews/{open_iid}/tokens", json={"role": "candidate"})).json()["token"]
     as_participant = {"Authorization": f"Bearer {join}"}
     consent = {"noticeVersion": "2026-01", "accepted": True}
+    assert (await api.get("/api/notice", headers=as_participant)).json()["noticeVersion"] == "2026-01"
+    assert (await api.get("/api/notice")).status_code == 403  # the admin key is no participant
     assert (await api.post("/api/consent", json=consent, headers=as_participant)).status_code == 204
     assert (await api.post("/api/consent", json=consent)).status_code == 403  # the admin key is no participant
     assert (await api.post("/api/consent", json={**consent, "accepted": False},

@@ -10,6 +10,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from domain.events import SegmentEvent, SentimentEvent, Speaker, StreamEvent
 from pipeline.guidance import Guidance, GuideItem, default_detector
 from pipeline.scheduler import SttScheduler
 from pipeline.stream import Conversation, ParticipantStream, StreamConfig
+from server import audit_alert
+from testing.fakes import MemoryAuditLog
 from testing.whip_client import decode_audio
 
 SECRET = b"rooms-test-secret-0123456789abcdef"
@@ -74,7 +77,8 @@ async def scheduler(whisper: LocalWhisper) -> AsyncIterator[SttScheduler]:
 class Harness:
     def __init__(self, service: InterviewService, scheduler: SttScheduler,
                  record: Callable[[str, SegmentEvent], Any] | None = None, resume_grace_s: float = 0.2,
-                 record_revision: Callable[[str, SegmentEvent], Any] | None = None) -> None:
+                 record_revision: Callable[[str, SegmentEvent], Any] | None = None,
+                 tone: Callable[[str], Any] | None = None) -> None:
         self.service = service
         self.metrics = Metrics()
         self.signer = TokenSigner(SECRET)
@@ -92,7 +96,7 @@ class Harness:
         self.registry = RoomRegistry(stream_factory=factory, metrics=self.metrics,
                                      record_segment=record or service.record_segment,
                                      record_revision=record_revision or service.record_revision,
-                                     last_seq=last_seq, resume_grace_s=resume_grace_s)
+                                     last_seq=last_seq, resume_grace_s=resume_grace_s, tone=tone)
         self.registry.start()
 
     async def join(self, interview_id: str, role: str, name: str, session: str = "s1",
@@ -431,13 +435,13 @@ async def test_alert_reaches_interviewers_and_observers_never_the_candidate(
         return streams[speaker.role]
 
     registry = RoomRegistry(stream_factory=factory, metrics=Metrics(), guidance_factory=guidance_for)
-    recorded: list[tuple[str, str, int]] = []  # what the server hands to the audit trail
-    registry.on_alert = lambda iid, alert: recorded.append((iid, alert.topic, alert.seq))
+    trail = MemoryAuditLog()
+    registry.on_alert = partial(audit_alert, trail)  # what the server wires
     registry.start()
     signer = TokenSigner(SECRET)
 
     async def join(role: str, name: str) -> Participant:
-        _, claims = signer.issue("iv-guidance", role, name)
+        _, claims = signer.issue("iv-guidance", role, name, org_id="org_acme")
         participant, _ = await registry.join(claims, f"s-{role}")
         participant.push_audio(np.zeros(48000 * 10, dtype=np.int16), 48000, 1)  # 10 s of stream time
         return participant
@@ -469,10 +473,39 @@ async def test_alert_reaches_interviewers_and_observers_never_the_candidate(
         shares = {r["role"]: r["share"] for r in channel.of_type("talk.balance")[-1]["participants"]}
         assert shares["candidate"] > shares["interviewer"] > 0
     assert sneaky.messages == []
-    assert recorded == [("iv-guidance", "age", 2)]
+    # audited in the interview's organisation, naming who asked and the topic, never the words
+    assert [(e.org_id, e.action, e.resource_id, e.actor_id, e.detail and e.detail["topic"], e.detail and e.detail["seq"])
+            for e in trail.entries] == [("org_acme", "guidance.protected_topic", "iv-guidance",
+                                          interviewer.speaker.participant_id, "age", 2)]
+    assert "old are you" not in repr(trail.entries)
 
     late = MemoryChannel()  # a viewer joining later gets the alert and the latest guidance in its backlog
     registry.add_viewer(observer, late)
     assert [a["seq"] for a in late.of_type("alert.protected_topic")] == [2]
     assert late.of_type("guide.coverage") and late.of_type("talk.balance")
     await registry.aclose()
+
+
+async def test_an_organisation_that_does_not_show_the_tone_of_words_gets_no_sentiment(
+        service: InterviewService, scheduler: SttScheduler) -> None:
+    asked: list[str] = []
+
+    async def tone(org_id: str) -> bool:  # the organisation's OrgPolicy.tone (eu: off unless turned on)
+        asked.append(org_id)
+        return False
+
+    h = Harness(service, scheduler, tone=tone)
+    iid = await new_interview(service)
+    interviewer = await h.join(iid, "interviewer", "Ivy")
+    cand = await h.join(iid, "candidate", "Cat", pid="cand-t")
+    viewer = MemoryChannel()
+    h.registry.add_viewer(interviewer, viewer)
+    await push(cand, np.zeros(48000, dtype=np.int16), tail_s=0)
+    cand._on_event(SegmentEvent(cand.speaker, 0, 0.0, 1.5, "I shipped the app.", final=True))
+    cand._on_event(SentimentEvent(cand.speaker, 0, 0.4, 0.4, 0.0, 1.5))
+    late = MemoryChannel()
+    h.registry.add_viewer(await h.join(iid, "observer", "Obi"), late)
+    for channel in (viewer, late):  # neither live nor in the backlog; the transcript as always
+        assert channel.of_type("segment.final") and not channel.of_type("sentiment")
+    assert asked == ["default"]  # asked once, when the room opened, for the join token's organisation
+    await h.registry.aclose()

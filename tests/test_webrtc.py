@@ -79,6 +79,8 @@ class StallingTrack(MediaStreamTrack):
 async def test_two_peers_interview_over_loopback(live: LiveServer, shared_data: Path) -> None:
     wav = shared_data / "mobile_mixed.stereo.wav"
     truth = json.loads((shared_data / "mobile_mixed.json").read_text())
+    # the overlay's tone of words is off by default under the default jurisdiction (eu): this organisation shows it
+    assert (await live.http.patch("/api/organisation", json={"toneEnabled": True})).status_code == 200
     iid = await live.create_interview()
     tok_i = await live.token(iid, "interviewer", "Ivy Interviewer")
     tok_c = await live.token(iid, "candidate", "Cam Candidate")

@@ -199,7 +199,9 @@ function dayTable(ctx, dir, day) {
       el("td", {}, statusBadge(interview.status)),
       showInterviewers ? el("td", { text: interview.interviewers.map((id) => userName(dir, id)).join(", ") || "—" }) : null,
       el("td", { class: "row-actions" }, joinButton(ctx, interview),
-        el("a", { href: detail, text: "Details", "aria-label": `Details of the interview with ${candidateName(dir, interview.candidateId)}` })));
+        el("a", { href: detail, text: "Details", "aria-label": `Details of the interview with ${candidateName(dir, interview.candidateId)}` }),
+        interview.status === "completed" ? el("a", { href: `${detail}/report`, text: "Report",
+          "aria-label": `Report of the interview with ${candidateName(dir, interview.candidateId)}` }) : null));
   });
   return el("section", { class: "day" },
     el("div", { class: "table-wrap" }, el("table", { class: "interviews" },
@@ -471,6 +473,8 @@ async function renderInterview(ctx) {
   root.append(
     el("p", {}, el("a", { href: "/app/", text: "← All interviews" })),
     el("div", { class: "view-head" }, pageHeading(`Interview with ${name}`), statusBadge(interview.status)),
+    interview.status === "completed" ? el("p", {}, el("a", { class: "button primary",
+      href: `/app/interviews/${encodeURIComponent(interview.interviewId)}/report`, text: "Open the report" })) : null,
     join ? el("div", { class: "actions join-bar" }, join,
       el("span", { class: "muted small", text: "Opens the live overlay with your microphone." })) : null,
     el("section", { class: "panel", "aria-labelledby": "details-title" },

@@ -106,6 +106,28 @@ function onPeers(e) {
   ui.watching.textContent = parts.join(" ");
 }
 
+/**
+ * What the organisation's policy requires the page to tell the candidate before joining (`GET /api/notice`): under
+ * NYC Local Law 144 that an automated tool is used, the date of its latest bias audit and whom to ask for an
+ * alternative process. A failure leaves the page as it is: the privacy notice above is always shown.
+ */
+async function showPolicyNotice(token) {
+  let notice;
+  try {
+    const response = await fetch("/api/notice", { headers: { Authorization: `Bearer ${token}` } });
+    if (!response.ok) return;
+    notice = (await response.json()).candidateNotice;
+  } catch {
+    return;
+  }
+  if (!notice) return;
+  $("aedt-text").textContent = notice.text;
+  if (notice.biasAuditDate) $("aedt-audit").textContent = notice.biasAuditDate;
+  if (notice.alternativeProcessContact) $("aedt-contact").textContent = notice.alternativeProcessContact;
+  $("aedt-law").textContent = `This notice is given under ${notice.law}.`;
+  $("aedt").hidden = false;
+}
+
 function init() {
   const token = tokenFromLocation();
   const claims = readClaims(token);
@@ -117,6 +139,7 @@ function init() {
   document.title = `Interview · ${claims.name || "Candidate"}`;
   describeExpiry(claims);
   setInterval(() => describeExpiry(claims), 30_000);
+  showPolicyNotice(token);
 }
 
 init();

@@ -162,6 +162,22 @@ function init() {
   $("who").textContent = `${claims.name || claims.role} · ${claims.role} · interview ${claims.iid}`;
   document.title = `Overlay · ${claims.iid}`;
   if (secondsLeft(claims) <= 0) transcript.notice("This join link has expired. Ask for a new one.");
+  showTonePolicy(token);
+}
+
+/** The organisation decides whether the tone of words is shown (`toneEnabled`; off by default in the EU): when it
+ * is not, the server sends no tone and the panel says why. */
+async function showTonePolicy(token) {
+  try {
+    const response = await fetch("/api/notice", { headers: { Authorization: `Bearer ${token}` } });
+    if (!response.ok) return;
+    const notice = await response.json();
+    if (notice.tone === false) {
+      const item = document.createElement("li");
+      item.textContent = "Off: your organisation does not show the tone of words.";
+      $("sentiment-summary").replaceChildren(item);
+    }
+  } catch { /* the panel stays as it is */ }
 }
 
 init();
