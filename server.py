@@ -44,9 +44,11 @@ if TYPE_CHECKING:  # the composition root imports its adapters lazily: nothing h
     from adapters.mongo import EmbeddedMongo, MongoStore
     from adapters.nats_embedded import EmbeddedNats
     from adapters.outbox import EventBus, OutboxRelay
+    from adapters.placement import Placement
     from adapters.privacy import Privacy
     from adapters.rate_limits import RateLimits
-    from adapters.rooms import GuidanceFactory, RoomRegistry
+    from adapters.rooms import GuidanceFactory, Room, RoomRegistry
+    from adapters.shared_state import RedisState
     from adapters.tokens import Revocations, TokenSigner
     from adapters.webrtc import WhipIngest
     from domain.commands import InterviewService
@@ -116,10 +118,13 @@ class Components:
     registry: RoomRegistry | None = None
     call: CallHub | None = None
     whip: WhipIngest | None = None
+    placement: Placement | None = None
+    node_url: str | None = None  # where this node listens (serve() knows; in-process tests do not)
     signer: TokenSigner | None = None
     accounts_store: AccountsStore | None = None
     accounts: Accounts | None = None
     limits: RateLimits | None = None
+    shared: RedisState | None = None  # REDIS_URL: revocations and room backlogs shared by every node
     revocations: Revocations | None = None
     audit: Audit | None = None  # the audit trail's call site; its sink is adapters.audit.AuditLog
     receipts: ReceiptSigner | None = None
@@ -141,8 +146,10 @@ async def _build(c: Components) -> None:
     from adapters.nats_bus import JetStreamBus
     from adapters.nats_embedded import EmbeddedNats
     from adapters.outbox import OutboxRelay
+    from adapters.placement import Owner, Placement
     from adapters.privacy import Privacy
     from adapters.rooms import RoomRegistry, SegmentJournal
+    from adapters.shared_state import RedisState
     from adapters.stt_engines import build_stt
     from adapters.tokens import Revocations, TokenSigner
     from adapters.webrtc import WhipIngest
@@ -162,7 +169,10 @@ async def _build(c: Components) -> None:
     c.accounts_store = accounts_store = AccountsStore(store.db)
     await accounts_store.create_indexes()
     c.limits = limits = build_limits(s)
-    c.revocations = revocations = Revocations(accounts_store)
+    if s.redis_url:
+        c.shared = RedisState(s.redis_url, backlog=500, backlog_ttl_s=s.token_ttl_s + 3600)
+        c.shared.start()
+    c.revocations = revocations = Revocations(accounts_store, shared=c.shared, keep_s=s.token_ttl_s + 60)
     await revocations.load()
     revocations.start()
     c.signer = signer = TokenSigner(c.secrets.token_secret, ttl_s=s.token_ttl_s, revocations=revocations)
@@ -227,21 +237,42 @@ async def _build(c: Components) -> None:
                                          journal=SegmentJournal(s.data_dir / "segments.journal",
                                                                 store.keyring.master.journal_key()
                                                                 if store.keyring is not None else None),
-                                         tone=partial(org_tone, c.accounts_store, s.jurisdiction))
+                                         tone=partial(org_tone, c.accounts_store, s.jurisdiction),
+                                         shared_backlog=c.shared)
     registry.start()
     c.call = call = CallHub(c.metrics, IceConfig(s.ice_servers, c.secrets.turn_secret, s.turn_ttl_s))
     if c.audit_log is not None:
         registry.on_alert = partial(audit_alert, c.audit_log)
-    registry.on_membership = lambda room: call.room_changed(
-        room.interview_id, sum(p.claims.role == "observer" for p in room.participants.values()))
+    # Rooms placed across nodes (NATS KV): this node's address, as other nodes redirect WHIP clients to it
+    node_url = s.public_url or c.node_url or ""
+    c.placement = placement = Placement(bus, Owner(s.node_id or node_url or f"pid-{os.getpid()}", node_url),
+                                        live=lambda iid: iid in registry.rooms, ttl_s=s.placement_ttl_s)
+
+    def membership_changed(room: Room) -> None:
+        call.room_changed(room.interview_id, sum(p.claims.role == "observer" for p in room.participants.values()))
+        if not room.participants:
+            placement.room_closed(room.interview_id)
+
+    registry.on_membership = membership_changed
     # The server's own connections need no TURN (it is the reachable end); the pages get TURN from the call.
     c.whip = whip = WhipIngest(registry, signer, lambda iid: interview_status(service, iid), c.metrics,
                                ice_servers=[RTCIceServer(urls=url) for url in s.ice_servers
                                             if url.startswith("stun:")],
                                call=call, audit=audit, limits=limits,
-                               max_peer_connections=s.max_peer_connections, max_rooms_per_org=s.max_rooms_per_org)
+                               max_peer_connections=s.max_peer_connections, max_rooms_per_org=s.max_rooms_per_org,
+                               placement=placement, public_url=s.public_url)
+    placement.on_lost = whip.move_room
+    placement.start()
     c.receipts = receipts = await asyncio.to_thread(ReceiptSigner.load_or_create, s.data_dir / "receipt_key.pem")
-    c.privacy = privacy = Privacy(store, service, receipts, end_sessions=whip.end_interview,
+    shared = c.shared
+
+    async def end_sessions(interview_id: str) -> int:
+        ended = await whip.end_interview(interview_id)
+        if shared is not None:  # the shared backlog holds transcript text too
+            await shared.forget(interview_id)
+        return ended
+
+    c.privacy = privacy = Privacy(store, service, receipts, end_sessions=end_sessions,
                                   retention_days=s.retention_days)
     c.retention = asyncio.create_task(_retention_loop(privacy), name="retention")
 
@@ -364,10 +395,16 @@ async def _teardown(c: Components) -> None:
         retention = c.retention
         retention.cancel()
         steps.append(("stop the retention job", lambda: asyncio.gather(retention, return_exceptions=True)))
+    if c.placement is not None:
+        placement = c.placement
+        placement.drain()  # rooms keep their placement until their finals are stored
     if c.whip is not None:
         steps.append(("stop reading audio", c.whip.aclose))
     if c.registry is not None:
         steps.append(("drain streams and persist finals", c.registry.aclose))
+    if c.placement is not None:
+        # participants whose connections close next re-POST and land on another node
+        steps.append(("release room placements", c.placement.release_all))
     if c.whip is not None:
         steps.append(("close peer connections", c.whip.close_all))
     if c.scheduler is not None:
@@ -390,6 +427,8 @@ async def _teardown(c: Components) -> None:
         steps.append(("stop reloading revocations", c.revocations.aclose))
     if c.limits is not None:
         steps.append(("close rate limit storage", c.limits.aclose))
+    if c.shared is not None:
+        steps.append(("write the last shared backlog entries, close Redis", c.shared.aclose))
     if c.store is not None:
         steps.append(("close store", c.store.close))
     if c.embedded is not None:
@@ -415,7 +454,8 @@ UVICORN_LIMITS: dict[str, Any] = {"timeout_keep_alive": 5, "limit_concurrency": 
                                   "h11_max_incomplete_event_size": 16 * 1024}
 
 
-def create_app(settings: Settings, *, announce: Callable[[Components], None] | None = None) -> Any:
+def create_app(settings: Settings, *, announce: Callable[[Components], None] | None = None,
+               node_url: str | None = None) -> Any:
     """The ASGI app. Nothing heavy happens here; the lifespan builds the service."""
     from starlette.applications import Starlette
 
@@ -450,7 +490,7 @@ def create_app(settings: Settings, *, announce: Callable[[Components], None] | N
         from adapters.crypto import MasterKeyRefused
         from adapters.http_api import Api, api_routes, keys_route
 
-        c = Components(settings=settings, secrets=resolve_secrets(settings), metrics=metrics)
+        c = Components(settings=settings, secrets=resolve_secrets(settings), metrics=metrics, node_url=node_url)
         app.state.components = c
         t0 = time.perf_counter()
         try:
@@ -822,7 +862,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
             print(f"first admin: open {url}/app/setup?token={c.secrets.setup_token}  (works once, for 24 h)",
                   flush=True)
 
-    app = create_app(settings, announce=announce)
+    app = create_app(settings, announce=announce, node_url=url)
     tls: dict[str, Any] = {}
     if settings.tls_cert_file is not None:
         tls = {"ssl_certfile": str(settings.tls_cert_file), "ssl_keyfile": str(settings.tls_key_file)}

@@ -155,6 +155,10 @@ class Settings(BaseSettings):
                                            "later (none is dropped)")
     nats_url: OptionalText = setting(
         None, "NATS URL with JetStream (unset: an embedded nats-server, data under DATA_DIR/nats)", secret=True)
+    node_id: OptionalText = setting(None, "this node's name in the room placement (NATS KV `room-placement`; see "
+                                    "'Several nodes'); unset: its URL (PUBLIC_URL, else the address it listens on)")
+    placement_ttl_s: Annotated[float, Field(ge=1.0)] = setting(
+        15.0, "seconds after which a node that stopped refreshing its rooms (died) loses them to other nodes")
     token_secret: Secret = setting(None, "HMAC key for join tokens (unset: generated, stored in "
                                    "DATA_DIR/token_secret)", secret=True)
     master_key_file: Annotated[Path | None, BeforeValidator(_none_if_blank)] = setting(
@@ -232,8 +236,9 @@ class Settings(BaseSettings):
         900, "access token (JWT) lifetime, seconds (at most 15 minutes)")
     refresh_token_ttl_s: PositiveInt = setting(14 * 24 * 3600, "refresh token lifetime, seconds (each use "
                                                "rotates it)")
-    redis_url: OptionalText = setting(None, "Redis for the rate limits shared by every process (unset: in "
-                                      "memory)", secret=True)
+    redis_url: OptionalText = setting(None, "Redis shared by every node: rate limits, the join-token revocation "
+                                      "list, room backlogs, transcript cache (unset: in memory; the store stays the "
+                                      "source of truth)", secret=True)
     login_limit_account: Rate = setting("5/minute", "failed logins per account before 429")
     login_limit_address: Rate = setting("30/minute", "login attempts per client address before 429")
     token_mint_limit: Rate = setting("60/minute", "join tokens minted per caller")

@@ -89,6 +89,14 @@ GuidanceRecorder = Callable[[str, GuidanceEvent], Awaitable[None]]  # stores it 
 GUIDANCE_QUEUE = 256  # finals waiting for guidance; beyond it they are skipped (counted), the transcript is not
 
 
+class SharedBacklog(Protocol):
+    """The rooms' backlogs shared by every node (adapters.shared_state.RedisState)."""
+
+    def append_backlog(self, interview_id: str, text: str) -> None: ...
+
+    async def backlog(self, interview_id: str) -> list[str] | None: ...  # None: unknown (unreachable)
+
+
 class Channel(Protocol):
     """What a viewer needs of a data channel (aiortc's RTCDataChannel; the tests' loopback channels)."""
 
@@ -263,18 +271,18 @@ class Room:
         kind = event.type
         if isinstance(event, SegmentEvent) and event.final:
             (metrics.segments_revised if event.revision else metrics.segments_final).inc()
-            self.history.append(text)
+            self.remember(text)
             if source is not None:
                 source.next_seq = max(source.next_seq, event.seq + 1)
             self.registry.writer.submit(self.interview_id, event)
         elif isinstance(event, SentimentEvent | ConsentEvent):
             if isinstance(event, SentimentEvent) and not self.tone:
                 return
-            self.history.append(text)
+            self.remember(text)
         elif isinstance(event, KeywordsEvent):
             self.latest_keywords[event.speaker.participant_id] = text
         elif isinstance(event, ProtectedTopicAlert):
-            self.history.append(text)
+            self.remember(text)
             metrics.guidance_alerts.labels(topic=event.topic).inc()
             if self.registry.on_alert is not None:
                 try:
@@ -296,6 +304,12 @@ class Room:
             spoken_end = source.wall_time_of(event.end_s)
             if spoken_end is not None:
                 metrics.final_latency.observe(max(0.0, asyncio.get_running_loop().time() - spoken_end))
+
+    def remember(self, text: str) -> None:
+        """An entry of the backlog late viewers get, here and (with Redis) for a node that takes the room over."""
+        self.history.append(text)
+        if self.registry.shared_backlog is not None:
+            self.registry.shared_backlog.append_backlog(self.interview_id, text)
 
     def _queue_for_guidance(self, source: Participant, event: SegmentEvent) -> None:
         # text the guards distrust (invented, another's voice) is shown but never analysed
@@ -395,6 +409,17 @@ class Room:
 
     def remove_viewer(self, channel: Channel) -> None:
         self.viewers.pop(id(channel), None)
+
+
+def _segment_key(text: str) -> tuple[str, int] | None:
+    """(participant, seq) of a backlog entry that is a final or a revision of one; None for anything else."""
+    try:
+        doc = json.loads(text)
+        if doc.get("type") in ("segment.final", "segment.revised"):
+            return str(doc["speaker"]["participantId"]), int(doc["seq"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return None
 
 
 def _named(interview_id: str, segment: SegmentEvent) -> str:
@@ -625,9 +650,11 @@ class RoomRegistry:
         record_guidance: GuidanceRecorder | None = None,
         journal: SegmentJournal | None = None,
         tone: ToneLookup | None = None,
+        shared_backlog: SharedBacklog | None = None,
     ) -> None:
         self._tone = tone  # None: the tone of words is shown in every room
         self.stream_factory = stream_factory
+        self.shared_backlog = shared_backlog
         self.guidance_factory = guidance_factory
         self.record_guidance = record_guidance
         self.metrics = metrics
@@ -771,15 +798,25 @@ class RoomRegistry:
         return known
 
     async def _history(self, interview_id: str) -> list[str]:
-        """Finals stored before this room opened (an earlier session, or before a restart), for the backlog."""
+        """What was said before this room opened (an earlier session, before a restart, or on a node that held the
+        room before), for the backlog: the shared backlog (Redis; sentiment too) when it holds every final the store
+        has from its span, else the store's finals (Redis restarted empty, or a node died before sharing them)."""
+        shared = await self.shared_backlog.backlog(interview_id) if self.shared_backlog is not None else None
         if self._stored_finals is None:
-            return []
+            return (shared or [])[-self._backlog:]
         try:
-            return (await self._stored_finals(interview_id))[-self._backlog:]
+            stored = await self._stored_finals(interview_id)
         except Exception as exc:  # a backlog is a courtesy: never a reason to refuse a join
             log.warning("cannot load the stored transcript of %s for the backlog: %s", interview_id, exc)
             self.metrics.error("persist")
-            return []
+            stored = []
+        if shared:
+            # the shared backlog (sentiment too) if it has every final the store has from its time span; else it has
+            # holes (a Redis restart, a node that died before sharing) and the store's finals are the backlog
+            have = {_segment_key(text) for text in shared} - {None}
+            if all(_segment_key(text) in have for text in stored[-len(shared):]):
+                return shared[-self._backlog:]
+        return stored[-self._backlog:]
 
     def detach(self, participant: Participant, session_id: str) -> None:
         """The session's connection is gone: keep the participant for a resume, then let it leave."""

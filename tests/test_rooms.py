@@ -222,8 +222,10 @@ async def test_resume_keeps_the_stream_and_a_later_rejoin_continues_numbering(
     assert before
 
     # Rejoining later gets a fresh stream whose numbering continues after what is stored.
-    async with asyncio.timeout(30):  # as after a graceful restart: what was sent is stored, and only the store
-        while h.registry.writer.pending:  # remembers
+    # As after a graceful restart: what was sent is stored, and only the store remembers (the writer's queue
+    # length is the thing to wait on; it has no event).
+    async with asyncio.timeout(30):
+        while h.registry.writer.pending:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
     h.registry._next_seq.clear()
     back = await h.join(iid, "candidate", "Cat", session="c", pid=pid)
