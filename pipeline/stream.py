@@ -63,6 +63,7 @@ from pipeline.guards import (
     spoken_digits,
     trim_after_speech,
     word_confidence,
+    words_besides_numbers,
     words_of,
 )
 from pipeline.scheduler import SttScheduler
@@ -705,7 +706,9 @@ class ParticipantStream:
         (live_digits, live_share), (new_digits, new_share) = spoken_digits(turn.text), spoken_digits(tr.text)
         if (len(turn.text.split()) <= cfg.revise_strict_max_words
                 or max(live_share, new_share) >= cfg.revise_strict_number_share):
-            if confidence < turn.word_confidence + cfg.revise_strict_min_gain or new_digits != live_digits:
+            numeric = max(live_share, new_share) >= cfg.revise_strict_number_share
+            if (confidence < turn.word_confidence + cfg.revise_strict_min_gain or new_digits != live_digits
+                    or (numeric and words_besides_numbers(tr.text) != words_besides_numbers(turn.text))):
                 # (the digits themselves are not logged: a phone number is personal data)
                 log.debug("revision of short or numeric %d not clearly better (%.3f vs %.3f, digits %s)", seq,
                           confidence, turn.word_confidence, "differ" if new_digits != live_digits else "same")
