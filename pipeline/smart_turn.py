@@ -124,6 +124,7 @@ class SmartTurn:
         self._session: Any = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        self.pending = 0  # `end_probability` calls queued or running
 
     def probability(self, audio: np.ndarray) -> float:
         """P(the turn is over) for 16 kHz mono audio ending at a pause (the last 8 s are heard)."""
@@ -137,7 +138,11 @@ class SmartTurn:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smart-turn")
             executor = self._executor
-        return await asyncio.get_running_loop().run_in_executor(executor, self.probability, audio)
+        self.pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, self.probability, audio)
+        finally:
+            self.pending -= 1
 
     def close(self) -> None:
         with self._lock:

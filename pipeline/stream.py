@@ -65,8 +65,8 @@ from pipeline.guards import (
     words_of,
 )
 from pipeline.scheduler import SttScheduler
-from pipeline.transcript import SAMPLE_RATE, SttError, Transcript
 from pipeline.smart_turn import SmartTurn
+from pipeline.transcript import SAMPLE_RATE, SttError, Transcript
 from pipeline.turns import TurnRule, Verdict, audio_verdict, combine, text_verdict
 
 log = logging.getLogger(__name__)
