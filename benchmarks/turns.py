@@ -256,11 +256,17 @@ def main() -> None:
         values = [p.heard[audio][2] for p in ps]
         return f"P(turn ended) p10/p50/p90 {percentile(values, 10):.2f}/{percentile(values, 50):.2f}/" \
                f"{percentile(values, 90):.2f}"
+
+    def auc() -> float:
+        """How often a turn end's P is above a mid-turn pause's (0.5: no better than chance)."""
+        pos, neg = np.array([p.heard[audio][2] for p in ends]), np.array([p.heard[audio][2] for p in mid])
+        wins = (pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()
+        return float(wins / max(1, pos.size * neg.size))
     print(f"\n{len(pauses)} pauses >= {MIN_PAUSE_MS} ms ({n_turns} ground-truth turns): {len(ends)} turn ends, "
           f"{len(mid)} mid-turn (mid-turn pause ms p50/max {statistics.median(p.duration_ms for p in mid) if mid else '-'}/"
           f"{max((p.duration_ms for p in mid), default='-')})\n"
           f"text verdicts at turn ends {verdicts(ends, text)}, mid-turn {verdicts(mid, text)}\n"
-          f"smart turn at turn ends: {p_of(ends)}; mid-turn: {p_of(mid)}\n")  # fmt: skip
+          f"smart turn at turn ends: {p_of(ends)}; mid-turn: {p_of(mid)}; AUC {auc():.2f}\n")  # fmt: skip
 
     def f(x: float | None) -> str:
         return "-" if x is None else f"{x:.2f}"
