@@ -54,6 +54,7 @@ if TYPE_CHECKING:  # the composition root imports its adapters lazily: nothing h
     from domain.commands import InterviewService
     from domain.events import ProtectedTopicAlert, Speaker, StreamEvent
     from pipeline.scheduler import SttScheduler
+    from pipeline.smart_turn import SmartTurn
 
 log = logging.getLogger("interview_worker")
 
@@ -115,6 +116,7 @@ class Components:
     bus: EventBus | None = None
     relay: OutboxRelay | None = None
     scheduler: SttScheduler | None = None
+    turn_audio: SmartTurn | None = None  # TURN_AUDIO_MODEL
     registry: RoomRegistry | None = None
     call: CallHub | None = None
     whip: WhipIngest | None = None
@@ -154,6 +156,7 @@ async def _build(c: Components) -> None:
     from adapters.tokens import Revocations, TokenSigner
     from adapters.webrtc import WhipIngest
     from domain.commands import InterviewService
+    from pipeline import smart_turn
     from pipeline.scheduler import SttScheduler
     from pipeline.stream import Conversation, ParticipantStream, StreamConfig
 
@@ -207,9 +210,12 @@ async def _build(c: Components) -> None:
     stream_config = StreamConfig(vad=s.vad_mode, partial_interval_s=s.partial_interval_s,
                                  end_silence_ms=s.end_silence_ms, revise=s.stt_revise,
                                  semantic_turns=s.semantic_turns, turn_complete_ms=s.turn_complete_ms,
-                                 turn_incomplete_ms=s.turn_incomplete_ms,
+                                 turn_incomplete_ms=s.turn_incomplete_ms, turn_audio_end=s.turn_audio_end,
                                  crosstalk_guard=s.crosstalk_guard,
                                  await_revisions=False)  # leaving or shutting down does not wait for them
+
+    c.turn_audio = turn_audio = (await asyncio.to_thread(smart_turn.load, s.turn_audio_model)
+                                 if s.semantic_turns else None)  # fmt: skip
 
     def stream_factory(speaker: Speaker, emit: Callable[[StreamEvent], None], in_rate: int, channels: int,
                        conversation: Conversation) -> ParticipantStream:
@@ -218,7 +224,7 @@ async def _build(c: Components) -> None:
         started = time.monotonic()
         return ParticipantStream(speaker, scheduler, emit, in_rate=in_rate, channels=channels,
                                  config=stream_config, clock=lambda: time.monotonic() - started,
-                                 conversation=conversation)
+                                 conversation=conversation, turn_audio=turn_audio)
 
     guidance = None
     if s.guidance:
@@ -407,6 +413,9 @@ async def _teardown(c: Components) -> None:
         steps.append(("release room placements", c.placement.release_all))
     if c.whip is not None:
         steps.append(("close peer connections", c.whip.close_all))
+    if c.turn_audio is not None:
+        turn_audio = c.turn_audio
+        steps.append(("stop the end-of-turn model", lambda: asyncio.to_thread(turn_audio.close)))
     if c.scheduler is not None:
         steps.append(("stop speech-to-text", c.scheduler.aclose))
         close_stt = getattr(c.scheduler.stt, "close", None)  # the engines with processes or clients to close

@@ -222,6 +222,11 @@ class Settings(BaseSettings):
                                    "else END_SILENCE_MS")
     turn_complete_ms: PositiveInt = setting(220, "silence that ends an utterance whose text is a complete sentence")
     turn_incomplete_ms: PositiveInt = setting(800, "silence that ends an utterance whose text ends mid-thought")
+    turn_audio_model: OptionalText = setting(None, "audio end-of-turn model (Smart Turn v3.2 ONNX) heard with the "
+                                             "text at each pause: an early close needs both (off: text only; unset: "
+                                             "models/smart-turn-v3.2-cpu.onnx when present)")
+    turn_audio_end: Annotated[float, Field(ge=0, le=1)] = setting(
+        0.5, "P(turn ended) from the audio model at or above which it agrees to close early")
     ice_servers: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_ice_urls)] = setting(
         (), "comma-separated stun:, turn: and turns: URLs handed to the pages for the call between participants "
         "(turn: needs TURN_SECRET); the server's own connections use the stun: ones (unset: host candidates only)")

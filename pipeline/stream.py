@@ -67,8 +67,9 @@ from pipeline.guards import (
     words_of,
 )
 from pipeline.scheduler import SttScheduler
+from pipeline.smart_turn import SmartTurn
 from pipeline.transcript import SAMPLE_RATE, SttError, Transcript
-from pipeline.turns import TurnRule, Verdict, text_verdict
+from pipeline.turns import TurnRule, Verdict, audio_verdict, combine, text_verdict
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,10 @@ class StreamConfig:
     semantic_turns: bool = True
     turn_complete_ms: int = 220
     turn_incomplete_ms: int = 800
+    # with an audio model (ParticipantStream's `turn_audio`): its P(turn ended) at the pause must be at least
+    # `turn_audio_end` to close early, and below `turn_audio_hold` it waits `turn_incomplete_ms` (pipeline.turns)
+    turn_audio_end: float = 0.5
+    turn_audio_hold: float = 0.0
     pre_roll_ms: int = 300
     min_speech_ms: int = 200
     max_utterance_s: float = 20.0
@@ -160,6 +165,7 @@ class ParticipantStream:
         config: StreamConfig | None = None,
         clock: Callable[[], float] | None = None,
         conversation: Conversation | None = None,
+        turn_audio: SmartTurn | None = None,
     ) -> None:
         from pipeline.dsp import FrontEnd  # the native core; imported here so a missing build names the fix
 
@@ -180,7 +186,12 @@ class ParticipantStream:
             min_speech_ms=cfg.min_speech_ms,
             max_utterance_s=cfg.max_utterance_s,
         )
-        self.turn_rule = TurnRule(cfg.end_silence_ms, cfg.turn_complete_ms, cfg.turn_incomplete_ms)
+        self.turn_rule = TurnRule(cfg.end_silence_ms, cfg.turn_complete_ms, cfg.turn_incomplete_ms,
+                                  audio_end=cfg.turn_audio_end, audio_hold=cfg.turn_audio_hold)
+        # the audio end-of-turn model (pipeline.smart_turn), shared by the process's streams; asked once per pause,
+        # beside the speculative decode, on its own thread
+        self.turn_audio = turn_audio if cfg.semantic_turns else None
+        self._turn_p: asyncio.Task[float] | None = None  # its answer for the pause of `self._spec`
         # (speculative decode, silence in ms it lets the pause last): read once per decode
         self._turn_silence: tuple[asyncio.Task[Transcript | None], int] | None = None
         # (seq, speech end sample) of the last utterance closed before `end_silence_ms`: the next one continues it
@@ -219,6 +230,7 @@ class ParticipantStream:
             "revisions": 0, "revisions_unchanged": 0, "revisions_rejected": 0, "revisions_dropped": 0,
             "revisions_failed": 0, "revisions_unfollowed": 0, "crosstalk": 0, "crosstalk_corrected": 0,
             "turns_closed_early": 0, "turns_held": 0, "turns_continued": 0, "finals_retried": 0,
+            "turn_audio_queries": 0, "turn_audio_failed": 0,
         }  # fmt: skip
 
     # ------------------------------------------------------------------------------------------ properties
@@ -279,6 +291,7 @@ class ParticipantStream:
         if self._spec is not None:
             self._spec[3].cancel()
             self._spec = None
+        self._cancel_turn_audio()
         if self._partial_task is not None:
             self._partial_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -375,10 +388,23 @@ class ParticipantStream:
         task.add_done_callback(lambda _t: self._show_speculation())
         task.add_done_callback(lambda _t: self._set_end_silence())
         self._spec = (seq, start, covered, task)
+        self._cancel_turn_audio()
+        if self.turn_audio is not None:  # the same snapshot, as it stands now: speech and the pause so far
+            self.stats["turn_audio_queries"] += 1
+            self._turn_p = asyncio.create_task(self.turn_audio.end_probability(got[1]))
+            self._turn_p.add_done_callback(_consume_outcome)
+            self._turn_p.add_done_callback(lambda _t: self._set_end_silence())
+
+    def _cancel_turn_audio(self) -> None:
+        """The audio model's query for a pause that is over: skipped if it has not started."""
+        if self._turn_p is not None and not self._turn_p.done():
+            self._turn_p.cancel()
+        self._turn_p = None
 
     def _set_end_silence(self) -> None:
         """The silence that closes the utterance in progress: from the speculative decode of the current pause when
-        it is done and speech has not resumed since (pipeline.turns), else `end_silence_ms`."""
+        it is done and speech has not resumed since (pipeline.turns), with the audio model's answer for the pause
+        too when there is a model (until it is in: `end_silence_ms`), else `end_silence_ms`."""
         cfg = self.config
         if not cfg.semantic_turns or self._closed:
             return
@@ -387,16 +413,31 @@ class ParticipantStream:
         if spec is not None and spec[0] == self._next_seq and spec[3].done() and fe.in_progress:
             seq, start, covered, task = spec
             speech_end = fe.speech_end
-            if speech_end is not None and speech_end <= start + covered:  # still the pause it decoded
+            turn_p = self._turn_p
+            audio_pending = self.turn_audio is not None and turn_p is not None and not turn_p.done()
+            if speech_end is not None and speech_end <= start + covered and not audio_pending:  # the pause decoded
                 if self._turn_silence is None or self._turn_silence[0] is not task:
                     tr = None if task.cancelled() or task.exception() is not None else task.result()
                     verdict: Verdict = "unsure"
                     if tr is not None and tr.text and not tr.hallucination:
                         verdict = text_verdict(tr.text, tr.words[-1].probability if tr.words else None,
                                                min_probability=self.turn_rule.min_probability)
+                    if self.turn_audio is not None:  # no answer (failed, or never asked): the audio is unsure
+                        verdict = combine(verdict, audio_verdict(self._turn_p_value(), end=self.turn_rule.audio_end,
+                                                                 hold=self.turn_rule.audio_hold))
                     self._turn_silence = (task, self.turn_rule.end_silence_ms(verdict))
                 ms = self._turn_silence[1]
         fe.end_silence_samples = ms * SAMPLE_RATE // 1000
+
+    def _turn_p_value(self) -> float | None:
+        task = self._turn_p
+        if task is None or not task.done() or task.cancelled():
+            return None
+        if task.exception() is not None:
+            self.stats["turn_audio_failed"] += 1
+            log.warning("smart turn failed: %s", task.exception())
+            return None
+        return task.result()
 
     def _show_speculation(self) -> None:
         """Speech resumed after a pause whose speculative decode is done: show that decode as a partial."""
@@ -489,6 +530,7 @@ class ParticipantStream:
         seq = self._next_seq
         self._next_seq += 1
         self.stats["utterances"] += 1
+        self._cancel_turn_audio()  # an answer for a pause that closed the utterance comes too late to matter
         fixed = self.config.end_silence_ms * SAMPLE_RATE // 1000
         speech_end = int(round(utt.speech_end_s * SAMPLE_RATE))
         continues = None
