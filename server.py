@@ -229,7 +229,7 @@ async def _build(c: Components) -> None:
     guidance = None
     if s.guidance:
         try:
-            guidance = await asyncio.to_thread(build_guidance, s, service)
+            guidance = await asyncio.to_thread(build_guidance, s, service, c.accounts_store)
         except (ValueError, OSError) as exc:  # an aid, not the service: run without it and say so once
             log.error("live guidance disabled: %s", exc)
     c.registry = registry = RoomRegistry(stream_factory=stream_factory, metrics=c.metrics,
@@ -348,20 +348,32 @@ def audit_alert(audit: AuditSink, interview_id: str, org_id: str, alert: Protect
                                                           "score": round(alert.score, 3)}))
 
 
-def build_guidance(s: Settings, service: InterviewService) -> GuidanceFactory:
+def build_guidance(s: Settings, service: InterviewService, accounts: AccountsStore | None = None) -> GuidanceFactory:
     """Loads the sentence embedder and the protected-topic detector once (blocking: call in a thread); each room's
-    `Guidance` gets the interview's questions as its guide."""
+    `Guidance` gets the interview's questions as its guide, and the detector of its organisation's jurisdiction
+    (`GET/PATCH /api/organisation`; `JURISDICTION` for one that never chose)."""
+    import copy
+
     from adapters.embeddings_onnx import OnnxSentenceEmbedder
-    from pipeline.guidance import Guidance, GuideItem, default_detector
+    from domain.analysis import OrgPolicy
+    from domain.model import DEFAULT_ORG
+    from pipeline.guidance import Guidance, GuideItem, Jurisdiction, default_detector
 
     embedder = OnnxSentenceEmbedder(threads=1)
     # NYC (like many US states) bans salary-history questions; the EU and "none" are not checked for it
-    detector = default_detector(embedder, "us" if s.jurisdiction == "us-nyc" else s.jurisdiction)
+    detector = default_detector(embedder, "none")
+    ours: dict[str, Jurisdiction] = {"eu": "eu", "us-nyc": "us", "none": "none"}
+    detectors = {}  # organisation jurisdiction -> the detector judging by it (the examples' vectors are shared)
+    for name, jurisdiction in ours.items():
+        detectors[name] = copy.copy(detector)
+        detectors[name].jurisdiction = jurisdiction
 
     async def for_interview(interview_id: str) -> Guidance:
         doc = await service.get_interview(interview_id, with_segments=False)
+        org = await accounts.organisation(doc.get("orgId") or DEFAULT_ORG) if accounts is not None else None
+        policy = OrgPolicy.from_dict(org or {}, s.jurisdiction)
         guide = [GuideItem(q["questionId"], q["text"], q.get("category", "")) for q in doc.get("questions", [])]
-        return await asyncio.to_thread(Guidance, embedder, detector, guide)
+        return await asyncio.to_thread(Guidance, embedder, detectors.get(policy.jurisdiction, detectors["eu"]), guide)
 
     return for_interview
 
