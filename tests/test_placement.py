@@ -211,6 +211,35 @@ async def test_room_backlogs_wait_for_redis_and_give_way_to_the_store(redis_serv
         await shared.aclose()
 
 
+async def test_room_backlogs_are_sealed_in_redis(redis_server: RedisServer) -> None:
+    """Transcript text is in Redis only sealed; a node with the same master key reads it, one with another key gets
+    "unknown" (and so takes the store's finals) rather than an error."""
+    import redis.asyncio
+
+    from adapters.crypto import MasterKeys
+
+    master = MasterKeys.generate()
+    writer = RedisState(redis_server.url, key=master.shared_state_key())
+    reader = RedisState(redis_server.url, key=master.shared_state_key())
+    stranger = RedisState(redis_server.url, key=MasterKeys.generate().shared_state_key())
+    writer.start()
+    admin = redis.asyncio.from_url(redis_server.url)
+    try:
+        iid = "iv-" + uuid.uuid4().hex[:8]
+        final = json.dumps({"type": "segment.final", "seq": 0, "text": "my maiden name is Oakley",
+                            "speaker": {"role": "candidate", "name": "C", "participantId": "p1"}})
+        writer.append_backlog(iid, final)
+        await writer.flush()
+        raw = await admin.lrange(f"{writer.prefix}backlog:{iid}", 0, -1)
+        assert len(raw) == 1 and b"Oakley" not in raw[0] and raw[0].startswith(b"enc1:")
+        assert await reader.backlog(iid) == [final]
+        assert await stranger.backlog(iid) is None
+    finally:
+        await admin.aclose()
+        for shared in (writer, reader, stranger):
+            await shared.aclose()
+
+
 async def _has(shared: RedisState, iid: str, n: int) -> bool:
     items = await shared.backlog(iid)
     return items is not None and len(items) >= n
