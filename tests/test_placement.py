@@ -129,6 +129,12 @@ async def test_a_node_restarted_on_the_same_address_takes_its_rooms_back(bus: Je
     assert await after.claim(iid) is None  # not a redirect to itself
     assert await Placement(bus, Owner("node-b", "http://b.test:2"), live=lambda iid: True,
                            ttl_s=30).claim(iid) == Owner("node-a-2", "http://a.test:1")
+    # nodes with no address (in-process servers) are not one node restarted: the second does not take the room
+    no_address = Placement(bus, Owner("node-x", ""), live=lambda iid: True, ttl_s=30)
+    other = "iv-" + uuid.uuid4().hex[:8]
+    assert await no_address.claim(other) is None
+    assert await Placement(bus, Owner("node-y", ""), live=lambda iid: True, ttl_s=30).claim(other) == Owner(
+        "node-x", "")
 
 
 # ---------------------------------------------------------------------------------------------------- Redis
