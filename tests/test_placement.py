@@ -217,6 +217,35 @@ async def test_room_backlogs_wait_for_redis_and_give_way_to_the_store(redis_serv
         await shared.aclose()
 
 
+async def test_a_trimmed_shared_backlog_still_serves_a_long_interview(redis_server: RedisServer) -> None:
+    """Redis keeps the last `backlog` entries (finals, sentiment, ...): older stored finals outside that span are not
+    holes, so the shared backlog (sentiment included) is still what a node taking the room over gives."""
+    from adapters.metrics import Metrics
+    from adapters.rooms import RoomRegistry
+
+    shared = RedisState(redis_server.url, backlog=4)
+    shared.start()
+    try:
+        iid = "iv-" + uuid.uuid4().hex[:8]
+        speaker = {"role": "candidate", "name": "C", "participantId": "p1"}
+        finals = [{"type": "segment.final", "seq": n, "text": f"answer {n}", "speaker": speaker} for n in range(3)]
+        for final in finals:
+            shared.append_backlog(iid, json.dumps(final))
+            shared.append_backlog(iid, json.dumps({"type": "sentiment", "seq": final["seq"], "speaker": speaker}))
+        await shared.flush()
+        assert len(await shared.backlog(iid) or []) == 4  # final 0 and its sentiment were trimmed
+
+        async def stored_finals(_: str) -> list[str]:
+            return [json.dumps(f) for f in finals]
+
+        registry = RoomRegistry(stream_factory=None, metrics=Metrics(),  # type: ignore[arg-type]
+                                stored_finals=stored_finals, shared_backlog=shared)
+        assert [(h["type"], h["seq"]) for h in map(json.loads, await registry._history(iid))] == [
+            ("segment.final", 1), ("sentiment", 1), ("segment.final", 2), ("sentiment", 2)]
+    finally:
+        await shared.aclose()
+
+
 async def test_room_backlogs_are_sealed_in_redis(redis_server: RedisServer) -> None:
     """Transcript text is in Redis only sealed; a node with the same master key reads it, one with another key gets
     "unknown" (and so takes the store's finals) rather than an error."""
