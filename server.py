@@ -269,6 +269,9 @@ async def _build(c: Components) -> None:
 
     async def end_sessions(interview_id: str) -> int:
         ended = await whip.end_interview(interview_id)
+        # every token of the interview revoked: a room another node holds ends there too (within a second with
+        # Redis, at its next store read without), and nobody re-joins it meanwhile
+        await revocations.revoke(interview_id, None, signer.expiry_bound())
         if shared is not None:  # the shared backlog holds transcript text too
             await shared.forget(interview_id)
         return ended
