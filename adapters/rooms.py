@@ -271,10 +271,10 @@ class Room:
         kind = event.type
         if isinstance(event, SegmentEvent) and event.final:
             (metrics.segments_revised if event.revision else metrics.segments_final).inc()
-            self.remember(text)
             if source is not None:
                 source.next_seq = max(source.next_seq, event.seq + 1)
-            self.registry.writer.submit(self.interview_id, event)
+            self.registry.writer.submit(self.interview_id, event)  # first: nothing after it can lose the final
+            self.remember(text)
         elif isinstance(event, SentimentEvent | ConsentEvent):
             if isinstance(event, SentimentEvent) and not self.tone:
                 return
