@@ -173,7 +173,8 @@ async def _build(c: Components) -> None:
     await accounts_store.create_indexes()
     c.limits = limits = build_limits(s)
     if s.redis_url:
-        c.shared = RedisState(s.redis_url, backlog=500, backlog_ttl_s=s.token_ttl_s + 3600)
+        c.shared = RedisState(s.redis_url, backlog=500, backlog_ttl_s=s.token_ttl_s + 3600,
+                              key=store.keyring.master.shared_state_key() if store.keyring is not None else None)
         c.shared.start()
     c.revocations = revocations = Revocations(accounts_store, shared=c.shared, keep_s=s.token_ttl_s + 60)
     await revocations.load()
@@ -274,6 +275,9 @@ async def _build(c: Components) -> None:
 
     async def end_sessions(interview_id: str) -> int:
         ended = await whip.end_interview(interview_id)
+        # every token of the interview revoked: a room another node holds ends there too (within a second with
+        # Redis, at its next store read without), and nobody re-joins it meanwhile
+        await revocations.revoke(interview_id, None, signer.expiry_bound())
         if shared is not None:  # the shared backlog holds transcript text too
             await shared.forget(interview_id)
         return ended

@@ -242,7 +242,7 @@ class Settings(BaseSettings):
     refresh_token_ttl_s: PositiveInt = setting(14 * 24 * 3600, "refresh token lifetime, seconds (each use "
                                                "rotates it)")
     redis_url: OptionalText = setting(None, "Redis shared by every node: rate limits, the join-token revocation "
-                                      "list, room backlogs, transcript cache (unset: in memory; the store stays the "
+                                      "list, room backlogs, sealed (unset: in memory; the store stays the "
                                       "source of truth)", secret=True)
     login_limit_account: Rate = setting("5/minute", "failed logins per account before 429")
     login_limit_address: Rate = setting("30/minute", "login attempts per client address before 429")

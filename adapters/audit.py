@@ -243,21 +243,28 @@ class SpillFile:
         except FileNotFoundError:
             return b""
 
-    def peek(self, n: int) -> tuple[list[tuple[str, AuditEntry]], int]:
-        """Up to `n` entries from where reading stopped, and the offset after them (for `commit`)."""
+    def peek(self, n: int) -> tuple[list[tuple[str, AuditEntry]], int, int]:
+        """Up to `n` entries from where reading stopped, the offset after them and the lines read (for `commit`).
+        A line that does not parse (damaged on disk) is skipped with an error log: it must not stop the writer."""
         items: list[tuple[str, AuditEntry]] = []
+        lines = 0
         try:
             fh = open(self.path, "rb")  # noqa: SIM115 - closed below; absent is "nothing to read"
         except FileNotFoundError:
-            return items, self._offset
+            return items, self._offset, lines
         with fh:
             fh.seek(self._offset)
-            while len(items) < n:
+            while lines < n:
                 line = fh.readline()
                 if not line.endswith(b"\n"):
                     break
-                items.append(_from_spill_line(line.decode()))
-            return items, fh.tell()
+                lines += 1
+                try:
+                    items.append(_from_spill_line(line.decode()))
+                except (ValueError, KeyError, TypeError, AttributeError) as exc:  # (personal data: not logged)
+                    log.error("audit trail: %s holds a damaged entry (%s); skipping it", self.path,
+                              type(exc).__name__)
+            return items, fh.tell(), lines
 
     def commit(self, offset: int, n: int) -> None:
         self._offset = offset
@@ -471,8 +478,8 @@ class AuditLog:
         want = min(self.max_queue - len(self._queue), 10 * self.batch_size)
         if want <= 0:
             return
-        chunk, offset = self._spill.peek(want)
-        if not chunk:  # the file lost lines it should hold (removed or cut by hand): nothing more to read
+        chunk, offset, lines = self._spill.peek(want)
+        if not lines:  # the file lost lines it should hold (removed or cut by hand): nothing more to read
             log.error("audit trail: %s ended %d entries early", self._spill.path, self._spill.unread)
             self._spill.commit(offset, self._spill.unread)
             return
@@ -484,7 +491,7 @@ class AuditLog:
             kept = [item for item in chunk if item[0] not in found]
         else:
             kept = chunk
-        self._spill.commit(offset, len(chunk))
+        self._spill.commit(offset, lines)
         self._queue.extend(kept)
         if not self._spill.unread:
             self._overflowing = False

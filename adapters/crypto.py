@@ -148,8 +148,15 @@ class MasterKeys:
         """The key of the segment journal (`adapters.rooms.SegmentJournal`): finals waiting for the store are on
         disk only sealed. Derived from the blind-index key, which `rotate-master-key` keeps, so a journal left by a
         killed server still opens after a rotation."""
-        key = HKDF(hashes.SHA256(), 32, salt=None, info=b"interview-worker segment journal v1").derive(self.index_key)
-        return DataKey("journal", "journal", key)
+        return self._derived_key("journal", b"interview-worker segment journal v1")
+
+    def shared_state_key(self) -> DataKey:
+        """The key of the room backlogs shared in Redis (`adapters.shared_state.RedisState`): transcript text is in
+        Redis only sealed. Every node has the same master key file, so each opens what the others wrote."""
+        return self._derived_key("shared", b"interview-worker shared backlog v1")
+
+    def _derived_key(self, kid: str, info: bytes) -> DataKey:
+        return DataKey(kid, kid, HKDF(hashes.SHA256(), 32, salt=None, info=info).derive(self.index_key))
 
     def blind_index(self, value: str) -> str:
         """HMAC-SHA256 of a normalised value: equal inputs give equal indexes, which reveal nothing else."""

@@ -898,6 +898,7 @@ def api_routes(api: Api) -> list[BaseRoute]:
 
 
 EXPORT_MAX = 10_000  # interviews in one export; narrow from/to for more
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def export_csv(rows: Sequence[dict[str, Any]]) -> str:
@@ -911,8 +912,9 @@ def export_csv(rows: Sequence[dict[str, Any]]) -> str:
     for r in rows:
         cells = [iso(r[k]) if isinstance(r[k], datetime) else r[k] for k in fixed]
         cells += [r["competencies"].get(n) for n in names]
-        # a cell starting like a formula is quoted with ' so a spreadsheet shows it as text (CSV injection)
-        writer.writerow(["" if c is None else ("'" + c if isinstance(c, str) and c[:1] in "=+-@" else c)
+        # a cell starting like a formula is quoted with ' so a spreadsheet shows it as text (CSV injection; OWASP
+        # lists tab and carriage return beside = + - @)
+        writer.writerow(["" if c is None else ("'" + c if isinstance(c, str) and c[:1] in _FORMULA_START else c)
                          for c in cells])
     return out.getvalue()
 

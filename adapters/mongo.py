@@ -503,8 +503,12 @@ class MongoStore:
 
     @_translated
     async def month_expired(self, month: str, before: datetime) -> bool:
-        """Whether every interview scheduled in `month` ("m2026_12") was completed or cancelled before `before`."""
+        """Whether every interview scheduled in `month` ("m2026_12") was completed or cancelled before `before`.
+        The partition of segments whose interview was gone when they were moved into partitions ("m0000_00") has
+        no interview to wait for: expired."""
         year, mon = int(month[1:5]), int(month[6:8])
+        if year < 1 or not 1 <= mon <= 12:
+            return True
         start = datetime(year, mon, 1, tzinfo=UTC)
         end = datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=UTC)
         in_month = _key_range(None, start, end)

@@ -138,7 +138,8 @@ class Placement:
                 except nats.js.errors.KeyNotFoundError:
                     continue
                 owner = Owner.decode(entry.value)
-                if owner.node_id != self.me.node_id and owner.url != self.me.url:
+                # the same address is this node restarted; two nodes without an address are told apart by id only
+                if owner.node_id != self.me.node_id and (not owner.url or owner.url != self.me.url):
                     return owner
                 # ours: written by this node before a restart (same NODE_ID or address), or by a concurrent claim
                 try:

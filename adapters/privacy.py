@@ -4,7 +4,8 @@ key (adapters.crypto).
 
 Erasure of a candidate, in this order, so that nothing about them can be written again once it starts:
 1. an `erasures` record (no data key is ever created for them again; a second erasure finds it: 404 with its id);
-2. their live sessions end at once (nothing in flight is published or persisted);
+2. their live sessions end at once (nothing in flight is published or persisted; the server's `end_sessions` also
+   revokes the interviews' join tokens, which ends a room another node holds);
 3. each of their interviews is cancelled if open and its analysis cleared, with an `InterviewDataErased` event
    (ids only) through the outbox;
 4. their data key is destroyed: every sealed copy anywhere (store, JetStream, backups) is now unreadable;

@@ -271,10 +271,10 @@ class Room:
         kind = event.type
         if isinstance(event, SegmentEvent) and event.final:
             (metrics.segments_revised if event.revision else metrics.segments_final).inc()
-            self.remember(text)
             if source is not None:
                 source.next_seq = max(source.next_seq, event.seq + 1)
-            self.registry.writer.submit(self.interview_id, event)
+            self.registry.writer.submit(self.interview_id, event)  # first: nothing after it can lose the final
+            self.remember(text)
         elif isinstance(event, SentimentEvent | ConsentEvent):
             if isinstance(event, SentimentEvent) and not self.tone:
                 return
@@ -411,12 +411,12 @@ class Room:
         self.viewers.pop(id(channel), None)
 
 
-def _segment_key(text: str) -> tuple[str, int] | None:
-    """(participant, seq) of a backlog entry that is a final or a revision of one; None for anything else."""
+def _segment_key(text: str) -> tuple[str, str, int] | None:
+    """(type, participant, seq) of a backlog entry that is a final or a revision of one; None for anything else."""
     try:
         doc = json.loads(text)
         if doc.get("type") in ("segment.final", "segment.revised"):
-            return str(doc["speaker"]["participantId"]), int(doc["seq"])
+            return str(doc["type"]), str(doc["speaker"]["participantId"]), int(doc["seq"])
     except (ValueError, KeyError, TypeError, AttributeError):
         pass
     return None
@@ -813,8 +813,13 @@ class RoomRegistry:
         if shared:
             # the shared backlog (sentiment too) if it has every final the store has from its time span; else it has
             # holes (a Redis restart, a node that died before sharing) and the store's finals are the backlog
-            have = {_segment_key(text) for text in shared} - {None}
-            if all(_segment_key(text) in have for text in stored[-len(shared):]):
+            keys = [k for k in map(_segment_key, shared) if k is not None]
+            have = {k[1:] for k in keys}
+            # its span: as many of the newest stored finals as it holds finals (it holds sentiment and revisions
+            # too, and older finals may have been trimmed from it)
+            finals = sum(k[0] == "segment.final" for k in keys)
+            newest = [_segment_key(text) for text in stored[len(stored) - finals:]]
+            if (finals or not stored) and all(k is not None and k[1:] in have for k in newest):
                 return shared[-self._backlog:]
         return stored[-self._backlog:]
 

@@ -9,7 +9,10 @@ The store stays the source of truth; Redis makes what one node learns reach the 
     {prefix}backlog:<id>       list: the room's history as the data channel sent it (finals, revisions, sentiment,
                                alerts), the last `backlog` entries, expiring `backlog_ttl_s` after the last write; a
                                node that takes over a room (adapters.placement) gives late viewers what was said
-                               before, sentiment included, where the store has only the finals.
+                               before, sentiment included, where the store has only the finals. With a `key`
+                               (the server's, derived from the master key file every node shares) each entry is
+                               sealed: transcript text is never in Redis in clear; an entry that does not open
+                               makes the backlog "unknown", so the room takes the store's.
 
 Redis down: every call answers None ("unknown") at once, without waiting for a socket timeout, for `retry_s` after a
 failure (a small circuit breaker), and callers fall back to the store or to their own memory; said once per outage
@@ -30,10 +33,13 @@ from typing import Any, TypeVar
 import redis.asyncio
 import redis.exceptions
 
+from adapters.crypto import DataKey, Unreadable
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _FAILURES = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
+_BACKLOG_FIELD = "backlog"  # the sealed entries' associated data
 PENDING_LIMIT = 10_000  # backlog entries waiting for Redis; beyond it, that interview's Redis backlog is dropped
 
 
@@ -42,7 +48,8 @@ class RedisState:
 
     def __init__(self, url: str, *, prefix: str = "interview_worker:", backlog: int = 500,
                  backlog_ttl_s: float = 24 * 3600.0, retry_s: float = 2.0, timeout_s: float = 0.5,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, key: DataKey | None = None) -> None:
+        self._key = key
         self._redis = redis.asyncio.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self.prefix = prefix
         self.backlog_size = backlog
@@ -125,7 +132,8 @@ class RedisState:
         if len(self._pending) >= PENDING_LIMIT:
             self._broken.add(interview_id)
             return
-        self._pending.append((interview_id, text))
+        # sealed once here, so a batch written again after a timed-out reply repeats the same string (see backlog)
+        self._pending.append((interview_id, self._key.seal(_BACKLOG_FIELD, text) if self._key is not None else text))
         self._wake.set()
 
     async def backlog(self, interview_id: str) -> list[str] | None:
@@ -142,7 +150,14 @@ class RedisState:
             return None
         # a batch whose reply timed out may have been written all the same, and again on the retry: the entries
         # are distinct messages (each carries its seq and speaker), so a repeat is such a retry
-        return list(dict.fromkeys(i.decode() if isinstance(i, bytes) else str(i) for i in items))
+        entries = list(dict.fromkeys(i.decode() if isinstance(i, bytes) else str(i) for i in items))
+        if self._key is None:
+            return entries
+        try:
+            return [self._key.open(_BACKLOG_FIELD, e) for e in entries]
+        except Unreadable:  # written with another master key file: the store's finals serve instead
+            log.warning("Redis backlog of interview %s does not open with this node's master key", interview_id)
+            return None
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write_backlogs(), name="redis-backlog-writer")

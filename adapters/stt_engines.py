@@ -68,8 +68,6 @@ def build_stt(settings: SttSettings, **whisper_options: Any) -> SpeechToText:
         return OpenAITranscriber(base_url=settings.openai_base_url, api_key=settings.openai_api_key,
                                  model=settings.openai_stt_model)
     if settings.stt_engine == "nats":
-        from pathlib import Path
-
         from adapters.stt_nats import NatsWhisper
 
         if not settings.nats_url:

@@ -309,13 +309,24 @@ class NatsWhisper:
                 with contextlib.suppress(*_TRANSIENT, nats.js.errors.Error):
                     await self._bucket.delete(rid)
 
+    async def _shutdown(self) -> None:
+        """Requests in flight fail (`stt_closed`) and withdraw themselves before the connection closes: a caller's
+        thread waiting on one would otherwise wait forever once the loop stops."""
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(SttError("stt_closed", "speech-to-text client is closed"))
+        asks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if asks:
+            await asyncio.wait(asks, timeout=2.0)
+        await self._nc.close()
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         if self._loop.is_running():
             with contextlib.suppress(Exception):
-                self._run(self._nc.close(), timeout=5.0)
+                self._run(self._shutdown(), timeout=5.0)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5.0)
         if not self._loop.is_running():

@@ -14,11 +14,7 @@ fresh interview ids, side by side:
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import logging
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -28,7 +24,14 @@ from typing import Any
 from adapters.nats_bus import JetStreamBus
 from adapters.nats_embedded import EmbeddedNats
 from adapters.placement import Owner, Placement
-from benchmarks.report import environment, format_environment, percentile, print_table, progress_printer
+from benchmarks.report import (
+    environment,
+    format_environment,
+    percentile,
+    print_table,
+    progress_printer,
+    run_program,
+)
 
 progress = progress_printer("placement")
 KINDS = ("held", "new room", "redirect", "release", "heartbeat (per room)")
@@ -90,11 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rooms", type=int, default=300, help="interview ids per repeat (300)")
     parser.add_argument("--repeats", type=int, default=3, help="repeats (3)")
     parser.add_argument("--json", help="write the results as JSON here")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    out = asyncio.run(run(args))
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
+    run_program(parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -283,6 +283,24 @@ async def test_what_a_shutdown_could_not_write_is_written_by_the_next_start(tmp_
         await embedded.stop()
 
 
+async def test_a_damaged_line_in_the_spill_file_is_skipped_and_the_rest_written(
+        store: MongoStore, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    spill = tmp_path / "audit.spill.jsonl"
+    lines = [_spill_line(f"e{i}", entry(i)) for i in range(4)]
+    lines[1] = '{"id": "e1", "actor_type": "user", "at": "not a date"}\n'  # damaged on disk
+    lines[2] = "[1, 2]\n"
+    spill.write_text("".join(lines))
+    audit = AuditLog(store.db, flush_interval_s=0.05, spill_path=spill)
+    with caplog.at_level(logging.ERROR, logger="adapters.audit"):
+        await audit.start()
+        audit.record(entry(4))
+        await audit.aclose()
+    docs = await all_pages(audit, org_id="org-a", limit=200)
+    assert [as_recorded(d) for d in reversed(docs)] == [entry(0), entry(3), entry(4)]
+    assert sum("damaged entry" in r.getMessage() for r in caplog.records) == 2
+    assert audit.pending == 0 and not spill.exists()
+
+
 async def test_a_second_writer_collides_loudly_and_the_chain_stays_linear(store: MongoStore,
                                                                           caplog: pytest.LogCaptureFixture) -> None:
     first = AuditLog(store.db, flush_interval_s=0.01)

@@ -205,6 +205,12 @@ async def test_segments_stored_before_partitioning_are_moved_into_their_months(s
     await store.create_indexes()
     assert "segments" not in await store.db.list_collection_names()
     assert await store.db["segments_2025_03"].find_one({"_id": "iv-old:p1:0"}) is not None
+    # a segment whose interview no longer exists goes to m0000_00, which the retention job drops (not trips on)
+    await store.db["segments"].insert_one({"_id": "iv-gone:p1:0", "interviewId": "iv-gone", "participantId": "p1",
+                                           "seq": 0, "text": "hello"})
+    await store.create_indexes()
+    assert await store.months() == ["m0000_00", "m2025_03"]
+    assert await store.month_expired("m0000_00", datetime(2026, 1, 1, tzinfo=UTC))
 
 
 async def test_revisions_rejected_without_their_final_or_for_a_cancelled_interview(service: InterviewService) -> None:

@@ -129,6 +129,12 @@ async def test_a_node_restarted_on_the_same_address_takes_its_rooms_back(bus: Je
     assert await after.claim(iid) is None  # not a redirect to itself
     assert await Placement(bus, Owner("node-b", "http://b.test:2"), live=lambda iid: True,
                            ttl_s=30).claim(iid) == Owner("node-a-2", "http://a.test:1")
+    # nodes with no address (in-process servers) are not one node restarted: the second does not take the room
+    no_address = Placement(bus, Owner("node-x", ""), live=lambda iid: True, ttl_s=30)
+    other = "iv-" + uuid.uuid4().hex[:8]
+    assert await no_address.claim(other) is None
+    assert await Placement(bus, Owner("node-y", ""), live=lambda iid: True, ttl_s=30).claim(other) == Owner(
+        "node-x", "")
 
 
 # ---------------------------------------------------------------------------------------------------- Redis
@@ -209,6 +215,64 @@ async def test_room_backlogs_wait_for_redis_and_give_way_to_the_store(redis_serv
     finally:
         await admin.aclose()
         await shared.aclose()
+
+
+async def test_a_trimmed_shared_backlog_still_serves_a_long_interview(redis_server: RedisServer) -> None:
+    """Redis keeps the last `backlog` entries (finals, sentiment, ...): older stored finals outside that span are not
+    holes, so the shared backlog (sentiment included) is still what a node taking the room over gives."""
+    from adapters.metrics import Metrics
+    from adapters.rooms import RoomRegistry
+
+    shared = RedisState(redis_server.url, backlog=4)
+    shared.start()
+    try:
+        iid = "iv-" + uuid.uuid4().hex[:8]
+        speaker = {"role": "candidate", "name": "C", "participantId": "p1"}
+        finals = [{"type": "segment.final", "seq": n, "text": f"answer {n}", "speaker": speaker} for n in range(3)]
+        for final in finals:
+            shared.append_backlog(iid, json.dumps(final))
+            shared.append_backlog(iid, json.dumps({"type": "sentiment", "seq": final["seq"], "speaker": speaker}))
+        await shared.flush()
+        assert len(await shared.backlog(iid) or []) == 4  # final 0 and its sentiment were trimmed
+
+        async def stored_finals(_: str) -> list[str]:
+            return [json.dumps(f) for f in finals]
+
+        registry = RoomRegistry(stream_factory=None, metrics=Metrics(),  # type: ignore[arg-type]
+                                stored_finals=stored_finals, shared_backlog=shared)
+        assert [(h["type"], h["seq"]) for h in map(json.loads, await registry._history(iid))] == [
+            ("segment.final", 1), ("sentiment", 1), ("segment.final", 2), ("sentiment", 2)]
+    finally:
+        await shared.aclose()
+
+
+async def test_room_backlogs_are_sealed_in_redis(redis_server: RedisServer) -> None:
+    """Transcript text is in Redis only sealed; a node with the same master key reads it, one with another key gets
+    "unknown" (and so takes the store's finals) rather than an error."""
+    import redis.asyncio
+
+    from adapters.crypto import MasterKeys
+
+    master = MasterKeys.generate()
+    writer = RedisState(redis_server.url, key=master.shared_state_key())
+    reader = RedisState(redis_server.url, key=master.shared_state_key())
+    stranger = RedisState(redis_server.url, key=MasterKeys.generate().shared_state_key())
+    writer.start()
+    admin = redis.asyncio.from_url(redis_server.url)
+    try:
+        iid = "iv-" + uuid.uuid4().hex[:8]
+        final = json.dumps({"type": "segment.final", "seq": 0, "text": "my maiden name is Oakley",
+                            "speaker": {"role": "candidate", "name": "C", "participantId": "p1"}})
+        writer.append_backlog(iid, final)
+        await writer.flush()
+        raw = await admin.lrange(f"{writer.prefix}backlog:{iid}", 0, -1)
+        assert len(raw) == 1 and b"Oakley" not in raw[0] and raw[0].startswith(b"enc1:")
+        assert await reader.backlog(iid) == [final]
+        assert await stranger.backlog(iid) is None
+    finally:
+        await admin.aclose()
+        for shared in (writer, reader, stranger):
+            await shared.aclose()
 
 
 async def _has(shared: RedisState, iid: str, n: int) -> bool:

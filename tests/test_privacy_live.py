@@ -21,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.crypto import is_sealed, key_id_of
+from adapters.tokens import JoinClaims, Revocations
 from domain.events import SegmentEvent, Speaker
 from server import verify_receipt_command
 from testing.live_server import LiveServer, live_server, test_settings
@@ -171,6 +172,10 @@ async def test_export_then_erase_then_export(tmp_path: Path, mongo_url: str) -> 
 
         erased = await live.http.delete(f"/api/candidates/{cid}", params={"reason": "asked by email"})
         assert erased.status_code == 200
+        # every token of the interview is revoked through the store: a node holding its room ends it too
+        other_node = Revocations(live.components.accounts_store)
+        await other_node.load()
+        assert other_node.is_revoked(JoinClaims(iid, join["participantId"], "candidate", NAME, 0, "any-jti"))
         assert erased.json()["receipt"]["counts"] | {"segments": 2, "revisions": 1, "consents": 1,
                                                       "candidate": 1, "dataKey": 1} == erased.json()["receipt"]["counts"]
         again = await live.http.get(f"/api/candidates/{cid}/export")

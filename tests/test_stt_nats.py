@@ -182,3 +182,30 @@ async def test_with_no_worker_the_final_is_kept_and_decoded_when_one_starts(
         await sched.aclose()
         stt.close()
         worker.stop()
+
+
+async def test_closing_the_client_fails_a_request_in_flight_instead_of_leaving_its_caller_waiting(
+    nats_server: NatsServer,
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    client = NatsWhisper(nats_server.url, wait_s=0.0)
+    try:
+        await nc.publish("stt.workers.quiet", b'{"id": "quiet"}')  # a worker that takes nothing
+        await nc.flush()
+        js = nc.jetstream()
+        pending = None
+        async with asyncio.timeout(10):  # polled: the heartbeat and the request live on the client's own loop
+            while True:
+                if pending is None and client.workers:
+                    pending = _in_thread(client.transcribe, np.zeros(16000, dtype=np.float32))
+                if pending is not None and (await js.stream_info("STT")).state.messages:
+                    break  # queued: it waits for its reply
+                await asyncio.sleep(0.01)
+        assert pending is not None
+        await asyncio.to_thread(client.close)
+        with pytest.raises(SttError) as err:
+            await asyncio.wait_for(asyncio.wrap_future(pending), 10)
+        assert err.value.code == "stt_closed"
+    finally:
+        client.close()
+        await nc.close()
