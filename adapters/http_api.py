@@ -710,6 +710,8 @@ def api_routes(api: Api) -> list[BaseRoute]:
         f = Fields(params(request), allowed=("tone",))
         policy = await api.policy(principal_of(request).org_id)  # the organisation's tone default (off in eu)
         tone = f.choice("tone", ("true", "false"), default="true" if policy.tone else "false")
+        if policy.tone_enabled is False:  # the organisation turned it off: no request turns it back on
+            tone = "false"
         f.done()
         iid = request.path_params["interview_id"]
         interview = await service.get_interview(iid, with_segments=False)

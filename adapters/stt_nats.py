@@ -479,8 +479,12 @@ class SttWorker:
             self._busy = False
         self.decodes += 1
         log.debug("decoded %s %s in %.3f s", meta["kind"], meta["id"], time.perf_counter() - t0)
-        with contextlib.suppress(*_TRANSIENT):
+        try:
             await self._nc.publish(str(meta["reply"]), json.dumps(reply).encode())
+        except _TRANSIENT as exc:  # the server would wait out its deadline: let another delivery answer it
+            log.warning("stt-worker: the reply to %s could not be sent (%s); the request goes back", meta["id"], exc)
+            await _settle(msg.nak())
+            return
         await _settle(msg.ack())
 
     def _decode(self, meta: dict[str, Any], parts: list[np.ndarray]) -> Transcript:

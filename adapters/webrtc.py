@@ -407,6 +407,11 @@ class WhipIngest:
         interview_id = request.path_params["interview_id"]
         claims = self._claims(request)
         self._authorize(request, claims, Action.WHIP_JOIN)
+        # before the placement: a token may not buy unlimited key-value round trips (a redirected join counts on
+        # both nodes, so a redirect costs one of WHIP_JOIN_LIMIT)
+        if self.limits is not None and (retry := await self.limits.hit("whip_join", claims.token_id)) is not None:
+            raise HttpError(429, "too_many_requests", "too many joins with this token; retry later",
+                            {"Retry-After": str(int(retry))})
         if self.placement is not None and (owner := await self.placement.claim(interview_id)) is not None:
             if not owner.url:
                 raise HttpError(503, "room_elsewhere", "another node holds this interview's room and has no "
@@ -414,9 +419,6 @@ class WhipIngest:
             log.info("WHIP POST for interview %s: its room is on node %s; redirecting", interview_id, owner.node_id)
             # RFC 9725 section 4.5: the client repeats the POST (same offer and token) at the owner's endpoint
             return Response(status_code=307, headers={"Location": owner.whip_url(interview_id)})
-        if self.limits is not None and (retry := await self.limits.hit("whip_join", claims.token_id)) is not None:
-            raise HttpError(429, "too_many_requests", "too many joins with this token; retry later",
-                            {"Retry-After": str(int(retry))})
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/sdp":
             raise HttpError(415, "unsupported_media_type", "the offer must be sent as application/sdp")
