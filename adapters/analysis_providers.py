@@ -139,7 +139,12 @@ def parse_answer(raw: str | dict[str, Any] | None) -> ClaimedScorecard:
     try:
         data = json.loads(_unfenced(raw)) if isinstance(raw, str) else raw
         return ScorecardOut.model_validate(data).claimed()
-    except (json.JSONDecodeError, PydanticValidationError, TypeError) as exc:
+    except PydanticValidationError as exc:
+        # where and what, never the values: they quote the transcript, and this message is logged and stored
+        where = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'answer'}: {e['type']}"
+                          for e in exc.errors(include_url=False, include_input=False)[:5])
+        raise ProviderError("malformed", f"answer is not a scorecard: {where}"[:200]) from None
+    except (json.JSONDecodeError, TypeError) as exc:
         raise ProviderError("malformed", f"answer is not a scorecard: {str(exc)[:200]}") from None
 
 

@@ -102,7 +102,9 @@ class NewInterview(_Closed):
     scheduledAt: Timestamp = Field(description="ISO 8601 with a time zone")
     type: Literal[INTERVIEW_TYPES] | None = "screening"  # type: ignore[valid-type]  # domain tuple
     format: Literal[INTERVIEW_FORMATS] | None = "video"  # type: ignore[valid-type]  # domain tuple
-    interviewers: Annotated[list[Id], Field(max_length=20)] | None = None
+    interviewers: Annotated[list[Id], Field(max_length=20)] | None = Field(
+        None, description="user ids of active users of the organisation with the role interviewer (else 422 naming "
+        "each bad id)")
     questions: Annotated[list[NewQuestion], Field(max_length=200)] | None = None
     job: JobIn | None = None
 
@@ -250,6 +252,15 @@ class TokenRequest(_Closed):
 class Login(_Closed):
     email: Annotated[str, Field(max_length=254)]
     password: Annotated[str, Field(max_length=1024)]
+
+
+class Setup(_Closed):
+    """The first admin, by the one-time setup link."""
+
+    token: Annotated[str, Field(max_length=200, description="the `token` of the setup link")]
+    email: _Email
+    name: Annotated[str, _text(200)] | None = None
+    password: Annotated[str, Field(min_length=10, max_length=1024)]
 
 
 class NewUser(_Closed):
@@ -811,10 +822,23 @@ class InterviewPage(_Closed):
     nextCursor: str | None
 
 
+class TranscriptMarker(_Closed):
+    """A participant gave or withdrew consent: from a withdrawal until consent is given again none of their audio
+    was processed, so their transcript has a gap there."""
+
+    type: Literal["consent.given", "consent.withdrawn"]
+    participantId: Id
+    role: Literal[ROLES] | None  # type: ignore[valid-type]  # domain tuple
+    at: datetime
+    afterSeq: int | None = Field(description="the participant's last final segment before it (null: none)")
+    noticeVersion: str
+
+
 class Transcript(_Closed):
     interviewId: Id
     status: TranscriptionStatus
     segments: list[Segment]
+    markers: list[TranscriptMarker] = Field(description="consent changes, in time order")
 
 
 class Resume(_Closed):
@@ -944,7 +968,8 @@ _FOR_BODY = (413, 415, 422)
 _FOR_QUERY = (422,)
 _ERROR_TEXT = {401: "Missing or invalid bearer token", 403: "The caller's role or scopes do not allow this",
                429: "Over a rate limit; retry after Retry-After seconds",
-               404: "Unknown id", 410: "The candidate's data was erased (`receiptId`)",
+               404: "Unknown id", 410: "Gone: the candidate's data was erased (`receiptId`), or the setup link was "
+                                          "used or expired or an admin exists",
                409: "Illegal status move, stale version or duplicate", 413: "Body too large",
                415: "Body is not JSON", 422: "Invalid input; `fields` names each bad field",
                503: "Storage unavailable; retry after Retry-After seconds"}

@@ -8,9 +8,16 @@ Contract with the callers (HTTP routes, WHIP, and whatever else acts on personal
 `record` appends to an in-memory queue; one background task (`start()`) is the only writer. It takes up to
 `batch_size` entries (200) once the oldest has waited `flush_interval_s` (0.2 s) or a batch is full, gives each
 its place in its organisation's chain and writes them with one `insert_many`. While the store is down the
-entries stay queued (bounded by memory, not by dropping) and the write is retried with backoff (0.1 s doubling
-to 5 s); `audit_entries_pending` and `audit_write_failures_total` show it. `aclose()` writes everything still
-queued (graceful shutdown).
+entries stay queued and the write is retried with backoff (0.1 s doubling to 5 s); `audit_entries_pending` and
+`audit_write_failures_total` show it. `aclose()` writes everything still queued (graceful shutdown).
+
+Bounded without dropping: the queue holds at most `max_queue` entries (AUDIT_QUEUE_MAX). Past that, `record`
+appends entries to a local append-only file (`spill_path`, one JSON line each, in order; say once as an error,
+counted in `audit_entries_spilled_total`), and keeps appending there until the writer has read the file back into
+the queue, so the order is kept. `record` cannot await (it runs on the hot path), so it spills rather than
+pushes back. What is still queued when `aclose()` gives up on a store that stays down goes to the front of the
+file too; the next process replays the file at start, skipping entries the store already holds (by `_id`: a write
+whose outcome was unknown). Only a process killed outright loses what was queued in memory (at most `max_queue`).
 
 Chain: one per organisation (`orgId`), so an organisation's log can be filtered, paged and verified alone.
 Each document has `seq` (1, 2, ... within its organisation, unique index on (orgId, seq)), `prevHash` (the
@@ -43,7 +50,8 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 from pymongo import ASCENDING, DESCENDING, ReplaceOne
 from pymongo.errors import BulkWriteError, PyMongoError
@@ -164,17 +172,135 @@ def _check(entry: AuditEntry) -> None:
             raise ValueError(f"audit entry: detail is not plain JSON ({exc})") from None
 
 
+def _spill_line(entry_id: str, e: AuditEntry) -> str:
+    return json.dumps({"id": entry_id, "actor_type": e.actor_type, "actor_id": e.actor_id, "role": e.role,
+                       "org_id": e.org_id, "action": e.action, "resource_type": e.resource_type,
+                       "resource_id": e.resource_id, "outcome": e.outcome, "address": e.address,
+                       "user_agent": e.user_agent, "at": e.at.isoformat(), "detail": e.detail},
+                      ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+def _from_spill_line(line: str) -> tuple[str, AuditEntry]:
+    d = json.loads(line)
+    entry_id = d.pop("id")
+    return entry_id, AuditEntry(**{**d, "at": datetime.fromisoformat(d["at"])})
+
+
+class SpillFile:
+    """Audit entries past the in-memory bound, one JSON line each, in order (mode 0600: it holds addresses and
+    user agents like the store does). Appended by `record`, read back by the writer (`peek` then `commit`, so a
+    chunk is consumed only once it is queued), removed once all is read. `inherited` counts the lines an earlier
+    process left (or this one saved at shutdown), which may be in the store already."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._out: IO[str] | None = None
+        self._offset = 0  # bytes of the file read back
+        self.unread = 0
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            data = b""
+        if data and not data.endswith(b"\n"):  # a process killed mid-line: that entry is lost, say so
+            log.error("audit trail: %s ends with a partial entry (a process was killed while writing it); "
+                      "dropping that line", path)
+            data = data[:data.rfind(b"\n") + 1]
+            self._rewrite(data)
+        self.unread = self.inherited = data.count(b"\n")
+
+    def _rewrite(self, data: bytes) -> None:
+        self.close()
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        self._offset = 0
+
+    def append(self, items: list[tuple[str, AuditEntry]]) -> None:
+        if self._out is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._out = os.fdopen(fd, "a", encoding="utf-8")
+        self._out.write("".join(_spill_line(i, e) for i, e in items))
+        self._out.flush()  # to the kernel: a crash of this process loses none of it
+        self.unread += len(items)
+
+    def prepend(self, items: list[tuple[str, AuditEntry]]) -> None:
+        """`items` (older than everything unread) at the front of what is left to read."""
+        rest = self._read_rest()
+        self._rewrite("".join(_spill_line(i, e) for i, e in items).encode() + rest)
+        self.unread += len(items)
+        self.inherited = self.unread
+
+    def _read_rest(self) -> bytes:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self._offset)
+                return fh.read()
+        except FileNotFoundError:
+            return b""
+
+    def peek(self, n: int) -> tuple[list[tuple[str, AuditEntry]], int, int]:
+        """Up to `n` entries from where reading stopped, the offset after them and the lines read (for `commit`).
+        A line that does not parse (damaged on disk) is skipped with an error log: it must not stop the writer."""
+        items: list[tuple[str, AuditEntry]] = []
+        lines = 0
+        try:
+            fh = open(self.path, "rb")  # noqa: SIM115 - closed below; absent is "nothing to read"
+        except FileNotFoundError:
+            return items, self._offset, lines
+        with fh:
+            fh.seek(self._offset)
+            while lines < n:
+                line = fh.readline()
+                if not line.endswith(b"\n"):
+                    break
+                lines += 1
+                try:
+                    items.append(_from_spill_line(line.decode()))
+                except (ValueError, KeyError, TypeError, AttributeError) as exc:  # (personal data: not logged)
+                    log.error("audit trail: %s holds a damaged entry (%s); skipping it", self.path,
+                              type(exc).__name__)
+            return items, fh.tell(), lines
+
+    def commit(self, offset: int, n: int) -> None:
+        self._offset = offset
+        self.unread -= n
+        self.inherited = max(0, self.inherited - n)
+        if self.unread <= 0:
+            self.close()
+            self.path.unlink(missing_ok=True)
+            self._offset = self.unread = self.inherited = 0
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+
 class AuditLog:
     """The audit trail in `db["audit"]` (and the chain heads in `db["audit_heads"]`); see the module docstring."""
 
     def __init__(self, db: AsyncIOMotorDatabase[Any], *, metrics: Metrics | None = None, batch_size: int = 200,
-                 flush_interval_s: float = 0.2, max_backoff_s: float = 5.0) -> None:
+                 flush_interval_s: float = 0.2, max_backoff_s: float = 5.0, max_queue: int = 100_000,
+                 spill_path: Path | None = None) -> None:
+        if max_queue < 1:
+            raise ValueError("max_queue must be at least 1")
         self.entries = db["audit"]
         self.heads = db["audit_heads"]
         self.metrics = metrics
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.max_backoff_s = max_backoff_s
+        self.max_queue = max_queue
+        # without a file, entries past max_queue stay queued (said once): never dropped, but not bounded either
+        self._spill = SpillFile(spill_path) if spill_path is not None else None
+        # the current overflow was reported (what an earlier process left is reported by `start`)
+        self._overflowing = self._spill is not None and self._spill.unread > 0
+        self.spilled = 0
         self._queue: deque[tuple[str, AuditEntry]] = deque()
         self._heads: dict[str, tuple[int, str]] = {}  # orgId -> (seq, hash) of the last entry written
         self._uncertain = False  # the last write failed without saying what it wrote
@@ -188,16 +314,21 @@ class AuditLog:
         self.failures = 0
         self.last_error = ""
         if metrics is not None:
-            metrics.audit_pending.set_function(lambda: float(len(self._queue)))
+            metrics.audit_pending.set_function(lambda: float(self.pending))
+
+    @property
+    def queued(self) -> int:
+        """Entries held in memory."""
+        return len(self._queue)
 
     @property
     def pending(self) -> int:
-        """Entries recorded and not yet written."""
-        return len(self._queue)
+        """Entries recorded and not yet written (in memory and in the spill file)."""
+        return len(self._queue) + (self._spill.unread if self._spill is not None else 0)
 
     def status(self) -> dict[str, Any]:
         """For /readyz: the writer's state (a backlog does not make the service unready)."""
-        return {"running": self._task is not None and not self._task.done(), "pending": len(self._queue),
+        return {"running": self._task is not None and not self._task.done(), "pending": self.pending,
                 "written": self.written, "failures": self.failures, "last_error": self.last_error}
 
     # ---- recording -----------------------------------------------------------------------------------
@@ -211,13 +342,42 @@ class AuditLog:
             if self.metrics is not None:
                 self.metrics.audit_failures.inc()
             return
-        self._queue.append((os.urandom(12).hex(), entry))
+        item = (os.urandom(12).hex(), entry)
+        if len(self._queue) >= self.max_queue or (self._spill is not None and self._spill.unread):
+            self._overflow(item)
+        else:
+            self._queue.append(item)
         self._wake.set()
         if len(self._queue) >= self.batch_size:
             self._full.set()
 
+    def _overflow(self, item: tuple[str, AuditEntry]) -> None:
+        """`item` past the queue's bound (or behind entries already spilled): to the spill file, in order."""
+        spilled = False
+        if self._spill is not None:
+            try:
+                self._spill.append([item])
+                spilled = True
+            except OSError:
+                log.exception("audit trail: cannot write the spill file %s; keeping the entry in memory",
+                              self._spill.path)
+        if not spilled:
+            self._queue.append(item)  # never dropped
+        else:
+            self.spilled += 1
+            if self.metrics is not None:
+                self.metrics.audit_spilled.inc()
+        if not self._overflowing:
+            self._overflowing = True
+            log.error("audit trail: %d entries queued, the store is down or not keeping up; %s until it catches up "
+                      "(nothing is dropped)", len(self._queue),
+                      f"spilling to {self._spill.path}" if spilled and self._spill else "queueing past AUDIT_QUEUE_MAX")
+
     async def start(self) -> None:
-        """Create the indexes and start the writer."""
+        """Create the indexes and start the writer (which first replays what an earlier process spilled)."""
+        if self._spill is not None and self._spill.unread:
+            log.warning("audit trail: %d entries an earlier process left in %s are written first",
+                        self._spill.unread, self._spill.path)
         try:
             # Few indexes: each costs every insert (nx-27017: ~0.12 ms/entry with one, ~0.16 with four). A time
             # window is read along (orgId, seq): entries are in time order within a chain.
@@ -242,17 +402,47 @@ class AuditLog:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
-                log.error("audit trail: %d entries could not be written before shutdown (store: %s)",
-                          len(self._queue), self.last_error)
+                self._save_queue_for_next_start()
         elif self._queue:
-            log.error("audit trail: closed without being started; %d entries were never written", len(self._queue))
+            self._save_queue_for_next_start()
         self._closed = True
+        if self._spill is not None:
+            self._spill.close()
+
+    def _save_queue_for_next_start(self) -> None:
+        """At shutdown with the store down: the queue goes to the front of the spill file (the next start writes
+        it), or, without a file, is reported lost."""
+        if not self._queue:
+            return
+        if self._spill is not None:
+            try:
+                self._spill.prepend(list(self._queue))
+                self._queue.clear()
+                log.error("audit trail: the store stayed down (%s); %d entries saved to %s for the next start",
+                          self.last_error, self.pending, self._spill.path)
+                return
+            except OSError:
+                log.exception("audit trail: cannot write the spill file %s", self._spill.path)
+        log.error("audit trail: %d entries could not be written before shutdown (store: %s)", len(self._queue),
+                  self.last_error)
 
     # ---- the writer ----------------------------------------------------------------------------------
     async def _run(self) -> None:
         backoff = 0.1
         while True:
+            if self._spill is not None and self._spill.unread and len(self._queue) < self.batch_size:
+                try:
+                    await self._refill()
+                except PyMongoError as exc:  # checking a replayed chunk against the store: later
+                    self.failures += 1
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    self._progressed()
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self.max_backoff_s)
+                    continue
             if not self._queue:
+                if self._spill is not None and self._spill.unread:
+                    continue  # that chunk was all in the store already: the next one
                 if self._closing:
                     return
                 self._wake.clear()
@@ -280,6 +470,32 @@ class AuditLog:
                 self._progressed()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
+
+    async def _refill(self) -> None:
+        """The next entries of the spill file into the queue, in order. Entries an earlier process left may be in
+        the store already (its last write's outcome was unknown): those are skipped by `_id`."""
+        assert self._spill is not None
+        want = min(self.max_queue - len(self._queue), 10 * self.batch_size)
+        if want <= 0:
+            return
+        chunk, offset, lines = self._spill.peek(want)
+        if not lines:  # the file lost lines it should hold (removed or cut by hand): nothing more to read
+            log.error("audit trail: %s ended %d entries early", self._spill.path, self._spill.unread)
+            self._spill.commit(offset, self._spill.unread)
+            return
+        if self._spill.inherited:
+            ids = [i for i, _ in chunk[:self._spill.inherited]]
+            found = {d["_id"] async for d in self.entries.find({"_id": {"$in": ids}}, {"_id": 1})}
+            if found:
+                log.info("audit trail: %d replayed entries were stored already", len(found))
+            kept = [item for item in chunk if item[0] not in found]
+        else:
+            kept = chunk
+        self._spill.commit(offset, lines)
+        self._queue.extend(kept)
+        if not self._spill.unread:
+            self._overflowing = False
+            log.info("audit trail: spill file replayed; back to the in-memory queue")
 
     def _progressed(self) -> None:
         self._progress.set()

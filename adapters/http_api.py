@@ -91,12 +91,15 @@ OPERATIONS: tuple[Operation, ...] = (
               "the X-Requested-With header)", schema.AccessToken, errors=(403,), tag="auth"),
     Operation("logout", "POST", "/api/auth/logout", "Revoke the refresh cookie's session (needs X-Requested-With)",
               schema.LoggedOut, errors=(403,), tag="auth"),
+    Operation("setup", "POST", "/api/auth/setup", "Create the first admin with the one-time setup link's token "
+              "(404 unknown token; 410 once used or expired, or once an admin exists)", schema.UserCreated, 201,
+              body=schema.Setup, errors=(404, 410), tag="auth"),
     Operation("me", "GET", "/api/me", "The signed-in user", schema.Me, errors=(403,), tag="auth",
               action=A.SELF_READ),
     Operation("create_user", "POST", "/api/users", "Create a user of the caller's organisation (admin)",
               schema.UserCreated, 201, body=schema.NewUser, errors=(403, 409), tag="users", action=A.USER_MANAGE),
-    Operation("list_users", "GET", "/api/users", "The organisation's users (admin)", schema.UserPage,
-              errors=(403,), tag="users", action=A.USER_MANAGE),
+    Operation("list_users", "GET", "/api/users", "The organisation's users (admin, hr: to assign interviewers)",
+              schema.UserPage, errors=(403,), tag="users", action=A.USER_READ),
     Operation("disable_user", "DELETE", "/api/users/{user_id}", "Disable a user and end their sessions (admin)",
               schema.UserDisabled, errors=(403, 404), tag="users", action=A.USER_MANAGE),
     Operation("create_api_key", "POST", "/api/api-keys", "Create an API key; the key is shown once (admin)",
@@ -197,8 +200,9 @@ OPERATIONS: tuple[Operation, ...] = (
               "The caller (by join token) withdraws consent: their audio stops being processed at once", None, 204,
               errors=(403, 404), tag="privacy", auth="joinToken", action=A.CONSENT, resource="own_interview"),
 )
-ConsentChanged = Callable[[str, str, bool, str], Awaitable[None]]  # (interview, participant, given, notice version)
-_PUBLIC_OPS = {"login", "refresh", "logout"}
+# (interview, participant, given, notice version, when) -> the participant's last final seq the room knows, if any
+ConsentChanged = Callable[[str, str, bool, str, datetime | None], Awaitable[int | None]]
+_PUBLIC_OPS = {"login", "refresh", "logout", "setup"}
 assert all((op.action is A.PUBLIC) == (op.name in _PUBLIC_OPS) for op in OPERATIONS), "every route has an action"
 
 
@@ -435,6 +439,16 @@ def api_routes(api: Api) -> list[BaseRoute]:
         return response
 
     @endpoint
+    async def setup(request: Request) -> Response:
+        f = Fields(await body_of(request, max_bytes=MAX_TOKEN_REQUEST_BYTES),
+                   allowed=("token", "email", "name", "password"))
+        f.done()
+        d = f.data
+        user = await api.accounts.setup_admin(d.get("token"), d.get("email"), d.get("name"), d.get("password"))
+        request.state.principal = Principal.user(user.user_id, user.org_id, user.role)
+        return ApiJSONResponse({"userId": user.user_id}, status_code=201, headers={"Cache-Control": "no-store"})
+
+    @endpoint
     async def me(request: Request) -> Response:
         p = principal_of(request)
         user = await api.accounts.store.get_user(p.subject)
@@ -522,6 +536,7 @@ def api_routes(api: Api) -> list[BaseRoute]:
     async def create_interview(request: Request) -> Response:
         p = principal_of(request)
         cmd = CreateInterview.parse(await body_of(request))
+        await api.accounts.check_interviewers(p.org_id, cmd.interviewers)
         doc = await service.create_interview(cmd, created_by(p), org_id=p.org_id)
         return ApiJSONResponse(doc, status_code=201, headers={"Location": f"/api/interviews/{doc['interviewId']}"})
 
@@ -576,7 +591,11 @@ def api_routes(api: Api) -> list[BaseRoute]:
 
     @endpoint
     async def get_transcript(request: Request) -> Response:
-        return ApiJSONResponse(await service.get_transcript(request.path_params["interview_id"]))
+        iid = request.path_params["interview_id"]
+        transcript = await service.get_transcript(iid)
+        # consent given or withdrawn by a participant marks the transcript where it happened
+        transcript["markers"] = await api.privacy.transcript_markers(iid) if api.privacy is not None else []
+        return ApiJSONResponse(transcript)
 
     async def analysis_view(request: Request, iid: str, version: str = "confirmed") -> dict[str, Any]:
         return await jobs.view(iid, await service.get_analysis(iid), version,
@@ -691,6 +710,8 @@ def api_routes(api: Api) -> list[BaseRoute]:
         f = Fields(params(request), allowed=("tone",))
         policy = await api.policy(principal_of(request).org_id)  # the organisation's tone default (off in eu)
         tone = f.choice("tone", ("true", "false"), default="true" if policy.tone else "false")
+        if policy.tone_enabled is False:  # the organisation turned it off: no request turns it back on
+            tone = "false"
         f.done()
         iid = request.path_params["interview_id"]
         interview = await service.get_interview(iid, with_segments=False)
@@ -834,10 +855,13 @@ def api_routes(api: Api) -> list[BaseRoute]:
         status = (await service.get_interview(p.interview_id, with_segments=False))["status"]
         if status in (COMPLETED, CANCELLED):
             raise Conflict(f"interview {p.interview_id} is {status}", code="interview_closed")
+        at = api.privacy.clock()
+        after = await service.last_segment_seq(p.interview_id, p.subject)  # nothing of theirs is processed now
         await api.privacy.record_consent(p.interview_id, p.subject, p.role, participant_name(request),
-                                         accepted=True, notice_version=version, address=_client(request))
-        if api.on_consent is not None:
-            await api.on_consent(p.interview_id, p.subject, True, version)
+                                         accepted=True, notice_version=version, address=_client(request), at=at,
+                                         after_seq=after)
+        if api.on_consent is not None:  # recorded first: only then is their audio processed
+            await api.on_consent(p.interview_id, p.subject, True, version, at)
         log.info("consent given: interview=%s participant=%s notice=%s", p.interview_id, p.subject, version)
         return Response(status_code=204)
 
@@ -846,10 +870,14 @@ def api_routes(api: Api) -> list[BaseRoute]:
         assert api.privacy is not None
         p = principal_of(request)
         await service.get_interview(p.interview_id, with_segments=False)  # 404 for an unknown interview
+        at = api.privacy.clock()
+        # processing stops first, at once; the record then marks the transcript after their last final
+        after = await api.on_consent(p.interview_id, p.subject, False, "", at) if api.on_consent else None
+        if after is None:
+            after = await service.last_segment_seq(p.interview_id, p.subject)
         await api.privacy.record_consent(p.interview_id, p.subject, p.role, participant_name(request),
-                                         accepted=False, notice_version="", address=_client(request))
-        if api.on_consent is not None:
-            await api.on_consent(p.interview_id, p.subject, False, "")
+                                         accepted=False, notice_version="", address=_client(request), at=at,
+                                         after_seq=after)
         log.info("consent withdrawn: interview=%s participant=%s", p.interview_id, p.subject)
         return Response(status_code=204)
 
@@ -872,6 +900,7 @@ def api_routes(api: Api) -> list[BaseRoute]:
 
 
 EXPORT_MAX = 10_000  # interviews in one export; narrow from/to for more
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def export_csv(rows: Sequence[dict[str, Any]]) -> str:
@@ -885,8 +914,9 @@ def export_csv(rows: Sequence[dict[str, Any]]) -> str:
     for r in rows:
         cells = [iso(r[k]) if isinstance(r[k], datetime) else r[k] for k in fixed]
         cells += [r["competencies"].get(n) for n in names]
-        # a cell starting like a formula is quoted with ' so a spreadsheet shows it as text (CSV injection)
-        writer.writerow(["" if c is None else ("'" + c if isinstance(c, str) and c[:1] in "=+-@" else c)
+        # a cell starting like a formula is quoted with ' so a spreadsheet shows it as text (CSV injection; OWASP
+        # lists tab and carriage return beside = + - @)
+        writer.writerow(["" if c is None else ("'" + c if isinstance(c, str) and c[:1] in _FORMULA_START else c)
                          for c in cells])
     return out.getvalue()
 

@@ -86,6 +86,8 @@ class Metrics:
         self.stt_queue_depth = Gauge("stt_queue_depth", "Transcriptions waiting for a worker", registry=r)
         self.audit_pending = Gauge("audit_entries_pending", "Audit entries recorded and not yet written", registry=r)
         self.audit_written = Counter("audit_entries_written_total", "Audit entries written to the store", registry=r)
+        self.audit_spilled = Counter("audit_entries_spilled_total", "Audit entries past AUDIT_QUEUE_MAX, appended to "
+                                     "DATA_DIR/audit.spill.jsonl (written from there later)", registry=r)
         self.audit_failures = Counter("audit_write_failures_total", "Failed audit writes (each retried; entries "
                                       "stay queued) and entries recorded after the audit log closed", registry=r)
         self.guidance_alerts = Counter("guidance_alerts_total", "Protected-topic alerts sent to interviewers",

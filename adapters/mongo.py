@@ -3,16 +3,21 @@
 Collections
     interviews   `_id` = interviewId; the seed-shaped interview document (transcription.segments kept empty)
                  plus the outbox fields below. Optimistic concurrency on `metadata.version`.
-    segments     append-only, one document per final segment, `_id` = "<interviewId>:<participantId>:<seq>" and
-                 a unique index on (interviewId, participantId, seq): a retried write is a no-op.
-    revisions    append-only too: one document per revision of a stored final (`segment.revised`), `_id` =
+    segments_YYYY_MM   append-only, one document per final segment, `_id` = "<interviewId>:<participantId>:<seq>"
+                 and a unique index on (interviewId, participantId, seq): a retried write is a no-op.
+    revisions_YYYY_MM  append-only too: one document per revision of a stored final (`segment.revised`), `_id` =
                  "<interviewId>:<participantId>:<seq>:r<revision>", `segmentId` = the final's `_id`. A final is
                  never rewritten: `list_segments` applies each segment's highest revision when it reads.
-                 Both carry `month` ("m2026_12", the interview's date): the partition key (README: a real MongoDB
-                 deployment shards and expires by it).
+                 Both are partitioned by the month of the interview's date (`month` = "m2026_12" on each document
+                 too): one collection per month, created with its indexes on first use, so expiring a month whose
+                 interviews all expired is dropping two collections, not deleting documents (`drop_month`).
+                 Everything that reads across interviews (the outbox relay, erasure) reads every partition.
     candidates   `_id` = candidateId, unique `emailIndex` (the email's blind index; the email itself is sealed).
     events       the log of every published domain event (`_id` = event id), written by `mark_published`.
     consents     one document per consent given or withdrawn (participant, notice version, time, address).
+    guidance     live guidance stored with the interview, `_id` = "<interviewId>:<guidance key>": the latest alert or
+                 question/answer pair per question final, the latest guide coverage and talk balance; each write
+                 replaces the document with its new event (an unpublished older state is then never published).
     erasures     `_id` = candidateId of an erased candidate: when, by whom, the signed receipt.
     keys         the candidates' wrapped data keys and the master-key check (adapters.crypto.KeyRing).
 
@@ -28,7 +33,7 @@ Outbox design (events are published only after their write commits, and never lo
       state and its new outbox entries together. The outbox is a map, not an array: the relay removes one
       entry with a single-field `$unset` (and bumps `outboxRev`, which writers check so they never resurrect a
       removed entry); nothing ever uses `$push` (nx-27017 0.8.1 stores pushed subdocuments as JSON strings).
-    * a segment or revision document carries its own event (`eventId`, `subject`, `payload`) and
+    * a segment, revision or guidance document carries its own event (`eventId`, `subject`, `payload`) and
       `published: false`.
     `pending()` reads all three, oldest first, and never returns a revision before its final's event (a revision
     is written after its final, so it sorts after it; one whose final is still unpublished and not ahead of it in
@@ -47,6 +52,7 @@ import functools
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -67,7 +73,14 @@ from adapters.outbox import OutboxRecord
 from adapters.processes import terminate
 from domain.access import DEFAULT_ORG
 from domain.commands import CandidateQuery, Cursor, InterviewQuery
-from domain.events import DomainEvent, SegmentRevised, SegmentTranscribed, StoredSegment
+from domain.events import (
+    DomainEvent,
+    GuidanceRecorded,
+    SegmentRevised,
+    SegmentTranscribed,
+    StoredSegment,
+    guidance_key,
+)
 from domain.model import Candidate, Conflict, Interview, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
@@ -84,11 +97,17 @@ CANDIDATE_SEALED = ("name", "email", "phone", "personalInfo.location", "resume.u
 INTERVIEW_SEALED = ("cancelReason", "analysis.overall.summary", "analysis.keywords")
 SEGMENT_SEALED = ("text", "words", "speaker.name")
 CONSENT_SEALED = ("name", "address")
+# what was said, in a guidance event (the guide's own questions inside `items` go with them); in the stored document
+# and in the GuidanceRecorded payload alike
+GUIDANCE_SEALED = ("guidance.text", "guidance.question", "guidance.answer", "guidance.followUps", "guidance.items",
+                   "guidance.extra")
 # the same fields in the domain events' JSON (outbox payloads, NATS, the events log)
 EVENT_SEALED = {"SegmentTranscribed": ("segment.text", "segment.words", "segment.speaker.name"),
                 "SegmentRevised": ("segment.text", "segment.words", "segment.speaker.name"),
-                "AnalysisCompleted": ("overall.summary", "keywords"), "InterviewCancelled": ("reason",)}
-_LIST_FIELDS = {"words", "skills", "experience", "education", "applications", "keywords"}
+                "AnalysisCompleted": ("overall.summary", "keywords"), "InterviewCancelled": ("reason",),
+                "GuidanceRecorded": GUIDANCE_SEALED}
+_LIST_FIELDS = {"words", "skills", "experience", "education", "applications", "keywords", "answer", "followUps",
+                "items", "extra"}
 
 
 def _empty(path: str) -> Any:
@@ -102,7 +121,7 @@ def event_payload(event: DomainEvent, key: DataKey | None) -> str:
     seal_fields(body, EVENT_SEALED.get(body["type"], ()), key)
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 _OUTBOX_FIELDS = {"eventId": 1, "subject": 1, "payload": 1, "recordedAt": 1, "interviewId": 1, "seq": 1,
-                  "segmentId": 1}
+                  "segmentId": 1, "month": 1}
 
 
 def _translated(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
@@ -121,6 +140,16 @@ def _translated(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutin
 def _outbox_entry(event: DomainEvent, version: int, key: DataKey | None) -> dict[str, Any]:
     return {"subject": event.subject, "payload": event_payload(event, key), "occurredAt": event.occurred_at,
             "version": version}
+
+
+PARTITIONED = ("segments", "revisions")
+_PARTITION = re.compile(r"^(segments|revisions)_(\d{4}_\d{2})$")
+PARTITIONS_REREAD_S = 10.0  # how stale the list of partitions may be (another process may have added one)
+
+
+def partition_name(base: str, month: str) -> str:
+    """The collection of `base` ("segments" / "revisions") for an interview month ("m2026_12" -> segments_2026_12)."""
+    return f"{base}_{month.removeprefix('m')}"
 
 
 def month_of(at: datetime) -> str:
@@ -204,11 +233,14 @@ class MongoStore:
         self.keyring = keyring
         self._owner: dict[str, tuple[str, str]] = {}  # interview id -> (candidate id whose key seals it, month)
         self.interviews = db["interviews"]
-        self.segments = db["segments"]
-        self.revisions = db["revisions"]
+        # segments and revisions live in monthly partitions (`partition_name`): those known, those indexed here
+        self._partitions: dict[str, set[str]] = {base: set() for base in PARTITIONED}
+        self._partitions_read_at = -PARTITIONS_REREAD_S
+        self._indexed: set[str] = set()
         self.candidates = db["candidates"]
         self.events = db["events"]
         self.consents = db["consents"]  # one document per consent given or withdrawn (adapters.privacy)
+        self.guidance = db["guidance"]  # the latest state of each live-guidance item (GuidanceRecorded)
         self.erasures = db["erasures"]  # `_id` = candidate id: when, by whom, and the signed receipt
         # Records read by pending() and not yet marked: event id -> (record, collection holding it, document id):
         # an interview's outbox entry, or a segment or revision document carrying its own event.
@@ -308,19 +340,10 @@ class MongoStore:
         await self.interviews.create_index([("candidateId", ASCENDING), ("listKey", ASCENDING)])
         await self.interviews.create_index([("jobId", ASCENDING), ("listKey", ASCENDING)])
         await self.interviews.create_index([("outboxCount", ASCENDING)])
-        await self.segments.create_index(
-            [("interviewId", ASCENDING), ("participantId", ASCENDING), ("seq", ASCENDING)], unique=True)
-        await self.segments.create_index([("interviewId", ASCENDING), ("recordedAt", ASCENDING)])
-        await self.segments.create_index([("published", ASCENDING), ("recordedAt", ASCENDING)])
-        await self.segments.create_index([("eventId", ASCENDING)])
-        # the partition key (see README, "A real MongoDB deployment"): the month of the interview's date
-        await self.segments.create_index([("month", ASCENDING), ("interviewId", ASCENDING)])
-        await self.revisions.create_index([("month", ASCENDING), ("interviewId", ASCENDING)])
-        await self.revisions.create_index(
-            [("interviewId", ASCENDING), ("participantId", ASCENDING), ("seq", ASCENDING), ("revision", ASCENDING)],
-            unique=True)
-        await self.revisions.create_index([("published", ASCENDING), ("recordedAt", ASCENDING)])
-        await self.revisions.create_index([("eventId", ASCENDING)])
+        await self._partition_unpartitioned()
+        await self.guidance.create_index([("published", ASCENDING), ("recordedAt", ASCENDING)])
+        await self.guidance.create_index([("interviewId", ASCENDING), ("recordedAt", ASCENDING)])
+        await self.guidance.create_index([("eventId", ASCENDING)])
         # Emails are unique within an organisation (a clash across organisations would reveal the other's
         # candidate), compared through their blind index (adapters.crypto), never the (encrypted) email.
         for old in ("email_1", "orgId_1_email_1", "emailIndex_1"):
@@ -425,6 +448,95 @@ class MongoStore:
         docs = await self.interviews.find(filt).sort("listKey", ASCENDING).limit(limit).to_list(None)
         return [await self._read_interview(d) for d in docs]
 
+    # -- monthly partitions of segments and revisions -----------------------------------------------------------
+
+    async def _index_partition(self, base: str, name: str) -> None:
+        """The indexes of a partition, once per process (creating an index that exists is a no-op)."""
+        if name in self._indexed:
+            return
+        collection = self.db[name]
+        key = [("interviewId", ASCENDING), ("participantId", ASCENDING), ("seq", ASCENDING)]
+        await collection.create_index(key + ([("revision", ASCENDING)] if base == "revisions" else []), unique=True)
+        await collection.create_index([("interviewId", ASCENDING), ("recordedAt", ASCENDING)])
+        await collection.create_index([("published", ASCENDING), ("recordedAt", ASCENDING)])
+        await collection.create_index([("eventId", ASCENDING)])
+        self._indexed.add(name)
+        self._partitions[base].add(name)
+
+    async def _partition_of(self, base: str, interview_id: str, *, writing: bool = False) -> Any:
+        """The collection holding an interview's segments or revisions (created with its indexes for a write)."""
+        name = partition_name(base, (await self._placement(interview_id))[1])
+        if writing:
+            await self._index_partition(base, name)
+        return self.db[name]
+
+    async def partitions(self, base: str, *, reread: bool = False) -> list[Any]:
+        """Every monthly partition of `base`, oldest first (the list re-read at most every few seconds)."""
+        if reread or time.monotonic() - self._partitions_read_at >= PARTITIONS_REREAD_S:
+            found: dict[str, set[str]] = {b: set() for b in PARTITIONED}
+            for name in await self.db.list_collection_names():
+                if (m := _PARTITION.match(name)) is not None:
+                    found[m.group(1)].add(name)
+            self._partitions = {b: found[b] | (self._indexed & self._partitions[b]) for b in PARTITIONED}
+            self._partitions_read_at = time.monotonic()
+        return [self.db[name] for name in sorted(self._partitions[base])]
+
+    @_translated
+    async def months(self) -> list[str]:
+        """The months ("m2026_12") that have a segments or revisions partition, oldest first."""
+        names = {c.name for base in PARTITIONED for c in await self.partitions(base, reread=True)}
+        return sorted({"m" + m.group(2) for n in names if (m := _PARTITION.match(n)) is not None})
+
+    @_translated
+    async def drop_month(self, month: str) -> dict[str, int]:
+        """Drop a month's partitions (every interview of that month expired): the documents they held, by kind."""
+        counts = {}
+        for base in PARTITIONED:
+            name = partition_name(base, month)
+            collection = self.db[name]
+            counts[base] = await collection.estimated_document_count()
+            await collection.drop()
+            self._partitions[base].discard(name)
+            self._indexed.discard(name)
+        self._owner = {iid: placed for iid, placed in self._owner.items() if placed[1] != month}
+        return counts
+
+    @_translated
+    async def month_expired(self, month: str, before: datetime) -> bool:
+        """Whether every interview scheduled in `month` ("m2026_12") was completed or cancelled before `before`.
+        The partition of segments whose interview was gone when they were moved into partitions ("m0000_00") has
+        no interview to wait for: expired."""
+        year, mon = int(month[1:5]), int(month[6:8])
+        if year < 1 or not 1 <= mon <= 12:
+            return True
+        start = datetime(year, mon, 1, tzinfo=UTC)
+        end = datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=UTC)
+        in_month = _key_range(None, start, end)
+        closed = {**in_month, "$or": [{"status": "completed", "completedAt": {"$lt": before}},
+                                      {"status": "cancelled", "cancelledAt": {"$lt": before}}]}
+        return await self.interviews.count_documents(in_month) == await self.interviews.count_documents(closed)
+
+    async def _partition_unpartitioned(self) -> None:
+        """Move what an older version stored in the single `segments` / `revisions` collections into the monthly
+        partitions (each document's `month`, else its interview's), then drop those collections."""
+        names = set(await self.db.list_collection_names())
+        for base in PARTITIONED:
+            if base not in names:
+                continue
+            old = self.db[base]
+            moved = 0
+            async for doc in old.find({}):
+                month = doc.get("month")
+                if month is None:
+                    placed = await self.interviews.find_one({"_id": doc["interviewId"]}, {"scheduledAt": 1})
+                    month = month_of(placed["scheduledAt"]) if placed else "m0000_00"
+                    doc["month"] = month
+                name = partition_name(base, month)
+                await self._index_partition(base, name)
+                moved += await _insert_once(self.db[name], doc)
+            await old.drop()
+            log.warning("moved %d document(s) of %s into monthly partitions", moved, base)
+
     # -- segments -----------------------------------------------------------------------------------------------
 
     @_translated
@@ -433,25 +545,32 @@ class MongoStore:
         doc = _segment_doc(event, _segment_id(event.interview_id, seg.speaker.participant_id, seg.seq),
                            await self._interview_key(event.interview_id),
                            month=(await self._placement(event.interview_id))[1])
-        return await _insert_once(self.segments, doc)
+        return await _insert_once(await self._partition_of("segments", event.interview_id, writing=True), doc)
 
     @_translated
     async def add_revision(self, event: SegmentRevised) -> bool:
         seg = event.segment
         segment_id = _segment_id(event.interview_id, seg.speaker.participant_id, seg.seq)
-        if await self.segments.find_one({"_id": segment_id}, {"_id": 1}) is None:
+        segments = await self._partition_of("segments", event.interview_id)
+        if await segments.find_one({"_id": segment_id}, {"_id": 1}) is None:
             raise NotFound("segment", segment_id)
         doc = _segment_doc(event, f"{segment_id}:r{seg.revision}", await self._interview_key(event.interview_id),
                            segmentId=segment_id, month=(await self._placement(event.interview_id))[1])
-        return await _insert_once(self.revisions, doc)
+        return await _insert_once(await self._partition_of("revisions", event.interview_id, writing=True), doc)
+
+    async def segment_document(self, interview_id: str, segment_id: str) -> dict[str, Any] | None:
+        """A stored final as it is in the store (sealed), for tests and tools."""
+        return await (await self._partition_of("segments", interview_id)).find_one({"_id": segment_id})
 
     @_translated
     async def list_segments(self, interview_id: str) -> list[StoredSegment]:
-        cursor = self.segments.find({"interviewId": interview_id}, _SEGMENT_HIDDEN)
+        cursor = (await self._partition_of("segments", interview_id)).find({"interviewId": interview_id},
+                                                                          _SEGMENT_HIDDEN)
         finals = await cursor.sort([("recordedAt", ASCENDING), ("participantId", ASCENDING),
                                     ("seq", ASCENDING)]).to_list(None)
         latest: dict[tuple[str, int], dict[str, Any]] = {}
-        async for rev in self.revisions.find({"interviewId": interview_id}, _SEGMENT_HIDDEN):
+        revisions = await self._partition_of("revisions", interview_id)
+        async for rev in revisions.find({"interviewId": interview_id}, _SEGMENT_HIDDEN):
             key = (rev["participantId"], int(rev["seq"]))
             if key not in latest or rev["revision"] > latest[key]["revision"]:
                 latest[key] = rev
@@ -468,9 +587,37 @@ class MongoStore:
 
     @_translated
     async def last_segment_seq(self, interview_id: str, participant_id: str) -> int | None:
-        doc = await self.segments.find_one({"interviewId": interview_id, "participantId": participant_id},
-                                           {"seq": 1}, sort=[("seq", DESCENDING)])
+        segments = await self._partition_of("segments", interview_id)
+        doc = await segments.find_one({"interviewId": interview_id, "participantId": participant_id},
+                                      {"seq": 1}, sort=[("seq", DESCENDING)])
         return None if doc is None else int(doc["seq"])
+
+    # -- live guidance ------------------------------------------------------------------------------------------
+
+    @_translated
+    async def add_guidance(self, event: GuidanceRecorded) -> None:
+        key = await self._interview_key(event.interview_id)
+        doc_id = f"{event.interview_id}:{guidance_key(event.guidance)}"
+        doc = seal_fields({"guidance": event.guidance.to_dict()}, GUIDANCE_SEALED, key)
+        doc.update({"_id": doc_id, "interviewId": event.interview_id, "kind": event.kind,
+                    "month": (await self._placement(event.interview_id))[1], "recordedAt": event.occurred_at,
+                    "eventId": event.id, "subject": event.subject, "payload": event_payload(event, key),
+                    "published": False})
+        await self.guidance.replace_one({"_id": doc_id}, doc, upsert=True)
+
+    @_translated
+    async def list_guidance(self, interview_id: str) -> list[dict[str, Any]]:
+        """The interview's stored guidance (opened), oldest first: each item's stream event as `guidance`, with
+        `kind` and `recordedAt`."""
+        out = []
+        cursor = self.guidance.find({"interviewId": interview_id}, {"_id": 0, "guidance": 1, "kind": 1,
+                                                                    "recordedAt": 1})
+        for doc in await cursor.sort("recordedAt", ASCENDING).to_list(None):
+            unreadable = await self._open(doc, GUIDANCE_SEALED)
+            if unreadable:
+                doc["unreadable"] = unreadable
+            out.append(doc)
+        return out
 
     # -- candidates ---------------------------------------------------------------------------------------------
 
@@ -566,7 +713,8 @@ class MongoStore:
     async def list_revisions(self, interview_id: str) -> list[dict[str, Any]]:
         """Every stored revision of the interview's finals (opened), in recording order: the export's history."""
         out = []
-        cursor = self.revisions.find({"interviewId": interview_id}, _SEGMENT_HIDDEN)
+        cursor = (await self._partition_of("revisions", interview_id)).find({"interviewId": interview_id},
+                                                                           _SEGMENT_HIDDEN)
         for doc in await cursor.sort([("recordedAt", ASCENDING), ("revision", ASCENDING)]).to_list(None):
             unreadable = await self._open(doc, SEGMENT_SEALED)
             if unreadable:
@@ -601,13 +749,16 @@ class MongoStore:
 
     @_translated
     async def delete_interview_data(self, interview_ids: list[str]) -> dict[str, int]:
-        """Delete the interviews' segments, revisions, consent records and logged events; the counts by kind."""
+        """Delete the interviews' segments, revisions, consent records, guidance and logged events; the counts by
+        kind."""
         if not interview_ids:
-            return {"segments": 0, "revisions": 0, "consents": 0, "events": 0}
+            return {"segments": 0, "revisions": 0, "consents": 0, "guidance": 0, "events": 0}
         which = {"interviewId": {"$in": interview_ids}}
-        counts = {}
-        for name, collection in (("segments", self.segments), ("revisions", self.revisions),
-                                 ("consents", self.consents), ("events", self.events)):
+        counts = {base: 0 for base in PARTITIONED}
+        for base in PARTITIONED:
+            for partition in await self.partitions(base, reread=True):
+                counts[base] += (await partition.delete_many(which)).deleted_count
+        for name, collection in (("consents", self.consents), ("guidance", self.guidance), ("events", self.events)):
             counts[name] = (await collection.delete_many(which)).deleted_count
         return counts
 
@@ -633,9 +784,11 @@ class MongoStore:
         """
         entries: list[tuple[datetime, str, int, int, OutboxRecord]] = []
         segment_of: dict[str, str] = {}  # event id -> segment id, for segments
-        revises: dict[str, str] = {}  # event id -> segment id, for revisions
+        revises: dict[str, tuple[str, str]] = {}  # event id -> (segment id, its month), for revisions
         segment_owners: set[str] = set()
-        for kind, collection in ((1, self.segments), (2, self.revisions)):
+        sources = [(1, c) for c in await self.partitions("segments")] + [
+            (2, c) for c in await self.partitions("revisions")] + [(3, self.guidance)]
+        for kind, collection in sources:
             docs = collection.find({"published": False}, _OUTBOX_FIELDS)
             async for doc in docs.sort([("recordedAt", ASCENDING), ("_id", ASCENDING)]).limit(limit):
                 record = OutboxRecord(id=doc["eventId"], subject=doc["subject"], payload=doc["payload"].encode())
@@ -643,8 +796,8 @@ class MongoStore:
                 segment_owners.add(doc["interviewId"])
                 if kind == 1:
                     segment_of[record.id] = doc["_id"]
-                else:
-                    revises[record.id] = doc["segmentId"]
+                elif kind == 2:
+                    revises[record.id] = (doc["segmentId"], collection.name.removeprefix("revisions_"))
                 entries.append((doc["recordedAt"], doc["interviewId"], kind, int(doc.get("seq", 0)), record))
         seen_docs: set[str] = set()
         queries = [{"outboxCount": {"$gt": 0}, "_id": {"$in": sorted(segment_owners)}}] if segment_owners else []
@@ -665,22 +818,26 @@ class MongoStore:
         return batch
 
     async def _revisions_after_their_finals(self, batch: list[OutboxRecord], segment_of: dict[str, str],
-                                            revises: dict[str, str]) -> list[OutboxRecord]:
+                                            revises: dict[str, tuple[str, str]]) -> list[OutboxRecord]:
         """`batch` without the revisions whose final is unpublished and not ahead of them in it (a clock stepped
         back between the two writes, or the final fell beyond `limit`): they come back once it is published."""
         in_batch = {segment_of[r.id] for r in batch if r.id in segment_of}
-        elsewhere = sorted({revises[r.id] for r in batch if r.id in revises} - in_batch)
+        elsewhere: dict[str, set[str]] = {}  # month -> finals to look up in its partition
+        for r in batch:
+            if r.id in revises and revises[r.id][0] not in in_batch:
+                elsewhere.setdefault(revises[r.id][1], set()).add(revises[r.id][0])
         unpublished = set(in_batch)
-        if elsewhere:
-            cursor = self.segments.find({"_id": {"$in": elsewhere}, "published": False}, {"_id": 1})
+        for month, ids in elsewhere.items():
+            cursor = self.db[partition_name("segments", month)].find({"_id": {"$in": sorted(ids)}, "published": False},
+                                                                     {"_id": 1})
             unpublished.update([d["_id"] async for d in cursor])
         out: list[OutboxRecord] = []
         ahead: set[str] = set()
         for record in batch:
             if record.id in segment_of:
                 ahead.add(segment_of[record.id])
-            elif record.id in revises and revises[record.id] in unpublished - ahead:
-                log.debug("revision event %s waits for its final %s", record.id, revises[record.id])
+            elif record.id in revises and revises[record.id][0] in unpublished - ahead:
+                log.debug("revision event %s waits for its final %s", record.id, revises[record.id][0])
                 continue
             out.append(record)
         return out
@@ -695,10 +852,9 @@ class MongoStore:
             await self.pending(max(1000, len(unknown)))
         records = [self._seen[i] for i in ids if i in self._seen]
         await self._log_events([r for r, _, _ in records])
-        for collection in (self.segments, self.revisions):
-            event_ids = [r.id for r, where, _ in records if where == collection.name]
-            if event_ids:
-                await collection.update_many({"eventId": {"$in": event_ids}, "published": False},
+        for where in sorted({where for _, where, _ in records if where != self.interviews.name}):
+            event_ids = [r.id for r, w, _ in records if w == where]  # a segment / revision partition, or guidance
+            await self.db[where].update_many({"eventId": {"$in": event_ids}, "published": False},
                                              {"$set": {"published": True}})
         for record, where, owner in records:
             if where == self.interviews.name:

@@ -21,7 +21,8 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType, StreamConfig
+from nats.js.kv import KeyValue
 
 from adapters.bus import DLQ_PREFIX, SUBJECTS, BusUnavailable, check_name, check_publish
 from adapters.consumer import Delivery, PullSource
@@ -240,6 +241,26 @@ class JetStreamBus:
         except _TRANSIENT as exc:
             raise BusUnavailable(f"cannot create consumer {durable!r}: {type(exc).__name__}: {exc}") from exc
         return _JetStreamPull(sub)
+
+    async def key_value(self, bucket: str, *, ttl_s: float) -> KeyValue:
+        """The KV bucket `bucket` (one value per key; every key ages out `ttl_s` after its last write), created or
+        re-configured to that TTL. Raises `BusUnavailable` while NATS is not reachable."""
+        if not self.connected or self._js is None:
+            raise BusUnavailable(f"not connected to NATS at {redact_url(self.url)}")
+        try:
+            try:
+                kv = await self._js.key_value(bucket)
+                info = await self._js.stream_info(f"KV_{bucket}")
+                if info.config.max_age != ttl_s:
+                    info.config.max_age = ttl_s
+                    info.config.duplicate_window = min(info.config.duplicate_window or ttl_s, ttl_s)
+                    await self._js.update_stream(info.config)
+                return kv
+            except nats.js.errors.BucketNotFoundError:
+                return await self._js.create_key_value(KeyValueConfig(bucket=bucket, history=1, ttl=ttl_s,
+                                                                      storage=StorageType.FILE))
+        except _TRANSIENT as exc:
+            raise BusUnavailable(f"KV bucket {bucket!r}: {type(exc).__name__}: {exc}") from exc
 
     def status(self) -> dict[str, Any]:
         return {

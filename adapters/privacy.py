@@ -4,7 +4,8 @@ key (adapters.crypto).
 
 Erasure of a candidate, in this order, so that nothing about them can be written again once it starts:
 1. an `erasures` record (no data key is ever created for them again; a second erasure finds it: 404 with its id);
-2. their live sessions end at once (nothing in flight is published or persisted);
+2. their live sessions end at once (nothing in flight is published or persisted; the server's `end_sessions` also
+   revokes the interviews' join tokens, which ends a room another node holds);
 3. each of their interviews is cancelled if open and its analysis cleared, with an `InterviewDataErased` event
    (ids only) through the outbox;
 4. their data key is destroyed: every sealed copy anywhere (store, JetStream, backups) is now unreadable;
@@ -12,7 +13,8 @@ Erasure of a candidate, in this order, so that nothing about them can be written
    document. Join tokens are not stored; their interviews are cancelled, so a token no longer joins.
 
 Retention: an interview closed (completed or cancelled) more than `retention_days` ago loses its transcript,
-revisions, consent records and analysis; a candidate whose interviews have all expired is erased as above.
+revisions, consent records and analysis; a candidate whose interviews have all expired is erased as above. A month
+whose interviews have all expired loses its segment and revision partitions first, by dropping them.
 """
 
 from __future__ import annotations
@@ -141,15 +143,17 @@ class Privacy:
         if profile is None and not interview_ids:
             raise NotFound("candidate", candidate_id)
         interviews = []
-        counts = {"interviews": 0, "segments": 0, "revisions": 0, "consents": 0}
+        counts = {"interviews": 0, "segments": 0, "revisions": 0, "consents": 0, "guidance": 0}
         for iid in interview_ids:
             doc = await self.service.get_interview(iid)
             doc["revisions"] = await self.store.list_revisions(iid)
             doc["consents"] = await self.store.list_consents(iid)
+            doc["guidance"] = await self.store.list_guidance(iid)  # what the interviewers were shown live
             counts["interviews"] += 1
             counts["segments"] += len(doc["transcription"]["segments"])
             counts["revisions"] += len(doc["revisions"])
             counts["consents"] += len(doc["consents"])
+            counts["guidance"] += len(doc["guidance"])
             interviews.append(doc)
         content = {"candidateId": candidate_id, "exportedAt": self.clock(), "profile": profile,
                    "interviews": interviews,
@@ -174,7 +178,17 @@ class Privacy:
         for interview in expired:
             by_candidate.setdefault(interview.candidate_id, []).append(interview.interview_id)
         report: dict[str, Any] = {"cutoff": iso(cutoff), "dryRun": dry_run, "expiredInterviews": len(expired),
-                                  "candidatesErased": 0, "interviewsCleared": 0, "segments": 0, "revisions": 0}
+                                  "candidatesErased": 0, "interviewsCleared": 0, "segments": 0, "revisions": 0,
+                                  "monthsDropped": []}
+        # A month whose interviews all expired loses its segment and revision partitions at once (two collection
+        # drops, no document scanned); the erasures below then find nothing left there.
+        for month in await self.store.months():
+            if await self.store.month_expired(month, cutoff):
+                report["monthsDropped"].append(month)
+                if not dry_run:
+                    dropped = await self.store.drop_month(month)
+                    report["segments"] += dropped["segments"]
+                    report["revisions"] += dropped["revisions"]
         for candidate_id, ids in by_candidate.items():
             if await self.store.erasure_of(candidate_id) is not None:
                 continue
@@ -207,10 +221,23 @@ class Privacy:
 
     # -- consent -----------------------------------------------------------------------------------------------
     async def record_consent(self, interview_id: str, participant_id: str, role: str, name: str, *, accepted: bool,
-                             notice_version: str, address: str) -> None:
+                             notice_version: str, address: str, at: datetime | None = None,
+                             after_seq: int | None = None) -> None:
+        """One consent record; `after_seq` is the participant's last final before it (where it marks the
+        transcript), None if they had none."""
         await self.store.add_consent({"interviewId": interview_id, "participantId": participant_id, "role": role,
                                       "name": name, "action": "accepted" if accepted else "withdrawn",
-                                      "noticeVersion": notice_version, "at": self.clock(), "address": address})
+                                      "noticeVersion": notice_version, "at": at or self.clock(), "address": address,
+                                      "afterSeq": after_seq})
+
+    async def transcript_markers(self, interview_id: str) -> list[dict[str, Any]]:
+        """The consent changes of an interview's participants as transcript markers, in time order: `type`
+        (`consent.given` / `consent.withdrawn`), `participantId`, `role`, `at`, `afterSeq` (the participant's last
+        final before it, null if none), `noticeVersion`. No name or address."""
+        return [{"type": "consent.given" if c.get("action") == "accepted" else "consent.withdrawn",
+                 "participantId": c["participantId"], "role": c.get("role"), "at": c["at"],
+                 "afterSeq": c.get("afterSeq"), "noticeVersion": c.get("noticeVersion") or ""}
+                for c in await self.store.list_consents(interview_id)]
 
     async def consent_given(self, interview_id: str, participant_id: str) -> bool:
         return await self.store.consent_given(interview_id, participant_id)

@@ -34,16 +34,19 @@ import os
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from adapters.crypto import DataKey, Unreadable
 from adapters.metrics import Metrics
 from adapters.tokens import JoinClaims
 from domain.events import (
     ConsentEvent,
     ErrorEvent,
+    GuidanceEvent,
     GuideCoverageEvent,
     KeywordsEvent,
     LevelEvent,
@@ -84,7 +87,16 @@ GuidanceFactory = Callable[[str], Awaitable[Guidance | None]]
 ToneLookup = Callable[[str], Awaitable[bool]]  # organisation id -> whether its rooms show the tone of words
 # interview id -> the terms its decodes are told (pipeline.vocabulary): read once, when its room opens
 VocabularyLookup = Callable[[str], Awaitable[tuple[str, ...]]]
+GuidanceRecorder = Callable[[str, GuidanceEvent], Awaitable[None]]  # stores it with the interview, then publishes it
 GUIDANCE_QUEUE = 256  # finals waiting for guidance; beyond it they are skipped (counted), the transcript is not
+
+
+class SharedBacklog(Protocol):
+    """The rooms' backlogs shared by every node (adapters.shared_state.RedisState)."""
+
+    def append_backlog(self, interview_id: str, text: str) -> None: ...
+
+    async def backlog(self, interview_id: str) -> list[str] | None: ...  # None: unknown (unreachable)
 
 
 class Channel(Protocol):
@@ -227,12 +239,13 @@ class Participant:
 class Room:
     """The live state of one interview: participants, viewers and the short history late viewers get."""
 
-    def __init__(self, registry: RoomRegistry, interview_id: str, backlog: int) -> None:
+    def __init__(self, registry: RoomRegistry, interview_id: str, backlog: int, org_id: str) -> None:
         self.registry = registry
         self.interview_id = interview_id
+        self.org_id = org_id  # the interview's organisation (from the join token that opened the room)
         self.participants: dict[str, Participant] = {}
         self.viewers: dict[int, Viewer] = {}
-        self.history: deque[str] = deque(maxlen=backlog)  # finals, revisions and sentiment, JSON, in order
+        self.history: deque[str] = deque(maxlen=backlog)  # finals, revisions, sentiment, consent changes: JSON
         self.latest_keywords: dict[str, str] = {}  # participant id -> last keywords JSON
         # every participant's recent finals: each stream's decodes are prompted with the whole conversation
         # (an answer decodes better after the question), and it outlives a participant's reconnect
@@ -260,22 +273,22 @@ class Room:
         kind = event.type
         if isinstance(event, SegmentEvent) and event.final:
             (metrics.segments_revised if event.revision else metrics.segments_final).inc()
-            self.history.append(text)
             if source is not None:
                 source.next_seq = max(source.next_seq, event.seq + 1)
-            self.registry.writer.submit(self.interview_id, event)
-        elif isinstance(event, SentimentEvent):
-            if not self.tone:
+            self.registry.writer.submit(self.interview_id, event)  # first: nothing after it can lose the final
+            self.remember(text)
+        elif isinstance(event, SentimentEvent | ConsentEvent):
+            if isinstance(event, SentimentEvent) and not self.tone:
                 return
-            self.history.append(text)
+            self.remember(text)
         elif isinstance(event, KeywordsEvent):
             self.latest_keywords[event.speaker.participant_id] = text
         elif isinstance(event, ProtectedTopicAlert):
-            self.history.append(text)
+            self.remember(text)
             metrics.guidance_alerts.labels(topic=event.topic).inc()
             if self.registry.on_alert is not None:
                 try:
-                    self.registry.on_alert(self.interview_id, event)
+                    self.registry.on_alert(self.interview_id, self.org_id, event)
                 except Exception:  # the audit trail's trouble must not stop the alert reaching the interviewer
                     log.exception("recording the alert on seq %d of interview %s failed", event.seq,
                                   self.interview_id)
@@ -293,6 +306,12 @@ class Room:
             spoken_end = source.wall_time_of(event.end_s)
             if spoken_end is not None:
                 metrics.final_latency.observe(max(0.0, asyncio.get_running_loop().time() - spoken_end))
+
+    def remember(self, text: str) -> None:
+        """An entry of the backlog late viewers get, here and (with Redis) for a node that takes the room over."""
+        self.history.append(text)
+        if self.registry.shared_backlog is not None:
+            self.registry.shared_backlog.append_backlog(self.interview_id, text)
 
     def _queue_for_guidance(self, source: Participant, event: SegmentEvent) -> None:
         # text the guards distrust (invented, another's voice) is shown but never analysed
@@ -333,6 +352,22 @@ class Room:
             for ev in events:
                 self.publish(None, ev)
             self.registry.metrics.guidance_latency.observe(loop.time() - queued_at)
+            await self._record_guidance(events)
+
+    async def _record_guidance(self, events: list[GuidanceEvent]) -> None:
+        """Store the room's guidance with the interview (and so publish it): after the viewers have it, on this
+        room's worker, so a slow store delays only the next guidance. A failure is logged and counted; the next
+        coverage, pair or balance supersedes what was lost (an alert is in the audit trail as well)."""
+        record = self.registry.record_guidance
+        if record is None:
+            return
+        for ev in events:
+            try:
+                await record(self.interview_id, ev)
+            except Exception as exc:
+                log.warning("storing live guidance (%s) of interview %s failed: %s", ev.type, self.interview_id,
+                            type(exc).__name__)
+                self.registry.metrics.error("guidance")
 
     def _send_all(self, text: str, kind: str) -> None:
         metrics = self.registry.metrics
@@ -378,6 +413,17 @@ class Room:
         self.viewers.pop(id(channel), None)
 
 
+def _segment_key(text: str) -> tuple[str, str, int] | None:
+    """(type, participant, seq) of a backlog entry that is a final or a revision of one; None for anything else."""
+    try:
+        doc = json.loads(text)
+        if doc.get("type") in ("segment.final", "segment.revised"):
+            return str(doc["type"]), str(doc["speaker"]["participantId"]), int(doc["seq"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return None
+
+
 def _named(interview_id: str, segment: SegmentEvent) -> str:
     """A segment write as the log names it: interview/participant#seq, and which revision if it is one."""
     name = f"{interview_id}/{segment.speaker.participant_id}#{segment.seq}"
@@ -389,10 +435,12 @@ class SegmentJournal:
 
     `append` writes a segment before anyone is sent it, `done` marks it stored (or refused for good); the file is
     emptied whenever nothing is pending. `pending()` (at start) gives the segments a killed process left, in order.
-    Each write reaches the operating system at once (no fsync: it survives the process, not the machine)."""
+    Each write reaches the operating system at once (no fsync: it survives the process, not the machine). With a
+    `key` (the server's, from the master key file) each segment is sealed: transcripts are never on disk in clear."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, key: DataKey | None = None) -> None:
         self.path = Path(path)
+        self._key = key
         self._file: Any = None
         self._next = 0
         self._open = 0  # appended, not done
@@ -407,16 +455,23 @@ class SegmentJournal:
                     if "done" in rec:
                         entries.pop(int(rec["done"]), None)
                         continue
-                    doc = {**rec["segment"], "interviewId": rec["interviewId"], "recordedAt": None}
+                    segment = rec["segment"]
+                    if isinstance(segment, str):  # sealed
+                        if self._key is None:
+                            raise ValueError("a sealed segment and no key to open it")
+                        segment = self._key.open("journal.segment", segment)
+                    doc = {**segment, "interviewId": rec["interviewId"], "recordedAt": None}
                     entries[int(rec["n"])] = (rec["interviewId"], StoredSegment.from_document(doc).segment)
-                except (ValueError, KeyError, TypeError) as exc:  # a line cut short by the kill
+                except (ValueError, KeyError, TypeError, Unreadable) as exc:  # a line cut short by the kill
                     log.warning("segment journal %s: skipping an unreadable line (%s)", self.path, exc)
         return [entries[n] for n in sorted(entries)]
 
     def append(self, interview_id: str, segment: SegmentEvent) -> int:
         n = self._next
         self._next += 1
-        self._write({"n": n, "interviewId": interview_id, "segment": segment.to_dict()})
+        body = segment.to_dict()
+        self._write({"n": n, "interviewId": interview_id,
+                     "segment": self._key.seal("journal.segment", body) if self._key is not None else body})
         self._open += 1
         return n
 
@@ -526,8 +581,9 @@ class SegmentWriter:
                     # cannot help. Said loudly, once, to the log, the metrics and the room.
                     persisted.labels(result="rejected").inc()
                     self._metrics.error("persist")
-                    log.error("segment %s rejected by the store: %s; text=%r", _named(interview_id, segment), exc,
-                              segment.text)
+                    # never the text: transcripts are personal data, and a log line is plain text at rest
+                    log.error("segment %s (%d words) rejected by the store: %s", _named(interview_id, segment),
+                              len(segment.text.split()), exc)
                     self._on_failure(interview_id, segment, f"rejected: {exc}")
                     break
                 except Exception as exc:
@@ -569,8 +625,8 @@ class SegmentWriter:
         kept = " (kept in the journal for the next start)" if self._journal is not None else ""
         for interview_id, segment, _ in self._queue:
             log.error("final segment NOT persisted at shutdown%s: interview=%s participant=%s seq=%d revision=%d "
-                      "text=%r", kept, interview_id, segment.speaker.participant_id, segment.seq, segment.revision,
-                      segment.text)  # fmt: skip
+                      "(%d words)", kept, interview_id, segment.speaker.participant_id, segment.seq, segment.revision,
+                      len(segment.text.split()))  # fmt: skip
         self._queue.clear()
         if self._journal is not None:
             self._journal.close()
@@ -593,14 +649,18 @@ class RoomRegistry:
         backlog: int = 500,
         viewer_buffer_limit: int = VIEWER_BUFFER_LIMIT,
         guidance_factory: GuidanceFactory | None = None,
+        record_guidance: GuidanceRecorder | None = None,
         journal: SegmentJournal | None = None,
         tone: ToneLookup | None = None,
         vocabulary: VocabularyLookup | None = None,
+        shared_backlog: SharedBacklog | None = None,
     ) -> None:
         self._tone = tone  # None: the tone of words is shown in every room
         self._vocabulary = vocabulary  # None: no room has a vocabulary
         self.stream_factory = stream_factory
+        self.shared_backlog = shared_backlog
         self.guidance_factory = guidance_factory
+        self.record_guidance = record_guidance
         self.metrics = metrics
         self.resume_grace_s = resume_grace_s
         self.viewer_buffer_limit = viewer_buffer_limit
@@ -616,8 +676,9 @@ class RoomRegistry:
         self.writer = SegmentWriter(record_segment, metrics, self._persist_failed, record_revision, journal)
         # told after every join and leave (the call tells the candidate who is watching)
         self.on_membership: Callable[[Room], None] | None = None
-        # told of every protected-topic alert (interview id, alert): the server records it in the audit trail
-        self.on_alert: Callable[[str, ProtectedTopicAlert], None] | None = None
+        # told of every protected-topic alert (interview id, its organisation, alert): the server records it in the
+        # audit trail of that organisation
+        self.on_alert: Callable[[str, str, ProtectedTopicAlert], None] | None = None
         metrics.bind_live(speech_ratio=self.speech_ratio, stt_lag=self.max_lag_s, final_wait=self.max_final_wait_s)
 
     def start(self) -> None:
@@ -652,7 +713,8 @@ class RoomRegistry:
             vocabulary = await self._vocabulary_of(claims.interview_id)
             room = self.rooms.get(claims.interview_id)  # someone else may have opened it meanwhile
             if room is None:
-                room = self.rooms[claims.interview_id] = Room(self, claims.interview_id, self._backlog)
+                room = self.rooms[claims.interview_id] = Room(self, claims.interview_id, self._backlog,
+                                                              claims.org_id)
                 room.tone = tone
                 room.conversation.vocabulary = vocabulary
                 room.history.extend(history)
@@ -699,16 +761,22 @@ class RoomRegistry:
             self.metrics.error("persist")
             return False
 
-    async def set_consent(self, interview_id: str, participant_id: str, given: bool, notice_version: str) -> None:
+    async def set_consent(self, interview_id: str, participant_id: str, given: bool, notice_version: str,
+                          at: datetime | None = None) -> int | None:
         """A participant's consent was recorded (`given`) or withdrawn: start or stop processing their audio at
-        once and tell the room's viewers."""
+        once and tell the room's viewers (the event marks the transcript after the participant's last final).
+        Returns that last final's seq as this process knows it (None: no final, or not known here)."""
         participant = self.get(interview_id, participant_id)
-        if participant is None or participant.removed or participant.consented == given:
-            return
-        participant.consented = given
-        if not given:
-            await participant.discard_stream()
-        participant.room.publish(participant, ConsentEvent(participant.speaker, given, notice_version))
+        if participant is None or participant.removed:
+            last = self._next_seq.get((interview_id, participant_id))
+            return last - 1 if last else None
+        if participant.consented != given:
+            participant.consented = given
+            if not given:
+                await participant.discard_stream()  # nothing it had in flight is published: `next_seq` is final
+            after = participant.next_seq - 1 if participant.next_seq else None
+            participant.room.publish(participant, ConsentEvent(participant.speaker, given, notice_version, at, after))
+        return participant.next_seq - 1 if participant.next_seq else None
 
     async def end_interview(self, interview_id: str) -> int:
         """Everyone leaves the interview's room now, and nothing of it is processed or persisted any more (its
@@ -745,15 +813,30 @@ class RoomRegistry:
         return known
 
     async def _history(self, interview_id: str) -> list[str]:
-        """Finals stored before this room opened (an earlier session, or before a restart), for the backlog."""
+        """What was said before this room opened (an earlier session, before a restart, or on a node that held the
+        room before), for the backlog: the shared backlog (Redis; sentiment too) when it holds every final the store
+        has from its span, else the store's finals (Redis restarted empty, or a node died before sharing them)."""
+        shared = await self.shared_backlog.backlog(interview_id) if self.shared_backlog is not None else None
         if self._stored_finals is None:
-            return []
+            return (shared or [])[-self._backlog:]
         try:
-            return (await self._stored_finals(interview_id))[-self._backlog:]
+            stored = await self._stored_finals(interview_id)
         except Exception as exc:  # a backlog is a courtesy: never a reason to refuse a join
             log.warning("cannot load the stored transcript of %s for the backlog: %s", interview_id, exc)
             self.metrics.error("persist")
-            return []
+            stored = []
+        if shared:
+            # the shared backlog (sentiment too) if it has every final the store has from its time span; else it has
+            # holes (a Redis restart, a node that died before sharing) and the store's finals are the backlog
+            keys = [k for k in map(_segment_key, shared) if k is not None]
+            have = {k[1:] for k in keys}
+            # its span: as many of the newest stored finals as it holds finals (it holds sentiment and revisions
+            # too, and older finals may have been trimmed from it)
+            finals = sum(k[0] == "segment.final" for k in keys)
+            newest = [_segment_key(text) for text in stored[len(stored) - finals:]]
+            if (finals or not stored) and all(k is not None and k[1:] in have for k in newest):
+                return shared[-self._backlog:]
+        return stored[-self._backlog:]
 
     def detach(self, participant: Participant, session_id: str) -> None:
         """The session's connection is gone: keep the participant for a resume, then let it leave."""

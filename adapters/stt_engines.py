@@ -36,6 +36,8 @@ class SttSettings(Protocol):
     def openai_api_key(self) -> str | None: ...
     @property
     def openai_stt_model(self) -> str: ...
+    @property
+    def nats_url(self) -> str | None: ...
 
 
 def build_stt(settings: SttSettings, **whisper_options: Any) -> SpeechToText:
@@ -43,7 +45,8 @@ def build_stt(settings: SttSettings, **whisper_options: Any) -> SpeechToText:
 
     Reads from `settings`:
 
-    * `stt_engine`: "local" (faster-whisper on this machine's CPU) or "openai" (an OpenAI-compatible server);
+    * `stt_engine`: "local" (faster-whisper on this machine's CPU), "openai" (an OpenAI-compatible server) or
+      "nats" (the `server.py stt-worker` processes on `nats_url`, `adapters.stt_nats`);
     * `stt_model`: local: CTranslate2 Whisper model directory (None: the bundled tiny.en);
     * `revision_model`: local: the model revisions decode with ("base", "live", "tiny.en", a directory; None:
       base when its packages are installed, else the live model; see `adapters.stt_whisper.revision_model_dir`),
@@ -64,6 +67,12 @@ def build_stt(settings: SttSettings, **whisper_options: Any) -> SpeechToText:
 
         return OpenAITranscriber(base_url=settings.openai_base_url, api_key=settings.openai_api_key,
                                  model=settings.openai_stt_model)
+    if settings.stt_engine == "nats":
+        from adapters.stt_nats import NatsWhisper
+
+        if not settings.nats_url:
+            raise ValueError("STT_ENGINE=nats needs NATS_URL")
+        return NatsWhisper(settings.nats_url, model=Path(settings.stt_model).name if settings.stt_model else "tiny.en")
     from adapters.stt_whisper import LocalWhisper, revision_model_dir
 
     revision_model = revision_model_dir(settings.revision_model, settings.data_dir / "models", settings.stt_model)

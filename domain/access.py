@@ -12,7 +12,8 @@ one of four `Decision`s, which the edge maps to a status:
   missing one.
 
 Roles (users of an organisation): `admin` may do everything in the organisation; `hr` everything but managing
-users, API keys and the organisation's settings, and reading the audit trail; `interviewer` only reads, joins, adds and asks questions in, and reads
+users (HR lists them, to assign interviewers), API keys and the organisation's settings, and reading the audit
+trail; `interviewer` only reads, joins, adds and asks questions in, and reads
 the transcript and analysis of interviews whose `interviewers` hold their user id. API keys act in their
 organisation with exactly their scopes (`admin` = every scope). Participants (a join token) may only join and
 leave their own interview's room.
@@ -50,6 +51,7 @@ class Action(StrEnum):
     CANDIDATE_WRITE = "candidate.write"
     CANDIDATE_ERASE = "candidate.erase"  # crypto-shredding: hr and admin
     CANDIDATE_EXPORT = "candidate.export"
+    USER_READ = "user.read"  # the organisation's users (HR picks interviewers from them)
     USER_MANAGE = "user.manage"
     APIKEY_MANAGE = "apikey.manage"
     AUDIT_READ = "audit.read"

@@ -24,7 +24,16 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from domain.access import DEFAULT_ORG
-from domain.events import DomainEvent, SegmentEvent, SegmentRevised, SegmentTranscribed, StoredSegment, iso
+from domain.events import (
+    DomainEvent,
+    GuidanceEvent,
+    GuidanceRecorded,
+    SegmentEvent,
+    SegmentRevised,
+    SegmentTranscribed,
+    StoredSegment,
+    iso,
+)
 from domain.model import (
     COMPETENCY_MAX,
     EMAIL_RE,
@@ -497,6 +506,11 @@ class InterviewStore(Protocol):
 
     async def last_segment_seq(self, interview_id: str, participant_id: str) -> int | None: ...
 
+    async def add_guidance(self, event: GuidanceRecorded) -> None:
+        """Store live guidance with its unpublished event, replacing the stored one of the same `guidance_key`
+        (and, if that was not published yet, its event: only the latest state is published)."""
+        ...
+
     async def add_candidate(self, candidate: Candidate) -> None:
         """Raises `Conflict` if the id or the email exists."""
         ...
@@ -655,6 +669,13 @@ class InterviewService:
         await self._accepting_segments(interview_id, segment)
         event = SegmentRevised(interview_id=interview_id, occurred_at=self.clock(), segment=segment)
         return self._committed(await self.store.add_revision(event), event)
+
+    async def record_guidance(self, interview_id: str, guidance: GuidanceEvent) -> None:
+        """Store a live-guidance event with the interview (an alert, the guide coverage, a question/answer pair, the
+        talk balance); its `GuidanceRecorded` is published after the write."""
+        _check_id("interview", interview_id)
+        await self.store.add_guidance(GuidanceRecorded(interview_id, self.clock(), guidance))
+        self.on_commit()
 
     def _committed(self, stored: bool, event: SegmentTranscribed | SegmentRevised) -> bool:
         """After a segment write: wake the outbox relay if it stored something (False: a retry, already stored)."""

@@ -310,19 +310,22 @@ class ParticipantEvent:
 @dataclass(slots=True)
 class ConsentEvent:
     """A participant gave (`consent.given`) or withdrew (`consent.withdrawn`) consent to the processing of their
-    audio under the notice `notice_version`. Until given, none of their audio is processed; once withdrawn, none
-    more is (the transcript ends there for them)."""
+    audio under the notice `notice_version`, at `at`. Until given, none of their audio is processed; once withdrawn,
+    none more is (the transcript marks it: `after_seq` is the participant's last final before it, None if none)."""
 
     speaker: Speaker
     given: bool
     notice_version: str
+    at: datetime | None = None
+    after_seq: int | None = None
 
     @property
     def type(self) -> str:
         return "consent.given" if self.given else "consent.withdrawn"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "speaker": self.speaker.to_dict(), "noticeVersion": self.notice_version}
+        return {"type": self.type, "speaker": self.speaker.to_dict(), "noticeVersion": self.notice_version,
+                "at": iso(self.at), "afterSeq": self.after_seq}
 
 
 
@@ -634,3 +637,43 @@ class InterviewDataErased(DomainEvent):
 
     def data(self) -> dict[str, Any]:
         return {"candidateId": self.candidate_id, "erasureId": self.erasure_id}
+
+
+# the NATS subject's last token per guidance event type: interviews.<id>.guidance.<kind>
+GUIDANCE_KINDS = {"alert.protected_topic": "alert", "guide.coverage": "coverage", "qa.pair": "qa",
+                  "talk.balance": "balance"}
+
+
+def guidance_key(event: GuidanceEvent) -> str:
+    """What a guidance event is the latest state of: one alert or question/answer pair per question final
+    (`<kind>:<participantId>:<seq>`), one coverage and one talk balance per interview (`<kind>`)."""
+    kind = GUIDANCE_KINDS[event.type]
+    if isinstance(event, ProtectedTopicAlert):
+        return f"{kind}:{event.participant_id}:{event.seq}"
+    if isinstance(event, QaPairEvent):
+        return f"{kind}:{event.question.participant_id}:{event.question.seq}"
+    return kind
+
+
+@dataclass(slots=True, frozen=True)
+class GuidanceRecorded(DomainEvent):
+    """Live guidance stored with the interview: a protected-topic alert, the guide's coverage, a question/answer
+    pair or the talk balance (`guidance`: its stream event; a later one of the same `guidance_key` supersedes
+    it). Published on `interviews.<id>.guidance.<alert|coverage|qa|balance>`; its texts are sealed there."""
+
+    interview_id: str
+    occurred_at: Any
+    guidance: GuidanceEvent
+    id: str = field(default_factory=_event_id)
+    SUBJECT = "guidance"
+
+    @property
+    def kind(self) -> str:
+        return GUIDANCE_KINDS[self.guidance.type]
+
+    @property
+    def subject(self) -> str:
+        return f"interviews.{self.interview_id}.guidance.{self.kind}"
+
+    def data(self) -> dict[str, Any]:
+        return {"kind": self.kind, "key": guidance_key(self.guidance), "guidance": self.guidance.to_dict()}

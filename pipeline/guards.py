@@ -295,6 +295,15 @@ _NUMBER_WORDS = {"hundred", "thousand", "million", "double", "triple", "point"}
 _ZERO_WORDS = {"oh", "o"}  # zero when spoken among digits ("nine oh two")
 
 
+def words_besides_numbers(text: str) -> list[str]:
+    """The words of `text` that are not numbers, in order ("2 or 3" -> ["or"]): a revision of a numeric utterance
+    that says the same digits may still drop the words between them ("2-3")."""
+    words = normalise(text).replace("'", " ").split()
+    numberish = {i for i, w in enumerate(words) if w.isdigit() or w in _DIGIT_WORDS or w in _NUMBER_WORDS}
+    zero = {i for i, w in enumerate(words) if w in _ZERO_WORDS and ({i - 1, i + 1} & numberish)}
+    return [w for i, w in enumerate(words) if i not in numberish | zero]
+
+
 def spoken_digits(text: str) -> tuple[str, float]:
     """The digits `text` says, in order, numerals and number words alike ("nine oh two 1" -> "9021"), and the share
     of its words that are numbers. "oh" counts as 0 next to another number; "twenty one" gives "201" where a

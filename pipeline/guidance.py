@@ -90,9 +90,10 @@ _LAWFUL = re.compile(
 )
 
 
-# The curated question set (tests/data/protected_questions.jsonl); the detector's reference examples are its
-# tuning part, so the held-out part's figures are those of the detector that runs.
-QUESTION_SET = Path(__file__).resolve().parents[1] / "tests" / "data" / "protected_questions.jsonl"
+# The detector's reference examples: the tuning part of the curated question set, shipped with the package (the
+# held-out part, `tests/data/protected_questions.jsonl`, is test data only), so the held-out figures are those of
+# the detector that runs.
+REFERENCE_EXAMPLES = Path(__file__).resolve().parent / "data" / "protected_examples.jsonl"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +104,8 @@ class LabelledQuestion:
 
 
 def load_question_set(path: str | Path) -> list[LabelledQuestion]:
-    """`tests/data/protected_questions.jsonl`-style rows: {"text", "topic": null | topic, "split"}."""
+    """Labelled question rows {"text", "topic": null | topic, "split": "tune" (default) | "heldout"}
+    (`pipeline/data/protected_examples.jsonl`, `tests/data/protected_questions.jsonl`)."""
     out = []
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -191,9 +193,8 @@ class ProtectedTopicDetector:
 
 
 def default_detector(embedder: SentenceEmbedder, jurisdiction: Jurisdiction = "none") -> ProtectedTopicDetector:
-    """The detector over the tuning part of the curated question set."""
-    return ProtectedTopicDetector(embedder, [q for q in load_question_set(QUESTION_SET) if q.split == "tune"],
-                                  jurisdiction)  # fmt: skip
+    """The detector over its reference examples (the tuning part of the curated question set)."""
+    return ProtectedTopicDetector(embedder, load_question_set(REFERENCE_EXAMPLES), jurisdiction)
 
 
 def expected_topic(q: LabelledQuestion, jurisdiction: Jurisdiction) -> str | None:

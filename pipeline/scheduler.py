@@ -174,7 +174,8 @@ class SttScheduler:
         self.partial_share = partial_share
         self._partial_busy = _BusyWindow(self.PARTIAL_WINDOW_S, clock)  # plain partials
         self._closed = False
-        self._partial_kw = _accepts_partial(stt)
+        self._partial_kw = _accepts(stt, "partial")
+        self._kind_kw = _accepts(stt, "kind")  # an engine that queues by kind (NatsWhisper): told it
 
     @property
     def queue_depth(self) -> int:
@@ -414,6 +415,8 @@ class SttScheduler:
                 kwargs: dict[str, Any] = {"prompt": job.prompt}
                 if self._partial_kw:
                     kwargs["partial"] = kind == "partial"
+                if self._kind_kw:
+                    kwargs["kind"] = kind
                 if job.vocabulary:  # engines without a vocabulary (test doubles) never see the argument
                     kwargs["vocabulary"] = job.vocabulary
                 call = functools.partial(_call, self.stt, job.audio, kwargs)
@@ -489,10 +492,10 @@ def _revise(
     return result
 
 
-def _accepts_partial(stt: SpeechToText) -> bool:
+def _accepts(stt: SpeechToText, keyword: str) -> bool:
     import inspect
 
     try:
-        return "partial" in inspect.signature(stt.transcribe).parameters
+        return keyword in inspect.signature(stt.transcribe).parameters
     except (TypeError, ValueError):
         return False

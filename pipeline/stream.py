@@ -9,7 +9,8 @@
 
 Contract with the consumer (`emit`, a sync callback run on the event loop):
 
-* every utterance the segmenter closes ends as exactly one `segment.final` or one `error` event, except
+* every utterance the segmenter closes ends as exactly one `segment.final` or one `error` event (before it, at most
+  one `error` with `affected["retrying"]`: speech-to-text is unavailable, the audio is kept and asked for again), except
   utterances the guards judge to be silence/noise for which nothing was shown (no partial): those emit
   nothing, so silence and noise produce no segments (their seq is skipped; `stats["noise_utterances"]`);
 * `seq` is per stream, starts at 0, increases with every utterance; partials carry the seq their final will have,
@@ -62,13 +63,18 @@ from pipeline.guards import (
     spoken_digits,
     trim_after_speech,
     word_confidence,
+    words_besides_numbers,
     words_of,
 )
 from pipeline.scheduler import SttScheduler
+from pipeline.smart_turn import SmartTurn
 from pipeline.transcript import SAMPLE_RATE, SttError, Transcript
-from pipeline.turns import TurnRule, Verdict, text_verdict
+from pipeline.turns import TurnRule, Verdict, audio_verdict, combine, text_verdict
 
 log = logging.getLogger(__name__)
+
+# engine errors that pass: the final is kept and asked for again (pipeline.transcript.SttError codes)
+RETRYABLE = frozenset({"stt_unavailable"})
 
 
 @dataclass
@@ -89,6 +95,10 @@ class StreamConfig:
     semantic_turns: bool = True
     turn_complete_ms: int = 220
     turn_incomplete_ms: int = 800
+    # with an audio model (ParticipantStream's `turn_audio`): its P(turn ended) at the pause must be at least
+    # `turn_audio_end` to close early, and below `turn_audio_hold` it waits `turn_incomplete_ms` (pipeline.turns)
+    turn_audio_end: float = 0.5
+    turn_audio_hold: float = 0.0
     pre_roll_ms: int = 300
     min_speech_ms: int = 200
     max_utterance_s: float = 20.0
@@ -135,6 +145,11 @@ class StreamConfig:
     await_revisions: bool = True
     # mark finals that repeat another stream's overlapping, louder final (pipeline.guards.bleed_of)
     crosstalk_guard: bool = True
+    # a final no engine can take now (`stt_unavailable`: every speech-to-text worker gone) is kept and asked for
+    # again this often, for up to `final_retry_for_s` (`final_retry_closing_s` once the stream is closing)
+    final_retry_s: float = 2.0
+    final_retry_for_s: float = 300.0
+    final_retry_closing_s: float = 10.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -150,6 +165,7 @@ class ParticipantStream:
         config: StreamConfig | None = None,
         clock: Callable[[], float] | None = None,
         conversation: Conversation | None = None,
+        turn_audio: SmartTurn | None = None,
         vocabulary: tuple[str, ...] | None = None,
     ) -> None:
         from pipeline.dsp import FrontEnd  # the native core; imported here so a missing build names the fix
@@ -171,7 +187,12 @@ class ParticipantStream:
             min_speech_ms=cfg.min_speech_ms,
             max_utterance_s=cfg.max_utterance_s,
         )
-        self.turn_rule = TurnRule(cfg.end_silence_ms, cfg.turn_complete_ms, cfg.turn_incomplete_ms)
+        self.turn_rule = TurnRule(cfg.end_silence_ms, cfg.turn_complete_ms, cfg.turn_incomplete_ms,
+                                  audio_end=cfg.turn_audio_end, audio_hold=cfg.turn_audio_hold)
+        # the audio end-of-turn model (pipeline.smart_turn), shared by the process's streams; asked once per pause,
+        # beside the speculative decode, on its own thread
+        self.turn_audio = turn_audio if cfg.semantic_turns else None
+        self._turn_p: asyncio.Task[float] | None = None  # its answer for the pause of `self._spec`
         # (speculative decode, silence in ms it lets the pause last): read once per decode
         self._turn_silence: tuple[asyncio.Task[Transcript | None], int] | None = None
         # (seq, speech end sample) of the last utterance closed before `end_silence_ms`: the next one continues it
@@ -205,12 +226,14 @@ class ParticipantStream:
         # no longer known). The streams of a file share their time; a room's owner maps each to arrival time.
         self.conversation_time: Callable[[float], float | None] = _same_time
         self._closed = False
+        self._closed_at: float | None = None
         self.stats: dict[str, int] = {
             "utterances": 0, "finals": 0, "partials": 0, "partials_shed": 0, "noise_utterances": 0,
             "hallucinations": 0, "errors": 0, "speculative_used": 0, "speculative_wasted": 0,
             "revisions": 0, "revisions_unchanged": 0, "revisions_rejected": 0, "revisions_dropped": 0,
             "revisions_failed": 0, "revisions_unfollowed": 0, "crosstalk": 0, "crosstalk_corrected": 0,
-            "turns_closed_early": 0, "turns_held": 0, "turns_continued": 0,
+            "turns_closed_early": 0, "turns_held": 0, "turns_continued": 0, "finals_retried": 0,
+            "turn_audio_queries": 0, "turn_audio_failed": 0,
         }  # fmt: skip
 
     # ------------------------------------------------------------------------------------------ properties
@@ -270,11 +293,13 @@ class ParticipantStream:
         if self._closed:
             return
         self._closed = True
+        self._closed_at = time.monotonic()
         for utt in self.frontend.flush():
             self._submit_final(utt)
         if self._spec is not None:
             self._spec[3].cancel()
             self._spec = None
+        self._cancel_turn_audio()
         if self._partial_task is not None:
             self._partial_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -372,10 +397,23 @@ class ParticipantStream:
         task.add_done_callback(lambda _t: self._show_speculation())
         task.add_done_callback(lambda _t: self._set_end_silence())
         self._spec = (seq, start, covered, task)
+        self._cancel_turn_audio()
+        if self.turn_audio is not None:  # the same snapshot, as it stands now: speech and the pause so far
+            self.stats["turn_audio_queries"] += 1
+            self._turn_p = asyncio.create_task(self.turn_audio.end_probability(got[1]))
+            self._turn_p.add_done_callback(_consume_outcome)
+            self._turn_p.add_done_callback(lambda _t: self._set_end_silence())
+
+    def _cancel_turn_audio(self) -> None:
+        """The audio model's query for a pause that is over: skipped if it has not started."""
+        if self._turn_p is not None and not self._turn_p.done():
+            self._turn_p.cancel()
+        self._turn_p = None
 
     def _set_end_silence(self) -> None:
         """The silence that closes the utterance in progress: from the speculative decode of the current pause when
-        it is done and speech has not resumed since (pipeline.turns), else `end_silence_ms`."""
+        it is done and speech has not resumed since (pipeline.turns), with the audio model's answer for the pause
+        too when there is a model (until it is in: `end_silence_ms`), else `end_silence_ms`."""
         cfg = self.config
         if not cfg.semantic_turns or self._closed:
             return
@@ -384,16 +422,31 @@ class ParticipantStream:
         if spec is not None and spec[0] == self._next_seq and spec[3].done() and fe.in_progress:
             seq, start, covered, task = spec
             speech_end = fe.speech_end
-            if speech_end is not None and speech_end <= start + covered:  # still the pause it decoded
+            turn_p = self._turn_p
+            audio_pending = self.turn_audio is not None and turn_p is not None and not turn_p.done()
+            if speech_end is not None and speech_end <= start + covered and not audio_pending:  # the pause decoded
                 if self._turn_silence is None or self._turn_silence[0] is not task:
                     tr = None if task.cancelled() or task.exception() is not None else task.result()
                     verdict: Verdict = "unsure"
                     if tr is not None and tr.text and not tr.hallucination:
                         verdict = text_verdict(tr.text, tr.words[-1].probability if tr.words else None,
                                                min_probability=self.turn_rule.min_probability)
+                    if self.turn_audio is not None:  # no answer (failed, or never asked): the audio is unsure
+                        verdict = combine(verdict, audio_verdict(self._turn_p_value(), end=self.turn_rule.audio_end,
+                                                                 hold=self.turn_rule.audio_hold))
                     self._turn_silence = (task, self.turn_rule.end_silence_ms(verdict))
                 ms = self._turn_silence[1]
         fe.end_silence_samples = ms * SAMPLE_RATE // 1000
+
+    def _turn_p_value(self) -> float | None:
+        task = self._turn_p
+        if task is None or not task.done() or task.cancelled():
+            return None
+        if task.exception() is not None:
+            self.stats["turn_audio_failed"] += 1
+            log.warning("smart turn failed: %s", task.exception())
+            return None
+        return task.result()
 
     def _show_speculation(self) -> None:
         """Speech resumed after a pause whose speculative decode is done: show that decode as a partial."""
@@ -465,8 +518,8 @@ class ParticipantStream:
             if seq == self._next_seq and seq not in self._partial_shown:
                 self._retry_partial_soon()  # shed while other streams got the worker: no first partial yet
             return
-        log.debug("partial of %s seq %d at %.2f s: %.2f s of audio -> %r (%s)", self.speaker.participant_id, seq,
-                  self.stream_time_s, audio.size / SAMPLE_RATE, tr.text, tr.reason)
+        log.debug("partial of %s seq %d at %.2f s: %.2f s of audio -> %d words (%s)", self.speaker.participant_id,
+                  seq, self.stream_time_s, audio.size / SAMPLE_RATE, len(tr.text.split()), tr.reason)
         if seq == self._next_seq and (not tr.text or tr.hallucination) and seq not in self._partial_shown:
             # too little speech yet for words (nothing, or "I... I... I..."): try again `partial_retry_s` after
             # this attempt rather than a whole interval later (onset -> first partial)
@@ -487,6 +540,7 @@ class ParticipantStream:
         seq = self._next_seq
         self._next_seq += 1
         self.stats["utterances"] += 1
+        self._cancel_turn_audio()  # an answer for a pause that closed the utterance comes too late to matter
         fixed = self.config.end_silence_ms * SAMPLE_RATE // 1000
         speech_end = int(round(utt.speech_end_s * SAMPLE_RATE))
         continues = None
@@ -507,6 +561,32 @@ class ParticipantStream:
         self._finals.add(task)
         task.add_done_callback(self._finals.discard)
 
+    async def _transcribe_final(self, utt: Any, affected: dict[str, Any]) -> Transcript:
+        """The final's decode. While no engine can take it (`stt_unavailable`) the utterance is kept and asked for
+        again every `final_retry_s`, after one `error` event that says so (`affected["retrying"]`), so the final
+        still comes out once workers are back: no hole in the transcript. Gives up (raises) after
+        `final_retry_for_s`, or `final_retry_closing_s` into the stream's close."""
+        cfg = self.config
+        give_up: float | None = None
+        while True:
+            try:
+                return await self.scheduler.transcribe_final(utt.audio, prompt=self._prompt(),
+                                                             vocabulary=self.vocabulary)
+            except SttError as exc:
+                if exc.code not in RETRYABLE:
+                    raise
+                now = time.monotonic()
+                if give_up is None:
+                    give_up = now + cfg.final_retry_for_s
+                    self.stats["finals_retried"] += 1
+                    self._emit(ErrorEvent(self.speaker, exc.code, f"{exc.message} (kept; asking again)",
+                                          {**affected, "retrying": True}))
+                if self._closed:
+                    give_up = min(give_up, (self._closed_at or now) + cfg.final_retry_closing_s)
+                if now + cfg.final_retry_s > give_up:
+                    raise
+                await asyncio.sleep(cfg.final_retry_s)  # the engine's workers come back on their own schedule
+
     async def _final(
         self,
         seq: int,
@@ -525,8 +605,7 @@ class ParticipantStream:
                 tr = await _result_or_none(spec)
                 self.stats["speculative_used" if tr is not None else "speculative_wasted"] += 1
             if tr is None:
-                tr = await self.scheduler.transcribe_final(utt.audio, prompt=self._prompt(),
-                                                           vocabulary=self.vocabulary)
+                tr = await self._transcribe_final(utt, affected)
         except SttError as exc:
             error = ErrorEvent(self.speaker, exc.code, exc.message, affected)
         except Exception as exc:  # noqa: BLE001 - any failure becomes an error event, never a lost final
@@ -560,7 +639,7 @@ class ParticipantStream:
         self.stats["hallucinations"] += int(tr.hallucination)
         if seg.crosstalk:
             self.stats["crosstalk"] += 1
-            log.debug("final %d of %s is cross-talk: %r", seq, self.speaker.participant_id, tr.text)
+            log.debug("final %d of %s is cross-talk", seq, self.speaker.participant_id)
             return
         if not tr.text or tr.hallucination:
             return
@@ -611,7 +690,7 @@ class ParticipantStream:
         self.stats["crosstalk_corrected"] += 1
         seg = replace(sent.segment, crosstalk=True, revision=sent.segment.revision + 1, emitted_at_s=None)
         sent.segment = replace(seg)
-        log.debug("final %d of %s corrected as cross-talk: %r", sent.seq, self.speaker.participant_id, seg.text)
+        log.debug("final %d of %s corrected as cross-talk", sent.seq, self.speaker.participant_id)
         self._emit(seg)
         if sent.turn is None:
             return
@@ -668,7 +747,7 @@ class ParticipantStream:
             return
         tr = trim_after_speech(tr, utt.speech_end_s - utt.start_s)
         if not tr.text or tr.hallucination or cut_short(tr, tr.audio_s):
-            log.debug("revision of %d rejected (%s): %r", seq, tr.reason or "cut short", tr.text)
+            log.debug("revision of %d rejected (%s)", seq, tr.reason or "cut short")
             self.stats["revisions_rejected"] += 1
             return
         if normalise(tr.text) == normalise(turn.text):
@@ -680,16 +759,18 @@ class ParticipantStream:
         (live_digits, live_share), (new_digits, new_share) = spoken_digits(turn.text), spoken_digits(tr.text)
         if (len(turn.text.split()) <= cfg.revise_strict_max_words
                 or max(live_share, new_share) >= cfg.revise_strict_number_share):
-            if confidence < turn.word_confidence + cfg.revise_strict_min_gain or new_digits != live_digits:
-                log.debug("revision of short or numeric %d not clearly better (%.3f vs %.3f, digits %r vs %r): %r",
-                          seq, confidence, turn.word_confidence, new_digits, live_digits, tr.text)  # fmt: skip
+            numeric = max(live_share, new_share) >= cfg.revise_strict_number_share
+            if (confidence < turn.word_confidence + cfg.revise_strict_min_gain or new_digits != live_digits
+                    or (numeric and words_besides_numbers(tr.text) != words_besides_numbers(turn.text))):
+                # (the digits themselves are not logged: a phone number is personal data)
+                log.debug("revision of short or numeric %d not clearly better (%.3f vs %.3f, digits %s)", seq,
+                          confidence, turn.word_confidence, "differ" if new_digits != live_digits else "same")
                 self.stats["revisions_rejected"] += 1
                 return
         if confidence < turn.word_confidence + cfg.revise_min_gain:
             # the decoder is less sure of the revised words than of the live ones: keep the final. Measured on 8
             # dialogues (20 revisions): taking every revision made 6 utterances worse; this rule, 4 (for 12 better)
-            log.debug("revision of %d less confident (%.3f < %.3f): %r", seq, confidence, turn.word_confidence,
-                      tr.text)  # fmt: skip
+            log.debug("revision of %d less confident (%.3f < %.3f)", seq, confidence, turn.word_confidence)
             self.stats["revisions_rejected"] += 1
             return
         old, turn.text, turn.confidence, turn.word_confidence = turn.text, tr.text, tr.confidence, confidence

@@ -9,6 +9,12 @@ was said as soon as the speaker pauses (the speculative final); `end_silence_ms`
 * a trailing "and", "so", "um", "because" or comma waits `incomplete_ms` (>= 800 ms);
 * anything else (no punctuation, doubted words, no decode yet) keeps the fixed silence.
 
+With the audio model (`pipeline.smart_turn`, `TURN_AUDIO_MODEL`) the pause has a second opinion, P(turn ended)
+from how it was said: `audio_verdict` reads it as complete (P >= `audio_end`), incomplete (P < `audio_hold`) or
+unsure, and `combine` closes early only when both the words and the audio say complete, waits long when either
+says incomplete, and keeps the fixed silence otherwise (a sentence break inside an answer reads as complete text,
+but its intonation usually does not fall as at the end of a turn).
+
 Turn-taking only: the decision reads the transcript text, nothing is inferred or stored about the speaker.
 `python -m benchmarks.turns` measures it on the dialogues' pauses (mid-turn pauses vs turn ends).
 """
@@ -58,18 +64,49 @@ def text_verdict(text: str, last_word_probability: float | None = None, *, min_p
     return "complete"
 
 
+def audio_verdict(p_end: float | None, *, end: float, hold: float) -> Verdict:
+    """The audio model's P(turn ended) as a verdict: complete at or above `end`, incomplete below `hold`."""
+    if p_end is None:
+        return "unsure"
+    if p_end >= end:
+        return "complete"
+    if p_end < hold:
+        return "incomplete"
+    return "unsure"
+
+
+def combine(text: Verdict, audio: Verdict) -> Verdict:
+    """Both must say complete to close early; either saying incomplete waits long; else the fixed silence."""
+    if text == "incomplete" or audio == "incomplete":
+        return "incomplete"
+    if text == "complete" and audio == "complete":
+        return "complete"
+    return "unsure"
+
+
 @dataclass(frozen=True, slots=True)
 class TurnRule:
-    """Silence (ms) that closes an utterance for each verdict; `fixed_ms` is `END_SILENCE_MS`."""
+    """Silence (ms) that closes an utterance for each verdict; `fixed_ms` is `END_SILENCE_MS`. `audio_end` /
+    `audio_hold`: the audio model's P(turn ended) at or above which it says complete / below which incomplete."""
 
     fixed_ms: int = 500
     complete_ms: int = 220
     incomplete_ms: int = 800
     min_probability: float = 0.5
+    audio_end: float = 0.5
+    audio_hold: float = 0.0
 
     def __post_init__(self) -> None:
         if min(self.fixed_ms, self.complete_ms, self.incomplete_ms) <= 0:
             raise ValueError("turn silences must be positive")
+        if not 0.0 <= self.audio_hold <= self.audio_end <= 1.0:
+            raise ValueError("turn audio thresholds must satisfy 0 <= audio_hold <= audio_end <= 1")
+
+    def verdict(self, text: Verdict, p_end: float | None = None) -> Verdict:
+        """The text verdict, or with the audio model's P(turn ended) both combined (`combine`)."""
+        if p_end is None:
+            return text
+        return combine(text, audio_verdict(p_end, end=self.audio_end, hold=self.audio_hold))
 
     def end_silence_ms(self, verdict: Verdict) -> int:
         if verdict == "complete":

@@ -43,3 +43,18 @@ def write_channel(src: Path, channel: int | None, dst: Path) -> None:
         out.setsampwidth(2)
         out.setframerate(rate)
         out.writeframes(mono.tobytes())
+
+
+def write_speech(src: Path, dst: Path, *, tail_s: float = 2.0, gain: float = 1.0) -> None:
+    """Any audio file (e.g. `jfk.flac`) as 16-bit mono 48 kHz PCM WAV with `tail_s` of silence after it, so each
+    pass of Chromium's looped fake capture ends an utterance before the next begins; `gain` 0 makes a silent one
+    as long as the file."""
+    from pipeline.audio_file import read_audio
+
+    rate = 48_000
+    pcm = (read_audio(src, rate=rate, mono=True).pcm * gain).astype("<i2")
+    with wave.open(str(dst), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(np.concatenate([pcm, np.zeros(int(tail_s * rate), dtype="<i2")]).tobytes())

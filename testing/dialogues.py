@@ -170,6 +170,26 @@ VOCABULARY: Dialogues = {
         ("candidate", "We replaced Webpack with Vite and our builds became four times faster.", "neutral"),
     ]),
 }  # fmt: skip
+# An interview for live guidance: guide questions asked in other words, one question not in the guide (a lawful
+# near-miss: "Can you work weekends?") and two protected-topic questions (age, family).
+GUIDANCE: Dialogues = {
+    "guidance_protected": (["kafka", "ledger", "review"], [
+        ("interviewer", "Can you walk me through a distributed system you have built?", "neutral"),
+        ("candidate", "I built a payments ledger on Kafka with three services.", "neutral"),
+        ("interviewer", "How old are you, if you don't mind me asking?", "neutral"),
+        ("candidate", "I would rather not say.", "neutral"),
+        ("interviewer", "Can you work weekends?", "neutral"),
+        ("candidate", "Yes, now and then.", "neutral"),
+        ("interviewer", "Are you married, or planning to have children?", "neutral"),
+        ("candidate", "I prefer to keep that private.", "neutral"),
+        ("interviewer", "What do you look for when you review a colleague's code?", "neutral"),
+        ("candidate", "Tests first, then clear names and small functions.", "neutral"),
+    ]),
+}  # fmt: skip
+# ... and the guide it is asked from (the interview's questions: id, text, category)
+GUIDANCE_GUIDE = [("q1", "Tell me about a distributed system you designed.", "system design"),
+                  ("q2", "Describe a production incident you led and what you learned.", "operations"),
+                  ("q3", "How do you review a teammate's code?", "collaboration")]
 
 
 def generator() -> Path:
@@ -226,6 +246,11 @@ def digit_dialogue_set(out: Path | None = None) -> list[tuple[str, Path]]:
     """(name, directory) of the dialogues of spoken digit strings and short answers (`DIGITS`), made if needed."""
     folder = make_extra(out, DIGITS)
     return [(name, folder) for name in DIGITS]
+
+
+def guidance_dialogue(out: Path | None = None) -> Path:
+    """The live-guidance dialogue (`GUIDANCE`), made if needed: its directory (`guidance_protected.*`)."""
+    return make_extra(out, GUIDANCE)
 
 
 def main() -> None:

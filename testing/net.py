@@ -25,11 +25,12 @@ def free_port() -> int:
 
 
 def start_child(cmd: list[str], ready: Callable[[str], bool], log: list[str], *, what: str,
-                timeout: float = 15.0, max_log: int = 500) -> subprocess.Popen[str]:
+                timeout: float = 15.0, max_log: int = 500, env: dict[str, str] | None = None,
+                cwd: str | None = None) -> subprocess.Popen[str]:
     """Starts `cmd` and returns once a line of its output (stdout and stderr) satisfies `ready`; its output is drained
     into `log` (the first `max_log` lines) for as long as it runs, so a full pipe never blocks it. Raises
     RuntimeError with the log's tail when it exits or does not get ready within `timeout`."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
     became_ready = threading.Event()
 
     def read() -> None:

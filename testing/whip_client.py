@@ -374,6 +374,29 @@ async def _gathered(pc: RTCPeerConnection) -> None:
         await done.wait()
 
 
+MAX_REDIRECTS = 3
+
+
+async def _post_offer(http: httpx.AsyncClient, url: str, token: str, sdp: str) -> tuple[httpx.Response, str]:
+    """POST the offer, following `307`/`308` redirects (RFC 9725 section 4.5: the room is on another node) with the
+    same offer and token. Returns the last response and the URL that gave it (where the session's Location is)."""
+    for _ in range(MAX_REDIRECTS + 1):
+        try:
+            response = await http.post(
+                url,
+                content=sdp.encode(),
+                headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {token}"},
+                follow_redirects=False,
+            )
+        except httpx.HTTPError as exc:
+            raise WhipError(f"WHIP POST {url} failed: {exc}") from exc
+        if response.status_code not in (307, 308) or not response.headers.get("location"):
+            return response, url
+        url = urljoin(url, response.headers["location"])
+        log.info("WHIP POST redirected to %s", url)
+    raise WhipError(f"WHIP POST: more than {MAX_REDIRECTS} redirects", status=response.status_code)
+
+
 NOTICE_VERSION = "2026-01"  # the notice version the pages send (adapters.privacy.NOTICE_VERSION)
 
 
@@ -442,14 +465,7 @@ async def whip_publish(
         await _gathered(pc)
         if consent and track is not None:
             await give_consent(http, url, token, notice_version)
-        try:
-            response = await http.post(
-                url,
-                content=pc.localDescription.sdp.encode(),
-                headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {token}"},
-            )
-        except httpx.HTTPError as exc:
-            raise WhipError(f"WHIP POST {url} failed: {exc}") from exc
+        response, url = await _post_offer(http, url, token, pc.localDescription.sdp)
         if response.status_code != 201:
             raise WhipError(
                 f"WHIP POST {url} -> {response.status_code}: {response.text[:300]}",

@@ -40,9 +40,10 @@ MATRIX: dict[tuple[str, str], str] = {
     ("POST", "/api/auth/login"): PUBLIC,
     ("POST", "/api/auth/refresh"): "111111111",  # its credential is the refresh cookie, which nobody here has
     ("POST", "/api/auth/logout"): PUBLIC,
+    ("POST", "/api/auth/setup"): PUBLIC,  # its credential is the setup link's token, in the body
     ("GET", "/api/me"): "13.....33",
     ("POST", "/api/users"): "13333...3",
-    ("GET", "/api/users"): "13333...3",
+    ("GET", "/api/users"): "1333....3",  # hr lists them to assign interviewers
     ("DELETE", "/api/users/{user_id}"): "13333.4.3",
     ("POST", "/api/api-keys"): "13333...3",
     ("GET", "/api/api-keys"): "13333...3",

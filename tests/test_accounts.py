@@ -212,6 +212,36 @@ async def test_organisations_do_not_see_each_other(client: httpx.AsyncClient, se
     assert denied.status_code == 403 and denied.json()["error"]["code"] == "forbidden"
 
 
+async def test_only_active_interviewers_of_the_organisation_are_assigned(client: httpx.AsyncClient,
+                                                                        setup: InProcessApi) -> None:
+    ivy = await add_user(client, "ivy@example.com")
+    hana = await add_user(client, "hana@example.com", "hr")
+    gone = await add_user(client, "gone@example.com")
+    assert (await client.delete(f"/api/users/{gone}", headers=ADMIN)).status_code == 200
+    boss = await setup.accounts.create_admin("boss@b.example", "Org B", PASSWORD)
+    other = {"Authorization": f"Bearer {(await login(client, 'boss@b.example')).json()['accessToken']}"}
+    foreign = (await client.post("/api/users", headers=other, json={
+        "email": "fred@b.example", "role": "interviewer", "name": "Fred", "password": PASSWORD})).json()["userId"]
+    new = {"candidateId": "cand-1", "jobId": "job-1", "scheduledAt": "2030-01-01T09:00:00Z"}
+    r = await client.post("/api/interviews", headers=ADMIN,
+                          json={**new, "interviewers": [ivy, "nobody", hana, foreign, gone, boss.user_id]})
+    assert r.status_code == 422
+    assert r.json()["error"]["fields"] == {
+        "interviewers[1]": "'nobody' is not a user of this organisation",
+        "interviewers[2]": f"{hana!r} has the role hr, not interviewer",
+        # another organisation's user is answered like an unknown id
+        "interviewers[3]": f"{foreign!r} is not a user of this organisation",
+        "interviewers[4]": f"{gone!r} is disabled",
+        "interviewers[5]": f"{boss.user_id!r} is not a user of this organisation"}
+    assert (await client.get("/api/interviews", headers=ADMIN)).json()["items"] == []  # nothing was scheduled
+    ok = await client.post("/api/interviews", headers=ADMIN, json={**new, "interviewers": [ivy]})
+    assert ok.status_code == 201 and ok.json()["interviewers"] == [ivy]
+    # and in the other organisation, its own interviewer is the valid one
+    theirs = await client.post("/api/interviews", headers=other, json={**new, "interviewers": [foreign]})
+    assert theirs.status_code == 201
+    assert (await client.post("/api/interviews", headers=other, json={**new, "interviewers": [ivy]})).status_code == 422
+
+
 async def test_interviewers_list_and_join_only_their_interviews(client: httpx.AsyncClient) -> None:
     ivy_id = await add_user(client, "ivy@example.com")
     await add_user(client, "una@example.com")
@@ -430,3 +460,47 @@ async def test_documents_from_before_organisations_belong_to_the_default_one(sto
     listed = await service.list_interviews(InterviewQuery(org_id="default"))
     assert [i["interviewId"] for i in listed["items"]] == [doc["interviewId"]]
     assert (await service.list_interviews(InterviewQuery(org_id="org-b")))["items"] == []
+
+
+async def test_the_setup_link_makes_the_first_admin_once(client: httpx.AsyncClient, setup: InProcessApi) -> None:
+    accounts = setup.accounts
+    token = await accounts.open_setup()
+    assert token is not None and len(token) >= 40
+    # hashed at rest: the store holds its SHA-256 and an expiry, never the token
+    docs = await accounts.store.setup_tokens.find({}).to_list(None)
+    assert [d["_id"] for d in docs] == [sha256(token)] and token not in json.dumps(docs, default=str)
+    assert docs[0]["expiresAt"] - time.time() == pytest.approx(24 * 3600, abs=60)
+    # a second start without users replaces it: only the newest link works
+    stale, token = token, await accounts.open_setup()
+    assert token is not None and token != stale
+    body = {"token": token, "email": "Ada@Example.com", "name": "Ada", "password": PASSWORD}
+    r = await client.post("/api/auth/setup", json={**body, "token": stale})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    # bad fields are a 422 and do not use the link up
+    r = await client.post("/api/auth/setup", json={**body, "email": "nope", "password": "short"})
+    assert r.status_code == 422 and set(r.json()["error"]["fields"]) == {"email", "password"}
+    r = await client.post("/api/auth/setup", json=body)
+    assert r.status_code == 201
+    admin_id = r.json()["userId"]
+    me = await client.get("/api/me", headers={
+        "Authorization": f"Bearer {(await login(client, 'ada@example.com')).json()['accessToken']}"})
+    assert me.json() == {"userId": admin_id, "email": "ada@example.com", "name": "Ada", "role": "admin",
+                         "orgId": "default"}
+    # single use: the same link again is gone, and so is any link once an admin exists
+    r = await client.post("/api/auth/setup", json={**body, "email": "eve@example.com"})
+    assert r.status_code == 410 and r.json()["error"]["code"] == "setup_done"
+    await setup.accounts.store.users.delete_many({})  # even with the admin gone, the used link stays used
+    r = await client.post("/api/auth/setup", json={**body, "email": "eve@example.com"})
+    assert r.status_code == 410 and r.json()["error"]["code"] == "setup_used"
+    # with users, a start mints none and drops what is left
+    await add_user(client, "ivy@example.com")
+    assert await accounts.open_setup() is None
+    assert await accounts.store.setup_tokens.count_documents({}) == 0
+
+
+async def test_an_expired_setup_link_is_gone(client: httpx.AsyncClient, setup: InProcessApi) -> None:
+    token = "t" * 43
+    await setup.accounts.store.replace_setup_token(sha256(token), time.time() - 1)
+    r = await client.post("/api/auth/setup", json={"token": token, "email": "ada@example.com", "password": PASSWORD})
+    assert r.status_code == 410 and r.json()["error"]["code"] == "setup_expired"
+    assert (await client.get("/api/users", headers=ADMIN)).json()["items"] == []

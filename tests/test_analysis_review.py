@@ -264,3 +264,16 @@ async def test_none_computed_and_shown_still_advisory(server: LiveServer) -> Non
     r = await org.review({"action": "confirm", "scorecard": card})
     assert r.status_code == 200 and r.json()["version"] == "confirmed"
     assert set(scores(r.json()).values()) == {4}
+
+
+def test_export_csv_cells_that_start_like_a_formula_are_text() -> None:
+    from adapters.http_api import export_csv
+
+    row = {"interviewId": "iv-1", "candidateId": "c-1", "scheduledAt": None, "completedAt": None,
+           "analysisStatus": "completed", "reviewStatus": "confirmed", "version": "confirmed", "final": True,
+           "advisory": True, "overall": 70, "recommendation": "hire", "competencies": {"sql": 4}}
+    jobs = ["=HYPERLINK(\"http://x.test\")", "+1", "-1+2", "@SUM(A1)", "\t=1+1", "\r=1+1", "backend-dev"]
+    text = export_csv([{**row, "jobId": job} for job in jobs])
+    cells = [r["jobId"] for r in csv.DictReader(io.StringIO(text))]
+    assert cells == ["'" + job for job in jobs[:-1]] + ["backend-dev"]
+    assert [r["competency:sql"] for r in csv.DictReader(io.StringIO(text))] == ["4"] * len(jobs)

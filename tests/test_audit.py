@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import stat
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -17,7 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters.audit import AuditEntry, AuditLog
+from adapters.audit import AuditEntry, AuditLog, _spill_line
+from adapters.metrics import Metrics
 from adapters.mongo import EmbeddedMongo, MongoStore
 from testing.live_server import live_server, test_settings
 from testing.net import free_port
@@ -207,6 +209,96 @@ async def test_entries_recorded_while_the_store_is_down_are_written_when_it_is_b
     finally:
         await store.close()
         await embedded.stop()
+
+
+async def test_past_its_bound_the_queue_spills_to_a_file_and_nothing_is_lost(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    embedded = EmbeddedMongo(tmp_path / "mongo", port=free_port())
+    store = await MongoStore.connect(await embedded.start(), timeout_s=0.5)
+    metrics = Metrics()
+    spill = tmp_path / "data" / "audit.spill.jsonl"
+    audit = AuditLog(store.db, metrics=metrics, flush_interval_s=0.05, max_backoff_s=0.5, batch_size=20,
+                     max_queue=50, spill_path=spill)
+    try:
+        await audit.start()
+        for i in range(10):
+            audit.record(entry(i))
+        await until(audit, lambda a: a.written == 10)
+        await embedded.stop()
+        with caplog.at_level(logging.ERROR, logger="adapters.audit"):
+            for i in range(10, 310):
+                audit.record(entry(i))
+            await until(audit, lambda a: a.failures >= 2)
+        # memory holds the bound, the rest is on disk, in order, and it was said once
+        assert (audit.queued, audit.pending, audit.spilled) == (50, 300, 250)
+        assert spill.read_text().count("\n") == 250 and stat.S_IMODE(spill.stat().st_mode) == 0o600
+        assert metrics.audit_spilled._value.get() == 250
+        overflow = [r for r in caplog.records if "spilling to" in r.getMessage()]
+        assert len(overflow) == 1 and overflow[0].levelno == logging.ERROR
+        await embedded.start()  # the same port: the client reconnects
+        for i in range(310, 330):  # behind the spilled ones, so in order
+            audit.record(entry(i))
+        await audit.aclose()
+        assert audit.pending == 0 and not spill.exists()
+        docs = await all_pages(audit, org_id="org-a", limit=200)
+        assert [as_recorded(d) for d in reversed(docs)] == [entry(i) for i in range(330)]
+        assert (await audit.verify()).ok
+    finally:
+        await store.close()
+        await embedded.stop()
+
+
+async def test_what_a_shutdown_could_not_write_is_written_by_the_next_start(tmp_path: Path) -> None:
+    embedded = EmbeddedMongo(tmp_path / "mongo", port=free_port())
+    store = await MongoStore.connect(await embedded.start(), timeout_s=0.5)
+    spill = tmp_path / "audit.spill.jsonl"
+    first = AuditLog(store.db, flush_interval_s=0.05, max_backoff_s=0.2, max_queue=10, spill_path=spill)
+    try:
+        await first.start()
+        for i in range(5):
+            first.record(entry(i))
+        await until(first, lambda a: a.written == 5)
+        stored = [d["_id"] async for d in first.entries.find({}, {"_id": 1}).sort("seq", 1)]
+        await embedded.stop()
+        for i in range(5, 45):
+            first.record(entry(i))
+        await first.aclose(timeout_s=1.0)  # the store stays down: the queue goes to the front of the file
+        assert first.pending == 40 and spill.read_text().count("\n") == 40
+        # as if the last write's outcome had been unknown: the 5 stored entries are in the file again, first
+        with spill.open("r+") as fh:
+            rest = fh.read()
+            fh.seek(0)
+            fh.write("".join(_spill_line(i, entry(n)) for n, i in enumerate(stored)) + rest)
+        await embedded.start()
+        second = AuditLog(store.db, flush_interval_s=0.05, max_queue=10, spill_path=spill)
+        assert second.pending == 45
+        await second.start()
+        second.record(entry(45))
+        await second.aclose()
+        docs = await all_pages(second, org_id="org-a", limit=200)
+        assert [as_recorded(d) for d in reversed(docs)] == [entry(i) for i in range(46)]  # none twice
+        assert (await second.verify()).ok and not spill.exists()
+    finally:
+        await store.close()
+        await embedded.stop()
+
+
+async def test_a_damaged_line_in_the_spill_file_is_skipped_and_the_rest_written(
+        store: MongoStore, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    spill = tmp_path / "audit.spill.jsonl"
+    lines = [_spill_line(f"e{i}", entry(i)) for i in range(4)]
+    lines[1] = '{"id": "e1", "actor_type": "user", "at": "not a date"}\n'  # damaged on disk
+    lines[2] = "[1, 2]\n"
+    spill.write_text("".join(lines))
+    audit = AuditLog(store.db, flush_interval_s=0.05, spill_path=spill)
+    with caplog.at_level(logging.ERROR, logger="adapters.audit"):
+        await audit.start()
+        audit.record(entry(4))
+        await audit.aclose()
+    docs = await all_pages(audit, org_id="org-a", limit=200)
+    assert [as_recorded(d) for d in reversed(docs)] == [entry(0), entry(3), entry(4)]
+    assert sum("damaged entry" in r.getMessage() for r in caplog.records) == 2
+    assert audit.pending == 0 and not spill.exists()
 
 
 async def test_a_second_writer_collides_loudly_and_the_chain_stays_linear(store: MongoStore,

@@ -41,6 +41,7 @@ from starlette.staticfiles import StaticFiles
 
 from domain.events import (
     AskedRef,
+    ConsentEvent,
     ErrorEvent,
     GuideCoverageEvent,
     GuideItemStatus,
@@ -217,7 +218,7 @@ async def test_interviewer_page_shows_candidate_words(server: Server, chromium: 
         await expect(observer.locator("#mute")).to_be_hidden()
 
         await cand.goto(candidate_url)
-        await expect(cand.locator(".notice")).to_contain_text("no voice-tone or facial emotion analysis", ignore_case=True)
+        await expect(cand.locator(".notice:not(#aedt)")).to_contain_text("no voice-tone or facial emotion analysis", ignore_case=True)
         await cand.click("#join")  # without consent nothing happens but a request to give it
         await expect(cand.locator("#error")).to_contain_text("consent")
         await cand.check("#consent")
@@ -557,6 +558,11 @@ async def test_guidance_panel(chromium: str, shared_data: Path, tmp_path: Path) 
         await expect(page.locator("#talk-longest")).to_contain_text("Longest answer: 5 s, 9 words")
         # the backlog after a reconnect repeats the alert: still one banner
         send(ProtectedTopicAlert("p-ivo", 1, "And how old are you?", "age", 1.0, "Ask about experience."))
+        # a candidate withdrawing consent mid-interview marks the transcript where it happened
+        send(ConsentEvent(casey, False, "", datetime(2026, 12, 2, 9, 30, tzinfo=UTC), 0))
+        await expect(page.locator("#transcript")).to_contain_text("Casey Candidate withdrew consent at")
+        send(ConsentEvent(casey, True, "2026-01", datetime(2026, 12, 2, 9, 31, tzinfo=UTC), 0))
+        await expect(page.locator("#transcript")).to_contain_text("Casey Candidate gave consent at")
         await expect(page.locator("#talk-longest")).to_be_visible()
         await expect(alert).to_have_count(1)
         if os.environ.get("SCREENSHOTS"):  # rewrites docs/guidance.png (off by default: the tree stays clean)

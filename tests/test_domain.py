@@ -24,11 +24,13 @@ from domain.commands import (
 )
 from domain.events import (
     DomainEvent,
+    GuidanceRecorded,
     SegmentEvent,
     SegmentRevised,
     SegmentTranscribed,
     Speaker,
     StoredSegment,
+    guidance_key,
 )
 from domain.model import (
     CANCELLED,
@@ -211,6 +213,7 @@ class MemoryStore:
         self.segments: dict[tuple[str, str, int], StoredSegment] = {}
         self.revisions: dict[tuple[str, str, int, int], SegmentEvent] = {}
         self.outbox: list[DomainEvent] = []
+        self.guidance: dict[tuple[str, str], GuidanceRecorded] = {}
 
     async def add_interview(self, interview: Interview, events: list[DomainEvent]) -> None:
         if interview.interview_id in self.interviews:
@@ -275,6 +278,10 @@ class MemoryStore:
 
     async def last_segment_seq(self, interview_id: str, participant_id: str) -> int | None:
         return max((k[2] for k in self.segments if k[:2] == (interview_id, participant_id)), default=None)
+
+    async def add_guidance(self, event: GuidanceRecorded) -> None:
+        self.guidance[(event.interview_id, guidance_key(event.guidance))] = event
+        self.outbox.append(event)
 
     async def add_candidate(self, candidate: Candidate) -> None:
         if candidate.candidate_id in self.candidates or any(

@@ -310,3 +310,16 @@ def test_the_journal_gives_back_what_was_never_marked_stored(tmp_path: Path) -> 
     journal = SegmentJournal(journal.path)  # everything done: the file is emptied
     journal.done(journal.append("iv1", seg(4, "text 4")))
     assert journal.path.read_text() == "" and SegmentJournal(journal.path).pending() == []
+
+    # the server's journal is sealed with a key from the master key file: no transcript on disk in clear
+    from adapters.crypto import MasterKeys
+
+    keys = MasterKeys.generate()
+    sealed = SegmentJournal(tmp_path / "sealed.journal", keys.journal_key())
+    sealed.append("iv1", seg(5, "my lighthouse in Reykjavik"))
+    sealed.close()
+    on_disk = sealed.path.read_text()
+    assert "Reykjavik" not in on_disk and "Cat" not in on_disk and '"enc1:journal:' in on_disk
+    [(iid, back)] = SegmentJournal(sealed.path, keys.journal_key()).pending()
+    assert (iid, back.seq, back.text, back.speaker.name) == ("iv1", 5, "my lighthouse in Reykjavik", "Cat")
+    assert SegmentJournal(sealed.path, MasterKeys.generate().journal_key()).pending() == []  # another key

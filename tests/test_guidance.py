@@ -14,11 +14,12 @@ import pytest
 from adapters.embeddings_onnx import OnnxSentenceEmbedder
 from domain.events import GuideCoverageEvent, ProtectedTopicAlert, QaPairEvent, TalkBalanceEvent
 from pipeline.guidance import (
-    QUESTION_SET,
+    REFERENCE_EXAMPLES,
     TOPICS,
     Guidance,
     GuidanceFinal,
     GuideItem,
+    LabelledQuestion,
     ProtectedTopicDetector,
     coverage_accuracy,
     default_detector,
@@ -27,6 +28,11 @@ from pipeline.guidance import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+HELD_OUT = ROOT / "tests" / "data" / "protected_questions.jsonl"  # test data only: the detector never sees it
+
+
+def question_set() -> list[LabelledQuestion]:  # the whole curated set: the shipped reference examples, then the held-out part
+    return load_question_set(REFERENCE_EXAMPLES) + load_question_set(HELD_OUT)
 
 
 @pytest.fixture(scope="module")
@@ -47,19 +53,33 @@ def test_embeddings_are_unit_vectors_and_batch_invariant(embedder: OnnxSentenceE
 
 
 def test_question_set_is_curated_as_documented() -> None:
-    questions = load_question_set(QUESTION_SET)
+    questions = question_set()
     for topic in TOPICS:
         assert sum(q.topic == topic for q in questions) >= 20, topic
         assert any(q.topic == topic and q.split == "heldout" for q in questions), topic
     assert sum(q.topic is None for q in questions) >= 60
     assert {q.split for q in questions} == {"tune", "heldout"}
+    assert {q.split for q in load_question_set(REFERENCE_EXAMPLES)} == {"tune"}
     texts = [q.text.lower() for q in questions]
     assert len(texts) == len(set(texts)), "a question in both parts would leak the held-out figures"
 
 
+def test_runtime_data_ships_in_the_package() -> None:
+    """The running service reads nothing under tests/: the detector's examples and the tokenizer are package data
+    (pyproject `package-data`), which a wheel carries."""
+    import tomllib
+
+    from adapters.embeddings_onnx import TOKENIZER_PATH
+
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    for path in (REFERENCE_EXAMPLES, TOKENIZER_PATH):
+        assert path.is_file() and path.parent == ROOT / "pipeline" / "data"
+        assert any(path.match(f"pipeline/{pattern}") for pattern in package_data["pipeline"]), path
+
+
 @pytest.mark.parametrize("jurisdiction", ["us", "eu"])
 def test_detector_meets_targets_on_held_out_questions(embedder: OnnxSentenceEmbedder, jurisdiction: str) -> None:
-    scores = detector_scores(embedder, load_question_set(QUESTION_SET), split="heldout", jurisdiction=jurisdiction)  # type: ignore[arg-type]
+    scores = detector_scores(embedder, question_set(), split="heldout", jurisdiction=jurisdiction)  # type: ignore[arg-type]
     assert scores["precision"] >= 0.9, scores
     assert scores["recall"] >= 0.9, scores
 
@@ -84,7 +104,7 @@ def test_every_flag_names_a_lawful_rephrasing(embedder: OnnxSentenceEmbedder) ->
 
 def test_unknown_jurisdiction_is_a_value_error(embedder: OnnxSentenceEmbedder) -> None:
     with pytest.raises(ValueError, match="jurisdiction"):
-        ProtectedTopicDetector(embedder, load_question_set(QUESTION_SET), "fr")  # type: ignore[arg-type]
+        ProtectedTopicDetector(embedder, load_question_set(REFERENCE_EXAMPLES), "fr")  # type: ignore[arg-type]
 
 
 def test_classify_questions_command() -> None:

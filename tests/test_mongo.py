@@ -160,10 +160,57 @@ async def test_a_revision_replaces_its_final_in_the_transcript_and_keeps_the_liv
     assert (second["revision"], second["text"], second["hallucination"]) == (2, "Thank you for watching.", True)
     assert second["originalText"] == "I led the migration to Kubernetes."
     # Append-only: the stored final itself was never rewritten.
-    raw = await store.segments.find_one({"_id": f"{iid}:cand1:1"})
+    raw = await store.segment_document(iid, f"{iid}:cand1:1")
     assert raw is not None and raw["text"] == "I led the migration to Kubernetes." and "revision" not in raw
-    assert await store.revisions.count_documents({"interviewId": iid}) == 2
+    assert len(await store.list_revisions(iid)) == 2
     assert await service.last_segment_seq(iid, "cand1") == 1  # revisions are no new segments
+
+
+async def test_segments_live_in_monthly_partitions_read_across_months_and_dropped_whole(
+        service: InterviewService, store: MongoStore) -> None:
+    """Each interview's segments and revisions go to the partition of its month; the outbox and erasure read every
+    partition; dropping a month removes its partitions and nothing else."""
+    months = {"m2026_11": datetime(2026, 11, 30, 23, 30, tzinfo=UTC), "m2026_12": T0}
+    iids = {}
+    for month, at in months.items():
+        iids[month] = iid = (await service.create_interview(new_interview(at=at)))["interviewId"]
+        await service.start_interview(iid)
+        await service.record_segment(iid, segment(0))
+        await service.record_revision(iid, revised(0))
+    assert await store.months() == ["m2026_11", "m2026_12"]
+    names = {c.name for base in ("segments", "revisions") for c in await store.partitions(base)}
+    assert names == {"segments_2026_11", "segments_2026_12", "revisions_2026_11", "revisions_2026_12"}
+    assert "segments" not in await store.db.list_collection_names()  # nothing outside a partition
+    # the outbox spans the months, each revision after its final
+    records = await store.pending(100)
+    subjects = [r.subject.split(".", 1)[1] for r in records if ".segment" in r.subject or ".revision" in r.subject]
+    assert sorted(subjects) == sorted(f"{iid}.{kind}" for iid in iids.values() for kind in ("segment", "revision"))
+    for iid in iids.values():
+        mine = [r.subject for r in records if r.subject.startswith(f"interviews.{iid}.")]
+        assert mine.index(f"interviews.{iid}.segment") < mine.index(f"interviews.{iid}.revision")
+    await store.mark_published([r.id for r in records])
+    assert await store.pending(100) == []
+
+    assert await store.drop_month("m2026_11") == {"segments": 1, "revisions": 1}
+    assert await store.months() == ["m2026_12"]
+    assert (await service.get_transcript(iids["m2026_11"]))["segments"] == []
+    [kept] = (await service.get_transcript(iids["m2026_12"]))["segments"]
+    assert kept["revision"] == 1
+    assert (await store.delete_interview_data([iids["m2026_12"]]))["segments"] == 1
+
+
+async def test_segments_stored_before_partitioning_are_moved_into_their_months(store: MongoStore) -> None:
+    await store.db["segments"].insert_one({"_id": "iv-old:p1:0", "interviewId": "iv-old", "participantId": "p1",
+                                           "seq": 0, "month": "m2025_03", "text": "hello"})
+    await store.create_indexes()
+    assert "segments" not in await store.db.list_collection_names()
+    assert await store.db["segments_2025_03"].find_one({"_id": "iv-old:p1:0"}) is not None
+    # a segment whose interview no longer exists goes to m0000_00, which the retention job drops (not trips on)
+    await store.db["segments"].insert_one({"_id": "iv-gone:p1:0", "interviewId": "iv-gone", "participantId": "p1",
+                                           "seq": 0, "text": "hello"})
+    await store.create_indexes()
+    assert await store.months() == ["m0000_00", "m2025_03"]
+    assert await store.month_expired("m0000_00", datetime(2026, 1, 1, tzinfo=UTC))
 
 
 async def test_revisions_rejected_without_their_final_or_for_a_cancelled_interview(service: InterviewService) -> None:
@@ -303,7 +350,7 @@ async def test_a_revision_event_is_published_after_its_final_even_when_the_clock
     assert payload["segment"]["text"] == "I led the migration to Kubernetes at Acme."
     await store.mark_published([r.id for r in second])
     assert await store.pending(100) == []
-    assert await store.revisions.count_documents({"published": False}) == 0
+    assert [await c.count_documents({"published": False}) for c in await store.partitions("revisions")] == [0]
     assert [e["type"] for e in await store.published_events(iid)].count("SegmentRevised") == 1
 
 

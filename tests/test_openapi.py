@@ -22,6 +22,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 from starlette.routing import Route
 
+from adapters.auth import Accounts
 from adapters.crypto import ReceiptSigner
 from adapters.mongo import MongoStore
 from adapters.privacy import Privacy
@@ -52,9 +53,10 @@ def _pointer(*parts: str) -> str:
 class DocumentedClient:
     """Sends requests and fails on any response (or accepted request body) the document does not describe."""
 
-    def __init__(self, client: httpx.AsyncClient, spec: dict[str, Any]) -> None:
+    def __init__(self, client: httpx.AsyncClient, spec: dict[str, Any], accounts: Accounts) -> None:
         self.client = client
         self.spec = spec
+        self.accounts = accounts  # the app's, to open the setup link
         self.registry: Registry[Any] = Registry().with_resource(
             DOC, Resource.from_contents(spec, default_specification=DRAFT202012))
         self.answered: set[tuple[str, str, int]] = set()  # (path template, method, status)
@@ -106,13 +108,13 @@ class DocumentedClient:
 @pytest.fixture
 async def api(store: MongoStore, service: InterviewService, tmp_path: Path) -> AsyncIterator[DocumentedClient]:
     privacy = Privacy(store, service, ReceiptSigner.load_or_create(tmp_path / "receipt_key.pem"))
-    app = (await api_app(store, service, tmp_path, max_body_bytes=64 * 1024, audit=MemoryAuditLog(),
-                         entry_type=AuditEntry, privacy=privacy)).app
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://api.test",
+    built = await api_app(store, service, tmp_path, max_body_bytes=64 * 1024, audit=MemoryAuditLog(),
+                          entry_type=AuditEntry, privacy=privacy)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=built.app), base_url="https://api.test",
                                  headers=AUTH) as client:
         r = await client.get("/openapi.json")
         assert r.status_code == 200
-        yield DocumentedClient(client, r.json())
+        yield DocumentedClient(client, r.json(), built.accounts)
 
 
 async def test_the_document_is_openapi_3_1_with_valid_schemas(store: MongoStore, service: InterviewService,
@@ -135,13 +137,14 @@ async def test_the_document_is_openapi_3_1_with_valid_schemas(store: MongoStore,
 async def test_every_route_answers_as_documented(api: DocumentedClient, service: InterviewService) -> None:
     # -- interviews: create, list, get ------------------------------------------------------------------------
     r = await api.post("/api/interviews", json={
-        **NEW, "interviewId": "iv-1", "type": "technical", "format": None, "interviewers": ["int-1"],
+        **NEW, "interviewId": "iv-1", "type": "technical", "format": None, "interviewers": [],
         "questions": [{"text": "Walk me through a design.", "category": "design", "expectedKeywords": ["scale"]},
                       {"questionId": "q-2", "text": "Why us?", "category": None}]})
     assert r.status_code == 201
     iid = r.json()["interviewId"]
     assert (await api.post("/api/interviews", json={**NEW, "interviewId": "iv-1"})).status_code == 409
     assert (await api.post("/api/interviews", json={**NEW, "colour": "blue"})).status_code == 422
+    assert (await api.post("/api/interviews", json={**NEW, "interviewers": ["int-1"]})).status_code == 422
     assert (await api.post("/api/interviews", content=b"x", headers={"Content-Type": "text/plain"})).status_code == 415
     assert (await api.post("/api/interviews", json={**NEW, "questions": [{"text": "x" * 1000}] * 100})
             ).status_code == 413
@@ -276,6 +279,11 @@ async def test_every_route_answers_as_documented(api: DocumentedClient, service:
     assert (await api.request("PATCH", "/api/candidates/nope", json={"name": "X"})).status_code == 404
 
     # -- people and access ------------------------------------------------------------------------------------
+    setup_token = await api.accounts.open_setup()  # no users yet
+    first = {"token": setup_token, "email": "ada@example.com", "password": "correct horse battery"}
+    assert (await api.post("/api/auth/setup", json={**first, "token": "unknown"})).status_code == 404
+    assert (await api.post("/api/auth/setup", json=first)).status_code == 201
+    assert (await api.post("/api/auth/setup", json=first)).status_code == 410
     person = {"email": "ivy@example.com", "role": "interviewer", "name": "Ivy", "password": "correct horse battery"}
     r = await api.post("/api/users", json=person)
     assert r.status_code == 201

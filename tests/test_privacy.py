@@ -17,7 +17,17 @@ import pytest
 from adapters.crypto import MasterKeyRefused, MasterKeys, ReceiptSigner, verify_receipt
 from adapters.mongo import MongoStore
 from domain.commands import CandidateQuery, CreateCandidate, CreateInterview, InterviewService, RecordAnalysis
-from domain.events import SegmentEvent, Speaker, Word
+from domain.events import (
+    AskedRef,
+    GuideCoverageEvent,
+    GuideItemStatus,
+    ProtectedTopicAlert,
+    QaPairEvent,
+    SegmentEvent,
+    Speaker,
+    TalkBalanceEvent,
+    Word,
+)
 from domain.model import Conflict
 
 NAME, EMAIL, PHONE = "Zelda Quimby-Farnsworth", "zelda.qf@example.org", "+44 7700 900123"
@@ -111,8 +121,9 @@ async def test_a_tampered_field_is_reported_unreadable_not_a_failure(sealed: tup
     got = await service.get_candidate(cid)
     assert got["name"] is None and got["phone"] is None and got["email"] == EMAIL
     assert sorted(got["unreadable"]) == ["name", "phone"]  # the email's ciphertext does not open as the phone
-    seg = await store.segments.find_one({"interviewId": iid})
-    await store.segments.update_one({"_id": seg["_id"]}, {"$set": {"text": seg["text"][:-4] + "AAAA"}})
+    (segments,) = await store.partitions("segments")
+    seg = await segments.find_one({"interviewId": iid})
+    await segments.update_one({"_id": seg["_id"]}, {"$set": {"text": seg["text"][:-4] + "AAAA"}})
     got_segment = (await service.get_transcript(iid))["segments"][0]
     assert got_segment["text"] is None and got_segment["unreadable"] == ["text"]
     assert len(unreadable) == 3
@@ -128,6 +139,44 @@ async def test_segment_events_carry_ciphertext_only(sealed: tuple[MongoStore, li
     seg = next(p for p in payloads if p["type"] == "SegmentTranscribed")
     assert seg["segment"]["text"].startswith("enc1:") and seg["segment"]["speaker"]["name"].startswith("enc1:")
     assert all(NAME not in r.payload.decode() and "lighthouse" not in r.payload.decode() for r in records)
+
+
+async def test_live_guidance_is_stored_sealed_and_published_latest_first(
+        sealed: tuple[MongoStore, list[int]]) -> None:
+    """Guidance events are stored with the interview (the latest state of each item) and published as
+    GuidanceRecorded on interviews.<id>.guidance.<kind>, the words sealed in both places; erasure deletes them."""
+    store, _ = sealed
+    service = InterviewService(store)
+    _, iid = await a_candidate_with_an_interview(service)
+    asked = AskedRef("p-int", 3, "So how old are you, Zelda?")
+    alert = ProtectedTopicAlert("p-int", 3, asked.text, "age", 1.0, "Ask about relevant experience instead.")
+    guide = [GuideItemStatus("q1", "Tell me about a lighthouse you kept.", "operations")]
+    await service.record_guidance(iid, alert)
+    await service.record_guidance(iid, GuideCoverageEvent(guide, [], []))
+    guide[0].covered_by = AskedRef("p-int", 4, "Which lighthouse in Reykjavik did you keep?")
+    await service.record_guidance(iid, GuideCoverageEvent(guide, [asked], []))  # replaces the first, unpublished
+    await service.record_guidance(iid, QaPairEvent(asked, [AskedRef("p-cand", 2, PHRASE)], 5, 2.0, None))
+    await service.record_guidance(iid, TalkBalanceEvent([{"participantId": "p-cand", "role": "candidate",
+                                                          "speakingSeconds": 2.0, "share": 1.0,
+                                                          "interruptions": 0}], None))
+    raw = await raw_docs(store)
+    for said in ("how old", "Zelda", "lighthouse", "Reykjavik"):
+        assert said.lower() not in raw.lower(), f"{said!r} is stored in plain text"
+    records = [r for r in await store.pending(100) if r.subject.startswith(f"interviews.{iid}.guidance.")]
+    assert sorted(r.subject.rsplit(".", 1)[1] for r in records) == ["alert", "balance", "coverage", "qa"]
+    payloads = {json.loads(r.payload)["kind"]: json.loads(r.payload) for r in records}
+    assert payloads["alert"]["type"] == "GuidanceRecorded" and payloads["alert"]["key"] == "alert:p-int:3"
+    assert payloads["alert"]["guidance"]["text"].startswith("enc1:") and payloads["alert"]["guidance"]["seq"] == 3
+    assert payloads["coverage"]["guidance"]["left"] == []  # the latest state, its ids and counts in clear
+    await store.mark_published([r.id for r in records])
+    assert [r for r in await store.pending(100) if "guidance" in r.subject] == []
+
+    stored = {g["kind"]: g["guidance"] for g in await store.list_guidance(iid)}
+    assert stored["alert"] == alert.to_dict()
+    assert stored["coverage"]["items"][0]["coveredBy"]["text"] == "Which lighthouse in Reykjavik did you keep?"
+    assert stored["qa"]["answer"][0]["text"] == PHRASE
+    assert (await store.delete_interview_data([iid]))["guidance"] == 4
+    assert await store.list_guidance(iid) == []
 
 
 async def test_master_key_missing_or_wrong_refuses_and_never_replaces(mongo_url: str, tmp_path: Path) -> None:
@@ -220,3 +269,10 @@ async def test_retention_erases_what_expired_and_reports_counts(sealed: tuple[Mo
     assert (await service.get_candidate(kept))["name"] == "Kept"
     again = await privacy.retention()  # nothing left to do
     assert (again["candidatesErased"], again["interviewsCleared"]) == (0, 0)
+    assert report["monthsDropped"] == [] == again["monthsDropped"]  # an interview of that month is still open
+    # once every interview of the month expired, its partitions are dropped whole
+    await service.cancel_interview(iids[1], "withdrawn")
+    even_later = later + timedelta(days=181)
+    privacy.clock = lambda: even_later
+    dropped = await privacy.retention()
+    assert dropped["monthsDropped"] == ["m2026_12"] and await store.months() == []

@@ -21,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.crypto import is_sealed, key_id_of
+from adapters.tokens import JoinClaims, Revocations
 from domain.events import SegmentEvent, Speaker
 from server import verify_receipt_command
 from testing.live_server import LiveServer, live_server, test_settings
@@ -162,7 +163,7 @@ async def test_export_then_erase_then_export(tmp_path: Path, mongo_url: str) -> 
         assert content["profile"] == (await live.http.get(f"/api/candidates/{cid}")).json()
         interview = (await live.http.get(f"/api/interviews/{iid}")).json()
         exported = content["interviews"][0]
-        assert {k: v for k, v in exported.items() if k not in ("revisions", "consents")} == interview
+        assert {k: v for k, v in exported.items() if k not in ("revisions", "consents", "guidance")} == interview
         assert [rev["text"] for rev in exported["revisions"]] == ["Nights were quiet, mostly"]
         assert [(c["action"], c["noticeVersion"], c["name"]) for c in exported["consents"]] == [
             ("accepted", "2026-01", NAME)]
@@ -171,6 +172,10 @@ async def test_export_then_erase_then_export(tmp_path: Path, mongo_url: str) -> 
 
         erased = await live.http.delete(f"/api/candidates/{cid}", params={"reason": "asked by email"})
         assert erased.status_code == 200
+        # every token of the interview is revoked through the store: a node holding its room ends it too
+        other_node = Revocations(live.components.accounts_store)
+        await other_node.load()
+        assert other_node.is_revoked(JoinClaims(iid, join["participantId"], "candidate", NAME, 0, "any-jti"))
         assert erased.json()["receipt"]["counts"] | {"segments": 2, "revisions": 1, "consents": 1,
                                                       "candidate": 1, "dataKey": 1} == erased.json()["receipt"]["counts"]
         again = await live.http.get(f"/api/candidates/{cid}/export")
@@ -269,3 +274,82 @@ async def test_consent_needs_a_join_token_and_an_open_interview(tmp_path: Path, 
             await live.http.post(f"/api/interviews/{iid}/cancel")  # cancelling revokes the interview's tokens
             closed = await anon.post("/api/consent", json=body, headers={"Authorization": f"Bearer {tok}"})
             assert closed.status_code == 401 and closed.json()["error"]["message"] == "token revoked"
+
+
+@pytest.mark.slow
+async def test_consent_withdrawn_mid_call_marks_the_transcript_and_no_log_line_holds_personal_data(
+        tmp_path: Path, mongo_url: str, shared_data: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A candidate withdraws consent after their first answer and gives it again before their last: their second
+    answer is never transcribed, the interviewer's overlay and the stored transcript are marked where it happened.
+    All the while, at DEBUG, no log line holds their name, email, phone or any words said."""
+    for logger in ("adapters", "pipeline", "domain", "server", "uvicorn"):
+        caplog.set_level("DEBUG", logger=logger)
+    wav = shared_data / "security_positive.stereo.wav"  # candidate answers at 5-12.5 s, 16.5-23.7 s, 28.5-36.6 s
+    received: list[dict[str, Any]] = []
+    # STT in threads of this process, so its log lines are captured too
+    async with live_server(test_settings(tmp_path, mongo_url, stt_subprocess=False)) as live:
+        cid, iid = await create_candidate(live)
+        # API paths whose errors are logged: a duplicate candidate email, a bad one, a duplicate user email
+        assert (await live.http.post("/api/candidates", json={"name": NAME, "email": EMAIL})).status_code == 409
+        bad = await live.http.post("/api/candidates", json={"name": NAME, "email": f"{PHONE} at home"})
+        assert bad.status_code == 422
+        user = {"email": EMAIL, "role": "hr", "name": NAME, "password": "a long passphrase"}
+        assert (await live.http.post("/api/users", json=user)).status_code == 201
+        assert (await live.http.post("/api/users", json=user)).status_code == 409
+        assert (await live.http.get(f"/api/candidates/{cid}/export")).status_code == 200
+
+        tok_i = await live.token(iid, "interviewer", "Ivy Interviewer")
+        tok_c = await live.token(iid, "candidate", NAME)
+        whip = f"{live.url}/whip/{iid}"
+        interviewer = await whip_publish(whip, tok_i["token"], track=WavChannelTrack(wav, 0), analysis=True)
+        candidate = await whip_publish(whip, tok_c["token"], track=WavChannelTrack(wav, 1))
+
+        async def until(found: Any, timeout_s: float) -> dict[str, Any]:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    event = await interviewer.events.get()
+                    received.append(event)
+                    if found(event):
+                        return event
+
+        def candidate_final(e: dict[str, Any]) -> bool:
+            return e["type"] == "segment.final" and e["speaker"]["role"] == "candidate"
+
+        await until(lambda e: candidate_final(e) and "rotation" in e["text"].lower(), 60)
+        assert await withdraw_consent(live.http, whip, tok_c["token"]) == 204
+        withdrawn = await until(lambda e: e["type"] == "consent.withdrawn", 10)
+        before = [e["seq"] for e in received if candidate_final(e)]
+        assert withdrawn["afterSeq"] == max(before) and withdrawn["speaker"]["role"] == "candidate"
+        assert withdrawn["at"].endswith("Z")
+        # the interviewer asks about incidents (27.4 s): the candidate consents again before answering (28.5 s)
+        await until(lambda e: e["type"] == "segment.final" and "incident" in e["text"].lower(), 60)
+        dropped = await metric_sum(live, "audio_frames_dropped_total", reason="no_consent")
+        assert await give_consent(live.http, whip, tok_c["token"]) == 204
+        given = await until(lambda e: e["type"] == "consent.given", 10)
+        assert given["afterSeq"] == withdrawn["afterSeq"]
+        after = await until(lambda e: candidate_final(e) and e["text"], 60)
+        await asyncio.gather(*(s.pc.getSenders()[0].track.wait_finished() for s in (interviewer, candidate)))
+        await candidate.close()
+        await until(lambda e: e["type"] == "participant.left", 60)
+        await interviewer.close()
+
+        # nothing of the second answer (16.5-23.7 s, while withdrawn) was transcribed: ~13 s of frames dropped
+        assert dropped >= 300
+        gap = received[received.index(withdrawn):received.index(given)]
+        assert not [e for e in gap if e["type"].startswith("segment.") and e["speaker"]["role"] == "candidate"]
+        assert after["seq"] > withdrawn["afterSeq"]
+        transcript = (await live.http.get(f"/api/interviews/{iid}/transcript")).json()
+        said = " ".join(s["text"] for s in transcript["segments"] if s["speaker"]["role"] == "candidate").lower()
+        assert "rotation" in said and not {"envelope", "vault", "sensitive"} & set(said.replace(".", " ").split())
+        marks = [(m["type"], m["afterSeq"]) for m in transcript["markers"]
+                 if m["participantId"] == tok_c["participantId"]]
+        assert marks == [("consent.given", None), ("consent.withdrawn", withdrawn["afterSeq"]),
+                         ("consent.given", withdrawn["afterSeq"])]
+        assert transcript["markers"][-1]["at"] == given["at"]
+
+    phrases = [" ".join(s["text"].split()[:3]) for s in transcript["segments"] if len(s["text"].split()) >= 3]
+    assert len(phrases) >= 4
+    logged = caplog.text.lower()
+    assert any(r.name == "pipeline.stream" and r.levelname == "DEBUG" for r in caplog.records)  # DEBUG was on
+    for needle in [NAME, EMAIL, PHONE, "Ivy Interviewer", *phrases]:
+        assert needle.lower() not in logged, f"{needle!r} is in a log line"

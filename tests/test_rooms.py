@@ -10,6 +10,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from domain.events import SegmentEvent, SentimentEvent, Speaker, StreamEvent
 from pipeline.guidance import Guidance, GuideItem, default_detector
 from pipeline.scheduler import SttScheduler
 from pipeline.stream import Conversation, ParticipantStream, StreamConfig
+from server import audit_alert
+from testing.fakes import MemoryAuditLog
 from testing.whip_client import decode_audio
 
 SECRET = b"rooms-test-secret-0123456789abcdef"
@@ -219,7 +222,12 @@ async def test_resume_keeps_the_stream_and_a_later_rejoin_continues_numbering(
     assert before
 
     # Rejoining later gets a fresh stream whose numbering continues after what is stored.
-    h.registry._next_seq.clear()  # as after a restart: only the store remembers
+    # As after a graceful restart: what was sent is stored, and only the store remembers (the writer's queue
+    # length is the thing to wait on; it has no event).
+    async with asyncio.timeout(30):
+        while h.registry.writer.pending:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    h.registry._next_seq.clear()
     back = await h.join(iid, "candidate", "Cat", session="c", pid=pid)
     assert back is not cand and back.seq_base == max(before) + 1
     await push(back, jfk[48000 * 4:])
@@ -261,7 +269,8 @@ async def test_failed_writes_are_retried_and_reported_never_dropped(
 
 @pytest.mark.slow
 async def test_segments_of_a_cancelled_interview_are_reported_not_retried(
-        service: InterviewService, scheduler: SttScheduler, jfk: np.ndarray) -> None:
+        service: InterviewService, scheduler: SttScheduler, jfk: np.ndarray,
+        collect_logs: pytest.LogCaptureFixture) -> None:
     h = Harness(service, scheduler)
     iid = await new_interview(service)
     viewer = MemoryChannel()
@@ -274,6 +283,11 @@ async def test_segments_of_a_cancelled_interview_are_reported_not_retried(
     await h.registry.aclose(persist_timeout_s=5)
     assert (await service.get_transcript(iid))["segments"] == []
     assert h.registry.writer.pending == 0
+    # said in the log, without the words (a log line is plain text at rest)
+    rejected = [r.getMessage() for r in collect_logs.records if "rejected by the store" in r.getMessage()]
+    spoken = {w for w in words(" ".join(m["text"] for m in viewer.of_type("segment.final"))) if len(w) > 3}
+    assert rejected and spoken
+    assert not spoken & words(" ".join(rejected)), rejected
 
 
 async def test_slow_viewer_sheds_partials_and_levels_but_gets_finals(service: InterviewService,
@@ -432,13 +446,13 @@ async def test_alert_reaches_interviewers_and_observers_never_the_candidate(
         return streams[speaker.role]
 
     registry = RoomRegistry(stream_factory=factory, metrics=Metrics(), guidance_factory=guidance_for)
-    recorded: list[tuple[str, str, int]] = []  # what the server hands to the audit trail
-    registry.on_alert = lambda iid, alert: recorded.append((iid, alert.topic, alert.seq))
+    trail = MemoryAuditLog()
+    registry.on_alert = partial(audit_alert, trail)  # what the server wires
     registry.start()
     signer = TokenSigner(SECRET)
 
     async def join(role: str, name: str) -> Participant:
-        _, claims = signer.issue("iv-guidance", role, name)
+        _, claims = signer.issue("iv-guidance", role, name, org_id="org_acme")
         participant, _ = await registry.join(claims, f"s-{role}")
         participant.push_audio(np.zeros(48000 * 10, dtype=np.int16), 48000, 1)  # 10 s of stream time
         return participant
@@ -470,7 +484,11 @@ async def test_alert_reaches_interviewers_and_observers_never_the_candidate(
         shares = {r["role"]: r["share"] for r in channel.of_type("talk.balance")[-1]["participants"]}
         assert shares["candidate"] > shares["interviewer"] > 0
     assert sneaky.messages == []
-    assert recorded == [("iv-guidance", "age", 2)]
+    # audited in the interview's organisation, naming who asked and the topic, never the words
+    assert [(e.org_id, e.action, e.resource_id, e.actor_id, e.detail and e.detail["topic"], e.detail and e.detail["seq"])
+            for e in trail.entries] == [("org_acme", "guidance.protected_topic", "iv-guidance",
+                                          interviewer.speaker.participant_id, "age", 2)]
+    assert "old are you" not in repr(trail.entries)
 
     late = MemoryChannel()  # a viewer joining later gets the alert and the latest guidance in its backlog
     registry.add_viewer(observer, late)

@@ -17,6 +17,7 @@ const REFRESH_MARGIN_S = 60;
 const ROUTES = [
   { pattern: /^\/?$/, view: "dashboard" },
   { pattern: /^\/login$/, view: "login", public: true },
+  { pattern: /^\/setup$/, view: "setup", public: true },
   { pattern: /^\/schedule$/, view: "schedule", roles: ["hr", "admin"] },
   { pattern: /^\/interviews\/([^/]+)$/, view: "interview", params: ["id"] },
   { pattern: /^\/interviews\/([^/]+)\/report$/, view: "report", params: ["id"] },
@@ -25,7 +26,7 @@ const ROUTES = [
   { pattern: /^\/audit$/, view: "audit", roles: ["admin"] },
 ];
 
-const VIEWS = { login: renderLogin, ...interviewViews, ...reportViews, ...adminViews };
+const VIEWS = { login: renderLogin, setup: renderSetup, ...interviewViews, ...reportViews, ...adminViews };
 const NAV_OF = { interview: "dashboard", report: "dashboard" };
 
 const view = document.getElementById("view");
@@ -196,6 +197,57 @@ async function renderLogin(ctx) {
     form));
   if (!ctx.query.get("next")) email.focus();
   return "Sign in";
+}
+
+// The one-time setup link the server prints on its first start: the first admin sets their email and password,
+// then is signed in. A used or expired link (410) or an unknown one (404) says so and points to the sign-in page.
+async function renderSetup(ctx) {
+  const token = ctx.query.get("token") || "";
+  const error = el("div", { id: "setup-error", class: "form-error", role: "alert" });
+  const name = el("input", { id: "setup-name", type: "text", autocomplete: "name", maxlength: "200" });
+  const email = el("input", { id: "setup-email", type: "email", autocomplete: "username", required: true });
+  const password = el("input", { id: "setup-password", type: "password", autocomplete: "new-password", required: true,
+    minlength: "10", "aria-describedby": "setup-password-hint" });
+  const submit = el("button", { type: "submit", class: "primary", text: "Create admin account" });
+  const form = el("form", { class: "panel form login-form", "aria-describedby": "setup-error", novalidate: true },
+    el("div", { class: "field" }, el("label", { for: "setup-name", text: "Your name" }), name),
+    el("div", { class: "field" }, el("label", { for: "setup-email", text: "Email" }), email),
+    el("div", { class: "field" }, el("label", { for: "setup-password", text: "Password" }), password,
+      el("p", { id: "setup-password-hint", class: "hint", text: "At least 10 characters." })),
+    error,
+    el("div", { class: "actions" }, submit));
+  const gone = (text) => {
+    form.replaceChildren(el("p", { role: "alert", text }),
+      el("p", {}, el("a", { href: `${BASE}/login`, text: "Go to sign in" })));
+  };
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    error.textContent = "";
+    if (!email.value.trim() || password.value.length < 10) {
+      error.textContent = !email.value.trim() ? "Enter your email." : "The password needs at least 10 characters.";
+      (email.value.trim() ? password : email).focus();
+      return;
+    }
+    submit.disabled = true;
+    try {
+      await ctx.api.post("/api/auth/setup", {
+        token, email: email.value.trim(), password: password.value, ...(name.value.trim() ? { name: name.value.trim() } : {}),
+      });
+      await ctx.api.login(email.value.trim(), password.value);
+      me = await ctx.api.get("/api/me");
+      toast("Your admin account is ready.", { kind: "info" });
+      navigate(`${BASE}/users`, { replace: true });
+    } catch (exc) {
+      submit.disabled = false;
+      if (exc.status === 404 || exc.status === 410) gone(`${exc.message.replace(/^./, (c) => c.toUpperCase())}.`);
+      else error.textContent = exc.message;
+    }
+  });
+  ctx.root.append(el("div", { class: "login" }, pageHeading("Create the first admin"),
+    el("p", { class: "muted", text: "This link works once. The account you create here manages users and API keys." }),
+    form));
+  if (!token) gone("This page needs the setup link the server printed when it first started.");
+  return "Create the first admin";
 }
 
 function waitText(seconds) {

@@ -62,6 +62,17 @@ function onPresence(ev) {
   if (s) transcript.systemLine(`${s.label} (${s.role}) ${s.present ? "joined" : "left"}`);
 }
 
+// A participant withdrew (or gave again) consent mid-interview: the transcript says so where it happened, since
+// none of their audio is transcribed in between.
+function onConsent(ev) {
+  const s = participants.speaker(ev.speaker);
+  const at = ev.at ? new Date(ev.at).toLocaleTimeString() : "";
+  transcript.systemLine(ev.type === "consent.withdrawn"
+    ? `${s.label} withdrew consent${at ? ` at ${at}` : ""}: their audio is no longer transcribed`
+    : `${s.label} gave consent${at ? ` at ${at}` : ""}: their audio is transcribed again`);
+  if (ev.type === "consent.withdrawn") toast(`${s.label} withdrew consent to transcription.`, { kind: "info" });
+}
+
 function onError(ev) {
   const who = ev.speaker ? `${ev.speaker.name || ev.speaker.role}: ` : "";
   const what = ev.message || ev.code || "error";
@@ -85,6 +96,8 @@ const HANDLERS = {
   "participant.joined": onPresence,
   "participant.left": onPresence,
   error: onError,
+  "consent.withdrawn": onConsent,
+  "consent.given": onConsent,
   "alert.protected_topic": (ev) => guidance.onAlert(ev),
   "guide.coverage": (ev) => guidance.onCoverage(ev),
   "talk.balance": (ev) => guidance.onBalance(ev),

@@ -119,10 +119,15 @@ export class WhipSession extends EventTarget {
     try {
       await pc.setLocalDescription(await pc.createOffer());
       await iceGatheringComplete(pc, 3000);
+      // A 307 (the interview's room is on another node, RFC 9725 section 4.5) is followed with the same offer and
+      // token; the session's Location is then resolved against the node that answered (res.url). Browsers keep the
+      // Authorization header only on same-origin redirects (and the pages' CSP allows only 'self'), so the nodes
+      // share the pages' origin behind a proxy (README, "Several nodes").
       const res = await fetch(this.endpoint, {
         method: "POST",
         headers: { "Content-Type": "application/sdp", Authorization: `Bearer ${this.token}` },
         body: pc.localDescription.sdp,
+        redirect: "follow",
       });
       if (res.status !== 201) throw await errorFromResponse(res);
       const answer = await res.text();
