@@ -35,7 +35,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from playwright.async_api import BrowserContext, Page, async_playwright, expect
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -341,6 +341,9 @@ async def _scripted_room() -> AsyncIterator[ScriptedRoom]:
         Route("/interviewer", lambda _request: FileResponse(static / "interviewer.html")),
         Route("/whip/{iid}", whip, methods=["POST"]),
         Route("/api/consent", lambda _request: Response(status_code=204), methods=["POST", "DELETE"]),
+        # what the real service answers for an organisation that shows the tone of words (GET /api/notice)
+        Route("/api/notice", lambda _request: JSONResponse({"noticeVersion": "test", "jurisdiction": "none",
+                                                            "tone": True, "candidateNotice": None})),
         Route("/whip/{iid}/{sid}", lambda _request: Response(status_code=200), methods=["DELETE"]),
         Mount("/static", StaticFiles(directory=static)),
     ])
