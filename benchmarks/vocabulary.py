@@ -18,6 +18,10 @@ are not said at all, the two shared dialogues are transcribed with every dialogu
 Settings: `off` (no vocabulary), `on` (the default: vocabulary and the hint guards of `pipeline.guards`), and
 `on, no guard` (the vocabulary without the guards, to show what they catch). Files are fed in stream order
 (`settle()`), so a run's counts do not depend on the machine's load; `--repeats` runs it all again to show that.
+
+Then what a vocabulary costs a live final: every turn of the vocabulary dialogues decoded as a final (tiny.en,
+beam 5, prompted with the turns before it) without a vocabulary, with its dialogue's 8-9 terms and with 30 terms
+(the default maximum), in turn, `--cost-repeats` times; p50 and p95 of the decode time (`--cost-only`: just this).
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from typing import Any
 import numpy as np
 
 from adapters.stt_engines import build_stt
-from benchmarks.report import environment, format_environment, print_table, progress_printer
+from adapters.stt_whisper import LocalWhisper
+from benchmarks.report import environment, format_environment, percentile, print_table, progress_printer
 from cli import EngineSettings
 from pipeline import cli as pipeline_cli
 from pipeline.audio_file import read_audio
@@ -107,11 +112,35 @@ def run_setting(stt: SpeechToText, vocab: bool, files: list[dict[str, Any]], rev
             "wall_s": time.perf_counter() - t0, "examples": examples}  # fmt: skip
 
 
+def decode_cost(repeats: int) -> list[list[Any]]:
+    """p50 / p95 decode time of the vocabulary dialogues' turns as finals, per vocabulary size (one row each)."""
+    stt = LocalWhisper()
+    many = tuple(dict.fromkeys([*ALL_TERMS, "Terragrunt", "Pulumi", "Nomad"]))[:30]
+    turns: list[tuple[np.ndarray, str | None, tuple[str, ...]]] = []
+    for name, folder in vocabulary_dialogue_set():
+        truth = json.loads((folder / f"{name}.json").read_text())
+        pcm = read_audio(folder / f"{name}.wav", rate=16000, mono=True).pcm
+        before: list[str] = []
+        for t in truth["turns"]:
+            audio = pcm[int((t["start_s"] - 0.3) * 16000): int((t["end_s"] + 0.5) * 16000)]
+            turns.append((audio, " ".join(before)[-200:] or None, tuple(VOCABULARY[name][0])))
+            before.append(t["text"])
+    times: dict[str, list[float]] = {"none": [], "dialogue's 8-9 terms": [], "30 terms": []}
+    for _ in range(repeats):
+        for audio, prompt, terms in turns:  # the settings in turn, so load drifts hit them alike
+            for label, vocab in (("none", ()), ("dialogue's 8-9 terms", terms), ("30 terms", many)):
+                times[label].append(stt.transcribe(audio, prompt=prompt, vocabulary=vocab).decode_s)
+    return [[label, len(ts), round(percentile(ts, 50) * 1000), round(percentile(ts, 95) * 1000)]
+            for label, ts in times.items()]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=1, help="run everything this many times")
     ap.add_argument("--no-revise", dest="revise", action="store_false", help="live finals only (no revisions)")
     ap.add_argument("--json", type=Path, help="write all results to this JSON file")
+    ap.add_argument("--cost-repeats", type=int, default=3, help="decodes of each turn per vocabulary size")
+    ap.add_argument("--cost-only", action="store_true", help="only the decode cost")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     logging.getLogger("pipeline").setLevel(logging.WARNING)
@@ -134,6 +163,10 @@ def main() -> None:
 
     env = environment(("faster-whisper", "ctranslate2", "jiwer"))
     print(format_environment(env))
+    if args.cost_only:
+        print("\n## Decode time of a final (tiny.en, beam 5, 1 thread) by vocabulary\n")
+        print_table(decode_cost(args.cost_repeats), ["vocabulary", "decodes", "p50 ms", "p95 ms"])
+        return
     parser = pipeline_cli.build_parser()
     engine_args = parser.parse_args(["transcribe", "-"])
     options = {"num_workers": 1, "beam_size": engine_args.beam_size, "window_s": engine_args.window}
@@ -155,13 +188,17 @@ def main() -> None:
     print_table(rows, ["run", "vocabulary", "terms found", "term recall", "terms inserted", "… where none said",
                        "WER vocab dialogues", "WER shared", "wall s"])  # fmt: skip
     print("\ntargets: recall +0.20 with the vocabulary; no more insertions than without it")
+    print("\n## Decode time of a final (tiny.en, beam 5, 1 thread) by vocabulary\n")
+    cost = decode_cost(args.cost_repeats)
+    print_table(cost, ["vocabulary", "decodes", "p50 ms", "p95 ms"])
     for r in results:
         if r["repeat"] == 1:
             for ex in r["examples"]:
                 if ex["inserted"]:
                     print(f"inserted ({r['setting']}): {ex['file']}: {ex['transcript']}")
     if args.json:
-        args.json.write_text(json.dumps({"environment": env, "results": results}, indent=2, default=str))
+        args.json.write_text(json.dumps({"environment": env, "results": results, "decode_cost": cost}, indent=2,
+                                        default=str))
         progress(f"wrote {args.json}")
 
 
