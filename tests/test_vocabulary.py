@@ -80,12 +80,14 @@ def test_the_guards_find_text_owed_to_the_hint() -> None:
     assert not hint_only("Kubernetes", ())
     noise = Transcript("Istio, Istio, Istio,", no_speech_prob=0.94, avg_logprob=-0.95)
     assert hint_echo(noise, INFRA)
-    assert not hint_echo(Transcript("Kubernetes.", no_speech_prob=0.05), INFRA)  # a one-word answer
+    assert not hint_echo(Transcript("Kubernetes.", no_speech_prob=0.89), INFRA)  # a one-word answer
     assert doubtful_hint(Transcript("Istio, Istio. You"), INFRA)  # the hint looping
-    inserted = Transcript("Helm, you use the service mesh", words=[Word("Helm,", 0.0, 0.3, 0.002)])
+    inserted = Transcript("Helm, you use the service mesh", words=[Word("Helm,", 0.0, 0.3, 0.001)])
     assert doubtful_hint(inserted, INFRA)
     said = Transcript("We run Kubernetes", words=[Word("Kubernetes", 0.0, 0.3, 0.68)])
     assert not doubtful_hint(said, INFRA)
+    assert not doubtful_hint(Transcript("Helm charts", no_speech_prob=0.87), INFRA)  # the prompt raises it
+    assert doubtful_hint(Transcript("TensorFlow, Cloud,", reason="repeated"), ALL_TERMS)
 
 
 # ---- real decodes -------------------------------------------------------------------------------------------
