@@ -245,7 +245,9 @@ async def _build(c: Components) -> None:
                                                                 store.keyring.master.journal_key()
                                                                 if store.keyring is not None else None),
                                          tone=partial(org_tone, c.accounts_store, s.jurisdiction),
-                                         shared_backlog=c.shared)
+                                         shared_backlog=c.shared,
+                                         vocabulary=(partial(interview_vocabulary, service, s.vocabulary_max_terms)
+                                                     if s.vocabulary else None))
     registry.start()
     c.call = call = CallHub(c.metrics, IceConfig(s.ice_servers, c.secrets.turn_secret, s.turn_ttl_s))
     if c.audit_log is not None:
@@ -388,6 +390,28 @@ async def org_tone(accounts: AccountsStore | None, default_jurisdiction: str, or
 
     doc = await accounts.organisation(org_id) if accounts is not None else None
     return OrgPolicy.from_dict(doc or {}, default_jurisdiction).tone
+
+
+async def interview_vocabulary(service: InterviewService, max_terms: int, interview_id: str) -> tuple[str, ...]:
+    """The terms an interview's decodes are told (`pipeline.vocabulary.interview_terms`): its job's skills and
+    description, its questions, and the candidate's CV skills, opened here, when the room opens, and kept only in
+    the room's memory (never logged)."""
+    from domain.model import NotFound
+    from pipeline.vocabulary import interview_terms
+
+    doc = await service.get_interview(interview_id, with_segments=False)
+    job = doc.get("job") or {}
+    questions = doc.get("questions") or []
+    cv: list[str] = []
+    try:
+        candidate = await service.get_candidate(doc["candidateId"])
+        cv = [*(candidate.get("skills") or []), *((candidate.get("resume") or {}).get("skills") or [])]
+    except NotFound:  # an interview may name a candidate who has no record (yet)
+        pass
+    return interview_terms(job_skills=job.get("skills") or [], candidate_skills=cv,
+                           expected_keywords=[k for q in questions for k in q.get("expectedKeywords") or []],
+                           texts=[job.get("description") or "", *(q.get("text", "") for q in questions)],
+                           max_terms=max_terms)
 
 
 async def interview_status(service: InterviewService, interview_id: str) -> str | None:

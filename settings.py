@@ -222,6 +222,11 @@ class Settings(BaseSettings):
                                    "else END_SILENCE_MS")
     turn_complete_ms: PositiveInt = setting(220, "silence that ends an utterance whose text is a complete sentence")
     turn_incomplete_ms: PositiveInt = setting(800, "silence that ends an utterance whose text ends mid-thought")
+    vocabulary: Flag = setting(True, "tell speech-to-text each interview's terms (its job's skills and description, "
+                               "its questions, the candidate's CV skills): rare names like Kubernetes or gRPC are "
+                               "spelt as given; a decode owed to the terms alone is dropped")
+    vocabulary_max_terms: Annotated[int, Field(ge=1, le=100)] = setting(
+        30, "most terms of one interview's vocabulary (the job's skills first)")
     turn_audio_model: OptionalText = setting(None, "audio end-of-turn model (Smart Turn v3.2 ONNX) heard with the "
                                              "text at each pause: an early close needs both (off: text only; unset: "
                                              "models/smart-turn-v3.2-cpu.onnx when present)")

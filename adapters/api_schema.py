@@ -84,6 +84,15 @@ class NewQuestion(_Closed):
     expectedKeywords: Annotated[list[ListText], Field(max_length=50)] | None = None
 
 
+class JobIn(_Closed):
+    """What the interview recruits for: its skills and the term-like words of its description (and of the
+    questions, and the candidate's CV skills) are the vocabulary speech-to-text is told for this interview."""
+
+    title: Annotated[str, _maybe_text(200)] | None = ""
+    skills: Annotated[list[ListText], Field(max_length=50)] | None = None
+    description: Annotated[str, _maybe_text(5000)] | None = ""
+
+
 class NewInterview(_Closed):
     """An interview to schedule."""
 
@@ -97,6 +106,7 @@ class NewInterview(_Closed):
         None, description="user ids of active users of the organisation with the role interviewer (else 422 naming "
         "each bad id)")
     questions: Annotated[list[NewQuestion], Field(max_length=200)] | None = None
+    job: JobIn | None = None
 
 
 class StatusChange(_Closed):
@@ -385,6 +395,12 @@ class Question(_Closed):
     order: int
     expectedKeywords: list[str]
     askedAt: datetime | None
+
+
+class Job(_Closed):
+    title: str
+    skills: list[str]
+    description: str
 
 
 class Speaker(_Closed):
@@ -793,6 +809,7 @@ class Interview(_Closed):
     type: Literal[INTERVIEW_TYPES]  # type: ignore[valid-type]  # domain tuple
     format: Literal[INTERVIEW_FORMATS]  # type: ignore[valid-type]  # domain tuple
     questions: list[Question]
+    job: Job | None = Field(description="what the interview recruits for (the vocabulary of its transcription)")
     transcription: Transcription
     analysis: Analysis
     metadata: Metadata

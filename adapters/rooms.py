@@ -85,6 +85,8 @@ ConsentLookup = Callable[[str, str], Awaitable[bool]]  # (interview, participant
 # interview id -> its live guidance (the guide loaded, its questions embedded), None: no guidance for it
 GuidanceFactory = Callable[[str], Awaitable[Guidance | None]]
 ToneLookup = Callable[[str], Awaitable[bool]]  # organisation id -> whether its rooms show the tone of words
+# interview id -> the terms its decodes are told (pipeline.vocabulary): read once, when its room opens
+VocabularyLookup = Callable[[str], Awaitable[tuple[str, ...]]]
 GuidanceRecorder = Callable[[str, GuidanceEvent], Awaitable[None]]  # stores it with the interview, then publishes it
 GUIDANCE_QUEUE = 256  # finals waiting for guidance; beyond it they are skipped (counted), the transcript is not
 
@@ -650,9 +652,11 @@ class RoomRegistry:
         record_guidance: GuidanceRecorder | None = None,
         journal: SegmentJournal | None = None,
         tone: ToneLookup | None = None,
+        vocabulary: VocabularyLookup | None = None,
         shared_backlog: SharedBacklog | None = None,
     ) -> None:
         self._tone = tone  # None: the tone of words is shown in every room
+        self._vocabulary = vocabulary  # None: no room has a vocabulary
         self.stream_factory = stream_factory
         self.shared_backlog = shared_backlog
         self.guidance_factory = guidance_factory
@@ -706,11 +710,13 @@ class RoomRegistry:
         if room is None:
             history = await self._history(claims.interview_id)
             tone = await self._tone_shown(claims.org_id)
+            vocabulary = await self._vocabulary_of(claims.interview_id)
             room = self.rooms.get(claims.interview_id)  # someone else may have opened it meanwhile
             if room is None:
                 room = self.rooms[claims.interview_id] = Room(self, claims.interview_id, self._backlog,
                                                               claims.org_id)
                 room.tone = tone
+                room.conversation.vocabulary = vocabulary
                 room.history.extend(history)
                 if self.guidance_factory is not None:
                     room.guidance_queue = asyncio.Queue(GUIDANCE_QUEUE)
@@ -734,6 +740,15 @@ class RoomRegistry:
         except Exception as exc:  # unknown policy: the tone stays off (the cautious side), the call goes on
             log.warning("cannot read organisation %s's tone setting (%s); the tone of words is off", org_id, exc)
             return False
+
+    async def _vocabulary_of(self, interview_id: str) -> tuple[str, ...]:
+        if self._vocabulary is None:
+            return ()
+        try:
+            return await self._vocabulary(interview_id)
+        except Exception as exc:  # recognition without the terms is still recognition: the call goes on
+            log.warning("cannot read interview %s's vocabulary (%s); transcribing without it", interview_id, exc)
+            return ()
 
     async def _consented(self, claims: JoinClaims) -> bool:
         if self._consent is None:

@@ -230,20 +230,25 @@ class NatsWhisper:
         return sum(1 for seen in self._workers.values() if now - seen <= self.worker_ttl_s)
 
     def transcribe(self, audio: np.ndarray, *, prompt: str | None = None, partial: bool = False,
-                   kind: str | None = None) -> Transcript:
+                   kind: str | None = None, vocabulary: tuple[str, ...] = ()) -> Transcript:
         """`LocalWhisper.transcribe` on a worker; `kind` ("final", "speculative", "partial") sets its priority
-        (default: "partial" for `partial`, else "final")."""
+        (default: "partial" for `partial`, else "final"); `vocabulary`: the interview's terms."""
         kind = kind or ("partial" if partial else "final")
         if kind not in KINDS[:3]:
             raise ValueError(f"kind must be final, speculative or partial, not {kind!r}")
-        meta = {"kind": kind, "prompt": prompt, "partial": partial}
+        meta: dict[str, Any] = {"kind": kind, "prompt": prompt, "partial": partial}
+        if vocabulary:
+            meta["vocabulary"] = list(vocabulary)
         return self._request(meta, [audio])
 
     def revise(self, audio: np.ndarray, *, context: np.ndarray, context_text: str,
-               after: np.ndarray | None = None) -> Transcript:
+               after: np.ndarray | None = None, vocabulary: tuple[str, ...] = ()) -> Transcript:
         """`LocalWhisper.revise` on a worker, at the lowest priority."""
         parts = [audio, context] + ([after] if after is not None else [])
-        return self._request({"kind": "revision", "context_text": context_text}, parts)
+        meta: dict[str, Any] = {"kind": "revision", "context_text": context_text}
+        if vocabulary:
+            meta["vocabulary"] = list(vocabulary)
+        return self._request(meta, parts)
 
     def _request(self, meta: dict[str, Any], parts: list[np.ndarray]) -> Transcript:
         for p in parts:
@@ -488,12 +493,14 @@ class SttWorker:
         await _settle(msg.ack())
 
     def _decode(self, meta: dict[str, Any], parts: list[np.ndarray]) -> Transcript:
+        # the interview's terms, when it has any (an engine without a vocabulary never sees the argument)
+        extra = {"vocabulary": tuple(str(t) for t in meta["vocabulary"])} if meta.get("vocabulary") else {}
         if meta["kind"] == "revision":
             after = parts[2] if len(parts) > 2 else None
             result: Transcript = self.stt.revise(parts[0], context=parts[1], context_text=str(meta["context_text"]),
-                                                 after=after)
+                                                 after=after, **extra)
             return result
-        return self.stt.transcribe(parts[0], prompt=meta.get("prompt"), partial=bool(meta.get("partial")))
+        return self.stt.transcribe(parts[0], prompt=meta.get("prompt"), partial=bool(meta.get("partial")), **extra)
 
     @staticmethod
     async def _progress(msg: Msg) -> None:

@@ -15,10 +15,32 @@ import wave
 import numpy as np
 
 from domain.events import Word
-from pipeline.guards import apply_guards, compression_ratio
+from pipeline.guards import apply_guards, compression_ratio, hint_only
 from pipeline.transcript import SAMPLE_RATE, SttError, Transcript, as_float_audio
+from pipeline.vocabulary import hint_text
 
 log = logging.getLogger(__name__)
+
+# The API's `prompt` is Whisper's: only its last 224 tokens count (about 4 characters a token in English). The
+# vocabulary's hint goes first and takes at most MAX_HINT_CHARS, the conversation's text the rest of
+# MAX_PROMPT_CHARS, so the hint is never the part cut off.
+MAX_PROMPT_CHARS = 800
+MAX_HINT_CHARS = 500
+
+
+def prompt_with(prompt: str | None, vocabulary: tuple[str, ...]) -> str | None:
+    """The `prompt` parameter: the hint of the longest front of `vocabulary` within `MAX_HINT_CHARS`, then the
+    end of `prompt` (whole words) within what is left of `MAX_PROMPT_CHARS`."""
+    n = len(vocabulary)
+    while n and len(hint_text(vocabulary[:n])) > MAX_HINT_CHARS:
+        n -= 1
+    hint = hint_text(vocabulary[:n])
+    tail = " ".join((prompt or "").split())
+    room = MAX_PROMPT_CHARS - len(hint) - 1
+    if len(tail) > room:
+        tail = tail[len(tail) - room:]
+        tail = tail.split(" ", 1)[1] if " " in tail else ""
+    return " ".join(p for p in (hint, tail) if p) or None
 
 
 def wav_bytes(audio: np.ndarray) -> bytes:
@@ -70,7 +92,22 @@ class OpenAITranscriber:
     def close(self) -> None:
         self._client.close()
 
-    def transcribe(self, audio: np.ndarray, *, prompt: str | None = None) -> Transcript:
+    def transcribe(self, audio: np.ndarray, *, prompt: str | None = None,
+                   vocabulary: tuple[str, ...] = ()) -> Transcript:
+        """One request; with `vocabulary` (the interview's terms) their hint leads the `prompt` parameter, and a
+        text that is nothing but those terms is asked for again without them (nothing, if that finds nothing)."""
+        tr = self._transcribe(audio, prompt_with(prompt, vocabulary))
+        if vocabulary and tr.text and hint_only(tr.text, vocabulary):
+            plain = self._transcribe(audio, prompt_with(prompt, ()))
+            log.debug("only hint terms (%d words); without the vocabulary: %d words", len(tr.text.split()),
+                      len(plain.text.split()))
+            if not plain.text:
+                plain.reason = "hint_only"
+            tr = plain
+            tr.redecoded = True
+        return tr
+
+    def _transcribe(self, audio: np.ndarray, prompt: str | None) -> Transcript:
         data = wav_bytes(audio)
         audio_s = (len(data) - 44) / 2 / SAMPLE_RATE
         t0 = time.perf_counter()

@@ -133,18 +133,20 @@ class WhisperProcesses:
     def pids(self) -> list[int]:
         return sorted(getattr(self._pool, "_processes", None) or {})
 
-    def transcribe(self, audio: np.ndarray, *, prompt: str | None = None, partial: bool = False) -> Transcript:
+    def transcribe(self, audio: np.ndarray, *, prompt: str | None = None, partial: bool = False,
+                   vocabulary: tuple[str, ...] = ()) -> Transcript:
         as_float_audio(audio)  # validate here: a bad array is the caller's error, not a crash
-        return self._call("transcribe", audio, {"prompt": prompt, "partial": partial})
+        return self._call("transcribe", audio, {"prompt": prompt, "partial": partial, "vocabulary": vocabulary})
 
     def revise(self, audio: np.ndarray, *, context: np.ndarray, context_text: str,
-               after: np.ndarray | None = None) -> Transcript:
+               after: np.ndarray | None = None, vocabulary: tuple[str, ...] = ()) -> Transcript:
         """`LocalWhisper.revise` in a worker process."""
         as_float_audio(audio)
         as_float_audio(context)
         if after is not None:
             as_float_audio(after)
-        return self._call("revise", audio, {"context": context, "context_text": context_text, "after": after})
+        return self._call("revise", audio, {"context": context, "context_text": context_text, "after": after,
+                                            "vocabulary": vocabulary})
 
     @property
     def revision_pid(self) -> int | None:

@@ -35,9 +35,13 @@ from pipeline.guards import (
     apply_guards,
     compression_ratio,
     cut_short,
+    doubtful_hint,
+    hint_echo,
+    hint_only,
     too_many_words,
 )
 from pipeline.transcript import SAMPLE_RATE, Transcript, as_float_audio
+from pipeline.vocabulary import hint_text
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +202,11 @@ _GATES: dict[str, Any] = {
     "no_speech_threshold": NO_SPEECH_THRESHOLD,
 }
 MAX_PREFIX_TOKENS = 200  # faster-whisper cuts a prefix to 223 tokens (from its end): stay clear of that
+# Whisper's prompt (the tokens after <|startofprev|>) holds at most 223 tokens (n_text_ctx // 2 - 1; faster-whisper
+# keeps the last 223 of a longer one, which would cut the vocabulary off its front): the vocabulary's hint and the
+# previous text share them, the hint taking at most MAX_HINT_TOKENS and the previous text the rest
+MAX_PROMPT_TOKENS = 223
+MAX_HINT_TOKENS = 150
 
 
 class LocalWhisper:
@@ -211,6 +220,8 @@ class LocalWhisper:
     ("bye bye bye") in the trailing silence.
     `revision_model`: a model directory (or Whisper base to join) `revise` decodes with instead (a bigger one: revisions run on spare
     CPU, the live decodes stay fast), loaded on the first revision; None: this model.
+    `hint_guard`: decode again without the vocabulary what may owe words to it alone (see `transcribe`); False
+    only to measure what the guard does (`benchmarks.vocabulary`).
     """
 
     engine = "faster-whisper"
@@ -229,6 +240,7 @@ class LocalWhisper:
         language: str = "en",
         repetition_penalty: float = 1.1,
         revision_model: str | JoinedBase | None = None,
+        hint_guard: bool = True,
     ) -> None:
         from faster_whisper import WhisperModel
         from threadpoolctl import threadpool_limits
@@ -249,6 +261,7 @@ class LocalWhisper:
         self.min_window_s = min_window_s
         self.language = language
         self.repetition_penalty = repetition_penalty
+        self.hint_guard = hint_guard
         if isinstance(revision_model, str):
             same = Path(revision_model).resolve() == Path(path).resolve()
             revision_model = None if same else check_model_dir(revision_model)
@@ -261,6 +274,7 @@ class LocalWhisper:
             "cpu_threads": cpu_threads, "num_workers": num_workers, "compute_type": compute_type,
             "beam_size": beam_size, "partial_beam_size": partial_beam_size, "window_s": window_s,
             "min_window_s": min_window_s, "language": language, "repetition_penalty": repetition_penalty,
+            "hint_guard": hint_guard,
         }  # fmt: skip
         self._local = threading.local()
         local = self._local
@@ -281,8 +295,12 @@ class LocalWhisper:
         log.info("loaded whisper model %s (%s) in %.2fs", self.model, compute_type, time.perf_counter() - t0)
 
     def transcribe(
-        self, audio: np.ndarray, *, prompt: str | None = None, partial: bool = False
+        self, audio: np.ndarray, *, prompt: str | None = None, partial: bool = False,
+        vocabulary: tuple[str, ...] = (),
     ) -> Transcript:
+        """Decode `audio` after `prompt` (the conversation's recent text) and the interview's `vocabulary` (terms
+        its decoder is told first, `pipeline.vocabulary`). A decode that owes words to the vocabulary alone
+        (`pipeline.guards.hint_only`, `doubtful_hint`) is decoded again without it."""
         x = as_float_audio(audio)
         audio_s = x.size / SAMPLE_RATE
         t0 = time.perf_counter()
@@ -293,11 +311,38 @@ class LocalWhisper:
         if not getattr(self._local, "limited", False):
             self._limits()
             self._local.limited = True
-        tr = self._decode(x, prompt, partial, penalty)
+        tr = self._transcribe(x, prompt, partial, penalty, vocabulary)
+        if vocabulary and self.hint_guard and tr.text:
+            only, doubt = hint_only(tr.text, vocabulary), doubtful_hint(tr, vocabulary)
+            if only and hint_echo(tr, vocabulary):  # the hint read into silence or noise
+                log.debug("only hint terms (%d words), no speech", _words(tr.text))
+                tr = Transcript(text="", reason="hint_only", audio_s=audio_s, language=tr.language, redecoded=True)
+            elif only or doubt:
+                # terms the decoder may have taken from the hint rather than the audio: decode without the
+                # vocabulary. Nothing there: the decode was silence or noise read as the hint, and is dropped. A
+                # doubtful term: the decode without it stands. Else (a real one-term answer, "Kubernetes."): the
+                # terms stay.
+                bare = self._transcribe(x, prompt, partial, penalty, ())
+                log.debug("hint terms in %d words; without the vocabulary: %d words", _words(tr.text),
+                          _words(bare.text))
+                if only and not bare.text:
+                    tr = Transcript(text="", reason="hint_only", audio_s=audio_s, language=tr.language)
+                elif doubt:
+                    tr = bare
+                    tr.reason = tr.reason or "doubtful_hint"
+                tr.redecoded = True
+        tr.decode_s = time.perf_counter() - t0
+        return tr
+
+    def _transcribe(self, x: np.ndarray, prompt: str | None, partial: bool, penalty: float,
+                    vocabulary: tuple[str, ...]) -> Transcript:
+        """One decode of `x` and the decodes again its guards ask for (repeats, too many words, an early end)."""
+        audio_s = x.size / SAMPLE_RATE
+        tr = self._decode(x, self._prompt_ids(prompt, vocabulary), partial, penalty)
         if not partial and tr.reason == "repeated" and self._frames(audio_s) is not None:
             # the guards kept one copy of a sentence the decoder repeated in the shortened window: decode in
             # Whisper's full window, as whole-file decoding does (it wrote the sentence once on every such clip)
-            full = self._decode(x, prompt, partial, penalty, full_window=True)
+            full = self._decode(x, self._prompt_ids(prompt, vocabulary), partial, penalty, full_window=True)
             log.debug("repeated sentence (%d words); full-window decode: %d words", _words(tr.text), _words(full.text))
             if full.text and not full.hallucination:
                 tr = full
@@ -305,7 +350,7 @@ class LocalWhisper:
             tr.redecoded = True
         if not partial and tr.text and too_many_words(tr, audio_s):
             # text nobody said (a prompt can lead the decoder into it): decode plainly, or flag it
-            plain = self._decode(x, None, partial, 1.0) if prompt else None
+            plain = self._decode(x, None, partial, 1.0) if prompt or vocabulary else None
             log.debug("too many words (%d); plain decode: %s words", _words(tr.text), plain and _words(plain.text))
             if plain is not None and plain.text and not too_many_words(plain, audio_s):
                 tr = plain
@@ -323,11 +368,36 @@ class LocalWhisper:
                 tr = plain
                 tr.reason = tr.reason or "early_end"
             tr.redecoded = True
-        tr.decode_s = time.perf_counter() - t0
         return tr
 
+    def _prompt_ids(self, prompt: str | None, vocabulary: tuple[str, ...]) -> str | list[int] | None:
+        """The decoder's prompt: without a vocabulary `prompt` itself (faster-whisper keeps its last 223 tokens);
+        with one, token ids: the vocabulary's hint (at most `MAX_HINT_TOKENS`, whole terms, in their order), then
+        the end of `prompt` in what is left of `MAX_PROMPT_TOKENS`. None: no prompt."""
+        if not vocabulary:
+            return prompt or None
+        hint = self._hint_ids(vocabulary)
+        tail = self._tokens(" " + " ".join(prompt.split())) if prompt and prompt.strip() else []
+        room = MAX_PROMPT_TOKENS - len(hint)
+        ids = hint + (tail[-room:] if room > 0 else [])
+        return ids or None
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - one engine per process; an interview's decodes share its terms
+    def _hint_ids(self, vocabulary: tuple[str, ...]) -> list[int]:
+        """Token ids of `pipeline.vocabulary.hint_text` of the longest front of `vocabulary` that fits in
+        `MAX_HINT_TOKENS` (the first terms are the job's skills)."""
+        for n in range(len(vocabulary), 0, -1):
+            ids = self._tokens(" " + hint_text(vocabulary[:n]))
+            if len(ids) <= MAX_HINT_TOKENS:
+                return ids
+        return []
+
+    def _tokens(self, text: str) -> list[int]:
+        return list(self._whisper.hf_tokenizer.encode(text, add_special_tokens=False).ids)
+
     def revise(
-        self, audio: np.ndarray, *, context: np.ndarray, context_text: str, after: np.ndarray | None = None
+        self, audio: np.ndarray, *, context: np.ndarray, context_text: str, after: np.ndarray | None = None,
+        vocabulary: tuple[str, ...] = (),
     ) -> Transcript:
         """Decode `audio` again as the continuation of `context` (the conversation's preceding speech, 16 kHz)
         whose transcript `context_text` is forced as the decoder's prefix, and followed by `after` (the speech
@@ -335,7 +405,8 @@ class LocalWhisper:
         speakers around the utterance and the decoder continues their text, as whole-file decoding does.
 
         Returns the transcript of `audio` alone (word times relative to it). `reason == "context_mismatch"`
-        (and no text) when the decoder's output does not start with `context_text`.
+        (and no text) when the decoder's output does not start with `context_text`. `vocabulary`: the interview's
+        terms, told to the decoder before the context (`transcribe`).
         """
         if self._reviser_model is not None:
             with self._reviser_lock:
@@ -343,7 +414,8 @@ class LocalWhisper:
                     model = self._reviser_model
                     self._reviser = LocalWhisper(model.path() if isinstance(model, JoinedBase) else model,
                                                  **self._options)
-            return self._reviser.revise(audio, context=context, context_text=context_text, after=after)
+            return self._reviser.revise(audio, context=context, context_text=context_text, after=after,
+                                        vocabulary=vocabulary)
         x = as_float_audio(audio)
         c = as_float_audio(context)
         a = as_float_audio(after) if after is not None else np.zeros(0, np.float32)
@@ -356,6 +428,7 @@ class LocalWhisper:
             self._local.limited = True
         prefix = " ".join(context_text.split())
         n_prefix = len(self._whisper.hf_tokenizer.encode(" " + prefix).ids) if prefix else 0
+        hint = self._hint_ids(vocabulary)  # before <|startoftranscript|>: the forced prefix comes after it
         if n_prefix >= MAX_PREFIX_TOKENS:  # faster-whisper would cut it and the split would fail: no revision
             return Transcript(text="", reason="context_too_long", audio_s=audio_s)
         both = np.concatenate([c, x, a]) if c.size or a.size else x
@@ -367,12 +440,15 @@ class LocalWhisper:
                 beam_size=self.beam_size,
                 temperature=[0.0, 0.2, 0.4],
                 condition_on_previous_text=False,
+                initial_prompt=hint or None,
                 prefix=prefix or None,
                 # one segment holding the prefix and the continuation; word timestamps split them
                 without_timestamps=True,
                 word_timestamps=True,
                 # the prefix is part of the generated sequence; the continuation is bounded as in `_decode`
-                max_new_tokens=min(440 - n_prefix, n_prefix + int((audio_s + a.size / SAMPLE_RATE) * 8) + 16),
+                # (448 in all, less <|startofprev|> + hint, the start sequence and the prefix)
+                max_new_tokens=min(440 - n_prefix - (len(hint) + 1 if hint else 0),
+                                   n_prefix + int((audio_s + a.size / SAMPLE_RATE) * 8) + 16),
                 **_GATES,
             )
             # only the first segment, and only it is decoded (the generator is lazy): with word timestamps
@@ -414,7 +490,7 @@ class LocalWhisper:
     def _frames(self, audio_s: float) -> int | None:
         return _window_frames(audio_s, self.window_s, self.min_window_s)
 
-    def _decode(self, x: np.ndarray, prompt: str | None, partial: bool, repetition_penalty: float, *,
+    def _decode(self, x: np.ndarray, prompt: str | list[int] | None, partial: bool, repetition_penalty: float, *,
                 full_window: bool = False) -> Transcript:
         audio_s = x.size / SAMPLE_RATE
         self._local.frames = None if full_window else self._frames(audio_s)

@@ -47,6 +47,7 @@ from domain.model import (
     Conflict,
     Fields,
     Interview,
+    Job,
     Metadata,
     NotFound,
     Question,
@@ -78,11 +79,12 @@ class CreateInterview:
     interviewers: list[str] = field(default_factory=list)
     questions: list[AddQuestion] = field(default_factory=list)
     interview_id: str | None = None  # client-chosen id (idempotent retries); generated when None
+    job: Job | None = None
 
     @classmethod
     def parse(cls, data: object) -> CreateInterview:
         f = Fields(data, allowed=("interviewId", "candidateId", "jobId", "scheduledAt", "type", "format",
-                                  "interviewers", "questions"))
+                                  "interviewers", "questions", "job"))
         interview_id = f.ident("interviewId", required=False)
         candidate_id = f.ident("candidateId")
         job_id = f.ident("jobId")
@@ -102,10 +104,17 @@ class CreateInterview:
                     except ValidationError as exc:
                         for k, v in exc.fields.items():
                             f.errors.setdefault(k, v)
+        job = None
+        j = f.nested("job", allowed=("title", "skills", "description"))
+        if j is not None:
+            job = Job(title=j.text("title", required=False, max_len=200, default=""),
+                      skills=j.str_list("skills", max_items=50, max_len=100),
+                      description=j.text("description", required=False, max_len=5000, default=""))
+            f.merge(j)
         f.done()
         return cls(candidate_id=candidate_id, job_id=job_id, scheduled_at=scheduled_at,  # type: ignore[arg-type]
                    type=type_, format=format_, interviewers=interviewers, questions=questions,
-                   interview_id=interview_id)
+                   interview_id=interview_id, job=job)
 
 
 @dataclass(slots=True)
@@ -576,7 +585,7 @@ class InterviewService:
         interview = Interview.schedule(interview_id=interview_id, candidate_id=cmd.candidate_id, job_id=cmd.job_id,
                                        scheduled_at=cmd.scheduled_at, now=now, created_by=created_by, type=cmd.type,
                                        format=cmd.format, interviewers=cmd.interviewers, questions=questions,
-                                       org_id=org_id)
+                                       org_id=org_id, job=cmd.job)
         await self.store.add_interview(interview, interview.take_events())
         self.on_commit()
         log.info("interview %s scheduled for candidate %s", interview_id, cmd.candidate_id)

@@ -304,6 +304,26 @@ class Question:
 
 
 @dataclass(slots=True)
+class Job:
+    """What an interview recruits for, as far as the live transcription needs it: its skills and description name
+    the terms speech-to-text is told for that interview (`pipeline.vocabulary`). Not personal data: stored in
+    clear."""
+
+    title: str = ""
+    skills: list[str] = field(default_factory=list)
+    description: str = ""
+
+    def to_document(self) -> dict[str, Any]:
+        return {"title": self.title, "skills": list(self.skills), "description": self.description}
+
+    @classmethod
+    def from_document(cls, d: Mapping[str, Any] | None) -> Job | None:
+        if not d:
+            return None
+        return cls(title=d.get("title", ""), skills=list(d.get("skills") or []), description=d.get("description", ""))
+
+
+@dataclass(slots=True)
 class Analysis:
     """Text-only analysis of the transcript: sentiment from words, never from voice or face."""
 
@@ -353,6 +373,7 @@ class Interview:
     cancel_reason: str = ""
     duration_s: float | None = None
     questions: list[Question] = field(default_factory=list)
+    job: Job | None = None
     transcription_status: str = "pending"  # pending | in_progress | completed
     analysis: Analysis = field(default_factory=Analysis)
     events: list[DomainEvent] = field(default_factory=list)  # recorded, not yet handed to the repository
@@ -364,11 +385,11 @@ class Interview:
     def schedule(cls, *, interview_id: str, candidate_id: str, job_id: str, scheduled_at: datetime, now: datetime,
                  created_by: str, type: str = "screening", format: str = "video",
                  interviewers: list[str] | None = None, questions: list[Question] | None = None,
-                 org_id: str = DEFAULT_ORG) -> Interview:
+                 org_id: str = DEFAULT_ORG, job: Job | None = None) -> Interview:
         interview = cls(interview_id=interview_id, candidate_id=candidate_id, job_id=job_id,
                         scheduled_at=scheduled_at, metadata=Metadata(now, now, created_by, 1), type=type,
                         format=format, interviewers=list(interviewers or []), questions=list(questions or []),
-                        org_id=org_id)
+                        org_id=org_id, job=job)
         interview.events.append(InterviewScheduled(interview_id=interview_id, occurred_at=now,
                                                    candidate_id=candidate_id, job_id=job_id,
                                                    scheduled_at=scheduled_at))
@@ -502,6 +523,7 @@ class Interview:
             "type": self.type,
             "format": self.format,
             "questions": [q.to_document() for q in self.questions],
+            "job": self.job.to_document() if self.job is not None else None,
             "transcription": {"status": self.transcription_status,
                               "segments": [s.to_document() for s in segments or ()]},
             "analysis": self.analysis.to_document(),
@@ -521,6 +543,7 @@ class Interview:
             completed_at=d.get("completedAt"), cancelled_at=d.get("cancelledAt"),
             cancel_reason=d.get("cancelReason", ""), duration_s=d.get("duration"),
             questions=[Question.from_document(q) for q in d.get("questions", [])],
+            job=Job.from_document(d.get("job")),
             transcription_status=transcription.get("status", "pending"),
             analysis=Analysis.from_document(d.get("analysis")),
             org_id=d.get("orgId") or DEFAULT_ORG,

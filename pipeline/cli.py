@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL"),
                    help="OpenAI-compatible server (env OPENAI_BASE_URL); the key comes from env OPENAI_API_KEY")  # fmt: skip
     t.add_argument("--skills", default="", help="comma-separated job skills: boosted in keyword relevance")
+    t.add_argument("--vocabulary", default="", help="comma-separated terms of the interview (products, libraries, "
+                   "acronyms: 'Kubernetes,PyTorch,gRPC'): every decode is told them, so they are spelt as given")
     t.add_argument("--channels-as-speakers", action="store_true",
                    help="stereo file: left = interviewer, right = candidate, two streams in parallel")  # fmt: skip
     t.add_argument("--role", default="candidate", help="speaker role of a single-stream file")
@@ -129,6 +131,7 @@ async def run(
     audio: DecodedAudio, args: argparse.Namespace, stt: SpeechToText, out: TextIO, name: str
 ) -> int:
     from pipeline.stream import Conversation, ParticipantStream, StreamConfig
+    from pipeline.vocabulary import parse_terms
 
     feeds = plan_feeds(audio, args, name)
     # revisions wait for spare capacity in real time (live finals first); a file is not live: whenever a worker is free
@@ -150,7 +153,8 @@ async def run(
         out.flush()
 
     # the file is one conversation: its streams share the prompt and the context of revisions
-    conversation = Conversation(cfg.prompt_max_chars, prompt_min_confidence=cfg.prompt_min_confidence)
+    conversation = Conversation(cfg.prompt_max_chars, prompt_min_confidence=cfg.prompt_min_confidence,
+                                vocabulary=parse_terms(args.vocabulary))
     streams = [
         ParticipantStream(f.speaker, scheduler, emit, in_rate=audio.rate, channels=f.channels, config=cfg,
                           clock=clock, conversation=conversation)  # fmt: skip

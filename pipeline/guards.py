@@ -5,7 +5,9 @@ Every engine's transcript goes through `apply_guards`, which turns Whisper's dec
 sentence repeated beyond what the audio holds (`collapse_repeats`), so nothing invented reaches the analysers. The other checks are for the stream and the engines: `trim_after_speech` (an invented
 closing phrase in the trailing silence), `cut_short` (the words stop well before the audio does),
 `too_many_words` (more words than anyone says in the audio), `after_prefix` (where a decode forced to continue
-the conversation's text starts on the utterance's own words) and `word_confidence`.
+the conversation's text starts on the utterance's own words) and `word_confidence`; `hint_only` and
+`doubtful_hint` for a decode told the interview's vocabulary (`pipeline.vocabulary`): words that may come from
+the hint rather than the audio.
 
 The cross-talk guard compares finals of different participants: `bleed_of(a, b)` says which of two overlapping
 finals repeats the other's words at a lower level (one microphone picking up the other participant's voice), from
@@ -15,6 +17,7 @@ their `Heard` summaries (conversation time, normalised words, `speech_level_db` 
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 import re
 import zlib
@@ -214,6 +217,51 @@ def apply_guards(t: Transcript) -> Transcript:
     elif normalise(t.text) in STOCK_PHRASES and (t.no_speech_prob > 0.3 or mean_p < 0.6):
         t.hallucination, t.reason = True, "stock_phrase"
     return t
+
+
+# A decode told the interview's vocabulary can write a term where nobody said it: the whole decode of silence or
+# noise ("Kubernetes, Terraform."), or a term over an ordinary word ("Have you used" -> "Helm, you used"). Decoded
+# without a prompt, those inserted terms got probability 0.002 and below, the hint alone pulling them through the
+# beam; terms really said got 0.0037 (Postgres) to 0.96. The bar is thin: it catches the clearest cases only.
+HINT_MIN_PROBABILITY = 0.002
+_LIST_WORDS = frozenset({"and", "or", "also"})  # what joins terms in a list the decoder writes out of the hint
+
+
+def hint_words(terms: tuple[str, ...]) -> frozenset[str]:
+    """The `normalise`d words of the vocabulary's terms ("scikit-learn" -> "scikit", "learn")."""
+    return frozenset(w for t in terms for w in normalise(t).split())
+
+
+def hint_only(text: str, terms: tuple[str, ...]) -> bool:
+    """Whether `text` is nothing but the vocabulary's terms (joined by commas, "and", "or"): what a decoder told the
+    vocabulary writes for silence or noise. Never true without terms or text."""
+    words = normalise(text).split()
+    vocab = hint_words(terms)
+    return bool(words) and bool(vocab) and all(w in vocab or w in _LIST_WORDS for w in words) and any(
+        w in vocab for w in words)
+
+
+def hint_echo(t: Transcript, terms: tuple[str, ...]) -> bool:
+    """Whether `t` is nothing but the vocabulary's terms, one of them repeated back to back: 4 s of white noise
+    decoded as "Istio, Istio, Istio," (no_speech_prob 0.94 and avg_logprob -0.95, just above the no-speech gate's
+    -1.0). Not `no_speech_prob` alone: with the vocabulary in the prompt, real answers got 0.87-0.89."""
+    return hint_only(t.text, terms) and len(words_of(t.text)) < len(normalise(t.text).split())
+
+
+def doubtful_hint(t: Transcript, terms: tuple[str, ...], min_probability: float = HINT_MIN_PROBABILITY) -> bool:
+    """Whether `t` has a word of the vocabulary that got less than `min_probability` (a term the hint pushed
+    through the beam over what the audio says; needs word probabilities), or says a vocabulary word twice back to
+    back (the hint looping: "Istio, Istio, Istio. You" from white noise, "... a Helm chart. Istio, Istio" in the
+    silence after speech), or has a vocabulary word in a decode that is itself doubted: flagged a hallucination or
+    one copy kept of words it repeated ("TensorFlow, Cloud, Cloud," from white noise)."""
+    vocab = hint_words(terms)
+    words = normalise(t.text).split()
+    if any(a == b and a in vocab for a, b in itertools.pairwise(words)):
+        return True
+    doubted = t.hallucination or t.reason == "repeated"
+    if doubted and any(w in vocab for w in words):
+        return True
+    return any(w.probability < min_probability and set(normalise(w.word).split()) & vocab for w in t.words)
 
 
 def cut_short(t: Transcript, audio_s: float) -> bool:

@@ -65,6 +65,7 @@ class _Job:
     context: np.ndarray | None = None  # a revision: decode after this audio, whose text is `context_text`
     context_text: str = ""
     after: np.ndarray | None = None
+    vocabulary: tuple[str, ...] = ()  # the interview's terms (pipeline.vocabulary); engines get it only when set
 
     @property
     def kind(self) -> str:
@@ -233,7 +234,8 @@ class SttScheduler:
                 self._revision_wakeup = asyncio.Event()
                 self._tasks.append(asyncio.create_task(self._revision_worker(), name="stt-revisions"))
 
-    async def transcribe_final(self, audio: np.ndarray, *, prompt: str | None = None) -> Transcript:
+    async def transcribe_final(self, audio: np.ndarray, *, prompt: str | None = None,
+                               vocabulary: tuple[str, ...] = ()) -> Transcript:
         if self._closed:
             raise SttError("stt_closed", "speech-to-text scheduler is closed")
         as_float_audio(audio)  # validate at the edge, not in the worker
@@ -242,7 +244,7 @@ class SttScheduler:
             raise SttOverloaded(f"{len(self._finals)} finals already waiting for speech-to-text")
         self._start()
         fut: asyncio.Future[Transcript | None] = asyncio.get_running_loop().create_future()
-        self._finals.append(_Job(audio, prompt, False, fut, None, self._clock()))
+        self._finals.append(_Job(audio, prompt, False, fut, None, self._clock(), vocabulary=vocabulary))
         # a waiting final makes every queued partial stale work: shed them now rather than after the final
         self._shed_partials(lambda _j: True)
         self._notify()
@@ -257,6 +259,7 @@ class SttScheduler:
         prompt: str | None = None,
         key: object | None = None,
         final_quality: bool = False,
+        vocabulary: tuple[str, ...] = (),
     ) -> Transcript | None:
         """Best-effort decode with partial priority (None when shed). `key` identifies the stream: a newer
         request with the same key replaces an older one still queued. `final_quality` decodes with the final
@@ -271,7 +274,7 @@ class SttScheduler:
             self.stats.partials_shed += 1
             return None
         fut: asyncio.Future[Transcript | None] = asyncio.get_running_loop().create_future()
-        job = _Job(audio, prompt, True, fut, key, self._clock(), final_quality)
+        job = _Job(audio, prompt, True, fut, key, self._clock(), final_quality, vocabulary=vocabulary)
         if final_quality:  # a speculative final saves a whole decode after the pause: ahead of plain partials
             self._partials.appendleft(job)
         else:
@@ -280,7 +283,8 @@ class SttScheduler:
         return await fut
 
     async def transcribe_revision(
-        self, audio: np.ndarray, *, context: np.ndarray, context_text: str, after: np.ndarray | None = None
+        self, audio: np.ndarray, *, context: np.ndarray, context_text: str, after: np.ndarray | None = None,
+        vocabulary: tuple[str, ...] = (),
     ) -> Transcript | None:
         """Decode a final's audio again after `context` (see `LocalWhisper.revise`) when there is capacity to
         spare. None when it was pushed out of the queue or the scheduler closed before it ran."""
@@ -300,7 +304,7 @@ class SttScheduler:
                 oldest.future.set_result(None)
         fut: asyncio.Future[Transcript | None] = asyncio.get_running_loop().create_future()
         self._revisions.append(_Job(audio, None, False, fut, None, self._clock(), context=context,
-                                    context_text=context_text, after=after))  # fmt: skip
+                                    context_text=context_text, after=after, vocabulary=vocabulary))  # fmt: skip
         self._notify()
         return await fut
 
@@ -405,13 +409,16 @@ class SttScheduler:
         t0 = self._clock()
         try:
             if job.context is not None:
-                call: Any = functools.partial(_revise, self.stt, job.audio, job.context, job.context_text, job.after)
+                call: Any = functools.partial(_revise, self.stt, job.audio, job.context, job.context_text, job.after,
+                                              job.vocabulary)
             else:
                 kwargs: dict[str, Any] = {"prompt": job.prompt}
                 if self._partial_kw:
                     kwargs["partial"] = kind == "partial"
                 if self._kind_kw:
                     kwargs["kind"] = kind
+                if job.vocabulary:  # engines without a vocabulary (test doubles) never see the argument
+                    kwargs["vocabulary"] = job.vocabulary
                 call = functools.partial(_call, self.stt, job.audio, kwargs)
             result = await loop.run_in_executor(executor, call)
         except asyncio.CancelledError:
@@ -477,9 +484,11 @@ def _call(stt: SpeechToText, audio: np.ndarray, kwargs: dict[str, Any]) -> Trans
 
 
 def _revise(
-    stt: Any, audio: np.ndarray, context: np.ndarray, context_text: str, after: np.ndarray | None
+    stt: Any, audio: np.ndarray, context: np.ndarray, context_text: str, after: np.ndarray | None,
+    vocabulary: tuple[str, ...] = (),
 ) -> Transcript:
-    result: Transcript = stt.revise(audio, context=context, context_text=context_text, after=after)
+    extra = {"vocabulary": vocabulary} if vocabulary else {}
+    result: Transcript = stt.revise(audio, context=context, context_text=context_text, after=after, **extra)
     return result
 
 

@@ -166,6 +166,7 @@ class ParticipantStream:
         clock: Callable[[], float] | None = None,
         conversation: Conversation | None = None,
         turn_audio: SmartTurn | None = None,
+        vocabulary: tuple[str, ...] | None = None,
     ) -> None:
         from pipeline.dsp import FrontEnd  # the native core; imported here so a missing build names the fix
 
@@ -218,6 +219,8 @@ class ParticipantStream:
         # share a Conversation, every participant's (a candidate's answer decodes with the question before it)
         self.conversation = conversation or Conversation(cfg.prompt_max_chars,
                                                          prompt_min_confidence=cfg.prompt_min_confidence)
+        # the interview's terms every decode is told (pipeline.vocabulary); None: the conversation's (a room's)
+        self._vocabulary = vocabulary
         self._revisions: dict[asyncio.Task[None], _Turn] = {}  # running or waiting, with the turn they revise
         # stream time (s) -> the conversation's time axis, which the cross-talk guard compares finals on (None:
         # no longer known). The streams of a file share their time; a room's owner maps each to arrival time.
@@ -253,6 +256,11 @@ class ParticipantStream:
     @property
     def stream_time_s(self) -> float:
         return self.frontend.samples_in / SAMPLE_RATE
+
+    @property
+    def vocabulary(self) -> tuple[str, ...]:
+        """The interview's terms this stream's decodes are told: its own, else its conversation's."""
+        return self._vocabulary if self._vocabulary is not None else self.conversation.vocabulary
 
     # ------------------------------------------------------------------------------------------- data path
 
@@ -381,7 +389,8 @@ class ParticipantStream:
         seq = self._next_seq
         task = asyncio.create_task(
             self.scheduler.transcribe_partial(
-                audio, prompt=self._prompt(), key=(id(self), "spec", seq), final_quality=True
+                audio, prompt=self._prompt(), key=(id(self), "spec", seq), final_quality=True,
+                vocabulary=self.vocabulary,
             )
         )
         task.add_done_callback(_consume_outcome)
@@ -499,7 +508,8 @@ class ParticipantStream:
 
     async def _partial(self, seq: int, start: int, audio: np.ndarray) -> None:
         try:
-            tr = await self.scheduler.transcribe_partial(audio, prompt=self._prompt(), key=id(self))
+            tr = await self.scheduler.transcribe_partial(audio, prompt=self._prompt(), key=id(self),
+                                                         vocabulary=self.vocabulary)
         except SttError as exc:
             log.debug("partial failed: %s", exc)  # the final reports errors; partials are best effort
             return
@@ -560,7 +570,8 @@ class ParticipantStream:
         give_up: float | None = None
         while True:
             try:
-                return await self.scheduler.transcribe_final(utt.audio, prompt=self._prompt())
+                return await self.scheduler.transcribe_final(utt.audio, prompt=self._prompt(),
+                                                             vocabulary=self.vocabulary)
             except SttError as exc:
                 if exc.code not in RETRYABLE:
                     raise
@@ -724,7 +735,7 @@ class ParticipantStream:
                                         turn.next.audio[:room]])  # fmt: skip
         try:
             tr = await self.scheduler.transcribe_revision(utt.audio, context=context, context_text=context_text,
-                                                          after=after)  # fmt: skip
+                                                          after=after, vocabulary=self.vocabulary)  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - the final stands; a revision is an improvement, not a duty
             log.warning("revision of %s/%d failed: %s", self.speaker.participant_id, seq, exc)
             self.stats["revisions_failed"] += 1
@@ -855,6 +866,7 @@ class Conversation:
     * `prompt`: the trusted finals' text, the last `max_chars` characters cut at a word boundary — what the
       next live decode of any stream is prompted with (whole-file decoding conditions on the previous text).
     * `context_before(turn, seconds)`: the trusted finals before `turn`, audio and text, for its revision.
+    * `vocabulary`: the interview's terms, told to every decode of its streams (`pipeline.vocabulary`).
     * `check_crosstalk(final)`: whether a final repeats an overlapping louder final of another stream (and the
       correction of earlier finals of other streams it shows to be copies); finals marked cross-talk never
       become turns.
@@ -867,9 +879,12 @@ class Conversation:
     # its source, and a final comes out at most a few seconds after its utterance closed
     CROSSTALK_KEEP_S = 30.0
 
-    def __init__(self, max_chars: int = 200, *, prompt_min_confidence: float = 0.6, keep_s: float = 60.0) -> None:
+    def __init__(self, max_chars: int = 200, *, prompt_min_confidence: float = 0.6, keep_s: float = 60.0,
+                 vocabulary: tuple[str, ...] = ()) -> None:
         if max_chars < 1:
             raise ValueError("max_chars must be >= 1")
+        # the interview's terms (pipeline.vocabulary): told to every decode of its streams before the prompt
+        self.vocabulary = vocabulary
         self.max_chars = max_chars
         self.prompt_min_confidence = prompt_min_confidence
         self.keep_s = keep_s

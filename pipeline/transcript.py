@@ -58,6 +58,9 @@ class Transcript:
 
 
 class SpeechToText(Protocol):
+    """`transcribe(audio, prompt=)`. An engine that can be told an interview's vocabulary (`pipeline.vocabulary`)
+    also takes `vocabulary: tuple[str, ...]` (and `revise` too); the scheduler passes it only when there is one."""
+
     engine: str
     model: str
 

@@ -127,6 +127,49 @@ DIGITS: Dialogues = {
 }  # fmt: skip
 
 
+# Dialogues full of rare product names, libraries and acronyms, for the interview's vocabulary (pipeline.vocabulary):
+# `keywords` is the vocabulary the interview gives (its job's and the candidate's skills); some of its terms are
+# never said, so an inserted term shows (benchmarks.vocabulary).
+VOCABULARY: Dialogues = {
+    "platform_infra": (["Kubernetes", "Terraform", "Helm", "Istio", "Prometheus", "Grafana", "Ansible", "ArgoCD"], [
+        ("interviewer", "Which tools does your platform team use every day?", "neutral"),
+        ("candidate", "We run Kubernetes clusters provisioned with Terraform, and every service ships as a Helm "
+                      "chart.", "neutral"),
+        ("interviewer", "How do you monitor them?", "neutral"),
+        ("candidate", "Prometheus scrapes the metrics and we keep our dashboards in Grafana.", "neutral"),
+        ("interviewer", "Have you used a service mesh?", "neutral"),
+        ("candidate", "Yes, we tried Istio last year but removed it because it was too heavy for us.", "neutral"),
+    ]),
+    "ml_stack": (["PyTorch", "CUDA", "ONNX", "TensorFlow", "scikit-learn", "NumPy", "Hugging Face", "JAX"], [
+        ("interviewer", "What is your machine learning stack?", "neutral"),
+        ("candidate", "I train models in PyTorch on CUDA machines and export them to ONNX for serving.", "neutral"),
+        ("interviewer", "Do you still use TensorFlow?", "neutral"),
+        ("candidate", "Not anymore. For classic models I prefer scikit-learn, and NumPy for everything else.",
+         "neutral"),
+        ("interviewer", "Where do your pretrained models come from?", "neutral"),
+        ("candidate", "Mostly from Hugging Face, after we check their licences.", "neutral"),
+    ]),
+    "backend_services": (["gRPC", "Kafka", "FastAPI", "Postgres", "Redis", "Celery", "RabbitMQ", "GraphQL",
+                          "DynamoDB"], [
+        ("interviewer", "How do your backend services talk to each other?", "neutral"),
+        ("candidate", "Internal calls use gRPC, and events go through Kafka topics.", "neutral"),
+        ("interviewer", "Which frameworks do you write services in?", "neutral"),
+        ("candidate", "New services use FastAPI, with Postgres as the main database and Redis as a cache.",
+         "neutral"),
+        ("interviewer", "Do you run any background jobs?", "neutral"),
+        ("candidate", "We run Celery workers, and a few old jobs still read from RabbitMQ.", "neutral"),
+    ]),
+    "frontend_mobile": (["TypeScript", "Svelte", "Kotlin", "Jetpack Compose", "GraphQL", "Webpack", "Vite",
+                         "Flutter"], [
+        ("interviewer", "What languages does your team write?", "neutral"),
+        ("candidate", "The web app is TypeScript with Svelte, and the Android app is Kotlin with Jetpack Compose.",
+         "neutral"),
+        ("interviewer", "How do the clients fetch their data?", "neutral"),
+        ("candidate", "Both clients query one GraphQL gateway.", "neutral"),
+        ("interviewer", "Did you change the build tooling?", "neutral"),
+        ("candidate", "We replaced Webpack with Vite and our builds became four times faster.", "neutral"),
+    ]),
+}  # fmt: skip
 # An interview for live guidance: guide questions asked in other words, one question not in the guide (a lawful
 # near-miss: "Can you work weekends?") and two protected-topic questions (age, family).
 GUIDANCE: Dialogues = {
@@ -191,6 +234,12 @@ def dialogue_set(out: Path | None = None) -> list[tuple[str, Path]]:
     Each directory holds `<name>.wav` (mono mix), `<name>.stereo.wav` and `<name>.json` (ground truth)."""
     extra = make_extra(out)
     return [(name, SHARED_DATA) for name in SHARED_DIALOGUES] + [(name, extra) for name in EXTRA]
+
+
+def vocabulary_dialogue_set(out: Path | None = None) -> list[tuple[str, Path]]:
+    """(name, directory) of the dialogues of rare terms (`VOCABULARY`), made if needed."""
+    folder = make_extra(out, VOCABULARY)
+    return [(name, folder) for name in VOCABULARY]
 
 
 def digit_dialogue_set(out: Path | None = None) -> list[tuple[str, Path]]:

@@ -56,3 +56,28 @@ def transcript_of(events: list[dict[str, Any]], *, revised: bool = True) -> str:
                 latest[key] = e
     finals = sorted(latest.values(), key=lambda e: (e["start_s"], e["seq"]))
     return " ".join(e["text"].strip() for e in finals)
+
+
+def _term_words(text: str) -> list[str]:
+    return "".join(c if c.isalnum() else " " for c in text.lower()).split()
+
+
+def term_count(text: str, term: str) -> int:
+    """How often `term` occurs in `text` as whole words, case and punctuation aside ("scikit-learn" is the words
+    "scikit learn"; "Kubernetes'" counts as "kubernetes")."""
+    words, want = _term_words(text), _term_words(term)
+    n = len(want)
+    return sum(words[i:i + n] == want for i in range(len(words) - n + 1)) if n else 0
+
+
+def term_scores(reference: str, hypothesis: str, terms: tuple[str, ...] | list[str]) -> dict[str, int]:
+    """Per vocabulary: `said` (occurrences of the terms in the reference), `found` (of those, how many the
+    hypothesis has: per term the smaller count) and `inserted` (occurrences in the hypothesis beyond the
+    reference's: a term written where it was not said)."""
+    said = found = inserted = 0
+    for term in terms:
+        r, h = term_count(reference, term), term_count(hypothesis, term)
+        said += r
+        found += min(r, h)
+        inserted += max(0, h - r)
+    return {"said": said, "found": found, "inserted": inserted}
