@@ -83,8 +83,9 @@ async def test_protected_questions_over_webrtc_alert_the_interviewer_and_are_sto
     covered = {i["questionId"]: i["coveredBy"] for i in coverage["items"]}
     assert covered["q1"] and covered["q3"] and covered["q2"] is None and coverage["left"] == ["q2"]
     assert "distributed" in finals[(covered["q1"]["participantId"], covered["q1"]["seq"])].lower()
-    # the lawful question off the guide is an extra one ("weekends" or, from tiny.en, "week ends")
-    assert any("week" in x["text"].lower() for x in coverage["extra"]), coverage["extra"]
+    # The lawful question off the guide ("Can you work weekends?") is an extra one, whatever tiny.en makes of
+    # "weekends" ("Can you work? We can." in some runs); the alerts above already show it raised none.
+    assert any(x["text"].lower().startswith("can you work") for x in coverage["extra"]), coverage["extra"]
 
     # stored with the interview and published on NATS, the words sealed
     messages = [(s, p) for s, p in await jetstream_messages(nats_server) if s.startswith(f"interviews.{iid}.")]
