@@ -139,7 +139,7 @@ async def _build(c: Components) -> None:
     from aiortc import RTCIceServer
 
     from adapters.accounts_store import AccountsStore
-    from adapters.audit import AuditEntry, AuditLog
+    from adapters.audit import AuditEntry, AuditLog, move_trail
     from adapters.auth import AccessTokens, Accounts, KeyRing
     from adapters.call import CallHub, IceConfig
     from adapters.crypto import ReceiptSigner
@@ -189,7 +189,9 @@ async def _build(c: Components) -> None:
             log.warning("no users yet: open the one-time setup link printed on standard output to create the "
                         "first admin (or run python server.py create-admin EMAIL)")
     if s.audit:
-        c.audit_log = audit_log = AuditLog(store.db, metrics=c.metrics, max_queue=s.audit_queue_max,
+        audit_db = store.client[s.audit_db_name]
+        await move_trail(store.db, audit_db)
+        c.audit_log = audit_log = AuditLog(audit_db, metrics=c.metrics, max_queue=s.audit_queue_max,
                                            spill_path=s.data_dir / "audit.spill.jsonl")
         await audit_log.start()
         c.audit = audit = Audit(audit_log, AuditEntry)
@@ -857,7 +859,12 @@ def verify_audit(settings: Settings, args: argparse.Namespace) -> int:
         try:
             store = await MongoStore.connect(url, db_name=settings.mongodb_db)
             try:
-                result = await AuditLog(store.db).verify(args.org)
+                # a trail an older version kept in the service's database (moved by the server's next start)
+                trail_db = store.client[settings.audit_db_name]
+                if (await trail_db["audit"].estimated_document_count() == 0
+                        and await store.db["audit"].estimated_document_count() > 0):
+                    trail_db = store.db
+                result = await AuditLog(trail_db).verify(args.org)
             finally:
                 await store.close()
         finally:

@@ -150,6 +150,10 @@ class Settings(BaseSettings):
     mongodb_db: Text = setting("interviews", "database name")
     audit: Flag = setting(True, "record the audit trail (who read or changed what, joins and leaves) in the "
                           "store's hash-chained `audit` collection (false: nothing is recorded)")
+    audit_db: OptionalText = setting(
+        None, "database holding the audit trail (`audit`, `audit_heads`); unset: MONGODB_DB + '_audit'. A database "
+        "of its own keeps the trail's batch inserts from queueing the API's reads behind them (nx-27017 serialises "
+        "the operations of one database)")
     audit_queue_max: PositiveInt = setting(100_000, "audit entries held in memory while the store is down or slow; "
                                            "past it they go to DATA_DIR/audit.spill.jsonl and are written from there "
                                            "later (none is dropped)")
@@ -299,6 +303,10 @@ class Settings(BaseSettings):
             raise ValueError("ICE_SERVERS: turn: and turns: URLs need TURN_SECRET (browsers refuse TURN without "
                              "credentials)")
         return settings
+
+    @property
+    def audit_db_name(self) -> str:
+        return self.audit_db or f"{self.mongodb_db}_audit"
 
     @property
     def master_key_path(self) -> Path:

@@ -652,6 +652,39 @@ class AuditLog:
         return VerifyResult(True, n, None, f"{n} entries in {chains} chain(s) intact")
 
 
+async def move_trail(old: AsyncIOMotorDatabase[Any], new: AsyncIOMotorDatabase[Any], *, batch: int = 1000) -> int:
+    """Move a trail an older version kept in the service's own database (`old`) into the audit database (`new`),
+    documents unchanged (same `_id`, `seq` and hashes, so the chains still verify). Idempotent: a move cut short
+    is finished by the next start (documents are upserted by `_id`, then the old collections dropped). Returns the
+    entries moved."""
+    if old.name == new.name:
+        return 0
+    moved = 0
+    try:
+        for name in ("audit", "audit_heads"):
+            source, target = old[name], new[name]
+            if await source.estimated_document_count() == 0:
+                continue
+            ops: list[ReplaceOne[dict[str, Any]]] = []
+            async for doc in source.find({}):
+                ops.append(ReplaceOne({"_id": doc["_id"]}, doc, upsert=True))
+                if len(ops) >= batch:
+                    await target.bulk_write(ops, ordered=False)
+                    moved += len(ops) if name == "audit" else 0
+                    ops = []
+            if ops:
+                await target.bulk_write(ops, ordered=False)
+                moved += len(ops) if name == "audit" else 0
+        if moved or await old["audit_heads"].estimated_document_count():
+            await old["audit"].drop()
+            await old["audit_heads"].drop()
+    except PyMongoError as exc:
+        raise Unavailable(f"audit trail: cannot move it to database {new.name} ({type(exc).__name__}: {exc})") from exc
+    if moved:
+        log.warning("audit trail: moved %d entries from database %s to %s", moved, old.name, new.name)
+    return moved
+
+
 def _cut_off(org: str, last: int, heads: dict[str, tuple[int, str]]) -> tuple[int, str] | None:
     head = heads.get(org)
     if head is not None and head[0] > last:

@@ -42,6 +42,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from adapters import api_schema as schema
+from adapters import read_scope
 from adapters.analysis_jobs import AnalysisJobs, MemoryAnalysisRecords, interview_structure
 from adapters.api_schema import Operation, openapi_document
 from adapters.auth import Accounts
@@ -298,14 +299,17 @@ def _endpoint(api: Api, op: Operation, fn: Handler) -> Handler:
         request.state.principal = ANONYMOUS
         outcome = "ok"
         try:
-            principal = request.state.principal = await api.accounts.principal(request.headers.get("authorization"))
-            resource = await api.resource(op, request, principal)
-            decision = authorize(principal, op.action, resource)
-            if decision is not Decision.ALLOW:
-                outcome = "denied"
-                # the same error as for an id that does not exist (the id of the interview or candidate)
-                raise refusal(decision, op.resource, request.path_params.get(f"{op.resource}_id", ""))
-            response = await fn(request)
+            # the policy's read of the interview serves the handler's (once; adapters.read_scope)
+            with read_scope.scope():
+                principal = request.state.principal = await api.accounts.principal(
+                    request.headers.get("authorization"))
+                resource = await api.resource(op, request, principal)
+                decision = authorize(principal, op.action, resource)
+                if decision is not Decision.ALLOW:
+                    outcome = "denied"
+                    # the same error as for an id that does not exist (the id of the interview or candidate)
+                    raise refusal(decision, op.resource, request.path_params.get(f"{op.resource}_id", ""))
+                response = await fn(request)
         except Exception as exc:  # noqa: BLE001 - every failure becomes one logged JSON error response
             response = error_response(request, exc, log)
             if outcome == "ok":  # a refused credential is a denial; a failed login is a failure

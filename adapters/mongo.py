@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import fcntl
 import functools
 import json
@@ -68,6 +69,7 @@ from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
 from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
+from adapters import read_scope
 from adapters.crypto import CandidateErased, DataKey, KeyRing, field_parent, is_sealed, seal_fields
 from adapters.outbox import OutboxRecord
 from adapters.processes import terminate
@@ -393,9 +395,16 @@ class MongoStore:
 
     @_translated
     async def get_interview(self, interview_id: str) -> Interview:
-        doc = await self.interviews.find_one({"_id": interview_id})
+        # inside an API request (adapters.read_scope) the access check's read serves the handler's once
+        doc = read_scope.take(("interview", interview_id))
         if doc is None:
-            raise NotFound("interview", interview_id)
+            doc = await self.interviews.find_one({"_id": interview_id})
+            if doc is None:
+                raise NotFound("interview", interview_id)
+            read_scope.keep(("interview", interview_id), copy.deepcopy(doc))
+        # what a compare-and-replace of this version needs (save_interview), kept for this request's next write
+        read_scope.keep(("outbox", interview_id),
+                        (doc["metadata"]["version"], doc.get("outbox") or {}, doc.get("outboxRev", 0)))
         return await self._read_interview(doc)
 
     @_translated
@@ -410,9 +419,18 @@ class MongoStore:
         """
         new_version = expected_version + 1
         key = await self._key(interview.candidate_id)
+        read_scope.drop(("interview", interview.interview_id))
+        # this request read the interview at `expected_version`: start from what it read (the filter below
+        # still compares version and outboxRev, and a miss reads the store again)
+        known = read_scope.take(("outbox", interview.interview_id))
         for _ in range(20):
-            current = await self.interviews.find_one({"_id": interview.interview_id},
-                                                     {"metadata": 1, "outbox": 1, "outboxRev": 1})
+            if known is not None and known[0] == expected_version:
+                current: dict[str, Any] | None = {"metadata": {"version": known[0]}, "outbox": known[1],
+                                                  "outboxRev": known[2]}
+                known = None
+            else:
+                current = await self.interviews.find_one({"_id": interview.interview_id},
+                                                         {"metadata": 1, "outbox": 1, "outboxRev": 1})
             if current is None:
                 raise NotFound("interview", interview.interview_id)
             version = current["metadata"]["version"]
@@ -568,6 +586,8 @@ class MongoStore:
                                                                           _SEGMENT_HIDDEN)
         finals = await cursor.sort([("recordedAt", ASCENDING), ("participantId", ASCENDING),
                                     ("seq", ASCENDING)]).to_list(None)
+        if not finals:  # a revision is only stored for a stored final: none to read
+            return []
         latest: dict[tuple[str, int], dict[str, Any]] = {}
         revisions = await self._partition_of("revisions", interview_id)
         async for rev in revisions.find({"interviewId": interview_id}, _SEGMENT_HIDDEN):

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters.audit import AuditEntry, AuditLog, _spill_line
+from adapters.audit import AuditEntry, AuditLog, _spill_line, move_trail
 from adapters.metrics import Metrics
 from adapters.mongo import EmbeddedMongo, MongoStore
 from testing.live_server import live_server, test_settings
@@ -344,6 +344,30 @@ async def test_verify_audit_command_exits_0_then_1_after_tampering(store: MongoS
     assert bad.stdout.count("\n") == 1 and "TAMPERED at seq 4" in bad.stdout
 
 
+async def test_a_trail_kept_in_the_service_database_moves_to_the_audit_database_intact(store: MongoStore) -> None:
+    """An older version kept the trail in the service's database: the server's start moves it (same documents,
+    chains still verifying, older entries still found), a second start moves nothing, and new entries continue
+    the chains where the moved ones ended."""
+    old = AuditLog(store.db, batch_size=7)
+    await old.start()
+    for i in range(30):
+        old.record(entry(i, org="org-a" if i % 3 else "org-b"))
+    await old.aclose()
+    new_db = store.client[f"{store.db.name}_audit"]
+    assert await move_trail(store.db, new_db, batch=8) == 30
+    assert await move_trail(store.db, new_db) == 0  # idempotent: nothing left to move
+    assert store.db.name + "_audit" == new_db.name and await store.db["audit"].count_documents({}) == 0
+    moved = AuditLog(new_db)
+    await moved.start()
+    assert (await moved.verify()).ok
+    moved.record(entry(99, org="org-a"))
+    await moved.aclose()
+    check = await moved.verify()
+    assert check.ok and check.entries == 31, check
+    docs = await all_pages(moved, org_id="org-a")
+    assert [d["seq"] for d in docs] == list(range(21, 0, -1))  # 20 moved + 1 new, one chain, no gap
+
+
 async def test_verify_audit_reads_the_embedded_store_under_data_dir(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     embedded = EmbeddedMongo(data_dir)  # as a running server keeps it: the command reads it where it runs
@@ -414,7 +438,9 @@ async def test_a_session_still_open_at_shutdown_is_recorded_as_a_leave(tmp_path:
     await session.close()  # the server is gone: its DELETE fails (logged), the peer connection closes
     store = await MongoStore.connect(mongo_url, db_name=settings.mongodb_db)
     try:
-        docs, _ = await AuditLog(store.db).query(org_id="default", resource=iid)
+        # the trail lives in a database of its own (AUDIT_DB, default MONGODB_DB + "_audit")
+        assert await store.db["audit"].count_documents({}) == 0
+        docs, _ = await AuditLog(store.client[settings.audit_db_name]).query(org_id="default", resource=iid)
     finally:
         await store.close()
     assert [(d["action"], d["actorId"], d["outcome"]) for d in docs[:2]] == [

@@ -289,6 +289,55 @@ async def test_concurrent_commands_one_wins_one_conflicts(mongo_url: str, store:
         await other.close()
 
 
+async def test_a_request_reuses_its_read_once_and_never_loses_a_concurrent_change(mongo_url: str,
+                                                                                 store: MongoStore) -> None:
+    """Inside one API request (adapters.read_scope) the access check's read of an interview serves the handler:
+    one query instead of two. If another process changed the interview in between, the handler's write still
+    conflicts on the version and its retry reads the store again: the other change is kept, nothing is lost."""
+    from pymongo import monitoring
+
+    from adapters import read_scope
+
+    class Finds(monitoring.CommandListener):
+        n = 0
+
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            if event.command_name == "find" and event.command.get("find") == "interviews":
+                Finds.n += 1
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+            pass
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None:
+            pass
+
+    monitoring.register(Finds())
+    mine = await MongoStore.connect(mongo_url, db_name=store.db.name)  # a client created after the listener
+    other = await MongoStore.connect(mongo_url, db_name=store.db.name)  # another node
+    try:
+        service, elsewhere = InterviewService(mine), InterviewService(other)
+        iid = (await service.create_interview(new_interview()))["interviewId"]
+        with read_scope.scope():
+            before = Finds.n
+            await service.get_interview(iid, with_segments=False)  # the access check
+            doc = await service.start_interview(iid)  # the handler: no second read, no read for the write
+            assert Finds.n - before == 1 and doc["status"] == "in_progress"
+        with read_scope.scope():
+            await service.get_interview(iid, with_segments=False)  # the access check reads version 2
+            await elsewhere.add_question(iid, AddQuestion.parse({"text": "Asked on another node"}))  # version 3
+            doc = await service.complete_interview(iid)  # kept read is stale: conflict, retry reads the store
+        assert doc["status"] == "completed" and doc["metadata"]["version"] == 4
+        assert [q["text"] for q in doc["questions"]] == ["Asked on another node"]
+        # outside a request nothing is kept: every read goes to the store
+        before = Finds.n
+        await service.get_interview(iid, with_segments=False)
+        await service.get_interview(iid, with_segments=False)
+        assert Finds.n - before == 2
+    finally:
+        await mine.close()
+        await other.close()
+
+
 async def test_outbox_pending_and_mark_published(service: InterviewService, store: MongoStore,
                                                  mongo_url: str) -> None:
     iid = (await service.create_interview(new_interview()))["interviewId"]
