@@ -24,7 +24,9 @@ Measures, on one machine with everything on loopback:
    times; and the time to erase a candidate with `--erasure-interviews` interviews of `--erasure-segments` segments.
 
 Targets (issue 4): segment persist p95 <= 20 ms; API p95 <= 25 ms at 200 req/s; zero lost or duplicated events.
-Issue 12: API p95 with auditing at most 10 % above without; audit entries written == requests made.
+Issue 12: API p95 with auditing at most 10 % above without (judged on the mean over all off/on pairs: run
+`--audit off,on,on,off` so drift cancels); audit entries written == requests made. Each round's created
+interviews are deleted once published, so every round meets the same collection.
 Issue 14: encryption costs at most 15 % on both p95s.
 """
 
@@ -317,6 +319,7 @@ async def _api_round(
     per_req = 1e3 / max(len(results), 1)
     return {
         "http": http,
+        "run": cfg["run"],
         "rate": args.rate,
         "requests": len(results),
         "requests_made": len(results) + loadgen["warmups"],
@@ -347,6 +350,20 @@ async def _api_round(
             "p95_ms": percentile([r[2] for r in during], 95) * 1e3,
         },
     }, sum(1 for r in ok if r[0] in ("create", "start"))
+
+
+async def _forget_round(store: Any, relay: Any, api: dict[str, Any]) -> None:
+    """Delete the interviews a round created, once their events are published, so every round starts from the
+    same collection: nx-27017 scans the whole collection for a listing (no index use with its array-aware
+    matching), so rounds would otherwise get slower one after the other and bias an on/off comparison."""
+    relay.notify()
+    async with asyncio.timeout(120):
+        while await store.interviews.count_documents({"outboxCount": {"$gt": 0}}):
+            relay.notify()
+            await asyncio.sleep(0.1)
+    lag = 20 * max(1, round(api["rate"] / 20)) + 3  # as the load generator plans it
+    created = [f"{api['run']}-{i}" for i in range(api["requests"]) if _plan(i, api["run"], [""], lag)[0] == "create"]
+    await store.interviews.delete_many({"_id": {"$in": created}})
 
 
 async def _access_phase(store: Any, service: Any, tmp: Path, logins: int, resolves: int) -> dict[str, Any]:
@@ -479,6 +496,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 out["api"][name], writes = await _api_round(app, http, key, seed_ids, nats_srv, embedded, args)
                 out["api"][name].update(audit=mode, repeat=repeat)
                 writes_ok += writes
+                await _forget_round(store, relay, out["api"][name])
                 if audit is not None:
                     t_flush = time.monotonic()
                     await audit.aclose()
@@ -680,13 +698,18 @@ def _table(out: dict[str, Any]) -> tuple[list[list[Any]], list[str]]:
         entries = on["audit_entries"]
         rows += [
             [f"API p95 auditing on vs off, uvicorn+{http}{_repeat(on)}: {on['p95_ms']:.2f} vs {off['p95_ms']:.2f} "
-             f"ms ({overhead:+.1%})", "", "", "", "", f"<= +{TARGET_AUDIT_P95_OVERHEAD:.0%}",
-             "yes" if overhead <= TARGET_AUDIT_P95_OVERHEAD else "NO"],
+             f"ms ({overhead:+.1%}; one pair, see the mean below)", "", "", "", "", "", ""],
             [f"  audit entries written vs requests made: {entries['written']} / {entries['requests_made']} "
              f"({entries['in_store']} in the collection, chain {'intact' if entries['chain_intact'] else 'BROKEN'}, "
              f"flushed {entries['flush_after_load_s']:.2f} s after load)", entries["requests_made"], "", "", "",
              "equal", "yes" if _audit_complete(entries) else "NO"],
         ]
+    pooled = _audit_pooled(out)
+    if pooled is not None:
+        on_p95, off_p95, overhead, n = pooled
+        rows.append([f"API p95 auditing on vs off, all {n} pairs (off/on/on/off order cancels drift): mean "
+                     f"{on_p95:.2f} vs {off_p95:.2f} ms ({overhead:+.1%})", "", "", "", "",
+                     f"<= +{TARGET_AUDIT_P95_OVERHEAD:.0%}", "yes" if overhead <= TARGET_AUDIT_P95_OVERHEAD else "NO"])
     rows.append(
         [
             f"events across NATS restarts: {ev['unique']}/{ev['expected']} arrived, "
@@ -733,6 +756,18 @@ def _audit_pairs(out: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[st
     return [(off["http"], off, on) for off in rounds for on in rounds
             if (off["http"], off.get("audit"), on.get("audit"), off.get("repeat")) ==
             (on["http"], "off", "on", on.get("repeat"))]
+
+
+def _audit_pooled(out: dict[str, Any]) -> tuple[float, float, float, int] | None:
+    """The verdict on the audit's cost: mean p95 of the rounds with auditing against the mean of those without,
+    over all pairs. Run as off,on,on,off the two kinds sit symmetrically in time, so a drift of the machine (or of
+    the store) over the run cancels; a single pair compares rounds at different times. None without pairs."""
+    pairs = _audit_pairs(out)
+    if not pairs:
+        return None
+    on = statistics.fmean(p[2]["p95_ms"] for p in pairs)
+    off = statistics.fmean(p[1]["p95_ms"] for p in pairs)
+    return on, off, on / off - 1.0, len(pairs)
 
 
 def _repeat(api: dict[str, Any]) -> str:
@@ -812,7 +847,7 @@ def main(argv: list[str] | None = None) -> int:
         and out["events"]["lost"] == 0
         and out["events"]["duplicated"] == 0
         and all(_audit_complete(a["audit_entries"]) for a in out["api"].values() if "audit_entries" in a)
-        and all(on["p95_ms"] <= off["p95_ms"] * (1 + TARGET_AUDIT_P95_OVERHEAD) for _, off, on in _audit_pairs(out))
+        and ((pooled := _audit_pooled(out)) is None or pooled[2] <= TARGET_AUDIT_P95_OVERHEAD)
     )
     return 0 if met else 1
 
