@@ -19,11 +19,13 @@ from pipeline.guidance import (
     Guidance,
     GuidanceFinal,
     GuideItem,
+    GuideMatcher,
     LabelledQuestion,
     ProtectedTopicDetector,
     coverage_accuracy,
     default_detector,
     detector_scores,
+    load_guide_rewordings,
     load_question_set,
 )
 
@@ -124,20 +126,57 @@ def test_classify_questions_command() -> None:
 REWORDINGS = ROOT / "tests" / "data" / "guide_rewordings.jsonl"
 
 
-def test_coverage_matching_on_reworded_guide_questions(embedder: OnnxSentenceEmbedder) -> None:
-    scores = coverage_accuracy(embedder, REWORDINGS, split="heldout")
-    assert scores["n"] >= 20
-    assert scores["accuracy"] >= 0.75, scores  # measured 0.79 on the held-out part; the issue's target is 0.9
-
-
-@pytest.mark.xfail(strict=True, reason="held-out coverage accuracy is 0.79 with MiniLM + key terms; target 0.9")
-def test_coverage_matching_meets_the_issue_target(embedder: OnnxSentenceEmbedder) -> None:
-    assert coverage_accuracy(embedder, REWORDINGS, split="heldout")["accuracy"] >= 0.9
-
-
 GUIDE = [GuideItem("q1", "Tell me about a distributed system you designed.", "system design"),
          GuideItem("q2", "Describe a production incident you led and what you learned.", "operations"),
          GuideItem("q3", "How do you review a teammate's code?", "collaboration")]  # fmt: skip
+
+
+def test_guide_rewordings_are_curated_as_documented() -> None:
+    """Every reworded question names a question of its own guide; no asked question is in two parts (a leak would
+    make a held-out figure a tuning one); the parts have the documented sizes."""
+    guides, asked = load_guide_rewordings(REWORDINGS)
+    for a in asked:
+        assert a["guide"] in guides, a
+        assert a["expected"] is None or a["expected"] in {i.question_id for i in guides[a["guide"]]}, a
+    parts: dict[str, set[str]] = {}
+    for a in asked:
+        parts.setdefault(a["split"], set()).add(f"{a['guide']}: {a['asked'].lower()}")
+    assert set(parts) == {"tune", "heldout", "heldout2"}
+    assert not parts["tune"] & parts["heldout"] and not parts["tune"] & parts["heldout2"]
+    tune_guides = {a["guide"] for a in asked if a["split"] == "tune"}
+    assert not tune_guides & {a["guide"] for a in asked if a["split"] == "heldout2"}  # part 2: guides never tuned on
+    assert (len(tune_guides), len(parts["tune"]), len(parts["heldout"]), len(parts["heldout2"])) == (11, 229, 24, 88)
+
+
+@pytest.mark.parametrize("split", ["heldout", "heldout2"])
+def test_coverage_matching_on_reworded_guide_questions(embedder: OnnxSentenceEmbedder, split: str) -> None:
+    scores = coverage_accuracy(embedder, REWORDINGS, split=split)
+    assert scores["n"] >= 20
+    # measured once: 0.875 (24 questions) and 0.841 (88); the cosine + key-terms matcher it replaced: 0.792 / 0.807
+    assert scores["accuracy"] >= 0.8, scores
+
+
+@pytest.mark.xfail(strict=True, reason="held-out coverage accuracy is 0.875 / 0.841 (parts 1 / 2) with MiniLM and "
+                   "the generic-question penalty; target 0.9 (README: Live guidance)")  # fmt: skip
+def test_coverage_matching_meets_the_issue_target(embedder: OnnxSentenceEmbedder) -> None:
+    for split in ("heldout", "heldout2"):
+        assert coverage_accuracy(embedder, REWORDINGS, split=split)["accuracy"] >= 0.9, split
+
+
+def test_guide_matcher_refuses_unknown_settings(embedder: OnnxSentenceEmbedder) -> None:
+    with pytest.raises(ValueError, match="treshold"):
+        GuideMatcher(embedder, GUIDE, treshold=0.2)
+
+
+def test_generic_interview_questions_match_no_guide_question(embedder: OnnxSentenceEmbedder) -> None:
+    """Questions of the interview register that no guide asks are extra, while a reworded guide question that
+    shares no content word with it still covers it."""
+    reference = default_detector(embedder).reference_vectors
+    m = GuideMatcher(embedder, GUIDE, reference)
+    asked = ["Why do you want to work here?", "When could you start?",
+             "What's the largest service you've architected across several machines?"]  # fmt: skip
+    got = [m.match(t, v)[0] for t, v in zip(asked, embedder.embed(asked), strict=True)]
+    assert got == [None, None, 0]
 
 
 def _final(pid: str, role: str, seq: int, text: str, start: float, end: float) -> GuidanceFinal:
