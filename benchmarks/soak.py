@@ -205,26 +205,31 @@ def shrank(before: Footprint, after: Footprint) -> dict[str, int]:
 
 # Thread pools that start empty and grow on demand up to a bound, then keep their threads: more of them after
 # round 2 than after round 1 is no leak while under the bound (round 2's bursts can be bigger than round 1's).
-# asyncio's default executor (`to_thread`, DNS, ...) is the only unnamed ThreadPoolExecutor in server.py; the
-# embedded store (nx_27017, asyncio) runs each command through `asyncio.to_thread`: its main thread and a few
-# others, plus that executor. The embedded nats-server is not judged (shown only): the Go runtime keeps the OS
-# threads it started for blocking file I/O; in production NATS is a server of its own.
-DEFAULT_EXECUTOR_MAX = min(32, (os.cpu_count() or 1) + 4)  # concurrent.futures.ThreadPoolExecutor's default
+# In server.py: asyncio's default executor (`to_thread`, DNS; threads named `asyncio_N`) and Motor's executor,
+# which runs every MongoDB call (motor/frameworks/asyncio: an unnamed ThreadPoolExecutor created when Motor is
+# imported, the first unnamed one, so `ThreadPoolExecutor-0`). The embedded store (nx_27017, asyncio) runs each
+# command through `asyncio.to_thread`. The embedded nats-server is not judged (shown only): the Go runtime keeps
+# the OS threads it started for blocking file I/O; in production NATS is a server of its own.
+ASYNCIO_EXECUTOR_MAX = min(32, (os.cpu_count() or 1) + 4)  # concurrent.futures.ThreadPoolExecutor's default
+MOTOR_EXECUTOR_MAX = int(os.environ.get("MOTOR_MAX_WORKERS", 0)) or (os.cpu_count() or 1) * 5  # Motor's default
+SERVER_POOLS = {"server.py thread asyncio": ASYNCIO_EXECUTOR_MAX,
+                "server.py thread ThreadPoolExecutor-0": MOTOR_EXECUTOR_MAX}
 POOLS: dict[str, str] = {
-    "server.py thread ThreadPoolExecutor-0": "asyncio's default executor in server.py",
-    "nx_27017.nx_27017 threads": "the embedded store's asyncio.to_thread executor",
+    "server.py thread asyncio": f"asyncio's default executor in server.py (<= {ASYNCIO_EXECUTOR_MAX})",
+    "server.py thread ThreadPoolExecutor-0": f"Motor's executor in server.py (<= {MOTOR_EXECUTOR_MAX})",
+    "nx_27017.nx_27017 threads": f"the embedded store's asyncio.to_thread executor (<= {ASYNCIO_EXECUTOR_MAX} more "
+                                 "than before the first join)",
     "nats-server threads": "the embedded nats-server's Go runtime threads (not judged)",
 }
 
 
 def thread_growth(baseline: Footprint, round1: Footprint, after: Footprint) -> dict[str, str]:
-    """Threads more after round 2 than after round 1, per process, that no bounded pool explains (empty: back
-    to baseline); growth a pool explains is named in the value."""
+    """Threads more after round 2 than after round 1, per process; "ok: ..." when bounded pools explain it."""
+
     def threads(fp: Footprint) -> dict[str, int]:
         return {k.removesuffix(" threads"): n for k, n in fp.inventory.items() if k.endswith(" threads")}
 
     before, now, base = threads(round1), threads(after), threads(baseline)
-    pool = "server.py thread ThreadPoolExecutor-0"
     out = {}
     for who in sorted(now):
         more = now[who] - before.get(who, 0)
@@ -232,15 +237,14 @@ def thread_growth(baseline: Footprint, round1: Footprint, after: Footprint) -> d
             continue
         explained = 0
         if who == "server.py":
-            in_pool = min(after.inventory.get(pool, 0), DEFAULT_EXECUTOR_MAX)
-            explained = max(0, in_pool - round1.inventory.get(pool, 0))
-        elif who == "nx_27017.nx_27017" and now[who] <= base.get(who, 0) + DEFAULT_EXECUTOR_MAX:
+            explained = sum(max(0, min(after.inventory.get(pool, 0), bound) - round1.inventory.get(pool, 0))
+                            for pool, bound in SERVER_POOLS.items())  # fmt: skip
+        elif who == "nx_27017.nx_27017" and now[who] <= base.get(who, 0) + ASYNCIO_EXECUTOR_MAX:
             explained = more
         elif who == "nats-server":
             explained = more
-        out[who] = f"+{more}" + (f" ({explained} in its bounded pool)" if explained else "")
-        if explained >= more:
-            out[who] = f"ok: {out[who]}"
+        out[who] = ("ok: " if explained >= more else "") + f"+{more}" + \
+            (f" ({explained} in bounded pools)" if explained else "")
     return out
 
 
@@ -506,8 +510,9 @@ def print_inventory(s: dict[str, Any]) -> None:
                                         for snap in snaps))  # fmt: skip
     growth = s["thread_growth"]
     print("\nthreads more after round 2 than after round 1: " + (json.dumps(growth) if growth else "none"))
-    print("pools that grow on demand to a bound: " + "; ".join(f"{k}: {v}" for k, v in POOLS.items())
-          + f" (executor bound {DEFAULT_EXECUTOR_MAX})")
+    print("pools that grow on demand to a bound:")
+    for key, what in POOLS.items():
+        print(f"  {key}: {what}")
     for title, key in (("created once, by round 1 (baseline -> after round 1)", "created_in_round1"),
                        ("grew in round 2 (after round 1 -> after round 2)", "grew_in_round2"),
                        ("shrank in round 2", "shrank_in_round2")):  # fmt: skip

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # each side, up to its maxPoolSize), JetStream's block files (rotated as streams grow), the thread pools
 # `benchmarks.soak.thread_growth` judges against their bounds.
 BOUNDED = ("server.py fd tcp out to nx_27017.nx_27017", "nx_27017.nx_27017 fd tcp in", "nats-server fd DATA_DIR/nats/",
-           "server.py thread ThreadPoolExecutor-0", "server.py threads", "nx_27017.nx_27017 threads",
+           "server.py thread asyncio", "server.py thread ThreadPoolExecutor-0", "server.py threads", "nx_27017.nx_27017 threads",
            "nats-server threads")
 POOL_SLACK_FDS = 4
 
