@@ -339,6 +339,24 @@ async def test_half_sent_heads_are_cut_off_while_others_are_served(tmp_path: Pat
             finally:
                 writer.close()
 
+        async def refused_then_dripping() -> bytes:
+            """A body refused on its declared size (413, before reading it), whose client keeps sending it."""
+            reader, writer = await asyncio.open_connection(host, int(port))
+
+            async def drip() -> None:
+                while True:
+                    writer.write(b"x")
+                    await asyncio.sleep(0.05)  # the client's pace
+
+            dripping = asyncio.create_task(drip())
+            writer.write(f"POST /api/interviews HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                         f"Authorization: Bearer {ADMIN_KEY}\r\nContent-Length: 50000000\r\n\r\n".encode())
+            try:
+                return await reader.read()
+            finally:
+                dripping.cancel()
+                writer.close()
+
         async def connected_only() -> bytes:
             reader, writer = await asyncio.open_connection(host, int(port))
             try:
@@ -360,19 +378,20 @@ async def test_half_sent_heads_are_cut_off_while_others_are_served(tmp_path: Pat
             return codes
 
         async with asyncio.timeout(30):  # without a header timeout these would wait for ever
-            halves_answers, trickled, (first, second), silent, codes = await asyncio.gather(
-                asyncio.gather(*(half_sent(halves[k % 3]) for k in range(47))), trickling(), kept_alive_then_half(),
-                connected_only(), served_meanwhile())
+            halves_answers, trickled, (first, second), refused, silent, codes = await asyncio.gather(
+                asyncio.gather(*(half_sent(halves[k % 3]) for k in range(46))), trickling(), kept_alive_then_half(),
+                refused_then_dripping(), connected_only(), served_meanwhile())
         for answer in [*halves_answers, trickled, second]:
             assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
             assert b'"code":"header_timeout"' in answer.replace(b" ", b"")
             assert b"connection: close" in answer.lower()
         assert first.startswith(b"HTTP/1.1 200 "), first[:200]
+        assert refused.startswith(b"HTTP/1.1 413 "), refused[:200]  # then closed, though the body kept coming
         assert silent == b""  # a connection that never sent a byte is closed without an answer
         assert codes == [200] * 6
         assert live.components.registry.rooms == {}
     timeouts = [r for r in caplog.records if "header_timeout" in r.getMessage()]
-    assert len(timeouts) == 49 and all(r.levelno == logging.INFO for r in timeouts)  # once each, quietly
+    assert len(timeouts) == 48 and all(r.levelno == logging.INFO for r in timeouts)  # once each, quietly
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
 
