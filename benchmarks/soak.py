@@ -275,9 +275,15 @@ async def one_interview(http: httpx.AsyncClient, spec: dict[str, Any], audio: st
     dialogue = load_dialogue(Path(audio))
     limit = spec.get("limit_s")
     turns = [t for t in dialogue.turns if limit is None or t.end_s <= limit]
-    room = await create_room(http, spec["base"], spec["admin_key"], n)
-    out: dict[str, Any] = {"interview": room["interview_id"], "audio": Path(audio).name, "turns": len(turns),
-                           "error": None}  # fmt: skip
+    out: dict[str, Any] = {"interview": None, "audio": Path(audio).name, "turns": len(turns), "error": None,
+                           "covered": 0, "received": 0, "stored": 0, "received_not_stored": 0,
+                           "stored_not_received": 0, "errors": []}  # fmt: skip
+    try:
+        room = await create_room(http, spec["base"], spec["admin_key"], n)
+    except httpx.HTTPError as exc:  # reported as a failed interview; the soak goes on
+        out["error"] = f"creating the interview: {type(exc).__name__}: {exc}"
+        return out
+    out["interview"] = room["interview_id"]
     tracks = {role: WavChannelTrack(audio, ch, tail_s=spec["tail_s"], limit_s=limit, encoded=True)
               for role, ch in (("interviewer", 0), ("candidate", 1))}  # fmt: skip
     received: list[dict[str, Any]] = []
@@ -347,7 +353,10 @@ async def worker_main(spec: dict[str, Any]) -> None:
             if time.monotonic() >= t_end:
                 return
 
-    async with httpx.AsyncClient(timeout=30) as http:
+    # Idle connections are dropped after 2 s, before server.py's keep-alive timeout (5 s) closes them: with both at
+    # 5 s (httpx's default), a request can go out on a connection the server is closing (a ReadError, seen once at
+    # load average 18, which ended the whole peer worker).
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(keepalive_expiry=2.0)) as http:
         await asyncio.gather(*(slot(i) for i in range(spec["rooms"])))
     _emit("done")
 
@@ -415,7 +424,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
 
             def report_line(msg: dict[str, Any]) -> None:
                 last = samples[-1] if samples else round1
-                progress(f"slot {msg['slot']}: interview {msg['interview'][:8]} {msg['covered']}/{msg['turns']} turns,"
+                progress(f"slot {msg['slot']}: interview {(msg['interview'] or '-')[:8]} {msg['covered']}/{msg['turns']} turns,"
                          f" {msg['received']} finals, {msg['stored']} stored{', ' + msg['error'] if msg['error'] else ''}"
                          f"; RSS {last.rss_mb} MB, {last.fds} fds, {last.threads} threads")  # fmt: skip
 
