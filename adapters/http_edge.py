@@ -1,4 +1,5 @@
-"""What every HTTP route of the service shares: one error type, its one JSON response, and the body readers.
+"""What every HTTP route of the service shares: one error type, its one JSON response, the body readers, and the
+bounds on slow clients (`HeaderTimeoutH11` for request heads, `BodyTimeout` for bodies).
 
 Every refusal, from /api, the token route, WHIP or a page, is the JSON `{"error": {"code", "message", ...}}` with
 a stable `code` (422 adds `fields`, naming each bad field). Routes raise `HttpError` for refusals of their own;
