@@ -36,6 +36,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import statistics
 import sys
 import tempfile
@@ -464,6 +465,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                      f"more than after round 1: {grew(round1, after)}")  # fmt: skip
     finally:
         server.stop()
+        if args.json and server.log_path.exists():  # the server's log outlives its temporary DATA_DIR
+            shutil.copyfile(server.log_path, Path(args.json).with_suffix(".server.log"))
         tmp.cleanup()
     window = [s for s in samples if s.t >= t0 + (t1 - t0) / 3]
     head, tail = [s.rss_mb for s in window[:3]], [s.rss_mb for s in window[-3:]]
@@ -566,7 +569,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="audio of each round-1 (warm-up) interview, s (25: a few turns, so that revisions run)")
     ap.add_argument("--stagger", type=float, default=6.0, help="spread slot starts over this many s (6)")
     ap.add_argument("--nice", type=int, default=0, help="run the server at this niceness")
-    ap.add_argument("--json", help="write the summary, every sample and every interview here")
+    ap.add_argument("--json", help="write the summary, every sample and every interview here (and the server's log "
+                    "beside it, as <name>.server.log)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
