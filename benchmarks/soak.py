@@ -207,18 +207,23 @@ def shrank(before: Footprint, after: Footprint) -> dict[str, int]:
 
 # Thread pools that start empty and grow on demand up to a bound, then keep their threads: more of them after
 # round 2 than after round 1 is no leak while under the bound (round 2's bursts can be bigger than round 1's).
-# In server.py: asyncio's default executor (`to_thread`, DNS; threads named `asyncio_N`) and Motor's executor,
+# In server.py: asyncio's default executor (`to_thread`, DNS; threads named `asyncio_N`), Motor's executor,
 # which runs every MongoDB call (motor/frameworks/asyncio: an unnamed ThreadPoolExecutor created when Motor is
-# imported, the first unnamed one, so `ThreadPoolExecutor-0`). The embedded store (nx_27017, asyncio) runs each
+# imported, the first unnamed one, so `ThreadPoolExecutor-0`), and the STT scheduler's and smart-turn's own. The embedded store (nx_27017, asyncio) runs each
 # command through `asyncio.to_thread`. The embedded nats-server is not judged (shown only): the Go runtime keeps
 # the OS threads it started for blocking file I/O; in production NATS is a server of its own.
 ASYNCIO_EXECUTOR_MAX = min(32, (os.cpu_count() or 1) + 4)  # concurrent.futures.ThreadPoolExecutor's default
 MOTOR_EXECUTOR_MAX = int(os.environ.get("MOTOR_MAX_WORKERS", 0)) or (os.cpu_count() or 1) * 5  # Motor's default
+STT_WORKERS = int(os.environ.get("STT_WORKERS", "2"))  # server.py's setting (it inherits this environment)
 SERVER_POOLS = {"server.py thread asyncio": ASYNCIO_EXECUTOR_MAX,
-                "server.py thread ThreadPoolExecutor-0": MOTOR_EXECUTOR_MAX}
+                "server.py thread ThreadPoolExecutor-0": MOTOR_EXECUTOR_MAX,
+                "server.py thread stt": STT_WORKERS, "server.py thread stt-revision": 1,
+                "server.py thread smart-turn": 1}  # fmt: skip
 POOLS: dict[str, str] = {
     "server.py thread asyncio": f"asyncio's default executor in server.py (<= {ASYNCIO_EXECUTOR_MAX})",
     "server.py thread ThreadPoolExecutor-0": f"Motor's executor in server.py (<= {MOTOR_EXECUTOR_MAX})",
+    "server.py thread stt": f"the STT scheduler's decode threads (<= STT_WORKERS, {STT_WORKERS})",
+    "server.py thread stt-revision / smart-turn": "the revision and end-of-turn model threads (<= 1 each)",
     "nx_27017.nx_27017 threads": f"the embedded store's asyncio.to_thread executor (<= {ASYNCIO_EXECUTOR_MAX} more "
                                  "than before the first join)",
     "nats-server threads": "the embedded nats-server's Go runtime threads (not judged)",
