@@ -8,15 +8,16 @@ interviewer peer at real-time pace, both leave), so rooms open and close all thr
 process of their own (`--worker`), as in `benchmarks.latency`, whose room set-up this reuses.
 
 Every `--sample-s` (10 s) it samples the server's process tree (server.py, its STT worker processes and the
-embedded MongoDB): resident memory, open file descriptors and threads. Three quiet snapshots (all participants
-gone, `--after-s` of quiet) are taken with an inventory of what holds them (descriptors by kind: file, pipe,
-eventfd, `tcp in :PORT` / `tcp out :PORT` / udp / unix sockets, per process; server.py's Python threads by pool,
-from its `python_threads` metric): the baseline before the first join, after round 1 (a warm-up: `--rooms`
+embedded MongoDB and NATS): resident memory, open file descriptors and threads. Three quiet snapshots (all
+participants gone, `--after-s` of quiet) are taken with an inventory of what holds them (descriptors by kind per
+process: a file, pipe, eventfd, `tcp in` / `tcp out to <process>` / udp / unix sockets; server.py's Python threads
+by pool, from its `python_threads` metric): the baseline before the first join, after round 1 (a warm-up: `--rooms`
 interviews at once, `--warmup-s` of audio each) and after round 2 (the soak itself). Reported against targets:
 
 * RSS growth over the last 2/3 of round 2: median of the first three samples of that window against median of
   the last three (target <= 5 %);
-* RSS after everyone left round 2 against before the first join (<= 10 %), and against after round 1 (shown);
+* RSS after everyone left round 2 against after round 1 (<= 10 %), and against before the first join (shown only:
+  round 1 starts the revision process and the STT processes' first decodes allocate, once);
 * descriptors and threads back to baseline: no growth from after round 1 to after round 2 (a leak grows with
   every room, and round 2 holds many more rooms than round 1) but in pools that grow on demand up to a bound
   (`POOLS`, `FD_POOLS`: executors, the MongoDB connection pool), each judged against its bound; what round 1 added
