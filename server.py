@@ -500,9 +500,16 @@ async def _flush_relay(relay: OutboxRelay) -> None:
 
 # uvicorn's limits (uvicorn.Config options): idle keep-alive connections close after 5 s; past 1000 connections or
 # requests in flight new requests get 503 at once; a request line and headers above 16 KiB are refused (400).
-# Half-sent headers are not bounded by uvicorn: the reverse proxy does that (README, "Hardening").
 UVICORN_LIMITS: dict[str, Any] = {"timeout_keep_alive": 5, "limit_concurrency": 1000,
                                   "h11_max_incomplete_event_size": 16 * 1024}
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """`uvicorn.Config` options: the limits above, and uvicorn's h11 protocol with the header timeout
+    (`HEADER_TIMEOUT_S`), which uvicorn lacks."""
+    from adapters.http_edge import header_timeout_protocol
+
+    return {**UVICORN_LIMITS, "http": header_timeout_protocol(settings.header_timeout_s)}
 
 
 def create_app(settings: Settings, *, announce: Callable[[Components], None] | None = None,
@@ -923,7 +930,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     if settings.tls_cert_file is not None:
         tls = {"ssl_certfile": str(settings.tls_cert_file), "ssl_keyfile": str(settings.tls_key_file)}
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=10, **UVICORN_LIMITS, **tls)
+                            timeout_graceful_shutdown=10, **uvicorn_options(settings), **tls)
     server = uvicorn.Server(config)
     # uvicorn re-raises the signal that stopped it once shutdown is complete; by then everything is
     # drained and closed, so let that be a clean exit (status 0) instead of death by the default handler.

@@ -243,6 +243,9 @@ class Settings(BaseSettings):
                                   "use-auth-secret): each participant gets time-limited TURN credentials", secret=True)
     turn_ttl_s: PositiveInt = setting(4 * 3600, "lifetime of minted TURN credentials, seconds")
     resume_grace_s: NonNegative = setting(5.0, "how long a dropped participant can resume its stream")
+    header_timeout_s: Annotated[float, Field(gt=0)] = setting(
+        10.0, "seconds a client has to send a request's line and headers, from connecting or, on a kept-alive "
+        "connection, from the request's first byte (slower: 408 if part came, else closed silently)")
     body_timeout_s: Annotated[float, Field(gt=0)] = setting(
         15.0, "seconds a client has to send a request's body once its headers arrived (slower: 408, closed)")
     max_body_bytes: PositiveInt = setting(1024 * 1024, "largest accepted JSON request body (bigger: 413)")

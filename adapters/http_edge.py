@@ -1,4 +1,5 @@
-"""What every HTTP route of the service shares: one error type, its one JSON response, and the body readers.
+"""What every HTTP route of the service shares: one error type, its one JSON response, the body readers, and the
+bounds on slow clients (`HeaderTimeoutH11` for request heads, `BodyTimeout` for bodies).
 
 Every refusal, from /api, the token route, WHIP or a page, is the JSON `{"error": {"code", "message", ...}}` with
 a stable `code` (422 adds `fields`, naming each bad field). Routes raise `HttpError` for refusals of their own;
@@ -13,15 +14,19 @@ import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
+import h11
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from domain.access import DEFAULT_ORG, Principal
 from domain.model import Conflict, DomainError, NotFound, Unavailable, ValidationError
+
+log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB
 
@@ -93,15 +98,93 @@ def error_response(request: Request, exc: Exception, log: logging.Logger) -> JSO
     return err.to_response()
 
 
+class HeaderTimeoutH11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol (h11) with a bound on each request's line and headers: they must be complete
+    `header_timeout_s` after the connection opened, or, on a kept-alive connection, after the next request's
+    first byte (uvicorn's `timeout_keep_alive` bounds the idle wait before it). Otherwise the connection closes:
+    with a 408 `header_timeout` if part of a request came, silently if nothing did (a browser's preconnected
+    socket). uvicorn has no such timeout (only keep-alive, between requests, cancelled by any byte), so a client
+    trickling or stalling its headers held a connection for ever. Bodies the app reads are bounded by
+    `BodyTimeout`; the rest of a body the app answered without reading (e.g. after a 413) gets the same
+    `header_timeout_s`, as nothing else would end it.
+
+    Chosen with `uvicorn.Config(http=header_timeout_protocol(s))`: uvicorn builds one per connection."""
+
+    header_timeout_s: ClassVar[float] = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._watch()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._watch()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _waiting_for_client(self) -> bool:
+        """A request head is due (h11's client state IDLE), or the rest of a body nobody will read."""
+        their, ours = self.conn.their_state, self.conn.our_state
+        return their is h11.IDLE or (their is h11.SEND_BODY and ours is h11.DONE)
+
+    def _watch(self) -> None:
+        """Armed while waiting for the client and uvicorn's keep-alive timer is not running; disarmed once the
+        head is parsed. More bytes do not reset it: the bound is on the whole head."""
+        if not self._waiting_for_client() or self.transport.is_closing():
+            self._disarm()
+        elif self.header_timer is None and self.timeout_keep_alive_task is None:
+            self.header_timer = self.loop.call_later(self.header_timeout_s, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+            self.header_timer = None
+
+    def _timed_out(self) -> None:
+        self.header_timer = None
+        if self.transport.is_closing() or not self._waiting_for_client():
+            return
+        received = len(self.conn.trailing_data[0])
+        if self.conn.their_state is not h11.IDLE or not received:
+            self.transport.close()  # nothing came, or the answer was already sent
+            return
+        who = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
+        log.info("%s -> 408 header_timeout: %d bytes of request line and headers in %g s", who, received,
+                 self.header_timeout_s)
+        body = json.dumps({"error": {"code": "header_timeout", "message": "the request line and headers did not "
+                                     f"arrive within {self.header_timeout_s:g} s"}}).encode()
+        try:
+            head = self.conn.send(h11.Response(status_code=408, reason=b"Request Timeout", headers=[
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close")]))
+            self.transport.write((head or b"") + body)
+        except h11.LocalProtocolError:  # h11 would not answer in this state: closing alone is enough
+            pass
+        self.transport.close()
+
+
+def header_timeout_protocol(timeout_s: float) -> type[HeaderTimeoutH11]:
+    """`HeaderTimeoutH11` with its timeout set, for `uvicorn.Config(http=...)`."""
+    if timeout_s <= 0:
+        raise ValueError(f"header timeout must be > 0 s, not {timeout_s}")
+    return type("HeaderTimeoutH11", (HeaderTimeoutH11,), {"header_timeout_s": float(timeout_s)})
+
+
 class BodyTimeoutError(Exception):
     """The client did not send the whole request body within the body timeout (see `BodyTimeout`)."""
 
 
 class BodyTimeout:
     """ASGI middleware: a request's body must have arrived `timeout_s` after its headers did, or `receive` raises
-    `BodyTimeoutError` (which `read_body` turns into 408 and a closed connection). uvicorn bounds neither headers
-    nor bodies, so a client that sends half a request would otherwise hold a connection and a task for ever;
-    the headers are bounded by the reverse proxy (README, "Hardening")."""
+    `BodyTimeoutError` (which `read_body` turns into 408 and a closed connection). uvicorn does not bound bodies, so a
+    client that sends half a body would otherwise hold a connection and a task for ever; headers are bounded by
+    `HeaderTimeoutH11`."""
 
     def __init__(self, app: ASGIApp, timeout_s: float) -> None:
         self.app = app

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from server import UVICORN_LIMITS, Components, create_app
+from server import Components, create_app, uvicorn_options
 from settings import Settings
 from testing.net import Served, serve
 
@@ -127,7 +127,7 @@ class LiveServer:
 @contextlib.asynccontextmanager
 async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
     app = create_app(settings)
-    async with serve(app, lifespan="on", **UVICORN_LIMITS) as served:
+    async with serve(app, lifespan="on", **uvicorn_options(settings)) as served:
         async with httpx.AsyncClient(base_url=served.url, timeout=30,
                                      headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as http:
             yield LiveServer(served.url, app, http, served)

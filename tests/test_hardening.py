@@ -291,6 +291,124 @@ async def test_half_sent_bodies_are_cut_off(tmp_path: Path, mongo_url: str,
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
 
+async def test_half_sent_heads_are_cut_off_while_others_are_served(tmp_path: Path, mongo_url: str,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    async with live_server(test_settings(tmp_path, mongo_url, header_timeout_s=1.0)) as live:
+        host, port = live.url.removeprefix("http://").split(":")
+        iid = await live.create_interview()
+        full = (f"GET /api/interviews/{iid} HTTP/1.1\r\nHost: {host}\r\n"
+                f"Authorization: Bearer {ADMIN_KEY}\r\n\r\n").encode()
+        halves = [full[:9], full[:len(full) // 2], full[:-2]]  # part of the line, of the headers, all but the end
+
+        async def half_sent(head: bytes) -> bytes:
+            reader, writer = await asyncio.open_connection(host, int(port))
+            try:
+                writer.write(head)  # and then nothing more
+                return await reader.read()  # everything until the server closes the connection
+            finally:
+                writer.close()
+
+        async def trickling() -> bytes:
+            """A byte of a head at a time, for as long as the server listens (slowloris)."""
+            reader, writer = await asyncio.open_connection(host, int(port))
+            head = full * 1000
+
+            async def drip() -> None:
+                for byte in head:
+                    writer.write(bytes([byte]))
+                    await asyncio.sleep(0.05)  # the client's pace, not a wait for the server
+
+            dripping = asyncio.create_task(drip())
+            try:
+                return await reader.read()
+            finally:
+                dripping.cancel()
+                writer.close()
+
+        async def kept_alive_then_half() -> tuple[bytes, bytes]:
+            """A whole request served, then half of the next one on the same connection."""
+            reader, writer = await asyncio.open_connection(host, int(port))
+            try:
+                writer.write(full)
+                first = await reader.readuntil(b"\r\n\r\n")
+                length = int(re.search(rb"content-length: (\d+)", first, re.IGNORECASE)[1])  # type: ignore[index]
+                first += await reader.readexactly(length)
+                writer.write(full[:20])
+                return first, await reader.read()
+            finally:
+                writer.close()
+
+        async def refused_then_dripping() -> bytes:
+            """A body refused on its declared size (413, before reading it), whose client keeps sending it."""
+            reader, writer = await asyncio.open_connection(host, int(port))
+
+            async def drip() -> None:
+                while True:
+                    writer.write(b"x")
+                    await asyncio.sleep(0.05)  # the client's pace
+
+            dripping = asyncio.create_task(drip())
+            writer.write(f"POST /api/interviews HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                         f"Authorization: Bearer {ADMIN_KEY}\r\nContent-Length: 50000000\r\n\r\n".encode())
+            try:
+                return await reader.read()
+            finally:
+                dripping.cancel()
+                writer.close()
+
+        async def connected_only() -> bytes:
+            reader, writer = await asyncio.open_connection(host, int(port))
+            try:
+                return await reader.read()
+            finally:
+                writer.close()
+
+        async def served_meanwhile() -> list[int]:
+            """A normal client, and one sending its head in pieces but in time, while the slow ones wait."""
+            codes = [(await live.http.get(f"/api/interviews/{iid}")).status_code for _ in range(5)]
+            reader, writer = await asyncio.open_connection(host, int(port))
+            try:
+                for k in range(0, len(full), 16):
+                    writer.write(full[k:k + 16])
+                    await asyncio.sleep(0.01)  # the client's pace
+                codes.append(int((await reader.readuntil(b"\r\n")).split()[1]))
+            finally:
+                writer.close()
+            return codes
+
+        async with asyncio.timeout(30):  # without a header timeout these would wait for ever
+            halves_answers, trickled, (first, second), refused, silent, codes = await asyncio.gather(
+                asyncio.gather(*(half_sent(halves[k % 3]) for k in range(46))), trickling(), kept_alive_then_half(),
+                refused_then_dripping(), connected_only(), served_meanwhile())
+        for answer in [*halves_answers, trickled, second]:
+            assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+            assert b'"code":"header_timeout"' in answer.replace(b" ", b"")
+            assert b"connection: close" in answer.lower()
+        assert first.startswith(b"HTTP/1.1 200 "), first[:200]
+        assert refused.startswith(b"HTTP/1.1 413 "), refused[:200]  # then closed, though the body kept coming
+        assert silent == b""  # a connection that never sent a byte is closed without an answer
+        assert codes == [200] * 6
+        assert live.components.registry.rooms == {}
+    timeouts = [r for r in caplog.records if "header_timeout" in r.getMessage()]
+    assert len(timeouts) == 48 and all(r.levelno == logging.INFO for r in timeouts)  # once each, quietly
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+def test_header_timeout_setting() -> None:
+    from adapters.http_edge import header_timeout_protocol
+    from settings import Settings
+
+    assert Settings.from_env({}).header_timeout_s == 10.0
+    assert Settings.from_env({"HEADER_TIMEOUT_S": "2.5"}).header_timeout_s == 2.5
+    for bad in ("0", "-1", "soon"):
+        with pytest.raises(ValueError, match="HEADER_TIMEOUT_S"):
+            Settings.from_env({"HEADER_TIMEOUT_S": bad})
+    assert header_timeout_protocol(2.5).header_timeout_s == 2.5
+    with pytest.raises(ValueError, match="header timeout"):
+        header_timeout_protocol(0)
+
+
 async def test_closed_rooms_are_freed_at_once_not_by_a_later_full_collection(live: LiveServer,
                                                                            shared_data: Path) -> None:
     # aiortc's peer connections are reference cycles that only the cyclic collector frees, and it runs its full
