@@ -151,7 +151,7 @@ async def _build(c: Components) -> None:
     from adapters.placement import Owner, Placement
     from adapters.privacy import Privacy
     from adapters.rooms import RoomRegistry, SegmentJournal
-    from adapters.shared_state import RedisState
+    from adapters.shared_state import MemoryTranscripts, RedisState
     from adapters.stt_engines import build_stt
     from adapters.tokens import Revocations, TokenSigner
     from adapters.webrtc import WhipIngest
@@ -202,7 +202,9 @@ async def _build(c: Components) -> None:
     c.bus = bus = await JetStreamBus.open(nats_url)
     c.relay = relay = OutboxRelay(store, bus)
     relay.start()
-    c.service = service = InterviewService(store, on_commit=relay.notify)
+    # the transcript the API and the reports read: in Redis for every node, else in this process
+    c.service = service = InterviewService(store, on_commit=relay.notify,
+                                           transcripts=c.shared if c.shared is not None else MemoryTranscripts())
     c.analysis = build_analysis(s, service, store, c.metrics)
     await c.analysis.resume()
     stt = await asyncio.to_thread(build_stt, s)

@@ -72,7 +72,7 @@ from adapters.crypto import CandidateErased, DataKey, KeyRing, field_parent, is_
 from adapters.outbox import OutboxRecord
 from adapters.processes import terminate
 from domain.access import DEFAULT_ORG
-from domain.commands import CandidateQuery, Cursor, InterviewQuery
+from domain.commands import CandidateQuery, Cursor, InterviewQuery, TranscriptStamp, transcript_stamp
 from domain.events import (
     DomainEvent,
     GuidanceRecorded,
@@ -584,6 +584,17 @@ class MongoStore:
                 stored.unreadable = tuple(dict.fromkeys([*stored.unreadable, *unreadable]))
             out.append(stored)
         return out
+
+    @_translated
+    async def transcript_stamp(self, interview_id: str) -> TranscriptStamp:
+        which = {"interviewId": interview_id}
+        segments = await self._partition_of("segments", interview_id)
+        finals = {(d["participantId"], int(d["seq"]))
+                  async for d in segments.find(which, {"_id": 0, "participantId": 1, "seq": 1})}
+        revisions = await self._partition_of("revisions", interview_id)
+        return transcript_stamp(finals, [(d["participantId"], int(d["seq"]), int(d["revision"])) async for d in
+                                         revisions.find(which, {"_id": 0, "participantId": 1, "seq": 1,
+                                                                "revision": 1})])
 
     @_translated
     async def last_segment_seq(self, interview_id: str, participant_id: str) -> int | None:
