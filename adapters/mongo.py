@@ -587,14 +587,19 @@ class MongoStore:
 
     @_translated
     async def transcript_stamp(self, interview_id: str) -> TranscriptStamp:
+        # the ids alone say participant, seq and revision ("<interview>:<participant>:<seq>[:r<revision>]", ids
+        # have no ':'); nx-27017 answers an `_id`-only projection in half the time of one with those fields
         which = {"interviewId": interview_id}
         segments = await self._partition_of("segments", interview_id)
-        finals = {(d["participantId"], int(d["seq"]))
-                  async for d in segments.find(which, {"_id": 0, "participantId": 1, "seq": 1})}
-        revisions = await self._partition_of("revisions", interview_id)
-        return transcript_stamp(finals, [(d["participantId"], int(d["seq"]), int(d["revision"])) async for d in
-                                         revisions.find(which, {"_id": 0, "participantId": 1, "seq": 1,
-                                                                "revision": 1})])
+        finals = set()
+        async for d in segments.find(which, {"_id": 1}):
+            _, participant_id, seq = d["_id"].rsplit(":", 2)
+            finals.add((participant_id, int(seq)))
+        revisions = []
+        async for d in (await self._partition_of("revisions", interview_id)).find(which, {"_id": 1}):
+            _, participant_id, seq, revision = d["_id"].rsplit(":", 3)
+            revisions.append((participant_id, int(seq), int(revision.removeprefix("r"))))
+        return transcript_stamp(finals, revisions)
 
     @_translated
     async def last_segment_seq(self, interview_id: str, participant_id: str) -> int | None:

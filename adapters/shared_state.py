@@ -43,7 +43,6 @@ import redis.exceptions
 
 from adapters.crypto import DataKey, Unreadable
 from domain.commands import TranscriptStamp
-from domain.events import StoredSegment
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +57,16 @@ def _transcript_field(interview_id: str) -> str:
     return f"transcript:{interview_id}"
 
 
-def _encode_transcript(stamp: TranscriptStamp, segments: list[StoredSegment]) -> dict[str, Any]:
-    return {"stamp": list(stamp),
-            "segments": [{**s.to_document(), "recordedAt": s.recorded_at.isoformat()} for s in segments]}
+def _encode_transcript(stamp: TranscriptStamp, segments: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"stamp": list(stamp), "segments": [{**d, "recordedAt": d["recordedAt"].isoformat()} for d in segments]}
 
 
-def _decode_transcript(entry: dict[str, Any]) -> tuple[TranscriptStamp, list[StoredSegment]]:
+def _decode_transcript(entry: dict[str, Any]) -> tuple[TranscriptStamp, list[dict[str, Any]]]:
     n, revisions = entry["stamp"]
-    return (int(n), int(revisions)), [StoredSegment.from_document(
-        {**d, "recordedAt": datetime.fromisoformat(d["recordedAt"])}) for d in entry["segments"]]
+    segments = entry["segments"]
+    for d in segments:
+        d["recordedAt"] = datetime.fromisoformat(d["recordedAt"])
+    return (int(n), int(revisions)), segments
 
 
 class MemoryTranscripts:
@@ -74,21 +74,21 @@ class MemoryTranscripts:
 
     def __init__(self, size: int = 32) -> None:
         self.size = size
-        self._kept: OrderedDict[str, tuple[TranscriptStamp, list[StoredSegment]]] = OrderedDict()
+        self._kept: OrderedDict[str, tuple[TranscriptStamp, list[dict[str, Any]]]] = OrderedDict()
         self.hits = self.misses = 0
 
-    async def transcript(self, interview_id: str, stamp: TranscriptStamp) -> list[StoredSegment] | None:
+    async def transcript(self, interview_id: str, stamp: TranscriptStamp) -> list[dict[str, Any]] | None:
         kept = self._kept.get(interview_id)
         if kept is None or kept[0] != stamp:
             self.misses += 1
             return None
         self._kept.move_to_end(interview_id)
         self.hits += 1
-        return list(kept[1])
+        return [dict(d) for d in kept[1]]  # the caller may change its copy (not the words inside)
 
     async def keep_transcript(self, interview_id: str, stamp: TranscriptStamp,
-                              segments: list[StoredSegment]) -> None:
-        self._kept[interview_id] = (stamp, list(segments))
+                              segments: list[dict[str, Any]]) -> None:
+        self._kept[interview_id] = (stamp, [dict(d) for d in segments])
         self._kept.move_to_end(interview_id)
         while len(self._kept) > self.size:
             self._kept.popitem(last=False)
@@ -218,7 +218,7 @@ class RedisState:
             return None
 
     # ---- the transcript cache (domain.commands.TranscriptCache) -------------------------------------------
-    async def transcript(self, interview_id: str, stamp: TranscriptStamp) -> list[StoredSegment] | None:
+    async def transcript(self, interview_id: str, stamp: TranscriptStamp) -> list[dict[str, Any]] | None:
         key = f"{self.prefix}transcript:{interview_id}"
 
         async def read() -> bytes | str | None:
@@ -244,7 +244,7 @@ class RedisState:
         return segments
 
     async def keep_transcript(self, interview_id: str, stamp: TranscriptStamp,
-                              segments: list[StoredSegment]) -> None:
+                              segments: list[dict[str, Any]]) -> None:
         entry = _encode_transcript(stamp, segments)
         value = self._key.seal(_transcript_field(interview_id), entry) if self._key is not None \
             else json.dumps(entry, separators=(",", ":"))

@@ -560,15 +560,16 @@ def stamp_of(segments: list[StoredSegment]) -> TranscriptStamp:
 
 
 class TranscriptCache(Protocol):
-    """Transcripts (revisions applied) kept with the stamp of the store state they were read from. Never raises: an
-    unavailable cache answers None and keeps nothing."""
+    """Transcripts as the API shows them (`StoredSegment.to_document()` of each stored final, revisions applied),
+    kept with the stamp of the store state they were read from. Never raises: an unavailable cache answers None and
+    keeps nothing. What it answers is the caller's to change."""
 
-    async def transcript(self, interview_id: str, stamp: TranscriptStamp) -> list[StoredSegment] | None:
+    async def transcript(self, interview_id: str, stamp: TranscriptStamp) -> list[dict[str, Any]] | None:
         """The kept transcript if it was read at `stamp`, else None."""
         ...
 
     async def keep_transcript(self, interview_id: str, stamp: TranscriptStamp,
-                              segments: list[StoredSegment]) -> None: ...
+                              segments: list[dict[str, Any]]) -> None: ...
 
     async def forget_transcript(self, interview_id: str) -> None:
         """The interview's data is erased: its kept transcript goes."""
@@ -779,8 +780,10 @@ class InterviewService:
     async def get_interview(self, interview_id: str, *, with_segments: bool = True) -> dict[str, Any]:
         _check_id("interview", interview_id)
         interview = await self.store.get_interview(interview_id)
-        segments = await self._segments(interview) if with_segments else None
-        return interview.to_document(segments)
+        doc = interview.to_document()
+        if with_segments:
+            doc["transcription"]["segments"] = await self._segments(interview)
+        return doc
 
     async def last_segment_seq(self, interview_id: str, participant_id: str) -> int | None:
         """The highest stored `seq` of a participant's final segments (None if none): where a resumed stream
@@ -799,24 +802,25 @@ class InterviewService:
     async def get_transcript(self, interview_id: str) -> dict[str, Any]:
         _check_id("interview", interview_id)
         interview = await self.store.get_interview(interview_id)
-        segments = await self._segments(interview)
         return {"interviewId": interview_id, "status": interview.transcription_status,
-                "segments": [s.to_document() for s in segments]}
+                "segments": await self._segments(interview)}
 
-    async def _segments(self, interview: Interview) -> list[StoredSegment]:
-        """The stored transcript, from the cache when it was read at the store's current stamp. The stamp is read
-        from the store on every call, so a final or revision stored by any node, during a cache outage or not, is
-        in the next answer; the cache saves reading and decrypting every segment."""
+    async def _segments(self, interview: Interview) -> list[dict[str, Any]]:
+        """The stored transcript's segment documents, from the cache when they were read at the store's current
+        stamp. The stamp is read from the store on every call, so a final or revision stored by any node, during a
+        cache outage or not, is in the next answer; the cache saves reading, decrypting and converting every
+        segment."""
         interview_id = interview.interview_id
         if self.transcripts is None or interview.data_erased_at is not None:  # erased: nothing is kept again
-            return await self.store.list_segments(interview_id)
+            return [s.to_document() for s in await self.store.list_segments(interview_id)]
         cached = await self.transcripts.transcript(interview_id, await self.store.transcript_stamp(interview_id))
         if cached is not None:
             return cached
         segments = await self.store.list_segments(interview_id)
+        docs = [s.to_document() for s in segments]
         if not any(s.unreadable for s in segments):  # a field that did not open now may open on the next read
-            await self.transcripts.keep_transcript(interview_id, stamp_of(segments), segments)
-        return segments
+            await self.transcripts.keep_transcript(interview_id, stamp_of(segments), docs)
+        return docs
 
     async def forget_transcript(self, interview_id: str) -> None:
         """After the interview's segments were deleted (erasure, retention): no cached copy outlives them."""
