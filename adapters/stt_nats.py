@@ -169,7 +169,7 @@ class NatsWhisper:
     """
 
     engine = "faster-whisper"
-    revises_apart = True  # SttScheduler: revisions go out beside the live work; workers take them last
+    revises_apart = True  # SttScheduler: revisions go out beside the live work; workers revise in a lane at nice 19
 
     def __init__(self, url: str, *, model: str = "tiny.en", wait_s: float = 2.0, worker_ttl_s: float = 3.0,
                  timeouts: dict[str, float] | None = None, connect_timeout_s: float = 10.0) -> None:
