@@ -151,7 +151,7 @@ async def _build(c: Components) -> None:
     from adapters.placement import Owner, Placement
     from adapters.privacy import Privacy
     from adapters.rooms import RoomRegistry, SegmentJournal
-    from adapters.shared_state import RedisState
+    from adapters.shared_state import MemoryTranscripts, RedisState
     from adapters.stt_engines import build_stt
     from adapters.tokens import Revocations, TokenSigner
     from adapters.webrtc import WhipIngest
@@ -204,7 +204,9 @@ async def _build(c: Components) -> None:
     c.bus = bus = await JetStreamBus.open(nats_url)
     c.relay = relay = OutboxRelay(store, bus)
     relay.start()
-    c.service = service = InterviewService(store, on_commit=relay.notify)
+    # the transcript the API and the reports read: in Redis for every node, else in this process
+    c.service = service = InterviewService(store, on_commit=relay.notify,
+                                           transcripts=c.shared if c.shared is not None else MemoryTranscripts())
     c.analysis = build_analysis(s, service, store, c.metrics)
     await c.analysis.resume()
     stt = await asyncio.to_thread(build_stt, s)
@@ -805,12 +807,16 @@ def retention_command(argv: list[str]) -> int:
 
 
 def stt_worker_command(argv: list[str]) -> int:
-    """Decode speech for the servers on NATS_URL that run with STT_ENGINE=nats: one decode at a time, STT_MODEL
-    on STT_CPU_THREADS threads (run one worker per core, on any number of machines)."""
+    """Decode speech for the servers on NATS_URL that run with STT_ENGINE=nats: one live decode (STT_MODEL on
+    STT_CPU_THREADS threads) and one revision (REVISION_MODEL, at nice 19) at a time (run one worker per core, on
+    any number of machines)."""
     from adapters.stt_nats import run_worker
 
     parser = argparse.ArgumentParser(prog="server.py stt-worker", description=stt_worker_command.__doc__)
     parser.add_argument("--id", help="this worker's name in logs and heartbeats (default: host-pid)")
+    parser.add_argument("--revisions", choices=("nice", "off", "only"), default="nice",
+                        help="nice: revisions too, in a process of their own at nice 19, beside the live decodes "
+                             "(default); off: live decodes only; only: revisions only, the whole worker at nice 19")
     args = parser.parse_args(argv)
     settings = _command_settings("stt-worker")
     if settings is None:
@@ -818,7 +824,15 @@ def stt_worker_command(argv: list[str]) -> int:
     if not settings.nats_url:
         print("stt-worker: set NATS_URL (the NATS of the servers this worker decodes for)", file=sys.stderr)
         return 2
-    return run_worker(settings.nats_url, settings.stt_model, cpu_threads=settings.stt_cpu_threads, worker_id=args.id)
+    from adapters.stt_whisper import revision_model_dir
+
+    try:
+        revision_model = revision_model_dir(settings.revision_model, settings.data_dir / "models", settings.stt_model)
+    except ValueError as exc:
+        print(f"stt-worker: REVISION_MODEL: {exc}", file=sys.stderr)
+        return 2
+    return run_worker(settings.nats_url, settings.stt_model, cpu_threads=settings.stt_cpu_threads, worker_id=args.id,
+                      revisions=args.revisions, revision_model=revision_model if args.revisions != "off" else None)
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {

@@ -74,7 +74,7 @@ from adapters.crypto import CandidateErased, DataKey, KeyRing, field_parent, is_
 from adapters.outbox import OutboxRecord
 from adapters.processes import terminate
 from domain.access import DEFAULT_ORG
-from domain.commands import CandidateQuery, Cursor, InterviewQuery
+from domain.commands import CandidateQuery, Cursor, InterviewQuery, TranscriptStamp, transcript_stamp
 from domain.events import (
     DomainEvent,
     GuidanceRecorded,
@@ -604,6 +604,22 @@ class MongoStore:
                 stored.unreadable = tuple(dict.fromkeys([*stored.unreadable, *unreadable]))
             out.append(stored)
         return out
+
+    @_translated
+    async def transcript_stamp(self, interview_id: str) -> TranscriptStamp:
+        # the ids alone say participant, seq and revision ("<interview>:<participant>:<seq>[:r<revision>]", ids
+        # have no ':'); nx-27017 answers an `_id`-only projection in half the time of one with those fields
+        which = {"interviewId": interview_id}
+        segments = await self._partition_of("segments", interview_id)
+        finals = set()
+        async for d in segments.find(which, {"_id": 1}):
+            _, participant_id, seq = d["_id"].rsplit(":", 2)
+            finals.add((participant_id, int(seq)))
+        revisions = []
+        async for d in (await self._partition_of("revisions", interview_id)).find(which, {"_id": 1}):
+            _, participant_id, seq, revision = d["_id"].rsplit(":", 3)
+            revisions.append((participant_id, int(seq), int(revision.removeprefix("r"))))
+        return transcript_stamp(finals, revisions)
 
     @_translated
     async def last_segment_seq(self, interview_id: str, participant_id: str) -> int | None:

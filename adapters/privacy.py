@@ -10,7 +10,8 @@ Erasure of a candidate, in this order, so that nothing about them can be written
    (ids only) through the outbox;
 4. their data key is destroyed: every sealed copy anywhere (store, JetStream, backups) is now unreadable;
 5. what can be deleted is: segments, revisions, consent records, the events log of their interviews, the candidate
-   document. Join tokens are not stored; their interviews are cancelled, so a token no longer joins.
+   document, and the transcript cached for the API (Redis or memory). Join tokens are not stored; their interviews
+   are cancelled, so a token no longer joins.
 
 Retention: an interview closed (completed or cancelled) more than `retention_days` ago loses its transcript,
 revisions, consent records and analysis; a candidate whose interviews have all expired is erased as above. A month
@@ -119,6 +120,8 @@ class Privacy:
             await self.service.erase_interview_data(iid, erasure_id)
         key_destroyed = await self.store.destroy_data_key(candidate_id)
         counts = await self.store.delete_interview_data(interview_ids)
+        for iid in interview_ids:  # a cached copy of the transcript goes with the segments
+            await self.service.forget_transcript(iid)
         counts.update(interviews=len(interview_ids), candidate=int(await self.store.delete_candidate(candidate_id)),
                       dataKey=int(key_destroyed), liveParticipants=live)
         signed = self._receipt("erasure", candidate_id, counts, by, request_id, erasureId=erasure_id,
@@ -212,6 +215,8 @@ class Privacy:
                 for iid in ids:
                     await self.service.erase_interview_data(iid, f"retention-{uuid.uuid4().hex[:8]}")
                 counts = await self.store.delete_interview_data(ids)
+                for iid in ids:
+                    await self.service.forget_transcript(iid)
                 report["interviewsCleared"] += len(ids)
             report["segments"] += counts.get("segments", 0)
             report["revisions"] += counts.get("revisions", 0)

@@ -13,6 +13,12 @@ The store stays the source of truth; Redis makes what one node learns reach the 
                                (the server's, derived from the master key file every node shares) each entry is
                                sealed: transcript text is never in Redis in clear; an entry that does not open
                                makes the backlog "unknown", so the room takes the store's.
+    {prefix}transcript:<id>    string: the interview's stored transcript (revisions applied) as the API and the
+                               reports read it, with the store stamp it was read at (`domain.commands.
+                               transcript_stamp`), sealed like the backlog, expiring `transcript_ttl_s` after it
+                               was kept. A reader compares the stamp with the store's current one, so a final or a
+                               revision stored by any node makes the entry unused at once, with or without Redis;
+                               nothing has to be invalidated in order. Erasure deletes it.
 
 Redis down: every call answers None ("unknown") at once, without waiting for a socket timeout, for `retry_s` after a
 failure (a small circuit breaker), and callers fall back to the store or to their own memory; said once per outage
@@ -24,16 +30,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 import redis.asyncio
 import redis.exceptions
 
 from adapters.crypto import DataKey, Unreadable
+from domain.commands import TranscriptStamp
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +52,61 @@ _BACKLOG_FIELD = "backlog"  # the sealed entries' associated data
 PENDING_LIMIT = 10_000  # backlog entries waiting for Redis; beyond it, that interview's Redis backlog is dropped
 
 
+def _transcript_field(interview_id: str) -> str:
+    """A kept transcript's associated data: an entry copied under another interview's key does not open."""
+    return f"transcript:{interview_id}"
+
+
+def _encode_transcript(stamp: TranscriptStamp, segments: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"stamp": list(stamp), "segments": [{**d, "recordedAt": d["recordedAt"].isoformat()} for d in segments]}
+
+
+def _decode_transcript(entry: dict[str, Any]) -> tuple[TranscriptStamp, list[dict[str, Any]]]:
+    n, revisions = entry["stamp"]
+    segments = entry["segments"]
+    for d in segments:
+        d["recordedAt"] = datetime.fromisoformat(d["recordedAt"])
+    return (int(n), int(revisions)), segments
+
+
+class MemoryTranscripts:
+    """The transcript cache without Redis: the last `size` transcripts read, in this process."""
+
+    def __init__(self, size: int = 32) -> None:
+        self.size = size
+        self._kept: OrderedDict[str, tuple[TranscriptStamp, list[dict[str, Any]]]] = OrderedDict()
+        self.hits = self.misses = 0
+
+    async def transcript(self, interview_id: str, stamp: TranscriptStamp) -> list[dict[str, Any]] | None:
+        kept = self._kept.get(interview_id)
+        if kept is None or kept[0] != stamp:
+            self.misses += 1
+            return None
+        self._kept.move_to_end(interview_id)
+        self.hits += 1
+        return [dict(d) for d in kept[1]]  # the caller may change its copy (not the words inside)
+
+    async def keep_transcript(self, interview_id: str, stamp: TranscriptStamp,
+                              segments: list[dict[str, Any]]) -> None:
+        self._kept[interview_id] = (stamp, [dict(d) for d in segments])
+        self._kept.move_to_end(interview_id)
+        while len(self._kept) > self.size:
+            self._kept.popitem(last=False)
+
+    async def forget_transcript(self, interview_id: str) -> None:
+        self._kept.pop(interview_id, None)
+
+
 class RedisState:
     """The shared hot state on one Redis connection pool."""
 
     def __init__(self, url: str, *, prefix: str = "interview_worker:", backlog: int = 500,
                  backlog_ttl_s: float = 24 * 3600.0, retry_s: float = 2.0, timeout_s: float = 0.5,
-                 clock: Callable[[], float] = time.monotonic, key: DataKey | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, key: DataKey | None = None,
+                 transcript_ttl_s: float = 3600.0) -> None:
         self._key = key
+        self.transcript_ttl_s = transcript_ttl_s
+        self.hits = self.misses = 0  # transcript cache reads
         self._redis = redis.asyncio.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self.prefix = prefix
         self.backlog_size = backlog
@@ -60,6 +117,7 @@ class RedisState:
         self._failing = False
         self._pending: deque[tuple[str, str]] = deque()
         self._broken: set[str] = set()  # interviews whose appends overflowed: their Redis backlog is deleted
+        self._erased: set[str] = set()  # interviews whose kept transcript is to be deleted once Redis answers
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
 
@@ -159,12 +217,60 @@ class RedisState:
             log.warning("Redis backlog of interview %s does not open with this node's master key", interview_id)
             return None
 
+    # ---- the transcript cache (domain.commands.TranscriptCache) -------------------------------------------
+    async def transcript(self, interview_id: str, stamp: TranscriptStamp) -> list[dict[str, Any]] | None:
+        key = f"{self.prefix}transcript:{interview_id}"
+
+        async def read() -> bytes | str | None:
+            return await self._redis.get(key)
+
+        raw = await self._call("transcript cache", read)
+        if raw is None or interview_id in self._erased:
+            self.misses += 1
+            return None
+        try:
+            text = raw.decode() if isinstance(raw, bytes) else raw
+            entry = self._key.open(_transcript_field(interview_id), text) if self._key is not None \
+                else json.loads(text)
+            kept_stamp, segments = _decode_transcript(entry)
+        except (Unreadable, ValueError, KeyError, TypeError):  # another master key, or not ours: the store's
+            log.warning("Redis transcript of interview %s does not open with this node's master key", interview_id)
+            self.misses += 1
+            return None
+        if kept_stamp != stamp:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return segments
+
+    async def keep_transcript(self, interview_id: str, stamp: TranscriptStamp,
+                              segments: list[dict[str, Any]]) -> None:
+        entry = _encode_transcript(stamp, segments)
+        value = self._key.seal(_transcript_field(interview_id), entry) if self._key is not None \
+            else json.dumps(entry, separators=(",", ":"))
+        key = f"{self.prefix}transcript:{interview_id}"
+
+        async def write() -> bool:
+            return bool(await self._redis.set(key, value, ex=int(self.transcript_ttl_s)))
+
+        await self._call("transcript cache", write)  # not kept: the next read takes the store's again
+
+    async def forget_transcript(self, interview_id: str) -> None:
+        key = f"{self.prefix}transcript:{interview_id}"
+
+        async def delete() -> int:
+            return await self._redis.delete(key)
+
+        if await self._call("erase transcript", delete) is None:
+            self._erased.add(interview_id)  # deleted by the writer once Redis is back
+            self._wake.set()
+
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write_backlogs(), name="redis-backlog-writer")
 
     async def _write_backlogs(self) -> None:
         while True:
-            if not self._pending and not self._broken:
+            if not self._pending and not self._broken and not self._erased:
                 self._wake.clear()
                 await self._wake.wait()
             if not self.available:
@@ -174,6 +280,10 @@ class RedisState:
                 continue  # kept: retried once Redis answers again
 
     async def _flush(self) -> bool:
+        erased = list(self._erased)
+        if erased:
+            await self._redis.delete(*(f"{self.prefix}transcript:{i}" for i in erased))
+            self._erased.difference_update(erased)
         broken = list(self._broken)
         if broken:
             await self._redis.delete(*(f"{self.prefix}backlog:{i}" for i in broken))

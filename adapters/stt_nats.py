@@ -6,10 +6,11 @@
             reply (core NATS) ───────┴──────────── SttWorker (any number, any machine) ◄──────────────┘
 
 * **Finals first across the cluster.** One work-queue consumer per kind (`final`, `speculative`, `partial`,
-  `revision`), shared by every worker. A worker pulls only when it is idle, and then asks the kinds in that order
-  (`no_wait` pulls: the first kind with work wins), so a final never waits behind a lower kind while a worker is
-  free, and a worker busy with a revision holds no final: anything delivered to it while busy is nak'ed at once
-  and goes to the next idle worker.
+  `revision`), shared by every worker. A worker has two lanes, each decoding one request at a time: the live lane
+  (final, speculative, partial) and the revision lane, whose decodes run in a process at nice 19. A lane pulls
+  only when it is idle, and then asks its kinds in that order (`no_wait` pulls: the first kind with work wins), so
+  a final never waits behind a lower kind while a live lane is free, and never behind a revision at all: anything
+  delivered to a busy lane is nak'ed at once and goes to the next idle one.
 * **A worker dying mid-decode costs a retry, not a final.** While it decodes, a worker tells JetStream it is still
   working (`in_progress`) every `PROGRESS_S`; a message not acknowledged within `ACK_WAIT_S` of the last sign of
   life is delivered again, to another worker. The server takes the first reply.
@@ -168,7 +169,7 @@ class NatsWhisper:
     """
 
     engine = "faster-whisper"
-    revises_apart = True  # SttScheduler: revisions go out beside the live work; workers take them last
+    revises_apart = True  # SttScheduler: revisions go out beside the live work; workers revise in a lane at nice 19
 
     def __init__(self, url: str, *, model: str = "tiny.en", wait_s: float = 2.0, worker_ttl_s: float = 3.0,
                  timeouts: dict[str, float] | None = None, connect_timeout_s: float = 10.0) -> None:
@@ -339,119 +340,164 @@ class NatsWhisper:
 
 
 # ---- the worker --------------------------------------------------------------------------------------------
-class SttWorker:
-    """Takes decode requests from NATS and runs them on `stt` (a `LocalWhisper`), one at a time.
+LIVE_KINDS = KINDS[:3]
+REVISION_LANES = ("nice", "off", "only")  # `--revisions`: see SttWorker
 
-    `run(stop)` until `stop` is set; the decode in progress is finished and answered first.
-    """
 
-    def __init__(self, stt: Any, url: str, *, worker_id: str | None = None) -> None:
-        self.stt = stt
-        self.url = url
-        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
-        self.decodes = 0
-        self._nc = NatsClient()
-        self._js: JetStreamContext | None = None
-        self._bucket: ObjectStore | None = None
-        self._inbox = f"_INBOX.sttw.{uuid.uuid4().hex}"
-        self._offer: asyncio.Future[Msg] | None = None  # set while idle: the first request delivered takes it
-        self._now: dict[str, asyncio.Future[Msg | None]] = {}  # kind -> its `no_wait` pull's answer
-        self._busy = False
-        self._stragglers: set[asyncio.Task[None]] = set()
+class _Lane:
+    """One decode at a time over `kinds`, asked in that order: its own pulls, inbox and busy state."""
 
-    async def run(self, stop: asyncio.Event, *, ready: Callable[[], None] | None = None) -> None:
-        await self._nc.connect(self.url, name=f"stt-worker {self.id}", reconnect_time_wait=0.5,  # type: ignore[arg-type]  # annotated int, slept as float
-                               max_reconnect_attempts=-1, allow_reconnect=True)
-        self._js = self._nc.jetstream()
-        self._bucket = await ensure_stream(self._js)
-        for kind in KINDS:
-            await self._nc.subscribe(f"{self._inbox}.now.{kind}", cb=functools.partial(self._on_now, kind))
-        await self._nc.subscribe(f"{self._inbox}.wait", cb=self._on_delivery)
-        beat = asyncio.create_task(self._heartbeats(stop), name="stt-heartbeat")
-        if ready is not None:
-            ready()
-        try:
-            while not stop.is_set():
-                try:
-                    msg = await self._next(stop)
-                except _TRANSIENT as exc:  # NATS down: nats-py reconnects; ask again shortly
-                    log.warning("stt-worker: cannot pull work: %r", exc)
-                    await _sleep_or(stop, 0.5)
-                    continue
-                if msg is not None:
-                    await self._handle(msg)
-        finally:
-            beat.cancel()
-            with contextlib.suppress(*_TRANSIENT):
-                await self._nc.publish(f"{HEARTBEAT_SUBJECT}.{self.id}", json.dumps({"id": self.id, "bye": True}).encode())
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
-            with contextlib.suppress(Exception):
-                await self._nc.drain()
+    def __init__(self, worker: SttWorker, name: str, kinds: tuple[str, ...]) -> None:
+        self.worker = worker
+        self.name = name
+        self.kinds = kinds
+        self.inbox = f"{worker.inbox}.{name}"
+        self.offer: asyncio.Future[Msg] | None = None  # set while idle: the first request delivered takes it
+        self.now: dict[str, asyncio.Future[Msg | None]] = {}  # kind -> its `no_wait` pull's answer
+        self.busy = False
 
-    async def _heartbeats(self, stop: asyncio.Event) -> None:
-        subject = f"{HEARTBEAT_SUBJECT}.{self.id}"
+    async def subscribe(self, nc: NatsClient) -> None:
+        for kind in self.kinds:
+            await nc.subscribe(f"{self.inbox}.now.{kind}", cb=functools.partial(self._on_now, kind))
+        await nc.subscribe(f"{self.inbox}.wait", cb=self._on_delivery)
+
+    async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            beat = {"id": self.id, "model": getattr(self.stt, "model", ""), "busy": self._busy, "pid": os.getpid()}
-            with contextlib.suppress(*_TRANSIENT):
-                await self._nc.publish(subject, json.dumps(beat).encode())
-            await _sleep_or(stop, HEARTBEAT_S)
+            try:
+                msg = await self._next(stop)
+            except _TRANSIENT as exc:  # NATS down: nats-py reconnects; ask again shortly
+                log.warning("stt-worker: cannot pull work: %r", exc)
+                await _sleep_or(stop, 0.5)
+                continue
+            if msg is not None:
+                self.busy = True
+                try:
+                    await self.worker.handle(msg)
+                finally:
+                    self.busy = False
 
     async def _next(self, stop: asyncio.Event) -> Msg | None:
-        """The next request, finals first: ask each kind in order for one waiting now; if none waits, leave a pull
+        """The next request, in `kinds` order: ask each kind for one waiting now; if none waits, leave a pull
         request on every kind and take the first request delivered.
 
         JetStream delivers a request under its own subject (`stt.decode.final`), not the inbox it was pulled to, so
         nats-py's `request()` cannot match it to its pull: the pulls reply to subscriptions of their own."""
+        nc = self.worker.nc
         loop = asyncio.get_running_loop()
-        for kind in KINDS:
-            self._now[kind] = now = loop.create_future()
+        for kind in self.kinds:
+            self.now[kind] = now = loop.create_future()
             try:
-                await self._nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{kind}", b'{"batch":1,"no_wait":true}',
-                                       reply=f"{self._inbox}.now.{kind}")
+                await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{kind}", b'{"batch":1,"no_wait":true}',
+                                 reply=f"{self.inbox}.now.{kind}")
                 msg = await asyncio.wait_for(now, 2.0)
             finally:
-                self._now.pop(kind, None)
+                self.now.pop(kind, None)
             if msg is not None:
                 return msg
-        self._offer = offer = loop.create_future()
+        self.offer = offer = loop.create_future()
         pull = json.dumps({"batch": 1, "expires": int(IDLE_PULL_S * 1e9)}).encode()
-        for kind in KINDS:
-            await self._nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{kind}", pull, reply=f"{self._inbox}.wait")
+        for kind in self.kinds:
+            await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{kind}", pull, reply=f"{self.inbox}.wait")
         stopping = asyncio.ensure_future(stop.wait())
         try:
             await asyncio.wait({offer, stopping}, timeout=IDLE_PULL_S, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopping.cancel()
-            self._offer = None
+            self.offer = None
         if offer.done():
             return offer.result()
         offer.cancel()
         return None
 
     async def _on_now(self, kind: str, msg: Msg) -> None:
-        now = self._now.get(kind)
+        now = self.now.get(kind)
         if now is not None and not now.done():
             now.set_result(None if _status(msg) is not None else msg)
         elif _status(msg) is None:
-            self._give_back(msg)
+            self.worker.give_back(msg)
 
     async def _on_delivery(self, msg: Msg) -> None:
         if _status(msg) is not None or not msg.reply:
             return  # a pull request expired (408)
-        if self._offer is not None and not self._offer.done():
-            self._offer.set_result(msg)
+        if self.offer is not None and not self.offer.done():
+            self.offer.set_result(msg)
         else:
-            self._give_back(msg)
+            self.worker.give_back(msg)
 
-    def _give_back(self, msg: Msg) -> None:
-        """A request delivered on a pull left from idle time while this worker is busy: straight back to the queue,
+
+class SttWorker:
+    """Takes decode requests from NATS and runs them on `stt`, one at a time per lane.
+
+    `revisions` says how this worker takes revisions (`python server.py stt-worker --revisions`):
+    * "nice" (default): two lanes. The live lane takes finals, speculative finals and partials (in that order) and
+      decodes them with `stt.transcribe`; the revision lane takes revisions and decodes them with `stt.revise`,
+      which `WhisperProcesses` runs in a process of its own at nice 19. A revision in progress therefore holds
+      neither the live lane nor the CPU a live decode wants: a final is taken at once even by a worker revising.
+    * "off": the live lane only (leave revisions to other workers);
+    * "only": the revision lane only (a worker on spare cores; `run_worker` lowers its whole process to nice 19).
+
+    `run(stop)` until `stop` is set; the decodes in progress are finished and answered first.
+    """
+
+    def __init__(self, stt: Any, url: str, *, worker_id: str | None = None, revisions: str = "nice") -> None:
+        if revisions not in REVISION_LANES:
+            raise ValueError(f"revisions must be one of {', '.join(REVISION_LANES)}, not {revisions!r}")
+        self.stt = stt
+        self.url = url
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.decodes = 0
+        self.nc = NatsClient()
+        self._js: JetStreamContext | None = None
+        self._bucket: ObjectStore | None = None
+        self.inbox = f"_INBOX.sttw.{uuid.uuid4().hex}"
+        self.lanes = ([_Lane(self, "live", LIVE_KINDS)] if revisions != "only" else []) + (
+            [_Lane(self, "revision", ("revision",))] if revisions != "off" else [])
+        self._stragglers: set[asyncio.Task[None]] = set()
+        self._reviser: int | None = None  # the revision process last reported in the log
+
+    async def run(self, stop: asyncio.Event, *, ready: Callable[[], None] | None = None) -> None:
+        await self.nc.connect(self.url, name=f"stt-worker {self.id}", reconnect_time_wait=0.5,  # type: ignore[arg-type]  # annotated int, slept as float
+                              max_reconnect_attempts=-1, allow_reconnect=True)
+        self._js = self.nc.jetstream()
+        self._bucket = await ensure_stream(self._js)
+        for lane in self.lanes:
+            await lane.subscribe(self.nc)
+        beat = asyncio.create_task(self._heartbeats(stop), name="stt-heartbeat")
+        if ready is not None:
+            ready()
+        try:
+            async with asyncio.TaskGroup() as lanes:
+                for lane in self.lanes:
+                    lanes.create_task(lane.run(stop), name=f"stt-lane-{lane.name}")
+        finally:
+            beat.cancel()
+            with contextlib.suppress(*_TRANSIENT):
+                await self.nc.publish(f"{HEARTBEAT_SUBJECT}.{self.id}",
+                                      json.dumps({"id": self.id, "bye": True}).encode())
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+
+    async def _heartbeats(self, stop: asyncio.Event) -> None:
+        subject = f"{HEARTBEAT_SUBJECT}.{self.id}"
+        while not stop.is_set():
+            beat = {"id": self.id, "model": getattr(self.stt, "model", ""), "pid": os.getpid(),
+                    "busy": any(lane.busy for lane in self.lanes),
+                    "lanes": {lane.name: {"kinds": list(lane.kinds), "busy": lane.busy} for lane in self.lanes},
+                    "revision_pid": getattr(self.stt, "revision_pid", None)}
+            with contextlib.suppress(*_TRANSIENT):
+                await self.nc.publish(subject, json.dumps(beat).encode())
+            await _sleep_or(stop, HEARTBEAT_S)
+
+    def give_back(self, msg: Msg) -> None:
+        """A request delivered on a pull left from idle time while its lane is busy: straight back to the queue,
         for an idle worker (a final must not wait behind this worker's decode)."""
         task = asyncio.create_task(_settle(msg.nak()))
         self._stragglers.add(task)
         task.add_done_callback(self._stragglers.discard)
 
-    async def _handle(self, msg: Msg) -> None:
+    async def handle(self, msg: Msg) -> None:
         assert self._bucket is not None
         try:
             meta, pcm = decode_request(msg.data)
@@ -462,7 +508,6 @@ class SttWorker:
         if meta["deadline"] < time.time():  # its server gave up on it: nobody would read the answer
             await _settle(msg.term())
             return
-        self._busy = True
         progress = asyncio.create_task(self._progress(msg))
         t0 = time.perf_counter()
         try:
@@ -481,11 +526,14 @@ class SttWorker:
             reply = {"ok": False, "code": "stt_failed", "message": f"{type(exc).__name__}: {exc}", "worker": self.id}
         finally:
             progress.cancel()
-            self._busy = False
         self.decodes += 1
         log.debug("decoded %s %s in %.3f s", meta["kind"], meta["id"], time.perf_counter() - t0)
+        if meta["kind"] == "revision" and (pid := getattr(self.stt, "revision_pid", None)) != self._reviser:
+            self._reviser = pid  # said once per revision process (a new one after a crash)
+            if pid is not None:
+                log.info("revisions decode in process %d at nice %d", pid, _nice_of(pid))
         try:
-            await self._nc.publish(str(meta["reply"]), json.dumps(reply).encode())
+            await self.nc.publish(str(meta["reply"]), json.dumps(reply).encode())
         except _TRANSIENT as exc:  # the server would wait out its deadline: let another delivery answer it
             log.warning("stt-worker: the reply to %s could not be sent (%s); the request goes back", meta["id"], exc)
             await _settle(msg.nak())
@@ -509,6 +557,13 @@ class SttWorker:
             await _settle(msg.in_progress())
 
 
+def _nice_of(pid: int) -> int:
+    try:
+        return os.getpriority(os.PRIO_PROCESS, pid)
+    except OSError:
+        return 0
+
+
 async def _settle(op: Awaitable[None]) -> None:
     with contextlib.suppress(*_TRANSIENT, nats.errors.MsgAlreadyAckdError):
         await op
@@ -519,26 +574,40 @@ async def _sleep_or(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-def run_worker(url: str, model_path: str | None, *, cpu_threads: int = 1, worker_id: str | None = None) -> int:
-    """`python server.py stt-worker`: load the model, serve decode requests until SIGTERM/SIGINT (the decode in
-    progress is finished and answered first). Prints `stt-worker ready: <id>` once it takes requests."""
+def run_worker(url: str, model_path: str | None, *, cpu_threads: int = 1, worker_id: str | None = None,
+               revisions: str = "nice", revision_model: Any = None) -> int:
+    """`python server.py stt-worker`: load the models, serve decode requests until SIGTERM/SIGINT (the decodes in
+    progress are finished and answered first). Prints `stt-worker ready: <id>` once it takes requests.
+
+    Live decodes run in one child process (`WhisperProcesses`), revisions in another at nice 19 with
+    `revision_model` (REVISION_MODEL, as the local engine), started on the first revision; this process only
+    talks to NATS. With `revisions="only"` the whole worker runs at nice 19 and decodes in its own process."""
     import signal
 
+    from adapters.stt_process import WhisperProcesses
     from adapters.stt_whisper import LocalWhisper
 
+    if revisions not in REVISION_LANES:
+        print(f"stt-worker: --revisions must be one of {', '.join(REVISION_LANES)}", flush=True)
+        return 2
     try:
-        stt = LocalWhisper(model_path, cpu_threads=cpu_threads)
+        if revisions == "only":
+            os.setpriority(os.PRIO_PROCESS, 0, WhisperProcesses.REVISION_NICE)
+            stt: Any = LocalWhisper(model_path, cpu_threads=cpu_threads, revision_model=revision_model)
+        else:
+            stt = WhisperProcesses(model_path, processes=1, cpu_threads=cpu_threads, revision_model=revision_model)
     except ValueError as exc:
         print(f"stt-worker: {exc}", flush=True)
         return 2
-    worker = SttWorker(stt, url, worker_id=worker_id)
+    worker = SttWorker(stt, url, worker_id=worker_id, revisions=revisions)
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await worker.run(stop, ready=lambda: print(f"stt-worker ready: {worker.id} ({stt.model}) on "
+        lanes = ", ".join(f"{lane.name}: {'/'.join(lane.kinds)}" for lane in worker.lanes)
+        await worker.run(stop, ready=lambda: print(f"stt-worker ready: {worker.id} ({stt.model}; {lanes}) on "
                                                    f"{redact_url(url)}", flush=True))
 
     try:
@@ -546,5 +615,9 @@ def run_worker(url: str, model_path: str | None, *, cpu_threads: int = 1, worker
     except (*_TRANSIENT, nats.js.errors.Error) as exc:
         print(f"stt-worker: NATS at {redact_url(url)}: {exc!r}", flush=True)
         return 1
+    finally:
+        close = getattr(stt, "close", None)
+        if close is not None:
+            close()
     log.info("stt-worker %s stopped after %d decodes", worker.id, worker.decodes)
     return 0

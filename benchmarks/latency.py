@@ -695,7 +695,13 @@ async def run_rooms(
             prof_path = Path(args.profile) / f"server-{n}rooms.txt"
             with contextlib.suppress(OSError):
                 summary = await asyncio.to_thread(profile_summary, prof_path, 12)
-                progress(f"server profile, {summary['busy_samples']} busy samples; top self frames:")
+                progress(f"server profile, {summary['busy_samples']} busy samples; by process:")
+                for proc, frac in summary["processes"]:
+                    progress(f"  {frac:6.1%}  {proc}")
+                progress(f"the server process's {summary['server_samples']} by what they do:")
+                for cat, frac in summary["server_categories"]:
+                    progress(f"  {frac:6.1%}  {cat}")
+                progress("its top self frames:")
                 for frame, frac in summary["self"]:
                     progress(f"  {frac:6.1%}  {frame}")
     if result is None:
@@ -885,6 +891,7 @@ def start_profiler(pid: int, out: Path, args: argparse.Namespace) -> subprocess.
         "raw",
         "--rate",
         "50",
+        "--subprocesses",  # the speech-to-text child processes too (their stacks start with "process <pid>")
         "--output",
         str(out),
     ]
@@ -916,14 +923,63 @@ _IDLE_LEAVES = (
     "select (selectors",
     "Queue.get (queue.py",
     "_wait_for_tstate_lock",
+    "_worker (concurrent/futures/thread.py",  # an idle pool thread blocked in its queue's get
+    "PeriodicExecutor._run (pymongo",  # pymongo's monitors sleeping between checks
+    "recv_into (pymongo",  # a pymongo thread blocked on its socket
+    "_exit_with_parent (adapters/stt_process.py",  # the STT children's parent watch, asleep
+)
+
+# What the server's own samples do, first match on the stack from the leaf up (substring of a frame): where the
+# event loop and its threads spend the CPU
+PROFILE_CATEGORIES = (
+    ("Opus decode", ("InlineAudioDecoder._decode", "frame_to_pcm")),
+    ("SRTP", ("pylibsrtp",)),
+    ("audio end of turn (Smart Turn ONNX)", ("SmartTurn.",)),
+    ("text embeddings (guidance ONNX)", ("OnnxSentenceEmbedder",)),
+    ("DSP front end (VAD, resampling)", ("FrontEnd.", "pipeline/dsp.py", "pipeline/vad.py")),
+    ("hand-offs to threads and STT processes", ("ThreadPoolExecutor.submit", "call_soon_threadsafe",
+                                               "run_in_executor", "WhisperProcesses._call",
+                                               "_ExecutorManagerThread")),
+    ("data channels (SCTP)", ("rtcsctptransport",)),
+    ("RTP parse, jitter buffer", ("RtpPacket.parse", "JitterBuffer", "RTCRtpReceiver._handle_rtp_packet")),
+    ("UDP receive (ICE, DTLS)", ("_SelectorDatagramTransport._read_ready", "datagram_received",
+                                 "rtcdtlstransport", "aioice")),
+    ("UDP send", ("sendto",)),
+    ("store client (pymongo)", ("pymongo",)),
+    ("TCP writes (HTTP, store, bus)", ("_SelectorSocketTransport.write",)),
+    ("HTTP (uvicorn, starlette)", ("h11_impl", "httptools_impl", "starlette")),
+    ("transcript stream (pipeline)", ("pipeline/",)),
+    ("rooms, WHIP (adapters)", ("adapters/",)),
+    ("event loop (asyncio scheduling)", ("asyncio/",)),
 )
 
 
+def _process_of(frames: list[str]) -> str:
+    """The process a py-spy --subprocesses stack belongs to: its last `process <pid>:"<cmdline>"` frame."""
+    procs = [f for f in frames if f.startswith("process ")]
+    if not procs:
+        return "server"
+    cmd = procs[-1]
+    if len(procs) == 1:
+        return "server"
+    if "nx_27017" in cmd:
+        return "store (nx-27017)"
+    if "multiprocessing" in cmd:
+        return "STT child (Python frames only)"
+    return cmd.split(":", 1)[-1][:60]
+
+
 def profile_summary(path: Path, top: int = 20) -> dict[str, Any]:
-    """Busy samples of a py-spy raw (collapsed stacks) file: share by thread root, self and inclusive frame."""
+    """Busy samples of a py-spy raw (collapsed stacks) file: share by process, the server's by category
+    (`PROFILE_CATEGORIES`), and its self and inclusive frames.
+
+    py-spy sees Python frames only: CTranslate2 decodes run in native threads it cannot sample without pausing the
+    process (`--native`), so the STT children's CPU is the benchmark's /proc figure, not this profile."""
     self_n: dict[str, int] = {}
     incl_n: dict[str, int] = {}
-    busy = idle = 0
+    procs: dict[str, int] = {}
+    cats: dict[str, int] = {}
+    busy = idle = server = 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
@@ -934,18 +990,25 @@ def profile_summary(path: Path, top: int = 20) -> dict[str, Any]:
             idle += n
             continue
         busy += n
+        proc = _process_of(frames)
+        procs[proc] = procs.get(proc, 0) + n
+        if proc != "server":
+            continue
+        server += n
         self_n[frames[-1]] = self_n.get(frames[-1], 0) + n
         for f in set(frames):
             incl_n[f] = incl_n.get(f, 0) + n
+        cat = next((name for f in reversed(frames) for name, keys in PROFILE_CATEGORIES
+                    if any(k in f for k in keys)), "other")
+        cats[cat] = cats.get(cat, 0) + n
 
-    def share(d: dict[str, int]) -> list[tuple[str, float]]:
-        return (
-            [(k, round(v / busy, 4)) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
-            if busy
-            else []
-        )
+    def share(d: dict[str, int], total: int, limit: int | None = top) -> list[tuple[str, float]]:
+        ranked = sorted(d.items(), key=lambda kv: -kv[1])
+        return [(k, round(v / total, 4)) for k, v in ranked[:limit]] if total else []
 
-    return {"busy_samples": busy, "idle_samples": idle, "self": share(self_n), "inclusive": share(incl_n)}
+    return {"busy_samples": busy, "idle_samples": idle, "server_samples": server,
+            "processes": share(procs, busy, None), "server_categories": share(cats, server, None),
+            "self": share(self_n, server), "inclusive": share(incl_n, server)}
 
 
 def plot(outcomes: list[RunOutcome], path: Path) -> None:

@@ -18,7 +18,7 @@ import binascii
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -506,6 +506,10 @@ class InterviewStore(Protocol):
 
     async def last_segment_seq(self, interview_id: str, participant_id: str) -> int | None: ...
 
+    async def transcript_stamp(self, interview_id: str) -> TranscriptStamp:
+        """`transcript_stamp` of the stored finals and revisions, read without their contents (a cheap query)."""
+        ...
+
     async def add_guidance(self, event: GuidanceRecorded) -> None:
         """Store live guidance with its unpublished event, replacing the stored one of the same `guidance_key`
         (and, if that was not published yet, its event: only the latest state is published)."""
@@ -527,6 +531,52 @@ class InterviewStore(Protocol):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The transcript cache the API and the reports read (`adapters.shared_state`: in Redis with REDIS_URL, every node
+# sharing it; else in this process).
+
+TranscriptStamp = tuple[int, int]
+
+
+def transcript_stamp(finals: Collection[tuple[str, int]], revisions: Iterable[tuple[str, int, int]]) -> TranscriptStamp:
+    """What a transcript shows depends on, as two numbers: how many finals are stored, and the sum over them of each
+    one's highest stored revision (0 if none). `finals` are (participant, seq), `revisions` (participant, seq,
+    revision); revisions of finals not in `finals` do not count (a list read before their final was stored).
+
+    Finals and revisions are only ever added, never rewritten, and a final's highest revision only grows, so two
+    reads of an interview with equal stamps show the same transcript, whatever happened in between and whichever
+    node wrote it: a cached transcript whose stamp equals the store's current one is exactly what the store would
+    answer (erasure deletes them all, and an erased interview takes no more)."""
+    highest: dict[tuple[str, int], int] = {}
+    for participant_id, seq, revision in revisions:
+        key = (participant_id, seq)
+        if key in finals and revision > highest.get(key, 0):
+            highest[key] = revision
+    return len(finals), sum(highest.values())
+
+
+def stamp_of(segments: list[StoredSegment]) -> TranscriptStamp:
+    """`transcript_stamp` of a transcript as `InterviewStore.list_segments` read it (revisions applied)."""
+    return len(segments), sum(s.segment.revision for s in segments)
+
+
+class TranscriptCache(Protocol):
+    """Transcripts as the API shows them (`StoredSegment.to_document()` of each stored final, revisions applied),
+    kept with the stamp of the store state they were read from. Never raises: an unavailable cache answers None and
+    keeps nothing. What it answers is the caller's to change."""
+
+    async def transcript(self, interview_id: str, stamp: TranscriptStamp) -> list[dict[str, Any]] | None:
+        """The kept transcript if it was read at `stamp`, else None."""
+        ...
+
+    async def keep_transcript(self, interview_id: str, stamp: TranscriptStamp,
+                              segments: list[dict[str, Any]]) -> None: ...
+
+    async def forget_transcript(self, interview_id: str) -> None:
+        """The interview's data is erased: its kept transcript goes."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Handlers
 
 
@@ -542,8 +592,10 @@ def _check_id(kind: str, ident: str) -> None:
 
 class InterviewService:
     def __init__(self, store: InterviewStore, clock: Callable[[], datetime] = utc_now,
-                 new_id: Callable[[], str] = _new_id, on_commit: Callable[[], None] | None = None) -> None:
+                 new_id: Callable[[], str] = _new_id, on_commit: Callable[[], None] | None = None,
+                 transcripts: TranscriptCache | None = None) -> None:
         self.store = store
+        self.transcripts = transcripts
         self.clock = clock
         self.new_id = new_id
         # called after every write that committed domain events (the outbox relay's wake-up), so events
@@ -728,8 +780,10 @@ class InterviewService:
     async def get_interview(self, interview_id: str, *, with_segments: bool = True) -> dict[str, Any]:
         _check_id("interview", interview_id)
         interview = await self.store.get_interview(interview_id)
-        segments = await self.store.list_segments(interview_id) if with_segments else None
-        return interview.to_document(segments)
+        doc = interview.to_document()
+        if with_segments:
+            doc["transcription"]["segments"] = await self._segments(interview)
+        return doc
 
     async def last_segment_seq(self, interview_id: str, participant_id: str) -> int | None:
         """The highest stored `seq` of a participant's final segments (None if none): where a resumed stream
@@ -748,9 +802,30 @@ class InterviewService:
     async def get_transcript(self, interview_id: str) -> dict[str, Any]:
         _check_id("interview", interview_id)
         interview = await self.store.get_interview(interview_id)
-        segments = await self.store.list_segments(interview_id)
         return {"interviewId": interview_id, "status": interview.transcription_status,
-                "segments": [s.to_document() for s in segments]}
+                "segments": await self._segments(interview)}
+
+    async def _segments(self, interview: Interview) -> list[dict[str, Any]]:
+        """The stored transcript's segment documents, from the cache when they were read at the store's current
+        stamp. The stamp is read from the store on every call, so a final or revision stored by any node, during a
+        cache outage or not, is in the next answer; the cache saves reading, decrypting and converting every
+        segment."""
+        interview_id = interview.interview_id
+        if self.transcripts is None or interview.data_erased_at is not None:  # erased: nothing is kept again
+            return [s.to_document() for s in await self.store.list_segments(interview_id)]
+        cached = await self.transcripts.transcript(interview_id, await self.store.transcript_stamp(interview_id))
+        if cached is not None:
+            return cached
+        segments = await self.store.list_segments(interview_id)
+        docs = [s.to_document() for s in segments]
+        if not any(s.unreadable for s in segments):  # a field that did not open now may open on the next read
+            await self.transcripts.keep_transcript(interview_id, stamp_of(segments), docs)
+        return docs
+
+    async def forget_transcript(self, interview_id: str) -> None:
+        """After the interview's segments were deleted (erasure, retention): no cached copy outlives them."""
+        if self.transcripts is not None:
+            await self.transcripts.forget_transcript(interview_id)
 
     async def get_analysis(self, interview_id: str) -> dict[str, Any]:
         _check_id("interview", interview_id)

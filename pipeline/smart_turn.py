@@ -19,8 +19,9 @@ intonation and rhythm of what was said. Its input contract, read from pipecat's 
 pipecat's extractor). Turn-taking only: the probability is used for the silence that closes an utterance, and
 nothing about the speaker is inferred from it or stored.
 
-Pipecat quotes ~12 ms per inference on a CPU; `python -m benchmarks.turns` measures it here. One inference per
-pause, on `SmartTurn`'s own thread (one, shared by every stream of the process): never on the event loop.
+Pipecat quotes ~12 ms per inference on a CPU; `python -m benchmarks.turns` measures it here. At most one inference
+per pause (`pipeline.stream` asks only when the pause's words would close the turn early), on `SmartTurn`'s own
+thread (one, shared by every stream of the process): never on the event loop.
 """
 
 from __future__ import annotations

@@ -189,10 +189,16 @@ class ParticipantStream:
         )
         self.turn_rule = TurnRule(cfg.end_silence_ms, cfg.turn_complete_ms, cfg.turn_incomplete_ms,
                                   audio_end=cfg.turn_audio_end, audio_hold=cfg.turn_audio_hold)
-        # the audio end-of-turn model (pipeline.smart_turn), shared by the process's streams; asked once per pause,
-        # beside the speculative decode, on its own thread
+        # the audio end-of-turn model (pipeline.smart_turn), shared by the process's streams, on its own thread. Its
+        # answer changes the silence only when the pause's words read complete, or (`turn_audio_hold` > 0) when it
+        # says incomplete. With the default hold 0 it is asked once the pause's speculative decode reads complete
+        # and speech has not resumed, so pauses that end before their decode (and the few whose words decide
+        # alone) cost no inference; an early close waits for the decode and then the inference (~15-40 ms) rather
+        # than for the longer of the two. With a hold it is asked beside the decode, for every pause.
         self.turn_audio = turn_audio if cfg.semantic_turns else None
+        self._turn_audio_first = self.turn_rule.audio_hold > 0
         self._turn_p: asyncio.Task[float] | None = None  # its answer for the pause of `self._spec`
+        self._spec_audio: np.ndarray | None = None  # what the audio model hears for that pause
         # (speculative decode, silence in ms it lets the pause last): read once per decode
         self._turn_silence: tuple[asyncio.Task[Transcript | None], int] | None = None
         # (seq, speech end sample) of the last utterance closed before `end_silence_ms`: the next one continues it
@@ -398,11 +404,17 @@ class ParticipantStream:
         task.add_done_callback(lambda _t: self._set_end_silence())
         self._spec = (seq, start, covered, task)
         self._cancel_turn_audio()
-        if self.turn_audio is not None:  # the same snapshot, as it stands now: speech and the pause so far
-            self.stats["turn_audio_queries"] += 1
-            self._turn_p = asyncio.create_task(self.turn_audio.end_probability(got[1]))
-            self._turn_p.add_done_callback(_consume_outcome)
-            self._turn_p.add_done_callback(lambda _t: self._set_end_silence())
+        self._spec_audio = got[1]  # the same snapshot, as it stands now: speech and the pause so far
+        if self._turn_audio_first:
+            self._ask_turn_audio()
+
+    def _ask_turn_audio(self) -> None:
+        if self.turn_audio is None or self._spec_audio is None:
+            return
+        self.stats["turn_audio_queries"] += 1
+        self._turn_p = asyncio.create_task(self.turn_audio.end_probability(self._spec_audio))
+        self._turn_p.add_done_callback(_consume_outcome)
+        self._turn_p.add_done_callback(lambda _t: self._set_end_silence())
 
     def _cancel_turn_audio(self) -> None:
         """The audio model's query for a pause that is over: skipped if it has not started."""
@@ -431,6 +443,10 @@ class ParticipantStream:
                     if tr is not None and tr.text and not tr.hallucination:
                         verdict = text_verdict(tr.text, tr.words[-1].probability if tr.words else None,
                                                min_probability=self.turn_rule.min_probability)
+                    if self.turn_audio is not None and turn_p is None and verdict == "complete":
+                        self._ask_turn_audio()  # the words would close early: the audio must agree; meanwhile
+                        fe.end_silence_samples = ms * SAMPLE_RATE // 1000  # the fixed silence
+                        return
                     if self.turn_audio is not None:  # no answer (failed, or never asked): the audio is unsure
                         verdict = combine(verdict, audio_verdict(self._turn_p_value(), end=self.turn_rule.audio_end,
                                                                  hold=self.turn_rule.audio_hold))

@@ -19,10 +19,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class SttWorkerProcess:
-    def __init__(self, nats_url: str, worker_id: str, *, env: dict[str, str] | None = None) -> None:
+    def __init__(self, nats_url: str, worker_id: str, *, env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = ()) -> None:
         self.nats_url = nats_url
         self.id = worker_id
-        self.env = {**os.environ, "LOG_LEVEL": "INFO", **(env or {}), "NATS_URL": nats_url}
+        # revisions with the live model unless told (what the tests compare them with; base would be joined into
+        # the repository's ./data)
+        self.env = {**os.environ, "LOG_LEVEL": "INFO", "REVISION_MODEL": "live", **(env or {}), "NATS_URL": nats_url}
+        self.args = args  # more `server.py stt-worker` arguments (`--revisions only`)
         self.log: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
 
@@ -33,7 +37,7 @@ class SttWorkerProcess:
 
     def start(self, timeout: float = 120.0) -> None:
         self.log.clear()
-        self.proc = start_child([sys.executable, str(ROOT / "server.py"), "stt-worker", "--id", self.id],
+        self.proc = start_child([sys.executable, str(ROOT / "server.py"), "stt-worker", "--id", self.id, *self.args],
                                 lambda line: "stt-worker ready" in line, self.log, what=f"stt-worker {self.id}",
                                 timeout=timeout, max_log=100_000, env=self.env, cwd=str(ROOT))
 
@@ -54,6 +58,11 @@ class SttWorkerProcess:
                 raise TimeoutError(f"stt-worker {self.id} took {len(taken)} requests, not {n}")
             time.sleep(0.01)  # reading another process's output as it arrives
         return taken
+
+    def revision_pid(self) -> int | None:
+        """The process this worker's revisions decode in, once it said so (after its first revision)."""
+        said = [line for line in list(self.log) if "revisions decode in process" in line]
+        return int(said[-1].split("revisions decode in process ", 1)[1].split()[0]) if said else None
 
     def kill(self) -> None:
         """SIGKILL: a worker dying mid-decode."""

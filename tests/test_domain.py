@@ -21,6 +21,7 @@ from domain.commands import (
     InterviewService,
     InterviewStore,
     RecordAnalysis,
+    transcript_stamp,
 )
 from domain.events import (
     DomainEvent,
@@ -279,6 +280,10 @@ class MemoryStore:
     async def last_segment_seq(self, interview_id: str, participant_id: str) -> int | None:
         return max((k[2] for k in self.segments if k[:2] == (interview_id, participant_id)), default=None)
 
+    async def transcript_stamp(self, interview_id: str) -> tuple[int, int]:
+        return transcript_stamp({k[1:] for k in self.segments if k[0] == interview_id},
+                                [k[1:] for k in self.revisions if k[0] == interview_id])
+
     async def add_guidance(self, event: GuidanceRecorded) -> None:
         self.guidance[(event.interview_id, guidance_key(event.guidance))] = event
         self.outbox.append(event)
@@ -374,3 +379,32 @@ async def test_on_commit_wakes_the_relay_only_after_writes_that_committed_events
         await service.start_interview("iv-1")  # illegal move: no commit
     # each wake-up came after its events were in the outbox
     assert commits == [1, 2, 3, 4]
+
+
+async def test_a_cached_transcript_is_served_only_while_the_store_holds_the_same_finals_and_revisions() -> None:
+    from adapters.shared_state import MemoryTranscripts
+
+    store, cache = MemoryStore(), MemoryTranscripts()
+    reader, writer = InterviewService(store, transcripts=cache), InterviewService(store)  # the writer: another node
+    await writer.create_interview(CreateInterview.parse(
+        {"interviewId": "iv-1", "candidateId": "c-1", "jobId": "j-1", "scheduledAt": "2026-12-02T09:00:00Z"}))
+    await writer.start_interview("iv-1")
+
+    def seg(seq: int, text: str, revision: int = 0) -> SegmentEvent:
+        return SegmentEvent(speaker=Speaker("candidate", "Ada", "p1"), seq=seq, start_s=seq, end_s=seq + 1,
+                            text=text, final=True, revision=revision)
+
+    async def texts() -> list[str]:
+        return [s["text"] for s in (await reader.get_transcript("iv-1"))["segments"]]
+
+    await writer.record_segment("iv-1", seg(0, "Hi."))
+    await writer.record_segment("iv-1", seg(1, "I am Ada."))
+    assert await texts() == ["Hi.", "I am Ada."] and await texts() == ["Hi.", "I am Ada."]
+    assert (cache.hits, cache.misses) == (1, 1)
+    await writer.record_revision("iv-1", seg(1, "I'm Ada.", revision=2))
+    assert await texts() == ["Hi.", "I'm Ada."]
+    await writer.record_revision("iv-1", seg(1, "I am Adda.", revision=1))  # late and lower: the transcript keeps 2
+    assert await texts() == ["Hi.", "I'm Ada."] and cache.hits == 2
+    await writer.record_segment("iv-1", seg(2, "Yes."))
+    assert await texts() == ["Hi.", "I'm Ada.", "Yes."] and cache.hits == 2
+    assert transcript_stamp({("p1", 0)}, [("p1", 0, 1), ("p1", 0, 3), ("p2", 0, 5)]) == (1, 3)

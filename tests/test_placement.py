@@ -442,3 +442,135 @@ async def _stored(http: httpx.AsyncClient, iid: str) -> list[dict[str, Any]]:
     r = await http.get(f"/api/interviews/{iid}/transcript")
     assert r.status_code == 200, r.text
     return r.json()["segments"]  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------------------ the transcript cache in Redis
+
+SECRET = "my maiden name is Oakley"
+
+
+def _final(seq: int, text: str, revision: int = 0) -> Any:
+    from domain.events import SegmentEvent, Speaker, Word
+
+    return SegmentEvent(speaker=Speaker("candidate", "Cam", "p1"), seq=seq, start_s=seq, end_s=seq + 1, text=text,
+                        final=True, words=[Word(w, seq, seq + 0.5, 0.9) for w in text.split()], revision=revision)
+
+
+@pytest.fixture
+async def sealed_store(mongo_url: str, tmp_path: Path) -> AsyncIterator[MongoStore]:
+    store = await MongoStore.connect(mongo_url, db_name=f"test_{uuid.uuid4().hex[:16]}",
+                                     key_file=tmp_path / "master_key")
+    try:
+        yield store
+    finally:
+        await store.drop_database()
+        await store.close()
+
+
+async def test_the_transcript_cache_is_shared_by_nodes_sealed_and_never_older_than_the_store(
+    sealed_store: MongoStore, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    import redis.asyncio
+
+    from domain.commands import CreateCandidate, CreateInterview, InterviewService
+
+    store = sealed_store
+    assert store.keyring is not None
+    key = store.keyring.master.shared_state_key()
+    shared_a = RedisState(redis_server.url, key=key, retry_s=0.2)
+    shared_b = RedisState(redis_server.url, key=key, retry_s=0.2)
+    node_a, node_b = InterviewService(store, transcripts=shared_a), InterviewService(store, transcripts=shared_b)
+    admin = redis.asyncio.from_url(redis_server.url)
+    shared_a.start()
+    try:
+        cid = (await node_a.create_candidate(CreateCandidate.parse({"name": "Cam", "email": "cam@example.org"})))[
+            "candidateId"]
+        iid = (await node_a.create_interview(CreateInterview.parse(
+            {"candidateId": cid, "jobId": "job-1", "scheduledAt": "2026-12-01T09:00:00Z"})))["interviewId"]
+        await node_a.start_interview(iid)
+        await node_a.record_segment(iid, _final(0, SECRET))
+        await node_a.record_segment(iid, _final(1, "I worked on lighthouses"))
+
+        def texts(transcript: dict[str, Any]) -> list[str]:
+            return [s["text"] for s in transcript["segments"]]
+
+        first = await node_a.get_transcript(iid)  # read from the store, then kept in Redis
+        assert texts(first) == [SECRET, "I worked on lighthouses"] and (shared_a.hits, shared_a.misses) == (0, 1)
+        assert await node_b.get_transcript(iid) == first  # the other node reads what node a kept
+        assert (shared_b.hits, shared_b.misses) == (1, 0)
+        raw = await admin.get(f"{shared_a.prefix}transcript:{iid}")
+        assert raw is not None and raw.startswith(b"enc1:") and b"Oakley" not in raw and b"lighthouses" not in raw
+        assert (await node_b.get_interview(iid))["transcription"]["segments"] == first["segments"]  # the interview too
+
+        # a revision stored by node b: node a's next read shows it (the kept entry is of an older stamp)
+        await node_b.record_revision(iid, _final(1, "I worked on light houses", revision=1))
+        revised = await node_a.get_transcript(iid)
+        assert texts(revised) == [SECRET, "I worked on light houses"] and revised["segments"][1]["revision"] == 1
+        assert revised["segments"][1]["originalText"] == "I worked on lighthouses"
+        assert await node_b.get_transcript(iid) == revised and shared_b.hits == 3  # kept again by node a
+
+        # Redis stops answering while it still holds the last entry, and a revision is stored meanwhile: the
+        # store answers during the pause, and once Redis answers again the old entry is not served either
+        await admin.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+        await node_a.record_revision(iid, _final(0, "my maiden name is Oakley-Smith", revision=1))
+        during = await node_b.get_transcript(iid)
+        assert texts(during)[0] == "my maiden name is Oakley-Smith"
+        await until(lambda: _redis_answers(shared_b), within_s=10)
+        assert (await node_b.get_transcript(iid))["segments"] == during["segments"]
+
+        # erasure deletes the kept transcript with the segments
+        from adapters.crypto import ReceiptSigner
+        from adapters.privacy import Privacy
+
+        assert await admin.exists(f"{shared_a.prefix}transcript:{iid}")
+        signer = ReceiptSigner.load_or_create(tmp_path / "receipt_key.pem")
+        await Privacy(store, node_a, signer).erase(cid, reason="request", by="test", request_id="r1")
+        assert not await admin.exists(f"{shared_a.prefix}transcript:{iid}")
+        assert (await node_b.get_transcript(iid))["segments"] == []
+    finally:
+        await admin.aclose()
+        await shared_a.aclose()
+        await shared_b.aclose()
+
+
+async def test_the_api_answers_from_the_store_while_redis_is_down(
+    sealed_store: MongoStore, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    from domain.commands import CreateInterview, InterviewService
+    from testing.api import ADMIN_KEY as API_KEY
+    from testing.api import api_app
+
+    store = sealed_store
+    shared = RedisState(redis_server.url, retry_s=0.2)
+    service = InterviewService(store, transcripts=shared)
+    app = (await api_app(store, service, tmp_path)).app
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api.test",
+                                     headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+            iid = (await service.create_interview(CreateInterview.parse(
+                {"candidateId": "c1", "jobId": "job-1", "scheduledAt": "2026-12-01T09:00:00Z"})))["interviewId"]
+            await service.start_interview(iid)
+            await service.record_segment(iid, _final(0, "hello there"))
+            r = await client.get(f"/api/interviews/{iid}/transcript")
+            assert r.status_code == 200 and [s["text"] for s in r.json()["segments"]] == ["hello there"]
+
+            redis_server.stop()
+            await service.record_segment(iid, _final(1, "second answer"))
+            await service.record_revision(iid, _final(0, "hello, there", revision=1))
+            for _ in range(2):  # the failing call, then the breaker's fast "unknown"
+                r = await client.get(f"/api/interviews/{iid}/transcript")
+                assert r.status_code == 200
+                assert [s["text"] for s in r.json()["segments"]] == ["hello, there", "second answer"]
+            r = await client.get(f"/api/interviews/{iid}")
+            assert r.status_code == 200 and len(r.json()["transcription"]["segments"]) == 2
+
+            redis_server.start()  # empty again: the next read fills it
+            await until(lambda: _redis_answers(shared), within_s=10)
+            r = await client.get(f"/api/interviews/{iid}/transcript")
+            assert [s["text"] for s in r.json()["segments"]] == ["hello, there", "second answer"]
+    finally:
+        await shared.aclose()
+
+
+async def _redis_answers(shared: RedisState) -> bool:
+    return await shared.list_revocations(0.0) is not None

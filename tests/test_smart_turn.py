@@ -119,12 +119,14 @@ def test_combined_rule_closes_early_only_when_words_and_audio_agree() -> None:
         TurnRule(audio_end=1.5)
 
 
-async def _stream(whisper: LocalWhisper, pcm: np.ndarray, smart: SmartTurn | None) -> list[SegmentEvent]:
+async def _stream(whisper: LocalWhisper, pcm: np.ndarray, smart: SmartTurn | None,
+                  stats: dict[str, int] | None = None, **config: float) -> list[SegmentEvent]:
     """Stream `pcm` (16 kHz mono) in 20 ms pushes; after each, wait until speech-to-text and the audio model are
-    idle, so what each pause's decode and audio query say is in before the pause goes on."""
+    idle, so what each pause's decode and audio query say is in before the pause goes on. `stats`: filled with
+    the stream's counters."""
     sched = SttScheduler(whisper, workers=1)
     events: list[StreamEvent] = []
-    cfg = StreamConfig(emit_levels_every_s=0, partial_interval_s=0, revise=False)
+    cfg = StreamConfig(emit_levels_every_s=0, partial_interval_s=0, revise=False, **config)  # type: ignore[arg-type]
     stream = ParticipantStream(Speaker("interviewer", "i", "I"), sched, events.append, in_rate=SAMPLE_RATE,
                                channels=1, config=cfg, turn_audio=smart)  # fmt: skip
     for i in range(0, pcm.size - 319, 320):
@@ -138,7 +140,27 @@ async def _stream(whisper: LocalWhisper, pcm: np.ndarray, smart: SmartTurn | Non
     await sched.aclose()
     if smart is not None:
         assert stream.stats["turn_audio_queries"] >= 1 and stream.stats["turn_audio_failed"] == 0
+    if stats is not None:
+        stats.update(stream.stats)
     return [e for e in events if isinstance(e, SegmentEvent) and e.final]
+
+
+@pytest.mark.slow
+async def test_the_audio_model_is_asked_only_for_pauses_whose_words_would_close_and_decides_the_same(
+    whisper: LocalWhisper, smart: SmartTurn,
+) -> None:
+    """With the default `turn_audio_hold` 0 the audio can only veto an early close the words propose, so it is asked
+    only then; asked for every pause (a hold > 0 makes its "incomplete" count, and 1e-6 never says it here) the
+    finals are the same."""
+    pcm = read_audio(SHARED_DATA / "mobile_mixed.stereo.wav", rate=SAMPLE_RATE).channel(1)
+    every: dict[str, int] = {}
+    only_complete: dict[str, int] = {}
+    asked_always = await _stream(whisper, pcm, smart, every, turn_audio_hold=1e-6)
+    asked_lazily = await _stream(whisper, pcm, smart, only_complete)
+    assert [(f.seq, f.text, f.continues) for f in asked_lazily] == [(f.seq, f.text, f.continues) for f in asked_always]
+    pauses = every["speculative_used"] + every["speculative_wasted"]
+    assert every["turn_audio_queries"] == pauses
+    assert only_complete["turn_audio_queries"] < pauses and only_complete["turns_closed_early"] >= 1
 
 
 @pytest.mark.slow

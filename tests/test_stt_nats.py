@@ -8,6 +8,8 @@ worker starts.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -119,8 +121,39 @@ def test_a_free_worker_takes_finals_before_lower_kinds(nats_server: NatsServer, 
         final = _in_thread(client.transcribe, jfk16k)
         for f in (busy, final, speculative, revision):
             f.result(120)
-        assert [kind for kind, _ in worker.decoding()] == ["final", "final", "speculative", "revision"]
+        # the live lane: finals first; the revision went to the revision lane (which was idle) at once
+        taken = [kind for kind, _ in worker.decoding()]
+        assert [k for k in taken if k != "revision"] == ["final", "final", "speculative"] and "revision" in taken
     finally:
+        client.close()
+        worker.stop()
+
+
+def test_a_final_is_answered_while_the_worker_is_busy_with_a_revision(nats_server: NatsServer,
+                                                                      jfk16k: np.ndarray) -> None:
+    """One worker. Its revisions decode in a process at nice 19; stopped (SIGSTOP) mid-revision, that process holds
+    the revision as long as the test wants, and the same worker still answers a final meanwhile."""
+    worker = SttWorkerProcess(nats_server.url, "solo")
+    worker.start()
+    client = NatsWhisper(nats_server.url, wait_s=5.0)
+    reviser = None
+    try:
+        client.revise(jfk16k[16000 * 5:], context=jfk16k[: 16000 * 5], context_text="And so")  # starts its process
+        reviser = worker.revision_pid()
+        assert reviser is not None and reviser != worker.pid
+        assert os.getpriority(os.PRIO_PROCESS, reviser) == 19
+        os.kill(reviser, signal.SIGSTOP)
+        revision = _in_thread(client.revise, jfk16k[16000 * 5:], context=jfk16k[: 16000 * 5], context_text="And so")
+        worker.wait_decoding(2)  # the revision lane took it: it cannot finish while its process is stopped
+        final = client.transcribe(jfk16k)
+        assert "ask not" in final.text.lower() and not revision.done()
+        os.kill(reviser, signal.SIGCONT)
+        reviser = None
+        assert revision.result(60).text
+        assert [kind for kind, _ in worker.decoding()] == ["revision", "revision", "final"]
+    finally:
+        if reviser is not None:
+            os.kill(reviser, signal.SIGCONT)
         client.close()
         worker.stop()
 
