@@ -95,7 +95,7 @@ async def test_a_received_frame_waits_for_the_next_packet_only(shared_data: Path
 
         def add(seq: int) -> int | None:
             packet = RtpPacket(payload_type=111, sequence_number=seq, timestamp=960 * seq, payload=b"\xfc")
-            packet._data = packet.payload  # what aiortc's receiver sets (the depacketized payload)
+            packet._data = packet.payload  # type: ignore[attr-defined]  # aiortc's receiver sets it (depacketized)
             frame = buffer.add(packet)[1]
             return None if frame is None else frame.timestamp // 960
 
