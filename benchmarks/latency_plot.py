@@ -60,9 +60,10 @@ def plot(configs: dict[str, list[dict[str, Any]]], out: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
     for i, (label, runs) in enumerate(configs.items()):
         colour = f"C{i}"
+        shift = (i - (len(configs) - 1) / 2) * 0.12  # configurations side by side at each room count
         for q, style in (("p50", "o-"), ("p95", "s--")):
             series = by_rooms(runs, q)
-            rooms = list(series)
+            rooms = [n + shift for n in series]
             mid = [statistics.median(v) for v in series.values()]
             err = [[m - min(v) for m, v in zip(mid, series.values(), strict=True)],
                    [max(v) - m for m, v in zip(mid, series.values(), strict=True)]]
