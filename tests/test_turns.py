@@ -157,3 +157,15 @@ async def test_speech_after_the_speculative_decode_is_in_the_final_and_finals_ne
     assert len(early) >= 2
     assert all(b.start_s >= a.end_s for a, b in zip(early, early[1:], strict=False))
     assert wer(gt, " ".join(f.text for f in early)) <= 0.2
+
+
+def test_a_finals_timing_goes_on_the_wire_and_never_into_the_transcript() -> None:
+    from datetime import UTC, datetime
+
+    from domain.events import StoredSegment
+
+    seg = SegmentEvent(Speaker("candidate", "c", "C"), 0, 0.0, 1.0, "Thank you.", True,
+                       timing={"close": 220.0, "server": 3.04, "speculative": 1, "at": 12.345678})
+    assert seg.to_dict()["timing"] == {"close": 220.0, "server": 3.0, "speculative": 1, "at": 12.3457}
+    stored = StoredSegment("i1", seg, datetime.now(UTC))
+    assert "timing" not in stored.to_dict() and "timing" not in stored.to_document()
