@@ -275,7 +275,8 @@ class Room:
             (metrics.segments_revised if event.revision else metrics.segments_final).inc()
             if source is not None:
                 source.next_seq = max(source.next_seq, event.seq + 1)
-            self.registry.writer.submit(self.interview_id, event)  # first: nothing after it can lose the final
+            # first: nothing after it can lose the final (its `timing` is how this process was busy: not stored)
+            self.registry.writer.submit(self.interview_id, replace(event, timing=None) if event.timing else event)
             self.remember(text)
         elif isinstance(event, SentimentEvent | ConsentEvent):
             if isinstance(event, SentimentEvent) and not self.tone:

@@ -8,7 +8,15 @@ Decoding a 20 ms Opus frame takes microseconds in libopus, so we decode inline, 
 `track.recv()` works exactly as before, without the threads. Opus is decoded to mono (browsers send voice as
 mono; a stereo stream is downmixed by libopus), which also halves what the DSP core reads.
 
-This replaces one private attribute of `aiortc.RTCRtpReceiver` (its decoder queue) before the receiver starts.
+It also releases each frame as soon as the next packet arrives. aiortc's audio jitter buffer
+(`JitterBuffer(capacity=16, prefetch=4)`) holds every frame until four later frames are complete: 80 ms added
+to every word the server hears, and so to every final (measured: the server's stream time ran 109 ms behind the
+sender's over loopback, `benchmarks.latency --breakdown`, `start_offset`). It has no playout clock, so the
+prefetch smooths nothing here; reordering and loss are handled the same with `prefetch=1` (a frame waits for a
+missing earlier packet either way, up to the 16-packet capacity).
+
+This replaces two private attributes of `aiortc.RTCRtpReceiver` (its decoder queue and its jitter buffer) before
+the receiver starts.
 `decode_inline` checks that the attribute is what it expects and otherwise leaves aiortc's own path in place
 (logged once), so an aiortc upgrade that changes it degrades to the old cost, never to silence.
 """
@@ -28,6 +36,8 @@ import av
 log = logging.getLogger(__name__)
 
 _QUEUE_ATTR = "_RTCRtpReceiver__decoder_queue"
+_JITTER_ATTR = "_RTCRtpReceiver__jitter_buffer"
+AUDIO_PREFETCH = 1  # frames a received frame waits behind (aiortc: 4, i.e. 80 ms of 20 ms Opus frames)
 _STARTED_ATTR = "_RTCRtpReceiver__started"
 _warned = False
 
@@ -130,4 +140,9 @@ def decode_inline(receiver: Any, on_error: Callable[[Exception], None] | None = 
         return False
     assert track is not None
     setattr(receiver, _QUEUE_ATTR, InlineAudioDecoder(track._queue, on_error, on_opus))
+    from aiortc.jitterbuffer import JitterBuffer
+
+    jitter = getattr(receiver, _JITTER_ATTR, None)
+    if isinstance(jitter, JitterBuffer):  # else aiortc's own buffer stays (80 ms later, still correct)
+        setattr(receiver, _JITTER_ATTR, JitterBuffer(capacity=jitter.capacity, prefetch=AUDIO_PREFETCH))
     return True

@@ -139,6 +139,32 @@ class TurnResult:
     first_partial_s: float | None
     finals: int = 0  # finals that belong to this turn (> 1: split)
     pieces: int = 0  # ... once the finals that say they `continues` the one before are joined to it
+    breakdown: dict[str, float] | None = None  # where its latency went (ms, `BREAKDOWN`); None: no server timing
+
+
+# Where speech end -> final received goes (ms), in order. `speech_end`: the segmenter's speech end after the true
+# one (stream time); then the final's own `timing` (domain.events.FINAL_TIMING): `close` (the silence that closed
+# it), `ingest` (its audio's arrival behind the stream's clock), `previous`, `speculative_wait`, `queue`,
+# `decode`, `post`; `start_offset`: the server's stream time zero after the peer's (the first frame's trip);
+# `delivery`: emitted -> received on the data channel (both clocks are this host's monotonic clock); `other`: the
+# rest (the sender's lateness, rounding).
+BREAKDOWN = ("speech_end", "close", "ingest", "previous", "speculative_wait", "queue", "decode", "post",
+             "start_offset", "delivery", "other")
+
+
+def breakdown_of(turn: Turn, final: dict[str, Any], latency_s: float, started_at: float | None) -> dict[str, float] | None:
+    """Split one turn's latency (at its last final) into `BREAKDOWN`, from the final's server `timing`."""
+    timing = final.get("timing")
+    if not timing or started_at is None or final.get("emitted_at_s") is None or "at" not in timing:
+        return None
+    parts = {"speech_end": 1000 * (final["end_s"] - turn.end_s)}
+    for k in ("close", "ingest", "previous", "speculative_wait", "queue", "decode", "post"):
+        parts[k] = float(timing.get(k, 0.0))
+    parts["start_offset"] = 1000 * (timing["at"] - final["emitted_at_s"] - started_at)
+    parts["delivery"] = 1000 * (final["_received_at"] - timing["at"])
+    parts["other"] = 1000 * latency_s - sum(parts.values())
+    parts["speculative"] = float(timing.get("speculative", 0))
+    return {k: round(v, 1) for k, v in parts.items()}
 
 
 def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:
@@ -146,7 +172,8 @@ def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:
 
 
 def score_turns(
-    turns: list[Turn], events: list[dict[str, Any]], walls: list[tuple[float, float]]
+    turns: list[Turn], events: list[dict[str, Any]], walls: list[tuple[float, float]],
+    started_at: float | None = None,
 ) -> list[TurnResult]:
     """Match one speaker's received segments to that speaker's ground-truth turns by stream-time overlap.
 
@@ -154,7 +181,8 @@ def score_turns(
 
     Each final belongs to the turn it overlaps most (a turn split at a pause gets several finals); the
     turn's latency is measured at the final that ends last. A partial counts for the turn it overlaps,
-    the earliest received one giving onset -> first partial.
+    the earliest received one giving onset -> first partial. `started_at`: the sender's stream time zero on the
+    receiver's clock, for the `breakdown` of each latency.
     """
     finals = [e for e in events if e["type"] == "segment.final"]
     partials = [e for e in events if e["type"] == "segment.partial"]
@@ -171,16 +199,18 @@ def score_turns(
     for i, t in enumerate(turns):
         mine = owner[i]
         latency = None
+        parts = None
         if mine:
             last = max(mine, key=lambda s: (s["end_s"], s["_received_at"]))
             latency = last["_received_at"] - walls[i][1]
+            parts = breakdown_of(t, last, latency, started_at)
         first = [
             p["_received_at"] for p in partials if _overlap(p["start_s"], p["end_s"], t.start_s, t.end_s) > 0
         ]
         onset = min(first) - walls[i][0] if first else None
         seqs = {s["seq"] for s in mine}
         pieces = sum(1 for s in mine if s.get("continues") not in seqs)
-        results.append(TurnResult(t.speaker, t, latency, onset, len(mine), pieces))
+        results.append(TurnResult(t.speaker, t, latency, onset, len(mine), pieces, parts))
     return results
 
 
@@ -466,7 +496,8 @@ async def create_room(http: httpx.AsyncClient, base: str, admin_key: str, n: int
 # ---------------------------------------------------------------------------------------------------------
 # The peer worker (a process of its own): N rooms x (candidate + interviewer) WHIP peers
 
-_KEEP = ("type", "seq", "start_s", "end_s", "text", "hallucination", "emitted_at_s", "_received_at", "revision")
+_KEEP = ("type", "seq", "start_s", "end_s", "text", "hallucination", "emitted_at_s", "_received_at", "revision",
+         "continues", "timing")
 
 
 def _emit(kind: str, **data: Any) -> None:
@@ -746,6 +777,7 @@ def summarize(n: int, rooms: list[dict[str, Any]], samples: list[Sample], t0: fl
     room_errors = []
     live_pairs: list[tuple[str, str]] = []
     revised = 0
+    parts: list[dict[str, float]] = []
     for room in rooms:
         if room["error"]:
             room_errors.append(room["error"])
@@ -765,8 +797,11 @@ def summarize(n: int, rooms: list[dict[str, Any]], samples: list[Sample], t0: fl
                 (i, w) for i, w in enumerate(track["turn_walls"]) if w[0] is not None and w[1] is not None
             ]
             missed += len(ref_turns) - len(sent)  # turns our sender never got to
-            scored = score_turns([ref_turns[i] for i, _ in sent], mine, [tuple(w) for _, w in sent])
+            scored = score_turns([ref_turns[i] for i, _ in sent], mine, [tuple(w) for _, w in sent],
+                                 track["started_at"])
             for r, (_, w) in zip(scored, sent, strict=True):
+                if r.breakdown is not None:
+                    parts.append(r.breakdown)
                 if r.final_latency_s is None:
                     missed += 1
                 else:
@@ -850,8 +885,41 @@ def summarize(n: int, rooms: list[dict[str, Any]], samples: list[Sample], t0: fl
         # share of wall time the speech-to-text workers spent per kind of decode (100 = one worker always busy)
         "stt_busy_percent": _stt_busy(window),
         "host_load_1m": round(os.getloadavg()[0], 2),  # other work on the machine skews every number above
+        # where the latency went, per part (`BREAKDOWN`), over the turns whose final carried its server timing
+        "breakdown_ms": summarize_breakdown(parts),
     }
     return RunOutcome(summary, latencies, samples)
+
+
+def summarize_breakdown(parts: list[dict[str, float]]) -> dict[str, Any] | None:
+    """p50 / p95 / mean of each `BREAKDOWN` part over the turns, and the share of finals that reused the
+    speculative decode (no decode of their own)."""
+    if not parts:
+        return None
+    out: dict[str, Any] = {"turns": len(parts),
+                           "speculative_share": round(sum(p["speculative"] for p in parts) / len(parts), 3)}
+    for k in BREAKDOWN:
+        values = [p[k] for p in parts]
+        out[k] = {"p50": round(percentile(values, 50), 1), "p95": round(percentile(values, 95), 1),
+                  "mean": round(statistics.fmean(values), 1)}
+    return out
+
+
+def breakdown_rows(runs: list[dict[str, Any]]) -> list[list[Any]]:
+    """One row per part: p50 / p95 / mean ms for each room count."""
+    rows = []
+    for k in BREAKDOWN:
+        row: list[Any] = [k]
+        for r in runs:
+            b = r.get("breakdown_ms")
+            row.append("n/a" if not b else f"{b[k]['p50']:.0f} / {b[k]['p95']:.0f} / {b[k]['mean']:.0f}")
+        rows.append(row)
+    row = ["(finals reusing the speculative decode)"]
+    for r in runs:
+        b = r.get("breakdown_ms")
+        row.append("n/a" if not b else f"{b['speculative_share']:.0%} of {b['turns']}")
+    rows.append(row)
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1219,6 +1287,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(format_environment(env))
     print_table(table_rows(runs), HEADERS)
     print(f"max_realtime_rooms: {report['max_realtime_rooms']}   offline_wer: {report['offline_wer']}")
+    if args.breakdown:
+        print("\nspeech end -> final received, by part (ms, p50 / p95 / mean over turns):")
+        print_table(breakdown_rows(runs), ["part", *(f"{r['rooms']} room(s)" for r in runs)])
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
         progress(f"JSON written to {args.json}")
@@ -1266,6 +1337,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stt-workers", type=int, default=2, help="stt-worker processes for --stt nats (2)")
     parser.add_argument("--skip-offline", action="store_true", help="skip the offline WER reference (null)")
     parser.add_argument("--raw", help="also write every received segment and turn timing here (JSON)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also print where speech end -> final goes, part by part (always in the JSON)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(

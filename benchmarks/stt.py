@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from adapters.stt_whisper import LocalWhisper
+from adapters.stt_whisper import LocalWhisper, revision_model_dir
 from benchmarks.report import environment, format_environment, percentile, print_table, progress_printer
 from domain.events import SegmentEvent, Speaker, StreamEvent
 from pipeline.audio_file import read_audio
@@ -130,7 +130,9 @@ async def stream_file(
     for s in streams:
         await s.aclose()
     await sched.aclose()
-    return events, time.perf_counter() - t_start, sched.metrics()
+    metrics = sched.metrics() | {"revision_busy_s": sched.stats.busy_by_kind["revision"],
+                                 "revision_decodes": sched.stats.jobs_by_kind["revision"]}
+    return events, time.perf_counter() - t_start, metrics
 
 
 # ---------------------------------------------------------------------------------------------- 2. latency
@@ -235,7 +237,7 @@ def bench_accuracy(stt: LocalWhisper, quick: bool) -> list[dict[str, Any]]:
         else:
             stereo = read_audio(folder / f"{name}.stereo.wav")
             pcms, rate = [stereo.channel(0), stereo.channel(1)], stereo.rate
-        events, _, _ = asyncio.run(stream_file(stt, pcms, rate, realtime=False, partials=False))
+        events, _, metrics = asyncio.run(stream_file(stt, pcms, rate, realtime=False, partials=False))
         wire = [e.to_dict() for evs in events for e in evs if isinstance(e, SegmentEvent) and e.final]
         live, revised = transcript_of(wire, revised=False), transcript_of(wire)
         fin = [e for evs in events for e in evs if isinstance(e, SegmentEvent) and e.final and not e.revision]
@@ -243,7 +245,9 @@ def bench_accuracy(stt: LocalWhisper, quick: bool) -> list[dict[str, Any]]:
         n_rev = sum(1 for evs in events for e in evs if isinstance(e, SegmentEvent) and e.revision)
         rows.append({"audio": name, "streams": mode, "offline_wer": wer(ref, offline),
                      "live_wer": wer(ref, live), "revised_wer": wer(ref, revised),
-                     "segments": n_final, "revised": n_rev, "hallucinations": n_halluc})  # fmt: skip
+                     "segments": n_final, "revised": n_rev, "hallucinations": n_halluc,
+                     "revision_decodes": metrics["revision_decodes"],
+                     "revision_busy_s": round(metrics["revision_busy_s"], 3)})  # fmt: skip
         progress(f"accuracy {name} ({mode}): live {rows[-1]['live_wer']:.3f} revised {rows[-1]['revised_wer']:.3f}"
                  f" offline {rows[-1]['offline_wer']:.3f}")
     return rows
@@ -254,7 +258,15 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write all results to this JSON file")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions, one dialogue for latency")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--revision-model", default="auto",
+                    help="model of the revisions, as REVISION_MODEL: base, live, tiny.en or a CTranslate2 directory "
+                    "(auto: base when installed, else the live model); Whisper base is joined into --models-dir")
+    ap.add_argument("--models-dir", type=Path, default=Path("data") / "models",
+                    help="where Whisper base is joined on first use (data/models, as DATA_DIR)")
+    ap.add_argument("--only", choices=("decode", "latency", "throughput", "accuracy"), action="append",
+                    help="run only these sections (repeatable; default all)")
     args = ap.parse_args()
+    sections = set(args.only or ("decode", "latency", "throughput", "accuracy"))
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if not DATA.is_dir():
         sys.exit(f"test audio missing: {DATA}")
@@ -262,21 +274,54 @@ def main() -> None:
     print(format_environment(env))
     print("Note: timings on a shared 2-core machine are noisy; compare rows of one run, not runs.\n")
     reps = 2 if args.quick else args.reps
-    stt = LocalWhisper()
+    revision_model = revision_model_dir(args.revision_model, args.models_dir)
+    stt = LocalWhisper(revision_model=revision_model)
+    print(f"Revisions decode with {stt.revision_model or stt.model}; live finals with {stt.model}.\n")
+    decode: list[dict[str, Any]] = []
+    latency: dict[str, Any] = {}
+    throughput: list[dict[str, Any]] = []
+    accuracy: list[dict[str, Any]] = []
+    if "decode" in sections:
+        decode = bench_decode(reps)
+        _print_decode(decode)
+    if "latency" in sections:
+        latency = _run_latency(args.quick, revision_model)
+        _print_latency(latency)
+    if "throughput" in sections:
+        throughput = bench_throughput(stt, (1, 2, 4), (1, 2))
+        _print_throughput(throughput)
+    if "accuracy" in sections:
+        if stt.revision_model:  # load (and join) the revision model now, not inside the first revision's cost
+            silence = np.zeros(16000, np.int16)
+            stt.revise(silence, context=silence, context_text="Hello.")
+        accuracy = bench_accuracy(stt, args.quick)
+        _print_accuracy(accuracy)
+    if args.json:
+        args.json.write_text(json.dumps({"environment": env, "revision_model": stt.revision_model or stt.model,
+                                         "decode": decode, "latency": latency, "throughput": throughput,
+                                         "accuracy": accuracy}, indent=2))  # fmt: skip
+        progress(f"wrote {args.json}")
 
-    decode = bench_decode(reps)
+
+def _print_decode(decode: list[dict[str, Any]]) -> None:
     print("## Decode one utterance (local tiny.en int8, 1 thread)\n")
     print_table([[r["config"], r["utterance_s"], r["p50_s"], r["p95_s"], r["rtf"]] for r in decode],
                 ["engine configuration", "utterance s", "p50 s", "p95 s", "RTF"])  # fmt: skip
 
+
+
+def _run_latency(quick: bool, revision_model: Any) -> dict[str, Any]:
     # the server's defaults: STT_WORKERS=2 child processes (STT_SUBPROCESS), STT_CPU_THREADS=1
     from adapters.stt_process import WhisperProcesses
 
-    procs = WhisperProcesses(processes=2, cpu_threads=1)
+    procs = WhisperProcesses(processes=2, cpu_threads=1, revision_model=revision_model)
     try:
-        latency = bench_latency(procs, DIALOGUES[:1] if args.quick else DIALOGUES, workers=2)
+        return bench_latency(procs, DIALOGUES[:1] if quick else DIALOGUES, workers=2)
     finally:
         procs.close()
+
+
+def _print_latency(latency: dict[str, Any]) -> None:
     print(
         f"\n## Streaming latency, real time, 2 streams (--channels-as-speakers), {latency['turns']} turns,"
         " server defaults (2 STT worker processes, 1 thread each)\n"
@@ -294,12 +339,14 @@ def main() -> None:
         ["latency", "p50 s", "p95 s", "target p50 / p95"],
     )  # fmt: skip
 
-    throughput = bench_throughput(stt, (1, 2, 4), (1, 2))
+
+def _print_throughput(throughput: list[dict[str, Any]]) -> None:
     print("\n## Throughput (mobile_mixed.wav, 37 s per stream, pushed as fast as possible)\n")
     print_table([[r["streams"], r["mode"], r["workers"], r["wall_s"], r["x_realtime"], r["finals"]] for r in throughput],
                 ["streams", "mode", "workers", "wall s", "x real time", "finals"])  # fmt: skip
 
-    accuracy = bench_accuracy(stt, args.quick)
+
+def _print_accuracy(accuracy: list[dict[str, Any]]) -> None:
     print("\n## Accuracy: streamed transcript vs offline whole-file decoding of the mono mix (same model)\n")
     print_table([[r["audio"], r["streams"], r["offline_wer"], r["live_wer"], r["revised_wer"], r["segments"],
                   r["revised"], r["hallucinations"]] for r in accuracy],
@@ -316,11 +363,20 @@ def main() -> None:
     print("\nMean over the clean dialogues (target: streamed <= offline + 0.02):\n")
     print_table(summary, ["streams", "dialogues", "offline WER", "live WER", "live gap", "revised WER", "revised gap",
                           "target gap"])  # fmt: skip
-
-    if args.json:
-        args.json.write_text(json.dumps({"environment": env, "decode": decode, "latency": latency,
-                                         "throughput": throughput, "accuracy": accuracy}, indent=2))  # fmt: skip
-        progress(f"wrote {args.json}")
+    ratio = []
+    for label, rs in (("clean", clean), ("10 dB", [r for r in accuracy if r["audio"].endswith(".snr10")])):
+        if not rs:
+            continue
+        off = statistics.fmean(r["offline_wer"] for r in rs)
+        rev = statistics.fmean(r["revised_wer"] for r in rs)
+        decodes = sum(r["revision_decodes"] for r in rs)
+        cost = sum(r["revision_busy_s"] for r in rs) / decodes if decodes else None
+        ratio.append([label, len(rs), off, rev, "n/a" if off == 0 else f"{rev / off:.2f}", "0.60",
+                      f"{decodes} of {sum(r['segments'] for r in rs)}", sum(r["revised"] for r in rs),
+                      "n/a" if cost is None else round(cost, 3)])
+    print("\nTranscript with revisions against the live model's offline WER (issue 17 target: <= 0.6x):\n")
+    print_table(ratio, ["audio", "cases", "offline WER (live model)", "with revisions WER", "ratio", "target",
+                        "finals revision-decoded", "changed", "s per revision"])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -72,6 +72,8 @@ class SegmentEvent:
     already sent as cross-talk once the louder final it repeats came out. Higher revisions replace lower ones.
     `continues` (finals only): the seq of this speaker's previous final, which closed early on a short pause after
     a complete sentence (pipeline.turns) while the speaker went on: the two are one turn, shown joined.
+    `timing` (finals only, live streams): where the time from speech end to this final went, in ms (`FINAL_TIMING`);
+    sent on the data channel and the CLI's output, never stored.
     """
 
     speaker: Speaker
@@ -91,6 +93,7 @@ class SegmentEvent:
     revision: int = 0
     crosstalk: bool = False
     continues: int | None = None
+    timing: dict[str, float] | None = None
 
     @property
     def type(self) -> str:
@@ -121,8 +124,19 @@ class SegmentEvent:
             d["continues"] = self.continues
         if self.emitted_at_s is not None:
             d["emitted_at_s"] = round(self.emitted_at_s, 3)
+        if self.timing is not None:
+            d["timing"] = {k: round(v, 4 if k == "at" else 1) for k, v in self.timing.items()}
         return d
 
+
+# A final's `timing` (ms): the silence that closed the utterance (stream time: `close`), how late the audio arrived
+# against the stream's clock when it closed (`ingest`), then on the stream's clock from the close: waiting for the
+# speaker's previous final (`previous`), for a speculative decode still running (`speculative_wait`), for a worker
+# (`queue`), the decode (`decode`), guards and analysers up to the emit (`post`), and the whole (`server`, close ->
+# emitted). `speculative` is 1 when the final reused the decode started in the pause (no decode of its own). `at`:
+# the emitting host's monotonic clock in seconds when it was emitted (a receiver on that host measures delivery).
+FINAL_TIMING = ("close", "ingest", "previous", "speculative_wait", "queue", "decode", "post", "server", "speculative",
+                "at")
 
 # What a `segment.revised` replaces in the final of the same speaker and seq (start_s / end_s stay the utterance's).
 REVISED_FIELDS = ("text", "words", "confidence", "no_speech_prob", "hallucination", "crosstalk")
@@ -152,6 +166,7 @@ class StoredSegment:
         `originalText` when revised; without `emitted_at_s`, a time on the clock of the stream that emitted it."""
         d = self.segment.to_dict()
         d.pop("emitted_at_s", None)
+        d.pop("timing", None)
         if self.original_text is not None:
             d["originalText"] = self.original_text
         return d
@@ -161,6 +176,7 @@ class StoredSegment:
         revised `originalText` and `revision` (the fields of the stored segment document)."""
         seg = self.segment.to_dict()
         del seg["type"]
+        seg.pop("timing", None)  # how this process was busy: not part of the transcript
         revision = seg.pop("revision", 0)
         doc = {"interviewId": self.interview_id, "participantId": self.segment.speaker.participant_id, **seg,
                "recordedAt": self.recorded_at}

@@ -445,6 +445,8 @@ class SttScheduler:
             else:
                 self.stats.finals_done += 1
             self.stats.audio_s += job.audio.size / SAMPLE_RATE
+            if isinstance(result, Transcript):
+                result.queue_s, result.run_s = t0 - job.queued_at, self._clock() - t0
             if not job.future.done():
                 job.future.set_result(result)
         finally:

@@ -571,8 +571,11 @@ class ParticipantStream:
             self.stats["turns_closed_early" if closing < fixed else "turns_held"] += 1
         self._pending_samples += utt.end - utt.start
         self._open[seq] = (utt, time.monotonic())
+        timing = {"close": 1000 * closing / SAMPLE_RATE}
+        if self._clock is not None:  # the audio's arrival against the stream's clock: > 0 when it came in late
+            timing["ingest"] = 1000 * (self._clock() - self.stream_time_s)
         task = asyncio.create_task(self._final(seq, utt, self._last_final, self._take_speculative(seq, utt),
-                                               continues))  # fmt: skip
+                                               continues, timing))  # fmt: skip
         self._last_final = task
         self._finals.add(task)
         task.add_done_callback(self._finals.discard)
@@ -610,18 +613,34 @@ class ParticipantStream:
         previous: asyncio.Task[None] | None,
         spec: asyncio.Task[Transcript | None] | None,
         continues: int | None = None,
+        timing: dict[str, float] | None = None,
     ) -> None:
         affected = {"seq": seq, "start_s": round(utt.start_s, 3), "end_s": round(utt.end_s, 3)}
         tr: Transcript | None = None
         error: ErrorEvent | None = None
+        timing = {} if timing is None else timing  # ms, see domain.events.FINAL_TIMING
+        closed = mark = time.monotonic()
+
+        def lap(stage: str) -> None:
+            nonlocal mark
+            now = time.monotonic()
+            timing[stage] = 1000 * (now - mark)
+            mark = now
+
         try:
             if previous is not None:  # in order, and so the prompt is the previous final's text
                 await _wait_quietly(previous)
+            lap("previous")
+            timing["speculative"] = 0
             if spec is not None:
                 tr = await _result_or_none(spec)
                 self.stats["speculative_used" if tr is not None else "speculative_wasted"] += 1
+                lap("speculative_wait")
+                timing["speculative"] = int(tr is not None)
             if tr is None:
                 tr = await self._transcribe_final(utt, affected)
+                timing["queue"], timing["decode"] = 1000 * tr.queue_s, 1000 * tr.run_s
+                mark = time.monotonic()
         except SttError as exc:
             error = ErrorEvent(self.speaker, exc.code, exc.message, affected)
         except Exception as exc:  # noqa: BLE001 - any failure becomes an error event, never a lost final
@@ -651,6 +670,10 @@ class ParticipantStream:
         if sent is not None:
             seg.crosstalk = self.conversation.check_crosstalk(sent)  # may correct another stream's final first
             sent.segment = replace(seg)  # as sent (the consumer may renumber the one it gets)
+        lap("post")
+        timing["server"] = 1000 * (mark - closed)
+        timing["at"] = mark  # this host's monotonic clock (s): a receiver on the same host measures delivery
+        seg.timing = timing
         self._emit(seg)
         self.stats["hallucinations"] += int(tr.hallucination)
         if seg.crosstalk:
@@ -704,7 +727,8 @@ class ParticipantStream:
         the prompt and the revisions' context (a revision of it still to come is called off)."""
         self.stats["crosstalk"] += 1
         self.stats["crosstalk_corrected"] += 1
-        seg = replace(sent.segment, crosstalk=True, revision=sent.segment.revision + 1, emitted_at_s=None)
+        seg = replace(sent.segment, crosstalk=True, revision=sent.segment.revision + 1, emitted_at_s=None,
+                      timing=None)
         sent.segment = replace(seg)
         log.debug("final %d of %s corrected as cross-talk", sent.seq, self.speaker.participant_id)
         self._emit(seg)

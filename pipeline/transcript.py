@@ -55,6 +55,9 @@ class Transcript:
     audio_s: float = 0.0
     decode_s: float = 0.0
     redecoded: bool = False  # decoded a second time because the first result stopped short of the audio
+    # set by the scheduler (pipeline.scheduler): seconds the request waited for a worker, and the worker's wall time
+    queue_s: float = 0.0
+    run_s: float = 0.0
 
 
 class SpeechToText(Protocol):

@@ -20,6 +20,7 @@ from benchmarks.latency import (
     percentile,
     score_turns,
     slope,
+    summarize_breakdown,
     truth_path,
 )
 from testing.data import SHARED_DATA
@@ -53,6 +54,28 @@ def test_latency_is_measured_at_the_last_final_of_a_turn():
     assert first.first_partial_s == pytest.approx(1.4)
     assert second.final_latency_s == pytest.approx(0.75)
     assert second.first_partial_s == pytest.approx(2.9)  # onset 5.0; first overlapping partial at 7.9
+
+
+def test_the_breakdown_splits_a_turns_latency_into_parts_that_add_up():
+    # the server's stream time zero came 60 ms after the sender's; its segmenter saw speech end 50 ms late, the
+    # utterance closed after 500 ms of silence, the pause's decode needed 100 ms more, the guards 1 ms, the data
+    # channel 20 ms: 731 ms from the true speech end (3.0 s) to the interviewer's receive time
+    emitted = 3.05 + 0.5 + 0.101
+    timing = {"close": 500.0, "ingest": 0.0, "previous": 0.0, "speculative_wait": 100.0, "post": 1.0,
+              "server": 101.0, "speculative": 1, "at": T0 + 0.06 + emitted}
+    final = seg("final", 1.0, 3.05, 0.06 + emitted + 0.02, "one two") | {"emitted_at_s": emitted, "timing": timing}
+    plain = seg("final", 5.0, 8.05, 8.9, "three four five", 1)  # from a server without timing
+    first, second = score_turns(TURNS, [final, plain], WALLS, T0)
+    assert first.final_latency_s == pytest.approx(0.731)
+    b = first.breakdown
+    assert b is not None and second.breakdown is None
+    assert (b["speech_end"], b["close"], b["speculative_wait"], b["queue"], b["decode"], b["post"]) == (
+        pytest.approx(50), 500, 100, 0, 0, 1)
+    assert b["start_offset"] == pytest.approx(60, abs=0.1) and b["delivery"] == pytest.approx(20, abs=0.1)
+    assert b["other"] == pytest.approx(0, abs=0.2)
+    summary = summarize_breakdown([b])
+    assert summary is not None and summary["speculative_share"] == 1.0 and summary["close"]["p50"] == 500
+    assert summarize_breakdown([]) is None
 
 
 def test_a_turn_without_a_final_is_missed_and_finals_go_to_the_turn_they_overlap_most():

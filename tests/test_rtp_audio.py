@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import RtpPacket
 
 from adapters.rtp_audio import InlineAudioDecoder, decode_inline
 from testing.whip_client import WavChannelTrack, opus_packets
@@ -78,3 +79,28 @@ def test_a_failing_error_callback_never_reaches_aiortc() -> None:
 
 def test_an_unexpected_receiver_keeps_aiortcs_own_decoding() -> None:
     assert decode_inline(SimpleNamespace(track=None)) is False
+
+
+async def test_a_received_frame_waits_for_the_next_packet_only(shared_data: Path) -> None:
+    """aiortc's audio jitter buffer held each frame until 4 later ones were complete (80 ms on every final); with
+    `decode_inline` a frame goes on when the next packet arrives, and still in order when one comes late."""
+    sender, receiver = RTCPeerConnection(), RTCPeerConnection()
+    sender.addTrack(WavChannelTrack(shared_data / "jfk.flac", limit_s=1, realtime=False))
+    try:
+        await sender.setLocalDescription(await sender.createOffer())
+        await receiver.setRemoteDescription(sender.localDescription)
+        (transceiver,) = receiver.getTransceivers()
+        assert decode_inline(transceiver.receiver)
+        buffer = vars(transceiver.receiver)["_RTCRtpReceiver__jitter_buffer"]
+
+        def add(seq: int) -> int | None:
+            packet = RtpPacket(payload_type=111, sequence_number=seq, timestamp=960 * seq, payload=b"\xfc")
+            packet._data = packet.payload  # type: ignore[attr-defined]  # aiortc's receiver sets it (depacketized)
+            frame = buffer.add(packet)[1]
+            return None if frame is None else frame.timestamp // 960
+
+        assert [add(0), add(1), add(2)] == [None, 0, 1]  # frame n out when packet n + 1 is in
+        assert [add(4), add(3), add(5)] == [None, 2, 3]  # packet 4 before 3: 3 is waited for, order kept
+    finally:
+        await sender.close()
+        await receiver.close()

@@ -90,3 +90,82 @@ async def test_a_complete_sentence_closes_on_a_short_pause_and_the_next_final_co
     assert [f.continues for f in finals[1:]] == [f.seq for f in finals[:-1]]  # each joins the one before
     joined = " ".join(f.text for f in finals)
     assert wer(gt, joined) <= wer(gt, fixed[0].text) + 0.1, (joined, fixed[0].text)  # no words lost
+
+
+async def _stream_speech(whisper: LocalWhisper, pcm: np.ndarray, **config: object) -> tuple[list[SegmentEvent],
+                                                                                                ParticipantStream]:
+    """`_stream_turn` with any StreamConfig, unprompted (so a fresh decode of a final's audio is comparable), and
+    the stream (its conversation keeps each final's audio)."""
+    sched = SttScheduler(whisper, workers=1)
+    events: list[StreamEvent] = []
+    cfg = StreamConfig(emit_levels_every_s=0, partial_interval_s=0, revise=False, prompt_previous=False,
+                       **config)  # type: ignore[arg-type]
+    stream = ParticipantStream(Speaker("candidate", "c", "C"), sched, events.append, in_rate=16000, channels=1,
+                               config=cfg)  # fmt: skip
+    for i in range(0, pcm.size - 319, 320):
+        stream.push(pcm[i : i + 320])
+        idle = 0
+        while idle < 3:
+            await asyncio.sleep(0.002)
+            idle = idle + 1 if sched.busy == 0 and sched.queue_depth == 0 else 0
+    await stream.aclose()
+    await sched.aclose()
+    return [e for e in events if isinstance(e, SegmentEvent) and e.final], stream
+
+
+@pytest.mark.slow
+async def test_a_final_that_reuses_the_speculative_decode_says_what_a_fresh_decode_of_its_audio_says(
+    whisper: LocalWhisper,
+) -> None:
+    # mobile_mixed, interviewer: "Welcome, and thank you for your time. What have you been building recently?",
+    # then silence: the pause decode reads a complete question and closes after `turn_complete_ms`, and that decode
+    # (of the speech and silence padding) is the final, with no decode of its own
+    pcm = read_audio(SHARED_DATA / "mobile_mixed.stereo.wav", rate=16000).channel(0)[: int(5.34 * 16000)]
+    pcm = np.concatenate([pcm, np.zeros(16000, np.int16)])
+    finals, stream = await _stream_speech(whisper, pcm, semantic_turns=True)
+    assert finals and stream.stats["turns_closed_early"] >= 1
+    last = finals[-1]
+    assert last.timing is not None and last.timing["speculative"] == 1 and last.timing["close"] == 220
+    assert "decode" not in last.timing and last.text.rstrip().endswith("?")
+    turns = [t for t in stream.conversation.turns if t.owner == id(stream)]
+    assert len(turns) == len(finals)
+    for final, turn in zip(finals, turns, strict=True):  # each final's audio, as the segmenter closed it
+        assert final.timing is not None
+        fresh = whisper.transcribe(turn.audio)
+        assert final.text == fresh.text, (final.timing, final.text, fresh.text)
+
+
+@pytest.mark.slow
+async def test_speech_after_the_speculative_decode_is_in_the_final_and_finals_never_overlap(
+    whisper: LocalWhisper,
+) -> None:
+    # mobile_mixed, candidate: "... written in Swift." then a 340 ms pause, then the rest. A complete sentence may
+    # close after 400 ms here, so the pause's decode (of "... Swift." only) is discarded when speech resumes: the
+    # final is the decode of the turn's last pause (or a decode of its own), no word after the snapshot lost
+    gt = "I work on an iOS app written in Swift. Last quarter I shipped offline mode, and I am really proud of how smooth it feels."
+    pcm = read_audio(SHARED_DATA / "mobile_mixed.stereo.wav", rate=16000).channel(1)[6 * 16000 : int(15.5 * 16000)]
+    finals, stream = await _stream_speech(whisper, pcm, semantic_turns=True, turn_complete_ms=400)
+    assert stream.stats["speculative_wasted"] >= 1
+    assert len(finals) == 1 and finals[0].timing is not None
+    assert wer(gt, finals[0].text) <= 0.2, finals[0].text  # tiny.en: "off line", "I'm", "proud on"
+    # the same words as a fresh decode of the utterance: the reused decode heard the speech with the silence padded
+    # to `end_silence_ms`, the utterance closed after 400 ms, and tiny.en may then write "I am" for "I'm"
+    assert wer(whisper.transcribe(stream.conversation.turns[-1].audio).text, finals[0].text) == 0
+    assert "Swift" in finals[0].text and finals[0].text.rstrip(" .").endswith("feels")
+    # with the default 220 ms the turn closes early in the pause: two finals, the second after the first
+    early, _ = await _stream_speech(whisper, pcm, semantic_turns=True)
+    assert len(early) >= 2
+    assert all(b.start_s >= a.end_s for a, b in zip(early, early[1:], strict=False))
+    assert wer(gt, " ".join(f.text for f in early)) <= 0.2
+
+
+def test_a_finals_timing_goes_on_the_wire_and_never_into_the_transcript() -> None:
+    from datetime import UTC, datetime
+
+    from domain.events import StoredSegment
+
+    seg = SegmentEvent(Speaker("candidate", "c", "C"), 0, 0.0, 1.0, "Thank you.", True,
+                       timing={"close": 220.0, "server": 3.04, "speculative": 1, "at": 12.345678})
+    assert seg.to_dict()["timing"] == {"close": 220.0, "server": 3.0, "speculative": 1, "at": 12.3457}
+    stored = StoredSegment("i1", seg, datetime.now(UTC))
+    assert "timing" not in stored.to_dict() and "timing" not in stored.to_document()
