@@ -54,6 +54,7 @@ from domain.events import (
     Word,
 )
 from pipeline.analysis import KeywordTracker, SentimentTracker
+from pipeline.bleed import MAX_DELAY_S, suppress_bleed
 from pipeline.guards import (
     Heard,
     bleed_of,
@@ -145,6 +146,9 @@ class StreamConfig:
     await_revisions: bool = True
     # mark finals that repeat another stream's overlapping, louder final (pipeline.guards.bleed_of)
     crosstalk_guard: bool = True
+    # before each decode, subtract the delayed, quieter copy of the conversation's other streams this microphone
+    # picked up (pipeline.bleed; the other streams' audio is the reference)
+    bleed_suppression: bool = True
     # a final no engine can take now (`stt_unavailable`: every speech-to-text worker gone) is kept and asked for
     # again this often, for up to `final_retry_for_s` (`final_retry_closing_s` once the stream is closing)
     final_retry_s: float = 2.0
@@ -233,8 +237,9 @@ class ParticipantStream:
             "revisions": 0, "revisions_unchanged": 0, "revisions_rejected": 0, "revisions_dropped": 0,
             "revisions_failed": 0, "revisions_unfollowed": 0, "crosstalk": 0, "crosstalk_corrected": 0,
             "turns_closed_early": 0, "turns_held": 0, "turns_continued": 0, "finals_retried": 0,
-            "turn_audio_queries": 0, "turn_audio_failed": 0,
+            "turn_audio_queries": 0, "turn_audio_failed": 0, "bleed_suppressed": 0,
         }  # fmt: skip
+        self.conversation.join(self)
 
     # ------------------------------------------------------------------------------------------ properties
 
@@ -328,6 +333,7 @@ class ParticipantStream:
         # A closed stream is no cross-talk source or copy any more, and keeps nothing of its owner: without these
         # the conversation and the owner's time mapping would hold it (and its room) until a full collection.
         self.conversation.sent = deque(f for f in self.conversation.sent if f.stream is not self)
+        self.conversation.leave(self)
         self.conversation_time = _same_time
 
     # ------------------------------------------------------------------------------------------- internals
@@ -374,6 +380,7 @@ class ParticipantStream:
         self._spec_mark = mark
         start, audio = got
         covered = audio.size
+        audio = self._without_bleed(start, audio)
         # decode the audio the final will hold if speech does not resume: the snapshot, then silence up to where
         # the segmenter will close the utterance (same length, so the same encoder window and the same text
         # as decoding the closed utterance; the dialogues' pauses are digital silence and decode identically)
@@ -504,6 +511,7 @@ class ParticipantStream:
         if audio.size < cfg.partial_min_s * SAMPLE_RATE:
             return
         self._last_partial_at = t
+        audio = self._without_bleed(start, audio)
         self._partial_task = asyncio.create_task(self._partial(self._next_seq, start, audio))
 
     async def _partial(self, seq: int, start: int, audio: np.ndarray) -> None:
@@ -536,7 +544,28 @@ class ParticipantStream:
         cfg = self.config
         self._last_partial_at = self.stream_time_s - max(0.0, cfg.partial_interval_s - cfg.partial_retry_s)
 
+    def _without_bleed(self, start: int, audio: np.ndarray) -> np.ndarray:
+        """`audio` (16 kHz, from stream sample `start`) without the other streams' voices this microphone picked
+        up (`pipeline.bleed`): what every decode hears."""
+        if not self.config.bleed_suppression:
+            return audio
+        t0 = self.conversation_time(start / SAMPLE_RATE)
+        if t0 is None:
+            return audio
+        for ref, lead in self.conversation.references(self, t0, audio.size):
+            audio, found = suppress_bleed(audio, ref, lead)
+            if found is not None:
+                self.stats["bleed_suppressed"] += 1
+                log.debug("%s: bleed removed from %.2f s (%d ms later, %.1f dB, peak z %.0f)",
+                          self.speaker.participant_id, start / SAMPLE_RATE, round(found.delay_s * 1000),
+                          found.gain_db, found.peak_z)  # fmt: skip
+        return audio
+
     def _submit_final(self, utt: Any) -> None:
+        t0 = self.conversation_time(utt.start_s)
+        if t0 is not None:
+            self.conversation.hear(self, t0, utt.audio)
+        utt = replace(utt, audio=self._without_bleed(utt.start, utt.audio))
         seq = self._next_seq
         self._next_seq += 1
         self.stats["utterances"] += 1
@@ -893,6 +922,10 @@ class Conversation:
         self.last_revision: asyncio.Task[None] | None = None  # revisions run in conversation order
         self.revisions_pending = 0  # started and not finished (waiting for the next turn, their turn, or the CPU)
         self.sent: deque[SentFinal] = deque()  # recent finals with text of every stream, for the cross-talk guard
+        # the streams and, per stream, its closed utterances' audio as heard (conversation time of the first
+        # sample, int16 16 kHz) of the last CROSSTALK_KEEP_S: the references for bleed suppression
+        self.streams: list[ParticipantStream] = []
+        self._heard: dict[int, deque[tuple[float, np.ndarray]]] = {}
 
     def add(self, text: str, audio: np.ndarray | None = None, *, confidence: float = 1.0,
             word_confidence: float = 0.0, owner: int = 0) -> _Turn:
@@ -918,6 +951,53 @@ class Conversation:
             self.turns[i - 1].next = turn.next
         del self.turns[i]
         self._kept -= turn.audio.size
+
+    def join(self, stream: ParticipantStream) -> None:
+        self.streams.append(stream)
+        self._heard[id(stream)] = deque()
+
+    def leave(self, stream: ParticipantStream) -> None:
+        if stream in self.streams:
+            self.streams.remove(stream)
+        self._heard.pop(id(stream), None)
+
+    def hear(self, stream: ParticipantStream, t0: float, audio: np.ndarray) -> None:
+        """Remember a closed utterance of `stream` (its audio as the microphone gave it, starting at conversation
+        time `t0`) as a reference for the other streams' bleed suppression."""
+        heard = self._heard.get(id(stream))
+        if heard is None:
+            return
+        heard.append((t0, audio))
+        while heard and heard[0][0] + heard[0][1].size / SAMPLE_RATE < t0 - self.CROSSTALK_KEEP_S:
+            heard.popleft()
+
+    def references(self, stream: ParticipantStream, t0: float, n: int) -> list[tuple[np.ndarray, int]]:
+        """Each other stream's audio around `n` samples of `stream` from conversation time `t0`: (its audio from
+        `MAX_DELAY_S` before `t0` to the end of the span, zeros where it heard nothing, that lead in samples),
+        for the streams that heard something there. Their closed utterances and the one in progress."""
+        lead = int(round(MAX_DELAY_S * SAMPLE_RATE))
+        begin = t0 - lead / SAMPLE_RATE
+        refs = []
+        for other in self.streams:
+            if other is stream:
+                continue
+            pieces = list(self._heard.get(id(other), ()))
+            got = other.frontend.partial_audio() if other.frontend.in_progress else None
+            if got is not None:
+                t_open = other.conversation_time(got[0] / SAMPLE_RATE)
+                if t_open is not None:
+                    pieces.append((t_open, got[1]))
+            ref = np.zeros(lead + n, np.int16)
+            used = False
+            for t_piece, audio in pieces:
+                at = int(round((t_piece - begin) * SAMPLE_RATE))
+                a, b = max(0, at), min(ref.size, at + audio.size)
+                if b > a:
+                    ref[a:b] = audio[a - at : b - at]
+                    used = True
+            if used:
+                refs.append((ref, lead))
+        return refs
 
     def check_crosstalk(self, final: SentFinal) -> bool:
         """True when `final` (about to be emitted, or its revision) repeats a louder final another stream already
