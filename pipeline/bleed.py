@@ -14,9 +14,11 @@ signal is for an echo canceller:
 2. is it a copy? The correlation peak must stand out from the rest of the searched lags (`MIN_PEAK_Z`), and the
    copy must be quieter than its source (broadband least-squares gain <= `MAX_GAIN`): the other stream also holds
    a faint copy of *this* speaker, which must never be taken for a source;
-3. subtract: in short-time Fourier frames, a least-squares transfer function per frequency bin (a block
-   frequency-domain filter: it absorbs a fractional delay and the loudspeaker's and room's colouring), the
-   estimated bleed subtracted from each frame, overlap-add back.
+3. subtract: a least-squares FIR filter of the reference, a few ms long around the found lag (a fractional
+   delay, a loudspeaker's colouring), fitted over the whole utterance and subtracted. A room's reverberation
+   (hundreds of ms) is beyond it: what it leaves is for the cross-talk guard;
+4. gate: a 20 ms frame the subtraction took nearly everything from (this speaker was silent) becomes digital
+   silence, which the decoder hears as silence rather than making words of a faint residue.
 
 It runs once per decode (a closed utterance, a speculative final's snapshot, a partial), never per 20 ms frame;
 `python -m benchmarks.crosstalk --cost` measures it. Nothing here does I/O.
@@ -34,8 +36,13 @@ MAX_DELAY_S = 0.3  # the guard's window: acoustic path + a capture chain, or a p
 MIN_PEAK_Z = 6.0  # the correlation peak, in robust standard deviations above the median of the searched lags
 MAX_GAIN = 0.5  # a copy is >= 6 dB below its source (the guard's level gap)
 MIN_REF_RMS = 30.0  # int16 RMS of the reference below which there is nothing to remove (about -60 dBFS)
-FRAME = 512  # 32 ms STFT frames, 50 % overlap (sqrt-Hann analysis and synthesis windows sum to one)
-HOP = FRAME // 2
+# the bleed's filter: 0.5 ms before the found lag (a fractional delay) to 1.5 ms after it (a loudspeaker's and
+# microphone's colouring); each coefficient more lets the speaker's own words over the bleed bias the fit more
+TAPS_BEFORE, TAPS_AFTER = 8, 24
+LOADING = 1e-4  # diagonal loading of the filter's normal equations (a reference with empty bands)
+GATE_FRAME = 320  # 20 ms, the pipeline's frame
+GATE_DB = 15.0  # a frame the subtraction reduced by more than this was the other voice only
+MIN_SAMPLES = 512  # 32 ms: less is no speech to match
 TAPER = 320  # 20 ms fades at the ends of the audio before the delay search
 _EPS = 1e-9
 
@@ -58,7 +65,7 @@ def suppress_bleed(mic: np.ndarray, ref: np.ndarray, lead: int) -> tuple[np.ndar
         raise ValueError("suppress_bleed: mic must be 1-D int16 and ref 1-D")
     if lead < 0:
         raise ValueError(f"suppress_bleed: lead must be >= 0, got {lead}")
-    if mic.size < FRAME or ref.size == 0:
+    if mic.size < MIN_SAMPLES or ref.size == 0:
         return mic, None
     x = mic.astype(np.float64)
     r = ref.astype(np.float64)
@@ -75,7 +82,7 @@ def suppress_bleed(mic: np.ndarray, ref: np.ndarray, lead: int) -> tuple[np.ndar
     gain = float(x @ aligned) / power
     if not 0.0 < gain <= MAX_GAIN:
         return mic, None
-    cleaned = _subtract(x, aligned)
+    cleaned = _gated(x, _subtract(x, r, lead - d))
     out = np.clip(np.round(cleaned), -32768, 32767).astype(np.int16)
     return out, Suppression(d / RATE, 20.0 * np.log10(gain), z)
 
@@ -121,21 +128,34 @@ def _aligned(r: np.ndarray, offset: int, length: int) -> np.ndarray:
     return out
 
 
-def _frames(x: np.ndarray, window: np.ndarray) -> np.ndarray:
-    """STFT of x padded by half a frame on each side: every sample of x lies under two windows."""
-    padded = np.zeros(HOP + x.size + FRAME)
-    padded[HOP : HOP + x.size] = x
-    idx = np.arange(FRAME)[None, :] + HOP * np.arange((padded.size - FRAME) // HOP + 1)[:, None]
-    return np.fft.rfft(padded[idx] * window, axis=1)
+def _gated(x: np.ndarray, cleaned: np.ndarray) -> np.ndarray:
+    """`cleaned` with its GATE_FRAME frames that were nearly all bleed (the subtraction took away all but
+    `GATE_DB` of them: this speaker was silent there) made digital silence. What the subtraction leaves of a copy
+    is faint, but a decoder given nothing else makes words of it ("Thank you very much.") where silence decodes
+    as silence; a frame with this speaker's own words loses little and stays."""
+    n = x.size // GATE_FRAME * GATE_FRAME
+    before = np.sum(x[:n].reshape(-1, GATE_FRAME) ** 2, axis=1)
+    after = np.sum(cleaned[:n].reshape(-1, GATE_FRAME) ** 2, axis=1)
+    silent = np.repeat(after < before * 10.0 ** (-GATE_DB / 10.0), GATE_FRAME)
+    out = cleaned.copy()
+    out[:n][silent] = 0.0
+    return out
 
 
-def _subtract(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """x minus ref filtered by the per-bin least-squares transfer function from ref to x (STFT, overlap-add)."""
-    window = np.sqrt(np.hanning(FRAME + 1)[:FRAME])  # periodic Hann: its 50 %-overlapped squares sum to one
-    spec_x, spec_r = _frames(x, window), _frames(ref, window)
-    h = np.sum(spec_x * np.conj(spec_r), axis=0) / (np.sum(np.abs(spec_r) ** 2, axis=0) + _EPS)
-    frames = np.fft.irfft(spec_x - h[None, :] * spec_r, FRAME, axis=1) * window
-    out = np.zeros(HOP + x.size + FRAME)
-    for i, frame in enumerate(frames):
-        out[i * HOP : i * HOP + FRAME] += frame
-    return out[HOP : HOP + x.size]
+def _subtract(x: np.ndarray, r: np.ndarray, base: int) -> np.ndarray:
+    """x minus its least-squares prediction from r by a short FIR filter around the found lag (x[k] ~ sum_j
+    h[j] r[base + k - j], j in -TAPS_BEFORE..TAPS_AFTER): a fractional delay and a loudspeaker's colouring, with
+    few enough coefficients that the speaker's own words, talking over the bleed, barely bias them."""
+    p, q = TAPS_BEFORE, TAPS_AFTER
+    seg = _aligned(r, base - q, x.size + p + q)  # seg[q + k - j] = r[base + k - j]
+    n = 1 << int(np.ceil(np.log2(x.size + seg.size)))
+    spec_seg = np.fft.rfft(seg, n)
+    auto = np.fft.irfft(np.abs(spec_seg) ** 2, n)[: p + q + 1]
+    cross = np.fft.irfft(np.fft.rfft(x, n) * np.conj(spec_seg), n)
+    taps = np.arange(-p, q + 1)
+    rhs = cross[(taps - q) % n]  # sum_k x[k] seg[k + q - j]
+    lags = np.abs(taps[:, None] - taps[None, :])
+    gram = auto[lags] + LOADING * auto[0] * np.eye(taps.size)
+    h = np.linalg.solve(gram, rhs)
+    predicted = np.convolve(seg, h)[p + q : p + q + x.size]  # sum_j h[j] seg[q + k - j]
+    return x - predicted

@@ -1,8 +1,9 @@
 """The cross-talk guard: one microphone picking up the other participant never doubles a sentence.
 
-The matcher (`pipeline.guards.bleed_of`) on synthetic finals; the streams of one conversation marking a copy in
-both orders (copy after its source: marked at once; copy first: corrected by a `segment.revised`); and the CLI
-path on the shared dialogues with the other channel bleeding in at -10 and -30 dB.
+The matcher (`pipeline.guards.bleed_of`) on synthetic finals; bleed suppression (`pipeline.bleed`) on real speech
+of the shared dialogue; the streams of one conversation marking a copy in both orders (copy after its source:
+marked at once; copy first: corrected by a `segment.revised`); and the CLI path on the shared dialogues with the
+other channel bleeding in at -10 and -30 dB.
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ from domain.events import (
 )
 from pipeline.analysis import SentimentTracker
 from pipeline.audio_file import read_audio
+from pipeline.bleed import suppress_bleed
 from pipeline.cli import build_parser, run
+from pipeline.dsp import Resampler
 from pipeline.guards import Heard, bleed_of, speech_level_db, words_of
 from pipeline.scheduler import SttScheduler
 from pipeline.stream import Conversation, ParticipantStream, SentFinal, StreamConfig
 from pipeline.transcript import Transcript
-from testing.bleed import duplicates, mix_bleed, score_crosstalk, write_bleed
+from testing.bleed import duplicates, mix_bleed, read_stereo, score_crosstalk, write_bleed
 from testing.data import SHARED_DATA, SHARED_DIALOGUES
 
 QUESTION = "Have you shipped an app written in Swift with an offline mode?"
@@ -100,6 +103,115 @@ def test_speech_level_is_the_active_level_and_ignores_pauses() -> None:
     padded = np.concatenate([np.zeros(8000, np.int16), tone, np.zeros(8000, np.int16)])
     assert speech_level_db(padded) == pytest.approx(speech_level_db(tone), abs=0.5)
     assert speech_level_db(np.zeros(100, np.int16)) == -120.0
+
+
+# ------------------------------------------------------------------------------------------ bleed suppression
+
+RATE = 16000
+LEAD = int(0.3 * RATE)  # the reference starts this long before the microphone's audio (pipeline.bleed.MAX_DELAY_S)
+
+
+@pytest.fixture(scope="module")
+def voices() -> tuple[np.ndarray, np.ndarray]:
+    """4 s of the interviewer's and 4 s of the candidate's speech (the shared dialogue, 16 kHz, float)."""
+    assert SHARED_DATA.is_dir(), f"test audio missing: {SHARED_DATA}"
+    rate, pcm = read_stereo(SHARED_DATA / "mobile_mixed.stereo.wav")
+    channels = []
+    for ch, start_s in ((0, 0.8), (1, 7.0)):  # inside a turn of each (ground truth: 0.7-5.3 s, 6.7-14.2 s)
+        r = Resampler(rate, RATE)
+        x = np.concatenate([r.process(np.ascontiguousarray(pcm[:, ch])), r.flush()])
+        channels.append(x[int(start_s * RATE) : int(start_s * RATE) + 4 * RATE].astype(np.float64))
+    return channels[0], channels[1]
+
+
+def _delayed(x: np.ndarray, samples: int, length: int) -> np.ndarray:
+    """x `samples` later (zeros before), `length` long."""
+    out = np.zeros(length)
+    out[samples : samples + x.size] = x[: max(0, length - samples)]
+    return out
+
+
+def _int16(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(x), -32768, 32767).astype(np.int16)
+
+
+def _db(error: np.ndarray, signal: np.ndarray) -> float:
+    """Error power relative to signal power, dB."""
+    return float(10 * np.log10(np.sum(error.astype(np.float64) ** 2) / np.sum(signal.astype(np.float64) ** 2)))
+
+
+@pytest.mark.parametrize("gap_db", [10, 20])
+@pytest.mark.parametrize("delay_ms", [20, 80, 250])
+def test_the_other_voice_under_this_speakers_words_is_subtracted(voices: tuple[np.ndarray, np.ndarray],
+                                                                 gap_db: int, delay_ms: int) -> None:  # fmt: skip
+    """Double talk: the candidate speaks while their microphone hears the interviewer `gap_db` lower, `delay_ms`
+    later; the interviewer's stream is the reference. What is left of the bleed (and of any harm to the candidate's
+    words) is at least 10 dB below the bleed that was there, or 30 dB below the candidate's words."""
+    other, own = voices
+    ref = np.concatenate([np.zeros(LEAD), other])  # the reference starts LEAD before the microphone's audio
+    bleed = 10 ** (-gap_db / 20) * _delayed(ref, delay_ms * RATE // 1000, ref.size)[LEAD:]
+    mic = _int16(own + bleed)
+    out, found = suppress_bleed(mic, _int16(ref), LEAD)
+    assert found is not None
+    assert found.delay_s == pytest.approx(delay_ms / 1000, abs=0.001)
+    assert found.gain_db == pytest.approx(-gap_db, abs=2.0)
+    assert _db(out - own, bleed) < -10 or _db(out - own, own) < -30
+
+
+def test_a_coloured_fractionally_delayed_bleed_is_reduced(voices: tuple[np.ndarray, np.ndarray]) -> None:
+    """A loudspeaker and a room are no pure delay: a low-pass and a 46.3 ms delay (not a whole sample)."""
+    other, own = voices
+    ref = np.concatenate([np.zeros(LEAD), other])
+    shifted = np.fft.irfft(np.fft.rfft(ref) * np.exp(-2j * np.pi * np.fft.rfftfreq(ref.size) * 46.3 * RATE / 1000),
+                           ref.size)  # fmt: skip
+    coloured = np.convolve(shifted, [0.25, 0.5, 0.25], mode="same")
+    bleed = 0.1 * coloured[LEAD:]
+    out, found = suppress_bleed(_int16(own * 0.5 + bleed), _int16(ref), LEAD)
+    assert found is not None and found.delay_s == pytest.approx(0.046, abs=0.002)
+    assert _db(out - own * 0.5, bleed) < -12
+
+
+@pytest.mark.parametrize("gap_db", [10, 20, 30])
+def test_a_microphone_that_only_hears_the_other_voice_becomes_silent(voices: tuple[np.ndarray, np.ndarray],
+                                                                     gap_db: int) -> None:  # fmt: skip
+    """The speaker is silent and their microphone hears the other one: nothing of it is left for the decoder
+    (-30 dB in full double talk is 30 dB under the speaker's words and may be left)."""
+    other, _ = voices
+    ref = np.concatenate([np.zeros(LEAD), other])
+    bleed = _int16(10 ** (-gap_db / 20) * _delayed(ref, 960, ref.size)[LEAD:])
+    out, found = suppress_bleed(bleed, _int16(ref), LEAD)
+    assert found is not None
+    assert _db(out, bleed) < -30
+
+
+def test_speech_the_other_stream_does_not_hold_is_left_alone(voices: tuple[np.ndarray, np.ndarray]) -> None:
+    """Two independent voices (no copy), and silence as the reference: the audio comes back as it was."""
+    other, own = voices
+    mic = _int16(own)
+    for ref in (np.concatenate([np.zeros(LEAD), other]), np.zeros(LEAD + own.size)):
+        out, found = suppress_bleed(mic, _int16(ref), LEAD)
+        assert found is None and out is mic
+
+
+def test_this_speakers_copy_in_the_other_stream_never_removes_their_words(voices: tuple[np.ndarray, np.ndarray]) -> None:
+    """The other microphone heard *this* speaker (its stream holds their voice 20 dB lower and later): that copy
+    is no source, and this speaker's words stay as they were."""
+    other, own = voices
+    mic = _int16(own)
+    for delay in (0, 160, 960):  # 0, 10 and 60 ms after this microphone
+        ref = np.concatenate([np.zeros(LEAD), 0.3 * other]) + 0.1 * _delayed(np.concatenate([np.zeros(LEAD), own]),
+                                                                             delay, LEAD + own.size)  # fmt: skip
+        out, _found = suppress_bleed(mic, _int16(ref), LEAD)
+        assert np.array_equal(out, mic) or _db(out - mic, mic) < -40, delay
+
+
+def test_bleed_suppression_rejects_malformed_audio() -> None:
+    with pytest.raises(ValueError, match="int16"):
+        suppress_bleed(np.zeros(16000), np.zeros(20800), LEAD)
+    with pytest.raises(ValueError, match="lead"):
+        suppress_bleed(np.zeros(16000, np.int16), np.zeros(20800), -1)
+    short = np.ones(100, np.int16)
+    assert suppress_bleed(short, np.ones(4900, np.int16), LEAD) == (short, None)
 
 
 # ------------------------------------------------------------------------------------------------- streams
