@@ -15,7 +15,7 @@ signal is for an echo canceller:
    copy must be quieter than its source (broadband least-squares gain <= `MAX_GAIN`): the other stream also holds
    a faint copy of *this* speaker, which must never be taken for a source;
 3. subtract: a least-squares FIR filter of the reference, a few ms long around the found lag (a fractional
-   delay, a loudspeaker's colouring), fitted over the whole utterance and subtracted. A room's reverberation
+   delay, a loudspeaker's colouring), fitted per second of audio (half-overlapped blocks) and subtracted. A room's reverberation
    (hundreds of ms) is beyond it: what it leaves is for the cross-talk guard;
 4. gate: a 20 ms frame the subtraction took nearly everything from (this speaker was silent) becomes digital
    silence, which the decoder hears as silence rather than making words of a faint residue.
@@ -34,14 +34,18 @@ RATE = 16000
 MIN_DELAY_S = -0.01  # room for the error of mapping two streams to one time axis (arrival time in the server)
 MAX_DELAY_S = 0.3  # the guard's window: acoustic path + a capture chain, or a peer-to-peer call in between
 MIN_PEAK_Z = 6.0  # the correlation peak, in robust standard deviations above the median of the searched lags
+MIN_PEAK_SHARE = 0.3  # ... and at least this share of the peak of the other stream's copy of this speaker
 MAX_GAIN = 0.5  # a copy is >= 6 dB below its source (the guard's level gap)
 MIN_REF_RMS = 30.0  # int16 RMS of the reference below which there is nothing to remove (about -60 dBFS)
 # the bleed's filter: 0.5 ms before the found lag (a fractional delay) to 1.5 ms after it (a loudspeaker's and
 # microphone's colouring); each coefficient more lets the speaker's own words over the bleed bias the fit more
 TAPS_BEFORE, TAPS_AFTER = 8, 24
 LOADING = 1e-4  # diagonal loading of the filter's normal equations (a reference with empty bands)
+BLOCK = 16000  # the filter is fitted per 1 s (half-overlapped): a bleed path that drifts, talk over part of it
 GATE_FRAME = 320  # 20 ms, the pipeline's frame
 GATE_DB = 15.0  # a frame the subtraction reduced by more than this was the other voice only
+# an utterance whose active speech level the suppression lowered by this much held nothing but the other voice
+BLEED_ONLY_DB = 20.0
 MIN_SAMPLES = 512  # 32 ms: less is no speech to match
 TAPER = 320  # 20 ms fades at the ends of the audio before the delay search
 _EPS = 1e-9
@@ -95,13 +99,19 @@ def _delay(x: np.ndarray, r: np.ndarray, lead: int) -> tuple[int, float] | None:
     cc = np.fft.irfft(spec / (np.abs(spec) + _EPS), n)
     # cc[m] = sum_k x[k + m] r[k]; a copy delayed by d sits at m = d - lead
     lo, hi = int(round(MIN_DELAY_S * RATE)), int(round(MAX_DELAY_S * RATE))
-    lags = np.arange(lo, hi + 1)
+    lags = np.arange(-hi, hi + 1)
     values = cc[(lags - lead) % n]
-    i = int(np.argmax(values))
+    ahead = lags >= lo
+    i = int(np.argmax(np.where(ahead, values, -np.inf)))
     median = float(np.median(values))
     spread = 1.4826 * float(np.median(np.abs(values - median))) + _EPS
     z = (float(values[i]) - median) / spread
     if z < MIN_PEAK_Z:
+        return None
+    # the other stream holds a copy of this speaker too, `lags` below zero: when that one is much the stronger,
+    # this speaker is the source here and a peak after it is their own voice's self-similarity, not a copy
+    behind = float(np.max(values[~ahead])) - median
+    if float(values[i]) - median < MIN_PEAK_SHARE * behind:
         return None
     return int(lags[i]), z
 
@@ -144,18 +154,22 @@ def _gated(x: np.ndarray, cleaned: np.ndarray) -> np.ndarray:
 
 def _subtract(x: np.ndarray, r: np.ndarray, base: int) -> np.ndarray:
     """x minus its least-squares prediction from r by a short FIR filter around the found lag (x[k] ~ sum_j
-    h[j] r[base + k - j], j in -TAPS_BEFORE..TAPS_AFTER): a fractional delay and a loudspeaker's colouring, with
-    few enough coefficients that the speaker's own words, talking over the bleed, barely bias them."""
+    h[j] r[base + k - j], j in -TAPS_BEFORE..TAPS_AFTER: a fractional delay and a loudspeaker's colouring), fitted
+    per BLOCK samples (half-overlapped, cross-faded): where this speaker talks over the bleed, their words bias
+    that block's fit, not the fit of the blocks where the bleed is alone and must go entirely."""
     p, q = TAPS_BEFORE, TAPS_AFTER
-    seg = _aligned(r, base - q, x.size + p + q)  # seg[q + k - j] = r[base + k - j]
-    n = 1 << int(np.ceil(np.log2(x.size + seg.size)))
-    spec_seg = np.fft.rfft(seg, n)
-    auto = np.fft.irfft(np.abs(spec_seg) ** 2, n)[: p + q + 1]
-    cross = np.fft.irfft(np.fft.rfft(x, n) * np.conj(spec_seg), n)
-    taps = np.arange(-p, q + 1)
-    rhs = cross[(taps - q) % n]  # sum_k x[k] seg[k + q - j]
-    lags = np.abs(taps[:, None] - taps[None, :])
-    gram = auto[lags] + LOADING * auto[0] * np.eye(taps.size)
-    h = np.linalg.solve(gram, rhs)
-    predicted = np.convolve(seg, h)[p + q : p + q + x.size]  # sum_j h[j] seg[q + k - j]
-    return x - predicted
+    seg = _aligned(r, base - q, x.size + p + q)
+    rows = np.lib.stride_tricks.sliding_window_view(seg, p + q + 1)[: x.size]  # rows[k, i] = r[base + k + i - q]
+    predicted = np.zeros(x.size)
+    weight = np.zeros(x.size)
+    hop = BLOCK // 2
+    for at in range(0, max(1, x.size - hop), hop):
+        block = slice(at, min(x.size, at + BLOCK))
+        a, b = rows[block], x[block]
+        gram = a.T @ a
+        gram[np.diag_indices_from(gram)] += LOADING * np.trace(gram) / gram.shape[0] + _EPS
+        taps = np.linalg.solve(gram, a.T @ b)
+        fade = np.hanning(b.size + 2)[1:-1]  # half-overlapped Hann windows sum to (nearly) one
+        predicted[block] += fade * (a @ taps)
+        weight[block] += fade
+    return x - predicted / np.maximum(weight, _EPS)

@@ -54,7 +54,7 @@ from domain.events import (
     Word,
 )
 from pipeline.analysis import KeywordTracker, SentimentTracker
-from pipeline.bleed import MAX_DELAY_S, suppress_bleed
+from pipeline.bleed import BLEED_ONLY_DB, MAX_DELAY_S, suppress_bleed
 from pipeline.guards import (
     Heard,
     bleed_of,
@@ -237,7 +237,7 @@ class ParticipantStream:
             "revisions": 0, "revisions_unchanged": 0, "revisions_rejected": 0, "revisions_dropped": 0,
             "revisions_failed": 0, "revisions_unfollowed": 0, "crosstalk": 0, "crosstalk_corrected": 0,
             "turns_closed_early": 0, "turns_held": 0, "turns_continued": 0, "finals_retried": 0,
-            "turn_audio_queries": 0, "turn_audio_failed": 0, "bleed_suppressed": 0,
+            "turn_audio_queries": 0, "turn_audio_failed": 0, "bleed_suppressed": 0, "bleed_only": 0,
         }  # fmt: skip
         self.conversation.join(self)
 
@@ -380,7 +380,10 @@ class ParticipantStream:
         self._spec_mark = mark
         start, audio = got
         covered = audio.size
-        audio = self._without_bleed(start, audio)
+        cleaned = self._without_bleed(start, audio)
+        if cleaned is None:  # the other participant's voice only: the final will be nothing
+            return
+        audio = cleaned
         # decode the audio the final will hold if speech does not resume: the snapshot, then silence up to where
         # the segmenter will close the utterance (same length, so the same encoder window and the same text
         # as decoding the closed utterance; the dialogues' pauses are digital silence and decode identically)
@@ -511,7 +514,10 @@ class ParticipantStream:
         if audio.size < cfg.partial_min_s * SAMPLE_RATE:
             return
         self._last_partial_at = t
-        audio = self._without_bleed(start, audio)
+        cleaned = self._without_bleed(start, audio)
+        if cleaned is None:
+            return
+        audio = cleaned
         self._partial_task = asyncio.create_task(self._partial(self._next_seq, start, audio))
 
     async def _partial(self, seq: int, start: int, audio: np.ndarray) -> None:
@@ -544,14 +550,16 @@ class ParticipantStream:
         cfg = self.config
         self._last_partial_at = self.stream_time_s - max(0.0, cfg.partial_interval_s - cfg.partial_retry_s)
 
-    def _without_bleed(self, start: int, audio: np.ndarray) -> np.ndarray:
+    def _without_bleed(self, start: int, audio: np.ndarray) -> np.ndarray | None:
         """`audio` (16 kHz, from stream sample `start`) without the other streams' voices this microphone picked
-        up (`pipeline.bleed`): what every decode hears."""
+        up (`pipeline.bleed`): what every decode hears. None when nothing but their voices was there (its active
+        level fell by `BLEED_ONLY_DB`): no decode, whose words would be made of the residue."""
         if not self.config.bleed_suppression:
             return audio
         t0 = self.conversation_time(start / SAMPLE_RATE)
         if t0 is None:
             return audio
+        heard = audio
         for ref, lead in self.conversation.references(self, t0, audio.size):
             audio, found = suppress_bleed(audio, ref, lead)
             if found is not None:
@@ -559,13 +567,19 @@ class ParticipantStream:
                 log.debug("%s: bleed removed from %.2f s (%d ms later, %.1f dB, peak z %.0f)",
                           self.speaker.participant_id, start / SAMPLE_RATE, round(found.delay_s * 1000),
                           found.gain_db, found.peak_z)  # fmt: skip
+        if audio is not heard and speech_level_db(audio) < speech_level_db(heard) - BLEED_ONLY_DB:
+            return None
         return audio
 
     def _submit_final(self, utt: Any) -> None:
         t0 = self.conversation_time(utt.start_s)
         if t0 is not None:
             self.conversation.hear(self, t0, utt.audio)
-        utt = replace(utt, audio=self._without_bleed(utt.start, utt.audio))
+        cleaned = self._without_bleed(utt.start, utt.audio)
+        only_bleed = cleaned is None
+        if cleaned is None:
+            cleaned = np.zeros_like(utt.audio)
+        utt = replace(utt, audio=cleaned)
         seq = self._next_seq
         self._next_seq += 1
         self.stats["utterances"] += 1
@@ -585,7 +599,7 @@ class ParticipantStream:
         self._pending_samples += utt.end - utt.start
         self._open[seq] = (utt, time.monotonic())
         task = asyncio.create_task(self._final(seq, utt, self._last_final, self._take_speculative(seq, utt),
-                                               continues))  # fmt: skip
+                                               continues, only_bleed))  # fmt: skip
         self._last_final = task
         self._finals.add(task)
         task.add_done_callback(self._finals.discard)
@@ -623,6 +637,7 @@ class ParticipantStream:
         previous: asyncio.Task[None] | None,
         spec: asyncio.Task[Transcript | None] | None,
         continues: int | None = None,
+        only_bleed: bool = False,
     ) -> None:
         affected = {"seq": seq, "start_s": round(utt.start_s, 3), "end_s": round(utt.end_s, 3)}
         tr: Transcript | None = None
@@ -630,6 +645,12 @@ class ParticipantStream:
         try:
             if previous is not None:  # in order, and so the prompt is the previous final's text
                 await _wait_quietly(previous)
+            if only_bleed:  # another participant's voice only, taken out (`_without_bleed`): nothing to decode
+                if spec is not None:
+                    spec.cancel()
+                spec = None
+                self.stats["bleed_only"] += 1
+                tr = Transcript("", reason="bleed only")
             if spec is not None:
                 tr = await _result_or_none(spec)
                 self.stats["speculative_used" if tr is not None else "speculative_wasted"] += 1

@@ -38,7 +38,7 @@ from pipeline.guards import Heard, bleed_of, speech_level_db, words_of
 from pipeline.scheduler import SttScheduler
 from pipeline.stream import Conversation, ParticipantStream, SentFinal, StreamConfig
 from pipeline.transcript import Transcript
-from testing.bleed import duplicates, mix_bleed, read_stereo, score_crosstalk, write_bleed
+from testing.bleed import duplicates, mix_bleed, read_stereo, score_crosstalk, write_bleed, write_stereo
 from testing.data import SHARED_DATA, SHARED_DIALOGUES
 
 QUESTION = "Have you shipped an app written in Swift with an offline mode?"
@@ -430,3 +430,43 @@ async def test_bleed_dialogues_have_no_duplicate_and_lose_no_turn(whisper: Local
         assert score["duplicates"] == [], wav.name
         assert score["lost_turns"] == [], wav.name
         assert score["marked"] + score["corrected"] >= len(truth["turns"]) - 1, wav.name  # the guard did the work
+
+
+BARGE_IN_MAX_WER = 1.0  # measured: ...
+
+
+def _barge_in(tmp_path: Path, level_db: float) -> tuple[Path, dict[str, Any]]:
+    """A stereo file where the candidate starts answering 1.2 s before the interviewer's question ends (the shared
+    dialogue's first question and first answer, moved), each microphone hearing the other `level_db` lower, 40 and
+    60 ms later; and its ground truth."""
+    rate, pcm = read_stereo(SHARED_DATA / "mobile_mixed.stereo.wav")
+    truth = json.loads((SHARED_DATA / "mobile_mixed.json").read_text())
+    question, answer = truth["turns"][0], truth["turns"][1]
+    q = pcm[int(0.5 * rate) : int(5.5 * rate), 0]  # the question: 0.7-5.34 s
+    a = pcm[int(6.5 * rate) : int(14.4 * rate), 1]  # the answer: 6.69-14.21 s
+    at = int(4.0 * rate)  # the answer's speech starts at 4.19 s, the question's ends at 5.34 s
+    stereo = np.zeros((at + a.size + rate, 2), np.int16)
+    stereo[int(0.5 * rate) : int(0.5 * rate) + q.size, 0] = q
+    stereo[at : at + a.size, 1] = a
+    wav = tmp_path / f"barge-in{level_db:+.0f}dB.stereo.wav"
+    write_stereo(wav, rate, mix_bleed(stereo, rate, level_db, (40.0, 60.0)))
+    turns = [{**question, "start_s": question["start_s"] - 0.0, "end_s": question["end_s"]},
+             {**answer, "start_s": answer["start_s"] - 6.5 + 4.0, "end_s": answer["end_s"] - 6.5 + 4.0}]  # fmt: skip
+    return wav, {**truth, "turns": turns}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("level_db", [-10, -20])
+async def test_an_answer_that_starts_under_the_question_survives_the_bleed(whisper: LocalWhisper, level_db: float,
+                                                                          tmp_path: Path) -> None:  # fmt: skip
+    """Barge-in with both microphones hearing each other: the candidate's first words are said over the end of the
+    question, in audio that also holds the question's copy. Both sentences come out once, under their speaker's
+    name, with their words."""
+    assert SHARED_DATA.is_dir(), f"test audio missing: {SHARED_DATA}"
+    wav, truth = _barge_in(tmp_path, level_db)
+    args = build_parser().parse_args(["transcribe", str(wav), "--channels-as-speakers"])
+    out = io.StringIO()
+    assert await run(read_audio(wav), args, whisper, out, wav.name) == 0
+    score = score_crosstalk([json.loads(line) for line in out.getvalue().splitlines()], truth)
+    assert (score["duplicates"], score["lost_turns"]) == ([], [])
+    assert score["wer"]["interviewer"] <= BARGE_IN_MAX_WER and score["wer"]["candidate"] <= BARGE_IN_MAX_WER, score
