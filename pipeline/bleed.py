@@ -15,7 +15,8 @@ signal is for an echo canceller:
    copy must be quieter than its source (broadband least-squares gain <= `MAX_GAIN`): the other stream also holds
    a faint copy of *this* speaker, which must never be taken for a source;
 3. subtract: a least-squares FIR filter of the reference, a few ms long around the found lag (a fractional
-   delay, a loudspeaker's colouring), fitted per second of audio (half-overlapped blocks) and subtracted. A room's reverberation
+   delay, a loudspeaker's colouring), fitted by least squares reweighted per 0.25 s block, so that the blocks where
+   this speaker is silent decide it and their own words over the bleed barely bias it, then subtracted. A room's reverberation
    (hundreds of ms) is beyond it: what it leaves is for the cross-talk guard;
 4. gate: a 20 ms frame the subtraction took nearly everything from (this speaker was silent) becomes digital
    silence, which the decoder hears as silence rather than making words of a faint residue.
@@ -41,7 +42,8 @@ MIN_REF_RMS = 30.0  # int16 RMS of the reference below which there is nothing to
 # microphone's colouring); each coefficient more lets the speaker's own words over the bleed bias the fit more
 TAPS_BEFORE, TAPS_AFTER = 8, 24
 LOADING = 1e-4  # diagonal loading of the filter's normal equations (a reference with empty bands)
-BLOCK = 16000  # the filter is fitted per 1 s (half-overlapped): a bleed path that drifts, talk over part of it
+BLOCK = 4000  # 0.25 s: the blocks the fit weighs (this speaker silent in some, talking in others)
+FIT_ROUNDS = 3  # a plain least-squares fit, then two reweighted ones
 GATE_FRAME = 320  # 20 ms, the pipeline's frame
 GATE_DB = 15.0  # a frame the subtraction reduced by more than this was the other voice only
 # an utterance whose active speech level the suppression lowered by this much held nothing but the other voice
@@ -153,23 +155,24 @@ def _gated(x: np.ndarray, cleaned: np.ndarray) -> np.ndarray:
 
 
 def _subtract(x: np.ndarray, r: np.ndarray, base: int) -> np.ndarray:
-    """x minus its least-squares prediction from r by a short FIR filter around the found lag (x[k] ~ sum_j
-    h[j] r[base + k - j], j in -TAPS_BEFORE..TAPS_AFTER: a fractional delay and a loudspeaker's colouring), fitted
-    per BLOCK samples (half-overlapped, cross-faded): where this speaker talks over the bleed, their words bias
-    that block's fit, not the fit of the blocks where the bleed is alone and must go entirely."""
+    """x minus its prediction from r by a short FIR filter around the found lag (x[k] ~ sum_j h[j] r[base + k - j],
+    j in -TAPS_BEFORE..TAPS_AFTER: a fractional delay and a loudspeaker's colouring). The filter is fitted by
+    least squares reweighted per BLOCK (`FIT_ROUNDS`, each block weighted by the inverse of what the previous fit
+    left in it): the blocks where the bleed is alone decide it, and this speaker's own words over the bleed,
+    which no filter of the reference explains, barely bias it."""
     p, q = TAPS_BEFORE, TAPS_AFTER
     seg = _aligned(r, base - q, x.size + p + q)
     rows = np.lib.stride_tricks.sliding_window_view(seg, p + q + 1)[: x.size]  # rows[k, i] = r[base + k + i - q]
-    predicted = np.zeros(x.size)
-    weight = np.zeros(x.size)
-    hop = BLOCK // 2
-    for at in range(0, max(1, x.size - hop), hop):
-        block = slice(at, min(x.size, at + BLOCK))
-        a, b = rows[block], x[block]
-        gram = a.T @ a
+    bounds = [(at, min(x.size, at + BLOCK)) for at in range(0, x.size, BLOCK)]
+    grams = np.stack([rows[a:b].T @ rows[a:b] for a, b in bounds])
+    rhs = np.stack([rows[a:b].T @ x[a:b] for a, b in bounds])
+    floor = 1e-6 * float(np.mean(x * x)) + 1.0
+    weights = np.ones(len(bounds))
+    taps = np.zeros(p + q + 1)
+    for _ in range(FIT_ROUNDS):
+        gram = np.tensordot(weights, grams, 1)
         gram[np.diag_indices_from(gram)] += LOADING * np.trace(gram) / gram.shape[0] + _EPS
-        taps = np.linalg.solve(gram, a.T @ b)
-        fade = np.hanning(b.size + 2)[1:-1]  # half-overlapped Hann windows sum to (nearly) one
-        predicted[block] += fade * (a @ taps)
-        weight[block] += fade
-    return x - predicted / np.maximum(weight, _EPS)
+        taps = np.linalg.solve(gram, weights @ rhs)
+        residual = x - rows @ taps
+        weights = np.array([1.0 / (float(np.mean(residual[a:b] ** 2)) + floor) for a, b in bounds])
+    return x - rows @ taps

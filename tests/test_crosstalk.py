@@ -137,25 +137,27 @@ def _int16(x: np.ndarray) -> np.ndarray:
 
 def _db(error: np.ndarray, signal: np.ndarray) -> float:
     """Error power relative to signal power, dB."""
-    return float(10 * np.log10(np.sum(error.astype(np.float64) ** 2) / np.sum(signal.astype(np.float64) ** 2)))
+    return float(10 * np.log10((np.sum(error.astype(np.float64) ** 2) + 1e-9) / np.sum(signal.astype(np.float64) ** 2)))
 
 
-@pytest.mark.parametrize("gap_db", [10, 20])
-@pytest.mark.parametrize("delay_ms", [20, 80, 250])
-def test_the_other_voice_under_this_speakers_words_is_subtracted(voices: tuple[np.ndarray, np.ndarray],
-                                                                 gap_db: int, delay_ms: int) -> None:  # fmt: skip
-    """Double talk: the candidate speaks while their microphone hears the interviewer `gap_db` lower, `delay_ms`
-    later; the interviewer's stream is the reference. What is left of the bleed (and of any harm to the candidate's
-    words) is at least 10 dB below the bleed that was there, or 30 dB below the candidate's words."""
+@pytest.mark.parametrize("gap_db", [10, 20, 30])
+@pytest.mark.parametrize("delay_ms", [20, 80, 200])
+def test_the_other_voice_is_subtracted_and_a_reply_over_it_kept(voices: tuple[np.ndarray, np.ndarray],
+                                                                gap_db: int, delay_ms: int) -> None:  # fmt: skip
+    """The candidate's microphone hears the interviewer `gap_db` lower, `delay_ms` later, and the candidate starts
+    answering 2.5 s in, over it; the interviewer's stream is the reference. Where the bleed was alone nothing of it
+    is left; under the answer, the bleed left and any harm to the answer are well below the answer."""
     other, own = voices
     ref = np.concatenate([np.zeros(LEAD), other])  # the reference starts LEAD before the microphone's audio
     bleed = 10 ** (-gap_db / 20) * _delayed(ref, delay_ms * RATE // 1000, ref.size)[LEAD:]
-    mic = _int16(own + bleed)
-    out, found = suppress_bleed(mic, _int16(ref), LEAD)
+    reply = _delayed(own, int(2.5 * RATE), own.size)
+    out, found = suppress_bleed(_int16(reply + bleed), _int16(ref), LEAD)
     assert found is not None
     assert found.delay_s == pytest.approx(delay_ms / 1000, abs=0.001)
-    assert found.gain_db == pytest.approx(-gap_db, abs=2.0)
-    assert _db(out - own, bleed) < -10 or _db(out - own, own) < -30
+    assert found.gain_db == pytest.approx(-gap_db, abs=3.0)
+    alone, under = slice(0, 2 * RATE), slice(int(2.6 * RATE), None)
+    assert _db(out[alone], bleed[alone]) < -40  # measured: -100 dB or less (digital silence)
+    assert _db(out[under] - reply[under], reply[under]) < -30  # measured: -38 to -87 dB; the bleed was -12 to -33
 
 
 def test_a_coloured_fractionally_delayed_bleed_is_reduced(voices: tuple[np.ndarray, np.ndarray]) -> None:
@@ -166,9 +168,9 @@ def test_a_coloured_fractionally_delayed_bleed_is_reduced(voices: tuple[np.ndarr
                            ref.size)  # fmt: skip
     coloured = np.convolve(shifted, [0.25, 0.5, 0.25], mode="same")
     bleed = 0.1 * coloured[LEAD:]
-    out, found = suppress_bleed(_int16(own * 0.5 + bleed), _int16(ref), LEAD)
+    out, found = suppress_bleed(_int16(bleed), _int16(ref), LEAD)
     assert found is not None and found.delay_s == pytest.approx(0.046, abs=0.002)
-    assert _db(out - own * 0.5, bleed) < -12
+    assert _db(out, bleed) < -20
 
 
 @pytest.mark.parametrize("gap_db", [10, 20, 30])
