@@ -244,11 +244,13 @@ def _voice(seconds: float, rate: int = 16000) -> np.ndarray:
 class Room:
     """Two streams of one conversation (a shared time axis, like `--channels-as-speakers`) and their events."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, bleed_suppression: bool = False) -> None:
         self.sched = SttScheduler(LengthStt())
         self.conversation = Conversation()
         self.events: list[StreamEvent] = []
-        cfg = StreamConfig(emit_levels_every_s=0, partial_interval_s=0, speculative_final=False, revise=False)
+        # the guard's own tests: without suppression the copy is decoded (and marked) whatever it sounds like
+        cfg = StreamConfig(emit_levels_every_s=0, partial_interval_s=0, speculative_final=False, revise=False,
+                           bleed_suppression=bleed_suppression)
         self.streams = {
             role: ParticipantStream(Speaker(role, role, role), self.sched, self.events.append, in_rate=16000,
                                     channels=1, config=cfg, conversation=self.conversation)
@@ -292,6 +294,16 @@ async def test_a_copy_after_its_source_is_marked_at_once_and_never_analysed() ->
     assert room.of("candidate", SentimentEvent) == [] and room.of("candidate", KeywordsEvent) == []
     assert [t.text for t in room.conversation.turns] == [QUESTION]  # the prompt and revisions never see the copy
     assert room.streams["candidate"].stats["crosstalk"] == 1
+
+
+async def test_with_bleed_suppression_a_copy_after_its_source_is_not_even_decoded() -> None:
+    room = Room(bleed_suppression=True)
+    question = _voice(3.0)
+    await room.say("interviewer", question)
+    await room.say("candidate", _bleed(question, 20, 0.06))
+    await room.close()
+    assert [e.text for e in room.of("interviewer")] == [QUESTION] and room.of("candidate") == []
+    assert room.streams["candidate"].stats["bleed_only"] == 1 and room.streams["candidate"].stats["finals"] == 0
 
 
 async def test_a_copy_emitted_before_its_source_is_corrected_by_a_revision() -> None:
