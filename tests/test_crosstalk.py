@@ -427,12 +427,17 @@ def test_the_duplicate_count_sees_copies_and_not_replies() -> None:
 # ------------------------------------------------------------------------------------------- real dialogues
 
 
+# measured with bleed suppression on (2026-12, tiny.en): 0.0 / 0.015 (mobile_mixed) and 0.0 / 0.017
+# (security_positive) at -10 and -30 dB, the clean files' own figures; 0.05 is three words of margin per speaker
+BLEED_MAX_WER = 0.05
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SHARED_DIALOGUES)
 async def test_bleed_dialogues_have_no_duplicate_and_lose_no_turn(whisper: LocalWhisper, name: str,
                                                                   tmp_path: Path) -> None:  # fmt: skip
     """`python -m pipeline transcribe X.bleed-10dB.stereo.wav --channels-as-speakers` (and -30 dB), the command's
-    own `run()`: every sentence once, under the right name."""
+    own `run()`: every sentence once, under the right name, with its words."""
     assert SHARED_DATA.is_dir(), f"test audio missing: {SHARED_DATA}"
     for wav in write_bleed(name, SHARED_DATA, (-10, -30), tmp_path):
         args = build_parser().parse_args(["transcribe", str(wav), "--channels-as-speakers"])
@@ -443,7 +448,7 @@ async def test_bleed_dialogues_have_no_duplicate_and_lose_no_turn(whisper: Local
         score = score_crosstalk(events, truth)
         assert score["duplicates"] == [], wav.name
         assert score["lost_turns"] == [], wav.name
-        assert score["marked"] + score["corrected"] >= len(truth["turns"]) - 1, wav.name  # the guard did the work
+        assert max(score["wer"].values()) <= BLEED_MAX_WER, (wav.name, score["wer"])
 
 
 BARGE_IN_MAX_WER = 1.0  # measured: ...
