@@ -157,9 +157,10 @@ def cost(stt: SpeechToText, json_path: Path | None, env: dict[str, Any], repeats
         channels.append(np.concatenate([resampler.process(np.ascontiguousarray(pcm[:, ch])), resampler.flush()]))
     lead = int(round(MAX_DELAY_S * RATE))
     rows, results = [], []
+    question = channels[0][int(0.7 * RATE) : int(5.3 * RATE)].astype(np.float64)  # the interviewer's first turn
     for seconds in (1, 3, 10):
-        at = int(6.7 * RATE)  # the candidate's first answer
-        ref = channels[0][at - lead : at + seconds * RATE].astype(np.float64)
+        at = int(6.7 * RATE)  # the candidate's first answer, with the question (repeated) under it
+        ref = np.concatenate([np.zeros(lead), np.tile(question, 3)[: seconds * RATE]])
         bleed = 0.1 * np.concatenate([np.zeros(960), ref])[lead : lead + seconds * RATE]
         mic = np.clip(channels[1][at : at + seconds * RATE] + bleed, -32768, 32767).astype(np.int16)
         ref16 = ref.astype(np.int16)

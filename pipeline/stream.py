@@ -380,29 +380,19 @@ class ParticipantStream:
         self._spec_mark = mark
         start, audio = got
         covered = audio.size
-        cleaned = self._without_bleed(start, audio)
-        if cleaned is None:  # the other participant's voice only: the final will be nothing
-            return
-        audio = cleaned
+        refs = self._references(start, audio.size)
         # decode the audio the final will hold if speech does not resume: the snapshot, then silence up to where
         # the segmenter will close the utterance (same length, so the same encoder window and the same text
         # as decoding the closed utterance; the dialogues' pauses are digital silence and decode identically)
         silence = cfg.end_silence_ms * SAMPLE_RATE // 1000
         frames = -(-silence // fe.frame_len)  # the segmenter closes on the first frame that completes it
         closes_at = (mark[1] or start) - start + frames * fe.frame_len
-        if closes_at > covered:
-            audio = np.concatenate([audio, np.zeros(closes_at - covered, np.int16)])
         if self._spec is not None:  # the previous pause's decode: speech went on after it
             self.stats["speculative_wasted"] += 1
             self._spec[3].cancel()
         self.scheduler.shed(id(self))  # a queued plain partial of this stream is stale now
         seq = self._next_seq
-        task = asyncio.create_task(
-            self.scheduler.transcribe_partial(
-                audio, prompt=self._prompt(), key=(id(self), "spec", seq), final_quality=True,
-                vocabulary=self.vocabulary,
-            )
-        )
+        task = asyncio.create_task(self._speculate(seq, start, audio, closes_at, refs, self._prompt()))
         task.add_done_callback(_consume_outcome)
         task.add_done_callback(lambda _t: self._show_speculation())
         task.add_done_callback(lambda _t: self._set_end_silence())
@@ -413,6 +403,18 @@ class ParticipantStream:
             self._turn_p = asyncio.create_task(self.turn_audio.end_probability(got[1]))
             self._turn_p.add_done_callback(_consume_outcome)
             self._turn_p.add_done_callback(lambda _t: self._set_end_silence())
+
+    async def _speculate(self, seq: int, start: int, audio: np.ndarray, closes_at: int,
+                         refs: list[tuple[np.ndarray, int]], prompt: str | None) -> Transcript | None:
+        """The speculative decode of the snapshot `audio` (without bleed), padded with silence to `closes_at`
+        samples; None when it holds only another participant's voice (the final finds that out again)."""
+        cleaned = await self._without_bleed(start, audio, refs)
+        if cleaned is None:
+            return None
+        if closes_at > cleaned.size:
+            cleaned = np.concatenate([cleaned, np.zeros(closes_at - cleaned.size, np.int16)])
+        return await self.scheduler.transcribe_partial(cleaned, prompt=prompt, key=(id(self), "spec", seq),
+                                                       final_quality=True, vocabulary=self.vocabulary)
 
     def _cancel_turn_audio(self) -> None:
         """The audio model's query for a pause that is over: skipped if it has not started."""
@@ -514,13 +516,14 @@ class ParticipantStream:
         if audio.size < cfg.partial_min_s * SAMPLE_RATE:
             return
         self._last_partial_at = t
-        cleaned = self._without_bleed(start, audio)
-        if cleaned is None:
+        self._partial_task = asyncio.create_task(self._partial(self._next_seq, start, audio,
+                                                               self._references(start, audio.size)))
+
+    async def _partial(self, seq: int, start: int, audio: np.ndarray, refs: list[tuple[np.ndarray, int]]) -> None:
+        cleaned = await self._without_bleed(start, audio, refs)
+        if cleaned is None:  # another participant's voice only
             return
         audio = cleaned
-        self._partial_task = asyncio.create_task(self._partial(self._next_seq, start, audio))
-
-    async def _partial(self, seq: int, start: int, audio: np.ndarray) -> None:
         try:
             tr = await self.scheduler.transcribe_partial(audio, prompt=self._prompt(), key=id(self),
                                                          vocabulary=self.vocabulary)
@@ -550,36 +553,39 @@ class ParticipantStream:
         cfg = self.config
         self._last_partial_at = self.stream_time_s - max(0.0, cfg.partial_interval_s - cfg.partial_retry_s)
 
-    def _without_bleed(self, start: int, audio: np.ndarray) -> np.ndarray | None:
-        """`audio` (16 kHz, from stream sample `start`) without the other streams' voices this microphone picked
-        up (`pipeline.bleed`): what every decode hears. None when nothing but their voices was there (its active
-        level fell by `BLEED_ONLY_DB`): no decode, whose words would be made of the residue."""
+    def _references(self, start: int, n: int) -> list[tuple[np.ndarray, int]]:
+        """The other streams' audio around `n` samples of this one from stream sample `start`
+        (`Conversation.references`), taken now, on the event loop; none when bleed suppression is off."""
         if not self.config.bleed_suppression:
-            return audio
+            return []
         t0 = self.conversation_time(start / SAMPLE_RATE)
-        if t0 is None:
+        return [] if t0 is None else self.conversation.references(self, t0, n)
+
+    async def _without_bleed(self, start: int, audio: np.ndarray,
+                             refs: list[tuple[np.ndarray, int]]) -> np.ndarray | None:
+        """`audio` (16 kHz, from stream sample `start`) without the other streams' voices this microphone picked
+        up (`pipeline.bleed`, against `refs`, in a worker thread): what every decode hears. None when nothing but
+        their voices was there (its active level fell by `BLEED_ONLY_DB`): no decode, whose words would be made
+        of the residue."""
+        if not refs:
             return audio
-        heard = audio
-        for ref, lead in self.conversation.references(self, t0, audio.size):
-            audio, found = suppress_bleed(audio, ref, lead)
-            if found is not None:
-                self.stats["bleed_suppressed"] += 1
-                log.debug("%s: bleed removed from %.2f s (%d ms later, %.1f dB, peak z %.0f)",
-                          self.speaker.participant_id, start / SAMPLE_RATE, round(found.delay_s * 1000),
-                          found.gain_db, found.peak_z)  # fmt: skip
-        if audio is not heard and speech_level_db(audio) < speech_level_db(heard) - BLEED_ONLY_DB:
-            return None
-        return audio
+        try:
+            cleaned, found = await asyncio.to_thread(_without_bleed, audio, refs)
+        except Exception:  # noqa: BLE001 - a failed suppression leaves the audio as it was; the final still comes
+            log.exception("bleed suppression failed")
+            return audio
+        for f in found:
+            self.stats["bleed_suppressed"] += 1
+            log.debug("%s: bleed removed from %.2f s (%d ms later, %.1f dB, peak z %.0f)",
+                      self.speaker.participant_id, start / SAMPLE_RATE, round(f.delay_s * 1000), f.gain_db,
+                      f.peak_z)  # fmt: skip
+        return cleaned
 
     def _submit_final(self, utt: Any) -> None:
         t0 = self.conversation_time(utt.start_s)
         if t0 is not None:
             self.conversation.hear(self, t0, utt.audio)
-        cleaned = self._without_bleed(utt.start, utt.audio)
-        only_bleed = cleaned is None
-        if cleaned is None:
-            cleaned = np.zeros_like(utt.audio)
-        utt = replace(utt, audio=cleaned)
+        refs = self._references(utt.start, utt.audio.size)
         seq = self._next_seq
         self._next_seq += 1
         self.stats["utterances"] += 1
@@ -599,7 +605,7 @@ class ParticipantStream:
         self._pending_samples += utt.end - utt.start
         self._open[seq] = (utt, time.monotonic())
         task = asyncio.create_task(self._final(seq, utt, self._last_final, self._take_speculative(seq, utt),
-                                               continues, only_bleed))  # fmt: skip
+                                               continues, refs))  # fmt: skip
         self._last_final = task
         self._finals.add(task)
         task.add_done_callback(self._finals.discard)
@@ -637,12 +643,15 @@ class ParticipantStream:
         previous: asyncio.Task[None] | None,
         spec: asyncio.Task[Transcript | None] | None,
         continues: int | None = None,
-        only_bleed: bool = False,
+        refs: list[tuple[np.ndarray, int]] | None = None,
     ) -> None:
         affected = {"seq": seq, "start_s": round(utt.start_s, 3), "end_s": round(utt.end_s, 3)}
         tr: Transcript | None = None
         error: ErrorEvent | None = None
         try:
+            cleaned = await self._without_bleed(utt.start, utt.audio, refs or [])
+            only_bleed = cleaned is None
+            utt = replace(utt, audio=np.zeros_like(utt.audio) if cleaned is None else cleaned)
             if previous is not None:  # in order, and so the prompt is the previous final's text
                 await _wait_quietly(previous)
             if only_bleed:  # another participant's voice only, taken out (`_without_bleed`): nothing to decode
@@ -1094,6 +1103,19 @@ def prompt_tail(prompt: str | None, text: str, max_chars: int) -> str | None:
         space = cut.find(" ")
         cut = cut[space + 1 :] if 0 <= space < len(cut) - 1 else cut
     return cut.strip() or None
+
+
+def _without_bleed(audio: np.ndarray, refs: list[tuple[np.ndarray, int]]) -> tuple[np.ndarray | None, list[Any]]:
+    """`audio` with each reference's copy subtracted (`pipeline.bleed.suppress_bleed`) and what was found; None
+    for the audio when its active level fell by `BLEED_ONLY_DB` (nothing but the other voices was there)."""
+    heard, found = audio, []
+    for ref, lead in refs:
+        audio, f = suppress_bleed(audio, ref, lead)
+        if f is not None:
+            found.append(f)
+    if audio is not heard and speech_level_db(audio) < speech_level_db(heard) - BLEED_ONLY_DB:
+        return None, found
+    return audio, found
 
 
 def _same_time(stream_s: float) -> float | None:

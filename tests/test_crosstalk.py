@@ -451,7 +451,9 @@ async def test_bleed_dialogues_have_no_duplicate_and_lose_no_turn(whisper: Local
         assert max(score["wer"].values()) <= BLEED_MAX_WER, (wav.name, score["wer"])
 
 
-BARGE_IN_MAX_WER = 1.0  # measured: ...
+# measured (tiny.en, 25 and 13 words): candidate 0.08-0.16 and interviewer 0.0 with suppression, 0.04 / 0.0 without
+# bleed; with the guard alone the question was lost (interviewer 1.0) and the answer began with it (0.6-0.84)
+BARGE_IN_MAX_WER = 0.25
 
 
 def _barge_in(tmp_path: Path, level_db: float) -> tuple[Path, dict[str, Any]]:
