@@ -96,7 +96,8 @@ def suppress_bleed(mic: np.ndarray, ref: np.ndarray, lead: int) -> tuple[np.ndar
 def _delay(x: np.ndarray, r: np.ndarray, lead: int) -> tuple[int, float] | None:
     """The lag d (samples; mic[k] ~ ref[lead + k - d]) of the GCC-PHAT peak in the searched range, and its
     prominence; None when the peak does not stand out."""
-    n = 1 << int(np.ceil(np.log2(x.size + r.size)))
+    # long enough that the searched lags (|d| <= MAX_DELAY_S around `lead`) do not wrap around
+    n = 1 << int(np.ceil(np.log2(max(x.size, r.size) + 2 * int(round(MAX_DELAY_S * RATE)) + lead + 1)))
     spec = np.fft.rfft(x, n) * np.conj(np.fft.rfft(r, n))
     cc = np.fft.irfft(spec / (np.abs(spec) + _EPS), n)
     # cc[m] = sum_k x[k + m] r[k]; a copy delayed by d sits at m = d - lead
@@ -155,24 +156,36 @@ def _gated(x: np.ndarray, cleaned: np.ndarray) -> np.ndarray:
 
 
 def _subtract(x: np.ndarray, r: np.ndarray, base: int) -> np.ndarray:
-    """x minus its prediction from r by a short FIR filter around the found lag (x[k] ~ sum_j h[j] r[base + k - j],
-    j in -TAPS_BEFORE..TAPS_AFTER: a fractional delay and a loudspeaker's colouring). The filter is fitted by
-    least squares reweighted per BLOCK (`FIT_ROUNDS`, each block weighted by the inverse of what the previous fit
-    left in it): the blocks where the bleed is alone decide it, and this speaker's own words over the bleed,
-    which no filter of the reference explains, barely bias it."""
-    p, q = TAPS_BEFORE, TAPS_AFTER
-    seg = _aligned(r, base - q, x.size + p + q)
-    rows = np.lib.stride_tricks.sliding_window_view(seg, p + q + 1)[: x.size]  # rows[k, i] = r[base + k + i - q]
-    bounds = [(at, min(x.size, at + BLOCK)) for at in range(0, x.size, BLOCK)]
-    grams = np.stack([rows[a:b].T @ rows[a:b] for a, b in bounds])
-    rhs = np.stack([rows[a:b].T @ x[a:b] for a, b in bounds])
+    """x minus its prediction from r by a short FIR filter around the found lag (x[k] ~ sum_i taps[i] seg[k + i],
+    seg[t] = r[base - TAPS_AFTER + t]: TAPS_BEFORE..TAPS_AFTER samples around the lag, a fractional delay and a
+    loudspeaker's colouring). The filter is fitted by least squares reweighted per BLOCK (`FIT_ROUNDS`, each block
+    weighted by the inverse of what the previous fit left in it): the blocks where the bleed is alone decide it,
+    and this speaker's own words over the bleed, which no filter of the reference explains, barely bias it."""
+    k = TAPS_BEFORE + TAPS_AFTER + 1
+    seg = _aligned(r, base - TAPS_AFTER, x.size + k - 1)
+    edges = np.arange(0, x.size + BLOCK, BLOCK).clip(max=x.size)
+    edges = edges[np.r_[True, np.diff(edges) > 0]]
+    starts, ends = edges[:-1], edges[1:]
+    # per-block normal equations from running sums of lagged products: O(samples x taps), no matrix of rows
+    grams = np.empty((starts.size, k, k))
+    for lag in range(k):
+        run = np.concatenate([[0.0], np.cumsum(seg[: seg.size - lag] * seg[lag:])])
+        i = np.arange(k - lag)
+        block = run[ends[:, None] + i] - run[starts[:, None] + i]
+        grams[:, i, i + lag] = block
+        grams[:, i + lag, i] = block
+    rhs = np.empty((starts.size, k))
+    for i in range(k):
+        run = np.concatenate([[0.0], np.cumsum(seg[i : i + x.size] * x)])
+        rhs[:, i] = run[ends] - run[starts]
     floor = 1e-6 * float(np.mean(x * x)) + 1.0
-    weights = np.ones(len(bounds))
-    taps = np.zeros(p + q + 1)
+    weights = np.ones(starts.size)
+    predicted = np.zeros(x.size)
     for _ in range(FIT_ROUNDS):
         gram = np.tensordot(weights, grams, 1)
-        gram[np.diag_indices_from(gram)] += LOADING * np.trace(gram) / gram.shape[0] + _EPS
+        gram[np.diag_indices_from(gram)] += LOADING * np.trace(gram) / k + _EPS
         taps = np.linalg.solve(gram, weights @ rhs)
-        residual = x - rows @ taps
-        weights = np.array([1.0 / (float(np.mean(residual[a:b] ** 2)) + floor) for a, b in bounds])
-    return x - rows @ taps
+        predicted = np.correlate(seg, taps, mode="valid")  # sum_i taps[i] seg[k + i]
+        power = np.add.reduceat((x - predicted) ** 2, starts) / (ends - starts)
+        weights = 1.0 / (power + floor)
+    return x - predicted
