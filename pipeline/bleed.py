@@ -170,10 +170,10 @@ def _subtract(x: np.ndarray, r: np.ndarray, base: int) -> np.ndarray:
     grams = np.empty((starts.size, k, k))
     for lag in range(k):
         run = np.concatenate([[0.0], np.cumsum(seg[: seg.size - lag] * seg[lag:])])
-        i = np.arange(k - lag)
-        block = run[ends[:, None] + i] - run[starts[:, None] + i]
-        grams[:, i, i + lag] = block
-        grams[:, i + lag, i] = block
+        tap = np.arange(k - lag)
+        block = run[ends[:, None] + tap] - run[starts[:, None] + tap]
+        grams[:, tap, tap + lag] = block
+        grams[:, tap + lag, tap] = block
     rhs = np.empty((starts.size, k))
     for i in range(k):
         run = np.concatenate([[0.0], np.cumsum(seg[i : i + x.size] * x)])
