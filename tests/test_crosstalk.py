@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from adapters.stt_whisper import LocalWhisper
+from cli import make_stt
 from domain.events import (
     KeywordsEvent,
     SegmentEvent,
@@ -434,15 +434,15 @@ BLEED_MAX_WER = 0.05
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SHARED_DIALOGUES)
-async def test_bleed_dialogues_have_no_duplicate_and_lose_no_turn(whisper: LocalWhisper, name: str,
-                                                                  tmp_path: Path) -> None:  # fmt: skip
+async def test_bleed_dialogues_have_no_duplicate_and_lose_no_turn(name: str, tmp_path: Path) -> None:
     """`python -m pipeline transcribe X.bleed-10dB.stereo.wav --channels-as-speakers` (and -30 dB), the command's
-    own `run()`: every sentence once, under the right name, with its words."""
+    own `run()` and engine: every sentence once, under the right name, with its words."""
     assert SHARED_DATA.is_dir(), f"test audio missing: {SHARED_DATA}"
+    stt = make_stt(build_parser().parse_args(["transcribe", "-"]))
     for wav in write_bleed(name, SHARED_DATA, (-10, -30), tmp_path):
         args = build_parser().parse_args(["transcribe", str(wav), "--channels-as-speakers"])
         out = io.StringIO()
-        assert await run(read_audio(wav), args, whisper, out, wav.name) == 0
+        assert await run(read_audio(wav), args, stt, out, wav.name) == 0
         events = [json.loads(line) for line in out.getvalue().splitlines()]
         truth = json.loads((tmp_path / f"{wav.name.removesuffix('.stereo.wav')}.json").read_text())
         score = score_crosstalk(events, truth)
@@ -478,8 +478,7 @@ def _barge_in(tmp_path: Path, level_db: float) -> tuple[Path, dict[str, Any]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("level_db", [-10, -20])
-async def test_an_answer_that_starts_under_the_question_survives_the_bleed(whisper: LocalWhisper, level_db: float,
-                                                                          tmp_path: Path) -> None:  # fmt: skip
+async def test_an_answer_that_starts_under_the_question_survives_the_bleed(level_db: float, tmp_path: Path) -> None:
     """Barge-in with both microphones hearing each other: the candidate's first words are said over the end of the
     question, in audio that also holds the question's copy. Both sentences come out once, under their speaker's
     name, with their words."""
@@ -487,7 +486,7 @@ async def test_an_answer_that_starts_under_the_question_survives_the_bleed(whisp
     wav, truth = _barge_in(tmp_path, level_db)
     args = build_parser().parse_args(["transcribe", str(wav), "--channels-as-speakers"])
     out = io.StringIO()
-    assert await run(read_audio(wav), args, whisper, out, wav.name) == 0
+    assert await run(read_audio(wav), args, make_stt(args), out, wav.name) == 0
     score = score_crosstalk([json.loads(line) for line in out.getvalue().splitlines()], truth)
     assert (score["duplicates"], score["lost_turns"]) == ([], [])
     assert score["wer"]["interviewer"] <= BARGE_IN_MAX_WER and score["wer"]["candidate"] <= BARGE_IN_MAX_WER, score
