@@ -218,6 +218,8 @@ class Settings(BaseSettings):
                                "segment.revised (local engine only)")
     crosstalk_guard: Flag = setting(True, "mark a final that repeats another participant's overlapping, louder "
                                     "final (a microphone hearing the other side) as crosstalk: shown, not analysed")
+    bleed_suppression: Flag = setting(True, "before each decode, subtract the other participants' voices a "
+                                      "microphone picked up (their streams are the reference)")
     guidance: Flag = setting(True, "live guidance for interviewers (protected-topic alerts, guide coverage, "
                              "question/answer pairs, talk balance; salary history is flagged with JURISDICTION=us-nyc)")
     end_silence_ms: PositiveInt = setting(500, "silence that ends an utterance (lower: faster finals, more splits)")

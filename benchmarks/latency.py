@@ -144,11 +144,12 @@ class TurnResult:
 
 # Where speech end -> final received goes (ms), in order. `speech_end`: the segmenter's speech end after the true
 # one (stream time); then the final's own `timing` (domain.events.FINAL_TIMING): `close` (the silence that closed
-# it), `ingest` (its audio's arrival behind the stream's clock), `previous`, `speculative_wait`, `queue`,
+# it), `ingest` (its audio's arrival behind the stream's clock), `bleed` (taking other participants' voices out of
+# its audio, pipeline.bleed), `previous`, `speculative_wait`, `queue`,
 # `decode`, `post`; `start_offset`: the server's stream time zero after the peer's (the first frame's trip);
 # `delivery`: emitted -> received on the data channel (both clocks are this host's monotonic clock); `other`: the
 # rest (the sender's lateness, rounding).
-BREAKDOWN = ("speech_end", "close", "ingest", "previous", "speculative_wait", "queue", "decode", "post",
+BREAKDOWN = ("speech_end", "close", "ingest", "bleed", "previous", "speculative_wait", "queue", "decode", "post",
              "start_offset", "delivery", "other")
 
 
@@ -158,7 +159,7 @@ def breakdown_of(turn: Turn, final: dict[str, Any], latency_s: float, started_at
     if not timing or started_at is None or final.get("emitted_at_s") is None or "at" not in timing:
         return None
     parts = {"speech_end": 1000 * (final["end_s"] - turn.end_s)}
-    for k in ("close", "ingest", "previous", "speculative_wait", "queue", "decode", "post"):
+    for k in ("close", "ingest", "bleed", "previous", "speculative_wait", "queue", "decode", "post"):
         parts[k] = float(timing.get(k, 0.0))
     parts["start_offset"] = 1000 * (timing["at"] - final["emitted_at_s"] - started_at)
     parts["delivery"] = 1000 * (final["_received_at"] - timing["at"])

@@ -135,7 +135,7 @@ class SegmentEvent:
 # (`queue`), the decode (`decode`), guards and analysers up to the emit (`post`), and the whole (`server`, close ->
 # emitted). `speculative` is 1 when the final reused the decode started in the pause (no decode of its own). `at`:
 # the emitting host's monotonic clock in seconds when it was emitted (a receiver on that host measures delivery).
-FINAL_TIMING = ("close", "ingest", "previous", "speculative_wait", "queue", "decode", "post", "server", "speculative",
+FINAL_TIMING = ("close", "ingest", "bleed", "previous", "speculative_wait", "queue", "decode", "post", "server", "speculative",
                 "at")
 
 # What a `segment.revised` replaces in the final of the same speaker and seq (start_s / end_s stay the utterance's).

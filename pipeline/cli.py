@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not decode finals again with the conversation around them (no segment.revised)")
     t.add_argument("--no-crosstalk-guard", dest="crosstalk_guard", action="store_false",
                    help="do not mark finals that repeat another channel's overlapping, louder final")
+    t.add_argument("--no-bleed-suppression", dest="bleed_suppression", action="store_false",
+                   help="do not subtract the other channels' voices from each channel before decoding")
     t.add_argument("-v", "--verbose", action="store_true")
     c = sub.add_parser("classify-questions", help="protected-topic detector: one question per line on stdin, "
                        "one JSON object per line on stdout")  # fmt: skip
@@ -141,6 +143,7 @@ async def run(
     # next turn however long its decode takes: the transcript does not depend on the machine's speed or load
     cfg = StreamConfig(vad=args.vad, partial_interval_s=args.partial_interval, skills=skills,
                        prompt_previous=args.prompt, revise=args.revise, crosstalk_guard=args.crosstalk_guard,
+                       bleed_suppression=args.bleed_suppression,
                        revise_wait_s=StreamConfig.revise_wait_s if args.realtime else None,
                        emit_levels_every_s=0.1 if args.levels else 0.0)  # fmt: skip
     t_start = time.perf_counter()

@@ -54,6 +54,7 @@ from domain.events import (
     Word,
 )
 from pipeline.analysis import KeywordTracker, SentimentTracker
+from pipeline.bleed import BLEED_ONLY_DB, MAX_DELAY_S, suppress_bleed
 from pipeline.guards import (
     Heard,
     bleed_of,
@@ -145,6 +146,9 @@ class StreamConfig:
     await_revisions: bool = True
     # mark finals that repeat another stream's overlapping, louder final (pipeline.guards.bleed_of)
     crosstalk_guard: bool = True
+    # before each decode, subtract the delayed, quieter copy of the conversation's other streams this microphone
+    # picked up (pipeline.bleed; the other streams' audio is the reference)
+    bleed_suppression: bool = True
     # a final no engine can take now (`stt_unavailable`: every speech-to-text worker gone) is kept and asked for
     # again this often, for up to `final_retry_for_s` (`final_retry_closing_s` once the stream is closing)
     final_retry_s: float = 2.0
@@ -239,8 +243,9 @@ class ParticipantStream:
             "revisions": 0, "revisions_unchanged": 0, "revisions_rejected": 0, "revisions_dropped": 0,
             "revisions_failed": 0, "revisions_unfollowed": 0, "crosstalk": 0, "crosstalk_corrected": 0,
             "turns_closed_early": 0, "turns_held": 0, "turns_continued": 0, "finals_retried": 0,
-            "turn_audio_queries": 0, "turn_audio_failed": 0,
+            "turn_audio_queries": 0, "turn_audio_failed": 0, "bleed_suppressed": 0, "bleed_only": 0,
         }  # fmt: skip
+        self.conversation.join(self)
 
     # ------------------------------------------------------------------------------------------ properties
 
@@ -334,6 +339,7 @@ class ParticipantStream:
         # A closed stream is no cross-talk source or copy any more, and keeps nothing of its owner: without these
         # the conversation and the owner's time mapping would hold it (and its room) until a full collection.
         self.conversation.sent = deque(f for f in self.conversation.sent if f.stream is not self)
+        self.conversation.leave(self)
         self.conversation_time = _same_time
 
     # ------------------------------------------------------------------------------------------- internals
@@ -380,25 +386,19 @@ class ParticipantStream:
         self._spec_mark = mark
         start, audio = got
         covered = audio.size
+        refs = self._references(start, audio.size)
         # decode the audio the final will hold if speech does not resume: the snapshot, then silence up to where
         # the segmenter will close the utterance (same length, so the same encoder window and the same text
         # as decoding the closed utterance; the dialogues' pauses are digital silence and decode identically)
         silence = cfg.end_silence_ms * SAMPLE_RATE // 1000
         frames = -(-silence // fe.frame_len)  # the segmenter closes on the first frame that completes it
         closes_at = (mark[1] or start) - start + frames * fe.frame_len
-        if closes_at > covered:
-            audio = np.concatenate([audio, np.zeros(closes_at - covered, np.int16)])
         if self._spec is not None:  # the previous pause's decode: speech went on after it
             self.stats["speculative_wasted"] += 1
             self._spec[3].cancel()
         self.scheduler.shed(id(self))  # a queued plain partial of this stream is stale now
         seq = self._next_seq
-        task = asyncio.create_task(
-            self.scheduler.transcribe_partial(
-                audio, prompt=self._prompt(), key=(id(self), "spec", seq), final_quality=True,
-                vocabulary=self.vocabulary,
-            )
-        )
+        task = asyncio.create_task(self._speculate(seq, start, audio, closes_at, refs, self._prompt()))
         task.add_done_callback(_consume_outcome)
         task.add_done_callback(lambda _t: self._show_speculation())
         task.add_done_callback(lambda _t: self._set_end_silence())
@@ -415,6 +415,18 @@ class ParticipantStream:
         self._turn_p = asyncio.create_task(self.turn_audio.end_probability(self._spec_audio))
         self._turn_p.add_done_callback(_consume_outcome)
         self._turn_p.add_done_callback(lambda _t: self._set_end_silence())
+
+    async def _speculate(self, seq: int, start: int, audio: np.ndarray, closes_at: int,
+                         refs: list[tuple[np.ndarray, int]], prompt: str | None) -> Transcript | None:
+        """The speculative decode of the snapshot `audio` (without bleed), padded with silence to `closes_at`
+        samples; None when it holds only another participant's voice (the final finds that out again)."""
+        cleaned = await self._without_bleed(start, audio, refs)
+        if cleaned is None:
+            return None
+        if closes_at > cleaned.size:
+            cleaned = np.concatenate([cleaned, np.zeros(closes_at - cleaned.size, np.int16)])
+        return await self.scheduler.transcribe_partial(cleaned, prompt=prompt, key=(id(self), "spec", seq),
+                                                       final_quality=True, vocabulary=self.vocabulary)
 
     def _cancel_turn_audio(self) -> None:
         """The audio model's query for a pause that is over: skipped if it has not started."""
@@ -520,9 +532,14 @@ class ParticipantStream:
         if audio.size < cfg.partial_min_s * SAMPLE_RATE:
             return
         self._last_partial_at = t
-        self._partial_task = asyncio.create_task(self._partial(self._next_seq, start, audio))
+        self._partial_task = asyncio.create_task(self._partial(self._next_seq, start, audio,
+                                                               self._references(start, audio.size)))
 
-    async def _partial(self, seq: int, start: int, audio: np.ndarray) -> None:
+    async def _partial(self, seq: int, start: int, audio: np.ndarray, refs: list[tuple[np.ndarray, int]]) -> None:
+        cleaned = await self._without_bleed(start, audio, refs)
+        if cleaned is None:  # another participant's voice only
+            return
+        audio = cleaned
         try:
             tr = await self.scheduler.transcribe_partial(audio, prompt=self._prompt(), key=id(self),
                                                          vocabulary=self.vocabulary)
@@ -552,7 +569,39 @@ class ParticipantStream:
         cfg = self.config
         self._last_partial_at = self.stream_time_s - max(0.0, cfg.partial_interval_s - cfg.partial_retry_s)
 
+    def _references(self, start: int, n: int) -> list[tuple[np.ndarray, int]]:
+        """The other streams' audio around `n` samples of this one from stream sample `start`
+        (`Conversation.references`), taken now, on the event loop; none when bleed suppression is off."""
+        if not self.config.bleed_suppression:
+            return []
+        t0 = self.conversation_time(start / SAMPLE_RATE)
+        return [] if t0 is None else self.conversation.references(self, t0, n)
+
+    async def _without_bleed(self, start: int, audio: np.ndarray,
+                             refs: list[tuple[np.ndarray, int]]) -> np.ndarray | None:
+        """`audio` (16 kHz, from stream sample `start`) without the other streams' voices this microphone picked
+        up (`pipeline.bleed`, against `refs`, in a worker thread): what every decode hears. None when nothing but
+        their voices was there (its active level fell by `BLEED_ONLY_DB`): no decode, whose words would be made
+        of the residue."""
+        if not refs:
+            return audio
+        try:
+            cleaned, found = await asyncio.to_thread(_without_bleed, audio, refs)
+        except Exception:  # noqa: BLE001 - a failed suppression leaves the audio as it was; the final still comes
+            log.exception("bleed suppression failed")
+            return audio
+        for f in found:
+            self.stats["bleed_suppressed"] += 1
+            log.debug("%s: bleed removed from %.2f s (%d ms later, %.1f dB, peak z %.0f)",
+                      self.speaker.participant_id, start / SAMPLE_RATE, round(f.delay_s * 1000), f.gain_db,
+                      f.peak_z)  # fmt: skip
+        return cleaned
+
     def _submit_final(self, utt: Any) -> None:
+        t0 = self.conversation_time(utt.start_s)
+        if t0 is not None:
+            self.conversation.hear(self, t0, utt.audio)
+        refs = self._references(utt.start, utt.audio.size)
         seq = self._next_seq
         self._next_seq += 1
         self.stats["utterances"] += 1
@@ -575,7 +624,7 @@ class ParticipantStream:
         if self._clock is not None:  # the audio's arrival against the stream's clock: > 0 when it came in late
             timing["ingest"] = 1000 * (self._clock() - self.stream_time_s)
         task = asyncio.create_task(self._final(seq, utt, self._last_final, self._take_speculative(seq, utt),
-                                               continues, timing))  # fmt: skip
+                                               continues, timing, refs))  # fmt: skip
         self._last_final = task
         self._finals.add(task)
         task.add_done_callback(self._finals.discard)
@@ -614,6 +663,7 @@ class ParticipantStream:
         spec: asyncio.Task[Transcript | None] | None,
         continues: int | None = None,
         timing: dict[str, float] | None = None,
+        refs: list[tuple[np.ndarray, int]] | None = None,
     ) -> None:
         affected = {"seq": seq, "start_s": round(utt.start_s, 3), "end_s": round(utt.end_s, 3)}
         tr: Transcript | None = None
@@ -628,10 +678,20 @@ class ParticipantStream:
             mark = now
 
         try:
+            cleaned = await self._without_bleed(utt.start, utt.audio, refs or [])
+            only_bleed = cleaned is None
+            utt = replace(utt, audio=np.zeros_like(utt.audio) if cleaned is None else cleaned)
+            lap("bleed")
             if previous is not None:  # in order, and so the prompt is the previous final's text
                 await _wait_quietly(previous)
             lap("previous")
             timing["speculative"] = 0
+            if only_bleed:  # another participant's voice only, taken out (`_without_bleed`): nothing to decode
+                if spec is not None:
+                    spec.cancel()
+                spec = None
+                self.stats["bleed_only"] += 1
+                tr = Transcript("", reason="bleed only")
             if spec is not None:
                 tr = await _result_or_none(spec)
                 self.stats["speculative_used" if tr is not None else "speculative_wasted"] += 1
@@ -933,6 +993,10 @@ class Conversation:
         self.last_revision: asyncio.Task[None] | None = None  # revisions run in conversation order
         self.revisions_pending = 0  # started and not finished (waiting for the next turn, their turn, or the CPU)
         self.sent: deque[SentFinal] = deque()  # recent finals with text of every stream, for the cross-talk guard
+        # the streams and, per stream, its closed utterances' audio as heard (conversation time of the first
+        # sample, int16 16 kHz) of the last CROSSTALK_KEEP_S: the references for bleed suppression
+        self.streams: list[ParticipantStream] = []
+        self._heard: dict[int, deque[tuple[float, np.ndarray]]] = {}
 
     def add(self, text: str, audio: np.ndarray | None = None, *, confidence: float = 1.0,
             word_confidence: float = 0.0, owner: int = 0) -> _Turn:
@@ -958,6 +1022,53 @@ class Conversation:
             self.turns[i - 1].next = turn.next
         del self.turns[i]
         self._kept -= turn.audio.size
+
+    def join(self, stream: ParticipantStream) -> None:
+        self.streams.append(stream)
+        self._heard[id(stream)] = deque()
+
+    def leave(self, stream: ParticipantStream) -> None:
+        if stream in self.streams:
+            self.streams.remove(stream)
+        self._heard.pop(id(stream), None)
+
+    def hear(self, stream: ParticipantStream, t0: float, audio: np.ndarray) -> None:
+        """Remember a closed utterance of `stream` (its audio as the microphone gave it, starting at conversation
+        time `t0`) as a reference for the other streams' bleed suppression."""
+        heard = self._heard.get(id(stream))
+        if heard is None:
+            return
+        heard.append((t0, audio))
+        while heard and heard[0][0] + heard[0][1].size / SAMPLE_RATE < t0 - self.CROSSTALK_KEEP_S:
+            heard.popleft()
+
+    def references(self, stream: ParticipantStream, t0: float, n: int) -> list[tuple[np.ndarray, int]]:
+        """Each other stream's audio around `n` samples of `stream` from conversation time `t0`: (its audio from
+        `MAX_DELAY_S` before `t0` to the end of the span, zeros where it heard nothing, that lead in samples),
+        for the streams that heard something there. Their closed utterances and the one in progress."""
+        lead = int(round(MAX_DELAY_S * SAMPLE_RATE))
+        begin = t0 - lead / SAMPLE_RATE
+        refs = []
+        for other in self.streams:
+            if other is stream:
+                continue
+            pieces = list(self._heard.get(id(other), ()))
+            got = other.frontend.partial_audio() if other.frontend.in_progress else None
+            if got is not None:
+                t_open = other.conversation_time(got[0] / SAMPLE_RATE)
+                if t_open is not None:
+                    pieces.append((t_open, got[1]))
+            ref = np.zeros(lead + n, np.int16)
+            used = False
+            for t_piece, audio in pieces:
+                at = int(round((t_piece - begin) * SAMPLE_RATE))
+                a, b = max(0, at), min(ref.size, at + audio.size)
+                if b > a:
+                    ref[a:b] = audio[a - at : b - at]
+                    used = True
+            if used:
+                refs.append((ref, lead))
+        return refs
 
     def check_crosstalk(self, final: SentFinal) -> bool:
         """True when `final` (about to be emitted, or its revision) repeats a louder final another stream already
@@ -1033,6 +1144,19 @@ def prompt_tail(prompt: str | None, text: str, max_chars: int) -> str | None:
         space = cut.find(" ")
         cut = cut[space + 1 :] if 0 <= space < len(cut) - 1 else cut
     return cut.strip() or None
+
+
+def _without_bleed(audio: np.ndarray, refs: list[tuple[np.ndarray, int]]) -> tuple[np.ndarray | None, list[Any]]:
+    """`audio` with each reference's copy subtracted (`pipeline.bleed.suppress_bleed`) and what was found; None
+    for the audio when its active level fell by `BLEED_ONLY_DB` (nothing but the other voices was there)."""
+    heard, found = audio, []
+    for ref, lead in refs:
+        audio, f = suppress_bleed(audio, ref, lead)
+        if f is not None:
+            found.append(f)
+    if audio is not heard and speech_level_db(audio) < speech_level_db(heard) - BLEED_ONLY_DB:
+        return None, found
+    return audio, found
 
 
 def _same_time(stream_s: float) -> float | None:

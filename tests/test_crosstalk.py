@@ -1,8 +1,9 @@
 """The cross-talk guard: one microphone picking up the other participant never doubles a sentence.
 
-The matcher (`pipeline.guards.bleed_of`) on synthetic finals; the streams of one conversation marking a copy in
-both orders (copy after its source: marked at once; copy first: corrected by a `segment.revised`); and the CLI
-path on the shared dialogues with the other channel bleeding in at -10 and -30 dB.
+The matcher (`pipeline.guards.bleed_of`) on synthetic finals; bleed suppression (`pipeline.bleed`) on real speech
+of the shared dialogue; the streams of one conversation marking a copy in both orders (copy after its source:
+marked at once; copy first: corrected by a `segment.revised`); and the CLI path on the shared dialogues with the
+other channel bleeding in at -10 and -30 dB.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from adapters.stt_whisper import LocalWhisper
+from cli import make_stt
 from domain.events import (
     KeywordsEvent,
     SegmentEvent,
@@ -30,12 +31,14 @@ from domain.events import (
 )
 from pipeline.analysis import SentimentTracker
 from pipeline.audio_file import read_audio
+from pipeline.bleed import suppress_bleed
 from pipeline.cli import build_parser, run
+from pipeline.dsp import Resampler
 from pipeline.guards import Heard, bleed_of, speech_level_db, words_of
 from pipeline.scheduler import SttScheduler
 from pipeline.stream import Conversation, ParticipantStream, SentFinal, StreamConfig
 from pipeline.transcript import Transcript
-from testing.bleed import duplicates, mix_bleed, score_crosstalk, write_bleed
+from testing.bleed import duplicates, mix_bleed, read_stereo, score_crosstalk, write_bleed, write_stereo
 from testing.data import SHARED_DATA, SHARED_DIALOGUES
 
 QUESTION = "Have you shipped an app written in Swift with an offline mode?"
@@ -102,6 +105,117 @@ def test_speech_level_is_the_active_level_and_ignores_pauses() -> None:
     assert speech_level_db(np.zeros(100, np.int16)) == -120.0
 
 
+# ------------------------------------------------------------------------------------------ bleed suppression
+
+RATE = 16000
+LEAD = int(0.3 * RATE)  # the reference starts this long before the microphone's audio (pipeline.bleed.MAX_DELAY_S)
+
+
+@pytest.fixture(scope="module")
+def voices() -> tuple[np.ndarray, np.ndarray]:
+    """4 s of the interviewer's and 4 s of the candidate's speech (the shared dialogue, 16 kHz, float)."""
+    assert SHARED_DATA.is_dir(), f"test audio missing: {SHARED_DATA}"
+    rate, pcm = read_stereo(SHARED_DATA / "mobile_mixed.stereo.wav")
+    channels = []
+    for ch, start_s in ((0, 0.8), (1, 7.0)):  # inside a turn of each (ground truth: 0.7-5.3 s, 6.7-14.2 s)
+        r = Resampler(rate, RATE)
+        x = np.concatenate([r.process(np.ascontiguousarray(pcm[:, ch])), r.flush()])
+        channels.append(x[int(start_s * RATE) : int(start_s * RATE) + 4 * RATE].astype(np.float64))
+    return channels[0], channels[1]
+
+
+def _delayed(x: np.ndarray, samples: int, length: int) -> np.ndarray:
+    """x `samples` later (zeros before), `length` long."""
+    out = np.zeros(length)
+    out[samples : samples + x.size] = x[: max(0, length - samples)]
+    return out
+
+
+def _int16(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(x), -32768, 32767).astype(np.int16)
+
+
+def _db(error: np.ndarray, signal: np.ndarray) -> float:
+    """Error power relative to signal power, dB."""
+    return float(10 * np.log10((np.sum(error.astype(np.float64) ** 2) + 1e-9) / np.sum(signal.astype(np.float64) ** 2)))
+
+
+@pytest.mark.parametrize("gap_db", [10, 20, 30])
+@pytest.mark.parametrize("delay_ms", [20, 80, 200])
+def test_the_other_voice_is_subtracted_and_a_reply_over_it_kept(voices: tuple[np.ndarray, np.ndarray],
+                                                                gap_db: int, delay_ms: int) -> None:  # fmt: skip
+    """The candidate's microphone hears the interviewer `gap_db` lower, `delay_ms` later, and the candidate starts
+    answering 2.5 s in, over it; the interviewer's stream is the reference. Where the bleed was alone nothing of it
+    is left; under the answer, the bleed left and any harm to the answer are well below the answer."""
+    other, own = voices
+    ref = np.concatenate([np.zeros(LEAD), other])  # the reference starts LEAD before the microphone's audio
+    bleed = 10 ** (-gap_db / 20) * _delayed(ref, delay_ms * RATE // 1000, ref.size)[LEAD:]
+    reply = _delayed(own, int(2.5 * RATE), own.size)
+    out, found = suppress_bleed(_int16(reply + bleed), _int16(ref), LEAD)
+    assert found is not None
+    assert found.delay_s == pytest.approx(delay_ms / 1000, abs=0.001)
+    assert found.gain_db == pytest.approx(-gap_db, abs=3.0)
+    alone, under = slice(0, 2 * RATE), slice(int(2.6 * RATE), None)
+    assert _db(out[alone], bleed[alone]) < -40  # measured: -100 dB or less (digital silence)
+    assert _db(out[under] - reply[under], reply[under]) < -30  # measured: -38 to -87 dB; the bleed was -12 to -33
+
+
+def test_a_coloured_fractionally_delayed_bleed_is_reduced(voices: tuple[np.ndarray, np.ndarray]) -> None:
+    """A loudspeaker and a room are no pure delay: a low-pass and a 46.3 ms delay (not a whole sample)."""
+    other, own = voices
+    ref = np.concatenate([np.zeros(LEAD), other])
+    shifted = np.fft.irfft(np.fft.rfft(ref) * np.exp(-2j * np.pi * np.fft.rfftfreq(ref.size) * 46.3 * RATE / 1000),
+                           ref.size)  # fmt: skip
+    coloured = np.convolve(shifted, [0.25, 0.5, 0.25], mode="same")
+    bleed = 0.1 * coloured[LEAD:]
+    out, found = suppress_bleed(_int16(bleed), _int16(ref), LEAD)
+    assert found is not None and found.delay_s == pytest.approx(0.046, abs=0.002)
+    assert _db(out, bleed) < -20
+
+
+@pytest.mark.parametrize("gap_db", [10, 20, 30])
+def test_a_microphone_that_only_hears_the_other_voice_becomes_silent(voices: tuple[np.ndarray, np.ndarray],
+                                                                     gap_db: int) -> None:  # fmt: skip
+    """The speaker is silent and their microphone hears the other one: nothing of it is left for the decoder
+    (-30 dB in full double talk is 30 dB under the speaker's words and may be left)."""
+    other, _ = voices
+    ref = np.concatenate([np.zeros(LEAD), other])
+    bleed = _int16(10 ** (-gap_db / 20) * _delayed(ref, 960, ref.size)[LEAD:])
+    out, found = suppress_bleed(bleed, _int16(ref), LEAD)
+    assert found is not None
+    assert _db(out, bleed) < -30
+
+
+def test_speech_the_other_stream_does_not_hold_is_left_alone(voices: tuple[np.ndarray, np.ndarray]) -> None:
+    """Two independent voices (no copy), and silence as the reference: the audio comes back as it was."""
+    other, own = voices
+    mic = _int16(own)
+    for ref in (np.concatenate([np.zeros(LEAD), other]), np.zeros(LEAD + own.size)):
+        out, found = suppress_bleed(mic, _int16(ref), LEAD)
+        assert found is None and out is mic
+
+
+def test_this_speakers_copy_in_the_other_stream_never_removes_their_words(voices: tuple[np.ndarray, np.ndarray]) -> None:
+    """The other microphone heard *this* speaker (its stream holds their voice 20 dB lower and later): that copy
+    is no source, and this speaker's words stay as they were."""
+    other, own = voices
+    mic = _int16(own)
+    for delay in (0, 160, 960):  # 0, 10 and 60 ms after this microphone
+        ref = np.concatenate([np.zeros(LEAD), 0.3 * other]) + 0.1 * _delayed(np.concatenate([np.zeros(LEAD), own]),
+                                                                             delay, LEAD + own.size)  # fmt: skip
+        out, _found = suppress_bleed(mic, _int16(ref), LEAD)
+        assert np.array_equal(out, mic) or _db(out - mic, mic) < -40, delay
+
+
+def test_bleed_suppression_rejects_malformed_audio() -> None:
+    with pytest.raises(ValueError, match="int16"):
+        suppress_bleed(np.zeros(16000), np.zeros(20800), LEAD)
+    with pytest.raises(ValueError, match="lead"):
+        suppress_bleed(np.zeros(16000, np.int16), np.zeros(20800), -1)
+    short = np.ones(100, np.int16)
+    assert suppress_bleed(short, np.ones(4900, np.int16), LEAD) == (short, None)
+
+
 # ------------------------------------------------------------------------------------------------- streams
 
 
@@ -130,11 +244,13 @@ def _voice(seconds: float, rate: int = 16000) -> np.ndarray:
 class Room:
     """Two streams of one conversation (a shared time axis, like `--channels-as-speakers`) and their events."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, bleed_suppression: bool = False) -> None:
         self.sched = SttScheduler(LengthStt())
         self.conversation = Conversation()
         self.events: list[StreamEvent] = []
-        cfg = StreamConfig(emit_levels_every_s=0, partial_interval_s=0, speculative_final=False, revise=False)
+        # the guard's own tests: without suppression the copy is decoded (and marked) whatever it sounds like
+        cfg = StreamConfig(emit_levels_every_s=0, partial_interval_s=0, speculative_final=False, revise=False,
+                           bleed_suppression=bleed_suppression)
         self.streams = {
             role: ParticipantStream(Speaker(role, role, role), self.sched, self.events.append, in_rate=16000,
                                     channels=1, config=cfg, conversation=self.conversation)
@@ -178,6 +294,16 @@ async def test_a_copy_after_its_source_is_marked_at_once_and_never_analysed() ->
     assert room.of("candidate", SentimentEvent) == [] and room.of("candidate", KeywordsEvent) == []
     assert [t.text for t in room.conversation.turns] == [QUESTION]  # the prompt and revisions never see the copy
     assert room.streams["candidate"].stats["crosstalk"] == 1
+
+
+async def test_with_bleed_suppression_a_copy_after_its_source_is_not_even_decoded() -> None:
+    room = Room(bleed_suppression=True)
+    question = _voice(3.0)
+    await room.say("interviewer", question)
+    await room.say("candidate", _bleed(question, 20, 0.06))
+    await room.close()
+    assert [e.text for e in room.of("interviewer")] == [QUESTION] and room.of("candidate") == []
+    assert room.streams["candidate"].stats["bleed_only"] == 1 and room.streams["candidate"].stats["finals"] == 0
 
 
 async def test_a_copy_emitted_before_its_source_is_corrected_by_a_revision() -> None:
@@ -301,20 +427,66 @@ def test_the_duplicate_count_sees_copies_and_not_replies() -> None:
 # ------------------------------------------------------------------------------------------- real dialogues
 
 
+# measured with bleed suppression on (2026-12, tiny.en): 0.0 / 0.015 (mobile_mixed) and 0.0 / 0.017
+# (security_positive) at -10 and -30 dB, the clean files' own figures; 0.05 is three words of margin per speaker
+BLEED_MAX_WER = 0.05
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SHARED_DIALOGUES)
-async def test_bleed_dialogues_have_no_duplicate_and_lose_no_turn(whisper: LocalWhisper, name: str,
-                                                                  tmp_path: Path) -> None:  # fmt: skip
+async def test_bleed_dialogues_have_no_duplicate_and_lose_no_turn(name: str, tmp_path: Path) -> None:
     """`python -m pipeline transcribe X.bleed-10dB.stereo.wav --channels-as-speakers` (and -30 dB), the command's
-    own `run()`: every sentence once, under the right name."""
+    own `run()` and engine: every sentence once, under the right name, with its words."""
     assert SHARED_DATA.is_dir(), f"test audio missing: {SHARED_DATA}"
+    stt = make_stt(build_parser().parse_args(["transcribe", "-"]))
     for wav in write_bleed(name, SHARED_DATA, (-10, -30), tmp_path):
         args = build_parser().parse_args(["transcribe", str(wav), "--channels-as-speakers"])
         out = io.StringIO()
-        assert await run(read_audio(wav), args, whisper, out, wav.name) == 0
+        assert await run(read_audio(wav), args, stt, out, wav.name) == 0
         events = [json.loads(line) for line in out.getvalue().splitlines()]
         truth = json.loads((tmp_path / f"{wav.name.removesuffix('.stereo.wav')}.json").read_text())
         score = score_crosstalk(events, truth)
         assert score["duplicates"] == [], wav.name
         assert score["lost_turns"] == [], wav.name
-        assert score["marked"] + score["corrected"] >= len(truth["turns"]) - 1, wav.name  # the guard did the work
+        assert max(score["wer"].values()) <= BLEED_MAX_WER, (wav.name, score["wer"])
+
+
+# measured (tiny.en, 25 and 13 words): candidate 0.08-0.16 and interviewer 0.0 with suppression, 0.04 / 0.0 without
+# bleed; with the guard alone the question was lost (interviewer 1.0) and the answer began with it (0.6-0.84)
+BARGE_IN_MAX_WER = 0.25
+
+
+def _barge_in(tmp_path: Path, level_db: float) -> tuple[Path, dict[str, Any]]:
+    """A stereo file where the candidate starts answering 1.2 s before the interviewer's question ends (the shared
+    dialogue's first question and first answer, moved), each microphone hearing the other `level_db` lower, 40 and
+    60 ms later; and its ground truth."""
+    rate, pcm = read_stereo(SHARED_DATA / "mobile_mixed.stereo.wav")
+    truth = json.loads((SHARED_DATA / "mobile_mixed.json").read_text())
+    question, answer = truth["turns"][0], truth["turns"][1]
+    q = pcm[int(0.5 * rate) : int(5.5 * rate), 0]  # the question: 0.7-5.34 s
+    a = pcm[int(6.5 * rate) : int(14.4 * rate), 1]  # the answer: 6.69-14.21 s
+    at = int(4.0 * rate)  # the answer's speech starts at 4.19 s, the question's ends at 5.34 s
+    stereo = np.zeros((at + a.size + rate, 2), np.int16)
+    stereo[int(0.5 * rate) : int(0.5 * rate) + q.size, 0] = q
+    stereo[at : at + a.size, 1] = a
+    wav = tmp_path / f"barge-in{level_db:+.0f}dB.stereo.wav"
+    write_stereo(wav, rate, mix_bleed(stereo, rate, level_db, (40.0, 60.0)))
+    turns = [{**question, "start_s": question["start_s"] - 0.0, "end_s": question["end_s"]},
+             {**answer, "start_s": answer["start_s"] - 6.5 + 4.0, "end_s": answer["end_s"] - 6.5 + 4.0}]  # fmt: skip
+    return wav, {**truth, "turns": turns}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("level_db", [-10, -20])
+async def test_an_answer_that_starts_under_the_question_survives_the_bleed(level_db: float, tmp_path: Path) -> None:
+    """Barge-in with both microphones hearing each other: the candidate's first words are said over the end of the
+    question, in audio that also holds the question's copy. Both sentences come out once, under their speaker's
+    name, with their words."""
+    assert SHARED_DATA.is_dir(), f"test audio missing: {SHARED_DATA}"
+    wav, truth = _barge_in(tmp_path, level_db)
+    args = build_parser().parse_args(["transcribe", str(wav), "--channels-as-speakers"])
+    out = io.StringIO()
+    assert await run(read_audio(wav), args, make_stt(args), out, wav.name) == 0
+    score = score_crosstalk([json.loads(line) for line in out.getvalue().splitlines()], truth)
+    assert (score["duplicates"], score["lost_turns"]) == ([], [])
+    assert score["wer"]["interviewer"] <= BARGE_IN_MAX_WER and score["wer"]["candidate"] <= BARGE_IN_MAX_WER, score
