@@ -259,14 +259,14 @@ async def _build(c: Components) -> None:
     c.placement = placement = Placement(bus, Owner(s.node_id or node_url or f"pid-{os.getpid()}", node_url),
                                         live=lambda iid: iid in registry.rooms, ttl_s=s.placement_ttl_s)
 
-    trimming: set[asyncio.Task[bool]] = set()
+    trimming: set[asyncio.Task[None]] = set()
 
     def membership_changed(room: Room) -> None:
         call.room_changed(room.interview_id, sum(p.claims.role == "observer" for p in room.participants.values()))
         if not room.participants:
             placement.room_closed(room.interview_id)
             if s.malloc_trim and not trimming:  # one at a time: rooms closing together share a trim
-                task = asyncio.create_task(_trim_heap(), name="malloc_trim")
+                task = asyncio.create_task(_trim_heap(c.metrics), name="malloc_trim")
                 trimming.add(task)
                 task.add_done_callback(trimming.discard)
 
@@ -297,13 +297,14 @@ async def _build(c: Components) -> None:
     c.retention = asyncio.create_task(_retention_loop(privacy), name="retention")
 
 
-async def _trim_heap() -> bool:
+async def _trim_heap(metrics: Metrics) -> None:
     """After a room closed: what its streams, peer connections and frames used is free but glibc keeps it in its
     arenas (one per thread that allocated, up to 8 x cores); `malloc_trim(0)` hands it back (README "Soak")."""
     from adapters.memory import trim
 
     await asyncio.sleep(1.0)  # the room's last objects go when the leave that closed it returns
-    return await asyncio.to_thread(trim)
+    await asyncio.to_thread(trim)
+    metrics.malloc_trims.inc()
 
 
 def build_analysis(s: Settings, service: InterviewService, store: MongoStore, metrics: Metrics) -> AnalysisJobs:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import tracemalloc
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from adapters import memory
+from testing.live_server import LiveServer, live_server, test_settings
+from testing.whip_client import WavChannelTrack, whip_publish
 
 pytestmark = pytest.mark.skipif(memory.heap() is None, reason="glibc only (mallinfo2, malloc_trim)")
 
@@ -50,3 +54,28 @@ def test_a_dump_diff_names_what_grew_and_where(tmp_path: Path) -> None:
     assert "Kept +3000" in report, report
     line = next(ln for ln in report.splitlines() if "KiB" in ln)  # the largest growth comes first
     assert "test_memory.py" in line and float(line.split()[0]) > 2900, report
+
+
+@pytest.fixture
+async def live(tmp_path: Path, mongo_url: str) -> AsyncIterator[LiveServer]:
+    async with live_server(test_settings(tmp_path, mongo_url)) as server:
+        yield server
+
+
+async def test_the_server_trims_the_heap_once_a_room_closes(live: LiveServer, shared_data: Path) -> None:
+    trims = live.components.metrics.malloc_trims
+    iid = await live.create_interview()
+    token = (await live.token(iid, "candidate", "Cat"))["token"]
+    track = WavChannelTrack(shared_data / "jfk.flac", limit_s=1, tail_s=0.5, encoded=True)
+    session = await whip_publish(f"{live.url}/whip/{iid}", token, track=track)
+    try:
+        async with asyncio.timeout(60):
+            await session.wait_connected()
+            await track.wait_finished()
+        assert trims._value.get() == 0  # the room is open
+    finally:
+        await session.close()
+    async with asyncio.timeout(30):
+        while trims._value.get() == 0:  # noqa: ASYNC110 - no event announces it
+            await asyncio.sleep(0.05)
+    assert not live.components.registry.rooms
