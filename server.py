@@ -919,7 +919,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     if os.environ.get("MEMORY_DEBUG_DIR"):  # debugging only: tracemalloc on, `kill -USR2` dumps (README "Soak")
         from adapters.memory import install_debug_dump
 
-        install_debug_dump(Path(os.environ["MEMORY_DEBUG_DIR"]))
+        install_debug_dump(Path(os.environ["MEMORY_DEBUG_DIR"]), int(os.environ.get("MEMORY_DEBUG_FRAMES", "10")))
     # Bind first so PORT=0 works and the printed URL is the real one.
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -4,7 +4,8 @@
 (freed by Python or native code but not handed back to the kernel). RSS growing while `in_use` stays flat is
 allocator retention, not a leak; `trim()` (glibc's `malloc_trim(0)`) hands the free pages back.
 
-`MEMORY_DEBUG_DIR` (a debug setting, off in production) makes server.py start `tracemalloc` and, on `SIGUSR2`,
+`MEMORY_DEBUG_DIR` (a debug setting, off in production) makes server.py start `tracemalloc` (`MEMORY_DEBUG_FRAMES`
+frames, 10; 0: off, only glibc's figures and object counts, at no cost until dumped) and, on `SIGUSR2`,
 write `<dir>/memory-<n>.json` (RSS, `heap()`, live objects by type) and `<dir>/memory-<n>.tracemalloc` (a snapshot
 for `python -m adapters.memory diff A B`). `benchmarks.soak` sends the signal at each quiet snapshot.
 """
@@ -74,7 +75,8 @@ def rss_mb() -> float:
 def install_debug_dump(directory: Path, frames: int = 10) -> None:
     """`MEMORY_DEBUG_DIR`: tracemalloc on, `SIGUSR2` writes a dump. Costs CPU and memory: debugging only."""
     directory.mkdir(parents=True, exist_ok=True)
-    tracemalloc.start(frames)
+    if frames:
+        tracemalloc.start(frames)
     count = iter(range(1 << 30))
 
     def dump(*_: Any) -> None:
@@ -83,7 +85,8 @@ def install_debug_dump(directory: Path, frames: int = 10) -> None:
         objects = Counter(type(o).__qualname__ for o in gc.get_objects())
         info = {"rss_mb": rss_mb(), "heap_mb": heap(), "tracemalloc_mb": round(tracemalloc.get_traced_memory()[0]
                 / 2**20, 1), "objects": dict(objects.most_common(80))}  # fmt: skip
-        tracemalloc.take_snapshot().dump(str(directory / f"memory-{n}.tracemalloc"))
+        if tracemalloc.is_tracing():
+            tracemalloc.take_snapshot().dump(str(directory / f"memory-{n}.tracemalloc"))
         (directory / f"memory-{n}.json").write_text(json.dumps(info, indent=1))
         log.warning("memory dump %d written to %s (RSS %s MB, heap %s)", n, directory, info["rss_mb"], info["heap_mb"])
 
@@ -101,6 +104,8 @@ def diff(a: Path, b: Path, top: int = 25) -> str:
     grown = Counter(jb["objects"])
     grown.subtract(Counter(ja["objects"]))
     lines.append("objects by type, more: " + ", ".join(f"{k} +{v}" for k, v in grown.most_common(20) if v > 0))
+    if not a.with_suffix(".tracemalloc").exists():  # MEMORY_DEBUG_FRAMES=0
+        return "\n".join(lines)
     sa, sb = (tracemalloc.Snapshot.load(str(p.with_suffix(".tracemalloc"))) for p in (a, b))
     for stat in sb.compare_to(sa, "traceback")[:top]:
         if stat.size_diff <= 0:
