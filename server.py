@@ -261,10 +261,16 @@ async def _build(c: Components) -> None:
     c.placement = placement = Placement(bus, Owner(s.node_id or node_url or f"pid-{os.getpid()}", node_url),
                                         live=lambda iid: iid in registry.rooms, ttl_s=s.placement_ttl_s)
 
+    trimming: set[asyncio.Task[None]] = set()
+
     def membership_changed(room: Room) -> None:
         call.room_changed(room.interview_id, sum(p.claims.role == "observer" for p in room.participants.values()))
         if not room.participants:
             placement.room_closed(room.interview_id)
+            if s.malloc_trim and not trimming:  # one at a time: rooms closing together share a trim
+                task = asyncio.create_task(_trim_heap(c.metrics), name="malloc_trim")
+                trimming.add(task)
+                task.add_done_callback(trimming.discard)
 
     registry.on_membership = membership_changed
     # The server's own connections need no TURN (it is the reachable end); the pages get TURN from the call.
@@ -291,6 +297,16 @@ async def _build(c: Components) -> None:
     c.privacy = privacy = Privacy(store, service, receipts, end_sessions=end_sessions,
                                   retention_days=s.retention_days)
     c.retention = asyncio.create_task(_retention_loop(privacy), name="retention")
+
+
+async def _trim_heap(metrics: Metrics) -> None:
+    """After a room closed: what its streams, peer connections and frames used is free but glibc keeps it in its
+    arenas (one per thread that allocated, up to 8 x cores); `malloc_trim(0)` hands it back (README "Soak")."""
+    from adapters.memory import trim
+
+    await asyncio.sleep(1.0)  # the room's last objects go when the leave that closed it returns
+    await asyncio.to_thread(trim)
+    metrics.malloc_trims.inc()
 
 
 def build_analysis(s: Settings, service: InterviewService, store: MongoStore, metrics: Metrics) -> AnalysisJobs:
@@ -914,6 +930,10 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     if args.port is not None:
         settings = settings.replace(port=args.port)
     configure_logging(settings.log_level, settings.log_format)
+    if os.environ.get("MEMORY_DEBUG_DIR"):  # debugging only: tracemalloc on, `kill -USR2` dumps (README "Soak")
+        from adapters.memory import install_debug_dump
+
+        install_debug_dump(Path(os.environ["MEMORY_DEBUG_DIR"]), int(os.environ.get("MEMORY_DEBUG_FRAMES", "10")))
     # Bind first so PORT=0 works and the printed URL is the real one.
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -33,6 +33,8 @@ class Metrics:
                                   registry=r)
         self.participants_active = Gauge("interview_participants_active", "Connected participants by role",
                                          ["role"], registry=r)
+        self.malloc_trims = Counter("malloc_trims_total", "glibc malloc_trim(0) runs after rooms closed "
+                                    "(MALLOC_TRIM)", registry=r)
         self.joins = Counter("whip_joins_total", "WHIP sessions created (resumes included)", ["role"], registry=r)
         self.join_seconds = Histogram("whip_join_seconds", "WHIP offer received -> answer returned",
                                       buckets=_JOIN_BUCKETS, registry=r)

@@ -74,6 +74,9 @@ VIEWER_ROLES = ("interviewer", "observer")
 # Above this many bytes queued on a viewer's channel, only messages that matter later (finals and their revisions,
 # sentiment, keywords, joins/leaves, errors) are still sent; partials and levels are shed and counted.
 VIEWER_BUFFER_LIMIT = 512 * 1024
+# Left participants whose next segment number this process remembers (the store knows it too, once their
+# segments are written): enough for every participant of the live rooms and the recently closed ones.
+NEXT_SEQ_KEPT = 4096
 _SHEDDABLE = ("segment.partial", "level")
 
 # (speaker, emit, sample rate, channels, the room's conversation) -> the participant's pipeline stream
@@ -655,7 +658,9 @@ class RoomRegistry:
         tone: ToneLookup | None = None,
         vocabulary: VocabularyLookup | None = None,
         shared_backlog: SharedBacklog | None = None,
+        left_kept: int = NEXT_SEQ_KEPT,
     ) -> None:
+        self._left_kept = left_kept
         self._tone = tone  # None: the tone of words is shown in every room
         self._vocabulary = vocabulary  # None: no room has a vocabulary
         self.stream_factory = stream_factory
@@ -873,7 +878,7 @@ class RoomRegistry:
         room = participant.room
         await participant.close_stream()
         pid = participant.speaker.participant_id
-        self._next_seq[(room.interview_id, pid)] = participant.next_seq
+        self._remember_seq((room.interview_id, pid), participant.next_seq)
         if room.participants.get(pid) is participant:
             del room.participants[pid]
             self.metrics.participants_active.labels(role=participant.claims.role).dec()
@@ -889,6 +894,14 @@ class RoomRegistry:
                     room.guidance_queue.put_nowait(None)  # the worker ends after the finals already queued
             del self.rooms[room.interview_id]
             self.metrics.rooms_active.set(len(self.rooms))
+
+    def _remember_seq(self, key: tuple[str, str], next_seq: int) -> None:
+        """Numbering for a participant who left; the oldest are forgotten past `left_kept` (their segments are
+        long stored by then, and the store answers for them): one entry per participant ever would only grow."""
+        self._next_seq.pop(key, None)
+        self._next_seq[key] = next_seq  # last in the insertion order: evicted last
+        while len(self._next_seq) > self._left_kept:
+            del self._next_seq[next(iter(self._next_seq))]
 
     def _membership_changed(self, room: Room) -> None:
         if self.on_membership is not None:

@@ -529,3 +529,25 @@ async def test_an_organisation_that_does_not_show_the_tone_of_words_gets_no_sent
         assert channel.of_type("segment.final") and not channel.of_type("sentiment")
     assert asked == ["default"]  # asked once, when the room opened, for the join token's organisation
     await h.registry.aclose()
+
+
+async def test_what_the_registry_remembers_of_people_who_left_is_bounded() -> None:
+    """A long-running server sees participant after participant leave: the numbering it keeps for rejoins holds the
+    most recent `left_kept` of them, not everyone since it started (the store knows the others')."""
+
+    def factory(*_: Any) -> Any:
+        raise AssertionError("nobody sends audio here")
+
+    registry = RoomRegistry(stream_factory=factory, metrics=Metrics(), left_kept=3)
+    registry.start()
+    signer = TokenSigner(SECRET)
+    left = []
+    for n in range(5):
+        for role, name in (("interviewer", "Ivy"), ("candidate", "Cat")):
+            _, claims = signer.issue(f"iv-{n}", role, name)
+            participant, _ = await registry.join(claims, f"s-{n}-{role}")
+            assert await registry.leave(participant, f"s-{n}-{role}")
+            left.append((f"iv-{n}", participant.speaker.participant_id))
+    assert not registry.rooms
+    assert list(registry._next_seq) == left[-3:]
+    await registry.aclose()
