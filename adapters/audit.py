@@ -654,35 +654,56 @@ class AuditLog:
 
 async def move_trail(old: AsyncIOMotorDatabase[Any], new: AsyncIOMotorDatabase[Any], *, batch: int = 1000) -> int:
     """Move a trail an older version kept in the service's own database (`old`) into the audit database (`new`),
-    documents unchanged (same `_id`, `seq` and hashes, so the chains still verify). Idempotent: a move cut short
-    is finished by the next start (documents are upserted by `_id`, then the old collections dropped). Returns the
-    entries moved."""
+    documents unchanged (same `_id`, `seq` and hashes, so the chains still verify). Idempotent and never loses an
+    entry: only what reached `new` is deleted from `old` (a start cut short finishes the move on the next), a
+    chain head is copied only where `new` holds none or an older one, and an entry that cannot move (its
+    (orgId, seq) is taken in `new`: a node of the older version kept writing during an upgrade, which forks that
+    chain) stays in `old`, said once as an error, and the server starts anyway. Returns the entries moved.
+    Upgrade with every node of the older version stopped."""
     if old.name == new.name:
         return 0
-    moved = 0
+    moved = stuck = 0
     try:
-        for name in ("audit", "audit_heads"):
-            source, target = old[name], new[name]
-            if await source.estimated_document_count() == 0:
-                continue
-            ops: list[ReplaceOne[dict[str, Any]]] = []
+        source, target = old["audit"], new["audit"]
+        if await source.estimated_document_count():
+            docs: list[dict[str, Any]] = []
             async for doc in source.find({}):
-                ops.append(ReplaceOne({"_id": doc["_id"]}, doc, upsert=True))
-                if len(ops) >= batch:
-                    await target.bulk_write(ops, ordered=False)
-                    moved += len(ops) if name == "audit" else 0
-                    ops = []
-            if ops:
-                await target.bulk_write(ops, ordered=False)
-                moved += len(ops) if name == "audit" else 0
-        if moved or await old["audit_heads"].estimated_document_count():
-            await old["audit"].drop()
+                docs.append(doc)
+                if len(docs) >= batch:
+                    m, n = await _move_batch(source, target, docs)
+                    moved, stuck, docs = moved + m, stuck + n, []
+            if docs:
+                m, n = await _move_batch(source, target, docs)
+                moved, stuck = moved + m, stuck + n
+        async for head in old["audit_heads"].find({}):
+            newer = await new["audit_heads"].find_one({"_id": head["_id"]})
+            if newer is None or int(newer.get("seq", 0)) < int(head.get("seq", 0)):
+                await new["audit_heads"].replace_one({"_id": head["_id"]}, head, upsert=True)
+        if not stuck:
+            await source.drop()
             await old["audit_heads"].drop()
     except PyMongoError as exc:
         raise Unavailable(f"audit trail: cannot move it to database {new.name} ({type(exc).__name__}: {exc})") from exc
     if moved:
         log.warning("audit trail: moved %d entries from database %s to %s", moved, old.name, new.name)
+    if stuck:
+        log.error("audit trail: %d entries in database %s could not move to %s (their seq is taken there: was a "
+                  "node of the older version still writing?); they stay where they are", stuck, old.name, new.name)
     return moved
+
+
+async def _move_batch(source: Any, target: Any, docs: list[dict[str, Any]]) -> tuple[int, int]:
+    """Upsert `docs` into `target` by `_id`, delete from `source` those that are now there: (moved, stuck)."""
+    ops = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs]
+    failed: set[int] = set()
+    try:
+        await target.bulk_write(ops, ordered=False)
+    except BulkWriteError as exc:
+        failed = {int(e["index"]) for e in exc.details.get("writeErrors", [])}
+    done = [d["_id"] for i, d in enumerate(docs) if i not in failed]
+    if done:
+        await source.delete_many({"_id": {"$in": done}})
+    return len(done), len(failed)
 
 
 def _cut_off(org: str, last: int, heads: dict[str, tuple[int, str]]) -> tuple[int, str] | None:

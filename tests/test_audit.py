@@ -366,6 +366,12 @@ async def test_a_trail_kept_in_the_service_database_moves_to_the_audit_database_
     assert check.ok and check.entries == 31, check
     docs = await all_pages(moved, org_id="org-a")
     assert [d["seq"] for d in docs] == list(range(21, 0, -1))  # 20 moved + 1 new, one chain, no gap
+    # a node of the older version kept writing (seq 21 of org-a again, another entry): it cannot move, it is kept
+    stray = {**docs[0], "_id": "written-by-an-old-node", "detail": {"n": -1}}
+    await store.db["audit"].insert_one(stray)
+    assert await move_trail(store.db, new_db) == 0
+    assert await store.db["audit"].count_documents({}) == 1  # still there, not dropped, and the start went on
+    assert await new_db["audit"].count_documents({"_id": "written-by-an-old-node"}) == 0
 
 
 async def test_verify_audit_reads_the_embedded_store_under_data_dir(tmp_path: Path) -> None:

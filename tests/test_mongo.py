@@ -328,6 +328,12 @@ async def test_a_request_reuses_its_read_once_and_never_loses_a_concurrent_chang
             doc = await service.complete_interview(iid)  # kept read is stale: conflict, retry reads the store
         assert doc["status"] == "completed" and doc["metadata"]["version"] == 4
         assert [q["text"] for q in doc["questions"]] == ["Asked on another node"]
+        # a task started inside a request (a background job) copies the context but not the request's reads
+        with read_scope.scope():
+            await service.get_interview(iid, with_segments=False)
+            before = Finds.n
+            await asyncio.create_task(service.get_interview(iid, with_segments=False))
+            assert Finds.n - before == 1
         # outside a request nothing is kept: every read goes to the store
         before = Finds.n
         await service.get_interview(iid, with_segments=False)
