@@ -174,7 +174,8 @@ async def _build(c: Components) -> None:
     c.limits = limits = build_limits(s)
     if s.redis_url:
         c.shared = RedisState(s.redis_url, backlog=500, backlog_ttl_s=s.token_ttl_s + 3600,
-                              key=store.keyring.master.shared_state_key() if store.keyring is not None else None)
+                              key=store.keyring.master.shared_state_key() if store.keyring is not None else None,
+                              transcript_key=store.interview_key)
         c.shared.start()
     c.revocations = revocations = Revocations(accounts_store, shared=c.shared, keep_s=s.token_ttl_s + 60)
     await revocations.load()

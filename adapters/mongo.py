@@ -294,6 +294,11 @@ class MongoStore:
         """The candidate an interview belongs to."""
         return (await self._placement(interview_id))[0]
 
+    async def interview_key(self, interview_id: str) -> DataKey | None:
+        """The data key of the interview's candidate (None without a key ring); `Conflict` once erased,
+        `NotFound` for an unknown interview."""
+        return await self._interview_key(interview_id)
+
     async def _interview_key(self, interview_id: str) -> DataKey | None:
         if self.keyring is None:
             return None

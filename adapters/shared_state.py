@@ -43,6 +43,7 @@ import redis.exceptions
 
 from adapters.crypto import DataKey, Unreadable
 from domain.commands import TranscriptStamp
+from domain.model import DomainError
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,12 @@ class RedisState:
     def __init__(self, url: str, *, prefix: str = "interview_worker:", backlog: int = 500,
                  backlog_ttl_s: float = 24 * 3600.0, retry_s: float = 2.0, timeout_s: float = 0.5,
                  clock: Callable[[], float] = time.monotonic, key: DataKey | None = None,
-                 transcript_ttl_s: float = 3600.0) -> None:
+                 transcript_ttl_s: float = 3600.0,
+                 transcript_key: Callable[[str], Awaitable[DataKey | None]] | None = None) -> None:
         self._key = key
+        # A kept transcript is sealed with its candidate's own data key (`MongoStore.interview_key`), not the
+        # node's: erasure destroys that key, so a copy in Redis, its snapshots or backups is unreadable at once.
+        self._transcript_key = transcript_key
         self.transcript_ttl_s = transcript_ttl_s
         self.hits = self.misses = 0  # transcript cache reads
         self._redis = redis.asyncio.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
@@ -229,12 +234,15 @@ class RedisState:
             self.misses += 1
             return None
         try:
+            sealer = await self._key_of_transcript(interview_id)
             text = raw.decode() if isinstance(raw, bytes) else raw
-            entry = self._key.open(_transcript_field(interview_id), text) if self._key is not None \
-                else json.loads(text)
+            entry = sealer.open(_transcript_field(interview_id), text) if sealer is not None else json.loads(text)
             kept_stamp, segments = _decode_transcript(entry)
-        except (Unreadable, ValueError, KeyError, TypeError):  # another master key, or not ours: the store's
-            log.warning("Redis transcript of interview %s does not open with this node's master key", interview_id)
+        except DomainError:  # the candidate was erased (no key any more): nothing to show from here
+            self.misses += 1
+            return None
+        except (Unreadable, ValueError, KeyError, TypeError):  # another key, or not ours: the store's
+            log.warning("Redis transcript of interview %s does not open with its key", interview_id)
             self.misses += 1
             return None
         if kept_stamp != stamp:
@@ -246,7 +254,11 @@ class RedisState:
     async def keep_transcript(self, interview_id: str, stamp: TranscriptStamp,
                               segments: list[dict[str, Any]]) -> None:
         entry = _encode_transcript(stamp, segments)
-        value = self._key.seal(_transcript_field(interview_id), entry) if self._key is not None \
+        try:
+            sealer = await self._key_of_transcript(interview_id)
+        except DomainError:  # erased meanwhile: nothing is kept
+            return
+        value = sealer.seal(_transcript_field(interview_id), entry) if sealer is not None \
             else json.dumps(entry, separators=(",", ":"))
         key = f"{self.prefix}transcript:{interview_id}"
 
@@ -254,6 +266,9 @@ class RedisState:
             return bool(await self._redis.set(key, value, ex=int(self.transcript_ttl_s)))
 
         await self._call("transcript cache", write)  # not kept: the next read takes the store's again
+
+    async def _key_of_transcript(self, interview_id: str) -> DataKey | None:
+        return await self._transcript_key(interview_id) if self._transcript_key is not None else self._key
 
     async def forget_transcript(self, interview_id: str) -> None:
         key = f"{self.prefix}transcript:{interview_id}"

@@ -477,8 +477,8 @@ async def test_the_transcript_cache_is_shared_by_nodes_sealed_and_never_older_th
     store = sealed_store
     assert store.keyring is not None
     key = store.keyring.master.shared_state_key()
-    shared_a = RedisState(redis_server.url, key=key, retry_s=0.2)
-    shared_b = RedisState(redis_server.url, key=key, retry_s=0.2)
+    shared_a = RedisState(redis_server.url, key=key, retry_s=0.2, transcript_key=store.interview_key)
+    shared_b = RedisState(redis_server.url, key=key, retry_s=0.2, transcript_key=store.interview_key)
     node_a, node_b = InterviewService(store, transcripts=shared_a), InterviewService(store, transcripts=shared_b)
     admin = redis.asyncio.from_url(redis_server.url)
     shared_a.start()
@@ -519,14 +519,21 @@ async def test_the_transcript_cache_is_shared_by_nodes_sealed_and_never_older_th
         assert (await node_b.get_transcript(iid))["segments"] == during["segments"]
 
         # erasure deletes the kept transcript with the segments
-        from adapters.crypto import ReceiptSigner
+        from adapters.crypto import ReceiptSigner, Unreadable
         from adapters.privacy import Privacy
 
         assert await admin.exists(f"{shared_a.prefix}transcript:{iid}")
+        kept = await admin.get(f"{shared_a.prefix}transcript:{iid}")  # as a Redis snapshot or backup holds it
+        # sealed with the candidate's data key, not the node's: the node key alone does not open it
+        with pytest.raises(Unreadable):
+            key.open(f"transcript:{iid}", kept.decode())
         signer = ReceiptSigner.load_or_create(tmp_path / "receipt_key.pem")
         await Privacy(store, node_a, signer).erase(cid, reason="request", by="test", request_id="r1")
         assert not await admin.exists(f"{shared_a.prefix}transcript:{iid}")
         assert (await node_b.get_transcript(iid))["segments"] == []
+        # the copy a backup kept is unreadable once the candidate's key is destroyed
+        await admin.set(f"{shared_a.prefix}transcript:{iid}", kept)
+        assert await shared_b.transcript(iid, (2, 2)) is None
     finally:
         await admin.aclose()
         await shared_a.aclose()
