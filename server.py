@@ -843,13 +843,16 @@ def stt_worker_command(argv: list[str]) -> int:
         return 2
     from adapters.stt_whisper import revision_model_dir
 
-    try:
-        revision_model = revision_model_dir(settings.revision_model, settings.data_dir / "models", settings.stt_model)
-    except ValueError as exc:
-        print(f"stt-worker: REVISION_MODEL: {exc}", file=sys.stderr)
-        return 2
+    revision_model = None
+    if args.revisions != "off":  # a worker that never revises does not need the revision model
+        try:
+            revision_model = revision_model_dir(settings.revision_model, settings.data_dir / "models",
+                                                settings.stt_model)
+        except ValueError as exc:
+            print(f"stt-worker: REVISION_MODEL: {exc}", file=sys.stderr)
+            return 2
     return run_worker(settings.nats_url, settings.stt_model, cpu_threads=settings.stt_cpu_threads, worker_id=args.id,
-                      revisions=args.revisions, revision_model=revision_model if args.revisions != "off" else None)
+                      revisions=args.revisions, revision_model=revision_model)
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {

@@ -179,6 +179,7 @@ class NatsWhisper:
         self.worker_ttl_s = worker_ttl_s
         self.timeouts = {**KIND_TIMEOUT_S, **(timeouts or {})}
         self._workers: dict[str, float] = {}  # worker id -> monotonic time of its last heartbeat
+        self._kinds: dict[str, frozenset[str]] = {}  # worker id -> the request kinds its lanes decode
         self._worker_seen = asyncio.Event()
         self._opened = time.monotonic()
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -214,7 +215,11 @@ class NatsWhisper:
             beat = json.loads(msg.data)
             if beat.get("bye"):
                 self._workers.pop(str(beat["id"]), None)
+                self._kinds.pop(str(beat["id"]), None)
             else:
+                lanes = beat.get("lanes")
+                if isinstance(lanes, dict):  # which kinds it decodes (a worker of an older version: every kind)
+                    self._kinds[str(beat["id"])] = frozenset(k for lane in lanes.values() for k in lane["kinds"])
                 self._workers[str(beat["id"])] = time.monotonic()
                 self._worker_seen.set()
 
@@ -229,6 +234,12 @@ class NatsWhisper:
         """Workers heard from within `worker_ttl_s`."""
         now = time.monotonic()
         return sum(1 for seen in self._workers.values() if now - seen <= self.worker_ttl_s)
+
+    def workers_for(self, kind: str) -> int:
+        """Workers heard from within `worker_ttl_s` that decode `kind` (`--revisions only|off` leave some out)."""
+        now = time.monotonic()
+        return sum(1 for wid, seen in self._workers.items()
+                   if now - seen <= self.worker_ttl_s and kind in self._kinds.get(wid, (kind,)))
 
     def transcribe(self, audio: np.ndarray, *, prompt: str | None = None, partial: bool = False,
                    kind: str | None = None, vocabulary: tuple[str, ...] = ()) -> Transcript:
@@ -269,7 +280,8 @@ class NatsWhisper:
 
     async def _ask(self, meta: dict[str, Any], pcm: bytes, timeout_s: float) -> dict[str, Any]:
         assert self._js is not None and self._bucket is not None
-        if not self.workers:
+        kind = str(meta["kind"])
+        if not self.workers_for(kind):
             # just connected: the running workers' first heartbeats may be on the way. Later, fail at once: the
             # stream asks again, and a request must not hold one of the scheduler's few slots while it waits
             left = self._opened + self.wait_s - time.monotonic()
@@ -277,8 +289,8 @@ class NatsWhisper:
                 self._worker_seen.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._worker_seen.wait(), left)
-            if not self.workers:
-                raise SttError("stt_unavailable", "no speech-to-text worker is running")
+            if not self.workers_for(kind):
+                raise SttError("stt_unavailable", f"no speech-to-text worker that decodes {kind} requests is running")
         rid = uuid.uuid4().hex
         meta.update(id=rid, reply=f"{self._prefix}.{rid}", deadline=time.time() + timeout_s)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -302,7 +314,7 @@ class NatsWhisper:
                 if done:
                     seq = None  # acknowledged (removed) by the worker that answered
                     return fut.result()
-                if not self.workers:
+                if not self.workers_for(kind):
                     raise SttError("stt_unavailable", "every speech-to-text worker went away during the request")
                 if time.monotonic() > deadline:
                     raise SttError("stt_unavailable", f"no speech-to-text worker answered within {timeout_s:.0f} s")

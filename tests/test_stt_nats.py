@@ -158,6 +158,34 @@ def test_a_final_is_answered_while_the_worker_is_busy_with_a_revision(nats_serve
         worker.stop()
 
 
+def test_a_request_no_running_worker_decodes_is_refused_at_once(nats_server: NatsServer, jfk16k: np.ndarray,
+                                                                 tmp_path: object) -> None:
+    """With only `--revisions only` workers alive a final cannot be decoded: `stt_unavailable` at once (the stream
+    keeps the audio and asks again), not a wait for its whole timeout. A `--revisions off` worker never needs the
+    revision model: a bad REVISION_MODEL does not stop it."""
+    reviser = SttWorkerProcess(nats_server.url, "reviser", args=("--revisions", "only"))
+    live = SttWorkerProcess(nats_server.url, "live", args=("--revisions", "off"),
+                            env={"REVISION_MODEL": str(tmp_path) + "/no-such-model"})
+    reviser.start()
+    client = NatsWhisper(nats_server.url, wait_s=3.0)
+    try:
+        assert client.revise(jfk16k[16000 * 5:], context=jfk16k[: 16000 * 5], context_text="And so").text
+        with pytest.raises(SttError) as refused:
+            client.transcribe(jfk16k)
+        assert refused.value.code == "stt_unavailable" and "final" in refused.value.message
+        live.start()
+        deadline = time.monotonic() + 30
+        while not client.workers_for("final"):  # its first heartbeat
+            assert time.monotonic() < deadline, "the live worker's heartbeat never arrived"
+            time.sleep(0.05)
+        assert client.workers_for("revision") == 1  # the live worker does not revise
+        assert "ask not" in client.transcribe(jfk16k).text.lower()
+    finally:
+        client.close()
+        live.stop()
+        reviser.stop()
+
+
 def test_a_worker_killed_mid_decode_costs_a_retry_not_the_final(workers: list[SttWorkerProcess],
                                                                 client: NatsWhisper, jfk16k: np.ndarray) -> None:
     expected = client.transcribe(jfk16k).text
