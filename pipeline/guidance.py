@@ -298,14 +298,17 @@ class GuideMatcher:
     hub_k = 10
     term_weight = 0.0
 
-    def __init__(self, embedder: SentenceEmbedder, items: Sequence[GuideItem],
-                 reference: np.ndarray | None = None, **settings: float) -> None:  # fmt: skip
+    def __init__(self, embedder: SentenceEmbedder, items: Sequence[GuideItem], reference: np.ndarray,
+                 **settings: float) -> None:  # fmt: skip
+        """`reference`: the reference questions' embeddings (required: the constants assume the penalty)."""
+        if reference is None or not len(reference):
+            raise ValueError("the guide matcher needs reference questions (its threshold assumes the penalty)")
         for name, value in settings.items():
             if name not in ("threshold", "margin", "hub_weight", "hub_k", "term_weight"):
                 raise ValueError(f"unknown guide matcher setting {name!r}")
             setattr(self, name, int(value) if name == "hub_k" else float(value))
         self.items = list(items)
-        self._reference = reference if reference is not None and len(reference) else None
+        self._reference: np.ndarray | None = reference
         self._terms = [key_terms(i.text) for i in self.items]
         # a term in many of the guide's questions ("design" in a designer's guide) says little about which one
         df: dict[str, int] = {}

@@ -164,8 +164,11 @@ def test_coverage_matching_meets_the_issue_target(embedder: OnnxSentenceEmbedder
 
 
 def test_guide_matcher_refuses_unknown_settings(embedder: OnnxSentenceEmbedder) -> None:
+    reference = default_detector(embedder).reference_vectors
     with pytest.raises(ValueError, match="treshold"):
-        GuideMatcher(embedder, GUIDE, treshold=0.2)
+        GuideMatcher(embedder, GUIDE, reference, treshold=0.2)
+    with pytest.raises(ValueError, match="reference"):
+        GuideMatcher(embedder, GUIDE, reference[:0])
 
 
 def test_generic_interview_questions_match_no_guide_question(embedder: OnnxSentenceEmbedder) -> None:
