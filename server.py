@@ -934,10 +934,10 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     if args.port is not None:
         settings = settings.replace(port=args.port)
     configure_logging(settings.log_level, settings.log_format)
-    if os.environ.get("MEMORY_DEBUG_DIR"):  # debugging only: tracemalloc on, `kill -USR2` dumps (README "Soak")
+    if settings.memory_debug_dir is not None:  # debugging only: tracemalloc on, `kill -USR2` dumps (README "Soak")
         from adapters.memory import install_debug_dump
 
-        install_debug_dump(Path(os.environ["MEMORY_DEBUG_DIR"]), int(os.environ.get("MEMORY_DEBUG_FRAMES", "10")))
+        install_debug_dump(settings.memory_debug_dir, settings.memory_debug_frames)
     # Bind first so PORT=0 works and the printed URL is the real one.
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

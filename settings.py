@@ -265,9 +265,14 @@ class Settings(BaseSettings):
     api_key_limit: Rate = setting("600/minute", "requests per API key")
     max_rooms_per_org: PositiveInt = setting(50, "live interview rooms per organisation (more: 503)")
     max_peer_connections: PositiveInt = setting(200, "WebRTC peer connections per process (more: 503)")
-    malloc_trim: bool = setting(True, "after a room closes, hand the memory glibc keeps free in its arenas back "
+    malloc_trim: Flag = setting(True, "after a room closes, hand the memory glibc keeps free in its arenas back "
                                 "to the kernel (malloc_trim(0), in a worker thread): without it RSS only ever grows "
                                 "to the busiest moment's")
+    memory_debug_dir: OptionalPath = setting(
+        None, "debugging only: start tracemalloc and write a memory dump here on `kill -USR2` (README 'Soak'); costs "
+        "CPU and memory")
+    memory_debug_frames: Annotated[int, Field(ge=0)] = setting(
+        10, "stack frames tracemalloc keeps per allocation with MEMORY_DEBUG_DIR (0: no tracemalloc, counts only)")
     tls_cert_file: OptionalPath = setting(None, "PEM certificate: serve HTTPS (with HSTS) instead of HTTP")
     tls_key_file: OptionalPath = setting(None, "PEM private key of TLS_CERT_FILE")
     log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)] = \
