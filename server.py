@@ -24,7 +24,7 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -132,6 +132,7 @@ class Components:
     receipts: ReceiptSigner | None = None
     privacy: Privacy | None = None
     retention: asyncio.Task[None] | None = None
+    trims: set[asyncio.Task[None]] = field(default_factory=set)  # a pending malloc_trim after a room closed
     ready: bool = False
 
 
@@ -262,7 +263,7 @@ async def _build(c: Components) -> None:
     c.placement = placement = Placement(bus, Owner(s.node_id or node_url or f"pid-{os.getpid()}", node_url),
                                         live=lambda iid: iid in registry.rooms, ttl_s=s.placement_ttl_s)
 
-    trimming: set[asyncio.Task[None]] = set()
+    trimming = c.trims
 
     def membership_changed(room: Room) -> None:
         call.room_changed(room.interview_id, sum(p.claims.role == "observer" for p in room.participants.values()))
@@ -458,6 +459,8 @@ async def _teardown(c: Components) -> None:
     """Reverse of `_build`, draining first. Each step runs even if an earlier one failed."""
     c.ready = False
     steps: list[tuple[str, Callable[[], Any]]] = []
+    for trim in list(c.trims):  # a trim waiting for its room's memory to be freed: no longer worth it
+        trim.cancel()
     if c.retention is not None:
         retention = c.retention
         retention.cancel()
