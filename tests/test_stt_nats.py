@@ -250,9 +250,15 @@ async def test_closing_the_client_fails_a_request_in_flight_instead_of_leaving_i
 ) -> None:
     nc = await nats.connect(nats_server.url)
     client = NatsWhisper(nats_server.url, wait_s=0.0)
+
+    async def quiet_worker() -> None:  # a worker that takes nothing, alive all along (its heartbeat, repeated
+        while True:                    # well within the client's worker_ttl_s, however slow the machine)
+            await nc.publish("stt.workers.quiet", b'{"id": "quiet"}')
+            await nc.flush()
+            await asyncio.sleep(0.5)
+
+    beating = asyncio.create_task(quiet_worker())
     try:
-        await nc.publish("stt.workers.quiet", b'{"id": "quiet"}')  # a worker that takes nothing
-        await nc.flush()
         js = nc.jetstream()
         pending = None
         async with asyncio.timeout(10):  # polled: the heartbeat and the request live on the client's own loop
@@ -268,5 +274,7 @@ async def test_closing_the_client_fails_a_request_in_flight_instead_of_leaving_i
             await asyncio.wait_for(asyncio.wrap_future(pending), 10)
         assert err.value.code == "stt_closed"
     finally:
+        beating.cancel()
+        await asyncio.gather(beating, return_exceptions=True)
         client.close()
         await nc.close()
