@@ -11,7 +11,8 @@ Contract of the channel, one JSON object per message::
                     {"type": "relay", "peer", "mid"}    the audio of `peer` now arrives on the server connection's
                                                         transceiver `mid` (null: no relay possible)
     page -> server  {"type": "offer"|"answer", "to", "sdp"} / {"type": "candidate", "to", "candidate"} /
-                    {"type": "bye", "to"} / {"type": "relay", "to"} / {"type": "stats", "peers": [...]}
+                    {"type": "bye", "to"} / {"type": "relay", "to"} / {"type": "unrelay", "to"} /
+                    {"type": "stats", "peers": [...]}
 
 Who reaches whom: the candidate and up to `MAX_INTERVIEWERS` interviewers of one room form a full mesh; a
 candidate reaches only interviewers. Observers get no `call` channel at all (adapters.webrtc closes it): they send
@@ -24,7 +25,9 @@ Relay: a page whose peer connection to another participant does not connect asks
 offer carries `RELAY_SLOTS` receive-only audio transceivers; the server answers them send-only with a
 `RelayTrack` each, idle until assigned. Relaying A <-> B taps the Opus payloads the server receives from A's
 microphone (adapters.rtp_audio, before decoding) and hands them, unchanged, to B's slot as `av.Packet`s, which
-aiortc's `RTCRtpSender` packs without re-encoding; the same the other way. Video is not relayed.
+aiortc's `RTCRtpSender` packs without re-encoding; the same the other way. Video is not relayed. A relayed pair
+keeps retrying the direct path (mesh.js); once it connects, either page's `unrelay` ends the relay both ways and
+the slots go idle (the other page's `unrelay` then finds nothing to end).
 """
 
 from __future__ import annotations
@@ -355,7 +358,7 @@ class CallHub:
         if kind == "stats":
             self._stats(member, msg, now)
             return
-        if kind not in (*SIGNAL_TYPES, "relay"):
+        if kind not in (*SIGNAL_TYPES, "relay", "unrelay"):
             raise Dropped("bad_type", f"unknown type {str(kind)[:40]!r}")
         to = _text(msg, "to", 200)
         target = room.get(to)
@@ -363,6 +366,9 @@ class CallHub:
             raise Dropped("not_allowed", f"{to[:40]!r} is not a peer of {member.participant_id}")
         if kind == "relay":
             self._relay(member, target)
+            return
+        if kind == "unrelay":
+            self._end_relay(member, target)
             return
         out: dict[str, Any] = {"type": kind, "from": member.participant_id, "to": to}
         if kind in ("offer", "answer"):
@@ -416,6 +422,21 @@ class CallHub:
                 log.info("call: relaying the audio of %s to %s in interview %s", src.participant_id,
                          dst.participant_id, a.interview_id)
             self._send(dst, {"type": "relay", "peer": src.participant_id, "mid": slot.mid})
+
+    def _end_relay(self, a: CallMember, b: CallMember) -> None:
+        """The pair found a direct path: stop forwarding a's audio to b and b's to a."""
+        for src, dst in ((a, b), (b, a)):
+            key = (a.interview_id, src.participant_id, dst.participant_id)
+            if key not in self._relays:
+                continue
+            src.taps.pop(dst.participant_id, None)
+            for slot in dst.slots:
+                if slot.source == src.participant_id:
+                    slot.assign(None)
+            self._relays.discard(key)
+            log.info("call: %s and %s connected directly; no longer relaying %s's audio in interview %s",
+                     a.participant_id, b.participant_id, src.participant_id, a.interview_id)
+        self.metrics.call_relayed.set(len(self._relays))
 
     def _unrelay(self, member: CallMember) -> None:
         """Ends every relay from or to `member` (its channel closed or was replaced)."""

@@ -302,7 +302,7 @@ async def test_relay_forwards_the_opus_packets_unchanged(live: LiveServer, share
     wav = shared_data / f"{DIALOGUE}.stereo.wav"
     cand_track, ivo_track = WavChannelTrack(wav, 1, encoded=True), WavChannelTrack(wav, 0, encoded=True)
     heard: dict[str, list[bytes]] = {"cand": [], "ivo": []}
-    cand, _ = await _join(live, room, "candidate", "Casey", track=cand_track, relay_slots=4,
+    cand, cand_id = await _join(live, room, "candidate", "Casey", track=cand_track, relay_slots=4,
                           relay_listener=lambda mid, payload, ts: heard["cand"].append(payload))
     ivo, ivo_id = await _join(live, room, "interviewer", "Ivo", track=ivo_track, relay_slots=4,
                               relay_listener=lambda mid, payload, ts: heard["ivo"].append(payload))
@@ -319,6 +319,17 @@ async def test_relay_forwards_the_opus_packets_unchanged(live: LiveServer, share
         assert sent_by_cand is not None and sent_by_ivo is not None
         _assert_in_order(heard["ivo"], sent_by_cand)
         _assert_in_order(heard["cand"], sent_by_ivo)
+
+        # The pair connected directly: one side's `unrelay` ends the relay both ways, the other's finds nothing.
+        ivo.send_call({"type": "unrelay", "to": cand_id})
+        await _until(lambda: _metric_is(live, "call_relayed_streams", 0))
+        members = live.components.call.rooms[room].values()  # type: ignore[union-attr]
+        assert all(not m.taps and all(slot.source is None for slot in m.slots) for m in members)
+        cand.send_call({"type": "unrelay", "to": ivo_id})
+        heard_then = {k: len(v) for k, v in heard.items()}
+        await asyncio.sleep(1.0)  # an absence: 50 packets a side would arrive in this second if still relayed
+        assert all(len(heard[k]) - heard_then[k] <= 3 for k in heard), "still relayed after unrelay"  # in flight
+        assert await live.metric("call_relayed_streams") == 0
     # Both left: nothing is relayed any more.
     await _until(lambda: _metric_is(live, "call_relayed_streams", 0))
 
@@ -466,26 +477,42 @@ async def test_pages_call_each_other_peer_to_peer(live: LiveServer, chromium: st
 
 
 @pytest.mark.browser
-async def test_pages_without_a_direct_path_talk_through_the_relay(live: LiveServer, chromium: str,
-                                                                  shared_data: Path, tmp_path: Path) -> None:
+async def test_pages_without_a_direct_path_talk_through_the_relay_until_one_appears(
+        live: LiveServer, chromium: str, shared_data: Path, tmp_path: Path) -> None:
     stereo = shared_data / f"{DIALOGUE}.stereo.wav"
     candidate_wav, interviewer_wav = tmp_path / "candidate.wav", tmp_path / "interviewer.wav"
     write_channel(stereo, 1, candidate_wav)
     write_channel(stereo, 0, interviewer_wav)
     room = await live.create_interview()
     errors: list[str] = []
+    # `p2p-retry-s=1`: a relayed pair retries the direct path after 1 s, 2 s, 4 s… instead of 15 s, 30 s, 60 s…
+    # (whichever page makes the offers, which depends on the participant ids)
+    retry = "&p2p-retry-s=1"
     async with _browsers(chromium, {"candidate": candidate_wav, "interviewer": interviewer_wav}) as browsers:
-        ivo = await _page(browsers["interviewer"], await _join_url(live, room, "interviewer", "Ivo Interviewer"),
-                          errors)
+        ivo = await _page(browsers["interviewer"],
+                          await _join_url(live, room, "interviewer", "Ivo Interviewer", retry), errors)
         # `p2p=off`: the candidate's page withholds its ICE candidates and ignores the interviewer's
         cand = await _page(browsers["candidate"],
-                           await _join_url(live, room, "candidate", "Casey Candidate", "&p2p=off"), errors)
+                           await _join_url(live, room, "candidate", "Casey Candidate", "&p2p=off" + retry), errors)
         await _receiving(cand, "interviewer", "relay", frames=0)
         before = await _receiving(ivo, "candidate", "relay", frames=0)
         assert await live.metric("call_relayed_streams") == 2
         await expect(cand.locator(".tile.peer .tile-note")).to_contain_text("Video is off")
         await expect(ivo.locator(".tile.peer .tile-note")).to_contain_text("Video is off")
-        # Relayed audio keeps flowing, and no video comes that way.
-        after = await _receiving(ivo, "candidate", "relay", frames=0, packets=before["audioPacketsReceived"] + 100)
+        # Relayed audio keeps flowing while the direct path is retried (and fails), and no video comes that way.
+        after = await _receiving(ivo, "candidate", "relay", frames=0, packets=before["audioPacketsReceived"] + 150)
         assert after["videoFramesDecoded"] == 0
+        assert await live.metric("call_relayed_streams") == 2
+
+        # The network lets the direct path through: the next retry connects, both switch, the server stops relaying.
+        await cand.evaluate("window.interviewCall.allowP2P()")
+        direct = await _receiving(ivo, "candidate", "p2p", frames=10, packets=50)
+        await _receiving(cand, "interviewer", "p2p", frames=10, packets=50)
+        await _until(lambda: _metric_is(live, "call_relayed_streams", 0), 30)
+        members = live.components.call.rooms[room].values()  # type: ignore[union-attr]
+        assert all(not m.taps and all(slot.source is None for slot in m.slots) for m in members)
+        await expect(ivo.locator(".tile.peer .tile-note")).to_have_text("")
+        assert await ivo.evaluate("document.querySelector('.tile.peer audio').srcObject === null")
+        # Audio goes on directly after the switch.
+        await _receiving(ivo, "candidate", "p2p", frames=10, packets=direct["audioPacketsReceived"] + 100)
     assert not errors, errors

@@ -160,15 +160,26 @@ export class Call extends EventTarget {
     this.ui = { pill: $("state"), join: $("join"), leave: $("leave"), mute: $("mute"), camera: $("camera"),
       consent: $("consent") };
     this.tiles = new Tiles($("tiles"));
-    // `?p2p=off` withholds ICE candidates between pages, forcing the server relay (tests use it).
-    this.p2p = new URLSearchParams(window.location.search).get("p2p") !== "off";
+    // `?p2p=off` withholds ICE candidates between pages, forcing the server relay (tests use it);
+    // `?p2p-retry-s=N` makes a relayed pair retry the direct path after N s instead of 15 (tests shorten it).
+    const query = new URLSearchParams(window.location.search);
+    this.p2p = query.get("p2p") !== "off";
+    const retryS = Number(query.get("p2p-retry-s"));
+    this.retryFirstMs = Number.isFinite(retryS) && retryS > 0 ? Math.min(retryS, 120) * 1000 : undefined;
     this.ui.join.addEventListener("click", () => this.join());
     // Unticking the consent box mid-call withdraws it: the server stops processing this participant's audio.
     this.ui.consent?.addEventListener("change", () => this._consentChanged());
     this.ui.leave.addEventListener("click", () => this.leave());
     this.ui.mute.addEventListener("click", () => this.toggleMute());
     this.ui.camera?.addEventListener("click", () => this.toggleCamera());
-    window.interviewCall = { stats: async () => (this.mesh ? this.mesh.stats() : { peers: [] }) };
+    window.interviewCall = {
+      stats: async () => (this.mesh ? this.mesh.stats() : { peers: [] }),
+      // Lifts `?p2p=off` at run time, so a test sees a relayed pair upgrade to the direct path.
+      allowP2P: () => {
+        this.p2p = true;
+        this.mesh?.allowP2P();
+      },
+    };
     // Closing the tab ends the session promptly instead of waiting for ICE to time out.
     window.addEventListener("pagehide", () => this.session?.leave({ keepalive: true }));
     this._show("idle");
@@ -258,7 +269,7 @@ export class Call extends EventTarget {
       this._microphone("opened");
       this.tiles.showSelf(this.stream);
       this.mesh = new Mesh({
-        stream: this.stream, tiles: this.tiles, p2p: this.p2p,
+        stream: this.stream, tiles: this.tiles, p2p: this.p2p, retryFirstMs: this.retryFirstMs,
         onPeers: (detail) => this.dispatchEvent(new CustomEvent("peers", { detail })),
       });
     }

@@ -5,9 +5,16 @@
 //
 // The peer with the smaller participant id makes the offer, so two peers never offer at once. `p2p: false` (the
 // page parameter `?p2p=off`) withholds this page's ICE candidates and ignores the peer's, so no direct path can form
-// and the relay is used: tests use it to exercise the relay.
+// and the relay is used: tests use it to exercise the relay (and `allowP2P()` lifts it, to exercise the upgrade).
+//
+// A relayed pair keeps trying the direct path: the offerer makes a fresh peer connection after RETRY_FIRST_MS,
+// then after twice as long each time, up to RETRY_MAX_MS (a network that had no path, e.g. a phone moving from a
+// strict Wi-Fi to mobile data, often has one a minute later). The relayed audio plays on until the new connection
+// is connected; then the page switches to it and sends `unrelay`, and the server stops forwarding for that pair.
 
 const P2P_TIMEOUT_MS = 10_000; // ICE on the internet connects in 1-3 s (TURN included); beyond this, relay
+const RETRY_FIRST_MS = 15_000; // the first retry of a relayed pair; each next one waits twice as long
+const RETRY_MAX_MS = 120_000; // a retry costs a few signalling messages and ICE checks: at most every 2 min
 const QUALITY_INTERVAL_MS = 2_000;
 const REPORT_EVERY = 5; // quality samples per report to the server (10 s)
 
@@ -38,6 +45,9 @@ class Peer {
     this.relayReceiver = null;
     this.pending = []; // candidates that arrived before the remote description
     this.timer = null;
+    this.retryTimer = null; // the next direct attempt while relayed (the offerer's side)
+    this.retryMs = 0; // the wait before that attempt
+    this.remoteStream = null; // the direct connection's media, shown once it is connected
     this.quality = null;
     this.lastCounts = null;
     this.tile = tiles.add(this);
@@ -109,10 +119,11 @@ export class Tiles {
 }
 
 export class Mesh {
-  constructor({ stream, tiles, p2p = true, onPeers = () => {} }) {
+  constructor({ stream, tiles, p2p = true, retryFirstMs = RETRY_FIRST_MS, onPeers = () => {} }) {
     this.stream = stream;
     this.tiles = tiles;
     this.p2p = p2p;
+    this.retryFirstMs = retryFirstMs;
     this.onPeers = onPeers;
     this.channel = null;
     this.serverPc = null;
@@ -138,6 +149,11 @@ export class Mesh {
       this._remove(peer);
     }
     this.channel = null;
+  }
+
+  /** Lifts `p2p: false` (a test hook): from the next attempt on, a relayed pair can connect directly. */
+  allowP2P() {
+    this.p2p = true;
   }
 
   setCamera(on) {
@@ -204,29 +220,70 @@ export class Mesh {
     this._closePc(peer);
     const pc = new RTCPeerConnection({ iceServers: this.iceServers });
     peer.pc = pc;
-    peer.path = "connecting";
+    if (peer.path !== "relay") peer.path = "connecting"; // a relayed pair's retry keeps the relay meanwhile
     pc.addEventListener("icecandidate", (e) => {
       if (!this.p2p && e.candidate) return; // withheld: no direct path can form
       this._send({ type: "candidate", to: peer.id, candidate: e.candidate ? e.candidate.toJSON() : null });
     });
     pc.addEventListener("track", (e) => {
-      const stream = e.streams[0] ?? new MediaStream([e.track]);
-      if (peer.tile.video.srcObject !== stream) peer.tile.video.srcObject = stream;
+      peer.remoteStream = e.streams[0] ?? new MediaStream([e.track]);
+      // While relayed, the relayed audio plays on until this connection is up (_connected shows it then).
+      if (peer.path !== "relay") this._show(peer);
     });
     pc.addEventListener("connectionstatechange", () => {
       if (peer.pc !== pc) return;
-      if (pc.connectionState === "connected") {
-        clearTimeout(peer.timer);
-        peer.path = "p2p";
-        peer.tile.note.textContent = "";
-        peer.tile.figure.classList.remove("no-video");
-      } else if (pc.connectionState === "failed") {
-        this._fallBack(peer);
-      }
+      if (pc.connectionState === "connected") this._connected(peer);
+      else if (pc.connectionState === "failed") this._directFailed(peer);
     });
     clearTimeout(peer.timer);
-    peer.timer = setTimeout(() => this._fallBack(peer), P2P_TIMEOUT_MS);
+    peer.timer = setTimeout(() => this._directFailed(peer), P2P_TIMEOUT_MS);
     return pc;
+  }
+
+  _show(peer) {
+    if (peer.remoteStream && peer.tile.video.srcObject !== peer.remoteStream) {
+      peer.tile.video.srcObject = peer.remoteStream;
+    }
+  }
+
+  _connected(peer) {
+    clearTimeout(peer.timer);
+    if (peer.path === "relay") {
+      // The direct path is up: switch to it, and the server stops forwarding this pair's audio.
+      clearTimeout(peer.retryTimer);
+      peer.retryMs = 0;
+      peer.relayReceiver = null;
+      peer.tile.audio.srcObject = null;
+      this._send({ type: "unrelay", to: peer.id });
+    }
+    peer.path = "p2p";
+    this._show(peer);
+    peer.tile.note.textContent = "";
+    peer.tile.figure.classList.remove("no-video");
+  }
+
+  /** A direct attempt failed or timed out: the relay if none is in use yet, else the next retry later. */
+  _directFailed(peer) {
+    if (peer.path !== "relay") {
+      if (peer.path === "p2p") peer.path = "connecting"; // a direct path that was up and broke: relay now
+      this._fallBack(peer);
+      return;
+    }
+    clearTimeout(peer.timer);
+    this._closePc(peer);
+    this._scheduleRetry(peer);
+  }
+
+  /** The offerer of a relayed pair tries the direct path again later (the answerer takes its offers). */
+  _scheduleRetry(peer) {
+    if (peer.path !== "relay" || !(this.self < peer.id) || !this.peers.has(peer.id)) return;
+    clearTimeout(peer.retryTimer);
+    peer.retryMs = peer.retryMs ? Math.min(peer.retryMs * 2, RETRY_MAX_MS) : this.retryFirstMs;
+    peer.retryTimer = setTimeout(() => {
+      if (peer.path === "relay" && this.peers.has(peer.id)) {
+        this._offer(peer).catch((error) => console.warn(`call: retrying the direct path to ${peer.id}:`, error));
+      }
+    }, peer.retryMs);
   }
 
   _addTracks(pc) {
@@ -242,8 +299,8 @@ export class Mesh {
   }
 
   async _onOffer(peer, sdp) {
-    if (peer.path === "relay") return; // that pair has no direct path: stay on the relay
-    const pc = this._newPc(peer); // a new offer is a new connection (the peer started over)
+    // A new offer is a new connection: the peer started over, or (relayed) retries the direct path.
+    const pc = this._newPc(peer);
     await pc.setRemoteDescription({ type: "offer", sdp });
     this._addTracks(pc); // reuses the transceivers the offer created
     await pc.setLocalDescription(await pc.createAnswer());
@@ -278,6 +335,7 @@ export class Mesh {
 
   _onRelay(peer, mid) {
     clearTimeout(peer.timer);
+    if (peer.path === "relay" && peer.relayReceiver) return; // the other side asked too: already relayed
     this._closePc(peer);
     const transceiver = mid == null ? null : this.serverPc?.getTransceivers().find((t) => t.mid === mid);
     if (!transceiver) {
@@ -292,6 +350,7 @@ export class Mesh {
     peer.tile.figure.classList.add("no-video");
     peer.tile.note.textContent =
       "Video is off: there is no direct connection between you, so only audio goes through the server.";
+    this._scheduleRetry(peer);
   }
 
   _closePc(peer) {
@@ -302,6 +361,7 @@ export class Mesh {
 
   _remove(peer) {
     clearTimeout(peer.timer);
+    clearTimeout(peer.retryTimer);
     this._closePc(peer);
     peer.tile.figure.remove();
     this.peers.delete(peer.id);
