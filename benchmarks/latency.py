@@ -25,6 +25,13 @@ to a turn's length whenever one closes, so with staggered rooms and long last tu
 backlog (used only against servers without the newer gauge).
 `offline_wer` is faster-whisper over each whole channel with the same model, the reference the
 streaming WER can be read against.
+
+`--call` puts the rooms on the call (adapters.call): both peers also open the `call` channel and the pages' relay
+slots, and hold the call with each other as the pages do (`testing.call_peer`: a direct aiortc connection signalled
+through the server, each sending its channel of the dialogue to the other), so the server does the signalling only;
+the table reports the audio packets the peers received from each other. `--call relay` makes them ask for the
+server's relay instead (as the pages' `?p2p=off`), and after each room count measures the server's CPU per relayed
+stream with `benchmarks.relay` on the same server.
 """
 
 from __future__ import annotations
@@ -507,8 +514,10 @@ def _emit(kind: str, **data: Any) -> None:
 
 
 async def _run_room(
-    i: int, room: dict[str, Any], spec: dict[str, Any], http: httpx.AsyncClient, tracks: dict[str, Any]
+    i: int, room: dict[str, Any], spec: dict[str, Any], http: httpx.AsyncClient, tracks: dict[str, Any],
+    call_tracks: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    from testing.call_peer import CallPeer
     from testing.whip_client import whip_publish
 
     dialogue = load_dialogue(Path(room["audio"]))
@@ -517,23 +526,29 @@ async def _run_room(
     out: dict[str, Any] = {"room": i, "audio": room["audio"], "offset_s": room["offset_s"], "error": None}
     sessions: list[Any] = []
     events: list[dict[str, Any]] = []
+    call = spec.get("call")
+    calls: list[CallPeer] = []
+    relayed = {"candidate": 0, "interviewer": 0}  # audio packets received on the relay slots
+
+    def publish(role: str, **kw: Any) -> Any:
+        if call:  # what the pages offer: the call's channel and four relay slots
+            def heard(mid: str, payload: bytes, ts: int) -> None:
+                relayed[role] += 1
+
+            kw |= {"call": True, "relay_slots": 4, "relay_listener": heard}
+        return whip_publish(room["whip_url"], room[f"{role}_token"], track=tracks[role], session=http, **kw)
+
     try:
-        cand, intv = await asyncio.gather(
-            whip_publish(room["whip_url"], room["candidate_token"], track=tracks["candidate"], session=http),
-            whip_publish(
-                room["whip_url"],
-                room["interviewer_token"],
-                track=tracks["interviewer"],
-                analysis=True,
-                session=http,
-            ),
-            return_exceptions=True,
-        )
+        cand, intv = await asyncio.gather(publish("candidate"), publish("interviewer", analysis=True),
+                                          return_exceptions=True)
         sessions = [s for s in (cand, intv) if not isinstance(s, BaseException)]
         for s in (cand, intv):
             if isinstance(s, BaseException):
                 raise s
-        assert not isinstance(intv, BaseException)
+        assert not isinstance(intv, BaseException) and not isinstance(cand, BaseException)
+        if call and call_tracks:
+            for session, role in ((cand, "candidate"), (intv, "interviewer")):
+                calls.append(CallPeer(session, lambda _peer, r=role: call_tracks[r], p2p=call != "relay"))
         async with asyncio.timeout(20):
             await intv.wait_channel_open()
         _emit("room_streaming", room=i)
@@ -579,6 +594,12 @@ async def _run_room(
         out["error"] = f"{type(exc).__name__}: {exc}"
         progress(f"worker, room {i}: {out['error']}")
     finally:
+        if calls:
+            out["call"] = {"paths": [p for c in calls for p in c.paths()],
+                           "p2p_packets": sum([await c.p2p_packets_received() for c in calls]),
+                           "relay_packets": sum(relayed.values())}
+        for c in calls:
+            await c.close()
         for s in sessions:
             await s.close()
     out["events"] = events
@@ -606,9 +627,18 @@ async def worker_main(spec: dict[str, Any]) -> None:
         }
         for r in spec["rooms"]
     ]
+    # With the call on each peer sends its channel to the other peer too; a track feeds one sender, so a second
+    # player of the same channel (the same pre-encoded packets).
+    call_tracks = [
+        {
+            "interviewer": WavChannelTrack(r["audio"], 0, tail_s=spec["tail_s"], encoded=True),
+            "candidate": WavChannelTrack(r["audio"], 1, tail_s=spec["tail_s"], encoded=True),
+        } if spec.get("call") else None
+        for r in spec["rooms"]
+    ]
     async with httpx.AsyncClient(timeout=30) as http:
         rooms = await asyncio.gather(
-            *(_run_room(i, r, spec, http, tracks[i]) for i, r in enumerate(spec["rooms"]))
+            *(_run_room(i, r, spec, http, tracks[i], call_tracks[i]) for i, r in enumerate(spec["rooms"]))
         )
     _emit("result", rooms=rooms)
 
@@ -673,7 +703,8 @@ async def run_rooms(
             room["audio"] = str(dialogues[i % len(dialogues)].audio)
             room["offset_s"] = round(args.stagger * i / n, 3)
             rooms.append(room)
-    spec = {"rooms": rooms, "tail_s": args.tail, "settle_s": args.settle, "max_settle_s": args.max_settle}
+    spec = {"rooms": rooms, "tail_s": args.tail, "settle_s": args.settle, "max_settle_s": args.max_settle,
+            "call": args.call}
     worker = await asyncio.create_subprocess_exec(
         *niced(args.nice),
         sys.executable,
@@ -741,8 +772,23 @@ async def run_rooms(
     t_stream = t_stream if t_stream is not None else samples[0].t
     t_done = t_done if t_done is not None else samples[-1].t
     outcome = summarize(n, result["rooms"], samples, t_stream, t_done)
+    outcome.summary |= summarize_call(args.call, result["rooms"])
     outcome.raw_rooms = result["rooms"]
     return outcome
+
+
+def summarize_call(mode: str | None, rooms: list[dict[str, Any]]) -> dict[str, Any]:
+    """`call`: off, p2p or relay; with the call on, how its pairs connected and the audio packets the peers
+    received from each other directly and through the server's relay."""
+    if not mode:
+        return {"call": "off"}
+    calls = [r["call"] for r in rooms if r.get("call")]
+    paths: dict[str, int] = {}
+    for c in calls:
+        for p in c["paths"]:
+            paths[p] = paths.get(p, 0) + 1
+    return {"call": mode, "call_paths": paths, "call_p2p_packets": sum(c["p2p_packets"] for c in calls),
+            "call_relay_packets": sum(c["relay_packets"] for c in calls)}
 
 
 def _per_room_minute(rooms: int, cpu_percent: dict[str, float | None]) -> dict[str, float | None]:
@@ -1188,15 +1234,40 @@ async def measure(
                 f" ({s['sender_late_frames']} late frames): the machine is oversubscribed, so these numbers measure"
                 " contention as much as the server (latencies are corrected for the sender's lateness)"
             )
+        if args.call:
+            progress(f"{n} room(s): call {s['call']}, paths {s['call_paths']}, packets the peers received from each"
+                     f" other: {s['call_p2p_packets']} direct, {s['call_relay_packets']} relayed")
         outcomes.append(o)
         await _participants_gone(base)
+        if args.call == "relay":
+            o.summary["relay_cpu"] = await _relay_cpu(base, admin_key, server_pid, n, args.relay_seconds)
+            await _participants_gone(base)
     return outcomes
+
+
+async def _relay_cpu(base: str, admin_key: str, server_pid: int | None, pairs: int,
+                     seconds: float) -> dict[str, float] | None:
+    """`--call relay`: the server's CPU per relayed stream with `pairs` rooms (benchmarks.relay on this server:
+    silent peers, the same rooms without and with the relay)."""
+    from benchmarks.relay import relay_round, silence_file
+
+    if server_pid is None:
+        progress("--call relay: no server pid (--server-pid), so no CPU per relayed stream")
+        return None
+    progress(f"{pairs} room(s): the server's CPU per relayed stream ({seconds:g} s without the relay, then with)")
+    with tempfile.TemporaryDirectory(prefix="latency-relay-") as tmp:
+        async with httpx.AsyncClient(base_url=base, timeout=30,
+                                     headers={"Authorization": f"Bearer {admin_key}"}) as http:
+            r = await relay_round(base, server_pid, http, pairs, silence_file(Path(tmp), seconds), seconds)
+    progress(f"  {r['per_stream_cpu_pct']:.2f} % of a core per relayed stream"
+             f" ({r['p2p_cpu_pct']:.1f} % -> {r['relay_cpu_pct']:.1f} %)")
+    return {k: round(v, 2) for k, v in r.items()}
 
 
 HEADERS = [
     "rooms", "final p50 ms", "p95", "p99", "max", "1st partial p50 ms", "p95", "WER live/revised", "missed",
     "split (joined)", "server CPU %", "peers CPU %", "CPU s/room-min ingest/STT/store+bus", "dropped", "max lag s",
-    "realtime",
+    "realtime", "call", "call packets direct/relayed", "relay CPU % per stream",
 ]  # fmt: skip
 
 
@@ -1210,7 +1281,9 @@ def table_rows(runs: list[dict[str, Any]]) -> list[list[Any]]:
             f"{r['missed_turns']}/{r['turns']}", f"{r.get('split_turns')} ({r.get('split_turns_joined')})",
             r["cpu_percent"], r["peers_cpu_percent"],
             "/".join(str(_fmt(v)) for v in r["cpu_s_per_room_minute"].values()), r["dropped_frames"],
-            r["max_lag_s"], "yes" if r["realtime"] else "no",
+            r["max_lag_s"], "yes" if r["realtime"] else "no", r.get("call", "off"),
+            "-" if r.get("call", "off") == "off" else f"{r['call_p2p_packets']}/{r['call_relay_packets']}",
+            _fmt((r.get("relay_cpu") or {}).get("per_stream_cpu_pct")) if r.get("call") == "relay" else "-",
         ])  # fmt: skip
     return rows
 
@@ -1283,6 +1356,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "stt": args.stt,
             "stt_workers": args.stt_workers if args.stt == "nats" else None,
             "stt_model": os.environ.get("STT_MODEL") or "tiny.en (default)",
+            "call": args.call or "off",
         },
     }
     print(format_environment(env))
@@ -1340,6 +1414,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--raw", help="also write every received segment and turn timing here (JSON)")
     parser.add_argument("--breakdown", action="store_true",
                         help="also print where speech end -> final goes, part by part (always in the JSON)")
+    parser.add_argument("--call", nargs="?", const="p2p", choices=("p2p", "relay"),
+                        help="put the rooms on the call: the two peers also call each other directly, signalled "
+                        "through the server (--call or --call p2p), or through the server's relay (--call relay, "
+                        "which also measures the server's CPU per relayed stream)")
+    parser.add_argument("--relay-seconds", type=float, default=10.0,
+                        help="--call relay: length of each CPU window of the per-stream measurement, s (10)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -55,8 +55,17 @@ async def _metric(http: httpx.AsyncClient, name: str) -> float:
     return 0.0
 
 
-async def _round(server: ServerProcess, http: httpx.AsyncClient, pairs: int, wav: Path,
-                 seconds: float) -> dict[str, float]:
+def silence_file(directory: Path, seconds: float) -> Path:
+    """A mono 48 kHz WAV of silence long enough for one round of `seconds` windows."""
+    path = directory / "silence.wav"
+    _silence(path, 2 * seconds + 30)
+    return path
+
+
+async def relay_round(url: str, pid: int, http: httpx.AsyncClient, pairs: int, wav: Path,
+                      seconds: float) -> dict[str, float]:
+    """One round on the server at `url` (process `pid`; `http` carries its admin key): `pairs` rooms peer to peer,
+    then relayed; the server's CPU % over `seconds` each way and the difference per relayed stream."""
     sessions: list[tuple[WhipSession, WhipSession, str]] = []
     try:
         for _ in range(pairs):
@@ -65,7 +74,7 @@ async def _round(server: ServerProcess, http: httpx.AsyncClient, pairs: int, wav
             peers = []
             for role in ("candidate", "interviewer"):
                 token = (await http.post(f"/api/interviews/{iid}/tokens", json={"role": role, "name": role})).json()
-                session = await whip_publish(f"{server.url}/whip/{iid}", token["token"], call=True, relay_slots=4,
+                session = await whip_publish(f"{url}/whip/{iid}", token["token"], call=True, relay_slots=4,
                                              track=WavChannelTrack(wav, encoded=True, tail_s=0))
                 peers.append((session, str(token["participantId"])))
             sessions.append((peers[0][0], peers[1][0], peers[1][1]))
@@ -76,7 +85,7 @@ async def _round(server: ServerProcess, http: httpx.AsyncClient, pairs: int, wav
                 while not (await cand.next_call_message("peers"))["peers"]:
                     pass
         await asyncio.sleep(2)  # let the joins' own work (stream set-up, backlog) pass before measuring
-        p2p = await _cpu_over(server.pid, seconds)
+        p2p = await _cpu_over(pid, seconds)
         for cand, _, ivo_id in sessions:
             cand.send_call({"type": "relay", "to": ivo_id})
         async with asyncio.timeout(30):
@@ -86,7 +95,7 @@ async def _round(server: ServerProcess, http: httpx.AsyncClient, pairs: int, wav
         relayed_streams = await _metric(http, "call_relayed_streams")
         assert relayed_streams == 2 * pairs, relayed_streams
         await asyncio.sleep(1)
-        relay = await _cpu_over(server.pid, seconds)
+        relay = await _cpu_over(pid, seconds)
         return {"p2p_cpu_pct": p2p, "relay_cpu_pct": relay, "relayed_streams": relayed_streams,
                 "per_stream_cpu_pct": (relay - p2p) / relayed_streams}
     finally:
@@ -104,14 +113,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         await server.wait_ready()
         with tempfile.TemporaryDirectory() as tmp:
-            wav = Path(tmp) / "silence.wav"
-            _silence(wav, 2 * args.seconds + 30)
+            wav = silence_file(Path(tmp), args.seconds)
             async with httpx.AsyncClient(base_url=server.url, timeout=30,
                                          headers={"Authorization": f"Bearer {server.admin_key}"}) as http:
                 for round_no in range(1, args.rounds + 1):
                     for pairs in pair_counts:
                         progress(f"round {round_no}: {pairs} pair(s)")
-                        r = await _round(server, http, pairs, wav, args.seconds)
+                        r = await relay_round(server.url, server.pid, http, pairs, wav, args.seconds)
                         results.append({"round": round_no, "pairs": pairs, **r})
                         progress(f"  p2p {r['p2p_cpu_pct']:.1f}% relay {r['relay_cpu_pct']:.1f}% -> "
                                  f"{r['per_stream_cpu_pct']:.2f}% of a core per relayed stream")
