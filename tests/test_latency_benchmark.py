@@ -1,10 +1,15 @@
-"""The scoring half of `benchmarks.latency`: matching received segments to ground-truth turns, stats, WER."""
+"""The scoring half of `benchmarks.latency`: matching received segments to ground-truth turns, stats, WER; and the
+benchmark run end to end at one room with the call on (`--call`, `--call relay`)."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import subprocess
+import sys
+import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,3 +174,53 @@ def test_histogram_quantile_interpolates_like_prometheus():
     assert histogram_quantile(buckets, 0.5) == pytest.approx(0.5 + 0.5 * (3 / 4))
     assert histogram_quantile(buckets, 0.1) == pytest.approx(0.25)
     assert histogram_quantile([(0.5, 0.0), (math.inf, 0.0)], 0.5) is None
+
+
+# ---- `--call`, end to end -------------------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _short_dialogue(shared_data: Path, out: Path, seconds: float = 15.2) -> Path:
+    """The first `seconds` of mobile_mixed (its first two turns) with their ground truth beside: a run of the
+    benchmark that takes seconds, not minutes."""
+    with wave.open(str(shared_data / "mobile_mixed.stereo.wav")) as w:
+        params, pcm = w.getparams(), w.readframes(int(seconds * w.getframerate()))
+    audio = out / "short.stereo.wav"
+    with wave.open(str(audio), "wb") as o:
+        o.setparams(params)
+        o.writeframes(pcm)
+    truth = json.loads((shared_data / "mobile_mixed.json").read_text())
+    truth["turns"] = [t for t in truth["turns"] if t["end_s"] < seconds - 0.5]
+    assert len(truth["turns"]) == 2
+    (out / "short.json").write_text(json.dumps(truth))
+    return audio
+
+
+def _run_latency(tmp_path: Path, shared_data: Path, *args: str) -> dict:
+    out = tmp_path / "latency.json"
+    run = subprocess.run([sys.executable, "-m", "benchmarks.latency", "--rooms", "1", "--skip-offline", "--settle", "1",
+                          "--max-settle", "8", "--audio", str(_short_dialogue(shared_data, tmp_path)), "--json", str(out),
+                          *args], cwd=ROOT, capture_output=True, text=True, timeout=400)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "call packets direct/relayed" in run.stdout
+    (result,) = json.loads(out.read_text())["runs"]
+    assert not result["room_errors"], result["room_errors"]
+    return result  # type: ignore[no-any-return]
+
+
+@pytest.mark.slow  # starts server.py with its speech-to-text
+def test_the_call_flows_peer_to_peer_with_the_server_signalling_only(tmp_path: Path, shared_data: Path) -> None:
+    r = _run_latency(tmp_path, shared_data, "--call")
+    assert r["call"] == "p2p" and r["call_paths"] == {"p2p": 2}
+    # ~15 s of 20 ms packets each way (750 a side), none through the server
+    assert r["call_p2p_packets"] > 2 * 400 and r["call_relay_packets"] == 0, r
+    assert r["turns"] == 2 and r["final_latency_ms"]["p50"] is not None  # the transcript still comes
+
+
+@pytest.mark.slow
+def test_the_call_through_the_relay_and_its_cpu_per_stream(tmp_path: Path, shared_data: Path) -> None:
+    r = _run_latency(tmp_path, shared_data, "--call", "relay", "--relay-seconds", "2")
+    assert r["call"] == "relay" and r["call_paths"] == {"relay": 2}
+    assert r["call_relay_packets"] > 2 * 400 and r["call_p2p_packets"] == 0, r
+    relay = r["relay_cpu"]
+    assert relay["relayed_streams"] == 2 and relay["relay_cpu_pct"] > 0 and "per_stream_cpu_pct" in relay
