@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -518,7 +519,7 @@ async def _run_room(
     call_tracks: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     from testing.call_peer import CallPeer
-    from testing.whip_client import whip_publish
+    from testing.whip_client import WhipSession, whip_publish
 
     dialogue = load_dialogue(Path(room["audio"]))
     turns_total = len(dialogue.turns)
@@ -530,13 +531,13 @@ async def _run_room(
     calls: list[CallPeer] = []
     relayed = {"candidate": 0, "interviewer": 0}  # audio packets received on the relay slots
 
-    def publish(role: str, **kw: Any) -> Any:
+    async def publish(role: str, **kw: Any) -> WhipSession:
         if call:  # what the pages offer: the call's channel and four relay slots
             def heard(mid: str, payload: bytes, ts: int) -> None:
                 relayed[role] += 1
 
             kw |= {"call": True, "relay_slots": 4, "relay_listener": heard}
-        return whip_publish(room["whip_url"], room[f"{role}_token"], track=tracks[role], session=http, **kw)
+        return await whip_publish(room["whip_url"], room[f"{role}_token"], track=tracks[role], session=http, **kw)
 
     try:
         cand, intv = await asyncio.gather(publish("candidate"), publish("interviewer", analysis=True),
@@ -548,7 +549,8 @@ async def _run_room(
         assert not isinstance(intv, BaseException) and not isinstance(cand, BaseException)
         if call and call_tracks:
             for session, role in ((cand, "candidate"), (intv, "interviewer")):
-                calls.append(CallPeer(session, lambda _peer, r=role: call_tracks[r], p2p=call != "relay"))
+                track = call_tracks[role]  # one peer each: the same track whoever asks
+                calls.append(CallPeer(session, functools.partial(_same, track), p2p=call != "relay"))
         async with asyncio.timeout(20):
             await intv.wait_channel_open()
         _emit("room_streaming", room=i)
@@ -614,6 +616,10 @@ async def _run_room(
         for role, t in tracks.items()
     }
     return out
+
+
+def _same(track: Any, _peer: str) -> Any:
+    return track
 
 
 async def worker_main(spec: dict[str, Any]) -> None:
