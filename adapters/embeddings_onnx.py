@@ -11,16 +11,24 @@ import importlib.resources
 import logging
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 log = logging.getLogger(__name__)
 
 TOKENIZER_PATH = Path(__file__).resolve().parents[1] / "pipeline" / "data" / "all-minilm-l6-v2.tokenizer.json"
 MAX_TOKENS = 128  # the length the model was trained with; questions are far shorter
+
+
+@dataclass(frozen=True, slots=True)
+class TokenStates:
+    tokens: tuple[str, ...]  # word pieces, [CLS] first and [SEP] last
+    ids: tuple[int, ...]
+    states: np.ndarray  # (len(tokens), 384) float32, not normalised
 
 
 def default_model_path() -> Path:
@@ -54,9 +62,7 @@ class OnnxSentenceEmbedder:
         self._lock = threading.Lock()
         log.info("sentence embedder loaded: %s (%d thread(s))", model.name, threads)
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
+    def _run(self, texts: Sequence[str]) -> tuple[list[Encoding], np.ndarray, np.ndarray]:
         encodings = self._tokenizer.encode_batch([t.strip() for t in texts])
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
@@ -65,6 +71,24 @@ class OnnxSentenceEmbedder:
             feeds["token_type_ids"] = np.zeros_like(ids)
         with self._lock:
             (states,) = self._session.run(["last_hidden_state"], feeds)
+        return encodings, mask, states
+
+    def token_states(self, texts: Sequence[str]) -> list[TokenStates]:
+        """Each text's word pieces (with [CLS] and [SEP]) and their contextual states, the model's last hidden
+        state before pooling (what token-level matching compares; `benchmarks.guide_methods`)."""
+        if not texts:
+            return []
+        encodings, mask, states = self._run(texts)
+        out = []
+        for e, m, s in zip(encodings, mask, states, strict=True):
+            n = int(m.sum())
+            out.append(TokenStates(tuple(e.tokens[:n]), tuple(e.ids[:n]), s[:n].astype(np.float32)))
+        return out
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        _, mask, states = self._run(texts)
         m = mask[:, :, None].astype(np.float32)
         pooled = (states * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
