@@ -34,6 +34,7 @@ from adapters.shared_state import RedisState
 from adapters.tokens import Revocations
 from testing.live_server import ADMIN_KEY, TOKEN_SECRET
 from testing.nats import NatsServer
+from testing.poll import until
 from testing.redis import RedisServer, redis_server_binary
 from testing.server_process import ServerProcess
 from testing.whip_client import WavChannelTrack, WhipError, WhipSession, whip_publish
@@ -65,15 +66,6 @@ async def bus(nats_server: NatsServer) -> AsyncIterator[JetStreamBus]:
         yield bus
     finally:
         await bus.close()
-
-
-async def until(condition: Any, within_s: float = 20.0, every_s: float = 0.1) -> None:
-    """Polls the async `condition()` until it is true (another process's or a TTL's state: nothing to wait on)."""
-    async with asyncio.timeout(within_s):
-        while True:
-            if await condition():
-                return
-            await asyncio.sleep(every_s)
 
 
 # ------------------------------------------------------------------------------------------------ placement
