@@ -579,6 +579,7 @@ class SegmentWriter:
         self.replayed: list[tuple[str, SegmentEvent]] = []  # what `start()` found in the journal
         self._queue: deque[_Write] = deque()
         self._queued_stream: set[int] = set()  # shared journal messages queued here: a replay skips them
+        self._deleting: set[asyncio.Task[None]] = set()  # shared journal entries being deleted (stored)
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -679,7 +680,11 @@ class SegmentWriter:
                 self._journal.done(item.file_entry)
             if item.stream_seq is not None and self.shared is not None:
                 self._queued_stream.discard(item.stream_seq)
-                await self.shared.done(item.stream_seq)
+                # off the queue: a delete costs ~5 ms p50 (benchmarks.placement), and one left undone is only a
+                # replay that finds the segment stored
+                deleting = asyncio.get_running_loop().create_task(self.shared.done(item.stream_seq))
+                self._deleting.add(deleting)
+                deleting.add_done_callback(self._deleting.discard)
             if item.stored is not None and not item.stored.done():
                 item.stored.set_result(None)
             self._metrics.persist_pending.set(len(self._queue))
@@ -738,7 +743,7 @@ class SegmentWriter:
             await self._task
         # a shared journal write under way finishes (or falls back to the file) before the file is closed
         await asyncio.gather(*(item.journaling for item in self._queue if item.journaling is not None),
-                             return_exceptions=True)
+                             *self._deleting, return_exceptions=True)
         for item in self._queue:
             segment = item.segment
             kept = (" (kept in the shared journal for the node that takes the room next)" if item.stream_seq is not None
