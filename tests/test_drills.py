@@ -105,11 +105,17 @@ def assert_stored_once(stored: list[dict[str, Any]], received: dict[tuple[str, i
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("held_back", [False, True], ids=["killed", "killed-before-storing"])
 async def test_a_server_killed_mid_interview_restarts_with_every_sent_final_stored_once(
-    tmp_path: Path, shared_data: Path
+    tmp_path: Path, shared_data: Path, held_back: bool
 ) -> None:
+    """`held_back`: the store writes are held back (SEGMENT_STORE_DELAY_S, tests only), so every final sent before the
+    kill is in the journal only (the embedded nats-server's `SEGMENT_JOURNAL` under DATA_DIR) and the restarted
+    server must store it from there."""
     wav = shared_data / "mobile_mixed.stereo.wav"
     server = ServerProcess(tmp_path / "data", admin_key=ADMIN_KEY)
+    if held_back:
+        server.extra_env["SEGMENT_STORE_DELAY_S"] = "3600"
     await server.start()
     sessions: list[WhipSession] = []
     try:
@@ -122,8 +128,11 @@ async def test_a_server_killed_mid_interview_restarts_with_every_sent_final_stor
             sessions.append(await whip_publish(whip, tok_c, track=WavChannelTrack(wav, 1)))
             before: Events = []
             await collect(interviewer, before, lambda ev: len(finals_with_text(ev)) >= 3, within_s=180)
+            if held_back:
+                assert await stored_segments(http, iid) == []
 
             server.kill()
+            server.extra_env.pop("SEGMENT_STORE_DELAY_S", None)
             drain(interviewer, before)  # whatever arrived before the process died
             sent = finals_with_text(before)
             for s in sessions:
