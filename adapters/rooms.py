@@ -317,7 +317,15 @@ class Room:
                 and source is not None):
             spoken_end = source.wall_time_of(event.end_s)
             if spoken_end is not None:
-                metrics.final_latency.observe(max(0.0, asyncio.get_running_loop().time() - spoken_end))
+                loop = asyncio.get_running_loop()
+
+                def observe(_: object = None, end: float = spoken_end) -> None:
+                    metrics.final_latency.observe(max(0.0, loop.time() - end))
+
+                if journaling is not None and not journaling.done():
+                    journaling.add_done_callback(observe)  # viewers get it then: the journal's wait counts
+                else:
+                    observe()
 
     def _deliver(self, text: str, kind: str, keep: bool, journaling: asyncio.Task[None] | None) -> None:
         """Send to the viewers (and keep for the backlog) now, or, while a final's shared journal write is under way,
@@ -656,6 +664,13 @@ class SegmentWriter:
         """Drop the interview's queued writes that have not started (its candidate's data is being erased)."""
         head = self._queue[0] if self._queue else None  # may be in flight: it fails on its own once erased
         kept = [item for item in self._queue if item is head or item.interview_id != interview_id]
+        kept_ids = {id(item) for item in kept}
+        for item in self._queue:
+            if id(item) not in kept_ids:
+                if item.stream_seq is not None:
+                    self._queued_stream.discard(item.stream_seq)  # the erasure purges the shared journal's entries
+                if item.stored is not None and not item.stored.done():
+                    item.stored.set_result(None)
         self._queue.clear()
         self._queue.extend(kept)
         self._metrics.persist_pending.set(len(self._queue))
