@@ -11,9 +11,11 @@ which persists them in order through `InterviewService.record_segment` and then 
 A `segment.revised` (a final decoded again with the conversation as context) goes the same way, through
 `record_revision`, behind the final it revises in the same queue. A write that fails is retried with
 backoff until it succeeds or the service shuts down; it is never dropped silently (viewers get an `error`
-event, the log and `/metrics` say how many are pending). With a `SegmentJournal`, every final and revision is
-appended to a file before it is sent to anyone and marked done once stored: a server killed (`kill -9`, OOM) with
-writes pending, or stopped while the store is down, writes them on its next start.
+event, the log and `/metrics` say how many are pending). Every final and revision is journaled before it is sent to
+anyone and marked done once stored: in the JetStream stream every node reads (`adapters.shared_journal`; the room's
+messages wait behind the acknowledgement, ~0.3 ms), so the node that opens the room next stores what a killed node
+(`kill -9`, OOM, a lost machine) left before numbering anything; or, while NATS does not answer, in this node's
+`SegmentJournal` file, which it writes on its next start.
 
 Resuming: a participant whose connection drops is kept for `resume_grace_s`; a new WHIP session with the
 same token within that time re-attaches to the same stream, so segment numbering continues and nothing

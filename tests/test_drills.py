@@ -3,7 +3,8 @@
 * `kill -9` of the server (server.py as a child process with its own DATA_DIR and embedded store, two aiortc peers
   streaming a dialogue): restarted on the same DATA_DIR, the participants re-POST with the same join tokens; the
   stored transcript holds every final the interviewer received before the kill exactly once, and new finals
-  follow with their seq continuing.
+  follow with their seq continuing; also with the store writes held back, so that every final sent is in the
+  journal only (the embedded nats-server's `SEGMENT_JOURNAL`) when the server dies.
 * `kill -9` of a speech-to-text worker process costs a re-decode, not the final:
   `tests/test_stt_process.py::test_a_killed_worker_costs_a_re_decode_not_the_final` (and
   `test_workers_exit_when_the_server_process_is_killed` for the other direction).

@@ -8,7 +8,9 @@
 * Two server processes sharing one nx-27017, nats-server and Redis (slow): a candidate joins node A, the interviewer
   POSTs to node B, is redirected (307) and meets the candidate in A's room; Redis is stopped and a revoked token is
   still refused on both nodes; node A is killed (`kill -9`) and after the placement TTL both re-POST to B, where
-  the interview continues: every final is stored exactly once and the numbering continues.
+  the interview continues: every final is stored exactly once and the numbering continues. And a node killed with
+  finals sent but not stored (its store writes held back): the node taking over stores them from the shared segment
+  journal (JetStream) with their seq, once each, before numbering new ones.
 """
 
 from __future__ import annotations
