@@ -351,6 +351,9 @@ class Room:
                 self.remember(text)
             self._send_all(text, kind)
 
+    def clear_held(self) -> None:
+        self._held.clear()
+
     def remember(self, text: str) -> None:
         """An entry of the backlog late viewers get, here and (with Redis) for a node that takes the room over."""
         self.history.append(text)
@@ -945,6 +948,7 @@ class RoomRegistry:
         self.writer.forget(interview_id)
         await asyncio.gather(*(self._remove(p, "erased") for p in participants))
         room.history.clear()
+        room.clear_held()  # finals still waiting for the journal are neither sent nor kept now
         room.latest_keywords.clear()
         return len(participants)
 

@@ -49,6 +49,9 @@ PREFIX = "journal."
 # stream for that final and writes it to the file journal (measured: ~0.3 ms p50 on loopback, `benchmarks.placement`)
 APPEND_TIMEOUT_S = 0.5
 READ_TIMEOUT_S = 2.0  # a takeover's read of an interview's entries; past it, the room opens without them
+# after a failed append, finals go straight to the file journal for this long: NATS connected but JetStream not
+# answering would otherwise hold every final APPEND_TIMEOUT_S
+RETRY_AFTER_S = 5.0
 _TRANSIENT = (nats.errors.Error, asyncio.TimeoutError, OSError, BusUnavailable)
 
 
@@ -65,13 +68,14 @@ class SharedJournal:
                                     duplicate_window=duplicate_window_s, max_age=max_age_s)
         self._ready = False
         self._failing = False
+        self._retry_at = 0.0  # loop time before which `available` is False (an append failed)
         self.appended = 0
         self.deleted = 0
 
     @property
     def available(self) -> bool:
         """Whether a write would be tried now (connected to NATS); else the room writes to the file journal."""
-        return self.bus.connected
+        return self.bus.connected and asyncio.get_running_loop().time() >= self._retry_at
 
     async def _js(self) -> JetStreamContext:
         js = self.bus.jetstream()
@@ -103,6 +107,7 @@ class SharedJournal:
                     js = await self._js()
                     ack = await js.publish(subject, payload, headers={MSG_ID_HEADER: msg_id})
         except _TRANSIENT as exc:
+            self._retry_at = asyncio.get_running_loop().time() + RETRY_AFTER_S
             raise self._unavailable("append", exc) from exc
         self._failing = False
         self.appended += 1
