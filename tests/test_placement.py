@@ -86,6 +86,9 @@ async def test_one_node_holds_a_room_and_the_other_is_told_where(bus: JetStreamB
     assert owner.whip_url(iid) == f"http://a.test:1/whip/{iid}"
     await a.refresh()  # a heartbeat keeps it
     assert await b.claim(iid) == owner
+    # the shared journal's sweep leaves a room held by a live node alone
+    assert await b.held_elsewhere(iid) and not await a.held_elsewhere(iid)
+    assert not await b.held_elsewhere("iv-" + uuid.uuid4().hex[:8])  # held by nobody
 
     rooms_a.discard(iid)
     a.room_closed(iid)  # the last participant left: the room may open anywhere now
