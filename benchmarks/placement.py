@@ -15,6 +15,7 @@ and per final (`--rooms` finals of ~25 words, sealed with a journal key as the s
     journal stream   the shared journal's append: a JetStream publish awaited until acknowledged (what a final
                      waits before its viewers get it)
     journal done     deleting the entry once the store has the final (in the store writer, off the viewers' path)
+    journal read     what a room opening on a node costs its first join: reading the interview's entries (none)
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from domain.events import SegmentEvent, Speaker, Word
 
 progress = progress_printer("placement")
 KINDS = ("held", "new room", "redirect", "release", "heartbeat (per room)", "journal file", "journal stream",
-         "journal done")
+         "journal done", "journal read")
 TEXT = " ".join(["the candidate described the lighthouse project in some detail"] * 3)[:150]  # ~25 words
 
 
@@ -73,6 +74,10 @@ async def _journal(bus: JetStreamBus, rooms: int, tmp: Path, out: dict[str, list
         t0 = time.perf_counter()
         await shared.done(seq)
         out["journal done"].append(time.perf_counter() - t0)
+    for _ in range(rooms):
+        t0 = time.perf_counter()
+        assert await shared.entries(uuid.uuid4().hex) == []
+        out["journal read"].append(time.perf_counter() - t0)
 
 
 async def _repeat(bus: JetStreamBus, rooms: int) -> dict[str, list[float]]:
