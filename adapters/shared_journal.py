@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 STREAM = "SEGMENT_JOURNAL"
 PREFIX = "journal."
 # A publish is awaited before viewers get the final (adapters.rooms.Room): past this, the room gives up on the
-# stream for that final and writes it to the file journal (measured: ~0.3 ms p50 on loopback, `benchmarks.placement`)
+# stream for that final and writes it to the file journal (measured: ~0.4 ms p50 on loopback, `benchmarks.placement`)
 APPEND_TIMEOUT_S = 0.5
 READ_TIMEOUT_S = 2.0  # a takeover's read of an interview's entries; past it, the room opens without them
 # after a failed append, finals go straight to the file journal for this long: NATS connected but JetStream not
