@@ -10,13 +10,14 @@ from the store although the interviewer saw it. In the stream, the node taking a
 them; a periodic sweep stores the entries of interviews that no node holds any more (nobody re-joined).
 
 One message per segment on the subject `journal.<interviewId>`, `Nats-Msg-Id` = `interview:participant:seq:revision`
-(a publish retried after a lost ack is dropped by JetStream inside the duplicate window), the segment sealed with the
+(the same segment published twice is kept once: JetStream drops the second inside its duplicate window), the segment sealed with the
 journal key every node derives from the shared master key file (no transcript on NATS in clear). A message is
 deleted once the store has its segment; stored twice (a replay racing the first node's own write) is harmless: the
 store keeps one segment per (interview, participant, seq[, revision]).
 
-NATS unreachable: `available` is False and the room writes to the file journal instead (a live interview must
-survive a bus outage); the first failing call is logged once.
+NATS unreachable, or an append not acknowledged within `APPEND_TIMEOUT_S` (then for `RETRY_AFTER_S`): `available` is
+False and the room writes to the file journal instead (a live interview must survive a bus outage); the first
+failing call is logged once.
 """
 
 from __future__ import annotations
