@@ -728,3 +728,37 @@ async def test_a_room_open_nowhere_is_swept_and_nats_down_falls_back_to_the_file
     node_c.registry.writer._task.cancel()
     node_c.file.close()
     await node_b.registry.aclose()
+
+
+async def test_a_final_jetstream_refuses_goes_to_the_file_and_the_next_ones_skip_the_stream_for_a_while(
+        service: InterviewService, journal_bus: JetStreamBus, tmp_path: Path) -> None:
+    """NATS connected but the journal's stream refusing writes (here: a full stream that discards new messages in its
+    place): the final is journaled in the file and sent; the next finals go to the file at once (the breaker)."""
+    from nats.js.api import DiscardPolicy, StreamConfig
+
+    from adapters.shared_journal import STREAM
+
+    iid = await new_interview(service)
+    node = _Node(service, journal_bus, tmp_path / "a", store_delay_s=3600)
+    viewer = MemoryChannel()
+    node.registry.add_viewer(await node.join(iid, "interviewer", "Ivy", "ivy"), viewer)
+    cand = await node.join(iid, "candidate", "Cat", "cand-j")
+    cand._on_event(_final(0, "journaled in the stream"))
+    await viewer.wait_for(lambda ch: len(ch.of_type("segment.final")) == 1, within_s=5)
+    js = journal_bus.jetstream()
+    await js.delete_stream(STREAM)
+    await js.add_stream(StreamConfig(name="JOURNAL_FULL", subjects=["journal.>"], max_msgs=1,
+                                     discard=DiscardPolicy.NEW))
+    await js.publish("journal.full", b"x")
+    shared = node.registry.writer.shared
+    assert shared is not None and shared.available
+    cand._on_event(_final(1, "refused by the stream"))
+    await viewer.wait_for(lambda ch: len(ch.of_type("segment.final")) == 2, within_s=5)
+    assert not shared.available  # for RETRY_AFTER_S
+    cand._on_event(_final(2, "straight to the file"))
+    assert [m["seq"] for m in viewer.of_type("segment.final")] == [0, 1, 2]  # the last one without waiting
+    assert [s.seq for _, s in node.file.pending()] == [1, 2]
+    assert node.registry.writer._task is not None
+    node.registry.writer._task.cancel()
+    node.file.close()
+    await js.delete_stream("JOURNAL_FULL")
