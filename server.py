@@ -132,6 +132,7 @@ class Components:
     receipts: ReceiptSigner | None = None
     privacy: Privacy | None = None
     retention: asyncio.Task[None] | None = None
+    journal_sweep: asyncio.Task[None] | None = None  # stores the shared journal's entries of rooms open nowhere
     trims: set[asyncio.Task[None]] = field(default_factory=set)  # a pending malloc_trim after a room closed
     ready: bool = False
 
@@ -152,6 +153,7 @@ async def _build(c: Components) -> None:
     from adapters.placement import Owner, Placement
     from adapters.privacy import Privacy
     from adapters.rooms import RoomRegistry, SegmentJournal
+    from adapters.shared_journal import SharedJournal
     from adapters.shared_state import MemoryTranscripts, RedisState
     from adapters.stt_engines import build_stt
     from adapters.tokens import Revocations, TokenSigner
@@ -239,6 +241,7 @@ async def _build(c: Components) -> None:
             guidance = await asyncio.to_thread(build_guidance, s, service, c.accounts_store)
         except (ValueError, OSError) as exc:  # an aid, not the service: run without it and say so once
             log.error("live guidance disabled: %s", exc)
+    journal_key = store.keyring.master.journal_key() if store.keyring is not None else None
     c.registry = registry = RoomRegistry(stream_factory=stream_factory, metrics=c.metrics,
                                          record_segment=service.record_segment,
                                          record_revision=service.record_revision,
@@ -246,10 +249,11 @@ async def _build(c: Components) -> None:
                                          stored_finals=lambda iid: stored_finals(store, iid),
                                          consent=store.consent_given, resume_grace_s=s.resume_grace_s,
                                          guidance_factory=guidance, record_guidance=service.record_guidance,
-                                         # finals sent but not stored yet survive a killed process
-                                         journal=SegmentJournal(s.data_dir / "segments.journal",
-                                                                store.keyring.master.journal_key()
-                                                                if store.keyring is not None else None),
+                                         # finals sent but not stored yet survive a killed process: in the
+                                         # stream every node reads, in DATA_DIR while NATS does not answer
+                                         journal=SegmentJournal(s.data_dir / "segments.journal", journal_key),
+                                         shared_journal=SharedJournal(bus, journal_key),
+                                         store_delay_s=s.segment_store_delay_s,
                                          tone=partial(org_tone, c.accounts_store, s.jurisdiction),
                                          shared_backlog=c.shared,
                                          vocabulary=(partial(interview_vocabulary, service, s.vocabulary_max_terms)
@@ -284,6 +288,7 @@ async def _build(c: Components) -> None:
                                placement=placement, public_url=s.public_url)
     placement.on_lost = whip.move_room
     placement.start()
+    c.journal_sweep = asyncio.create_task(_journal_sweep_loop(registry, placement), name="journal-sweep")
     c.receipts = receipts = await asyncio.to_thread(ReceiptSigner.load_or_create, s.data_dir / "receipt_key.pem")
     shared = c.shared
 
@@ -350,7 +355,24 @@ def build_limits(s: Settings) -> RateLimits:
                       s.redis_url)
 
 
+# the shared segment journal's sweep: entries of a node that died are stored within this after its placement aged out
+JOURNAL_SWEEP_S = 30.0
 RETENTION_EVERY_S = 3600.0  # retention is counted in days: an hourly pass erases within the hour of expiry
+
+
+async def _journal_sweep_loop(registry: RoomRegistry, placement: Placement) -> None:
+    """Every JOURNAL_SWEEP_S from start: the shared journal's entries of interviews no node holds are stored (their
+    node died and nobody re-joined the room; at start, this node's own before a restart)."""
+    from adapters.bus import BusUnavailable
+
+    while True:
+        try:
+            await registry.sweep_journal(placement.held_elsewhere)
+        except BusUnavailable:
+            pass  # logged by the journal; the next pass tries again
+        except Exception:
+            log.exception("shared segment journal sweep failed; trying again in %.0f s", JOURNAL_SWEEP_S)
+        await asyncio.sleep(JOURNAL_SWEEP_S)
 
 
 async def _retention_loop(privacy: Privacy) -> None:
@@ -465,6 +487,8 @@ async def _teardown(c: Components) -> None:
         retention = c.retention
         retention.cancel()
         steps.append(("stop the retention job", lambda: asyncio.gather(retention, return_exceptions=True)))
+    if c.journal_sweep is not None:
+        c.journal_sweep.cancel()
     if c.placement is not None:
         placement = c.placement
         placement.drain()  # rooms keep their placement until their finals are stored

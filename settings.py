@@ -163,6 +163,9 @@ class Settings(BaseSettings):
                                     "'Several nodes'); unset: its URL (PUBLIC_URL, else the address it listens on)")
     placement_ttl_s: Annotated[float, Field(ge=1.0)] = setting(
         15.0, "seconds after which a node that stopped refreshing its rooms (died) loses them to other nodes")
+    segment_store_delay_s: NonNegative = setting(
+        0.0, "TESTS ONLY: hold every segment's store write back this many seconds (a final is journaled and sent, "
+        "then the node is killed before storing it: tests/test_placement.py)")
     token_secret: Secret = setting(None, "HMAC key for join tokens (unset: generated, stored in "
                                    "DATA_DIR/token_secret)", secret=True)
     master_key_file: Annotated[Path | None, BeforeValidator(_none_if_blank)] = setting(

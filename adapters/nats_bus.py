@@ -242,6 +242,13 @@ class JetStreamBus:
             raise BusUnavailable(f"cannot create consumer {durable!r}: {type(exc).__name__}: {exc}") from exc
         return _JetStreamPull(sub)
 
+    def jetstream(self) -> JetStreamContext:
+        """The JetStream context, for adapters with a stream of their own (`adapters.shared_journal`). Raises
+        `BusUnavailable` while NATS is not reachable."""
+        if not self.connected or self._js is None:
+            raise BusUnavailable(f"not connected to NATS at {redact_url(self.url)}")
+        return self._js
+
     async def key_value(self, bucket: str, *, ttl_s: float) -> KeyValue:
         """The KV bucket `bucket` (one value per key; every key ages out `ttl_s` after its last write), created or
         re-configured to that TTL. Raises `BusUnavailable` while NATS is not reachable."""

@@ -151,6 +151,20 @@ class Placement:
             return None
         raise BusUnavailable(f"placement of {interview_id} kept changing")
 
+    async def held_elsewhere(self, interview_id: str) -> bool:
+        """Whether another live node holds the room (its key is there and not this node's). BusUnavailable while NATS
+        does not answer."""
+        try:
+            kv = await self._bucket()
+            try:
+                entry = await kv.get(interview_id)
+            except nats.js.errors.KeyNotFoundError:
+                return False
+        except _TRANSIENT as exc:
+            raise BusUnavailable(f"placement of {interview_id}: {type(exc).__name__}: {exc}") from exc
+        owner = Owner.decode(entry.value)
+        return owner.node_id != self.me.node_id and (not owner.url or owner.url != self.me.url)
+
     def room_closed(self, interview_id: str) -> None:
         """The room closed here (its last participant left): its key goes, so the next participant's POST may
         land on any node. Kept while draining (`release_all` deletes them once the finals are stored)."""

@@ -11,9 +11,11 @@ which persists them in order through `InterviewService.record_segment` and then 
 A `segment.revised` (a final decoded again with the conversation as context) goes the same way, through
 `record_revision`, behind the final it revises in the same queue. A write that fails is retried with
 backoff until it succeeds or the service shuts down; it is never dropped silently (viewers get an `error`
-event, the log and `/metrics` say how many are pending). With a `SegmentJournal`, every final and revision is
-appended to a file before it is sent to anyone and marked done once stored: a server killed (`kill -9`, OOM) with
-writes pending, or stopped while the store is down, writes them on its next start.
+event, the log and `/metrics` say how many are pending). Every final and revision is journaled before it is sent to
+anyone and marked done once stored: in the JetStream stream every node reads (`adapters.shared_journal`; the room's
+messages wait behind the acknowledgement, ~0.4 ms), so the node that opens the room next stores what a killed node
+(`kill -9`, OOM, a lost machine) left before numbering anything; or, while NATS does not answer, in this node's
+`SegmentJournal` file, which it writes on its next start.
 
 Resuming: a participant whose connection drops is kept for `resume_grace_s`; a new WHIP session with the
 same token within that time re-attaches to the same stream, so segment numbering continues and nothing
@@ -40,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from adapters.bus import BusUnavailable
 from adapters.crypto import DataKey, Unreadable
 from adapters.metrics import Metrics
 from adapters.tokens import JoinClaims
@@ -66,6 +69,7 @@ from pipeline.guidance import Guidance, GuidanceFinal
 from pipeline.stream import Conversation
 
 if TYPE_CHECKING:
+    from adapters.shared_journal import SharedJournal
     from pipeline.stream import ParticipantStream
 
 log = logging.getLogger(__name__)
@@ -260,6 +264,9 @@ class Room:
         # the tone of words (sentiment) is sent only when the organisation shows it (OrgPolicy.tone; off in eu
         # unless turned on); decided when the room opens
         self.tone = True
+        # messages held behind a final whose shared journal write is under way: (JSON, type, kept for the backlog,
+        # that write); sent in order once it is done (~0.4 ms p50)
+        self._held: deque[tuple[str, str, bool, asyncio.Task[None] | None]] = deque()
 
     # ---- fan-out -------------------------------------------------------------------------------------
     def publish(self, source: Participant | None, event: StreamEvent) -> None:
@@ -274,21 +281,24 @@ class Room:
                 source.levels_speaking += int(event.speaking)
         text = to_json(event)
         kind = event.type
+        keep = False  # an entry of the backlog
+        journaling: asyncio.Task[None] | None = None
         if isinstance(event, SegmentEvent) and event.final:
             (metrics.segments_revised if event.revision else metrics.segments_final).inc()
             if source is not None:
                 source.next_seq = max(source.next_seq, event.seq + 1)
             # first: nothing after it can lose the final (its `timing` is how this process was busy: not stored)
-            self.registry.writer.submit(self.interview_id, replace(event, timing=None) if event.timing else event)
-            self.remember(text)
+            journaling = self.registry.writer.submit(self.interview_id,
+                                                     replace(event, timing=None) if event.timing else event)
+            keep = True
         elif isinstance(event, SentimentEvent | ConsentEvent):
             if isinstance(event, SentimentEvent) and not self.tone:
                 return
-            self.remember(text)
+            keep = True
         elif isinstance(event, KeywordsEvent):
             self.latest_keywords[event.speaker.participant_id] = text
         elif isinstance(event, ProtectedTopicAlert):
-            self.remember(text)
+            keep = True
             metrics.guidance_alerts.labels(topic=event.topic).inc()
             if self.registry.on_alert is not None:
                 try:
@@ -300,7 +310,7 @@ class Room:
             self.latest_guidance[f"qa.pair:{event.question.participant_id}:{event.question.seq}"] = text
         elif isinstance(event, GuideCoverageEvent | TalkBalanceEvent):
             self.latest_guidance[kind] = text
-        self._send_all(text, kind)
+        self._deliver(text, kind, keep, journaling)
         if (isinstance(event, SegmentEvent) and event.final and not event.revision and source is not None
                 and self.guidance_queue is not None):
             self._queue_for_guidance(source, event)
@@ -309,7 +319,40 @@ class Room:
                 and source is not None):
             spoken_end = source.wall_time_of(event.end_s)
             if spoken_end is not None:
-                metrics.final_latency.observe(max(0.0, asyncio.get_running_loop().time() - spoken_end))
+                loop = asyncio.get_running_loop()
+
+                def observe(_: object = None, end: float = spoken_end) -> None:
+                    metrics.final_latency.observe(max(0.0, loop.time() - end))
+
+                if journaling is not None and not journaling.done():
+                    journaling.add_done_callback(observe)  # viewers get it then: the journal's wait counts
+                else:
+                    observe()
+
+    def _deliver(self, text: str, kind: str, keep: bool, journaling: asyncio.Task[None] | None) -> None:
+        """Send to the viewers (and keep for the backlog) now, or, while a final's shared journal write is under way,
+        after it in publishing order: a viewer never sees a final that no node could store if this one died."""
+        if self._held or (journaling is not None and not journaling.done()):
+            self._held.append((text, kind, keep, journaling))
+            if journaling is not None:
+                journaling.add_done_callback(self._release_held)
+            return
+        if keep:
+            self.remember(text)
+        self._send_all(text, kind)
+
+    def _release_held(self, _: object = None) -> None:
+        while self._held:
+            text, kind, keep, journaling = self._held[0]
+            if journaling is not None and not journaling.done():
+                return
+            self._held.popleft()
+            if keep:
+                self.remember(text)
+            self._send_all(text, kind)
+
+    def clear_held(self) -> None:
+        self._held.clear()
 
     def remember(self, text: str) -> None:
         """An entry of the backlog late viewers get, here and (with Redis) for a node that takes the room over."""
@@ -434,6 +477,24 @@ def _named(interview_id: str, segment: SegmentEvent) -> str:
     return f"{name} revision {segment.revision}" if segment.revision else name
 
 
+def journal_record(interview_id: str, segment: SegmentEvent, key: DataKey | None) -> dict[str, Any]:
+    """A journal entry (the file's and the shared one's, `adapters.shared_journal`): the segment sealed with `key`."""
+    body = segment.to_dict()
+    return {"interviewId": interview_id, "segment": key.seal("journal.segment", body) if key is not None else body}
+
+
+def journal_entry(rec: dict[str, Any], key: DataKey | None) -> tuple[str, SegmentEvent]:
+    """(interview id, segment) of a `journal_record`; ValueError, KeyError, TypeError or Unreadable if it is not one
+    (or sealed with another key)."""
+    segment = rec["segment"]
+    if isinstance(segment, str):  # sealed
+        if key is None:
+            raise ValueError("a sealed segment and no key to open it")
+        segment = key.open("journal.segment", segment)
+    doc = {**segment, "interviewId": rec["interviewId"], "recordedAt": None}
+    return str(rec["interviewId"]), StoredSegment.from_document(doc).segment
+
+
 class SegmentJournal:
     """The segments handed to the `SegmentWriter` and not stored yet, in an append-only file (JSON lines).
 
@@ -459,13 +520,7 @@ class SegmentJournal:
                     if "done" in rec:
                         entries.pop(int(rec["done"]), None)
                         continue
-                    segment = rec["segment"]
-                    if isinstance(segment, str):  # sealed
-                        if self._key is None:
-                            raise ValueError("a sealed segment and no key to open it")
-                        segment = self._key.open("journal.segment", segment)
-                    doc = {**segment, "interviewId": rec["interviewId"], "recordedAt": None}
-                    entries[int(rec["n"])] = (rec["interviewId"], StoredSegment.from_document(doc).segment)
+                    entries[int(rec["n"])] = journal_entry(rec, self._key)
                 except (ValueError, KeyError, TypeError, Unreadable) as exc:  # a line cut short by the kill
                     log.warning("segment journal %s: skipping an unreadable line (%s)", self.path, exc)
         return [entries[n] for n in sorted(entries)]
@@ -473,9 +528,7 @@ class SegmentJournal:
     def append(self, interview_id: str, segment: SegmentEvent) -> int:
         n = self._next
         self._next += 1
-        body = segment.to_dict()
-        self._write({"n": n, "interviewId": interview_id,
-                     "segment": self._key.seal("journal.segment", body) if self._key is not None else body})
+        self._write({"n": n, **journal_record(interview_id, segment, self._key)})
         self._open += 1
         return n
 
@@ -501,23 +554,45 @@ class SegmentJournal:
             self._file = None
 
 
+@dataclass(slots=True, eq=False)
+class _Write:
+    """A segment queued for the store, and where it is journaled meanwhile."""
+
+    interview_id: str
+    segment: SegmentEvent
+    file_entry: int = -1  # its entry in the file journal (-1: none)
+    stream_seq: int | None = None  # its message in the shared journal (None: none)
+    journaling: asyncio.Task[None] | None = None  # the shared journal's write, until NATS acknowledged it
+    stored: asyncio.Future[None] | None = None  # set once stored (or refused): a takeover waits for its replays
+
+
 class SegmentWriter:
     """Persists final segments and their revisions in one queue, so in order (a revision after its final),
     retrying failed writes with backoff; never drops one silently. With a `journal`, what is queued survives the
-    process: `start()` queues what a previous process left in it first."""
+    process: `start()` queues what a previous process left in it first. With a `shared` journal (JetStream), a
+    segment is journaled there while NATS answers, so any node taking the room over stores it (`replay`); the file
+    journal is the fallback while NATS does not.
+
+    `store_delay_s` holds every store write back that long: for tests only (SEGMENT_STORE_DELAY_S), to kill a node
+    between a final's journal write and its store write."""
 
     RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 
     def __init__(self, record: SegmentRecorder | None, metrics: Metrics,
                  on_failure: Callable[[str, SegmentEvent, str], None],
-                 record_revision: SegmentRecorder | None = None, journal: SegmentJournal | None = None) -> None:
+                 record_revision: SegmentRecorder | None = None, journal: SegmentJournal | None = None,
+                 shared: SharedJournal | None = None, store_delay_s: float = 0.0) -> None:
         self._record = record
         self._record_revision = record_revision
         self._metrics = metrics
         self._on_failure = on_failure
         self._journal = journal
+        self.shared = shared
+        self._store_delay_s = store_delay_s
         self.replayed: list[tuple[str, SegmentEvent]] = []  # what `start()` found in the journal
-        self._queue: deque[tuple[str, SegmentEvent, int]] = deque()
+        self._queue: deque[_Write] = deque()
+        self._queued_stream: set[int] = set()  # shared journal messages queued here: a replay skips them
+        self._deleting: set[asyncio.Task[None]] = set()  # shared journal entries being deleted (stored)
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -537,18 +612,55 @@ class SegmentWriter:
                     with contextlib.suppress(FileNotFoundError):
                         os.truncate(self._journal.path, 0)
                 for interview_id, segment in left:
-                    self.submit(interview_id, segment)
+                    self.submit(interview_id, segment, shared=False)
             self._task = asyncio.get_running_loop().create_task(self._run(), name="segment-writer")
 
-    def submit(self, interview_id: str, segment: SegmentEvent) -> None:
+    def _accepts(self, segment: SegmentEvent) -> bool:
         if segment.revision:
-            if self._record_revision is None:
-                return
-            # kept even without text: it replaces the stored final's
-        elif self._record is None or not segment.text:
-            return  # an empty final only retracts partials shown for noise: nothing to keep
-        entry = self._journal.append(interview_id, segment) if self._journal is not None else -1
-        self._queue.append((interview_id, segment, entry))
+            return self._record_revision is not None  # kept even without text: it replaces the stored final's
+        return self._record is not None and bool(segment.text)  # an empty final only retracts partials for noise
+
+    def submit(self, interview_id: str, segment: SegmentEvent, *, shared: bool = True) -> asyncio.Task[None] | None:
+        """Queue the segment for the store, journaled first. Returns the shared journal's write while it is under
+        way (the room sends the segment to viewers once it is done, whether NATS took it or the file did), None when
+        the segment is journaled already (in the file) or not kept."""
+        if not self._accepts(segment):
+            return None
+        item = _Write(interview_id, segment)
+        if shared and self.shared is not None and self.shared.available:
+            item.journaling = asyncio.get_running_loop().create_task(self._journal_shared(item))
+        elif self._journal is not None:
+            item.file_entry = self._journal.append(interview_id, segment)
+        self._enqueue(item)
+        return item.journaling
+
+    async def _journal_shared(self, item: _Write) -> None:
+        assert self.shared is not None
+        try:
+            item.stream_seq = await self.shared.append(item.interview_id, item.segment)
+            self._queued_stream.add(item.stream_seq)
+        except (BusUnavailable, ValueError):  # not taken in time: the file keeps it (see SharedJournal.append)
+            if self._journal is not None:
+                item.file_entry = self._journal.append(item.interview_id, item.segment)
+
+    def replay(self, interview_id: str, entries: list[tuple[int, SegmentEvent]]) -> list[asyncio.Future[None]]:
+        """Queue shared journal entries another node (or this one before a restart) sent and did not store; each is
+        deleted from the journal once stored. Entries queued here already are skipped. Returns one future per entry
+        queued, set once it is stored."""
+        waits: list[asyncio.Future[None]] = []
+        for stream_seq, segment in entries:
+            if stream_seq in self._queued_stream or not self._accepts(segment):
+                continue
+            item = _Write(interview_id, segment, stream_seq=stream_seq,
+                          stored=asyncio.get_running_loop().create_future())
+            assert item.stored is not None
+            self._queued_stream.add(stream_seq)
+            self._enqueue(item)
+            waits.append(item.stored)
+        return waits
+
+    def _enqueue(self, item: _Write) -> None:
+        self._queue.append(item)
         self._metrics.persist_pending.set(len(self._queue))
         self._idle.clear()
         self._wake.set()
@@ -556,7 +668,14 @@ class SegmentWriter:
     def forget(self, interview_id: str) -> None:
         """Drop the interview's queued writes that have not started (its candidate's data is being erased)."""
         head = self._queue[0] if self._queue else None  # may be in flight: it fails on its own once erased
-        kept = [item for item in self._queue if item is head or item[0] != interview_id]
+        kept = [item for item in self._queue if item is head or item.interview_id != interview_id]
+        kept_ids = {id(item) for item in kept}
+        for item in self._queue:
+            if id(item) not in kept_ids:
+                if item.stream_seq is not None:
+                    self._queued_stream.discard(item.stream_seq)  # the erasure purges the shared journal's entries
+                if item.stored is not None and not item.stored.done():
+                    item.stored.set_result(None)
         self._queue.clear()
         self._queue.extend(kept)
         self._metrics.persist_pending.set(len(self._queue))
@@ -570,47 +689,63 @@ class SegmentWriter:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            interview_id, segment, entry = self._queue[0]
-            record = self._record_revision if segment.revision else self._record
-            assert record is not None  # submit() queues nothing it has no recorder for
-            persisted = self._metrics.revisions_persisted if segment.revision else self._metrics.segments_persisted
-            attempt = 0
-            while True:
-                try:
-                    created = await record(interview_id, segment)
-                except asyncio.CancelledError:
-                    raise
-                except DomainError as exc:
-                    # The store refused this segment for good (e.g. the interview was cancelled): retrying
-                    # cannot help. Said loudly, once, to the log, the metrics and the room.
-                    persisted.labels(result="rejected").inc()
-                    self._metrics.error("persist")
-                    # never the text: transcripts are personal data, and a log line is plain text at rest
-                    log.error("segment %s (%d words) rejected by the store: %s", _named(interview_id, segment),
-                              len(segment.text.split()), exc)
-                    self._on_failure(interview_id, segment, f"rejected: {exc}")
-                    break
-                except Exception as exc:
-                    persisted.labels(result="error").inc()
-                    self._metrics.error("persist")
-                    if attempt == 0:
-                        log.warning("persisting segment %s failed (%s: %s); retrying", _named(interview_id, segment),
-                                    type(exc).__name__, exc)
-                        self._on_failure(interview_id, segment, f"{type(exc).__name__}: {exc}")
-                    delay = self.RETRY_DELAYS_S[min(attempt, len(self.RETRY_DELAYS_S) - 1)]
-                    attempt += 1
-                    if self._closing and attempt > len(self.RETRY_DELAYS_S):
-                        raise
-                    await asyncio.sleep(delay)
-                    continue
-                persisted.labels(result="created" if created else "duplicate").inc()
-                if attempt:
-                    log.info("segment %s persisted after %d retries", _named(interview_id, segment), attempt)
-                break
+            item = self._queue[0]
+            if item.journaling is not None:
+                await asyncio.shield(item.journaling)  # its stream sequence number, to delete it once stored
+            if self._store_delay_s:
+                await asyncio.sleep(self._store_delay_s)
+            await self._store(item.interview_id, item.segment)
             self._queue.popleft()
-            if self._journal is not None:
-                self._journal.done(entry)
+            if self._journal is not None and item.file_entry >= 0:
+                self._journal.done(item.file_entry)
+            if item.stream_seq is not None and self.shared is not None:
+                self._queued_stream.discard(item.stream_seq)
+                # off the queue: a delete costs ~5 ms p50 (benchmarks.placement), and one left undone is only a
+                # replay that finds the segment stored
+                deleting = asyncio.get_running_loop().create_task(self.shared.done(item.stream_seq))
+                self._deleting.add(deleting)
+                deleting.add_done_callback(self._deleting.discard)
+            if item.stored is not None and not item.stored.done():
+                item.stored.set_result(None)
             self._metrics.persist_pending.set(len(self._queue))
+
+    async def _store(self, interview_id: str, segment: SegmentEvent) -> None:
+        record = self._record_revision if segment.revision else self._record
+        assert record is not None  # submit() queues nothing it has no recorder for
+        persisted = self._metrics.revisions_persisted if segment.revision else self._metrics.segments_persisted
+        attempt = 0
+        while True:
+            try:
+                created = await record(interview_id, segment)
+            except asyncio.CancelledError:
+                raise
+            except DomainError as exc:
+                # The store refused this segment for good (e.g. the interview was cancelled): retrying
+                # cannot help. Said loudly, once, to the log, the metrics and the room.
+                persisted.labels(result="rejected").inc()
+                self._metrics.error("persist")
+                # never the text: transcripts are personal data, and a log line is plain text at rest
+                log.error("segment %s (%d words) rejected by the store: %s", _named(interview_id, segment),
+                          len(segment.text.split()), exc)
+                self._on_failure(interview_id, segment, f"rejected: {exc}")
+                return
+            except Exception as exc:
+                persisted.labels(result="error").inc()
+                self._metrics.error("persist")
+                if attempt == 0:
+                    log.warning("persisting segment %s failed (%s: %s); retrying", _named(interview_id, segment),
+                                type(exc).__name__, exc)
+                    self._on_failure(interview_id, segment, f"{type(exc).__name__}: {exc}")
+                delay = self.RETRY_DELAYS_S[min(attempt, len(self.RETRY_DELAYS_S) - 1)]
+                attempt += 1
+                if self._closing and attempt > len(self.RETRY_DELAYS_S):
+                    raise
+                await asyncio.sleep(delay)
+                continue
+            persisted.labels(result="created" if created else "duplicate").inc()
+            if attempt:
+                log.info("segment %s persisted after %d retries", _named(interview_id, segment), attempt)
+            return
 
     async def aclose(self, drain_s: float) -> None:
         """Write what is queued (for at most `drain_s`); log every segment that could not be written."""
@@ -626,11 +761,16 @@ class SegmentWriter:
             self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._task
-        kept = " (kept in the journal for the next start)" if self._journal is not None else ""
-        for interview_id, segment, _ in self._queue:
+        # a shared journal write under way finishes (or falls back to the file) before the file is closed
+        await asyncio.gather(*(item.journaling for item in self._queue if item.journaling is not None),
+                             *self._deleting, return_exceptions=True)
+        for item in self._queue:
+            segment = item.segment
+            kept = (" (kept in the shared journal for the node that takes the room next)" if item.stream_seq is not None
+                    else " (kept in the journal for the next start)" if item.file_entry >= 0 else "")
             log.error("final segment NOT persisted at shutdown%s: interview=%s participant=%s seq=%d revision=%d "
-                      "(%d words)", kept, interview_id, segment.speaker.participant_id, segment.seq, segment.revision,
-                      len(segment.text.split()))  # fmt: skip
+                      "(%d words)", kept, item.interview_id, segment.speaker.participant_id, segment.seq,
+                      segment.revision, len(segment.text.split()))  # fmt: skip
         self._queue.clear()
         if self._journal is not None:
             self._journal.close()
@@ -659,6 +799,8 @@ class RoomRegistry:
         vocabulary: VocabularyLookup | None = None,
         shared_backlog: SharedBacklog | None = None,
         left_kept: int = NEXT_SEQ_KEPT,
+        shared_journal: SharedJournal | None = None,
+        store_delay_s: float = 0.0,
     ) -> None:
         self._left_kept = left_kept
         self._tone = tone  # None: the tone of words is shown in every room
@@ -679,7 +821,9 @@ class RoomRegistry:
         self._journaled: dict[tuple[str, str], int] = {}  # the same, for segments a killed process left to store
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
-        self.writer = SegmentWriter(record_segment, metrics, self._persist_failed, record_revision, journal)
+        self.writer = SegmentWriter(record_segment, metrics, self._persist_failed, record_revision, journal,
+                                    shared_journal, store_delay_s)
+        self._replays: dict[str, asyncio.Task[int]] = {}  # interview id -> its shared journal being replayed
         # told after every join and leave (the call tells the candidate who is watching)
         self.on_membership: Callable[[Room], None] | None = None
         # told of every protected-topic alert (interview id, its organisation, alert): the server records it in the
@@ -711,6 +855,10 @@ class RoomRegistry:
             log.info("participant %s resumed in interview %s (session %s -> %s)", claims.participant_id,
                      claims.interview_id, previous, session_id)
             return existing, previous
+        if claims.interview_id not in self.rooms:
+            # the room opens here: what the node that held it before sent and did not store is stored first, with
+            # its seq, so the numbering below continues after it and the backlog holds it
+            await self.replay_journal(claims.interview_id)
         seq_base = await self._first_seq(claims)
         room = self.rooms.get(claims.interview_id)
         if room is None:
@@ -787,6 +935,8 @@ class RoomRegistry:
     async def end_interview(self, interview_id: str) -> int:
         """Everyone leaves the interview's room now, and nothing of it is processed or persisted any more (its
         candidate's data is being erased). Returns how many participants were removed."""
+        if self.writer.shared is not None:  # journaled here or by another node: either way, nobody stores it now
+            self._spawn(self._forget_journal(self.writer.shared, interview_id))
         room = self.rooms.get(interview_id)
         if room is None:
             return 0
@@ -798,13 +948,21 @@ class RoomRegistry:
         self.writer.forget(interview_id)
         await asyncio.gather(*(self._remove(p, "erased") for p in participants))
         room.history.clear()
+        room.clear_held()  # finals still waiting for the journal are neither sent nor kept now
         room.latest_keywords.clear()
         return len(participants)
+
+    @staticmethod
+    async def _forget_journal(shared: SharedJournal, interview_id: str) -> None:
+        try:
+            await shared.forget(interview_id)
+        except BusUnavailable as exc:  # its entries expire with the stream's max age; the store refuses them
+            log.warning("cannot purge the shared segment journal of erased interview %s (%s)", interview_id, exc)
 
     async def _first_seq(self, claims: JoinClaims) -> int:
         key = (claims.interview_id, claims.participant_id)
         if key in self._next_seq:  # this process wrote those segments: the store knows no more
-            return self._next_seq[key]
+            return max(self._next_seq[key], self._journaled.get(key, 0))
         known = self._journaled.get(key, 0)
         if self._last_seq is not None:
             try:
@@ -817,6 +975,51 @@ class RoomRegistry:
             if last is not None:
                 known = max(known, last + 1)
         return known
+
+    async def replay_journal(self, interview_id: str, wait_s: float = 5.0) -> int:
+        """Store the interview's shared journal entries (finals sent by a node that died, or by this one before a
+        restart, and not stored): queued in order with their original seq, deleted from the journal once stored.
+        Waits up to `wait_s` for the store (a slow store: the room opens anyway, the numbering already knows them).
+        One replay per interview at a time. Returns how many entries were queued."""
+        task = self._replays.get(interview_id)
+        if task is None:
+            task = self._replays[interview_id] = asyncio.ensure_future(self._replay(interview_id, wait_s))
+            task.add_done_callback(lambda _: self._replays.pop(interview_id, None))
+        queued: int = await asyncio.shield(task)
+        return queued
+
+    async def sweep_journal(self, held_elsewhere: Callable[[str], Awaitable[bool]]) -> int:
+        """Store the shared journal entries of interviews whose room is open nowhere (`held_elsewhere` False and not
+        here): their node died and nobody re-joined, or it was this node before a restart. Returns how many were
+        queued; BusUnavailable while NATS does not answer."""
+        shared = self.writer.shared
+        if shared is None or not shared.available:
+            return 0
+        queued = 0
+        for interview_id in await shared.interviews():
+            if interview_id not in self.rooms and not await held_elsewhere(interview_id):
+                queued += await self.replay_journal(interview_id, wait_s=0.0)
+        return queued
+
+    async def _replay(self, interview_id: str, wait_s: float) -> int:
+        shared = self.writer.shared
+        if shared is None or not shared.available:
+            return 0
+        try:
+            entries = await shared.entries(interview_id)
+        except BusUnavailable as exc:  # journaled in the stream, but unreadable now: the sweep stores them later
+            log.warning("cannot read the shared segment journal of %s (%s)", interview_id, exc)
+            return 0
+        waits = self.writer.replay(interview_id, entries)
+        for _, segment in entries:
+            key = (interview_id, segment.speaker.participant_id)
+            self._journaled[key] = max(self._journaled.get(key, 0), segment.seq + 1)
+        if waits:
+            log.warning("interview %s: storing %d segment(s) a node sent but had not stored", interview_id,
+                        len(waits))
+            if wait_s > 0:
+                await asyncio.wait(waits, timeout=wait_s)
+        return len(waits)
 
     async def _history(self, interview_id: str) -> list[str]:
         """What was said before this room opened (an earlier session, before a restart, or on a node that held the

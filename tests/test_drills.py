@@ -3,7 +3,8 @@
 * `kill -9` of the server (server.py as a child process with its own DATA_DIR and embedded store, two aiortc peers
   streaming a dialogue): restarted on the same DATA_DIR, the participants re-POST with the same join tokens; the
   stored transcript holds every final the interviewer received before the kill exactly once, and new finals
-  follow with their seq continuing.
+  follow with their seq continuing; also with the store writes held back, so that every final sent is in the
+  journal only (the embedded nats-server's `SEGMENT_JOURNAL`) when the server dies.
 * `kill -9` of a speech-to-text worker process costs a re-decode, not the final:
   `tests/test_stt_process.py::test_a_killed_worker_costs_a_re_decode_not_the_final` (and
   `test_workers_exit_when_the_server_process_is_killed` for the other direction).
@@ -105,11 +106,17 @@ def assert_stored_once(stored: list[dict[str, Any]], received: dict[tuple[str, i
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("held_back", [False, True], ids=["killed", "killed-before-storing"])
 async def test_a_server_killed_mid_interview_restarts_with_every_sent_final_stored_once(
-    tmp_path: Path, shared_data: Path
+    tmp_path: Path, shared_data: Path, held_back: bool
 ) -> None:
+    """`held_back`: the store writes are held back (SEGMENT_STORE_DELAY_S, tests only), so every final sent before the
+    kill is in the journal only (the embedded nats-server's `SEGMENT_JOURNAL` under DATA_DIR) and the restarted
+    server must store it from there."""
     wav = shared_data / "mobile_mixed.stereo.wav"
     server = ServerProcess(tmp_path / "data", admin_key=ADMIN_KEY)
+    if held_back:
+        server.extra_env["SEGMENT_STORE_DELAY_S"] = "3600"
     await server.start()
     sessions: list[WhipSession] = []
     try:
@@ -122,8 +129,11 @@ async def test_a_server_killed_mid_interview_restarts_with_every_sent_final_stor
             sessions.append(await whip_publish(whip, tok_c, track=WavChannelTrack(wav, 1)))
             before: Events = []
             await collect(interviewer, before, lambda ev: len(finals_with_text(ev)) >= 3, within_s=180)
+            if held_back:
+                assert await stored_segments(http, iid) == []
 
             server.kill()
+            server.extra_env.pop("SEGMENT_STORE_DELAY_S", None)
             drain(interviewer, before)  # whatever arrived before the process died
             sent = finals_with_text(before)
             for s in sessions:

@@ -8,7 +8,9 @@
 * Two server processes sharing one nx-27017, nats-server and Redis (slow): a candidate joins node A, the interviewer
   POSTs to node B, is redirected (307) and meets the candidate in A's room; Redis is stopped and a revoked token is
   still refused on both nodes; node A is killed (`kill -9`) and after the placement TTL both re-POST to B, where
-  the interview continues: every final is stored exactly once and the numbering continues.
+  the interview continues: every final is stored exactly once and the numbering continues. And a node killed with
+  finals sent but not stored (its store writes held back): the node taking over stores them from the shared segment
+  journal (JetStream) with their seq, once each, before numbering new ones.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from adapters.shared_state import RedisState
 from adapters.tokens import Revocations
 from testing.live_server import ADMIN_KEY, TOKEN_SECRET
 from testing.nats import NatsServer
+from testing.poll import until
 from testing.redis import RedisServer, redis_server_binary
 from testing.server_process import ServerProcess
 from testing.whip_client import WavChannelTrack, WhipError, WhipSession, whip_publish
@@ -67,15 +70,6 @@ async def bus(nats_server: NatsServer) -> AsyncIterator[JetStreamBus]:
         await bus.close()
 
 
-async def until(condition: Any, within_s: float = 20.0, every_s: float = 0.1) -> None:
-    """Polls the async `condition()` until it is true (another process's or a TTL's state: nothing to wait on)."""
-    async with asyncio.timeout(within_s):
-        while True:
-            if await condition():
-                return
-            await asyncio.sleep(every_s)
-
-
 # ------------------------------------------------------------------------------------------------ placement
 
 
@@ -92,6 +86,9 @@ async def test_one_node_holds_a_room_and_the_other_is_told_where(bus: JetStreamB
     assert owner.whip_url(iid) == f"http://a.test:1/whip/{iid}"
     await a.refresh()  # a heartbeat keeps it
     assert await b.claim(iid) == owner
+    # the shared journal's sweep leaves a room held by a live node alone
+    assert await b.held_elsewhere(iid) and not await a.held_elsewhere(iid)
+    assert not await b.held_elsewhere("iv-" + uuid.uuid4().hex[:8])  # held by nobody
 
     rooms_a.discard(iid)
     a.room_closed(iid)  # the last participant left: the room may open anywhere now
@@ -430,6 +427,101 @@ async def test_two_nodes_redirect_to_the_owner_and_take_over_a_killed_nodes_room
                 assert by_key[key].get("originalText", by_key[key]["text"]) == text, (key, by_key[key], text)
             for role in ("interviewer", "candidate"):  # numbering continues where A left it
                 assert min(seq for r, seq in resumed if r == role) > last_seq[role], (role, sorted(resumed))
+    finally:
+        for s in sessions:
+            with contextlib.suppress(Exception):
+                await s.close()
+        node_b.stop()
+        node_a.stop()
+
+
+@pytest.mark.slow
+async def test_finals_a_killed_node_sent_but_never_stored_are_stored_once_by_the_node_taking_over(
+    tmp_path: Path, mongo_url: str, nats_server: NatsServer, shared_data: Path
+) -> None:
+    """Node A journals each final in the shared journal (JetStream) and sends it, but its store writes are held back
+    (SEGMENT_STORE_DELAY_S, a test-only setting): killed, it leaves them in the journal only. Node B, taking the room
+    over, stores them with their seq before numbering anything: each once, and the next finals continue after."""
+    wav = shared_data / "mobile_mixed.stereo.wav"
+    env = {"MONGODB_URL": mongo_url, "MONGODB_DB": f"test_{uuid.uuid4().hex[:16]}", "NATS_URL": nats_server.url,
+           "TOKEN_SECRET": TOKEN_SECRET, "MASTER_KEY_FILE": str(tmp_path / "master_key"), "PLACEMENT_TTL_S": "3",
+           "STT_WORKERS": "1", "GUIDANCE": "false", "RESUME_GRACE_S": "1", "WHIP_JOIN_LIMIT": "1000/minute"}
+    node_a = ServerProcess(tmp_path / "a", admin_key=ADMIN_KEY, env={**env, "SEGMENT_STORE_DELAY_S": "3600"})
+    node_b = ServerProcess(tmp_path / "b", admin_key=ADMIN_KEY, env=env)
+    for node in (node_a, node_b):
+        node.extra_env["PUBLIC_URL"] = node.url
+    await node_a.start()  # first: it creates the master key both use
+    await node_b.start()
+    sessions: list[WhipSession] = []
+    try:
+        async with httpx.AsyncClient(base_url=node_b.url, timeout=30,
+                                     headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as http:
+            r = await http.post("/api/interviews", json={"candidateId": "c-journal", "jobId": "j-journal",
+                                                         "scheduledAt": "2030-01-01T09:00:00Z"})  # fmt: skip
+            assert r.status_code == 201, r.text
+            iid = r.json()["interviewId"]
+            tokens = {}
+            for role in ("candidate", "interviewer"):
+                t = await http.post(f"/api/interviews/{iid}/tokens", json={"role": role, "name": role.title()})
+                assert t.status_code == 201, t.text
+                tokens[role] = t.json()["token"]
+            interviewer = await whip_publish(f"{node_a.url}/whip/{iid}", tokens["interviewer"],
+                                             track=WavChannelTrack(wav, 0), analysis=True)
+            sessions.append(interviewer)
+            sessions.append(await whip_publish(f"{node_a.url}/whip/{iid}", tokens["candidate"],
+                                               track=WavChannelTrack(wav, 1)))
+            before: Events = []
+            await collect(interviewer, before, lambda ev: len(finals_with_text(ev)) >= 3, within_s=180)
+            assert await _stored(http, iid) == []  # sent to the interviewer, not stored: A holds its writes back
+            node_a.kill()
+            await asyncio.sleep(0.5)
+            while not interviewer.events.empty():
+                before.append(interviewer.events.get_nowait())
+            sent = finals_with_text(before)
+            last_seq = {role: max(seq for r, seq in sent if r == role) for role, _ in sent}
+            for s in sessions:
+                await s.close()  # DELETEs to A fail (logged): it is gone
+            sessions.clear()
+            journal_file = tmp_path / "a" / "segments.journal"  # journaled in NATS, not only on A's disk
+            assert not journal_file.exists() or journal_file.read_text() == ""
+
+            interviewer = await publish_eventually(f"{node_b.url}/whip/{iid}", tokens["interviewer"], 60,
+                                                   track=WavChannelTrack(wav, 0, limit_s=12), analysis=True)
+            sessions.append(interviewer)
+            assert interviewer.location.startswith(f"{node_b.url}/whip/{iid}/")
+            candidate = await whip_publish(f"{node_b.url}/whip/{iid}", tokens["candidate"],
+                                           track=WavChannelTrack(wav, 1, limit_s=12))
+            sessions.append(candidate)
+            # B stored A's journaled finals before opening the room: they are in its backlog, with their seq
+            after: Events = []
+
+            def new_finals(ev: Events) -> dict[tuple[str, int], str]:
+                return {k: t for k, t in finals_with_text(ev).items() if k[1] > last_seq.get(k[0], -1)}
+
+            await collect(interviewer, after, lambda ev: {r for r, _ in new_finals(ev)} >= {"interviewer",
+                                                                                           "candidate"}, 180)
+            backlog = {(e["speaker"]["role"], e["seq"]) for e in after if e["type"] == "segment.final"}
+            assert backlog >= set(sent), (sorted(sent), sorted(backlog))
+            await candidate.close()
+            await collect(interviewer, after, lambda ev: any(
+                e["type"] == "participant.left" and e["speaker"]["role"] == "candidate" for e in ev), 60)
+            resumed = new_finals(after)
+            expected = set(sent) | set(resumed)
+            async with asyncio.timeout(60):
+                while True:
+                    stored = await _stored(http, iid)
+                    if {(s["speaker"]["role"], s["seq"]) for s in stored} >= expected:
+                        break
+                    await asyncio.sleep(0.5)  # persisting runs behind a queue
+            keys = [(s["speaker"]["role"], s["seq"]) for s in stored]
+            assert len(keys) == len(set(keys)), f"a segment is stored twice: {sorted(keys)}"
+            by_key = {(s["speaker"]["role"], s["seq"]): s for s in stored}
+            for key, text in {**sent, **resumed}.items():
+                assert by_key[key].get("originalText", by_key[key]["text"]) == text, (key, by_key[key], text)
+            for role in ("interviewer", "candidate"):  # numbering continues after A's journaled finals
+                assert min(seq for r, seq in resumed if r == role) > last_seq[role], (role, sorted(resumed))
+            print(f"A sent {len(sent)} finals it never stored; B stored them and {len(resumed)} new ones, "
+                  f"{len(stored)} in all, each once")
     finally:
         for s in sessions:
             with contextlib.suppress(Exception):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from functools import partial
@@ -19,16 +20,20 @@ import pytest
 
 from adapters.embeddings_onnx import OnnxSentenceEmbedder
 from adapters.metrics import Metrics
+from adapters.nats_bus import JetStreamBus
 from adapters.rooms import Participant, RoomRegistry
+from adapters.shared_journal import SharedJournal
 from adapters.stt_whisper import LocalWhisper
 from adapters.tokens import TokenSigner
 from domain.commands import CreateInterview, InterviewService
-from domain.events import SegmentEvent, SentimentEvent, Speaker, StreamEvent
+from domain.events import SegmentEvent, SentimentEvent, Speaker, StreamEvent, to_json
 from pipeline.guidance import Guidance, GuideItem, default_detector
 from pipeline.scheduler import SttScheduler
 from pipeline.stream import Conversation, ParticipantStream, StreamConfig
 from server import audit_alert
 from testing.fakes import MemoryAuditLog
+from testing.nats import NatsServer
+from testing.poll import until
 from testing.whip_client import decode_audio
 
 SECRET = b"rooms-test-secret-0123456789abcdef"
@@ -551,3 +556,209 @@ async def test_what_the_registry_remembers_of_people_who_left_is_bounded() -> No
     assert not registry.rooms
     assert list(registry._next_seq) == left[-3:]
     await registry.aclose()
+
+
+# ------------------------------------------------------------------------- the shared segment journal (JetStream)
+
+
+def _final(seq: int, text: str, revision: int = 0, pid: str = "cand-j") -> SegmentEvent:
+    return SegmentEvent(Speaker("candidate", "Cat", pid), seq, 1.0 * seq, 1.0 * seq + 0.5, text, final=True,
+                        revision=revision)
+
+
+@pytest.fixture
+async def journal_bus(nats_server: NatsServer) -> AsyncIterator[JetStreamBus]:
+    bus = await JetStreamBus.open(nats_server.url)
+    async with asyncio.timeout(15):
+        await bus.wait_connected()
+    try:
+        yield bus
+    finally:
+        await bus.close()
+
+
+async def test_the_shared_journal_keeps_each_interviews_entries_sealed_until_done(journal_bus: JetStreamBus) -> None:
+    from adapters.crypto import MasterKeys
+    from adapters.shared_journal import STREAM, SharedJournal
+
+    keys = MasterKeys.generate()
+    journal = SharedJournal(journal_bus, keys.journal_key())
+    a, b = "iv-" + uuid.uuid4().hex[:8], "iv-" + uuid.uuid4().hex[:8]
+    s0 = await journal.append(a, _final(0, "my lighthouse in Reykjavik"))
+    await journal.append(b, _final(0, "another interview"))
+    s1 = await journal.append(a, _final(1, "second answer"))
+    s2 = await journal.append(a, _final(1, "second answer, revised", revision=1))
+    assert await journal.append(a, _final(1, "second answer")) == s1  # a retried publish: JetStream drops it
+    assert [(n, s.seq, s.revision, s.text) for n, s in await journal.entries(a)] == [
+        (s0, 0, 0, "my lighthouse in Reykjavik"), (s1, 1, 0, "second answer"), (s2, 1, 1, "second answer, revised")]
+    assert {a, b} <= set(await journal.interviews())
+    raw = await journal_bus.jetstream().get_msg(STREAM, s0)
+    assert raw.data is not None and b"Reykjavik" not in raw.data and b"Cat" not in raw.data
+    assert await SharedJournal(journal_bus, MasterKeys.generate().journal_key()).entries(a) == []  # another key
+
+    await journal.done(s0)
+    await journal.done(s0)  # deleted already (another node replayed it): nothing to do
+    assert [n for n, _ in await journal.entries(a)] == [s1, s2]
+    await journal.forget(a)  # erasure
+    assert await journal.entries(a) == [] and a not in await journal.interviews()
+    assert [s.text for _, s in await journal.entries(b)] == ["another interview"]
+
+
+class _Node:
+    """One node's registry on the shared store and NATS, without audio: finals are handed to the room as a stream
+    would emit them."""
+
+    def __init__(self, service: InterviewService, bus: JetStreamBus, tmp: Path, *, store_delay_s: float = 0.0) -> None:
+        from adapters.rooms import SegmentJournal
+        from adapters.shared_journal import SharedJournal
+
+        def factory(*_: Any) -> Any:
+            raise AssertionError("no audio in these tests")
+
+        self.metrics = Metrics()
+        self.file = SegmentJournal(tmp / "segments.journal")
+        self.registry = RoomRegistry(stream_factory=factory, metrics=self.metrics,
+                                     record_segment=service.record_segment, record_revision=service.record_revision,
+                                     last_seq=service.last_segment_seq, journal=self.file,
+                                     stored_finals=self._stored_finals,
+                                     shared_journal=SharedJournal(bus, None), store_delay_s=store_delay_s)
+        self.registry.start()
+        self.signer = TokenSigner(SECRET)
+        self.service = service
+
+    async def _stored_finals(self, iid: str) -> list[str]:  # as server.py gives the backlog the store's finals
+        return [to_json(s) for s in await self.service.store.list_segments(iid)]
+
+    async def join(self, iid: str, role: str, name: str, pid: str) -> Participant:
+        _, claims = self.signer.issue(iid, role, name, participant_id=pid)
+        return (await self.registry.join(claims, f"s-{pid}"))[0]
+
+
+async def _stored(service: InterviewService, iid: str) -> list[tuple[int, str]]:
+    return [(s["seq"], s.get("originalText", s["text"])) for s in (await service.get_transcript(iid))["segments"]]
+
+
+async def _stored_is(service: InterviewService, iid: str, expected: list[tuple[int, str]]) -> bool:
+    return await _stored(service, iid) == expected
+
+
+async def _has_entries(shared: SharedJournal, iid: str) -> bool:
+    return bool(await shared.entries(iid))
+
+
+async def _disconnected(bus: JetStreamBus) -> bool:
+    return not bus.connected
+
+
+async def test_a_node_taking_a_room_over_stores_the_journaled_finals_first_and_numbers_after_them(
+        service: InterviewService, journal_bus: JetStreamBus, tmp_path: Path) -> None:
+    iid = await new_interview(service)
+    # node A sends finals but its store writes are held back: it "dies" with them journaled only
+    node_a = _Node(service, journal_bus, tmp_path / "a", store_delay_s=3600)
+    viewer = MemoryChannel()
+    node_a.registry.add_viewer(await node_a.join(iid, "interviewer", "Ivy", "ivy"), viewer)
+    cand = await node_a.join(iid, "candidate", "Cat", "cand-j")
+    cand._on_event(_final(0, "I built lighthouses."))
+    cand._on_event(SentimentEvent(cand.speaker, 0, 0.1, 0.1, 0.0, 0.5))
+    # the final waits for the journal's acknowledgement, and what follows it waits behind it
+    assert viewer.of_type("segment.final") == [] and viewer.of_type("sentiment") == []
+    await viewer.wait_for(lambda ch: len(ch.of_type("sentiment")) == 1, within_s=5)
+    assert [m["type"] for m in viewer.messages][-2:] == ["segment.final", "sentiment"]
+    cand._on_event(_final(1, "In Iceland, mostly."))
+    await viewer.wait_for(lambda ch: len(ch.of_type("segment.final")) == 2, within_s=5)
+    assert await _stored(service, iid) == []
+    assert node_a.file.pending() == []  # in the stream, not in A's DATA_DIR
+    assert node_a.registry.writer._task is not None
+    node_a.registry.writer._task.cancel()  # A is gone: nothing more of it runs (kill -9 in tests/test_placement.py)
+    node_a.file.close()
+
+    node_b = _Node(service, journal_bus, tmp_path / "b")
+    late = MemoryChannel()
+    node_b.registry.add_viewer(await node_b.join(iid, "interviewer", "Ivy", "ivy"), late)
+    assert await _stored(service, iid) == [(0, "I built lighthouses."), (1, "In Iceland, mostly.")]
+    assert [(m["seq"], m["text"]) for m in late.of_type("segment.final")] == [
+        (0, "I built lighthouses."), (1, "In Iceland, mostly.")]  # the backlog holds them
+    cand_b = await node_b.join(iid, "candidate", "Cat", "cand-j")
+    assert cand_b.seq_base == 2
+    cand_b._on_event(_final(0, "Then I came back."))  # the new stream's first final: seq 2
+    await node_b.registry.aclose()
+    assert await _stored(service, iid) == [(0, "I built lighthouses."), (1, "In Iceland, mostly."),
+                                           (2, "Then I came back.")]
+    assert node_b.registry.writer.shared is not None
+    assert await node_b.registry.writer.shared.entries(iid) == []  # deleted once stored
+    assert node_b.metrics.registry.get_sample_value("segments_persisted_total", {"result": "created"}) == 3
+
+
+async def test_a_room_open_nowhere_is_swept_and_nats_down_falls_back_to_the_file_journal(
+        service: InterviewService, journal_bus: JetStreamBus, nats_server: NatsServer, tmp_path: Path) -> None:
+    iid = await new_interview(service)
+    node_a = _Node(service, journal_bus, tmp_path / "a", store_delay_s=3600)
+    cand = await node_a.join(iid, "candidate", "Cat", "cand-j")
+    cand._on_event(_final(0, "Nobody comes back to this room."))
+    shared = node_a.registry.writer.shared
+    assert shared is not None
+    await until(lambda: _has_entries(shared, iid), within_s=5, every_s=0.01)  # the write is under way on A's loop
+    assert node_a.registry.writer._task is not None
+    node_a.registry.writer._task.cancel()
+    node_a.file.close()
+
+    node_b = _Node(service, journal_bus, tmp_path / "b")
+    held: list[str] = []
+
+    async def held_elsewhere(interview_id: str) -> bool:
+        held.append(interview_id)
+        return False  # A's placement aged out
+
+    assert await node_b.registry.sweep_journal(held_elsewhere) >= 1 and iid in held
+    await until(lambda: _stored_is(service, iid, [(0, "Nobody comes back to this room.")]), within_s=10)
+
+    # NATS down: the room journals to DATA_DIR at once and viewers get the final without waiting
+    nats_server.stop()
+    await until(lambda: _disconnected(journal_bus), within_s=10)
+    node_c = _Node(service, journal_bus, tmp_path / "c", store_delay_s=3600)
+    viewer = MemoryChannel()
+    node_c.registry.add_viewer(await node_c.join(iid, "interviewer", "Ivy", "ivy"), viewer)
+    cand_c = await node_c.join(iid, "candidate", "Cat", "cand-j")
+    assert cand_c.seq_base == 1
+    assert [m["seq"] for m in viewer.of_type("segment.final")] == [0]  # the backlog
+    cand_c._on_event(_final(0, "Said during the outage."))
+    assert [m["seq"] for m in viewer.of_type("segment.final")] == [0, 1]  # sent before _on_event returned
+    assert [(i, s.seq) for i, s in node_c.file.pending()] == [(iid, 1)]
+    assert node_c.registry.writer._task is not None
+    node_c.registry.writer._task.cancel()
+    node_c.file.close()
+    await node_b.registry.aclose()
+
+
+async def test_a_final_jetstream_refuses_goes_to_the_file_and_the_next_ones_skip_the_stream_for_a_while(
+        service: InterviewService, journal_bus: JetStreamBus, tmp_path: Path) -> None:
+    """NATS connected but the journal's stream refusing writes (here: a full stream that discards new messages in its
+    place): the final is journaled in the file and sent; the next finals go to the file at once (the breaker)."""
+    from nats.js.api import DiscardPolicy, StreamConfig
+
+    from adapters.shared_journal import STREAM
+
+    iid = await new_interview(service)
+    node = _Node(service, journal_bus, tmp_path / "a", store_delay_s=3600)
+    viewer = MemoryChannel()
+    node.registry.add_viewer(await node.join(iid, "interviewer", "Ivy", "ivy"), viewer)
+    cand = await node.join(iid, "candidate", "Cat", "cand-j")
+    cand._on_event(_final(0, "journaled in the stream"))
+    await viewer.wait_for(lambda ch: len(ch.of_type("segment.final")) == 1, within_s=5)
+    js = journal_bus.jetstream()
+    await js.delete_stream(STREAM)
+    await js.add_stream(StreamConfig(name="JOURNAL_FULL", subjects=["journal.>"], max_msgs=1,
+                                     discard=DiscardPolicy.NEW))
+    await js.publish("journal.full", b"x")
+    shared = node.registry.writer.shared
+    assert shared is not None and shared.available
+    cand._on_event(_final(1, "refused by the stream"))
+    await viewer.wait_for(lambda ch: len(ch.of_type("segment.final")) == 2, within_s=5)
+    assert not shared.available  # for RETRY_AFTER_S
+    cand._on_event(_final(2, "straight to the file"))
+    assert [m["seq"] for m in viewer.of_type("segment.final")] == [0, 1, 2]  # the last one without waiting
+    assert [s.seq for _, s in node.file.pending()] == [1, 2]
+    assert node.registry.writer._task is not None
+    node.registry.writer._task.cancel()
+    node.file.close()
+    await js.delete_stream("JOURNAL_FULL")

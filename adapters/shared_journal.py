@@ -1,0 +1,187 @@
+"""The segment journal every node reads: finals and revisions sent to viewers and not stored yet, in the JetStream
+stream `SEGMENT_JOURNAL` (file storage, on the bus's NATS: the embedded nats-server by default, a cluster's with
+`NATS_URL`).
+
+Why a stream and not only the node's file (`adapters.rooms.SegmentJournal`): a node killed in the few ms between
+sending a final and storing it leaves that final in its own `DATA_DIR`, which no other node reads; the node that
+takes the room over would number its next final the same seq and the journaled one would then be a duplicate, lost
+from the store although the interviewer saw it. In the stream, the node taking a room over (`adapters.rooms`
+`RoomRegistry.join`) first stores the interview's entries with their original seq, then numbers new finals after
+them; a periodic sweep stores the entries of interviews that no node holds any more (nobody re-joined).
+
+One message per segment on the subject `journal.<interviewId>`, `Nats-Msg-Id` = `interview:participant:seq:revision`
+(the same segment published twice is kept once: JetStream drops the second inside its duplicate window), the segment sealed with the
+journal key every node derives from the shared master key file (no transcript on NATS in clear). A message is
+deleted once the store has its segment; stored twice (a replay racing the first node's own write) is harmless: the
+store keeps one segment per (interview, participant, seq[, revision]).
+
+NATS unreachable, or an append not acknowledged within `APPEND_TIMEOUT_S` (then for `RETRY_AFTER_S`): `available` is
+False and the room writes to the file journal instead (a live interview must survive a bus outage); the first
+failing call is logged once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import TYPE_CHECKING
+
+import nats.errors
+import nats.js.errors
+from nats.js.api import StorageType, StreamConfig
+
+from adapters.bus import BusUnavailable, check_subject
+from adapters.crypto import DataKey, Unreadable
+from adapters.nats_bus import MSG_ID_HEADER
+from adapters.rooms import journal_entry, journal_record
+from domain.events import SegmentEvent
+
+if TYPE_CHECKING:
+    from nats.js import JetStreamContext
+
+    from adapters.nats_bus import JetStreamBus
+
+log = logging.getLogger(__name__)
+
+STREAM = "SEGMENT_JOURNAL"
+PREFIX = "journal."
+# A publish is awaited before viewers get the final (adapters.rooms.Room): past this, the room gives up on the
+# stream for that final and writes it to the file journal (measured: ~0.4 ms p50 on loopback, `benchmarks.placement`)
+APPEND_TIMEOUT_S = 0.5
+READ_TIMEOUT_S = 2.0  # a takeover's read of an interview's entries; past it, the room opens without them
+# after a failed append, finals go straight to the file journal for this long: NATS connected but JetStream not
+# answering would otherwise hold every final APPEND_TIMEOUT_S
+RETRY_AFTER_S = 5.0
+_TRANSIENT = (nats.errors.Error, asyncio.TimeoutError, OSError, BusUnavailable)
+
+
+class SharedJournal:
+    """The `SEGMENT_JOURNAL` stream on `bus`. Entries are sealed with `key` (None: in clear, tests only)."""
+
+    def __init__(self, bus: JetStreamBus, key: DataKey | None, *, max_age_s: float = 30 * 24 * 3600.0,
+                 duplicate_window_s: float = 120.0) -> None:
+        if duplicate_window_s <= 0 or max_age_s < duplicate_window_s:
+            raise ValueError("need 0 < duplicate_window_s <= max_age_s")
+        self.bus = bus
+        self._key = key
+        self._config = StreamConfig(name=STREAM, subjects=[PREFIX + ">"], storage=StorageType.FILE,
+                                    duplicate_window=duplicate_window_s, max_age=max_age_s)
+        self._ready = False
+        self._failing = False
+        self._retry_at = 0.0  # loop time before which `available` is False (an append failed)
+        self.appended = 0
+        self.deleted = 0
+
+    @property
+    def available(self) -> bool:
+        """Whether a write would be tried now (connected to NATS); else the room writes to the file journal."""
+        return self.bus.connected and asyncio.get_running_loop().time() >= self._retry_at
+
+    async def _js(self) -> JetStreamContext:
+        js = self.bus.jetstream()
+        if not self._ready:
+            try:
+                await js.stream_info(STREAM)
+            except nats.js.errors.NotFoundError:
+                await js.add_stream(self._config)
+            self._ready = True
+        return js
+
+    @staticmethod
+    def subject(interview_id: str) -> str:
+        return check_subject(PREFIX + interview_id)
+
+    async def append(self, interview_id: str, segment: SegmentEvent) -> int:
+        """Write the segment; its stream sequence number (for `done`). BusUnavailable if NATS did not take it within
+        `APPEND_TIMEOUT_S` (it may still have: the store keeps one copy whoever writes it)."""
+        payload = json.dumps(journal_record(interview_id, segment, self._key), separators=(",", ":")).encode()
+        msg_id = f"{interview_id}:{segment.speaker.participant_id}:{segment.seq}:{segment.revision}"
+        subject = self.subject(interview_id)
+        try:
+            async with asyncio.timeout(APPEND_TIMEOUT_S):
+                js = await self._js()
+                try:
+                    ack = await js.publish(subject, payload, headers={MSG_ID_HEADER: msg_id})
+                except nats.js.errors.NoStreamResponseError:  # the server lost the stream (a fresh data dir)
+                    self._ready = False
+                    js = await self._js()
+                    ack = await js.publish(subject, payload, headers={MSG_ID_HEADER: msg_id})
+        except _TRANSIENT as exc:
+            self._retry_at = asyncio.get_running_loop().time() + RETRY_AFTER_S
+            raise self._unavailable("append", exc) from exc
+        self._failing = False
+        self.appended += 1
+        return int(ack.seq)
+
+    async def entries(self, interview_id: str) -> list[tuple[int, SegmentEvent]]:
+        """The interview's entries not stored yet, oldest first: (stream sequence, segment). Unreadable ones (sealed
+        with another master key) are logged and left. BusUnavailable if NATS does not answer."""
+        out: list[tuple[int, SegmentEvent]] = []
+        subject = self.subject(interview_id)
+        seq = 1
+        try:
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                js = await self._js()
+                while True:
+                    try:
+                        msg = await js.get_msg(STREAM, seq=seq, subject=subject, next=True)
+                    except nats.js.errors.NotFoundError:
+                        break
+                    seq = int(msg.seq or seq) + 1
+                    try:
+                        iid, segment = journal_entry(json.loads(msg.data or b""), self._key)
+                        if iid != interview_id:
+                            raise ValueError(f"an entry of {iid} on {subject}")
+                    except (ValueError, KeyError, TypeError, Unreadable) as exc:
+                        log.warning("segment journal: skipping unreadable entry %d of %s (%s)", seq - 1, subject,
+                                    type(exc).__name__)
+                        continue
+                    out.append((seq - 1, segment))
+        except _TRANSIENT as exc:
+            raise self._unavailable("read", exc) from exc
+        return out
+
+    async def interviews(self) -> list[str]:
+        """The interviews with entries in the journal (for the sweep). BusUnavailable if NATS does not answer."""
+        try:
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                js = await self._js()
+                info = await js.stream_info(STREAM, subjects_filter=PREFIX + ">")
+        except _TRANSIENT as exc:
+            raise self._unavailable("list", exc) from exc
+        return sorted(s[len(PREFIX):] for s in (info.state.subjects or {}))
+
+    async def done(self, seq: int) -> None:
+        """The store has the entry's segment: delete it. A failure leaves it for a replay, which finds it stored."""
+        try:
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                js = await self._js()
+                await js.delete_msg(STREAM, seq)
+        except nats.js.errors.NotFoundError:
+            pass  # another node replayed and deleted it
+        except _TRANSIENT as exc:
+            self._unavailable("delete", exc)
+            return
+        self.deleted += 1
+
+    async def forget(self, interview_id: str) -> None:
+        """Delete every entry of the interview (its candidate's data is being erased)."""
+        try:
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                js = await self._js()
+                await js.purge_stream(STREAM, subject=self.subject(interview_id))
+        except _TRANSIENT as exc:
+            raise self._unavailable("purge", exc) from exc
+
+    def _unavailable(self, what: str, exc: BaseException) -> BusUnavailable:
+        if isinstance(exc, BusUnavailable):
+            err = exc
+        else:
+            err = BusUnavailable(f"segment journal {what} failed: {type(exc).__name__}: {exc}")
+        if not self._failing:
+            self._failing = True
+            log.warning("shared segment journal unavailable (%s); finals are journaled in DATA_DIR until NATS is back",
+                        err)
+        return err
+
