@@ -937,6 +937,9 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     if args.port is not None:
         settings = settings.replace(port=args.port)
     configure_logging(settings.log_level, settings.log_format)
+    from adapters.memory import limit_arenas
+
+    limit_arenas(settings.malloc_arenas)  # before uvicorn, aiortc and the executors start their threads
     if settings.memory_debug_dir is not None:  # debugging only: tracemalloc on, `kill -USR2` dumps (README "Soak")
         from adapters.memory import install_debug_dump
 
