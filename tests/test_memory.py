@@ -128,8 +128,8 @@ def test_limit_arenas_caps_the_arenas_of_threads_that_allocate_at_once() -> None
 
 def test_a_whisper_worker_hands_its_heap_back_once_idle(shared_data: Path) -> None:
     # Decodes of long windows leave tens of MB free in the worker's arenas. The same decodes in two workers, one
-    # trimming once idle and one not: the trimmed one must end well below the other (the margin is a fraction of
-    # the ~80 MB measured, README "Soak").
+    # trimming once idle and one not: the trimmed one must end well below the other (measured: 169 against 208 MB
+    # after three of these windows, 161 against 244 MB after six; README "Soak").
     from adapters.stt_process import WhisperProcesses
     from pipeline.audio_file import read_audio
 
@@ -151,6 +151,6 @@ def test_a_whisper_worker_hands_its_heap_back_once_idle(shared_data: Path) -> No
         trimming.close()
         keeping.close()
     assert kept["trims"] is None
-    assert trimmed["rss_mb"] < kept["rss_mb"] - 25, (trimmed, kept)
+    assert trimmed["rss_mb"] < kept["rss_mb"] - 20, (trimmed, kept)
     with pytest.raises(ValueError, match="trim_idle_s"):
         WhisperProcesses(processes=1, trim_idle_s=0)
