@@ -31,6 +31,8 @@ class EngineSettings:
     openai_api_key: str | None = field(repr=False)
     openai_stt_model: str
     nats_url: str | None = None  # STT_ENGINE=nats is the server's; the command line decodes here
+    malloc_arenas: int = 2  # the server's defaults (read only with worker processes, which the CLI does not use)
+    malloc_trim: bool = True
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> EngineSettings:

@@ -134,6 +134,7 @@ class Components:
     retention: asyncio.Task[None] | None = None
     journal_sweep: asyncio.Task[None] | None = None  # stores the shared journal's entries of rooms open nowhere
     trims: set[asyncio.Task[None]] = field(default_factory=set)  # a pending malloc_trim after a room closed
+    trim_again: bool = False  # a room closed while a trim was pending or running: trim once more after it
     ready: bool = False
 
 
@@ -273,8 +274,10 @@ async def _build(c: Components) -> None:
         call.room_changed(room.interview_id, sum(p.claims.role == "observer" for p in room.participants.values()))
         if not room.participants:
             placement.room_closed(room.interview_id)
-            if s.malloc_trim and not trimming:  # one at a time: rooms closing together share a trim
-                task = asyncio.create_task(_trim_heap(c.metrics), name="malloc_trim")
+            if s.malloc_trim and trimming:  # one at a time: rooms closing together share a trim
+                c.trim_again = True
+            elif s.malloc_trim:
+                task = asyncio.create_task(_trim_heap(c), name="malloc_trim")
                 trimming.add(task)
                 task.add_done_callback(trimming.discard)
 
@@ -306,14 +309,19 @@ async def _build(c: Components) -> None:
     c.retention = asyncio.create_task(_retention_loop(privacy), name="retention")
 
 
-async def _trim_heap(metrics: Metrics) -> None:
+async def _trim_heap(c: Components) -> None:
     """After a room closed: what its streams, peer connections and frames used is free but glibc keeps it in its
-    arenas (one per thread that allocated, up to 8 x cores); `malloc_trim(0)` hands it back (README "Soak")."""
+    arenas (one per thread that allocated, `MALLOC_ARENAS`); `malloc_trim(0)` hands it back (README "Soak").
+    Rooms that close meanwhile get one more trim: what they free after this one has passed their arena stays."""
     from adapters.memory import trim
 
-    await asyncio.sleep(1.0)  # the room's last objects go when the leave that closed it returns
-    await asyncio.to_thread(trim)
-    metrics.malloc_trims.inc()
+    while True:
+        c.trim_again = False
+        await asyncio.sleep(1.0)  # the room's last objects go when the leave that closed it returns
+        await asyncio.to_thread(trim)
+        c.metrics.malloc_trims.inc()
+        if not c.trim_again:
+            return
 
 
 def build_analysis(s: Settings, service: InterviewService, store: MongoStore, metrics: Metrics) -> AnalysisJobs:
@@ -961,6 +969,9 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     if args.port is not None:
         settings = settings.replace(port=args.port)
     configure_logging(settings.log_level, settings.log_format)
+    from adapters.memory import limit_arenas
+
+    limit_arenas(settings.malloc_arenas)  # before uvicorn, aiortc and the executors start their threads
     if settings.memory_debug_dir is not None:  # debugging only: tracemalloc on, `kill -USR2` dumps (README "Soak")
         from adapters.memory import install_debug_dump
 

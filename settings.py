@@ -270,7 +270,12 @@ class Settings(BaseSettings):
     max_peer_connections: PositiveInt = setting(200, "WebRTC peer connections per process (more: 503)")
     malloc_trim: Flag = setting(True, "after a room closes, hand the memory glibc keeps free in its arenas back "
                                 "to the kernel (malloc_trim(0), in a worker thread): without it RSS only ever grows "
-                                "to the busiest moment's")
+                                "to the busiest moment's; the Whisper worker processes trim after 1 s without a "
+                                "request")
+    malloc_arenas: Annotated[int, Field(ge=0)] = setting(
+        2, "glibc malloc arenas of server.py and of each Whisper worker process (mallopt M_ARENA_MAX at start; 0: "
+        "glibc's default, 8 x cores, or its own MALLOC_ARENA_MAX): each arena keeps the free memory of its busiest "
+        "moment")
     memory_debug_dir: OptionalPath = setting(
         None, "debugging only: start tracemalloc and write a memory dump here on `kill -USR2` (README 'Soak'); costs "
         "CPU and memory")

@@ -57,6 +57,9 @@ class OnnxSentenceEmbedder:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        # onnxruntime's CPU arena keeps every block it grew for the largest input seen and never frees it: off,
+        # buffers come from malloc, which server.py trims when rooms close
+        opts.enable_cpu_mem_arena = False
         self._session = ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
         self._inputs = {i.name for i in self._session.get_inputs()}
         self._lock = threading.Lock()

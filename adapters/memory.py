@@ -4,6 +4,11 @@
 (freed by Python or native code but not handed back to the kernel). RSS growing while `in_use` stays flat is
 allocator retention, not a leak; `trim()` (glibc's `malloc_trim(0)`) hands the free pages back.
 
+glibc gives every thread that allocates an arena of its own, up to 8 x cores, and each keeps the free memory of its
+busiest moment: `limit_arenas()` (`MALLOC_ARENAS`) caps them at start, before the threads exist. `IdleTrim` trims
+once a process has gone quiet after work (the Whisper worker processes: a decode's buffers grow with its window,
+up to 30 s, and are freed into the arenas, not to the kernel).
+
 `MEMORY_DEBUG_DIR` (a debug setting, off in production) makes server.py start `tracemalloc` (`MEMORY_DEBUG_FRAMES`
 frames, 10; 0: off, only glibc's figures and object counts, at no cost until dumped) and, on `SIGUSR2`,
 write `<dir>/memory-<n>.json` (RSS, `heap()`, live objects by type) and `<dir>/memory-<n>.tracemalloc` (a snapshot
@@ -20,8 +25,12 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 import tracemalloc
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +49,7 @@ def _libc() -> Any:
         libc = ctypes.CDLL(name)
         libc.mallinfo2.restype = _MallInfo2
         libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         return libc
     except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS), or glibc < 2.33
         return None
@@ -65,6 +75,65 @@ def trim() -> bool:
     if _LIBC is None:
         return False
     return bool(_LIBC.malloc_trim(0))
+
+
+M_ARENA_MAX = -8  # glibc's malloc.h
+
+
+def limit_arenas(arenas: int) -> bool:
+    """At most `arenas` glibc arenas in this process (`mallopt(M_ARENA_MAX)`; 0: glibc's choice, 8 x cores or its
+    own `MALLOC_ARENA_MAX`). Threads beyond the cap share arenas (their `malloc`s may wait on each other's lock),
+    so the free memory that stays resident is that of `arenas` busy moments, not of every thread's. Call it first
+    thing: an arena, once made, stays. False without glibc."""
+    if arenas < 0:
+        raise ValueError(f"arenas must be >= 0, not {arenas}")
+    if _LIBC is None or arenas == 0:
+        return False
+    return bool(_LIBC.mallopt(M_ARENA_MAX, arenas))
+
+
+class IdleTrim:
+    """`trim()` once the work done `with idle.working():` has stopped for `idle_s`, in a thread of its own.
+
+    Trimming after every piece of work would make the next one fault its pages in again; waiting for a quiet
+    moment hands back what a burst left free when the burst is over (and costs nothing while work keeps coming)."""
+
+    def __init__(self, idle_s: float = 1.0) -> None:
+        if idle_s <= 0:
+            raise ValueError(f"idle_s must be > 0, not {idle_s}")
+        self.idle_s = idle_s
+        self.trims = 0
+        self._cond = threading.Condition()
+        self._active = 0
+        self._dirty = False  # work ended since the last trim
+        self._last = 0.0
+        threading.Thread(target=self._run, name="malloc-trim", daemon=True).start()
+
+    @contextmanager
+    def working(self) -> Iterator[None]:
+        with self._cond:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._dirty = True
+                self._last = time.monotonic()
+                self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._dirty or self._active:
+                    self._cond.wait()
+                quiet_in = self._last + self.idle_s - time.monotonic()
+                if quiet_in > 0:
+                    self._cond.wait(quiet_in)  # new work, or the quiet period over: look again
+                    continue
+                self._dirty = False
+            trim()
+            self.trims += 1
 
 
 def rss_mb() -> float:

@@ -38,6 +38,10 @@ class SttSettings(Protocol):
     def openai_stt_model(self) -> str: ...
     @property
     def nats_url(self) -> str | None: ...
+    @property
+    def malloc_arenas(self) -> int: ...
+    @property
+    def malloc_trim(self) -> bool: ...
 
 
 def build_stt(settings: SttSettings, **whisper_options: Any) -> SpeechToText:
@@ -77,10 +81,12 @@ def build_stt(settings: SttSettings, **whisper_options: Any) -> SpeechToText:
 
     revision_model = revision_model_dir(settings.revision_model, settings.data_dir / "models", settings.stt_model)
     if settings.stt_subprocess:
-        from adapters.stt_process import WhisperProcesses
+        from adapters.stt_process import STT_TRIM_IDLE_S, WhisperProcesses
 
         return WhisperProcesses(settings.stt_model, processes=settings.stt_workers,
                                 cpu_threads=settings.stt_cpu_threads, revision_model=revision_model,
+                                malloc_arenas=settings.malloc_arenas,
+                                trim_idle_s=STT_TRIM_IDLE_S if settings.malloc_trim else None,
                                 **whisper_options)  # fmt: skip
     return LocalWhisper(settings.stt_model, cpu_threads=settings.stt_cpu_threads, revision_model=revision_model,
                         **whisper_options)

@@ -30,16 +30,23 @@ from typing import Any
 
 import numpy as np
 
+from adapters import memory
 from adapters.stt_whisper import JoinedBase, LocalWhisper, check_model_dir, model_name
 from pipeline.transcript import SttError, Transcript, as_float_audio
 
 log = logging.getLogger(__name__)
 
+STT_TRIM_IDLE_S = 1.0  # a worker this long without a request trims: longer than the gap between a room's decodes
 _child_stt: LocalWhisper | None = None
+_child_idle: memory.IdleTrim | None = None
 
 
-def _init_child(model_path: str | None, options: dict[str, Any], nice: int = 0) -> None:
-    global _child_stt
+def _init_child(model_path: str | None, options: dict[str, Any], nice: int = 0, arenas: int = 0,
+                trim_idle_s: float | None = None) -> None:
+    global _child_stt, _child_idle
+    memory.limit_arenas(arenas)  # before CTranslate2 starts its threads
+    if trim_idle_s:
+        _child_idle = memory.IdleTrim(trim_idle_s)
     if nice:
         os.setpriority(os.PRIO_PROCESS, 0, nice)  # absolute: also under a server started with a negative nice
     # Ctrl-C reaches the whole process group and a service manager may signal it too: the parent drains the
@@ -61,12 +68,22 @@ def _exit_with_parent(parent: int) -> None:
 def _child_call(method: str, audio: np.ndarray, kwargs: dict[str, Any]) -> Transcript:
     assert _child_stt is not None, "worker process started without a model"
     try:
-        result: Transcript = getattr(_child_stt, method)(audio, **kwargs)
+        if _child_idle is None:
+            result: Transcript = getattr(_child_stt, method)(audio, **kwargs)
+        else:
+            with _child_idle.working():
+                result = getattr(_child_stt, method)(audio, **kwargs)
         return result
     except Exception as exc:
         # an exception that cannot be rebuilt in the parent (a custom constructor) would break the whole pool;
         # a RuntimeError with the original type and message always can
         raise RuntimeError(f"{type(exc).__name__}: {exc}") from None
+
+
+def _child_memory() -> dict[str, Any]:
+    """This worker's pid, RSS, glibc heap and trims so far (for tests and diagnostics)."""
+    return {"pid": os.getpid(), "rss_mb": memory.rss_mb(), "heap_mb": memory.heap(),
+            "trims": _child_idle.trims if _child_idle is not None else None}
 
 
 def _child_ready() -> tuple[int, str]:
@@ -79,6 +96,9 @@ class WhisperProcesses:
     """`processes` child processes, each with its own `LocalWhisper(model_path, cpu_threads=..., ...)`.
 
     The models load at construction (a bad model path raises `ValueError` here, not on the first utterance).
+    `malloc_arenas` caps each child's glibc arenas (`adapters.memory.limit_arenas`; 0: glibc's default) and
+    `trim_idle_s` makes it hand its free heap back to the kernel once it has had no request for that long (None:
+    never): a decode's buffers grow with its window, and glibc keeps what a 30 s window freed (README "Soak").
     A child that dies breaks the pool: it is replaced and the requests in flight are decoded once more on the new
     one; a request whose decode kills its worker twice fails with `SttError("stt_crashed")`.
     """
@@ -88,9 +108,15 @@ class WhisperProcesses:
     REVISION_NICE = 19
 
     def __init__(self, model_path: str | None = None, *, processes: int = 2, cpu_threads: int = 1,
-                 revision_model: str | JoinedBase | None = None, **options: Any) -> None:
+                 revision_model: str | JoinedBase | None = None, malloc_arenas: int = 2,
+                 trim_idle_s: float | None = STT_TRIM_IDLE_S, **options: Any) -> None:
         if processes < 1:
             raise ValueError("processes must be >= 1")
+        if malloc_arenas < 0:
+            raise ValueError(f"malloc_arenas must be >= 0, not {malloc_arenas}")
+        if trim_idle_s is not None and trim_idle_s <= 0:
+            raise ValueError(f"trim_idle_s must be > 0 or None, not {trim_idle_s}")
+        self._memory = (malloc_arenas, trim_idle_s)
         check_model_dir(model_path)  # the usual start-up error, raised here rather than inside a child
         self.processes = processes
         self._args = (model_path, {"cpu_threads": cpu_threads, **options})
@@ -112,7 +138,7 @@ class WhisperProcesses:
         return ProcessPoolExecutor(1 if revisions else self.processes, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_init_child,
                                    initargs=(self._revision_path() if revisions else self._args[0], self._args[1],
-                                             self.REVISION_NICE if revisions else 0))
+                                             self.REVISION_NICE if revisions else 0, *self._memory))
 
     def _revision_path(self) -> str | None:
         model = self._revision_model
@@ -147,6 +173,10 @@ class WhisperProcesses:
             as_float_audio(after)
         return self._call("revise", audio, {"context": context, "context_text": context_text, "after": after,
                                             "vocabulary": vocabulary})
+
+    def worker_memory(self) -> dict[str, Any]:
+        """`{"pid", "rss_mb", "heap_mb", "trims"}` of one live-decode worker process (whichever is free)."""
+        return self._pool.submit(_child_memory).result()
 
     @property
     def revision_pid(self) -> int | None:

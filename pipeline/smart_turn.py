@@ -118,6 +118,9 @@ class SmartTurn:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        # onnxruntime's CPU arena keeps every block it grew for the largest input seen and never frees it: off,
+        # buffers come from malloc, which server.py trims when rooms close
+        opts.enable_cpu_mem_arena = False
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
