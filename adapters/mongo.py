@@ -399,14 +399,33 @@ class MongoStore:
             raise Conflict(f"interview {interview.interview_id} already exists", code="duplicate") from None
 
     @_translated
+    async def interview_access(self, interview_id: str) -> tuple[str, tuple[str, ...]]:
+        """(organisation, interviewers) of an interview, for the access policy. Inside an API request
+        (adapters.read_scope) the document read here is kept as read, neither copied nor converted (nothing here
+        changes it), and serves the handler's `get_interview`."""
+        key = ("interview", interview_id)
+        doc = read_scope.take(key)
+        if doc is None:
+            doc = await self._find_interview(interview_id)
+        read_scope.keep(key, doc)
+        return doc.get("orgId") or DEFAULT_ORG, tuple(doc.get("interviewers", ()))
+
+    async def _find_interview(self, interview_id: str) -> dict[str, Any]:
+        doc = await self.interviews.find_one({"_id": interview_id})
+        if doc is None:
+            raise NotFound("interview", interview_id)
+        # the placement never changes: a later read of the interview's segments needs no query for it
+        self._owner.setdefault(interview_id, (doc["candidateId"], month_of(doc["scheduledAt"])))
+        return doc
+
+    @_translated
     async def get_interview(self, interview_id: str) -> Interview:
         # inside an API request (adapters.read_scope) the access check's read serves the handler's once
         doc = read_scope.take(("interview", interview_id))
         if doc is None:
-            doc = await self.interviews.find_one({"_id": interview_id})
-            if doc is None:
-                raise NotFound("interview", interview_id)
-            read_scope.keep(("interview", interview_id), copy.deepcopy(doc))
+            doc = await self._find_interview(interview_id)
+            if read_scope.active():  # converting changes the document: the next read gets a copy
+                read_scope.keep(("interview", interview_id), copy.deepcopy(doc))
         # what a compare-and-replace of this version needs (save_interview), kept for this request's next write
         read_scope.keep(("outbox", interview_id),
                         (doc["metadata"]["version"], doc.get("outbox") or {}, doc.get("outboxRev", 0)))

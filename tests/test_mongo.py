@@ -322,6 +322,20 @@ async def test_a_request_reuses_its_read_once_and_never_loses_a_concurrent_chang
             await service.get_interview(iid, with_segments=False)  # the access check
             doc = await service.start_interview(iid)  # the handler: no second read, no read for the write
             assert Finds.n - before == 1 and doc["status"] == "in_progress"
+        # the API's access check reads only what the policy needs, and the handler converts the same document
+        second = (await service.create_interview(new_interview()))["interviewId"]
+        with read_scope.scope():
+            before = Finds.n
+            assert await service.interview_access(second) == ("default", ())
+            assert (await service.get_interview(second, with_segments=False))["interviewId"] == second
+            assert Finds.n - before == 1
+        with read_scope.scope():
+            before = Finds.n
+            await service.interview_access(second)
+            assert (await service.start_interview(second))["metadata"]["version"] == 2
+            assert Finds.n - before == 1
+        with pytest.raises(NotFound):
+            await service.interview_access("no-such-interview")
         with read_scope.scope():
             await service.get_interview(iid, with_segments=False)  # the access check reads version 2
             await elsewhere.add_question(iid, AddQuestion.parse({"text": "Asked on another node"}))  # version 3
