@@ -66,7 +66,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from adapters import read_scope
@@ -916,11 +916,12 @@ class MongoStore:
             event_ids = [r.id for r, w, _ in records if w == where]  # a segment / revision partition, or guidance
             await self.db[where].update_many({"eventId": {"$in": event_ids}, "published": False},
                                              {"$set": {"published": True}})
-        for record, where, owner in records:
-            if where == self.interviews.name:
-                await self.interviews.update_one(
-                    {"_id": owner, f"outbox.{record.id}": {"$exists": True}},
-                    {"$unset": {f"outbox.{record.id}": ""}, "$inc": {"outboxCount": -1, "outboxRev": 1}})
+        # one round trip for the batch (a pass after a burst of writes marks dozens), each update as before
+        unsets = [UpdateOne({"_id": owner, f"outbox.{record.id}": {"$exists": True}},
+                            {"$unset": {f"outbox.{record.id}": ""}, "$inc": {"outboxCount": -1, "outboxRev": 1}})
+                  for record, where, owner in records if where == self.interviews.name]
+        if unsets:
+            await self.interviews.bulk_write(unsets, ordered=True)
         for i in ids:
             self._seen.pop(i, None)
 
