@@ -206,6 +206,14 @@ def _interview_doc(interview: Interview, key: DataKey | None) -> dict[str, Any]:
     return seal_fields(doc, INTERVIEW_SEALED, key)
 
 
+def _eq(value: Any) -> dict[str, Any]:
+    """An equality on a scalar field, written `{"$eq": value}`: on MongoDB the same match as the bare value; on
+    nx-27017 0.8.1 a plain SQL comparison that its indexes serve, where a bare value becomes an array-aware
+    `json_each` test of every document (a listing of 2000 interviews: 1.4 instead of 9.6 ms in SQLite alone).
+    Only for fields that never hold arrays (`interviewers` does, and keeps the bare form)."""
+    return {"$eq": value}
+
+
 def _interview(doc: dict[str, Any]) -> Interview:
     return Interview.from_document(doc)
 
@@ -477,15 +485,15 @@ class MongoStore:
 
     @_translated
     async def find_interviews(self, query: InterviewQuery, limit: int) -> list[Interview]:
-        filt: dict[str, Any] = {"orgId": query.org_id}
+        filt: dict[str, Any] = {"orgId": _eq(query.org_id)}
         if query.interviewer:
-            filt["interviewers"] = query.interviewer
+            filt["interviewers"] = query.interviewer  # an array: array-aware matching
         if query.status:
-            filt["status"] = query.status
+            filt["status"] = _eq(query.status)
         if query.candidate_id:
-            filt["candidateId"] = query.candidate_id
+            filt["candidateId"] = _eq(query.candidate_id)
         if query.job_id:
-            filt["jobId"] = query.job_id
+            filt["jobId"] = _eq(query.job_id)
         filt.update(_key_range(query.after, query.scheduled_from, query.scheduled_to))
         docs = await self.interviews.find(filt).sort("listKey", ASCENDING).limit(limit).to_list(None)
         return [await self._read_interview(d) for d in docs]
@@ -606,7 +614,7 @@ class MongoStore:
 
     @_translated
     async def list_segments(self, interview_id: str) -> list[StoredSegment]:
-        cursor = (await self._partition_of("segments", interview_id)).find({"interviewId": interview_id},
+        cursor = (await self._partition_of("segments", interview_id)).find({"interviewId": _eq(interview_id)},
                                                                           _SEGMENT_HIDDEN)
         finals = await cursor.sort([("recordedAt", ASCENDING), ("participantId", ASCENDING),
                                     ("seq", ASCENDING)]).to_list(None)
@@ -614,7 +622,7 @@ class MongoStore:
             return []
         latest: dict[tuple[str, int], dict[str, Any]] = {}
         revisions = await self._partition_of("revisions", interview_id)
-        async for rev in revisions.find({"interviewId": interview_id}, _SEGMENT_HIDDEN):
+        async for rev in revisions.find({"interviewId": _eq(interview_id)}, _SEGMENT_HIDDEN):
             key = (rev["participantId"], int(rev["seq"]))
             if key not in latest or rev["revision"] > latest[key]["revision"]:
                 latest[key] = rev
@@ -633,7 +641,7 @@ class MongoStore:
     async def transcript_stamp(self, interview_id: str) -> TranscriptStamp:
         # the ids alone say participant, seq and revision ("<interview>:<participant>:<seq>[:r<revision>]", ids
         # have no ':'); nx-27017 answers an `_id`-only projection in half the time of one with those fields
-        which = {"interviewId": interview_id}
+        which = {"interviewId": _eq(interview_id)}
         segments = await self._partition_of("segments", interview_id)
         finals = set()
         async for d in segments.find(which, {"_id": 1}):
@@ -849,7 +857,7 @@ class MongoStore:
         sources = [(1, c) for c in await self.partitions("segments")] + [
             (2, c) for c in await self.partitions("revisions")] + [(3, self.guidance)]
         for kind, collection in sources:
-            docs = collection.find({"published": False}, _OUTBOX_FIELDS)
+            docs = collection.find({"published": _eq(False)}, _OUTBOX_FIELDS)
             async for doc in docs.sort([("recordedAt", ASCENDING), ("_id", ASCENDING)]).limit(limit):
                 record = OutboxRecord(id=doc["eventId"], subject=doc["subject"], payload=doc["payload"].encode())
                 self._seen[record.id] = (record, collection.name, doc["_id"])
