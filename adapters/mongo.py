@@ -647,6 +647,8 @@ class MongoStore:
         async for d in segments.find(which, {"_id": 1}):
             _, participant_id, seq = d["_id"].rsplit(":", 2)
             finals.add((participant_id, int(seq)))
+        if not finals:  # a revision is only stored for a stored final (and list_segments reads none without one)
+            return transcript_stamp(finals, [])
         revisions = []
         async for d in (await self._partition_of("revisions", interview_id)).find(which, {"_id": 1}):
             _, participant_id, seq, revision = d["_id"].rsplit(":", 3)

@@ -581,3 +581,19 @@ async def test_outbox_drains_in_per_interview_order_with_small_batches(service: 
         expected = ["InterviewScheduled", "InterviewStarted", "SegmentTranscribed", "SegmentTranscribed",
                     "SegmentRevised"]
         assert types == expected + (["InterviewCompleted"] if iid == ids[0] else []), iid
+
+
+async def test_the_transcript_stamp_follows_finals_and_revisions(service: InterviewService, store: MongoStore) -> None:
+    """The stamp the transcript cache is checked against (read without the segments' contents); with no final it
+    is the empty transcript's (no revision can be stored without its final), and every final or revision moves it."""
+    from domain.commands import transcript_stamp
+
+    iid = (await service.create_interview(new_interview()))["interviewId"]
+    empty = await store.transcript_stamp(iid)
+    assert empty == transcript_stamp(set(), [])
+    await service.start_interview(iid)
+    assert await service.record_segment(iid, segment(0))
+    one = await store.transcript_stamp(iid)
+    assert one == transcript_stamp({("cand1", 0)}, []) and one != empty
+    assert await service.record_revision(iid, revised(0, revision=2))
+    assert await store.transcript_stamp(iid) == transcript_stamp({("cand1", 0)}, [("cand1", 0, 2)]) != one
