@@ -274,8 +274,8 @@ class Api:
             return ORG_LEVEL
         if op.resource == "interview":
             iid = request.path_params["interview_id"]
-            doc = await self.service.get_interview(iid, with_segments=False)
-            return Resource(doc["orgId"], iid, tuple(doc["interviewers"]))
+            org_id, interviewers = await self.service.interview_access(iid)
+            return Resource(org_id, iid, interviewers)
         if op.resource == "candidate":
             doc = await self.service.get_candidate(request.path_params["candidate_id"])
             return Resource(doc["orgId"])

@@ -66,7 +66,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from adapters import read_scope
@@ -204,6 +204,14 @@ def _interview_doc(interview: Interview, key: DataKey | None) -> dict[str, Any]:
     doc["_id"] = interview.interview_id
     doc["listKey"] = _list_key(interview.scheduled_at, interview.interview_id)
     return seal_fields(doc, INTERVIEW_SEALED, key)
+
+
+def _eq(value: Any) -> dict[str, Any]:
+    """An equality on a scalar field, written `{"$eq": value}`: on MongoDB the same match as the bare value; on
+    nx-27017 0.8.1 a plain SQL comparison that its indexes serve, where a bare value becomes an array-aware
+    `json_each` test of every document (a listing of 2000 interviews: 1.4 instead of 9.6 ms in SQLite alone).
+    Only for fields that never hold arrays (`interviewers` does, and keeps the bare form)."""
+    return {"$eq": value}
 
 
 def _interview(doc: dict[str, Any]) -> Interview:
@@ -399,14 +407,33 @@ class MongoStore:
             raise Conflict(f"interview {interview.interview_id} already exists", code="duplicate") from None
 
     @_translated
+    async def interview_access(self, interview_id: str) -> tuple[str, tuple[str, ...]]:
+        """(organisation, interviewers) of an interview, for the access policy. Inside an API request
+        (adapters.read_scope) the document read here is kept as read, neither copied nor converted (nothing here
+        changes it), and serves the handler's `get_interview`."""
+        key = ("interview", interview_id)
+        doc = read_scope.take(key)
+        if doc is None:
+            doc = await self._find_interview(interview_id)
+        read_scope.keep(key, doc)
+        return doc.get("orgId") or DEFAULT_ORG, tuple(doc.get("interviewers", ()))
+
+    async def _find_interview(self, interview_id: str) -> dict[str, Any]:
+        doc = await self.interviews.find_one({"_id": interview_id})
+        if doc is None:
+            raise NotFound("interview", interview_id)
+        # the placement never changes: a later read of the interview's segments needs no query for it
+        self._owner.setdefault(interview_id, (doc["candidateId"], month_of(doc["scheduledAt"])))
+        return doc
+
+    @_translated
     async def get_interview(self, interview_id: str) -> Interview:
         # inside an API request (adapters.read_scope) the access check's read serves the handler's once
         doc = read_scope.take(("interview", interview_id))
         if doc is None:
-            doc = await self.interviews.find_one({"_id": interview_id})
-            if doc is None:
-                raise NotFound("interview", interview_id)
-            read_scope.keep(("interview", interview_id), copy.deepcopy(doc))
+            doc = await self._find_interview(interview_id)
+            if read_scope.active():  # converting changes the document: the next read gets a copy
+                read_scope.keep(("interview", interview_id), copy.deepcopy(doc))
         # what a compare-and-replace of this version needs (save_interview), kept for this request's next write
         read_scope.keep(("outbox", interview_id),
                         (doc["metadata"]["version"], doc.get("outbox") or {}, doc.get("outboxRev", 0)))
@@ -458,15 +485,15 @@ class MongoStore:
 
     @_translated
     async def find_interviews(self, query: InterviewQuery, limit: int) -> list[Interview]:
-        filt: dict[str, Any] = {"orgId": query.org_id}
+        filt: dict[str, Any] = {"orgId": _eq(query.org_id)}
         if query.interviewer:
-            filt["interviewers"] = query.interviewer
+            filt["interviewers"] = query.interviewer  # an array: array-aware matching
         if query.status:
-            filt["status"] = query.status
+            filt["status"] = _eq(query.status)
         if query.candidate_id:
-            filt["candidateId"] = query.candidate_id
+            filt["candidateId"] = _eq(query.candidate_id)
         if query.job_id:
-            filt["jobId"] = query.job_id
+            filt["jobId"] = _eq(query.job_id)
         filt.update(_key_range(query.after, query.scheduled_from, query.scheduled_to))
         docs = await self.interviews.find(filt).sort("listKey", ASCENDING).limit(limit).to_list(None)
         return [await self._read_interview(d) for d in docs]
@@ -587,7 +614,7 @@ class MongoStore:
 
     @_translated
     async def list_segments(self, interview_id: str) -> list[StoredSegment]:
-        cursor = (await self._partition_of("segments", interview_id)).find({"interviewId": interview_id},
+        cursor = (await self._partition_of("segments", interview_id)).find({"interviewId": _eq(interview_id)},
                                                                           _SEGMENT_HIDDEN)
         finals = await cursor.sort([("recordedAt", ASCENDING), ("participantId", ASCENDING),
                                     ("seq", ASCENDING)]).to_list(None)
@@ -595,7 +622,7 @@ class MongoStore:
             return []
         latest: dict[tuple[str, int], dict[str, Any]] = {}
         revisions = await self._partition_of("revisions", interview_id)
-        async for rev in revisions.find({"interviewId": interview_id}, _SEGMENT_HIDDEN):
+        async for rev in revisions.find({"interviewId": _eq(interview_id)}, _SEGMENT_HIDDEN):
             key = (rev["participantId"], int(rev["seq"]))
             if key not in latest or rev["revision"] > latest[key]["revision"]:
                 latest[key] = rev
@@ -614,12 +641,14 @@ class MongoStore:
     async def transcript_stamp(self, interview_id: str) -> TranscriptStamp:
         # the ids alone say participant, seq and revision ("<interview>:<participant>:<seq>[:r<revision>]", ids
         # have no ':'); nx-27017 answers an `_id`-only projection in half the time of one with those fields
-        which = {"interviewId": interview_id}
+        which = {"interviewId": _eq(interview_id)}
         segments = await self._partition_of("segments", interview_id)
         finals = set()
         async for d in segments.find(which, {"_id": 1}):
             _, participant_id, seq = d["_id"].rsplit(":", 2)
             finals.add((participant_id, int(seq)))
+        if not finals:  # a revision is only stored for a stored final (and list_segments reads none without one)
+            return transcript_stamp(finals, [])
         revisions = []
         async for d in (await self._partition_of("revisions", interview_id)).find(which, {"_id": 1}):
             _, participant_id, seq, revision = d["_id"].rsplit(":", 3)
@@ -830,7 +859,7 @@ class MongoStore:
         sources = [(1, c) for c in await self.partitions("segments")] + [
             (2, c) for c in await self.partitions("revisions")] + [(3, self.guidance)]
         for kind, collection in sources:
-            docs = collection.find({"published": False}, _OUTBOX_FIELDS)
+            docs = collection.find({"published": _eq(False)}, _OUTBOX_FIELDS)
             async for doc in docs.sort([("recordedAt", ASCENDING), ("_id", ASCENDING)]).limit(limit):
                 record = OutboxRecord(id=doc["eventId"], subject=doc["subject"], payload=doc["payload"].encode())
                 self._seen[record.id] = (record, collection.name, doc["_id"])
@@ -897,11 +926,12 @@ class MongoStore:
             event_ids = [r.id for r, w, _ in records if w == where]  # a segment / revision partition, or guidance
             await self.db[where].update_many({"eventId": {"$in": event_ids}, "published": False},
                                              {"$set": {"published": True}})
-        for record, where, owner in records:
-            if where == self.interviews.name:
-                await self.interviews.update_one(
-                    {"_id": owner, f"outbox.{record.id}": {"$exists": True}},
-                    {"$unset": {f"outbox.{record.id}": ""}, "$inc": {"outboxCount": -1, "outboxRev": 1}})
+        # one round trip for the batch (a pass after a burst of writes marks dozens), each update as before
+        unsets = [UpdateOne({"_id": owner, f"outbox.{record.id}": {"$exists": True}},
+                            {"$unset": {f"outbox.{record.id}": ""}, "$inc": {"outboxCount": -1, "outboxRev": 1}})
+                  for record, where, owner in records if where == self.interviews.name]
+        if unsets:
+            await self.interviews.bulk_write(unsets, ordered=True)
         for i in ids:
             self._seen.pop(i, None)
 

@@ -50,6 +50,11 @@ def scope() -> Iterator[None]:
         _scope.reset(token)
 
 
+def active() -> bool:
+    """Whether this task is inside a scope (what is kept is used); outside, a copy to keep is wasted work."""
+    return _reads() is not None
+
+
 def keep(key: Any, value: Any) -> None:
     """Remember `value` for the next `take(key)` in this scope (nothing outside a scope)."""
     reads = _reads()

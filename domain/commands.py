@@ -481,6 +481,10 @@ class InterviewStore(Protocol):
         """Raises `NotFound`."""
         ...
 
+    async def interview_access(self, interview_id: str) -> tuple[str, tuple[str, ...]]:
+        """(organisation, interviewers) of the interview, what the access policy needs. Raises `NotFound`."""
+        ...
+
     async def save_interview(self, interview: Interview, expected_version: int, events: list[DomainEvent]) -> None:
         """Replace the interview's state if its stored `metadata.version` is still `expected_version`, storing
         version expected_version + 1. Raises `Conflict(code="version_conflict")` if stale, `NotFound` if gone."""
@@ -776,6 +780,11 @@ class InterviewService:
         raise AssertionError("unreachable")
 
     # -- queries ------------------------------------------------------------------------------------------------
+
+    async def interview_access(self, interview_id: str) -> tuple[str, tuple[str, ...]]:
+        """(organisation, interviewer user ids) of the interview, for `domain.access.authorize`; `NotFound`."""
+        _check_id("interview", interview_id)
+        return await self.store.interview_access(interview_id)
 
     async def get_interview(self, interview_id: str, *, with_segments: bool = True) -> dict[str, Any]:
         _check_id("interview", interview_id)

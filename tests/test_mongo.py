@@ -322,6 +322,20 @@ async def test_a_request_reuses_its_read_once_and_never_loses_a_concurrent_chang
             await service.get_interview(iid, with_segments=False)  # the access check
             doc = await service.start_interview(iid)  # the handler: no second read, no read for the write
             assert Finds.n - before == 1 and doc["status"] == "in_progress"
+        # the API's access check reads only what the policy needs, and the handler converts the same document
+        second = (await service.create_interview(new_interview()))["interviewId"]
+        with read_scope.scope():
+            before = Finds.n
+            assert await service.interview_access(second) == ("default", ())
+            assert (await service.get_interview(second, with_segments=False))["interviewId"] == second
+            assert Finds.n - before == 1
+        with read_scope.scope():
+            before = Finds.n
+            await service.interview_access(second)
+            assert (await service.start_interview(second))["metadata"]["version"] == 2
+            assert Finds.n - before == 1
+        with pytest.raises(NotFound):
+            await service.interview_access("no-such-interview")
         with read_scope.scope():
             await service.get_interview(iid, with_segments=False)  # the access check reads version 2
             await elsewhere.add_question(iid, AddQuestion.parse({"text": "Asked on another node"}))  # version 3
@@ -567,3 +581,19 @@ async def test_outbox_drains_in_per_interview_order_with_small_batches(service: 
         expected = ["InterviewScheduled", "InterviewStarted", "SegmentTranscribed", "SegmentTranscribed",
                     "SegmentRevised"]
         assert types == expected + (["InterviewCompleted"] if iid == ids[0] else []), iid
+
+
+async def test_the_transcript_stamp_follows_finals_and_revisions(service: InterviewService, store: MongoStore) -> None:
+    """The stamp the transcript cache is checked against (read without the segments' contents); with no final it
+    is the empty transcript's (no revision can be stored without its final), and every final or revision moves it."""
+    from domain.commands import transcript_stamp
+
+    iid = (await service.create_interview(new_interview()))["interviewId"]
+    empty = await store.transcript_stamp(iid)
+    assert empty == transcript_stamp(set(), [])
+    await service.start_interview(iid)
+    assert await service.record_segment(iid, segment(0))
+    one = await store.transcript_stamp(iid)
+    assert one == transcript_stamp({("cand1", 0)}, []) and one != empty
+    assert await service.record_revision(iid, revised(0, revision=2))
+    assert await store.transcript_stamp(iid) == transcript_stamp({("cand1", 0)}, [("cand1", 0, 2)]) != one
