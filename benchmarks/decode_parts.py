@@ -6,7 +6,8 @@ Each ground-truth turn of the dialogues (testing/dialogues.py; its speaker's cha
 the turn, then 0.5 s of silence as the stream pads a pause's snapshot) and jfk's first 3 s are decoded with
 faster-whisper as `LocalWhisper` decodes a final (beam 5, the conversation's previous 200 characters as the
 prompt with the repetition penalty, word timestamps, the encoder window of `_window_frames`), then with one part
-changed at a time. Times are the process's CPU time (one decoding thread), so other jobs on a shared machine
+changed at a time (the first row is what `LocalWhisper` does now, the second what it did before it stopped
+decoding the silence after a finished text). Times are the process's CPU time (one decoding thread), so other jobs on a shared machine
 slow the wall clock but barely these figures; WER is of all the turns' texts against the ground truth. The
 guards' second decodes (`LocalWhisper._transcribe`) are left out: they cost the same in every variant.
 """
@@ -66,8 +67,11 @@ def main() -> None:
     lw = LocalWhisper()
     model = lw._whisper
 
-    def decode(x: np.ndarray, prompt: str | None, beam: int, words: bool, frames: int | None) -> tuple[float, str]:
+    def decode(x: np.ndarray, prompt: str | None, beam: int, words: bool, frames: int | None,
+               skip_tail: bool = True) -> tuple[float, str]:
         lw._local.frames = frames  # the encoder window LocalWhisper's model subclass trims to
+        # as LocalWhisper._decode: the silence after the last word is not decoded as one more window
+        lw._local.audio, lw._local.encoded, lw._local.skip = (x if skip_tail else None), None, False
         audio_s = x.size / SAMPLE_RATE
         t0 = time.process_time()
         try:
@@ -77,7 +81,7 @@ def main() -> None:
                 max_new_tokens=min(220, int(audio_s * 8) + 16), repetition_penalty=1.1 if prompt else 1.0, **_GATES)
             text = " ".join(s.text.strip() for s in segs)  # the generator decodes: consume it inside the timing
         finally:
-            lw._local.frames = None
+            lw._local.frames = lw._local.audio = lw._local.encoded = None
         return (time.process_time() - t0) * 1000, text
 
     def window(x: np.ndarray) -> int | None:
@@ -88,6 +92,7 @@ def main() -> None:
 
     variants: dict[str, Callable[[np.ndarray, str | None], tuple[float, str]]] = {
         "final: beam 5, prompt, word timestamps, window >= 10 s": lambda x, p: decode(x, p, 5, True, window(x)),
+        "... and the silence after the text decoded (before)": lambda x, p: decode(x, p, 5, True, window(x), False),
         "no prompt": lambda x, p: decode(x, None, 5, True, window(x)),
         "no word timestamps": lambda x, p: decode(x, p, 5, False, window(x)),
         "beam 1": lambda x, p: decode(x, p, 1, True, window(x)),
