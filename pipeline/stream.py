@@ -402,8 +402,8 @@ class ParticipantStream:
         self.scheduler.shed(id(self))  # a queued plain partial of this stream is stale now
         seq = self._next_seq
         # a worker besides this decode's, and the audio model idle: the CPU has room for its inference now
-        beside = (self._turn_audio_first or self.turn_audio is not None and self.turn_audio.pending == 0
-                  and self.scheduler.idle_workers >= 2)  # fmt: skip
+        beside = self.turn_audio is not None and (
+            self._turn_audio_first or (self.turn_audio.pending == 0 and self.scheduler.idle_workers >= 2))
         task = asyncio.create_task(self._speculate(seq, start, audio, closes_at, refs, self._prompt()))
         task.add_done_callback(_consume_outcome)
         task.add_done_callback(lambda _t: self._show_speculation())
