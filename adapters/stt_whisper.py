@@ -218,7 +218,7 @@ class _NoSpeech:
 _NO_SPEECH = _NoSpeech()
 
 
-def _silent_rest(features: np.ndarray, audio: np.ndarray) -> bool:
+def silent_rest(features: np.ndarray, audio: np.ndarray) -> bool:
     """Whether a window faster-whisper is about to decode (its log-mel `features`, padded with zero columns to
     3000 frames) is the silence at the end of `audio` (float, 16 kHz): at most TAIL_S long and quiet after
     TAIL_EDGE_S."""
@@ -256,7 +256,7 @@ class LocalWhisper:
     `hint_guard`: decode again without the vocabulary what may owe words to it alone (see `transcribe`); False
     only to measure what the guard does (`benchmarks.vocabulary`).
     `skip_tail`: the silence after a decode's last word is not decoded as one more window (see `_WindowedWhisper`,
-    `_silent_rest`); False only to measure it (`benchmarks.decode_parts`).
+    `silent_rest`); False only to measure it (`benchmarks.decode_parts`).
     """
 
     engine = "faster-whisper"
@@ -321,7 +321,7 @@ class LocalWhisper:
             # here is the one place we can shorten the encoder input without re-implementing its decode loop.
             def encode(self, features: np.ndarray) -> Any:
                 audio, last = getattr(local, "audio", None), getattr(local, "encoded", None)
-                if audio is not None and last is not None and _silent_rest(features, audio):
+                if audio is not None and last is not None and silent_rest(features, audio):
                     local.skip = True  # see generate_with_fallback: this encoder output is not used
                     return last
                 frames = getattr(local, "frames", None)
@@ -336,7 +336,7 @@ class LocalWhisper:
             # "... badly?" then end-of-text) makes faster-whisper decode one more window from the last word's end
             # (transcribe.py, `if not single_timestamp_ending: ... seek = last_word_end`). In a final that window is
             # the silence the stream padded or the segmenter waited for: the no-speech gate drops it or the guards
-            # trim it as an invented tail ("Thank you."). `_decode` skips such a window (`_silent_rest`): it reads
+            # trim it as an invented tail ("Thank you."). `_decode` skips such a window (`silent_rest`): it reads
             # as certain silence and ends the loop. Measured (`benchmarks.decode_parts`): 40 of 49 dialogue turns
             # had it, ~a third of a final's CPU.
             def generate_with_fallback(self, encoder_output: Any, prompt: Any, tokenizer: Any, options: Any) -> Any:

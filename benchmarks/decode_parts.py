@@ -24,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from adapters.stt_whisper import _GATES, LocalWhisper
+from adapters.stt_whisper import LocalWhisper
 from benchmarks.report import environment, format_environment, percentile, print_table, progress_printer
 from pipeline.audio_file import read_audio
+from pipeline.guards import COMPRESSION_RATIO_THRESHOLD, LOGPROB_THRESHOLD, NO_SPEECH_THRESHOLD
 from pipeline.transcript import SAMPLE_RATE
 from testing.data import SHARED_DATA
 from testing.dialogues import dialogue_set
@@ -34,6 +35,8 @@ from testing.text import wer
 
 PAD = SAMPLE_RATE // 2  # the stream pads a pause's snapshot with silence up to where END_SILENCE_MS would close it
 PROMPT_CHARS = 200  # StreamConfig.prompt_max_chars
+GATES = {"vad_filter": False, "compression_ratio_threshold": COMPRESSION_RATIO_THRESHOLD,
+         "log_prob_threshold": LOGPROB_THRESHOLD, "no_speech_threshold": NO_SPEECH_THRESHOLD}  # as LocalWhisper's
 
 progress = progress_printer("decode_parts")
 
@@ -78,7 +81,7 @@ def main() -> None:
             segs, _info = model.transcribe(
                 x, language="en", beam_size=beam, temperature=[0.0, 0.2, 0.4], condition_on_previous_text=False,
                 initial_prompt=prompt, word_timestamps=words, without_timestamps=False,
-                max_new_tokens=min(220, int(audio_s * 8) + 16), repetition_penalty=1.1 if prompt else 1.0, **_GATES)
+                max_new_tokens=min(220, int(audio_s * 8) + 16), repetition_penalty=1.1 if prompt else 1.0, **GATES)
             text = " ".join(s.text.strip() for s in segs)  # the generator decodes: consume it inside the timing
         finally:
             lw._local.frames = lw._local.audio = lw._local.encoded = None
