@@ -221,6 +221,7 @@ async def _build(c: Components) -> None:
                                  end_silence_ms=s.end_silence_ms, revise=s.stt_revise,
                                  semantic_turns=s.semantic_turns, turn_complete_ms=s.turn_complete_ms,
                                  turn_incomplete_ms=s.turn_incomplete_ms, turn_audio_end=s.turn_audio_end,
+                                 speculate_after_ms=s.speculate_after_ms,
                                  crosstalk_guard=s.crosstalk_guard, bleed_suppression=s.bleed_suppression,
                                  await_revisions=False)  # leaving or shutting down does not wait for them
 

@@ -231,6 +231,9 @@ class Settings(BaseSettings):
                                    "else END_SILENCE_MS")
     turn_complete_ms: PositiveInt = setting(220, "silence that ends an utterance whose text is a complete sentence")
     turn_incomplete_ms: PositiveInt = setting(800, "silence that ends an utterance whose text ends mid-thought")
+    speculate_after_ms: PositiveInt = setting(80, "raw silence after which a pause's final-quality decode starts "
+                                              "(on spare speech-to-text capacity): it must be done, with the audio "
+                                              "model's answer, by TURN_COMPLETE_MS to close early")
     vocabulary: Flag = setting(True, "tell speech-to-text each interview's terms (its job's skills and description, "
                                "its questions, the candidate's CV skills): rare names like Kubernetes or gRPC are "
                                "spelt as given; a decode owed to the terms alone is dropped")

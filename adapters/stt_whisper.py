@@ -201,6 +201,39 @@ _GATES: dict[str, Any] = {
     "log_prob_threshold": LOGPROB_THRESHOLD,
     "no_speech_threshold": NO_SPEECH_THRESHOLD,
 }
+# a later window of a decode is skipped when it holds at most TAIL_S of audio and, after its first TAIL_EDGE_S
+# (the last word's fading end), no 20 ms above TAIL_SILENCE_DBFS: the silence after the speech, not a word
+TAIL_S = 1.0
+TAIL_EDGE_S = 0.2
+TAIL_SILENCE_DBFS = -50.0
+
+
+class _NoSpeech:
+    """What a skipped window's decode reads as: certain silence (faster-whisper then skips the window)."""
+
+    no_speech_prob = 1.0
+    sequences_ids: list[list[int]] = [[]]  # noqa: RUF012 (read only)
+
+
+_NO_SPEECH = _NoSpeech()
+
+
+def silent_rest(features: np.ndarray, audio: np.ndarray) -> bool:
+    """Whether a window faster-whisper is about to decode (its log-mel `features`, padded with zero columns to
+    3000 frames) is the silence at the end of `audio` (float, 16 kHz): at most TAIL_S long and quiet after
+    TAIL_EDGE_S."""
+    cols = np.flatnonzero(np.abs(features.reshape(-1, features.shape[-1])).max(axis=0) > 0)
+    rest = (int(cols[-1]) + 1) * SAMPLE_RATE // 100 if cols.size else 0  # 100 mel frames a second
+    if rest > TAIL_S * SAMPLE_RATE or rest > audio.size:
+        return False
+    tail = audio[audio.size - rest + int(TAIL_EDGE_S * SAMPLE_RATE):]
+    frame = SAMPLE_RATE // 50
+    if tail.size < frame:
+        return True
+    rms = np.sqrt(np.mean(np.square(tail[: tail.size // frame * frame].reshape(-1, frame), dtype=np.float64), axis=1))
+    return bool(rms.max() < 10 ** (TAIL_SILENCE_DBFS / 20))
+
+
 MAX_PREFIX_TOKENS = 200  # faster-whisper cuts a prefix to 223 tokens (from its end): stay clear of that
 # Whisper's prompt (the tokens after <|startofprev|>) holds at most 223 tokens (n_text_ctx // 2 - 1; faster-whisper
 # keeps the last 223 of a longer one, which would cut the vocabulary off its front): the vocabulary's hint and the
@@ -222,6 +255,8 @@ class LocalWhisper:
     CPU, the live decodes stay fast), loaded on the first revision; None: this model.
     `hint_guard`: decode again without the vocabulary what may owe words to it alone (see `transcribe`); False
     only to measure what the guard does (`benchmarks.vocabulary`).
+    `skip_tail`: the silence after a decode's last word is not decoded as one more window (see `_WindowedWhisper`,
+    `silent_rest`); False only to measure it (`benchmarks.decode_parts`).
     """
 
     engine = "faster-whisper"
@@ -241,6 +276,7 @@ class LocalWhisper:
         repetition_penalty: float = 1.1,
         revision_model: str | JoinedBase | None = None,
         hint_guard: bool = True,
+        skip_tail: bool = True,
     ) -> None:
         from faster_whisper import WhisperModel
         from threadpoolctl import threadpool_limits
@@ -262,6 +298,7 @@ class LocalWhisper:
         self.language = language
         self.repetition_penalty = repetition_penalty
         self.hint_guard = hint_guard
+        self.skip_tail = skip_tail
         if isinstance(revision_model, str):
             same = Path(revision_model).resolve() == Path(path).resolve()
             revision_model = None if same else check_model_dir(revision_model)
@@ -274,7 +311,7 @@ class LocalWhisper:
             "cpu_threads": cpu_threads, "num_workers": num_workers, "compute_type": compute_type,
             "beam_size": beam_size, "partial_beam_size": partial_beam_size, "window_s": window_s,
             "min_window_s": min_window_s, "language": language, "repetition_penalty": repetition_penalty,
-            "hint_guard": hint_guard,
+            "hint_guard": hint_guard, "skip_tail": skip_tail,
         }  # fmt: skip
         self._local = threading.local()
         local = self._local
@@ -283,10 +320,30 @@ class LocalWhisper:
             # faster-whisper pads every window to 3000 frames (pad_or_trim) right before encode(); trimming
             # here is the one place we can shorten the encoder input without re-implementing its decode loop.
             def encode(self, features: np.ndarray) -> Any:
+                audio, last = getattr(local, "audio", None), getattr(local, "encoded", None)
+                if audio is not None and last is not None and silent_rest(features, audio):
+                    local.skip = True  # see generate_with_fallback: this encoder output is not used
+                    return last
                 frames = getattr(local, "frames", None)
                 if frames is not None and features.shape[-1] > frames:
                     features = np.ascontiguousarray(features[..., :frames])
-                return super().encode(features)
+                out = super().encode(features)
+                if audio is not None:
+                    local.encoded = out
+                return out
+
+            # With word timestamps, a window whose text does not end in a lone timestamp token (most end
+            # "... badly?" then end-of-text) makes faster-whisper decode one more window from the last word's end
+            # (transcribe.py, `if not single_timestamp_ending: ... seek = last_word_end`). In a final that window is
+            # the silence the stream padded or the segmenter waited for: the no-speech gate drops it or the guards
+            # trim it as an invented tail ("Thank you."). `_decode` skips such a window (`silent_rest`): it reads
+            # as certain silence and ends the loop. Measured (`benchmarks.decode_parts`): 40 of 49 dialogue turns
+            # had it, ~a third of a final's CPU.
+            def generate_with_fallback(self, encoder_output: Any, prompt: Any, tokenizer: Any, options: Any) -> Any:
+                if getattr(local, "skip", False):
+                    local.skip = False
+                    return _NO_SPEECH, -math.inf, 0.0, 0.0
+                return super().generate_with_fallback(encoder_output, prompt, tokenizer, options)
 
         t0 = time.perf_counter()
         self._whisper = _WindowedWhisper(
@@ -494,6 +551,7 @@ class LocalWhisper:
                 full_window: bool = False) -> Transcript:
         audio_s = x.size / SAMPLE_RATE
         self._local.frames = None if full_window else self._frames(audio_s)
+        self._local.audio, self._local.encoded, self._local.skip = (x if self.skip_tail else None), None, False
         try:
             segments, info = self._whisper.transcribe(
                 x,
@@ -512,7 +570,7 @@ class LocalWhisper:
             )
             segs = list(segments)  # the generator does the decoding: consume it here, in the worker thread
         finally:
-            self._local.frames = None
+            self._local.frames = self._local.audio = self._local.encoded = None
         return apply_guards(self._merge(segs, info.language, audio_s))
 
     @staticmethod

@@ -15,7 +15,8 @@ utterance at the next speech, minus the pre-roll, as in the stream):
   audio since the utterance the rule itself last closed, padded as the stream pads it) sets the threshold:
   complete sentence -> `turn_complete_ms`, trailing conjunction/filler/comma -> `turn_incomplete_ms`, else fixed;
 * smart turn (pipeline.smart_turn, audio alone): P(turn ended) of the same utterance audio up to the moment the
-  stream asks (`MIN_PAUSE_MS` of silence), last 8 s: P >= audio_end -> complete, P < audio_hold -> incomplete;
+  stream asks (`--speculate-ms` of silence, the stream's `speculate_after_ms`), last 8 s: P >= audio_end ->
+  complete, P < audio_hold -> incomplete;
 * combined (pipeline.turns.combine): complete only when both say complete, incomplete when either says so.
 
 Table 1, per silence length s: over the pauses that lasted at least s, precision and recall of "turn ended
@@ -42,12 +43,14 @@ from benchmarks.report import environment, format_environment, percentile, print
 from pipeline.audio_file import read_audio
 from pipeline.dsp import Vad
 from pipeline.smart_turn import MODEL_PATH, SmartTurn
+from pipeline.stream import StreamConfig
 from pipeline.transcript import SAMPLE_RATE
 from pipeline.turns import TurnRule, Verdict, audio_verdict, combine, text_verdict
 from testing.dialogues import dialogue_set
 
 FRAME = SAMPLE_RATE // 50  # 20 ms, as the stream
-MIN_PAUSE_MS = 140  # the stream's speculative decode starts here: shorter pauses get no text decision
+MIN_PAUSE_MS = 140  # pauses listed: shorter ones cannot reach any rule's threshold (>= 220 ms)
+SPECULATE_MS = StreamConfig.speculate_after_ms  # the stream's speculative decode (and Smart Turn) hears this much pause
 PRE_ROLL = int(0.3 * SAMPLE_RATE)
 LABEL_TOLERANCE_S = 0.3
 SILENCES_MS = (140, 200, 220, 250, 300, 400, 500, 600, 800)
@@ -121,8 +124,10 @@ def labelled_pauses() -> tuple[list[Labelled], int]:
 class Evidence:
     """The text verdict and P(turn ended) of one utterance audio at one pause, computed once whichever rule asks."""
 
-    def __init__(self, stt: LocalWhisper, smart: SmartTurn, rule: TurnRule) -> None:
+    def __init__(self, stt: LocalWhisper, smart: SmartTurn, rule: TurnRule,
+                 speculate_ms: int = SPECULATE_MS) -> None:
         self.stt, self.smart, self.rule = stt, smart, rule
+        self.heard = speculate_ms * SAMPLE_RATE // 1000  # the pause's samples the decode and the model hear
         self._text: dict[tuple[str, str, int, int], tuple[str, Verdict]] = {}
         self._p: dict[tuple[str, str, int, int], float] = {}
         self.smart_ms: list[float] = []
@@ -131,7 +136,7 @@ class Evidence:
         key = (x.pause.dialogue, x.pause.speaker, start, x.a)
         if key not in self._text:
             fixed_pad = self.rule.fixed_ms * SAMPLE_RATE // 1000
-            clip = np.concatenate([x.pcm[start : x.a + MIN_PAUSE_MS * SAMPLE_RATE // 1000],
+            clip = np.concatenate([x.pcm[start : x.a + self.heard],
                                    np.zeros(fixed_pad, np.int16)])  # fmt: skip
             tr = self.stt.transcribe(clip)
             verdict: Verdict = "unsure"
@@ -142,11 +147,11 @@ class Evidence:
         return self._text[key]
 
     def p_end(self, x: Labelled, start: int) -> float:
-        """What the stream hands the model at the pause: the utterance so far and `MIN_PAUSE_MS` of its silence."""
+        """What the stream hands the model at the pause: the utterance so far and `speculate_ms` of its silence."""
         key = (x.pause.dialogue, x.pause.speaker, start, x.a)
         if key not in self._p:
             t0 = time.perf_counter()
-            self._p[key] = self.smart.probability(x.pcm[start : x.a + MIN_PAUSE_MS * SAMPLE_RATE // 1000])
+            self._p[key] = self.smart.probability(x.pcm[start : x.a + self.heard])
             self.smart_ms.append((time.perf_counter() - t0) * 1000)
         return self._p[key]
 
@@ -226,6 +231,8 @@ def main() -> None:
     ap.add_argument("--audio-end", type=float, default=defaults.audio_end)
     ap.add_argument("--audio-hold", type=float, default=defaults.audio_hold)
     ap.add_argument("--model", type=Path, default=MODEL_PATH, help="the Smart Turn ONNX file")
+    ap.add_argument("--speculate-ms", type=int, default=SPECULATE_MS,
+                    help="pause (ms) the decode and Smart Turn hear, as SPECULATE_AFTER_MS")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     rule = TurnRule(args.fixed_ms, args.complete_ms, args.incomplete_ms, audio_end=args.audio_end,
@@ -233,7 +240,7 @@ def main() -> None:
     env = environment(["onnxruntime"])
     print(format_environment(env))
     labelled, n_turns = labelled_pauses()
-    ev = Evidence(LocalWhisper(), SmartTurn(args.model), rule)
+    ev = Evidence(LocalWhisper(), SmartTurn(args.model), rule, args.speculate_ms)
     ms = args.complete_ms, args.fixed_ms, args.incomplete_ms
     fixed_long, fixed_short = f"fixed {args.fixed_ms} ms", f"fixed {args.complete_ms} ms"
     text = f"text ({ms[0]}/{ms[1]}/{ms[2]} ms)"
@@ -262,7 +269,8 @@ def main() -> None:
         pos, neg = np.array([p.heard[audio][2] for p in ends]), np.array([p.heard[audio][2] for p in mid])
         wins = (pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()
         return float(wins / max(1, pos.size * neg.size))
-    print(f"\n{len(pauses)} pauses >= {MIN_PAUSE_MS} ms ({n_turns} ground-truth turns): {len(ends)} turn ends, "
+    print(f"\nheard at {args.speculate_ms} ms of pause; {len(pauses)} pauses >= {MIN_PAUSE_MS} ms "
+          f"({n_turns} ground-truth turns): {len(ends)} turn ends, "
           f"{len(mid)} mid-turn (mid-turn pause ms p50/max {statistics.median(p.duration_ms for p in mid) if mid else '-'}/"
           f"{max((p.duration_ms for p in mid), default='-')})\n"
           f"text verdicts at turn ends {verdicts(ends, text)}, mid-turn {verdicts(mid, text)}\n"

@@ -208,6 +208,12 @@ class SttScheduler:
         return self._best_effort + self._revising + len(self._partials) < max(1, self.workers - 1)
 
     @property
+    def idle_workers(self) -> int:
+        """Workers with nothing running and nothing queued for them (finals and best-effort work; revisions in a
+        process of their own at nice 19 do not count): the CPU left beside the live decodes."""
+        return max(0, self.workers - self._running - len(self._finals) - len(self._partials))
+
+    @property
     def partial_ok(self) -> bool:
         """Whether a plain partial may start now: `spare`, no final running (on a CPU-bound machine a partial
         beside a final slows the final), and partials used less than `partial_share` of the workers' time

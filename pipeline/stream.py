@@ -110,9 +110,10 @@ class StreamConfig:
     speculative_final: bool = (
         True  # decode when the speaker pauses; reuse it as the final if speech does not resume
     )
-    # the pause that starts the speculative decode: raw VAD silence (no hangover), well below end_silence_ms so
-    # that the decode is done when the utterance closes
-    speculate_after_ms: int = 140
+    # the pause that starts the speculative decode: raw VAD silence (no hangover), well below turn_complete_ms so
+    # that the decode (and the audio model's answer) is in when a complete sentence may close. Earlier costs more
+    # wasted decodes (pauses that turn out to be a breath), but speculation only runs on spare capacity.
+    speculate_after_ms: int = 80
     # prompt the decoder with this stream's recent confident finals (the conversation so far, bounded): per-utterance
     # decoding without it is well behind whole-file decoding, which conditions on the previous text
     prompt_previous: bool = True
@@ -195,10 +196,12 @@ class ParticipantStream:
                                   audio_end=cfg.turn_audio_end, audio_hold=cfg.turn_audio_hold)
         # the audio end-of-turn model (pipeline.smart_turn), shared by the process's streams, on its own thread. Its
         # answer changes the silence only when the pause's words read complete, or (`turn_audio_hold` > 0) when it
-        # says incomplete. With the default hold 0 it is asked once the pause's speculative decode reads complete
-        # and speech has not resumed, so pauses that end before their decode (and the few whose words decide
-        # alone) cost no inference; an early close waits for the decode and then the inference (~15-40 ms) rather
-        # than for the longer of the two. With a hold it is asked beside the decode, for every pause.
+        # says incomplete. When the speech-to-text workers have a spare one besides the pause's decode and the model
+        # is idle (`_maybe_speculate`), it is asked beside the decode, so that both answers are in by
+        # `turn_complete_ms`: asked after the decode, the inference (50-150 ms on this shared CPU) came after it,
+        # and the early close almost never made it. Under load it is asked only once the decode reads complete and
+        # speech has not resumed (pauses that end first, and words that decide alone, cost no inference). With a
+        # hold it is always asked beside the decode, for every pause.
         self.turn_audio = turn_audio if cfg.semantic_turns else None
         self._turn_audio_first = self.turn_rule.audio_hold > 0
         self._turn_p: asyncio.Task[float] | None = None  # its answer for the pause of `self._spec`
@@ -243,7 +246,7 @@ class ParticipantStream:
             "revisions": 0, "revisions_unchanged": 0, "revisions_rejected": 0, "revisions_dropped": 0,
             "revisions_failed": 0, "revisions_unfollowed": 0, "crosstalk": 0, "crosstalk_corrected": 0,
             "turns_closed_early": 0, "turns_held": 0, "turns_continued": 0, "finals_retried": 0,
-            "turn_audio_queries": 0, "turn_audio_failed": 0, "bleed_suppressed": 0, "bleed_only": 0,
+            "turn_audio_queries": 0, "turn_audio_beside": 0, "turn_audio_failed": 0, "bleed_suppressed": 0, "bleed_only": 0,
         }  # fmt: skip
         self.conversation.join(self)
 
@@ -398,6 +401,9 @@ class ParticipantStream:
             self._spec[3].cancel()
         self.scheduler.shed(id(self))  # a queued plain partial of this stream is stale now
         seq = self._next_seq
+        # a worker besides this decode's, and the audio model idle: the CPU has room for its inference now
+        beside = self.turn_audio is not None and (
+            self._turn_audio_first or (self.turn_audio.pending == 0 and self.scheduler.idle_workers >= 2))
         task = asyncio.create_task(self._speculate(seq, start, audio, closes_at, refs, self._prompt()))
         task.add_done_callback(_consume_outcome)
         task.add_done_callback(lambda _t: self._show_speculation())
@@ -405,7 +411,8 @@ class ParticipantStream:
         self._spec = (seq, start, covered, task)
         self._cancel_turn_audio()
         self._spec_audio = got[1]  # the same snapshot, as it stands now: speech and the pause so far
-        if self._turn_audio_first:
+        if beside:
+            self.stats["turn_audio_beside"] += 1
             self._ask_turn_audio()
 
     def _ask_turn_audio(self) -> None:
@@ -447,18 +454,22 @@ class ParticipantStream:
             seq, start, covered, task = spec
             speech_end = fe.speech_end
             turn_p = self._turn_p
-            audio_pending = self.turn_audio is not None and turn_p is not None and not turn_p.done()
-            if speech_end is not None and speech_end <= start + covered and not audio_pending:  # the pause decoded
+            if speech_end is not None and speech_end <= start + covered:  # the pause decoded
                 if self._turn_silence is None or self._turn_silence[0] is not task:
                     tr = None if task.cancelled() or task.exception() is not None else task.result()
                     verdict: Verdict = "unsure"
                     if tr is not None and tr.text and not tr.hallucination:
                         verdict = text_verdict(tr.text, tr.words[-1].probability if tr.words else None,
                                                min_probability=self.turn_rule.min_probability)
-                    if self.turn_audio is not None and turn_p is None and verdict == "complete":
-                        self._ask_turn_audio()  # the words would close early: the audio must agree; meanwhile
-                        fe.end_silence_samples = ms * SAMPLE_RATE // 1000  # the fixed silence
+                    # the audio can change the verdict only for complete words (or, with a hold, unsure ones)
+                    heeded = verdict == "complete" or (verdict == "unsure" and self.turn_rule.audio_hold > 0)
+                    if self.turn_audio is not None and heeded and (turn_p is None or not turn_p.done()):
+                        if turn_p is None:
+                            self._ask_turn_audio()  # the words would close early: the audio must agree
+                        fe.end_silence_samples = ms * SAMPLE_RATE // 1000  # meanwhile, the fixed silence
                         return
+                    if not heeded and turn_p is not None and not turn_p.done():
+                        self._cancel_turn_audio()  # asked beside the decode, not needed: skipped if not started
                     if self.turn_audio is not None:  # no answer (failed, or never asked): the audio is unsure
                         verdict = combine(verdict, audio_verdict(self._turn_p_value(), end=self.turn_rule.audio_end,
                                                                  hold=self.turn_rule.audio_hold))

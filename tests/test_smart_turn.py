@@ -120,15 +120,17 @@ def test_combined_rule_closes_early_only_when_words_and_audio_agree() -> None:
 
 
 async def _stream(whisper: LocalWhisper, pcm: np.ndarray, smart: SmartTurn | None,
-                  stats: dict[str, int] | None = None, **config: float) -> list[SegmentEvent]:
+                  stats: dict[str, int] | None = None, workers: int = 1, **config: float) -> list[SegmentEvent]:
     """Stream `pcm` (16 kHz mono) in 20 ms pushes; after each, wait until speech-to-text and the audio model are
-    idle, so what each pause's decode and audio query say is in before the pause goes on. `stats`: filled with
-    the stream's counters."""
-    sched = SttScheduler(whisper, workers=1)
+    idle, so what each pause's decode and audio query say is in before the pause goes on (they take no stream
+    time). `stats`: filled with the stream's counters. The stream's clock is its own stream time, so a final's
+    `emitted_at_s - end_s` is the silence after its speech when it went out."""
+    sched = SttScheduler(whisper, workers=workers)
     events: list[StreamEvent] = []
     cfg = StreamConfig(emit_levels_every_s=0, partial_interval_s=0, revise=False, **config)  # type: ignore[arg-type]
     stream = ParticipantStream(Speaker("interviewer", "i", "I"), sched, events.append, in_rate=SAMPLE_RATE,
-                               channels=1, config=cfg, turn_audio=smart)  # fmt: skip
+                               channels=1, config=cfg, turn_audio=smart,
+                               clock=lambda: stream.stream_time_s)  # fmt: skip
     for i in range(0, pcm.size - 319, 320):
         stream.push(pcm[i : i + 320])
         idle = 0
@@ -175,3 +177,29 @@ async def test_a_sentence_break_the_words_would_close_is_held_by_the_audio(
     both = await _stream(whisper, pcm, smart)
     assert len(both) == 1 and both[0].continues is None, [f.text for f in both]
     assert both[0].text.rstrip().endswith("recently?")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [2, 1])
+async def test_a_complete_sentence_then_silence_closes_at_turn_complete_ms_with_the_audio_asked_beside_or_after(
+    whisper: LocalWhisper, smart: SmartTurn, jfk: np.ndarray, workers: int,
+) -> None:
+    """jfk ends "... what you can do for your country." (real speech; P(turn ended) ~0.7). When the pause's decode
+    and the audio model's answer are in before the pause reaches `turn_complete_ms` (the harness lets them take no
+    stream time), the final goes out 220 ms of stream time after the speech ends, and it is the pause's decode.
+    With a worker idle beside the decode the model is asked at the same time as the decode (so on a real clock
+    both are in by ~220 ms); with the only worker busy, after the decode reads complete."""
+    pcm = np.concatenate([jfk, np.zeros(SAMPLE_RATE, np.int16)])
+    stats: dict[str, int] = {}
+    finals = await _stream(whisper, pcm, smart, stats, workers=workers)
+    last = finals[-1]
+    assert last.text.rstrip().endswith("country."), last.text
+    assert last.timing is not None and last.timing["close"] == 220 and last.timing["speculative"] == 1
+    assert last.emitted_at_s is not None
+    # the segmenter closes on the 20 ms frame that completes the silence: 220-240 ms after the speech end
+    assert 0.22 <= last.emitted_at_s - last.end_s < 0.24 + 0.02, (last.emitted_at_s, last.end_s)
+    assert stats["turns_closed_early"] >= 1
+    if workers == 2:
+        assert stats["turn_audio_beside"] >= 1 and stats["turn_audio_queries"] == stats["turn_audio_beside"]
+    else:
+        assert stats["turn_audio_beside"] == 0

@@ -484,3 +484,32 @@ async def test_revisions_wait_while_live_work_keeps_the_workers_busy() -> None:
     clock.advance(SttScheduler.LOAD_WINDOW_S + 1)  # the load has decayed
     assert (await asyncio.wait_for(rev, 5)).text == "revised r"  # taken up without any new job to wake it
     await sched.aclose()
+
+
+def test_the_silence_after_the_last_word_is_not_decoded_as_one_more_window(whisper: LocalWhisper) -> None:
+    """With word timestamps faster-whisper decodes again from the last word's end when the text did not end in a
+    lone timestamp: in a final that window is only the silence after the speech (the stream's padding), where
+    tiny.en may invent a tail ("Thank you."). It is skipped (`silent_rest`), with the same words for the speech
+    (security_positive's "Tell me about an incident you handled." + 0.5 s of padding, as a pause decode hears
+    it); a window with speech in it, or longer than TAIL_S, is still decoded."""
+    from adapters.stt_whisper import silent_rest
+
+    pcm = read_audio(SHARED_DATA / "security_positive.stereo.wav", rate=16000).channel(0)
+    clip = np.concatenate([pcm[int(25.1 * 16000) : int(27.5 * 16000)], np.zeros(8000, np.int16)])
+    both = LocalWhisper(skip_tail=False).transcribe(clip)
+    skipped = whisper.transcribe(clip)
+    assert skipped.text == both.text and skipped.text.strip() == "Tell me about an incident you handled."
+    assert [w.word for w in skipped.words] == [w.word for w in both.words]
+
+    x = as_float_audio(clip)
+    features = whisper._whisper.feature_extractor(x)
+    last_word_end = skipped.words[-1].end_s
+
+    def window_from(start_s: float) -> np.ndarray:  # what faster-whisper hands encode(): padded to 3000 frames
+        seg = features[:, int(start_s * 100) : x.size // 160]
+        return np.pad(seg, ((0, 0), (0, 3000 - seg.shape[1])))
+
+    assert x.size / 16000 - last_word_end <= 1.0
+    assert silent_rest(window_from(last_word_end), x)  # the window faster-whisper decodes next: silence
+    assert not silent_rest(window_from(1.6), x)  # "... you handled." still in it
+    assert not silent_rest(window_from(0.5), x)  # longer than TAIL_S
