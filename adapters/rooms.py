@@ -606,7 +606,11 @@ class SegmentWriter:
     def start(self) -> None:
         if self._task is None and (self._record is not None or self._record_revision is not None):
             if self._journal is not None:
-                self.replayed = left = self._journal.pending()
+                # in (interview, speaker, seq, revision) order: a final whose stream write timed out reaches the
+                # file after later segments, and a revision stored before its final would be refused
+                left = sorted(self._journal.pending(), key=lambda e: (
+                    e[0], e[1].speaker.participant_id, e[1].seq, e[1].revision))
+                self.replayed = left
                 if left:
                     log.warning("writing %d segment(s) a previous process sent but had not stored", len(left))
                     with contextlib.suppress(FileNotFoundError):
@@ -640,8 +644,19 @@ class SegmentWriter:
             item.stream_seq = await self.shared.append(item.interview_id, item.segment)
             self._queued_stream.add(item.stream_seq)
         except (BusUnavailable, ValueError):  # not taken in time: the file keeps it (see SharedJournal.append)
-            if self._journal is not None:
-                item.file_entry = self._journal.append(item.interview_id, item.segment)
+            self._journal_file(item)
+        except Exception:  # never let the journal stop the writer (it awaits this task): the store still gets it
+            log.exception("shared segment journal: append failed; the file journal keeps the segment")
+            self._journal_file(item)
+
+    def _journal_file(self, item: _Write) -> None:
+        if self._journal is None:
+            return
+        try:
+            item.file_entry = self._journal.append(item.interview_id, item.segment)
+        except OSError:  # disk full, permissions: the segment is still queued for the store, only not journaled
+            log.exception("segment journal: cannot write %s seq %d of interview %s; it is kept in memory only",
+                          item.segment.speaker.participant_id, item.segment.seq, item.interview_id)
 
     def replay(self, interview_id: str, entries: list[tuple[int, SegmentEvent]]) -> list[asyncio.Future[None]]:
         """Queue shared journal entries another node (or this one before a restart) sent and did not store; each is

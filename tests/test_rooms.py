@@ -762,3 +762,29 @@ async def test_a_final_jetstream_refuses_goes_to_the_file_and_the_next_ones_skip
     node.registry.writer._task.cancel()
     node.file.close()
     await js.delete_stream("JOURNAL_FULL")
+
+
+async def test_a_restart_stores_the_file_journal_in_seq_order_revisions_after_their_finals(
+        service: InterviewService, tmp_path: Path) -> None:
+    """A final whose stream write timed out reaches the file after the segments that followed it: at restart the
+    journal is stored in (speaker, seq, revision) order, so the revision finds its final and seq order holds."""
+    from adapters.rooms import SegmentJournal
+
+    iid = await new_interview(service)
+    file = SegmentJournal(tmp_path / "segments.journal")
+    file.append(iid, _final(1, "second answer"))
+    file.append(iid, _final(0, "first answer, revised", revision=1))
+    file.append(iid, _final(0, "first answer"))
+    file.close()
+
+    def factory(*_: Any) -> Any:
+        raise AssertionError("no audio in this test")
+
+    registry = RoomRegistry(stream_factory=factory, metrics=Metrics(), record_segment=service.record_segment,
+                            record_revision=service.record_revision, last_seq=service.last_segment_seq,
+                            journal=SegmentJournal(file.path))
+    registry.start()
+    await registry.aclose()
+    assert await _stored(service, iid) == [(0, "first answer"), (1, "second answer")]
+    transcript = await service.get_transcript(iid)
+    assert [s["text"] for s in transcript["segments"]] == ["first answer, revised", "second answer"]
