@@ -427,9 +427,16 @@ def test_the_duplicate_count_sees_copies_and_not_replies() -> None:
 # ------------------------------------------------------------------------------------------- real dialogues
 
 
-# measured with bleed suppression on (2026-12, tiny.en): 0.0 / 0.015 (mobile_mixed) and 0.0 / 0.017
-# (security_positive) at -10 and -30 dB, the clean files' own figures; 0.05 is three words of margin per speaker
-BLEED_MAX_WER = 0.05
+# the issue's criterion: each speaker's WER with the other's voice bleeding in stays within 0.01 of the clean
+# file's, decoded in the same run by the same engine (tiny.en's own errors differ between CPUs and CTranslate2
+# builds: "What about data at rest?" came out "… data trashed?" on one machine, clean and bled alike). Measured
+# with bleed suppression on (2026-12): equal to the clean files' figures at -10 and -30 dB.
+BLEED_WER_MARGIN = 0.01
+CLEAN_MAX_WER = 0.15  # a gross regression of the engine itself (clean: 0.0-0.1 per speaker on these two)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return dict(json.loads(path.read_text()))
 
 
 @pytest.mark.slow
@@ -439,16 +446,22 @@ async def test_bleed_dialogues_have_no_duplicate_and_lose_no_turn(name: str, tmp
     own `run()` and engine: every sentence once, under the right name, with its words."""
     assert SHARED_DATA.is_dir(), f"test audio missing: {SHARED_DATA}"
     stt = make_stt(build_parser().parse_args(["transcribe", "-"]))
-    for wav in write_bleed(name, SHARED_DATA, (-10, -30), tmp_path):
+
+    async def scored(wav: Path, truth: dict[str, Any]) -> dict[str, Any]:
         args = build_parser().parse_args(["transcribe", str(wav), "--channels-as-speakers"])
         out = io.StringIO()
         assert await run(read_audio(wav), args, stt, out, wav.name) == 0
         events = [json.loads(line) for line in out.getvalue().splitlines()]
-        truth = json.loads((tmp_path / f"{wav.name.removesuffix('.stereo.wav')}.json").read_text())
-        score = score_crosstalk(events, truth)
+        return score_crosstalk(events, truth)
+
+    clean = await scored(SHARED_DATA / f"{name}.stereo.wav", _read_json(SHARED_DATA / f"{name}.json"))
+    assert max(clean["wer"].values()) <= CLEAN_MAX_WER, clean["wer"]
+    for wav in write_bleed(name, SHARED_DATA, (-10, -30), tmp_path):
+        score = await scored(wav, _read_json(tmp_path / f"{wav.name.removesuffix('.stereo.wav')}.json"))
         assert score["duplicates"] == [], wav.name
         assert score["lost_turns"] == [], wav.name
-        assert max(score["wer"].values()) <= BLEED_MAX_WER, (wav.name, score["wer"])
+        for speaker, wer in score["wer"].items():
+            assert wer <= clean["wer"][speaker] + BLEED_WER_MARGIN, (wav.name, speaker, score["wer"], clean["wer"])
 
 
 # measured (tiny.en, 25 and 13 words): candidate 0.08-0.16 and interviewer 0.0 with suppression, 0.04 / 0.0 without
