@@ -149,8 +149,9 @@ async def test_speech_after_the_speculative_decode_is_in_the_final_and_finals_ne
     assert len(finals) == 1 and finals[0].timing is not None
     assert wer(gt, finals[0].text) <= 0.2, finals[0].text  # tiny.en: "off line", "I'm", "proud on"
     # the same words as a fresh decode of the utterance: the reused decode heard the speech with the silence padded
-    # to `end_silence_ms`, the utterance closed after 400 ms, and tiny.en may then write "I am" for "I'm"
-    assert wer(whisper.transcribe(stream.conversation.turns[-1].audio).text, finals[0].text) == 0
+    # to `end_silence_ms`, the utterance closed after 400 ms, and tiny.en may then write "I am" for "I'm" or "a iOS"
+    # for "an iOS" (seen on one machine's CTranslate2 build): at most one word of 26 apart, none missing at the end
+    assert wer(whisper.transcribe(stream.conversation.turns[-1].audio).text, finals[0].text) <= 0.04
     assert "Swift" in finals[0].text and finals[0].text.rstrip(" .").endswith("feels")
     # with the default 220 ms the turn closes early in the pause: two finals, the second after the first
     early, _ = await _stream_speech(whisper, pcm, semantic_turns=True)
