@@ -354,6 +354,14 @@ class Room:
     def clear_held(self) -> None:
         self._held.clear()
 
+    async def release_held(self, timeout_s: float) -> None:
+        """Wait (at most `timeout_s`) for the shared journal writes that hold messages back, so they reach the
+        viewers still connected (shutdown: before anyone leaves the room)."""
+        pending = {j for _, _, _, j in self._held if j is not None and not j.done()}
+        if pending:
+            await asyncio.wait(pending, timeout=timeout_s)
+        self._release_held()
+
     def remember(self, text: str) -> None:
         """An entry of the backlog late viewers get, here and (with Redis) for a node that takes the room over."""
         self.history.append(text)
@@ -1178,6 +1186,9 @@ class RoomRegistry:
             p.session_id = None  # nobody can resume during shutdown
         # Drain every stream before anyone leaves, so viewers still receive the last finals.
         await asyncio.gather(*(p.close_stream() for p in participants))
+        # finals whose shared journal write is under way reach the viewers before they leave (a write that NATS
+        # does not acknowledge falls back to the file journal within its own timeout)
+        await asyncio.gather(*(room.release_held(persist_timeout_s) for room in list(self.rooms.values())))
         await asyncio.gather(*(self._remove(p, "shutdown") for p in participants))
         for task in list(self._tasks):
             task.cancel()

@@ -43,7 +43,7 @@ from scipy.optimize import linear_sum_assignment, minimize
 
 from adapters.embeddings_onnx import OnnxSentenceEmbedder, TokenStates
 from benchmarks.report import environment, format_environment, print_table, progress_printer
-from pipeline.guidance import _STOP, REFERENCE_EXAMPLES, GuideItem, load_guide_rewordings, load_question_set
+from pipeline.guidance import STOP_WORDS, REFERENCE_EXAMPLES, GuideItem, load_guide_rewordings, load_question_set
 
 progress = progress_printer("guide_methods")
 REWORDINGS = Path(__file__).resolve().parents[1] / "tests" / "data" / "guide_rewordings.jsonl"
@@ -100,7 +100,7 @@ class Corpus:
             if tok.startswith("##"):
                 out.append(prev)
                 continue
-            prev = not (tok in ("[CLS]", "[SEP]") or _PUNCT.match(tok) or tok in _STOP or len(tok) < 2)
+            prev = not (tok in ("[CLS]", "[SEP]") or _PUNCT.match(tok) or tok in STOP_WORDS or len(tok) < 2)
             out.append(prev)
         return np.array(out, bool)
 

@@ -244,7 +244,7 @@ def detector_scores(embedder: SentenceEmbedder, questions: Sequence[LabelledQues
 # ---- guide coverage ---------------------------------------------------------------------------------------
 
 _WORD = re.compile(r"[a-z][a-z'+#-]*")
-_STOP = frozenset("""a about above after again all am an and any are as at be been before being below between both but by
+STOP_WORDS = frozenset("""a about above after again all am an and any are as at be been before being below between both but by
 can could did do does doing down during each few for from further had has have having he her here hers him his how
 i if in into is it its itself just me more most my myself no nor not now of off on once only or other our ours out
 over own same she should so some such than that the their theirs them then there these they this those through to
@@ -258,7 +258,7 @@ def key_terms(text: str) -> frozenset[str]:
     out = set()
     for w in _WORD.findall(text.lower()):
         w = w.strip("'-")
-        if len(w) < 3 or w in _STOP:
+        if len(w) < 3 or w in STOP_WORDS:
             continue
         out.add(w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w)
     return frozenset(out)
