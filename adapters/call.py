@@ -26,8 +26,10 @@ offer carries `RELAY_SLOTS` receive-only audio transceivers; the server answers 
 `RelayTrack` each, idle until assigned. Relaying A <-> B taps the Opus payloads the server receives from A's
 microphone (adapters.rtp_audio, before decoding) and hands them, unchanged, to B's slot as `av.Packet`s, which
 aiortc's `RTCRtpSender` packs without re-encoding; the same the other way. Video is not relayed. A relayed pair
-keeps retrying the direct path (mesh.js); once it connects, either page's `unrelay` ends the relay both ways and
-the slots go idle (the other page's `unrelay` then finds nothing to end).
+keeps retrying the direct path (mesh.js). The two directions end independently, each when its receiver says so: B's
+`unrelay` to A means B now receives A directly, so only A -> B stops and B's slot goes idle; B -> A goes on until
+A's own `unrelay` (A's direct attempt may fail or connect later, and its audio must not gap meanwhile). A page that
+asks for `relay` again gets back whatever direction had ended. A participant leaving ends every relay from or to it.
 """
 
 from __future__ import annotations
@@ -368,7 +370,7 @@ class CallHub:
             self._relay(member, target)
             return
         if kind == "unrelay":
-            self._end_relay(member, target)
+            self._end_relay(target, member)
             return
         out: dict[str, Any] = {"type": kind, "from": member.participant_id, "to": to}
         if kind in ("offer", "answer"):
@@ -423,20 +425,20 @@ class CallHub:
                          dst.participant_id, a.interview_id)
             self._send(dst, {"type": "relay", "peer": src.participant_id, "mid": slot.mid})
 
-    def _end_relay(self, a: CallMember, b: CallMember) -> None:
-        """The pair found a direct path: stop forwarding a's audio to b and b's to a."""
-        for src, dst in ((a, b), (b, a)):
-            key = (a.interview_id, src.participant_id, dst.participant_id)
-            if key not in self._relays:
-                continue
-            src.taps.pop(dst.participant_id, None)
-            for slot in dst.slots:
-                if slot.source == src.participant_id:
-                    slot.assign(None)
-            self._relays.discard(key)
-            log.info("call: %s and %s connected directly; no longer relaying %s's audio in interview %s",
-                     a.participant_id, b.participant_id, src.participant_id, a.interview_id)
+    def _end_relay(self, src: CallMember, dst: CallMember) -> None:
+        """`dst` receives `src` directly now: stop forwarding src's audio to dst. The other way goes on until src's
+        own `unrelay`."""
+        key = (src.interview_id, src.participant_id, dst.participant_id)
+        if key not in self._relays:
+            return
+        src.taps.pop(dst.participant_id, None)
+        for slot in dst.slots:
+            if slot.source == src.participant_id:
+                slot.assign(None)
+        self._relays.discard(key)
         self.metrics.call_relayed.set(len(self._relays))
+        log.info("call: %s receives %s directly; no longer relaying %s's audio to it in interview %s",
+                 dst.participant_id, src.participant_id, src.participant_id, src.interview_id)
 
     def _unrelay(self, member: CallMember) -> None:
         """Ends every relay from or to `member` (its channel closed or was replaced)."""

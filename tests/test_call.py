@@ -320,16 +320,30 @@ async def test_relay_forwards_the_opus_packets_unchanged(live: LiveServer, share
         _assert_in_order(heard["ivo"], sent_by_cand)
         _assert_in_order(heard["cand"], sent_by_ivo)
 
-        # The pair connected directly: one side's `unrelay` ends the relay both ways, the other's finds nothing.
+        # The interviewer receives the candidate directly now: its `unrelay` ends that direction only. The
+        # candidate's own direct path may not be up yet, so the interviewer's audio still reaches it.
         ivo.send_call({"type": "unrelay", "to": cand_id})
-        await _until(lambda: _metric_is(live, "call_relayed_streams", 0))
-        members = live.components.call.rooms[room].values()  # type: ignore[union-attr]
-        assert all(not m.taps and all(slot.source is None for slot in m.slots) for m in members)
+        await _until(lambda: _metric_below(live, "call_relayed_streams", 2))
+        assert await live.metric("call_relayed_streams") == 1
+        hub = live.components.call
+        assert hub is not None
+        cand_member, ivo_member = hub.rooms[room][cand_id], hub.rooms[room][ivo_id]
+        assert not cand_member.taps and all(slot.source is None for slot in ivo_member.slots)
+        assert set(ivo_member.taps) == {cand_id}
+        assert [slot.source for slot in cand_member.slots].count(ivo_id) == 1
+        await _stopped_one_way(heard, to="ivo", going_on="cand")
+
+        # The candidate receives the interviewer directly too: nothing is relayed, every slot is idle.
         cand.send_call({"type": "unrelay", "to": ivo_id})
-        heard_then = {k: len(v) for k, v in heard.items()}
-        await asyncio.sleep(1.0)  # an absence: 50 packets a side would arrive in this second if still relayed
-        assert all(len(heard[k]) - heard_then[k] <= 3 for k in heard), "still relayed after unrelay"  # in flight
-        assert await live.metric("call_relayed_streams") == 0
+        await _until(lambda: _metric_is(live, "call_relayed_streams", 0))
+        assert all(not m.taps and all(slot.source is None for slot in m.slots) for m in (cand_member, ivo_member))
+        await _silent_while_sending(heard, [cand_track, ivo_track])
+        # Another `unrelay` finds nothing to end; a page whose direct path broke asks again and is relayed both ways.
+        cand.send_call({"type": "unrelay", "to": ivo_id})
+        cand.send_call({"type": "relay", "to": ivo_id})
+        await cand.next_call_message("relay")
+        await ivo.next_call_message("relay")
+        assert await live.metric("call_relayed_streams") == 2
     # Both left: nothing is relayed any more.
     await _until(lambda: _metric_is(live, "call_relayed_streams", 0))
 
@@ -340,6 +354,36 @@ async def _heard(heard: dict[str, list[bytes]], n: int) -> bool:
 
 async def _metric_is(live: LiveServer, name: str, value: float) -> bool:
     return await live.metric(name) == value
+
+
+async def _metric_below(live: LiveServer, name: str, value: float) -> bool:
+    return await live.metric(name) < value
+
+
+IN_FLIGHT = 3  # packets already queued or on the wire when forwarding stops
+
+
+async def _stopped_one_way(heard: dict[str, list[bytes]], *, to: str, going_on: str) -> None:
+    """Nothing more reaches `to` while `going_on` receives another 50 packets (a second of relayed audio)."""
+    then = {k: len(v) for k, v in heard.items()}
+    await _until(lambda: _more(heard[going_on], then[going_on] + 50))
+    assert len(heard[to]) - then[to] <= IN_FLIGHT, f"still relayed to {to} after its unrelay"
+
+
+async def _silent_while_sending(heard: dict[str, list[bytes]], tracks: list[WavChannelTrack]) -> None:
+    """Nothing more is heard on either side while both send another 50 packets (a second of audio)."""
+    then = {k: len(v) for k, v in heard.items()}
+    sent = [t.frames_sent for t in tracks]
+
+    async def sent_enough() -> bool:
+        return all(t.frames_sent >= n + 50 for t, n in zip(tracks, sent, strict=True))
+
+    await _until(sent_enough)
+    assert all(len(heard[k]) - then[k] <= IN_FLIGHT for k in heard), "still relayed after both unrelays"
+
+
+async def _more(received: list[bytes], n: int) -> bool:
+    return len(received) >= n
 
 
 def _assert_in_order(received: list[bytes], sent: list[bytes]) -> None:

@@ -10,7 +10,8 @@
 // A relayed pair keeps trying the direct path: the offerer makes a fresh peer connection after RETRY_FIRST_MS,
 // then after twice as long each time, up to RETRY_MAX_MS (a network that had no path, e.g. a phone moving from a
 // strict Wi-Fi to mobile data, often has one a minute later). The relayed audio plays on until the new connection
-// is connected; then the page switches to it and sends `unrelay`, and the server stops forwarding for that pair.
+// is connected; then the page switches to it and sends `unrelay`, and the server stops forwarding the peer's audio
+// to this page only: the peer's own `unrelay` ends the other direction, so it hears the relay until it switches too.
 
 const P2P_TIMEOUT_MS = 10_000; // ICE on the internet connects in 1-3 s (TURN included); beyond this, relay
 const RETRY_FIRST_MS = 15_000; // the first retry of a relayed pair; each next one waits twice as long
@@ -249,7 +250,7 @@ export class Mesh {
   _connected(peer) {
     clearTimeout(peer.timer);
     if (peer.path === "relay") {
-      // The direct path is up: switch to it, and the server stops forwarding this pair's audio.
+      // The direct path is up: switch to it, and the server stops forwarding the peer's audio to this page.
       clearTimeout(peer.retryTimer);
       peer.retryMs = 0;
       peer.relayReceiver = null;
