@@ -431,7 +431,8 @@ def build_guidance(s: Settings, service: InterviewService, accounts: AccountsSto
         doc = await service.get_interview(interview_id, with_segments=False)
         org = await accounts.organisation(doc.get("orgId") or DEFAULT_ORG) if accounts is not None else None
         policy = OrgPolicy.from_dict(org or {}, s.jurisdiction)
-        guide = [GuideItem(q["questionId"], q["text"], q.get("category", "")) for q in doc.get("questions", [])]
+        guide = [GuideItem(q["questionId"], q["text"], q.get("category", ""), q.get("budgetS"))
+                 for q in doc.get("questions", [])]
         return await asyncio.to_thread(Guidance, embedder, detectors.get(policy.jurisdiction, detectors["eu"]), guide)
 
     return for_interview

@@ -31,6 +31,7 @@ from domain.model import (
     INTERVIEW_FORMATS,
     INTERVIEW_TYPES,
     PHONE_RE,
+    QUESTION_BUDGET_S,
     RECOMMENDATIONS,
     STATUSES,
 )
@@ -82,6 +83,9 @@ class NewQuestion(_Closed):
     text: Annotated[str, _text(2000)]
     category: Annotated[str, _maybe_text(100)] | None = ""
     expectedKeywords: Annotated[list[ListText], Field(max_length=50)] | None = None
+    budgetS: Annotated[float, Field(ge=QUESTION_BUDGET_S[0], le=QUESTION_BUDGET_S[1])] | None = Field(
+        None, description="seconds planned for this question and its answers; live guidance shows the time used "
+        "against it, per question and per category")
 
 
 class JobIn(_Closed):
@@ -395,6 +399,7 @@ class Question(_Closed):
     order: int
     expectedKeywords: list[str]
     askedAt: datetime | None
+    budgetS: float | None = Field(None, description="present when the question has a time budget")
 
 
 class Job(_Closed):

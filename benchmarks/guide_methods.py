@@ -43,7 +43,13 @@ from scipy.optimize import linear_sum_assignment, minimize
 
 from adapters.embeddings_onnx import OnnxSentenceEmbedder, TokenStates
 from benchmarks.report import environment, format_environment, print_table, progress_printer
-from pipeline.guidance import STOP_WORDS, REFERENCE_EXAMPLES, GuideItem, load_guide_rewordings, load_question_set
+from pipeline.guidance import (
+    REFERENCE_EXAMPLES,
+    STOP_WORDS,
+    GuideItem,
+    load_guide_rewordings,
+    load_question_set,
+)
 
 progress = progress_printer("guide_methods")
 REWORDINGS = Path(__file__).resolve().parents[1] / "tests" / "data" / "guide_rewordings.jsonl"

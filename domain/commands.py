@@ -40,6 +40,7 @@ from domain.model import (
     INTERVIEW_FORMATS,
     INTERVIEW_TYPES,
     PHONE_RE,
+    QUESTION_BUDGET_S,
     RECOMMENDATIONS,
     STATUSES,
     Analysis,
@@ -123,16 +124,19 @@ class AddQuestion:
     category: str = ""
     expected_keywords: list[str] = field(default_factory=list)
     question_id: str | None = None
+    budget_s: float | None = None
 
     @classmethod
     def parse(cls, data: object, prefix: str = "") -> AddQuestion:
-        f = Fields(data, prefix=prefix, allowed=("questionId", "text", "category", "expectedKeywords"))
+        f = Fields(data, prefix=prefix, allowed=("questionId", "text", "category", "expectedKeywords", "budgetS"))
         question_id = f.ident("questionId", required=False)
         text = f.text("text", max_len=2000)
         category = f.text("category", required=False, max_len=100, default="")
         keywords = f.str_list("expectedKeywords", max_items=50, max_len=100)
+        budget_s = f.number("budgetS", *QUESTION_BUDGET_S, required=False)
         f.done()
-        return cls(text=text, category=category, expected_keywords=keywords, question_id=question_id)
+        return cls(text=text, category=category, expected_keywords=keywords, question_id=question_id,
+                   budget_s=budget_s)
 
 
 @dataclass(slots=True)
@@ -634,7 +638,7 @@ class InterviewService:
         now = self.clock()
         interview_id = cmd.interview_id or self.new_id()
         questions = [Question(question_id=q.question_id or self.new_id(), text=q.text, category=q.category,
-                              order=i + 1, expected_keywords=list(q.expected_keywords))
+                              order=i + 1, expected_keywords=list(q.expected_keywords), budget_s=q.budget_s)
                      for i, q in enumerate(cmd.questions)]
         if len({q.question_id for q in questions}) != len(questions):
             raise ValidationError({"questions": "question ids must be unique"})
@@ -669,7 +673,8 @@ class InterviewService:
 
         def apply(i: Interview, now: datetime) -> Question:
             return i.add_question(Question(question_id=qid, text=cmd.text, category=cmd.category,
-                                           expected_keywords=list(cmd.expected_keywords)), now)
+                                           expected_keywords=list(cmd.expected_keywords), budget_s=cmd.budget_s),
+                                  now)
 
         _, question = await self._change(interview_id, apply, expected_version)
         return question.to_document()

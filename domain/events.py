@@ -379,22 +379,31 @@ class AskedRef:
 
 @dataclass(slots=True)
 class GuideItemStatus:
+    """A guide question: covered by which final, its time budget (seconds, None: none) and the time spent on it
+    (its question/answer exchanges, from the question to the next question that is not a follow-up)."""
+
     question_id: str
     text: str
     category: str
     covered_by: AskedRef | None = None
     score: float = 0.0
+    budget_s: float | None = None
+    spent_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"questionId": self.question_id, "text": self.text, "category": self.category,
                 "covered": self.covered_by is not None,
-                "coveredBy": self.covered_by.to_dict() if self.covered_by else None, "score": round(self.score, 3)}  # fmt: skip
+                "coveredBy": self.covered_by.to_dict() if self.covered_by else None, "score": round(self.score, 3),
+                "budgetS": self.budget_s, "spentS": round(self.spent_s, 2),
+                "over": self.budget_s is not None and self.spent_s > self.budget_s}  # fmt: skip
 
 
 @dataclass(slots=True)
 class GuideCoverageEvent:
     """The interview guide's questions, which are covered (by which final), which are left, and questions asked
-    that are not in the guide; `sections`: per category, questions covered and answer time used (seconds)."""
+    that are not in the guide; `sections`: per category, questions covered, answer time used (`seconds`), time spent
+    on its questions (`spentS`) against its budget (`budgetS`, the sum of its questions' budgets, None when none has
+    one; `remainingS`, `over`)."""
 
     items: list[GuideItemStatus]
     extra: list[AskedRef]

@@ -100,6 +100,9 @@ INTERVIEW_TYPES = ("screening", "technical", "behavioral", "cultural", "case", "
 INTERVIEW_FORMATS = ("video", "audio", "phone", "in_person")
 RECOMMENDATIONS = ("strong_hire", "hire", "undecided", "no_hire", "strong_no_hire")
 COMPETENCY_MAX = 5.0
+# A guide question's time budget, seconds: at least one, and no longer than a long interview day (a larger value
+# is a typo in minutes or milliseconds, better refused than silently never reached)
+QUESTION_BUDGET_S = (1.0, 8 * 3600.0)
 
 
 def utc_now() -> datetime:
@@ -291,16 +294,22 @@ class Question:
     order: int = 0
     expected_keywords: list[str] = field(default_factory=list)
     asked_at: datetime | None = None
+    budget_s: float | None = None  # the time the guide plans for its question and answers (live guidance)
 
     def to_document(self) -> dict[str, Any]:
-        return {"questionId": self.question_id, "text": self.text, "category": self.category, "order": self.order,
-                "expectedKeywords": list(self.expected_keywords), "askedAt": self.asked_at}
+        doc: dict[str, Any] = {"questionId": self.question_id, "text": self.text, "category": self.category,
+                               "order": self.order, "expectedKeywords": list(self.expected_keywords),
+                               "askedAt": self.asked_at}
+        if self.budget_s is not None:  # only when planned: questions stored before budgets keep their shape
+            doc["budgetS"] = self.budget_s
+        return doc
 
     @classmethod
     def from_document(cls, d: Mapping[str, Any]) -> Question:
+        budget = d.get("budgetS")
         return cls(question_id=d["questionId"], text=d["text"], category=d.get("category", ""),
                    order=int(d.get("order", 0)), expected_keywords=list(d.get("expectedKeywords", [])),
-                   asked_at=d.get("askedAt"))
+                   asked_at=d.get("askedAt"), budget_s=float(budget) if budget is not None else None)
 
 
 @dataclass(slots=True)

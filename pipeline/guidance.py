@@ -9,6 +9,7 @@ off the event loop.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -269,6 +270,13 @@ class GuideItem:
     question_id: str
     text: str
     category: str = ""
+    budget_s: float | None = None  # seconds planned for the question and its answers
+
+    def __post_init__(self) -> None:
+        b = self.budget_s
+        if b is not None and (isinstance(b, bool) or not isinstance(b, int | float) or not math.isfinite(b) or b <= 0):
+            raise ValueError(f"guide question {self.question_id!r}: budget_s must be a positive number of seconds; "
+                             f"got {b!r}")
 
 
 class GuideMatcher:
@@ -421,8 +429,14 @@ class _Pair:
     question: AskedRef
     vector: np.ndarray
     guide_index: int | None
+    start_s: float  # the question final's start
+    end_s: float | None = None  # the next question's start that is not a follow-up; None while this one is open
     answer: list[GuidanceFinal] = field(default_factory=list)
     follow_ups: list[_Pair] = field(default_factory=list)
+
+    def spent_s(self, now: float) -> float:
+        """Time spent on this question and its follow-ups: until the next question, or `now` while open."""
+        return max(0.0, (self.end_s if self.end_s is not None else now) - self.start_s)
 
     def event(self, items: Sequence[GuideItem]) -> QaPairEvent:
         return QaPairEvent(question=self.question,
@@ -445,7 +459,9 @@ class Guidance:
         self._embedder = embedder
         self._detector = detector
         self._matcher = GuideMatcher(embedder, guide, detector.reference_vectors)
-        self._coverage = [GuideItemStatus(i.question_id, i.text, i.category) for i in guide]
+        self._coverage = [GuideItemStatus(i.question_id, i.text, i.category, budget_s=i.budget_s) for i in guide]
+        self._budgeted = any(i.budget_s is not None for i in guide)
+        self._now = 0.0  # the latest end of a final seen: how far the open question's time has run
         self._extra: list[AskedRef] = []
         self._pairs: list[_Pair] = []
         self._speaking: dict[str, float] = {}
@@ -459,6 +475,7 @@ class Guidance:
         if not f.text.strip():
             return events
         self._count_talk(f)
+        self._now = max(self._now, f.end_s)
         if f.role == "interviewer":
             events += self._on_interviewer(f)
         elif f.role == "candidate" and self._pairs:
@@ -466,6 +483,10 @@ class Guidance:
             (top.follow_ups[-1] if top.follow_ups else top).answer.append(f)
             self._update_longest(top)
             events.append(top.event(self._matcher.items))
+        # with budgets, the time used on an open guide question is news on every final, not only on the next question
+        if (self._budgeted and self._pairs and self._pairs[-1].guide_index is not None
+                and not any(isinstance(e, GuideCoverageEvent) for e in events)):
+            events.append(self.coverage())
         events.append(self.balance())
         return events
 
@@ -485,7 +506,7 @@ class Guidance:
         best = max(range(len(questions)), key=lambda i: matches[i][1])
         index, score = matches[best]
         ref = AskedRef(f.participant_id, f.seq, questions[best])
-        pair = _Pair(ref, vectors[best], index)
+        pair = _Pair(ref, vectors[best], index, f.start_s)
         top = self._pairs[-1] if self._pairs else None
         if index is None and top is not None and top.answer and (
             _FOLLOW_UP.match(questions[best]) or float(top.vector @ vectors[best]) >= FOLLOW_UP_SIMILARITY
@@ -493,6 +514,8 @@ class Guidance:
             top.follow_ups.append(pair)
             events.append(top.event(self._matcher.items))
         else:
+            if top is not None:
+                top.end_s = max(top.start_s, f.start_s)
             self._pairs.append(pair)
             if index is None:
                 self._extra.append(ref)
@@ -504,18 +527,33 @@ class Guidance:
         return events
 
     def coverage(self) -> GuideCoverageEvent:
+        spent = [0.0] * len(self._coverage)
+        for p in self._pairs:
+            if p.guide_index is not None:  # a guide question asked twice spends time twice
+                spent[p.guide_index] += p.spent_s(self._now)
+        items = [replace(item, spent_s=spent[k]) for k, item in enumerate(self._coverage)]
         sections: dict[str, dict[str, Any]] = {}
-        for item in self._coverage:
+        budgets: dict[str, float] = {}  # category -> the sum of its questions' budgets, when one has one
+        for item in items:
             s = sections.setdefault(item.category, {"category": item.category, "questions": 0, "covered": 0,
-                                                    "seconds": 0.0})  # fmt: skip
+                                                    "seconds": 0.0, "spentS": 0.0})  # fmt: skip
             s["questions"] += 1
             s["covered"] += item.covered_by is not None
+            s["spentS"] += item.spent_s
+            if item.budget_s is not None:
+                budgets[item.category] = budgets.get(item.category, 0.0) + item.budget_s
         for p in self._pairs:
             if p.guide_index is not None:
                 s = sections[self._coverage[p.guide_index].category]
                 spans = [*p.answer, *(a for fu in p.follow_ups for a in fu.answer)]
                 s["seconds"] = round(s["seconds"] + sum(a.end_s - a.start_s for a in spans), 2)
-        return GuideCoverageEvent([replace(i) for i in self._coverage], list(self._extra), list(sections.values()))
+        for category, s in sections.items():
+            budget = budgets.get(category)
+            s["spentS"] = round(s["spentS"], 2)
+            s["budgetS"] = budget
+            s["remainingS"] = round(max(0.0, budget - s["spentS"]), 2) if budget is not None else None
+            s["over"] = budget is not None and s["spentS"] > budget
+        return GuideCoverageEvent(items, list(self._extra), list(sections.values()))
 
     def _count_talk(self, f: GuidanceFinal) -> None:
         self._roles[f.participant_id] = f.role

@@ -124,6 +124,31 @@ async def test_bad_bodies(client: httpx.AsyncClient, caplog: pytest.LogCaptureFi
     assert (await client.get("/api/interviews")).json()["items"] == []
 
 
+async def test_guide_questions_carry_time_budgets(client: httpx.AsyncClient) -> None:
+    """A question's `budgetS` (seconds, live guidance's time budget) is stored and returned; a question without one
+    has no such field; a budget that is not a positive number of seconds is a 422 naming the question."""
+    doc = await create(client, questions=[{"text": "Walk me through a design.", "category": "design", "budgetS": 300},
+                                          {"text": "How do you test it?", "category": "design", "budgetS": 90.5},
+                                          {"text": "Why us?"}])  # fmt: skip
+    assert [q.get("budgetS", "absent") for q in doc["questions"]] == [300.0, 90.5, "absent"]
+    got = (await client.get(f"/api/interviews/{doc['interviewId']}")).json()
+    assert [q.get("budgetS", "absent") for q in got["questions"]] == [300.0, 90.5, "absent"]
+    added = await client.post(f"/api/interviews/{doc['interviewId']}/questions", json={"text": "Questions?",
+                                                                                       "budgetS": 120})
+    assert added.status_code == 201 and added.json()["budgetS"] == 120.0
+
+    fields = error_fields(await client.post("/api/interviews", json={**NEW, "questions": [
+        {"text": "a", "budgetS": -60}, {"text": "b", "budgetS": "60"}, {"text": "c", "budgetS": 0},
+        {"text": "d", "budgetS": True}, {"text": "e", "budgetS": 10**9}, {"text": "f", "budgetS": None}]}))
+    assert fields == {"questions[0].budgetS": "must be between 1 and 28800",
+                      "questions[1].budgetS": "expected a number", "questions[2].budgetS": "must be between 1 and 28800",
+                      "questions[3].budgetS": "expected a number",
+                      "questions[4].budgetS": "must be between 1 and 28800"}  # fmt: skip
+    bad = await client.post(f"/api/interviews/{doc['interviewId']}/questions", json={"text": "x", "budgetS": -1})
+    assert error_fields(bad) == {"budgetS": "must be between 1 and 28800"}
+    assert len((await client.get(f"/api/interviews/{doc['interviewId']}")).json()["questions"]) == 4
+
+
 async def test_body_size_limit(client: httpx.AsyncClient) -> None:
     big = {**NEW, "questions": [{"text": "x" * 1000}] * 100}  # ~100 kB > the 64 KiB limit of this app
     r = await client.post("/api/interviews", json=big)

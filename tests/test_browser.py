@@ -534,10 +534,14 @@ async def test_guidance_panel(chromium: str, shared_data: Path, tmp_path: Path) 
         send(SegmentEvent(casey, 0, 3.5, 8.0, "I built a ledger on Kafka with three services.", final=True))
         send(SegmentEvent(ivo, 1, 8.2, 9.8, "And how old are you?", final=True))
         send(GuideCoverageEvent(
-            [GuideItemStatus("q1", "Tell me about a distributed system you designed.", "system design", asked, 0.8),
+            [GuideItemStatus("q1", "Tell me about a distributed system you designed.", "system design", asked, 0.8,
+                             budget_s=120, spent_s=150),
              GuideItemStatus("q2", "How do you review a teammate's code?", "collaboration")],
             [AskedRef("p-ivo", 1, "And how old are you?")],
-            [{"category": "system design", "questions": 1, "covered": 1, "seconds": 4.5}]))
+            [{"category": "system design", "questions": 1, "covered": 1, "seconds": 4.5, "spentS": 150.0,
+              "budgetS": 120.0, "remainingS": 0.0, "over": True},
+             {"category": "collaboration", "questions": 1, "covered": 0, "seconds": 0.0, "spentS": 0.0,
+              "budgetS": None, "remainingS": None, "over": False}]))
         send(ProtectedTopicAlert("p-ivo", 1, "And how old are you?", "age", 1.0,
                                  "Ask about relevant experience instead; if the role has a legal minimum age: "
                                  "\"Are you at least 18?\""))
@@ -555,6 +559,12 @@ async def test_guidance_panel(chromium: str, shared_data: Path, tmp_path: Path) 
         await expect(checklist).to_have_count(2)
         await expect(checklist.nth(0)).to_have_attribute("data-covered", "true")
         await expect(checklist.nth(1)).to_have_attribute("data-covered", "false")
+        # time used against the budget, the overrun said in words (not only by colour); no budget: the time used
+        await expect(checklist.nth(0)).to_contain_text("(2:30 / 2:00 — over by 0:30)")
+        await expect(checklist.nth(1)).not_to_contain_text("/")
+        sections = page.locator("#guide-sections li")
+        await expect(sections).to_have_text(["system design: 2:30 / 2:00 — over by 0:30", "collaboration: 0:00 used"])
+        await expect(sections.nth(0)).to_have_attribute("data-over", "true")
         await expect(page.locator("#guide-extra")).to_contain_text("And how old are you?")
         await expect(page.locator("#talk-balance .balance-seg")).to_have_count(2)
         await expect(page.locator("#talk-balance")).to_contain_text("candidate 52%")

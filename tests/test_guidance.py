@@ -225,7 +225,9 @@ def test_guidance_over_a_scripted_interview(embedder: OnnxSentenceEmbedder) -> N
     assert coverage["left"] == ["q2"]
     assert [x["seq"] for x in coverage["extra"]] == [2, 3]  # not in the guide; "why Kafka?" is a follow-up
     design = next(s for s in coverage["sections"] if s["category"] == "system design")
-    assert design == {"category": "system design", "questions": 1, "covered": 1, "seconds": 14.0}
+    # answer time 10 + 4 s; the question's time runs from its final (0 s) to the next question not a follow-up (25 s)
+    assert design == {"category": "system design", "questions": 1, "covered": 1, "seconds": 14.0, "spentS": 25.0,
+                      "budgetS": None, "remainingS": None, "over": False}  # fmt: skip
 
     first = [e for e in events if isinstance(e, QaPairEvent) and e.question.seq == 0][-1].to_dict()
     assert first["guideItem"] == "q1" and [a["seq"] for a in first["answer"]] == [0]
@@ -239,3 +241,61 @@ def test_guidance_over_a_scripted_interview(embedder: OnnxSentenceEmbedder) -> N
     assert abs(rows["int"]["share"] + rows["cand"]["share"] - 1.0) < 1e-6
     assert balance["longestCandidateAnswer"] == {"questionSeq": 0, "questionParticipantId": "int", "seconds": 10.0,
                                                  "words": 11}  # fmt: skip
+
+
+BUDGETED = [GuideItem("q1", "Tell me about a distributed system you designed.", "engineering", 10),
+            GuideItem("q2", "Describe a production incident you led and what you learned.", "engineering", 10.5),
+            GuideItem("q3", "How do you review a teammate's code?", "collaboration")]  # fmt: skip
+
+
+def test_time_budgets_per_question_and_section(embedder: OnnxSentenceEmbedder) -> None:
+    """A guide question's time runs from its question final to the next interviewer question that is not a
+    follow-up (segment times only); a section's budget is the sum of its questions' budgets. With budgets, the
+    coverage is sent again on each final while a guide question is open, so the time used is live."""
+    g = Guidance(embedder, default_detector(embedder, "us"), BUDGETED)
+    script = [
+        _final("int", "interviewer", 0, "Can you walk me through a distributed system you've built?", 0, 5),
+        _final("cand", "candidate", 0, "Sure, I built a payments ledger on Kafka with three services.", 6, 16),
+        _final("int", "interviewer", 1, "Why did you choose Kafka?", 17, 19),
+        _final("cand", "candidate", 1, "Because we needed replayable ordered events.", 20, 24),
+        _final("int", "interviewer", 2, "Can you work weekends?", 25, 27),
+        _final("cand", "candidate", 2, "Yes, occasionally.", 28, 29),
+        _final("int", "interviewer", 3, "What do you look for when you do a code review?", 30, 34),
+        _final("cand", "candidate", 3, "Readable names, tests, and small changes.", 35, 45),
+    ]
+    per_final = [[e.to_dict() for e in g.observe(f) if isinstance(e, GuideCoverageEvent)] for f in script]
+
+    def section(coverage: dict, category: str) -> dict:
+        return next(s for s in coverage["sections"] if s["category"] == category)
+
+    def item(coverage: dict, qid: str) -> dict:
+        return next(i for i in coverage["items"] if i["questionId"] == qid)
+
+    # the candidate's first answer: q1 open for 16 s of its 10; its section has 20.5 s
+    after_answer = per_final[1][-1]
+    assert {k: item(after_answer, "q1")[k] for k in ("budgetS", "spentS", "over")} == {
+        "budgetS": 10, "spentS": 16.0, "over": True}
+    assert {k: section(after_answer, "engineering")[k] for k in ("budgetS", "spentS", "remainingS", "over")} == {
+        "budgetS": 20.5, "spentS": 16.0, "remainingS": 4.5, "over": False}
+    # the follow-up's answer is still q1's time
+    assert section(per_final[3][-1], "engineering")["spentS"] == 24.0
+    # an off-guide question ends q1 at its start (25 s); answering it sends no coverage: no guide time runs
+    assert item(per_final[4][-1], "q1")["spentS"] == 25.0
+    assert per_final[5] == []
+    last = per_final[-1][-1]
+    assert section(last, "engineering") == {"category": "engineering", "questions": 2, "covered": 1,
+                                            "seconds": 14.0, "spentS": 25.0, "budgetS": 20.5, "remainingS": 0.0,
+                                            "over": True}  # fmt: skip
+    assert {k: item(last, "q2")[k] for k in ("budgetS", "spentS", "over")} == {
+        "budgetS": 10.5, "spentS": 0.0, "over": False}
+    # no budget in the section: none reported, the time used still is
+    assert section(last, "collaboration") == {"category": "collaboration", "questions": 1, "covered": 1,
+                                              "seconds": 10.0, "spentS": 15.0, "budgetS": None, "remainingS": None,
+                                              "over": False}  # fmt: skip
+    assert item(last, "q3")["budgetS"] is None and item(last, "q3")["spentS"] == 15.0
+
+
+@pytest.mark.parametrize("budget", [0, -30, float("nan"), float("inf"), "60", True])
+def test_a_bad_time_budget_is_a_value_error(budget: object) -> None:
+    with pytest.raises(ValueError, match="q1.*budget_s"):
+        GuideItem("q1", "Tell me about a distributed system you designed.", "engineering", budget)  # type: ignore[arg-type]

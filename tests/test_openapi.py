@@ -138,7 +138,8 @@ async def test_every_route_answers_as_documented(api: DocumentedClient, service:
     # -- interviews: create, list, get ------------------------------------------------------------------------
     r = await api.post("/api/interviews", json={
         **NEW, "interviewId": "iv-1", "type": "technical", "format": None, "interviewers": [],
-        "questions": [{"text": "Walk me through a design.", "category": "design", "expectedKeywords": ["scale"]},
+        "questions": [{"text": "Walk me through a design.", "category": "design", "expectedKeywords": ["scale"],
+                       "budgetS": 300},
                       {"questionId": "q-2", "text": "Why us?", "category": None}]})
     assert r.status_code == 201
     iid = r.json()["interviewId"]
@@ -378,6 +379,9 @@ REFUSED: list[tuple[str, str, Any]] = [
     ("POST", "/api/interviews", {**NEW, "interviewers": "int-1"}),
     ("POST", "/api/interviews", {**NEW, "questions": [{"text": ""}]}),
     ("POST", "/api/interviews", {**NEW, "questions": [{"text": "ok", "expectedKeywords": [3]}]}),
+    ("POST", "/api/interviews", {**NEW, "questions": [{"text": "ok", "budgetS": -60}]}),
+    ("POST", "/api/interviews", {**NEW, "questions": [{"text": "ok", "budgetS": "60"}]}),
+    ("POST", "/api/interviews/{iid}/questions", {"text": "ok", "budgetS": 0}),
     ("POST", "/api/interviews/{iid}/start", {"expectedVersion": 0}),
     ("POST", "/api/interviews/{iid}/start", {"reason": "only cancel has one"}),
     ("POST", "/api/interviews/{iid}/cancel", {"expectedVersion": "2", "why": 1}),

@@ -415,7 +415,7 @@ async def test_a_microphone_hearing_the_other_participant_adds_no_sentence_of_it
 
 # ---- live guidance: the real embedder and detector, scripted finals (speech-to-text is covered above) ----
 
-GUIDE = [GuideItem("q1", "Tell me about a distributed system you designed.", "system design"),
+GUIDE = [GuideItem("q1", "Tell me about a distributed system you designed.", "system design", 60),
          GuideItem("q2", "How do you review a teammate's code?", "collaboration")]  # fmt: skip
 
 
@@ -493,6 +493,10 @@ async def test_alert_reaches_interviewers_and_observers_never_the_candidate(
         assert alerts[0]["rephrase"] and 0 < alerts[0]["score"] <= 1
         coverage = channel.of_type("guide.coverage")[-1]
         assert coverage["left"] == ["q2"] and coverage["items"][0]["coveredBy"]["seq"] == 0
+        # q1's time: from its question to "Can you work weekends?", against its budget (room time: not exact)
+        assert coverage["items"][0]["budgetS"] == 60 and 0 < coverage["items"][0]["spentS"] < 60
+        design = next(s for s in coverage["sections"] if s["category"] == "system design")
+        assert design["budgetS"] == 60 and design["spentS"] == coverage["items"][0]["spentS"] and not design["over"]
         pair = [p for p in channel.of_type("qa.pair") if p["question"]["seq"] == 0][-1]
         assert pair["guideItem"] == "q1" and [a["seq"] for a in pair["answer"]] == [0]
         shares = {r["role"]: r["share"] for r in channel.of_type("talk.balance")[-1]["participants"]}

@@ -1,11 +1,25 @@
 // Live guidance panel (interviewers and observers only; the candidate's page never receives these events):
-// protected-topic alerts as a private banner, the interview guide as a checklist, talk balance as a bar.
-// All computed on the server from the transcript text only.
+// protected-topic alerts as a private banner, the interview guide as a checklist with the time used per section
+// against its budget, talk balance as a bar. All computed on the server from the transcript text only.
+
+/** Seconds as m:ss ("4:05"). */
+export function clock(seconds) {
+  const s = Math.max(0, Math.round(Number(seconds) || 0));
+  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+}
+
+/** "used / budget" and, past the budget, by how much: the text says it, not only the colour. */
+function timeUsed(spent, budget) {
+  if (budget === null || budget === undefined) return `${clock(spent)} used`;
+  const over = Number(spent) > Number(budget);
+  return `${clock(spent)} / ${clock(budget)}${over ? ` — over by ${clock(Number(spent) - Number(budget))}` : ""}`;
+}
 
 export class Guidance {
-  constructor({ banner, checklist, extra, balance, longest }) {
+  constructor({ banner, checklist, sections, extra, balance, longest }) {
     this.banner = banner;
     this.checklist = checklist;
+    this.sections = sections;
     this.extra = extra;
     this.balance = balance;
     this.longest = longest;
@@ -38,18 +52,36 @@ export class Guidance {
     this.banner.hidden = false;
   }
 
-  /** `guide.coverage`: every guide question, ticked with the sentence that covered it; extra questions below. */
+  /** `guide.coverage`: every guide question, ticked with the sentence that covered it and its time against its
+   * budget; per section the time used (against the section's budget when it has one); extra questions below. */
   onCoverage(ev) {
     const items = Array.isArray(ev.items) ? ev.items : [];
     const rows = items.map((it) => {
       const li = document.createElement("li");
       li.dataset.covered = String(Boolean(it.covered));
       li.textContent = `${it.covered ? "✓" : "○"} ${it.text}`;
+      if (it.budgetS !== null && it.budgetS !== undefined) {
+        const time = document.createElement("span");
+        time.className = "guide-time";
+        time.dataset.over = String(Boolean(it.over));
+        time.textContent = `(${timeUsed(it.spentS, it.budgetS)})`;
+        li.append(time);
+      }
       if (it.category) li.title = it.category;
       if (it.coveredBy) li.title += ` — asked as “${it.coveredBy.text}” (#${it.coveredBy.seq})`;
       return li;
     });
     this.checklist.replaceChildren(...rows);
+    const sections = Array.isArray(ev.sections) ? ev.sections : [];
+    if (this.sections) {
+      // events stored before budgets have no `spentS`: nothing to show for them
+      this.sections.replaceChildren(...sections.filter((s) => s.spentS !== undefined).map((s) => {
+        const li = document.createElement("li");
+        li.dataset.over = String(Boolean(s.over));
+        li.textContent = `${s.category || "Other"}: ${timeUsed(s.spentS, s.budgetS)}`;
+        return li;
+      }));
+    }
     const extra = Array.isArray(ev.extra) ? ev.extra : [];
     this.extra.textContent = extra.length ? `Not in the guide: ${extra.map((x) => `“${x.text}”`).join(", ")}` : "";
   }

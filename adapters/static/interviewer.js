@@ -22,7 +22,7 @@ const keywords = new Keywords({
   root: $("keywords"), describe: (pid, seqs) => transcript.describe(pid, seqs), onSelect: select,
 });
 const guidance = new Guidance({
-  banner: $("guidance-alerts"), checklist: $("guide-checklist"), extra: $("guide-extra"),
+  banner: $("guidance-alerts"), checklist: $("guide-checklist"), sections: $("guide-sections"), extra: $("guide-extra"),
   balance: $("talk-balance"), longest: $("talk-longest"),
 });
 let call = null;
