@@ -254,7 +254,7 @@ async def _build(c: Components) -> None:
                                          # finals sent but not stored yet survive a killed process: in the
                                          # stream every node reads, in DATA_DIR while NATS does not answer
                                          journal=SegmentJournal(s.data_dir / "segments.journal", journal_key),
-                                         shared_journal=SharedJournal(bus, journal_key),
+                                         shared_journal=SharedJournal(bus, journal_key, metrics=c.metrics),
                                          store_delay_s=s.segment_store_delay_s,
                                          tone=partial(org_tone, c.accounts_store, s.jurisdiction),
                                          shared_backlog=c.shared,
@@ -366,12 +366,14 @@ def build_limits(s: Settings) -> RateLimits:
 
 # the shared segment journal's sweep: entries of a node that died are stored within this after its placement aged out
 JOURNAL_SWEEP_S = 30.0
+SWEEP_STOP_S = 5.0  # teardown's wait for the cancelled sweep (it ends at its next await; never wait on the bus)
 RETENTION_EVERY_S = 3600.0  # retention is counted in days: an hourly pass erases within the hour of expiry
 
 
 async def _journal_sweep_loop(registry: RoomRegistry, placement: Placement) -> None:
     """Every JOURNAL_SWEEP_S from start: the shared journal's entries of interviews no node holds are stored (their
-    node died and nobody re-joined the room; at start, this node's own before a restart)."""
+    node died and nobody re-joined the room; at start, this node's own before a restart), and those of rooms that opened
+    here while the journal could not be read."""
     from adapters.bus import BusUnavailable
 
     while True:
@@ -498,7 +500,11 @@ async def _teardown(c: Components) -> None:
         retention.cancel()
         steps.append(("stop the retention job", lambda: asyncio.gather(retention, return_exceptions=True)))
     if c.journal_sweep is not None:
-        c.journal_sweep.cancel()
+        # cancelled at once: a replay it started runs on (its entries are queued before the registry's writer
+        # drains, see RoomRegistry.aclose), only the sweep's wait for it ends
+        sweep = c.journal_sweep
+        sweep.cancel()
+        steps.append(("stop the journal sweep", lambda: asyncio.wait({sweep}, timeout=SWEEP_STOP_S)))
     if c.placement is not None:
         placement = c.placement
         placement.drain()  # rooms keep their placement until their finals are stored

@@ -100,6 +100,9 @@ class Metrics:
         self.guidance_latency = Histogram("guidance_latency_seconds", "segment.final sent -> its live guidance "
                                           "events sent (queue wait + sentence embedding)",
                                           buckets=_LATENCY_BUCKETS, registry=r)
+        self.journal_unreadable = Counter("segment_journal_unreadable_total", "Shared segment journal entries no node "
+                                          "can store (corrupt, sealed with another master key): logged once, deleted",
+                                          registry=r)
         self.errors = Counter("errors_total", "Errors by kind", ["kind"], registry=r)
         for kind in ("bad_request", "unauthorized", "forbidden", "not_found", "too_large", "stt", "persist",
                      "track", "webrtc", "stream", "decrypt", "guidance"):

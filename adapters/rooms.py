@@ -81,6 +81,11 @@ VIEWER_BUFFER_LIMIT = 512 * 1024
 # Left participants whose next segment number this process remembers (the store knows it too, once their
 # segments are written): enough for every participant of the live rooms and the recently closed ones.
 NEXT_SEQ_KEPT = 4096
+# A room whose shared journal cannot be read when it opens here (NATS down, or no answer within its 2 s) numbers each
+# participant's finals this far above what the store and this process know: the finals a dead node journaled and
+# did not store keep their own seq below, so the sweep that reads them later stores them instead of finding their seq
+# taken. Collision-free unless a node dies with this many unstored finals of one participant (hours of speech).
+UNREAD_JOURNAL_SEQ_GAP = 10_000
 _SHEDDABLE = ("segment.partial", "level")
 
 # (speaker, emit, sample rate, channels, the room's conversation) -> the participant's pipeline stream
@@ -846,7 +851,10 @@ class RoomRegistry:
         self._closed = False
         self.writer = SegmentWriter(record_segment, metrics, self._persist_failed, record_revision, journal,
                                     shared_journal, store_delay_s)
-        self._replays: dict[str, asyncio.Task[int]] = {}  # interview id -> its shared journal being replayed
+        self._replays: dict[str, asyncio.Task[int | None]] = {}  # interview id -> its shared journal being replayed
+        # rooms open here whose shared journal could not be read when they opened -> participants numbered above
+        # UNREAD_JOURNAL_SEQ_GAP; the sweep reads and stores those entries, then the room numbers as usual
+        self._unread: dict[str, set[str]] = {}
         # told after every join and leave (the call tells the candidate who is watching)
         self.on_membership: Callable[[Room], None] | None = None
         # told of every protected-topic alert (interview id, its organisation, alert): the server records it in the
@@ -881,8 +889,17 @@ class RoomRegistry:
         if claims.interview_id not in self.rooms:
             # the room opens here: what the node that held it before sent and did not store is stored first, with
             # its seq, so the numbering below continues after it and the backlog holds it
-            await self.replay_journal(claims.interview_id)
+            if await self.replay_journal(claims.interview_id) is None:
+                self._unread.setdefault(claims.interview_id, set())
+            else:
+                self._unread.pop(claims.interview_id, None)
+        unread = self._unread.get(claims.interview_id)  # before the store read: a sweep may read the journal meanwhile
         seq_base = await self._first_seq(claims)
+        if unread is not None and claims.participant_id not in unread:
+            unread.add(claims.participant_id)
+            seq_base += UNREAD_JOURNAL_SEQ_GAP
+            log.warning("interview %s: shared segment journal unread; %s's finals are numbered from %d, above any "
+                        "a dead node may have journaled", claims.interview_id, claims.participant_id, seq_base)
         room = self.rooms.get(claims.interview_id)
         if room is None:
             history = await self._history(claims.interview_id)
@@ -999,40 +1016,60 @@ class RoomRegistry:
                 known = max(known, last + 1)
         return known
 
-    async def replay_journal(self, interview_id: str, wait_s: float = 5.0) -> int:
+    async def replay_journal(self, interview_id: str, wait_s: float = 5.0) -> int | None:
         """Store the interview's shared journal entries (finals sent by a node that died, or by this one before a
         restart, and not stored): queued in order with their original seq, deleted from the journal once stored.
         Waits up to `wait_s` for the store (a slow store: the room opens anyway, the numbering already knows them).
-        One replay per interview at a time. Returns how many entries were queued."""
+        One replay per interview at a time. Returns how many entries were queued; None if the journal could not be
+        read (NATS down or not answering: `join` then numbers above UNREAD_JOURNAL_SEQ_GAP)."""
         task = self._replays.get(interview_id)
         if task is None:
             task = self._replays[interview_id] = asyncio.ensure_future(self._replay(interview_id, wait_s))
             task.add_done_callback(lambda _: self._replays.pop(interview_id, None))
-        queued: int = await asyncio.shield(task)
-        return queued
+        return await asyncio.shield(task)
 
     async def sweep_journal(self, held_elsewhere: Callable[[str], Awaitable[bool]]) -> int:
         """Store the shared journal entries of interviews whose room is open nowhere (`held_elsewhere` False and not
-        here): their node died and nobody re-joined, or it was this node before a restart. Returns how many were
-        queued; BusUnavailable while NATS does not answer."""
+        here): their node died and nobody re-joined, or it was this node before a restart; and of rooms open here
+        whose journal could not be read when they opened (their numbering is above those entries' seq). Returns how
+        many were queued; BusUnavailable while NATS does not answer. One interview's failure is logged and the
+        others are swept."""
         shared = self.writer.shared
-        if shared is None or not shared.available:
+        if shared is None or not shared.available or self._closed:
             return 0
         queued = 0
-        for interview_id in await shared.interviews():
-            if interview_id not in self.rooms and not await held_elsewhere(interview_id):
-                queued += await self.replay_journal(interview_id, wait_s=0.0)
+        listed = await shared.interviews()
+        with_entries = set(listed)
+        for interview_id in list(self._unread):
+            if interview_id not in with_entries:  # no entries: nothing a dead node left can collide
+                self._unread.pop(interview_id, None)
+        for interview_id in listed:
+            if self._closed:
+                break
+            try:
+                if interview_id in self._unread or (interview_id not in self.rooms
+                                                    and not await held_elsewhere(interview_id)):
+                    n = await self.replay_journal(interview_id, wait_s=0.0)
+                    if n is not None:  # else logged; the next pass tries again
+                        self._unread.pop(interview_id, None)
+                        queued += n
+            except BusUnavailable:
+                raise
+            except Exception:
+                log.exception("shared segment journal sweep of interview %s failed", interview_id)
         return queued
 
-    async def _replay(self, interview_id: str, wait_s: float) -> int:
+    async def _replay(self, interview_id: str, wait_s: float) -> int | None:
         shared = self.writer.shared
-        if shared is None or not shared.available:
+        if shared is None:
             return 0
+        if not shared.available:
+            return None
         try:
             entries = await shared.entries(interview_id)
         except BusUnavailable as exc:  # journaled in the stream, but unreadable now: the sweep stores them later
             log.warning("cannot read the shared segment journal of %s (%s)", interview_id, exc)
-            return 0
+            return None
         waits = self.writer.replay(interview_id, entries)
         for _, segment in entries:
             key = (interview_id, segment.speaker.participant_id)
@@ -1119,6 +1156,8 @@ class RoomRegistry:
                 with contextlib.suppress(asyncio.QueueFull):
                     room.guidance_queue.put_nowait(None)  # the worker ends after the finals already queued
             del self.rooms[room.interview_id]
+            # its numbering is remembered (_next_seq); whoever opens it next reads the journal (or opens unread) afresh
+            self._unread.pop(room.interview_id, None)
             self.metrics.rooms_active.set(len(self.rooms))
 
     def _remember_seq(self, key: tuple[str, str], next_seq: int) -> None:
@@ -1193,6 +1232,14 @@ class RoomRegistry:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # a replay under way queues its entries before the writer drains (a replay cut after its read would leave
+        # them to the next node's sweep); bounded: its read times out after 2 s, its wait for the store after 5 s
+        replays = set(self._replays.values())
+        if replays:
+            _, late = await asyncio.wait(replays, timeout=persist_timeout_s)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*replays, return_exceptions=True)
         await self.writer.aclose(persist_timeout_s)
 
 

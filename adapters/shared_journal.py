@@ -7,13 +7,19 @@ sending a final and storing it leaves that final in its own `DATA_DIR`, which no
 takes the room over would number its next final the same seq and the journaled one would then be a duplicate, lost
 from the store although the interviewer saw it. In the stream, the node taking a room over (`adapters.rooms`
 `RoomRegistry.join`) first stores the interview's entries with their original seq, then numbers new finals after
-them; a periodic sweep stores the entries of interviews that no node holds any more (nobody re-joined).
+them; a periodic sweep stores the entries of interviews that no node holds any more (nobody re-joined). A takeover
+that cannot read them (NATS down, no answer within `READ_TIMEOUT_S`) numbers the room's finals
+`adapters.rooms.UNREAD_JOURNAL_SEQ_GAP` above what it knows, so the sweep that reads them later stores them with their
+own seq instead of finding it taken.
 
 One message per segment on the subject `journal.<interviewId>`, `Nats-Msg-Id` = `interview:participant:seq:revision`
 (the same segment published twice is kept once: JetStream drops the second inside its duplicate window), the segment sealed with the
 journal key every node derives from the shared master key file (no transcript on NATS in clear). A message is
 deleted once the store has its segment; stored twice (a replay racing the first node's own write) is harmless: the
 store keeps one segment per (interview, participant, seq[, revision]).
+
+An entry no node can read (corrupt, sealed with another master key, on another interview's subject) would never be
+stored: the read that meets it logs it once, counts it (`segment_journal_unreadable_total`) and deletes it.
 
 NATS unreachable, or an append not acknowledged within `APPEND_TIMEOUT_S` (then for `RETRY_AFTER_S`): `available` is
 False and the room writes to the file journal instead (a live interview must survive a bus outage); the first
@@ -40,6 +46,7 @@ from domain.events import SegmentEvent
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
 
+    from adapters.metrics import Metrics
     from adapters.nats_bus import JetStreamBus
 
 log = logging.getLogger(__name__)
@@ -54,17 +61,24 @@ READ_TIMEOUT_S = 2.0  # a takeover's read of an interview's entries; past it, th
 # answering would otherwise hold every final APPEND_TIMEOUT_S
 RETRY_AFTER_S = 5.0
 _TRANSIENT = (nats.errors.Error, asyncio.TimeoutError, OSError, BusUnavailable)
+_NO_MESSAGE = 10057  # JetStream's error code for deleting a message that is not there (JSStreamMsgDeleteFailedF)
+
+
+def _deleted_already(exc: BaseException) -> bool:
+    return isinstance(exc, nats.js.errors.NotFoundError) or getattr(exc, "err_code", None) == _NO_MESSAGE
 
 
 class SharedJournal:
-    """The `SEGMENT_JOURNAL` stream on `bus`. Entries are sealed with `key` (None: in clear, tests only)."""
+    """The `SEGMENT_JOURNAL` stream on `bus`. Entries are sealed with `key` (None: in clear, tests only); `metrics`
+    counts the unreadable entries deleted."""
 
     def __init__(self, bus: JetStreamBus, key: DataKey | None, *, max_age_s: float = 30 * 24 * 3600.0,
-                 duplicate_window_s: float = 120.0) -> None:
+                 duplicate_window_s: float = 120.0, metrics: Metrics | None = None) -> None:
         if duplicate_window_s <= 0 or max_age_s < duplicate_window_s:
             raise ValueError("need 0 < duplicate_window_s <= max_age_s")
         self.bus = bus
         self._key = key
+        self._metrics = metrics
         self._config = StreamConfig(name=STREAM, subjects=[PREFIX + ">"], storage=StorageType.FILE,
                                     duplicate_window=duplicate_window_s, max_age=max_age_s)
         self._ready = False
@@ -72,6 +86,7 @@ class SharedJournal:
         self._retry_at = 0.0  # loop time before which `available` is False (an append failed)
         self.appended = 0
         self.deleted = 0
+        self._reported: set[int] = set()  # unreadable entries logged whose delete failed: not logged again
 
     @property
     def available(self) -> bool:
@@ -115,9 +130,11 @@ class SharedJournal:
         return int(ack.seq)
 
     async def entries(self, interview_id: str) -> list[tuple[int, SegmentEvent]]:
-        """The interview's entries not stored yet, oldest first: (stream sequence, segment). Unreadable ones (sealed
-        with another master key) are logged and left. BusUnavailable if NATS does not answer."""
+        """The interview's entries not stored yet, oldest first: (stream sequence, segment). Unreadable ones (corrupt,
+        sealed with another master key) are logged once and deleted: no node could ever store them, and left they would
+        be read (and logged) again by every sweep. BusUnavailable if NATS does not answer."""
         out: list[tuple[int, SegmentEvent]] = []
+        unreadable: list[int] = []
         subject = self.subject(interview_id)
         seq = 1
         try:
@@ -133,14 +150,37 @@ class SharedJournal:
                         iid, segment = journal_entry(json.loads(msg.data or b""), self._key)
                         if iid != interview_id:
                             raise ValueError(f"an entry of {iid} on {subject}")
-                    except (ValueError, KeyError, TypeError, Unreadable) as exc:
-                        log.warning("segment journal: skipping unreadable entry %d of %s (%s)", seq - 1, subject,
-                                    type(exc).__name__)
+                    except (ValueError, KeyError, TypeError, AttributeError, Unreadable) as exc:
+                        self._unreadable(seq - 1, subject, exc)
+                        unreadable.append(seq - 1)
                         continue
                     out.append((seq - 1, segment))
         except _TRANSIENT as exc:
             raise self._unavailable("read", exc) from exc
+        for n in unreadable:
+            await self._discard(n)
         return out
+
+    def _unreadable(self, seq: int, subject: str, exc: BaseException) -> None:
+        if seq in self._reported:
+            return
+        self._reported.add(seq)
+        if self._metrics is not None:
+            self._metrics.journal_unreadable.inc()
+        # the type only: the message of a decoding error may quote the entry, and that may be a transcript
+        log.warning("segment journal: entry %d of %s is unreadable (%s); deleting it", seq, subject,
+                    type(exc).__name__)
+
+    async def _discard(self, seq: int) -> None:
+        """Delete an unreadable entry (gone already: another node deleted it). A failure leaves it for the next read,
+        which does not log it again; it never fails the read."""
+        try:
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                await self.bus.jetstream().delete_msg(STREAM, seq)
+        except _TRANSIENT as exc:
+            if not _deleted_already(exc):
+                return
+        self._reported.discard(seq)
 
     async def interviews(self) -> list[str]:
         """The interviews with entries in the journal (for the sweep). BusUnavailable if NATS does not answer."""
@@ -158,11 +198,10 @@ class SharedJournal:
             async with asyncio.timeout(READ_TIMEOUT_S):
                 js = await self._js()
                 await js.delete_msg(STREAM, seq)
-        except nats.js.errors.NotFoundError:
-            pass  # another node replayed and deleted it
         except _TRANSIENT as exc:
-            self._unavailable("delete", exc)
-            return
+            if not _deleted_already(exc):  # else another node replayed and deleted it
+                self._unavailable("delete", exc)
+                return
         self.deleted += 1
 
     async def forget(self, interview_id: str) -> None:

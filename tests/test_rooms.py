@@ -598,7 +598,6 @@ async def test_the_shared_journal_keeps_each_interviews_entries_sealed_until_don
     assert {a, b} <= set(await journal.interviews())
     raw = await journal_bus.jetstream().get_msg(STREAM, s0)
     assert raw.data is not None and b"Reykjavik" not in raw.data and b"Cat" not in raw.data
-    assert await SharedJournal(journal_bus, MasterKeys.generate().journal_key()).entries(a) == []  # another key
 
     await journal.done(s0)
     await journal.done(s0)  # deleted already (another node replayed it): nothing to do
@@ -625,7 +624,8 @@ class _Node:
                                      record_segment=service.record_segment, record_revision=service.record_revision,
                                      last_seq=service.last_segment_seq, journal=self.file,
                                      stored_finals=self._stored_finals,
-                                     shared_journal=SharedJournal(bus, None), store_delay_s=store_delay_s)
+                                     shared_journal=SharedJournal(bus, None, metrics=self.metrics),
+                                     store_delay_s=store_delay_s)
         self.registry.start()
         self.signer = TokenSigner(SECRET)
         self.service = service
@@ -716,18 +716,21 @@ async def test_a_room_open_nowhere_is_swept_and_nats_down_falls_back_to_the_file
     assert await node_b.registry.sweep_journal(held_elsewhere) >= 1 and iid in held
     await until(lambda: _stored_is(service, iid, [(0, "Nobody comes back to this room.")]), within_s=10)
 
-    # NATS down: the room journals to DATA_DIR at once and viewers get the final without waiting
+    # NATS down: the room journals to DATA_DIR at once and viewers get the final without waiting; its numbering
+    # leaves room below for what a dead node may have journaled in the stream it cannot read
+    from adapters.rooms import UNREAD_JOURNAL_SEQ_GAP as GAP
+
     nats_server.stop()
     await until(lambda: _disconnected(journal_bus), within_s=10)
     node_c = _Node(service, journal_bus, tmp_path / "c", store_delay_s=3600)
     viewer = MemoryChannel()
     node_c.registry.add_viewer(await node_c.join(iid, "interviewer", "Ivy", "ivy"), viewer)
     cand_c = await node_c.join(iid, "candidate", "Cat", "cand-j")
-    assert cand_c.seq_base == 1
+    assert cand_c.seq_base == 1 + GAP
     assert [m["seq"] for m in viewer.of_type("segment.final")] == [0]  # the backlog
     cand_c._on_event(_final(0, "Said during the outage."))
-    assert [m["seq"] for m in viewer.of_type("segment.final")] == [0, 1]  # sent before _on_event returned
-    assert [(i, s.seq) for i, s in node_c.file.pending()] == [(iid, 1)]
+    assert [m["seq"] for m in viewer.of_type("segment.final")] == [0, 1 + GAP]  # sent before _on_event returned
+    assert [(i, s.seq) for i, s in node_c.file.pending()] == [(iid, 1 + GAP)]
     assert node_c.registry.writer._task is not None
     node_c.registry.writer._task.cancel()
     node_c.file.close()
@@ -792,3 +795,124 @@ async def test_a_restart_stores_the_file_journal_in_seq_order_revisions_after_th
     assert await _stored(service, iid) == [(0, "first answer"), (1, "second answer")]
     transcript = await service.get_transcript(iid)
     assert [s["text"] for s in transcript["segments"]] == ["first answer, revised", "second answer"]
+
+
+async def _connected(bus: JetStreamBus) -> bool:
+    return bus.connected
+
+
+async def _nowhere(_: str) -> bool:
+    return False
+
+
+async def test_a_room_opened_while_the_journal_is_unreadable_numbers_above_the_finals_a_dead_node_journaled(
+        service: InterviewService, journal_bus: JetStreamBus, nats_server: NatsServer, tmp_path: Path) -> None:
+    """The takeover cannot read the shared journal (NATS down): the room numbers its finals far above what the store
+    knows, so the sweep that reads the dead node's finals later stores them with their own seq, not as duplicates of
+    the new node's finals."""
+    from adapters.rooms import UNREAD_JOURNAL_SEQ_GAP as GAP
+
+    iid = await new_interview(service)
+    node_a = _Node(service, journal_bus, tmp_path / "a", store_delay_s=3600)
+    cand = await node_a.join(iid, "candidate", "Cat", "cand-j")
+    cand._on_event(_final(0, "Sent just before the node died."))
+    shared = node_a.registry.writer.shared
+    assert shared is not None
+    await until(lambda: _has_entries(shared, iid), within_s=5, every_s=0.01)
+    assert node_a.registry.writer._task is not None
+    node_a.registry.writer._task.cancel()
+    node_a.file.close()
+
+    nats_server.stop()
+    await until(lambda: _disconnected(journal_bus), within_s=10)
+    node_b = _Node(service, journal_bus, tmp_path / "b")
+    cand_b = await node_b.join(iid, "candidate", "Cat", "cand-j")
+    assert cand_b.seq_base == GAP
+    cand_b._on_event(_final(0, "Said on the new node."))
+    await until(lambda: _stored_is(service, iid, [(GAP, "Said on the new node.")]), within_s=10)
+    ivy = await node_b.join(iid, "interviewer", "Ivy", "ivy")  # into the room open unread: numbered above too
+    assert ivy.seq_base == GAP
+
+    nats_server.start()
+    await until(lambda: _connected(journal_bus), within_s=15)
+    # the room is open here, but its journal was not read when it opened: the sweep stores the dead node's finals
+    # (the transcript lists segments in the order they were stored: the dead node's final comes after)
+    assert await node_b.registry.sweep_journal(_nowhere) == 1
+    await until(lambda: _stored_is(service, iid, [(GAP, "Said on the new node."),
+                                                  (0, "Sent just before the node died.")]), within_s=10)
+    cand_b._on_event(_final(1, "And on."))
+    await node_b.registry.aclose()
+    assert await _stored(service, iid) == [(GAP, "Said on the new node."), (0, "Sent just before the node died."),
+                                           (GAP + 1, "And on.")]
+    assert await shared.entries(iid) == []
+
+
+async def test_shutdown_lets_a_sweeps_replay_under_way_queue_and_store_its_entries(
+        service: InterviewService, journal_bus: JetStreamBus, tmp_path: Path) -> None:
+    """A shutdown while the sweep is replaying an interview's entries: the replay is awaited, so what it read is
+    stored before the writer drains, not cut after the read (its entries left for another node, its task destroyed)."""
+    iid = await new_interview(service)
+    node_a = _Node(service, journal_bus, tmp_path / "a", store_delay_s=3600)
+    cand = await node_a.join(iid, "candidate", "Cat", "cand-j")
+    for seq in range(3):
+        cand._on_event(_final(seq, f"answer {seq}"))
+    shared = node_a.registry.writer.shared
+    assert shared is not None
+    await until(lambda: _len_entries_is(shared, iid, 3), within_s=5, every_s=0.01)
+    assert node_a.registry.writer._task is not None
+    node_a.registry.writer._task.cancel()
+    node_a.file.close()
+
+    node_b = _Node(service, journal_bus, tmp_path / "b")
+    asked = asyncio.Event()
+
+    async def held_elsewhere(interview_id: str) -> bool:
+        if interview_id == iid:
+            asked.set()  # the sweep replays it next, before this answer reaches it
+        return interview_id != iid
+
+    sweep = asyncio.create_task(node_b.registry.sweep_journal(held_elsewhere))
+    await asked.wait()
+    await node_b.registry.aclose()  # the server cancels its sweep loop first: the replay it started runs on
+    sweep.cancel()
+    await asyncio.gather(sweep, return_exceptions=True)
+    assert await _stored(service, iid) == [(0, "answer 0"), (1, "answer 1"), (2, "answer 2")]
+
+
+async def _len_entries_is(shared: SharedJournal, iid: str, n: int) -> bool:
+    return len(await shared.entries(iid)) == n
+
+
+async def test_unreadable_journal_entries_are_logged_once_counted_and_deleted(
+        service: InterviewService, journal_bus: JetStreamBus, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A corrupt entry and one sealed with another master key can never be stored: the first read logs and counts
+    each and deletes it, so later sweeps neither meet nor log it again; the readable entry beside them is stored."""
+    import nats.js.errors
+
+    from adapters.crypto import MasterKeys
+    from adapters.shared_journal import STREAM
+
+    caplog.set_level("WARNING", logger="adapters.shared_journal")
+    iid = await new_interview(service)
+    js = journal_bus.jetstream()
+    node = _Node(service, journal_bus, tmp_path / "a")
+    shared = node.registry.writer.shared
+    assert shared is not None
+    await SharedJournal(journal_bus, MasterKeys.generate().journal_key()).append(iid, _final(0, "another key"))
+    corrupt = await js.publish(SharedJournal.subject(iid), b"{not json")
+    await shared.append(iid, _final(1, "readable"))
+
+    assert await node.registry.sweep_journal(_nowhere) == 1
+    assert await node.registry.sweep_journal(_nowhere) == 0  # the readable one is queued (or stored) already
+    await until(lambda: _stored_is(service, iid, [(1, "readable")]), within_s=10)
+    assert await node.registry.sweep_journal(_nowhere) == 0
+    unreadable = [r for r in caplog.records if "unreadable" in r.getMessage() and SharedJournal.subject(iid) in
+                  r.getMessage()]
+    assert len(unreadable) == 2
+    assert node.metrics.registry.get_sample_value("segment_journal_unreadable_total") == 2
+    info = await js.stream_info(STREAM, subjects_filter=SharedJournal.subject(iid))
+    assert not info.state.subjects  # the readable one deleted once stored, the others at once
+    with pytest.raises(nats.js.errors.NotFoundError):
+        await js.get_msg(STREAM, corrupt.seq)
+    await node.registry.aclose()
