@@ -100,9 +100,11 @@ class Metrics:
         self.guidance_latency = Histogram("guidance_latency_seconds", "segment.final sent -> its live guidance "
                                           "events sent (queue wait + sentence embedding)",
                                           buckets=_LATENCY_BUCKETS, registry=r)
-        self.journal_unreadable = Counter("segment_journal_unreadable_total", "Shared segment journal entries no node "
-                                          "can store (corrupt, sealed with another master key): logged once, deleted",
-                                          registry=r)
+        self.journal_unreadable = Counter("segment_journal_unreadable_total", "Shared segment journal entries this "
+                                          "node cannot store, logged once: corrupt (deleted) or key (sealed with "
+                                          "another master key: kept for a node that has it)", ["reason"], registry=r)
+        for reason in ("corrupt", "key"):
+            self.journal_unreadable.labels(reason=reason)
         self.errors = Counter("errors_total", "Errors by kind", ["kind"], registry=r)
         for kind in ("bad_request", "unauthorized", "forbidden", "not_found", "too_large", "stt", "persist",
                      "track", "webrtc", "stream", "decrypt", "guidance"):

@@ -361,11 +361,21 @@ class Room:
 
     async def release_held(self, timeout_s: float) -> None:
         """Wait (at most `timeout_s`) for the shared journal writes that hold messages back, so they reach the
-        viewers still connected (shutdown: before anyone leaves the room)."""
+        viewers still connected (shutdown: before anyone leaves the room). What is still held then is dropped, logged
+        and counted (`analysis_messages_dropped_total{reason="shutdown"}`): its finals are still journaled for the
+        store, only their live send is lost."""
         pending = {j for _, _, _, j in self._held if j is not None and not j.done()}
         if pending:
             await asyncio.wait(pending, timeout=timeout_s)
         self._release_held()
+        if self._held:
+            finals = sum(kind == "segment.final" for _, kind, _, _ in self._held)
+            log.warning("interview %s: %d message(s) (%d final(s)) not sent to its viewers at shutdown: their shared "
+                        "journal write did not finish within %.1f s (the finals are journaled for the store)",
+                        self.interview_id,
+                        len(self._held), finals, timeout_s)
+            self.registry.metrics.messages_dropped.labels(reason="shutdown").inc(len(self._held))
+            self._held.clear()
 
     def remember(self, text: str) -> None:
         """An entry of the backlog late viewers get, here and (with Redis) for a node that takes the room over."""
@@ -497,12 +507,12 @@ def journal_record(interview_id: str, segment: SegmentEvent, key: DataKey | None
 
 
 def journal_entry(rec: dict[str, Any], key: DataKey | None) -> tuple[str, SegmentEvent]:
-    """(interview id, segment) of a `journal_record`; ValueError, KeyError, TypeError or Unreadable if it is not one
-    (or sealed with another key)."""
+    """(interview id, segment) of a `journal_record`; ValueError, KeyError or TypeError if it is not one, Unreadable if
+    it is sealed and `key` does not open it (another key, or none)."""
     segment = rec["segment"]
     if isinstance(segment, str):  # sealed
         if key is None:
-            raise ValueError("a sealed segment and no key to open it")
+            raise Unreadable("a sealed segment and no key to open it")
         segment = key.open("journal.segment", segment)
     doc = {**segment, "interviewId": rec["interviewId"], "recordedAt": None}
     return str(rec["interviewId"]), StoredSegment.from_document(doc).segment
@@ -792,6 +802,8 @@ class SegmentWriter:
         # a shared journal write under way finishes (or falls back to the file) before the file is closed
         await asyncio.gather(*(item.journaling for item in self._queue if item.journaling is not None),
                              *self._deleting, return_exceptions=True)
+        if self.shared is not None:
+            await self.shared.aclose()
         for item in self._queue:
             segment = item.segment
             kept = (" (kept in the shared journal for the node that takes the room next)" if item.stream_seq is not None
@@ -894,10 +906,12 @@ class RoomRegistry:
             else:
                 self._unread.pop(claims.interview_id, None)
         unread = self._unread.get(claims.interview_id)  # before the store read: a sweep may read the journal meanwhile
-        seq_base = await self._first_seq(claims)
+        seq_base, known = await self._first_seq(claims)
         if unread is not None and claims.participant_id not in unread:
             unread.add(claims.participant_id)
-            seq_base += UNREAD_JOURNAL_SEQ_GAP
+            # above what the store and the journal know, not above this node's numbering: that may be gapped already
+            # (the room opened unread before), and gaps would stack
+            seq_base = max(seq_base, known + UNREAD_JOURNAL_SEQ_GAP)
             log.warning("interview %s: shared segment journal unread; %s's finals are numbered from %d, above any "
                         "a dead node may have journaled", claims.interview_id, claims.participant_id, seq_base)
         room = self.rooms.get(claims.interview_id)
@@ -999,22 +1013,23 @@ class RoomRegistry:
         except BusUnavailable as exc:  # its entries expire with the stream's max age; the store refuses them
             log.warning("cannot purge the shared segment journal of erased interview %s (%s)", interview_id, exc)
 
-    async def _first_seq(self, claims: JoinClaims) -> int:
+    async def _first_seq(self, claims: JoinClaims) -> tuple[int, int]:
+        """(the participant's next seq, the part of it the store and the shared journal know). The store is read even
+        when this node remembers the participant: the room may have been on another node since, which numbered on."""
         key = (claims.interview_id, claims.participant_id)
-        if key in self._next_seq:  # this process wrote those segments: the store knows no more
-            return max(self._next_seq[key], self._journaled.get(key, 0))
+        remembered = self._next_seq.get(key, 0)
         known = self._journaled.get(key, 0)
         if self._last_seq is not None:
             try:
                 last = await self._last_seq(claims.interview_id, claims.participant_id)
             except Exception as exc:  # the store being down must not keep anyone out of an interview
                 log.warning("cannot read last segment number of %s (%s); continuing from %d",
-                            claims.participant_id, exc, known)
+                            claims.participant_id, exc, max(known, remembered))
                 self.metrics.error("persist")
                 last = None
             if last is not None:
                 known = max(known, last + 1)
-        return known
+        return max(known, remembered), known
 
     async def replay_journal(self, interview_id: str, wait_s: float = 5.0) -> int | None:
         """Store the interview's shared journal entries (finals sent by a node that died, or by this one before a
@@ -1035,7 +1050,7 @@ class RoomRegistry:
         many were queued; BusUnavailable while NATS does not answer. One interview's failure is logged and the
         others are swept."""
         shared = self.writer.shared
-        if shared is None or not shared.available or self._closed:
+        if shared is None or not shared.bus.connected or self._closed:
             return 0
         queued = 0
         listed = await shared.interviews()
@@ -1063,8 +1078,9 @@ class RoomRegistry:
         shared = self.writer.shared
         if shared is None:
             return 0
-        if not shared.available:
+        if not shared.bus.connected:
             return None
+        # tried even while appends skip the stream after a slow one (`available` False): the read has its own timeout
         try:
             entries = await shared.entries(interview_id)
         except BusUnavailable as exc:  # journaled in the stream, but unreadable now: the sweep stores them later
@@ -1218,16 +1234,24 @@ class RoomRegistry:
         task.add_done_callback(_log_task_failure)
 
     async def aclose(self, persist_timeout_s: float = 10.0) -> None:
-        """Shutdown: drain every stream to finals (sent to viewers still connected), then persist them."""
+        """Shutdown: drain every stream to finals (sent to viewers still connected), then persist them. The waits for
+        the shared journal's writes, for the replays under way and for the store share `persist_timeout_s` from the
+        drained streams on (a kill grace must cover it once, not per wait)."""
         self._closed = True
         participants = self.all_participants()
         for p in participants:
             p.session_id = None  # nobody can resume during shutdown
         # Drain every stream before anyone leaves, so viewers still receive the last finals.
         await asyncio.gather(*(p.close_stream() for p in participants))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + persist_timeout_s
+
+        def left() -> float:
+            return max(0.0, deadline - loop.time())
+
         # finals whose shared journal write is under way reach the viewers before they leave (a write that NATS
         # does not acknowledge falls back to the file journal within its own timeout)
-        await asyncio.gather(*(room.release_held(persist_timeout_s) for room in list(self.rooms.values())))
+        await asyncio.gather(*(room.release_held(left()) for room in list(self.rooms.values())))
         await asyncio.gather(*(self._remove(p, "shutdown") for p in participants))
         for task in list(self._tasks):
             task.cancel()
@@ -1236,11 +1260,11 @@ class RoomRegistry:
         # them to the next node's sweep); bounded: its read times out after 2 s, its wait for the store after 5 s
         replays = set(self._replays.values())
         if replays:
-            _, late = await asyncio.wait(replays, timeout=persist_timeout_s)
+            _, late = await asyncio.wait(replays, timeout=left())
             for task in late:
                 task.cancel()
             await asyncio.gather(*replays, return_exceptions=True)
-        await self.writer.aclose(persist_timeout_s)
+        await self.writer.aclose(left())  # what is left of the deadline
 
 
 def _log_task_failure(task: asyncio.Task[Any]) -> None:

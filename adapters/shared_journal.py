@@ -18,8 +18,11 @@ journal key every node derives from the shared master key file (no transcript on
 deleted once the store has its segment; stored twice (a replay racing the first node's own write) is harmless: the
 store keeps one segment per (interview, participant, seq[, revision]).
 
-An entry no node can read (corrupt, sealed with another master key, on another interview's subject) would never be
-stored: the read that meets it logs it once, counts it (`segment_journal_unreadable_total`) and deletes it.
+An entry no node can parse (corrupt, on another interview's subject) would never be stored: the read that meets it
+logs it once, counts it (`segment_journal_unreadable_total{reason="corrupt"}`) and deletes it (in the background: a
+takeover's read never waits on deletes). An entry this node cannot open (sealed with another master key, or sealed
+while this node has no key) may be one a correctly keyed node can store: it is logged once per process, counted
+(`reason="key"`) and kept; the stream's max age expires it if no node ever can.
 
 NATS unreachable, or an append not acknowledged within `APPEND_TIMEOUT_S` (then for `RETRY_AFTER_S`): `available` is
 False and the room writes to the file journal instead (a live interview must survive a bus outage); the first
@@ -86,7 +89,10 @@ class SharedJournal:
         self._retry_at = 0.0  # loop time before which `available` is False (an append failed)
         self.appended = 0
         self.deleted = 0
-        self._reported: set[int] = set()  # unreadable entries logged whose delete failed: not logged again
+        # subject -> the unreadable entries its last read met and logged (not logged again while they are there)
+        self._reported: dict[str, set[int]] = {}
+        self._discarding: set[int] = set()  # corrupt entries being deleted
+        self._discards: set[asyncio.Task[None]] = set()  # their deletes (awaited by `aclose`)
 
     @property
     def available(self) -> bool:
@@ -130,12 +136,15 @@ class SharedJournal:
         return int(ack.seq)
 
     async def entries(self, interview_id: str) -> list[tuple[int, SegmentEvent]]:
-        """The interview's entries not stored yet, oldest first: (stream sequence, segment). Unreadable ones (corrupt,
-        sealed with another master key) are logged once and deleted: no node could ever store them, and left they would
-        be read (and logged) again by every sweep. BusUnavailable if NATS does not answer."""
+        """The interview's entries not stored yet, oldest first: (stream sequence, segment). Each unreadable entry is
+        logged once: a corrupt one is deleted in the background (no node could ever store it, and left it would be read
+        again by every sweep); one this node cannot open is kept for a node with the right key. BusUnavailable if NATS
+        does not answer."""
         out: list[tuple[int, SegmentEvent]] = []
-        unreadable: list[int] = []
+        corrupt: list[int] = []
+        met: set[int] = set()  # unreadable entries of this read
         subject = self.subject(interview_id)
+        reported = self._reported.get(subject, set())
         seq = 1
         try:
             async with asyncio.timeout(READ_TIMEOUT_S):
@@ -145,42 +154,65 @@ class SharedJournal:
                         msg = await js.get_msg(STREAM, seq=seq, subject=subject, next=True)
                     except nats.js.errors.NotFoundError:
                         break
-                    seq = int(msg.seq or seq) + 1
+                    n = int(msg.seq or seq)
+                    seq = n + 1
                     try:
                         iid, segment = journal_entry(json.loads(msg.data or b""), self._key)
                         if iid != interview_id:
                             raise ValueError(f"an entry of {iid} on {subject}")
-                    except (ValueError, KeyError, TypeError, AttributeError, Unreadable) as exc:
-                        self._unreadable(seq - 1, subject, exc)
-                        unreadable.append(seq - 1)
+                    except Unreadable as exc:
+                        met.add(n)
+                        if n not in reported:
+                            self._unreadable(n, subject, "key", exc)
                         continue
-                    out.append((seq - 1, segment))
+                    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                        met.add(n)
+                        if n not in reported:
+                            self._unreadable(n, subject, "corrupt", exc)
+                        corrupt.append(n)
+                        continue
+                    out.append((n, segment))
         except _TRANSIENT as exc:
             raise self._unavailable("read", exc) from exc
-        for n in unreadable:
-            await self._discard(n)
+        if met:  # what the next read meets again is not logged again; what is gone is forgotten
+            self._reported[subject] = met
+        else:
+            self._reported.pop(subject, None)
+        corrupt = [n for n in corrupt if n not in self._discarding]
+        if corrupt:
+            self._discarding.update(corrupt)
+            task = asyncio.get_running_loop().create_task(self._discard(corrupt))
+            self._discards.add(task)
+            task.add_done_callback(self._discards.discard)
         return out
 
-    def _unreadable(self, seq: int, subject: str, exc: BaseException) -> None:
-        if seq in self._reported:
-            return
-        self._reported.add(seq)
+    def _unreadable(self, seq: int, subject: str, reason: str, exc: BaseException) -> None:
         if self._metrics is not None:
-            self._metrics.journal_unreadable.inc()
+            self._metrics.journal_unreadable.labels(reason=reason).inc()
         # the type only: the message of a decoding error may quote the entry, and that may be a transcript
-        log.warning("segment journal: entry %d of %s is unreadable (%s); deleting it", seq, subject,
-                    type(exc).__name__)
+        if reason == "key":
+            log.warning("segment journal: entry %d of %s does not open with this node's journal key (%s); kept for a "
+                        "node that has the right MASTER_KEY_FILE (it expires with the stream's max age)", seq,
+                        subject, type(exc).__name__)
+        else:
+            log.warning("segment journal: entry %d of %s is corrupt (%s); deleting it", seq, subject,
+                        type(exc).__name__)
 
-    async def _discard(self, seq: int) -> None:
-        """Delete an unreadable entry (gone already: another node deleted it). A failure leaves it for the next read,
-        which does not log it again; it never fails the read."""
+    async def _discard(self, seqs: list[int]) -> None:
+        """Delete corrupt entries, together under one READ_TIMEOUT_S. One not deleted (NATS not answering) is left for
+        the next read, which does not log it again; gone already: another node deleted it."""
         try:
             async with asyncio.timeout(READ_TIMEOUT_S):
-                await self.bus.jetstream().delete_msg(STREAM, seq)
-        except _TRANSIENT as exc:
-            if not _deleted_already(exc):
-                return
-        self._reported.discard(seq)
+                js = self.bus.jetstream()
+                await asyncio.gather(*(js.delete_msg(STREAM, n) for n in seqs), return_exceptions=True)
+        except _TRANSIENT:
+            pass
+        finally:
+            self._discarding.difference_update(seqs)
+
+    async def aclose(self) -> None:
+        """Wait for the deletes of corrupt entries under way (each batch bounded by READ_TIMEOUT_S)."""
+        await asyncio.gather(*self._discards, return_exceptions=True)
 
     async def interviews(self) -> list[str]:
         """The interviews with entries in the journal (for the sweep). BusUnavailable if NATS does not answer."""

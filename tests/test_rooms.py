@@ -598,6 +598,11 @@ async def test_the_shared_journal_keeps_each_interviews_entries_sealed_until_don
     assert {a, b} <= set(await journal.interviews())
     raw = await journal_bus.jetstream().get_msg(STREAM, s0)
     assert raw.data is not None and b"Reykjavik" not in raw.data and b"Cat" not in raw.data
+    # a node with another master key, or with none, cannot open them, but one with the right key can: left in place
+    for other in (SharedJournal(journal_bus, MasterKeys.generate().journal_key()), SharedJournal(journal_bus, None)):
+        assert await other.entries(a) == []
+        await other.aclose()
+    assert [n for n, _ in await journal.entries(a)] == [s0, s1, s2]
 
     await journal.done(s0)
     await journal.done(s0)  # deleted already (another node replayed it): nothing to do
@@ -883,11 +888,12 @@ async def _len_entries_is(shared: SharedJournal, iid: str, n: int) -> bool:
     return len(await shared.entries(iid)) == n
 
 
-async def test_unreadable_journal_entries_are_logged_once_counted_and_deleted(
+async def test_unreadable_journal_entries_are_logged_once_counted_and_corrupt_ones_deleted(
         service: InterviewService, journal_bus: JetStreamBus, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
-    """A corrupt entry and one sealed with another master key can never be stored: the first read logs and counts
-    each and deletes it, so later sweeps neither meet nor log it again; the readable entry beside them is stored."""
+    """A corrupt entry can never be stored: the first read logs, counts and deletes it. One sealed with another master
+    key may be stored by a node that has that key: it is logged and counted once, and kept. The readable entry beside
+    them is stored."""
     import nats.js.errors
 
     from adapters.crypto import MasterKeys
@@ -899,7 +905,8 @@ async def test_unreadable_journal_entries_are_logged_once_counted_and_deleted(
     node = _Node(service, journal_bus, tmp_path / "a")
     shared = node.registry.writer.shared
     assert shared is not None
-    await SharedJournal(journal_bus, MasterKeys.generate().journal_key()).append(iid, _final(0, "another key"))
+    key = MasterKeys.generate().journal_key()
+    sealed = await SharedJournal(journal_bus, key).append(iid, _final(0, "another key"))
     corrupt = await js.publish(SharedJournal.subject(iid), b"{not json")
     await shared.append(iid, _final(1, "readable"))
 
@@ -907,12 +914,141 @@ async def test_unreadable_journal_entries_are_logged_once_counted_and_deleted(
     assert await node.registry.sweep_journal(_nowhere) == 0  # the readable one is queued (or stored) already
     await until(lambda: _stored_is(service, iid, [(1, "readable")]), within_s=10)
     assert await node.registry.sweep_journal(_nowhere) == 0
-    unreadable = [r for r in caplog.records if "unreadable" in r.getMessage() and SharedJournal.subject(iid) in
-                  r.getMessage()]
-    assert len(unreadable) == 2
-    assert node.metrics.registry.get_sample_value("segment_journal_unreadable_total") == 2
-    info = await js.stream_info(STREAM, subjects_filter=SharedJournal.subject(iid))
-    assert not info.state.subjects  # the readable one deleted once stored, the others at once
+    await node.registry.aclose()  # the deletes under way end
+    logged = [r.getMessage() for r in caplog.records if SharedJournal.subject(iid) in r.getMessage()]
+    assert len(logged) == 2
+    assert sum("corrupt" in m for m in logged) == 1 and sum("journal key" in m for m in logged) == 1
+    for reason in ("corrupt", "key"):
+        assert node.metrics.registry.get_sample_value("segment_journal_unreadable_total", {"reason": reason}) == 1
     with pytest.raises(nats.js.errors.NotFoundError):
         await js.get_msg(STREAM, corrupt.seq)
+    # the one sealed with another key is all that is left: for a node with that key
+    assert [n for n, _ in await SharedJournal(journal_bus, key).entries(iid)] == [sealed]
+
+
+async def test_a_takeover_reads_the_journal_while_appends_skip_the_stream_after_a_refused_one(
+        service: InterviewService, journal_bus: JetStreamBus, tmp_path: Path) -> None:
+    """A refused append sends this node's finals to the file for a while (NATS is connected): a room opening here
+    meanwhile still reads the dead node's entries and numbers after them, not 10 000 above."""
+    import dataclasses
+
+    from adapters.shared_journal import STREAM
+
+    taken, other = await new_interview(service), await new_interview(service)
+    node_a = _Node(service, journal_bus, tmp_path / "a", store_delay_s=3600)
+    (await node_a.join(taken, "candidate", "Cat", "cand-j"))._on_event(_final(0, "Sent just before the node died."))
+    shared_a = node_a.registry.writer.shared
+    assert shared_a is not None
+    await until(lambda: _has_entries(shared_a, taken), within_s=5, every_s=0.01)
+    assert node_a.registry.writer._task is not None
+    node_a.registry.writer._task.cancel()
+    node_a.file.close()
+
+    node_b = _Node(service, journal_bus, tmp_path / "b")
+    viewer = MemoryChannel()
+    node_b.registry.add_viewer(await node_b.join(other, "interviewer", "Ivy", "ivy"), viewer)
+    cand = await node_b.join(other, "candidate", "Cat", "cand-j")
+    js = journal_bus.jetstream()  # the stream refuses what is larger than 4 KiB: the next final is
+    config = (await js.stream_info(STREAM)).config
+    await js.update_stream(dataclasses.replace(config, max_msg_size=4096))
+    cand._on_event(_final(0, "long " * 1000))
+    await viewer.wait_for(lambda ch: len(ch.of_type("segment.final")) == 1, within_s=5)
+    shared_b = node_b.registry.writer.shared
+    assert shared_b is not None and not shared_b.available and journal_bus.connected
+
+    cand_b = await node_b.join(taken, "candidate", "Cat", "cand-j")
+    assert cand_b.seq_base == 1
+    await until(lambda: _stored_is(service, taken, [(0, "Sent just before the node died.")]), within_s=10)
+    await node_b.registry.aclose()
+
+
+async def test_a_room_reopened_while_the_journal_is_still_unread_is_not_numbered_another_gap_higher(
+        service: InterviewService, journal_bus: JetStreamBus, nats_server: NatsServer, tmp_path: Path) -> None:
+    """NATS down: the room opens 10 000 above what the store knows; it closes and opens again before NATS is back.
+    Its finals go on from where this node numbered them (not yet stored), not another 10 000 higher."""
+    from adapters.rooms import UNREAD_JOURNAL_SEQ_GAP as GAP
+
+    iid = await new_interview(service)
+    nats_server.stop()
+    await until(lambda: _disconnected(journal_bus), within_s=10)
+    node = _Node(service, journal_bus, tmp_path / "a", store_delay_s=3600)
+    cand = await node.join(iid, "candidate", "Cat", "cand-j")
+    assert cand.seq_base == GAP
+    cand._on_event(_final(0, "Said during the outage."))
+    assert await node.registry.leave(cand, "s-cand-j")
+    assert iid not in node.registry.rooms
+
+    again = await node.join(iid, "candidate", "Cat", "cand-j")
+    assert again.seq_base == GAP + 1
+    assert node.registry.writer._task is not None
+    node.registry.writer._task.cancel()
+    node.file.close()
+
+
+async def test_a_room_back_from_another_node_numbers_after_what_that_node_stored(
+        service: InterviewService, journal_bus: JetStreamBus, tmp_path: Path) -> None:
+    """The room was here, moved to another node that numbered more finals, and came back: this node's memory of the
+    numbering is stale, the store's last seq wins (reusing a seq would drop the new final as a duplicate)."""
+    iid = await new_interview(service)
+    node_a, node_b = _Node(service, journal_bus, tmp_path / "a"), _Node(service, journal_bus, tmp_path / "b")
+    cand = await node_a.join(iid, "candidate", "Cat", "cand-j")
+    cand._on_event(_final(0, "Said on A."))
+    await until(lambda: _stored_is(service, iid, [(0, "Said on A.")]), within_s=10)
+    assert await node_a.registry.leave(cand, "s-cand-j")
+
+    cand = await node_b.join(iid, "candidate", "Cat", "cand-j")
+    assert cand.seq_base == 1
+    cand._on_event(_final(0, "Said on B."))
+    await until(lambda: _stored_is(service, iid, [(0, "Said on A."), (1, "Said on B.")]), within_s=10)
+    assert await node_b.registry.leave(cand, "s-cand-j")
+
+    cand = await node_a.join(iid, "candidate", "Cat", "cand-j")
+    assert cand.seq_base == 2
+    cand._on_event(_final(0, "Back on A."))
+    await node_a.registry.aclose()
+    await node_b.registry.aclose()
+    assert await _stored(service, iid) == [(0, "Said on A."), (1, "Said on B."), (2, "Back on A.")]
+
+
+async def test_shutdown_sends_a_final_held_behind_its_journal_write_before_the_viewers_leave(
+        service: InterviewService, journal_bus: JetStreamBus, tmp_path: Path) -> None:
+    """A final spoken just before shutdown waits for its shared journal write; shutdown waits for that write, so the
+    interviewer still connected receives the final before everyone leaves the room."""
+    iid = await new_interview(service)
+    node = _Node(service, journal_bus, tmp_path / "a")
+    viewer = MemoryChannel()
+    node.registry.add_viewer(await node.join(iid, "interviewer", "Ivy", "ivy"), viewer)
+    cand = await node.join(iid, "candidate", "Cat", "cand-j")
+    cand._on_event(_final(0, "My last words."))
+    assert viewer.of_type("segment.final") == []  # held: its journal write is under way
     await node.registry.aclose()
+    assert [m["text"] for m in viewer.of_type("segment.final")] == ["My last words."]
+    assert node.metrics.registry.get_sample_value("analysis_messages_dropped_total", {"reason": "shutdown"}) is None
+    assert await _stored(service, iid) == [(0, "My last words.")]
+
+
+async def test_a_final_still_held_when_the_shutdown_deadline_passes_is_logged_and_counted_not_sent(
+        service: InterviewService, journal_bus: JetStreamBus, nats_server: NatsServer, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """NATS takes the final's journal write and does not answer (the server is paused): shutdown's deadline passes
+    first, so the final is not sent live; that is logged and counted, and the final is still journaled (the file took
+    it when the stream's 0.5 s ran out)."""
+    import signal
+
+    caplog.set_level("WARNING", logger="adapters.rooms")
+    iid = await new_interview(service)
+    node = _Node(service, journal_bus, tmp_path / "a")
+    viewer = MemoryChannel()
+    node.registry.add_viewer(await node.join(iid, "interviewer", "Ivy", "ivy"), viewer)
+    cand = await node.join(iid, "candidate", "Cat", "cand-j")
+    assert nats_server.proc is not None
+    nats_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        cand._on_event(_final(0, "Not acknowledged in time."))
+        await node.registry.aclose(persist_timeout_s=0.1)
+    finally:
+        nats_server.proc.send_signal(signal.SIGCONT)
+    assert viewer.of_type("segment.final") == []
+    assert node.metrics.registry.get_sample_value("analysis_messages_dropped_total", {"reason": "shutdown"}) == 1
+    assert any("not sent to its viewers at shutdown" in r.getMessage() for r in caplog.records)
+    assert [(i, s.seq) for i, s in node.file.pending()] == [(iid, 0)]
