@@ -265,6 +265,7 @@ class Room:
         # live guidance: finals go through one queue to one worker, which runs `Guidance.observe` in a thread
         self.t0 = asyncio.get_running_loop().time()  # room time 0: every participant's finals on one clock
         self.guidance_queue: asyncio.Queue[tuple[GuidanceFinal, float] | None] | None = None
+        self.guidance_worker: asyncio.Task[None] | None = None
         self.latest_guidance: dict[str, str] = {}  # "guide.coverage" / "talk.balance" / "qa.pair:<pid>:<seq>"
         # the tone of words (sentiment) is sent only when the organisation shows it (OrgPolicy.tone; off in eu
         # unless turned on); decided when the room opens
@@ -409,6 +410,7 @@ class Room:
             log.exception("live guidance unavailable for interview %s", self.interview_id)
             guidance = None
         loop = asyncio.get_running_loop()
+        unrecorded: GuideCoverageEvent | None = None  # the latest coverage sent and not stored: its times moved only
         while (item := await queue.get()) is not None:
             final, queued_at = item
             if guidance is None:
@@ -421,15 +423,20 @@ class Room:
                 continue
             for ev in events:
                 self.publish(None, ev)
+                if isinstance(ev, GuideCoverageEvent):
+                    unrecorded = ev if ev.time_only else None
             self.registry.metrics.guidance_latency.observe(loop.time() - queued_at)
-            await self._record_guidance(events)
+            await self._record_guidance([ev for ev in events
+                                         if not (isinstance(ev, GuideCoverageEvent) and ev.time_only)])
+        if unrecorded is not None:  # the stored coverage ends with the times the viewers saw last
+            await self._record_guidance([unrecorded])
 
     async def _record_guidance(self, events: list[GuidanceEvent]) -> None:
         """Store the room's guidance with the interview (and so publish it): after the viewers have it, on this
         room's worker, so a slow store delays only the next guidance. A failure is logged and counted; the next
         coverage, pair or balance supersedes what was lost (an alert is in the audit trail as well)."""
         record = self.registry.record_guidance
-        if record is None:
+        if record is None or not events:
             return
         for ev in events:
             try:
@@ -928,7 +935,7 @@ class RoomRegistry:
                 room.history.extend(history)
                 if self.guidance_factory is not None:
                     room.guidance_queue = asyncio.Queue(GUIDANCE_QUEUE)
-                    self._spawn(room.run_guidance(self.guidance_factory))
+                    room.guidance_worker = self._spawn(room.run_guidance(self.guidance_factory))
                 self.metrics.rooms_active.set(len(self.rooms))
         participant = Participant(room, claims, seq_base=seq_base, session_id=session_id)
         participant.consented = await self._consented(claims)
@@ -1227,11 +1234,12 @@ class RoomRegistry:
     def max_final_wait_s(self) -> float:
         return max((p.final_wait_s for p in self.all_participants()), default=0.0)
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(_log_task_failure)
+        return task
 
     async def aclose(self, persist_timeout_s: float = 10.0) -> None:
         """Shutdown: drain every stream to finals (sent to viewers still connected), then persist them. The waits for
@@ -1252,7 +1260,12 @@ class RoomRegistry:
         # finals whose shared journal write is under way reach the viewers before they leave (a write that NATS
         # does not acknowledge falls back to the file journal within its own timeout)
         await asyncio.gather(*(room.release_held(left()) for room in list(self.rooms.values())))
+        workers = {room.guidance_worker for room in self.rooms.values() if room.guidance_worker is not None}
         await asyncio.gather(*(self._remove(p, "shutdown") for p in participants))
+        # each room's guidance worker ends after the finals queued and stores its last coverage (bounded like the
+        # segment writer below)
+        if workers:
+            await asyncio.wait(workers, timeout=left())
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

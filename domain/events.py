@@ -403,11 +403,16 @@ class GuideCoverageEvent:
     """The interview guide's questions, which are covered (by which final), which are left, and questions asked
     that are not in the guide; `sections`: per category, questions covered, answer time used (`seconds`), time spent
     on its questions (`spentS`) against its budget (`budgetS`, the sum of its questions' budgets, None when none has
-    one; `remainingS`, `over`)."""
+    one; `remainingS`, `over`).
+
+    `time_only` (not in `to_dict`): only the times moved since the last coverage that was not time-only, and that one is
+    less than `pipeline.guidance.RECORD_TIMES_EVERY_S` of room time old. Viewers get every coverage (the clock runs
+    on their page); the room stores a time-only one only when it is the last (the next coverage supersedes it)."""
 
     items: list[GuideItemStatus]
     extra: list[AskedRef]
     sections: list[dict[str, Any]]
+    time_only: bool = False
     type: Literal["guide.coverage"] = "guide.coverage"
 
     def to_dict(self) -> dict[str, Any]:

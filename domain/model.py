@@ -220,10 +220,12 @@ class Fields:
         value = self._get(name, required)
         if value is self._MISSING:
             return None
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        # an int is finite whatever its size (JSON allows 10**400; math.isfinite would overflow converting it)
+        if isinstance(value, bool) or not isinstance(value, int | float) or (
+                isinstance(value, float) and not math.isfinite(value)):
             self.error(name, "expected a number")
             return None
-        if not lo <= value <= hi:
+        if not lo <= value <= hi:  # exact for ints of any size: only one in range is converted below
             self.error(name, f"must be between {lo:g} and {hi:g}")
             return None
         return float(value)

@@ -405,6 +405,11 @@ _FOLLOW_UP = re.compile(r"^(and|so|but|why|how come|can you (say|tell me) more|c
                         r"tell me more|what happened|what did you learn|what was the (result|outcome))\b", re.I)  # fmt: skip
 FOLLOW_UP_SIMILARITY = 0.5
 INTERRUPTION_TOLERANCE_S = 0.3  # ASR segment edges are this loose; a shorter overlap is a hand-over, not a cut-in
+# With budgets a coverage follows every final while a guide question is open; the room stores each one not marked
+# time-only (a document replaced, an outbox message published): a change of the times alone is marked unless the
+# last unmarked coverage is this old (room time); any other change never is (`GuideCoverageEvent.time_only`).
+RECORD_TIMES_EVERY_S = 30.0
+_SECTION_TIMES = frozenset({"seconds", "spentS", "remainingS", "over"})
 
 
 def questions_in(text: str) -> list[str]:
@@ -469,6 +474,9 @@ class Guidance:
         self._interruptions: dict[str, int] = {}
         self._recent: deque[GuidanceFinal] = deque(maxlen=64)
         self._longest: dict[str, Any] | None = None
+        # the last coverage not marked time-only, without its times, and the room time it was made at
+        self._full_coverage: tuple[list[GuideItemStatus], list[AskedRef], list[dict[str, Any]]] | None = None
+        self._full_coverage_at = -math.inf
 
     def observe(self, f: GuidanceFinal) -> list[GuidanceEvent]:
         events: list[GuidanceEvent] = []
@@ -487,8 +495,19 @@ class Guidance:
         if (self._budgeted and self._pairs and self._pairs[-1].guide_index is not None
                 and not any(isinstance(e, GuideCoverageEvent) for e in events)):
             events.append(self.coverage())
+        for e in events:
+            if isinstance(e, GuideCoverageEvent):
+                self._mark_time_only(e)
         events.append(self.balance())
         return events
+
+    def _mark_time_only(self, event: GuideCoverageEvent) -> None:
+        untimed = ([replace(i, spent_s=0.0) for i in event.items], event.extra,
+                   [{k: v for k, v in s.items() if k not in _SECTION_TIMES} for s in event.sections])  # fmt: skip
+        if untimed == self._full_coverage and self._now - self._full_coverage_at < RECORD_TIMES_EVERY_S:
+            event.time_only = True
+        else:
+            self._full_coverage, self._full_coverage_at = untimed, self._now
 
     def _on_interviewer(self, f: GuidanceFinal) -> list[GuidanceEvent]:
         questions = questions_in(f.text)

@@ -139,13 +139,17 @@ async def test_guide_questions_carry_time_budgets(client: httpx.AsyncClient) -> 
 
     fields = error_fields(await client.post("/api/interviews", json={**NEW, "questions": [
         {"text": "a", "budgetS": -60}, {"text": "b", "budgetS": "60"}, {"text": "c", "budgetS": 0},
-        {"text": "d", "budgetS": True}, {"text": "e", "budgetS": 10**9}, {"text": "f", "budgetS": None}]}))
+        {"text": "d", "budgetS": True}, {"text": "e", "budgetS": 10**9}, {"text": "f", "budgetS": None},
+        {"text": "g", "budgetS": 10**400}]}))
     assert fields == {"questions[0].budgetS": "must be between 1 and 28800",
                       "questions[1].budgetS": "expected a number", "questions[2].budgetS": "must be between 1 and 28800",
                       "questions[3].budgetS": "expected a number",
-                      "questions[4].budgetS": "must be between 1 and 28800"}  # fmt: skip
-    bad = await client.post(f"/api/interviews/{doc['interviewId']}/questions", json={"text": "x", "budgetS": -1})
-    assert error_fields(bad) == {"budgetS": "must be between 1 and 28800"}
+                      "questions[4].budgetS": "must be between 1 and 28800",
+                      "questions[6].budgetS": "must be between 1 and 28800"}  # fmt: skip
+    for budget in (-1, 10**400):  # an integer too large for a float is out of range too, not a server error
+        bad = await client.post(f"/api/interviews/{doc['interviewId']}/questions",
+                                json={"text": "x", "budgetS": budget})
+        assert error_fields(bad) == {"budgetS": "must be between 1 and 28800"}
     assert len((await client.get(f"/api/interviews/{doc['interviewId']}")).json()["questions"]) == 4
 
 

@@ -183,6 +183,15 @@ def test_create_interview_names_every_bad_field() -> None:
     assert ok.questions[0].text == "Why?" and ok.type == "screening" and ok.scheduled_at == NOW
 
 
+@pytest.mark.parametrize("budget", [10**400, -(10**400), 28801, 0.5],
+                         ids=["huge", "huge-negative", "above", "below"])
+def test_a_question_budget_out_of_range_is_named_whatever_its_size(budget: int | float) -> None:
+    with pytest.raises(ValidationError) as info:
+        AddQuestion.parse({"text": "x", "budgetS": budget})
+    assert info.value.fields == {"budgetS": "must be between 1 and 28800"}
+    assert AddQuestion.parse({"text": "x", "budgetS": 28800}).budget_s == 28800.0
+
+
 def test_analysis_ranges() -> None:
     with pytest.raises(ValidationError) as info:
         RecordAnalysis.parse({"sentiment": {"overall": float("nan")}, "competency": {"x": True},

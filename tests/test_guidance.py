@@ -295,6 +295,26 @@ def test_time_budgets_per_question_and_section(embedder: OnnxSentenceEmbedder) -
     assert item(last, "q3")["budgetS"] is None and item(last, "q3")["spentS"] == 15.0
 
 
+def test_a_change_of_the_times_alone_is_marked_time_only_until_30_s_have_passed(
+        embedder: OnnxSentenceEmbedder) -> None:
+    """With budgets a coverage follows every final while a guide question is open. One whose only change since the
+    last unmarked coverage is its times (spent, remaining, over, answer seconds) is marked `time_only` (the room
+    sends it and does not store it) unless that one is 30 s of room time old; any other change is never marked."""
+    g = Guidance(embedder, default_detector(embedder, "us"), BUDGETED)
+    script = [_final("int", "interviewer", 0, "Can you walk me through a distributed system you've built?", 0, 5)]
+    script += [_final("cand", "candidate", k, f"Then part {k} of the ledger went live.", 6 + 5 * k, 10 + 5 * k)
+               for k in range(18)]  # answers ending at 10, 15, ... 95 s: q1 over its 10 s from 15 s on
+    script += [_final("int", "interviewer", 1, "What do you look for when you do a code review?", 100, 104),
+               _final("cand", "candidate", 18, "Readable names, tests, and small changes.", 105, 115)]
+    sent = [(f.end_s, e) for f in script for e in g.observe(f) if isinstance(e, GuideCoverageEvent)]
+    assert len(sent) == len(script)
+    # q1 asked; then its times every 30 s (room time); q3 asked, 9 s after the last unmarked one
+    assert [at for at, e in sent if not e.time_only] == [5, 35, 65, 95, 104]
+    assert sent[1][1].to_dict()["items"][0]["over"] is False and sent[2][1].to_dict()["items"][0]["over"] is True
+    assert sent[2][1].time_only  # going over the budget is a change of the times
+    assert "timeOnly" not in sent[-1][1].to_dict() and "time_only" not in sent[-1][1].to_dict()
+
+
 @pytest.mark.parametrize("budget", [0, -30, float("nan"), float("inf"), "60", True])
 def test_a_bad_time_budget_is_a_value_error(budget: object) -> None:
     with pytest.raises(ValueError, match="q1.*budget_s"):

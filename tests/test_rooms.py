@@ -20,13 +20,22 @@ import pytest
 
 from adapters.embeddings_onnx import OnnxSentenceEmbedder
 from adapters.metrics import Metrics
+from adapters.mongo import MongoStore
 from adapters.nats_bus import JetStreamBus
 from adapters.rooms import Participant, RoomRegistry
 from adapters.shared_journal import SharedJournal
 from adapters.stt_whisper import LocalWhisper
 from adapters.tokens import TokenSigner
 from domain.commands import CreateInterview, InterviewService
-from domain.events import SegmentEvent, SentimentEvent, Speaker, StreamEvent, to_json
+from domain.events import (
+    GuidanceEvent,
+    GuideCoverageEvent,
+    SegmentEvent,
+    SentimentEvent,
+    Speaker,
+    StreamEvent,
+    to_json,
+)
 from pipeline.guidance import Guidance, GuideItem, default_detector
 from pipeline.scheduler import SttScheduler
 from pipeline.stream import Conversation, ParticipantStream, StreamConfig
@@ -513,6 +522,65 @@ async def test_alert_reaches_interviewers_and_observers_never_the_candidate(
     assert [a["seq"] for a in late.of_type("alert.protected_topic")] == [2]
     assert late.of_type("guide.coverage") and late.of_type("talk.balance")
     await registry.aclose()
+
+
+async def test_coverage_is_sent_on_every_final_and_stored_when_more_than_its_times_changed_and_at_the_end(
+        service: InterviewService, store: MongoStore, guidance_embedder: OnnxSentenceEmbedder) -> None:
+    """With budgets the coverage goes to viewers after every final while a guide question is open; the store gets
+    it when a question is covered (or, not here, 30 s of room time after the last stored) and the last one when the
+    room's guidance ends, so the stored coverage has the final times."""
+    embedder = guidance_embedder
+    detector = default_detector(embedder, "us")
+
+    async def guidance_for(interview_id: str) -> Guidance:
+        return await asyncio.to_thread(Guidance, embedder, detector, GUIDE)
+
+    recorded: list[GuidanceEvent] = []
+
+    async def record(interview_id: str, event: GuidanceEvent) -> None:  # the service's, counted
+        recorded.append(event)
+        await service.record_guidance(interview_id, event)
+
+    streams: dict[str, ScriptedStream] = {}
+
+    def factory(speaker: Speaker, emit: Callable[[StreamEvent], None], rate: int, channels: int,
+                conversation: Conversation) -> Any:  # fmt: skip
+        streams[speaker.role] = ScriptedStream(speaker, emit)
+        return streams[speaker.role]
+
+    registry = RoomRegistry(stream_factory=factory, metrics=Metrics(), guidance_factory=guidance_for,
+                            record_guidance=record)  # fmt: skip
+    registry.start()
+    iid = await new_interview(service)
+    signer = TokenSigner(SECRET)
+    joined = {}
+    for role, name in (("interviewer", "Ivy"), ("candidate", "Cat")):
+        _, claims = signer.issue(iid, role, name)
+        joined[role], _ = await registry.join(claims, f"s-{role}")
+        joined[role].push_audio(np.zeros(960, dtype=np.int16), 48000, 1)  # opens its stream: 20 ms of audio
+    viewer = MemoryChannel()
+    registry.add_viewer(joined["interviewer"], viewer)
+
+    # finals past the audio pushed: each one's room time ends when it is published and lasts its stream duration
+    streams["interviewer"].say("Walk me through a distributed system you've built.", 0.0, 3.0)
+    for k in range(5):
+        streams["candidate"].say(f"Then part {k} of the ledger went live.", 4.0 + 3 * k, 6.0 + 3 * k)
+    streams["interviewer"].say("How do you review a teammate's code?", 20.0, 22.0)
+    for k in range(3):
+        streams["candidate"].say(f"I read the tests first, then change {k}.", 23.0 + 3 * k, 25.0 + 3 * k)
+    await viewer.wait_for(lambda ch: len(ch.of_type("talk.balance")) == 10)
+    await registry.aclose()
+
+    sent = viewer.of_type("guide.coverage")
+    stored_coverages = [e.to_dict() for e in recorded if isinstance(e, GuideCoverageEvent)]
+    assert len(sent) == 10 and len(stored_coverages) < len(sent) / 2
+    # each question that covered a guide item is stored as it came; the last one sent is stored after it
+    assert [c["left"] for c in stored_coverages[:2]] == [["q2"], []]
+    assert stored_coverages[-1] == sent[-1]
+    collaboration = next(s for s in sent[-1]["sections"] if s["category"] == "collaboration")
+    assert collaboration["seconds"] == 6.0  # the three answers to q2
+    stored = {g["kind"]: g["guidance"] for g in await store.list_guidance(iid)}
+    assert stored["coverage"] == sent[-1]
 
 
 async def test_an_organisation_that_does_not_show_the_tone_of_words_gets_no_sentiment(
