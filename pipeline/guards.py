@@ -134,7 +134,11 @@ def collapse_repeats(t: Transcript) -> Transcript:
         extra = end - (i + n)
         if timed:
             room = t.words[keep[end - 1]].end_s - t.words[keep[i + n - 1]].end_s
-            beyond = room < extra * MIN_REPEAT_WORD_S
+            # and the copies' words must take time themselves: words of no length stacked at the end of the audio
+            # are invented ("5, 5, 5, 5," for a real "five five" sent over WebRTC: the last two copies 0 s long at
+            # 2.04 s of 2.06 s, yet 0.7 s after the first copy)
+            spoken = sum(max(0.0, t.words[keep[k]].end_s - t.words[keep[k]].start_s) for k in range(i + n, end))
+            beyond = room < extra * MIN_REPEAT_WORD_S or spoken < extra * MIN_REPEAT_WORD_S / 2
         else:
             beyond = True  # already more words than the audio holds
         if not beyond:

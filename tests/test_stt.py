@@ -132,6 +132,10 @@ def test_a_sentence_repeated_beyond_what_the_audio_holds_is_kept_once() -> None:
              Word("forward.", 1.3, 1.7, 0.9)]  # fmt: skip
     assert collapse_repeats(_t("Go forward. Go forward.", words=twice, audio_s=2.3)).text == "Go forward. Go forward."
     assert collapse_repeats(_t("yes yes, I think so, I think so", audio_s=3.0)).reason == ""
+    # copies with time after the first but no length of their own, at the end of the audio: invented
+    fives = [Word("5,", 0.0, 0.94, 0.9), Word("5,", 1.06, 1.34, 0.9), Word("5,", 2.04, 2.04, 0.9),
+             Word("5,", 2.04, 2.04, 0.9)]  # fmt: skip
+    assert collapse_repeats(_t("5, 5, 5, 5,", words=fives, audio_s=2.06)).text == "5, 5,"
     # the sentence in the middle of other words
     tail = _t("well ok fine ok fine ok fine then", audio_s=1.0)
     assert collapse_repeats(tail).text == "well ok fine then"

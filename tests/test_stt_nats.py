@@ -28,6 +28,10 @@ from pipeline.transcript import SttError, Transcript
 from testing.nats import NatsServer
 from testing.stt_workers import SttWorkerProcess
 
+
+def words(text: str) -> list[str]:
+    return [w.strip(".,?!").lower() for w in text.split()]
+
 pytestmark = pytest.mark.slow
 
 
@@ -236,7 +240,7 @@ async def test_with_no_worker_the_final_is_kept_and_decoded_when_one_starts(
         await asyncio.wait_for(stream.settle(), 60)
         finals = [e for e in events if isinstance(e, SegmentEvent) and e.final]
         assert [f.seq for f in finals] == [error.affected["seq"]]  # the kept utterance, no hole
-        assert finals[0].text.split()[:4] == whisper.transcribe(jfk16k).text.split()[:4]
+        assert words(finals[0].text)[:4] == words(whisper.transcribe(jfk16k).text)[:4]  # (punctuation may differ)
         assert stream.stats["finals_retried"] == 1 and stream.stats["errors"] == 0
     finally:
         await stream.aclose()

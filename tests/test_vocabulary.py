@@ -158,7 +158,9 @@ async def test_the_command_line_tells_every_decode_the_vocabulary(whisper: Local
     with_terms = await transcript("--vocabulary", ",".join(INFRA))
     without = await transcript()
     found = {t: term_count(with_terms, t) for t in INFRA}
-    assert found["Kubernetes"] == 1 and found["Terraform"] == 1, with_terms
+    # Terraform is said once; tiny.en biased by the list may also write it for "Grafana" (seen with one
+    # ctranslate2 build), so at least once: what the test is about is Kubernetes, written only with the list
+    assert found["Kubernetes"] == 1 and found["Terraform"] >= 1, with_terms
     assert term_count(without, "Kubernetes") == 0, without
     assert found["Ansible"] == found["ArgoCD"] == 0  # never said, never written
 
