@@ -723,6 +723,18 @@ async def _has_entries(shared: SharedJournal, iid: str) -> bool:
     return bool(await shared.entries(iid))
 
 
+async def _node_with_a_journaled_final(service: InterviewService, journal_bus: JetStreamBus, tmp_path: Path, iid: str,
+                                       text: str) -> tuple[_Node, Any, SharedJournal]:
+    """Node A (its store writes held back) with the candidate joined and final 0 in the shared journal."""
+    node_a = _Node(service, journal_bus, tmp_path / "a", store_delay_s=3600)
+    cand = await node_a.join(iid, "candidate", "Cat", "cand-j")
+    cand._on_event(_final(0, text))
+    shared = node_a.registry.writer.shared
+    assert shared is not None
+    await until(lambda: _has_entries(shared, iid), within_s=5, every_s=0.01)  # the write is under way on A's loop
+    return node_a, cand, shared
+
+
 async def _disconnected(bus: JetStreamBus) -> bool:
     return not bus.connected
 
@@ -769,12 +781,7 @@ async def test_a_node_taking_a_room_over_stores_the_journaled_finals_first_and_n
 async def test_a_room_open_nowhere_is_swept_and_nats_down_falls_back_to_the_file_journal(
         service: InterviewService, journal_bus: JetStreamBus, nats_server: NatsServer, tmp_path: Path) -> None:
     iid = await new_interview(service)
-    node_a = _Node(service, journal_bus, tmp_path / "a", store_delay_s=3600)
-    cand = await node_a.join(iid, "candidate", "Cat", "cand-j")
-    cand._on_event(_final(0, "Nobody comes back to this room."))
-    shared = node_a.registry.writer.shared
-    assert shared is not None
-    await until(lambda: _has_entries(shared, iid), within_s=5, every_s=0.01)  # the write is under way on A's loop
+    node_a, cand, shared = await _node_with_a_journaled_final(service, journal_bus, tmp_path, iid, "Nobody comes back to this room.")
     assert node_a.registry.writer._task is not None
     node_a.registry.writer._task.cancel()
     node_a.file.close()
@@ -886,12 +893,7 @@ async def test_a_room_opened_while_the_journal_is_unreadable_numbers_above_the_f
     from adapters.rooms import UNREAD_JOURNAL_SEQ_GAP as GAP
 
     iid = await new_interview(service)
-    node_a = _Node(service, journal_bus, tmp_path / "a", store_delay_s=3600)
-    cand = await node_a.join(iid, "candidate", "Cat", "cand-j")
-    cand._on_event(_final(0, "Sent just before the node died."))
-    shared = node_a.registry.writer.shared
-    assert shared is not None
-    await until(lambda: _has_entries(shared, iid), within_s=5, every_s=0.01)
+    node_a, cand, shared = await _node_with_a_journaled_final(service, journal_bus, tmp_path, iid, "Sent just before the node died.")
     assert node_a.registry.writer._task is not None
     node_a.registry.writer._task.cancel()
     node_a.file.close()
