@@ -243,7 +243,7 @@ class Settings(BaseSettings):
                                              "text at each pause: an early close needs both (off: text only; unset: "
                                              "models/smart-turn-v3.2-cpu.onnx when present)")
     turn_audio_end: Annotated[float, Field(ge=0, le=1)] = setting(
-        0.5, "P(turn ended) from the audio model at or above which it agrees to close early")
+        0.3, "P(turn ended) from the audio model at or above which it agrees to close early")
     ice_servers: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_ice_urls)] = setting(
         (), "comma-separated stun:, turn: and turns: URLs handed to the pages for the call between participants "
         "(turn: needs TURN_SECRET); the server's own connections use the stun: ones (unset: host candidates only)")

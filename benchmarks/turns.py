@@ -46,7 +46,7 @@ from pipeline.smart_turn import MODEL_PATH, SmartTurn
 from pipeline.stream import StreamConfig
 from pipeline.transcript import SAMPLE_RATE
 from pipeline.turns import TurnRule, Verdict, audio_verdict, combine, text_verdict
-from testing.dialogues import dialogue_set
+from testing.dialogues import dialogue_set, digit_dialogue_set, guidance_dialogue, vocabulary_dialogue_set
 
 FRAME = SAMPLE_RATE // 50  # 20 ms, as the stream
 MIN_PAUSE_MS = 140  # pauses listed: shorter ones cannot reach any rule's threshold (>= 220 ms)
@@ -54,7 +54,7 @@ SPECULATE_MS = StreamConfig.speculate_after_ms  # the stream's speculative decod
 PRE_ROLL = int(0.3 * SAMPLE_RATE)
 LABEL_TOLERANCE_S = 0.3
 SILENCES_MS = (140, 200, 220, 250, 300, 400, 500, 600, 800)
-SWEEP_END = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
+SWEEP_END = (0.2, 0.3, 0.4, 0.5, 0.7, 0.8, 0.9, 0.95)
 SWEEP_HOLD = (0.0, 0.02, 0.05, 0.1)
 
 progress = progress_printer("turns")
@@ -98,10 +98,18 @@ def pauses_of(channel: np.ndarray) -> list[tuple[int, int]]:
     return out
 
 
-def labelled_pauses() -> tuple[list[Labelled], int]:
+def held_out_set() -> list[tuple[str, Path]]:
+    """Dialogues the turn thresholds were never tuned on: the vocabulary, digit and live-guidance sets."""
+    return [*vocabulary_dialogue_set(), *digit_dialogue_set(), ("guidance_protected", guidance_dialogue())]
+
+
+DIALOGUE_SETS = {"tuning": dialogue_set, "held-out": held_out_set}
+
+
+def labelled_pauses(dialogues: str = "tuning") -> tuple[list[Labelled], int]:
     """Every labelled pause of the dialogues, and how many ground-truth turns the dialogues have."""
     out, n_turns = [], 0
-    for name, folder in dialogue_set():
+    for name, folder in DIALOGUE_SETS[dialogues]():
         gt = json.loads((folder / f"{name}.json").read_text())["turns"]
         n_turns += len(gt)
         audio = read_audio(folder / f"{name}.stereo.wav", rate=SAMPLE_RATE)
@@ -233,13 +241,16 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=MODEL_PATH, help="the Smart Turn ONNX file")
     ap.add_argument("--speculate-ms", type=int, default=SPECULATE_MS,
                     help="pause (ms) the decode and Smart Turn hear, as SPECULATE_AFTER_MS")
+    ap.add_argument("--dialogues", choices=sorted(DIALOGUE_SETS), default="tuning",
+                    help="tuning: the eight dialogues the thresholds were chosen on (default); held-out: the "
+                    "vocabulary, digit and live-guidance dialogues, never used to choose them")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     rule = TurnRule(args.fixed_ms, args.complete_ms, args.incomplete_ms, audio_end=args.audio_end,
                     audio_hold=args.audio_hold)  # fmt: skip
     env = environment(["onnxruntime"])
     print(format_environment(env))
-    labelled, n_turns = labelled_pauses()
+    labelled, n_turns = labelled_pauses(args.dialogues)
     ev = Evidence(LocalWhisper(), SmartTurn(args.model), rule, args.speculate_ms)
     ms = args.complete_ms, args.fixed_ms, args.incomplete_ms
     fixed_long, fixed_short = f"fixed {args.fixed_ms} ms", f"fixed {args.complete_ms} ms"
@@ -269,7 +280,7 @@ def main() -> None:
         pos, neg = np.array([p.heard[audio][2] for p in ends]), np.array([p.heard[audio][2] for p in mid])
         wins = (pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()
         return float(wins / max(1, pos.size * neg.size))
-    print(f"\nheard at {args.speculate_ms} ms of pause; {len(pauses)} pauses >= {MIN_PAUSE_MS} ms "
+    print(f"\n{args.dialogues} dialogues ({len({p.dialogue for p in pauses})}), heard at {args.speculate_ms} ms of pause; {len(pauses)} pauses >= {MIN_PAUSE_MS} ms "
           f"({n_turns} ground-truth turns): {len(ends)} turn ends, "
           f"{len(mid)} mid-turn (mid-turn pause ms p50/max {statistics.median(p.duration_ms for p in mid) if mid else '-'}/"
           f"{max((p.duration_ms for p in mid), default='-')})\n"

@@ -98,7 +98,7 @@ class StreamConfig:
     turn_incomplete_ms: int = 800
     # with an audio model (ParticipantStream's `turn_audio`): its P(turn ended) at the pause must be at least
     # `turn_audio_end` to close early, and below `turn_audio_hold` it waits `turn_incomplete_ms` (pipeline.turns)
-    turn_audio_end: float = 0.5
+    turn_audio_end: float = 0.3
     turn_audio_hold: float = 0.0
     pre_roll_ms: int = 300
     min_speech_ms: int = 200

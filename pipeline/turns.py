@@ -93,7 +93,7 @@ class TurnRule:
     complete_ms: int = 220
     incomplete_ms: int = 800
     min_probability: float = 0.5
-    audio_end: float = 0.5
+    audio_end: float = 0.3
     audio_hold: float = 0.0
 
     def __post_init__(self) -> None:
