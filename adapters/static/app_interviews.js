@@ -271,7 +271,7 @@ function budgetSeconds(input, text, n) {
 }
 
 /** A budget in seconds in words: "45 s", "5 min", "1 h 30 min", "2 min 30 s". */
-export function budgetText(seconds) {
+function budgetText(seconds) {
   const s = Math.round(Number(seconds));
   const h = Math.floor(s / 3600);
   const m = Math.floor((s % 3600) / 60);
