@@ -26,6 +26,11 @@ backlog (used only against servers without the newer gauge).
 `offline_wer` is faster-whisper over each whole channel with the same model, the reference the
 streaming WER can be read against.
 
+Each room's interview has a guide (`guide_for`): the dialogue's interviewer questions reworded (`REWORDED`), each
+with a time budget, and one question it never asks, so live guide coverage and budgets run on every interviewer
+final as in a real interview; each run reports the guide questions the interviewer's overlay showed covered, and
+the server's guidance time per final. `--no-guide` schedules the interviews without one, to compare.
+
 `--call` puts the rooms on the call (adapters.call): both peers also open the `call` channel and the pages' relay
 slots, and hold the call with each other as the pages do (`testing.call_peer`: a direct aiortc connection signalled
 through the server, each sending its channel of the dialogue to the other), so the server does the signalling only;
@@ -133,6 +138,44 @@ def default_audio() -> list[Path]:
     if not files:
         raise SystemExit(f"no *.stereo.wav under {DATA}; pass --audio FILE")
     return files
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The rooms' interview guide: the dialogue's own interviewer questions, reworded, so that guide coverage matching
+# runs on every interviewer final (as in a real interview: a guide is never read out word for word)
+
+# Each interviewer turn of the shared dialogues (its ground-truth text) -> the guide's wording of it, its
+# competency and its time budget (s; the turns' question and answer take 8-13 s).
+REWORDED: dict[str, tuple[str, str, float]] = {
+    # mobile_mixed
+    "Welcome, and thank you for your time. What have you been building recently?":
+        ("Tell me about a project you have worked on lately.", "experience", 15.0),
+    "Was there anything that went badly?": ("Did anything go wrong along the way?", "experience", 10.0),
+    "How did you find the cause?": ("How did you track down the root of the problem?", "problem solving", 10.0),
+    # security_positive
+    "Could you describe how your team handles authentication?":
+        ("Walk me through the way your team manages user login and authentication.", "security", 15.0),
+    "What about data at rest?": ("How do you protect stored data?", "security", 10.0),
+    "Tell me about an incident you handled.":
+        ("Describe a security incident you had to respond to.", "incident response", 12.0),
+}  # fmt: skip
+# in every guide and asked in no dialogue: matching must leave it open
+NEVER_ASKED = ("How do you keep third-party dependencies up to date?", "maintenance", 60.0)
+UNASKED_ID = "guide-unasked"
+
+
+def guide_for(dialogue: Dialogue) -> list[dict[str, Any]]:
+    """`questions` for the room's interview (POST /api/interviews): one per interviewer turn of `dialogue` with a
+    rewording (ids `guide-<turn>`), then `NEVER_ASKED`; [] when none of its turns has one (another dialogue)."""
+    asked = [
+        {"questionId": f"guide-{i}", "text": text, "category": category, "budgetS": budget}
+        for i, t in enumerate(dialogue.of("interviewer")) if t.text in REWORDED
+        for text, category, budget in [REWORDED[t.text]]
+    ]  # fmt: skip
+    if not asked:
+        return []
+    text, category, budget = NEVER_ASKED
+    return [*asked, {"questionId": UNASKED_ID, "text": text, "category": category, "budgetS": budget}]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -466,7 +509,9 @@ class ServerProcess:
 # Interviews and join tokens through the API
 
 
-async def create_room(http: httpx.AsyncClient, base: str, admin_key: str, n: int) -> dict[str, str]:
+async def create_room(
+    http: httpx.AsyncClient, base: str, admin_key: str, n: int, guide: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     auth = {"Authorization": f"Bearer {admin_key}"}
 
     async def post(path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -488,6 +533,7 @@ async def create_room(http: httpx.AsyncClient, base: str, admin_key: str, n: int
             "scheduledAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "type": "technical",
             "format": "video",
+            "questions": guide or [],
         },
     )
     iid = interview["interviewId"]
@@ -530,6 +576,13 @@ async def _run_room(
     call = spec.get("call")
     calls: list[CallPeer] = []
     relayed = {"candidate": 0, "interviewer": 0}  # audio packets received on the relay slots
+    # the room's guide as the interviewer's overlay last saw it: its asked questions covered, the one never asked
+    # covered (a false match), and how many coverage events came (one per interviewer question, and with budgets
+    # one per final while a guide question is open)
+    guide = None if not room["guide_questions"] else {
+        "questions": room["guide_questions"], "asked": room["guide_questions"] - 1, "covered": 0,
+        "unasked_covered": 0, "coverage_events": 0}  # fmt: skip
+    out["guide"] = guide
 
     async def publish(role: str, **kw: Any) -> WhipSession:
         if call:  # what the pages offer: the call's channel and four relay slots
@@ -561,6 +614,11 @@ async def _run_room(
             while True:
                 msg = await intv.events.get()
                 kind = msg.get("type", "")
+                if kind == "guide.coverage" and guide is not None:
+                    guide["coverage_events"] += 1
+                    covered = {it.get("questionId") for it in msg.get("items", ()) if it.get("covered")}
+                    guide["covered"] = len(covered - {UNASKED_ID})
+                    guide["unasked_covered"] = int(UNASKED_ID in covered)
                 if kind in ("segment.final", "segment.partial", "segment.revised", "error"):
                     rec = {k: msg.get(k) for k in _KEEP}
                     rec["role"] = (msg.get("speaker") or {}).get("role")
@@ -713,8 +771,11 @@ async def run_rooms(
     async with httpx.AsyncClient(timeout=30) as http:
         rooms = []
         for i in range(n):
-            room = await create_room(http, base, admin_key, i)
-            room["audio"] = str(dialogues[i % len(dialogues)].audio)
+            dialogue = dialogues[i % len(dialogues)]
+            guide = [] if args.no_guide else guide_for(dialogue)
+            room = await create_room(http, base, admin_key, i, guide)
+            room["guide_questions"] = len(guide)
+            room["audio"] = str(dialogue.audio)
             room["offset_s"] = round(args.stagger * i / n, 3)
             rooms.append(room)
     spec = {"rooms": rooms, "tail_s": args.tail, "settle_s": args.settle, "max_settle_s": args.max_settle,
@@ -786,6 +847,7 @@ async def run_rooms(
     t_stream = t_stream if t_stream is not None else samples[0].t
     t_done = t_done if t_done is not None else samples[-1].t
     outcome = summarize(n, result["rooms"], samples, t_stream, t_done)
+    outcome.summary |= summarize_guide(result["rooms"], samples)
     outcome.summary |= summarize_call(args.call, result["rooms"])
     outcome.raw_rooms = result["rooms"]
     return outcome
@@ -803,6 +865,25 @@ def summarize_call(mode: str | None, rooms: list[dict[str, Any]]) -> dict[str, A
             paths[p] = paths.get(p, 0) + 1
     return {"call": mode, "call_paths": paths, "call_p2p_packets": sum(c["p2p_packets"] for c in calls),
             "call_relay_packets": sum(c["relay_packets"] for c in calls)}
+
+
+def summarize_guide(rooms: list[dict[str, Any]], samples: list[Sample]) -> dict[str, Any]:
+    """`guide`: over the rooms with a guide (null without any: `--no-guide`), its questions, those the dialogues
+    ask, how many of these the interviewer's overlay showed covered at the end, the never-asked ones it showed
+    covered (false matches) and the `guide.coverage` events received; `server_guidance`: finals that went through
+    live guidance and their mean time from final sent to its guidance sent (the server's
+    `guidance_latency_seconds`: queue wait + sentence embedding + matching)."""
+    guides = [r["guide"] for r in rooms if r.get("guide")]
+    guide = {k: sum(g[k] for g in guides) for k in ("questions", "asked", "covered", "unasked_covered",
+                                                     "coverage_events")} if guides else None  # fmt: skip
+    with_metrics = [s for s in samples if "guidance_latency_seconds_count" in s.metrics]
+    server = None
+    if len(with_metrics) >= 2:
+        first, last = with_metrics[0].metrics, with_metrics[-1].metrics
+        count = last["guidance_latency_seconds_count"] - first["guidance_latency_seconds_count"]
+        total = last.get("guidance_latency_seconds_sum", 0.0) - first.get("guidance_latency_seconds_sum", 0.0)
+        server = {"finals": int(count), "mean_ms": round(1000 * total / count, 1) if count else None}
+    return {"guide": guide, "server_guidance": server}
 
 
 def _per_room_minute(rooms: int, cpu_percent: dict[str, float | None]) -> dict[str, float | None]:
@@ -1240,7 +1321,8 @@ async def measure(
             f"{n} room(s): final p50/p95 {_fmt(f['p50'])}/{_fmt(f['p95'])} ms, WER {_fmt(s['wer'])},"
             f" missed {s['missed_turns']}/{s['turns']}, server CPU {_fmt(s['cpu_percent'])} %,"
             f" max lag {_fmt(s['max_lag_s'])} s, realtime {s['realtime']}, join p50/p95 ms {s['server_join_ms']},"
-            f" STT busy % by kind {s['stt_busy_percent']}"
+            f" STT busy % by kind {s['stt_busy_percent']}, guide covered/asked {guide_cell(s['guide'])},"
+            f" guidance {s['server_guidance']}"
         )
         if s["sender_max_late_ms"] > SENDER_LATE_WARN_MS:
             progress(
@@ -1281,8 +1363,17 @@ async def _relay_cpu(base: str, admin_key: str, server_pid: int | None, pairs: i
 HEADERS = [
     "rooms", "final p50 ms", "p95", "p99", "max", "1st partial p50 ms", "p95", "WER live/revised", "missed",
     "split (joined)", "server CPU %", "peers CPU %", "CPU s/room-min ingest/STT/store+bus", "dropped", "max lag s",
-    "realtime", "call", "call packets direct/relayed", "relay CPU % per stream",
+    "realtime", "call", "call packets direct/relayed", "relay CPU % per stream", "guide covered/asked",
+    "guidance ms/final",
 ]  # fmt: skip
+
+
+def guide_cell(guide: dict[str, Any] | None) -> str:
+    """"5/6 (+1 unasked)": asked guide questions covered of those asked, and never-asked ones matched anyway."""
+    if not guide:
+        return "no guide"
+    extra = f" (+{guide['unasked_covered']} unasked)" if guide["unasked_covered"] else ""
+    return f"{guide['covered']}/{guide['asked']}{extra}"
 
 
 def table_rows(runs: list[dict[str, Any]]) -> list[list[Any]]:
@@ -1298,6 +1389,7 @@ def table_rows(runs: list[dict[str, Any]]) -> list[list[Any]]:
             r["max_lag_s"], "yes" if r["realtime"] else "no", r.get("call", "off"),
             "-" if r.get("call", "off") == "off" else f"{r['call_p2p_packets']}/{r['call_relay_packets']}",
             _fmt((r.get("relay_cpu") or {}).get("per_stream_cpu_pct")) if r.get("call") == "relay" else "-",
+            guide_cell(r.get("guide")), _fmt((r.get("server_guidance") or {}).get("mean_ms")),
         ])  # fmt: skip
     return rows
 
@@ -1371,6 +1463,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "stt_workers": args.stt_workers if args.stt == "nats" else None,
             "stt_model": os.environ.get("STT_MODEL") or "tiny.en (default)",
             "call": args.call or "off",
+            "guide": not args.no_guide,
         },
     }
     print(format_environment(env))
@@ -1434,6 +1527,10 @@ def main(argv: list[str] | None = None) -> None:
                         "which also measures the server's CPU per relayed stream)")
     parser.add_argument("--relay-seconds", type=float, default=10.0,
                         help="--call relay: length of each CPU window of the per-stream measurement, s (10)")
+    parser.add_argument("--no-guide", action="store_true",
+                        help="schedule the rooms' interviews without a guide (by default each has its dialogue's "
+                        "interviewer questions reworded, with time budgets, plus one question never asked), so "
+                        "guide coverage matching does not run: to compare")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -3,12 +3,13 @@ nx-27017, an embedded nats-server, Whisper in its worker processes), headless Ch
 speaking `jfk.flac`.
 
 The walk the issue asks for, found by role and label the way people find things: the admin signs in and adds an
-HR user and two interviewers; HR schedules an interview with interviewer 1 for a new candidate and copies the
-candidate link from the page; the candidate opens it in a browser of their own and speaks; interviewer 1 signs in,
-joins from the dashboard with one click and reads the candidate's words in the overlay; interviewer 2 signs in and
-sees no interview, and the API answers a direct read of it with 404. And the first start of `python server.py`
-without users prints a one-time setup link that makes the first admin. `tests/test_webapp.py` keeps the UI's edge
-cases (refresh, lock-outs, filters) against a loopback double.
+HR user and two interviewers; HR schedules an interview with interviewer 1 for a new candidate (a question's time
+budget out of range is refused in the form and nothing is sent; one in range is stored with its question) and
+copies the candidate link from the page; the candidate opens it in a browser of their own and speaks; interviewer 1
+signs in, joins from the dashboard with one click and reads the candidate's words in the overlay; interviewer 2
+signs in and sees no interview, and the API answers a direct read of it with 404. And the first start of `python
+server.py` without users prints a one-time setup link that makes the first admin. `tests/test_webapp.py` keeps the
+UI's edge cases (refresh, lock-outs, filters) against a loopback double.
 """
 
 from __future__ import annotations
@@ -110,9 +111,34 @@ async def test_admin_hr_candidate_and_interviewers_walk(chromium: str, tmp_path:
         await hr.get_by_label("Date and time").fill("2030-03-05T14:30")
         await hr.get_by_label("Ivo Interviewer (ivo@example.com)").check()
         await hr.get_by_label("Question 1", exact=True).fill("What would you ask of your country?")
+        # a time budget out of 1 s .. 8 h, typed from the keyboard: said next to the field, and nothing is sent
+        await hr.get_by_label("Question 1", exact=True).press("Tab")
+        budget = hr.get_by_label("Time budget for question 1 (minutes)")
+        await expect(budget).to_be_focused()
+        await hr.keyboard.type("481")
+        await hr.keyboard.press("Enter")
+        await expect(budget).to_have_attribute("aria-invalid", "true")
+        await expect(budget).to_have_accessible_description(re.compile("from 1 second to 8 hours"))
+        await expect(hr.get_by_role("alert").filter(has_text="Please correct these")).to_contain_text(
+            "Question 1: the time budget must be from 1 second to 8 hours")
+        hr_token = await _access_token(live, "hana@example.com")
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {hr_token}"}) as http:
+            assert (await http.get("/api/interviews")).json()["items"] == []
+            assert (await http.get("/api/candidates")).json()["items"] == []
+        await budget.fill("2.5")
+        await expect(budget).not_to_have_attribute("aria-invalid", "true")
+        await hr.get_by_role("button", name="Add a question").click()
+        await hr.get_by_label("Question 2", exact=True).fill("And what would you do for it?")
         await hr.get_by_role("button", name="Schedule interview").click()
         await expect(hr.get_by_role("heading", name="Interview with Casey Candidate")).to_be_visible()
         interview_id = hr.url.rstrip("/").rsplit("/", 1)[-1]
+        questions = hr.get_by_role("region", name="Questions").get_by_role("listitem")
+        await expect(questions).to_have_text(["What would you ask of your country? · time budget 2 min 30 s",
+                                              "And what would you do for it?"])
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {hr_token}"}) as http:
+            stored = (await http.get(f"/api/interviews/{interview_id}")).json()["questions"]
+        assert [(q["text"], q.get("budgetS")) for q in stored] == [
+            ("What would you ask of your country?", 150.0), ("And what would you do for it?", None)]
         await hr.get_by_role("button", name="Copy candidate link").click()
         link = hr.get_by_role("textbox", name="Candidate link")
         await expect(link).to_have_value(re.compile(r"/candidate\?token="))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import wave
@@ -15,9 +16,11 @@ import numpy as np
 import pytest
 
 from benchmarks.latency import (
+    UNASKED_ID,
     Turn,
     backlog_grows,
     cpu_seconds,
+    guide_for,
     histogram_quantile,
     load_dialogue,
     ms_stats,
@@ -28,6 +31,7 @@ from benchmarks.latency import (
     summarize_breakdown,
     truth_path,
 )
+from domain.model import QUESTION_BUDGET_S
 from testing.data import SHARED_DATA
 from testing.text import corpus_wer, transcript_of
 
@@ -162,6 +166,25 @@ def test_ground_truth_is_found_beside_the_stereo_dialogues():
         assert len(dialogue.turns) == len(json.loads(dialogue.truth.read_text())["turns"])
 
 
+def test_each_rooms_guide_rewords_its_dialogues_questions_with_budgets_and_adds_one_never_asked(tmp_path):
+    for path in sorted(DATA.glob("*.stereo.wav")):
+        dialogue = load_dialogue(path)
+        asked = [t.text for t in dialogue.of("interviewer")]
+        guide = guide_for(dialogue)
+        assert [q["questionId"] for q in guide] == [*(f"guide-{i}" for i in range(len(asked))), UNASKED_ID], path
+        words = [set(re.findall(r"[a-z]+", text.lower())) for text in asked]
+        for q, said in zip(guide, [*words, set()], strict=True):
+            assert q["category"] and QUESTION_BUDGET_S[0] <= q["budgetS"] <= QUESTION_BUDGET_S[1], q
+            assert set(re.findall(r"[a-z]+", q["text"].lower())) != said  # reworded, not read out
+        assert guide[-1]["text"] not in asked
+    # a dialogue none of whose questions has a rewording gets no guide (its rooms run as with --no-guide)
+    (tmp_path / "other.json").write_text(json.dumps({"turns": [
+        {"speaker": "interviewer", "text": "Why this job?", "start_s": 0.5, "end_s": 1.5},
+        {"speaker": "candidate", "text": "I like it.", "start_s": 2.0, "end_s": 3.0}]}))
+    (tmp_path / "other.stereo.wav").write_bytes(b"")
+    assert guide_for(load_dialogue(tmp_path / "other.stereo.wav")) == []
+
+
 def test_audio_without_ground_truth_is_a_value_error(tmp_path):
     lone = tmp_path / "lone.stereo.wav"
     lone.write_bytes(b"")
@@ -215,12 +238,18 @@ def test_the_call_flows_peer_to_peer_with_the_server_signalling_only(tmp_path: P
     # ~15 s of 20 ms packets each way (750 a side), none through the server
     assert r["call_p2p_packets"] > 2 * 400 and r["call_relay_packets"] == 0, r
     assert r["turns"] == 2 and r["final_latency_ms"]["p50"] is not None  # the transcript still comes
+    # the room's guide: the one interviewer question of these 15 s, reworded, and one never asked; matching ran
+    # on the interviewer's final and covered the first only
+    assert r["guide"] == {"questions": 2, "asked": 1, "covered": 1, "unasked_covered": 0,
+                          "coverage_events": r["guide"]["coverage_events"]}, r["guide"]
+    assert r["guide"]["coverage_events"] >= 1 and r["server_guidance"]["finals"] >= 2, r["server_guidance"]
 
 
 @pytest.mark.slow
 def test_the_call_through_the_relay_and_its_cpu_per_stream(tmp_path: Path, shared_data: Path) -> None:
-    r = _run_latency(tmp_path, shared_data, "--call", "relay", "--relay-seconds", "2")
+    r = _run_latency(tmp_path, shared_data, "--call", "relay", "--relay-seconds", "2", "--no-guide")
     assert r["call"] == "relay" and r["call_paths"] == {"relay": 2}
+    assert r["guide"] is None  # --no-guide
     assert r["call_relay_packets"] > 2 * 400 and r["call_p2p_packets"] == 0, r
     relay = r["relay_cpu"]
     assert relay["relayed_streams"] == 2 and relay["relay_cpu_pct"] > 0 and "per_stream_cpu_pct" in relay

@@ -530,6 +530,7 @@ async def test_admin_hr_and_interviewer_walk(chromium: str) -> None:
         # HR cancels another interview, with a reason; the dashboard shows it.
         robin = page.get_by_role("row", name=re.compile("Robin Reyes"))
         await robin.get_by_role("link", name=re.compile("Details")).click()
+        await expect(page.get_by_role("button", name="Confirm cancellation")).to_be_hidden()  # until asked for
         await page.get_by_role("button", name="Cancel interview…").click()
         await expect(page.get_by_label("Reason for cancelling")).to_be_focused()
         await page.keyboard.type("The role was filled.")

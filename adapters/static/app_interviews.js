@@ -10,6 +10,7 @@ const STATUS_TEXT = { scheduled: "Scheduled", in_progress: "In progress", comple
 const TYPES = ["screening", "technical", "behavioral", "cultural", "case", "final"];
 const FORMATS = ["video", "audio", "phone", "in_person"];
 const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/; // domain/model.py ID_RE
+const [BUDGET_MIN_S, BUDGET_MAX_S] = [1, 8 * 3600]; // domain/model.py QUESTION_BUDGET_S
 const PAGE = 50;
 const LOOKUP_PAGES = 4; // names for ids: at most this many pages of candidates
 
@@ -249,6 +250,35 @@ function fieldErrors(exc) {
   return `${exc.message} ${Object.entries(exc.fields).map(([name, text]) => `${name}: ${text}`).join("; ")}`;
 }
 
+/**
+ * A question's time budget input as whole seconds (null: none given) or the problem with it, in words. The input
+ * is minutes; the range is the API's (1 s to 8 h), checked before rounding so 0.01 min is refused, not sent as 1 s.
+ */
+function budgetSeconds(input, text, n) {
+  const raw = input.value.trim();
+  if (!raw && !input.validity.badInput) return { seconds: null, problem: null };
+  const minutes = Number(raw);
+  if (input.validity.badInput || !raw || !Number.isFinite(minutes)) {
+    return { seconds: null, problem: `Question ${n}: enter the time budget in minutes, as a number (like 5 or 0.5).` };
+  }
+  const seconds = minutes * 60;
+  if (seconds < BUDGET_MIN_S || seconds > BUDGET_MAX_S) {
+    return { seconds: null,
+      problem: `Question ${n}: the time budget must be from 1 second to 8 hours (480 minutes); ${raw} minutes is not.` };
+  }
+  if (!text) return { seconds: null, problem: `Question ${n} has a time budget but no text: write the question or clear the budget.` };
+  return { seconds: Math.round(seconds), problem: null };
+}
+
+/** A budget in seconds in words: "45 s", "5 min", "1 h 30 min", "2 min 30 s". */
+function budgetText(seconds) {
+  const s = Math.round(Number(seconds));
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const rest = s % 60;
+  return [h ? `${h} h` : "", m ? `${m} min` : "", rest || s === 0 ? `${rest} s` : ""].filter(Boolean).join(" ");
+}
+
 async function renderSchedule(ctx) {
   const { root, api } = ctx;
   root.append(pageHeading("Schedule an interview"));
@@ -300,13 +330,25 @@ async function renderSchedule(ctx) {
     pickedInterviewers = () => ids.value.split(/[\s,]+/).filter(Boolean);
   }
 
-  // Questions: as many as needed, in order.
+  // Questions: as many as needed, in order, each with an optional time budget in minutes (sent as `budgetS`).
   const questionList = el("ol", { class: "questions" });
   let questionIds = 0;
   const addQuestion = (text = "") => {
-    const area = el("textarea", { id: `question-${++questionIds}`, rows: "2", maxlength: "2000", value: text });
+    const n = ++questionIds;
+    const area = el("textarea", { id: `question-${n}`, rows: "2", maxlength: "2000", value: text });
+    // type=number: arrow keys step it; `step=any` takes fractions (0.5 = 30 s); the form checks the range itself
+    const budget = el("input", { type: "number", id: `budget-${n}`, min: String(BUDGET_MIN_S / 60),
+      max: String(BUDGET_MAX_S / 60), step: "any", inputmode: "decimal", autocomplete: "off",
+      class: "budget-input", "aria-describedby": `budget-hint budget-${n}-error` });
+    const budgetError = el("p", { class: "field-error", id: `budget-${n}-error` });
+    budget.addEventListener("input", () => {
+      budgetError.textContent = "";
+      budget.removeAttribute("aria-invalid");
+    });
     const remove = el("button", { type: "button", class: "small danger", text: "Remove" });
-    const item = el("li", { class: "question" }, el("label", { for: area.id, class: "question-label" }), area, remove);
+    // in the tab order the question's budget follows its text; the grid puts Remove beside the text
+    const item = el("li", { class: "question" }, el("label", { for: area.id, class: "question-label" }), area,
+      el("div", { class: "budget" }, el("label", { for: budget.id, class: "budget-label" }), budget, budgetError), remove);
     remove.addEventListener("click", () => {
       item.remove();
       renumber();
@@ -318,13 +360,16 @@ async function renderSchedule(ctx) {
   };
   const renumber = () => {
     [...questionList.children].forEach((item, i) => {
-      item.querySelector("label").textContent = `Question ${i + 1}`;
+      item.querySelector(".question-label").textContent = `Question ${i + 1}`;
+      item.querySelector(".budget-label").textContent = `Time budget for question ${i + 1} (minutes)`;
       item.querySelector("button").setAttribute("aria-label", `Remove question ${i + 1}`);
     });
   };
   const addButton = el("button", { type: "button", class: "small", text: "Add a question" });
   addButton.addEventListener("click", () => addQuestion().focus());
   addQuestion();
+  const budgetHint = el("p", { class: "hint", id: "budget-hint",
+    text: "Time budgets are optional, in minutes (0.5 is 30 s), from 1 second to 8 hours (480). The live overlay shows the time used against them." });
 
   const error = el("div", { class: "form-error", role: "alert", id: "schedule-error" });
   const submit = el("button", { type: "submit", class: "primary", text: "Schedule interview" });
@@ -341,7 +386,7 @@ async function renderSchedule(ctx) {
       field("scheduled-at", "Date and time", when),
       field("time-zone", "Time zone", zone)),
     interviewerInput,
-    el("fieldset", {}, el("legend", { text: "Questions" }), questionList, addButton),
+    el("fieldset", {}, el("legend", { text: "Questions" }), budgetHint, questionList, addButton),
     error,
     el("div", { class: "actions" }, submit, el("a", { href: "/app/", class: "button", text: "Back to interviews" })));
 
@@ -354,6 +399,16 @@ async function renderSchedule(ctx) {
     if (pickExisting.checked && !candidateSelect.value) problems.push([candidateSelect, "Choose a candidate."]);
     if (!ID_RE.test(jobId.value.trim())) problems.push([jobId, "Enter a job id: letters, digits, - and _."]);
     if (!when.value) problems.push([when, "Choose the date and time."]);
+    const questions = [];
+    [...questionList.children].forEach((item, i) => {
+      const text = item.querySelector("textarea").value.trim();
+      const budget = item.querySelector(".budget-input");
+      const budgetError = item.querySelector(".field-error");
+      const { seconds, problem } = budgetSeconds(budget, text, i + 1);
+      budgetError.textContent = problem || "";
+      if (problem) problems.push([budget, problem]);
+      else if (text) questions.push(seconds === null ? { text } : { text, budgetS: seconds });
+    });
     for (const input of form.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
     if (problems.length) {
       for (const [input] of problems) input.setAttribute("aria-invalid", "true");
@@ -370,8 +425,6 @@ async function renderSchedule(ctx) {
         });
         candidateId = created.candidateId;
       }
-      const questions = [...questionList.querySelectorAll("textarea")].map((t) => t.value.trim()).filter(Boolean)
-        .map((text) => ({ text }));
       const interview = await api.post("/api/interviews", {
         candidateId, jobId: jobId.value.trim(), scheduledAt: zonedIso(when.value, zone.value),
         type: type.value, format: format.value, interviewers: pickedInterviewers(), questions,
@@ -490,7 +543,9 @@ async function renderInterview(ctx) {
     el("section", { class: "panel", "aria-labelledby": "questions-title" },
       el("h2", { id: "questions-title", text: "Questions" }),
       interview.questions?.length
-        ? el("ol", { class: "question-list" }, interview.questions.map((q) => el("li", { text: q.text })))
+        ? el("ol", { class: "question-list" }, interview.questions.map((q) => el("li", {}, q.text,
+          q.budgetS !== null && q.budgetS !== undefined
+            ? el("span", { class: "question-budget", text: ` · time budget ${budgetText(q.budgetS)}` }) : null)))
         : el("p", { class: "muted", text: "No questions prepared." })),
   );
   if (canSchedule(me)) {
