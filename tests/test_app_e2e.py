@@ -4,8 +4,9 @@ speaking `jfk.flac`.
 
 The walk the issue asks for, found by role and label the way people find things: the admin signs in and adds an
 HR user and two interviewers; HR schedules an interview with interviewer 1 for a new candidate (a question's time
-budget out of range is refused in the form and nothing is sent; one in range is stored with its question) and
-copies the candidate link from the page; the candidate opens it in a browser of their own and speaks; interviewer 1
+budget out of range and a competency longer than the API takes are refused in the form and nothing is sent; budgets
+in range and competencies are stored with their questions, and the details page groups the questions by competency)
+and copies the candidate link from the page; the candidate opens it in a browser of their own and speaks; interviewer 1
 signs in, joins from the dashboard with one click and reads the candidate's words in the overlay; interviewer 2
 signs in and sees no interview, and the API answers a direct read of it with 404. And the first start of `python
 server.py` without users prints a one-time setup link that makes the first admin. `tests/test_webapp.py` keeps the
@@ -111,34 +112,70 @@ async def test_admin_hr_candidate_and_interviewers_walk(chromium: str, tmp_path:
         await hr.get_by_label("Date and time").fill("2030-03-05T14:30")
         await hr.get_by_label("Ivo Interviewer (ivo@example.com)").check()
         await hr.get_by_label("Question 1", exact=True).fill("What would you ask of your country?")
-        # a time budget out of 1 s .. 8 h, typed from the keyboard: said next to the field, and nothing is sent
+        # from the keyboard, text -> competency -> budget: a competency of 101 characters (the API takes 100) is
+        # said next to its field as it is typed, a time budget out of 1 s .. 8 h when the form is sent; nothing is
         await hr.get_by_label("Question 1", exact=True).press("Tab")
+        competency = hr.get_by_label("Competency for question 1")
+        await expect(competency).to_be_focused()
+        await hr.keyboard.type("x" * 101)
+        await expect(competency).to_have_attribute("aria-invalid", "true")
+        await expect(competency).to_have_accessible_description(re.compile("at most 100 characters; this one has 101"))
+        await hr.keyboard.press("Tab")
         budget = hr.get_by_label("Time budget for question 1 (minutes)")
         await expect(budget).to_be_focused()
         await hr.keyboard.type("481")
         await hr.keyboard.press("Enter")
         await expect(budget).to_have_attribute("aria-invalid", "true")
         await expect(budget).to_have_accessible_description(re.compile("from 1 second to 8 hours"))
-        await expect(hr.get_by_role("alert").filter(has_text="Please correct these")).to_contain_text(
-            "Question 1: the time budget must be from 1 second to 8 hours")
+        problems = hr.get_by_role("alert").filter(has_text="Please correct these")
+        await expect(problems).to_contain_text("Question 1: a competency can be at most 100 characters")
+        await expect(problems).to_contain_text("Question 1: the time budget must be from 1 second to 8 hours")
+        await expect(competency).to_be_focused()  # the first problem
         hr_token = await _access_token(live, "hana@example.com")
         async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {hr_token}"}) as http:
             assert (await http.get("/api/interviews")).json()["items"] == []
             assert (await http.get("/api/candidates")).json()["items"] == []
+        await competency.fill("  Civic duty ")
+        await expect(competency).not_to_have_attribute("aria-invalid", "true")
         await budget.fill("2.5")
         await expect(budget).not_to_have_attribute("aria-invalid", "true")
-        await hr.get_by_role("button", name="Add a question").click()
-        await hr.get_by_label("Question 2", exact=True).fill("And what would you do for it?")
+        # two questions in one competency, one in another, one in none; a competency field offers those typed in
+        # the other rows
+        guide = [("And what would you do for it?", "Motivation", ""),
+                 ("What can we do together for the freedom of man?", "Civic duty", "1"),
+                 ("Anything else?", "", "")]
+        for n, (text, comp, minutes) in enumerate(guide, start=2):
+            await hr.get_by_role("button", name="Add a question").click()
+            await hr.get_by_label(f"Question {n}", exact=True).fill(text)
+            await hr.get_by_label(f"Competency for question {n}").fill(comp)
+            await hr.get_by_label(f"Time budget for question {n} (minutes)").fill(minutes)
+        await hr.get_by_label("Competency for question 3").focus()
+        await expect(hr.locator("datalist#competency-options option")).to_have_count(2)
+        assert await hr.locator("datalist#competency-options option").evaluate_all(
+            "options => options.map((o) => o.value)") == ["Civic duty", "Motivation"]
         await hr.get_by_role("button", name="Schedule interview").click()
         await expect(hr.get_by_role("heading", name="Interview with Casey Candidate")).to_be_visible()
         interview_id = hr.url.rstrip("/").rsplit("/", 1)[-1]
-        questions = hr.get_by_role("region", name="Questions").get_by_role("listitem")
-        await expect(questions).to_have_text(["What would you ask of your country? · time budget 2 min 30 s",
-                                              "And what would you do for it?"])
+        panel = hr.get_by_role("region", name="Questions")
+        await expect(panel.get_by_role("heading", level=3)).to_have_text(["Civic duty", "Motivation", "Other"])
+        civic = panel.get_by_role("region", name="Civic duty")
+        await expect(civic).to_contain_text("2 questions · time budget 3 min 30 s")
+        await expect(civic.get_by_role("listitem")).to_have_text([
+            "What would you ask of your country? · time budget 2 min 30 s",
+            "What can we do together for the freedom of man? · time budget 1 min"])
+        # numbered by their place in the guide, not within the section
+        assert await civic.get_by_role("listitem").evaluate_all("items => items.map((li) => li.value)") == [1, 3]
+        motivation = panel.get_by_role("region", name="Motivation")
+        await expect(motivation.locator(".section-budget")).to_have_text("1 question")
+        await expect(motivation.get_by_role("listitem")).to_have_text(["And what would you do for it?"])
+        await expect(panel.get_by_role("region", name="Other").get_by_role("listitem")).to_have_text(["Anything else?"])
         async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {hr_token}"}) as http:
             stored = (await http.get(f"/api/interviews/{interview_id}")).json()["questions"]
-        assert [(q["text"], q.get("budgetS")) for q in stored] == [
-            ("What would you ask of your country?", 150.0), ("And what would you do for it?", None)]
+        assert [(q["text"], q["category"], q.get("budgetS")) for q in stored] == [
+            ("What would you ask of your country?", "Civic duty", 150.0),
+            ("And what would you do for it?", "Motivation", None),
+            ("What can we do together for the freedom of man?", "Civic duty", 60.0),
+            ("Anything else?", "", None)]
         await hr.get_by_role("button", name="Copy candidate link").click()
         link = hr.get_by_role("textbox", name="Candidate link")
         await expect(link).to_have_value(re.compile(r"/candidate\?token="))

@@ -11,6 +11,7 @@ const TYPES = ["screening", "technical", "behavioral", "cultural", "case", "fina
 const FORMATS = ["video", "audio", "phone", "in_person"];
 const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/; // domain/model.py ID_RE
 const [BUDGET_MIN_S, BUDGET_MAX_S] = [1, 8 * 3600]; // domain/model.py QUESTION_BUDGET_S
+const COMPETENCY_MAX = 100; // domain/commands.py AddQuestion: `category`, at most 100 characters once stripped
 const PAGE = 50;
 const LOOKUP_PAGES = 4; // names for ids: at most this many pages of candidates
 
@@ -270,6 +271,21 @@ function budgetSeconds(input, text, n) {
   return { seconds: Math.round(seconds), problem: null };
 }
 
+/**
+ * A question's competency as sent (its `category`, trimmed; "" when none) or the problem with it, in words. The
+ * length is counted in characters (code points) as the API counts them, not in UTF-16 units as `maxlength` would,
+ * and the field has no `maxlength`: a pasted name too long is said, not cut short.
+ */
+function competencyValue(input, text, n) {
+  const value = input.value.trim();
+  const length = [...value].length;
+  if (length > COMPETENCY_MAX) {
+    return { value: "", problem: `Question ${n}: a competency can be at most ${COMPETENCY_MAX} characters; this one has ${length}.` };
+  }
+  if (value && !text) return { value: "", problem: `Question ${n} has a competency but no text: write the question or clear the competency.` };
+  return { value, problem: null };
+}
+
 /** A budget in seconds in words: "45 s", "5 min", "1 h 30 min", "2 min 30 s". */
 function budgetText(seconds) {
   const s = Math.round(Number(seconds));
@@ -330,12 +346,33 @@ async function renderSchedule(ctx) {
     pickedInterviewers = () => ids.value.split(/[\s,]+/).filter(Boolean);
   }
 
-  // Questions: as many as needed, in order, each with an optional time budget in minutes (sent as `budgetS`).
+  // Questions: as many as needed, in order, each with an optional competency (sent as `category`: the guide's
+  // sections) and an optional time budget in minutes (sent as `budgetS`).
   const questionList = el("ol", { class: "questions" });
+  // the competencies typed in the other rows, offered when a row's competency field is focused
+  const competencyOptions = el("datalist", { id: "competency-options" });
+  const offerCompetencies = (current) => {
+    const typed = [...questionList.querySelectorAll(".competency-input")].filter((input) => input !== current)
+      .map((input) => input.value.trim()).filter((v) => v && [...v].length <= COMPETENCY_MAX);
+    competencyOptions.replaceChildren(...[...new Set(typed)].map((value) => el("option", { value })));
+  };
   let questionIds = 0;
   const addQuestion = (text = "") => {
     const n = ++questionIds;
     const area = el("textarea", { id: `question-${n}`, rows: "2", maxlength: "2000", value: text });
+    const competency = el("input", { type: "text", id: `competency-${n}`, list: competencyOptions.id, autocomplete: "off",
+      class: "competency-input", "aria-describedby": `competency-hint competency-${n}-error` });
+    const competencyError = el("p", { class: "field-error", id: `competency-${n}-error` });
+    // the length is said while typing; a competency without question text only when the form is sent
+    competency.addEventListener("input", () => {
+      const length = [...competency.value.trim()].length;
+      const row = [...questionList.children].indexOf(item) + 1;
+      competencyError.textContent = length > COMPETENCY_MAX
+        ? `Question ${row}: a competency can be at most ${COMPETENCY_MAX} characters; this one has ${length}.` : "";
+      if (competencyError.textContent) competency.setAttribute("aria-invalid", "true");
+      else competency.removeAttribute("aria-invalid");
+    });
+    competency.addEventListener("focus", () => offerCompetencies(competency));
     // type=number: arrow keys step it; `step=any` takes fractions (0.5 = 30 s); the form checks the range itself
     const budget = el("input", { type: "number", id: `budget-${n}`, min: String(BUDGET_MIN_S / 60),
       max: String(BUDGET_MAX_S / 60), step: "any", inputmode: "decimal", autocomplete: "off",
@@ -346,9 +383,13 @@ async function renderSchedule(ctx) {
       budget.removeAttribute("aria-invalid");
     });
     const remove = el("button", { type: "button", class: "small danger", text: "Remove" });
-    // in the tab order the question's budget follows its text; the grid puts Remove beside the text
+    // the tab order is text, competency, budget, Remove; the grid puts Remove beside the text
     const item = el("li", { class: "question" }, el("label", { for: area.id, class: "question-label" }), area,
-      el("div", { class: "budget" }, el("label", { for: budget.id, class: "budget-label" }), budget, budgetError), remove);
+      el("div", { class: "question-meta" },
+        el("div", { class: "competency" }, el("label", { for: competency.id, class: "competency-label" }), competency,
+          competencyError),
+        el("div", { class: "budget" }, el("label", { for: budget.id, class: "budget-label" }), budget, budgetError)),
+      remove);
     remove.addEventListener("click", () => {
       item.remove();
       renumber();
@@ -361,6 +402,7 @@ async function renderSchedule(ctx) {
   const renumber = () => {
     [...questionList.children].forEach((item, i) => {
       item.querySelector(".question-label").textContent = `Question ${i + 1}`;
+      item.querySelector(".competency-label").textContent = `Competency for question ${i + 1}`;
       item.querySelector(".budget-label").textContent = `Time budget for question ${i + 1} (minutes)`;
       item.querySelector("button").setAttribute("aria-label", `Remove question ${i + 1}`);
     });
@@ -370,6 +412,8 @@ async function renderSchedule(ctx) {
   addQuestion();
   const budgetHint = el("p", { class: "hint", id: "budget-hint",
     text: "Time budgets are optional, in minutes (0.5 is 30 s), from 1 second to 8 hours (480). The live overlay shows the time used against them." });
+  const competencyHint = el("p", { class: "hint", id: "competency-hint",
+    text: `Competencies are optional, at most ${COMPETENCY_MAX} characters: questions with the same competency form one section of the guide, with its total time budget.` });
 
   const error = el("div", { class: "form-error", role: "alert", id: "schedule-error" });
   const submit = el("button", { type: "submit", class: "primary", text: "Schedule interview" });
@@ -386,7 +430,8 @@ async function renderSchedule(ctx) {
       field("scheduled-at", "Date and time", when),
       field("time-zone", "Time zone", zone)),
     interviewerInput,
-    el("fieldset", {}, el("legend", { text: "Questions" }), budgetHint, questionList, addButton),
+    el("fieldset", {}, el("legend", { text: "Questions" }), competencyHint, budgetHint, questionList,
+      competencyOptions, addButton),
     error,
     el("div", { class: "actions" }, submit, el("a", { href: "/app/", class: "button", text: "Back to interviews" })));
 
@@ -402,12 +447,17 @@ async function renderSchedule(ctx) {
     const questions = [];
     [...questionList.children].forEach((item, i) => {
       const text = item.querySelector("textarea").value.trim();
+      const competency = item.querySelector(".competency-input");
+      const category = competencyValue(competency, text, i + 1);
+      item.querySelector(".competency .field-error").textContent = category.problem || "";
+      if (category.problem) problems.push([competency, category.problem]);
       const budget = item.querySelector(".budget-input");
-      const budgetError = item.querySelector(".field-error");
       const { seconds, problem } = budgetSeconds(budget, text, i + 1);
-      budgetError.textContent = problem || "";
+      item.querySelector(".budget .field-error").textContent = problem || "";
       if (problem) problems.push([budget, problem]);
-      else if (text) questions.push(seconds === null ? { text } : { text, budgetS: seconds });
+      if (text && !category.problem && !problem) {
+        questions.push({ text, ...(category.value ? { category: category.value } : {}), ...(seconds === null ? {} : { budgetS: seconds }) });
+      }
     });
     for (const input of form.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
     if (problems.length) {
@@ -514,6 +564,44 @@ function cancelSection(ctx, interview) {
     el("h2", { id: "cancel-title", text: "Cancel" }), open, form);
 }
 
+const hasBudget = (q) => q.budgetS !== null && q.budgetS !== undefined;
+
+/** A guide question as a list item numbered by its place in the whole guide, with its time budget if it has one. */
+function questionItem(q, n) {
+  return el("li", { value: String(n) }, q.text,
+    hasBudget(q) ? el("span", { class: "question-budget", text: ` · time budget ${budgetText(q.budgetS)}` }) : null);
+}
+
+/**
+ * The guide's questions by competency (`category`), the sections the live overlay times: named ones in the order
+ * they first appear, then those without one under "Other" (the overlay's name for them); a guide with no
+ * competencies is one plain list. A section's budget is the sum of its questions' budgets, as the overlay's is.
+ */
+function questionsByCompetency(questions) {
+  if (!questions.length) return el("p", { class: "muted", text: "No questions prepared." });
+  const sections = new Map();
+  questions.forEach((q, i) => {
+    const name = (q.category || "").trim();
+    if (!sections.has(name)) sections.set(name, []);
+    sections.get(name).push([q, i + 1]);
+  });
+  if (sections.size === 1 && sections.has("")) {
+    return el("ol", { class: "question-list" }, questions.map((q, i) => questionItem(q, i + 1)));
+  }
+  const ordered = [...sections].sort(([a], [b]) => (a ? 0 : 1) - (b ? 0 : 1)); // stable: "" goes last
+  return ordered.map(([name, entries], k) => {
+    const budgets = entries.map(([q]) => q).filter(hasBudget).map((q) => Number(q.budgetS));
+    const count = `${entries.length} question${entries.length === 1 ? "" : "s"}`;
+    const budget = budgets.length ? ` · time budget ${budgetText(budgets.reduce((a, b) => a + b, 0))}` : "";
+    const partly = budgets.length && budgets.length < entries.length ? ` (${budgets.length} of them budgeted)` : "";
+    const id = `competency-section-${k + 1}`;
+    return el("section", { class: "question-section", "aria-labelledby": id },
+      el("h3", { id, text: name || "Other" }),
+      el("p", { class: "section-budget", text: `${count}${budget}${partly}` }),
+      el("ol", { class: "question-list" }, entries.map(([q, n]) => questionItem(q, n))));
+  });
+}
+
 async function renderInterview(ctx) {
   const { root, api, me, params } = ctx;
   const [interview, dir] = await Promise.all([
@@ -541,12 +629,7 @@ async function renderInterview(ctx) {
         el("dd", { text: interview.interviewers.map((id) => id === me.userId ? "you" : userName(dir, id)).join(", ") || "none assigned" }),
         interview.status === "cancelled" ? [el("dt", { text: "Cancelled" }), el("dd", { text: interview.cancelReason || "no reason given" })] : null)),
     el("section", { class: "panel", "aria-labelledby": "questions-title" },
-      el("h2", { id: "questions-title", text: "Questions" }),
-      interview.questions?.length
-        ? el("ol", { class: "question-list" }, interview.questions.map((q) => el("li", {}, q.text,
-          q.budgetS !== null && q.budgetS !== undefined
-            ? el("span", { class: "question-budget", text: ` · time budget ${budgetText(q.budgetS)}` }) : null)))
-        : el("p", { class: "muted", text: "No questions prepared." })),
+      el("h2", { id: "questions-title", text: "Questions" }), questionsByCompetency(interview.questions || [])),
   );
   if (canSchedule(me)) {
     root.append(candidateLinkSection(ctx, interview, dir));
