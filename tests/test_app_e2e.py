@@ -156,6 +156,7 @@ async def test_admin_hr_candidate_and_interviewers_walk(chromium: str, tmp_path:
         await hr.get_by_role("button", name="Schedule interview").click()
         await expect(hr.get_by_role("heading", name="Interview with Casey Candidate")).to_be_visible()
         interview_id = hr.url.rstrip("/").rsplit("/", 1)[-1]
+        await expect(hr.get_by_role("main")).not_to_contain_text("null")  # no absent part written as text
         panel = hr.get_by_role("region", name="Questions")
         await expect(panel.get_by_role("heading", level=3)).to_have_text(["Civic duty", "Motivation", "Other"])
         civic = panel.get_by_role("region", name="Civic duty")

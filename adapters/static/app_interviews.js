@@ -611,7 +611,8 @@ async function renderInterview(ctx) {
   const name = candidateName(dir, interview.candidateId);
   const at = new Date(interview.scheduledAt);
   const join = joinButton(ctx, interview, "Join interview");
-  root.append(
+  // el() skips null children, the DOM's append would write them as the text "null"
+  root.append(...[
     el("p", {}, el("a", { href: "/app/", text: "← All interviews" })),
     el("div", { class: "view-head" }, pageHeading(`Interview with ${name}`), statusBadge(interview.status)),
     interview.status === "completed" ? el("p", {}, el("a", { class: "button primary",
@@ -630,7 +631,7 @@ async function renderInterview(ctx) {
         interview.status === "cancelled" ? [el("dt", { text: "Cancelled" }), el("dd", { text: interview.cancelReason || "no reason given" })] : null)),
     el("section", { class: "panel", "aria-labelledby": "questions-title" },
       el("h2", { id: "questions-title", text: "Questions" }), questionsByCompetency(interview.questions || [])),
-  );
+  ].filter(Boolean));
   if (canSchedule(me)) {
     root.append(candidateLinkSection(ctx, interview, dir));
     if (isOpen(interview)) root.append(cancelSection(ctx, interview));
