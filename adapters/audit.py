@@ -6,8 +6,10 @@ Contract with the callers (HTTP routes, WHIP, and whatever else acts on personal
     audit.record(AuditEntry(...))   synchronous, O(1), never awaits, never drops; call it on the event loop
 
 `record` appends to an in-memory queue; one background task (`start()`) is the only writer. It takes up to
-`batch_size` entries (200) once the oldest has waited `flush_interval_s` (0.2 s) or a batch is full, gives each
-its place in its organisation's chain and writes them with one `insert_many`. While the store is down the
+`batch_size` entries (200) once the oldest has waited `flush_interval_s` (0.25 s) or a batch is full, gives each
+its place in its organisation's chain and writes them with one `insert_many` (one command: nx-27017 inserts them
+one by one, ~0.1 ms of its CPU each; what a batch costs besides is paid once per batch, so batches gathered by time
+rather than written entry by entry keep the trail's cost per request at what the inserts themselves cost). While the store is down the
 entries stay queued and the write is retried with backoff (0.1 s doubling to 5 s); `audit_entries_pending` and
 `audit_write_failures_total` show it. `aclose()` writes everything still queued (graceful shutdown).
 
@@ -24,7 +26,10 @@ Each document has `seq` (1, 2, ... within its organisation, unique index on (org
 previous entry's `hash`, 64 zeros for seq 1) and `hash` = SHA-256 of the canonical JSON (sorted keys, no
 spaces, UTF-8) of the document without `_id` and `hash`. A removed entry leaves a gap in `seq`, an edited one
 no longer matches its hash, and reordered ones no longer follow their predecessor's hash: `verify()` finds
-each. `audit_heads` keeps each chain's last (seq, hash) so that cutting entries off the end is found too.
+each. `audit_heads` keeps each chain's last (seq, hash) so that cutting entries off the end is found too; it is
+saved at most every `heads_interval_s` (1 s) while entries keep coming, within that of the last write when they
+stop, and at `aclose()` (one upsert per batch cost nx-27017 about as much as a fifth of the batch's inserts), so
+what is cut off the end within the last second before the cut may go unnoticed.
 
 Single writer: sequence numbers come from this process's writer task, which reads a chain's head once and then
 counts on. A second writer (another process on the same database) collides on the unique (orgId, seq) index:
@@ -46,6 +51,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -73,6 +79,7 @@ GENESIS_HASH = "0" * 64
 DEFAULT_ORG = "default"
 MAX_QUERY_LIMIT = 200
 _MAX_USER_AGENT = 256
+_PLAIN = (str, int, bool, type(None))  # detail values that are JSON as they are (what the routes record)
 
 
 @dataclass(slots=True, frozen=True)
@@ -165,7 +172,7 @@ def _check(entry: AuditEntry) -> None:
         raise ValueError("audit entry: `at` must be timezone-aware")
     if not entry.org_id or not entry.action:
         raise ValueError("audit entry: org_id and action are required")
-    if entry.detail is not None:
+    if entry.detail is not None and not all(type(k) is str and type(v) in _PLAIN for k, v in entry.detail.items()):
         try:  # what cannot be hashed must fail here, at its caller, not later in the writer
             json.dumps(entry.detail, allow_nan=False)
         except (TypeError, ValueError) as exc:
@@ -285,8 +292,8 @@ class AuditLog:
     """The audit trail in `db["audit"]` (and the chain heads in `db["audit_heads"]`); see the module docstring."""
 
     def __init__(self, db: AsyncIOMotorDatabase[Any], *, metrics: Metrics | None = None, batch_size: int = 200,
-                 flush_interval_s: float = 0.2, max_backoff_s: float = 5.0, max_queue: int = 100_000,
-                 spill_path: Path | None = None) -> None:
+                 flush_interval_s: float = 0.25, max_backoff_s: float = 5.0, max_queue: int = 100_000,
+                 spill_path: Path | None = None, heads_interval_s: float = 1.0) -> None:
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
         self.entries = db["audit"]
@@ -296,6 +303,7 @@ class AuditLog:
         self.flush_interval_s = flush_interval_s
         self.max_backoff_s = max_backoff_s
         self.max_queue = max_queue
+        self.heads_interval_s = heads_interval_s
         # without a file, entries past max_queue stay queued (said once): never dropped, but not bounded either
         self._spill = SpillFile(spill_path) if spill_path is not None else None
         # the current overflow was reported (what an earlier process left is reported by `start`)
@@ -303,6 +311,8 @@ class AuditLog:
         self.spilled = 0
         self._queue: deque[tuple[str, AuditEntry]] = deque()
         self._heads: dict[str, tuple[int, str]] = {}  # orgId -> (seq, hash) of the last entry written
+        self._unsaved: dict[str, tuple[int, str]] = {}  # chain heads written since audit_heads was last saved
+        self._heads_due = 0.0  # monotonic time after which a write saves audit_heads
         self._uncertain = False  # the last write failed without saying what it wrote
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
@@ -446,9 +456,16 @@ class AuditLog:
                 if self._spill is not None and self._spill.unread:
                     continue  # that chunk was all in the store already: the next one
                 if self._closing:
+                    await self._save_heads()
                     return
                 self._wake.clear()
-                await self._wake.wait()
+                if not self._unsaved:
+                    await self._wake.wait()
+                    continue
+                with contextlib.suppress(TimeoutError):  # idle: the heads are saved once they are due
+                    await asyncio.wait_for(self._wake.wait(), max(0.0, self._heads_due - time.monotonic()))
+                if not self._wake.is_set():
+                    await self._save_heads()
                 continue
             if len(self._queue) < self.batch_size and not self._closing and not self._hurry:
                 self._full.clear()
@@ -557,7 +574,10 @@ class AuditLog:
         self._written(docs)
         self.batches += 1
         self._heads.update(heads)
-        await self._save_heads(heads, {d["orgId"] for d in docs})
+        for org in {d["orgId"] for d in docs}:
+            self._unsaved[org] = heads[org]
+        if time.monotonic() >= self._heads_due:
+            await self._save_heads()
 
     def _written(self, docs: list[dict[str, Any]]) -> None:
         for _ in docs:
@@ -579,16 +599,25 @@ class AuditLog:
                 self.metrics.audit_written.inc(len(found))
             self._queue = deque(kept)
 
-    async def _save_heads(self, heads: dict[str, tuple[int, str]], orgs: set[str]) -> None:
-        """Each chain's last (seq, hash), so that verify finds entries cut off the end. A failure here loses
-        nothing (the next batch saves it again); verify accepts a head that lags behind its chain."""
+    async def _save_heads(self) -> None:
+        """The last (seq, hash) of each chain written to since the last save, so that verify finds entries cut
+        off the end. A failure here loses nothing (they are saved with a later batch, or when the writer idles or
+        stops); verify accepts a head that lags behind its chain."""
+        self._heads_due = time.monotonic() + self.heads_interval_s
+        if not self._unsaved:
+            return
+        saving = dict(self._unsaved)
         # `_id` in the replacement too: nx-27017 0.8.1 gives an upserted replacement a new random `_id` otherwise
-        ops = [ReplaceOne({"_id": org}, {"_id": org, "seq": heads[org][0], "hash": heads[org][1]}, upsert=True)
-               for org in sorted(orgs)]
+        ops = [ReplaceOne({"_id": org}, {"_id": org, "seq": seq, "hash": h}, upsert=True)
+               for org, (seq, h) in sorted(saving.items())]
         try:
             await self.heads.bulk_write(ops, ordered=False)
         except PyMongoError as exc:
-            log.warning("audit trail: chain heads not saved (saved with the next batch): %s", exc)
+            log.warning("audit trail: chain heads not saved (saved with a later batch): %s", exc)
+            return
+        for org, head in saving.items():
+            if self._unsaved.get(org) == head:  # (a write may have moved it on meanwhile)
+                del self._unsaved[org]
 
     # ---- reading -------------------------------------------------------------------------------------
     async def query(self, *, org_id: str, actor: str | None = None, resource: str | None = None,

@@ -158,18 +158,19 @@ def abba(a: str, b: str, pairs: int) -> list[str]:
     return [x for i in range(pairs) for x in ((a, b) if i % 2 == 0 else (b, a))]
 
 
-def ratio_summary(ratios: Sequence[float], *, resamples: int = 2000, seed: int = 12) -> dict[str, float]:
-    """Per-pair ratios (b / a) summarised: their median, min and max, and a 95 % bootstrap interval of the median
-    (resampling the pairs, fixed seed so a rerun prints the same interval). One noisy pair moves the median little,
-    where it moves a mean of p95s a lot; with few pairs the interval is wide, and says so."""
+def median_summary(values: Sequence[float], *, resamples: int = 2000, seed: int = 12) -> dict[str, float]:
+    """Per-pair figures (ratios b / a, or differences b - a) summarised: their median, min and max, and a 95 %
+    bootstrap interval of the median (resampling the pairs; a fixed seed, so a rerun prints the same interval). One
+    noisy pair moves the median little, where it moves a mean a lot; with few pairs the interval is wide, and says
+    so."""
     import random
     import statistics
 
-    if not ratios:
+    if not values:
         return {"pairs": 0, "median": math.nan, "min": math.nan, "max": math.nan, "ci95_low": math.nan,
                 "ci95_high": math.nan}
     rng = random.Random(seed)
-    n = len(ratios)
-    medians = sorted(statistics.median(rng.choices(ratios, k=n)) for _ in range(resamples))
-    return {"pairs": n, "median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
+    n = len(values)
+    medians = sorted(statistics.median(rng.choices(values, k=n)) for _ in range(resamples))
+    return {"pairs": n, "median": statistics.median(values), "min": min(values), "max": max(values),
             "ci95_low": percentile(medians, 2.5), "ci95_high": percentile(medians, 97.5)}
