@@ -338,6 +338,11 @@ class AuditLog:
         """Entries recorded and not yet written (in memory and in the spill file)."""
         return len(self._queue) + (self._spill.unread if self._spill is not None else 0)
 
+    @property
+    def heads_unsaved(self) -> int:
+        """Chains written to since their head was last saved to `audit_heads`."""
+        return len(self._unsaved)
+
     def status(self) -> dict[str, Any]:
         """For /readyz: the writer's state (a backlog does not make the service unready)."""
         return {"running": self._task is not None and not self._task.done(), "pending": self.pending,
@@ -612,12 +617,14 @@ class AuditLog:
                for org, (seq, h) in sorted(saving.items())]
         try:
             await self.heads.bulk_write(ops, ordered=False)
-        except PyMongoError as exc:
-            log.warning("audit trail: chain heads not saved (saved with a later batch): %s", exc)
+        except Exception as exc:  # noqa: BLE001 - also called outside the writer's retry loop, which must go on
+            log.warning("audit trail: chain heads not saved (saved with a later batch): %s: %s", type(exc).__name__,
+                        exc)
             return
         for org, head in saving.items():
             if self._unsaved.get(org) == head:  # (a write may have moved it on meanwhile)
                 del self._unsaved[org]
+        self._progressed()
 
     # ---- reading -------------------------------------------------------------------------------------
     async def query(self, *, org_id: str, actor: str | None = None, resource: str | None = None,
