@@ -28,8 +28,8 @@ spaces, UTF-8) of the document without `_id` and `hash`. A removed entry leaves 
 no longer matches its hash, and reordered ones no longer follow their predecessor's hash: `verify()` finds
 each. `audit_heads` keeps each chain's last (seq, hash) so that cutting entries off the end is found too; it is
 saved at most every `heads_interval_s` (1 s) while entries keep coming, within that of the last write when they
-stop, and at `aclose()` (one upsert per batch cost nx-27017 about as much as a fifth of the batch's inserts), so
-what is cut off the end within the last second before the cut may go unnoticed.
+stop, and at `aclose()` (a save cost ~0.7 ms of this process's CPU and ~0.8 ms of nx-27017's, against ~4 ms for
+inserting a batch of 40), so what is cut off the end within the last second before the cut may go unnoticed.
 
 Single writer: sequence numbers come from this process's writer task, which reads a chain's head once and then
 counts on. A second writer (another process on the same database) collides on the unique (orgId, seq) index:
@@ -40,7 +40,8 @@ connection died mid-insert) is checked before it is retried and nothing is writt
 nx-27017 0.8.1 (the embedded MongoDB) compares dates, and strings that look like dates, to the second: `at` is
 stored as an ISO 8601 string with milliseconds for people, `atMs` (Unix milliseconds, an integer) for time
 filters, and `seq` orders and pages. No index names `_id` (nx-27017 then fails every insert), and nothing uses
-`$push` (it stores subdocuments as strings).
+`$push` (it stores subdocuments as strings). Equalities are sent as `{"$eq": v}`: nx-27017 uses its indexes for
+those only.
 """
 
 from __future__ import annotations
@@ -549,7 +550,8 @@ class AuditLog:
         if not batch:
             return
         for org in {e.org_id for _, e in batch} - self._heads.keys():
-            last = await self.entries.find_one({"orgId": org}, {"seq": 1, "hash": 1}, sort=[("seq", DESCENDING)])
+            last = await self.entries.find_one({"orgId": {"$eq": org}}, {"seq": 1, "hash": 1},
+                                               sort=[("seq", DESCENDING)])
             self._heads[org] = (int(last["seq"]), str(last["hash"])) if last else (0, GENESIS_HASH)
         heads = dict(self._heads)
         docs = []
@@ -636,11 +638,14 @@ class AuditLog:
         Raises ValueError for a bad cursor or limit, Unavailable when the store is down."""
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_QUERY_LIMIT:
             raise ValueError(f"limit must be an integer from 1 to {MAX_QUERY_LIMIT}")
-        filt: dict[str, Any] = {"orgId": org_id}
+        # `$eq`, not a plain equality: the same match for these scalar fields, but nx-27017 serves only `$eq` from
+        # the (orgId, actorId|resourceId, seq) indexes (20 000 entries: 10.6 vs 100 ms for an actor's page, an
+        # actor with no entries 2.1 vs 81 ms); a plain equality is an array-aware test of every entry
+        filt: dict[str, Any] = {"orgId": {"$eq": org_id}}
         if actor:
-            filt["actorId"] = actor
+            filt["actorId"] = {"$eq": actor}
         if resource:
-            filt["resourceId"] = resource
+            filt["resourceId"] = {"$eq": resource}
         window: dict[str, int] = {}
         for op, at in (("$gte", start), ("$lt", end)):
             if at is not None:
@@ -664,7 +669,7 @@ class AuditLog:
     async def verify(self, org_id: str | None = None) -> VerifyResult:
         """Checks every chain (or `org_id`'s): seq counts 1, 2, ... without gaps, each entry's `prevHash` is its
         predecessor's `hash`, each `hash` matches its content, and no chain ends before its saved head."""
-        filt: dict[str, Any] = {} if org_id is None else {"orgId": org_id}
+        filt: dict[str, Any] = {} if org_id is None else {"orgId": {"$eq": org_id}}
         try:
             heads = {d["_id"]: (int(d["seq"]), str(d["hash"]))
                      async for d in self.heads.find({} if org_id is None else {"_id": org_id})}
