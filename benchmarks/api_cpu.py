@@ -15,7 +15,7 @@ is `--block` requests of the mix (20 gets, 8 listings, 6 creates and the 6 start
 blocks in ABBA order (off, on, on, off, ...). A block with the trail ends once its entries are written (`flush`),
 so its CPU includes the writes, and the batches are the size of a block (40: what 200 req/s gathers in 0.2 s).
 Turns of a fraction of a second cancel what drifts on a shared machine (other work, CPU clocks, the store's
-growth), which whole rounds minutes apart do not: rounds of the same mode differed by up to 40 %, more than the
+growth), which whole rounds minutes apart do not: rounds of the same mode differed by up to 50 %, more than the
 trail costs. CPU time, not wall time. Reported: per mode, CPU per request (app, nx-27017); per pair of blocks, on
 minus off, with their median and a 95 % bootstrap interval of it.
 """
