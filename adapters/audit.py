@@ -7,10 +7,9 @@ Contract with the callers (HTTP routes, WHIP, and whatever else acts on personal
 
 `record` appends to an in-memory queue; one background task (`start()`) is the only writer. It takes up to
 `batch_size` entries (200) once the oldest has waited `flush_interval_s` (0.25 s) or a batch is full, gives each
-its place in its organisation's chain and writes them with one `insert_many` (one command: nx-27017 inserts them
-one by one, ~0.1 ms of its CPU each; what a batch costs besides is paid once per batch, so batches gathered by time
-rather than written entry by entry keep the trail's cost per request at what the inserts themselves cost). While the store is down the
-entries stay queued and the write is retried with backoff (0.1 s doubling to 5 s); `audit_entries_pending` and
+its place in its organisation's chain and writes them with one `insert_many` (nx-27017 inserts them one by one,
+~0.1 ms of its CPU each; what a batch costs besides is paid once per ~50 entries at 200 req/s). While the store is
+down the entries stay queued and the write is retried with backoff (0.1 s doubling to 5 s); `audit_entries_pending` and
 `audit_write_failures_total` show it. `aclose()` writes everything still queued (graceful shutdown).
 
 Bounded without dropping: the queue holds at most `max_queue` entries (AUDIT_QUEUE_MAX). Past that, `record`
