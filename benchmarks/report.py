@@ -148,3 +148,29 @@ def run_program(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespa
     out = asyncio.run(run(args))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
+
+
+def abba(a: str, b: str, pairs: int) -> list[str]:
+    """`pairs` pairs of rounds in ABBA order (a, b, b, a, a, b, ...): a drift of the machine over the run then
+    weighs on both sides alike, where a, b, a, b would always give b the later slot."""
+    if pairs < 1:
+        raise ValueError("pairs must be at least 1")
+    return [x for i in range(pairs) for x in ((a, b) if i % 2 == 0 else (b, a))]
+
+
+def median_summary(values: Sequence[float], *, resamples: int = 2000, seed: int = 12) -> dict[str, float]:
+    """Per-pair figures (ratios b / a, or differences b - a) summarised: their median, min and max, and a 95 %
+    bootstrap interval of the median (resampling the pairs; a fixed seed, so a rerun prints the same interval). One
+    noisy pair moves the median little, where it moves a mean a lot; with few pairs the interval is wide, and says
+    so."""
+    import random
+    import statistics
+
+    if not values:
+        return {"pairs": 0, "median": math.nan, "min": math.nan, "max": math.nan, "ci95_low": math.nan,
+                "ci95_high": math.nan}
+    rng = random.Random(seed)
+    n = len(values)
+    medians = sorted(statistics.median(rng.choices(values, k=n)) for _ in range(resamples))
+    return {"pairs": n, "median": statistics.median(values), "min": min(values), "max": max(values),
+            "ci95_low": percentile(medians, 2.5), "ci95_high": percentile(medians, 97.5)}

@@ -77,6 +77,39 @@ async def test_entries_written_are_the_entries_recorded_newest_first_in_pages(st
     assert {d["_id"]: d["seq"] async for d in audit.heads.find()} == {"org-a": 450 - 113, "org-b": 113}
 
 
+async def heads_of(audit: AuditLog) -> dict[str, int]:
+    return {d["_id"]: d["seq"] async for d in audit.heads.find()}
+
+
+async def test_chain_heads_are_saved_once_per_interval_and_when_the_writer_idles_or_stops(store: MongoStore) -> None:
+    audit = AuditLog(store.db, batch_size=10, heads_interval_s=60.0)
+    await audit.start()
+    for i in range(10):
+        audit.record(entry(i))
+    await audit.flush()
+    assert await heads_of(audit) == {"org-a": 10}  # the first batch saves them
+    for i in range(10, 35):
+        audit.record(entry(i, org="org-a" if i % 5 else "org-b"))
+    await audit.flush()
+    assert (audit.written, audit.batches) == (35, 4)
+    assert await heads_of(audit) == {"org-a": 10}  # not again within the interval
+    await audit.aclose()
+    assert await heads_of(audit) == {"org-a": 30, "org-b": 5}  # and at the end, every chain written to
+    assert (await audit.verify()).ok
+
+    # the first batch saves them at once, the second (within the interval) does not: the writer, idle, does
+    idle = AuditLog(store.db, batch_size=5, heads_interval_s=0.5)
+    await idle.start()
+    for i in range(35, 45):
+        idle.record(entry(i))
+    await idle.flush()
+    await until(idle, lambda a: a.heads_unsaved == 0)
+    assert await heads_of(idle) == {"org-a": 40, "org-b": 5}
+    assert idle.written == idle.batches * 5 == 10
+    await idle.aclose()
+    assert (await idle.verify()).ok
+
+
 async def test_query_filters_by_actor_resource_and_time_to_the_millisecond(store: MongoStore) -> None:
     audit = AuditLog(store.db)
     await audit.start()
