@@ -213,14 +213,14 @@ async def _segment_phase(service: Any, n: int) -> tuple[list[float], int]:
 
 
 async def _audit_cost_phase(db: Any, embedded: Any, n: int) -> dict[str, Any]:
-    """CPU per audit entry, recorded and written in batches of 40 (what 200 req/s gathers in 0.2 s): this
+    """CPU per audit entry, recorded and written in the server's batches (`AuditLog`'s default, 10 entries): this
     process (record, hash, encode, send) and nx-27017 (insert with the indexes). Unlike latency, it is a figure a
     busy shared machine disturbs little."""
     from datetime import UTC, datetime
 
     from adapters.audit import AuditEntry, AuditLog
 
-    audit = AuditLog(db, batch_size=40)
+    audit = AuditLog(db)
     await audit.start()
     cpu0, db_cpu0, t0 = time.process_time(), _proc_cpu_s(embedded), time.perf_counter()
     for i in range(n):

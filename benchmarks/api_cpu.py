@@ -13,7 +13,7 @@ the server is (a queue amortises the event loop's work over more requests); this
 it (`adapters.audit.AuditLog` in a database of its own, as the server runs it), take turns block by block: a block
 is `--block` requests of the mix (20 gets, 8 listings, 6 creates and the 6 starts of those, for 40), N pairs of
 blocks in ABBA order (off, on, on, off, ...). A block with the trail ends once its entries are written (`flush`),
-so its CPU includes the writes, and the batches are the size of a block (40: what 200 req/s gathers in 0.2 s).
+so its CPU includes the writes, in the server's batches (`AuditLog`'s default: 10 entries, 4 per block).
 Turns of a fraction of a second cancel what drifts on a shared machine (other work, CPU clocks, the store's
 growth), which whole rounds minutes apart do not: rounds of the same mode differed by up to 50 %, more than the
 trail costs. CPU time, not wall time. Reported: per mode, CPU per request (app, nx-27017); per pair of blocks, on

@@ -113,13 +113,14 @@ async def test_admin_hr_candidate_and_interviewers_walk(chromium: str, tmp_path:
         await hr.get_by_label("Ivo Interviewer (ivo@example.com)").check()
         await hr.get_by_label("Question 1", exact=True).fill("What would you ask of your country?")
         # from the keyboard, text -> competency -> budget: a competency of 101 characters (the API takes 100) is
-        # said next to its field as it is typed, a time budget out of 1 s .. 8 h when the form is sent; nothing is
+        # said next to its field as it is typed, a time budget out of 1 s .. 8 h when the form is sent; nothing is sent
         await hr.get_by_label("Question 1", exact=True).press("Tab")
         competency = hr.get_by_label("Competency for question 1")
         await expect(competency).to_be_focused()
         await hr.keyboard.type("x" * 101)
         await expect(competency).to_have_attribute("aria-invalid", "true")
-        await expect(competency).to_have_accessible_description(re.compile("at most 100 characters; this one has 101"))
+        await expect(competency).to_have_accessible_description(re.compile("at most 100 characters; this one has more"))
+        await expect(hr.locator("#competency-1-error")).to_have_attribute("aria-live", "polite")
         await hr.keyboard.press("Tab")
         budget = hr.get_by_label("Time budget for question 1 (minutes)")
         await expect(budget).to_be_focused()

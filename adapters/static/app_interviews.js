@@ -280,7 +280,7 @@ function competencyValue(input, text, n) {
   const value = input.value.trim();
   const length = [...value].length;
   if (length > COMPETENCY_MAX) {
-    return { value: "", problem: `Question ${n}: a competency can be at most ${COMPETENCY_MAX} characters; this one has ${length}.` };
+    return { value: "", tooLong: true, problem: `Question ${n}: a competency can be at most ${COMPETENCY_MAX} characters; this one has ${length}.` };
   }
   if (value && !text) return { value: "", problem: `Question ${n} has a competency but no text: write the question or clear the competency.` };
   return { value, problem: null };
@@ -362,14 +362,20 @@ async function renderSchedule(ctx) {
     const area = el("textarea", { id: `question-${n}`, rows: "2", maxlength: "2000", value: text });
     const competency = el("input", { type: "text", id: `competency-${n}`, list: competencyOptions.id, autocomplete: "off",
       class: "competency-input", "aria-describedby": `competency-hint competency-${n}-error` });
-    const competencyError = el("p", { class: "field-error", id: `competency-${n}-error` });
-    // the length is said while typing; a competency without question text only when the form is sent
+    // polite live region: a screen reader says the length error when it appears, not on every keystroke
+    const competencyError = el("p", { class: "field-error", id: `competency-${n}-error`, "aria-live": "polite" });
+    // the length is said while typing (once, when it goes over and when it is fixed); a competency without
+    // question text only when the form is sent, and typing here leaves that message alone
     competency.addEventListener("input", () => {
-      const length = [...competency.value.trim()].length;
+      const over = [...competency.value.trim()].length > COMPETENCY_MAX;
+      const shown = competencyError.dataset.kind === "length";
+      // said already; or nothing to clear, or another problem (said when the form was sent) left alone
+      if (over === shown) return;
       const row = [...questionList.children].indexOf(item) + 1;
-      competencyError.textContent = length > COMPETENCY_MAX
-        ? `Question ${row}: a competency can be at most ${COMPETENCY_MAX} characters; this one has ${length}.` : "";
-      if (competencyError.textContent) competency.setAttribute("aria-invalid", "true");
+      competencyError.textContent = over
+        ? `Question ${row}: a competency can be at most ${COMPETENCY_MAX} characters; this one has more.` : "";
+      competencyError.dataset.kind = over ? "length" : "";
+      if (over) competency.setAttribute("aria-invalid", "true");
       else competency.removeAttribute("aria-invalid");
     });
     competency.addEventListener("focus", () => offerCompetencies(competency));
@@ -449,7 +455,9 @@ async function renderSchedule(ctx) {
       const text = item.querySelector("textarea").value.trim();
       const competency = item.querySelector(".competency-input");
       const category = competencyValue(competency, text, i + 1);
-      item.querySelector(".competency .field-error").textContent = category.problem || "";
+      const competencyError = item.querySelector(".competency .field-error");
+      competencyError.textContent = category.problem || "";
+      competencyError.dataset.kind = category.problem ? (category.tooLong ? "length" : "other") : "";
       if (category.problem) problems.push([competency, category.problem]);
       const budget = item.querySelector(".budget-input");
       const { seconds, problem } = budgetSeconds(budget, text, i + 1);
