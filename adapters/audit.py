@@ -622,8 +622,11 @@ class AuditLog:
         try:
             await self.heads.bulk_write(ops, ordered=False)
         except Exception as exc:  # noqa: BLE001 - also called outside the writer's retry loop, which must go on
-            log.warning("audit trail: chain heads not saved (saved with a later batch): %s: %s", type(exc).__name__,
-                        exc)
+            if self._closing:  # the last chance: a tail cut before the next start would go unnoticed
+                log.error("audit trail: chain heads not saved at shutdown: %s: %s", type(exc).__name__, exc)
+            else:
+                log.warning("audit trail: chain heads not saved (retried within %.0f s): %s: %s",
+                            self.heads_interval_s, type(exc).__name__, exc)
             return
         for org, head in saving.items():
             if self._unsaved.get(org) == head:  # (a write may have moved it on meanwhile)
