@@ -11,9 +11,9 @@ its place in its organisation's chain and writes them with one `insert_many` (nx
 ~0.1 ms of its CPU each). Small batches: at 200 req/s a write every ~50 ms of 10 entries rather than one of ~50
 every 250 ms, so building, hashing and encoding a batch holds the event loop ~1 ms, not ~4 ms, at a time (API p95
 with auditing on vs off, median over 12 ABBA pairs, three runs each alternating: batches of 10 +1.0 / -6.6 / +22.0 %,
-of 200 +19.8 / +65.1 / -3.2 %; noisy, see README). While the store is
-down the entries stay queued and the write is retried with backoff (0.1 s doubling to 5 s); `audit_entries_pending` and
-`audit_write_failures_total` show it. `aclose()` writes everything still queued (graceful shutdown).
+of 200 +19.8 / +65.1 / -3.2 %; noisy, see README). While the store is down the entries stay queued and the
+write is retried with backoff (0.1 s doubling to 5 s); `audit_entries_pending` and `audit_write_failures_total`
+show it. `aclose()` writes everything still queued (graceful shutdown).
 
 Bounded without dropping: the queue holds at most `max_queue` entries (AUDIT_QUEUE_MAX). Past that, `record`
 appends entries to a local append-only file (`spill_path`, one JSON line each, in order; say once as an error,

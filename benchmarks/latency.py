@@ -391,6 +391,13 @@ def parse_buckets(text: str) -> dict[str, float]:
     return out
 
 
+def counter_delta(samples: list[Sample], name: str) -> float | None:
+    """What a counter (or a histogram's `_count` / `_sum`) gained between the first and the last sample that have
+    it; None with fewer than two."""
+    have = [s.metrics[name] for s in samples if name in s.metrics]
+    return have[-1] - have[0] if len(have) >= 2 else None
+
+
 def histogram_delta(samples: list[Sample], name: str) -> list[tuple[float, float]]:
     """Cumulative (le, count) of what a histogram gained between the first and the last sample."""
     if len(samples) < 2:
@@ -876,13 +883,10 @@ def summarize_guide(rooms: list[dict[str, Any]], samples: list[Sample]) -> dict[
     guides = [r["guide"] for r in rooms if r.get("guide")]
     guide = {k: sum(g[k] for g in guides) for k in ("questions", "asked", "covered", "unasked_covered",
                                                      "coverage_events")} if guides else None  # fmt: skip
-    with_metrics = [s for s in samples if "guidance_latency_seconds_count" in s.metrics]
-    server = None
-    if len(with_metrics) >= 2:
-        first, last = with_metrics[0].metrics, with_metrics[-1].metrics
-        count = last["guidance_latency_seconds_count"] - first["guidance_latency_seconds_count"]
-        total = last.get("guidance_latency_seconds_sum", 0.0) - first.get("guidance_latency_seconds_sum", 0.0)
-        server = {"finals": int(count), "mean_ms": round(1000 * total / count, 1) if count else None}
+    count = counter_delta(samples, "guidance_latency_seconds_count")
+    total = counter_delta(samples, "guidance_latency_seconds_sum") or 0.0
+    server = None if count is None else {"finals": int(count),
+                                         "mean_ms": round(1000 * total / count, 1) if count else None}
     return {"guide": guide, "server_guidance": server}
 
 
@@ -903,9 +907,10 @@ def _stt_busy(window: list[Sample]) -> dict[str, float] | None:
     out: dict[str, float] = {}
     for kind in ("final", "speculative", "partial", "revision"):
         busy, jobs = f'stt_busy_seconds_total{{kind="{kind}"}}', f'stt_decodes_total{{kind="{kind}"}}'
-        if busy in have[-1].metrics and jobs in have[-1].metrics:
-            out[kind] = round(100 * (have[-1].metrics[busy] - have[0].metrics[busy]) / wall, 1)
-            out[f"{kind}_decodes"] = have[-1].metrics[jobs] - have[0].metrics[jobs]
+        busy_s, decodes = counter_delta(have, busy), counter_delta(have, jobs)
+        if busy_s is not None and decodes is not None:
+            out[kind] = round(100 * busy_s / wall, 1)
+            out[f"{kind}_decodes"] = decodes
     return out
 
 

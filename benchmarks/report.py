@@ -15,6 +15,8 @@ import logging
 import math
 import os
 import platform
+import random
+import statistics
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
@@ -163,9 +165,6 @@ def median_summary(values: Sequence[float], *, resamples: int = 2000, seed: int 
     bootstrap interval of the median (resampling the pairs; a fixed seed, so a rerun prints the same interval). One
     noisy pair moves the median little, where it moves a mean a lot; with few pairs the interval is wide, and says
     so."""
-    import random
-    import statistics
-
     if not values:
         return {"pairs": 0, "median": math.nan, "min": math.nan, "max": math.nan, "ci95_low": math.nan,
                 "ci95_high": math.nan}

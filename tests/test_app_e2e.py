@@ -160,17 +160,17 @@ async def test_admin_hr_candidate_and_interviewers_walk(chromium: str, tmp_path:
         await expect(hr.get_by_role("main")).not_to_contain_text("null")  # no absent part written as text
         panel = hr.get_by_role("region", name="Questions")
         await expect(panel.get_by_role("heading", level=3)).to_have_text(["Civic duty", "Motivation", "Other"])
-        civic = panel.get_by_role("region", name="Civic duty")
+        civic = panel.get_by_role("group", name="Civic duty")
         await expect(civic).to_contain_text("2 questions · time budget 3 min 30 s")
         await expect(civic.get_by_role("listitem")).to_have_text([
             "What would you ask of your country? · time budget 2 min 30 s",
             "What can we do together for the freedom of man? · time budget 1 min"])
         # numbered by their place in the guide, not within the section
         assert await civic.get_by_role("listitem").evaluate_all("items => items.map((li) => li.value)") == [1, 3]
-        motivation = panel.get_by_role("region", name="Motivation")
+        motivation = panel.get_by_role("group", name="Motivation")
         await expect(motivation.locator(".section-budget")).to_have_text("1 question")
         await expect(motivation.get_by_role("listitem")).to_have_text(["And what would you do for it?"])
-        await expect(panel.get_by_role("region", name="Other").get_by_role("listitem")).to_have_text(["Anything else?"])
+        await expect(panel.get_by_role("group", name="Other").get_by_role("listitem")).to_have_text(["Anything else?"])
         async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {hr_token}"}) as http:
             stored = (await http.get(f"/api/interviews/{interview_id}")).json()["questions"]
         assert [(q["text"], q["category"], q.get("budgetS")) for q in stored] == [

@@ -603,7 +603,8 @@ function questionsByCompetency(questions) {
     const budget = budgets.length ? ` · time budget ${budgetText(budgets.reduce((a, b) => a + b, 0))}` : "";
     const partly = budgets.length && budgets.length < entries.length ? ` (${budgets.length} of them budgeted)` : "";
     const id = `competency-section-${k + 1}`;
-    return el("section", { class: "question-section", "aria-labelledby": id },
+    // a div, not a section: a region landmark per competency would crowd the page's landmarks (the h3 navigates)
+    return el("div", { class: "question-section", role: "group", "aria-labelledby": id },
       el("h3", { id, text: name || "Other" }),
       el("p", { class: "section-budget", text: `${count}${budget}${partly}` }),
       el("ol", { class: "question-list" }, entries.map(([q, n]) => questionItem(q, n))));
