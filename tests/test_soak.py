@@ -1,4 +1,4 @@
-"""`python -m benchmarks.soak`, short: two rooms of back-to-back interviews for a minute against server.py.
+"""`python -m benchmarks.soak`, short: two rooms of back-to-back interviews for half a minute against server.py.
 
 What users rely on is asserted: the finals the interviewer's overlay received and the store holds are the same,
 and once everyone left, descriptors and threads do not grow from round to round (after round 1, the warm-up,
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_a_short_soak_loses_no_final_and_gives_back_descriptors_and_threads(tmp_path: Path, shared_data: Path) -> None:
     out = tmp_path / "soak.json"
-    run = subprocess.run([sys.executable, "-m", "benchmarks.soak", "--rooms", "2", "--minutes", "1", "--sample-s", "5",
+    run = subprocess.run([sys.executable, "-m", "benchmarks.soak", "--rooms", "2", "--minutes", "0.5", "--sample-s", "5",
                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     s = json.loads(out.read_text())["summary"]
