@@ -8,12 +8,14 @@ Decoding a 20 ms Opus frame takes microseconds in libopus, so we decode inline, 
 `track.recv()` works exactly as before, without the threads. Opus is decoded to mono (browsers send voice as
 mono; a stereo stream is downmixed by libopus), which also halves what the DSP core reads.
 
-It also releases each frame as soon as the next packet arrives. aiortc's audio jitter buffer
+It also releases each frame the moment its packet arrives (`AudioJitterBuffer`). aiortc's audio jitter buffer
 (`JitterBuffer(capacity=16, prefetch=4)`) holds every frame until four later frames are complete: 80 ms added
 to every word the server hears, and so to every final (measured: the server's stream time ran 109 ms behind the
 sender's over loopback, `benchmarks.latency --breakdown`, `start_offset`). It has no playout clock, so the
-prefetch smooths nothing here; reordering and loss are handled the same with `prefetch=1` (a frame waits for a
-missing earlier packet either way, up to the 16-packet capacity).
+prefetch smooths nothing here. Even with `prefetch=1` it waits for the next packet (20 ms), because it learns
+that a frame is complete only from a packet of the next timestamp (a video frame spans packets); an audio packet
+is a whole frame. It also returns one frame per packet received, so frames held behind a late packet stay a
+frame late for the rest of the call; `AudioJitterBuffer` hands them all on once the gap is filled or given up.
 
 This replaces two private attributes of `aiortc.RTCRtpReceiver` (its decoder queue and its jitter buffer) before
 the receiver starts.
@@ -32,12 +34,15 @@ from collections.abc import Callable
 from typing import Any
 
 import av
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.utils import uint16_add, uint32_add
 
 log = logging.getLogger(__name__)
 
 _QUEUE_ATTR = "_RTCRtpReceiver__decoder_queue"
 _JITTER_ATTR = "_RTCRtpReceiver__jitter_buffer"
-AUDIO_PREFETCH = 1  # frames a received frame waits behind (aiortc: 4, i.e. 80 ms of 20 ms Opus frames)
+AUDIO_MAX_WAIT = 3  # packets received after a missing one before it is given up as lost (60 ms of 20 ms frames)
+MAX_MISORDER = 100  # a packet this far from the expected sequence number restarts the sequence (as aiortc's)
 _STARTED_ATTR = "_RTCRtpReceiver__started"
 _warned = False
 
@@ -71,6 +76,14 @@ class InlineAudioDecoder:
         if self._stopped.is_set():
             return
         codec, encoded = item
+        self._take(codec, encoded)
+        first = getattr(encoded, "timestamp", 0)
+        for later in getattr(encoded, "later", ()):  # `AudioFrames`: more frames released by the same packet
+            # the receiver mapped the first frame's timestamp onto its stream's clock; the others keep their offsets
+            self._take(codec, JitterFrame(data=later.data, timestamp=first + uint32_add(later.timestamp,
+                                                                                       -encoded.raw_timestamp)))
+
+    def _take(self, codec: Any, encoded: Any) -> None:
         if not getattr(encoded, "data", b""):
             return  # an empty payload would read as end-of-stream to the decoder and silence the track
         if self._on_opus is not None and codec.name == "opus":
@@ -140,9 +153,68 @@ def decode_inline(receiver: Any, on_error: Callable[[Exception], None] | None = 
         return False
     assert track is not None
     setattr(receiver, _QUEUE_ATTR, InlineAudioDecoder(track._queue, on_error, on_opus))
-    from aiortc.jitterbuffer import JitterBuffer
-
     jitter = getattr(receiver, _JITTER_ATTR, None)
     if isinstance(jitter, JitterBuffer):  # else aiortc's own buffer stays (80 ms later, still correct)
-        setattr(receiver, _JITTER_ATTR, JitterBuffer(capacity=jitter.capacity, prefetch=AUDIO_PREFETCH))
+        # only beside the inline decoder: aiortc's decoder thread would not read `AudioFrames.later`
+        setattr(receiver, _JITTER_ATTR, AudioJitterBuffer())
     return True
+
+
+class AudioFrames(JitterFrame):
+    """The frames one packet releases, in order: this one (`data`, `timestamp`, which the receiver maps onto its
+    stream's clock) and `later` ones (their RTP timestamps; `raw_timestamp` is this frame's)."""
+
+    def __init__(self, first: JitterFrame, later: list[JitterFrame]) -> None:
+        super().__init__(data=first.data, timestamp=first.timestamp)
+        self.raw_timestamp = first.timestamp
+        self.later = later
+
+
+class AudioJitterBuffer:
+    """Puts received audio packets back in sequence and releases each the moment it is next (no prefetch).
+
+    An audio RTP packet is a whole frame (Opus, G.711), so a packet in sequence goes on at once. A packet after a
+    missing one is held until the missing one arrives or `max_wait` packets are held (then the missing ones are
+    given up as lost: the decoder conceals them); either way everything held goes on in one `AudioFrames`, so a
+    late packet costs the frames behind it only its own delay. A packet behind what was already released (a
+    duplicate, or one given up) is dropped; one `MAX_MISORDER` or more away restarts the sequence there. Same
+    interface as aiortc's `JitterBuffer.add` for the receiver (never asks for a picture loss indication).
+    """
+
+    def __init__(self, max_wait: int = AUDIO_MAX_WAIT) -> None:
+        if max_wait < 1:
+            raise ValueError(f"max_wait must be >= 1, not {max_wait}")
+        self.max_wait = max_wait
+        self._next: int | None = None  # the sequence number released next
+        self._held: dict[int, Any] = {}
+        self.lost = 0  # packets given up
+        self.late = 0  # packets dropped because they came after their place was released or given up
+
+    def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
+        seq = packet.sequence_number
+        if self._next is None:
+            self._next = seq
+        ahead = uint16_add(seq, -self._next)
+        if ahead >= 1 << 15:  # behind the released sequence
+            if uint16_add(self._next, -seq) < MAX_MISORDER:
+                self.late += 1
+                return False, None
+            ahead = MAX_MISORDER  # far behind: the sender restarted its sequence
+        if ahead >= MAX_MISORDER:
+            self._held.clear()
+            self._next = seq
+        self._held[seq] = packet
+        if self._next not in self._held and len(self._held) >= self.max_wait:
+            # give up the missing packets: on to the first one held
+            expected = self._next
+            first = min(self._held, key=lambda s: uint16_add(s, -expected))
+            self.lost += uint16_add(first, -expected)
+            self._next = first
+        frames: list[JitterFrame] = []
+        while self._next in self._held:
+            p = self._held.pop(self._next)
+            frames.append(JitterFrame(data=p._data, timestamp=p.timestamp))
+            self._next = uint16_add(self._next, 1)
+        if not frames:
+            return False, None
+        return False, frames[0] if len(frames) == 1 else AudioFrames(frames[0], frames[1:])

@@ -11,10 +11,11 @@ import av
 import numpy as np
 import pytest
 from aiortc import RTCPeerConnection
+from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import RtpPacket
 
-from adapters.rtp_audio import InlineAudioDecoder, decode_inline
+from adapters.rtp_audio import AudioFrames, InlineAudioDecoder, decode_inline
 from testing.whip_client import WavChannelTrack, opus_packets
 
 OPUS = SimpleNamespace(name="opus")
@@ -41,6 +42,25 @@ def test_corrupt_packets_are_dropped_and_reported_and_decoding_goes_on() -> None
     assert dec.get(timeout=1) is None  # aiortc's idle decoder thread is released at stop
     dec.put((OPUS, SimpleNamespace(data=packets[0])))
     assert out.empty()  # nothing after stop
+
+
+def test_frames_released_together_are_each_decoded_and_relayed_with_their_own_timestamp() -> None:
+    """A late packet releases the frames held behind it in one `AudioFrames`: every one is decoded, and the call
+    relay's listener gets each payload with its own timestamp on the receiver's clock (the first one's, mapped,
+    plus its RTP offset, across the 32-bit wrap)."""
+    tone = (np.sin(np.arange(48000) * 2 * np.pi * 440 / 48000) * 8000).astype(np.int16)
+    packets = opus_packets(tone)[:4]
+    out: asyncio.Queue[Any] = asyncio.Queue()
+    heard: list[tuple[bytes, int]] = []
+    dec = InlineAudioDecoder(out, on_opus=lambda data, ts: heard.append((data, ts)))
+    raw = [(2**32 - 960 + 960 * i) % 2**32 for i in range(4)]  # RTP timestamps wrap after the first
+    frames = [JitterFrame(data=p, timestamp=t) for p, t in zip(packets, raw, strict=True)]
+    released = AudioFrames(frames[0], frames[1:])
+    released.timestamp = 48000  # as the receiver's TimestampMapper sets it on the frame it is handed
+    dec.put((OPUS, released))
+    assert [ts for _, ts in heard] == [48000, 48960, 49920, 50880]
+    assert [data for data, _ in heard] == packets
+    assert out.qsize() == 4 == dec.frames
 
 
 async def test_a_real_receiver_decodes_inline_and_its_track_ends_on_close(shared_data: Path) -> None:
@@ -81,9 +101,10 @@ def test_an_unexpected_receiver_keeps_aiortcs_own_decoding() -> None:
     assert decode_inline(SimpleNamespace(track=None)) is False
 
 
-async def test_a_received_frame_waits_for_the_next_packet_only(shared_data: Path) -> None:
-    """aiortc's audio jitter buffer held each frame until 4 later ones were complete (80 ms on every final); with
-    `decode_inline` a frame goes on when the next packet arrives, and still in order when one comes late."""
+async def test_a_received_frame_goes_on_at_once_and_in_order(shared_data: Path) -> None:
+    """aiortc's audio jitter buffer held each frame until 4 later ones were complete (80 ms on every final), and even
+    with no prefetch until the next packet (20 ms); with `decode_inline` a packet in sequence is decoded the moment
+    it arrives, a late one is waited for and the frames behind it follow at once, in order."""
     sender, receiver = RTCPeerConnection(), RTCPeerConnection()
     sender.addTrack(WavChannelTrack(shared_data / "jfk.flac", limit_s=1, realtime=False))
     try:
@@ -93,14 +114,24 @@ async def test_a_received_frame_waits_for_the_next_packet_only(shared_data: Path
         assert decode_inline(transceiver.receiver)
         buffer = vars(transceiver.receiver)["_RTCRtpReceiver__jitter_buffer"]
 
-        def add(seq: int) -> int | None:
-            packet = RtpPacket(payload_type=111, sequence_number=seq, timestamp=960 * seq, payload=b"\xfc")
+        def add(seq: int) -> list[int]:
+            packet = RtpPacket(payload_type=111, sequence_number=seq % 65536, timestamp=960 * seq % 2**32,
+                               payload=b"\xfc")
             packet._data = packet.payload  # type: ignore[attr-defined]  # aiortc's receiver sets it (depacketized)
             frame = buffer.add(packet)[1]
-            return None if frame is None else frame.timestamp // 960
+            if frame is None:
+                return []
+            return [f.timestamp // 960 for f in (frame, *getattr(frame, "later", ()))]
 
-        assert [add(0), add(1), add(2)] == [None, 0, 1]  # frame n out when packet n + 1 is in
-        assert [add(4), add(3), add(5)] == [None, 2, 3]  # packet 4 before 3: 3 is waited for, order kept
+        assert [add(0), add(1), add(2)] == [[0], [1], [2]]  # frame n out when packet n is in
+        assert [add(4), add(5), add(3), add(6)] == [[], [], [3, 4, 5], [6]]  # 3 late: waited for, order kept
+        assert add(3) == [] and buffer.late == 1  # a duplicate of a released packet
+        # 7 lost: given up once three packets wait behind it, and dropped if it comes after all
+        assert [add(8), add(9), add(10), add(7), add(11)] == [[], [], [8, 9, 10], [], [11]]
+        assert buffer.lost == 1 and buffer.late == 2
+        assert add(5000) == [5000]  # a jump: the sender restarted its sequence
+        # far behind is a restart too; then the 16-bit sequence number wraps, with a late packet across it
+        assert [add(65534), add(65535), add(65537), add(65536)] == [[65534], [65535], [], [65536, 65537]]
     finally:
         await sender.close()
         await receiver.close()
