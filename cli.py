@@ -26,6 +26,7 @@ class EngineSettings:
     data_dir: Path
     stt_workers: int
     stt_cpu_threads: int
+    stt_beam_size: int
     stt_subprocess: bool
     openai_base_url: str | None
     openai_api_key: str | None = field(repr=False)
@@ -43,6 +44,7 @@ class EngineSettings:
             data_dir=Path(os.environ.get("DATA_DIR", "./data")).expanduser(),  # where Whisper base is joined once
             stt_workers=args.workers,
             stt_cpu_threads=args.cpu_threads,
+            stt_beam_size=args.beam_size,
             stt_subprocess=False,  # a file is decoded in this process, by `--workers` threads
             openai_base_url=args.base_url,
             openai_api_key=os.environ.get("OPENAI_API_KEY"),
@@ -52,7 +54,7 @@ class EngineSettings:
 
 def make_stt(args: argparse.Namespace) -> SpeechToText:
     """The engine of `python -m pipeline transcribe`'s arguments; the local one also takes its decode options."""
-    return build_stt(EngineSettings.from_args(args), num_workers=args.workers, beam_size=args.beam_size,
+    return build_stt(EngineSettings.from_args(args), num_workers=args.workers,
                      window_s=None if args.window >= 30 else args.window)  # fmt: skip
 
 

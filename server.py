@@ -895,7 +895,7 @@ def stt_worker_command(argv: list[str]) -> int:
             print(f"stt-worker: REVISION_MODEL: {exc}", file=sys.stderr)
             return 2
     return run_worker(settings.nats_url, settings.stt_model, cpu_threads=settings.stt_cpu_threads, worker_id=args.id,
-                      revisions=args.revisions, revision_model=revision_model)
+                      revisions=args.revisions, revision_model=revision_model, beam_size=settings.stt_beam_size)
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {

@@ -29,6 +29,8 @@ class SttSettings(Protocol):
     @property
     def stt_cpu_threads(self) -> int: ...
     @property
+    def stt_beam_size(self) -> int: ...
+    @property
     def stt_subprocess(self) -> bool: ...
     @property
     def openai_base_url(self) -> str | None: ...
@@ -59,11 +61,12 @@ def build_stt(settings: SttSettings, **whisper_options: Any) -> SpeechToText:
       process (`LocalWhisper`);
     * `stt_workers`: local with `stt_subprocess`: how many child processes;
     * `stt_cpu_threads`: local: CPU threads per decode;
+    * `stt_beam_size`: local: the beam of finals and speculative decodes (revisions keep their own);
     * `openai_base_url` (None: api.openai.com), `openai_api_key`, `openai_stt_model`: the OpenAI engine's server,
       key and model name.
 
-    `whisper_options` are more `LocalWhisper` options for the local engine (the command line's `beam_size`,
-    `window_s`, `num_workers`); the server leaves them at their defaults. A `stt_model` that is no CTranslate2
+    `whisper_options` are more `LocalWhisper` options for the local engine (the command line's `window_s`,
+    `num_workers`); the server leaves them at their defaults. A `stt_model` that is no CTranslate2
     model directory raises ValueError.
     """
     if settings.stt_engine == "openai":
@@ -85,8 +88,8 @@ def build_stt(settings: SttSettings, **whisper_options: Any) -> SpeechToText:
 
         return WhisperProcesses(settings.stt_model, processes=settings.stt_workers,
                                 cpu_threads=settings.stt_cpu_threads, revision_model=revision_model,
-                                malloc_arenas=settings.malloc_arenas,
+                                beam_size=settings.stt_beam_size, malloc_arenas=settings.malloc_arenas,
                                 trim_idle_s=STT_TRIM_IDLE_S if settings.malloc_trim else None,
                                 **whisper_options)  # fmt: skip
     return LocalWhisper(settings.stt_model, cpu_threads=settings.stt_cpu_threads, revision_model=revision_model,
-                        **whisper_options)
+                        beam_size=settings.stt_beam_size, **whisper_options)

@@ -587,7 +587,7 @@ async def _sleep_or(stop: asyncio.Event, seconds: float) -> None:
 
 
 def run_worker(url: str, model_path: str | None, *, cpu_threads: int = 1, worker_id: str | None = None,
-               revisions: str = "nice", revision_model: Any = None) -> int:
+               revisions: str = "nice", revision_model: Any = None, beam_size: int = 5) -> int:
     """`python server.py stt-worker`: load the models, serve decode requests until SIGTERM/SIGINT (the decodes in
     progress are finished and answered first). Prints `stt-worker ready: <id>` once it takes requests.
 
@@ -605,9 +605,11 @@ def run_worker(url: str, model_path: str | None, *, cpu_threads: int = 1, worker
     try:
         if revisions == "only":
             os.setpriority(os.PRIO_PROCESS, 0, WhisperProcesses.REVISION_NICE)
-            stt: Any = LocalWhisper(model_path, cpu_threads=cpu_threads, revision_model=revision_model)
+            stt: Any = LocalWhisper(model_path, cpu_threads=cpu_threads, revision_model=revision_model,
+                                    beam_size=beam_size)
         else:
-            stt = WhisperProcesses(model_path, processes=1, cpu_threads=cpu_threads, revision_model=revision_model)
+            stt = WhisperProcesses(model_path, processes=1, cpu_threads=cpu_threads, revision_model=revision_model,
+                                   beam_size=beam_size)
     except ValueError as exc:
         print(f"stt-worker: {exc}", flush=True)
         return 2

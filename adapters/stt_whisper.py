@@ -245,6 +245,8 @@ MAX_HINT_TOKENS = 150
 class LocalWhisper:
     """faster-whisper on CPU (int8). One instance per process, shared by every stream via the scheduler.
 
+    `beam_size`: beam of finals and of a pause's speculative decode (a final when speech does not resume);
+    `partial_beam_size`: of partials; `revision_beam_size`: of revisions (whichever model decodes them).
     `window_s`: encoder window granularity in seconds (None = always 30 s, as Whisper was trained);
     `min_window_s`: the shortest encoder window (see `_window_frames`).
     `repetition_penalty`: > 1 penalises tokens already in the prompt or the text so far; applied to prompted
@@ -270,6 +272,7 @@ class LocalWhisper:
         compute_type: str = "int8",
         beam_size: int = 5,
         partial_beam_size: int = 1,
+        revision_beam_size: int = 5,
         window_s: float | None = 5.0,
         min_window_s: float = MIN_WINDOW_S,
         language: str = "en",
@@ -293,6 +296,7 @@ class LocalWhisper:
         self.model = model_name(model_path)
         self.beam_size = beam_size
         self.partial_beam_size = partial_beam_size
+        self.revision_beam_size = revision_beam_size
         self.window_s = window_s
         self.min_window_s = min_window_s
         self.language = language
@@ -309,7 +313,8 @@ class LocalWhisper:
         self._reviser_lock = threading.Lock()
         self._options: dict[str, Any] = {
             "cpu_threads": cpu_threads, "num_workers": num_workers, "compute_type": compute_type,
-            "beam_size": beam_size, "partial_beam_size": partial_beam_size, "window_s": window_s,
+            "beam_size": beam_size, "partial_beam_size": partial_beam_size,
+            "revision_beam_size": revision_beam_size, "window_s": window_s,
             "min_window_s": min_window_s, "language": language, "repetition_penalty": repetition_penalty,
             "hint_guard": hint_guard, "skip_tail": skip_tail,
         }  # fmt: skip
@@ -494,7 +499,7 @@ class LocalWhisper:
             segments, info = self._whisper.transcribe(
                 both,
                 language=self.language,
-                beam_size=self.beam_size,
+                beam_size=self.revision_beam_size,
                 temperature=[0.0, 0.2, 0.4],
                 condition_on_previous_text=False,
                 initial_prompt=hint or None,

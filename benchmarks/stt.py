@@ -263,6 +263,8 @@ def main() -> None:
                     "(auto: base when installed, else the live model); Whisper base is joined into --models-dir")
     ap.add_argument("--models-dir", type=Path, default=Path("data") / "models",
                     help="where Whisper base is joined on first use (data/models, as DATA_DIR)")
+    ap.add_argument("--beam", type=int, default=5,
+                    help="beam of the live finals (and speculative decodes), as STT_BEAM_SIZE; revisions keep 5")
     ap.add_argument("--only", choices=("decode", "latency", "throughput", "accuracy"), action="append",
                     help="run only these sections (repeatable; default all)")
     args = ap.parse_args()
@@ -275,8 +277,9 @@ def main() -> None:
     print("Note: timings on a shared 2-core machine are noisy; compare rows of one run, not runs.\n")
     reps = 2 if args.quick else args.reps
     revision_model = revision_model_dir(args.revision_model, args.models_dir)
-    stt = LocalWhisper(revision_model=revision_model)
-    print(f"Revisions decode with {stt.revision_model or stt.model}; live finals with {stt.model}.\n")
+    stt = LocalWhisper(revision_model=revision_model, beam_size=args.beam)
+    print(f"Revisions decode with {stt.revision_model or stt.model} (beam {stt.revision_beam_size}); live finals with"
+          f" {stt.model} (beam {stt.beam_size}).\n")
     decode: list[dict[str, Any]] = []
     latency: dict[str, Any] = {}
     throughput: list[dict[str, Any]] = []

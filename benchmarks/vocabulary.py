@@ -169,7 +169,7 @@ def main() -> None:
         return
     parser = pipeline_cli.build_parser()
     engine_args = parser.parse_args(["transcribe", "-"])
-    options = {"num_workers": 1, "beam_size": engine_args.beam_size, "window_s": engine_args.window}
+    options = {"num_workers": 1, "window_s": engine_args.window}  # the beam: engine_args.beam_size, in the settings
     engines = {guard: build_stt(EngineSettings.from_args(engine_args), hint_guard=guard, **options)
                for guard in (True, False)}  # fmt: skip
     results: list[dict[str, Any]] = []
