@@ -627,6 +627,7 @@ class AuditLog:
             else:
                 log.warning("audit trail: chain heads not saved (retried within %.0f s): %s: %s",
                             self.heads_interval_s, type(exc).__name__, exc)
+            self._progressed()  # a write attempt too: `wait_until` callers see it failed
             return
         for org, head in saving.items():
             if self._unsaved.get(org) == head:  # (a write may have moved it on meanwhile)

@@ -12,7 +12,8 @@ logs nobody out. A running server notices the new file on its next signature.
 
 Refresh tokens are opaque (32 random bytes), stored as SHA-256 hashes, rotated on every use. Each login starts a
 family; using a token that was already rotated (a stolen copy, or the thief's after the owner's) revokes the
-whole family, so both parties must log in again.
+whole family, so both parties must log in again. A token revoked before it was used (logout, a revoked family, a
+disabled user) is refused as an ended session, not as a reuse.
 
 API keys are `iwk_<random>`, shown once, stored as SHA-256 hashes with their scopes. `ADMIN_API_KEY` is an
 admin-scoped key of the default organisation held in memory only.
@@ -345,11 +346,16 @@ class Accounts:
         return Session(self.access.issue(user), self.access.ttl_s, refresh, user)
 
     async def refresh(self, token: str) -> Session:
-        """A new session for a valid refresh token, which is rotated; reuse of a rotated one revokes its family."""
+        """A new session for a valid refresh token, which is rotated; reuse of a rotated one revokes its family
+        (401 `refresh_token_reused`); a token of an ended session is 401 `refresh_token_revoked`."""
         record = await self.store.get_refresh(sha256(token)) if token else None
         if record is None:
             raise HttpError(401, "invalid_refresh_token", "unknown refresh token")
-        if record.used or record.revoked or not await self.store.use_refresh(record.token_hash):
+        if record.revoked and not record.used:
+            # never rotated, so nothing was replayed: its session was logged out, or its family or user revoked
+            raise HttpError(401, "refresh_token_revoked",
+                            "this session has ended (logged out or revoked); log in again")
+        if record.used or not await self.store.use_refresh(record.token_hash):
             await self.store.revoke_family(record.family)
             log.warning("refresh token reuse for user %s: family revoked", record.user_id)
             raise HttpError(401, "refresh_token_reused", "this refresh token was already used; log in again")

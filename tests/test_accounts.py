@@ -146,12 +146,35 @@ async def test_refresh_rotates_and_reuse_revokes_the_family(client: httpx.AsyncC
     reused = await client.post("/api/auth/refresh", headers=CSRF)
     assert reused.status_code == 401 and reused.json()["error"]["code"] == "refresh_token_reused"
     client.cookies.set("iw_refresh", second, domain="api.test", path="/api/auth")
-    assert (await client.post("/api/auth/refresh", headers=CSRF)).status_code == 401
+    ended = await client.post("/api/auth/refresh", headers=CSRF)  # the owner's: its session ended with the family
+    assert ended.status_code == 401 and ended.json()["error"]["code"] == "refresh_token_revoked"
     # A fresh login works again; logout ends it.
     await login(client, "rex@example.com")
     assert (await client.post("/api/auth/logout", headers=CSRF)).json() == {"loggedOut": True}
     assert "iw_refresh" not in client.cookies
     assert (await client.post("/api/auth/refresh", headers=CSRF)).status_code == 401
+
+
+async def test_a_refresh_after_logout_says_the_session_ended_and_a_replay_is_still_a_reuse(
+        client: httpx.AsyncClient) -> None:
+    await add_user(client, "lou@example.com")
+    await login(client, "lou@example.com")
+    rotated = client.cookies["iw_refresh"]
+    assert (await client.post("/api/auth/refresh", headers=CSRF)).status_code == 200
+    current = client.cookies["iw_refresh"]
+    assert (await client.post("/api/auth/logout", headers=CSRF)).status_code == 200
+    # a tab that still holds the cookie: told its session was logged out, not that a token was stolen
+    client.cookies.set("iw_refresh", current, domain="api.test", path="/api/auth")
+    ended = await client.post("/api/auth/refresh", headers=CSRF)
+    assert ended.status_code == 401 and ended.json()["error"] == {
+        "code": "refresh_token_revoked", "message": "this session has ended (logged out or revoked); log in again"}
+    # a token that was already rotated, presented again: a replay, whether or not its session has ended
+    client.cookies.set("iw_refresh", rotated, domain="api.test", path="/api/auth")
+    replayed = await client.post("/api/auth/refresh", headers=CSRF)
+    assert replayed.status_code == 401 and replayed.json()["error"]["code"] == "refresh_token_reused"
+    # another login is a new family: untouched by either
+    await login(client, "lou@example.com")
+    assert (await client.post("/api/auth/refresh", headers=CSRF)).status_code == 200
 
 
 async def test_disabled_users_cannot_log_in_or_refresh(client: httpx.AsyncClient) -> None:

@@ -110,6 +110,83 @@ async def test_chain_heads_are_saved_once_per_interval_and_when_the_writer_idles
     assert (await idle.verify()).ok
 
 
+def heads_not_saved(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if "chain heads not saved" in r.getMessage()]
+
+
+async def test_a_chain_heads_save_that_fails_is_a_warning_and_retried_once_the_store_is_back(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The store goes down after a write, before its chain head is saved: the entries stay written, the failed save
+    is said once as a warning (nothing is lost yet) and the next save, once the store is back, stores the head."""
+    embedded = EmbeddedMongo(tmp_path, port=free_port())
+    store = await MongoStore.connect(await embedded.start(), timeout_s=0.5)
+    # 2 s: time for the store to stop before the idle save is due (~0.1 s), and to start before its retry (~0.3 s)
+    audit = AuditLog(store.db, flush_interval_s=0.05, heads_interval_s=2.0)
+    try:
+        await audit.start()
+        for i in range(10):
+            audit.record(entry(i))
+        await audit.flush()  # the first batch saves the head at once
+        for i in range(10, 20):
+            audit.record(entry(i))
+        await audit.flush()  # within the interval: the head is saved when the writer idles
+        with caplog.at_level(logging.WARNING, logger="adapters.audit"):
+            await embedded.stop()
+            assert audit.heads_unsaved == 1, "the idle save was due before the store stopped"
+            await until(audit, lambda a: bool(heads_not_saved(caplog)))
+            await embedded.start()  # the same port: the client reconnects
+            await until(audit, lambda a: a.heads_unsaved == 0)
+        said = heads_not_saved(caplog)
+        assert [r.levelno for r in said] == [logging.WARNING] and "retried within 2 s" in said[0].getMessage()
+        assert await heads_of(audit) == {"org-a": 20}
+        docs = await all_pages(audit, org_id="org-a")
+        assert [as_recorded(d) for d in reversed(docs)] == [entry(i) for i in range(20)]
+        assert (await audit.verify()).ok
+        await audit.aclose()
+    finally:
+        await store.close()
+        await embedded.stop()
+
+
+async def test_chain_heads_not_saved_at_shutdown_are_an_error_and_the_next_start_saves_them(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """At shutdown the heads save is the last chance (an end cut before the next start would go unnoticed): a
+    failure is an error, the entries stay written and verify, and the next start's first write saves the head."""
+    embedded = EmbeddedMongo(tmp_path, port=free_port())
+    store = await MongoStore.connect(await embedded.start(), timeout_s=0.5)
+    audit = AuditLog(store.db, flush_interval_s=0.05, heads_interval_s=3600.0)
+    try:
+        await audit.start()
+        for i in range(10):
+            audit.record(entry(i))
+        await audit.flush()  # the first batch saves the head at once
+        for i in range(10, 20):
+            audit.record(entry(i))
+        await audit.flush()  # not again within the hour: at shutdown
+        await embedded.stop()
+        with caplog.at_level(logging.WARNING, logger="adapters.audit"):
+            await audit.aclose()
+        said = heads_not_saved(caplog)
+        assert [r.levelno for r in said] == [logging.ERROR] and "at shutdown" in said[0].getMessage()
+        assert (audit.pending, audit.heads_unsaved) == (0, 1)
+        await embedded.start()
+        assert await heads_of(audit) == {"org-a": 10}  # behind its chain, which verify accepts
+        result = await audit.verify()
+        assert (result.ok, result.entries) == (True, 20), result.reason
+        following = AuditLog(store.db, flush_interval_s=0.05, heads_interval_s=3600.0)
+        await following.start()
+        following.record(entry(20))
+        await following.flush()
+        assert await heads_of(following) == {"org-a": 21}
+        await following.aclose()
+        docs = await all_pages(following, org_id="org-a")
+        assert [as_recorded(d) for d in reversed(docs)] == [entry(i) for i in range(21)]
+        assert (await following.verify()).ok
+    finally:
+        await store.close()
+        await embedded.stop()
+
+
 async def test_query_filters_by_actor_resource_and_time_to_the_millisecond(store: MongoStore) -> None:
     audit = AuditLog(store.db)
     await audit.start()

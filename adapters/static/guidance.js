@@ -1,18 +1,13 @@
 // Live guidance panel (interviewers and observers only; the candidate's page never receives these events):
 // protected-topic alerts as a private banner, the interview guide as a checklist with the time used per section
 // against its budget, talk balance as a bar. All computed on the server from the transcript text only.
-
-/** Seconds as m:ss ("4:05"). */
-export function clock(seconds) {
-  const s = Math.max(0, Math.round(Number(seconds) || 0));
-  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
-}
+import { fmtTime } from "/static/ui.js";
 
 /** "used / budget" and, past the budget, by how much: the text says it, not only the colour. */
 function timeUsed(spent, budget) {
-  if (budget === null || budget === undefined) return `${clock(spent)} used`;
+  if (budget === null || budget === undefined) return `${fmtTime(spent)} used`;
   const over = Number(spent) > Number(budget);
-  return `${clock(spent)} / ${clock(budget)}${over ? ` — over by ${clock(Number(spent) - Number(budget))}` : ""}`;
+  return `${fmtTime(spent)} / ${fmtTime(budget)}${over ? ` — over by ${fmtTime(Number(spent) - Number(budget))}` : ""}`;
 }
 
 export class Guidance {
