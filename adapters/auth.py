@@ -355,7 +355,16 @@ class Accounts:
             # never rotated, so nothing was replayed: its session was logged out, or its family or user revoked
             raise HttpError(401, "refresh_token_revoked",
                             "this session has ended (logged out or revoked); log in again")
-        if record.used or not await self.store.use_refresh(record.token_hash):
+        rotated = not record.used and await self.store.use_refresh(record.token_hash)
+        if not record.used and not rotated:
+            now = await self.store.get_refresh(record.token_hash)  # lost a race: to a logout, or to another use
+            if now is None:
+                raise HttpError(401, "invalid_refresh_token", "unknown refresh token")
+            if now.revoked and not now.used:
+                raise HttpError(401, "refresh_token_revoked",
+                                "this session has ended (logged out or revoked); log in again")
+            record = now
+        if not rotated:  # used before (or, against all odds, neither used nor revoked yet not rotated)
             await self.store.revoke_family(record.family)
             log.warning("refresh token reuse for user %s: family revoked", record.user_id)
             raise HttpError(401, "refresh_token_reused", "this refresh token was already used; log in again")

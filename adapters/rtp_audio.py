@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 import av
+import numpy as np
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.utils import uint16_add, uint32_add
 
@@ -43,6 +44,8 @@ _QUEUE_ATTR = "_RTCRtpReceiver__decoder_queue"
 _JITTER_ATTR = "_RTCRtpReceiver__jitter_buffer"
 AUDIO_MAX_WAIT = 3  # packets received after a missing one before it is given up as lost (60 ms of 20 ms frames)
 MAX_MISORDER = 100  # a packet this far from the expected sequence number restarts the sequence (as aiortc's)
+OPUS_RATE = 48000  # Opus RTP timestamps count 48 kHz samples whatever the encoder's rate
+MAX_FILL_SAMPLES = OPUS_RATE // 2  # longest gap between Opus frames filled with silence (longer: a stalled sender)
 _STARTED_ATTR = "_RTCRtpReceiver__started"
 _warned = False
 
@@ -68,6 +71,8 @@ class InlineAudioDecoder:
         self._decoder: Any = None
         self.frames = 0
         self.errors = 0
+        self._next_ts: int | None = None  # the RTP time (mapped) right after the last Opus frame decoded
+        self.filled_samples = 0  # silence put in for missing Opus frames (`_fill_gap`)
 
     def put(self, item: tuple[Any, Any] | None) -> None:
         if item is None:
@@ -94,7 +99,9 @@ class InlineAudioDecoder:
                     with contextlib.suppress(Exception):
                         self._on_error(exc)
         try:
-            for frame in self._decode(codec, encoded):
+            frames = self._decode(codec, encoded)
+            self._fill_gap(codec, encoded, frames)
+            for frame in frames:
                 self._out.put_nowait(frame)
                 self.frames += 1
         except Exception as exc:  # noqa: BLE001 - raised here it would reach aiortc's transport and end the call
@@ -105,6 +112,22 @@ class InlineAudioDecoder:
             if self._on_error is not None:
                 with contextlib.suppress(Exception):
                     self._on_error(exc)
+
+    def _fill_gap(self, codec: Any, encoded: Any, frames: list[av.AudioFrame]) -> None:
+        """Silence in place of the Opus frames that never came (lost, given up by `AudioJitterBuffer`, or a corrupt
+        packet), up to `MAX_FILL_SAMPLES`: the stream's clock counts samples, so without it every lost 20 ms would
+        pull the rest of the call's word times 20 ms earlier. Longer gaps are a stalled sender, which the track
+        reader fills itself."""
+        ts = getattr(encoded, "timestamp", None)
+        if codec.name != "opus" or not isinstance(ts, int) or not frames:
+            return
+        gap = ts - self._next_ts if self._next_ts is not None else 0
+        if 0 < gap <= MAX_FILL_SAMPLES:
+            silence = av.AudioFrame.from_ndarray(np.zeros((1, gap), np.int16), format="s16", layout="mono")
+            silence.sample_rate = OPUS_RATE
+            self._out.put_nowait(silence)
+            self.filled_samples += gap
+        self._next_ts = ts + sum(f.samples for f in frames)  # Opus RTP time is in 48 kHz samples
 
     def get(self, block: bool = True, timeout: float | None = None) -> None:
         self._stopped.wait(timeout if block else 0)
@@ -175,7 +198,7 @@ class AudioJitterBuffer:
 
     An audio RTP packet is a whole frame (Opus, G.711), so a packet in sequence goes on at once. A packet after a
     missing one is held until the missing one arrives or `max_wait` packets are held (then the missing ones are
-    given up as lost: the decoder conceals them); either way everything held goes on in one `AudioFrames`, so a
+    given up as lost: `InlineAudioDecoder` puts silence in their place); either way everything held goes on in one `AudioFrames`, so a
     late packet costs the frames behind it only its own delay. A packet behind what was already released (a
     duplicate, or one given up) is dropped; one `MAX_MISORDER` or more away restarts the sequence there. Same
     interface as aiortc's `JitterBuffer.add` for the receiver (never asks for a picture loss indication).
@@ -200,8 +223,9 @@ class AudioJitterBuffer:
                 self.late += 1
                 return False, None
             ahead = MAX_MISORDER  # far behind: the sender restarted its sequence
-        if ahead >= MAX_MISORDER:
-            self._held.clear()
+        frames: list[JitterFrame] = []
+        if ahead >= MAX_MISORDER:  # what was held goes on first, the gaps between given up
+            frames = self._release_all()
             self._next = seq
         self._held[seq] = packet
         if self._next not in self._held and len(self._held) >= self.max_wait:
@@ -210,11 +234,28 @@ class AudioJitterBuffer:
             first = min(self._held, key=lambda s: uint16_add(s, -expected))
             self.lost += uint16_add(first, -expected)
             self._next = first
-        frames: list[JitterFrame] = []
+        frames += self._release()
+        if not frames:
+            return False, None
+        return False, frames[0] if len(frames) == 1 else AudioFrames(frames[0], frames[1:])
+
+    def _release(self) -> list[JitterFrame]:
+        """The held packets from the next sequence number on, up to the first missing one."""
+        frames = []
         while self._next in self._held:
             p = self._held.pop(self._next)
             frames.append(JitterFrame(data=p._data, timestamp=p.timestamp))
             self._next = uint16_add(self._next, 1)
-        if not frames:
-            return False, None
-        return False, frames[0] if len(frames) == 1 else AudioFrames(frames[0], frames[1:])
+        return frames
+
+    def _release_all(self) -> list[JitterFrame]:
+        """Every held packet in sequence, the missing ones between them given up."""
+        frames: list[JitterFrame] = []
+        while self._held:
+            expected = self._next
+            assert expected is not None  # set by the first packet, before anything is held
+            first = min(self._held, key=lambda s: uint16_add(s, -expected))
+            self.lost += uint16_add(first, -expected)
+            self._next = first
+            frames += self._release()
+        return frames

@@ -263,8 +263,9 @@ def main() -> None:
                     "(auto: base when installed, else the live model); Whisper base is joined into --models-dir")
     ap.add_argument("--models-dir", type=Path, default=Path("data") / "models",
                     help="where Whisper base is joined on first use (data/models, as DATA_DIR)")
-    ap.add_argument("--beam", type=int, default=5,
-                    help="beam of the live finals (and speculative decodes), as STT_BEAM_SIZE; revisions keep 5")
+    ap.add_argument("--beam", type=int, default=5, choices=range(1, 11), metavar="1-10",
+                    help="beam of the live finals and speculative decodes in the latency, throughput and accuracy "
+                    "sections, as STT_BEAM_SIZE (5); revisions keep 5, the decode section compares its own")
     ap.add_argument("--only", choices=("decode", "latency", "throughput", "accuracy"), action="append",
                     help="run only these sections (repeatable; default all)")
     args = ap.parse_args()
@@ -288,7 +289,7 @@ def main() -> None:
         decode = bench_decode(reps)
         _print_decode(decode)
     if "latency" in sections:
-        latency = _run_latency(args.quick, revision_model)
+        latency = _run_latency(args.quick, revision_model, args.beam)
         _print_latency(latency)
     if "throughput" in sections:
         throughput = bench_throughput(stt, (1, 2, 4), (1, 2))
@@ -301,6 +302,7 @@ def main() -> None:
         _print_accuracy(accuracy)
     if args.json:
         args.json.write_text(json.dumps({"environment": env, "revision_model": stt.revision_model or stt.model,
+                                         "beam": stt.beam_size, "revision_beam": stt.revision_beam_size,
                                          "decode": decode, "latency": latency, "throughput": throughput,
                                          "accuracy": accuracy}, indent=2))  # fmt: skip
         progress(f"wrote {args.json}")
@@ -313,11 +315,11 @@ def _print_decode(decode: list[dict[str, Any]]) -> None:
 
 
 
-def _run_latency(quick: bool, revision_model: Any) -> dict[str, Any]:
+def _run_latency(quick: bool, revision_model: Any, beam: int) -> dict[str, Any]:
     # the server's defaults: STT_WORKERS=2 child processes (STT_SUBPROCESS), STT_CPU_THREADS=1
     from adapters.stt_process import WhisperProcesses
 
-    procs = WhisperProcesses(processes=2, cpu_threads=1, revision_model=revision_model)
+    procs = WhisperProcesses(processes=2, cpu_threads=1, revision_model=revision_model, beam_size=beam)
     try:
         return bench_latency(procs, DIALOGUES[:1] if quick else DIALOGUES, workers=2)
     finally:

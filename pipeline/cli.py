@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--window", type=float, default=5.0,
                    help="local: encoder window granularity in seconds (30 = Whisper's fixed 30 s window)")  # fmt: skip
     t.add_argument(
-        "--beam-size", type=int, default=5, help="local: beam size of final decodes (partials use 1)"
+        "--beam-size", type=int, default=5, choices=range(1, 11), metavar="1-10",
+        help="local: beam size of final decodes, as STT_BEAM_SIZE (partials use 1, revisions keep 5)"
     )
     t.add_argument("--no-prompt", dest="prompt", action="store_false",
                    help="do not prompt each decode with the speaker's recent confident finals")  # fmt: skip

@@ -63,6 +63,22 @@ def test_frames_released_together_are_each_decoded_and_relayed_with_their_own_ti
     assert out.qsize() == 4 == dec.frames
 
 
+def test_a_missing_opus_frame_becomes_silence_so_later_words_keep_their_time() -> None:
+    """The stream's clock counts samples: a frame that never came (given up as lost, or corrupt) is replaced by as
+    much silence, so the words after it are not pulled earlier; a long stall is left to the track reader."""
+    tone = (np.sin(np.arange(48000) * 2 * np.pi * 440 / 48000) * 8000).astype(np.int16)
+    packets = opus_packets(tone)[:6]
+    out: asyncio.Queue[Any] = asyncio.Queue()
+    dec = InlineAudioDecoder(out)
+    for i in (0, 1, 3, 4):  # frame 2 lost
+        dec.put((OPUS, JitterFrame(data=packets[i], timestamp=960 * i)))
+    dec.put((OPUS, JitterFrame(data=packets[5], timestamp=960 * 5 + 48000)))  # a 1 s stall: not filled here
+    frames = [out.get_nowait() for _ in range(out.qsize())]
+    assert [f.samples for f in frames] == [960, 960, 960, 960, 960, 960]
+    assert not frames[2].to_ndarray().any() and frames[3].to_ndarray().any()  # the silence sits where 2 was
+    assert dec.filled_samples == 960 and dec.frames == 5
+
+
 async def test_a_real_receiver_decodes_inline_and_its_track_ends_on_close(shared_data: Path) -> None:
     sender, receiver = RTCPeerConnection(), RTCPeerConnection()
     source = WavChannelTrack(shared_data / "jfk.flac", limit_s=2, realtime=False)
@@ -129,7 +145,8 @@ async def test_a_received_frame_goes_on_at_once_and_in_order(shared_data: Path) 
         # 7 lost: given up once three packets wait behind it, and dropped if it comes after all
         assert [add(8), add(9), add(10), add(7), add(11)] == [[], [], [8, 9, 10], [], [11]]
         assert buffer.lost == 1 and buffer.late == 2
-        assert add(5000) == [5000]  # a jump: the sender restarted its sequence
+        assert add(13) == [] and add(5000) == [13, 5000]  # a jump (sender restart): what was held goes on first
+        assert buffer.lost == 2
         # far behind is a restart too; then the 16-bit sequence number wraps, with a late packet across it
         assert [add(65534), add(65535), add(65537), add(65536)] == [[65534], [65535], [], [65536, 65537]]
     finally:

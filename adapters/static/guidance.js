@@ -6,8 +6,9 @@ import { fmtTime } from "/static/ui.js";
 /** "used / budget" and, past the budget, by how much: the text says it, not only the colour. */
 function timeUsed(spent, budget) {
   if (budget === null || budget === undefined) return `${fmtTime(spent)} used`;
-  const over = Number(spent) > Number(budget);
-  return `${fmtTime(spent)} / ${fmtTime(budget)}${over ? ` — over by ${fmtTime(Number(spent) - Number(budget))}` : ""}`;
+  // whole seconds, as shown: "5:00 / 5:00 — over by 0:00" would say nothing
+  const over = Math.floor(Number(spent) || 0) - Math.floor(Number(budget) || 0);
+  return `${fmtTime(spent)} / ${fmtTime(budget)}${over >= 1 ? ` — over by ${fmtTime(over)}` : ""}`;
 }
 
 export class Guidance {
