@@ -51,6 +51,8 @@ _warned = False
 
 # Called with each received Opus payload, as sent, and its RTP timestamp (the call relay forwards them).
 OpusListener = Callable[[bytes, int], None]
+# Called with a reason ("lost", "late") and a count of audio packets the jitter buffer did not hand on.
+DropListener = Callable[[str, int], None]
 
 
 class InlineAudioDecoder:
@@ -154,9 +156,10 @@ def _decoder_for(codec: Any) -> Any:
 
 
 def decode_inline(receiver: Any, on_error: Callable[[Exception], None] | None = None,
-                  on_opus: OpusListener | None = None) -> bool:
+                  on_opus: OpusListener | None = None, on_drop: DropListener | None = None) -> bool:
     """Make `receiver` (an audio `RTCRtpReceiver` that has not started) decode on the event loop; `on_opus` also
-    gets every Opus payload before it is decoded.
+    gets every Opus payload before it is decoded; `on_drop(reason, n)` hears of packets the jitter buffer gave up
+    ("lost") or dropped ("late": after their place was released, or duplicates).
 
     Returns False, leaving aiortc's threaded decoding in place, when the receiver is not what this expects.
     """
@@ -179,7 +182,7 @@ def decode_inline(receiver: Any, on_error: Callable[[Exception], None] | None = 
     jitter = getattr(receiver, _JITTER_ATTR, None)
     if isinstance(jitter, JitterBuffer):  # else aiortc's own buffer stays (80 ms later, still correct)
         # only beside the inline decoder: aiortc's decoder thread would not read `AudioFrames.later`
-        setattr(receiver, _JITTER_ATTR, AudioJitterBuffer())
+        setattr(receiver, _JITTER_ATTR, AudioJitterBuffer(on_drop=on_drop))
     return True
 
 
@@ -204,10 +207,11 @@ class AudioJitterBuffer:
     interface as aiortc's `JitterBuffer.add` for the receiver (never asks for a picture loss indication).
     """
 
-    def __init__(self, max_wait: int = AUDIO_MAX_WAIT) -> None:
+    def __init__(self, max_wait: int = AUDIO_MAX_WAIT, on_drop: DropListener | None = None) -> None:
         if max_wait < 1:
             raise ValueError(f"max_wait must be >= 1, not {max_wait}")
         self.max_wait = max_wait
+        self._on_drop = on_drop
         self._next: int | None = None  # the sequence number released next
         self._held: dict[int, Any] = {}
         self.lost = 0  # packets given up
@@ -221,6 +225,7 @@ class AudioJitterBuffer:
         if ahead >= 1 << 15:  # behind the released sequence
             if uint16_add(self._next, -seq) < MAX_MISORDER:
                 self.late += 1
+                self._dropped("late", 1)
                 return False, None
             ahead = MAX_MISORDER  # far behind: the sender restarted its sequence
         frames: list[JitterFrame] = []
@@ -232,12 +237,22 @@ class AudioJitterBuffer:
             # give up the missing packets: on to the first one held
             expected = self._next
             first = min(self._held, key=lambda s: uint16_add(s, -expected))
-            self.lost += uint16_add(first, -expected)
+            self._given_up(uint16_add(first, -expected))
             self._next = first
         frames += self._release()
         if not frames:
             return False, None
         return False, frames[0] if len(frames) == 1 else AudioFrames(frames[0], frames[1:])
+
+    def _given_up(self, n: int) -> None:
+        if n:
+            self.lost += n
+            self._dropped("lost", n)
+
+    def _dropped(self, reason: str, n: int) -> None:
+        if self._on_drop is not None:
+            with contextlib.suppress(Exception):  # a failing listener must not reach aiortc's transport
+                self._on_drop(reason, n)
 
     def _release(self) -> list[JitterFrame]:
         """The held packets from the next sequence number on, up to the first missing one."""
@@ -255,7 +270,7 @@ class AudioJitterBuffer:
             expected = self._next
             assert expected is not None  # set by the first packet, before anything is held
             first = min(self._held, key=lambda s: uint16_add(s, -expected))
-            self.lost += uint16_add(first, -expected)
+            self._given_up(uint16_add(first, -expected))
             self._next = first
             frames += self._release()
         return frames

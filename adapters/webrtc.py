@@ -536,7 +536,7 @@ class WhipIngest:
                 transceiver.direction = "recvonly"
                 ref = weakref.ref(session)  # aiortc's receiver must not keep a closed session alive
                 decode_inline(transceiver.receiver, functools.partial(self._decode_error, ref),
-                              functools.partial(self._forward_to, ref))
+                              functools.partial(self._forward_to, ref), self._packets_dropped)
         try:
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
@@ -694,6 +694,10 @@ class WhipIngest:
         session = session_ref()
         if session is not None:
             self._forward(session, payload, timestamp)
+
+    def _packets_dropped(self, reason: str, n: int) -> None:
+        """Audio packets the jitter buffer gave up ("lost": silence took their place) or dropped ("late")."""
+        self.metrics.frames_dropped.labels(reason=reason).inc(n)
 
     def _decode_error(self, session_ref: weakref.ref[WhipSession], exc: Exception) -> None:
         self.metrics.frames_dropped.labels(reason="decode_error").inc()

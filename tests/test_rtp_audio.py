@@ -127,7 +127,8 @@ async def test_a_received_frame_goes_on_at_once_and_in_order(shared_data: Path) 
         await sender.setLocalDescription(await sender.createOffer())
         await receiver.setRemoteDescription(sender.localDescription)
         (transceiver,) = receiver.getTransceivers()
-        assert decode_inline(transceiver.receiver)
+        dropped: list[tuple[str, int]] = []
+        assert decode_inline(transceiver.receiver, on_drop=lambda reason, n: dropped.append((reason, n)))
         buffer = vars(transceiver.receiver)["_RTCRtpReceiver__jitter_buffer"]
 
         def add(seq: int) -> list[int]:
@@ -147,6 +148,7 @@ async def test_a_received_frame_goes_on_at_once_and_in_order(shared_data: Path) 
         assert buffer.lost == 1 and buffer.late == 2
         assert add(13) == [] and add(5000) == [13, 5000]  # a jump (sender restart): what was held goes on first
         assert buffer.lost == 2
+        assert dropped == [("late", 1), ("lost", 1), ("late", 1), ("lost", 1)]  # what /metrics counts
         # far behind is a restart too; then the 16-bit sequence number wraps, with a late packet across it
         assert [add(65534), add(65535), add(65537), add(65536)] == [[65534], [65535], [], [65536, 65537]]
     finally:
