@@ -114,6 +114,17 @@ def heads_not_saved(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]
     return [r for r in caplog.records if "chain heads not saved" in r.getMessage()]
 
 
+async def two_batches(audit: AuditLog) -> None:
+    """Starts `audit` and writes entries 0-9 (their head saved at once, as the first batch's) then 10-19."""
+    await audit.start()
+    for i in range(10):
+        audit.record(entry(i))
+    await audit.flush()
+    for i in range(10, 20):
+        audit.record(entry(i))
+    await audit.flush()
+
+
 async def test_a_chain_heads_save_that_fails_is_a_warning_and_retried_once_the_store_is_back(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The store goes down after a write, before its chain head is saved: the entries stay written, the failed save
@@ -124,13 +135,7 @@ async def test_a_chain_heads_save_that_fails_is_a_warning_and_retried_once_the_s
     # start before its retry (~0.3 s)
     audit = AuditLog(store.db, flush_interval_s=0.05, heads_interval_s=5.0)
     try:
-        await audit.start()
-        for i in range(10):
-            audit.record(entry(i))
-        await audit.flush()  # the first batch saves the head at once
-        for i in range(10, 20):
-            audit.record(entry(i))
-        await audit.flush()  # within the interval: the head is saved when the writer idles
+        await two_batches(audit)  # the second one's head is saved when the writer idles, within the interval
         with caplog.at_level(logging.WARNING, logger="adapters.audit"):
             await embedded.stop()
             assert audit.heads_unsaved == 1, "the idle save was due before the store stopped"
@@ -157,13 +162,7 @@ async def test_chain_heads_not_saved_at_shutdown_are_an_error_and_the_next_start
     store = await MongoStore.connect(await embedded.start(), timeout_s=0.5)
     audit = AuditLog(store.db, flush_interval_s=0.05, heads_interval_s=3600.0)
     try:
-        await audit.start()
-        for i in range(10):
-            audit.record(entry(i))
-        await audit.flush()  # the first batch saves the head at once
-        for i in range(10, 20):
-            audit.record(entry(i))
-        await audit.flush()  # not again within the hour: at shutdown
+        await two_batches(audit)  # the second one's head is not saved again within the hour: at shutdown
         await embedded.stop()
         with caplog.at_level(logging.WARNING, logger="adapters.audit"):
             await audit.aclose()
