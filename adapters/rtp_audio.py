@@ -199,12 +199,13 @@ class AudioFrames(JitterFrame):
 class AudioJitterBuffer:
     """Puts received audio packets back in sequence and releases each the moment it is next (no prefetch).
 
-    An audio RTP packet is a whole frame (Opus, G.711), so a packet in sequence goes on at once. A packet after a
-    missing one is held until the missing one arrives or `max_wait` packets are held (then the missing ones are
-    given up as lost: `InlineAudioDecoder` puts silence in their place); either way everything held goes on in one `AudioFrames`, so a
-    late packet costs the frames behind it only its own delay. A packet behind what was already released (a
-    duplicate, or one given up) is dropped; one `MAX_MISORDER` or more away restarts the sequence there. Same
-    interface as aiortc's `JitterBuffer.add` for the receiver (never asks for a picture loss indication).
+    An audio RTP packet is a whole frame (Opus, G.711, G.722), so a packet in sequence goes on at once. A packet
+    after a missing one is held until the missing one arrives or `max_wait` packets are held (then the missing
+    ones are given up as lost: `InlineAudioDecoder` puts silence in their place); either way everything held goes
+    on in one `AudioFrames`, so a late packet costs the frames behind it only its own delay. A packet behind what
+    was already released (a duplicate, or one given up) is dropped; one `MAX_MISORDER` or more away restarts the
+    sequence there, after what was held. Same interface as aiortc's `JitterBuffer.add` for the receiver (never
+    asks for a picture loss indication). Frames held when the sender stops go on when it sends again.
     """
 
     def __init__(self, max_wait: int = AUDIO_MAX_WAIT, on_drop: DropListener | None = None) -> None:
