@@ -625,14 +625,17 @@ class WhipIngest:
         last_frame = loop.time()
         silence_s = 0.0
         dead = failing = False
-        while not session.closed:
+        while not session.closed and not self._closing:
             try:
                 if dead:  # reported once; now sleep until the peer sends again (or the track ends)
                     frame = await track.recv()
                     dead = False
                     log.info("WHIP session %s: audio resumed", session.id)
                 else:
-                    frame = await asyncio.wait_for(track.recv(), self.track_timeout_s)
+                    # not asyncio.wait_for: on Python 3.11 it can swallow a cancel that lands as the frame arrives
+                    # (50 times a second), and shutdown (`aclose`) would wait on this loop while the peer sends
+                    async with asyncio.timeout(self.track_timeout_s):
+                        frame = await track.recv()
             except TimeoutError:
                 stalled = loop.time() - last_frame
                 if stalled >= self.dead_track_s:
