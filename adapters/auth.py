@@ -351,20 +351,16 @@ class Accounts:
         record = await self.store.get_refresh(sha256(token)) if token else None
         if record is None:
             raise HttpError(401, "invalid_refresh_token", "unknown refresh token")
-        if record.revoked and not record.used:
-            # never rotated, so nothing was replayed: its session was logged out, or its family or user revoked
-            raise HttpError(401, "refresh_token_revoked",
-                            "this session has ended (logged out or revoked); log in again")
-        rotated = not record.used and await self.store.use_refresh(record.token_hash)
-        if not record.used and not rotated:
-            now = await self.store.get_refresh(record.token_hash)  # lost a race: to a logout, or to another use
-            if now is None:
-                raise HttpError(401, "invalid_refresh_token", "unknown refresh token")
-            if now.revoked and not now.used:
+        rotated = not (record.used or record.revoked) and await self.store.use_refresh(record.token_hash)
+        if not rotated:
+            if not (record.used or record.revoked):  # lost a race to a logout or another use: read it again
+                record = await self.store.get_refresh(record.token_hash)
+                if record is None:
+                    raise HttpError(401, "invalid_refresh_token", "unknown refresh token")
+            if record.revoked and not record.used:
+                # never rotated, so nothing was replayed: its session was logged out, or its family or user revoked
                 raise HttpError(401, "refresh_token_revoked",
                                 "this session has ended (logged out or revoked); log in again")
-            record = now
-        if not rotated:  # used before (or, against all odds, neither used nor revoked yet not rotated)
             await self.store.revoke_family(record.family)
             log.warning("refresh token reuse for user %s: family revoked", record.user_id)
             raise HttpError(401, "refresh_token_reused", "this refresh token was already used; log in again")
