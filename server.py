@@ -1014,7 +1014,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     if settings.tls_cert_file is not None:
         tls = {"ssl_certfile": str(settings.tls_cert_file), "ssl_keyfile": str(settings.tls_key_file)}
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=10, **uvicorn_options(settings), **tls)
+                            timeout_graceful_shutdown=10, loop=settings.event_loop, **uvicorn_options(settings), **tls)
     server = uvicorn.Server(config)
     # uvicorn re-raises the signal that stopped it once shutdown is complete; by then everything is
     # drained and closed, so let that be a clean exit (status 0) instead of death by the default handler.

@@ -281,6 +281,9 @@ class Settings(BaseSettings):
         2, "glibc malloc arenas of server.py and of each Whisper worker process (mallopt M_ARENA_MAX at start; 0: "
         "glibc's default, 8 x cores, or its own MALLOC_ARENA_MAX): each arena keeps the free memory of its busiest "
         "moment")
+    event_loop: Annotated[Literal["uvloop", "asyncio"], BeforeValidator(_lower)] = setting(
+        "uvloop", "the server's event loop: uvloop (libuv: cheaper per UDP packet and per wake-up) or asyncio "
+        "(the standard library's)")
     memory_debug_dir: OptionalPath = setting(
         None, "debugging only: start tracemalloc and write a memory dump here on `kill -USR2` (README 'Soak'); costs "
         "CPU and memory")
