@@ -66,6 +66,7 @@ import httpx
 from benchmarks.report import percentile, progress_printer
 from testing.data import SHARED_DATA
 from testing.net import free_port
+from testing.server_process import process_tree
 from testing.text import corpus_wer, transcript_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -338,7 +339,8 @@ INFRA = (b"nats-server", b"nx_27017")  # in a child's command line: the embedded
 
 def role_cpu_seconds(server_pids: list[int], stt_pids: list[int], infra_pids: list[int]) -> tuple[float, float]:
     """(speech-to-text, store + bus) CPU seconds: the servers' children by their command line (their local
-    speech-to-text processes, the embedded nx-27017 and nats-server), plus processes started beside them."""
+    speech-to-text processes, the embedded nx-27017 and nats-server), plus processes started beside them and
+    their descendants."""
     stt = infra = 0.0
     for pid in (child for server_pid in server_pids for child in children(server_pid)):
         with contextlib.suppress(OSError, ValueError, IndexError):
@@ -348,8 +350,9 @@ def role_cpu_seconds(server_pids: list[int], stt_pids: list[int], infra_pids: li
                 infra += cpu
             else:
                 stt += cpu
+    # with their descendants: an stt-worker decodes in child processes (its live and revision lanes)
     for pids, role in ((stt_pids, "stt"), (infra_pids, "infra")):
-        for pid in pids:
+        for pid in (p for top in pids for p in process_tree(top)):
             with contextlib.suppress(OSError, ValueError, IndexError):
                 if role == "stt":
                     stt += cpu_seconds(pid)

@@ -7,8 +7,10 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 import wave
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from benchmarks.latency import (
     parse_buckets,
     parse_metrics,
     percentile,
+    role_cpu_seconds,
     score_turns,
     slope,
     summarize_breakdown,
@@ -187,6 +190,24 @@ def test_cpu_seconds_of_this_process_grows():
     before = cpu_seconds(os.getpid())
     sum(i * i for i in range(300_000))
     assert cpu_seconds(os.getpid()) > before
+
+
+def test_a_process_beside_the_server_is_charged_its_childrens_cpu():
+    # an stt-worker that idles while its child process decodes: the child's CPU is speech-to-text
+    busy = "import time\nend = time.process_time() + 30\nwhile time.process_time() < end: pass"
+    worker = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {busy!r}])"],
+                              start_new_session=True)  # its own process group: the busy child is killed with it
+    try:
+        deadline = time.monotonic() + 30
+        while (stt := role_cpu_seconds([], [worker.pid], [])[0]) < 0.3:
+            assert time.monotonic() < deadline, f"{stt} s of speech-to-text CPU after 30 s"
+            time.sleep(0.05)  # polling another process's CPU
+        assert cpu_seconds(worker.pid) < 0.2 < stt  # the worker itself only waits
+        stt, infra = role_cpu_seconds([], [], [worker.pid])  # beside the server as store+bus: the same
+        assert stt == 0.0 and infra > 0.3
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
 
 
 def test_ground_truth_is_found_beside_the_stereo_dialogues():
