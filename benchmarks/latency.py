@@ -1,6 +1,7 @@
 """End-to-end latency and capacity over real WebRTC: speech end -> `segment.final` on the interviewer's overlay.
 
     python -m benchmarks.latency [--rooms 1,2,4,8] [--audio FILE ...] [--url URL] [--json PATH] [--plot PATH]
+                                 [--stt nats] [--nodes N] [--stt-workers K]
 
 For each room count N it runs N interview rooms at once. Each room has a candidate and an interviewer peer
 (aiortc, WHIP; `testing.whip_client`) publishing the two channels of a dialogue recording (interviewer left,
@@ -37,6 +38,10 @@ through the server, each sending its channel of the dialogue to the other), so t
 the table reports the audio packets the peers received from each other. `--call relay` makes them ask for the
 server's relay instead (as the pages' `?p2p=off`), and after each room count measures the server's CPU per relayed
 stream with `benchmarks.relay` on the same server.
+
+`--nodes N` runs the rooms on N server processes sharing one store, one NATS (with `--stt-workers` stt-workers) and
+Redis when installed (`nodes_beside`): room i's candidate offers to node i % N, which owns the room, and its
+interviewer to the next node, which redirects it there; the servers' CPU and `/metrics` are those of all nodes.
 """
 
 from __future__ import annotations
