@@ -1,6 +1,7 @@
 """End-to-end latency and capacity over real WebRTC: speech end -> `segment.final` on the interviewer's overlay.
 
     python -m benchmarks.latency [--rooms 1,2,4,8] [--audio FILE ...] [--url URL] [--json PATH] [--plot PATH]
+                                 [--stt nats] [--nodes N] [--stt-workers K]
 
 For each room count N it runs N interview rooms at once. Each room has a candidate and an interviewer peer
 (aiortc, WHIP; `testing.whip_client`) publishing the two channels of a dialogue recording (interviewer left,
@@ -37,6 +38,10 @@ through the server, each sending its channel of the dialogue to the other), so t
 the table reports the audio packets the peers received from each other. `--call relay` makes them ask for the
 server's relay instead (as the pages' `?p2p=off`), and after each room count measures the server's CPU per relayed
 stream with `benchmarks.relay` on the same server.
+
+`--nodes N` runs the rooms on N server processes sharing one store, one NATS (with `--stt-workers` stt-workers) and
+Redis when installed (`nodes_beside`): room i's candidate offers to node i % N, which owns the room, and its
+interviewer to the next node, which redirects it there; the servers' CPU and `/metrics` are those of all nodes.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ import httpx
 from benchmarks.report import percentile, progress_printer
 from testing.data import SHARED_DATA
 from testing.net import free_port
+from testing.server_process import process_tree
 from testing.text import corpus_wer, transcript_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -336,11 +342,12 @@ def children_cpu_seconds(pid: int) -> float:
 INFRA = (b"nats-server", b"nx_27017")  # in a child's command line: the embedded store or bus, not speech-to-text
 
 
-def role_cpu_seconds(server_pid: int | None, stt_pids: list[int], infra_pids: list[int]) -> tuple[float, float]:
-    """(speech-to-text, store + bus) CPU seconds: the server's children by their command line (its local
-    speech-to-text processes, the embedded nx-27017 and nats-server), plus processes started beside it."""
+def role_cpu_seconds(server_pids: list[int], stt_pids: list[int], infra_pids: list[int]) -> tuple[float, float]:
+    """(speech-to-text, store + bus) CPU seconds: the servers' children by their command line (their local
+    speech-to-text processes, the embedded nx-27017 and nats-server), plus processes started beside them and
+    their descendants."""
     stt = infra = 0.0
-    for pid in children(server_pid) if server_pid is not None else []:
+    for pid in (child for server_pid in server_pids for child in children(server_pid)):
         with contextlib.suppress(OSError, ValueError, IndexError):
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             cpu = cpu_seconds(pid)
@@ -348,8 +355,9 @@ def role_cpu_seconds(server_pid: int | None, stt_pids: list[int], infra_pids: li
                 infra += cpu
             else:
                 stt += cpu
+    # with their descendants: an stt-worker decodes in child processes (its live and revision lanes)
     for pids, role in ((stt_pids, "stt"), (infra_pids, "infra")):
-        for pid in pids:
+        for pid in (p for top in pids for p in process_tree(top)):
             with contextlib.suppress(OSError, ValueError, IndexError):
                 if role == "stt":
                     stt += cpu_seconds(pid)
@@ -388,6 +396,27 @@ def parse_buckets(text: str) -> dict[str, float]:
             key = f"{m.group(1)}@{m.group(2)}"
             with contextlib.suppress(ValueError):
                 out[key] = out.get(key, 0.0) + float(m.group(3))
+    return out
+
+
+# Gauges that are already a maximum over one node's streams: over several nodes, their maximum too
+MAX_OVER_NODES = ("stt_lag_seconds", "stt_final_wait_seconds")
+
+
+def merge_metrics(scrapes: list[dict[str, float]]) -> dict[str, float]:
+    """The nodes' `parse_metrics | parse_buckets` scrapes as one: counters, histogram buckets and count gauges
+    (participants, queue depth) summed, the gauges of `MAX_OVER_NODES` their maximum. A key only some nodes have
+    (a label set one node has not seen yet) is what those nodes have."""
+    out: dict[str, float] = {}
+    for scrape in scrapes:
+        for key, value in scrape.items():
+            name = key.split("{", 1)[0].split("@", 1)[0]
+            if key not in out:
+                out[key] = value
+            elif name in MAX_OVER_NODES:
+                out[key] = max(out[key], value)
+            else:
+                out[key] += value
     return out
 
 
@@ -432,6 +461,7 @@ class Sample:
     metrics: dict[str, float]
     stt_cpu: float | None = None  # speech-to-text processes: the server's own, or the stt-workers beside it
     infra_cpu: float | None = None  # the store and the bus (embedded or beside the server)
+    node_cpu: list[float] | None = None  # each server process's own CPU (`server_cpu` is their sum)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -446,13 +476,13 @@ def niced(nice: int) -> list[str]:
 class ServerProcess:
     """`python server.py` on a free port with a temporary DATA_DIR; its output goes to a log file."""
 
-    def __init__(self, nice: int = 0, env: dict[str, str] | None = None) -> None:
+    def __init__(self, nice: int = 0, env: dict[str, str] | None = None, admin_key: str | None = None) -> None:
         self.nice = nice
         self.env = env or {}
         self.tmp = tempfile.TemporaryDirectory(prefix="latency-bench-")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.admin_key = secrets.token_urlsafe(24)
+        self.admin_key = admin_key or secrets.token_urlsafe(24)
         self.log_path = Path(self.tmp.name) / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -597,16 +627,28 @@ async def _run_room(
                 relayed[role] += 1
 
             kw |= {"call": True, "relay_slots": 4, "relay_listener": heard}
-        return await whip_publish(room["whip_url"], room[f"{role}_token"], track=tracks[role], session=http, **kw)
+        return await whip_publish(room["whip_urls"][role], room[f"{role}_token"], track=tracks[role], session=http,
+                                  **kw)
 
     try:
-        cand, intv = await asyncio.gather(publish("candidate"), publish("interviewer", analysis=True),
+        if spec.get("owner_first"):  # several nodes: the candidate's node opens the room, the interviewer is sent there
+            cand = await publish("candidate")
+            sessions.append(cand)
+            intv = await publish("interviewer", analysis=True)
+            sessions.append(intv)
+        else:
+            joined = await asyncio.gather(publish("candidate"), publish("interviewer", analysis=True),
                                           return_exceptions=True)
-        sessions = [s for s in (cand, intv) if not isinstance(s, BaseException)]
-        for s in (cand, intv):
-            if isinstance(s, BaseException):
-                raise s
-        assert not isinstance(intv, BaseException) and not isinstance(cand, BaseException)
+            sessions = [s for s in joined if not isinstance(s, BaseException)]
+            for s in joined:
+                if isinstance(s, BaseException):
+                    raise s
+            cand, intv = sessions
+        if spec.get("owner_first"):
+            # a session whose resource is not under the URL it was offered to followed a 307 to the room's owner
+            out["whip_redirects"] = sum(not s.location.startswith(room["whip_urls"][role] + "/")
+                                        for s, role in ((cand, "candidate"), (intv, "interviewer")))
+            out["owner"] = cand.location.rsplit("/whip/", 1)[0]
         if call and call_tracks:
             for session, role in ((cand, "candidate"), (intv, "interviewer")):
                 track = call_tracks[role]  # one peer each: the same track whoever asks
@@ -734,26 +776,35 @@ class RunOutcome:
     raw_rooms: list[dict[str, Any]] = field(default_factory=list)
 
 
+async def _scrape(http: httpx.AsyncClient, url: str) -> dict[str, float] | None:
+    with contextlib.suppress(httpx.HTTPError):
+        r = await http.get(url)
+        if r.status_code == 200:
+            return parse_metrics(r.text) | parse_buckets(r.text)
+    return None
+
+
 async def _sampler(
-    samples: list[Sample], server_pid: int | None, worker_pid: int, metrics_url: str, stop: asyncio.Event,
+    samples: list[Sample], server_pids: list[int], worker_pid: int, metrics_urls: list[str], stop: asyncio.Event,
     stt_pids: list[int] | None = None, infra_pids: list[int] | None = None,
 ) -> None:
+    """Every second: the CPU of the servers (`server_pids`, summed and each), their children, the peers and the
+    processes beside the servers, and the servers' `/metrics` merged (`merge_metrics`); a sample in which one node
+    did not answer has no metrics (a sum missing a node would look like counters going back)."""
     async with httpx.AsyncClient(timeout=2) as http:
         while not stop.is_set():
-            metrics: dict[str, float] = {}
-            with contextlib.suppress(httpx.HTTPError):
-                r = await http.get(metrics_url)
-                if r.status_code == 200:
-                    metrics = parse_metrics(r.text) | parse_buckets(r.text)
-            srv = kids = peers = None
+            scrapes = await asyncio.gather(*(_scrape(http, url) for url in metrics_urls))
+            metrics = {} if any(m is None for m in scrapes) else merge_metrics([m for m in scrapes if m is not None])
+            srv = kids = peers = nodes = None
             with contextlib.suppress(OSError):
-                if server_pid is not None:
-                    srv = cpu_seconds(server_pid)
-                    kids = children_cpu_seconds(server_pid)
+                if server_pids:
+                    nodes = [cpu_seconds(pid) for pid in server_pids]
+                    srv = sum(nodes)
+                    kids = sum(children_cpu_seconds(pid) for pid in server_pids)
             with contextlib.suppress(OSError):
                 peers = cpu_seconds(worker_pid)
-            stt, infra = role_cpu_seconds(server_pid, stt_pids or [], infra_pids or [])
-            samples.append(Sample(time.monotonic(), srv, kids, peers, metrics, stt, infra))
+            stt, infra = role_cpu_seconds(server_pids, stt_pids or [], infra_pids or [])
+            samples.append(Sample(time.monotonic(), srv, kids, peers, metrics, stt, infra, nodes))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
 
@@ -770,23 +821,29 @@ def _cpu_percent(samples: list[Sample], attr: str, t0: float, t1: float) -> floa
 async def run_rooms(
     n: int,
     dialogues: list[Dialogue],
-    base: str,
+    nodes: list[str],
     admin_key: str,
-    server_pid: int | None,
+    server_pids: list[int],
     args: argparse.Namespace,
 ) -> RunOutcome:
+    """`n` rooms created through `nodes[0]`'s API; room i's candidate offers to node i % N (the room's owner) and its
+    interviewer to node (i + 1) % N (with several nodes: a 307 to the owner). CPU of every `server_pids`, metrics of
+    every node."""
+    base = nodes[0]
     async with httpx.AsyncClient(timeout=30) as http:
         rooms = []
         for i in range(n):
             dialogue = dialogues[i % len(dialogues)]
             guide = [] if args.no_guide else guide_for(dialogue)
             room = await create_room(http, base, admin_key, i, guide)
+            room["whip_urls"] = {"candidate": f"{nodes[i % len(nodes)]}/whip/{room['interview_id']}",
+                                 "interviewer": f"{nodes[(i + 1) % len(nodes)]}/whip/{room['interview_id']}"}
             room["guide_questions"] = len(guide)
             room["audio"] = str(dialogue.audio)
             room["offset_s"] = round(args.stagger * i / n, 3)
             rooms.append(room)
     spec = {"rooms": rooms, "tail_s": args.tail, "settle_s": args.settle, "max_settle_s": args.max_settle,
-            "call": args.call}
+            "call": args.call, "owner_first": len(nodes) > 1}
     worker = await asyncio.create_subprocess_exec(
         *niced(args.nice),
         sys.executable,
@@ -804,7 +861,7 @@ async def run_rooms(
     worker.stdin.close()
     samples: list[Sample] = []
     stop = asyncio.Event()
-    sampler = asyncio.create_task(_sampler(samples, server_pid, worker.pid, f"{base}/metrics", stop,
+    sampler = asyncio.create_task(_sampler(samples, server_pids, worker.pid, [f"{u}/metrics" for u in nodes], stop,
                                            getattr(args, "stt_pids", None), getattr(args, "infra_pids", None)))
     profiler = None
     streaming: set[int] = set()
@@ -818,9 +875,9 @@ async def run_rooms(
                 streaming.add(msg["room"])
                 if t_stream is None:
                     t_stream = time.monotonic()
-                    if args.profile and server_pid is not None:
+                    if args.profile and server_pids:  # node 0's process tree only
                         profiler = start_profiler(
-                            server_pid, Path(args.profile) / f"server-{n}rooms.txt", args
+                            server_pids[0], Path(args.profile) / f"server-{n}rooms.txt", args
                         )
                 if len(streaming) == n:
                     progress(f"{n} room(s): all {n} streaming")
@@ -856,8 +913,25 @@ async def run_rooms(
     outcome = summarize(n, result["rooms"], samples, t_stream, t_done)
     outcome.summary |= summarize_guide(result["rooms"], samples)
     outcome.summary |= summarize_call(args.call, result["rooms"])
+    if len(nodes) > 1:
+        outcome.summary |= summarize_nodes(nodes, result["rooms"], samples, t_stream, t_done)
     outcome.raw_rooms = result["rooms"]
     return outcome
+
+
+def summarize_nodes(nodes: list[str], rooms: list[dict[str, Any]], samples: list[Sample], t0: float,
+                    t1: float) -> dict[str, Any]:
+    """Several nodes: each node's own CPU over the run (% of one core; `cpu_percent` has their sum and their
+    children), the rooms each owned and the WHIP redirects the peers followed (one per room: its interviewer's)."""
+    window = [s for s in samples if t0 <= s.t <= t1 and s.node_cpu is not None]
+    per_node: list[float | None] = [None] * len(nodes)
+    if len(window) >= 2 and window[-1].t > window[0].t:
+        first, last = window[0].node_cpu, window[-1].node_cpu
+        assert first is not None and last is not None
+        per_node = [round(100 * (b - a) / (window[-1].t - window[0].t), 1) for a, b in zip(first, last, strict=True)]
+    return {"nodes": len(nodes), "node_cpu_percent": per_node,
+            "node_rooms": [sum(1 for r in rooms if r.get("owner") == url) for url in nodes],
+            "whip_redirects": sum(r.get("whip_redirects", 0) for r in rooms)}
 
 
 def summarize_call(mode: str | None, rooms: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1292,35 +1366,38 @@ def _fmt(v: Any) -> Any:
     return "n/a" if v is None else v
 
 
-async def _participants_gone(base: str, timeout_s: float = 20.0) -> None:
-    """Wait until the server reports no connected participant, so runs do not overlap."""
+async def _participants_gone(nodes: list[str], timeout_s: float = 20.0) -> None:
+    """Wait until every node reports no connected participant, so runs do not overlap."""
     deadline = time.monotonic() + timeout_s
     async with httpx.AsyncClient(timeout=2) as http:
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
-                m = parse_metrics((await http.get(f"{base}/metrics")).text)
-                if m.get("interview_participants_active", 0) == 0:
+                active = [parse_metrics((await http.get(f"{base}/metrics")).text).get("interview_participants_active", 0)
+                          for base in nodes]
+                if not any(active):
                     return
             await asyncio.sleep(0.5)  # polling another process's metrics
     progress("participants still connected after the run; continuing anyway")
 
 
 async def measure(
-    args: argparse.Namespace, room_counts: list[int], dialogues: list[Dialogue], server: ServerProcess | None
+    args: argparse.Namespace, room_counts: list[int], dialogues: list[Dialogue], servers: list[ServerProcess]
 ) -> list[RunOutcome]:
-    if server is None:
-        base = args.url.rstrip("/")
+    """Every room count in turn on `servers` (the nodes; none: `--url`)."""
+    if not servers:
+        nodes = [args.url.rstrip("/")]
         admin_key = args.admin_key or os.environ.get("ADMIN_API_KEY")
         if not admin_key:
             raise SystemExit("--url needs --admin-key or ADMIN_API_KEY")
-        server_pid = args.server_pid
+        server_pids = [] if args.server_pid is None else [args.server_pid]
     else:
-        await server.wait_ready()
-        base, admin_key, server_pid = server.url, server.admin_key, server.pid
+        await asyncio.gather(*(s.wait_ready() for s in servers))
+        nodes, admin_key, server_pids = [s.url for s in servers], servers[0].admin_key, [s.pid for s in servers]
+    base = nodes[0]
     outcomes = []
     for n in room_counts:
         progress(f"run: {n} room(s) x 2 peers, audio {', '.join(d.audio.name for d in dialogues)}")
-        o = await run_rooms(n, dialogues, base, admin_key, server_pid, args)
+        o = await run_rooms(n, dialogues, nodes, admin_key, server_pids, args)
         s, f = o.summary, o.summary["final_latency_ms"]
         progress(
             f"{n} room(s): final p50/p95 {_fmt(f['p50'])}/{_fmt(f['p95'])} ms, WER {_fmt(s['wer'])},"
@@ -1335,14 +1412,18 @@ async def measure(
                 f" ({s['sender_late_frames']} late frames): the machine is oversubscribed, so these numbers measure"
                 " contention as much as the server (latencies are corrected for the sender's lateness)"
             )
+        if len(nodes) > 1:
+            progress(f"{n} room(s) on {len(nodes)} nodes: CPU % by node {s['node_cpu_percent']}, rooms owned by node"
+                     f" {s['node_rooms']}, WHIP redirects followed {s['whip_redirects']}")
         if args.call:
             progress(f"{n} room(s): call {s['call']}, paths {s['call_paths']}, packets the peers received from each"
                      f" other: {s['call_p2p_packets']} direct, {s['call_relay_packets']} relayed")
         outcomes.append(o)
-        await _participants_gone(base)
-        if args.call == "relay":
-            o.summary["relay_cpu"] = await _relay_cpu(base, admin_key, server_pid, n, args.relay_seconds)
-            await _participants_gone(base)
+        await _participants_gone(nodes)
+        if args.call == "relay":  # on node 0, which owns the rooms benchmarks.relay opens through it
+            o.summary["relay_cpu"] = await _relay_cpu(base, admin_key, server_pids[0] if server_pids else None, n,
+                                                      args.relay_seconds)
+            await _participants_gone(nodes)
     return outcomes
 
 
@@ -1423,6 +1504,47 @@ def stt_beside(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[st
     return {"STT_ENGINE": "nats", "NATS_URL": nats.url, "STT_WORKERS": str(args.stt_workers)}
 
 
+def nodes_beside(args: argparse.Namespace, stack: contextlib.ExitStack) -> list[ServerProcess]:
+    """`--nodes N` (N > 1): one nats-server and `--stt-workers` stt-workers (`stt_beside`), one nx-27017, a
+    redis-server when the binary is installed, and N `server.py` nodes sharing them, the token secret, the master key
+    and the admin key, each with its own port, DATA_DIR and PUBLIC_URL (`tests/test_placement.py`'s two nodes).
+    Node 0 is ready when this returns (its first start writes the master key the others read); the others are
+    launched. The store, Redis and the nodes are stopped by `stack`, the nodes first."""
+    from adapters.mongo import EmbeddedMongo
+    from testing.redis import RedisServer, redis_server_binary
+
+    shared = stt_beside(args, stack)
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="latency-nodes-")))
+    mongo = EmbeddedMongo(tmp)
+    stack.callback(lambda: asyncio.run(mongo.stop()))
+    shared["MONGODB_URL"] = asyncio.run(mongo.start())
+    assert mongo.proc is not None
+    args.infra_pids.append(mongo.proc.pid)
+    redis_binary = redis_server_binary()
+    if redis_binary is not None:
+        redis = RedisServer(redis_binary)
+        stack.callback(redis.stop)
+        redis.start()
+        assert redis.proc is not None
+        args.infra_pids.append(redis.proc.pid)
+        shared["REDIS_URL"] = redis.url
+    shared |= {"TOKEN_SECRET": secrets.token_urlsafe(32), "MASTER_KEY_FILE": str(tmp / "master_key")}
+    progress(f"--nodes {args.nodes}: nx-27017 {shared['MONGODB_URL']} (pid {mongo.proc.pid}), "
+             + (f"redis-server {shared['REDIS_URL']}" if "REDIS_URL" in shared else "no redis-server (REDIS_URL unset)"))
+    admin_key = secrets.token_urlsafe(24)
+    nodes = []
+    for _ in range(args.nodes):
+        node = ServerProcess(args.nice, shared, admin_key)
+        node.env = {**shared, "PUBLIC_URL": node.url}  # where the other nodes redirect WHIP offers for its rooms
+        stack.callback(node.stop)
+        nodes.append(node)
+    nodes[0].launch()
+    asyncio.run(nodes[0].wait_ready())
+    for node in nodes[1:]:
+        node.launch()
+    return nodes
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks.report import environment, format_environment, print_table
 
@@ -1439,15 +1561,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(str(exc)) from None
     env = environment(("aiortc", "aioice", "av", "starlette", "uvicorn", "httpx"))
     with contextlib.ExitStack() as stack:
-        server_env = stt_beside(args, stack) if args.stt == "nats" and not args.url else {}
-        server = None if args.url else ServerProcess(args.nice, server_env)
-        try:
-            if server is not None:
-                server.launch()
-            outcomes = asyncio.run(measure(args, room_counts, dialogues, server))
-        finally:
-            if server is not None:
-                server.stop()
+        if args.nodes > 1:
+            servers = nodes_beside(args, stack)
+        elif args.url:
+            servers = []
+        else:
+            server_env = stt_beside(args, stack) if args.stt == "nats" else {}
+            servers = [ServerProcess(args.nice, server_env)]
+            stack.callback(servers[0].stop)
+            servers[0].launch()
+        outcomes = asyncio.run(measure(args, room_counts, dialogues, servers))
     off = None
     if not args.skip_offline:
         progress("offline reference: whole-file faster-whisper")
@@ -1466,14 +1589,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "nice": args.nice,
             "stt": args.stt,
             "stt_workers": args.stt_workers if args.stt == "nats" else None,
+            "nodes": args.nodes,
             "stt_model": os.environ.get("STT_MODEL") or "tiny.en (default)",
             "call": args.call or "off",
             "guide": not args.no_guide,
         },
     }
     print(format_environment(env))
+    if args.nodes > 1:
+        print(f"{args.nodes} nodes (server CPU %: all nodes and their children; ingest: the nodes' own processes),"
+              f" {args.stt_workers} stt-worker(s)")
     print_table(table_rows(runs), HEADERS)
     print(f"max_realtime_rooms: {report['max_realtime_rooms']}   offline_wer: {report['offline_wer']}")
+    for r in runs:
+        if "node_cpu_percent" in r:
+            print(f"{r['rooms']} room(s): CPU % by node {r['node_cpu_percent']}, rooms owned by node {r['node_rooms']},"
+                  f" WHIP redirects followed {r['whip_redirects']}")
     if args.breakdown:
         print("\nspeech end -> final received, by part (ms, p50 / p95 / mean over turns):")
         print_table(breakdown_rows(runs), ["part", *(f"{r['rooms']} room(s)" for r in runs)])
@@ -1510,7 +1641,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-settle", type=float, default=20.0, help="longest wait for late finals, s (20)")
     parser.add_argument("--offline-beam", type=int, default=5, help="beam size of the offline reference (5)")
     parser.add_argument(
-        "--profile", help="record py-spy profiles of the server (raw stacks) into this folder"
+        "--profile", help="record py-spy profiles of the server (raw stacks) into this folder (with --nodes: node 0's)"
     )
     parser.add_argument(
         "--nice",
@@ -1518,10 +1649,16 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         help="run the server and the peers at this niceness (e.g. -5 as root, to measure on a shared machine)",
     )
-    parser.add_argument("--stt", choices=("local", "nats"), default="local",
-                        help="local: the server's own speech-to-text processes (default); nats: STT_ENGINE=nats with "
-                        "--stt-workers `server.py stt-worker` processes and a nats-server beside it")
+    parser.add_argument("--stt", choices=("local", "nats"),
+                        help="local: the server's own speech-to-text processes (default with one node); nats: "
+                        "STT_ENGINE=nats with --stt-workers `server.py stt-worker` processes and a nats-server beside "
+                        "it (implied by --nodes > 1)")
     parser.add_argument("--stt-workers", type=int, default=2, help="stt-worker processes for --stt nats (2)")
+    parser.add_argument("--nodes", type=int, default=1,
+                        help="server processes sharing one nx-27017, one nats-server, a redis-server when installed "
+                        "and the --stt-workers (implies --stt nats; not with --url). Rooms are created through node "
+                        "0; room i's candidate offers to node i %% N (which then owns the room), its interviewer to "
+                        "node (i+1) %% N (a 307 to the owner). Server CPU and metrics are summed over the nodes (1)")
     parser.add_argument("--skip-offline", action="store_true", help="skip the offline WER reference (null)")
     parser.add_argument("--raw", help="also write every received segment and turn timing here (JSON)")
     parser.add_argument("--breakdown", action="store_true",
@@ -1538,6 +1675,13 @@ def main(argv: list[str] | None = None) -> None:
                         "guide coverage matching does not run: to compare")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.nodes < 1:
+        parser.error("--nodes wants a positive integer")
+    if args.nodes > 1 and args.url:
+        raise SystemExit("--nodes > 1 starts its own nodes: it cannot target --url")
+    if args.nodes > 1 and args.stt == "local":
+        raise SystemExit("--nodes > 1 runs speech-to-text on stt-workers over NATS: --stt nats (or leave --stt out)")
+    args.stt = args.stt or ("nats" if args.nodes > 1 else "local")
     logging.basicConfig(
         level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )

@@ -7,25 +7,33 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from adapters.metrics import Metrics
 from benchmarks.latency import (
     UNASKED_ID,
+    Sample,
     Turn,
     backlog_grows,
     cpu_seconds,
     guide_for,
+    histogram_delta,
     histogram_quantile,
     load_dialogue,
+    merge_metrics,
     ms_stats,
+    parse_buckets,
     parse_metrics,
     percentile,
+    role_cpu_seconds,
     score_turns,
     slope,
     summarize_breakdown,
@@ -150,10 +158,56 @@ def test_parse_metrics_sums_label_sets():
     }
 
 
+def test_several_nodes_metrics_merge_into_sums_and_the_largest_backlog():
+    def node(latencies: list[float], dropped: int, lag: float, wait: float, candidates: int) -> dict[str, float]:
+        m = Metrics()  # the service's own registry and exposition, one per node
+        m.bind_live(speech_ratio=lambda: 0.5, stt_lag=lambda: lag, final_wait=lambda: wait)
+        for s in latencies:
+            m.final_latency.observe(s)
+        m.frames_dropped.labels(reason="queue_full").inc(dropped)
+        m.participants_active.labels(role="candidate").set(candidates)
+        text = m.render()[0].decode()
+        return parse_metrics(text) | parse_buckets(text)
+
+    a, b = node([0.3, 0.45], 3, lag=0.4, wait=2.5, candidates=2), node([0.95], 4, lag=6.0, wait=0.2, candidates=1)
+    merged = merge_metrics([a, b])
+    # counters, histogram buckets and counts of live things: every node's added up
+    assert merged["final_latency_seconds_count"] == 3
+    assert merged["final_latency_seconds_sum"] == pytest.approx(1.7)
+    assert merged["final_latency_seconds@0.5"] == 2 and merged["final_latency_seconds@1.0"] == 3
+    assert merged['audio_frames_dropped_total{reason="queue_full"}'] == 7 and merged["audio_frames_dropped_total"] == 7
+    assert merged["interview_participants_active"] == 3
+    # the backlog gauges are each node's worst stream: the cluster's is the worst node's, not a sum
+    assert merged["stt_lag_seconds"] == 6.0 and merged["stt_final_wait_seconds"] == 2.5
+    # the merged histogram reads like one node's: the median of 0.3, 0.45 and 0.95 s is halfway through (0.4, 0.5]
+    zero, end = Sample(0.0, None, None, None, merge_metrics([])), Sample(1.0, None, None, None, merged)
+    assert histogram_quantile(histogram_delta([zero, end], "final_latency_seconds"), 0.5) == pytest.approx(0.45)
+    # one node is the identity: `--nodes 1` reads its server's metrics as before
+    assert merge_metrics([a]) == a
+
+
 def test_cpu_seconds_of_this_process_grows():
     before = cpu_seconds(os.getpid())
     sum(i * i for i in range(300_000))
     assert cpu_seconds(os.getpid()) > before
+
+
+def test_a_process_beside_the_server_is_charged_its_childrens_cpu():
+    # an stt-worker that idles while its child process decodes: the child's CPU is speech-to-text
+    busy = "import time\nend = time.process_time() + 30\nwhile time.process_time() < end: pass"
+    worker = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {busy!r}])"],
+                              start_new_session=True)  # its own process group: the busy child is killed with it
+    try:
+        deadline = time.monotonic() + 30
+        while (stt := role_cpu_seconds([], [worker.pid], [])[0]) < 0.3:
+            assert time.monotonic() < deadline, f"{stt} s of speech-to-text CPU after 30 s"
+            time.sleep(0.05)  # polling another process's CPU
+        assert cpu_seconds(worker.pid) < 0.2 < stt  # the worker itself only waits
+        stt, infra = role_cpu_seconds([], [], [worker.pid])  # beside the server as store+bus: the same
+        assert stt == 0.0 and infra > 0.3
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
 
 
 def test_ground_truth_is_found_beside_the_stereo_dialogues():
