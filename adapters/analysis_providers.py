@@ -282,7 +282,8 @@ class LlmProvider:
                 with attempt:
                     attempts += 1
                     try:
-                        answer = await asyncio.wait_for(self._call(SYSTEM_PROMPT, user), r.timeout_s)
+                        async with asyncio.timeout(r.timeout_s):
+                            answer = await self._call(SYSTEM_PROMPT, user)
                     except TimeoutError:
                         raise ProviderError("timeout", f"no answer within {r.timeout_s:g} s") from None
                     answer.attempts = attempts

@@ -471,14 +471,16 @@ class AuditLog:
                     await self._wake.wait()
                     continue
                 with contextlib.suppress(TimeoutError):  # idle: the heads are saved once they are due
-                    await asyncio.wait_for(self._wake.wait(), max(0.0, self._heads_due - time.monotonic()))
+                    async with asyncio.timeout(max(0.0, self._heads_due - time.monotonic())):
+                        await self._wake.wait()
                 if not self._wake.is_set():
                     await self._save_heads()
                 continue
             if len(self._queue) < self.batch_size and not self._closing and not self._hurry:
                 self._full.clear()
                 with contextlib.suppress(TimeoutError):  # the oldest entry waits at most flush_interval_s
-                    await asyncio.wait_for(self._full.wait(), self.flush_interval_s)
+                    async with asyncio.timeout(self.flush_interval_s):
+                        await self._full.wait()
             try:
                 await self._write_batch()
                 backoff = 0.1

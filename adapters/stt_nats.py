@@ -288,7 +288,8 @@ class NatsWhisper:
             if left > 0:
                 self._worker_seen.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._worker_seen.wait(), left)
+                    async with asyncio.timeout(left):
+                        await self._worker_seen.wait()
             if not self.workers_for(kind):
                 raise SttError("stt_unavailable", f"no speech-to-text worker that decodes {kind} requests is running")
         rid = uuid.uuid4().hex
@@ -401,7 +402,15 @@ class _Lane:
             try:
                 await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{kind}", b'{"batch":1,"no_wait":true}',
                                  reply=f"{self.inbox}.now.{kind}")
-                msg = await asyncio.wait_for(now, 2.0)
+                try:
+                    async with asyncio.timeout(2.0):
+                        msg = await now
+                except TimeoutError:
+                    # the answer may have landed in the same loop step as the timeout: keep it (an un-acked
+                    # request would come back only after ACK_WAIT_S)
+                    if not now.done() or now.cancelled():
+                        raise
+                    msg = now.result()
             finally:
                 self.now.pop(kind, None)
             if msg is not None:
@@ -583,7 +592,8 @@ async def _settle(op: Awaitable[None]) -> None:
 
 async def _sleep_or(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+        async with asyncio.timeout(seconds):
+            await stop.wait()
 
 
 def run_worker(url: str, model_path: str | None, *, cpu_threads: int = 1, worker_id: str | None = None,

@@ -614,7 +614,8 @@ class WhipIngest:
             changed = asyncio.Event()
             session.pc.once("connectionstatechange", changed.set)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await changed.wait()
 
     # ---- audio ---------------------------------------------------------------------------------------
     async def _read_audio(self, session: WhipSession, track: MediaStreamTrack) -> None:

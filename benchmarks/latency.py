@@ -1493,8 +1493,9 @@ def stt_beside(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[st
     nats = NatsServer(Path(tmp), binary)
     nats.start()
     stack.callback(nats.stop)
-    workers = [SttWorkerProcess(nats.url, f"bench-{i}", env={"LOG_LEVEL": "WARNING"})
-               for i in range(args.stt_workers)]
+    # at the server's niceness, revising with the server's default model (base), as the server's own processes do
+    env = {"LOG_LEVEL": "WARNING", "REVISION_MODEL": os.environ.get("REVISION_MODEL", "base")}
+    workers = [SttWorkerProcess(nats.url, f"bench-{i}", env=env, nice=args.nice) for i in range(args.stt_workers)]
     for w in workers:
         stack.callback(w.stop)
         w.start()
@@ -1559,7 +1560,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         dialogues = [load_dialogue(p) for p in paths]
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
-    env = environment(("aiortc", "aioice", "av", "starlette", "uvicorn", "httpx"))
+    env = environment(("aiortc", "aioice", "av", "starlette", "uvicorn", "uvloop", "httpx"))
     with contextlib.ExitStack() as stack:
         if args.nodes > 1:
             servers = nodes_beside(args, stack)
@@ -1591,6 +1592,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "stt_workers": args.stt_workers if args.stt == "nats" else None,
             "nodes": args.nodes,
             "stt_model": os.environ.get("STT_MODEL") or "tiny.en (default)",
+            "event_loop": os.environ.get("EVENT_LOOP") or "uvloop (default)",
+            "revision_model": os.environ.get("REVISION_MODEL") or "base (default)",
             "call": args.call or "off",
             "guide": not args.no_guide,
         },

@@ -374,7 +374,8 @@ class SttScheduler:
                 self._wakeup.clear()
                 if self._revisions:  # held back by the load: look again as it decays
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wakeup.wait(), 0.5)
+                        async with asyncio.timeout(0.5):
+                            await self._wakeup.wait()
                 else:
                     await self._wakeup.wait()
                 continue

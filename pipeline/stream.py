@@ -829,7 +829,8 @@ class ParticipantStream:
         ones before. Best effort: dropped under load, and a failure leaves the final as it was."""
         if turn.next is None:  # what was said next helps as much as what was said before
             try:
-                await asyncio.wait_for(turn.followed.wait(), self.config.revise_wait_s)
+                async with asyncio.timeout(self.config.revise_wait_s):
+                    await turn.followed.wait()
             except TimeoutError:
                 self.stats["revisions_unfollowed"] += 1
         if previous is not None:

@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 class SttWorkerProcess:
     def __init__(self, nats_url: str, worker_id: str, *, env: dict[str, str] | None = None,
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), nice: int = 0) -> None:
         self.nats_url = nats_url
+        self.nice = nice  # run it (and its decoding children) at this niceness
         self.id = worker_id
         # revisions with the live model unless told (what the tests compare them with; base would be joined into
         # the repository's ./data)
@@ -37,7 +38,8 @@ class SttWorkerProcess:
 
     def start(self, timeout: float = 120.0) -> None:
         self.log.clear()
-        self.proc = start_child([sys.executable, str(ROOT / "server.py"), "stt-worker", "--id", self.id, *self.args],
+        prefix = ["nice", "-n", str(self.nice)] if self.nice else []
+        self.proc = start_child([*prefix, sys.executable, str(ROOT / "server.py"), "stt-worker", "--id", self.id, *self.args],
                                 lambda line: "stt-worker ready" in line, self.log, what=f"stt-worker {self.id}",
                                 timeout=timeout, max_log=100_000, env=self.env, cwd=str(ROOT))
 
