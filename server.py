@@ -215,7 +215,8 @@ async def _build(c: Components) -> None:
     c.analysis = build_analysis(s, service, store, c.metrics)
     await c.analysis.resume()
     stt = await asyncio.to_thread(build_stt, s)
-    c.scheduler = scheduler = SttScheduler(stt, workers=s.stt_workers, partial_share=s.partial_share)
+    c.scheduler = scheduler = SttScheduler(stt, workers=s.stt_workers, partial_share=s.partial_share,
+                                           hurry=s.stt_hurry)
     c.metrics.bind_stt(queue_depth=lambda: float(scheduler.queue_depth), stats=lambda: scheduler.stats)
     stream_config = StreamConfig(vad=s.vad_mode, partial_interval_s=s.partial_interval_s,
                                  end_silence_ms=s.end_silence_ms, revise=s.stt_revise,

@@ -170,6 +170,8 @@ class _SttCollector:
         yield CounterMetricFamily("stt_redecodes", "Decodes run twice because the first result stopped short of "
                                   "its audio (the repetition penalty of a prompted decode can end a sentence early)",
                                   value=st.redecodes)
+        yield CounterMetricFamily("stt_finals_hurried", "Finals decoded greedily (beam 1) because other finals "
+                                  "waited behind them (STT_HURRY)", value=st.finals_hurried)
         yield CounterMetricFamily("stt_revisions_dropped", "Revisions of finals never decoded: pushed out of the "
                                   "full revision queue (speech-to-text busy with live work) or left at shutdown",
                                   value=st.revisions_dropped)

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import inspect
 import json
 import logging
 import os
@@ -242,7 +243,7 @@ class NatsWhisper:
                    if now - seen <= self.worker_ttl_s and kind in self._kinds.get(wid, (kind,)))
 
     def transcribe(self, audio: np.ndarray, *, prompt: str | None = None, partial: bool = False,
-                   kind: str | None = None, vocabulary: tuple[str, ...] = ()) -> Transcript:
+                   kind: str | None = None, vocabulary: tuple[str, ...] = (), hurry: bool = False) -> Transcript:
         """`LocalWhisper.transcribe` on a worker; `kind` ("final", "speculative", "partial") sets its priority
         (default: "partial" for `partial`, else "final"); `vocabulary`: the interview's terms."""
         kind = kind or ("partial" if partial else "final")
@@ -251,6 +252,8 @@ class NatsWhisper:
         meta: dict[str, Any] = {"kind": kind, "prompt": prompt, "partial": partial}
         if vocabulary:
             meta["vocabulary"] = list(vocabulary)
+        if hurry:
+            meta["hurry"] = True
         return self._request(meta, [audio])
 
     def revise(self, audio: np.ndarray, *, context: np.ndarray, context_text: str,
@@ -563,12 +566,15 @@ class SttWorker:
 
     def _decode(self, meta: dict[str, Any], parts: list[np.ndarray]) -> Transcript:
         # the interview's terms, when it has any (an engine without a vocabulary never sees the argument)
-        extra = {"vocabulary": tuple(str(t) for t in meta["vocabulary"])} if meta.get("vocabulary") else {}
+        extra: dict[str, Any] = {"vocabulary": tuple(str(t) for t in meta["vocabulary"])} if meta.get("vocabulary") \
+            else {}
         if meta["kind"] == "revision":
             after = parts[2] if len(parts) > 2 else None
             result: Transcript = self.stt.revise(parts[0], context=parts[1], context_text=str(meta["context_text"]),
                                                  after=after, **extra)
             return result
+        if meta.get("hurry") is True and "hurry" in inspect.signature(self.stt.transcribe).parameters:
+            extra["hurry"] = True  # a final others wait behind on its server: greedy (LocalWhisper.transcribe)
         return self.stt.transcribe(parts[0], prompt=meta.get("prompt"), partial=bool(meta.get("partial")), **extra)
 
     @staticmethod

@@ -160,9 +160,10 @@ class WhisperProcesses:
         return sorted(getattr(self._pool, "_processes", None) or {})
 
     def transcribe(self, audio: np.ndarray, *, prompt: str | None = None, partial: bool = False,
-                   vocabulary: tuple[str, ...] = ()) -> Transcript:
+                   vocabulary: tuple[str, ...] = (), hurry: bool = False) -> Transcript:
         as_float_audio(audio)  # validate here: a bad array is the caller's error, not a crash
-        return self._call("transcribe", audio, {"prompt": prompt, "partial": partial, "vocabulary": vocabulary})
+        return self._call("transcribe", audio, {"prompt": prompt, "partial": partial, "vocabulary": vocabulary,
+                                                "hurry": hurry})
 
     def revise(self, audio: np.ndarray, *, context: np.ndarray, context_text: str,
                after: np.ndarray | None = None, vocabulary: tuple[str, ...] = ()) -> Transcript:

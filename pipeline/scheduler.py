@@ -88,6 +88,7 @@ class SchedulerStats:
     redecodes: int = 0  # decodes the engine ran twice (a prompted result that stopped short of its audio)
     revisions_done: int = 0
     revisions_dropped: int = 0  # revisions pushed out of a full queue or left when the scheduler closed
+    finals_hurried: int = 0  # finals decoded greedily because other finals waited behind them (`hurry`)
     # worker seconds and decodes by kind: "final", "speculative" (a final-quality decode started in a pause),
     # "partial" — where the speech-to-text capacity goes
     busy_by_kind: dict[str, float] = field(default_factory=lambda: dict.fromkeys(JOB_KINDS, 0.0))
@@ -105,6 +106,7 @@ class SchedulerStats:
             "finals_rejected": self.finals_rejected,
             "revisions_done": self.revisions_done,
             "revisions_dropped": self.revisions_dropped,
+            "finals_hurried": self.finals_hurried,
             "errors": self.errors,
             "busy_s": round(self.busy_s, 3),
             "audio_s": round(self.audio_s, 3),
@@ -124,6 +126,9 @@ class SttScheduler:
       nothing else waits, with several workers it leaves a worker free for finals, and only while the live work
       (finals, speculative finals, partials) used less than `revision_max_load` of the workers' time over the
       last `LOAD_WINDOW_S` — so under load they are what gives way, and the live finals keep their latency.
+    * `hurry`: a final that starts while other finals wait behind it is decoded greedily (the engine's
+      `transcribe(hurry=True)`, beam 1 instead of the final beam): under a backlog each final costs less and the
+      queue drains; with no backlog nothing changes.
 
     `clock` (seconds, monotonic) times the queued jobs, the load windows and the busy seconds in `stats`; tests
     pass one they move by hand.
@@ -143,6 +148,7 @@ class SttScheduler:
         partial_share: float = 0.15,
         max_revisions: int = 32,
         revision_max_load: float = 0.4,
+        hurry: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if workers < 1:
@@ -176,6 +182,7 @@ class SttScheduler:
         self._closed = False
         self._partial_kw = _accepts(stt, "partial")
         self._kind_kw = _accepts(stt, "kind")  # an engine that queues by kind (NatsWhisper): told it
+        self.hurry = hurry and _accepts(stt, "hurry")
 
     @property
     def queue_depth(self) -> int:
@@ -424,6 +431,9 @@ class SttScheduler:
                     kwargs["partial"] = kind == "partial"
                 if self._kind_kw:
                     kwargs["kind"] = kind
+                if self.hurry and kind == "final" and self._finals:  # others wait behind this one
+                    kwargs["hurry"] = True
+                    self.stats.finals_hurried += 1
                 if job.vocabulary:  # engines without a vocabulary (test doubles) never see the argument
                     kwargs["vocabulary"] = job.vocabulary
                 call = functools.partial(_call, self.stt, job.audio, kwargs)

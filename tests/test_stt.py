@@ -282,6 +282,37 @@ async def test_aclose_finishes_queued_finals() -> None:
     assert sorted(f.result().text for f in finals) == [f"text f{i}" for i in range(5)]
 
 
+
+class HurriedStt(GatedStt):
+    """GatedStt that takes `hurry` and records it per prompt."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hurried: dict[str, bool] = {}
+
+    def transcribe(self, audio: np.ndarray, *, prompt: str | None = None, partial: bool = False,
+                   hurry: bool = False) -> Transcript:
+        self.hurried[prompt or ""] = hurry
+        return super().transcribe(audio, prompt=prompt, partial=partial)
+
+
+@pytest.mark.parametrize("on", [True, False])
+async def test_a_final_that_others_wait_behind_is_hurried(on: bool) -> None:
+    """Under a backlog a final starts with `hurry` (greedy decoding: it costs less, so the queue drains); the last
+    one of a backlog, and a final with nothing behind it, decode as usual. `hurry=False` (STT_HURRY=false): never."""
+    stt = HurriedStt()
+    sched = SttScheduler(stt, workers=1, hurry=on)
+    f0 = asyncio.create_task(sched.transcribe_final(AUDIO, prompt="f0"))
+    await _started(stt)  # f0 decodes with nothing waiting
+    queued = [asyncio.create_task(sched.transcribe_final(AUDIO, prompt=f"f{i}")) for i in (1, 2, 3)]
+    await asyncio.sleep(0)
+    stt.gate.set()
+    assert [t.text for t in await asyncio.gather(f0, *queued)] == [f"text f{i}" for i in range(4)]
+    assert stt.hurried == {"f0": False, "f1": on, "f2": on, "f3": False}
+    assert sched.stats.finals_hurried == (2 if on else 0)
+    await sched.aclose()
+
+
 def test_a_final_whose_words_do_not_cover_the_audio_ended_early() -> None:
     def words(*spans: tuple[float, float]) -> Transcript:
         return Transcript(text="x", words=[Word("w", a, b, 0.9) for a, b in spans])
@@ -488,6 +519,25 @@ async def test_revisions_wait_while_live_work_keeps_the_workers_busy() -> None:
     clock.advance(SttScheduler.LOAD_WINDOW_S + 1)  # the load has decayed
     assert (await asyncio.wait_for(rev, 5)).text == "revised r"  # taken up without any new job to wake it
     await sched.aclose()
+
+
+
+def test_a_hurried_final_is_the_greedy_decode(whisper: LocalWhisper) -> None:
+    """`transcribe(hurry=True)` decodes as a beam-1 engine does (same words, times and confidence), everything
+    else as a final (word timestamps); without it the final keeps its beam."""
+    from adapters.stt_whisper import HURRY_BEAM_SIZE
+
+    pcm = read_audio(SHARED_DATA / "security_positive.stereo.wav", rate=16000).channel(0)
+    clip = np.concatenate([pcm[int(25.1 * 16000) : int(27.5 * 16000)], np.zeros(8000, np.int16)])
+    assert whisper.beam_size > HURRY_BEAM_SIZE == 1
+    beam = whisper.transcribe(clip)
+    greedy = LocalWhisper(beam_size=HURRY_BEAM_SIZE).transcribe(clip)
+    assert greedy.confidence != beam.confidence  # the two decodes are told apart on this clip
+    hurried = whisper.transcribe(clip, hurry=True)
+    assert hurried.text == greedy.text and hurried.words and hurried.confidence == greedy.confidence
+    assert [(w.word, w.start_s, w.end_s) for w in hurried.words] == [(w.word, w.start_s, w.end_s) for w in greedy.words]
+    # the flag does not stick to the engine's thread: the next final has its beam again
+    assert whisper.transcribe(clip).confidence == beam.confidence
 
 
 def test_the_silence_after_the_last_word_is_not_decoded_as_one_more_window(whisper: LocalWhisper) -> None:
