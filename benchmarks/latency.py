@@ -1105,6 +1105,7 @@ def summarize(n: int, rooms: list[dict[str, Any]], samples: list[Sample], t0: fl
         "max_stt_queue": max((s.metrics.get("stt_queue_depth", 0.0) for s in window), default=None),
         # share of wall time the speech-to-text workers spent per kind of decode (100 = one worker always busy)
         "stt_busy_percent": _stt_busy(window),
+        "finals_hurried": counter_delta(with_metrics, "stt_finals_hurried_total"),  # STT_HURRY: greedy under a backlog
         "host_load_1m": round(os.getloadavg()[0], 2),  # other work on the machine skews every number above
         # where the latency went, per part (`BREAKDOWN`), over the turns whose final carried its server timing
         "breakdown_ms": summarize_breakdown(parts),
@@ -1403,7 +1404,7 @@ async def measure(
             f"{n} room(s): final p50/p95 {_fmt(f['p50'])}/{_fmt(f['p95'])} ms, WER {_fmt(s['wer'])},"
             f" missed {s['missed_turns']}/{s['turns']}, server CPU {_fmt(s['cpu_percent'])} %,"
             f" max lag {_fmt(s['max_lag_s'])} s, realtime {s['realtime']}, join p50/p95 ms {s['server_join_ms']},"
-            f" STT busy % by kind {s['stt_busy_percent']}, guide covered/asked {guide_cell(s['guide'])},"
+            f" STT busy % by kind {s['stt_busy_percent']}, finals hurried {_fmt(s.get('finals_hurried'))}, guide covered/asked {guide_cell(s['guide'])},"
             f" guidance {s['server_guidance']}"
         )
         if s["sender_max_late_ms"] > SENDER_LATE_WARN_MS:
