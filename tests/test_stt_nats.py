@@ -95,6 +95,9 @@ def test_workers_decode_like_the_local_engine(workers: list[SttWorkerProcess], c
     assert there.text == here.text and there.words == here.words
     partial = client.transcribe(jfk16k[: 16000 * 3], partial=True)
     assert partial.text and not partial.words  # a partial skips word timestamps, as locally
+    # a hurried final (STT_HURRY: others wait behind it on its server) reaches the worker's decode process: greedy
+    hurried = client.transcribe(jfk16k, hurry=True)
+    assert hurried.confidence == whisper.transcribe(jfk16k, hurry=True).confidence != here.confidence
     # a revision's context makes it larger than NATS's max payload (1 MB): its audio goes through the object store
     context = np.concatenate([jfk16k] * 3)
     assert (context.size + jfk16k.size) * 2 > 1024 * 1024
