@@ -187,9 +187,11 @@ class Settings(BaseSettings):
                                        "two or more)")
     stt_cpu_threads: PositiveInt = setting(1, "CPU threads per transcription")
     stt_hurry: Flag = setting(True, "decode a final greedily (beam 1) when other finals wait behind it: under a "
-                              "backlog finals cost 18-29 % less CPU and the queue drains (off: always STT_BEAM_SIZE)")
+                              "backlog finals cost 18-29 % less CPU and the queue drains (off: always STT_BEAM_SIZE; "
+                              "the local and nats engines, not openai)")
     stt_beam_size: Annotated[int, Field(ge=1, le=10)] = setting(
-        5, "beam of the local engine's finals and of a pause's speculative decode (partials: 1; revisions: 5)")
+        5, "beam of the local engine's finals and of a pause's speculative decode (partials: 1; revisions: 5; "
+        "finals behind a backlog: 1 with STT_HURRY)")
     stt_subprocess: Flag = setting(True, "run local transcriptions in STT_WORKERS child processes (false: threads "
                                    "of the server process, which then contend with the event loop for the GIL)")
     openai_base_url: OptionalText = setting(None, "OpenAI-compatible API base URL (STT_ENGINE=openai)")

@@ -467,6 +467,8 @@ class SttWorker:
         if revisions not in REVISION_LANES:
             raise ValueError(f"revisions must be one of {', '.join(REVISION_LANES)}, not {revisions!r}")
         self.stt = stt
+        # an engine that decodes a hurried final greedily (LocalWhisper, WhisperProcesses); others ignore the flag
+        self._takes_hurry = "hurry" in inspect.signature(stt.transcribe).parameters
         self.url = url
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.decodes = 0
@@ -573,7 +575,7 @@ class SttWorker:
             result: Transcript = self.stt.revise(parts[0], context=parts[1], context_text=str(meta["context_text"]),
                                                  after=after, **extra)
             return result
-        if meta.get("hurry") is True and "hurry" in inspect.signature(self.stt.transcribe).parameters:
+        if meta.get("hurry") is True and self._takes_hurry:
             extra["hurry"] = True  # a final others wait behind on its server: greedy (LocalWhisper.transcribe)
         return self.stt.transcribe(parts[0], prompt=meta.get("prompt"), partial=bool(meta.get("partial")), **extra)
 

@@ -246,6 +246,7 @@ MAX_HINT_TOKENS = 150
 # decoding costs 18-29 % less CPU than beam 5 (README "Accuracy by beam") and lets the queue drain.
 HURRY_BEAM_SIZE = 1
 
+
 class LocalWhisper:
     """faster-whisper on CPU (int8). One instance per process, shared by every stream via the scheduler.
 
@@ -379,11 +380,19 @@ class LocalWhisper:
         if not getattr(self._local, "limited", False):
             self._limits()
             self._local.limited = True
-        self._local.hurry = hurry and not partial
+        self._local.hurry = hurry and not partial  # every decode of this call, the vocabulary's retry too
         try:
-            tr = self._transcribe(x, prompt, partial, penalty, vocabulary)
+            tr = self._guarded(x, prompt, partial, penalty, vocabulary)
         finally:
             self._local.hurry = False
+        tr.decode_s = time.perf_counter() - t0
+        return tr
+
+    def _guarded(self, x: np.ndarray, prompt: str | None, partial: bool, penalty: float,
+                 vocabulary: tuple[str, ...]) -> Transcript:
+        """`_transcribe`, and again without the vocabulary when its terms may come from the hint alone."""
+        audio_s = x.size / SAMPLE_RATE
+        tr = self._transcribe(x, prompt, partial, penalty, vocabulary)
         if vocabulary and self.hint_guard and tr.text:
             only, doubt = hint_only(tr.text, vocabulary), doubtful_hint(tr, vocabulary)
             if only and hint_echo(tr, vocabulary):  # the hint read into silence or noise
@@ -403,7 +412,6 @@ class LocalWhisper:
                     tr = bare
                     tr.reason = tr.reason or "doubtful_hint"
                 tr.redecoded = True
-        tr.decode_s = time.perf_counter() - t0
         return tr
 
     def _transcribe(self, x: np.ndarray, prompt: str | None, partial: bool, penalty: float,

@@ -431,7 +431,8 @@ class SttScheduler:
                     kwargs["partial"] = kind == "partial"
                 if self._kind_kw:
                     kwargs["kind"] = kind
-                if self.hurry and kind == "final" and self._finals:  # others wait behind this one
+                if self.hurry and kind == "final" and any(not j.future.done() for j in self._finals):
+                    # others wait behind this one (a cancelled stream's final does not count)
                     kwargs["hurry"] = True
                     self.stats.finals_hurried += 1
                 if job.vocabulary:  # engines without a vocabulary (test doubles) never see the argument

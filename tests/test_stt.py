@@ -282,7 +282,6 @@ async def test_aclose_finishes_queued_finals() -> None:
     assert sorted(f.result().text for f in finals) == [f"text f{i}" for i in range(5)]
 
 
-
 class HurriedStt(GatedStt):
     """GatedStt that takes `hurry` and records it per prompt."""
 
@@ -521,7 +520,6 @@ async def test_revisions_wait_while_live_work_keeps_the_workers_busy() -> None:
     await sched.aclose()
 
 
-
 def test_a_hurried_final_is_the_greedy_decode(whisper: LocalWhisper) -> None:
     """`transcribe(hurry=True)` decodes as a beam-1 engine does (same words, times and confidence), everything
     else as a final (word timestamps); without it the final keeps its beam."""
@@ -538,6 +536,10 @@ def test_a_hurried_final_is_the_greedy_decode(whisper: LocalWhisper) -> None:
     assert [(w.word, w.start_s, w.end_s) for w in hurried.words] == [(w.word, w.start_s, w.end_s) for w in greedy.words]
     # the flag does not stick to the engine's thread: the next final has its beam again
     assert whisper.transcribe(clip).confidence == beam.confidence
+    # with the interview's vocabulary every decode of the call is greedy too (the hint guard's retry included)
+    terms = ("incident",)
+    assert (whisper.transcribe(clip, hurry=True, vocabulary=terms).confidence
+            == LocalWhisper(beam_size=HURRY_BEAM_SIZE).transcribe(clip, vocabulary=terms).confidence)
 
 
 def test_the_silence_after_the_last_word_is_not_decoded_as_one_more_window(whisper: LocalWhisper) -> None:
