@@ -1536,7 +1536,7 @@ def nodes_beside(args: argparse.Namespace, stack: contextlib.ExitStack) -> list[
     admin_key = secrets.token_urlsafe(24)
     nodes = []
     for _ in range(args.nodes):
-        node = ServerProcess(args.nice, shared, admin_key)
+        node = ServerProcess(args.nice, admin_key=admin_key)
         node.env = {**shared, "PUBLIC_URL": node.url}  # where the other nodes redirect WHIP offers for its rooms
         stack.callback(node.stop)
         nodes.append(node)
